@@ -1,0 +1,49 @@
+"""Cairn: durable workflows for Python on nothing but Postgres."""
+
+from __future__ import annotations
+
+from cairn import activity, workflow
+from cairn.client import Client, RunDescription, WorkflowHandle
+from cairn.common import RetryPolicy
+from cairn.errors import (
+    ActivityError,
+    ApplicationError,
+    CairnError,
+    DeterminismViolation,
+    InputValidationError,
+    NonDeterminismError,
+    UnknownWorkflowType,
+    WorkflowAlreadyStarted,
+    WorkflowCancelled,
+    WorkflowFailure,
+    WorkflowNotFound,
+    WorkflowTerminated,
+    WorkflowTimeout,
+)
+from cairn.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivityError",
+    "ApplicationError",
+    "CairnError",
+    "Client",
+    "DeterminismViolation",
+    "InputValidationError",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "RunDescription",
+    "UnknownWorkflowType",
+    "Worker",
+    "WorkflowAlreadyStarted",
+    "WorkflowCancelled",
+    "WorkflowFailure",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowTerminated",
+    "WorkflowTimeout",
+    "__version__",
+    "activity",
+    "workflow",
+]

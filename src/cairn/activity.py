@@ -1,0 +1,93 @@
+"""The authoring API for activities: the functions that do the real side effects.
+
+An activity runs at least once; each result is recorded exactly once. Use
+:func:`info` for the attempt number and a stable idempotency key to hand to the systems
+you call, and :func:`heartbeat` to report progress from a long attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from cairn.common import Signature, to_payload
+from cairn.errors import CairnError
+
+__all__ = ["ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "info"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ActivityDefinition:
+    """A registered activity function."""
+
+    name: str
+    fn: Callable[..., Any]
+    signature: Signature
+    is_async: bool
+
+
+@dataclass
+class ActivityInfo:
+    """What an attempt knows about itself."""
+
+    activity_type: str
+    workflow_id: str
+    workflow_type: str
+    run_id: str
+    seq: int
+    attempt: int
+    queue: str
+    scheduled_at: datetime
+    started_at: datetime
+    deadline: datetime | None
+    heartbeat_details: Any = None
+    _beat: Callable[[Any], None] | None = field(default=None, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<workflow_id>/<run_id>/<seq>``: the same on every attempt of this activity."""
+        return f"{self.workflow_id}/{self.run_id}/{self.seq}"
+
+
+_current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("cairn_activity")
+
+
+@overload
+def defn(fn: F, /) -> F: ...
+@overload
+def defn(*, name: str | None = None) -> Callable[[F], F]: ...
+def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Marks a function (``async def`` or plain ``def``, run in a thread) as an activity."""
+
+    def wrap(f: F) -> F:
+        f.__cairn_activity__ = ActivityDefinition(  # type: ignore[attr-defined]
+            name or f.__name__, f, Signature(f), asyncio.iscoroutinefunction(f)
+        )
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def info() -> ActivityInfo:
+    """The running attempt's info (attempt number, idempotency key, last heartbeat)."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise CairnError("activity.info() works only inside an activity") from None
+
+
+def heartbeat(details: Any = None) -> None:
+    """Reports that the attempt is alive, with optional progress details.
+
+    Heartbeats are batched per worker process; the last details reach the next attempt as
+    ``info().heartbeat_details`` if this one fails.
+    """
+    i = info()
+    if i._beat is not None:
+        i._beat(to_payload(details))

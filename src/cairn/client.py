@@ -1,0 +1,429 @@
+"""The client: start workflows, wait for results, inspect and steer runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from cairn import db
+from cairn._telemetry import tracer
+from cairn.common import Signature, new_run_id, to_payload
+from cairn.engine import history as h
+from cairn.engine.history import Event
+from cairn.engine.queries import q
+from cairn.errors import (
+    CairnError,
+    InputValidationError,
+    UnknownWorkflowType,
+    WorkflowAlreadyStarted,
+    WorkflowCancelled,
+    WorkflowFailure,
+    WorkflowNotFound,
+    WorkflowTerminated,
+    WorkflowTimeout,
+)
+from cairn.workflow import definition_of
+
+IdConflictPolicy = Literal["fail", "use_existing"]
+CONNECTION_OPTIONS = "-c synchronous_commit=on"  # an acknowledged start is durable
+
+
+@dataclass
+class RunDescription:
+    """What ``describe`` shows about a run."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    status: str
+    created_at: datetime
+    closed_at: datetime | None
+    failure: dict[str, Any] | None
+    history_length: int
+    pending_activities: list[dict[str, Any]] = field(default_factory=list)
+    pending_timers: list[dict[str, Any]] = field(default_factory=list)
+    workflow_task: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return to_payload(self.__dict__)  # type: ignore[no-any-return]
+
+
+def _validate_id(workflow_id: str) -> str:
+    if not isinstance(workflow_id, str) or not workflow_id.strip():
+        raise InputValidationError("the workflow id must be a non-empty string")
+    if len(workflow_id) > 1000:
+        raise InputValidationError("the workflow id is longer than 1000 characters")
+    return workflow_id
+
+
+def _validate_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not queue or len(queue) > 200 or queue != queue.strip():
+        raise InputValidationError(f"invalid queue name {queue!r}")
+    return queue
+
+
+class Client:
+    """A connection to Cairn's database: start workflows and inspect runs.
+
+    Use :meth:`connect`; close with :meth:`close` or ``async with``.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, url: str, namespace: str = "default") -> None:
+        self.pool = pool
+        self.url = url
+        self.namespace = namespace
+        self._listener: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listening = asyncio.Event()
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, namespace: str = "default",
+                      max_size: int = 10, check_schema: bool = True) -> Client:
+        """Connects to ``url`` (default: ``CAIRN_DATABASE_URL``, else the embedded server).
+
+        With the embedded server the schema is migrated on first use.
+        """
+        resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
+        if embedded or check_schema:
+            await asyncio.to_thread(_prepare, resolved, embedded)
+        pool = AsyncConnectionPool(
+            resolved, min_size=1, max_size=max_size, open=False,
+            kwargs={"autocommit": True, "options": CONNECTION_OPTIONS},
+        )
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            await pool.close()
+            raise db.DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
+        return cls(pool, resolved, namespace)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self.pool.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- starting
+
+    async def start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        queue: str = "default",
+        id_conflict: IdConflictPolicy = "fail",
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> WorkflowHandle:
+        """Starts a workflow run and returns once the start is committed.
+
+        Args:
+            workflow: an ``@workflow.defn`` function, or a registered workflow type name.
+            args: the workflow's arguments, validated against its annotations first.
+            id: the workflow id (default: a new UUID). At most one run per id is open.
+            queue: the workflow queue the run's tasks go to.
+            id_conflict: with an open run of the same id, ``"fail"`` raises
+                :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle.
+            conn: the caller's own connection, inside its transaction: the start commits
+                or rolls back with the caller's writes (transactional outbox).
+
+        Raises:
+            InputValidationError: bad arguments, id, queue or policy; nothing was written.
+        """
+        if id_conflict not in ("fail", "use_existing"):
+            raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
+        workflow_id = _validate_id(id) if id is not None else new_run_id()
+        _validate_queue(queue)
+        payload = [to_payload(a) for a in args]
+        signature: Signature | None = None
+        if isinstance(workflow, str):
+            name = workflow
+            await self._check_registered(name, payload)
+        else:
+            d = definition_of(workflow)
+            name, signature = d.name, d.signature
+            signature.validate_args(payload, f"workflow {name}")
+        params = {
+            "run_id": new_run_id(), "namespace": self.namespace, "workflow_id": workflow_id,
+            "workflow_type": name, "queue": queue, "now": None,
+            "data": Jsonb({"workflow_type": name, "input": payload, "queue": queue,
+                           "workflow_id": workflow_id}),
+        }
+        with tracer.start_as_current_span("cairn.start_workflow", attributes={
+            "cairn.workflow_id": workflow_id, "cairn.workflow_type": name,
+        }):
+            if conn is not None:
+                run_id = await self._start_on(conn, params, id_conflict)
+            else:
+                async with self.pool.connection() as c:
+                    async with c.transaction():
+                        run_id = await self._start_on(c, params, id_conflict)
+        return WorkflowHandle(self, workflow_id, run_id, signature)
+
+    async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
+                        policy: IdConflictPolicy) -> str:
+        try:
+            cur = await conn.execute(q("start_workflow"), params)
+            row = await cur.fetchone()
+            if row is not None:
+                return str(row[0])
+            cur = await conn.execute(q("open_run_by_workflow_id"), params)
+            existing = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise db.translate(exc) from None
+        if existing is None:  # closed between the two statements: a new start is fine
+            return await self._start_on(conn, params, policy)
+        if policy == "use_existing":
+            return str(existing[0])
+        raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
+
+    async def _check_registered(self, name: str, payload: list[Any]) -> None:
+        """Validates a start by type name against the registry that workers fill."""
+        async with self.pool.connection() as c:
+            row = await (await c.execute(q("get_workflow_type"),
+                                         {"namespace": self.namespace, "name": name})).fetchone()
+            if row is None:
+                known = [r[0] for r in await (await c.execute(
+                    q("list_workflow_types"), {"namespace": self.namespace})).fetchall()]
+                hint = f" (known: {', '.join(known)})" if known else " (no worker has registered any type yet)"
+                raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
+        import jsonschema
+
+        try:
+            jsonschema.validate(payload, row[2])
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)
+            raise InputValidationError(
+                f"input for workflow {name!r} is invalid{' at ' + where if where else ''}: {exc.message}"
+            ) from None
+
+    # -- reading
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
+        """A handle on an existing workflow (its newest run unless ``run_id`` is given)."""
+        return WorkflowHandle(self, workflow_id, run_id, None)
+
+    async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:
+        async with self.pool.connection() as c:
+            cur = c.cursor(row_factory=dict_row)
+            if run_id is not None:
+                await cur.execute(q("get_run"), {"run_id": run_id})
+            else:
+                await cur.execute(q("latest_run_by_workflow_id"),
+                                  {"namespace": self.namespace, "workflow_id": workflow_id})
+            row = await cur.fetchone()
+        if row is None:
+            raise WorkflowNotFound(f"no workflow run with id {workflow_id!r}")
+        row["run_id"] = str(row["run_id"])
+        return row
+
+    async def list(self, *, status: str | None = None, workflow_type: str | None = None,
+                   limit: int = 50) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally filtered by status and workflow type."""
+        statuses = ("running", "completed", "failed", "cancelled", "terminated")
+        if status is not None and status not in statuses:
+            raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
+        if limit < 1:
+            raise InputValidationError("limit must be at least 1")
+        async with self.pool.connection() as c:
+            cur = c.cursor(row_factory=dict_row)
+            await cur.execute(q("list_runs"), {"namespace": self.namespace, "status": status,
+                                               "workflow_type": workflow_type, "limit": limit})
+            rows = await cur.fetchall()
+        for r in rows:
+            r["run_id"] = str(r["run_id"])
+        return rows
+
+    # -- waiting for closes
+
+    async def _wait_closed(self, run_id: str, timeout: float | None) -> None:
+        """Waits until a NOTIFY says the run closed (the caller re-checks the database)."""
+        await self._ensure_listener()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            waiters = self._waiters.get(run_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(run_id, None)
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listening.clear()
+            self._listener = asyncio.create_task(self._listen())
+        await asyncio.wait_for(self._listening.wait(), 30)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute("LISTEN cairn_closed")
+                    self._listening.set()
+                    self._wake_all()  # anything that closed while we were away
+                    async for note in conn.notifies():
+                        for fut in self._waiters.get(note.payload, []):
+                            if not fut.done():
+                                fut.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._wake_all()
+                await asyncio.sleep(0.5)
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+
+class WorkflowHandle:
+    """A workflow run: wait for its result, inspect it, cancel or terminate it."""
+
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None,
+                 signature: Signature | None) -> None:
+        self.client = client
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._signature = signature
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
+
+    async def _resolve(self) -> dict[str, Any]:
+        row = await self.client._run_row(self.workflow_id, self.run_id)
+        self.run_id = row["run_id"]
+        return row
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Waits for the run to close and returns its result.
+
+        Raises:
+            WorkflowFailure: the run failed (``.type``, ``.message``, ``.details``).
+            WorkflowCancelled: the run was cancelled.
+            WorkflowTerminated: the run was terminated.
+            WorkflowTimeout: it did not close within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await self.client._ensure_listener()
+        while True:
+            row = await self._resolve()
+            if row["status"] != "running":
+                return await self._outcome(row)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
+            # The NOTIFY wakes us; the periodic re-check covers a missed notification.
+            with contextlib.suppress(TimeoutError):
+                await self.client._wait_closed(str(self.run_id), min(remaining or 5.0, 5.0))
+
+    async def _outcome(self, row: dict[str, Any]) -> Any:
+        async with self.client.pool.connection() as c:
+            ev = await (await c.execute(q("last_history_event"), {"run_id": row["run_id"]})).fetchone()
+        assert ev is not None
+        etype, data = ev[1], ev[2]
+        if etype == h.WORKFLOW_COMPLETED:
+            result = data.get("result")
+            if self._signature is not None:
+                return self._signature.validate_result(result, f"workflow {row['workflow_type']}")
+            return result
+        if etype == h.WORKFLOW_CANCELLED:
+            raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled", type="WorkflowCancelled")
+        if etype == h.WORKFLOW_TERMINATED:
+            raise WorkflowTerminated(f"workflow {self.workflow_id!r} was terminated: {data.get('reason') or ''}",
+                                     type="WorkflowTerminated", details=data)
+        failure = data.get("failure") or {}
+        raise WorkflowFailure(
+            f"workflow {self.workflow_id!r} failed: {failure.get('type')}: {failure.get('message')}",
+            type=str(failure.get("type") or "WorkflowFailed"), details=failure,
+        )
+
+    async def describe(self) -> RunDescription:
+        """The run's status, pending activities, timers and workflow-task failures."""
+        row = await self._resolve()
+        params = {"run_id": row["run_id"]}
+        async with self.client.pool.connection() as c:
+            cur = c.cursor(row_factory=dict_row)
+            acts = await (await cur.execute(q("pending_activities"), params)).fetchall()
+            timers = await (await cur.execute(q("pending_timers"), params)).fetchall()
+            task = await (await cur.execute(q("pending_workflow_task"), params)).fetchone()
+            last = await (await cur.execute(q("last_history_event"), params)).fetchone()
+        return RunDescription(
+            workflow_id=row["workflow_id"], run_id=row["run_id"], workflow_type=row["workflow_type"],
+            queue=row["queue"], status=row["status"], created_at=row["created_at"],
+            closed_at=row["closed_at"], failure=row["failure"],
+            history_length=last["seq"] if last else 0,
+            pending_activities=acts, pending_timers=timers, workflow_task=task,
+        )
+
+    async def history(self, after: int = 0) -> list[Event]:
+        """The run's history events (after seq ``after``)."""
+        row = await self._resolve()
+        async with self.client.pool.connection() as c:
+            cur = await c.execute(q("read_history_after"), {"run_id": row["run_id"], "after": after})
+            return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+
+    async def cancel(self, reason: str = "") -> None:
+        """Asks the run to cancel: its code sees ``CancelledError`` at its next await."""
+        await self._send(h.CANCEL_REQUESTED, {"reason": reason})
+
+    async def _send(self, event_type: str, data: dict[str, Any]) -> None:
+        row = await self._resolve()
+        if row["status"] != "running":
+            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+        async with self.client.pool.connection() as c:
+            cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
+                                                    "data": Jsonb(data)})
+            if await cur.fetchone() is None:
+                raise CairnError(f"workflow {self.workflow_id!r} closed before the request arrived")
+
+    async def terminate(self, reason: str = "") -> None:
+        """Ends the run at once, without running any more workflow code.
+
+        Takes the run's workflow-task lock (waiting for a worker mid-task), so the
+        ``WorkflowTerminated`` event is appended by the one writer the run has.
+        """
+        row = await self._resolve()
+        if row["status"] != "running":
+            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+        params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
+        async with self.client.pool.connection() as c, c.transaction():
+            await c.execute(q("ensure_workflow_task"), params)
+            locked = await (await c.execute(q("lock_workflow_task"), params)).fetchone()
+            if locked is None or locked[0] != "running":
+                raise CairnError(f"workflow {self.workflow_id!r} closed before it could be terminated")
+            event = [{"seq": locked[1] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
+            await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
+            await c.execute(q("close_run"), {**params, "status": "terminated",
+                                             "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})
+            await c.execute(q("finish_workflow_task"), params)
+
+
+def _prepare(url: str, embedded: bool) -> None:
+    with db.connect_sync(url) as conn:
+        if embedded:
+            status = db.schema_status(conn)
+            if not status.up_to_date:
+                db.migrate(url)
+        else:
+            db.check_schema(conn)

@@ -1,0 +1,175 @@
+"""Options shared by workflows, activities and the client: retry policy, payload codec."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from functools import cache
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
+
+from cairn.errors import InputValidationError
+
+
+class RetryPolicy(BaseModel):
+    """How an activity is retried: exponential backoff with jitter, bounded attempts.
+
+    The delay before attempt ``n + 1`` is ``initial_interval * backoff_coefficient ** (n - 1)``
+    capped at ``maximum_interval``, then spread by ``± jitter`` (a fraction). A delay is a new
+    ``available_at`` on the task, never a sleeping worker.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0)
+    maximum_interval: timedelta | None = None  # None: 100 x initial_interval, as Temporal
+    maximum_attempts: int = Field(default=0, ge=0)  # 0: unlimited
+    non_retryable_error_types: tuple[str, ...] = ()
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> RetryPolicy:
+        if self.initial_interval <= timedelta(0):
+            raise ValueError("initial_interval must be positive")
+        if self.maximum_interval is not None and self.maximum_interval < self.initial_interval:
+            raise ValueError("maximum_interval must be at least initial_interval")
+        return self
+
+    def next_delay(
+        self, attempt: int, error_type: str, *, non_retryable: bool = False, rng: random.Random | None = None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` when retrying must stop.
+
+        Args:
+            attempt: the number of the attempt that just failed (1 for the first).
+            error_type: the failed attempt's error type name.
+            non_retryable: the error said it must not be retried.
+            rng: random source for the jitter (tests pass a seeded one).
+        """
+        if non_retryable or error_type in self.non_retryable_error_types:
+            return None
+        if self.maximum_attempts and attempt >= self.maximum_attempts:
+            return None
+        initial = self.initial_interval.total_seconds()
+        cap = (self.maximum_interval.total_seconds() if self.maximum_interval else initial * 100)
+        delay = min(initial * self.backoff_coefficient ** (attempt - 1), cap)
+        if self.jitter:
+            delay *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+        return max(delay, 0.0)
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+def new_run_id() -> str:
+    """A time-ordered UUID (version 7), so runs sort and index by creation time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def to_payload(value: Any) -> Any:
+    """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data."""
+    try:
+        return to_jsonable_python(value)
+    except Exception as exc:  # pydantic_core raises PydanticSerializationError
+        raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
+
+
+class Signature:
+    """The typed parameters and return type of a workflow or activity function.
+
+    Inputs are recorded as a JSON list, one entry per positional parameter, and validated
+    with pydantic against the annotations on the way in.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        sig = inspect.signature(fn)
+        try:
+            hints = get_type_hints(fn)
+        except Exception:  # unresolvable forward references: fall back to no validation
+            hints = {}
+        self.names: list[str] = []
+        self.adapters: list[TypeAdapter[Any]] = []
+        self.required = 0
+        for param in sig.parameters.values():
+            if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                raise TypeError(f"{fn.__qualname__}: only positional parameters are supported, not {param.name!r}")
+            self.names.append(param.name)
+            self.adapters.append(_adapter(hints.get(param.name, Any)))
+            if param.default is param.empty:
+                self.required += 1
+        self.returns: TypeAdapter[Any] = _adapter(hints.get("return", Any))
+
+    def validate_args(self, args: Sequence[Any], what: str) -> list[Any]:
+        """Validates JSON (or Python) arguments into the annotated types."""
+        if not self.required <= len(args) <= len(self.adapters):
+            want = (str(self.required) if self.required == len(self.adapters)
+                    else f"{self.required} to {len(self.adapters)}")
+            raise InputValidationError(f"{what} takes {want} argument(s), got {len(args)}")
+        out = []
+        for name, adapter, arg in zip(self.names, self.adapters, args, strict=False):
+            try:
+                out.append(adapter.validate_python(arg))
+            except ValidationError as exc:
+                raise InputValidationError(f"{what}: argument {name!r} is invalid: {_brief(exc)}") from None
+        return out
+
+    def validate_result(self, data: Any, what: str) -> Any:
+        try:
+            return self.returns.validate_python(data)
+        except ValidationError as exc:
+            raise InputValidationError(f"{what}: result is invalid: {_brief(exc)}") from None
+
+    def json_schema(self) -> dict[str, Any]:
+        """A JSON schema of the argument list, stored in the type registry for the CLI."""
+        items = []
+        for adapter in self.adapters:
+            try:
+                items.append(adapter.json_schema())
+            except Exception:  # types with no JSON schema accept anything
+                items.append({})
+        return {"type": "array", "prefixItems": items, "minItems": self.required, "maxItems": len(items)}
+
+
+@cache
+def _adapter_cached(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    try:
+        return _adapter_cached(tp)
+    except TypeError:  # unhashable annotation
+        return TypeAdapter(tp)
+
+
+def _brief(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def seconds(value: timedelta | float | None) -> float | None:
+    """A timeout option as seconds (``timedelta`` or a number of seconds)."""
+    if value is None:
+        return None
+    out = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if out <= 0:
+        raise InputValidationError(f"timeouts must be positive, got {value!r}")
+    return out

@@ -1,0 +1,176 @@
+"""Database set-up: which Postgres to use, migrations, and psycopg error translation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerr
+
+from cairn.engine.queries import q
+from cairn.errors import ConfigurationError, DatabaseError, SchemaNotReadyError
+
+ENV_URL = "CAIRN_DATABASE_URL"
+ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
+
+
+def data_dir() -> Path:
+    """Cairn's per-user data directory (``CAIRN_HOME`` overrides it)."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME])
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cairn", appauthor=False))
+
+
+def embedded_url(directory: Path | None = None) -> str:
+    """Starts (or joins) the embedded Postgres in the data directory and returns its URL.
+
+    The server outlives this process, so concurrent and later CLI invocations share it;
+    pgserver serialises its start-up with a file lock.
+    """
+    pgdata = (directory or data_dir()) / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        return str(server.get_uri())
+
+
+def resolve_url(url: str | None = None) -> tuple[str, bool]:
+    """The database URL to use and whether it is the embedded server."""
+    if url:
+        return url, False
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL], False
+    return embedded_url(), True
+
+
+def redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    """The migrations shipped with this version of Cairn, in order."""
+    out = []
+    for entry in files("cairn").joinpath("migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda m: m.version)
+    if [m.version for m in out] != list(range(1, len(out) + 1)):
+        raise ConfigurationError("migrations are not numbered 0001, 0002, ... without gaps")
+    return out
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    applied: list[int]
+    pending: list[int]
+    mismatched: list[int]  # applied migrations whose file has changed since
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending and not self.mismatched
+
+
+def _applied(conn: psycopg.Connection[Any]) -> dict[int, str]:
+    row = conn.execute(q("versions_table_exists")).fetchone()
+    if not row or not row[0]:
+        return {}
+    return {v: c for v, _, c, _ in conn.execute(q("applied_versions")).fetchall()}
+
+
+def schema_status(conn: psycopg.Connection[Any]) -> SchemaStatus:
+    """Which migrations are applied, pending, or changed since they were applied."""
+    applied = _applied(conn)
+    known = migrations()
+    return SchemaStatus(
+        applied=sorted(applied),
+        pending=[m.version for m in known if m.version not in applied],
+        mismatched=[m.version for m in known if m.version in applied and applied[m.version] != m.checksum],
+    )
+
+
+def migrate(url: str) -> list[int]:
+    """Applies pending migrations under an advisory lock; returns the versions applied.
+
+    Two concurrent migrates are safe: the second waits for the lock, then finds nothing
+    left to do. Each migration runs in its own transaction with its version row.
+    """
+    done: list[int] = []
+    with connect_sync(url) as conn:
+        conn.execute(q("migrate_lock"))
+        try:
+            conn.execute(q("create_versions_table"))
+            applied = _applied(conn)
+            for m in migrations():
+                if m.version in applied:
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted package data
+                    conn.execute(q("record_version"),
+                                 {"version": m.version, "name": m.name, "checksum": m.checksum})
+                done.append(m.version)
+        finally:
+            conn.execute(q("migrate_unlock"))
+    return done
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """Raises :class:`SchemaNotReadyError` unless every migration is applied."""
+    status = schema_status(conn)
+    if status.pending:
+        raise SchemaNotReadyError(
+            f"the database schema is not up to date (pending migrations: {status.pending}): "
+            "run `cairn db migrate`"
+        )
+
+
+def connect_sync(url: str) -> psycopg.Connection[Any]:
+    """A plain autocommit connection, with connection errors translated."""
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to {redact(url)}: {_first_line(exc)}") from None
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """The one place psycopg errors become Cairn errors (messages carry no parameters)."""
+    if isinstance(exc, pgerr.UndefinedTable | pgerr.InvalidSchemaName | pgerr.UndefinedFunction):
+        return SchemaNotReadyError(f"the Cairn schema is missing ({_first_line(exc)}): run `cairn db migrate`")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseError(f"database connection failed: {_first_line(exc)}")
+    return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")

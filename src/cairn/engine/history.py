@@ -1,0 +1,107 @@
+"""The history model: event types, and the commands that workflow code produces.
+
+Each command has a dual history event of the same name. A workflow task appends one
+batch: a ``WorkflowTaskStarted`` marker (the batch boundary, carrying workflow time), the
+input events moved from the inbox, then the command events the code produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Written when the run is created; always seq 1.
+WORKFLOW_STARTED = "WorkflowStarted"
+# The batch boundary: what follows, up to the first command event, is one activation.
+WORKFLOW_TASK_STARTED = "WorkflowTaskStarted"
+
+# Input events: arrive through the inbox, delivered to the code as one batch.
+ACTIVITY_COMPLETED = "ActivityCompleted"
+ACTIVITY_FAILED = "ActivityFailed"
+TIMER_FIRED = "TimerFired"
+CANCEL_REQUESTED = "CancelRequested"
+INPUT_EVENTS = frozenset({ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED})
+
+# Command events: produced by the code, matched on replay.
+ACTIVITY_SCHEDULED = "ActivityScheduled"
+ACTIVITY_CANCEL_REQUESTED = "ActivityCancelRequested"
+TIMER_STARTED = "TimerStarted"
+TIMER_CANCELLED = "TimerCancelled"
+WORKFLOW_COMPLETED = "WorkflowCompleted"
+WORKFLOW_FAILED = "WorkflowFailed"
+WORKFLOW_CANCELLED = "WorkflowCancelled"
+COMMAND_EVENTS = frozenset({
+    ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
+    WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED,
+})
+
+# Written by an operator (terminate), not by workflow code.
+WORKFLOW_TERMINATED = "WorkflowTerminated"
+
+TERMINAL_EVENTS = {
+    WORKFLOW_COMPLETED: "completed",
+    WORKFLOW_FAILED: "failed",
+    WORKFLOW_CANCELLED: "cancelled",
+    WORKFLOW_TERMINATED: "terminated",
+}
+
+# The data keys that must match for a produced command to equal a recorded one.
+_IDENTITY_KEYS = {
+    ACTIVITY_SCHEDULED: ("activity_type",),
+    ACTIVITY_CANCEL_REQUESTED: ("activity_seq",),
+    TIMER_CANCELLED: ("timer_seq",),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One history event."""
+
+    seq: int
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq, "type": self.type, "data": self.data}
+        if self.at is not None:
+            out["at"] = self.at.isoformat()
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Event:
+        at = raw.get("at")
+        return cls(
+            seq=int(raw["seq"]),
+            type=str(raw["type"]),
+            data=dict(raw.get("data") or {}),
+            at=datetime.fromisoformat(at) if isinstance(at, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Command:
+    """A decision of the workflow code; recorded as the event of the same type and seq."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+    def describe(self) -> str:
+        keys = _IDENTITY_KEYS.get(self.type, ())
+        detail = ", ".join(f"{k}={self.data.get(k)!r}" for k in keys)
+        return f"{self.type}({detail})" if detail else self.type
+
+    def matches(self, event: Event) -> bool:
+        if event.type != self.type or event.seq != self.seq:
+            return False
+        return all(event.data.get(k) == self.data.get(k) for k in _IDENTITY_KEYS.get(self.type, ()))
+
+    def as_event(self) -> Event:
+        return Event(self.seq, self.type, self.data)
+
+
+def describe_event(event: Event) -> str:
+    """A short name of a recorded command event, in the form of :meth:`Command.describe`."""
+    return Command(event.seq, event.type, event.data).describe()

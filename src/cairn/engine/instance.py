@@ -1,0 +1,315 @@
+"""One live workflow instance: runs workflow code on its deterministic loop, turns what
+the code does into commands, and feeds it recorded events.
+
+The same instance serves live execution and replay: :meth:`WorkflowInstance.activate`
+takes one recorded batch (marker and input events) and returns the commands the code
+produced for it. The replayer compares them with history; the worker records them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import traceback
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cairn.common import to_payload
+from cairn.engine import history as h
+from cairn.engine.history import Command, Event
+from cairn.engine.loop import WorkflowLoop
+from cairn.errors import (
+    ActivityError,
+    ApplicationError,
+    DeterminismViolation,
+    NonDeterminismError,
+    WorkflowFailure,
+)
+
+if TYPE_CHECKING:
+    from cairn.workflow import WorkflowDefinition, WorkflowInfo
+
+log = logging.getLogger("cairn.workflow")
+
+# Exceptions that mean the workflow code is broken, not that the workflow failed: they
+# fail the workflow *task*, which is retried with backoff until a fixed deployment runs
+# it, and leave history untouched (the Temporal default, narrowed to obvious bugs).
+BUG_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    NonDeterminismError, DeterminismViolation, TypeError, AttributeError, NameError,
+    ImportError, SyntaxError, NotImplementedError, RecursionError,
+)
+
+
+class WorkflowTaskFailed(Exception):
+    """The workflow code failed in a way that must not be recorded: retry the task."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+    def to_json(self) -> dict[str, Any]:
+        return failure_of(self.cause)
+
+
+def failure_of(exc: BaseException) -> dict[str, Any]:
+    """The JSON form of an exception as recorded in history: type, message, details, stack."""
+    if isinstance(exc, WorkflowFailure):
+        out = exc.to_failure()
+    else:
+        out = {"type": type(exc).__name__, "message": str(exc), "details": None}
+    if isinstance(exc, NonDeterminismError):
+        out["details"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced}
+    if isinstance(exc, ApplicationError) and exc.non_retryable:
+        out["non_retryable"] = True
+    stack = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8)
+    out["stack"] = "".join(stack)[-4000:]
+    return out
+
+
+class ActivityHandle(asyncio.Future[Any]):
+    """A scheduled activity: await it for the result, or cancel it.
+
+    Cancelling it records an ``ActivityCancelRequested`` command; the activity task is
+    dropped and a running attempt is told through its lease renewal.
+    """
+
+    def __init__(self, instance: WorkflowInstance, seq: int, name: str, returns: Any) -> None:
+        super().__init__(loop=instance.loop)
+        self.seq = seq
+        self.activity = name
+        self._instance = instance
+        self._returns = returns
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not self.done():
+            self._instance.cancel_activity(self.seq)
+        return super().cancel(msg)
+
+    def _resolve(self, event: Event) -> None:
+        if self.done():
+            return
+        if event.type == h.ACTIVITY_COMPLETED:
+            try:
+                value = self._returns(event.data.get("result")) if self._returns else event.data.get("result")
+            except Exception as exc:
+                self.set_exception(exc)
+                return
+            self.set_result(value)
+            return
+        failure = event.data.get("failure") or {}
+        cause = ApplicationError(
+            str(failure.get("message", "")),
+            type=str(failure.get("type") or "Error"),
+            details=failure.get("details"),
+            non_retryable=bool(failure.get("non_retryable")),
+        )
+        self.set_exception(ActivityError(
+            f"activity {self.activity} (seq {self.seq}) failed: {cause.type}: {cause.message}",
+            cause=cause, activity=self.activity, seq=self.seq,
+            attempts=int(event.data.get("attempts") or 0),
+            retry_state=str(event.data.get("retry_state") or ""),
+        ))
+
+
+class WorkflowInstance:
+    """Workflow code plus its deterministic loop and command state (see module docstring)."""
+
+    def __init__(self, definition: WorkflowDefinition, info: WorkflowInfo, args: list[Any]) -> None:
+        self.definition = definition
+        self.info = info
+        self.args = args
+        self.loop = WorkflowLoop(self)
+        self.now_ts = info.start_time.timestamp()
+        self.last_seq = 1
+        self.replaying = False
+        self.random = random.Random(uuid.UUID(info.run_id).int)
+        self.cancel_requested = False
+        self.closed = False
+        self._commands: list[Command] = []
+        self._activities: dict[int, ActivityHandle] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timer_seqs: dict[int, int] = {}  # id(handle) -> seq
+        self._main: asyncio.Task[Any] | None = None
+
+    # -- driving
+
+    def activate(self, marker: Event, inputs: list[Event]) -> list[Command]:
+        """Delivers one batch and runs the code until it blocks; returns its commands.
+
+        Raises:
+            WorkflowTaskFailed: the code hit a bug (see ``BUG_EXCEPTIONS``).
+        """
+        if marker.type != h.WORKFLOW_TASK_STARTED:
+            raise NonDeterminismError(marker.seq, h.WORKFLOW_TASK_STARTED, marker.type)
+        self.now_ts = float(marker.data["time"])
+        self.last_seq = inputs[-1].seq if inputs else marker.seq
+        self._commands = []
+        if self.closed:
+            return []
+        if self._main is None:
+            self._main = self.loop.create_task(self._run_main(), name=f"workflow {self.info.workflow_id}")
+        for event in inputs:
+            self._apply(event)
+        try:
+            self.loop.run_until_blocked()
+        except BaseException as exc:
+            raise WorkflowTaskFailed(exc) from exc
+        self._check_main()
+        return self._commands
+
+    async def _run_main(self) -> Any:
+        args = self.definition.signature.validate_args(self.args, f"workflow {self.definition.name}")
+        result = await self.definition.fn(*args)
+        return to_payload(result)
+
+    def _check_main(self) -> None:
+        main = self._main
+        if main is None or not main.done() or self.closed:
+            return
+        if main.cancelled():
+            if self.cancel_requested:
+                self._close(h.WORKFLOW_CANCELLED, {})
+            else:
+                self._close(h.WORKFLOW_FAILED, {"failure": {
+                    "type": "CancelledError", "details": None,
+                    "message": "the workflow's main coroutine was cancelled without a cancel request",
+                }})
+            return
+        exc = main.exception()
+        if exc is None:
+            self._close(h.WORKFLOW_COMPLETED, {"result": main.result()})
+        elif isinstance(exc, BUG_EXCEPTIONS):
+            raise WorkflowTaskFailed(exc)
+        else:
+            self._close(h.WORKFLOW_FAILED, {"failure": failure_of(exc)})
+
+    def _close(self, event_type: str, data: dict[str, Any]) -> None:
+        self._command(event_type, data)
+        self.closed = True
+        self.loop.close()
+
+    def _apply(self, event: Event) -> None:
+        data = event.data
+        if event.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED):
+            handle = self._activities.pop(int(data["activity_seq"]), None)
+            if handle is not None:
+                handle._resolve(event)
+        elif event.type == h.TIMER_FIRED:
+            seq = int(data["timer_seq"])
+            timer = self._timers.pop(seq, None)
+            if timer is not None:
+                self._timer_seqs.pop(id(timer), None)
+                self.loop.fire(timer)
+        elif event.type == h.CANCEL_REQUESTED:
+            if not self.cancel_requested and self._main is not None:
+                self.cancel_requested = True
+                self._main.cancel(data.get("reason") or "cancel requested")
+        else:
+            raise NonDeterminismError(event.seq, "an input event", event.type)
+
+    # -- commands, called by the authoring API while the code runs
+
+    def _command(self, event_type: str, data: dict[str, Any]) -> int:
+        if self.closed:
+            raise DeterminismViolation("the workflow has already closed")
+        self.last_seq += 1
+        self._commands.append(Command(self.last_seq, event_type, data))
+        return self.last_seq
+
+    def schedule_activity(self, name: str, args: list[Any], options: dict[str, Any],
+                          queue: str, returns: Any) -> ActivityHandle:
+        seq = self._command(h.ACTIVITY_SCHEDULED, {
+            "activity_type": name, "queue": queue, "input": args, "options": options,
+        })
+        handle = ActivityHandle(self, seq, name, returns)
+        self._activities[seq] = handle
+        return handle
+
+    def cancel_activity(self, seq: int) -> None:
+        if self._activities.pop(seq, None) is not None and not self.closed:
+            self._command(h.ACTIVITY_CANCEL_REQUESTED, {"activity_seq": seq})
+
+    def start_timer(self, handle: asyncio.TimerHandle, delay: float) -> None:
+        fire_at = datetime.fromtimestamp(self.now_ts, UTC) + timedelta(seconds=delay)
+        seq = self._command(h.TIMER_STARTED, {"duration": delay, "fire_at": fire_at.isoformat()})
+        self._timers[seq] = handle
+        self._timer_seqs[id(handle)] = seq
+
+    def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
+        seq = self._timer_seqs.pop(id(handle), None)
+        if seq is not None and self._timers.pop(seq, None) is not None and not self.closed:
+            self._command(h.TIMER_CANCELLED, {"timer_seq": seq})
+
+    def dispose(self) -> None:
+        """Unwinds an evicted instance: cancels its coroutines, recording nothing."""
+        if self.loop.is_closed():
+            return
+        self.closed = True  # further commands raise inside the unwinding code, not here
+        self.replaying = True
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            self.loop.run_until_blocked()
+        self.loop.close()
+
+    # -- deterministic helpers
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.now_ts, UTC)
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self.random.getrandbits(128), version=4)
+
+
+def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Event],
+           instance: WorkflowInstance | None = None) -> WorkflowInstance:
+    """Replays recorded history through the code, checking each produced command.
+
+    Args:
+        definition: the workflow's current code.
+        info: the run's identity.
+        events: the history, starting at ``WorkflowStarted`` (or, with ``instance``, the
+            events after what the instance has seen).
+        instance: a live instance to continue instead of a new one.
+
+    Raises:
+        NonDeterminismError: the code produced a command other than the recorded one.
+        WorkflowTaskFailed: the code hit a bug while replaying.
+    """
+    i = 0
+    if instance is None:
+        if not events or events[0].type != h.WORKFLOW_STARTED:
+            raise NonDeterminismError(events[0].seq if events else 1, h.WORKFLOW_STARTED,
+                                      events[0].type if events else None)
+        instance = WorkflowInstance(definition, info, list(events[0].data.get("input") or []))
+        i = 1
+    instance.replaying = True
+    try:
+        while i < len(events):
+            marker = events[i]
+            if marker.type == h.WORKFLOW_TERMINATED:
+                break
+            if marker.type != h.WORKFLOW_TASK_STARTED:
+                raise NonDeterminismError(marker.seq, h.describe_event(marker), None)
+            i += 1
+            inputs = []
+            while i < len(events) and events[i].type in h.INPUT_EVENTS:
+                inputs.append(events[i])
+                i += 1
+            for command in instance.activate(marker, inputs):
+                recorded = events[i] if i < len(events) else None
+                if recorded is None or not command.matches(recorded):
+                    if recorded is not None and recorded.type not in h.COMMAND_EVENTS:
+                        recorded = None
+                    raise NonDeterminismError(
+                        command.seq, h.describe_event(recorded) if recorded else None, command.describe()
+                    )
+                i += 1
+            if i < len(events) and events[i].type in h.COMMAND_EVENTS:
+                raise NonDeterminismError(events[i].seq, h.describe_event(events[i]), None)
+    finally:
+        instance.replaying = False
+    return instance

@@ -1,0 +1,194 @@
+"""A deterministic asyncio event loop for workflow code.
+
+Workflow code runs on one :class:`WorkflowLoop` per live instance. ``call_soon`` queues
+callbacks in order; ``call_later``/``call_at`` (and so ``asyncio.sleep``, ``wait_for``,
+``asyncio.timeout``) become durable timer commands; ``time()`` is workflow time, taken from
+history. Anything that would do I/O raises :class:`~cairn.errors.DeterminismViolation`.
+The loop never blocks: :meth:`run_until_blocked` runs ready callbacks until none is left,
+which is the moment every coroutine of the workflow waits on something from history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from cairn.errors import DeterminismViolation
+
+if TYPE_CHECKING:
+    from cairn.engine.instance import WorkflowInstance
+
+# True while workflow code runs on this thread; read by the audit hook below.
+_IN_WORKFLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("cairn_in_workflow", default=False)
+
+# Audit events that mean I/O a replay could not reproduce.
+_FORBIDDEN_EVENTS = frozenset({
+    "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto",
+    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.fork",
+    "os.remove", "os.rename", "os.mkdir", "shutil.rmtree", "urllib.Request",
+})
+# Opening source and extension files is how lazy imports work; anything else is I/O.
+_IMPORT_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth", ".pyi")
+# Callbacks run per activation before the loop declares the workflow stuck in a busy loop.
+MAX_CALLBACKS_PER_ACTIVATION = 1_000_000
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if not _IN_WORKFLOW.get():
+        return
+    if event == "open":
+        path, mode = args[0], args[1]
+        if isinstance(path, int) or (isinstance(path, str | bytes) and str(path).endswith(_IMPORT_SUFFIXES)
+                                     and (mode is None or "r" in str(mode))):
+            return
+        raise DeterminismViolation(
+            f"workflow code opened {path!r}: do I/O in an activity, not in the workflow"
+        )
+    if event in _FORBIDDEN_EVENTS:
+        raise DeterminismViolation(
+            f"workflow code did {event}: do I/O in an activity, not in the workflow"
+        )
+
+
+_audit_installed = False
+
+
+def install_guard() -> None:
+    """Installs the audit hook that turns I/O inside workflow code into a clear error."""
+    global _audit_installed
+    if not _audit_installed:
+        sys.addaudithook(_audit)
+        _audit_installed = True
+
+
+def in_workflow() -> bool:
+    """Whether the calling code runs inside a workflow activation."""
+    return _IN_WORKFLOW.get()
+
+
+class WorkflowLoop(asyncio.AbstractEventLoop):
+    """The event loop of one workflow instance (see the module docstring)."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        self.instance = instance
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._running = False
+        self._closed = False
+        self._errors: list[BaseException] = []
+
+    # -- driving
+
+    def run_until_blocked(self) -> None:
+        """Runs ready callbacks until none is left. Pure CPU: nothing here waits."""
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        token = _IN_WORKFLOW.set(True)
+        self._running = True
+        budget = MAX_CALLBACKS_PER_ACTIVATION
+        try:
+            while self._ready:
+                handle = self._ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+                if self._errors:
+                    raise self._errors.pop(0)
+                budget -= 1
+                if budget == 0:
+                    raise DeterminismViolation(
+                        "workflow code scheduled over a million callbacks in one activation "
+                        "without waiting on anything durable: is it spinning?"
+                    )
+        finally:
+            self._running = False
+            _IN_WORKFLOW.reset(token)
+            asyncio.events._set_running_loop(previous)
+
+    def fire(self, handle: asyncio.TimerHandle) -> None:
+        """Queues a timer's callback: its TimerFired event has been delivered."""
+        if not handle._cancelled:
+            self._ready.append(handle)
+
+    # -- scheduling
+
+    def call_soon(self, callback: Callable[..., object], *args: Any,
+                  context: contextvars.Context | None = None) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
+                   context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(self.time() + max(delay, 0.0), callback, args, self, context)
+        if delay <= 0:
+            self._ready.append(handle)
+        else:
+            self.instance.start_timer(handle, delay)
+        return handle
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+                context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+        return self.call_later(when - self.time(), callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self.instance.cancel_timer(handle)
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+                             context: contextvars.Context | None = None) -> NoReturn:
+        raise DeterminismViolation("threads cannot reach into workflow code")
+
+    def time(self) -> float:
+        return self.instance.now_ts
+
+    # -- futures and tasks
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Coroutine[Any, Any, Any] | Any, *, name: str | None = None,
+                    context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    # -- state
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.clear()
+
+    def get_debug(self) -> bool:
+        return False
+
+    def set_debug(self, enabled: bool) -> None:
+        pass
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if self._running and isinstance(exc, BaseException) and "future" not in context:
+            # An error in a plain callback (not in a task, whose errors stay with the task).
+            self._errors.append(exc)
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    # -- everything that would leave the process is refused
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> NoReturn:
+        raise DeterminismViolation("workflow code cannot use threads or executors: use an activity")
+
+    def _io(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise DeterminismViolation("workflow code cannot do network or file I/O: use an activity")
+
+    getaddrinfo = getnameinfo = create_connection = create_server = _io  # type: ignore[assignment]
+    create_datagram_endpoint = create_unix_connection = create_unix_server = _io  # type: ignore[assignment]
+    sock_recv = sock_sendall = sock_connect = sock_accept = _io  # type: ignore[assignment]
+    subprocess_exec = subprocess_shell = add_reader = add_writer = _io  # type: ignore[assignment]
+    add_signal_handler = connect_read_pipe = connect_write_pipe = _io  # type: ignore[assignment]

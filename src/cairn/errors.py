@@ -1,0 +1,150 @@
+"""The one error tree of Cairn.
+
+Every error Cairn raises on purpose derives from :class:`CairnError`. Errors that users
+may catch inside workflow code (:class:`ActivityError`, :class:`ApplicationError`) carry
+only a type name and a message, so that they can be recorded in history and rebuilt on
+replay exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CairnError(Exception):
+    """Base class of every error Cairn raises on purpose."""
+
+
+class InputValidationError(CairnError):
+    """Input failed validation; nothing was written."""
+
+
+class ConfigurationError(CairnError):
+    """Cairn is set up wrongly (a bad URL, an unknown module, a missing migration)."""
+
+
+class DatabaseError(CairnError):
+    """The database failed in a way Cairn could not handle (translated from psycopg)."""
+
+
+class SchemaNotReadyError(ConfigurationError):
+    """The database has no Cairn schema, or an older one: run ``cairn db migrate``."""
+
+
+class WorkflowNotFound(CairnError):
+    """No workflow run matches the given id."""
+
+
+class WorkflowAlreadyStarted(CairnError):
+    """A run with this workflow id is already open and the id-conflict policy is "fail"."""
+
+    def __init__(self, workflow_id: str, run_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} is already running (run {run_id})")
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+
+
+class UnknownWorkflowType(InputValidationError):
+    """No worker has registered a workflow type of this name."""
+
+
+class NonDeterminismError(CairnError):
+    """Replaying the current code over a history produced different commands.
+
+    Attributes:
+        seq: the history seq at which the divergence shows.
+        expected: the command recorded in history (``None`` if history has none there).
+        produced: the command the current code produced (``None`` if it produced none).
+    """
+
+    def __init__(self, seq: int, expected: str | None, produced: str | None) -> None:
+        super().__init__(
+            f"non-deterministic workflow at seq {seq}: history has "
+            f"{expected or 'no command'}, the code produced {produced or 'no command'}"
+        )
+        self.seq = seq
+        self.expected = expected
+        self.produced = produced
+
+
+class DeterminismViolation(CairnError):
+    """Workflow code did something that cannot be replayed (I/O, wall clock, threads)."""
+
+
+class WorkflowFailure(CairnError):
+    """A failure recorded in history: a type name, a message and optional details.
+
+    Raised to callers of ``handle.result()`` when a run failed, and the base of errors
+    that reach workflow code from recorded events.
+    """
+
+    def __init__(
+        self, message: str, *, type: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type or self.__class__.__name__
+        self.details = details
+
+    def to_failure(self) -> dict[str, Any]:
+        """The JSON form recorded in history."""
+        return {"type": self.type, "message": self.message, "details": self.details}
+
+
+class ApplicationError(WorkflowFailure):
+    """An error raised by user code with an explicit type, message and retry hint.
+
+    Raise it from an activity with ``non_retryable=True`` to stop retries at once.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,
+        details: Any = None,
+        non_retryable: bool = False,
+    ) -> None:
+        super().__init__(message, type=type or "ApplicationError", details=details)
+        self.non_retryable = non_retryable
+
+
+class ActivityError(WorkflowFailure):
+    """An activity failed for good: its retries ran out, or its error was non-retryable.
+
+    Attributes:
+        cause: the last attempt's error as an :class:`ApplicationError`.
+        activity: the activity's name.
+        seq: the activity's seq in the run's history.
+        attempts: how many attempts ran.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: ApplicationError,
+        activity: str,
+        seq: int,
+        attempts: int,
+        retry_state: str,
+    ) -> None:
+        super().__init__(message, type="ActivityError", details=cause.to_failure())
+        self.cause = cause
+        self.activity = activity
+        self.seq = seq
+        self.attempts = attempts
+        self.retry_state = retry_state
+        self.__cause__ = cause
+
+
+class WorkflowCancelled(WorkflowFailure):
+    """The run was cancelled."""
+
+
+class WorkflowTerminated(WorkflowFailure):
+    """The run was terminated by an operator; no workflow code ran after that."""
+
+
+class WorkflowTimeout(CairnError):
+    """Waiting for a result took longer than the caller allowed."""

@@ -1,0 +1,387 @@
+-- Every statement Cairn runs, each under a `-- name:` header and a one-line description.
+-- Parameters use psycopg's %(name)s style. %(now)s is NULL in production (the database's
+-- clock) and a fixed time in tests.
+
+-- ---------------------------------------------------------------- migrations
+
+-- name: migrate_lock
+-- Serialises concurrent `cairn db migrate` runs; a session lock, released by migrate_unlock.
+SELECT pg_advisory_lock(7243591038)
+
+-- name: migrate_unlock
+-- Releases migrate_lock.
+SELECT pg_advisory_unlock(7243591038)
+
+-- name: create_versions_table
+-- The table that records which migrations have been applied.
+CREATE SCHEMA IF NOT EXISTS cairn;
+CREATE TABLE IF NOT EXISTS cairn.schema_versions (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_versions
+-- Migrations applied so far, if the versions table exists.
+SELECT version, name, checksum, applied_at FROM cairn.schema_versions ORDER BY version
+
+-- name: versions_table_exists
+-- Whether the schema has ever been migrated.
+SELECT to_regclass('cairn.schema_versions') IS NOT NULL AS present
+
+-- name: record_version
+-- Marks one migration as applied (inside the migration's own transaction).
+INSERT INTO cairn.schema_versions (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s)
+
+-- ---------------------------------------------------------------- starting runs
+
+-- name: start_workflow
+-- Creates a run, its WorkflowStarted event and its first workflow task in one statement,
+-- unless the workflow id already has an open run (then returns no row).
+WITH new_run AS (
+    INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at)
+    VALUES (%(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s,
+            coalesce(%(now)s::timestamptz, now()))
+    ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
+    RETURNING run_id, queue, created_at
+), started AS (
+    INSERT INTO cairn.history (run_id, seq, type, data, at)
+    SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue, available_at, created_at)
+    SELECT run_id, queue, created_at, created_at FROM new_run
+)
+SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
+
+-- name: open_run_by_workflow_id
+-- The open run of a workflow id, if any.
+SELECT run_id, workflow_type FROM cairn.runs
+WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running'
+
+-- ---------------------------------------------------------------- workflow tasks
+
+-- name: claim_workflow_task
+-- Locks one ready workflow task for the rest of this transaction. SKIP LOCKED: concurrent
+-- workers take different runs instead of queueing on one row lock and coming away empty.
+-- The lock is the claim: it ends with the transaction or with a dead worker's connection.
+SELECT t.run_id, t.failures, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
+       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.workflow_tasks t
+JOIN cairn.runs r ON r.run_id = t.run_id
+WHERE t.queue = ANY(%(queues)s::text[])
+  AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+ORDER BY t.available_at
+LIMIT 1
+FOR UPDATE OF t SKIP LOCKED
+
+-- name: read_inbox
+-- The run's waiting external events, oldest first.
+SELECT id, type, data, at FROM cairn.inbox WHERE run_id = %(run_id)s ORDER BY id
+
+-- name: read_history
+-- A run's whole history, in order.
+SELECT seq, type, data, at FROM cairn.history WHERE run_id = %(run_id)s ORDER BY seq
+
+-- name: read_history_after
+-- A run's history after a seq (for following it live).
+SELECT seq, type, data, at FROM cairn.history
+WHERE run_id = %(run_id)s AND seq > %(after)s ORDER BY seq
+
+-- name: delete_inbox
+-- Drops the inbox events that this workflow task moved into history (by exact ids: rows
+-- committed meanwhile stay for the next task).
+DELETE FROM cairn.inbox WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: append_history
+-- Appends a batch of events; the primary key rejects a writer whose view was stale.
+INSERT INTO cairn.history (run_id, seq, type, data, at)
+SELECT %(run_id)s, e.seq, e.type, e.data, coalesce(%(now)s::timestamptz, now())
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb)
+
+-- name: schedule_activities
+-- Inserts activity tasks for ActivityScheduled commands and wakes their queues' workers.
+WITH ins AS (
+    INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
+        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
+    SELECT %(run_id)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
+           a.activity_type, a.queue, a.input, a.options,
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
+           coalesce(%(now)s::timestamptz, now())
+             + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
+    FROM jsonb_to_recordset(%(activities)s::jsonb)
+         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb)
+    RETURNING queue
+)
+SELECT pg_notify('cairn_activity', q.queue) AS notified FROM (SELECT DISTINCT queue FROM ins) q
+
+-- name: start_timers
+-- Inserts durable timers for TimerStarted commands and wakes the timer pumps.
+WITH ins AS (
+    INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
+    SELECT %(run_id)s, t.seq, %(workflow_queue)s, t.fire_at
+    FROM jsonb_to_recordset(%(timers)s::jsonb) AS t(seq integer, fire_at timestamptz)
+    RETURNING 1
+)
+SELECT pg_notify('cairn_timer', '') AS notified WHERE EXISTS (SELECT 1 FROM ins)
+
+-- name: cancel_timers
+-- Drops timers that the workflow cancelled before they fired.
+DELETE FROM cairn.timers WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[])
+
+-- name: cancel_activities
+-- Drops activity tasks the workflow cancelled; a running attempt learns it at its next
+-- lease renewal, and its late result is rejected because the row is gone.
+DELETE FROM cairn.activity_tasks WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[])
+
+-- name: close_run
+-- Marks a run closed and drops everything still queued for it.
+WITH closed AS (
+    UPDATE cairn.runs SET status = %(status)s, closed_at = coalesce(%(now)s::timestamptz, now()),
+                          failure = %(failure)s
+    WHERE run_id = %(run_id)s AND status = 'running'
+    RETURNING run_id
+), a AS (
+    DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
+), t AS (
+    DELETE FROM cairn.timers WHERE run_id IN (SELECT run_id FROM closed)
+), i AS (
+    DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed)
+)
+SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed
+
+-- name: finish_workflow_task
+-- The task is done: delete it (queue rows do not linger).
+DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+
+-- name: fail_workflow_task
+-- The workflow code failed (a bug, or non-determinism): keep the task, back it off and
+-- record why. History is not touched.
+UPDATE cairn.workflow_tasks
+SET failures = failures + 1, last_error = %(error)s,
+    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second'
+WHERE run_id = %(run_id)s
+
+-- name: ensure_workflow_task
+-- For operator actions (terminate) that append to history: makes sure the run has a task
+-- row to lock (one that no worker will claim), so the single-writer rule holds.
+INSERT INTO cairn.workflow_tasks (run_id, queue, available_at)
+SELECT run_id, queue, 'infinity' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: lock_workflow_task
+-- Waits for and holds the lock of a run's workflow task row (see ensure_workflow_task):
+-- no SKIP LOCKED here, the operator's write must wait for a worker mid-task.
+SELECT r.status, (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = r.run_id) AS last_seq,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
+WHERE t.run_id = %(run_id)s
+FOR UPDATE OF t
+
+-- ---------------------------------------------------------------- inbox writers
+
+-- name: signal_run
+-- Puts an external event into a running run's inbox and makes sure a workflow task is
+-- pending. ON CONFLICT DO UPDATE (not DO NOTHING) takes the task row's lock, so this
+-- waits for a worker mid-task and then re-creates the task it deletes: no lost wake-up.
+WITH run AS (
+    SELECT run_id, queue FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM run
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT run_id, queue FROM run
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
+
+-- ---------------------------------------------------------------- timers
+
+-- name: fire_due_timers
+-- Turns due timers into TimerFired inbox events and pending workflow tasks. SKIP LOCKED:
+-- several pumps split the due timers instead of waiting on each other.
+WITH due AS (
+    DELETE FROM cairn.timers t
+    USING (SELECT run_id, seq FROM cairn.timers
+           WHERE fire_at <= coalesce(%(now)s::timestamptz, now())
+           ORDER BY fire_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) d
+    WHERE t.run_id = d.run_id AND t.seq = d.seq
+    RETURNING t.run_id, t.seq, t.workflow_queue, t.fire_at
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT run_id, 'TimerFired', jsonb_build_object('timer_seq', seq)
+    FROM (SELECT * FROM due ORDER BY fire_at, seq) ordered
+), task AS (
+    -- DO UPDATE takes the row lock: see signal_run.
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT DISTINCT run_id, workflow_queue FROM due
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT q.queue, pg_notify('cairn_workflow', q.queue) AS notified, (SELECT count(*) FROM due) AS fired
+FROM (SELECT DISTINCT queue FROM task) q
+
+-- name: next_timer
+-- When the next timer is due, for the timer pump's sleep.
+SELECT min(fire_at) AS fire_at FROM cairn.timers
+
+-- ---------------------------------------------------------------- activity tasks
+
+-- name: claim_activity_tasks
+-- Leases ready activity attempts: bumps the attempt and the fencing token, and sets the
+-- deadlines of this attempt. SKIP LOCKED: concurrent claimers take different rows.
+UPDATE cairn.activity_tasks a
+SET attempt = a.attempt + 1,
+    token = a.token + 1,
+    lease_owner = %(worker)s,
+    started_at = c.now,
+    lease_expires_at = c.now + %(lease)s * interval '1 second',
+    attempt_deadline = c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second'),
+    heartbeat_deadline = c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
+FROM (SELECT run_id, seq, coalesce(%(now)s::timestamptz, now()) AS now
+      FROM cairn.activity_tasks
+      WHERE queue = ANY(%(queues)s::text[]) AND lease_owner IS NULL
+        AND available_at <= coalesce(%(now)s::timestamptz, now())
+      ORDER BY available_at
+      LIMIT %(limit)s
+      FOR UPDATE SKIP LOCKED) c
+WHERE a.run_id = c.run_id AND a.seq = c.seq
+RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
+          a.queue, a.input, a.options, a.scheduled_at, a.started_at, a.heartbeat_details,
+          a.attempt_deadline, a.schedule_deadline
+
+-- name: complete_activity
+-- Records an activity's final outcome (completed, or failed for good) as an inbox event,
+-- fenced by the attempt token: a late result from a superseded attempt changes nothing.
+WITH done AS (
+    DELETE FROM cairn.activity_tasks
+    WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+    RETURNING run_id, workflow_queue
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
+), task AS (
+    -- DO UPDATE takes the row lock: see signal_run.
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT run_id, workflow_queue FROM done
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
+
+-- name: retry_activity
+-- Puts a failed attempt back with a delay (a new available_at), fenced by its token.
+UPDATE cairn.activity_tasks
+SET lease_owner = NULL, lease_expires_at = NULL, attempt_deadline = NULL,
+    heartbeat_deadline = NULL,
+    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
+    last_failure = %(failure)s
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+RETURNING queue
+
+-- name: release_activity
+-- Gives back an attempt that a draining worker did not finish, without counting it.
+UPDATE cairn.activity_tasks
+SET lease_owner = NULL, lease_expires_at = NULL, attempt_deadline = NULL,
+    heartbeat_deadline = NULL, attempt = attempt - 1,
+    available_at = coalesce(%(now)s::timestamptz, now())
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+
+-- name: renew_activity_leases
+-- One batched statement per worker process and flush: extends the leases of the attempts
+-- it runs and records their heartbeats. Attempts not returned were cancelled or superseded.
+UPDATE cairn.activity_tasks a
+SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second',
+    heartbeat_details = CASE WHEN h.beat THEN h.details ELSE a.heartbeat_details END,
+    heartbeat_at = CASE WHEN h.beat THEN coalesce(%(now)s::timestamptz, now()) ELSE a.heartbeat_at END,
+    heartbeat_deadline = CASE WHEN h.beat
+        THEN coalesce(%(now)s::timestamptz, now())
+             + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
+        ELSE a.heartbeat_deadline END
+FROM jsonb_to_recordset(%(beats)s::jsonb)
+     AS h(run_id uuid, seq integer, token bigint, beat boolean, details jsonb)
+WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token
+RETURNING a.run_id, a.seq
+
+-- name: expired_activity_tasks
+-- Attempts past a deadline (lease, start-to-close, heartbeat, schedule-to-close), locked
+-- for this transaction. SKIP LOCKED: reapers on several workers split the work.
+SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure,
+       lease_expires_at, attempt_deadline, heartbeat_deadline, schedule_deadline,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.activity_tasks
+WHERE timeout_at <= coalesce(%(now)s::timestamptz, now())
+ORDER BY timeout_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: next_due
+-- The earliest moment any work for these queues becomes ready, for the pollers' sleep.
+SELECT least(
+    (SELECT min(available_at) FROM cairn.workflow_tasks WHERE queue = ANY(%(queues)s::text[])),
+    (SELECT min(available_at) FROM cairn.activity_tasks
+     WHERE queue = ANY(%(queues)s::text[]) AND lease_owner IS NULL),
+    (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),
+    (SELECT min(fire_at) FROM cairn.timers)
+) - coalesce(%(now)s::timestamptz, now()) AS wait
+
+-- ---------------------------------------------------------------- registry
+
+-- name: register_workflow_type
+-- Records a workflow type a worker serves, with its input schema.
+INSERT INTO cairn.workflow_types (namespace, name, queues, input_schema, module, updated_at)
+VALUES (%(namespace)s, %(name)s, %(queues)s, %(input_schema)s, %(module)s, now())
+ON CONFLICT (namespace, name) DO UPDATE
+SET queues = ARRAY(SELECT DISTINCT unnest(cairn.workflow_types.queues || excluded.queues)),
+    input_schema = excluded.input_schema, module = excluded.module, updated_at = now()
+
+-- name: get_workflow_type
+-- A registered workflow type, if any.
+SELECT name, queues, input_schema, module FROM cairn.workflow_types
+WHERE namespace = %(namespace)s AND name = %(name)s
+
+-- name: list_workflow_types
+-- Every registered workflow type name.
+SELECT name FROM cairn.workflow_types WHERE namespace = %(namespace)s ORDER BY name
+
+-- ---------------------------------------------------------------- reading runs
+
+-- name: get_run
+-- A run by run id.
+SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure
+FROM cairn.runs WHERE run_id = %(run_id)s
+
+-- name: latest_run_by_workflow_id
+-- The newest run of a workflow id.
+SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure
+FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
+ORDER BY run_id DESC LIMIT 1
+
+-- name: list_runs
+-- Runs, newest first, optionally filtered by status and type.
+SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure
+FROM cairn.runs
+WHERE namespace = %(namespace)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
+ORDER BY run_id DESC
+LIMIT %(limit)s
+
+-- name: pending_activities
+-- A run's activities that have no recorded outcome yet, for describe.
+SELECT seq, activity_type, queue, attempt, scheduled_at, available_at, started_at, lease_owner,
+       lease_expires_at, heartbeat_at, heartbeat_details, last_failure
+FROM cairn.activity_tasks WHERE run_id = %(run_id)s ORDER BY seq
+
+-- name: pending_timers
+-- A run's timers that have not fired, for describe.
+SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
+
+-- name: pending_workflow_task
+-- A run's pending workflow task, with the last failure if its code failed.
+SELECT available_at, failures, last_error FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+
+-- name: last_history_event
+-- The last event of a run (its outcome, once closed).
+SELECT seq, type, data, at FROM cairn.history WHERE run_id = %(run_id)s ORDER BY seq DESC LIMIT 1

@@ -1,0 +1,738 @@
+"""The worker process: claims workflow tasks and activity attempts from Postgres.
+
+One asyncio loop (uvloop when run by the CLI), one connection pool, one LISTEN
+connection. Workflow tasks run in one transaction each, holding the task row's lock;
+activity attempts run outside any transaction, under a lease renewed by one batched
+statement per flush, and record their outcome fenced by the attempt token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import random
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from cairn import activity as activity_api
+from cairn import db
+from cairn._telemetry import tracer
+from cairn.activity import ActivityDefinition, ActivityInfo
+from cairn.client import CONNECTION_OPTIONS
+from cairn.common import RetryPolicy, to_payload
+from cairn.engine import history as h
+from cairn.engine.history import Event
+from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
+from cairn.engine.loop import install_guard
+from cairn.engine.queries import q
+from cairn.errors import ApplicationError, ConfigurationError, InputValidationError, UnknownWorkflowType
+from cairn.workflow import WorkflowDefinition, WorkflowInfo
+
+log = logging.getLogger("cairn.worker")
+
+LEASE_SECONDS = 30.0            # an attempt's lease; renewed while its worker lives
+POLL_INTERVAL_SECONDS = 1.0     # fallback poll when no NOTIFY arrives
+FLUSH_INTERVAL_SECONDS = 0.5    # how often heartbeats are batched to the database
+TASK_RETRY_MAX_SECONDS = 60.0   # cap of the backoff of a failing workflow task
+DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
+# Idle-in-transaction cap on worker sessions: a wedged worker loses its workflow-task
+# claim (a row lock) after this, instead of holding it for ever.
+IDLE_TX_TIMEOUT_MS = 60_000
+
+
+@dataclass
+class _Running:
+    """An activity attempt this process runs."""
+
+    run_id: str
+    seq: int
+    token: int
+    task: asyncio.Task[None] | None = None
+    details: Any = None
+    beat: bool = False
+    lost: bool = False  # cancelled or superseded: its outcome must not be written
+
+
+@dataclass
+class WorkerStats:
+    """Counters, for tests and progress output."""
+
+    workflow_tasks: int = 0
+    workflow_task_failures: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    activities_completed: int = 0
+    activities_failed: int = 0
+    activities_retried: int = 0
+    timers_fired: int = 0
+    rescued: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for obj in objs:
+        d = getattr(obj, attr, None)
+        if d is None:
+            raise ConfigurationError(f"{obj!r} is not decorated with @{attr.strip('_').split('_')[1]}.defn")
+        if d.name in out and out[d.name] is not d:
+            raise ConfigurationError(f"two definitions named {d.name!r}")
+        out[d.name] = d
+    return out
+
+
+def collect(module: Any) -> tuple[list[Any], list[Any]]:
+    """The workflow and activity functions defined or imported at a module's top level."""
+    workflows, activities = [], []
+    for value in vars(module).values():
+        if isinstance(getattr(value, "__cairn_workflow__", None), WorkflowDefinition):
+            workflows.append(value)
+        if isinstance(getattr(value, "__cairn_activity__", None), ActivityDefinition):
+            activities.append(value)
+    return workflows, activities
+
+
+class Worker:
+    """Runs workflows and activities from the given queues until stopped.
+
+    Args:
+        url: the database (default: ``CAIRN_DATABASE_URL``, else the embedded server).
+        workflows: ``@workflow.defn`` functions this worker runs.
+        activities: ``@activity.defn`` functions this worker runs.
+        queues: the queues it claims from.
+        workflow_concurrency: workflow tasks in flight at once (one connection each).
+        activity_concurrency: activity attempts in flight at once.
+        cache_size: live workflow instances kept (LRU); a miss replays history.
+        identity: a name for this worker in leases and history (default host:pid:random).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        workflows: Iterable[Callable[..., Any]] = (),
+        activities: Iterable[Callable[..., Any]] = (),
+        queues: Iterable[str] = ("default",),
+        workflow_concurrency: int = 4,
+        activity_concurrency: int = 100,
+        cache_size: int = 1000,
+        identity: str | None = None,
+        namespace: str = "default",
+        lease_seconds: float = LEASE_SECONDS,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        module: str | None = None,
+    ) -> None:
+        self.workflows: dict[str, WorkflowDefinition] = _definitions(workflows, "__cairn_workflow__")
+        self.activities: dict[str, ActivityDefinition] = _definitions(activities, "__cairn_activity__")
+        if not self.workflows and not self.activities:
+            raise ConfigurationError("a worker needs at least one workflow or activity")
+        self.queues = list(dict.fromkeys(queues))
+        if not self.queues or any(not isinstance(x, str) or not x for x in self.queues):
+            raise ConfigurationError("a worker needs at least one non-empty queue name")
+        if workflow_concurrency < 1 or activity_concurrency < 1 or cache_size < 1:
+            raise ConfigurationError("concurrency and cache size must be at least 1")
+        self.url = url
+        self.namespace = namespace
+        self.module = module
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.workflow_concurrency = workflow_concurrency
+        self.activity_concurrency = activity_concurrency
+        self.cache_size = cache_size
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.stats = WorkerStats()
+        self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._pool: AsyncConnectionPool | None = None
+        self._threads = ThreadPoolExecutor(max_workers=min(32, activity_concurrency),
+                                           thread_name_prefix="cairn-activity")
+        self._wf_wakes: list[asyncio.Event] = []
+        self._act_wake = asyncio.Event()
+        self._maint_wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._started = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._activity_tasks: set[asyncio.Task[None]] = set()
+        self._last_renewal = 0.0
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Runs until :meth:`stop` is called (or the task is cancelled), then drains."""
+        install_guard()
+        url, embedded = await asyncio.to_thread(db.resolve_url, self.url)
+        self.url = url
+        await asyncio.to_thread(_prepare_schema, url, embedded)
+        pool_size = self.workflow_concurrency + 4
+        self._pool = AsyncConnectionPool(
+            url, min_size=min(2, pool_size), max_size=pool_size, open=False,
+            kwargs={"autocommit": True,
+                    "options": f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"},
+        )
+        await self._pool.open(wait=True, timeout=30)
+        try:
+            await self._register_types()
+            self._wf_wakes = [asyncio.Event() for _ in range(self.workflow_concurrency)]
+            self._tasks = [asyncio.create_task(self._listen(), name="cairn-listen")]
+            self._tasks += [asyncio.create_task(self._workflow_poller(i), name=f"cairn-wf-{i}")
+                            for i in range(self.workflow_concurrency if self.workflows else 0)]
+            if self.activities:
+                self._tasks.append(asyncio.create_task(self._activity_poller(), name="cairn-act"))
+            self._tasks.append(asyncio.create_task(self._maintenance(), name="cairn-maint"))
+            self._tasks.append(asyncio.create_task(self._flusher(), name="cairn-flush"))
+            self._started.set()
+            log.info("worker %s started on queues %s (%d workflows, %d activities)", self.identity,
+                     self.queues, len(self.workflows), len(self.activities))
+            await self._stopping.wait()
+        finally:
+            await self._drain()
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await self._pool.close()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            for inst in self._cache.values():
+                _dispose(inst)
+            self._cache.clear()
+            log.info("worker %s stopped", self.identity)
+
+    def stop(self) -> None:
+        """Stops claiming new work; :meth:`run` then drains and returns."""
+        self._stopping.set()
+        self._wake_everything()
+
+    async def started(self) -> None:
+        """Waits until the worker is claiming work."""
+        await self._started.wait()
+
+    async def __aenter__(self) -> Worker:
+        self._runner = asyncio.create_task(self.run())
+        done, _ = await asyncio.wait({self._runner, asyncio.create_task(self._started.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            self._runner.result()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        await self._runner
+
+    async def _drain(self) -> None:
+        running = set(self._activity_tasks)
+        if running:
+            log.info("draining %d running activities (up to %.0f s)", len(running), DRAIN_GRACE_SECONDS)
+            _, pending = await asyncio.wait(running, timeout=DRAIN_GRACE_SECONDS)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    def _wake_everything(self) -> None:
+        for ev in self._wf_wakes:
+            ev.set()
+        self._act_wake.set()
+        self._maint_wake.set()
+
+    async def _register_types(self) -> None:
+        assert self._pool is not None
+        async with self._pool.connection() as c:
+            for d in self.workflows.values():
+                await c.execute(q("register_workflow_type"), {
+                    "namespace": self.namespace, "name": d.name, "queues": self.queues,
+                    "input_schema": Jsonb(d.signature.json_schema()), "module": self.module,
+                })
+
+    async def _listen(self) -> None:
+        """One dedicated connection LISTENs; a NOTIFY for one of our queues wakes pollers."""
+        assert self.url is not None
+        while not self._stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for channel in ("cairn_workflow", "cairn_activity", "cairn_timer"):
+                        await conn.execute(f"LISTEN {channel}")
+                    self._wake_everything()  # catch up on anything missed while away
+                    async for note in conn.notifies():
+                        if note.channel == "cairn_timer":
+                            self._maint_wake.set()
+                        elif note.payload in self.queues:
+                            if note.channel == "cairn_workflow":
+                                for ev in self._wf_wakes:
+                                    ev.set()
+                            else:
+                                self._act_wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listen connection lost (%s); polling until it is back", exc)
+                await asyncio.sleep(1.0)
+
+    async def _idle(self, event: asyncio.Event) -> None:
+        """Waits for a wake-up, or the jittered fallback poll."""
+        timeout = self.poll_interval * self._rng.uniform(0.8, 1.2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    # ------------------------------------------------------------ workflow tasks
+
+    async def _workflow_poller(self, index: int) -> None:
+        wake = self._wf_wakes[index]
+        while not self._stopping.is_set():
+            wake.clear()
+            try:
+                got = await self.run_workflow_task()
+            except Exception:
+                log.exception("workflow task loop error")
+                got = False
+                await asyncio.sleep(self.poll_interval)
+            if not got:
+                await self._idle(wake)
+
+    async def run_workflow_task(self) -> bool:
+        """Claims and runs one workflow task in one transaction; False if none was ready."""
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(q("claim_workflow_task"), {"queues": self.queues, "now": None})
+                    task = await cur.fetchone()
+                    if task is None:
+                        return False
+                    await self._workflow_task(conn, task)
+                return True
+            except psycopg.errors.UniqueViolation:
+                # Someone appended to this run since our cached view: replay next time.
+                self._evict(str(task["run_id"]))
+                return True
+            except BaseException:
+                if task is not None:
+                    self._evict(str(task["run_id"]))
+                raise
+
+    async def _workflow_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> None:
+        run_id = str(task["run_id"])
+        params: dict[str, Any] = {"run_id": run_id, "now": None}
+        if task["status"] != "running":
+            await conn.execute(q("finish_workflow_task"), params)
+            return
+        cur = await conn.execute(q("read_inbox"), params)
+        inbox = await cur.fetchall()
+        last_seq = int(task["last_seq"])
+        now: datetime = task["now"]
+        span = tracer.start_span("cairn.workflow_task", attributes={
+            "cairn.workflow_id": task["workflow_id"], "cairn.workflow_type": task["workflow_type"],
+            "cairn.run_id": run_id,
+        })
+        try:
+            inst = self._cache.get(run_id)
+            if inst is not None and inst.last_seq == last_seq:
+                self._cache.move_to_end(run_id)
+                self.stats.cache_hits += 1
+            else:
+                self._evict(run_id)
+                self.stats.cache_misses += 1
+                inst = await self._rebuild(conn, task)
+            marker = Event(last_seq + 1, h.WORKFLOW_TASK_STARTED,
+                           {"time": now.timestamp(), "worker": self.identity})
+            inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(inbox)]
+            commands = inst.activate(marker, inputs)
+        except (WorkflowTaskFailed, UnknownWorkflowType) as exc:
+            self._evict(run_id)
+            self.stats.workflow_task_failures += 1
+            error = exc.to_json() if isinstance(exc, WorkflowTaskFailed) else failure_of(exc)
+            delay = min(2.0 ** task["failures"], TASK_RETRY_MAX_SECONDS)
+            log.warning("workflow task of %s (run %s) failed, retrying in %.0f s: %s",
+                        task["workflow_id"], run_id, delay, exc,
+                        extra={"workflow_id": task["workflow_id"], "run_id": run_id})
+            await conn.execute(q("fail_workflow_task"), {**params, "error": Jsonb(error), "delay": delay})
+            span.set_attribute("cairn.task_failed", True)
+            span.end()
+            return
+        span.end()
+        events = [marker, *inputs, *(c.as_event() for c in commands)]
+        await self._record(conn, task, inst, events, [r[0] for r in inbox])
+        self.stats.workflow_tasks += 1
+        if inst.closed:
+            self._evict(run_id)
+        else:
+            self._cache[run_id] = inst
+            while len(self._cache) > self.cache_size:
+                _, old = self._cache.popitem(last=False)
+                _dispose(old)
+
+    async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
+        """Cache miss: replay the whole history into a new instance."""
+        definition = self.workflows.get(task["workflow_type"])
+        if definition is None:
+            raise UnknownWorkflowType(f"this worker has no workflow type {task['workflow_type']!r}")
+        cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
+        events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+        info = WorkflowInfo(
+            workflow_id=task["workflow_id"], run_id=str(task["run_id"]),
+            workflow_type=task["workflow_type"], queue=task["queue"], namespace=self.namespace,
+            start_time=task["created_at"],
+        )
+        try:
+            return replay(definition, info, events)
+        except WorkflowTaskFailed:
+            raise
+        except Exception as exc:  # NonDeterminismError and friends
+            raise WorkflowTaskFailed(exc) from exc
+
+    async def _record(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
+                      inst: WorkflowInstance, events: list[Event], inbox_ids: list[int]) -> None:
+        """Writes one workflow task's outcome; all in the task's transaction, pipelined."""
+        run_id = str(task["run_id"])
+        base = {"run_id": run_id, "now": None}
+        activities, timers, cancel_timers, cancel_acts = [], [], [], []
+        close: tuple[str, Any] | None = None
+        for ev in events:
+            if ev.type == h.ACTIVITY_SCHEDULED:
+                activities.append({"seq": ev.seq, **ev.data})
+            elif ev.type == h.TIMER_STARTED:
+                timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
+            elif ev.type == h.TIMER_CANCELLED:
+                cancel_timers.append(ev.data["timer_seq"])
+            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED:
+                cancel_acts.append(ev.data["activity_seq"])
+            elif ev.type in h.TERMINAL_EVENTS:
+                failure = ev.data.get("failure")
+                if ev.type == h.WORKFLOW_FAILED and failure:
+                    failure = {"type": failure.get("type"), "message": failure.get("message")}
+                close = (h.TERMINAL_EVENTS[ev.type], failure)
+        async with conn.pipeline():
+            if inbox_ids:
+                await conn.execute(q("delete_inbox"), {"ids": inbox_ids})
+            await conn.execute(q("append_history"), {**base, "events": Jsonb([
+                {"seq": e.seq, "type": e.type, "data": e.data} for e in events])})
+            if close is None:
+                if activities:
+                    await conn.execute(q("schedule_activities"), {
+                        **base, "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
+                        "workflow_queue": task["queue"], "activities": Jsonb(activities)})
+                if timers:
+                    await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
+                                                           "timers": Jsonb(timers)})
+                if cancel_timers:
+                    await conn.execute(q("cancel_timers"), {**base, "seqs": cancel_timers})
+                if cancel_acts:
+                    await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
+            else:
+                await conn.execute(q("close_run"), {**base, "status": close[0],
+                                                    "failure": Jsonb(close[1]) if close[1] else None})
+            await conn.execute(q("finish_workflow_task"), base)
+
+    def _evict(self, run_id: str) -> None:
+        inst = self._cache.pop(run_id, None)
+        if inst is not None:
+            _dispose(inst)
+
+    # ------------------------------------------------------------ activities
+
+    async def _activity_poller(self) -> None:
+        assert self._pool is not None
+        while not self._stopping.is_set():
+            self._act_wake.clear()
+            free = self.activity_concurrency - len(self._activity_tasks)
+            if free <= 0:
+                await self._idle(self._act_wake)
+                continue
+            try:
+                async with self._pool.connection() as conn:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(q("claim_activity_tasks"), {
+                        "queues": self.queues, "worker": self.identity, "lease": self.lease_seconds,
+                        "limit": min(free, 50), "now": None})
+                    rows = await cur.fetchall()
+            except Exception:
+                log.exception("activity claim failed")
+                rows = []
+                await asyncio.sleep(self.poll_interval)
+            for row in rows:
+                running = _Running(str(row["run_id"]), row["seq"], row["token"])
+                self._running[(running.run_id, running.seq)] = running
+                t = asyncio.create_task(self._attempt(row, running), name=f"cairn-activity-{row['activity_type']}")
+                running.task = t
+                self._activity_tasks.add(t)
+                t.add_done_callback(self._activity_done)
+            if not rows or len(rows) == free:
+                await self._idle(self._act_wake)
+
+    def _activity_done(self, t: asyncio.Task[None]) -> None:
+        self._activity_tasks.discard(t)
+        self._act_wake.set()
+
+    async def _attempt(self, row: dict[str, Any], running: _Running) -> None:
+        """Runs one activity attempt and records what happened."""
+        options = row["options"]
+        name = row["activity_type"]
+        key = (running.run_id, running.seq)
+
+        def beat(details: Any) -> None:
+            running.details = details
+            running.beat = True
+
+        info = ActivityInfo(
+            activity_type=name, workflow_id=row["workflow_id"], workflow_type=row["workflow_type"],
+            run_id=running.run_id, seq=running.seq, attempt=row["attempt"], queue=row["queue"],
+            scheduled_at=row["scheduled_at"], started_at=row["started_at"],
+            deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
+        )
+        extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
+        with tracer.start_as_current_span("cairn.activity", attributes={
+            "cairn.workflow_id": info.workflow_id, "cairn.activity": name, "cairn.attempt": info.attempt,
+        }):
+            limit: asyncio.Timeout | None = None
+            try:
+                try:
+                    definition = self.activities.get(name)
+                    if definition is None:
+                        raise ApplicationError(f"this worker has no activity {name!r}", type="ActivityNotRegistered")
+                    args = definition.signature.validate_args(row["input"], f"activity {name}")
+                    token = activity_api._current.set(info)
+                    try:
+                        async with asyncio.timeout(_attempt_timeout(options, row)) as limit:
+                            if definition.is_async:
+                                result = await definition.fn(*args)
+                            else:
+                                ctx = contextvars.copy_context()
+                                result = await asyncio.get_running_loop().run_in_executor(
+                                    self._threads, lambda: ctx.run(definition.fn, *args))
+                    finally:
+                        activity_api._current.reset(token)
+                    payload = to_payload(result)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
+                        exc = ApplicationError("start-to-close timeout exceeded", type="StartToCloseTimeout")
+                    await self._failed(row, running, exc, extra)
+                    return
+                ok = await self._write(q("complete_activity"), {
+                    "run_id": running.run_id, "seq": running.seq, "token": running.token,
+                    "type": h.ACTIVITY_COMPLETED,
+                    "data": Jsonb({"activity_seq": running.seq, "result": payload, "attempt": info.attempt}),
+                })
+                if ok:
+                    self.stats.activities_completed += 1
+                else:
+                    log.info("result of %s dropped: the attempt was superseded or cancelled", name, extra=extra)
+            except asyncio.CancelledError:
+                if not running.lost and self._stopping.is_set():
+                    await self._write(q("release_activity"), {
+                        "run_id": running.run_id, "seq": running.seq, "token": running.token, "now": None})
+                    log.info("released %s for another worker (draining)", name, extra=extra)
+            finally:
+                self._running.pop(key, None)
+
+    async def _failed(self, row: dict[str, Any], running: _Running, exc: BaseException,
+                      extra: dict[str, Any]) -> None:
+        failure = failure_of(exc)
+        non_retryable = isinstance(exc, InputValidationError) or bool(failure.get("non_retryable"))
+        await self._fail_attempt(row, running.run_id, running.seq, running.token, row["attempt"],
+                                 failure, non_retryable, extra)
+
+    async def _fail_attempt(self, row: dict[str, Any], run_id: str, seq: int, token: int, attempt: int,
+                            failure: dict[str, Any], non_retryable: bool, extra: dict[str, Any],
+                            conn: psycopg.AsyncConnection[Any] | None = None,
+                            now: datetime | None = None) -> None:
+        """Retries a failed attempt after its backoff, or records the activity as failed."""
+        options = row["options"]
+        policy = RetryPolicy.model_validate(options.get("retry_policy") or {})
+        delay = policy.next_delay(attempt, str(failure.get("type")), non_retryable=non_retryable, rng=self._rng)
+        retry_state = "non_retryable" if non_retryable or failure.get("type") in policy.non_retryable_error_types \
+            else "maximum_attempts"
+        deadline = row.get("schedule_deadline")
+        if delay is not None and deadline is not None:
+            now = now or datetime.now(deadline.tzinfo)
+            if now + timedelta(seconds=delay) >= deadline:
+                delay, retry_state = None, "schedule_to_close_timeout"
+        base = {"run_id": run_id, "seq": seq, "token": token, "now": None}
+        if delay is not None:
+            ok = await self._write(q("retry_activity"), {**base, "delay": delay, "failure": Jsonb(failure)}, conn)
+            if ok:
+                self.stats.activities_retried += 1
+                log.info("activity %s attempt %d failed (%s: %s); retry in %.2f s", row["activity_type"], attempt,
+                         failure.get("type"), failure.get("message"), delay, extra=extra)
+            return
+        ok = await self._write(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
+            "activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state})}, conn)
+        if ok:
+            self.stats.activities_failed += 1
+            log.info("activity %s failed for good after %d attempt(s) (%s)", row["activity_type"], attempt,
+                     retry_state, extra=extra)
+
+    async def _write(self, sql: str, params: dict[str, Any],
+                     conn: psycopg.AsyncConnection[Any] | None = None) -> bool:
+        """Runs one fenced write; True if it changed a row. Retries connection failures."""
+        if conn is not None:
+            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            return cur.rowcount > 0 or cur.description is not None and await cur.fetchone() is not None
+        assert self._pool is not None
+        for attempt in range(5):
+            try:
+                async with self._pool.connection() as c:
+                    cur = await c.execute(sql, params)  # type: ignore[arg-type]
+                    if cur.description is not None:
+                        return await cur.fetchone() is not None
+                    return cur.rowcount > 0
+            except psycopg.OperationalError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2 * 2 ** attempt)
+        return False
+
+    # ------------------------------------------------------------ heartbeats and leases
+
+    async def _flusher(self) -> None:
+        """Batches heartbeats and lease renewals of all running attempts into one UPDATE."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+            renew_all = loop.time() - self._last_renewal >= self.lease_seconds / 3
+            rows = []
+            for r in list(self._running.values()):
+                if r.lost or not (renew_all or r.beat):
+                    continue
+                rows.append({"run_id": r.run_id, "seq": r.seq, "token": r.token, "beat": r.beat,
+                             "details": r.details})
+                r.beat = False
+            if not rows:
+                if renew_all:
+                    self._last_renewal = loop.time()
+                continue
+            try:
+                assert self._pool is not None
+                async with self._pool.connection() as c:
+                    cur = await c.execute(q("renew_activity_leases"), {
+                        "beats": Jsonb(rows), "lease": self.lease_seconds, "now": None})
+                    alive = {(str(a), s) for a, s in await cur.fetchall()}
+            except Exception as exc:
+                log.warning("heartbeat flush failed: %s", exc)
+                continue
+            if renew_all:
+                self._last_renewal = loop.time()
+            for row in rows:
+                key = (row["run_id"], row["seq"])
+                r = self._running.get(key)
+                if key not in alive and r is not None and r.token == row["token"] and not r.lost:
+                    # Cancelled by the workflow, timed out, or taken over: stop it.
+                    r.lost = True
+                    if r.task is not None:
+                        r.task.cancel()
+
+    # ------------------------------------------------------------ timers, timeouts, wake-ups
+
+    async def _maintenance(self) -> None:
+        """Fires due timers, times out expired attempts, and wakes pollers when work is due."""
+        assert self._pool is not None
+        while not self._stopping.is_set():
+            self._maint_wake.clear()
+            wait = self.poll_interval
+            try:
+                while await self.fire_timers() >= 100:
+                    pass
+                while await self.reap_expired() >= 100:
+                    pass
+                async with self._pool.connection() as c:
+                    row = await (await c.execute(q("next_due"), {"queues": self.queues, "now": None})).fetchone()
+                due: timedelta | None = row[0] if row else None
+                if due is not None:
+                    if due.total_seconds() <= 0:
+                        for ev in self._wf_wakes:
+                            ev.set()
+                        self._act_wake.set()
+                        wait = min(wait, 0.05) if due.total_seconds() > -1 else wait
+                    else:
+                        wait = min(wait, due.total_seconds() + 0.005)
+            except Exception:
+                log.exception("maintenance pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._maint_wake.wait(), wait * self._rng.uniform(0.9, 1.0) if wait > 0.1
+                                       else wait)
+
+    async def fire_timers(self) -> int:
+        """Turns due timers into inbox events; returns how many fired."""
+        assert self._pool is not None
+        async with self._pool.connection() as c:
+            cur = await c.execute(q("fire_due_timers"), {"limit": 100, "now": None})
+            rows = await cur.fetchall()
+        if any(r[0] in self.queues for r in rows):
+            for ev in self._wf_wakes:
+                ev.set()
+        fired = int(rows[0][2]) if rows else 0
+        self.stats.timers_fired += fired
+        return fired
+
+    async def reap_expired(self) -> int:
+        """Fails attempts past a deadline (or whose worker died); returns how many."""
+        assert self._pool is not None
+        async with self._pool.connection() as c, c.transaction():
+            cur = c.cursor(row_factory=dict_row)
+            await cur.execute(q("expired_activity_tasks"), {"limit": 100, "now": None})
+            rows = await cur.fetchall()
+            for row in rows:
+                now = row["now"]
+                extra = {"run_id": str(row["run_id"]), "activity": row["activity_type"]}
+                if row["schedule_deadline"] is not None and row["schedule_deadline"] <= now:
+                    failure = {"type": "ScheduleToCloseTimeout", "message": "schedule-to-close timeout exceeded",
+                               "details": None}
+                    await self._write(q("complete_activity"), {
+                        "run_id": row["run_id"], "seq": row["seq"], "token": row["token"], "now": None,
+                        "type": h.ACTIVITY_FAILED, "data": Jsonb({
+                            "activity_seq": row["seq"], "failure": failure, "attempts": row["attempt"],
+                            "retry_state": "schedule_to_close_timeout"})}, c)
+                    continue
+                if row["lease_owner"] is None:
+                    continue
+                if row["attempt_deadline"] is not None and row["attempt_deadline"] <= now:
+                    kind, msg = "StartToCloseTimeout", "start-to-close timeout exceeded"
+                elif row["heartbeat_deadline"] is not None and row["heartbeat_deadline"] <= now:
+                    kind, msg = "HeartbeatTimeout", "no heartbeat within the heartbeat timeout"
+                else:
+                    kind, msg = "WorkerLost", f"worker {row['lease_owner']} stopped renewing its lease"
+                    self.stats.rescued += 1
+                await self._fail_attempt(row, str(row["run_id"]), row["seq"], row["token"], row["attempt"],
+                                         {"type": kind, "message": msg, "details": None}, False, extra,
+                                         conn=c, now=now)
+        return len(rows)
+
+
+def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> float | None:
+    """Seconds this attempt may run locally: start-to-close, bounded by schedule-to-close."""
+    limits = []
+    if options.get("start_to_close_timeout"):
+        limits.append(float(options["start_to_close_timeout"]))
+    if row.get("schedule_deadline") is not None:
+        limits.append((row["schedule_deadline"] - row["started_at"]).total_seconds())
+    return max(min(limits), 0.001) if limits else None
+
+
+def _dispose(inst: WorkflowInstance) -> None:
+    """Lets an evicted instance's coroutines unwind, recording nothing."""
+    inst.dispose()
+
+
+def _prepare_schema(url: str, embedded: bool) -> None:
+    with db.connect_sync(url) as conn:
+        if embedded and not db.schema_status(conn).up_to_date:
+            db.migrate(url)
+        else:
+            db.check_schema(conn)

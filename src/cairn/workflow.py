@@ -1,0 +1,218 @@
+"""The authoring API used inside workflow code.
+
+A workflow is an ``async def`` decorated with :func:`defn`. It runs on a deterministic
+event loop: use the helpers here (or plain ``asyncio``) for time, randomness, timers and
+activities, and keep I/O in activities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import uuid
+from collections.abc import Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, seconds, to_payload
+from cairn.engine.instance import ActivityHandle, WorkflowInstance
+from cairn.engine.loop import WorkflowLoop
+from cairn.errors import CairnError, InputValidationError
+
+__all__ = [
+    "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn", "execute_activity",
+    "info", "logger", "now", "random", "sleep", "start_activity", "unsafe_is_replaying", "uuid4",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """Identity of the running workflow."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    namespace: str
+    start_time: datetime
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow function."""
+
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    signature: Signature
+
+
+@overload
+def defn(fn: F, /) -> F: ...
+@overload
+def defn(*, name: str | None = None) -> Callable[[F], F]: ...
+def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Marks an ``async def`` as a workflow; its type name defaults to the function name."""
+
+    def wrap(f: F) -> F:
+        if not asyncio.iscoroutinefunction(f):
+            raise TypeError(f"@workflow.defn needs an async def, got {f!r}")
+        f.__cairn_workflow__ = WorkflowDefinition(name or f.__name__, f, Signature(f))  # type: ignore[attr-defined]
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def definition_of(fn: Any) -> WorkflowDefinition:
+    """The definition behind a workflow function."""
+    d = getattr(fn, "__cairn_workflow__", None)
+    if not isinstance(d, WorkflowDefinition):
+        raise InputValidationError(f"{fn!r} is not a workflow: decorate it with @workflow.defn")
+    return d
+
+
+def _instance() -> WorkflowInstance:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if not isinstance(loop, WorkflowLoop):
+        raise CairnError("this works only inside workflow code")
+    return loop.instance
+
+
+def in_workflow() -> bool:
+    """Whether the caller runs inside workflow code."""
+    try:
+        return isinstance(asyncio.get_running_loop(), WorkflowLoop)
+    except RuntimeError:
+        return False
+
+
+def info() -> WorkflowInfo:
+    """The running workflow's id, run id, type and queue."""
+    return _instance().info
+
+
+def now() -> datetime:
+    """Workflow time: the time of the current workflow task, the same on every replay."""
+    return _instance().now()
+
+
+def random() -> _random.Random:
+    """A random generator seeded from the run id: the same values on every replay."""
+    return _instance().random
+
+
+def uuid4() -> uuid.UUID:
+    """A UUID from the workflow's seeded random generator."""
+    return _instance().uuid4()
+
+
+def unsafe_is_replaying() -> bool:
+    """Whether the code is being replayed from history (for logging decisions only)."""
+    return _instance().replaying
+
+
+async def sleep(duration: timedelta | float) -> None:
+    """A durable timer: survives worker restarts. Plain ``asyncio.sleep`` does the same."""
+    await asyncio.sleep(duration.total_seconds() if isinstance(duration, timedelta) else duration)
+
+
+def start_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    queue: str | None = None,
+) -> ActivityHandle:
+    """Schedules an activity and returns a handle (an awaitable future you may cancel).
+
+    Args:
+        activity: an ``@activity.defn`` function, or an activity type name.
+        args: the activity's arguments; converted to JSON and recorded in history.
+        start_to_close_timeout: the most one attempt may take.
+        schedule_to_close_timeout: the most all attempts together may take.
+        heartbeat_timeout: the most time between two heartbeats of a running attempt.
+        retry_policy: how failed attempts are retried (default: unlimited, 1 s doubling).
+        queue: the activity queue (default: the workflow's queue).
+    """
+    from cairn.activity import ActivityDefinition
+
+    inst = _instance()
+    returns: Any = None
+    if isinstance(activity, str):
+        name = activity
+    else:
+        adef = getattr(activity, "__cairn_activity__", None)
+        if not isinstance(adef, ActivityDefinition):
+            raise InputValidationError(f"{activity!r} is not an activity: decorate it with @activity.defn")
+        name = adef.name
+        sig = adef.signature
+        sig.validate_args([to_payload(a) for a in args], f"activity {name}")
+
+        def returns(data: Any) -> Any:
+            return sig.validate_result(data, f"activity {name}")
+
+    if start_to_close_timeout is None and schedule_to_close_timeout is None:
+        raise InputValidationError(
+            f"activity {name}: set start_to_close_timeout or schedule_to_close_timeout"
+        )
+    policy = retry_policy or DEFAULT_RETRY_POLICY
+    options = {
+        "start_to_close_timeout": seconds(start_to_close_timeout),
+        "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
+        "heartbeat_timeout": seconds(heartbeat_timeout),
+        "retry_policy": policy.model_dump(mode="json"),
+    }
+    return inst.schedule_activity(name, [to_payload(a) for a in args], options,
+                                  queue or inst.info.queue, returns)
+
+
+async def execute_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    queue: str | None = None,
+) -> Any:
+    """Runs an activity and returns its result (see :func:`start_activity`).
+
+    Raises:
+        ActivityError: the activity failed for good; ``.cause`` has its type and message.
+    """
+    return await start_activity(
+        activity, *args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
+        retry_policy=retry_policy, queue=queue,
+    )
+
+
+class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Adds the workflow and run id to each record; silent while replaying."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        if in_workflow():
+            i = _instance().info
+            extra = dict(kwargs.get("extra") or {})
+            extra.update(workflow_id=i.workflow_id, run_id=i.run_id, workflow_type=i.workflow_type)
+            kwargs["extra"] = extra
+        return msg, kwargs
+
+    def isEnabledFor(self, level: int) -> bool:
+        if in_workflow() and _instance().replaying:
+            return False
+        return super().isEnabledFor(level)
+
+
+logger = _WorkflowLogger(logging.getLogger("cairn.workflow"), {})
+"""A logger for workflow code: quiet during replay, records carry workflow and run id."""
