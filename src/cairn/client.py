@@ -193,20 +193,30 @@ class Client:
             return str(existing[0])
         raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
 
-    async def _check_registered(self, name: str, payload: list[Any]) -> None:
-        """Validates a start by type name against the registry that workers fill."""
+    async def registered_type(self, name: str) -> dict[str, Any]:
+        """A workflow type from the registry that workers fill (name, queues, input schema).
+
+        Raises:
+            UnknownWorkflowType: no worker has registered this type.
+        """
         async with self.pool.connection() as c:
-            row = await (await c.execute(q("get_workflow_type"),
-                                         {"namespace": self.namespace, "name": name})).fetchone()
+            cur = c.cursor(row_factory=dict_row)
+            row = await (await cur.execute(q("get_workflow_type"),
+                                           {"namespace": self.namespace, "name": name})).fetchone()
             if row is None:
-                known = [r[0] for r in await (await c.execute(
+                known = [r["name"] for r in await (await cur.execute(
                     q("list_workflow_types"), {"namespace": self.namespace})).fetchall()]
                 hint = f" (known: {', '.join(known)})" if known else " (no worker has registered any type yet)"
                 raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
+        return row
+
+    async def _check_registered(self, name: str, payload: list[Any]) -> None:
+        """Validates a start by type name against the registered input schema."""
         import jsonschema
 
+        row = await self.registered_type(name)
         try:
-            jsonschema.validate(payload, row[2])
+            jsonschema.validate(payload, row["input_schema"])
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)
             raise InputValidationError(

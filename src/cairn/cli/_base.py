@@ -1,0 +1,150 @@
+"""The command group, shared options, error mapping and output helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from cairn.client import Client
+from cairn.errors import (
+    CairnError,
+    InputValidationError,
+    NonDeterminismError,
+    WorkflowNotFound,
+)
+
+T = TypeVar("T")
+
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+BAD_INPUT_ERRORS = (InputValidationError, WorkflowNotFound)
+
+
+class Settings:
+    """What the group options say, passed to each command through click's context."""
+
+    def __init__(self, database_url: str | None, namespace: str) -> None:
+        self.database_url = database_url
+        self.namespace = namespace
+
+    async def client(self) -> Client:
+        return await Client.connect(self.database_url, namespace=self.namespace)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar="CAIRN_DATABASE_URL", default=None, metavar="URL",
+              help="Postgres to use (env CAIRN_DATABASE_URL). Default: the embedded server.")
+@click.option("--namespace", default="default", show_default=True, help="Namespace of the runs.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="cairn")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: int) -> None:
+    """Cairn: durable workflows for Python on nothing but Postgres."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings(database_url, namespace)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> click.exceptions.Exit:
+    """Prints an error to stderr and returns the exit to raise."""
+    click.echo(f"error: {message}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
+    """Runs a command's coroutine, mapping Cairn errors to exit codes and messages.
+
+    ``fast_loop`` runs it on uvloop (the worker does).
+    """
+    try:
+        if fast_loop:
+            import uvloop
+
+            return uvloop.run(coro)
+        return asyncio.run(coro)
+    except BAD_INPUT_ERRORS as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except NonDeterminismError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    except CairnError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Connects a client for the command and closes it afterwards."""
+
+    @functools.wraps(fn)
+    async def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> T:
+        client = await settings.client()
+        try:
+            return await fn(client, *args, **kwargs)
+        finally:
+            await client.close()
+
+    return wrapper
+
+
+def import_modules(modules: tuple[str, ...]) -> list[Any]:
+    """Imports the user's modules (from the current directory too), as a bad-input error."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    out = []
+    for name in modules:
+        try:
+            out.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise InputValidationError(f"cannot import module {name!r}: {exc}") from None
+    return out
+
+
+def parse_json(text: str | None, what: str) -> Any:
+    """Parses JSON given inline or as ``@file``; a clear bad-input error if it is not JSON."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InputValidationError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputValidationError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def to_json(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        return str(o)
+
+    return json.dumps(value, indent=2, default=default)
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain aligned text table."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)

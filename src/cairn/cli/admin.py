@@ -1,0 +1,112 @@
+"""``cairn db migrate|status`` and ``cairn worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import click
+
+from cairn import db
+from cairn.cli._base import Settings, import_modules, main, run, to_json
+from cairn.errors import InputValidationError
+
+
+@main.group("db")
+def db_group() -> None:
+    """Set up and inspect the database schema."""
+
+
+def _url(settings: Settings) -> str:
+    url, _ = db.resolve_url(settings.database_url)
+    return url
+
+
+@db_group.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def db_migrate(settings: Settings, as_json: bool) -> None:
+    """Apply pending migrations (safe to run concurrently)."""
+
+    async def go() -> list[int]:
+        return await asyncio.to_thread(lambda: db.migrate(_url(settings)))
+
+    applied = run(go())
+    if as_json:
+        click.echo(to_json({"applied": applied}))
+    elif applied:
+        click.echo(f"applied migrations {', '.join(f'{v:04d}' for v in applied)}")
+    else:
+        click.echo("schema is up to date")
+
+
+@db_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def db_status(settings: Settings, as_json: bool) -> None:
+    """Show applied and pending migrations."""
+
+    async def go() -> db.SchemaStatus:
+        def check() -> db.SchemaStatus:
+            with db.connect_sync(_url(settings)) as conn:
+                return db.schema_status(conn)
+
+        return await asyncio.to_thread(check)
+
+    status = run(go())
+    if as_json:
+        click.echo(to_json({"applied": status.applied, "pending": status.pending,
+                            "changed": status.mismatched, "up_to_date": status.up_to_date}))
+        return
+    click.echo(f"applied: {', '.join(f'{v:04d}' for v in status.applied) or 'none'}")
+    click.echo(f"pending: {', '.join(f'{v:04d}' for v in status.pending) or 'none'}")
+    if status.mismatched:
+        click.echo(f"changed since applied: {', '.join(f'{v:04d}' for v in status.mismatched)}")
+    click.echo("up to date" if status.up_to_date else "run `cairn db migrate`")
+
+
+@main.command("worker")
+@click.option("-m", "--module", "modules", multiple=True, required=True,
+              help="Module defining workflows and activities (repeatable).")
+@click.option("-q", "--queue", "queues", multiple=True, help="Queue to serve (repeatable; default 'default').")
+@click.option("--workflow-concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--activity-concurrency", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--identity", default=None, help="Worker name in leases and history.")
+@click.pass_obj
+def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, ...],
+               workflow_concurrency: int, activity_concurrency: int, identity: str | None) -> None:
+    """Run a worker until SIGTERM/SIGINT, then drain gracefully."""
+    from cairn.worker import Worker, collect
+
+    async def go() -> None:
+        workflows: list[Any] = []
+        activities: list[Any] = []
+        for mod in import_modules(modules):
+            w, a = collect(mod)
+            workflows += w
+            activities += a
+        if not workflows and not activities:
+            raise InputValidationError(f"no @workflow.defn or @activity.defn found in {', '.join(modules)}")
+        worker = Worker(settings.database_url, workflows=workflows, activities=activities,
+                        queues=queues or ("default",), workflow_concurrency=workflow_concurrency,
+                        activity_concurrency=activity_concurrency, identity=identity,
+                        namespace=settings.namespace, module=",".join(modules))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        runner = asyncio.create_task(worker.run())
+        await worker_started(worker, runner)
+        click.echo(f"worker {worker.identity} running {len(worker.workflows)} workflow(s), "
+                   f"{len(worker.activities)} activity(ies) on {', '.join(worker.queues)}", err=True)
+        await runner
+
+    run(go(), fast_loop=True)
+
+
+async def worker_started(worker: Any, runner: asyncio.Task[None]) -> None:
+    started = asyncio.create_task(worker.started())
+    done, _ = await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done:
+        started.cancel()
+        runner.result()

@@ -1,0 +1,337 @@
+"""Commands on runs: start, list, describe, history, replay, cancel, terminate."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from cairn.cli._base import (
+    EXIT_RUNTIME,
+    Settings,
+    import_modules,
+    main,
+    parse_json,
+    run,
+    table,
+    to_json,
+    when,
+    with_client,
+)
+from cairn.client import Client
+from cairn.engine.history import Event
+from cairn.engine.instance import WorkflowTaskFailed, replay
+from cairn.errors import (
+    CairnError,
+    InputValidationError,
+    NonDeterminismError,
+    UnknownWorkflowType,
+    WorkflowFailure,
+)
+from cairn.workflow import WorkflowDefinition, WorkflowInfo
+from cairn.worker import collect
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
+
+
+def _find_workflow(modules: tuple[str, ...], name: str) -> WorkflowDefinition:
+    known = []
+    for mod in import_modules(modules):
+        for fn in collect(mod)[0]:
+            d: WorkflowDefinition = fn.__cairn_workflow__
+            if d.name == name:
+                return d
+            known.append(d.name)
+    raise UnknownWorkflowType(f"no workflow type {name!r} in {', '.join(modules)}"
+                              f"{' (found: ' + ', '.join(known) + ')' if known else ''}")
+
+
+def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
+    """Maps ``--input`` to the workflow's argument list."""
+    if max_args == 0:
+        if given and value is not None:
+            raise InputValidationError("this workflow takes no input, but --input was given")
+        return []
+    if max_args == 1:
+        if not given:
+            raise InputValidationError("this workflow takes one argument: pass it with --input JSON")
+        return [value]
+    if not isinstance(value, list):
+        raise InputValidationError(f"this workflow takes up to {max_args} arguments: pass --input as a JSON array")
+    return value
+
+
+@main.command("start")
+@click.argument("workflow_type")
+@click.option("--input", "input_", default=None, metavar="JSON|@FILE", help="The workflow's input as JSON.")
+@click.option("--id", "workflow_id", default=None, help="Workflow id (default: a new UUID).")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--id-conflict", type=click.Choice(["fail", "use_existing"]), default="fail", show_default=True)
+@click.option("-m", "--module", "modules", multiple=True,
+              help="Validate against this module's code instead of the worker registry.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --wait: give up after this many seconds.")
+@json_option
+@click.pass_obj
+def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
+              queue: str, id_conflict: str, modules: tuple[str, ...], wait: bool, timeout: float | None,
+              as_json: bool) -> None:
+    """Start a workflow of type WORKFLOW_TYPE."""
+
+    @with_client
+    async def go(client: Client) -> dict[str, Any]:
+        value = parse_json(input_, "--input")
+        target: Any
+        if modules:
+            d = _find_workflow(modules, workflow_type)
+            args = _args_for(value, len(d.signature.adapters), input_ is not None)
+            target = d.fn
+        else:
+            registered = await client.registered_type(workflow_type)
+            args = _args_for(value, int(registered["input_schema"].get("maxItems", 1)), input_ is not None)
+            target = workflow_type
+        handle = await client.start(target, *args, id=workflow_id, queue=queue,
+                                    id_conflict=id_conflict)  # type: ignore[arg-type]
+        out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
+        if not as_json:
+            click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id})", err=wait)
+        if wait:
+            try:
+                out["result"] = await handle.result(timeout=timeout)
+                out["status"] = "completed"
+            except WorkflowFailure as exc:
+                out["status"] = "failed"
+                out["failure"] = {"type": exc.type, "message": exc.message}
+        return out
+
+    out = run(go(settings))
+    if as_json:
+        click.echo(to_json(out))
+    elif wait and out["status"] == "completed":
+        click.echo(json.dumps(out["result"], default=str))
+    if wait and out["status"] != "completed":
+        if not as_json:
+            click.echo(f"error: workflow failed: {out['failure']['type']}: {out['failure']['message']}", err=True)
+        raise click.exceptions.Exit(EXIT_RUNTIME)
+
+
+@main.command("list")
+@click.option("--status", type=click.Choice(["running", "completed", "failed", "cancelled", "terminated"]))
+@click.option("--type", "workflow_type", default=None, help="Only runs of this workflow type.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@click.pass_obj
+def list_cmd(settings: Settings, status: str | None, workflow_type: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+
+    @with_client
+    async def go(client: Client) -> list[dict[str, Any]]:
+        return await client.list(status=status, workflow_type=workflow_type, limit=limit)
+
+    rows = run(go(settings))
+    if as_json:
+        click.echo(to_json(rows))
+        return
+    if not rows:
+        click.echo("no runs")
+        return
+    click.echo(table([[r["workflow_id"], r["workflow_type"], r["status"], when(r["created_at"]),
+                       when(r["closed_at"]), r["run_id"]] for r in rows],
+                     ["WORKFLOW ID", "TYPE", "STATUS", "STARTED", "CLOSED", "RUN ID"]))
+
+
+@main.command("describe")
+@click.argument("workflow_id")
+@run_id_option
+@json_option
+@click.pass_obj
+def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:
+    """Show a run's status, pending activities, timers and task failures."""
+
+    @with_client
+    async def go(client: Client) -> Any:
+        return await client.get_handle(workflow_id, run_id).describe()
+
+    d = run(go(settings))
+    if as_json:
+        click.echo(to_json(d.to_json()))
+        return
+    click.echo(f"workflow  {d.workflow_id}\nrun       {d.run_id}\ntype      {d.workflow_type}\n"
+               f"queue     {d.queue}\nstatus    {d.status}\nstarted   {when(d.created_at)}\n"
+               f"closed    {when(d.closed_at)}\nhistory   {d.history_length} events")
+    if d.failure:
+        click.echo(f"failure   {d.failure.get('type')}: {d.failure.get('message')}")
+    if d.workflow_task and d.workflow_task["failures"]:
+        err = d.workflow_task["last_error"] or {}
+        click.echo(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "
+                   f"{when(d.workflow_task['available_at'])}): {err.get('type')}: {err.get('message')}")
+    if d.pending_activities:
+        click.echo("\npending activities:")
+        click.echo(table([[str(a["seq"]), a["activity_type"], str(a["attempt"]),
+                           "running" if a["lease_owner"] else f"next try {when(a['available_at'])}",
+                           (a["last_failure"] or {}).get("message", "") or ""] for a in d.pending_activities],
+                         ["SEQ", "ACTIVITY", "ATTEMPT", "STATE", "LAST FAILURE"]))
+    if d.pending_timers:
+        click.echo("\ntimers:")
+        click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
+
+
+def _summary(e: Event) -> str:
+    d = e.data
+    if e.type == "WorkflowStarted":
+        return f"{d.get('workflow_type')} input={json.dumps(d.get('input'))}"
+    if e.type == "ActivityScheduled":
+        return f"{d.get('activity_type')} on {d.get('queue')}"
+    if e.type == "ActivityCompleted":
+        return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
+    if e.type == "ActivityFailed":
+        f = d.get("failure") or {}
+        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {d.get('attempts')} attempt(s)"
+    if e.type == "TimerStarted":
+        return f"{d.get('duration')} s, fires {d.get('fire_at')}"
+    if e.type in ("TimerFired", "TimerCancelled"):
+        return f"timer {d.get('timer_seq')}"
+    if e.type == "WorkflowCompleted":
+        return f"result={json.dumps(d.get('result'))}"
+    if e.type == "WorkflowFailed":
+        f = d.get("failure") or {}
+        return f"{f.get('type')}: {f.get('message')}"
+    if e.type == "WorkflowTaskStarted":
+        return f"worker {d.get('worker')}"
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+@main.command("history")
+@click.argument("workflow_id")
+@run_id_option
+@json_option
+@click.pass_obj
+def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:
+    """Show a run's event history (--json gives a file that `cairn replay` accepts)."""
+
+    @with_client
+    async def go(client: Client) -> tuple[Any, list[Event]]:
+        handle = client.get_handle(workflow_id, run_id)
+        events = await handle.history()
+        return await handle.describe(), events
+
+    d, events = run(go(settings))
+    if as_json:
+        click.echo(to_json({"workflow_id": d.workflow_id, "run_id": d.run_id, "workflow_type": d.workflow_type,
+                            "queue": d.queue, "status": d.status, "events": [e.to_json() for e in events]}))
+        return
+    click.echo(table([[str(e.seq), e.at.astimezone().strftime("%H:%M:%S.%f")[:-3] if e.at else "", e.type,
+                       _summary(e)[:100]] for e in events], ["SEQ", "TIME", "EVENT", "DETAILS"]))
+
+
+@main.command("replay")
+@click.argument("source", metavar="ID|FILE")
+@click.option("-m", "--module", "modules", multiple=True, required=True, help="Module with the current code.")
+@run_id_option
+@json_option
+@click.pass_obj
+def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id: str | None, as_json: bool) -> None:
+    """Replay a history (a workflow id, or a file from `cairn history --json`) against the current code."""
+
+    async def load() -> dict[str, Any]:
+        if os.path.isfile(source):
+            data = parse_json("@" + source, "history file")
+            if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+                raise InputValidationError(f"{source} is not a history file (want the output of `cairn history --json`)")
+            return data
+
+        @with_client
+        async def fetch(client: Client) -> dict[str, Any]:
+            handle = client.get_handle(source, run_id)
+            d = await handle.describe()
+            return {"workflow_id": d.workflow_id, "run_id": d.run_id, "workflow_type": d.workflow_type,
+                    "queue": d.queue, "events": [e.to_json() for e in await handle.history()]}
+
+        return await fetch(settings)
+
+    async def go() -> dict[str, Any]:
+        data = await load()
+        try:
+            events = [Event.from_json(e) for e in data["events"]]
+            name = str(data.get("workflow_type") or events[0].data["workflow_type"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputValidationError(f"malformed history: {exc}") from None
+        definition = _find_workflow(modules, name)
+        start = events[0].at
+        info = WorkflowInfo(workflow_id=str(data.get("workflow_id")), run_id=str(data.get("run_id")),
+                            workflow_type=name, queue=str(data.get("queue") or "default"), namespace=settings.namespace,
+                            start_time=start if start else _epoch())
+        out: dict[str, Any] = {"workflow_id": info.workflow_id, "run_id": info.run_id, "events": len(events)}
+        try:
+            replay(definition, info, events)
+            out["ok"] = True
+        except WorkflowTaskFailed as exc:
+            cause = exc.cause
+            out["ok"] = False
+            if isinstance(cause, NonDeterminismError):
+                out["divergence"] = {"seq": cause.seq, "expected": cause.expected, "produced": cause.produced,
+                                     "message": str(cause)}
+            else:
+                out["error"] = f"{type(cause).__name__}: {cause}"
+        except NonDeterminismError as exc:
+            out["ok"] = False
+            out["divergence"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced,
+                                 "message": str(exc)}
+        return out
+
+    out = run(go())
+    if as_json:
+        click.echo(to_json(out))
+    elif out["ok"]:
+        click.echo(f"OK: {out['events']} events of {out['workflow_id']} replay with the current code")
+    elif "divergence" in out:
+        click.echo(f"DIVERGED: {out['divergence']['message']}")
+    else:
+        click.echo(f"FAILED: replay raised {out['error']}")
+    if not out["ok"]:
+        raise click.exceptions.Exit(EXIT_RUNTIME)
+
+
+def _epoch() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(0, UTC)
+
+
+@main.command("cancel")
+@click.argument("workflow_id")
+@run_id_option
+@click.option("--reason", default="", help="Why (recorded in history).")
+@click.pass_obj
+def cancel_cmd(settings: Settings, workflow_id: str, run_id: str | None, reason: str) -> None:
+    """Ask a run to cancel (its code sees CancelledError and may clean up)."""
+
+    @with_client
+    async def go(client: Client) -> None:
+        await client.get_handle(workflow_id, run_id).cancel(reason)
+
+    run(go(settings))
+    click.echo(f"cancel requested for {workflow_id}")
+
+
+@main.command("terminate")
+@click.argument("workflow_id")
+@run_id_option
+@click.option("--reason", default="", help="Why (recorded in history).")
+@click.pass_obj
+def terminate_cmd(settings: Settings, workflow_id: str, run_id: str | None, reason: str) -> None:
+    """End a run at once, running no more workflow code."""
+
+    @with_client
+    async def go(client: Client) -> None:
+        await client.get_handle(workflow_id, run_id).terminate(reason)
+
+    run(go(settings))
+    click.echo(f"terminated {workflow_id}")
+
+
+__all__ = ["CairnError"]

@@ -1,0 +1,32 @@
+"""Start -> complete, end to end on a real database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cairn import activity, workflow
+
+
+@activity.defn
+async def double(x: int) -> int:
+    return x * 2
+
+
+@workflow.defn
+async def doubler(x: int) -> int:
+    y = await workflow.execute_activity(double, x, start_to_close_timeout=timedelta(seconds=10))
+    await workflow.sleep(0.1)
+    return y + 1
+
+
+async def test_start_to_complete(client, start_worker, sql):
+    await start_worker(workflows=[doubler], activities=[double])
+    handle = await client.start(doubler, 20, id="smoke-1")
+    assert await handle.result(timeout=20) == 41
+    types = [t for (t,) in sql("SELECT type FROM cairn.history ORDER BY seq")]
+    assert types == ["WorkflowStarted", "WorkflowTaskStarted", "ActivityScheduled", "WorkflowTaskStarted",
+                     "ActivityCompleted", "TimerStarted", "WorkflowTaskStarted", "TimerFired",
+                     "WorkflowCompleted"]
+    assert sql("SELECT status FROM cairn.runs") == [("completed",)]
+    for table in ("workflow_tasks", "activity_tasks", "timers", "inbox"):
+        assert sql(f"SELECT count(*) FROM cairn.{table}") == [(0,)], table
