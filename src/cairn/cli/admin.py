@@ -73,9 +73,14 @@ def db_status(settings: Settings, as_json: bool) -> None:
 @click.option("--workflow-concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--activity-concurrency", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--identity", default=None, help="Worker name in leases and history.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.5), default=30.0, show_default=True,
+              help="Activity lease; another worker takes over this long after this one dies.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Fallback poll when no NOTIFY arrives, in seconds.")
 @click.pass_obj
 def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, ...],
-               workflow_concurrency: int, activity_concurrency: int, identity: str | None) -> None:
+               workflow_concurrency: int, activity_concurrency: int, identity: str | None,
+               lease_seconds: float, poll_interval: float) -> None:
     """Run a worker until SIGTERM/SIGINT, then drain gracefully."""
     from cairn.worker import Worker, collect
 
@@ -91,6 +96,7 @@ def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, 
         worker = Worker(settings.database_url, workflows=workflows, activities=activities,
                         queues=queues or ("default",), workflow_concurrency=workflow_concurrency,
                         activity_concurrency=activity_concurrency, identity=identity,
+                        lease_seconds=lease_seconds, poll_interval=poll_interval,
                         namespace=settings.namespace, module=",".join(modules))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
