@@ -21,7 +21,7 @@ from cairn.cli._base import (
     with_client,
 )
 from cairn.client import Client
-from cairn.engine.history import Event
+from cairn.engine.history import Event, summarize
 from cairn.engine.instance import WorkflowTaskFailed, replay
 from cairn.errors import (
     CairnError,
@@ -180,31 +180,6 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
         click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
 
 
-def _summary(e: Event) -> str:
-    d = e.data
-    if e.type == "WorkflowStarted":
-        return f"{d.get('workflow_type')} input={json.dumps(d.get('input'))}"
-    if e.type == "ActivityScheduled":
-        return f"{d.get('activity_type')} on {d.get('queue')}"
-    if e.type == "ActivityCompleted":
-        return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
-    if e.type == "ActivityFailed":
-        f = d.get("failure") or {}
-        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {d.get('attempts')} attempt(s)"
-    if e.type == "TimerStarted":
-        return f"{d.get('duration')} s, fires {d.get('fire_at')}"
-    if e.type in ("TimerFired", "TimerCancelled"):
-        return f"timer {d.get('timer_seq')}"
-    if e.type == "WorkflowCompleted":
-        return f"result={json.dumps(d.get('result'))}"
-    if e.type == "WorkflowFailed":
-        f = d.get("failure") or {}
-        return f"{f.get('type')}: {f.get('message')}"
-    if e.type == "WorkflowTaskStarted":
-        return f"worker {d.get('worker')}"
-    return ", ".join(f"{k}={v}" for k, v in d.items())
-
-
 @main.command("history")
 @click.argument("workflow_id")
 @run_id_option
@@ -225,7 +200,7 @@ def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_jso
                             "queue": d.queue, "status": d.status, "events": [e.to_json() for e in events]}))
         return
     click.echo(table([[str(e.seq), e.at.astimezone().strftime("%H:%M:%S.%f")[:-3] if e.at else "", e.type,
-                       _summary(e)[:100]] for e in events], ["SEQ", "TIME", "EVENT", "DETAILS"]))
+                       summarize(e)[:100]] for e in events], ["SEQ", "TIME", "EVENT", "DETAILS"]))
 
 
 @main.command("replay")

@@ -7,6 +7,7 @@ input events moved from the inbox, then the command events the code produced.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -105,3 +106,29 @@ class Command:
 def describe_event(event: Event) -> str:
     """A short name of a recorded command event, in the form of :meth:`Command.describe`."""
     return Command(event.seq, event.type, event.data).describe()
+
+
+def summarize(e: Event) -> str:
+    """A one-line human summary of an event's data, for history tables."""
+    d = e.data
+    if e.type == "WorkflowStarted":
+        return f"{d.get('workflow_type')} input={json.dumps(d.get('input'))}"
+    if e.type == "ActivityScheduled":
+        return f"{d.get('activity_type')} on {d.get('queue')}"
+    if e.type == "ActivityCompleted":
+        return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
+    if e.type == "ActivityFailed":
+        f = d.get("failure") or {}
+        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {d.get('attempts')} attempt(s)"
+    if e.type == "TimerStarted":
+        return f"{d.get('duration')} s, fires {d.get('fire_at')}"
+    if e.type in ("TimerFired", "TimerCancelled"):
+        return f"timer {d.get('timer_seq')}"
+    if e.type == "WorkflowCompleted":
+        return f"result={json.dumps(d.get('result'))}"
+    if e.type == "WorkflowFailed":
+        f = d.get("failure") or {}
+        return f"{f.get('type')}: {f.get('message')}"
+    if e.type == "WorkflowTaskStarted":
+        return f"worker {d.get('worker')}"
+    return ", ".join(f"{k}={v}" for k, v in d.items())
