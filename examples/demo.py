@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checkout import Order, charge, checkout  # noqa: E402
+from checkout import Order, charge, checkout
 
-from cairn import Client, Worker, db  # noqa: E402
-from cairn.engine.history import summarize  # noqa: E402
+from cairn import Client, Worker, db
+from cairn.engine.history import summarize
 
 
 async def main(url: str) -> None:

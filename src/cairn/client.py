@@ -22,6 +22,7 @@ from cairn.engine.history import Event
 from cairn.engine.queries import q
 from cairn.errors import (
     CairnError,
+    DatabaseError,
     InputValidationError,
     UnknownWorkflowType,
     WorkflowAlreadyStarted,
@@ -104,7 +105,7 @@ class Client:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
             await pool.close()
-            raise db.DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
+            raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
         return cls(pool, resolved, namespace)
 
     async def close(self) -> None:
@@ -171,9 +172,8 @@ class Client:
             if conn is not None:
                 run_id = await self._start_on(conn, params, id_conflict)
             else:
-                async with self.pool.connection() as c:
-                    async with c.transaction():
-                        run_id = await self._start_on(c, params, id_conflict)
+                async with self.pool.connection() as c, c.transaction():
+                    run_id = await self._start_on(c, params, id_conflict)
         return WorkflowHandle(self, workflow_id, run_id, signature)
 
     async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],

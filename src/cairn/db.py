@@ -41,9 +41,9 @@ def embedded_url(directory: Path | None = None) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
-        import pgserver
+        from pgserver import get_server  # type: ignore[attr-defined]  # not in its __all__
 
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        server = get_server(pgdata, cleanup_mode=None)
         return str(server.get_uri())
 
 
@@ -133,7 +133,7 @@ def migrate(url: str) -> list[int]:
                 if m.version in applied:
                     continue
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted package data
+                    conn.execute(m.sql.encode())  # trusted package data, run as a script
                     conn.execute(q("record_version"),
                                  {"version": m.version, "name": m.name, "checksum": m.checksum})
                 done.append(m.version)

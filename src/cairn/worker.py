@@ -307,6 +307,7 @@ class Worker:
     async def run_workflow_task(self) -> bool:
         """Claims and runs one workflow task in one transaction; False if none was ready."""
         assert self._pool is not None
+        task: dict[str, Any] | None = None
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
@@ -319,7 +320,8 @@ class Worker:
                 return True
             except psycopg.errors.UniqueViolation:
                 # Someone appended to this run since our cached view: replay next time.
-                self._evict(str(task["run_id"]))
+                if task is not None:
+                    self._evict(str(task["run_id"]))
                 return True
             except BaseException:
                 if task is not None:
@@ -583,13 +585,13 @@ class Worker:
                      conn: psycopg.AsyncConnection[Any] | None = None) -> bool:
         """Runs one fenced write; True if it changed a row. Retries connection failures."""
         if conn is not None:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
-            return cur.rowcount > 0 or cur.description is not None and await cur.fetchone() is not None
+            cur = await conn.execute(sql.encode(), params)
+            return cur.rowcount > 0 or (cur.description is not None and await cur.fetchone() is not None)
         assert self._pool is not None
         for attempt in range(5):
             try:
                 async with self._pool.connection() as c:
-                    cur = await c.execute(sql, params)  # type: ignore[arg-type]
+                    cur = await c.execute(sql.encode(), params)
                     if cur.description is not None:
                         return await cur.fetchone() is not None
                     return cur.rowcount > 0
@@ -631,12 +633,12 @@ class Worker:
                 self._last_renewal = loop.time()
             for row in rows:
                 key = (row["run_id"], row["seq"])
-                r = self._running.get(key)
-                if key not in alive and r is not None and r.token == row["token"] and not r.lost:
+                owned = self._running.get(key)
+                if key not in alive and owned is not None and owned.token == row["token"] and not owned.lost:
                     # Cancelled by the workflow, timed out, or taken over: stop it.
-                    r.lost = True
-                    if r.task is not None:
-                        r.task.cancel()
+                    owned.lost = True
+                    if owned.task is not None:
+                        owned.task.cancel()
 
     # ------------------------------------------------------------ timers, timeouts, wake-ups
 

@@ -83,7 +83,7 @@ def run(coro: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
         raise fail("interrupted", 130) from None
 
 
-def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def with_client(fn: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
     """Connects a client for the command and closes it afterwards."""
 
     @functools.wraps(fn)
@@ -124,7 +124,9 @@ def parse_json(text: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputValidationError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise InputValidationError(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def to_json(value: Any) -> str:

@@ -30,8 +30,8 @@ from cairn.errors import (
     UnknownWorkflowType,
     WorkflowFailure,
 )
-from cairn.workflow import WorkflowDefinition, WorkflowInfo
 from cairn.worker import collect
+from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
@@ -212,11 +212,14 @@ def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_jso
 def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id: str | None, as_json: bool) -> None:
     """Replay a history (a workflow id, or a file from `cairn history --json`) against the current code."""
 
+    is_file = os.path.isfile(source)
+
     async def load() -> dict[str, Any]:
-        if os.path.isfile(source):
+        if is_file:
             data = parse_json("@" + source, "history file")
             if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-                raise InputValidationError(f"{source} is not a history file (want the output of `cairn history --json`)")
+                raise InputValidationError(
+                    f"{source} is not a history file (want the output of `cairn history --json`)")
             return data
 
         @with_client

@@ -119,7 +119,8 @@ def summarize(e: Event) -> str:
         return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
     if e.type == "ActivityFailed":
         f = d.get("failure") or {}
-        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {d.get('attempts')} attempt(s)"
+        attempts = d.get("attempts")
+        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {attempts} attempt(s)"
     if e.type == "TimerStarted":
         return f"{d.get('duration')} s, fires {d.get('fire_at')}"
     if e.type in ("TimerFired", "TimerCancelled"):

@@ -121,7 +121,9 @@ class WorkflowInstance:
         self.definition = definition
         self.info = info
         self.args = args
-        self.loop = WorkflowLoop(self)
+        # AbstractEventLoop's unimplemented methods raise NotImplementedError at run time;
+        # mypy counts them as abstract.
+        self.loop = WorkflowLoop(self)  # type: ignore[abstract]
         self.now_ts = info.start_time.timestamp()
         self.last_seq = 1
         self.replaying = False

@@ -114,13 +114,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # -- scheduling
 
-    def call_soon(self, callback: Callable[..., object], *args: Any,
+    # The scheduling signatures are looser than typeshed's TypeVarTuple ones on purpose.
+    def call_soon(self, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                   context: contextvars.Context | None = None) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                    context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         handle = asyncio.TimerHandle(self.time() + max(delay, 0.0), callback, args, self, context)
         if delay <= 0:
@@ -129,14 +130,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             self.instance.start_timer(handle, delay)
         return handle
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         return self.call_later(when - self.time(), callback, *args, context=context)
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         self.instance.cancel_timer(handle)
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                              context: contextvars.Context | None = None) -> NoReturn:
         raise DeterminismViolation("threads cannot reach into workflow code")
 
@@ -181,14 +182,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # -- everything that would leave the process is refused
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> NoReturn:
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> NoReturn:  # type: ignore[override]
         raise DeterminismViolation("workflow code cannot use threads or executors: use an activity")
 
     def _io(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise DeterminismViolation("workflow code cannot do network or file I/O: use an activity")
 
-    getaddrinfo = getnameinfo = create_connection = create_server = _io  # type: ignore[assignment]
-    create_datagram_endpoint = create_unix_connection = create_unix_server = _io  # type: ignore[assignment]
-    sock_recv = sock_sendall = sock_connect = sock_accept = _io  # type: ignore[assignment]
+    getaddrinfo = getnameinfo = create_connection = create_server = _io
+    create_datagram_endpoint = create_unix_connection = create_unix_server = _io
+    sock_recv = sock_sendall = sock_connect = sock_accept = _io
     subprocess_exec = subprocess_shell = add_reader = add_writer = _io  # type: ignore[assignment]
     add_signal_handler = connect_read_pipe = connect_write_pipe = _io  # type: ignore[assignment]
