@@ -147,6 +147,20 @@ class Client:
         Raises:
             InputValidationError: bad arguments, id, queue or policy; nothing was written.
         """
+        params, signature = await self._start_params(workflow, args, id, queue, id_conflict)
+        with tracer.start_as_current_span("cairn.start_workflow", attributes={
+            "cairn.workflow_id": params["workflow_id"], "cairn.workflow_type": params["workflow_type"],
+        }):
+            if conn is not None:
+                run_id = await self._start_on(conn, params, id_conflict)
+            else:
+                async with self.pool.connection() as c, c.transaction():
+                    run_id = await self._start_on(c, params, id_conflict)
+        return WorkflowHandle(self, params["workflow_id"], run_id, signature)
+
+    async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
+                            queue: str, id_conflict: str) -> tuple[dict[str, Any], Signature | None]:
+        """Validates a start (before anything is written) and builds its parameters."""
         if id_conflict not in ("fail", "use_existing"):
             raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
         workflow_id = _validate_id(id) if id is not None else new_run_id()
@@ -166,32 +180,19 @@ class Client:
             "data": Jsonb({"workflow_type": name, "input": payload, "queue": queue,
                            "workflow_id": workflow_id}),
         }
-        with tracer.start_as_current_span("cairn.start_workflow", attributes={
-            "cairn.workflow_id": workflow_id, "cairn.workflow_type": name,
-        }):
-            if conn is not None:
-                run_id = await self._start_on(conn, params, id_conflict)
-            else:
-                async with self.pool.connection() as c, c.transaction():
-                    run_id = await self._start_on(c, params, id_conflict)
-        return WorkflowHandle(self, workflow_id, run_id, signature)
+        return params, signature
 
     async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
                         policy: IdConflictPolicy) -> str:
-        try:
-            cur = await conn.execute(q("start_workflow"), params)
-            row = await cur.fetchone()
-            if row is not None:
-                return str(row[0])
-            cur = await conn.execute(q("open_run_by_workflow_id"), params)
-            existing = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise db.translate(exc) from None
-        if existing is None:  # closed between the two statements: a new start is fine
-            return await self._start_on(conn, params, policy)
-        if policy == "use_existing":
-            return str(existing[0])
-        raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
+        while True:
+            try:
+                row = await (await conn.execute(q("start_workflow"), params)).fetchone()
+                existing = None if row else await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
+            except psycopg.Error as exc:
+                raise db.translate(exc) from None
+            run_id = started_run_id(row, existing, params, policy)
+            if run_id is not None:
+                return run_id
 
     async def registered_type(self, name: str) -> dict[str, Any]:
         """A workflow type from the registry that workers fill (name, queues, input schema).
@@ -304,6 +305,17 @@ class Client:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+
+def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str) -> str | None:
+    """The outcome of one start attempt: the new or existing run id, or None to try again."""
+    if row is not None:
+        return str(row[0])
+    if existing is None:  # the open run closed between the two statements: start anew
+        return None
+    if policy == "use_existing":
+        return str(existing[0])
+    raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
 
 
 class WorkflowHandle:

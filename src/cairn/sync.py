@@ -1,0 +1,111 @@
+"""A synchronous facade over :class:`cairn.Client`, for scripts and sync web apps.
+
+It runs the async client on a private event loop in a background thread.
+``SyncClient.start(..., conn=conn)`` takes the caller's *sync* psycopg connection, so a
+Django/Flask/SQLAlchemy-core app can start a workflow inside its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import psycopg
+
+from cairn import db
+from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, started_run_id
+from cairn.engine.history import Event
+from cairn.engine.queries import q
+
+T = TypeVar("T")
+
+__all__ = ["SyncClient", "SyncWorkflowHandle"]
+
+
+class SyncClient:
+    """The blocking twin of :class:`cairn.Client`; use as a context manager or call close()."""
+
+    def __init__(self, url: str | None = None, *, namespace: str = "default") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cairn-sync", daemon=True)
+        self._thread.start()
+        try:
+            self._client: Client = self._call(Client.connect(url, namespace=namespace))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def close(self) -> None:
+        self._call(self._client.close())
+        self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
+              queue: str = "default", id_conflict: IdConflictPolicy = "fail",
+              conn: psycopg.Connection[Any] | None = None) -> SyncWorkflowHandle:
+        """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
+        if conn is None:
+            return SyncWorkflowHandle(self, self._call(self._client.start(
+                workflow, *args, id=id, queue=queue, id_conflict=id_conflict)))
+        params, signature = self._call(self._client._start_params(workflow, args, id, queue, id_conflict))
+        while True:
+            try:
+                row = conn.execute(q("start_workflow"), params).fetchone()
+                existing = None if row else conn.execute(q("open_run_by_workflow_id"), params).fetchone()
+            except psycopg.Error as exc:
+                raise db.translate(exc) from None
+            run_id = started_run_id(row, existing, params, id_conflict)
+            if run_id is not None:
+                return SyncWorkflowHandle(self, WorkflowHandle(self._client, params["workflow_id"], run_id, signature))
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None) -> SyncWorkflowHandle:
+        return SyncWorkflowHandle(self, self._client.get_handle(workflow_id, run_id))
+
+    def list(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._call(self._client.list(**filters))
+
+
+class SyncWorkflowHandle:
+    """The blocking twin of :class:`cairn.WorkflowHandle`."""
+
+    def __init__(self, client: SyncClient, handle: WorkflowHandle) -> None:
+        self._client = client
+        self.handle = handle
+
+    @property
+    def workflow_id(self) -> str:
+        return self.handle.workflow_id
+
+    @property
+    def run_id(self) -> str | None:
+        return self.handle.run_id
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._client._call(self.handle.result(timeout))
+
+    def describe(self) -> RunDescription:
+        return self._client._call(self.handle.describe())
+
+    def history(self) -> list[Event]:
+        return self._client._call(self.handle.history())
+
+    def cancel(self, reason: str = "") -> None:
+        self._client._call(self.handle.cancel(reason))
+
+    def terminate(self, reason: str = "") -> None:
+        self._client._call(self.handle.terminate(reason))
