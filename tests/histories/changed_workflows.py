@@ -1,0 +1,32 @@
+"""Changed versions of the golden workflows that no longer match their recorded histories.
+
+``cairn replay <history> -m changed_workflows`` must report the divergence (see
+``tests/unit/test_replay.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from golden_workflows import THREE_TRIES, TIMEOUT, always_fails, double, greet
+
+from cairn import workflow
+
+
+@workflow.defn(name="golden_pipeline")
+async def golden_pipeline_swapped(x: int) -> dict[str, Any]:
+    """The two parallel activities in the other order: seq 3 is now ``greet``."""
+    greeting, doubled = await asyncio.gather(
+        workflow.execute_activity(greet, "cairn", start_to_close_timeout=TIMEOUT),
+        workflow.execute_activity(double, x, start_to_close_timeout=TIMEOUT),
+    )
+    await workflow.sleep(0.2)
+    return {"doubled": doubled, "greeting": greeting}
+
+
+@workflow.defn(name="golden_retry")
+async def golden_retry_uncaught(x: int) -> int:
+    """No longer catches the activity's failure: fails where history has completed."""
+    return int(await workflow.execute_activity(always_fails, x, start_to_close_timeout=TIMEOUT,
+                                               retry_policy=THREE_TRIES))

@@ -1,0 +1,58 @@
+"""The workflow code that the golden histories next to this file were recorded from.
+
+Do not change the workflows here without re-recording the histories (see ``regenerate.py``):
+``tests/unit/test_replay.py`` replays each ``*.json`` file against this code and expects
+every command to match exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from cairn import ActivityError, ApplicationError, RetryPolicy, activity, workflow
+
+TIMEOUT = timedelta(seconds=10)
+# Three quick attempts: the retried-then-failed golden history takes a fraction of a second.
+THREE_TRIES = RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=3, jitter=0.0)
+
+
+@activity.defn
+async def double(x: int) -> int:
+    return x * 2
+
+
+@activity.defn
+async def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@activity.defn
+async def always_fails(x: int) -> int:
+    raise ApplicationError(f"boom {x}", type="Boom", details={"x": x})
+
+
+@workflow.defn
+async def golden_pipeline(x: int) -> dict[str, Any]:
+    """Two activities in parallel, a durable timer, then an activity under asyncio.timeout."""
+    doubled, greeting = await asyncio.gather(
+        workflow.execute_activity(double, x, start_to_close_timeout=TIMEOUT),
+        workflow.execute_activity(greet, "cairn", start_to_close_timeout=TIMEOUT),
+    )
+    await workflow.sleep(0.2)
+    async with asyncio.timeout(60):
+        again = await workflow.execute_activity(double, doubled, start_to_close_timeout=TIMEOUT)
+    return {"doubled": doubled, "greeting": greeting, "again": again, "token": str(workflow.uuid4())}
+
+
+@workflow.defn
+async def golden_retry(x: int) -> dict[str, Any]:
+    """An activity that fails on every attempt; the workflow catches the final ActivityError."""
+    try:
+        await workflow.execute_activity(always_fails, x, start_to_close_timeout=TIMEOUT,
+                                        retry_policy=THREE_TRIES)
+    except ActivityError as err:
+        return {"caught": err.cause.type, "message": err.cause.message, "attempts": err.attempts,
+                "retry_state": err.retry_state}
+    return {"caught": None}

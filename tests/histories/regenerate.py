@@ -1,0 +1,64 @@
+"""Re-records the golden histories in this directory against a real database.
+
+    CAIRN_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/cairn_golden \\
+        .venv/bin/python tests/histories/regenerate.py
+
+The database is migrated if needed; each golden workflow is run once by an in-process
+worker, then ``cairn history --json`` writes its history next to this file. After
+re-recording, update the exact seq values asserted in ``tests/unit/test_replay.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import golden_workflows as g  # noqa: E402
+
+from cairn import Client, Worker, db  # noqa: E402
+
+RUNS = {  # file name -> (workflow, input)
+    "pipeline_completed.json": (g.golden_pipeline, 21),
+    "retry_failed_caught.json": (g.golden_retry, 7),
+}
+
+
+async def record(url: str) -> None:
+    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry],
+                    activities=[g.double, g.greet, g.always_fails], poll_interval=0.1)
+    runner = asyncio.create_task(worker.run())
+    await worker.started()
+    try:
+        async with await Client.connect(url) as client:
+            for name, (fn, arg) in RUNS.items():
+                wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
+                handle = await client.start(fn, arg, id=wid)
+                print(name, "->", await handle.result(timeout=30))
+                done = await asyncio.to_thread(
+                    subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
+                    env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
+                )
+                out = done.stdout
+                (HERE / name).write_text(out if out.endswith("\n") else out + "\n")
+    finally:
+        worker.stop()
+        await runner
+
+
+def main() -> None:
+    url = os.environ.get("CAIRN_DATABASE_URL")
+    if not url:
+        sys.exit("set CAIRN_DATABASE_URL to a database this script may migrate and write to")
+    db.migrate(url)
+    asyncio.run(record(url))
+
+
+if __name__ == "__main__":
+    main()
