@@ -60,7 +60,10 @@ class RetryPolicy(BaseModel):
             return None
         initial = self.initial_interval.total_seconds()
         cap = (self.maximum_interval.total_seconds() if self.maximum_interval else initial * 100)
-        delay = min(initial * self.backoff_coefficient ** (attempt - 1), cap)
+        try:
+            delay = min(initial * self.backoff_coefficient ** (attempt - 1), cap)
+        except OverflowError:  # thousands of attempts: long past the cap
+            delay = cap
         if self.jitter:
             delay *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return max(delay, 0.0)

@@ -43,6 +43,13 @@ BUG_EXCEPTIONS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_bug(exc: BaseException) -> bool:
+    """Whether an exception means broken code (also inside a TaskGroup's ExceptionGroup)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(BUG_EXCEPTIONS) is not None
+    return isinstance(exc, BUG_EXCEPTIONS)
+
+
 class WorkflowTaskFailed(Exception):
     """The workflow code failed in a way that must not be recorded: retry the task."""
 
@@ -183,7 +190,7 @@ class WorkflowInstance:
         exc = main.exception()
         if exc is None:
             self._close(h.WORKFLOW_COMPLETED, {"result": main.result()})
-        elif isinstance(exc, BUG_EXCEPTIONS):
+        elif is_bug(exc):
             raise WorkflowTaskFailed(exc)
         else:
             self._close(h.WORKFLOW_FAILED, {"failure": failure_of(exc)})

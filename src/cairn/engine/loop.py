@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,27 +32,39 @@ _FORBIDDEN_EVENTS = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.fork",
     "os.remove", "os.rename", "os.mkdir", "shutil.rmtree", "urllib.Request",
 })
-# Opening source and extension files is how lazy imports work; anything else is I/O.
+# Reading source and extension files is how lazy imports work; anything else is I/O.
 _IMPORT_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth", ".pyi")
+_WRITE_MODES = frozenset("wax+")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Callbacks run per activation before the loop declares the workflow stuck in a busy loop.
 MAX_CALLBACKS_PER_ACTIVATION = 1_000_000
+
+
+def _is_bytecode_cache(path: Any) -> bool:
+    """The import system writes ``__pycache__`` entries during a lazy import: allowed."""
+    return isinstance(path, str | bytes | os.PathLike) and "__pycache__" in os.fsdecode(path)
+
+
+def _reads_source(path: Any, mode: Any, flags: Any) -> bool:
+    if not (isinstance(path, str | bytes | os.PathLike) and os.fsdecode(path).endswith(_IMPORT_SUFFIXES)):
+        return False
+    if isinstance(mode, str):
+        return not _WRITE_MODES & set(mode)
+    return isinstance(flags, int) and not flags & _WRITE_FLAGS
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if not _IN_WORKFLOW.get():
         return
     if event == "open":
-        path, mode = args[0], args[1]
-        if isinstance(path, int) or (isinstance(path, str | bytes) and str(path).endswith(_IMPORT_SUFFIXES)
-                                     and (mode is None or "r" in str(mode))):
+        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        if isinstance(path, int) or _is_bytecode_cache(path) or _reads_source(path, mode, flags):
             return
-        raise DeterminismViolation(
-            f"workflow code opened {path!r}: do I/O in an activity, not in the workflow"
-        )
+        raise DeterminismViolation(f"workflow code opened {path!r}: do I/O in an activity, not in the workflow")
     if event in _FORBIDDEN_EVENTS:
-        raise DeterminismViolation(
-            f"workflow code did {event}: do I/O in an activity, not in the workflow"
-        )
+        if event in ("os.mkdir", "os.rename") and args and _is_bytecode_cache(args[0]):
+            return
+        raise DeterminismViolation(f"workflow code did {event}: do I/O in an activity, not in the workflow")
 
 
 _audit_installed = False
@@ -151,6 +164,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def create_task(self, coro: Coroutine[Any, Any, Any] | Any, *, name: str | None = None,
                     context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        if context is None:
+            # A task runs in a copy of the creator's context; the first task is created
+            # before run_until_blocked sets the flag, so set it in the copy itself.
+            context = contextvars.copy_context()
+            context.run(_IN_WORKFLOW.set, True)
         return asyncio.Task(coro, loop=self, name=name, context=context)
 
     # -- state
