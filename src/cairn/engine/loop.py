@@ -57,7 +57,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     if not _IN_WORKFLOW.get():
         return
     if event == "open":
-        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        path, mode, flags = (*args, None, None, None)[:3]
         if isinstance(path, int) or _is_bytecode_cache(path) or _reads_source(path, mode, flags):
             return
         raise DeterminismViolation(f"workflow code opened {path!r}: do I/O in an activity, not in the workflow")
