@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,6 +66,13 @@ def _validate_id(workflow_id: str) -> str:
     if len(workflow_id) > 1000:
         raise InputValidationError("the workflow id is longer than 1000 characters")
     return workflow_id
+
+
+def _validate_run_id(run_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(run_id)))
+    except ValueError:
+        raise InputValidationError(f"{run_id!r} is not a run id (run ids are UUIDs)") from None
 
 
 def _validate_queue(queue: str) -> str:
@@ -228,6 +236,8 @@ class Client:
 
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
         """A handle on an existing workflow (its newest run unless ``run_id`` is given)."""
+        if run_id is not None:
+            run_id = _validate_run_id(run_id)
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import random
 import time
@@ -85,11 +86,30 @@ def new_run_id() -> str:
 
 
 def to_payload(value: Any) -> Any:
-    """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data."""
+    """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data.
+
+    Raises:
+        InputValidationError: the value has no JSON form (NaN and infinities included:
+            Postgres' jsonb refuses them).
+    """
     try:
-        return to_jsonable_python(value)
+        data = to_jsonable_python(value)
     except Exception as exc:  # pydantic_core raises PydanticSerializationError
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
+    _check_finite(data)
+    return data
+
+
+def _check_finite(data: Any) -> None:
+    if isinstance(data, float):
+        if not math.isfinite(data):
+            raise InputValidationError(f"{data} cannot be stored as JSON: use a finite number or null")
+    elif isinstance(data, dict):
+        for item in data.values():
+            _check_finite(item)
+    elif isinstance(data, list):
+        for item in data:
+            _check_finite(item)
 
 
 class Signature:

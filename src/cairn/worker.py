@@ -527,11 +527,19 @@ class Worker:
                         exc = ApplicationError("start-to-close timeout exceeded", type="StartToCloseTimeout")
                     await self._failed(row, running, exc, extra)
                     return
-                ok = await self._write(q("complete_activity"), {
-                    "run_id": running.run_id, "seq": running.seq, "token": running.token,
-                    "type": h.ACTIVITY_COMPLETED,
-                    "data": Jsonb({"activity_seq": running.seq, "result": payload, "attempt": info.attempt}),
-                })
+                try:
+                    ok = await self._write(q("complete_activity"), {
+                        "run_id": running.run_id, "seq": running.seq, "token": running.token,
+                        "type": h.ACTIVITY_COMPLETED,
+                        "data": Jsonb({"activity_seq": running.seq, "result": payload, "attempt": info.attempt}),
+                    })
+                except (psycopg.DataError, psycopg.ProgrammingError) as exc:
+                    # The database refused the result itself: fail the activity with that cause
+                    # rather than let the lease lapse and retry it for ever.
+                    await self._failed(row, running, ApplicationError(
+                        f"the result could not be recorded: {exc}", type="ResultNotRecordable",
+                        non_retryable=True), extra)
+                    return
                 if ok:
                     self.stats.activities_completed += 1
                 else:
@@ -541,6 +549,10 @@ class Worker:
                     await self._write(q("release_activity"), {
                         "run_id": running.run_id, "seq": running.seq, "token": running.token, "now": None})
                     log.info("released %s for another worker (draining)", name, extra=extra)
+            except Exception:
+                # The outcome could not be written (the database is away): the lease lapses
+                # and the reaper retries the attempt elsewhere.
+                log.exception("could not record the outcome of %s", name, extra=extra)
             finally:
                 self._running.pop(key, None)
 

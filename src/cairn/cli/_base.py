@@ -121,8 +121,11 @@ def parse_json(text: str | None, what: str) -> Any:
                 text = f.read()
         except OSError as exc:
             raise InputValidationError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
+    def refuse(constant: str) -> Any:
+        raise InputValidationError(f"{what} contains {constant}, which JSON in Postgres cannot store")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as exc:
         raise InputValidationError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

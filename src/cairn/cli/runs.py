@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import click
@@ -235,12 +236,18 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
         data = await load()
         try:
             events = [Event.from_json(e) for e in data["events"]]
+            if not events:
+                raise ValueError("it has no events")
             name = str(data.get("workflow_type") or events[0].data["workflow_type"])
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            try:
+                run = str(uuid.UUID(str(data.get("run_id"))))
+            except ValueError:
+                raise ValueError(f"run_id {data.get('run_id')!r} is not a UUID") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise InputValidationError(f"malformed history: {exc}") from None
         definition = _find_workflow(modules, name)
         start = events[0].at
-        info = WorkflowInfo(workflow_id=str(data.get("workflow_id")), run_id=str(data.get("run_id")),
+        info = WorkflowInfo(workflow_id=str(data.get("workflow_id")), run_id=run,
                             workflow_type=name, queue=str(data.get("queue") or "default"), namespace=settings.namespace,
                             start_time=start if start else _epoch())
         out: dict[str, Any] = {"workflow_id": info.workflow_id, "run_id": info.run_id, "events": len(events)}
