@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -273,13 +273,17 @@ class Client:
 
     # -- waiting for closes
 
-    async def _wait_closed(self, run_id: str, timeout: float | None) -> None:
-        """Waits until a NOTIFY says the run closed (the caller re-checks the database)."""
-        await self._ensure_listener()
+    @contextlib.contextmanager
+    def _close_waiter(self, run_id: str) -> Iterator[asyncio.Future[None]]:
+        """A future that the listener resolves when a NOTIFY says the run closed.
+
+        Register it *before* checking the run's status, so a close between the check and
+        the wait is not missed.
+        """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
+            yield fut
         finally:
             waiters = self._waiters.get(run_id, [])
             if fut in waiters:
@@ -358,16 +362,18 @@ class WorkflowHandle:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         await self.client._ensure_listener()
+        row = await self._resolve()
         while True:
-            row = await self._resolve()
-            if row["status"] != "running":
-                return await self._outcome(row)
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
-            # The NOTIFY wakes us; the periodic re-check covers a missed notification.
-            with contextlib.suppress(TimeoutError):
-                await self.client._wait_closed(str(self.run_id), min(remaining or 5.0, 5.0))
+            with self.client._close_waiter(row["run_id"]) as closed:
+                row = await self._resolve()
+                if row["status"] != "running":
+                    return await self._outcome(row)
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
+                # The NOTIFY wakes us; the periodic re-check covers a lost connection.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed, min(remaining or 5.0, 5.0))
 
     async def _outcome(self, row: dict[str, Any]) -> Any:
         async with self.client.pool.connection() as c:

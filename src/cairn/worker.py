@@ -80,6 +80,7 @@ class WorkerStats:
     activities_retried: int = 0
     timers_fired: int = 0
     rescued: int = 0
+    fast_path: int = 0  # activity outcomes whose workflow task ran in the same transaction
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -168,6 +169,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._activity_tasks: set[asyncio.Task[None]] = set()
         self._last_renewal = 0.0
+        self._reserved = 0  # activity slots promised to eager attempts not yet started
+        self._slots_full = False  # the activity poller is idle because every slot is taken
         self._rng = random.Random()
 
     # ------------------------------------------------------------ lifecycle
@@ -308,6 +311,7 @@ class Worker:
         """Claims and runs one workflow task in one transaction; False if none was ready."""
         assert self._pool is not None
         task: dict[str, Any] | None = None
+        eager: list[dict[str, Any]] = []
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
@@ -316,24 +320,34 @@ class Worker:
                     task = await cur.fetchone()
                     if task is None:
                         return False
-                    await self._workflow_task(conn, task)
-                return True
+                    eager = await self._workflow_task(conn, task)
             except psycopg.errors.UniqueViolation:
                 # Someone appended to this run since our cached view: replay next time.
-                if task is not None:
-                    self._evict(str(task["run_id"]))
+                self._abandon(task, eager)
                 return True
             except BaseException:
-                if task is not None:
-                    self._evict(str(task["run_id"]))
+                self._abandon(task, eager)
                 raise
+        self._spawn(eager)
+        return True
 
-    async def _workflow_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> None:
+    def _abandon(self, task: dict[str, Any] | None, eager: list[dict[str, Any]]) -> None:
+        """A workflow task's transaction failed: forget its cached state and reservations."""
+        if task is not None:
+            self._evict(str(task["run_id"]))
+        self._reserved = max(0, self._reserved - len(eager))
+
+    async def _workflow_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runs one claimed (locked) workflow task inside the caller's transaction.
+
+        Returns the activity attempts it leased to this worker (eager dispatch), to be
+        started once the transaction has committed.
+        """
         run_id = str(task["run_id"])
         params: dict[str, Any] = {"run_id": run_id, "now": None}
         if task["status"] != "running":
             await conn.execute(q("finish_workflow_task"), params)
-            return
+            return []
         cur = await conn.execute(q("read_inbox"), params)
         inbox = await cur.fetchall()
         last_seq = int(task["last_seq"])
@@ -366,10 +380,10 @@ class Worker:
             await conn.execute(q("fail_workflow_task"), {**params, "error": Jsonb(error), "delay": delay})
             span.set_attribute("cairn.task_failed", True)
             span.end()
-            return
+            return []
         span.end()
         events = [marker, *inputs, *(c.as_event() for c in commands)]
-        await self._record(conn, task, inst, events, [r[0] for r in inbox])
+        eager = await self._record(conn, task, events, [r[0] for r in inbox])
         self.stats.workflow_tasks += 1
         if inst.closed:
             self._evict(run_id)
@@ -378,6 +392,7 @@ class Worker:
             while len(self._cache) > self.cache_size:
                 _, old = self._cache.popitem(last=False)
                 _dispose(old)
+        return eager
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -399,15 +414,22 @@ class Worker:
             raise WorkflowTaskFailed(exc) from exc
 
     async def _record(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
-                      inst: WorkflowInstance, events: list[Event], inbox_ids: list[int]) -> None:
-        """Writes one workflow task's outcome; all in the task's transaction, pipelined."""
+                      events: list[Event], inbox_ids: list[int]) -> list[dict[str, Any]]:
+        """Writes one workflow task's outcome; all in the task's transaction, pipelined.
+
+        Activities this worker can run, up to its free slots, are leased to it in the same
+        statement (eager dispatch); their rows are returned.
+        """
         run_id = str(task["run_id"])
         base = {"run_id": run_id, "now": None}
         activities, timers, cancel_timers, cancel_acts = [], [], [], []
         close: tuple[str, Any] | None = None
+        free = 0 if self._stopping.is_set() else self.activity_concurrency - len(self._activity_tasks) - self._reserved
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
-                activities.append({"seq": ev.seq, **ev.data})
+                mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities
+                free -= mine
+                activities.append({"seq": ev.seq, **ev.data, "eager": mine})
             elif ev.type == h.TIMER_STARTED:
                 timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
             elif ev.type == h.TIMER_CANCELLED:
@@ -419,6 +441,8 @@ class Worker:
                 if ev.type == h.WORKFLOW_FAILED and failure:
                     failure = {"type": failure.get("type"), "message": failure.get("message")}
                 close = (h.TERMINAL_EVENTS[ev.type], failure)
+        scheduled = None
+        waiting_queues = sorted({a["queue"] for a in activities if not a["eager"]})
         async with conn.pipeline():
             if inbox_ids:
                 await conn.execute(q("delete_inbox"), {"ids": inbox_ids})
@@ -426,9 +450,13 @@ class Worker:
                 {"seq": e.seq, "type": e.type, "data": e.data} for e in events])})
             if close is None:
                 if activities:
-                    await conn.execute(q("schedule_activities"), {
+                    scheduled = conn.cursor(row_factory=dict_row)
+                    await scheduled.execute(q("schedule_activities"), {
                         **base, "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
-                        "workflow_queue": task["queue"], "activities": Jsonb(activities)})
+                        "workflow_queue": task["queue"], "activities": Jsonb(activities),
+                        "worker": self.identity, "lease": self.lease_seconds})
+                if waiting_queues:
+                    await conn.execute(q("notify_activity_queues"), {"queues": waiting_queues})
                 if timers:
                     await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
                                                            "timers": Jsonb(timers)})
@@ -440,6 +468,9 @@ class Worker:
                 await conn.execute(q("close_run"), {**base, "status": close[0],
                                                     "failure": Jsonb(close[1]) if close[1] else None})
             await conn.execute(q("finish_workflow_task"), base)
+        leased = await scheduled.fetchall() if scheduled is not None else []
+        self._reserved += len(leased)
+        return leased
 
     def _evict(self, run_id: str) -> None:
         inst = self._cache.pop(run_id, None)
@@ -452,8 +483,9 @@ class Worker:
         assert self._pool is not None
         while not self._stopping.is_set():
             self._act_wake.clear()
-            free = self.activity_concurrency - len(self._activity_tasks)
+            free = self.activity_concurrency - len(self._activity_tasks) - self._reserved
             if free <= 0:
+                self._slots_full = True
                 await self._idle(self._act_wake)
                 continue
             try:
@@ -467,19 +499,29 @@ class Worker:
                 log.exception("activity claim failed")
                 rows = []
                 await asyncio.sleep(self.poll_interval)
-            for row in rows:
-                running = _Running(str(row["run_id"]), row["seq"], row["token"])
-                self._running[(running.run_id, running.seq)] = running
-                t = asyncio.create_task(self._attempt(row, running), name=f"cairn-activity-{row['activity_type']}")
-                running.task = t
-                self._activity_tasks.add(t)
-                t.add_done_callback(self._activity_done)
+            self._spawn(rows, reserved=False)
             if not rows or len(rows) == free:
+                # Idle until a NOTIFY, or (when every slot is taken) until a slot frees up.
+                self._slots_full = bool(rows)
                 await self._idle(self._act_wake)
+                self._slots_full = False
+
+    def _spawn(self, rows: list[dict[str, Any]], *, reserved: bool = True) -> None:
+        """Starts leased attempts (claimed, or eagerly dispatched and so already reserved)."""
+        if reserved:
+            self._reserved = max(0, self._reserved - len(rows))
+        for row in rows:
+            running = _Running(str(row["run_id"]), row["seq"], row["token"])
+            self._running[(running.run_id, running.seq)] = running
+            t = asyncio.create_task(self._attempt(row, running), name=f"cairn-activity-{row['activity_type']}")
+            running.task = t
+            self._activity_tasks.add(t)
+            t.add_done_callback(self._activity_done)
 
     def _activity_done(self, t: asyncio.Task[None]) -> None:
         self._activity_tasks.discard(t)
-        self._act_wake.set()
+        if self._slots_full:  # the poller waits for a free slot, not for a NOTIFY
+            self._act_wake.set()
 
     async def _attempt(self, row: dict[str, Any], running: _Running) -> None:
         """Runs one activity attempt and records what happened."""
@@ -528,11 +570,8 @@ class Worker:
                     await self._failed(row, running, exc, extra)
                     return
                 try:
-                    ok = await self._write(q("complete_activity"), {
-                        "run_id": running.run_id, "seq": running.seq, "token": running.token,
-                        "type": h.ACTIVITY_COMPLETED,
-                        "data": Jsonb({"activity_seq": running.seq, "result": payload, "attempt": info.attempt}),
-                    })
+                    ok = await self._deliver(running.run_id, running.seq, running.token, h.ACTIVITY_COMPLETED,
+                                             {"activity_seq": running.seq, "result": payload, "attempt": info.attempt})
                 except (psycopg.DataError, psycopg.ProgrammingError) as exc:
                     # The database refused the result itself: fail the activity with that cause
                     # rather than let the lease lapse and retry it for ever.
@@ -561,12 +600,12 @@ class Worker:
         failure = failure_of(exc)
         non_retryable = isinstance(exc, InputValidationError) or bool(failure.get("non_retryable"))
         await self._fail_attempt(row, running.run_id, running.seq, running.token, row["attempt"],
-                                 failure, non_retryable, extra)
+                                 failure, non_retryable, extra, beat=running)
 
     async def _fail_attempt(self, row: dict[str, Any], run_id: str, seq: int, token: int, attempt: int,
                             failure: dict[str, Any], non_retryable: bool, extra: dict[str, Any],
                             conn: psycopg.AsyncConnection[Any] | None = None,
-                            now: datetime | None = None) -> None:
+                            now: datetime | None = None, beat: _Running | None = None) -> None:
         """Retries a failed attempt after its backoff, or records the activity as failed."""
         options = row["options"]
         policy = RetryPolicy.model_validate(options.get("retry_policy") or {})
@@ -580,18 +619,68 @@ class Worker:
                 delay, retry_state = None, "schedule_to_close_timeout"
         base = {"run_id": run_id, "seq": seq, "token": token, "now": None}
         if delay is not None:
-            ok = await self._write(q("retry_activity"), {**base, "delay": delay, "failure": Jsonb(failure)}, conn)
+            ok = await self._write(q("retry_activity"), {
+                **base, "delay": delay, "failure": Jsonb(failure), "beat": bool(beat and beat.beat),
+                "details": Jsonb(beat.details) if beat and beat.beat else None}, conn)
             if ok:
                 self.stats.activities_retried += 1
                 log.info("activity %s attempt %d failed (%s: %s); retry in %.2f s", row["activity_type"], attempt,
                          failure.get("type"), failure.get("message"), delay, extra=extra)
             return
-        ok = await self._write(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
-            "activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state})}, conn)
+        data = {"activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state}
+        if conn is None:
+            ok = await self._deliver(run_id, seq, token, h.ACTIVITY_FAILED, data)
+        else:
+            ok = await self._write(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb(data)},
+                                   conn)
         if ok:
             self.stats.activities_failed += 1
             log.info("activity %s failed for good after %d attempt(s) (%s)", row["activity_type"], attempt,
                      retry_state, extra=extra)
+
+    async def _deliver(self, run_id: str, seq: int, token: int, event_type: str, data: dict[str, Any]) -> bool:
+        """Records an activity's outcome (fenced by its token); True if it was recorded.
+
+        The fast path: when this worker holds the run live in its cache, the outcome, the
+        workflow task it triggers and the eager lease of the next activities commit
+        together, in one transaction. Otherwise the outcome goes to the run's inbox.
+        """
+        params = {"run_id": run_id, "seq": seq, "token": token, "type": event_type, "data": Jsonb(data), "now": None}
+        if run_id in self._cache and not self._stopping.is_set():
+            try:
+                recorded = await self._deliver_and_continue(params)
+            except psycopg.Error as exc:
+                log.debug("fast path for run %s fell back: %s", run_id, exc)
+                recorded = None
+            if recorded is not None:
+                return recorded
+        return await self._write(q("complete_activity"), params)
+
+    async def _deliver_and_continue(self, params: dict[str, Any]) -> bool | None:
+        """The fast path; ``None`` when it rolled back and the plain path must record it."""
+        assert self._pool is not None
+        task: dict[str, Any] | None = None
+        eager: list[dict[str, Any]] = []
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(q("complete_activity_and_lock"), params)
+                    task = await cur.fetchone()
+                    if task is None:
+                        return False  # superseded or cancelled: nothing was written
+                    if task["failures"] and task["available_at"] > task["now"]:
+                        return True  # its code is failing: the task runs when its backoff ends
+                    eager = await self._workflow_task(conn, task)
+            except psycopg.Error:
+                self._abandon(task, eager)
+                return None
+            except BaseException:
+                self._abandon(task, eager)
+                raise
+        self.stats.fast_path += 1
+        self._spawn(eager)
+        return True
 
     async def _write(self, sql: str, params: dict[str, Any],
                      conn: psycopg.AsyncConnection[Any] | None = None) -> bool:

@@ -101,20 +101,37 @@ SELECT %(run_id)s, e.seq, e.type, e.data, coalesce(%(now)s::timestamptz, now())
 FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb)
 
 -- name: schedule_activities
--- Inserts activity tasks for ActivityScheduled commands and wakes their queues' workers.
+-- Inserts activity tasks for ActivityScheduled commands. Rows marked eager are leased to
+-- this worker at once (eager dispatch: it runs them after commit, with no claim round
+-- trip) and returned; the others wait for a claim (see notify_activity_queues).
 WITH ins AS (
     INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
-        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
+        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
+        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
     SELECT %(run_id)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
-           a.activity_type, a.queue, a.input, a.options,
-           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
-           coalesce(%(now)s::timestamptz, now())
-             + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
+           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
+           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
+           CASE WHEN a.eager THEN 1 ELSE 0 END,
+           CASE WHEN a.eager THEN 1 ELSE 0 END,
+           CASE WHEN a.eager THEN %(worker)s END,
+           CASE WHEN a.eager THEN c.now END,
+           CASE WHEN a.eager THEN c.now + %(lease)s * interval '1 second' END,
+           CASE WHEN a.eager
+                THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
+           CASE WHEN a.eager
+                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
     FROM jsonb_to_recordset(%(activities)s::jsonb)
-         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb)
-    RETURNING queue
+         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean),
+         (SELECT coalesce(%(now)s::timestamptz, now()) AS now) c
+    RETURNING *
 )
-SELECT pg_notify('cairn_activity', q.queue) AS notified FROM (SELECT DISTINCT queue FROM ins) q
+SELECT run_id, seq, token, attempt, workflow_id, workflow_type, activity_type, queue, input, options,
+       scheduled_at, started_at, heartbeat_details, attempt_deadline, schedule_deadline
+FROM ins WHERE lease_owner IS NOT NULL
+
+-- name: notify_activity_queues
+-- Wakes the activity workers of these queues (once per queue per transaction).
+SELECT pg_notify('cairn_activity', queue) AS notified FROM unnest(%(queues)s::text[]) AS queue
 
 -- name: start_timers
 -- Inserts durable timers for TimerStarted commands and wakes the timer pumps.
@@ -270,13 +287,37 @@ WITH done AS (
 )
 SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
 
+-- name: complete_activity_and_lock
+-- The fast path: records an activity's outcome like complete_activity (fenced), and keeps
+-- the run's workflow task locked for this transaction (the DO UPDATE takes the row lock), so
+-- the worker that holds the run in its cache runs the next workflow task in the same
+-- transaction. No NOTIFY: nobody else needs waking.
+WITH done AS (
+    DELETE FROM cairn.activity_tasks
+    WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+    RETURNING run_id, workflow_queue
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT run_id, workflow_queue FROM done
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING run_id, failures, available_at
+)
+SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
+       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM task t JOIN cairn.runs r ON r.run_id = t.run_id
+
 -- name: retry_activity
 -- Puts a failed attempt back with a delay (a new available_at), fenced by its token.
 UPDATE cairn.activity_tasks
 SET lease_owner = NULL, lease_expires_at = NULL, attempt_deadline = NULL,
     heartbeat_deadline = NULL,
     available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
-    last_failure = %(failure)s
+    last_failure = %(failure)s,
+    -- the attempt's last heartbeat, if the batched flush had not written it yet
+    heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 RETURNING queue
 
