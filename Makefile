@@ -24,5 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 
+# The benchmark suite (bench/README.md): a private Postgres, pgbench ceiling, cairn and the
+# peers on every workload. `make bench BENCH_ARGS="--quick"` is a ~2 minute smoke run.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

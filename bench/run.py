@@ -1,0 +1,729 @@
+"""The Cairn benchmark harness: ``make bench`` (full) or ``make bench BENCH_ARGS="--quick"``.
+
+Starts a private Postgres (bench/pgcluster.py), measures the pgbench ceiling, runs every
+system's runner (protocol in bench/README.md) on every workload with a fresh database per
+run, and prints one table and the ratios; writes bench/results/<timestamp>.json (and, for
+full runs, bench/latest.json and the table in bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import pgcluster  # noqa: E402
+
+
+@dataclass
+class System:
+    name: str
+    runner: str            # relative to the repository root
+    venv: str              # relative to the repository root
+    requirements: str | None = None
+    needs_redis: bool = False
+    label: str = ""
+
+
+SYSTEMS = [
+    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn"),
+    System("dbos", "bench/peers/dbos_runner.py", "bench/.venv-dbos", "bench/peers/requirements-dbos.txt",
+           label="DBOS Transact"),
+    System("procrastinate", "bench/peers/procrastinate_runner.py", "bench/.venv-procrastinate",
+           "bench/peers/requirements-procrastinate.txt", label="Procrastinate"),
+    System("celery", "bench/peers/celery_runner.py", "bench/.venv-celery", "bench/peers/requirements-celery.txt",
+           needs_redis=True, label="Celery + Redis"),
+]
+
+# workload -> (size, worker counts); see bench/README.md
+FULL = {"W1": (5000, [1, 2]), "W2": (1000, [1]), "W3": (300, [1]), "W4": (200, [1]), "W5": (5000, [1]),
+        "W6": (100, [1])}
+QUICK = {"W1": (300, [1, 2]), "W2": (50, [1]), "W3": (30, [1]), "W4": (15, [1]), "W5": (300, [1]),
+         "W6": (20, [1])}
+EXTRAS_FULL = {"MEM": 10_000, "CLAIM": 1_000_000}
+EXTRAS_QUICK = {"MEM": 1_000, "CLAIM": 50_000}
+
+STEP_UNIT = {"W1": "workflows/s", "W2": "steps/s", "W3": "workflows/s", "W4": "steps/s", "W5": "steps/s",
+             "W6": "s to recover"}
+DESCRIPTION = {
+    "W1": "backlog of N workflows x 1 trivial activity, drained by K worker processes",
+    "W2": "N workflows x 10 sequential trivial activities",
+    "W3": "N workflows x 1 activity, one at a time on an idle worker: start-to-result",
+    "W4": "N workflows each gathering 20 parallel activities",
+    "W5": "one workflow of N sequential steps, and one of 50: time per step",
+    "W6": "kill -9 of a worker holding N running workflows: time until all progress on a new worker",
+}
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------ environment
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(), "kernel": platform.release(), "platform": platform.platform(),
+        "python": sys.version.split()[0], "cores_logical": os.cpu_count(),
+    }
+    try:
+        import psutil
+
+        info["cores_physical"] = psutil.cpu_count(logical=False)
+        info["ram_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                info["os"] = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    info["load_average_at_start"] = os.getloadavg()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True,
+                               check=False).stdout.strip()
+        info["git_commit"] = commit
+        info["src_dirty"] = bool(dirty)
+    except OSError:
+        pass
+    return info
+
+
+def redis_available(url: str) -> str | None:
+    """The Redis version if something answers PING on the URL's host and port."""
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 6379)), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            if not s.recv(64).startswith(b"+PONG"):
+                return None
+            s.sendall(b"INFO server\r\n")
+            time.sleep(0.05)
+            data = s.recv(65536).decode(errors="replace")
+            for line in data.splitlines():
+                if line.startswith("redis_version:"):
+                    return line.split(":", 1)[1].strip()
+            return "unknown"
+    except OSError:
+        return None
+
+
+def venv_python(system: System, log_dir: Path) -> tuple[str | None, str]:
+    """The system's venv python, creating the venv from its requirements when missing."""
+    venv = ROOT / system.venv
+    py = venv / "bin" / "python"
+    if system.requirements is None:
+        return (str(py), "") if py.exists() else (sys.executable, "project interpreter")
+    req = ROOT / system.requirements
+    if not req.exists():
+        return None, f"{system.requirements} not found"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    stamp = venv / ".bench-installed"
+    if py.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return str(py), ""
+    say(f"  creating {system.venv} from {system.requirements} ...")
+    logf = log_dir / f"venv-{system.name}.log"
+    with open(logf, "w") as out:
+        try:
+            if not py.exists():
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out,
+                               timeout=300)
+            subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=False,
+                           stdout=out, stderr=out, timeout=600)
+            subprocess.run([str(py), "-m", "pip", "install", "--quiet", "-r", str(req)], check=True,
+                           stdout=out, stderr=out, timeout=1200, cwd=str(ROOT))
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            return None, f"could not install {system.requirements}: {exc} (log: {logf})"
+    stamp.write_text(digest)
+    return str(py), ""
+
+
+def package_versions(py: str) -> dict[str, str]:
+    try:
+        out = subprocess.run([py, "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                             timeout=60, check=False).stdout
+        keep = {"cairn", "dbos", "procrastinate", "celery", "redis", "kombu", "psycopg", "psycopg-binary",
+                "psycopg2-binary", "sqlalchemy", "uvloop", "psycopg-pool"}
+        return {p["name"]: p["version"] for p in json.loads(out) if p["name"].lower() in keep}
+    except Exception:
+        return {}
+
+
+# ------------------------------------------------------------------ measured subprocess
+
+
+def run_measured(cluster: pgcluster.Cluster, dbname: str, cmd: list[str], log_path: Path,
+                 timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runs ``cmd`` and returns its stdout, exit code, wall time, CPU of it and all its
+    reaped descendants (wait4), and the Postgres counters' deltas around it."""
+    before = cluster.stats(dbname)
+    out_path = log_path.with_suffix(".out")
+    with open(out_path, "w") as out, open(log_path, "w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=str(ROOT), start_new_session=True, env=env)
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline and not timed_out:
+                timed_out = True
+                with _suppress():
+                    os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    leftovers = False
+    with _suppress():
+        os.killpg(proc.pid, signal.SIGKILL)  # anything the runner left behind
+        leftovers = True
+    _wait_no_backends(cluster, dbname)
+    after = cluster.stats(dbname)
+    delta = {k: after[k] - before[k] for k in before}
+    return {"stdout": out_path.read_text(), "rc": proc.returncode, "wall": wall, "timed_out": timed_out,
+            "cpu_user": ru.ru_utime, "cpu_sys": ru.ru_stime, "maxrss_mb": ru.ru_maxrss / 1024,
+            "leftover_processes": leftovers, "pg": delta}
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, *exc: Any) -> bool:
+        return tp is not None and issubclass(tp, (ProcessLookupError, PermissionError))
+
+
+def _wait_no_backends(cluster: pgcluster.Cluster, dbname: str, timeout: float = 10) -> None:
+    """Waits until the database has no sessions, so exiting backends have flushed their stats."""
+    deadline = time.monotonic() + timeout
+    with cluster.connect() as c:
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [dbname]).fetchone()
+            if row and row[0] == 0:
+                break
+            time.sleep(0.1)
+    time.sleep(0.05)
+
+
+def parse_output(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return dict(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+# ------------------------------------------------------------------ figures
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def per_run_figures(workload: str, out: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    steps = max(int(out.get("steps") or 0), 1)
+    seconds = float(out.get("seconds") or 0)
+    lat = [float(x) for x in out.get("latencies_ms") or []]
+    pg = m["pg"]
+    fig: dict[str, Any] = {
+        "steps": steps, "seconds": seconds,
+        "rate": steps / seconds if seconds > 0 else None,
+        "headline": seconds if workload == "W6" else (steps / seconds if seconds > 0 else None),
+        "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else None,
+        "commits_per_step": pg["xact_commit"] / steps,
+        "wal_syncs_per_step": pg["wal_sync"] / steps,
+        "wal_bytes_per_step": pg["wal_bytes"] / steps,
+        "client_cpu_ms_per_step": (m["cpu_user"] + m["cpu_sys"]) * 1000 / steps,
+        "server_cpu_ms_per_step": pg["server_cpu"] * 1000 / steps,
+        "client_cpu_s": m["cpu_user"] + m["cpu_sys"], "server_cpu_s": pg["server_cpu"],
+        "commits": pg["xact_commit"], "wal_syncs": pg["wal_sync"], "wal_bytes": pg["wal_bytes"],
+        "wall_s": m["wall"], "client_maxrss_mb": m["maxrss_mb"],
+    }
+    extra = out.get("extra") or {}
+    if workload == "W5" and extra.get("short_seconds"):
+        fig["short_ms_per_step"] = float(extra["short_seconds"]) * 1000 / int(extra.get("short_steps", 50))
+        fig["long_ms_per_step"] = seconds * 1000 / steps
+    return fig
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r["figures"] for r in runs if r.get("figures")]
+    if not ok:
+        return {}
+    s: dict[str, Any] = {"runs": len(ok)}
+    keys = [k for k in ok[0] if isinstance(ok[0][k], (int, float))]
+    for k in keys:
+        vals = [f[k] for f in ok if isinstance(f.get(k), (int, float))]
+        if vals:
+            s[k] = statistics.median(vals)
+            s[k + "_min"] = min(vals)
+            s[k + "_max"] = max(vals)
+    return s
+
+
+# ------------------------------------------------------------------ table
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
+        if abs(v) >= 10:
+            return f"{v:.{digits}f}"
+        return f"{v:.{digits + 1}f}"
+    return str(v)
+
+
+def workload_keys(plan: dict[str, tuple[int, list[int]]]) -> list[str]:
+    keys = []
+    for w, (_, ks) in plan.items():
+        for k in ks:
+            keys.append(f"{w} K={k}" if len(ks) > 1 else w)
+    return keys
+
+
+HEADER = ["workload", "system", "median", "min–max", "unit", "p50 ms", "p99 ms", "commits/step",
+          "WAL syncs/step", "WAL B/step", "client CPU ms/step", "PG CPU ms/step", "runs"]
+
+
+def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: list[System],
+               skipped: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for key in keys:
+        w = key.split()[0]
+        for sysm in systems:
+            entry = results.get(sysm.name, {}).get(key)
+            if not entry or not entry.get("summary"):
+                note = (entry or {}).get("error") or skipped.get(sysm.name) or "not run"
+                rows.append([key, sysm.name, "skipped", "", note[:60], "", "", "", "", "", "", "", "0"])
+                continue
+            s = entry["summary"]
+            head, lo, hi = s.get("headline"), s.get("headline_min"), s.get("headline_max")
+            rows.append([key, sysm.name, fmt(head), f"{fmt(lo)}–{fmt(hi)}", STEP_UNIT[w],
+                         fmt(s.get("p50_ms")), fmt(s.get("p99_ms")), fmt(s.get("commits_per_step"), 2),
+                         fmt(s.get("wal_syncs_per_step"), 2), fmt(s.get("wal_bytes_per_step")),
+                         fmt(s.get("client_cpu_ms_per_step"), 2), fmt(s.get("server_cpu_ms_per_step"), 2),
+                         str(s["runs"])])
+            if w == "W5" and s.get("short_ms_per_step") is not None:
+                rows.append([f"{key} ms/step", sysm.name,
+                             f"{fmt(s.get('long_ms_per_step'), 2)} (N) / {fmt(s.get('short_ms_per_step'), 2)} (50)",
+                             "", "ms/step long / short", "", "", "", "", "", "", "", str(s["runs"])])
+    return rows
+
+
+def render_text(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    line = "  ".join(h.ljust(widths[i]) for i, h in enumerate(header))
+    out = [line, "-" * len(line)]
+    for r in rows:
+        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
+    return "\n".join(out)
+
+
+def render_md(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def ratios(results: dict[str, dict[str, Any]], keys: list[str], systems: list[System],
+           ceiling: list[dict[str, Any]]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    rows: list[list[str]] = []
+    data: list[dict[str, Any]] = []
+    cairn = results.get("cairn", {})
+    for sysm in systems:
+        if sysm.name == "cairn":
+            continue
+        peer = results.get(sysm.name, {})
+        for key in keys:
+            w = key.split()[0]
+            c, p = (cairn.get(key) or {}).get("summary"), (peer.get(key) or {}).get("summary")
+            metrics = [("headline", STEP_UNIT[w], w != "W6")]
+            if w == "W3":
+                metrics = [("rate", "workflows/s", True), ("p50_ms", "p50 latency", False),
+                           ("p99_ms", "p99 latency", False)]
+            if w == "W5":
+                metrics = [("long_ms_per_step", f"ms/step ({FULL_OR(key)} steps)", False),
+                           ("short_ms_per_step", "ms/step (50 steps)", False)]
+            for metric, label, higher_better in metrics:
+                cv = c.get(metric) if c else None
+                pv = p.get(metric) if p else None
+                r = cv / pv if cv and pv else None
+                better = None if r is None else (r > 1 if higher_better else r < 1)
+                rows.append([f"cairn ÷ {sysm.name}", key, label, fmt(cv), fmt(pv),
+                             "–" if r is None else f"{r:.2f}x",
+                             "higher is better" if higher_better else "lower is better",
+                             "" if better is None else ("cairn ahead" if better else "peer ahead")])
+                data.append({"peer": sysm.name, "workload": key, "metric": metric, "cairn": cv, "peer_value": pv,
+                             "ratio": r, "higher_is_better": higher_better})
+    tps = {c["clients"]: c.get("tps") for c in ceiling if c.get("tps")}
+    if tps:
+        best = max(tps.values())
+        for key in keys:
+            w = key.split()[0]
+            if w in ("W3", "W6"):
+                continue
+            s = (cairn.get(key) or {}).get("summary")
+            rate = s.get("rate") if s else None
+            one = tps.get(1)
+            r1 = rate / one if rate and one else None
+            rb = rate / best if rate else None
+            rows.append(["cairn ÷ pgbench", key, "steps/s ÷ insert tps", fmt(rate),
+                         f"{fmt(one)} (1c) / {fmt(best)} (best)",
+                         f"{r1:.3f} / {rb:.3f}" if r1 and rb else "–", "1 client / best", ""])
+            data.append({"peer": "pgbench", "workload": key, "metric": "rate", "cairn": rate,
+                         "ceiling_1_client": one, "ceiling_best": best, "ratio_1_client": r1, "ratio_best": rb})
+    return rows, data
+
+
+_SIZES: dict[str, int] = {}
+
+
+def FULL_OR(key: str) -> str:
+    return str(_SIZES.get(key.split()[0], "N"))
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~2 minutes)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per system and workload (default 3; quick 1)")
+    ap.add_argument("--systems", default=None, help="comma-separated subset of: " + ",".join(s.name for s in SYSTEMS))
+    ap.add_argument("--workloads", default=None, help="comma-separated subset of W1..W6")
+    ap.add_argument("--size", action="append", default=[], metavar="W=N", help="override a workload's size")
+    ap.add_argument("--extras", default=None, help="cairn extras to run: MEM,CLAIM (default both; 'none' to skip)")
+    ap.add_argument("--extra-size", action="append", default=[], metavar="X=N", help="override MEM/CLAIM size")
+    ap.add_argument("--param", action="append", default=[], metavar="SYSTEM:KEY=VALUE",
+                    help="extra --param for one system's runner")
+    ap.add_argument("--ceiling-seconds", type=int, default=None, help="pgbench duration per client count")
+    ap.add_argument("--timeout", type=float, default=600, help="per runner invocation, seconds")
+    ap.add_argument("--no-latest", action="store_true", help="do not update bench/latest.json and bench/README.md")
+    ap.add_argument("--latest", action="store_true", help="update bench/latest.json and README even for --quick")
+    a = ap.parse_args()
+
+    quick = a.quick
+    plan = {w: (n, list(ks)) for w, (n, ks) in (QUICK if quick else FULL).items()}
+    if a.workloads:
+        wanted = [w.strip().upper() for w in a.workloads.split(",")]
+        plan = {w: plan[w] for w in wanted if w in plan}
+    for kv in a.size:
+        w, _, n = kv.partition("=")
+        if w.upper() in plan:
+            plan[w.upper()] = (int(n), plan[w.upper()][1])
+    for w, (n, _) in plan.items():
+        _SIZES[w] = n
+    extras = dict(EXTRAS_QUICK if quick else EXTRAS_FULL)
+    if a.extras is not None:
+        wanted = [] if a.extras.lower() == "none" else [x.strip().upper() for x in a.extras.split(",")]
+        extras = {k: v for k, v in extras.items() if k in wanted}
+    for kv in a.extra_size:
+        k, _, n = kv.partition("=")
+        if k.upper() in extras:
+            extras[k.upper()] = int(n)
+    runs = a.runs or (1 if quick else 3)
+    ceiling_s = a.ceiling_seconds or (3 if quick else 10)
+    systems = SYSTEMS if not a.systems else [s for s in SYSTEMS if s.name in a.systems.split(",")]
+    params: dict[str, list[str]] = {}
+    for kv in a.param:
+        name, _, rest = kv.partition(":")
+        params.setdefault(name, []).append(rest)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    results_dir = BENCH / "results"
+    log_dir = results_dir / stamp
+    log_dir.mkdir(parents=True, exist_ok=True)
+    t_begin = time.time()
+    env = dict(os.environ)
+    env.pop("CAIRN_DATABASE_URL", None)
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PYTHONUNBUFFERED"] = "1"
+
+    say(f"Cairn benchmark {'(quick)' if quick else '(full)'} — {stamp}; logs in {log_dir.relative_to(ROOT)}")
+    mach = machine()
+    say(f"machine: {mach.get('cpu_model')} x{mach.get('cores_logical')}, {mach.get('ram_gb')} GB, "
+        f"kernel {mach.get('kernel')}, Python {mach.get('python')}, load {mach['load_average_at_start']}")
+
+    # -- systems: venvs and services
+    skipped: dict[str, str] = {}
+    pythons: dict[str, str] = {}
+    versions: dict[str, dict[str, str]] = {}
+    redis_version = redis_available(REDIS_URL)
+    for sysm in systems:
+        if not (ROOT / sysm.runner).exists():
+            skipped[sysm.name] = f"runner {sysm.runner} not found"
+            continue
+        if sysm.needs_redis and not redis_version:
+            skipped[sysm.name] = f"no Redis answering at {REDIS_URL}"
+            continue
+        py, note = venv_python(sysm, log_dir)
+        if py is None:
+            skipped[sysm.name] = note
+            continue
+        pythons[sysm.name] = py
+        versions[sysm.name] = package_versions(py)
+    for name, why in skipped.items():
+        say(f"  skipping {name}: {why}")
+    active = [s for s in systems if s.name in pythons]
+    say(f"systems: {', '.join(s.name for s in active) or 'none'}; Redis: {redis_version or 'not available'}")
+
+    cluster = pgcluster.Cluster()
+    results: dict[str, dict[str, Any]] = {s.name: {} for s in active}
+    ceiling: list[dict[str, Any]] = []
+    extras_out: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    try:
+        cluster.start()
+        settings = cluster.settings()
+        say(f"\nPostgres {settings.get('server_version')} on 127.0.0.1:{cluster.port}, data in {cluster.pgdata} "
+            "(same settings for every system):")
+        for k, v in settings.items():
+            if k != "version":
+                say(f"  {k} = {v}")
+
+        # -- ceiling
+        say(f"\nceiling: pgbench, one single-row INSERT per transaction, -M prepared, {ceiling_s} s per point")
+        cluster.create_db("ceiling")
+        with cluster.connect("ceiling") as c:
+            c.execute("CREATE TABLE ceiling (id bigserial PRIMARY KEY, v integer NOT NULL, "
+                      "at timestamptz NOT NULL DEFAULT now())")
+        for clients in (1, 4, 16):
+            before = cluster.stats("ceiling")
+            r = cluster.pgbench("ceiling", "INSERT INTO ceiling (v) VALUES (1);\n", clients, ceiling_s)
+            after = cluster.stats("ceiling")
+            d = {k: after[k] - before[k] for k in before}
+            commits = max(d["xact_commit"], 1)
+            r.update({"wal_syncs_per_commit": d["wal_sync"] / commits, "wal_bytes_per_commit": d["wal_bytes"] / commits,
+                      "server_cpu_ms_per_commit": d["server_cpu"] * 1000 / commits})
+            ceiling.append(r)
+            say(f"  {clients:2d} client(s): {r['tps']:,.0f} tps, latency {r['latency_avg_ms']} ms, "
+                f"{r['wal_syncs_per_commit']:.2f} WAL syncs/commit")
+        cluster.drop_db("ceiling")
+
+        # -- workloads, round-robin over systems so drift hits everyone alike
+        keys = workload_keys(plan)
+        say(f"\nworkloads ({runs} run(s) each): " + "; ".join(f"{w} N={n} K={ks}" for w, (n, ks) in plan.items()))
+        failed_streak: dict[tuple[str, str], bool] = {}
+        for i in range(runs):
+            for w, (n, ks) in plan.items():
+                for k in ks:
+                    key = f"{w} K={k}" if len(ks) > 1 else w
+                    for sysm in active:
+                        if failed_streak.get((sysm.name, key)):
+                            continue
+                        entry = results[sysm.name].setdefault(key, {"runs": [], "size": n, "workers": k})
+                        one = run_one(cluster, sysm, pythons[sysm.name], w, n, k, i, log_dir, a.timeout, env,
+                                      params.get(sysm.name, []), redis_version)
+                        entry["runs"].append(one)
+                        if "error" in one:
+                            entry["error"] = one["error"]
+                            failed_streak[(sysm.name, key)] = True
+                        entry["summary"] = summarize(entry["runs"])
+
+        # -- cairn extras
+        if "cairn" in pythons:
+            for x, n in extras.items():
+                one = run_one(cluster, SYSTEMS[0], pythons["cairn"], x, n, 1, 0, log_dir, max(a.timeout, 1200), env,
+                              params.get("cairn", []), None)
+                extras_out[x] = one
+    finally:
+        cluster.stop()
+
+    # -- output
+    keys = workload_keys(plan)
+    rows = table_rows(results, keys, active, skipped)
+    ratio_rows, ratio_data = ratios(results, keys, active, ceiling)
+    extra_lines = describe_extras(extras_out)
+    mach["load_average_at_end"] = os.getloadavg()
+    doc = {
+        "timestamp": stamp, "mode": "quick" if quick else "full", "duration_s": time.time() - t_begin,
+        "machine": mach, "postgres": {"settings": settings, "port": cluster.port},
+        "redis": redis_version, "runs_per_workload": runs,
+        "plan": {w: {"size": n, "workers": ks, "description": DESCRIPTION[w]} for w, (n, ks) in plan.items()},
+        "ceiling": ceiling, "systems": {s.name: {"label": s.label, "python": pythons.get(s.name),
+                                                 "packages": versions.get(s.name, {})} for s in systems},
+        "skipped": skipped, "results": results, "extras": extras_out, "ratios": ratio_data,
+    }
+    say("\n" + "=" * 100)
+    say(f"RESULTS ({'quick' if quick else 'full'}, {runs} run(s); median, min–max over runs; per-step figures "
+        "include setup and enqueueing)")
+    say("ceiling (pgbench single-row INSERT): " + ", ".join(
+        f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling))
+    say(render_text(HEADER, rows))
+    notes = {s: {k: (e.get("runs") or [{}])[-1].get("notes", "") for k, e in results[s].items()} for s in results}
+    say("\nsettings used (from each runner's notes):")
+    for s, per in notes.items():
+        seen = set()
+        for k, note in per.items():
+            if note and note not in seen:
+                seen.add(note)
+                say(f"  {s} {k}: {note}")
+    if extra_lines:
+        say("\ncairn extras:")
+        for line in extra_lines:
+            say("  " + line)
+    say("\nRATIOS")
+    say(render_text(["ratio", "workload", "metric", "cairn", "other", "cairn ÷ other", "", ""], ratio_rows))
+    out_path = results_dir / f"{stamp}.json"
+    out_path.write_text(json.dumps(doc, indent=1, default=str))
+    say(f"\nwrote {out_path.relative_to(ROOT)} (took {(time.time() - t_begin) / 60:.1f} min)")
+    if (not quick or a.latest) and not a.no_latest:
+        shutil.copy(out_path, BENCH / "latest.json")
+        update_readme(doc, rows, ratio_rows, extra_lines, ceiling)
+        say("updated bench/latest.json and the table in bench/README.md")
+    return 0
+
+
+def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k: int, i: int, log_dir: Path,
+            timeout: float, env: dict[str, str], extra_params: list[str], redis: str | None) -> dict[str, Any]:
+    dbname = f"bench_{sysm.name}_{w.lower()}_k{k}_{i}"
+    dsn = cluster.create_db(dbname)
+    cmd = [py, str(ROOT / sysm.runner), "--dsn", dsn, "--workload", w, "--size", str(n), "--workers", str(k)]
+    if redis and sysm.needs_redis:
+        cmd += ["--redis", REDIS_URL]
+    for p in extra_params:
+        cmd += ["--param", p]
+    log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
+    t = time.time()
+    try:
+        m = run_measured(cluster, dbname, cmd, log_path, timeout, env)
+    finally:
+        cluster.drop_db(dbname)
+    out = parse_output(m["stdout"])
+    one: dict[str, Any] = {"run": i, "db": dbname, "cmd": " ".join(cmd[1:]), "rc": m["rc"], "wall_s": m["wall"],
+                           "pg": m["pg"], "cpu_user": m["cpu_user"], "cpu_sys": m["cpu_sys"],
+                           "log": str(log_path.relative_to(ROOT))}
+    if m["leftover_processes"]:
+        one["warning"] = "the runner left processes behind (killed; their CPU is not counted)"
+    if m["timed_out"]:
+        one["error"] = f"timed out after {timeout:.0f} s"
+    elif out is None or m["rc"] != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        one["error"] = f"exit {m['rc']}, no JSON line: {' | '.join(tail)[:300]}"
+    elif out.get("error"):
+        one["error"] = str(out["error"])
+    if out:
+        one["output"] = out
+        one["notes"] = out.get("notes", "")
+    if "error" not in one and out is not None:
+        one["figures"] = per_run_figures(w, out, m)
+        f = one["figures"]
+        lat = f" p50 {fmt(f['p50_ms'])} ms p99 {fmt(f['p99_ms'])} ms" if f["p50_ms"] is not None else ""
+        say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: {fmt(f['headline'])} {STEP_UNIT.get(w, '')}{lat}; "
+            f"{fmt(f['commits_per_step'], 2)} commits/step, client CPU {fmt(f['client_cpu_ms_per_step'], 2)} ms/step "
+            f"[{time.time() - t:.0f} s]")
+    else:
+        say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: FAILED — {one.get('error')} (log {one['log']})")
+    return one
+
+
+def describe_extras(extras: dict[str, Any]) -> list[str]:
+    lines = []
+    mem = (extras.get("MEM") or {}).get("output", {}).get("extra")
+    if mem:
+        for r in mem["memory"]:
+            lines.append(f"MEM: worker with cache_size={r['cache_size']:>6} holding {r['workflows']} parked workflows: "
+                         f"RSS {r['rss_mb']:.0f} MB (idle {r['idle_rss_mb']:.0f} MB)")
+        if mem.get("kb_per_cached_workflow") is not None:
+            lines.append(f"MEM: {mem['kb_per_cached_workflow']:.1f} KB of RSS per cached workflow")
+    elif extras.get("MEM"):
+        lines.append(f"MEM: failed — {extras['MEM'].get('error')}")
+    cl = (extras.get("CLAIM") or {}).get("output", {}).get("extra")
+    if cl:
+        for name in ("claim_workflow_task", "claim_activity_tasks"):
+            e, f = cl["empty"][name], cl["full"][name]
+            lines.append(f"CLAIM: {name}: p50 {e['p50_ms']:.3f} ms empty vs {f['p50_ms']:.3f} ms with "
+                         f"{cl['completed_runs']:,} completed runs (x{f['p50_ms'] / e['p50_ms']:.2f}); "
+                         f"EXPLAIN ANALYZE {e['explain_execution_ms']} vs {f['explain_execution_ms']} ms")
+        e2e_ratio = cl["ratio_full_over_empty_p50"]["one_step_e2e_p50"]
+        lines.append(f"CLAIM: one_step start-to-result p50 {cl['empty_e2e']['p50_ms']:.1f} ms empty vs "
+                     f"{cl['full_e2e']['p50_ms']:.1f} ms full (x{e2e_ratio:.2f})"
+                     f"; tables {cl['table_mb']} MB; bulk insert {cl['bulk_insert_s']:.0f} s")
+    elif extras.get("CLAIM"):
+        lines.append(f"CLAIM: failed — {extras['CLAIM'].get('error')}")
+    return lines
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_readme(doc: dict[str, Any], rows: list[list[str]], ratio_rows: list[list[str]],
+                  extra_lines: list[str], ceiling: list[dict[str, Any]]) -> None:
+    path = BENCH / "README.md"
+    text = path.read_text()
+    m = doc["machine"]
+    s = doc["postgres"]["settings"]
+    body = [
+        BEGIN,
+        f"Latest run: {doc['timestamp']} ({doc['mode']}, {doc['runs_per_workload']} runs per cell, "
+        f"{doc['duration_s'] / 60:.0f} min) on {m.get('cpu_model')} x{m.get('cores_logical')}, "
+        f"{m.get('ram_gb')} GB RAM, kernel {m.get('kernel')}, Python {m.get('python')}, "
+        f"PostgreSQL {s.get('server_version')} (fsync={s.get('fsync')}, synchronous_commit="
+        f"{s.get('synchronous_commit')}, wal_sync_method={s.get('wal_sync_method')}); "
+        f"load average at start {tuple(round(x, 1) for x in m['load_average_at_start'])}. "
+        f"Full data: [`latest.json`](latest.json).",
+        "",
+        "Ceiling (pgbench, single-row INSERT per transaction): " + ", ".join(
+            f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling) + ".",
+        "",
+        render_md(HEADER, rows),
+        "",
+        *(f"- {line}" for line in extra_lines),
+        "",
+        render_md(["ratio", "workload", "metric", "cairn", "other", "cairn ÷ other", "", ""], ratio_rows),
+        END,
+    ]
+    block = "\n".join(body)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
