@@ -1,0 +1,72 @@
+"""handle.result() wakes up as soon as the run closes (LISTEN cairn_closed), including when
+the close lands while result() is reading the run's status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from cairn import Client, WorkflowTerminated, workflow
+
+
+@workflow.defn
+async def idle() -> None:
+    await workflow.sleep(3600)
+
+
+async def test_result_returns_promptly_after_close(client, start_worker):
+    handle = await client.start(idle, id="wake-1")  # no worker for it: stays open
+
+    async def terminate_soon() -> None:
+        await asyncio.sleep(0.3)
+        await client.get_handle("wake-1").terminate("done waiting")
+
+    t0 = time.monotonic()
+    task = asyncio.create_task(terminate_soon())
+    with pytest.raises(WorkflowTerminated):
+        await handle.result(timeout=10)
+    await task
+    assert time.monotonic() - t0 < 3.0  # the NOTIFY woke it, not the 5 s re-check
+
+
+async def test_close_during_status_check_is_not_missed(client, db_url):
+    """Deterministic form of a lost wake-up: the run closes (and its NOTIFY reaches the
+    client's listener) after result() read "running" but before it registered its waiter.
+    result() must still return at once, not after its 5 s fallback re-check (or its timeout)."""
+    handle = await client.start(idle, id="wake-2")  # no worker: stays open
+    original = client._run_row
+    closed = False
+
+    async def read_then_close(workflow_id: str, run_id: str | None) -> dict[str, Any]:
+        nonlocal closed
+        row = await original(workflow_id, run_id)
+        if not closed:
+            closed = True
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as spy:
+                await spy.execute("LISTEN cairn_closed")
+                other = await Client.connect(db_url)
+                try:
+                    await other.get_handle(workflow_id).terminate("closed mid-check")
+                finally:
+                    await other.close()
+                async for note in spy.notifies(timeout=5):
+                    if note.payload == row["run_id"]:
+                        break
+                else:
+                    raise AssertionError("no cairn_closed notification within 5 s")
+            # The client's listener has the same notification by now; let it run.
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+        return row
+
+    client._run_row = read_then_close  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    with pytest.raises(WorkflowTerminated):
+        await handle.result(timeout=3)
+    elapsed = time.monotonic() - t0
+    assert closed
+    assert elapsed < 2.0, f"result() took {elapsed:.1f} s: the close notification was lost"
