@@ -1,0 +1,338 @@
+"""Shared plumbing for the peer runners (DBOS, Procrastinate, Celery).
+
+Runner protocol: see bench/README.md. Each runner prints exactly one JSON line on
+stdout; everything else goes to stderr. To make that robust, `Runner.start()`
+moves the process's real stdout aside and points fd 1 at stderr, so a library
+(or a worker subprocess inheriting our fds) printing to stdout cannot corrupt the
+result line.
+
+Only the standard library is used here: this module is imported from three
+different venvs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+FULL_SIZES = {"W1": 5000, "W2": 1000, "W3": 300, "W4": 200, "W5": 5000, "W6": 100}
+W2_STEPS = 10  # sequential activities per W2 workflow
+W4_FANOUT = 20  # parallel activities per W4 workflow
+W5_SHORT = 50  # the short W5 workflow
+
+
+def log(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--workload", required=True, choices=sorted(FULL_SIZES))
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--redis", default=None)
+    p.add_argument("--param", action="append", default=[])
+    # Internal: the runner re-invokes itself as a worker subprocess.
+    p.add_argument("--role", default="driver")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--ready-file", default=None)
+    p.add_argument("--mode", default=None)
+    args = p.parse_args(argv)
+    if args.size is None:
+        args.size = FULL_SIZES[args.workload]
+    params: dict[str, str] = {}
+    for item in args.param:
+        if "=" in item:
+            k, v = item.split("=", 1)
+            params[k.strip()] = v.strip()
+    args.params = params
+    return args
+
+
+def param_float(args: argparse.Namespace, key: str, default: float) -> float:
+    try:
+        return float(args.params.get(key, default))
+    except ValueError:
+        return default
+
+
+def libpq_dsn(dsn: str) -> str:
+    """postgresql+psycopg://... -> postgresql://... (psycopg wants plain URLs)."""
+    scheme, rest = dsn.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else dsn
+
+
+def redis_host_port(url: str) -> tuple[str, int]:
+    u = urlsplit(url)
+    return (u.hostname or "127.0.0.1", u.port or 6379)
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    """Raw RESP PING, so this works without the redis package."""
+    import socket
+
+    host, port = redis_host_port(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Worker:
+    """A worker subprocess in its own process group (so kill -9 takes its children too)."""
+
+    def __init__(self, popen: subprocess.Popen, ready_file: Optional[str]):
+        self.popen = popen
+        self.ready_file = ready_file
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def is_ready(self) -> bool:
+        return self.ready_file is not None and os.path.exists(self.ready_file)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)  # pgid == pid (start_new_session)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            try:
+                self.popen.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def kill9(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            # SIGTERM to the worker's main process only, so it can shut down its own
+            # children cleanly; then sweep the whole group below.
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log(f"worker {self.pid} did not stop in {grace}s; SIGKILL")
+        # Always sweep the group: pool children of a worker that exited may linger.
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log(f"worker {self.pid} could not be reaped")
+        if self.ready_file:
+            try:
+                os.unlink(self.ready_file)
+            except OSError:
+                pass
+
+
+class Runner:
+    """Result assembly, worker bookkeeping and guaranteed cleanup for a driver."""
+
+    def __init__(self, system: str, args: argparse.Namespace):
+        self.system = system
+        self.args = args
+        self.workers: list[Worker] = []
+        self.all_pids: list[int] = []
+        self.notes: list[str] = []
+        self.extra: dict[str, Any] = {}
+        self._out = None
+        self._tmpdir = tempfile.mkdtemp(prefix=f"bench-{system}-")
+        self._emitted = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        # Keep the real stdout for the one JSON line; send fd 1 to stderr.
+        sys.stdout.flush()
+        self._out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        atexit.register(self.cleanup)
+
+        def on_term(signum, _frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    def cleanup(self) -> None:
+        for w in self.workers:
+            try:
+                w.stop()
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+        self.workers = []
+        try:
+            os.rmdir(self._tmpdir)
+        except OSError:
+            pass
+
+    # -- workers -----------------------------------------------------------
+    def spawn(
+        self,
+        cmd: list[str],
+        env: Optional[dict[str, str]] = None,
+        ready: bool = True,
+    ) -> Worker:
+        ready_file = None
+        if ready:
+            ready_file = os.path.join(self._tmpdir, f"ready-{len(self.all_pids)}")
+            if os.path.exists(ready_file):
+                os.unlink(ready_file)
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        if ready_file:
+            full_env["BENCH_READY_FILE"] = ready_file
+        popen = subprocess.Popen(
+            cmd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),
+            stderr=sys.stderr.fileno(),
+            start_new_session=True,
+        )
+        w = Worker(popen, ready_file)
+        self.workers.append(w)
+        self.all_pids.append(popen.pid)
+        return w
+
+    def self_cmd(self, script: str, role: str, index: int, mode: str = "") -> list[str]:
+        a = self.args
+        cmd = [
+            sys.executable,
+            script,
+            "--role",
+            role,
+            "--index",
+            str(index),
+            "--dsn",
+            a.dsn,
+            "--workload",
+            a.workload,
+            "--size",
+            str(a.size),
+            "--workers",
+            str(a.workers),
+        ]
+        if mode:
+            cmd += ["--mode", mode]
+        if a.redis:
+            cmd += ["--redis", a.redis]
+        for item in a.param:
+            cmd += ["--param", item]
+        return cmd
+
+    def wait_ready(self, workers: list[Worker], timeout: float = 120.0) -> float:
+        """Wait until every worker touched its ready file; returns perf_counter then."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            if all(w.is_ready() for w in workers):
+                return time.perf_counter()
+            for w in workers:
+                if not w.alive():
+                    raise RuntimeError(
+                        f"worker {w.pid} exited with {w.popen.returncode} before ready"
+                    )
+            if time.perf_counter() > deadline:
+                raise RuntimeError("workers not ready in time")
+            time.sleep(0.005)
+
+    def check_alive(self) -> None:
+        for w in self.workers:
+            if not w.alive():
+                raise RuntimeError(f"worker {w.pid} died (exit {w.popen.returncode})")
+
+    # -- output ------------------------------------------------------------
+    def emit(
+        self,
+        steps: Optional[int],
+        seconds: Optional[float],
+        latencies_ms: Optional[list[float]] = None,
+        error: Optional[str] = None,
+    ) -> None:
+        if self._emitted:
+            return
+        rec: dict[str, Any] = {
+            "system": self.system,
+            "workload": self.args.workload,
+            "steps": steps,
+            "seconds": None if seconds is None else round(seconds, 4),
+            "latencies_ms": None
+            if latencies_ms is None
+            else [round(x, 3) for x in latencies_ms],
+            "worker_pids": list(self.all_pids),
+            "notes": "; ".join(self.notes),
+            "extra": self.extra,
+        }
+        if error:
+            rec["error"] = error
+        out = self._out or sys.__stdout__
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+        self._emitted = True
+
+
+def main_wrapper(system: str, args: argparse.Namespace, body: Callable[[Runner], None]) -> int:
+    runner = Runner(system, args)
+    runner.start()
+    try:
+        body(runner)
+    except SystemExit as e:
+        runner.cleanup()
+        if not runner._emitted:
+            runner.emit(None, None, error=f"interrupted ({e.code})")
+        return 1
+    except BaseException as e:  # noqa: BLE001
+        traceback.print_exc()
+        runner.cleanup()
+        runner.emit(None, None, error=f"{type(e).__name__}: {e}")
+        return 0
+    runner.cleanup()
+    if not runner._emitted:
+        runner.emit(None, None, error="runner produced no result")
+    return 0
+
+
+def touch_ready() -> None:
+    """Called by a worker process once it is able to take work."""
+    path = os.environ.get("BENCH_READY_FILE")
+    if path:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def summarize(lat: list[float]) -> dict[str, float]:
+    if not lat:
+        return {}
+    s = sorted(lat)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+
+    return {"p50_ms": round(pct(50), 3), "p95_ms": round(pct(95), 3), "p99_ms": round(pct(99), 3), "max_ms": round(s[-1], 3)}

@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""DBOS Transact peer runner (see bench/README.md for the protocol).
+
+Driver: launches DBOS once (system-database migrations, queue registration) with
+DBOS.listen_queues([]) so it never dequeues work itself, enqueues workflows on a
+database-backed DBOS queue, and watches dbos.workflow_status / dbos.operation_outputs.
+Workers: this same file with --role worker, one DBOS process each with its own
+executor_id ("w<index>"), dequeuing from the queue.
+
+Workflows are @DBOS.workflow, activities are @DBOS.step (a recorded row in
+dbos.operation_outputs). Fan-out (W4) is an async workflow that starts 20 async
+steps with asyncio.create_task and asyncio.gather (DBOS's documented way to run
+steps in parallel; start order is deterministic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+
+ARGS = C.parse_args()
+
+from dbos import DBOS  # noqa: E402
+
+QUEUE = "bench"
+APP_NAME = "bench"
+APP_VERSION = "bench-1"  # fixed so driver, workers and the W6 replacement agree
+
+# ---- tunables (documented knobs; defaults chosen for short tasks) -----------
+# polling_interval_sec: how often a worker's queue thread looks for work (DBOS
+# default 1.0 s; "smaller values reduce dequeue latency at the cost of more
+# database load"). worker_concurrency: max workflows of this queue running at
+# once in one process (needed so K>1 processes share a backlog).
+POLL_S = C.param_float(ARGS, "dbos_poll_s", 0.01)
+WORKER_CONC = int(C.param_float(ARGS, "dbos_worker_concurrency", 100))
+RESULT_POLL_S = C.param_float(ARGS, "result_poll_s", 0.005)
+STEP_MS = C.param_float(ARGS, "step_ms", 10.0)  # W6 step duration
+POOL = int(C.param_float(ARGS, "dbos_pool", 20))
+STYLE = ARGS.params.get("dbos_style", "sync")
+
+
+def config(executor_id: str) -> dict:
+    return {
+        "name": APP_NAME,
+        "system_database_url": C.libpq_dsn(ARGS.dsn),
+        "application_version": APP_VERSION,
+        "executor_id": executor_id,
+        "log_level": os.environ.get("BENCH_DBOS_LOG", "WARNING"),
+        "sys_db_pool_size": POOL,
+    }
+
+
+# ---- workflows ------------------------------------------------------------
+
+
+@DBOS.step()
+def inc(x: int) -> int:
+    return x + 1
+
+
+@DBOS.step()
+async def ainc(x: int) -> int:
+    return x + 1
+
+
+@DBOS.step()
+def slow_inc(x: int, ms: float) -> int:
+    time.sleep(ms / 1000.0)
+    return x + 1
+
+
+@DBOS.workflow()
+def wf_chain(n: int, x: int) -> int:
+    for _ in range(n):
+        x = inc(x)
+    return x
+
+
+@DBOS.workflow()
+async def awf_chain(n: int, x: int) -> int:
+    for _ in range(n):
+        x = await ainc(x)
+    return x
+
+
+@DBOS.workflow()
+async def wf_fan(n: int, x: int) -> int:
+    tasks = [asyncio.create_task(ainc(x + i)) for i in range(n)]
+    return sum(await asyncio.gather(*tasks))
+
+
+@DBOS.workflow()
+def wf_long(n: int, ms: float) -> int:
+    x = 0
+    for _ in range(n):
+        x = slow_inc(x, ms)
+    return x
+
+
+# ---- worker ---------------------------------------------------------------
+
+
+def worker_main() -> int:
+    DBOS(config=config(f"w{ARGS.index}"))
+    DBOS.launch()
+    C.touch_ready()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    os._exit(0)  # no graceful drain needed: the benchmark is over
+
+
+# ---- driver ---------------------------------------------------------------
+
+
+def connect():
+    import psycopg
+
+    return psycopg.connect(C.libpq_dsn(ARGS.dsn), autocommit=True)
+
+
+def wait_done(r: C.Runner, conn, expected: int, poll: float = 0.05, timeout: float = 1800):
+    """Wait for `expected` finished workflows on the bench queue.
+
+    Returns the epoch (seconds) of the last completion as recorded by DBOS.
+    """
+    deadline = time.time() + timeout
+    while True:
+        row = conn.execute(
+            "select count(*) filter (where status in ('SUCCESS','ERROR')),"
+            " count(*) filter (where status = 'ERROR'),"
+            " max(coalesce(completed_at, updated_at))"
+            " from dbos.workflow_status where queue_name = %s",
+            (QUEUE,),
+        ).fetchone()
+        done, errors, last_ms = row
+        if errors:
+            raise RuntimeError(f"{errors} workflows failed")
+        if done >= expected:
+            return last_ms / 1000.0
+        if time.time() > deadline:
+            raise RuntimeError(f"timeout: {done}/{expected} done")
+        r.check_alive()
+        time.sleep(poll)
+
+
+def count_steps(conn) -> int:
+    return conn.execute(
+        "select count(*) from dbos.operation_outputs o join dbos.workflow_status s"
+        " using (workflow_uuid) where s.queue_name = %s",
+        (QUEUE,),
+    ).fetchone()[0]
+
+
+def driver(r: C.Runner) -> None:
+    a = ARGS
+    script = os.path.abspath(__file__)
+    wl, n, k = a.workload, a.size, a.workers
+    conc = max(WORKER_CONC, n) if wl == "W6" else WORKER_CONC
+
+    DBOS(config=config("driver"))
+    DBOS.listen_queues([])  # the driver only enqueues; workers dequeue
+    DBOS.launch()
+    queue = DBOS.register_queue(
+        QUEUE,
+        worker_concurrency=conc,
+        polling_interval_sec=POLL_S,
+        on_conflict="always_update",
+    )
+    conn = connect()
+    r.notes.append(
+        f"dbos {_dbos_version()}; Postgres system DB; database-backed Queue "
+        f"worker_concurrency={conc}, polling_interval_sec={POLL_S} (default 1.0); "
+        f"{k} worker process(es), executor_id w<i>, sync workflows/steps on DBOS's "
+        f"thread pool (max_executor_threads unbounded); sys_db_pool_size={POOL}; "
+        f"use_listen_notify default (on)"
+    )
+
+    def spawn_workers(count: int, first_index: int = 0):
+        return [r.spawn(r.self_cmd(script, "worker", first_index + i)) for i in range(count)]
+
+    if wl in ("W1", "W2", "W4"):
+        if wl == "W1":
+            per, steps = 1, n
+        elif wl == "W2":
+            per, steps = C.W2_STEPS, n * C.W2_STEPS
+        else:
+            per, steps = C.W4_FANOUT, n * C.W4_FANOUT
+        te = time.perf_counter()
+        fn = wf_fan if wl == "W4" else (awf_chain if STYLE == "async" else wf_chain)
+        with ThreadPoolExecutor(8) as ex:  # enqueueing is not timed; just make it quicker
+            list(ex.map(lambda i: queue.enqueue(fn, per, i), range(n)))
+        r.extra["enqueue_s"] = round(time.perf_counter() - te, 3)
+        t0 = time.perf_counter()
+        t0_epoch = time.time()
+        ws = spawn_workers(k)
+        t_ready = r.wait_ready(ws)
+        last_epoch = wait_done(r, conn, n)
+        t_detect = time.perf_counter()
+        seconds = min(last_epoch - t0_epoch, t_detect - t0)
+        r.extra["startup_s"] = round(t_ready - t0, 3)
+        r.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
+        got = count_steps(conn)
+        r.extra["recorded_steps"] = got
+        if got != steps:
+            r.notes.append(f"WARNING recorded steps {got} != {steps}")
+        if wl == "W4":
+            r.notes.append("fan-out: async workflow, 20 async @DBOS.step via asyncio.gather")
+        r.notes.append("timed window includes worker start-up (see extra.startup_s)")
+        r.emit(steps, seconds)
+        return
+
+    if wl == "W3":
+        ws = spawn_workers(1)
+        r.wait_ready(ws)
+        time.sleep(1.0)  # let the worker's queue thread settle into its poll loop
+        lat = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            ts = time.perf_counter()
+            h = queue.enqueue(wf_chain, 1, i)
+            res = h.get_result(polling_interval_sec=RESULT_POLL_S)
+            lat.append((time.perf_counter() - ts) * 1000.0)
+            assert res == i + 1, res
+        seconds = time.perf_counter() - t0
+        r.extra.update(C.summarize(lat))
+        r.notes.append(
+            f"start = Queue.enqueue from the driver process, result = handle.get_result("
+            f"polling_interval_sec={RESULT_POLL_S}) (DBOS polls for results); the worker "
+            f"picks work up by polling every {POLL_S}s"
+        )
+        r.emit(n, seconds, lat)
+        return
+
+    if wl == "W5":
+        ws = spawn_workers(1)
+        r.wait_ready(ws)
+        time.sleep(1.0)
+
+        def one(steps: int) -> tuple[float, float]:
+            t_epoch = time.time()
+            wid = queue.enqueue(wf_chain, steps, 0).get_workflow_id()
+            while True:  # light SQL poll; the timings come from DBOS's own timestamps
+                st = conn.execute(
+                    "select status, started_at_epoch_ms, coalesce(completed_at, updated_at)"
+                    " from dbos.workflow_status where workflow_uuid = %s",
+                    (wid,),
+                ).fetchone()
+                if st[0] in ("SUCCESS", "ERROR"):
+                    break
+                r.check_alive()
+                time.sleep(0.02)
+            if st[0] != "SUCCESS":
+                raise RuntimeError(f"W5 workflow {st[0]}")
+            return st[2] / 1000.0 - t_epoch, (st[2] - st[1]) / 1000.0
+
+        short_wall, short_exec = one(C.W5_SHORT)
+        long_wall, long_exec = one(n)
+        r.extra.update(
+            {
+                "short_steps": C.W5_SHORT,
+                "short_seconds": round(short_wall, 4),
+                "exec_seconds": round(long_exec, 4),
+                "short_exec_seconds": round(short_exec, 4),
+            }
+        )
+        r.notes.append(
+            "seconds = enqueue to the workflow's completed_at in dbos.workflow_status (includes "
+            f"up to one queue poll of {POLL_S}s); extra.exec_seconds = the workflow's own "
+            "started_at to completed_at"
+        )
+        r.emit(n, long_wall)
+        return
+
+    if wl == "W6":
+        w6(r, queue, conn, spawn_workers, n)
+        return
+
+    raise SystemExit(f"unknown workload {wl}")
+
+
+def w6(r: C.Runner, queue, conn, spawn_workers, n: int) -> None:
+    steps_per_wf = 1_000_000  # "long": never finishes during the test
+    ws = spawn_workers(1)
+    r.wait_ready(ws)
+    ids = [queue.enqueue(wf_long, steps_per_wf, STEP_MS).get_workflow_id() for _ in range(n)]
+    # Wait until every workflow is PENDING on the worker and has recorded >= 2 steps.
+    deadline = time.time() + 120
+    while True:
+        row = conn.execute(
+            "select count(*) from (select workflow_uuid from dbos.operation_outputs"
+            " where workflow_uuid = any(%s) group by 1 having count(*) >= 2) t",
+            (ids,),
+        ).fetchone()
+        if row[0] >= n:
+            break
+        if time.time() > deadline:
+            raise RuntimeError(f"only {row[0]}/{n} workflows running")
+        r.check_alive()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    victim = ws[0]
+    t_kill = time.perf_counter()
+    t_kill_epoch = time.time()
+    victim.kill9()
+    snap = dict(
+        conn.execute(
+            "select workflow_uuid, max(function_id) from dbos.operation_outputs"
+            " where workflow_uuid = any(%s) group by 1",
+            (ids,),
+        ).fetchall()
+    )
+    # Replacement worker with the same executor_id: DBOS recovers an executor's
+    # PENDING workflows when a process with that executor_id launches.
+    new = spawn_workers(1, first_index=0)
+    progressed: dict[str, float] = {}
+    t_ready = None
+    deadline = time.time() + 300
+    while len(progressed) < n:
+        if t_ready is None and new[0].is_ready():
+            t_ready = time.perf_counter()
+        rows = conn.execute(
+            "select workflow_uuid, function_id, completed_at_epoch_ms from dbos.operation_outputs"
+            " where workflow_uuid = any(%s) and completed_at_epoch_ms >= %s",
+            (ids, int(t_kill_epoch * 1000) - 2000),
+        ).fetchall()
+        for wid, fid, cms in rows:
+            if fid > snap.get(wid, -1) and cms is not None:
+                lat = cms / 1000.0 - t_kill_epoch
+                if wid not in progressed or lat < progressed[wid]:
+                    progressed[wid] = lat
+        if time.time() > deadline:
+            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
+        if not new[0].alive():
+            raise RuntimeError("replacement worker died")
+        time.sleep(0.05)
+    lat_ms = sorted(v * 1000.0 for v in progressed.values())
+    seconds = max(progressed.values())
+    r.extra["lease_s"] = 0
+    if t_ready is not None:
+        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
+    r.extra.update(C.summarize(lat_ms))
+    r.notes.append(
+        f"W6: {n} workflows x long sequence of @DBOS.step sleeping {STEP_MS} ms; kill -9 of the "
+        "worker's process group, then a new worker with the same executor_id launches and "
+        "DBOS startup recovery resumes its PENDING workflows (no lease/heartbeat: recovery "
+        "is by executor_id at launch, lease_s=0); progress = first new row in "
+        "dbos.operation_outputs (its completed_at_epoch_ms); includes new-process start-up "
+        "(extra.worker_ready_s)"
+    )
+    r.emit(n, seconds, lat_ms)
+
+
+def _dbos_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dbos")
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+if __name__ == "__main__":
+    if ARGS.role == "worker":
+        sys.exit(worker_main())
+    sys.exit(C.main_wrapper("dbos", ARGS, driver))
