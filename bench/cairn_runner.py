@@ -187,9 +187,13 @@ class CloseWatcher:
 
 
 def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Runs one statement (or several separated by ";\n", each with the same named params)."""
     with psycopg.connect(dsn, autocommit=True) as c:
-        cur = c.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+        rows: list[tuple[Any, ...]] = []
+        for stmt in [x for x in sql.split(";\n") if x.strip()]:
+            cur = c.execute(stmt, params if params is not None and "%(" in stmt else None)
+            rows = cur.fetchall() if cur.description else []
+        return rows
 
 
 async def first_claim_time(dsn: str) -> float | None:
@@ -465,109 +469,249 @@ WHERE e.seq <= %(events)s
 """
 
 
-def time_claims(dsn: str, iterations: int) -> dict[str, Any]:
-    """Times cairn's claim statements (named queries) inside transactions that roll back,
-    so every iteration sees the same ready rows."""
+CLAIM_PARAMS = {"queues": [CLAIM_QUEUE], "now": None, "namespace": "default", "worker": "bench", "lease": 30.0,
+                "limit": 50}
+CLAIMS = ("claim_workflow_task", "claim_activity_tasks")
+
+
+def claim_params(sql: str) -> dict[str, Any]:
+    """The parameters a claim statement names, as a worker passes them (limit: 50 per claim)."""
+    import re
+
+    names = set(re.findall(r"%\((\w+)\)s", sql))
+    missing = names - set(CLAIM_PARAMS)
+    if missing:
+        raise RuntimeError(f"the claim statement takes parameters the benchmark does not know: {sorted(missing)}")
+    return {k: CLAIM_PARAMS[k] for k in names}
+
+
+def vacuum_queues(dsn: str) -> None:
+    query(dsn, "VACUUM cairn.activity_tasks, cairn.workflow_tasks")
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {"p50_ms": statistics.median(times), "p99_ms": times[max(int(len(times) * 0.99) - 1, 0)],
+            "mean_ms": statistics.fmean(times), "n": len(times)}
+
+
+def _explain(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> tuple[float | None, list[str]]:
+    plan = [r[0] for r in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + sql.encode(), params).fetchall()]
+    conn.rollback()
+    ms = next((float(r.split(":")[1].split()[0]) for r in plan if r.startswith("Execution Time")), None)
+    return ms, plan
+
+
+def time_claims_pair(base_dsn: str, main_dsn: str, queue: str, iterations: int, block: int = 25) -> dict[str, Any]:
+    """Times cairn's claim statements (the named queries) on two databases in alternating
+    blocks, so the machine's drift hits both alike. Each execution runs in a transaction that
+    rolls back, so every iteration sees the same ready rows."""
     from cairn.engine.queries import q
 
     out: dict[str, Any] = {}
-    with psycopg.connect(dsn) as conn:
-        for name, params in (
-            ("claim_workflow_task", {"queues": [CLAIM_QUEUE], "now": None}),
-            ("claim_activity_tasks", {"queues": [CLAIM_QUEUE], "worker": "bench", "lease": 30.0, "limit": 50,
-                                      "now": None}),
-        ):
+    with psycopg.connect(base_dsn) as cb, psycopg.connect(main_dsn) as cm:
+        for name in CLAIMS:
             sql = q(name)
-            times = []
+            params = {**claim_params(sql), "queues": [queue]}
+            acc: dict[str, list[float]] = {"base": [], "main": []}
             got = 0
-            for _ in range(iterations):
-                t = time.perf_counter()
-                cur = conn.execute(sql, params)
-                got = len(cur.fetchall())
-                times.append((time.perf_counter() - t) * 1000)
-                conn.rollback()
-            times = times[5:]  # the first executions plan and warm the cache
-            times.sort()
-            plan = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + sql.encode(), params).fetchall()
-            conn.rollback()
-            exec_ms = next((float(r[0].split(":")[1].split()[0]) for r in plan if r[0].startswith("Execution Time")),
-                           None)
-            out[name] = {"p50_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99) - 1],
-                         "mean_ms": statistics.fmean(times), "rows_claimed": got, "explain_execution_ms": exec_ms,
-                         "plan": [r[0] for r in plan]}
+            conns = [("base", cb, base_dsn), ("main", cm, main_dsn)]
+            for rnd in range(-1, max(iterations // block, 1)):
+                for label, conn, dsn in conns if rnd % 2 == 0 else conns[::-1]:
+                    # A rolled-back claim UPDATE leaves dead row versions behind, which
+                    # autovacuum clears in production: clear them here, untimed.
+                    vacuum_queues(dsn)
+                    for _ in range(block if rnd >= 0 else 5):  # round -1 warms up (plans, caches)
+                        t = time.perf_counter()
+                        cur = conn.execute(sql, params)
+                        got = len(cur.fetchall())
+                        dt = (time.perf_counter() - t) * 1000
+                        conn.rollback()
+                        if rnd >= 0:
+                            acc[label].append(dt)
+            vacuum_queues(base_dsn)
+            vacuum_queues(main_dsn)
+            eb, plan_b = _explain(cb, sql, params)
+            em, plan_m = _explain(cm, sql, params)
+            base, main = _stats(acc["base"]), _stats(acc["main"])
+            out[name] = {"base": base, "main": main, "ratio_p50": main["p50_ms"] / base["p50_ms"],
+                         "rows_claimed": got, "explain_ms_base": eb, "explain_ms_main": em,
+                         "plan_main": plan_m, "plan_base": plan_b}
     return out
 
 
+def explain_backlog(base_dsn: str, main_dsn: str, backlog: int) -> dict[str, Any]:
+    """EXPLAIN ANALYZE (best of 3) of the claim statements with a backlog of ready rows: that
+    many running runs, each with a ready workflow task and a ready activity task, inserted
+    for the measurement and deleted after it."""
+    from cairn.engine.queries import q
+
+    queue = f"{CLAIM_QUEUE}{backlog}"
+    out: dict[str, Any] = {}
+    for label, dsn in (("base", base_dsn), ("main", main_dsn)):
+        query(dsn, BACKLOG_IN, {"q": queue, "n": backlog})
+        query(dsn, "ANALYZE cairn.runs, cairn.workflow_tasks, cairn.activity_tasks")
+        try:
+            with psycopg.connect(dsn) as c:
+                for name in CLAIMS:
+                    sql = q(name)
+                    params = {**claim_params(sql), "queues": [queue]}
+                    best: tuple[float | None, list[str]] = (None, [])
+                    for _ in range(3):
+                        ms, plan = _explain(c, sql, params)
+                        if best[0] is None or (ms is not None and ms < best[0]):
+                            best = (ms, plan)
+                    out[f"{name}/{label}"] = best[0]
+                    out[f"{name}/{label}/plan"] = best[1]
+        finally:
+            query(dsn, BACKLOG_OUT, {"q": queue})
+            query(dsn, "VACUUM ANALYZE cairn.runs, cairn.workflow_tasks, cairn.activity_tasks")
+    return out
+
+
+BACKLOG_IN = """
+INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default', 'backlog-' || i, 'one_step', %(q)s
+FROM generate_series(1, %(n)s) AS i;
+INSERT INTO cairn.workflow_tasks (run_id, queue, available_at)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, %(q)s,
+       now() - interval '1 s' + i * interval '1 us'
+FROM generate_series(1, %(n)s) AS i;
+INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue, activity_type, queue,
+                                  input, options, scheduled_at, available_at)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 3, 'backlog-' || i, 'one_step', %(q)s, 'inc',
+       %(q)s, '[1]'::jsonb, '{"start_to_close_timeout": 60}'::jsonb, now(), now() - interval '1 s' + i * interval '1 us'
+FROM generate_series(1, %(n)s) AS i
+"""
+BACKLOG_OUT = """
+DELETE FROM cairn.activity_tasks WHERE queue = %(q)s;
+DELETE FROM cairn.workflow_tasks WHERE queue = %(q)s;
+DELETE FROM cairn.runs WHERE queue = %(q)s
+"""
+
+
+async def prepare_ready(dsn: str, readies: list[int]) -> None:
+    """Ready work on queues no worker serves: per count r, r workflow tasks and r activity tasks."""
+    client = await Client.connect(dsn)
+    try:
+        for ready in readies:
+            await enqueue(client, flows.one_step, [(i,) for i in range(ready)], 8, f"ready{ready}",
+                          queue=f"{CLAIM_QUEUE}{ready}")
+    finally:
+        await client.close()
+    for ready in readies:
+        query(dsn, """
+            INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
+                                              activity_type, queue, input, options, scheduled_at, available_at)
+            SELECT gen_random_uuid(), 3, 'act-' || i, 'one_step', %(q)s, 'inc', %(q)s, '[1]'::jsonb,
+                   '{"start_to_close_timeout": 60}'::jsonb, now(), now()
+            FROM generate_series(1, %(n)s) AS i""", {"q": f"{CLAIM_QUEUE}{ready}", "n": ready})
+    query(dsn, "VACUUM ANALYZE")
+
+
+def sibling_dsn(dsn: str, suffix: str) -> tuple[str, str, str]:
+    """A DSN for a sibling database on the same server, its name, and the maintenance DSN."""
+    base, _, dbname = dsn.rpartition("/")
+    dbname, _, opts = dbname.partition("?")
+    name = f"{dbname}{suffix}"
+    tail = f"?{opts}" if opts else ""
+    return f"{base}/{name}{tail}", name, f"{base}/postgres{tail}"
+
+
 async def claim(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
-    """Claim latency on an empty database vs with ``n`` completed runs (and their history)."""
+    """Claim latency with ``n`` completed runs (and their history) against an empty database.
+
+    A sibling database (``<db>_base``, dropped at the end) stays empty; the run's database
+    grows through the levels (0 as a control, n/50, n); at each level the claim statements
+    are timed on both in alternating blocks, with 1 and with 100 ready rows."""
     iterations = int(p.get("iterations", 300))
     events = int(p.get("events", 6))
-    ready = int(p.get("ready", 100))
+    readies = [int(x) for x in str(p.get("ready", "1,100")).split(",")]
+    levels = sorted({int(x) for x in str(p.get("levels", f"0,{max(n // 50, 1)},{n}")).split(",")})
     latency_runs = int(p.get("latency_runs", 100))
+    backlog = int(p.get("backlog", 5000))  # EXPLAIN ANALYZE only, with this many ready rows
     t_start = time.perf_counter()
-    # The end-to-end check runs on the default queue first, on a clean database; the claim
-    # statements then see `ready` ready rows on a queue of their own (no worker serves it).
-    empty_e2e = await e2e_latency(dsn, latency_runs, p)
-    client = await Client.connect(dsn)
+    base_dsn, base_name, admin_dsn = sibling_dsn(dsn, "_base")
+    query(admin_dsn, f'DROP DATABASE IF EXISTS "{base_name}"')
+    query(admin_dsn, f'CREATE DATABASE "{base_name}"')
     try:
-        await enqueue(client, flows.one_step, [(i,) for i in range(ready)], 8, "ready", queue=CLAIM_QUEUE)
-    finally:
-        await client.close()
-    query(dsn, """
-        INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue, activity_type,
-                                          queue, input, options, scheduled_at, available_at)
-        SELECT gen_random_uuid(), 3, 'act-' || i, 'one_step', %s, 'inc', %s, '[1]'::jsonb,
-               '{"start_to_close_timeout": 60}'::jsonb, now(), now()
-        FROM generate_series(1, %s) AS i""", [CLAIM_QUEUE, CLAIM_QUEUE, ready])
-    query(dsn, "VACUUM ANALYZE")
-    empty = time_claims(dsn, iterations)
-    log(f"CLAIM: empty: workflow {empty['claim_workflow_task']['p50_ms']:.3f} ms, "
-        f"activity {empty['claim_activity_tasks']['p50_ms']:.3f} ms, e2e p50 {empty_e2e['p50_ms']:.2f} ms")
-    t = time.perf_counter()
-    chunk = 250_000
-    for lo in range(1, n + 1, chunk):
-        hi = min(lo + chunk - 1, n)
-        query(dsn, BULK_SQL, {"lo": lo, "hi": hi})
-        query(dsn, BULK_HISTORY_SQL, {"lo": lo, "hi": hi, "events": events})
-    bulk_s = time.perf_counter() - t
-    t = time.perf_counter()
-    query(dsn, "VACUUM ANALYZE")
-    vacuum_s = time.perf_counter() - t
-    sizes = dict(query(dsn, "SELECT relname, pg_total_relation_size(oid) / 1048576 FROM pg_class "
-                            "WHERE relname IN ('runs', 'history') AND relnamespace = 'cairn'::regnamespace"))
-    log(f"CLAIM: inserted {n} completed runs x {events} events in {bulk_s:.1f} s (vacuum {vacuum_s:.1f} s)")
-    full_e2e = await e2e_latency(dsn, latency_runs, p)
-    full = time_claims(dsn, iterations)
-    log(f"CLAIM: full: workflow {full['claim_workflow_task']['p50_ms']:.3f} ms, "
-        f"activity {full['claim_activity_tasks']['p50_ms']:.3f} ms, e2e p50 {full_e2e['p50_ms']:.2f} ms")
-    ratios = {name: full[name]["p50_ms"] / empty[name]["p50_ms"] for name in empty}
-    ratios["one_step_e2e_p50"] = full_e2e["p50_ms"] / empty_e2e["p50_ms"]
-    return {"steps": iterations * 4, "seconds": time.perf_counter() - t_start, "worker_pids": [],
-            "notes": (f"{n} completed runs with {events} history events each, generated with generate_series, then "
-                      f"VACUUM ANALYZE; claim statements timed {iterations}x each with {ready} ready rows, "
-                      f"rolled back; e2e = one_step start-to-result on an idle worker, {latency_runs} runs"),
-            "extra": {"completed_runs": n, "events_per_run": events, "bulk_insert_s": bulk_s, "vacuum_s": vacuum_s,
-                      "table_mb": sizes, "empty": empty, "full": full, "empty_e2e": empty_e2e,
-                      "full_e2e": full_e2e, "ratio_full_over_empty_p50": ratios}}
-
-
-async def e2e_latency(dsn: str, n: int, p: dict[str, Any]) -> dict[str, Any]:
-    if n <= 0:
-        return {"p50_ms": float("nan")}
-    w = WorkerProc(dsn, "e2e", **worker_opts(p))
-    client = await Client.connect(dsn)
-    lat = []
-    try:
-        w.wait_started()
-        for i in range(n + 5):
+        cairn_db.migrate(base_dsn)
+        for d in (base_dsn, dsn):
+            await prepare_ready(d, readies)
+        points = []
+        inserted = 0
+        bulk_s = vacuum_s = 0.0
+        chunk = 250_000
+        for level in levels:
             t = time.perf_counter()
-            await (await client.start(flows.one_step, i, id=f"e2e-{time.time_ns()}-{i}")).result(timeout=60)
-            lat.append((time.perf_counter() - t) * 1000)
+            for lo in range(inserted + 1, level + 1, chunk):
+                hi = min(lo + chunk - 1, level)
+                query(dsn, BULK_SQL, {"lo": lo, "hi": hi})
+                query(dsn, BULK_HISTORY_SQL, {"lo": lo, "hi": hi, "events": events})
+            bulk_s += time.perf_counter() - t
+            inserted = level
+            t = time.perf_counter()
+            query(dsn, "VACUUM ANALYZE")
+            vacuum_s += time.perf_counter() - t
+            point: dict[str, Any] = {"completed_runs": level}
+            for ready in readies:
+                point[f"ready_{ready}"] = time_claims_pair(base_dsn, dsn, f"{CLAIM_QUEUE}{ready}", iterations)
+            if backlog:
+                point["backlog_explain_ms"] = explain_backlog(base_dsn, dsn, backlog)
+            points.append(point)
+            if backlog:
+                bx = point["backlog_explain_ms"]
+                log(f"CLAIM: {level} completed runs, backlog of {backlog}: EXPLAIN ANALYZE " + ", ".join(
+                    f"{name} {bx[name + '/main']} ms (empty db {bx[name + '/base']} ms)" for name in CLAIMS))
+            log(f"CLAIM: {level} completed runs vs empty: " + "; ".join(
+                f"ready={r}: " + ", ".join(
+                    f"{name.split('_')[1]} {point[f'ready_{r}'][name]['main']['p50_ms']:.3f} vs "
+                    f"{point[f'ready_{r}'][name]['base']['p50_ms']:.3f} ms" for name in CLAIMS)
+                for r in readies))
+        sizes = dict(query(dsn, "SELECT relname, pg_total_relation_size(oid) / 1048576 FROM pg_class "
+                                "WHERE relname IN ('runs', 'history') AND relnamespace = 'cairn'::regnamespace"))
+        log(f"CLAIM: inserted {n} completed runs x {events} events in {bulk_s:.1f} s (vacuum {vacuum_s:.1f} s)")
+        e2e = await e2e_pair(base_dsn, dsn, latency_runs, p)
+        if e2e:
+            log(f"CLAIM: one_step start-to-result p50 {e2e['base']['p50_ms']:.2f} ms empty, "
+                f"{e2e['main']['p50_ms']:.2f} ms with {n} completed runs")
     finally:
-        await client.close()
-        w.stop()
-    lat = sorted(lat[5:])
-    return {"p50_ms": statistics.median(lat), "p99_ms": lat[max(int(len(lat) * 0.99) - 1, 0)], "n": n}
+        query(admin_dsn, f'DROP DATABASE IF EXISTS "{base_name}" WITH (FORCE)')
+    return {"steps": iterations * 4 * len(readies) * len(levels), "seconds": time.perf_counter() - t_start,
+            "worker_pids": [],
+            "notes": (f"{n} completed runs with {events} history events each, generated with generate_series; "
+                      f"VACUUM ANALYZE at each level {levels}; claim statements timed {iterations}x each with "
+                      f"{readies} ready rows, rolled back, alternating in blocks with an empty sibling database; "
+                      f"e2e = one_step start-to-result on an idle worker, {latency_runs} runs, alternating"),
+            "extra": {"completed_runs": n, "events_per_run": events, "bulk_insert_s": bulk_s, "vacuum_s": vacuum_s,
+                      "table_mb": sizes, "levels": points, "e2e": e2e, "backlog": backlog}}
+
+
+async def e2e_pair(base_dsn: str, main_dsn: str, n: int, p: dict[str, Any]) -> dict[str, Any] | None:
+    """One-step start-to-result latency on two databases, alternating, one idle worker each."""
+    if n <= 0:
+        return None
+    workers = [WorkerProc(base_dsn, "e2e-base", **worker_opts(p)), WorkerProc(main_dsn, "e2e-main", **worker_opts(p))]
+    clients = [await Client.connect(base_dsn), await Client.connect(main_dsn)]
+    lat: dict[str, list[float]] = {"base": [], "main": []}
+    try:
+        for w in workers:
+            w.wait_started()
+        for i in range(n + 5):
+            order = [0, 1] if i % 2 == 0 else [1, 0]
+            for j in order:
+                t = time.perf_counter()
+                h = await clients[j].start(flows.one_step, i, id=f"e2e-{time.time_ns()}-{i}")
+                await h.result(timeout=60)
+                if i >= 5:
+                    lat["base" if j == 0 else "main"].append((time.perf_counter() - t) * 1000)
+    finally:
+        for c in clients:
+            await c.close()
+        for w in workers:
+            w.stop()
+    base, main = _stats(lat["base"]), _stats(lat["main"])
+    return {"base": base, "main": main, "ratio_p50": main["p50_ms"] / base["p50_ms"]}
 
 
 # ------------------------------------------------------------------ main

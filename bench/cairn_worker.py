@@ -53,12 +53,23 @@ def main() -> None:
         await runner
         print(f"worker {worker.identity} stats {worker.stats}", file=sys.stderr, flush=True)
 
+    profile_dir = os.environ.get("CAIRN_BENCH_PROFILE")  # diagnostics: cProfile the worker
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         import uvloop
 
         uvloop.run(go())
     except ImportError:
         asyncio.run(go())
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
 
 
 if __name__ == "__main__":

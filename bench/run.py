@@ -674,15 +674,28 @@ def describe_extras(extras: dict[str, Any]) -> list[str]:
         lines.append(f"MEM: failed — {extras['MEM'].get('error')}")
     cl = (extras.get("CLAIM") or {}).get("output", {}).get("extra")
     if cl:
+        pts = cl["levels"]
+        readies = [k for k in pts[0] if k.startswith("ready_")]
         for name in ("claim_workflow_task", "claim_activity_tasks"):
-            e, f = cl["empty"][name], cl["full"][name]
-            lines.append(f"CLAIM: {name}: p50 {e['p50_ms']:.3f} ms empty vs {f['p50_ms']:.3f} ms with "
-                         f"{cl['completed_runs']:,} completed runs (x{f['p50_ms'] / e['p50_ms']:.2f}); "
-                         f"EXPLAIN ANALYZE {e['explain_execution_ms']} vs {f['explain_execution_ms']} ms")
-        e2e_ratio = cl["ratio_full_over_empty_p50"]["one_step_e2e_p50"]
-        lines.append(f"CLAIM: one_step start-to-result p50 {cl['empty_e2e']['p50_ms']:.1f} ms empty vs "
-                     f"{cl['full_e2e']['p50_ms']:.1f} ms full (x{e2e_ratio:.2f})"
-                     f"; tables {cl['table_mb']} MB; bulk insert {cl['bulk_insert_s']:.0f} s")
+            for rk in readies:
+                figures = ", ".join(f"{pt[rk][name]['main']['p50_ms']:.2f} ms (x{pt[rk][name]['ratio_p50']:.2f}) "
+                                    f"at {pt['completed_runs']:,}" for pt in pts)
+                ratio = pts[-1][rk][name]["ratio_p50"]
+                verdict = "within 1.5x" if ratio <= 1.5 else "NOT within 1.5x"
+                lines.append(f"CLAIM: {name} ({rk.replace('_', '=')}) p50 vs empty db: {figures} completed runs "
+                             f"-> x{ratio:.2f} at {pts[-1]['completed_runs']:,} ({verdict})")
+        if cl.get("backlog") and "backlog_explain_ms" in pts[-1]:
+            for name in ("claim_workflow_task", "claim_activity_tasks"):
+                figures = ", ".join(f"{pt['backlog_explain_ms'][name + '/main']} ms at {pt['completed_runs']:,}"
+                                    for pt in pts)
+                lines.append(f"CLAIM: {name} with a backlog of {cl['backlog']:,} ready rows, EXPLAIN ANALYZE: "
+                             f"{figures} completed runs")
+        e2e = cl.get("e2e")
+        if e2e:
+            lines.append(f"CLAIM: one_step start-to-result p50 {e2e['base']['p50_ms']:.1f} ms empty vs "
+                         f"{e2e['main']['p50_ms']:.1f} ms with {cl['completed_runs']:,} completed runs "
+                         f"(x{e2e['ratio_p50']:.2f})")
+        lines.append(f"CLAIM: tables {cl['table_mb']} MB; bulk insert {cl['bulk_insert_s']:.0f} s")
     elif extras.get("CLAIM"):
         lines.append(f"CLAIM: failed — {extras['CLAIM'].get('error')}")
     return lines
