@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 FULL_SIZES = {"W1": 5000, "W2": 1000, "W3": 300, "W4": 200, "W5": 5000, "W6": 100}
@@ -35,7 +37,7 @@ def log(*parts: Any) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--dsn", required=True)
     p.add_argument("--workload", required=True, choices=sorted(FULL_SIZES))
@@ -57,6 +59,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             k, v = item.split("=", 1)
             params[k.strip()] = v.strip()
     args.params = params
+    if args.role == "worker":
+        die_with_parent()
     return args
 
 
@@ -91,10 +95,55 @@ def redis_ping(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-class Worker:
-    """A worker subprocess in its own process group (so kill -9 takes its children too)."""
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may contain spaces/parens: ppid is 2 fields after the last ')'
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
 
-    def __init__(self, popen: subprocess.Popen, ready_file: Optional[str]):
+
+def descendants(pid: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def die_with_parent() -> None:
+    """Called first thing in a worker: it gets SIGKILL if the runner dies (e.g. killed
+    by the harness's timeout). Done in the worker rather than in a preexec_fn, which is
+    unsafe when the runner has threads (DBOS)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if parent == 1:
+        os._exit(1)
+
+
+class Worker:
+    """A worker subprocess (and whatever children it forks, e.g. Celery's pool).
+
+    Workers stay in the runner's process group, so a harness that kills the runner's
+    group also takes them; each also dies with the runner (PR_SET_PDEATHSIG, set by
+    the worker itself)."""
+
+    def __init__(self, popen: subprocess.Popen, ready_file: str | None):
         self.popen = popen
         self.ready_file = ready_file
 
@@ -108,47 +157,46 @@ class Worker:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)  # pgid == pid (start_new_session)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            try:
-                self.popen.send_signal(sig)
-            except ProcessLookupError:
-                pass
+    def _kill_all(self, pids: list[int]) -> None:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
 
     def kill9(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        try:
+        """Crash: SIGKILL the worker and all its descendants at once."""
+        tree = [self.pid] + (descendants(self.pid) if self.alive() else [])
+        self._kill_all(tree)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        self._kill_all(tree)  # a child forked meanwhile is still ours to sweep
 
     def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the worker's main process (it stops its own children), then sweep."""
+        tree: list[int] = []
         if self.popen.poll() is None:
-            # SIGTERM to the worker's main process only, so it can shut down its own
-            # children cleanly; then sweep the whole group below.
-            try:
+            tree = descendants(self.pid)
+            with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log(f"worker {self.pid} did not stop in {grace}s; SIGKILL")
-        # Always sweep the group: pool children of a worker that exited may linger.
-        self.signal_group(signal.SIGKILL)
+        self._kill_all([self.pid] + [p for p in tree if _is_alive(p)])
         try:
             self.popen.wait(timeout=10)
         except subprocess.TimeoutExpired:
             log(f"worker {self.pid} could not be reaped")
         if self.ready_file:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.ready_file)
-            except OSError:
-                pass
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Runner:
@@ -184,19 +232,17 @@ class Runner:
         for w in self.workers:
             try:
                 w.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 traceback.print_exc()
         self.workers = []
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(self._tmpdir)
-        except OSError:
-            pass
 
     # -- workers -----------------------------------------------------------
     def spawn(
         self,
         cmd: list[str],
-        env: Optional[dict[str, str]] = None,
+        env: dict[str, str] | None = None,
         ready: bool = True,
     ) -> Worker:
         ready_file = None
@@ -215,7 +261,6 @@ class Runner:
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr.fileno(),
             stderr=sys.stderr.fileno(),
-            start_new_session=True,
         )
         w = Worker(popen, ready_file)
         self.workers.append(w)
@@ -271,10 +316,10 @@ class Runner:
     # -- output ------------------------------------------------------------
     def emit(
         self,
-        steps: Optional[int],
-        seconds: Optional[float],
-        latencies_ms: Optional[list[float]] = None,
-        error: Optional[str] = None,
+        steps: int | None,
+        seconds: float | None,
+        latencies_ms: list[float] | None = None,
+        error: str | None = None,
     ) -> None:
         if self._emitted:
             return
@@ -308,7 +353,7 @@ def main_wrapper(system: str, args: argparse.Namespace, body: Callable[[Runner],
         if not runner._emitted:
             runner.emit(None, None, error=f"interrupted ({e.code})")
         return 1
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         traceback.print_exc()
         runner.cleanup()
         runner.emit(None, None, error=f"{type(e).__name__}: {e}")
@@ -333,6 +378,11 @@ def summarize(lat: list[float]) -> dict[str, float]:
     s = sorted(lat)
 
     def pct(p: float) -> float:
-        return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+        return s[min(len(s) - 1, round(p / 100.0 * (len(s) - 1)))]
 
-    return {"p50_ms": round(pct(50), 3), "p95_ms": round(pct(95), 3), "p99_ms": round(pct(99), 3), "max_ms": round(s[-1], 3)}
+    return {
+        "p50_ms": round(pct(50), 3),
+        "p95_ms": round(pct(95), 3),
+        "p99_ms": round(pct(99), 3),
+        "max_ms": round(s[-1], 3),
+    }

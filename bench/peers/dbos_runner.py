@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C  # noqa: E402
+import _common as C
 
 ARGS = C.parse_args()
 
@@ -43,7 +43,7 @@ APP_VERSION = "bench-1"  # fixed so driver, workers and the W6 replacement agree
 POLL_S = C.param_float(ARGS, "dbos_poll_s", 0.01)
 WORKER_CONC = int(C.param_float(ARGS, "dbos_worker_concurrency", 100))
 RESULT_POLL_S = C.param_float(ARGS, "result_poll_s", 0.005)
-STEP_MS = C.param_float(ARGS, "step_ms", 10.0)  # W6 step duration
+STEP_MS = C.param_float(ARGS, "step_ms", 0.0)  # W6 step sleep (0 = trivial steps, like cairn)
 POOL = int(C.param_float(ARGS, "dbos_pool", 20))
 STYLE = ARGS.params.get("dbos_style", "sync")
 
@@ -212,6 +212,13 @@ def driver(r: C.Runner) -> None:
         r.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
         got = count_steps(conn)
         r.extra["recorded_steps"] = got
+        r.extra["workflows_per_executor"] = dict(
+            conn.execute(
+                "select executor_id, count(*) from dbos.workflow_status where queue_name = %s"
+                " group by 1 order by 1",
+                (QUEUE,),
+            ).fetchall()
+        )
         if got != steps:
             r.notes.append(f"WARNING recorded steps {got} != {steps}")
         if wl == "W4":
@@ -351,8 +358,8 @@ def w6(r: C.Runner, queue, conn, spawn_workers, n: int) -> None:
         r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
     r.extra.update(C.summarize(lat_ms))
     r.notes.append(
-        f"W6: {n} workflows x long sequence of @DBOS.step sleeping {STEP_MS} ms; kill -9 of the "
-        "worker's process group, then a new worker with the same executor_id launches and "
+        f"W6: {n} workflows x endless sequence of @DBOS.step ({_step_desc()}); kill -9 of the "
+        "worker process, then a new worker with the same executor_id launches and "
         "DBOS startup recovery resumes its PENDING workflows (no lease/heartbeat: recovery "
         "is by executor_id at launch, lease_s=0); progress = first new row in "
         "dbos.operation_outputs (its completed_at_epoch_ms); includes new-process start-up "
@@ -366,8 +373,12 @@ def _dbos_version() -> str:
         from importlib.metadata import version
 
         return version("dbos")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "?"
+
+
+def _step_desc() -> str:
+    return f"sleeps {STEP_MS:g} ms" if STEP_MS else "trivial, x+1"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C  # noqa: E402
+import _common as C
 
 ARGS = C.parse_args()
 
@@ -36,7 +36,7 @@ from procrastinate import App, PsycopgConnector  # noqa: E402
 QUEUE = "bench"
 CONC = int(C.param_float(ARGS, "procrastinate_concurrency", 50))
 RESULT_POLL_S = C.param_float(ARGS, "result_poll_s", 0.005)
-STEP_MS = C.param_float(ARGS, "step_ms", 10.0)  # W6 step duration
+STEP_MS = C.param_float(ARGS, "step_ms", 0.0)  # W6 step sleep (0 = trivial steps, like cairn)
 LEASE_S = C.param_float(ARGS, "lease_s", 3.0)  # W6 stalled-worker threshold
 HEARTBEAT_S = C.param_float(ARGS, "heartbeat_s", 1.0)
 STALL_CHECK_S = C.param_float(ARGS, "stall_check_s", 0.5)
@@ -107,7 +107,7 @@ async def stalled_retrier() -> None:
                 seconds_since_heartbeat=LEASE_S
             ):
                 await app.job_manager.retry_job(job)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             C.log(f"stalled retrier: {e!r}")
         await asyncio.sleep(STALL_CHECK_S)
 
@@ -116,15 +116,15 @@ async def worker_async() -> None:
     from procrastinate.worker import Worker
 
     async with app.open_async():
-        opts = dict(
-            queues=[QUEUE],
-            concurrency=worker_concurrency(),
-            listen_notify=True,
-            fetch_job_polling_interval=FETCH_POLL_S,
-            wait=True,
-            install_signal_handlers=True,
-            name=f"w{ARGS.index}",
-        )
+        opts = {
+            "queues": [QUEUE],
+            "concurrency": worker_concurrency(),
+            "listen_notify": True,
+            "fetch_job_polling_interval": FETCH_POLL_S,
+            "wait": True,
+            "install_signal_handlers": True,
+            "name": f"w{ARGS.index}",
+        }
         if ARGS.workload == "W6":
             opts.update(
                 update_heartbeat_interval=HEARTBEAT_S, stalled_worker_timeout=LEASE_S
@@ -132,7 +132,7 @@ async def worker_async() -> None:
         w = Worker(app=app, **opts)
         run = asyncio.create_task(w.run())
         retrier = asyncio.create_task(stalled_retrier()) if ARGS.workload == "W6" else None
-        while w.worker_id is None and not run.done():
+        while w.worker_id is None and not run.done():  # noqa: ASYNC110 (no event to wait on)
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.05)  # LISTEN set up by the side tasks
         C.touch_ready()
@@ -256,6 +256,12 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
             (leaf_task,),
         ).fetchone()[0]
         r.extra["recorded_steps"] = got
+        r.extra["jobs_per_worker_id"] = {
+            str(w): c
+            for w, c in conn.execute(
+                "select worker_id, count(*) from procrastinate_jobs group by 1 order by 1"
+            ).fetchall()
+        }
         if got != steps:
             r.notes.append(f"WARNING succeeded activity jobs {got} != {steps}")
         if wl == "W2":
@@ -397,8 +403,8 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
         r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
     r.extra.update(C.summarize(lat_ms))
     r.notes.append(
-        f"W6: no workflow concept: {n} chains of jobs (each async job sleeps {STEP_MS} ms then "
-        "defers the next); kill -9 of the worker's process group, new worker started right "
+        f"W6: no workflow concept: {n} chains of jobs (each async job {_step_desc()} then "
+        "defers the next); kill -9 of the worker process, new worker started right "
         f"after; in-flight jobs stay 'doing' until the dead worker's heartbeat "
         f"(update_heartbeat_interval={HEARTBEAT_S}s) is older than {LEASE_S}s, then "
         "the new worker's stalled-job retrier (get_stalled_jobs(seconds_since_heartbeat="
@@ -413,8 +419,12 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("procrastinate")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "?"
+
+
+def _step_desc() -> str:
+    return f"sleeps {STEP_MS:g} ms" if STEP_MS else "trivial, x+1"
 
 
 if __name__ == "__main__":
