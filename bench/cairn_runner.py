@@ -190,8 +190,9 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     """Runs one statement (or several separated by ";\n", each with the same named params)."""
     with psycopg.connect(dsn, autocommit=True) as c:
         rows: list[tuple[Any, ...]] = []
-        for stmt in [x for x in sql.split(";\n") if x.strip()]:
-            cur = c.execute(stmt, params if params is not None and "%(" in stmt else None)
+        stmts = [x for x in sql.split(";\n") if x.strip()]
+        for stmt in stmts:
+            cur = c.execute(stmt, params if len(stmts) == 1 or "%(" in stmt else None)
             rows = cur.fetchall() if cur.description else []
         return rows
 

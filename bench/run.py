@@ -58,7 +58,8 @@ FULL = {"W1": (5000, [1, 2]), "W2": (1000, [1]), "W3": (300, [1]), "W4": (200, [
 QUICK = {"W1": (300, [1, 2]), "W2": (50, [1]), "W3": (30, [1]), "W4": (15, [1]), "W5": (300, [1]),
          "W6": (20, [1])}
 EXTRAS_FULL = {"MEM": 10_000, "CLAIM": 1_000_000}
-EXTRAS_QUICK = {"MEM": 1_000, "CLAIM": 50_000}
+EXTRAS_QUICK = {"MEM": 500, "CLAIM": 20_000}
+EXTRAS_QUICK_PARAMS = ["iterations=100", "latency_runs=20"]
 
 STEP_UNIT = {"W1": "workflows/s", "W2": "steps/s", "W3": "workflows/s", "W4": "steps/s", "W5": "steps/s",
              "W6": "s to recover"}
@@ -338,7 +339,9 @@ def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: lis
             entry = results.get(sysm.name, {}).get(key)
             if not entry or not entry.get("summary"):
                 note = (entry or {}).get("error") or skipped.get(sysm.name) or "not run"
-                rows.append([key, sysm.name, "skipped", "", note[:60], "", "", "", "", "", "", "", "0"])
+                note = " ".join(note.split())
+                rows.append([key, sysm.name, "skipped", "", STEP_UNIT[w], "", "", "", "", "", "", "",
+                             f"0 ({note[:70]})"])
                 continue
             s = entry["summary"]
             head, lo, hi = s.get("headline"), s.get("headline_min"), s.get("headline_max")
@@ -568,7 +571,7 @@ def main() -> int:
         if "cairn" in pythons:
             for x, n in extras.items():
                 one = run_one(cluster, SYSTEMS[0], pythons["cairn"], x, n, 1, 0, log_dir, max(a.timeout, 1200), env,
-                              params.get("cairn", []), None)
+                              (EXTRAS_QUICK_PARAMS if quick else []) + params.get("cairn", []), None)
                 extras_out[x] = one
     finally:
         cluster.stop()
@@ -594,14 +597,17 @@ def main() -> int:
     say("ceiling (pgbench single-row INSERT): " + ", ".join(
         f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling))
     say(render_text(HEADER, rows))
-    notes = {s: {k: (e.get("runs") or [{}])[-1].get("notes", "") for k, e in results[s].items()} for s in results}
-    say("\nsettings used (from each runner's notes):")
-    for s, per in notes.items():
-        seen = set()
-        for k, note in per.items():
-            if note and note not in seen:
-                seen.add(note)
-                say(f"  {s} {k}: {note}")
+    say("\nsettings used (each runner's notes; in full in the JSON):")
+    for s in results:
+        notes = {k: " ".join(str((e.get("runs") or [{}])[-1].get("notes", "")).split())
+                 for k, e in results[s].items()}
+        common = os.path.commonprefix([n for n in notes.values() if n]) if any(notes.values()) else ""  # noqa: RUF071
+        common = common[:common.rfind(";") + 1] if ";" in common else ""
+        if common:
+            say(f"  {s}: {common}")
+        for k, note in notes.items():
+            if note[len(common):].strip():
+                say(f"    {k}: {note[len(common):].strip()}")
     if extra_lines:
         say("\ncairn extras:")
         for line in extra_lines:
