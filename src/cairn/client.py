@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cairn import db
 from cairn._telemetry import tracer
-from cairn.common import Signature, new_run_id, to_payload
+from cairn.common import Signature, check_text, new_run_id, to_payload
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -65,7 +65,7 @@ def _validate_id(workflow_id: str) -> str:
         raise InputValidationError("the workflow id must be a non-empty string")
     if len(workflow_id) > 1000:
         raise InputValidationError("the workflow id is longer than 1000 characters")
-    return workflow_id
+    return check_text(workflow_id, "the workflow id")
 
 
 def _validate_run_id(run_id: str) -> str:
@@ -78,7 +78,7 @@ def _validate_run_id(run_id: str) -> str:
 def _validate_queue(queue: str) -> str:
     if not isinstance(queue, str) or not queue or len(queue) > 200 or queue != queue.strip():
         raise InputValidationError(f"invalid queue name {queue!r}")
-    return queue
+    return check_text(queue, "the queue name")
 
 
 class Client:
@@ -447,10 +447,12 @@ class WorkflowHandle:
         params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
         async with self.client.pool.connection() as c, c.transaction():
             await c.execute(q("ensure_workflow_task"), params)
-            locked = await (await c.execute(q("lock_workflow_task"), params)).fetchone()
-            if locked is None or locked[0] != "running":
+            await c.execute(q("lock_workflow_task"), params)
+            cur = c.cursor(row_factory=dict_row)
+            locked = await (await cur.execute(q("locked_task_state"), params)).fetchone()
+            if locked is None or locked["status"] != "running":
                 raise CairnError(f"workflow {self.workflow_id!r} closed before it could be terminated")
-            event = [{"seq": locked[1] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
+            event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",
                                              "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})

@@ -96,20 +96,34 @@ def to_payload(value: Any) -> Any:
         data = to_jsonable_python(value)
     except Exception as exc:  # pydantic_core raises PydanticSerializationError
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
-    _check_finite(data)
+    _check_storable(data)
     return data
 
 
-def _check_finite(data: Any) -> None:
-    if isinstance(data, float):
+def check_text(text: str, what: str) -> str:
+    """Refuses text that Postgres cannot store: NUL characters and lone surrogates."""
+    if "\x00" in text:
+        raise InputValidationError(f"{what} contains a NUL character, which Postgres cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputValidationError(f"{what} is not valid Unicode (it has a lone surrogate)") from None
+    return text
+
+
+def _check_storable(data: Any) -> None:
+    if isinstance(data, str):
+        check_text(data, "a string in the payload")
+    elif isinstance(data, float):
         if not math.isfinite(data):
             raise InputValidationError(f"{data} cannot be stored as JSON: use a finite number or null")
     elif isinstance(data, dict):
-        for item in data.values():
-            _check_finite(item)
+        for key, item in data.items():
+            check_text(key, "a key in the payload")
+            _check_storable(item)
     elif isinstance(data, list):
         for item in data:
-            _check_finite(item)
+            _check_storable(item)
 
 
 class Signature:

@@ -62,9 +62,11 @@ class _Running:
     seq: int
     token: int
     task: asyncio.Task[None] | None = None
+    flush_every: float = 0.5  # seconds between heartbeat flushes this attempt needs
     details: Any = None
     beat: bool = False
     lost: bool = False  # cancelled or superseded: its outcome must not be written
+    recording: bool = False  # the user code is done and its outcome is being written
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Worker:
         self._wf_wakes: list[asyncio.Event] = []
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
+        self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -316,20 +319,41 @@ class Worker:
             try:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("claim_workflow_task"), {"queues": self.queues, "now": None})
+                    await cur.execute(q("claim_workflow_task"), {"queues": self.queues, "namespace": self.namespace,
+                                                                 "now": None})
                     task = await cur.fetchone()
                     if task is None:
                         return False
                     eager = await self._workflow_task(conn, task)
-            except psycopg.errors.UniqueViolation:
+            except psycopg.errors.UniqueViolation as exc:
                 # Someone appended to this run since our cached view: replay next time.
+                log.info("workflow task of run %s lost a race (%s); it runs again", task and task["run_id"], exc)
                 self._abandon(task, eager)
+                return True
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                # The database refused what the code produced: back the task off and say why,
+                # instead of retrying it in a tight loop.
+                self._abandon(task, eager)
+                if task is None:
+                    raise
+                await self._fail_task(conn, task, exc)
                 return True
             except BaseException:
                 self._abandon(task, eager)
                 raise
         self._spawn(eager)
         return True
+
+    async def _fail_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any], exc: BaseException) -> None:
+        """Records a failed workflow task (history untouched) and backs it off."""
+        run_id = str(task["run_id"])
+        error = exc.to_json() if isinstance(exc, WorkflowTaskFailed) else failure_of(exc)
+        delay = min(2.0 ** task["failures"], TASK_RETRY_MAX_SECONDS)
+        self.stats.workflow_task_failures += 1
+        log.warning("workflow task of %s (run %s) failed, retrying in %.0f s: %s", task["workflow_id"], run_id,
+                    delay, exc, extra={"workflow_id": task["workflow_id"], "run_id": run_id})
+        await conn.execute(q("fail_workflow_task"), {"run_id": run_id, "now": None, "error": Jsonb(error),
+                                                     "delay": delay})
 
     def _abandon(self, task: dict[str, Any] | None, eager: list[dict[str, Any]]) -> None:
         """A workflow task's transaction failed: forget its cached state and reservations."""
@@ -371,13 +395,7 @@ class Worker:
             commands = inst.activate(marker, inputs)
         except (WorkflowTaskFailed, UnknownWorkflowType) as exc:
             self._evict(run_id)
-            self.stats.workflow_task_failures += 1
-            error = exc.to_json() if isinstance(exc, WorkflowTaskFailed) else failure_of(exc)
-            delay = min(2.0 ** task["failures"], TASK_RETRY_MAX_SECONDS)
-            log.warning("workflow task of %s (run %s) failed, retrying in %.0f s: %s",
-                        task["workflow_id"], run_id, delay, exc,
-                        extra={"workflow_id": task["workflow_id"], "run_id": run_id})
-            await conn.execute(q("fail_workflow_task"), {**params, "error": Jsonb(error), "delay": delay})
+            await self._fail_task(conn, task, exc)
             span.set_attribute("cairn.task_failed", True)
             span.end()
             return []
@@ -512,6 +530,17 @@ class Worker:
             self._reserved = max(0, self._reserved - len(rows))
         for row in rows:
             running = _Running(str(row["run_id"]), row["seq"], row["token"])
+            heartbeat_timeout = (row["options"] or {}).get("heartbeat_timeout")
+            if heartbeat_timeout and heartbeat_timeout / 3 < FLUSH_INTERVAL_SECONDS:
+                # Flush often enough that a heartbeating attempt meets a short timeout.
+                running.flush_every = max(heartbeat_timeout / 3, 0.02)
+                self._flush_wake.set()
+            stale = self._running.get((running.run_id, running.seq))
+            if stale is not None and not stale.lost:
+                # An older attempt of the same activity still runs here (it timed out): stop it.
+                stale.lost = True
+                if stale.task is not None:
+                    stale.task.cancel()
             self._running[(running.run_id, running.seq)] = running
             t = asyncio.create_task(self._attempt(row, running), name=f"cairn-activity-{row['activity_type']}")
             running.task = t
@@ -544,6 +573,7 @@ class Worker:
             "cairn.workflow_id": info.workflow_id, "cairn.activity": name, "cairn.attempt": info.attempt,
         }):
             limit: asyncio.Timeout | None = None
+            timeout_error: Exception | None = None
             try:
                 try:
                     definition = self.activities.get(name)
@@ -552,7 +582,8 @@ class Worker:
                     args = definition.signature.validate_args(row["input"], f"activity {name}")
                     token = activity_api._current.set(info)
                     try:
-                        async with asyncio.timeout(_attempt_timeout(options, row)) as limit:
+                        timeout, timeout_error = _attempt_timeout(options, row)
+                        async with asyncio.timeout(timeout) as limit:
                             if definition.is_async:
                                 result = await definition.fn(*args)
                             else:
@@ -565,10 +596,12 @@ class Worker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
-                        exc = ApplicationError("start-to-close timeout exceeded", type="StartToCloseTimeout")
+                    running.recording = True
+                    if isinstance(exc, TimeoutError) and limit is not None and limit.expired() and timeout_error:
+                        exc = timeout_error
                     await self._failed(row, running, exc, extra)
                     return
+                running.recording = True
                 try:
                     ok = await self._deliver(running.run_id, running.seq, running.token, h.ACTIVITY_COMPLETED,
                                              {"activity_seq": running.seq, "result": payload, "attempt": info.attempt})
@@ -593,7 +626,8 @@ class Worker:
                 # and the reaper retries the attempt elsewhere.
                 log.exception("could not record the outcome of %s", name, extra=extra)
             finally:
-                self._running.pop(key, None)
+                if self._running.get(key) is running:
+                    del self._running[key]
 
     async def _failed(self, row: dict[str, Any], running: _Running, exc: BaseException,
                       extra: dict[str, Any]) -> None:
@@ -612,6 +646,8 @@ class Worker:
         delay = policy.next_delay(attempt, str(failure.get("type")), non_retryable=non_retryable, rng=self._rng)
         retry_state = "non_retryable" if non_retryable or failure.get("type") in policy.non_retryable_error_types \
             else "maximum_attempts"
+        if failure.get("type") == "ScheduleToCloseTimeout":
+            delay, retry_state = None, "schedule_to_close_timeout"
         deadline = row.get("schedule_deadline")
         if delay is not None and deadline is not None:
             now = now or datetime.now(deadline.tzinfo)
@@ -650,7 +686,7 @@ class Worker:
             try:
                 recorded = await self._deliver_and_continue(params)
             except psycopg.Error as exc:
-                log.debug("fast path for run %s fell back: %s", run_id, exc)
+                log.debug("fast path for run %s fell back: %r", run_id, exc)
                 recorded = None
             if recorded is not None:
                 return recorded
@@ -666,9 +702,11 @@ class Worker:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("complete_activity_and_lock"), params)
-                    task = await cur.fetchone()
-                    if task is None:
+                    if await cur.fetchone() is None:
                         return False  # superseded or cancelled: nothing was written
+                    await cur.execute(q("locked_task_state"), params)
+                    task = await cur.fetchone()
+                    assert task is not None  # we hold its row lock
                     if task["failures"] and task["available_at"] > task["now"]:
                         return True  # its code is failing: the task runs when its backoff ends
                     eager = await self._workflow_task(conn, task)
@@ -708,7 +746,10 @@ class Worker:
         """Batches heartbeats and lease renewals of all running attempts into one UPDATE."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+            self._flush_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wake.wait(), min(
+                    [FLUSH_INTERVAL_SECONDS, *(r.flush_every for r in self._running.values())]))
             renew_all = loop.time() - self._last_renewal >= self.lease_seconds / 3
             rows = []
             for r in list(self._running.values()):
@@ -725,7 +766,7 @@ class Worker:
                 assert self._pool is not None
                 async with self._pool.connection() as c:
                     cur = await c.execute(q("renew_activity_leases"), {
-                        "beats": Jsonb(rows), "lease": self.lease_seconds, "now": None})
+                        "beats": Jsonb(rows), "lease": self.lease_seconds, "worker": self.identity, "now": None})
                     alive = {(str(a), s) for a, s in await cur.fetchall()}
             except Exception as exc:
                 log.warning("heartbeat flush failed: %s", exc)
@@ -738,7 +779,9 @@ class Worker:
                 if key not in alive and owned is not None and owned.token == row["token"] and not owned.lost:
                     # Cancelled by the workflow, timed out, or taken over: stop it.
                     owned.lost = True
-                    if owned.task is not None:
+                    # Never interrupt the write of an outcome: the row is gone because the
+                    # attempt itself recorded it (the fence rejects it otherwise).
+                    if owned.task is not None and not owned.recording:
                         owned.task.cancel()
 
     # ------------------------------------------------------------ timers, timeouts, wake-ups
@@ -818,14 +861,20 @@ class Worker:
         return len(rows)
 
 
-def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> float | None:
-    """Seconds this attempt may run locally: start-to-close, bounded by schedule-to-close."""
-    limits = []
+def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[float | None, ApplicationError]:
+    """Seconds this attempt may run locally (start-to-close, bounded by schedule-to-close),
+    and the error to report when that limit is reached."""
+    limits: list[tuple[float, ApplicationError]] = []
     if options.get("start_to_close_timeout"):
-        limits.append(float(options["start_to_close_timeout"]))
+        limits.append((float(options["start_to_close_timeout"]),
+                       ApplicationError("start-to-close timeout exceeded", type="StartToCloseTimeout")))
     if row.get("schedule_deadline") is not None:
-        limits.append((row["schedule_deadline"] - row["started_at"]).total_seconds())
-    return max(min(limits), 0.001) if limits else None
+        limits.append(((row["schedule_deadline"] - row["started_at"]).total_seconds(),
+                       ApplicationError("schedule-to-close timeout exceeded", type="ScheduleToCloseTimeout")))
+    if not limits:
+        return None, ApplicationError("timeout", type="StartToCloseTimeout")
+    seconds, error = min(limits, key=lambda limit: limit[0])
+    return max(seconds, 0.001), error
 
 
 def _dispose(inst: WorkflowInstance) -> None:

@@ -46,7 +46,7 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END $$;
 -- Statement-level, so appends pay nothing for it.
-CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE ON cairn.history
+CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON cairn.history
     FOR EACH STATEMENT EXECUTE FUNCTION cairn.history_is_append_only();
 
 -- External events waiting for the run's next workflow task (activity results, fired

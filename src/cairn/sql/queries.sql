@@ -72,6 +72,7 @@ FROM cairn.workflow_tasks t
 JOIN cairn.runs r ON r.run_id = t.run_id
 WHERE t.queue = ANY(%(queues)s::text[])
   AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+  AND r.namespace = %(namespace)s
 ORDER BY t.available_at
 LIMIT 1
 FOR UPDATE OF t SKIP LOCKED
@@ -184,17 +185,14 @@ WHERE run_id = %(run_id)s
 -- For operator actions (terminate) that append to history: makes sure the run has a task
 -- row to lock (one that no worker will claim), so the single-writer rule holds.
 INSERT INTO cairn.workflow_tasks (run_id, queue, available_at)
-SELECT run_id, queue, 'infinity' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+SELECT run_id, queue, '9999-12-31' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ON CONFLICT (run_id) DO NOTHING
 
 -- name: lock_workflow_task
 -- Waits for and holds the lock of a run's workflow task row (see ensure_workflow_task):
--- no SKIP LOCKED here, the operator's write must wait for a worker mid-task.
-SELECT r.status, (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = r.run_id) AS last_seq,
-       coalesce(%(now)s::timestamptz, now()) AS now
-FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
-WHERE t.run_id = %(run_id)s
-FOR UPDATE OF t
+-- no SKIP LOCKED here, the operator's write must wait for a worker mid-task. Read the
+-- run's state afterwards with locked_task_state (this statement's snapshot may be older).
+SELECT run_id FROM cairn.workflow_tasks WHERE run_id = %(run_id)s FOR UPDATE
 
 -- ---------------------------------------------------------------- inbox writers
 
@@ -302,17 +300,24 @@ WITH done AS (
     INSERT INTO cairn.workflow_tasks (run_id, queue)
     SELECT run_id, workflow_queue FROM done
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
-    RETURNING run_id, failures, available_at
+    RETURNING run_id
 )
+SELECT run_id FROM task
+
+-- name: locked_task_state
+-- A run's task and history length, read in a statement of its own *after* its task row
+-- is locked: a statement that waited for the lock still sees its older snapshot.
 SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
        coalesce(%(now)s::timestamptz, now()) AS now
-FROM task t JOIN cairn.runs r ON r.run_id = t.run_id
+FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
+WHERE t.run_id = %(run_id)s
 
 -- name: retry_activity
--- Puts a failed attempt back with a delay (a new available_at), fenced by its token.
+-- Puts a failed attempt back with a delay (a new available_at), fenced by its token, and
+-- bumps the token so that the failed attempt, if it still runs somewhere, cannot complete.
 UPDATE cairn.activity_tasks
-SET lease_owner = NULL, lease_expires_at = NULL, attempt_deadline = NULL,
+SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
     heartbeat_deadline = NULL,
     available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
     last_failure = %(failure)s,
@@ -342,7 +347,7 @@ SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * inter
         ELSE a.heartbeat_deadline END
 FROM jsonb_to_recordset(%(beats)s::jsonb)
      AS h(run_id uuid, seq integer, token bigint, beat boolean, details jsonb)
-WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token
+WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token AND a.lease_owner = %(worker)s
 RETURNING a.run_id, a.seq
 
 -- name: expired_activity_tasks
