@@ -32,9 +32,12 @@ TIMER_CANCELLED = "TimerCancelled"
 WORKFLOW_COMPLETED = "WorkflowCompleted"
 WORKFLOW_FAILED = "WorkflowFailed"
 WORKFLOW_CANCELLED = "WorkflowCancelled"
+# A note the code leaves in history (data {"kind": ...}), e.g. a saga's progress; the
+# worker only appends it. Matched on replay like any command.
+MARKER_RECORDED = "MarkerRecorded"
 COMMAND_EVENTS = frozenset({
     ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
-    WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED,
+    WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, MARKER_RECORDED,
 })
 
 # Written by an operator (terminate), not by workflow code.
@@ -52,6 +55,7 @@ _IDENTITY_KEYS = {
     ACTIVITY_SCHEDULED: ("activity_type",),
     ACTIVITY_CANCEL_REQUESTED: ("activity_seq",),
     TIMER_CANCELLED: ("timer_seq",),
+    MARKER_RECORDED: ("kind", "event"),
 }
 
 
@@ -114,7 +118,14 @@ def summarize(e: Event) -> str:
     if e.type == "WorkflowStarted":
         return f"{d.get('workflow_type')} input={json.dumps(d.get('input'))}"
     if e.type == "ActivityScheduled":
-        return f"{d.get('activity_type')} on {d.get('queue')}"
+        role = "" if "saga" not in d else (
+            f" (saga {d['saga']} compensation)" if "compensation" in d else f" (saga {d['saga']} step)")
+        return f"{d.get('activity_type')} on {d.get('queue')}{role}"
+    if e.type == "MarkerRecorded" and d.get("kind") == "saga":
+        what = f"saga {d.get('saga', e.seq)} {d.get('event')}"
+        if d.get("event") == "compensation_started":
+            return f"{what}: {', '.join(map(str, d.get('compensations') or [])) or 'nothing to undo'}"
+        return f"{what}: {d['status']}" if "status" in d else what
     if e.type == "ActivityCompleted":
         return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
     if e.type == "ActivityFailed":

@@ -61,6 +61,11 @@ class WorkflowTaskFailed(Exception):
         return failure_of(self.cause)
 
 
+# Where a saga that compensated because of an exception leaves its outcome on it
+# (cairn.saga), so the recorded failure reports the compensations.
+SAGA_OUTCOMES_ATTR = "__cairn_sagas__"
+
+
 def failure_of(exc: BaseException) -> dict[str, Any]:
     """The JSON form of an exception as recorded in history: type, message, details, stack."""
     if isinstance(exc, WorkflowFailure):
@@ -71,6 +76,9 @@ def failure_of(exc: BaseException) -> dict[str, Any]:
         out["details"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced}
     if isinstance(exc, ApplicationError) and exc.non_retryable:
         out["non_retryable"] = True
+    sagas = getattr(exc, SAGA_OUTCOMES_ATTR, None)
+    if sagas:
+        out["sagas"] = sagas
     stack = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8)
     out["stack"] = "".join(stack)[-4000:]
     return out
@@ -229,9 +237,9 @@ class WorkflowInstance:
         return self.last_seq
 
     def schedule_activity(self, name: str, args: list[Any], options: dict[str, Any],
-                          queue: str, returns: Any) -> ActivityHandle:
+                          queue: str, returns: Any, tags: dict[str, Any] | None = None) -> ActivityHandle:
         seq = self._command(h.ACTIVITY_SCHEDULED, {
-            "activity_type": name, "queue": queue, "input": args, "options": options,
+            "activity_type": name, "queue": queue, "input": args, "options": options, **(tags or {}),
         })
         handle = ActivityHandle(self, seq, name, returns)
         self._activities[seq] = handle
@@ -240,6 +248,10 @@ class WorkflowInstance:
     def cancel_activity(self, seq: int) -> None:
         if self._activities.pop(seq, None) is not None and not self.closed:
             self._command(h.ACTIVITY_CANCEL_REQUESTED, {"activity_seq": seq})
+
+    def record_marker(self, data: dict[str, Any]) -> int:
+        """Records a ``MarkerRecorded`` command (``data["kind"]`` says whose); returns its seq."""
+        return self._command(h.MARKER_RECORDED, data)
 
     def start_timer(self, handle: asyncio.TimerHandle, delay: float) -> None:
         fire_at = datetime.fromtimestamp(self.now_ts, UTC) + timedelta(seconds=delay)
