@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cairn import activity, workflow
+from cairn import activity, saga, workflow
 from cairn.client import Client, RunDescription, WorkflowHandle
 from cairn.common import RetryPolicy
 from cairn.errors import (
@@ -45,5 +45,6 @@ __all__ = [
     "WorkflowTimeout",
     "__version__",
     "activity",
+    "saga",
     "workflow",
 ]

@@ -33,6 +33,7 @@ from cairn.errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
+from cairn.saga import describe_sagas
 from cairn.workflow import definition_of
 
 IdConflictPolicy = Literal["fail", "use_existing"]
@@ -55,6 +56,12 @@ class RunDescription:
     pending_activities: list[dict[str, Any]] = field(default_factory=list)
     pending_timers: list[dict[str, Any]] = field(default_factory=list)
     workflow_task: dict[str, Any] | None = None
+    sagas: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def saga(self) -> dict[str, Any] | None:
+        """The run's latest saga (see :func:`cairn.saga.describe_sagas`), if it has one."""
+        return self.sagas[-1] if self.sagas else None
 
     def to_json(self) -> dict[str, Any]:
         return to_payload(self.__dict__)  # type: ignore[no-any-return]
@@ -406,12 +413,14 @@ class WorkflowHandle:
             timers = await (await cur.execute(q("pending_timers"), params)).fetchall()
             task = await (await cur.execute(q("pending_workflow_task"), params)).fetchone()
             last = await (await cur.execute(q("last_history_event"), params)).fetchone()
+            saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
         return RunDescription(
             workflow_id=row["workflow_id"], run_id=row["run_id"], workflow_type=row["workflow_type"],
             queue=row["queue"], status=row["status"], created_at=row["created_at"],
             closed_at=row["closed_at"], failure=row["failure"],
             history_length=last["seq"] if last else 0,
             pending_activities=acts, pending_timers=timers, workflow_task=task,
+            sagas=describe_sagas([Event(s, t, d, a) for s, t, d, a in saga_events]),
         )
 
     async def history(self, after: int = 0) -> list[Event]:

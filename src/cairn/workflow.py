@@ -8,22 +8,26 @@ activities, and keep I/O in activities.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random as _random
 import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, seconds, to_payload
 from cairn.engine.instance import ActivityHandle, WorkflowInstance
 from cairn.engine.loop import WorkflowLoop
 from cairn.errors import CairnError, InputValidationError
 
+if TYPE_CHECKING:
+    from cairn.saga import Saga
+
 __all__ = [
     "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn", "execute_activity",
-    "info", "logger", "now", "random", "sleep", "start_activity", "unsafe_is_replaying", "uuid4",
+    "info", "logger", "now", "random", "saga", "sleep", "start_activity", "unsafe_is_replaying", "uuid4",
 ]
 
 P = ParamSpec("P")
@@ -124,30 +128,46 @@ async def sleep(duration: timedelta | float) -> None:
     await asyncio.sleep(duration.total_seconds() if isinstance(duration, timedelta) else duration)
 
 
-def start_activity(
-    activity: Callable[..., Any] | str,
-    *args: Any,
-    start_to_close_timeout: timedelta | float | None = None,
-    schedule_to_close_timeout: timedelta | float | None = None,
-    heartbeat_timeout: timedelta | float | None = None,
-    retry_policy: RetryPolicy | None = None,
-    queue: str | None = None,
-) -> ActivityHandle:
-    """Schedules an activity and returns a handle (an awaitable future you may cancel).
+# The saga whose ``async with`` block the running task is in (set by cairn.saga):
+# activities started there carry its id in history, so describe can list its steps.
+current_saga: contextvars.ContextVar[int | None] = contextvars.ContextVar("cairn_current_saga", default=None)
 
-    Args:
-        activity: an ``@activity.defn`` function, or an activity type name.
-        args: the activity's arguments; converted to JSON and recorded in history.
-        start_to_close_timeout: the most one attempt may take.
-        schedule_to_close_timeout: the most all attempts together may take.
-        heartbeat_timeout: the most time between two heartbeats of a running attempt.
-        retry_policy: how failed attempts are retried (default: unlimited, 1 s doubling).
-        queue: the activity queue (default: the workflow's queue).
+
+@dataclass(frozen=True)
+class ActivityCall:
+    """An activity invocation, validated and converted to JSON, ready to schedule."""
+
+    name: str
+    args: list[Any]
+    options: dict[str, Any]
+    queue: str | None
+    returns: Callable[[Any], Any] | None
+
+    def start(self, tags: dict[str, Any] | None = None) -> ActivityHandle:
+        """Schedules the activity (``tags`` are extra keys of its ``ActivityScheduled`` event)."""
+        inst = _instance()
+        return inst.schedule_activity(self.name, self.args, self.options, self.queue or inst.info.queue,
+                                      self.returns, tags)
+
+
+def prepare_activity(
+    activity: Callable[..., Any] | str,
+    args: tuple[Any, ...],
+    *,
+    start_to_close_timeout: timedelta | float | None,
+    schedule_to_close_timeout: timedelta | float | None,
+    heartbeat_timeout: timedelta | float | None,
+    retry_policy: RetryPolicy | None,
+    queue: str | None,
+) -> ActivityCall:
+    """Validates an activity invocation (see :func:`start_activity`) without scheduling it.
+
+    Raises:
+        InputValidationError: not an activity, bad arguments, or no timeout.
     """
     from cairn.activity import ActivityDefinition
 
-    inst = _instance()
-    returns: Any = None
+    returns: Callable[[Any], Any] | None = None
     if isinstance(activity, str):
         name = activity
     else:
@@ -172,8 +192,52 @@ def start_activity(
         "heartbeat_timeout": seconds(heartbeat_timeout),
         "retry_policy": policy.model_dump(mode="json"),
     }
-    return inst.schedule_activity(name, [to_payload(a) for a in args], options,
-                                  queue or inst.info.queue, returns)
+    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns)
+
+
+def start_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    queue: str | None = None,
+) -> ActivityHandle:
+    """Schedules an activity and returns a handle (an awaitable future you may cancel).
+
+    Args:
+        activity: an ``@activity.defn`` function, or an activity type name.
+        args: the activity's arguments; converted to JSON and recorded in history.
+        start_to_close_timeout: the most one attempt may take.
+        schedule_to_close_timeout: the most all attempts together may take.
+        heartbeat_timeout: the most time between two heartbeats of a running attempt.
+        retry_policy: how failed attempts are retried (default: unlimited, 1 s doubling).
+        queue: the activity queue (default: the workflow's queue).
+    """
+    _instance()
+    call = prepare_activity(
+        activity, args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
+        retry_policy=retry_policy, queue=queue,
+    )
+    saga_id = current_saga.get()
+    return call.start(None if saga_id is None else {"saga": saga_id})
+
+
+def saga(*, parallel_compensation: bool = False, continue_on_error: bool = True) -> Saga:
+    """A saga: ``async with workflow.saga() as saga:``, registering ``saga.compensate(...)``
+    after (or before) each step; if the block raises or is cancelled, the compensations run
+    as activities, newest first, then the error propagates. See :class:`cairn.saga.Saga`.
+
+    Args:
+        parallel_compensation: start every compensation at once instead of one by one.
+        continue_on_error: run the remaining compensations after one fails for good
+            (sequential mode; in parallel mode all run anyway); ``False`` stops at the first.
+    """
+    from cairn.saga import Saga
+
+    return Saga(parallel_compensation=parallel_compensation, continue_on_error=continue_on_error)
 
 
 async def execute_activity(

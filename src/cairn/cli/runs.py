@@ -151,7 +151,7 @@ def list_cmd(settings: Settings, status: str | None, workflow_type: str | None, 
 @json_option
 @click.pass_obj
 def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:
-    """Show a run's status, pending activities, timers and task failures."""
+    """Show a run's status, pending activities, timers, task failures and sagas."""
 
     @with_client
     async def go(client: Client) -> Any:
@@ -179,6 +179,21 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
     if d.pending_timers:
         click.echo("\ntimers:")
         click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
+    for saga in d.sagas:
+        _echo_saga(saga)
+
+
+def _echo_saga(saga: dict[str, Any]) -> None:
+    mode = "parallel" if saga["parallel_compensation"] else "sequential"
+    mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
+    click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")
+    if saga["reason"]:
+        click.echo(f"compensating because {saga['reason'].get('type')}: {saga['reason'].get('message')}")
+    rows = [[role, "" if a["seq"] is None else str(a["seq"]), str(a["activity_type"]), a["status"],
+             str(a.get("attempts") or ""), (a.get("failure") or {}).get("message") or ""]
+            for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
+    if rows:
+        click.echo(table(rows, ["ROLE", "SEQ", "ACTIVITY", "STATUS", "ATTEMPTS", "FAILURE"]))
 
 
 @main.command("history")

@@ -90,22 +90,30 @@ SELECT seq, type, data, at FROM cairn.history WHERE run_id = %(run_id)s ORDER BY
 SELECT seq, type, data, at FROM cairn.history
 WHERE run_id = %(run_id)s AND seq > %(after)s ORDER BY seq
 
--- name: delete_inbox
--- Drops the inbox events that this workflow task moved into history (by exact ids: rows
--- committed meanwhile stay for the next task).
-DELETE FROM cairn.inbox WHERE id = ANY(%(ids)s::bigint[])
-
 -- name: append_history
 -- Appends a batch of events; the primary key rejects a writer whose view was stale.
 INSERT INTO cairn.history (run_id, seq, type, data, at)
 SELECT %(run_id)s, e.seq, e.type, e.data, coalesce(%(now)s::timestamptz, now())
 FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb)
 
--- name: schedule_activities
--- Inserts activity tasks for ActivityScheduled commands. Rows marked eager are leased to
--- this worker at once (eager dispatch: it runs them after commit, with no claim round
--- trip) and returned; the others wait for a claim (see notify_activity_queues).
-WITH ins AS (
+-- name: record_workflow_task
+-- Writes a workflow task's outcome in one statement: consumes the inbox events it moved
+-- (by exact ids: rows committed meanwhile stay for the next task), appends the batch (the
+-- history primary key rejects a writer whose view was stale), deletes the task, and
+-- inserts the activity tasks it scheduled. Activities marked eager are leased to this
+-- worker at once (eager dispatch: it runs them after commit, with no claim round trip) and
+-- returned; the others wait for a claim (see notify_activity_queues).
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), consumed AS (
+    DELETE FROM cairn.inbox WHERE id = ANY(%(inbox_ids)s::bigint[])
+), appended AS (
+    INSERT INTO cairn.history (run_id, seq, type, data, at)
+    SELECT %(run_id)s, e.seq, e.type, e.data, c.now
+    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb), c
+), finished AS (
+    DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+), scheduled AS (
     INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
         attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
@@ -122,13 +130,12 @@ WITH ins AS (
            CASE WHEN a.eager
                 THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
     FROM jsonb_to_recordset(%(activities)s::jsonb)
-         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean),
-         (SELECT coalesce(%(now)s::timestamptz, now()) AS now) c
+         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c
     RETURNING *
 )
 SELECT run_id, seq, token, attempt, workflow_id, workflow_type, activity_type, queue, input, options,
        scheduled_at, started_at, heartbeat_details, attempt_deadline, schedule_deadline
-FROM ins WHERE lease_owner IS NOT NULL
+FROM scheduled WHERE lease_owner IS NOT NULL
 
 -- name: notify_activity_queues
 -- Wakes the activity workers of these queues (once per queue per transaction).
@@ -305,11 +312,13 @@ WITH done AS (
 SELECT run_id FROM task
 
 -- name: locked_task_state
--- A run's task and history length, read in a statement of its own *after* its task row
--- is locked: a statement that waited for the lock still sees its older snapshot.
+-- A run's task, history length and inbox, read in a statement of its own *after* its task
+-- row is locked: a statement that waited for the lock still sees its older snapshot.
 SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
-       coalesce(%(now)s::timestamptz, now()) AS now
+       coalesce(%(now)s::timestamptz, now()) AS now,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.type, i.data) ORDER BY i.id), '[]')
+        FROM cairn.inbox i WHERE i.run_id = t.run_id) AS inbox
 FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
 WHERE t.run_id = %(run_id)s
 
@@ -431,3 +440,19 @@ SELECT available_at, failures, last_error FROM cairn.workflow_tasks WHERE run_id
 -- name: last_history_event
 -- The last event of a run (its outcome, once closed).
 SELECT seq, type, data, at FROM cairn.history WHERE run_id = %(run_id)s ORDER BY seq DESC LIMIT 1
+
+-- name: saga_events
+-- The events a run's sagas are rebuilt from, for describe: saga markers, the activities
+-- scheduled inside a saga, and those activities' outcomes.
+WITH tagged AS (
+    SELECT seq, type, data, at FROM cairn.history
+    WHERE run_id = %(run_id)s
+      AND ((type = 'MarkerRecorded' AND data ->> 'kind' = 'saga') OR (type = 'ActivityScheduled' AND data ? 'saga'))
+)
+SELECT seq, type, data, at FROM tagged
+UNION ALL
+SELECT o.seq, o.type, o.data, o.at FROM cairn.history o
+WHERE o.run_id = %(run_id)s
+  AND o.type IN ('ActivityCompleted', 'ActivityFailed', 'ActivityCancelRequested')
+  AND (o.data ->> 'activity_seq')::int IN (SELECT seq FROM tagged WHERE type = 'ActivityScheduled')
+ORDER BY seq
