@@ -140,3 +140,44 @@ async def nan_result() -> float:
     return await workflow.execute_activity(not_a_number, start_to_close_timeout=10,
                                            retry_policy=RetryPolicy(maximum_attempts=2,
                                                                     initial_interval=timedelta(seconds=0.2)))
+
+
+# ---------------------------------------------------------------- a saga compensating through a crash
+
+
+class SagaTrip(BaseModel):
+    steps: int = 4
+    fail_at: int = 4  # this step fails non-retryably: the saga compensates the steps before it
+    hold_undo: int = 0  # on its first attempt, this compensation blocks after its effect
+    hold: float = 0.0
+
+
+@activity.defn
+def saga_step(trip: SagaTrip, i: int) -> str:
+    label = f"step-{i}"
+    info = _attempt_started(label)
+    if i == trip.fail_at:
+        raise ApplicationError(f"step {i} failed", type="StepFailed", non_retryable=True)
+    _apply_effect(info, label)
+    return label
+
+
+@activity.defn
+def saga_undo(trip: SagaTrip, i: int) -> str:
+    label = f"undo-{i}"
+    info = _attempt_started(label)
+    _apply_effect(info, label)
+    if info.attempt == 1 and i == trip.hold_undo:
+        time.sleep(trip.hold)
+    return label
+
+
+@workflow.defn
+async def saga_trip(trip: SagaTrip) -> list[str]:
+    done = []
+    async with workflow.saga() as saga:
+        for i in range(1, trip.steps + 1):
+            done.append(await workflow.execute_activity(saga_step, trip, i, start_to_close_timeout=120,
+                                                        retry_policy=FAST_RETRY))
+            saga.compensate(saga_undo, trip, i, retry_policy=FAST_RETRY)
+    return done

@@ -188,7 +188,7 @@ def _echo_saga(saga: dict[str, Any]) -> None:
     mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
     click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")
     if saga["reason"]:
-        click.echo(f"compensating because {saga['reason'].get('type')}: {saga['reason'].get('message')}")
+        click.echo(f"reason    {saga['reason'].get('type')}: {saga['reason'].get('message')}")
     rows = [[role, "" if a["seq"] is None else str(a["seq"]), str(a["activity_type"]), a["status"],
              str(a.get("attempts") or ""), (a.get("failure") or {}).get("message") or ""]
             for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
