@@ -30,7 +30,8 @@ def test_killed_during_a_compensation_is_finished_by_another_worker_once(workers
 
     events = history(db, "saga-crash")
     assert [s for s, *_ in events] == list(range(1, len(events) + 1))
-    undo = [(s, d["input"][1]) for s, t, d, _ in events if t == "ActivityScheduled" and d["activity_type"] == "saga_undo"]
+    undo = [(s, d["input"][1]) for s, t, d, _ in events
+            if t == "ActivityScheduled" and d["activity_type"] == "saga_undo"]
     assert [i for _, i in undo] == [3, 2, 1], "compensations ran newest first"
     assert all(d.get("compensation") is not None for s, t, d, _ in events if s in dict(undo))
     completions = Counter(d["activity_seq"] for _, t, d, _ in events if t == "ActivityCompleted")

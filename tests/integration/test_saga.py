@@ -115,7 +115,7 @@ async def test_failing_at_each_step_compensates_exactly_the_steps_before_it(clie
         assert saga["status"] == "compensated"
         assert [(c["seq"], c["status"]) for c in saga["compensations"]] == [
             (seq, "completed") for seq, _ in scheduled(sql, run_id, "release")]
-        recorded = [d for _, t, d in events(sql, run_id) if t == "WorkflowFailed"][0]["failure"]
+        recorded = next(d for _, t, d in events(sql, run_id) if t == "WorkflowFailed")["failure"]
         assert recorded["sagas"] == [saga]
         markers = [d["event"] for _, t, d in events(sql, run_id) if t == "MarkerRecorded"]
         assert markers == ["started", "compensation_started", "compensation_ended"]
