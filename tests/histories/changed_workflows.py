@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from golden_workflows import THREE_TRIES, TIMEOUT, always_fails, double, greet
+from golden_workflows import THREE_TRIES, TIMEOUT, always_fails, cancel, double, greet, reserve, sold_out
 
 from cairn import workflow
 
@@ -30,3 +30,16 @@ async def golden_retry_uncaught(x: int) -> int:
     """No longer catches the activity's failure: fails where history has completed."""
     return int(await workflow.execute_activity(always_fails, x, start_to_close_timeout=TIMEOUT,
                                                retry_policy=THREE_TRIES))
+
+
+@workflow.defn(name="golden_saga")
+async def golden_saga_parallel(trip: str) -> dict[str, Any]:
+    """Compensates in parallel: schedules all three cancellations in one workflow task."""
+    async with workflow.saga(parallel_compensation=True) as saga:
+        car = await workflow.execute_activity(reserve, f"{trip} car", start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, car, start_to_close_timeout=TIMEOUT)
+        hotel = await workflow.execute_activity(reserve, f"{trip} hotel", start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, hotel, start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, f"{trip} flight", start_to_close_timeout=TIMEOUT)
+        flight = await workflow.execute_activity(sold_out, f"{trip} flight", start_to_close_timeout=TIMEOUT)
+    return {"car": car, "hotel": hotel, "flight": flight}

@@ -56,3 +56,32 @@ async def golden_retry(x: int) -> dict[str, Any]:
         return {"caught": err.cause.type, "message": err.cause.message, "attempts": err.attempts,
                 "retry_state": err.retry_state}
     return {"caught": None}
+
+
+@activity.defn
+async def reserve(item: str) -> str:
+    return f"{item} booked"
+
+
+@activity.defn
+async def sold_out(item: str) -> str:
+    raise ApplicationError(f"no {item} left", type="SoldOut", non_retryable=True)
+
+
+@activity.defn
+async def cancel(booking: str) -> str:
+    return f"{booking}: cancelled"
+
+
+@workflow.defn
+async def golden_saga(trip: str) -> dict[str, Any]:
+    """A saga whose third step fails: its compensations (one registered before its step)
+    run newest first, then the step's ActivityError fails the run."""
+    async with workflow.saga() as saga:
+        car = await workflow.execute_activity(reserve, f"{trip} car", start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, car, start_to_close_timeout=TIMEOUT)
+        hotel = await workflow.execute_activity(reserve, f"{trip} hotel", start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, hotel, start_to_close_timeout=TIMEOUT)
+        saga.compensate(cancel, f"{trip} flight", start_to_close_timeout=TIMEOUT)  # may half-succeed
+        flight = await workflow.execute_activity(sold_out, f"{trip} flight", start_to_close_timeout=TIMEOUT)
+    return {"car": car, "hotel": hotel, "flight": flight}

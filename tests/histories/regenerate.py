@@ -1,11 +1,12 @@
 """Re-records the golden histories in this directory against a real database.
 
     CAIRN_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/cairn_golden \\
-        .venv/bin/python tests/histories/regenerate.py
+        .venv/bin/python tests/histories/regenerate.py [FILE.json ...]
 
-The database is migrated if needed; each golden workflow is run once by an in-process
-worker, then ``cairn history --json`` writes its history next to this file. After
-re-recording, update the exact seq values asserted in ``tests/unit/test_replay.py``.
+The database is migrated if needed; each golden workflow (or only the named files) is run
+once by an in-process worker, then ``cairn history --json`` writes its history next to
+this file. After re-recording, update the exact seq values asserted in
+``tests/unit/test_replay.py``.
 """
 
 from __future__ import annotations
@@ -22,25 +23,31 @@ sys.path.insert(0, str(HERE))
 
 import golden_workflows as g  # noqa: E402
 
-from cairn import Client, Worker, db  # noqa: E402
+from cairn import Client, Worker, WorkflowFailure, db  # noqa: E402
 
 RUNS = {  # file name -> (workflow, input)
     "pipeline_completed.json": (g.golden_pipeline, 21),
     "retry_failed_caught.json": (g.golden_retry, 7),
+    "saga_compensated.json": (g.golden_saga, "lisbon"),
 }
 
 
-async def record(url: str) -> None:
-    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry],
-                    activities=[g.double, g.greet, g.always_fails], poll_interval=0.1)
+async def record(url: str, names: list[str]) -> None:
+    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry, g.golden_saga],
+                    activities=[g.double, g.greet, g.always_fails, g.reserve, g.sold_out, g.cancel],
+                    poll_interval=0.1)
     runner = asyncio.create_task(worker.run())
     await worker.started()
     try:
         async with await Client.connect(url) as client:
-            for name, (fn, arg) in RUNS.items():
+            for name in names:
+                fn, arg = RUNS[name]
                 wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
                 handle = await client.start(fn, arg, id=wid)
-                print(name, "->", await handle.result(timeout=30))
+                try:
+                    print(name, "->", await handle.result(timeout=30))
+                except WorkflowFailure as err:
+                    print(name, "-> failed:", err.message)
                 done = await asyncio.to_thread(
                     subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
                     env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
@@ -56,8 +63,12 @@ def main() -> None:
     url = os.environ.get("CAIRN_DATABASE_URL")
     if not url:
         sys.exit("set CAIRN_DATABASE_URL to a database this script may migrate and write to")
+    names = sys.argv[1:] or list(RUNS)
+    unknown = set(names) - set(RUNS)
+    if unknown:
+        sys.exit(f"unknown golden files {sorted(unknown)}; known: {', '.join(RUNS)}")
     db.migrate(url)
-    asyncio.run(record(url))
+    asyncio.run(record(url, names))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,16 @@ cancellation, the recorded markers and their replay."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import changed_workflows
+import golden_workflows
 import pytest
 from pydantic import BaseModel
 
@@ -17,9 +23,10 @@ from cairn.engine.history import Command, Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
 from cairn.errors import NonDeterminismError
 from cairn.saga import COMPENSATION_START_TO_CLOSE, describe_sagas
-from cairn.workflow import definition_of
+from cairn.workflow import WorkflowInfo, definition_of
 
-from .harness import Driver, cancel_requested, completed, failed, fired, kinds
+from .conftest import HISTORIES
+from .harness import T0, Driver, cancel_requested, completed, failed, fired, kinds
 
 T = 30
 
@@ -577,3 +584,68 @@ def test_a_changed_saga_raises_non_determinism_error(fn, expected):
     with pytest.raises(NonDeterminismError) as info:
         replay(definition_of(fn), d.info, d.history)
     assert (info.value.seq, info.value.expected, info.value.produced) == expected
+
+
+# -- the golden history of a compensated saga (tests/histories/saga_compensated.json)
+
+
+SAGA_GOLDEN = HISTORIES / "saga_compensated.json"
+
+
+def golden() -> tuple[dict[str, Any], list[Event], WorkflowInfo]:
+    data = json.loads(SAGA_GOLDEN.read_text())
+    events = [Event.from_json(e) for e in data["events"]]
+    info = WorkflowInfo(workflow_id=data["workflow_id"], run_id=data["run_id"], workflow_type=data["workflow_type"],
+                        queue=data["queue"], namespace="default", start_time=events[0].at or T0)
+    return data, events, info
+
+
+def test_the_saga_golden_history_is_a_compensated_saga():
+    data, events, _ = golden()
+    assert data["status"] == "failed"
+    assert [(e.seq, e.type) for e in events if e.type in h.COMMAND_EVENTS] == [
+        (3, h.MARKER_RECORDED), (4, h.ACTIVITY_SCHEDULED), (7, h.ACTIVITY_SCHEDULED), (10, h.ACTIVITY_SCHEDULED),
+        (13, h.MARKER_RECORDED), (14, h.ACTIVITY_SCHEDULED), (17, h.ACTIVITY_SCHEDULED), (20, h.ACTIVITY_SCHEDULED),
+        (23, h.MARKER_RECORDED), (24, h.WORKFLOW_FAILED)]
+    undo = [e.data["input"][0] for e in events if e.type == h.ACTIVITY_SCHEDULED and "compensation" in e.data]
+    assert undo == ["lisbon flight", "lisbon hotel booked", "lisbon car booked"]
+    (view,) = describe_sagas(events)
+    assert view["status"] == "compensated"
+    assert [s["status"] for s in view["steps"]] == ["completed", "completed", "failed"]
+    assert events[-1].data["failure"]["sagas"][0]["status"] == "compensated"
+
+
+def test_the_saga_golden_history_replays_command_for_command():
+    _, events, info = golden()
+    assert replay(definition_of(golden_workflows.golden_saga), info, events).closed
+    inst = WorkflowInstance(definition_of(golden_workflows.golden_saga), info, events[0].data["input"])
+    markers_at = [i for i, e in enumerate(events) if e.type == h.WORKFLOW_TASK_STARTED]
+    for start, end in zip(markers_at, [*markers_at[1:], len(events)], strict=True):
+        batch = events[start:end]
+        produced = inst.activate(batch[0], [e for e in batch[1:] if e.type in h.INPUT_EVENTS])
+        assert [(c.seq, c.type, strip(c.data)) for c in produced] == \
+               [(e.seq, e.type, strip(e.data)) for e in batch[1:] if e.type in h.COMMAND_EVENTS]
+
+
+def test_a_changed_golden_saga_diverges():
+    _, events, info = golden()
+    with pytest.raises(NonDeterminismError) as err:
+        replay(definition_of(changed_workflows.golden_saga_parallel), info, events)
+    assert (err.value.seq, err.value.expected, err.value.produced) == (
+        15, None, "ActivityScheduled(activity_type='cancel')")
+
+
+def cairn(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).with_name("cairn")), *args], cwd=HISTORIES,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_replays_the_saga_golden_history():
+    data, _, _ = golden()
+    out = cairn("replay", SAGA_GOLDEN.name, "-m", "golden_workflows")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == f"OK: 24 events of {data['workflow_id']} replay with the current code"
+    out = cairn("replay", SAGA_GOLDEN.name, "-m", "changed_workflows")
+    assert out.returncode == 1
+    assert out.stdout.strip() == ("DIVERGED: non-deterministic workflow at seq 15: history has no command, "
+                                  "the code produced ActivityScheduled(activity_type='cancel')")
