@@ -28,7 +28,7 @@ from typing import Any
 from cairn.common import RetryPolicy
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.instance import SAGA_OUTCOMES_ATTR, WorkflowInstance, failure_of, is_bug
+from cairn.engine.instance import WorkflowInstance, failure_of, is_bug
 from cairn.errors import CairnError
 from cairn.workflow import ActivityCall, _instance, current_saga, prepare_activity
 
@@ -46,8 +46,9 @@ class Saga:
 
     Attributes:
         id: the seq of the saga's ``started`` marker, once entered.
-        outcome: after compensating, what each compensation did (also left on the error,
-            and recorded in the workflow's failure under ``"sagas"``).
+        outcome: after compensating, what each compensation did (also recorded in the
+            workflow's failure under ``"sagas"`` if the error, or one raised from it, fails
+            the run).
     """
 
     def __init__(self, *, parallel_compensation: bool = False, continue_on_error: bool = True) -> None:
@@ -115,7 +116,7 @@ class Saga:
             return False
         interrupted = await self._compensate_to_the_end(exc)
         assert self.outcome is not None
-        setattr(exc, SAGA_OUTCOMES_ATTR, [*(getattr(exc, SAGA_OUTCOMES_ATTR, None) or []), self.outcome])
+        inst.saga_outcomes.append((exc, self.outcome))
         if interrupted and not isinstance(exc, asyncio.CancelledError):
             # A cancellation (a timeout, a cancel request) waited for the compensations to
             # finish: deliver it now rather than swallow it.

@@ -218,6 +218,39 @@ def test_a_saga_with_nothing_registered_records_an_empty_compensation():
     assert f["sagas"] == [{"saga": 3, "status": "compensated", "compensations": []}]
 
 
+class BookingFailed(Exception):
+    pass
+
+
+@workflow.defn
+async def rewrapping(catch: bool) -> str:
+    try:
+        async with workflow.saga() as saga:
+            await workflow.execute_activity("do", 1, start_to_close_timeout=T)
+            saga.compensate("undo", 1)
+            await workflow.execute_activity("do", 2, start_to_close_timeout=T)
+    except Exception as err:
+        if catch:
+            return "handled"
+        raise BookingFailed("could not book") from err
+    return "booked"
+
+
+def test_a_failure_raised_from_the_saga_error_still_reports_the_compensations():
+    d = Driver(rewrapping, False)
+    drive(d, respond_with(fail_step=2))
+    f = failure(d)
+    assert (f["type"], f["message"]) == ("BookingFailed", "could not book")
+    assert [s["status"] for s in f["sagas"]] == ["compensated"]
+
+
+def test_a_handled_saga_error_does_not_leak_into_a_later_outcome():
+    d = Driver(rewrapping, True)
+    drive(d, respond_with(fail_step=2))
+    assert d.result == "handled"
+    assert compensations(d) == ["undo-1"]
+
+
 # -- options
 
 

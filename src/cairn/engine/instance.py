@@ -61,11 +61,6 @@ class WorkflowTaskFailed(Exception):
         return failure_of(self.cause)
 
 
-# Where a saga that compensated because of an exception leaves its outcome on it
-# (cairn.saga), so the recorded failure reports the compensations.
-SAGA_OUTCOMES_ATTR = "__cairn_sagas__"
-
-
 def failure_of(exc: BaseException) -> dict[str, Any]:
     """The JSON form of an exception as recorded in history: type, message, details, stack."""
     if isinstance(exc, WorkflowFailure):
@@ -76,9 +71,6 @@ def failure_of(exc: BaseException) -> dict[str, Any]:
         out["details"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced}
     if isinstance(exc, ApplicationError) and exc.non_retryable:
         out["non_retryable"] = True
-    sagas = getattr(exc, SAGA_OUTCOMES_ATTR, None)
-    if sagas:
-        out["sagas"] = sagas
     stack = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8)
     out["stack"] = "".join(stack)[-4000:]
     return out
@@ -150,6 +142,9 @@ class WorkflowInstance:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_seqs: dict[int, int] = {}  # id(handle) -> seq
         self._main: asyncio.Task[Any] | None = None
+        # (exception, outcome) of each saga that compensated (cairn.saga): a failure caused
+        # by one of these exceptions reports the compensations.
+        self.saga_outcomes: list[tuple[BaseException, dict[str, Any]]] = []
 
     # -- driving
 
@@ -201,7 +196,12 @@ class WorkflowInstance:
         elif is_bug(exc):
             raise WorkflowTaskFailed(exc)
         else:
-            self._close(h.WORKFLOW_FAILED, {"failure": failure_of(exc)})
+            failure = failure_of(exc)
+            causes = _causes(exc)
+            sagas = [outcome for raised, outcome in self.saga_outcomes if any(raised is c for c in causes)]
+            if sagas:
+                failure["sagas"] = sagas
+            self._close(h.WORKFLOW_FAILED, {"failure": failure})
 
     def _close(self, event_type: str, data: dict[str, Any]) -> None:
         self._command(event_type, data)
@@ -283,6 +283,16 @@ class WorkflowInstance:
 
     def uuid4(self) -> uuid.UUID:
         return uuid.UUID(int=self.random.getrandbits(128), version=4)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """An exception and the chain of exceptions it was raised from or while handling."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and not any(e is seen for seen in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
 
 
 def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Event],
