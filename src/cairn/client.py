@@ -169,7 +169,8 @@ class Client:
             if conn is not None:
                 run_id = await self._start_on(conn, params, id_conflict)
             else:
-                async with self.pool.connection() as c, c.transaction():
+                # Autocommit: start_workflow is one atomic statement, committed when it returns.
+                async with self.pool.connection() as c:
                     run_id = await self._start_on(c, params, id_conflict)
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
@@ -369,12 +370,14 @@ class WorkflowHandle:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         await self.client._ensure_listener()
-        row = await self._resolve()
+        if self.run_id is None:
+            await self._resolve()
+        assert self.run_id is not None
         while True:
-            with self.client._close_waiter(row["run_id"]) as closed:
-                row = await self._resolve()
+            with self.client._close_waiter(self.run_id) as closed:
+                row = await self._outcome_row()
                 if row["status"] != "running":
-                    return await self._outcome(row)
+                    return self._outcome(row)
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
@@ -382,11 +385,17 @@ class WorkflowHandle:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closed, min(remaining or 5.0, 5.0))
 
-    async def _outcome(self, row: dict[str, Any]) -> Any:
+    async def _outcome_row(self) -> dict[str, Any]:
+        """The run's status and, once closed, its last event, in one query."""
         async with self.client.pool.connection() as c:
-            ev = await (await c.execute(q("last_history_event"), {"run_id": row["run_id"]})).fetchone()
-        assert ev is not None
-        etype, data = ev[1], ev[2]
+            cur = c.cursor(row_factory=dict_row)
+            row = await (await cur.execute(q("run_outcome"), {"run_id": self.run_id})).fetchone()
+        if row is None:
+            raise WorkflowNotFound(f"no workflow run {self.run_id} for id {self.workflow_id!r}")
+        return row
+
+    def _outcome(self, row: dict[str, Any]) -> Any:
+        etype, data = row["last_type"], row["last_data"] or {}
         if etype == h.WORKFLOW_COMPLETED:
             result = data.get("result")
             if self._signature is not None:

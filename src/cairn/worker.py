@@ -16,7 +16,7 @@ import os
 import random
 import socket
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -164,6 +164,8 @@ class Worker:
         self._threads = ThreadPoolExecutor(max_workers=min(32, activity_concurrency),
                                            thread_name_prefix="cairn-activity")
         self._wf_wakes: list[asyncio.Event] = []
+        self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
+        self._wf_pending = False  # a wake-up arrived while every poller was busy
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
@@ -279,8 +281,7 @@ class Worker:
                             self._maint_wake.set()
                         elif note.payload in self.queues:
                             if note.channel == "cairn_workflow":
-                                for ev in self._wf_wakes:
-                                    ev.set()
+                                self._wake_workflow_poller()
                             else:
                                 self._act_wake.set()
             except asyncio.CancelledError:
@@ -297,6 +298,15 @@ class Worker:
 
     # ------------------------------------------------------------ workflow tasks
 
+    def _wake_workflow_poller(self) -> None:
+        """Wakes one idle workflow poller (a NOTIFY means one task, not one per poller)."""
+        while self._idle_pollers:
+            event = self._wf_wakes[self._idle_pollers.popleft()]
+            if not event.is_set():
+                event.set()
+                return
+        self._wf_pending = True  # all busy: the next one to finish looks again
+
     async def _workflow_poller(self, index: int) -> None:
         wake = self._wf_wakes[index]
         while not self._stopping.is_set():
@@ -307,8 +317,16 @@ class Worker:
                 log.exception("workflow task loop error")
                 got = False
                 await asyncio.sleep(self.poll_interval)
-            if not got:
-                await self._idle(wake)
+            if got:
+                self._wake_workflow_poller()  # maybe more are ready: let a sibling look too
+                continue
+            if self._wf_pending:
+                self._wf_pending = False
+                continue
+            self._idle_pollers.append(index)
+            await self._idle(wake)
+            if index in self._idle_pollers:
+                self._idle_pollers.remove(index)
 
     async def run_workflow_task(self) -> bool:
         """Claims and runs one workflow task in one transaction; False if none was ready."""
@@ -372,10 +390,7 @@ class Worker:
         if task["status"] != "running":
             await conn.execute(q("finish_workflow_task"), params)
             return []
-        if "inbox" in task:  # read with the task state (the fast path)
-            inbox = [tuple(item) for item in task["inbox"]]
-        else:
-            inbox = await (await conn.execute(q("read_inbox"), params)).fetchall()
+        inbox = [tuple(item) for item in task["inbox"]]  # read with the task state
         last_seq = int(task["last_seq"])
         now: datetime = task["now"]
         span = tracer.start_span("cairn.workflow_task", attributes={
@@ -419,8 +434,11 @@ class Worker:
         definition = self.workflows.get(task["workflow_type"])
         if definition is None:
             raise UnknownWorkflowType(f"this worker has no workflow type {task['workflow_type']!r}")
-        cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
-        events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+        if task.get("started") is not None:  # a new run: its history is WorkflowStarted alone
+            events = [Event(1, h.WORKFLOW_STARTED, task["started"])]
+        else:
+            cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
+            events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
         info = WorkflowInfo(
             workflow_id=task["workflow_id"], run_id=str(task["run_id"]),
             workflow_type=task["workflow_type"], queue=task["queue"], namespace=self.namespace,
@@ -470,7 +488,9 @@ class Worker:
             "events": Jsonb([{"seq": e.seq, "type": e.type, "data": e.data} for e in events]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb(activities if close is None else []),
-            "worker": self.identity, "lease": self.lease_seconds})
+            "worker": self.identity, "lease": self.lease_seconds,
+            "close_status": close[0] if close else None,
+            "failure": Jsonb(close[1]) if close and close[1] else None})
         leased = await cur.fetchall()
         if close is None:
             if waiting_queues:
@@ -482,9 +502,6 @@ class Worker:
                 await conn.execute(q("cancel_timers"), {**base, "seqs": cancel_timers})
             if cancel_acts:
                 await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
-        else:
-            await conn.execute(q("close_run"), {**base, "status": close[0],
-                                                "failure": Jsonb(close[1]) if close[1] else None})
         self._reserved += len(leased)
         return leased
 
@@ -800,8 +817,7 @@ class Worker:
                 due: timedelta | None = row[0] if row else None
                 if due is not None:
                     if due.total_seconds() <= 0:
-                        for ev in self._wf_wakes:
-                            ev.set()
+                        self._wake_workflow_poller()
                         self._act_wake.set()
                         wait = min(wait, 0.05) if due.total_seconds() > -1 else wait
                     else:
@@ -818,9 +834,9 @@ class Worker:
         async with self._pool.connection() as c:
             cur = await c.execute(q("fire_due_timers"), {"limit": 100, "now": None})
             rows = await cur.fetchall()
-        if any(r[0] in self.queues for r in rows):
-            for ev in self._wf_wakes:
-                ev.set()
+        for r in rows:
+            if r[0] in self.queues:
+                self._wake_workflow_poller()
         fired = int(rows[0][2]) if rows else 0
         self.stats.timers_fired += fired
         return fired

@@ -38,12 +38,14 @@ async def test_close_during_status_check_is_not_missed(client, db_url):
     client's listener) after result() read "running" but before it registered its waiter.
     result() must still return at once, not after its 5 s fallback re-check (or its timeout)."""
     handle = await client.start(idle, id="wake-2")  # no worker: stays open
-    original = client._run_row
+    original = handle._outcome_row
     closed = False
+    workflow_id, run_id = handle.workflow_id, handle.run_id
 
-    async def read_then_close(workflow_id: str, run_id: str | None) -> dict[str, Any]:
+    async def read_then_close() -> dict[str, Any]:
         nonlocal closed
-        row = await original(workflow_id, run_id)
+        row = await original()
+        row["run_id"] = run_id
         if not closed:
             closed = True
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as spy:
@@ -63,7 +65,7 @@ async def test_close_during_status_check_is_not_missed(client, db_url):
                 await asyncio.sleep(0.005)
         return row
 
-    client._run_row = read_then_close  # type: ignore[method-assign]
+    handle._outcome_row = read_then_close  # type: ignore[method-assign]
     t0 = time.monotonic()
     with pytest.raises(WorkflowTerminated):
         await handle.result(timeout=3)

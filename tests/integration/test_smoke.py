@@ -30,3 +30,15 @@ async def test_start_to_complete(client, start_worker, sql):
     assert sql("SELECT status FROM cairn.runs") == [("completed",)]
     for table in ("workflow_tasks", "activity_tasks", "timers", "inbox"):
         assert sql(f"SELECT count(*) FROM cairn.{table}") == [(0,)], table
+
+
+async def test_worker_close_notifies_listeners(client, start_worker, db_url):
+    """The statement that closes a run also sends cairn_closed (what result() waits on)."""
+    import psycopg
+
+    await start_worker(workflows=[doubler], activities=[double])
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as spy:
+        await spy.execute("LISTEN cairn_closed")
+        handle = await client.start(doubler, 1, id="smoke-notify")
+        payloads = [note.payload async for note in spy.notifies(timeout=10, stop_after=1)]
+    assert payloads == [handle.run_id]

@@ -65,21 +65,29 @@ WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = '
 -- Locks one ready workflow task for the rest of this transaction. SKIP LOCKED: concurrent
 -- workers take different runs instead of queueing on one row lock and coming away empty.
 -- The lock is the claim: it ends with the transaction or with a dead worker's connection.
-SELECT t.run_id, t.failures, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
-       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
-       coalesce(%(now)s::timestamptz, now()) AS now
-FROM cairn.workflow_tasks t
-JOIN cairn.runs r ON r.run_id = t.run_id
-WHERE t.queue = ANY(%(queues)s::text[])
-  AND t.available_at <= coalesce(%(now)s::timestamptz, now())
-  AND r.namespace = %(namespace)s
-ORDER BY t.available_at
-LIMIT 1
-FOR UPDATE OF t SKIP LOCKED
-
--- name: read_inbox
--- The run's waiting external events, oldest first.
-SELECT id, type, data, at FROM cairn.inbox WHERE run_id = %(run_id)s ORDER BY id
+-- Also returns the run's inbox and, for a new run, its WorkflowStarted data, saving round
+-- trips. The inbox is read with this statement's snapshot, which may predate an event
+-- committed just before the lock was taken: record_workflow_task keeps the task in that
+-- case, so nothing is stranded.
+WITH claimed AS (
+    SELECT t.run_id, t.failures, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at
+    FROM cairn.workflow_tasks t
+    JOIN cairn.runs r ON r.run_id = t.run_id
+    WHERE t.queue = ANY(%(queues)s::text[])
+      AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+      AND r.namespace = %(namespace)s
+    ORDER BY t.available_at
+    LIMIT 1
+    FOR UPDATE OF t SKIP LOCKED
+)
+SELECT c.*, s.last_seq,
+       coalesce(%(now)s::timestamptz, now()) AS now,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.type, i.data) ORDER BY i.id), '[]')
+        FROM cairn.inbox i WHERE i.run_id = c.run_id) AS inbox,
+       CASE WHEN s.last_seq = 1
+            THEN (SELECT h.data FROM cairn.history h WHERE h.run_id = c.run_id AND h.seq = 1) END AS started
+FROM claimed c,
+     LATERAL (SELECT max(h.seq) AS last_seq FROM cairn.history h WHERE h.run_id = c.run_id) s
 
 -- name: read_history
 -- A run's whole history, in order.
@@ -99,8 +107,8 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- name: record_workflow_task
 -- Writes a workflow task's outcome in one statement: consumes the inbox events it moved
 -- (by exact ids: rows committed meanwhile stay for the next task), appends the batch (the
--- history primary key rejects a writer whose view was stale), deletes the task, and
--- inserts the activity tasks it scheduled. Activities marked eager are leased to this
+-- history primary key rejects a writer whose view was stale), deletes the task, closes the
+-- run if the code finished, and inserts the activity tasks it scheduled. Activities marked eager are leased to this
 -- worker at once (eager dispatch: it runs them after commit, with no claim round trip) and
 -- returned; the others wait for a claim (see notify_activity_queues).
 WITH c AS (
@@ -112,7 +120,23 @@ WITH c AS (
     SELECT %(run_id)s, e.seq, e.type, e.data, c.now
     FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb), c
 ), finished AS (
+    -- Keep the task if an event arrived that this task did not see (see claim_workflow_task).
     DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+      AND (%(close_status)s::text IS NOT NULL OR NOT EXISTS (
+          SELECT 1 FROM cairn.inbox i WHERE i.run_id = %(run_id)s AND i.id <> ALL(%(inbox_ids)s::bigint[])))
+), closed AS (
+    -- A closing task closes the run and drops what is still queued for it.
+    UPDATE cairn.runs SET status = %(close_status)s, closed_at = c.now, failure = %(failure)s
+    FROM c WHERE run_id = %(run_id)s AND status = 'running' AND %(close_status)s::text IS NOT NULL
+    RETURNING run_id
+), dropped_activities AS (
+    DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
+), dropped_timers AS (
+    DELETE FROM cairn.timers WHERE run_id IN (SELECT run_id FROM closed)
+), dropped_inbox AS (
+    DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
+), notified AS (
+    SELECT count(pg_notify('cairn_closed', run_id::text)) AS n FROM closed
 ), scheduled AS (
     INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
@@ -133,9 +157,11 @@ WITH c AS (
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c
     RETURNING *
 )
-SELECT run_id, seq, token, attempt, workflow_id, workflow_type, activity_type, queue, input, options,
-       scheduled_at, started_at, heartbeat_details, attempt_deadline, schedule_deadline
-FROM scheduled WHERE lease_owner IS NOT NULL
+SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.activity_type, s.queue, s.input,
+       s.options, s.scheduled_at, s.started_at, s.heartbeat_details, s.attempt_deadline, s.schedule_deadline
+FROM scheduled s
+-- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
+WHERE (SELECT n FROM notified) >= 0 AND s.lease_owner IS NOT NULL
 
 -- name: notify_activity_queues
 -- Wakes the activity workers of these queues (once per queue per transaction).
@@ -436,6 +462,14 @@ SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
 -- name: pending_workflow_task
 -- A run's pending workflow task, with the last failure if its code failed.
 SELECT available_at, failures, last_error FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+
+-- name: run_outcome
+-- A run's status, and its last event once it is closed (its outcome), for result().
+SELECT r.status, r.workflow_type, l.type AS last_type, l.data AS last_data
+FROM cairn.runs r
+LEFT JOIN LATERAL (SELECT h.type, h.data FROM cairn.history h WHERE h.run_id = r.run_id AND r.status <> 'running'
+                   ORDER BY h.seq DESC LIMIT 1) l ON true
+WHERE r.run_id = %(run_id)s
 
 -- name: last_history_event
 -- The last event of a run (its outcome, once closed).
