@@ -52,6 +52,7 @@ DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
 # Idle-in-transaction cap on worker sessions: a wedged worker loses its workflow-task
 # claim (a row lock) after this, instead of holding it for ever.
 IDLE_TX_TIMEOUT_MS = 60_000
+CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
 
 
 @dataclass
@@ -166,6 +167,7 @@ class Worker:
         self._wf_wakes: list[asyncio.Event] = []
         self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
         self._wf_pending = False  # a wake-up arrived while every poller was busy
+        self._solo_claims = 0  # claims to make one task at a time (a batch failed)
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
@@ -329,36 +331,47 @@ class Worker:
                 self._idle_pollers.remove(index)
 
     async def run_workflow_task(self) -> bool:
-        """Claims and runs one workflow task in one transaction; False if none was ready."""
+        """Claims ready workflow tasks (up to a batch) and runs them in one transaction.
+
+        Returns False if none was ready. A batch shares BEGIN, the claim and COMMIT (one
+        fsync); if any of its tasks fails at the database, the batch rolls back and its
+        tasks are claimed one at a time next, so one bad run cannot hold up the others.
+        """
         assert self._pool is not None
-        task: dict[str, Any] | None = None
+        tasks: list[dict[str, Any]] = []
         eager: list[dict[str, Any]] = []
+        limit = 1 if self._solo_claims else CLAIM_BATCH
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("claim_workflow_task"), {"queues": self.queues, "namespace": self.namespace,
-                                                                 "now": None})
-                    task = await cur.fetchone()
-                    if task is None:
+                    await cur.execute(q("claim_workflow_task"), {
+                        "queues": self.queues, "namespace": self.namespace, "limit": limit, "now": None})
+                    tasks = await cur.fetchall()
+                    if not tasks:
                         return False
-                    eager = await self._workflow_task(conn, task)
-            except psycopg.errors.UniqueViolation as exc:
-                # Someone appended to this run since our cached view: replay next time.
-                log.info("workflow task of run %s lost a race (%s); it runs again", task and task["run_id"], exc)
-                self._abandon(task, eager)
-                return True
+                    for task in tasks:
+                        eager += await self._workflow_task(conn, task)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                # The database refused what the code produced: back the task off and say why,
-                # instead of retrying it in a tight loop.
-                self._abandon(task, eager)
-                if task is None:
+                self._abandon(tasks, eager)
+                if len(tasks) > 1:
+                    self._solo_claims += len(tasks)  # find the culprit one task at a time
+                elif isinstance(exc, psycopg.errors.UniqueViolation):
+                    # Someone appended to this run since our cached view: replay next time.
+                    log.info("workflow task of run %s lost a race (%s); it runs again", tasks[0]["run_id"], exc)
+                elif tasks:
+                    # The database refused what the code produced: back the task off and say
+                    # why, instead of retrying it in a tight loop.
+                    await self._fail_task(conn, tasks[0], exc)
+                else:
                     raise
-                await self._fail_task(conn, task, exc)
                 return True
             except BaseException:
-                self._abandon(task, eager)
+                self._abandon(tasks, eager)
                 raise
+            finally:
+                if limit == 1 and self._solo_claims:
+                    self._solo_claims -= 1
         self._spawn(eager)
         return True
 
@@ -373,9 +386,9 @@ class Worker:
         await conn.execute(q("fail_workflow_task"), {"run_id": run_id, "now": None, "error": Jsonb(error),
                                                      "delay": delay})
 
-    def _abandon(self, task: dict[str, Any] | None, eager: list[dict[str, Any]]) -> None:
-        """A workflow task's transaction failed: forget its cached state and reservations."""
-        if task is not None:
+    def _abandon(self, tasks: list[dict[str, Any]], eager: list[dict[str, Any]]) -> None:
+        """A workflow task's transaction failed: forget its runs' cached state and reservations."""
+        for task in tasks:
             self._evict(str(task["run_id"]))
         self._reserved = max(0, self._reserved - len(eager))
 
@@ -726,10 +739,10 @@ class Worker:
                         return True  # its code is failing: the task runs when its backoff ends
                     eager = await self._workflow_task(conn, task)
             except psycopg.Error:
-                self._abandon(task, eager)
+                self._abandon([task] if task else [], eager)
                 return None
             except BaseException:
-                self._abandon(task, eager)
+                self._abandon([task] if task else [], eager)
                 raise
         self.stats.fast_path += 1
         self._spawn(eager)

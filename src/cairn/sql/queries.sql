@@ -62,7 +62,7 @@ WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = '
 -- ---------------------------------------------------------------- workflow tasks
 
 -- name: claim_workflow_task
--- Locks one ready workflow task for the rest of this transaction. SKIP LOCKED: concurrent
+-- Locks up to %(limit)s ready workflow tasks (one per run) for the rest of this transaction. SKIP LOCKED: concurrent
 -- workers take different runs instead of queueing on one row lock and coming away empty.
 -- The lock is the claim: it ends with the transaction or with a dead worker's connection.
 -- Also returns the run's inbox and, for a new run, its WorkflowStarted data, saving round
@@ -77,7 +77,7 @@ WITH claimed AS (
       AND t.available_at <= coalesce(%(now)s::timestamptz, now())
       AND r.namespace = %(namespace)s
     ORDER BY t.available_at
-    LIMIT 1
+    LIMIT %(limit)s
     FOR UPDATE OF t SKIP LOCKED
 )
 SELECT c.*, s.last_seq,
