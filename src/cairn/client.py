@@ -467,7 +467,8 @@ class WorkflowHandle:
             await c.execute(q("ensure_workflow_task"), params)
             await c.execute(q("lock_workflow_task"), params)
             cur = c.cursor(row_factory=dict_row)
-            locked = await (await cur.execute(q("locked_task_state"), params)).fetchone()
+            await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
+            locked = await cur.fetchone()
             if locked is None or locked["status"] != "running":
                 raise CairnError(f"workflow {self.workflow_id!r} closed before it could be terminated")
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]

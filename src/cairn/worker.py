@@ -53,6 +53,7 @@ DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
 # claim (a row lock) after this, instead of holding it for ever.
 IDLE_TX_TIMEOUT_MS = 60_000
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
+OUTCOME_BATCH = 32              # fast-path activity outcomes committed together
 
 
 @dataclass
@@ -168,6 +169,8 @@ class Worker:
         self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
         self._wf_pending = False  # a wake-up arrived while every poller was busy
         self._solo_claims = 0  # claims to make one task at a time (a batch failed)
+        self._outbox: list[tuple[dict[str, Any], asyncio.Future[bool | None]]] = []  # fast-path outcomes
+        self._outbox_ready = asyncio.Event()
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
@@ -205,6 +208,7 @@ class Worker:
                 self._tasks.append(asyncio.create_task(self._activity_poller(), name="cairn-act"))
             self._tasks.append(asyncio.create_task(self._maintenance(), name="cairn-maint"))
             self._tasks.append(asyncio.create_task(self._flusher(), name="cairn-flush"))
+            self._tasks.append(asyncio.create_task(self._deliverer(), name="cairn-deliver"))
             self._started.set()
             log.info("worker %s started on queues %s (%d workflows, %d activities)", self.identity,
                      self.queues, len(self.workflows), len(self.activities))
@@ -705,48 +709,72 @@ class Worker:
     async def _deliver(self, run_id: str, seq: int, token: int, event_type: str, data: dict[str, Any]) -> bool:
         """Records an activity's outcome (fenced by its token); True if it was recorded.
 
-        The fast path: when this worker holds the run live in its cache, the outcome, the
-        workflow task it triggers and the eager lease of the next activities commit
-        together, in one transaction. Otherwise the outcome goes to the run's inbox.
+        The fast path: when this worker holds the run live in its cache, the outcome joins
+        the next group that :meth:`_deliverer` commits, where it is recorded together with
+        the workflow task it triggers and the eager lease of the next activities, in one
+        transaction. Otherwise (or if the group rolls back) it goes to the run's inbox.
         """
-        params = {"run_id": run_id, "seq": seq, "token": token, "type": event_type, "data": Jsonb(data), "now": None}
+        outcome = {"run_id": run_id, "seq": seq, "token": token, "type": event_type, "data": data}
         if run_id in self._cache and not self._stopping.is_set():
-            try:
-                recorded = await self._deliver_and_continue(params)
-            except psycopg.Error as exc:
-                log.debug("fast path for run %s fell back: %r", run_id, exc)
-                recorded = None
+            done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+            self._outbox.append((outcome, done))
+            self._outbox_ready.set()
+            recorded = await done
             if recorded is not None:
                 return recorded
-        return await self._write(q("complete_activity"), params)
+        return await self._write(q("complete_activity"), {**outcome, "data": Jsonb(data), "now": None})
 
-    async def _deliver_and_continue(self, params: dict[str, Any]) -> bool | None:
-        """The fast path; ``None`` when it rolled back and the plain path must record it."""
+    async def _deliverer(self) -> None:
+        """Commits the fast path's outcomes in groups: whatever queued up while the previous
+        group was being written goes into the next one (group commit)."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                group, self._outbox = self._outbox[:OUTCOME_BATCH], self._outbox[OUTCOME_BATCH:]
+                try:
+                    results = await self._deliver_group([outcome for outcome, _ in group])
+                except Exception as exc:
+                    log.debug("fast path fell back for %d outcome(s): %r", len(group), exc)
+                    results = [None] * len(group)
+                for (_, done), result in zip(group, results, strict=True):
+                    if not done.done():
+                        done.set_result(result)
+
+    async def _deliver_group(self, outcomes: list[dict[str, Any]]) -> list[bool | None]:
+        """One transaction: the outcomes, the workflow tasks they trigger, eager leases.
+
+        Returns, per outcome, True (recorded), False (superseded: its attempt was fenced off)
+        or None (the group rolled back: record it the plain way).
+        """
         assert self._pool is not None
-        task: dict[str, Any] | None = None
+        tasks: list[dict[str, Any]] = []
         eager: list[dict[str, Any]] = []
+        # Lock task rows in run-id order, the same in every worker: no deadlock between groups.
+        ordered = sorted(outcomes, key=lambda o: (o["run_id"], o["seq"]))
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("complete_activity_and_lock"), params)
-                    if await cur.fetchone() is None:
-                        return False  # superseded or cancelled: nothing was written
-                    await cur.execute(q("locked_task_state"), params)
-                    task = await cur.fetchone()
-                    assert task is not None  # we hold its row lock
-                    if task["failures"] and task["available_at"] > task["now"]:
-                        return True  # its code is failing: the task runs when its backoff ends
-                    eager = await self._workflow_task(conn, task)
+                    await cur.execute(q("complete_activities_and_lock"), {"outcomes": Jsonb(ordered)})
+                    recorded = {(str(r["run_id"]), r["seq"]) for r in await cur.fetchall()}
+                    run_ids = sorted({run for run, _ in recorded})
+                    if run_ids:
+                        await cur.execute(q("locked_task_state"), {"run_ids": run_ids, "now": None})
+                        tasks = await cur.fetchall()
+                    for task in tasks:
+                        if task["failures"] and task["available_at"] > task["now"]:
+                            continue  # its code is failing: the task runs when its backoff ends
+                        eager += await self._workflow_task(conn, task)
             except psycopg.Error:
-                self._abandon([task] if task else [], eager)
-                return None
+                self._abandon(tasks, eager)
+                return [None] * len(outcomes)
             except BaseException:
-                self._abandon([task] if task else [], eager)
+                self._abandon(tasks, eager)
                 raise
-        self.stats.fast_path += 1
+        self.stats.fast_path += len(recorded)
         self._spawn(eager)
-        return True
+        return [(o["run_id"], o["seq"]) in recorded for o in outcomes]
 
     async def _write(self, sql: str, params: dict[str, Any],
                      conn: psycopg.AsyncConnection[Any] | None = None) -> bool:

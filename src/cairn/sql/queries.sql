@@ -318,35 +318,40 @@ WITH done AS (
 )
 SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
 
--- name: complete_activity_and_lock
--- The fast path: records an activity's outcome like complete_activity (fenced), and keeps
--- the run's workflow task locked for this transaction (the DO UPDATE takes the row lock), so
--- the worker that holds the run in its cache runs the next workflow task in the same
--- transaction. No NOTIFY: nobody else needs waking.
-WITH done AS (
-    DELETE FROM cairn.activity_tasks
-    WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
-    RETURNING run_id, workflow_queue
+-- name: complete_activities_and_lock
+-- The fast path, for a group of outcomes: records each like complete_activity (fenced by
+-- its token), and keeps the runs' workflow tasks locked for this transaction (the DO
+-- UPDATE takes the row locks, in run-id order), so the worker that holds the runs in its
+-- cache runs their next workflow tasks in the same transaction. Returns the outcomes
+-- recorded (the others were superseded). No NOTIFY: nobody else needs waking.
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+        AS o(run_id uuid, seq integer, token bigint, type text, data jsonb)
+), done AS (
+    DELETE FROM cairn.activity_tasks a USING o
+    WHERE a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
+    RETURNING a.run_id, a.seq, a.workflow_queue, o.type, o.data
 ), ev AS (
-    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT run_id, type, data FROM done ORDER BY run_id, seq
 ), task AS (
     INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT run_id, workflow_queue FROM done
+    SELECT DISTINCT ON (run_id) run_id, workflow_queue FROM done ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
-    RETURNING run_id
 )
-SELECT run_id FROM task
+SELECT run_id, seq FROM done
 
 -- name: locked_task_state
--- A run's task, history length and inbox, read in a statement of its own *after* its task
--- row is locked: a statement that waited for the lock still sees its older snapshot.
+-- Runs' tasks, history lengths and inboxes, read in a statement of its own *after* their
+-- task rows are locked: a statement that waited for a lock still sees its older snapshot.
 SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
        coalesce(%(now)s::timestamptz, now()) AS now,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.type, i.data) ORDER BY i.id), '[]')
         FROM cairn.inbox i WHERE i.run_id = t.run_id) AS inbox
 FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
-WHERE t.run_id = %(run_id)s
+WHERE t.run_id = ANY(%(run_ids)s::uuid[])
+ORDER BY t.run_id
 
 -- name: retry_activity
 -- Puts a failed attempt back with a delay (a new available_at), fenced by its token, and
