@@ -197,8 +197,9 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return rows
 
 
-async def first_claim_time(dsn: str) -> float | None:
-    rows = query(dsn, "SELECT extract(epoch FROM min(at)) FROM cairn.history WHERE type = 'WorkflowTaskStarted'")
+async def first_claim_time(dsn: str, run_ids: list[str]) -> float | None:
+    rows = query(dsn, "SELECT extract(epoch FROM min(at)) FROM cairn.history WHERE type = 'WorkflowTaskStarted' "
+                      "AND run_id = ANY(%s::uuid[])", [run_ids])
     return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
@@ -213,11 +214,16 @@ async def failed_runs(dsn: str) -> int:
 async def drain(dsn: str, p: dict[str, Any], workers: int, wf: Any, argss: list[tuple[Any, ...]],
                 steps: int, workload: str) -> dict[str, Any]:
     """Enqueues a backlog with no worker running, then drains it with ``workers`` processes."""
+    completed = int(p.get("completed", 0))  # diagnostics: finished runs already in the tables
+    if completed:
+        bulk_completed(dsn, completed, int(p.get("events", 6)))
     client = await Client.connect(dsn, max_size=p["start_concurrency"])
     try:
         t = time.perf_counter()
         run_ids = await enqueue(client, wf, argss, p["start_concurrency"], workload.lower())
         enqueue_s = time.perf_counter() - t
+        if int(p.get("analyze", 0)):  # diagnostics: statistics that know the backlog (as autovacuum's would)
+            query(dsn, "ANALYZE")
         log(f"{workload}: enqueued {len(run_ids)} runs in {enqueue_s:.2f} s; starting {workers} worker(s)")
         async with CloseWatcher(dsn, set(run_ids)) as watch:
             t0 = time.time()
@@ -228,7 +234,7 @@ async def drain(dsn: str, p: dict[str, Any], workers: int, wf: Any, argss: list[
             finally:
                 for w in procs:
                     w.stop()
-        first = await first_claim_time(dsn)
+        first = await first_claim_time(dsn, run_ids)
         bad = await failed_runs(dsn)
     finally:
         await client.close()
@@ -470,20 +476,37 @@ WHERE e.seq <= %(events)s
 """
 
 
+def bulk_completed(dsn: str, upto: int, events: int, start: int = 1, vacuum: bool = True) -> None:
+    """Inserts completed runs number start..upto, with their history, in chunks."""
+    chunk = 250_000
+    for lo in range(start, upto + 1, chunk):
+        hi = min(lo + chunk - 1, upto)
+        query(dsn, BULK_SQL, {"lo": lo, "hi": hi})
+        query(dsn, BULK_HISTORY_SQL, {"lo": lo, "hi": hi, "events": events})
+    if vacuum:
+        query(dsn, "VACUUM ANALYZE")
+
+
 CLAIM_PARAMS = {"queues": [CLAIM_QUEUE], "now": None, "namespace": "default", "worker": "bench", "lease": 30.0,
                 "limit": 50}
 CLAIMS = ("claim_workflow_task", "claim_activity_tasks")
 
 
-def claim_params(sql: str) -> dict[str, Any]:
-    """The parameters a claim statement names, as a worker passes them (limit: 50 per claim)."""
+def claim_params(sql: str, name: str = "") -> dict[str, Any]:
+    """The parameters a claim statement names, as a worker passes them: up to 50 activity
+    attempts per claim, and the worker's batch size (CLAIM_BATCH, if any) of workflow tasks."""
     import re
+
+    import cairn.worker
 
     names = set(re.findall(r"%\((\w+)\)s", sql))
     missing = names - set(CLAIM_PARAMS)
     if missing:
         raise RuntimeError(f"the claim statement takes parameters the benchmark does not know: {sorted(missing)}")
-    return {k: CLAIM_PARAMS[k] for k in names}
+    params = {k: CLAIM_PARAMS[k] for k in names}
+    if name == "claim_workflow_task" and "limit" in params:
+        params["limit"] = int(getattr(cairn.worker, "CLAIM_BATCH", 1))
+    return params
 
 
 def vacuum_queues(dsn: str) -> None:
@@ -513,7 +536,7 @@ def time_claims_pair(base_dsn: str, main_dsn: str, queue: str, iterations: int, 
     with psycopg.connect(base_dsn) as cb, psycopg.connect(main_dsn) as cm:
         for name in CLAIMS:
             sql = q(name)
-            params = {**claim_params(sql), "queues": [queue]}
+            params = {**claim_params(sql, name), "queues": [queue]}
             acc: dict[str, list[float]] = {"base": [], "main": []}
             got = 0
             conns = [("base", cb, base_dsn), ("main", cm, main_dsn)]
@@ -556,7 +579,7 @@ def explain_backlog(base_dsn: str, main_dsn: str, backlog: int) -> dict[str, Any
             with psycopg.connect(dsn) as c:
                 for name in CLAIMS:
                     sql = q(name)
-                    params = {**claim_params(sql), "queues": [queue]}
+                    params = {**claim_params(sql, name), "queues": [queue]}
                     best: tuple[float | None, list[str]] = (None, [])
                     for _ in range(3):
                         ms, plan = _explain(c, sql, params)
@@ -642,13 +665,9 @@ async def claim(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
         points = []
         inserted = 0
         bulk_s = vacuum_s = 0.0
-        chunk = 250_000
         for level in levels:
             t = time.perf_counter()
-            for lo in range(inserted + 1, level + 1, chunk):
-                hi = min(lo + chunk - 1, level)
-                query(dsn, BULK_SQL, {"lo": lo, "hi": hi})
-                query(dsn, BULK_HISTORY_SQL, {"lo": lo, "hi": hi, "events": events})
+            bulk_completed(dsn, level, events, start=inserted + 1, vacuum=False)
             bulk_s += time.perf_counter() - t
             inserted = level
             t = time.perf_counter()

@@ -591,7 +591,11 @@ def main() -> int:
                                                  "packages": versions.get(s.name, {})} for s in systems},
         "skipped": skipped, "results": results, "extras": extras_out, "ratios": ratio_data,
     }
+    states = sorted({r.get("code") for e in results.get("cairn", {}).values() for r in e["runs"]} - {None})
+    doc["cairn_code"] = states
     say("\n" + "=" * 100)
+    if len(states) > 1:
+        say(f"WARNING: cairn's code changed during the run ({', '.join(states)}): its runs mix versions")
     say(f"RESULTS ({'quick' if quick else 'full'}, {runs} run(s); median, min–max over runs; per-step figures "
         "include setup and enqueueing)")
     say("ceiling (pgbench single-row INSERT): " + ", ".join(
@@ -634,6 +638,7 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     for p in extra_params:
         cmd += ["--param", p]
     log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
+    code = code_state() if sysm.name == "cairn" else None
     t = time.time()
     try:
         m = run_measured(cluster, dbname, cmd, log_path, timeout, env)
@@ -642,7 +647,7 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     out = parse_output(m["stdout"])
     one: dict[str, Any] = {"run": i, "db": dbname, "cmd": " ".join(cmd[1:]), "rc": m["rc"], "wall_s": m["wall"],
                            "pg": m["pg"], "cpu_user": m["cpu_user"], "cpu_sys": m["cpu_sys"],
-                           "log": str(log_path.relative_to(ROOT))}
+                           "log": str(log_path.relative_to(ROOT)), "code": code}
     if m["leftover_processes"]:
         one["warning"] = "the runner left processes behind (killed; their CPU is not counted)"
     if m["timed_out"]:
@@ -665,6 +670,18 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     else:
         say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: FAILED — {one.get('error')} (log {one['log']})")
     return one
+
+
+def code_state() -> str:
+    """The commit and a digest of uncommitted changes under src/ (cairn's code for this run)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "src"], cwd=ROOT, capture_output=True,
+                              check=False).stdout
+        return head + (f"+dirty:{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
+    except OSError:
+        return "unknown"
 
 
 def describe_extras(extras: dict[str, Any]) -> list[str]:
@@ -723,7 +740,8 @@ def update_readme(doc: dict[str, Any], rows: list[list[str]], ratio_rows: list[l
         f"{m.get('ram_gb')} GB RAM, kernel {m.get('kernel')}, Python {m.get('python')}, "
         f"PostgreSQL {s.get('server_version')} (fsync={s.get('fsync')}, synchronous_commit="
         f"{s.get('synchronous_commit')}, wal_sync_method={s.get('wal_sync_method')}); "
-        f"load average at start {tuple(round(x, 1) for x in m['load_average_at_start'])}. "
+        f"load average at start {tuple(round(x, 1) for x in m['load_average_at_start'])}; "
+        f"cairn at {', '.join(doc.get('cairn_code') or ['?'])}. "
         f"Full data: [`latest.json`](latest.json).",
         "",
         "Ceiling (pgbench, single-row INSERT per transaction): " + ", ".join(
