@@ -350,7 +350,7 @@ class Worker:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_workflow_task"), {
-                        "queues": self.queues, "namespace": self.namespace, "limit": limit, "now": None})
+                        "queues": self.queues, "limit": limit, "now": None})
                     tasks = await cur.fetchall()
                     if not tasks:
                         return False
