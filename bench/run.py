@@ -194,15 +194,21 @@ def run_measured(cluster: pgcluster.Cluster, dbname: str, cmd: list[str], log_pa
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=str(ROOT), start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         timed_out = False
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline and not timed_out:
-                timed_out = True
-                with _suppress():
-                    os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline and not timed_out:
+                    timed_out = True
+                    with _suppress():
+                        os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.05)
+        except BaseException:  # interrupted: take the runner and everything it started down too
+            with _suppress():
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
     leftovers = False
@@ -432,7 +438,15 @@ def FULL_OR(key: str) -> str:
 # ------------------------------------------------------------------ main
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
+    # SIGINT/SIGTERM stop the run cleanly (runner killed, Postgres stopped), even when
+    # started in the background (where SIGINT arrives ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~2 minutes)")
     ap.add_argument("--runs", type=int, default=None, help="runs per system and workload (default 3; quick 1)")
