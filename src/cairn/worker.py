@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,7 +85,6 @@ class WorkerStats:
     timers_fired: int = 0
     rescued: int = 0
     fast_path: int = 0  # activity outcomes whose workflow task ran in the same transaction
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
@@ -223,7 +222,7 @@ class Worker:
             await self._pool.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             for inst in self._cache.values():
-                _dispose(inst)
+                inst.dispose()
             self._cache.clear()
             log.info("worker %s stopped", self.identity)
 
@@ -443,7 +442,7 @@ class Worker:
             self._cache[run_id] = inst
             while len(self._cache) > self.cache_size:
                 _, old = self._cache.popitem(last=False)
-                _dispose(old)
+                old.dispose()
         return eager
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
@@ -525,7 +524,7 @@ class Worker:
     def _evict(self, run_id: str) -> None:
         inst = self._cache.pop(run_id, None)
         if inst is not None:
-            _dispose(inst)
+            inst.dispose()
 
     # ------------------------------------------------------------ activities
 
@@ -930,11 +929,6 @@ def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[floa
         return None, ApplicationError("timeout", type="StartToCloseTimeout")
     seconds, error = min(limits, key=lambda limit: limit[0])
     return max(seconds, 0.001), error
-
-
-def _dispose(inst: WorkflowInstance) -> None:
-    """Lets an evicted instance's coroutines unwind, recording nothing."""
-    inst.dispose()
 
 
 def _prepare_schema(url: str, embedded: bool) -> None:

@@ -277,10 +277,6 @@ WITH due AS (
 SELECT q.queue, pg_notify('cairn_workflow', q.queue) AS notified, (SELECT count(*) FROM due) AS fired
 FROM (SELECT DISTINCT queue FROM task) q
 
--- name: next_timer
--- When the next timer is due, for the timer pump's sleep.
-SELECT min(fire_at) AS fire_at FROM cairn.timers
-
 -- ---------------------------------------------------------------- activity tasks
 
 -- name: claim_activity_tasks
