@@ -133,7 +133,8 @@ async def test_signal_to_unknown_or_closed_workflow_writes_nothing(client, start
     with pytest.raises(WorkflowClosed) as info:
         await client.signal("closed-1", "answer", 1)
     assert info.value.status == "completed"
-    assert "closed" in str(info.value) and "completed" in str(info.value)
+    assert "closed" in str(info.value)
+    assert "completed" in str(info.value)
     with pytest.raises(WorkflowClosed):
         await handle.signal("answer", 1)
     assert events(sql, handle.run_id) == before
@@ -262,7 +263,8 @@ async def test_query_errors(client, start_worker, sql):
     with pytest.raises(QueryFailed) as info:
         await handle.query("sneaky")
     assert info.value.type == "DeterminismViolation"
-    assert "read-only" in info.value.message and "ActivityScheduled" in info.value.message
+    assert "read-only" in info.value.message
+    assert "ActivityScheduled" in info.value.message
     with pytest.raises(QueryFailed) as info:
         await handle.query("added_plus")  # missing argument
     assert info.value.type == "TypeError"
