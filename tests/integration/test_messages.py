@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from cairn import (
+    Client,
     InputValidationError,
     QueryFailed,
     QueryTimeout,
@@ -16,6 +18,7 @@ from cairn import (
     activity,
     workflow,
 )
+from cairn._messages import _signal_with_start_on
 
 from .support import events, run_status, running_worker, types_of, wait_until
 
@@ -190,6 +193,29 @@ async def test_concurrent_signal_with_starts_make_one_run(client, start_worker, 
     assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
     await start_worker(workflows=[collector])
     assert sorted(await handles[0].result(timeout=T)) == list(range(1, n))
+
+
+async def test_signal_with_start_waits_for_a_concurrent_start_and_signals_its_run(client, db_url, sql):
+    """Deterministic: the first call's transaction is held open (run started and signalled,
+    not committed) until pg_stat_activity shows the second waiting on its lock."""
+    first = await Client.connect(db_url)
+    try:
+        params, _ = await first._start_params(collector, (1,), "sws-lock", "default", "use_existing")
+        async with first.pool.connection() as c:
+            async with c.transaction():
+                run_id = await _signal_with_start_on(c, params, Jsonb({"name": "go", "payload": None}))
+                second = asyncio.create_task(client.signal_with_start(
+                    collector, 1, id="sws-lock", signal="item", signal_payload="b"))
+                await wait_until(lambda: sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")[0][0] >= 1, what="the second call to wait on the lock")
+                assert not second.done()
+            handle = await asyncio.wait_for(second, T)
+    finally:
+        await first.close()
+    assert handle.run_id == run_id
+    assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
+    assert [d["name"] for _, d in sql("SELECT type, data FROM cairn.inbox ORDER BY id")] == ["go", "item"]
 
 
 async def test_signal_with_start_validates_before_writing(client, sql):
