@@ -110,6 +110,18 @@ def test_a_signal_in_the_same_batch_as_the_timeout_is_not_lost():
     assert d.result == ["timeout", "kept"]
 
 
+@workflow.defn
+async def buffered_then_timeout() -> Any:
+    await workflow.wait_signal("first")
+    return await workflow.wait_signal("second", timeout=5)
+
+
+def test_a_buffered_signal_is_taken_without_starting_a_timer():
+    d = Driver(buffered_then_timeout)
+    assert [c.type for c in d.activate(signal("second", 2), signal("first", 1))] == [h.WORKFLOW_COMPLETED]
+    assert d.result == 2
+
+
 # -- handlers
 
 

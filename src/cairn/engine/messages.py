@@ -11,6 +11,7 @@ read-only handler against the instance's state and record nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -97,6 +98,13 @@ class Messages:
         timeout that fires in the same batch as the signal leaves the signal buffered for
         the next wait instead of losing it.
         """
+        def pop() -> Any:
+            queue = self.buffered[name]
+            payload = queue.popleft()
+            if not queue:
+                del self.buffered[name]
+            return payload
+
         async def take() -> Any:
             while not self.buffered.get(name):
                 fut = self._instance.loop.create_future()
@@ -107,12 +115,10 @@ class Messages:
                 finally:
                     if fut in waiters:
                         waiters.remove(fut)
-            queue = self.buffered[name]
-            payload = queue.popleft()
-            if not queue:
-                del self.buffered[name]
-            return payload
+            return pop()
 
+        if self.buffered.get(name):  # already here: no timer to start and cancel
+            return pop()
         if timeout is None:
             return await take()
         async with asyncio.timeout(timeout):  # a durable timer, through the loop's call_later
@@ -146,7 +152,9 @@ class Messages:
                 return
             self._resolved = False
             # Checked as a callback, so predicates run in the workflow's context.
-            loop.call_soon(self._check_conditions)
+            context = contextvars.copy_context()
+            context.run(_IN_WORKFLOW.set, True)
+            loop.call_soon(self._check_conditions, context=context)
             loop.run_until_blocked()
             if not self._resolved:
                 return
