@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from cairn import (
     workflow,
 )
 from cairn._messages import _signal_with_start_on
+from cairn.sync import SyncClient
 
 from .support import events, run_status, running_worker, types_of, wait_until
 
@@ -313,3 +315,27 @@ async def test_query_times_out_without_a_worker(client, sql):
         await handle.query("state", timeout=0.5)
     assert sql("SELECT count(*) FROM cairn.query_requests") == [(0,)]
     assert run_status(sql, handle.run_id) == "running"
+
+
+async def test_the_sync_client_signals_and_queries(client, start_worker, sql, db_url):
+    await start_worker(workflows=[mailbox, collector], activities=[shout])
+
+    def script() -> tuple[Any, Any, Any]:
+        with SyncClient(db_url) as sync:
+            handle = sync.signal_with_start(mailbox, id="sync-msg", signal="add", signal_payload=1)
+            sync.signal("sync-msg", "add", 2)
+            handle.signal("add", 3)
+            wait = sync.signal_with_start(collector, 0, id="sync-collector", signal="go")
+            deadline = time.monotonic() + T
+            seen = handle.query("state")
+            while seen["added"] != [1, 2, 3] and time.monotonic() < deadline:  # the signals are applied
+                time.sleep(0.05)
+                seen = handle.query("state")
+            plus = sync.query("sync-msg", "added_plus", 4)
+            handle.signal("done", 0)
+            return seen, plus, (handle.result(timeout=T), wait.result(timeout=T))
+
+    seen, plus, results = await asyncio.to_thread(script)
+    assert seen == {"added": [1, 2, 3], "loud": []}
+    assert plus == [1, 2, 3, 4]
+    assert results == ({"added": [1, 2, 3], "loud": []}, [])
