@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from cairn import db
+from cairn._messages import ClientMessages, HandleMessages
 from cairn._telemetry import tracer
 from cairn.common import Signature, check_text, new_run_id, to_payload
 from cairn.engine import history as h
@@ -88,8 +89,10 @@ def _validate_queue(queue: str) -> str:
     return check_text(queue, "the queue name")
 
 
-class Client:
+class Client(ClientMessages):
     """A connection to Cairn's database: start workflows and inspect runs.
+
+    Signals, signal-with-start and queries come from :class:`cairn._messages.ClientMessages`.
 
     Use :meth:`connect`; close with :meth:`close` or ``async with``.
     """
@@ -310,6 +313,8 @@ class Client:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await conn.execute("LISTEN cairn_closed")
+                    # Query answers (payload: the request id) wake waiters the same way.
+                    await conn.execute("LISTEN cairn_query_answered")
                     self._listening.set()
                     self._wake_all()  # anything that closed while we were away
                     async for note in conn.notifies():
@@ -340,8 +345,8 @@ def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str)
     raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
 
 
-class WorkflowHandle:
-    """A workflow run: wait for its result, inspect it, cancel or terminate it."""
+class WorkflowHandle(HandleMessages):
+    """A workflow run: wait for its result, inspect it, signal, query, cancel or terminate it."""
 
     def __init__(self, client: Client, workflow_id: str, run_id: str | None,
                  signature: Signature | None) -> None:

@@ -44,6 +44,40 @@ class WorkflowAlreadyStarted(CairnError):
         self.run_id = run_id
 
 
+class WorkflowClosed(CairnError):
+    """The workflow's run is closed: it takes no more signals.
+
+    Attributes:
+        workflow_id: the workflow id.
+        run_id: the closed run.
+        status: how it closed (completed, failed, cancelled, terminated, ...).
+    """
+
+    def __init__(self, workflow_id: str, run_id: str, status: str, what: str = "a signal") -> None:
+        super().__init__(f"workflow {workflow_id!r} is closed (its run {run_id} is {status}): it cannot take {what}")
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.status = status
+
+
+class QueryFailed(CairnError):
+    """A query was answered with an error: no handler of that name, or the handler raised.
+
+    Attributes:
+        type: the error's type name (``UnknownQuery`` when the name has no handler).
+        message: its message.
+    """
+
+    def __init__(self, message: str, *, type: str = "QueryFailed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type
+
+
+class QueryTimeout(CairnError):
+    """No worker answered a query in time (is a worker running for the run's queue?)."""
+
+
 class UnknownWorkflowType(InputValidationError):
     """No worker has registered a workflow type of this name."""
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from cairn import db
+from cairn._messages import QUERY_TIMEOUT_SECONDS
 from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, started_run_id
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -79,6 +80,23 @@ class SyncClient:
     def list(self, **filters: Any) -> list[dict[str, Any]]:
         return self._call(self._client.list(**filters))
 
+    # -- messages (see cairn._messages)
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None, *, run_id: str | None = None) -> None:
+        """Signals a workflow's open run (see :meth:`cairn.Client.signal`)."""
+        self._call(self._client.signal(workflow_id, name, payload, run_id=run_id))
+
+    def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
+                          signal_payload: Any = None, queue: str = "default") -> SyncWorkflowHandle:
+        """Starts the run unless one is open, and signals it (see :meth:`cairn.Client.signal_with_start`)."""
+        return SyncWorkflowHandle(self, self._call(self._client.signal_with_start(
+            workflow, *args, id=id, signal=signal, signal_payload=signal_payload, queue=queue)))
+
+    def query(self, workflow_id: str, name: str, *args: Any, run_id: str | None = None,
+              timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
+        """Queries a workflow's run (see :meth:`cairn.Client.query`)."""
+        return self._call(self._client.query(workflow_id, name, *args, run_id=run_id, timeout=timeout))
+
 
 class SyncWorkflowHandle:
     """The blocking twin of :class:`cairn.WorkflowHandle`."""
@@ -109,3 +127,9 @@ class SyncWorkflowHandle:
 
     def terminate(self, reason: str = "") -> None:
         self._client._call(self.handle.terminate(reason))
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        self._client._call(self.handle.signal(name, payload))
+
+    def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
+        return self._client._call(self.handle.query(name, *args, timeout=timeout))

@@ -39,7 +39,13 @@ from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
 from cairn.engine.loop import install_guard
 from cairn.engine.queries import q
-from cairn.errors import ApplicationError, ConfigurationError, InputValidationError, UnknownWorkflowType
+from cairn.errors import (
+    ApplicationError,
+    ConfigurationError,
+    InputValidationError,
+    QueryFailed,
+    UnknownWorkflowType,
+)
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 log = logging.getLogger("cairn.worker")
@@ -54,6 +60,7 @@ DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
 IDLE_TX_TIMEOUT_MS = 60_000
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
 OUTCOME_BATCH = 32              # fast-path activity outcomes committed together
+QUERY_POLL_FACTOR = 5.0         # queries are NOTIFY-driven; the fallback poll is this x poll_interval
 
 
 @dataclass
@@ -85,6 +92,8 @@ class WorkerStats:
     timers_fired: int = 0
     rescued: int = 0
     fast_path: int = 0  # activity outcomes whose workflow task ran in the same transaction
+    queries_from_cache: int = 0  # queries answered by a live cached instance
+    queries_replayed: int = 0  # queries answered by replaying the history into a throwaway instance
 
 
 def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
@@ -110,7 +119,90 @@ def collect(module: Any) -> tuple[list[Any], list[Any]]:
     return workflows, activities
 
 
-class Worker:
+# ---------------------------------------------------------------- queries (a mixin, to keep
+# the message code apart from the task cycle above)
+
+
+class _QueryAnswering:
+    """Answers queries (``cairn.query_requests``) for the worker's queues and workflow types.
+
+    A query is answered from the sticky cache when the cached instance has seen the whole
+    history (its ``last_seq`` is the history's last seq); otherwise the history is replayed
+    into a throwaway instance that is never cached and never recorded.
+    """
+
+    _pool: AsyncConnectionPool | None
+    _cache: OrderedDict[str, WorkflowInstance]
+    _stopping: asyncio.Event
+    _query_wake: asyncio.Event
+    _rng: random.Random
+    workflows: dict[str, WorkflowDefinition]
+    queues: list[str]
+    namespace: str
+    poll_interval: float
+    stats: WorkerStats
+
+    async def _query_answerer(self) -> None:
+        """Answers queries until stopped; woken by the ``cairn_query`` NOTIFY, with a slow
+        fallback poll for notifications missed while the listen connection was away."""
+        while not self._stopping.is_set():
+            self._query_wake.clear()
+            try:
+                while await self.answer_query():
+                    pass
+            except Exception:
+                log.exception("answering a query failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._query_wake.wait(),
+                                       QUERY_POLL_FACTOR * self.poll_interval * self._rng.uniform(0.8, 1.2))
+
+    async def answer_query(self) -> bool:
+        """Claims one unanswered query, answers it and commits; False if there was none."""
+        assert self._pool is not None
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("claim_query_request"), {
+                "queues": self.queues, "workflow_types": sorted(self.workflows)})
+            req = await cur.fetchone()
+            if req is None:
+                return False
+            answer: Any = None
+            error: dict[str, Any] | None = None
+            try:
+                answer = await self._answer(conn, req)
+            except Exception as exc:
+                cause = exc.cause if isinstance(exc, WorkflowTaskFailed) else exc
+                kind = cause.type if isinstance(cause, QueryFailed) else type(cause).__name__
+                error = {"type": kind, "message": str(cause)}
+                log.info("query %s on %s failed: %s: %s", req["name"], req["workflow_id"], kind, cause)
+            await conn.execute(q("answer_query_request"), {
+                "id": req["id"], "now": None, "answer": None if error else Jsonb(answer),
+                "error": Jsonb(error) if error else None})
+        return True
+
+    async def _answer(self, conn: psycopg.AsyncConnection[Any], req: dict[str, Any]) -> Any:
+        run_id = str(req["run_id"])
+        args = list(req["args"] or [])
+        # No await between this check and the call: no workflow task can run in between.
+        live = self._cache.get(run_id)
+        if live is not None and live.last_seq == req["last_seq"]:
+            self.stats.queries_from_cache += 1
+            return live.messages.query(req["name"], args)
+        cur = await conn.execute(q("read_history"), {"run_id": run_id})
+        events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+        info = WorkflowInfo(
+            workflow_id=req["workflow_id"], run_id=run_id, workflow_type=req["workflow_type"],
+            queue=req["queue"], namespace=self.namespace, start_time=req["created_at"],
+        )
+        inst = replay(self.workflows[req["workflow_type"]], info, events)
+        try:
+            self.stats.queries_replayed += 1
+            return inst.messages.query(req["name"], args)
+        finally:
+            inst.dispose()
+
+
+class Worker(_QueryAnswering):
     """Runs workflows and activities from the given queues until stopped.
 
     Args:
@@ -172,6 +264,7 @@ class Worker:
         self._outbox_ready = asyncio.Event()
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
+        self._query_wake = asyncio.Event()  # a query for one of our queues arrived
         self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
@@ -208,6 +301,8 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._maintenance(), name="cairn-maint"))
             self._tasks.append(asyncio.create_task(self._flusher(), name="cairn-flush"))
             self._tasks.append(asyncio.create_task(self._deliverer(), name="cairn-deliver"))
+            if self.workflows:
+                self._tasks.append(asyncio.create_task(self._query_answerer(), name="cairn-query"))
             self._started.set()
             log.info("worker %s started on queues %s (%d workflows, %d activities)", self.identity,
                      self.queues, len(self.workflows), len(self.activities))
@@ -262,6 +357,7 @@ class Worker:
             ev.set()
         self._act_wake.set()
         self._maint_wake.set()
+        self._query_wake.set()
 
     async def _register_types(self) -> None:
         assert self._pool is not None
@@ -278,12 +374,15 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    for channel in ("cairn_workflow", "cairn_activity", "cairn_timer"):
+                    for channel in ("cairn_workflow", "cairn_activity", "cairn_timer", "cairn_query"):
                         await conn.execute(f"LISTEN {channel}")
                     self._wake_everything()  # catch up on anything missed while away
                     async for note in conn.notifies():
                         if note.channel == "cairn_timer":
                             self._maint_wake.set()
+                        elif note.channel == "cairn_query":
+                            if note.payload in self.queues:
+                                self._query_wake.set()
                         elif note.payload in self.queues:
                             if note.channel == "cairn_workflow":
                                 self._wake_workflow_poller()

@@ -29,6 +29,8 @@ __all__ = [
     "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn", "execute_activity",
     "info", "logger", "now", "random", "saga", "sleep", "start_activity", "unsafe_is_replaying", "uuid4",
 ]
+# Messages: signals, wait conditions, queries (in their own section below).
+__all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -280,3 +282,76 @@ class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 logger = _WorkflowLogger(logging.getLogger("cairn.workflow"), {})
 """A logger for workflow code: quiet during replay, records carry workflow and run id."""
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _message_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise InputValidationError(f"a {what} name must be a non-empty string of at most 200 characters")
+    return name
+
+
+async def wait_signal(name: str, timeout: timedelta | float | None = None) -> Any:
+    """Waits for the next signal called ``name`` and returns its payload.
+
+    Signals that arrived before anyone waited are buffered in arrival order; each is
+    consumed by exactly one ``wait_signal``. A signal whose name has a handler (see
+    :func:`set_signal_handler`) goes to the handler instead.
+
+    Args:
+        name: the signal's name.
+        timeout: give up after this long (a durable timer, like ``asyncio.wait_for``).
+
+    Raises:
+        TimeoutError: no signal of that name arrived within ``timeout``.
+    """
+    inst = _instance()
+    return await inst.messages.wait_signal(_message_name(name, "signal"), seconds(timeout))
+
+
+def set_signal_handler(name: str, handler: Callable[[Any], Any] | None) -> None:
+    """Routes signals called ``name`` to ``handler(payload)`` (``None`` removes it).
+
+    The handler may be a plain function or an ``async def``; an async handler runs as a
+    task on the workflow loop and may await activities and timers. Signals buffered
+    before the handler was registered are delivered to it at once, in arrival order. An
+    exception raised by a handler fails the run, like one from the workflow function.
+    """
+    if handler is not None and not callable(handler):
+        raise InputValidationError(f"a signal handler must be callable, got {handler!r}")
+    _instance().messages.set_signal_handler(_message_name(name, "signal"), handler)
+
+
+async def wait_condition(predicate: Callable[[], Any], timeout: timedelta | float | None = None) -> None:
+    """Waits until ``predicate()`` returns true.
+
+    The predicate is checked at once, then each time the workflow's code is blocked
+    (after every batch of events, e.g. a signal handler changing state), conditions in
+    the order they were registered. It must only read workflow state.
+
+    Raises:
+        TimeoutError: the predicate stayed false for ``timeout`` (a durable timer).
+    """
+    if not callable(predicate):
+        raise InputValidationError(f"wait_condition needs a callable predicate, got {predicate!r}")
+    await _instance().messages.wait_condition(predicate, seconds(timeout))
+
+
+def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
+    """Answers queries called ``name`` with ``handler(*args)`` (``None`` removes it).
+
+    The handler is a plain (non-async) function returning a JSON-able value; it must only
+    read workflow state: scheduling an activity, starting a timer or any other command
+    while answering fails the query and records nothing. Queries are answered by a
+    worker that runs this workflow type (``client.query``, ``cairn query``).
+    """
+    if handler is not None and (not callable(handler) or asyncio.iscoroutinefunction(handler)):
+        raise InputValidationError(f"a query handler must be a plain (non-async) function, got {handler!r}")
+    messages = _instance().messages
+    name = _message_name(name, "query")
+    if handler is None:
+        messages.query_handlers.pop(name, None)
+    else:
+        messages.query_handlers[name] = handler

@@ -43,3 +43,18 @@ async def golden_saga_parallel(trip: str) -> dict[str, Any]:
         saga.compensate(cancel, f"{trip} flight", start_to_close_timeout=TIMEOUT)
         flight = await workflow.execute_activity(sold_out, f"{trip} flight", start_to_close_timeout=TIMEOUT)
     return {"car": car, "hotel": hotel, "flight": flight}
+
+
+@workflow.defn(name="golden_signals")
+async def golden_signals_no_timeout(name: str) -> dict[str, Any]:
+    """Waits for "finish" without the timeout: the recorded TimerStarted is not produced."""
+    state: dict[str, Any] = {"total": 0, "greetings": []}
+
+    async def on_greet(who: str) -> None:
+        state["greetings"].append(await workflow.execute_activity(greet, who, start_to_close_timeout=TIMEOUT))
+
+    workflow.set_signal_handler("add", lambda n: state.__setitem__("total", state["total"] + n))
+    workflow.set_signal_handler("greet", on_greet)
+    expected = await workflow.wait_signal("finish")
+    await workflow.wait_condition(lambda: len(state["greetings"]) >= expected)
+    return {"name": name, **state}

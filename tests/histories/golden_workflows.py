@@ -85,3 +85,21 @@ async def golden_saga(trip: str) -> dict[str, Any]:
         saga.compensate(cancel, f"{trip} flight", start_to_close_timeout=TIMEOUT)  # may half-succeed
         flight = await workflow.execute_activity(sold_out, f"{trip} flight", start_to_close_timeout=TIMEOUT)
     return {"car": car, "hotel": hotel, "flight": flight}
+
+
+@workflow.defn
+async def golden_signals(name: str) -> dict[str, Any]:
+    """Signal-driven: a sync handler sums "add" signals, an async handler runs an activity
+    per "greet" signal, wait_signal takes "finish" (under a timeout that does not fire), then
+    a wait condition waits for the async handlers' activities."""
+    state: dict[str, Any] = {"total": 0, "greetings": []}
+
+    async def on_greet(who: str) -> None:
+        state["greetings"].append(await workflow.execute_activity(greet, who, start_to_close_timeout=TIMEOUT))
+
+    workflow.set_signal_handler("add", lambda n: state.__setitem__("total", state["total"] + n))
+    workflow.set_signal_handler("greet", on_greet)
+    workflow.set_query_handler("total", lambda: state["total"])
+    expected = await workflow.wait_signal("finish", timeout=600)
+    await workflow.wait_condition(lambda: len(state["greetings"]) >= expected)
+    return {"name": name, **state}

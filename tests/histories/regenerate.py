@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -29,11 +30,16 @@ RUNS = {  # file name -> (workflow, input)
     "pipeline_completed.json": (g.golden_pipeline, 21),
     "retry_failed_caught.json": (g.golden_retry, 7),
     "saga_compensated.json": (g.golden_saga, "lisbon"),
+    "signal_driven.json": (g.golden_signals, "golden"),
+}
+# Signals sent, one after another, right after a run's start (file name -> [(name, payload)]).
+SIGNALS: dict[str, list[tuple[str, Any]]] = {
+    "signal_driven.json": [("add", 2), ("greet", "ada"), ("add", 3), ("greet", "bob"), ("finish", 2)],
 }
 
 
 async def record(url: str, names: list[str]) -> None:
-    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry, g.golden_saga],
+    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry, g.golden_saga, g.golden_signals],
                     activities=[g.double, g.greet, g.always_fails, g.reserve, g.sold_out, g.cancel],
                     poll_interval=0.1)
     runner = asyncio.create_task(worker.run())
@@ -44,6 +50,8 @@ async def record(url: str, names: list[str]) -> None:
                 fn, arg = RUNS[name]
                 wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
                 handle = await client.start(fn, arg, id=wid)
+                for signal, payload in SIGNALS.get(name, []):
+                    await handle.signal(signal, payload)
                 try:
                     print(name, "->", await handle.result(timeout=30))
                 except WorkflowFailure as err:

@@ -218,8 +218,8 @@ def test_unknown_input_event_type_is_a_non_determinism_error():
     d.activate()
     marker = Event(5, h.WORKFLOW_TASK_STARTED, {"time": 0.0})
     with pytest.raises(NonDeterminismError) as info:
-        d.instance.activate(marker, [Event(6, "SignalReceived", {})])
-    assert (info.value.seq, info.value.expected, info.value.produced) == (6, "an input event", "SignalReceived")
+        d.instance.activate(marker, [Event(6, "NoSuchEvent", {})])
+    assert (info.value.seq, info.value.expected, info.value.produced) == (6, "an input event", "NoSuchEvent")
 
 
 def test_activation_must_start_with_a_task_marker():

@@ -20,6 +20,7 @@ from cairn.errors import (
     CairnError,
     InputValidationError,
     NonDeterminismError,
+    WorkflowClosed,
     WorkflowNotFound,
 )
 
@@ -27,7 +28,8 @@ T = TypeVar("T")
 
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
-BAD_INPUT_ERRORS = (InputValidationError, WorkflowNotFound)
+# A signal to a closed run is bad input too: nothing was written, the caller must change it.
+BAD_INPUT_ERRORS = (InputValidationError, WorkflowNotFound, WorkflowClosed)
 
 
 class Settings:

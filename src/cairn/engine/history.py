@@ -22,7 +22,9 @@ ACTIVITY_COMPLETED = "ActivityCompleted"
 ACTIVITY_FAILED = "ActivityFailed"
 TIMER_FIRED = "TimerFired"
 CANCEL_REQUESTED = "CancelRequested"
-INPUT_EVENTS = frozenset({ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED})
+# A signal sent to the run (data {"name": str, "payload": <json>}): client.signal.
+SIGNAL_RECEIVED = "SignalReceived"
+INPUT_EVENTS = frozenset({ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED, SIGNAL_RECEIVED})
 
 # Command events: produced by the code, matched on replay.
 ACTIVITY_SCHEDULED = "ActivityScheduled"
@@ -143,4 +145,6 @@ def summarize(e: Event) -> str:
         return f"{f.get('type')}: {f.get('message')}"
     if e.type == "WorkflowTaskStarted":
         return f"worker {d.get('worker')}"
+    if e.type == SIGNAL_RECEIVED:
+        return f"signal {d.get('name')} payload={json.dumps(d.get('payload'))}"
     return ", ".join(f"{k}={v}" for k, v in d.items())

@@ -21,6 +21,7 @@ from cairn.common import to_payload
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
 from cairn.engine.loop import WorkflowLoop
+from cairn.engine.messages import Messages
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -145,6 +146,7 @@ class WorkflowInstance:
         # (exception, outcome) of each saga that compensated (cairn.saga): a failure caused
         # by one of these exceptions reports the compensations.
         self.saga_outcomes: list[tuple[BaseException, dict[str, Any]]] = []
+        self.messages = Messages(self)  # signals, wait conditions, queries
 
     # -- driving
 
@@ -166,7 +168,7 @@ class WorkflowInstance:
         for event in inputs:
             self._apply(event)
         try:
-            self.loop.run_until_blocked()
+            self.messages.settle()  # run_until_blocked, then the wait conditions
         except BaseException as exc:
             raise WorkflowTaskFailed(exc) from exc
         self._check_main()
@@ -179,6 +181,12 @@ class WorkflowInstance:
 
     def _check_main(self) -> None:
         main = self._main
+        failed = self.messages.handler_error
+        if failed is not None and not self.closed:  # a signal handler raised
+            if is_bug(failed):
+                raise WorkflowTaskFailed(failed)
+            self._close(h.WORKFLOW_FAILED, {"failure": failure_of(failed)})
+            return
         if main is None or not main.done() or self.closed:
             return
         if main.cancelled():
@@ -220,6 +228,8 @@ class WorkflowInstance:
             if timer is not None:
                 self._timer_seqs.pop(id(timer), None)
                 self.loop.fire(timer)
+        elif event.type == h.SIGNAL_RECEIVED:
+            self.messages.deliver(str(data["name"]), data.get("payload"))
         elif event.type == h.CANCEL_REQUESTED:
             if not self.cancel_requested and self._main is not None:
                 self.cancel_requested = True
@@ -230,6 +240,8 @@ class WorkflowInstance:
     # -- commands, called by the authoring API while the code runs
 
     def _command(self, event_type: str, data: dict[str, Any]) -> int:
+        if self.messages.querying:
+            raise DeterminismViolation(f"a query handler must be read-only, but it tried to record {event_type}")
         if self.closed:
             raise DeterminismViolation("the workflow has already closed")
         self.last_seq += 1

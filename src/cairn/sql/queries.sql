@@ -499,3 +499,51 @@ WHERE o.run_id = %(run_id)s
   AND o.type IN ('ActivityCompleted', 'ActivityFailed', 'ActivityCancelRequested')
   AND (o.data ->> 'activity_seq')::int IN (SELECT seq FROM tagged WHERE type = 'ActivityScheduled')
 ORDER BY seq
+
+-- ---------------------------------------------------------------- messages: queries
+-- Signals need no statement of their own: they are SignalReceived events put in the
+-- inbox by signal_run (signal-with-start runs start_workflow and signal_run in one
+-- transaction).
+
+-- name: insert_query_request
+-- Asks the workers of the run's queue to answer a query, and wakes them.
+WITH req AS (
+    INSERT INTO cairn.query_requests (id, run_id, queue, workflow_type, name, args, created_at)
+    VALUES (%(id)s, %(run_id)s, %(queue)s, %(workflow_type)s, %(name)s, %(args)s,
+            coalesce(%(now)s::timestamptz, now()))
+    RETURNING queue
+)
+SELECT pg_notify('cairn_query', queue) AS notified FROM req
+
+-- name: query_request_answer
+-- A query's answer or error, once a worker has written it.
+SELECT answer, error FROM cairn.query_requests WHERE id = %(id)s AND answered_at IS NOT NULL
+
+-- name: delete_query_request
+-- The client has its answer, or gave up: the request goes (queue rows do not linger).
+DELETE FROM cairn.query_requests WHERE id = %(id)s
+
+-- name: claim_query_request
+-- Locks the oldest unanswered query of these queues and workflow types until the answer
+-- is written. SKIP LOCKED: several workers split the requests instead of queueing on one
+-- row lock and then answering the same query twice. Returns the run and the seq of its
+-- history's last event, so the worker can tell whether its cached instance is current.
+SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
+       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq
+FROM (SELECT id, run_id, name, args FROM cairn.query_requests
+      WHERE queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
+        AND workflow_type = ANY(%(workflow_types)s::text[])
+      ORDER BY created_at
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED) q
+JOIN cairn.runs r ON r.run_id = q.run_id
+
+-- name: answer_query_request
+-- Writes a query's answer (or error) and wakes the client that waits for it.
+WITH answered AS (
+    UPDATE cairn.query_requests
+    SET answer = %(answer)s, error = %(error)s, answered_at = coalesce(%(now)s::timestamptz, now())
+    WHERE id = %(id)s
+    RETURNING id
+)
+SELECT pg_notify('cairn_query_answered', id::text) AS notified FROM answered
