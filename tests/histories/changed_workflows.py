@@ -43,3 +43,13 @@ async def golden_saga_parallel(trip: str) -> dict[str, Any]:
         saga.compensate(cancel, f"{trip} flight", start_to_close_timeout=TIMEOUT)
         flight = await workflow.execute_activity(sold_out, f"{trip} flight", start_to_close_timeout=TIMEOUT)
     return {"car": car, "hotel": hotel, "flight": flight}
+
+
+@workflow.defn(name="golden_patched")
+async def golden_patched_unguarded(x: int) -> dict[str, Any]:
+    """The same change made without workflow.patched: ``patched.json`` (recorded before the
+    change) diverges at the greeting."""
+    doubled = await workflow.execute_activity(double, x, start_to_close_timeout=TIMEOUT)
+    greeting = await workflow.execute_activity(greet, f"patched {doubled}", start_to_close_timeout=TIMEOUT)
+    again = await workflow.execute_activity(double, doubled, start_to_close_timeout=TIMEOUT)
+    return {"doubled": doubled, "greeting": greeting, "again": again}
