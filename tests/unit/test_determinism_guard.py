@@ -165,3 +165,33 @@ def test_the_guard_yields_to_a_profiler_that_was_set_before():
     finally:
         sys.setprofile(None)
     assert "c_call" in seen
+
+
+class _StampingFormatter(logging.Formatter):
+    """A formatter of the kind JSON loggers use: it reads the wall clock itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{dt.datetime.now(dt.UTC).isoformat()} {record.getMessage()}"
+
+
+def test_a_log_formatter_that_reads_the_clock_is_exempt():
+    out: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            out.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(_StampingFormatter())
+    logger = logging.getLogger("cairn.workflow")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        d = Driver(deterministic_helpers)
+        d.activate()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(out) == 1
+    assert out[0].endswith("at 2024-05-01T12:00:00.250000+00:00")

@@ -137,9 +137,21 @@ _SHARED_GENERATORS: dict[int, tuple[str, str]] = {
     id(random._inst): ("random", _RANDOM),
     id(secrets._sysrand): ("secrets", _SECRET),  # type: ignore[attr-defined]
 }
-# Modules whose own calls are allowed: the standard library's logging stamps each record
-# with time.time() (workflow.logger goes through it).
+# Modules whose calls (and the calls of what they call) are allowed: the standard
+# library's logging stamps each record with time.time() (workflow.logger goes through it).
 _EXEMPT_CALLERS = ("logging",)
+
+
+def _called_from_exempt(frame: FrameType | None) -> bool:
+    """Whether a frame on the stack belongs to an exempt module: logging, and so also the
+    handlers and formatters it calls (a JSON formatter stamping ``datetime.now()``)."""
+    depth = 0
+    while frame is not None and depth < 64:
+        if str(frame.f_globals.get("__name__", "")).startswith(_EXEMPT_CALLERS):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
 
 
 def _profile(frame: FrameType, event: str, arg: Any) -> None:
@@ -166,7 +178,7 @@ def _profile(frame: FrameType, event: str, arg: Any) -> None:
         caller = frame.f_back
     else:
         return
-    if caller is not None and str(caller.f_globals.get("__name__", "")).startswith(_EXEMPT_CALLERS):
+    if _called_from_exempt(caller):
         return
     name, alternative = hit
     # Raising from a profile hook makes the interpreter drop the hook for the rest of the
