@@ -87,19 +87,17 @@ def heartbeat(details: Any = None) -> None:
     """Reports that the attempt is alive, with optional progress details.
 
     Heartbeats are batched per worker process; the last details reach the next attempt as
-    ``info().heartbeat_details`` if this one fails. The heartbeat is also how a cancellation
-    reaches the attempt: an ``async def`` activity is cancelled where it awaits, and any
-    activity (a thread cannot be interrupted) gets ``CancelledError`` from its next
-    ``heartbeat()`` once the workflow cancelled it.
+    ``info().heartbeat_details`` if this one fails. Cancellation reaches the attempt through
+    the worker's lease renewal: an ``async def`` activity is cancelled where it awaits; a
+    plain ``def`` one (a thread cannot be interrupted) gets ``CancelledError`` from its next
+    ``heartbeat()``, once, or sees :func:`is_cancelled` turn True.
 
     Raises:
-        asyncio.CancelledError: the activity was cancelled (see :func:`is_cancelled`).
+        asyncio.CancelledError: (threads only) the activity was cancelled.
     """
     i = info()
     if i._beat is not None:
         i._beat(to_payload(details))
-    if i._cancelled is not None and i._cancelled():
-        raise asyncio.CancelledError("the activity was cancelled")
 
 
 def is_cancelled() -> bool:

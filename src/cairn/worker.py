@@ -72,6 +72,7 @@ class _Running:
     # stops it records ActivityCancelled instead of retrying.
     cancel_requested: bool = False
     is_async: bool = True
+    told: bool = False  # a thread attempt's heartbeat has raised CancelledError
     recording: bool = False  # the user code is done and its outcome is being written
 
 
@@ -605,6 +606,10 @@ class Worker:
         def beat(details: Any) -> None:
             running.details = details
             running.beat = True
+            if not running.is_async and (running.lost or running.cancel_requested) and not running.told:
+                # A thread cannot be interrupted: its heartbeat tells it, once.
+                running.told = True
+                raise asyncio.CancelledError("the activity was cancelled")
 
         info = ActivityInfo(
             activity_type=name, workflow_id=row["workflow_id"], workflow_type=row["workflow_type"],
