@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 from cairn.common import Signature, to_payload
 from cairn.errors import CairnError
 
-__all__ = ["ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "info"]
+__all__ = ["ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "info", "is_cancelled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +48,7 @@ class ActivityInfo:
     deadline: datetime | None
     heartbeat_details: Any = None
     _beat: Callable[[Any], None] | None = field(default=None, repr=False)
+    _cancelled: Callable[[], bool] | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -86,8 +87,22 @@ def heartbeat(details: Any = None) -> None:
     """Reports that the attempt is alive, with optional progress details.
 
     Heartbeats are batched per worker process; the last details reach the next attempt as
-    ``info().heartbeat_details`` if this one fails.
+    ``info().heartbeat_details`` if this one fails. Cancellation reaches the attempt through
+    the worker's lease renewal: an ``async def`` activity is cancelled where it awaits; a
+    plain ``def`` one (a thread cannot be interrupted) gets ``CancelledError`` from its next
+    ``heartbeat()``, once, or sees :func:`is_cancelled` turn True.
+
+    Raises:
+        asyncio.CancelledError: (threads only) the activity was cancelled.
     """
     i = info()
     if i._beat is not None:
         i._beat(to_payload(details))
+
+
+def is_cancelled() -> bool:
+    """Whether the workflow cancelled this activity (or the attempt was superseded), as
+    learned at the last lease renewal: check it to stop cleanly without waiting for
+    :func:`heartbeat` to raise."""
+    i = info()
+    return i._cancelled is not None and i._cancelled()

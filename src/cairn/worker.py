@@ -75,6 +75,11 @@ class _Running:
     details: Any = None
     beat: bool = False
     lost: bool = False  # cancelled or superseded: its outcome must not be written
+    # The workflow waits for this attempt to stop (wait_cancellation_completed): once it
+    # stops it records ActivityCancelled instead of retrying.
+    cancel_requested: bool = False
+    is_async: bool = True
+    told: bool = False  # a thread attempt's heartbeat has raised CancelledError
     recording: bool = False  # the user code is done and its outcome is being written
 
 
@@ -576,18 +581,23 @@ class Worker(_QueryAnswering):
         run_id = str(task["run_id"])
         base = {"run_id": run_id, "now": None}
         activities, timers, cancel_timers, cancel_acts = [], [], [], []
+        # wait_cancellation_completed: never leased eagerly (the cancel would have to wait
+        # for a lease renewal), cancelled by request_activity_cancels below.
+        wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
+                        and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
         close: tuple[str, Any] | None = None
         free = 0 if self._stopping.is_set() else self.activity_concurrency - len(self._activity_tasks) - self._reserved
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
-                mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities
+                mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities \
+                    and ev.seq not in wait_cancels
                 free -= mine
                 activities.append({"seq": ev.seq, **ev.data, "eager": mine})
             elif ev.type == h.TIMER_STARTED:
                 timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
             elif ev.type == h.TIMER_CANCELLED:
                 cancel_timers.append(ev.data["timer_seq"])
-            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED:
+            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED and ev.data["activity_seq"] not in wait_cancels:
                 cancel_acts.append(ev.data["activity_seq"])
             elif ev.type in h.TERMINAL_EVENTS:
                 failure = ev.data.get("failure")
@@ -617,6 +627,8 @@ class Worker(_QueryAnswering):
                 await conn.execute(q("cancel_timers"), {**base, "seqs": cancel_timers})
             if cancel_acts:
                 await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
+            if wait_cancels:
+                await conn.execute(q("request_activity_cancels"), {**base, "seqs": wait_cancels})
         self._reserved += len(leased)
         return leased
 
@@ -660,6 +672,8 @@ class Worker(_QueryAnswering):
             self._reserved = max(0, self._reserved - len(rows))
         for row in rows:
             running = _Running(str(row["run_id"]), row["seq"], row["token"])
+            definition = self.activities.get(row["activity_type"])
+            running.is_async = definition is None or definition.is_async
             heartbeat_timeout = (row["options"] or {}).get("heartbeat_timeout")
             if heartbeat_timeout and heartbeat_timeout / 3 < FLUSH_INTERVAL_SECONDS:
                 # Flush often enough that a heartbeating attempt meets a short timeout.
@@ -691,12 +705,17 @@ class Worker(_QueryAnswering):
         def beat(details: Any) -> None:
             running.details = details
             running.beat = True
+            if not running.is_async and (running.lost or running.cancel_requested) and not running.told:
+                # A thread cannot be interrupted: its heartbeat tells it, once.
+                running.told = True
+                raise asyncio.CancelledError("the activity was cancelled")
 
         info = ActivityInfo(
             activity_type=name, workflow_id=row["workflow_id"], workflow_type=row["workflow_type"],
             run_id=running.run_id, seq=running.seq, attempt=row["attempt"], queue=row["queue"],
             scheduled_at=row["scheduled_at"], started_at=row["started_at"],
             deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
+            _cancelled=lambda: running.lost or running.cancel_requested,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
         with tracer.start_as_current_span("cairn.activity", attributes={
@@ -747,7 +766,9 @@ class Worker(_QueryAnswering):
                 else:
                     log.info("result of %s dropped: the attempt was superseded or cancelled", name, extra=extra)
             except asyncio.CancelledError:
-                if not running.lost and self._stopping.is_set():
+                if running.cancel_requested and not running.lost:
+                    await self._cancelled(running, info.attempt, name, extra)
+                elif not running.lost and self._stopping.is_set():
                     await self._write(q("release_activity"), {
                         "run_id": running.run_id, "seq": running.seq, "token": running.token, "now": None})
                     log.info("released %s for another worker (draining)", name, extra=extra)
@@ -759,8 +780,21 @@ class Worker(_QueryAnswering):
                 if self._running.get(key) is running:
                     del self._running[key]
 
+    async def _cancelled(self, running: _Running, attempt: int, name: str, extra: dict[str, Any]) -> None:
+        """Records that a cancel-requested attempt stopped (wait_cancellation_completed)."""
+        ok = await self._write(q("complete_activity"), {
+            "run_id": running.run_id, "seq": running.seq, "token": running.token, "now": None,
+            "type": h.ACTIVITY_CANCELLED,
+            "data": Jsonb({"activity_seq": running.seq, "attempt": attempt, "started": True})})
+        if ok:
+            log.info("activity %s stopped after a cancel request", name, extra=extra)
+
     async def _failed(self, row: dict[str, Any], running: _Running, exc: BaseException,
                       extra: dict[str, Any]) -> None:
+        if running.cancel_requested:
+            # Stopped, by failing, after the workflow asked it to: no retry.
+            await self._cancelled(running, row["attempt"], row["activity_type"], extra)
+            return
         failure = failure_of(exc)
         non_retryable = isinstance(exc, InputValidationError) or bool(failure.get("non_retryable"))
         await self._fail_attempt(row, running.run_id, running.seq, running.token, row["attempt"],
@@ -921,7 +955,7 @@ class Worker(_QueryAnswering):
                 async with self._pool.connection() as c:
                     cur = await c.execute(q("renew_activity_leases"), {
                         "beats": Jsonb(rows), "lease": self.lease_seconds, "worker": self.identity, "now": None})
-                    alive = {(str(a), s) for a, s in await cur.fetchall()}
+                    alive = {(str(a), s): bool(cancel) for a, s, cancel in await cur.fetchall()}
             except Exception as exc:
                 log.warning("heartbeat flush failed: %s", exc)
                 continue
@@ -930,6 +964,13 @@ class Worker(_QueryAnswering):
             for row in rows:
                 key = (row["run_id"], row["seq"])
                 owned = self._running.get(key)
+                if alive.get(key) and owned is not None and owned.token == row["token"] and not owned.cancel_requested:
+                    # The workflow waits for this attempt to stop (wait_cancellation_completed):
+                    # cancel an async attempt; a thread sees it at activity.heartbeat().
+                    owned.cancel_requested = True
+                    if owned.is_async and owned.task is not None and not owned.recording:
+                        owned.task.cancel()
+                    continue
                 if key not in alive and owned is not None and owned.token == row["token"] and not owned.lost:
                     # Cancelled by the workflow, timed out, or taken over: stop it.
                     owned.lost = True
@@ -1000,6 +1041,14 @@ class Worker(_QueryAnswering):
                             "retry_state": "schedule_to_close_timeout"})}, c)
                     continue
                 if row["lease_owner"] is None:
+                    continue
+                if row["cancel_requested"]:
+                    # Its worker died or it timed out after the workflow asked it to stop:
+                    # it has stopped, do not retry it.
+                    await self._write(q("complete_activity"), {
+                        "run_id": row["run_id"], "seq": row["seq"], "token": row["token"], "now": None,
+                        "type": h.ACTIVITY_CANCELLED, "data": Jsonb({
+                            "activity_seq": row["seq"], "attempt": row["attempt"], "started": True})}, c)
                     continue
                 if row["attempt_deadline"] is not None and row["attempt_deadline"] <= now:
                     kind, msg = "StartToCloseTimeout", "start-to-close timeout exceeded"

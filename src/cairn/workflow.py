@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, seconds, to_payload
-from cairn.engine.instance import ActivityHandle, WorkflowInstance
+from cairn.engine.instance import CANCELLATION_TYPES, TRY_CANCEL, ActivityHandle, WorkflowInstance
 from cairn.engine.loop import WorkflowLoop
 from cairn.errors import CairnError, InputValidationError
 
@@ -26,11 +26,15 @@ if TYPE_CHECKING:
     from cairn.saga import Saga
 
 __all__ = [
-    "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn", "execute_activity",
-    "info", "logger", "now", "random", "saga", "sleep", "start_activity", "unsafe_is_replaying", "uuid4",
+    "ActivityCancellationType", "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn",
+    "deprecate_patch", "execute_activity", "info", "logger", "now", "patched", "random", "saga", "sleep",
+    "start_activity", "unsafe_is_replaying", "uuid4",
 ]
 # Messages: signals, wait conditions, queries (in their own section below).
 __all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
+
+ActivityCancellationType = Literal["try_cancel", "wait_cancellation_completed", "abandon"]
+"""What cancelling an activity's handle does (see :class:`ActivityHandle`)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,6 +124,37 @@ def uuid4() -> uuid.UUID:
     return _instance().uuid4()
 
 
+def patched(patch_id: str) -> bool:
+    """Whether to run the new code of a change made while runs were in flight.
+
+    ``if workflow.patched("my-change"): new() else: old()``. A run that reaches this call
+    for the first time under the new code records a ``MarkerRecorded {"kind": "patch"}``
+    command and gets True; a run whose history was recorded by the old code, before the
+    call existed, replays without the marker and gets False, so it keeps taking the old
+    path. The answer is the same for every call with the same id in a run.
+
+    Args:
+        patch_id: names the change; unique within the workflow type.
+    """
+    if not isinstance(patch_id, str) or not patch_id:
+        raise InputValidationError("workflow.patched needs a non-empty patch id")
+    return _instance().patched(patch_id)
+
+
+def deprecate_patch(patch_id: str) -> None:
+    """Marks a patch whose old code path is gone: every run still in flight took the new one.
+
+    Replace ``if workflow.patched(id): new() else: old()`` by ``workflow.deprecate_patch(id);
+    new()`` once no run can take the old path. It records the same patch marker (flagged
+    ``deprecated``) but never fails a replay, whether the history has the marker or not;
+    remove the call once no run that recorded the marker remains (a recorded patch marker
+    that no call asks for is skipped on replay).
+    """
+    if not isinstance(patch_id, str) or not patch_id:
+        raise InputValidationError("workflow.deprecate_patch needs a non-empty patch id")
+    _instance().patched(patch_id, deprecated=True)
+
+
 def unsafe_is_replaying() -> bool:
     """Whether the code is being replayed from history (for logging decisions only)."""
     return _instance().replaying
@@ -144,12 +179,13 @@ class ActivityCall:
     options: dict[str, Any]
     queue: str | None
     returns: Callable[[Any], Any] | None
+    cancellation_type: str = TRY_CANCEL
 
     def start(self, tags: dict[str, Any] | None = None) -> ActivityHandle:
         """Schedules the activity (``tags`` are extra keys of its ``ActivityScheduled`` event)."""
         inst = _instance()
         return inst.schedule_activity(self.name, self.args, self.options, self.queue or inst.info.queue,
-                                      self.returns, tags)
+                                      self.returns, tags, self.cancellation_type)
 
 
 def prepare_activity(
@@ -161,6 +197,7 @@ def prepare_activity(
     heartbeat_timeout: timedelta | float | None,
     retry_policy: RetryPolicy | None,
     queue: str | None,
+    cancellation_type: str = TRY_CANCEL,
 ) -> ActivityCall:
     """Validates an activity invocation (see :func:`start_activity`) without scheduling it.
 
@@ -183,6 +220,11 @@ def prepare_activity(
         def returns(data: Any) -> Any:
             return sig.validate_result(data, f"activity {name}")
 
+    if cancellation_type not in CANCELLATION_TYPES:
+        raise InputValidationError(
+            f"activity {name}: cancellation_type must be one of {', '.join(CANCELLATION_TYPES)}, "
+            f"not {cancellation_type!r}"
+        )
     if start_to_close_timeout is None and schedule_to_close_timeout is None:
         raise InputValidationError(
             f"activity {name}: set start_to_close_timeout or schedule_to_close_timeout"
@@ -194,7 +236,7 @@ def prepare_activity(
         "heartbeat_timeout": seconds(heartbeat_timeout),
         "retry_policy": policy.model_dump(mode="json"),
     }
-    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns)
+    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)
 
 
 def start_activity(
@@ -205,6 +247,7 @@ def start_activity(
     heartbeat_timeout: timedelta | float | None = None,
     retry_policy: RetryPolicy | None = None,
     queue: str | None = None,
+    cancellation_type: ActivityCancellationType = "try_cancel",
 ) -> ActivityHandle:
     """Schedules an activity and returns a handle (an awaitable future you may cancel).
 
@@ -216,12 +259,16 @@ def start_activity(
         heartbeat_timeout: the most time between two heartbeats of a running attempt.
         retry_policy: how failed attempts are retried (default: unlimited, 1 s doubling).
         queue: the activity queue (default: the workflow's queue).
+        cancellation_type: what cancelling the handle does: ``"try_cancel"`` (resolve with
+            ``CancelledError`` at once, tell a running attempt), ``"wait_cancellation_completed"``
+            (tell it, and resolve once it has stopped) or ``"abandon"`` (resolve at once, let
+            it run on; its outcome is ignored). See :class:`ActivityHandle`.
     """
     _instance()
     call = prepare_activity(
         activity, args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
-        retry_policy=retry_policy, queue=queue,
+        retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
     )
     saga_id = current_saga.get()
     return call.start(None if saga_id is None else {"saga": saga_id})
@@ -250,6 +297,7 @@ async def execute_activity(
     heartbeat_timeout: timedelta | float | None = None,
     retry_policy: RetryPolicy | None = None,
     queue: str | None = None,
+    cancellation_type: ActivityCancellationType = "try_cancel",
 ) -> Any:
     """Runs an activity and returns its result (see :func:`start_activity`).
 
@@ -259,7 +307,7 @@ async def execute_activity(
     return await start_activity(
         activity, *args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
-        retry_policy=retry_policy, queue=queue,
+        retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
     )
 
 

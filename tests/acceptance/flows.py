@@ -150,6 +150,7 @@ class SagaTrip(BaseModel):
     fail_at: int = 4  # this step fails non-retryably: the saga compensates the steps before it
     hold_undo: int = 0  # on its first attempt, this compensation blocks after its effect
     hold: float = 0.0
+    pre_register: bool = False  # register each compensation before its step
 
 
 @activity.defn
@@ -177,7 +178,10 @@ async def saga_trip(trip: SagaTrip) -> list[str]:
     done = []
     async with workflow.saga() as saga:
         for i in range(1, trip.steps + 1):
+            if trip.pre_register:
+                saga.compensate(saga_undo, trip, i, retry_policy=FAST_RETRY)
             done.append(await workflow.execute_activity(saga_step, trip, i, start_to_close_timeout=120,
                                                         retry_policy=FAST_RETRY))
-            saga.compensate(saga_undo, trip, i, retry_policy=FAST_RETRY)
+            if not trip.pre_register:
+                saga.compensate(saga_undo, trip, i, retry_policy=FAST_RETRY)
     return done

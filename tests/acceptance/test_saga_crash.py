@@ -76,3 +76,51 @@ def test_killed_during_a_compensation_is_finished_by_another_worker_once(workers
     ran = cairn_cli("replay", "saga-crash", "-m", "flows", db_url=db)
     assert ran.code == 0, ran.out + ran.err
     assert ran.out.startswith("OK: ")
+
+
+def test_killed_during_the_first_compensation_failing_at_each_step(workers, side_tables):
+    """A 5-step saga failing at each step k in turn (compensations registered after their
+    step, and before it): the worker is killed during the first compensation of every run
+    at once; another worker finishes them, each compensation of steps < k (and k when
+    pre-registered) exactly once, newest first."""
+    db = side_tables
+    runs = {}
+    for pre in (False, True):
+        for k in range(1 if pre else 2, 6):
+            first_undo = k if pre else k - 1
+            runs[f"saga-k{k}-{'pre' if pre else 'after'}"] = (k, pre, flows.SagaTrip(
+                steps=5, fail_at=k, hold_undo=first_undo, hold=600, pre_register=pre))
+    start_runs(db, flows.saga_trip, [(wid, trip) for wid, (_, _, trip) in runs.items()])
+    a = workers("a")
+    for wid, (_, _, trip) in runs.items():
+        wait_for(f"the first compensation of {wid} to hold",
+                 lambda wid=wid, trip=trip: query(db, "SELECT 1 FROM attempts WHERE workflow_id = %s AND label = %s",
+                                                  (wid, f"undo-{trip.hold_undo}")), procs=(a,))
+    a.kill9()
+    b = workers("b")
+    for wid in runs:
+        wait_for(f"{wid} to fail, compensated", lambda wid=wid: run_status(db, wid) == "failed", procs=(a, b))
+
+    for wid, (k, pre, _) in runs.items():
+        expected = list(range(k if pre else k - 1, 0, -1))
+        events = history(db, wid)
+        assert [s for s, *_ in events] == list(range(1, len(events) + 1)), wid
+        undo = [(s, d["input"][1]) for s, t, d, _ in events
+                if t == "ActivityScheduled" and d["activity_type"] == "saga_undo"]
+        assert [i for _, i in undo] == expected, wid
+        completions = Counter(d["activity_seq"] for _, t, d, _ in events if t == "ActivityCompleted")
+        assert [completions[s] for s, _ in undo] == [1] * len(undo), wid
+        assert not [d for _, t, d, _ in events if t == "ActivityFailed" and d["activity_seq"] in dict(undo)], wid
+        assert [d["event"] for _, t, d, _ in events if t == "MarkerRecorded"] == [
+            "started", "compensation_started", "compensation_ended"], wid
+        assert f"StepFailed: step {k} failed" in events[-1][2]["failure"]["message"], wid
+        effects = query(db, "SELECT label, count(*) FROM effects WHERE workflow_id = %s AND label LIKE 'undo-%%' "
+                            "GROUP BY label ORDER BY label", (wid,))
+        assert effects == [(f"undo-{i}", 1) for i in sorted(expected)], wid
+        # The held compensation ran on a, was killed, and was finished by b, once in effect.
+        tries = query(db, "SELECT pid FROM attempts WHERE workflow_id = %s AND label = %s ORDER BY id",
+                      (wid, f"undo-{expected[0]}"))
+        assert tries[0][0] == a.pid, wid
+        assert tries[-1][0] == b.pid, wid
+    for table in ("workflow_tasks", "activity_tasks", "timers", "inbox"):
+        assert query(db, f"SELECT count(*) FROM cairn.{table}") == [(0,)], table

@@ -58,3 +58,13 @@ async def golden_signals_no_timeout(name: str) -> dict[str, Any]:
     expected = await workflow.wait_signal("finish")
     await workflow.wait_condition(lambda: len(state["greetings"]) >= expected)
     return {"name": name, **state}
+
+
+@workflow.defn(name="golden_patched")
+async def golden_patched_unguarded(x: int) -> dict[str, Any]:
+    """The same change made without workflow.patched: ``patched.json`` (recorded before the
+    change) diverges at the greeting."""
+    doubled = await workflow.execute_activity(double, x, start_to_close_timeout=TIMEOUT)
+    greeting = await workflow.execute_activity(greet, f"patched {doubled}", start_to_close_timeout=TIMEOUT)
+    again = await workflow.execute_activity(double, doubled, start_to_close_timeout=TIMEOUT)
+    return {"doubled": doubled, "greeting": greeting, "again": again}

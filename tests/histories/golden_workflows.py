@@ -103,3 +103,17 @@ async def golden_signals(name: str) -> dict[str, Any]:
     expected = await workflow.wait_signal("finish", timeout=600)
     await workflow.wait_condition(lambda: len(state["greetings"]) >= expected)
     return {"name": name, **state}
+
+
+@workflow.defn
+async def golden_patched(x: int) -> dict[str, Any]:
+    """A change deployed while runs were in flight: a greeting between the two doublings,
+    guarded by workflow.patched. ``patched.json`` was recorded by the code before the change
+    (``unpatched_workflows.py``) and replays through the old branch; ``patched_new_run.json``
+    was recorded by this code and has the patch marker."""
+    doubled = await workflow.execute_activity(double, x, start_to_close_timeout=TIMEOUT)
+    greeting = None
+    if workflow.patched("greet-between"):
+        greeting = await workflow.execute_activity(greet, f"patched {doubled}", start_to_close_timeout=TIMEOUT)
+    again = await workflow.execute_activity(double, doubled, start_to_close_timeout=TIMEOUT)
+    return {"doubled": doubled, "greeting": greeting, "again": again}

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import golden_workflows as g  # noqa: E402
+import unpatched_workflows as old  # noqa: E402
 
 from cairn import Client, Worker, WorkflowFailure, db  # noqa: E402
 
@@ -30,6 +31,9 @@ RUNS = {  # file name -> (workflow, input)
     "pipeline_completed.json": (g.golden_pipeline, 21),
     "retry_failed_caught.json": (g.golden_retry, 7),
     "saga_compensated.json": (g.golden_saga, "lisbon"),
+    # Recorded by the code before the change that golden_patched guards with patched().
+    "patched.json": (old.golden_patched_before, 5),
+    "patched_new_run.json": (g.golden_patched, 5),
     "signal_driven.json": (g.golden_signals, "golden"),
 }
 # Signals sent, one after another, right after a run's start (file name -> [(name, payload)]).
@@ -39,29 +43,34 @@ SIGNALS: dict[str, list[tuple[str, Any]]] = {
 
 
 async def record(url: str, names: list[str]) -> None:
-    worker = Worker(url, workflows=[g.golden_pipeline, g.golden_retry, g.golden_saga, g.golden_signals],
+    for name in names:
+        await record_one(url, name)
+
+
+async def record_one(url: str, name: str) -> None:
+    """One worker per file: the old and new code of golden_patched share a type name."""
+    fn, arg = RUNS[name]
+    worker = Worker(url, workflows=[fn],
                     activities=[g.double, g.greet, g.always_fails, g.reserve, g.sold_out, g.cancel],
                     poll_interval=0.1)
     runner = asyncio.create_task(worker.run())
     await worker.started()
     try:
         async with await Client.connect(url) as client:
-            for name in names:
-                fn, arg = RUNS[name]
-                wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
-                handle = await client.start(fn, arg, id=wid)
-                for signal, payload in SIGNALS.get(name, []):
-                    await handle.signal(signal, payload)
-                try:
-                    print(name, "->", await handle.result(timeout=30))
-                except WorkflowFailure as err:
-                    print(name, "-> failed:", err.message)
-                done = await asyncio.to_thread(
-                    subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
-                    env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
-                )
-                out = done.stdout
-                (HERE / name).write_text(out if out.endswith("\n") else out + "\n")
+            wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
+            handle = await client.start(fn, arg, id=wid)
+            for signal, payload in SIGNALS.get(name, []):
+                await handle.signal(signal, payload)
+            try:
+                print(name, "->", await handle.result(timeout=30))
+            except WorkflowFailure as err:
+                print(name, "-> failed:", err.message)
+            done = await asyncio.to_thread(
+                subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
+                env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
+            )
+            out = done.stdout
+            (HERE / name).write_text(out if out.endswith("\n") else out + "\n")
     finally:
         worker.stop()
         await runner

@@ -24,7 +24,12 @@ TIMER_FIRED = "TimerFired"
 CANCEL_REQUESTED = "CancelRequested"
 # A signal sent to the run (data {"name": str, "payload": <json>}): client.signal.
 SIGNAL_RECEIVED = "SignalReceived"
-INPUT_EVENTS = frozenset({ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED, SIGNAL_RECEIVED})
+# A cancelled activity has stopped (cancellation type wait_cancellation_completed): data
+# {"activity_seq", "attempt", "started"}.
+ACTIVITY_CANCELLED = "ActivityCancelled"
+INPUT_EVENTS = frozenset({
+    ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED, SIGNAL_RECEIVED, ACTIVITY_CANCELLED,
+})
 
 # Command events: produced by the code, matched on replay.
 ACTIVITY_SCHEDULED = "ActivityScheduled"
@@ -57,8 +62,18 @@ _IDENTITY_KEYS = {
     ACTIVITY_SCHEDULED: ("activity_type",),
     ACTIVITY_CANCEL_REQUESTED: ("activity_seq",),
     TIMER_CANCELLED: ("timer_seq",),
-    MARKER_RECORDED: ("kind", "event"),
+    # Saga markers are told apart by kind/event, patch markers by kind/patch_id; a key a
+    # marker does not have is None on both sides.
+    MARKER_RECORDED: ("kind", "event", "patch_id"),
 }
+# The marker kind of workflow.patched / workflow.deprecate_patch.
+PATCH_MARKER = "patch"
+
+
+def is_patch_marker(event: Event, patch_id: str | None = None) -> bool:
+    """Whether a recorded event is a patch marker (of ``patch_id``, if given)."""
+    return (event.type == MARKER_RECORDED and event.data.get("kind") == PATCH_MARKER
+            and (patch_id is None or event.data.get("patch_id") == patch_id))
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,7 @@ class Command:
 
     def describe(self) -> str:
         keys = _IDENTITY_KEYS.get(self.type, ())
-        detail = ", ".join(f"{k}={self.data.get(k)!r}" for k in keys)
+        detail = ", ".join(f"{k}={self.data.get(k)!r}" for k in keys if self.data.get(k) is not None)
         return f"{self.type}({detail})" if detail else self.type
 
     def matches(self, event: Event) -> bool:
@@ -128,6 +143,10 @@ def summarize(e: Event) -> str:
         if d.get("event") == "compensation_started":
             return f"{what}: {', '.join(map(str, d.get('compensations') or [])) or 'nothing to undo'}"
         return f"{what}: {d['status']}" if "status" in d else what
+    if e.type == "MarkerRecorded" and d.get("kind") == PATCH_MARKER:
+        return f"patch {d.get('patch_id')}" + (" (deprecated)" if d.get("deprecated") else "")
+    if e.type == "ActivityCancelled":
+        return f"activity {d.get('activity_seq')} cancelled" + ("" if d.get("started") else " before it started")
     if e.type == "ActivityCompleted":
         return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
     if e.type == "ActivityFailed":

@@ -77,27 +77,62 @@ def failure_of(exc: BaseException) -> dict[str, Any]:
     return out
 
 
+# How cancelling an activity's handle treats the activity (Temporal's three types).
+TRY_CANCEL = "try_cancel"
+WAIT_CANCELLATION_COMPLETED = "wait_cancellation_completed"
+ABANDON = "abandon"
+CANCELLATION_TYPES = (TRY_CANCEL, WAIT_CANCELLATION_COMPLETED, ABANDON)
+
+
 class ActivityHandle(asyncio.Future[Any]):
     """A scheduled activity: await it for the result, or cancel it.
 
-    Cancelling it records an ``ActivityCancelRequested`` command; the activity task is
-    dropped and a running attempt is told through its lease renewal.
+    What cancelling does depends on the activity's cancellation type:
+
+    - ``try_cancel`` (default): records an ``ActivityCancelRequested`` command and resolves
+      with ``CancelledError`` at once; the activity task is dropped and a running attempt
+      is told through its lease renewal.
+    - ``wait_cancellation_completed``: records ``ActivityCancelRequested`` (with
+      ``cancellation_type``) but stays pending until the activity has stopped: it resolves
+      with ``CancelledError`` on the ``ActivityCancelled`` event, or with the outcome if the
+      activity finished anyway. ``cancel()`` returns False meanwhile (a task awaiting the
+      handle is cancelled when it resolves).
+    - ``abandon``: resolves with ``CancelledError`` at once and records nothing; the
+      activity runs on and its outcome is ignored.
     """
 
-    def __init__(self, instance: WorkflowInstance, seq: int, name: str, returns: Any) -> None:
+    def __init__(self, instance: WorkflowInstance, seq: int, name: str, returns: Any,
+                 cancellation_type: str = TRY_CANCEL) -> None:
         super().__init__(loop=instance.loop)
         self.seq = seq
         self.activity = name
+        self.cancellation_type = cancellation_type
         self._instance = instance
         self._returns = returns
+        self._cancel_sent = False
+        self._cancel_msg: Any = None
 
     def cancel(self, msg: Any = None) -> bool:
-        if not self.done():
-            self._instance.cancel_activity(self.seq)
+        if self.done():
+            return False
+        inst = self._instance
+        if self.cancellation_type == WAIT_CANCELLATION_COMPLETED and not inst.closed:
+            if not self._cancel_sent:
+                self._cancel_sent = True
+                self._cancel_msg = msg
+                inst.cancel_activity(self.seq, wait=True)
+            return False  # resolves when the ActivityCancelled (or an outcome) event arrives
+        if self.cancellation_type == ABANDON:
+            inst._activities.pop(self.seq, None)
+        else:
+            inst.cancel_activity(self.seq)
         return super().cancel(msg)
 
     def _resolve(self, event: Event) -> None:
         if self.done():
+            return
+        if event.type == h.ACTIVITY_CANCELLED:
+            super().cancel(self._cancel_msg)
             return
         if event.type == h.ACTIVITY_COMPLETED:
             try:
@@ -147,6 +182,13 @@ class WorkflowInstance:
         # by one of these exceptions reports the compensations.
         self.saga_outcomes: list[tuple[BaseException, dict[str, Any]]] = []
         self.messages = Messages(self)  # signals, wait conditions, queries
+        # While replaying one batch: its recorded command events by seq (see replay());
+        # None when the code runs live. workflow.patched() looks ahead in it.
+        self._recorded: dict[int, Event] | None = None
+        self._patches: dict[str, bool] = {}  # patch id -> the answer of patched(), per run
+        # The first determinism violation of this activation (the guard in engine.loop): it
+        # fails the workflow task even if the code swallowed the exception.
+        self.violation: DeterminismViolation | None = None
 
     # -- driving
 
@@ -167,10 +209,14 @@ class WorkflowInstance:
             self._main = self.loop.create_task(self._run_main(), name=f"workflow {self.info.workflow_id}")
         for event in inputs:
             self._apply(event)
+        self.violation = None
         try:
             self.messages.settle()  # run_until_blocked, then the wait conditions
         except BaseException as exc:
             raise WorkflowTaskFailed(exc) from exc
+        if self.violation is not None:
+            # Caught and swallowed by the code (``except Exception``): still a bug.
+            raise WorkflowTaskFailed(self.violation)
         self._check_main()
         return self._commands
 
@@ -218,7 +264,8 @@ class WorkflowInstance:
 
     def _apply(self, event: Event) -> None:
         data = event.data
-        if event.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED):
+        if event.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED, h.ACTIVITY_CANCELLED):
+            # An abandoned (or cancelled) activity's outcome finds no handle: ignored.
             handle = self._activities.pop(int(data["activity_seq"]), None)
             if handle is not None:
                 handle._resolve(event)
@@ -244,22 +291,72 @@ class WorkflowInstance:
             raise DeterminismViolation(f"a query handler must be read-only, but it tried to record {event_type}")
         if self.closed:
             raise DeterminismViolation("the workflow has already closed")
+        if self._recorded is not None and not (event_type == h.MARKER_RECORDED and data.get("kind") == h.PATCH_MARKER):
+            self._skip_patch_markers()
         self.last_seq += 1
         self._commands.append(Command(self.last_seq, event_type, data))
         return self.last_seq
 
     def schedule_activity(self, name: str, args: list[Any], options: dict[str, Any],
-                          queue: str, returns: Any, tags: dict[str, Any] | None = None) -> ActivityHandle:
-        seq = self._command(h.ACTIVITY_SCHEDULED, {
-            "activity_type": name, "queue": queue, "input": args, "options": options, **(tags or {}),
-        })
-        handle = ActivityHandle(self, seq, name, returns)
+                          queue: str, returns: Any, tags: dict[str, Any] | None = None,
+                          cancellation_type: str = TRY_CANCEL) -> ActivityHandle:
+        data = {"activity_type": name, "queue": queue, "input": args, "options": options, **(tags or {})}
+        if cancellation_type != TRY_CANCEL:  # absent means try_cancel, as in older histories
+            data["cancellation_type"] = cancellation_type
+        seq = self._command(h.ACTIVITY_SCHEDULED, data)
+        handle = ActivityHandle(self, seq, name, returns, cancellation_type)
         self._activities[seq] = handle
         return handle
 
-    def cancel_activity(self, seq: int) -> None:
-        if self._activities.pop(seq, None) is not None and not self.closed:
-            self._command(h.ACTIVITY_CANCEL_REQUESTED, {"activity_seq": seq})
+    def cancel_activity(self, seq: int, *, wait: bool = False) -> None:
+        """Records ``ActivityCancelRequested``; with ``wait`` the handle stays registered
+        until the activity's ``ActivityCancelled`` (or outcome) event arrives."""
+        handle = self._activities.get(seq) if wait else self._activities.pop(seq, None)
+        if handle is not None and not self.closed:
+            data: dict[str, Any] = {"activity_seq": seq}
+            if wait:
+                data["cancellation_type"] = WAIT_CANCELLATION_COMPLETED
+            self._command(h.ACTIVITY_CANCEL_REQUESTED, data)
+
+    # -- versioning
+
+    def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
+        """Whether the code should take the patched branch (see ``workflow.patched``).
+
+        Live, records a patch marker and answers True. Replaying, answers True (and
+        produces the marker) only if the batch's next recorded commands include that
+        patch marker; otherwise False, recording nothing: the run started under the old
+        code. The answer is memoized per patch id for the run.
+        """
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        use = True
+        if self._recorded is not None:
+            use = False
+            seq = self.last_seq + 1
+            # Look past markers of patches the code no longer asks about (tolerated).
+            while (event := self._recorded.get(seq)) is not None and h.is_patch_marker(event):
+                if event.data.get("patch_id") == patch_id:
+                    self.last_seq = seq - 1
+                    use = True
+                    break
+                seq += 1
+        if use:
+            self._command(h.MARKER_RECORDED, {"kind": h.PATCH_MARKER, "patch_id": patch_id, "deprecated": deprecated})
+        self._patches[patch_id] = use
+        return use
+
+    def _skip_patch_markers(self) -> None:
+        """Replaying: steps over recorded patch markers that no call asked for.
+
+        A patch marker never changes workflow state, so a history that has one where the
+        code no longer calls ``patched``/``deprecate_patch`` (the call was removed once no
+        old runs remained) replays as if the marker were not there.
+        """
+        assert self._recorded is not None
+        while (event := self._recorded.get(self.last_seq + 1)) is not None and h.is_patch_marker(event):
+            self.last_seq += 1
 
     def record_marker(self, data: dict[str, Any]) -> int:
         """Records a ``MarkerRecorded`` command (``data["kind"]`` says whose); returns its seq."""
@@ -342,7 +439,16 @@ def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Even
             while i < len(events) and events[i].type in h.INPUT_EVENTS:
                 inputs.append(events[i])
                 i += 1
+            end = i
+            while end < len(events) and events[end].type in h.COMMAND_EVENTS:
+                end += 1
+            # The batch's recorded commands, for workflow.patched() to look ahead in.
+            instance._recorded = {e.seq: e for e in events[i:end]}
             for command in instance.activate(marker, inputs):
+                # Recorded patch markers that no call asked for are skipped (see
+                # WorkflowInstance._skip_patch_markers): the command's seq is past them.
+                while i < end and h.is_patch_marker(events[i]) and events[i].seq < command.seq:
+                    i += 1
                 recorded = events[i] if i < len(events) else None
                 if recorded is None or not command.matches(recorded):
                     if recorded is not None and recorded.type not in h.COMMAND_EVENTS:
@@ -351,8 +457,11 @@ def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Even
                         command.seq, h.describe_event(recorded) if recorded else None, command.describe()
                     )
                 i += 1
+            while i < end and h.is_patch_marker(events[i]):
+                i += 1
             if i < len(events) and events[i].type in h.COMMAND_EVENTS:
                 raise NonDeterminismError(events[i].seq, h.describe_event(events[i]), None)
     finally:
         instance.replaying = False
+        instance._recorded = None
     return instance

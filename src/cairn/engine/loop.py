@@ -6,16 +6,32 @@ callbacks in order; ``call_later``/``call_at`` (and so ``asyncio.sleep``, ``wait
 history. Anything that would do I/O raises :class:`~cairn.errors.DeterminismViolation`.
 The loop never blocks: :meth:`run_until_blocked` runs ready callbacks until none is left,
 which is the moment every coroutine of the workflow waits on something from history.
+
+The determinism guard (installed by the worker, :func:`install_guard`) has two halves: an
+audit hook for I/O (files, sockets, subprocesses), and a profile hook, set only while
+:meth:`WorkflowLoop.run_until_blocked` runs, for what no audit event covers: the wall
+clock, the global random generator, ``uuid1``/``uuid4``, ``os.urandom``/``secrets`` and
+threads. Either raises :class:`~cairn.errors.DeterminismViolation` naming the call and its
+deterministic alternative, and notes it on the instance so that the workflow task fails
+even if the code swallowed the exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextvars
+import datetime
 import os
+import random
+import secrets
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable, Coroutine
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cairn.errors import DeterminismViolation
@@ -53,6 +69,15 @@ def _reads_source(path: Any, mode: Any, flags: Any) -> bool:
     return isinstance(flags, int) and not flags & _WRITE_FLAGS
 
 
+def _violation(message: str) -> DeterminismViolation:
+    """The error to raise, noted on the running instance first (see WorkflowInstance.violation)."""
+    exc = DeterminismViolation(message)
+    loop = asyncio.events._get_running_loop()
+    if isinstance(loop, WorkflowLoop) and loop.instance.violation is None:
+        loop.instance.violation = exc
+    return exc
+
+
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if not _IN_WORKFLOW.get():
         return
@@ -60,22 +85,122 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         path, mode, flags = (*args, None, None, None)[:3]
         if isinstance(path, int) or _is_bytecode_cache(path) or _reads_source(path, mode, flags):
             return
-        raise DeterminismViolation(f"workflow code opened {path!r}: do I/O in an activity, not in the workflow")
+        raise _violation(f"workflow code opened {path!r}: do I/O in an activity, not in the workflow")
     if event in _FORBIDDEN_EVENTS:
         if event in ("os.mkdir", "os.rename") and args and _is_bytecode_cache(args[0]):
             return
-        raise DeterminismViolation(f"workflow code did {event}: do I/O in an activity, not in the workflow")
+        raise _violation(f"workflow code did {event}: do I/O in an activity, not in the workflow")
+
+
+# -- the profile hook: calls that no audit event covers
+
+_CLOCK = "use workflow.now() (workflow time, the same on every replay)"
+_RANDOM = "use workflow.random() (a generator seeded from the run id)"
+_UUID = "use workflow.uuid4()"
+_SECRET = "make secrets in an activity (they must not enter history anyway)"
+_THREAD = "run it in an activity"
+_SLEEP = "use await workflow.sleep() or asyncio.sleep() (a durable timer)"
+
+# C functions and methods, looked up by equality (a bound builtin method equals another
+# binding of the same method to the same object): callable -> (name, alternative).
+_C_CALLS: dict[Any, tuple[str, str]] = {
+    **{getattr(time, n): (f"time.{n}", _CLOCK) for n in (
+        "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns")},
+    time.sleep: ("time.sleep", _SLEEP),
+    datetime.datetime.now: ("datetime.now", _CLOCK),
+    datetime.datetime.utcnow: ("datetime.utcnow", _CLOCK),
+    datetime.datetime.today: ("datetime.today", _CLOCK),
+    datetime.date.today: ("date.today", _CLOCK),
+    random.random: ("random.random", _RANDOM),
+    random.getrandbits: ("random.getrandbits", _RANDOM),
+    os.urandom: ("os.urandom", _SECRET),
+    threading._start_new_thread: ("_thread.start_new_thread", _THREAD),  # type: ignore[attr-defined]
+}
+# Python functions, looked up by code object when called: code -> (name, alternative).
+_PY_CALLS: dict[CodeType, tuple[str, str]] = {
+    uuid.uuid1.__code__: ("uuid.uuid1", _UUID),
+    uuid.uuid4.__code__: ("uuid.uuid4", _UUID),
+    threading.Thread.start.__code__: ("threading.Thread.start", _THREAD),
+    concurrent.futures.ThreadPoolExecutor.submit.__code__: ("ThreadPoolExecutor.submit", _THREAD),
+    concurrent.futures.ProcessPoolExecutor.submit.__code__: ("ProcessPoolExecutor.submit", _THREAD),
+    **{getattr(secrets, n).__code__: (f"secrets.{n}", _SECRET) for n in (
+        "token_bytes", "token_hex", "token_urlsafe", "randbelow")},
+}
+# random.Random's Python methods: forbidden only when bound to the module's hidden global
+# generator (random.randint & co.) or to secrets' SystemRandom; workflow.random() is
+# another instance of the same class and runs the same code.
+_RANDOM_METHODS: dict[CodeType, str] = {
+    fn.__code__: name for name in dir(random.Random)
+    if not name.startswith("_") and hasattr(fn := getattr(random.Random, name), "__code__")
+}
+_SHARED_GENERATORS: dict[int, tuple[str, str]] = {
+    id(random._inst): ("random", _RANDOM),
+    id(secrets._sysrand): ("secrets", _SECRET),  # type: ignore[attr-defined]
+}
+# Modules whose calls (and the calls of what they call) are allowed: the standard
+# library's logging stamps each record with time.time() (workflow.logger goes through it).
+_EXEMPT_CALLERS = ("logging",)
+
+
+def _called_from_exempt(frame: FrameType | None) -> bool:
+    """Whether a frame on the stack belongs to an exempt module: logging, and so also the
+    handlers and formatters it calls (a JSON formatter stamping ``datetime.now()``)."""
+    depth = 0
+    while frame is not None and depth < 64:
+        if str(frame.f_globals.get("__name__", "")).startswith(_EXEMPT_CALLERS):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def _profile(frame: FrameType, event: str, arg: Any) -> None:
+    """The profile hook set while workflow code runs (see the module docstring)."""
+    if event == "c_call":
+        try:
+            hit = _C_CALLS.get(arg)
+        except TypeError:  # a method of an unhashable object: never one of ours
+            return
+        if hit is None:
+            return
+        caller: FrameType | None = frame
+    elif event == "call":
+        code = frame.f_code
+        hit = _PY_CALLS.get(code)
+        if hit is None:
+            method = _RANDOM_METHODS.get(code)
+            if method is None:
+                return
+            shared = _SHARED_GENERATORS.get(id(frame.f_locals.get("self")))
+            if shared is None:
+                return
+            hit = (f"{shared[0]}.{method}", shared[1])
+        caller = frame.f_back
+    else:
+        return
+    if _called_from_exempt(caller):
+        return
+    name, alternative = hit
+    # Raising from a profile hook makes the interpreter drop the hook for the rest of the
+    # activation; the violation noted on the instance fails the task anyway.
+    raise _violation(f"workflow code called {name}(), which differs on replay: {alternative}")
 
 
 _audit_installed = False
 
 
 def install_guard() -> None:
-    """Installs the audit hook that turns I/O inside workflow code into a clear error."""
+    """Installs the determinism guard: the audit hook now, the profile hook in every
+    activation from now on (see the module docstring)."""
     global _audit_installed
     if not _audit_installed:
         sys.addaudithook(_audit)
         _audit_installed = True
+
+
+def guard_installed() -> bool:
+    """Whether :func:`install_guard` has run in this process."""
+    return _audit_installed
 
 
 def in_workflow() -> bool:
@@ -102,6 +227,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         token = _IN_WORKFLOW.set(True)
         self._running = True
         budget = MAX_CALLBACKS_PER_ACTIVATION
+        # The profile hook yields to a profiler already set (cProfile, a debugger): a C
+        # profiler could not be restored through sys.setprofile afterwards.
+        guarded = _audit_installed and sys.getprofile() is None
+        if guarded:
+            sys.setprofile(_profile)
         try:
             while self._ready:
                 handle = self._ready.popleft()
@@ -116,6 +246,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                         "without waiting on anything durable: is it spinning?"
                     )
         finally:
+            if guarded:
+                sys.setprofile(None)
             self._running = False
             _IN_WORKFLOW.reset(token)
             asyncio.events._set_running_loop(previous)

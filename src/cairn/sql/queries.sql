@@ -380,7 +380,8 @@ WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 
 -- name: renew_activity_leases
 -- One batched statement per worker process and flush: extends the leases of the attempts
--- it runs and records their heartbeats. Attempts not returned were cancelled or superseded.
+-- it runs and records their heartbeats. Attempts not returned were cancelled or superseded;
+-- cancel_requested says the workflow waits for a returned one to stop (0005).
 UPDATE cairn.activity_tasks a
 SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second',
     heartbeat_details = CASE WHEN h.beat THEN h.details ELSE a.heartbeat_details END,
@@ -392,13 +393,13 @@ SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * inter
 FROM jsonb_to_recordset(%(beats)s::jsonb)
      AS h(run_id uuid, seq integer, token bigint, beat boolean, details jsonb)
 WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token AND a.lease_owner = %(worker)s
-RETURNING a.run_id, a.seq
+RETURNING a.run_id, a.seq, a.cancel_requested
 
 -- name: expired_activity_tasks
 -- Attempts past a deadline (lease, start-to-close, heartbeat, schedule-to-close), locked
 -- for this transaction. SKIP LOCKED: reapers on several workers split the work.
 SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure,
-       lease_expires_at, attempt_deadline, heartbeat_deadline, schedule_deadline,
+       lease_expires_at, attempt_deadline, heartbeat_deadline, schedule_deadline, cancel_requested,
        coalesce(%(now)s::timestamptz, now()) AS now
 FROM cairn.activity_tasks
 WHERE timeout_at <= coalesce(%(now)s::timestamptz, now())
@@ -547,3 +548,34 @@ WITH answered AS (
     RETURNING id
 )
 SELECT pg_notify('cairn_query_answered', id::text) AS notified FROM answered
+
+-- ---------------------------------------------------------------- activity cancellation types
+
+-- name: request_activity_cancels
+-- Cancellation type wait_cancellation_completed, run by the workflow task that recorded the
+-- ActivityCancelRequested commands (after record_workflow_task, so an activity scheduled
+-- in the same task is there). An attempt not started (no lease: never claimed, or waiting
+-- out a retry backoff) is cancelled at once: its row goes and an ActivityCancelled event
+-- lands in the run's own inbox, with the run's task re-created (record_workflow_task
+-- deleted it in this transaction; DO UPDATE as in signal_run). A running attempt's row is
+-- flagged; the attempt learns it at its next lease renewal and records ActivityCancelled
+-- (or its outcome) itself.
+WITH waiting AS (
+    DELETE FROM cairn.activity_tasks
+    WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NULL
+    RETURNING run_id, seq, attempt, workflow_queue
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT run_id, 'ActivityCancelled',
+           jsonb_build_object('activity_seq', seq, 'attempt', attempt, 'started', false)
+    FROM waiting ORDER BY seq
+), flagged AS (
+    UPDATE cairn.activity_tasks SET cancel_requested = true
+    WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NOT NULL
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT DISTINCT run_id, workflow_queue FROM waiting
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
