@@ -193,6 +193,9 @@ class Token:
 
 
 _OPS = ("<=", ">=", "!=", "<>", "=", "<", ">")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORDISH = re.compile(r"[\w.+-]+")
 
 
 def _error(message: str, column: int, hint: str = "") -> InputValidationError:
@@ -247,23 +250,21 @@ def _scan(text: str, tokens: list[Token]) -> None:
             tokens.append(Token("string", "".join(chars), col, text[i:j + 1]))
             i = j + 1
         elif c.isdigit() or (c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")):
-            m = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?").match(text, i)
-            assert m is not None
+            m = _NUMBER.match(text, i)
+            if m is None or (m.end() < n and (text[m.end()].isalnum() or text[m.end()] in "_.")):
+                bad = _WORDISH.match(text, i)
+                raise _LexError(f"unexpected token {bad.group(0) if bad else c!r}", col)
             raw = m.group(0)
-            if m.end() < n and (text[m.end()].isalnum() or text[m.end()] == "_"):
-                word = re.compile(r"[\w.+-]+").match(text, i)
-                assert word is not None
-                raise _LexError(f"unexpected token {word.group(0)!r}", col)
             is_int = re.fullmatch(r"[+-]?\d+", raw) is not None
             tokens.append(Token("number", int(raw) if is_int else float(raw), col, raw))
             i = m.end()
         elif c.isalpha() or c == "_":
-            m = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").match(text, i)
-            assert m is not None
-            word = m.group(0)
+            name = _NAME.match(text, i)
+            assert name is not None  # c is a letter or _
+            word = name.group(0)
             kind = "kw" if word.upper() in KEYWORDS else "name"
             tokens.append(Token(kind, word.upper() if kind == "kw" else word, col, word))
-            i = m.end()
+            i = name.end()
         elif c in "(),":
             tokens.append(Token(c, c, col, c))
             i += 1
