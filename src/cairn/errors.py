@@ -44,6 +44,14 @@ class WorkflowAlreadyStarted(CairnError):
         self.run_id = run_id
 
 
+class InvalidFilter(InputValidationError):
+    """A ``list --where`` filter is malformed; ``column`` (1-based) says where."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(message)
+        self.column = column
+
+
 class UnknownWorkflowType(InputValidationError):
     """No worker has registered a workflow type of this name."""
 

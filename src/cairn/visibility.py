@@ -26,7 +26,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from cairn.common import check_text, to_payload
-from cairn.errors import InputValidationError
+from cairn.errors import InputValidationError, InvalidFilter
 
 MAX_KEY_LENGTH = 64
 MAX_ATTRIBUTES = 100
@@ -198,8 +198,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORDISH = re.compile(r"[\w.+-]+")
 
 
-def _error(message: str, column: int, hint: str = "") -> InputValidationError:
-    return InputValidationError(f"invalid filter: {message} at column {column}{' (' + hint + ')' if hint else ''}")
+def _error(message: str, column: int, hint: str = "") -> InvalidFilter:
+    return InvalidFilter(f"invalid filter: {message} at column {column}{' (' + hint + ')' if hint else ''}", column)
 
 
 def tokenize(text: str) -> list[Token]:
@@ -306,7 +306,7 @@ class _Parser:
             raise self.unexpected(f"expected {word}")
         self.take()
 
-    def unexpected(self, hint: str = "") -> InputValidationError:
+    def unexpected(self, hint: str = "") -> InvalidFilter:
         t = self.tok
         what = "unexpected end of filter" if t.kind == "end" else f"unexpected token {t.text!r}"
         return _error(what, t.column, hint)
