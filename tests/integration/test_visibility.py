@@ -257,3 +257,16 @@ async def test_names_are_attribute_keys_not_sql(client, fleet, sql):
     # A filter naming a table or a column is just an attribute that no run has.
     assert await ids(client, 'history = "x" OR run_id = "y" OR search_attributes = "z"') == []
     assert sql("SELECT count(*) FROM cairn.history") == [(6,)]
+
+
+def test_sync_client_start_in_callers_transaction(db_url, sql):
+    import psycopg
+
+    from cairn.sync import SyncClient
+
+    with SyncClient(db_url) as client, psycopg.connect(db_url) as conn:
+        with conn.transaction():
+            h = client.start(idle, id="sa-sync", conn=conn, search_attributes={"customer": "acme"}, memo={"x": 1})
+        assert [r["workflow_id"] for r in client.list(where='customer = "acme"')] == ["sa-sync"]
+    assert sql("SELECT search_attributes, memo FROM cairn.runs WHERE run_id = %s", (h.run_id,)) == [
+        ({"customer": "acme"}, {"x": 1})]
