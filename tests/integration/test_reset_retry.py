@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -161,7 +162,7 @@ async def test_reset_a_running_run_recreates_pending_work(client, start_worker, 
     # Pending at the reset point, re-created: the long timer at its original fire time...
     [(seq, fire_at)] = sql("SELECT seq, fire_at FROM cairn.timers WHERE run_id = %s", (new.run_id,))
     assert seq == long_seq
-    assert fire_at.isoformat() == timers[long_seq]["fire_at"]
+    assert fire_at == datetime.fromisoformat(timers[long_seq]["fire_at"])
     # ...and the activity as a fresh attempt with its recorded options (no worker serves its queue).
     [row] = sql("""SELECT seq, activity_type, queue, attempt, lease_owner, input, options, workflow_id
                    FROM cairn.activity_tasks WHERE run_id = %s""", (new.run_id,))
