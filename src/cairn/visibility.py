@@ -16,6 +16,7 @@ Equality on a search attribute is a jsonb containment test, which the GIN index
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -155,14 +156,7 @@ def check_memo(memo: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(memo, Mapping):
         raise InputValidationError("the memo must be a JSON object")
-    try:
-        payload = to_payload(dict(memo))
-    except InputValidationError:
-        raise
-    except Exception as exc:
-        raise InputValidationError(f"the memo is not JSON-serialisable: {exc}") from None
-    import json
-
+    payload = to_payload(dict(memo))  # raises InputValidationError for what JSON cannot hold
     if len(json.dumps(payload)) > MAX_MEMO_BYTES:
         raise InputValidationError(f"the memo is larger than {MAX_MEMO_BYTES} bytes")
     return payload  # type: ignore[no-any-return]

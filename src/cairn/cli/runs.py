@@ -78,7 +78,8 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --wait: give up after this many seconds.")
 @click.option("--search-attribute", "search_attributes", multiple=True, metavar="KEY=JSON",
-              help="A search attribute (repeatable), e.g. amount=12.5 or 'customer=\"acme\"'.")
+              help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
+                   "not JSON is a string (customer=acme).")
 @click.option("--memo", default=None, metavar="JSON|@FILE", help="A JSON object shown by describe.")
 @json_option
 @click.pass_obj
