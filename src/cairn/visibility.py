@@ -180,7 +180,7 @@ def merge_upserts(current: dict[str, Any], upsert: Mapping[str, Any]) -> dict[st
 class Token:
     """One token of a filter: its kind, value, and 1-based column."""
 
-    kind: str  # "name", "string", "number", "op", "(", ")", ",", "kw", "end"
+    kind: str  # "name", "string", "number", "op", "(", ")", ",", "kw", "end", "error"; "bool" for literals
     value: Any
     column: int
     text: str
