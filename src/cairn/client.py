@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -35,6 +36,7 @@ from cairn.errors import (
     WorkflowTimeout,
 )
 from cairn.saga import describe_sagas
+from cairn.visibility import check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
 
 IdConflictPolicy = Literal["fail", "use_existing"]
@@ -58,6 +60,9 @@ class RunDescription:
     pending_timers: list[dict[str, Any]] = field(default_factory=list)
     workflow_task: dict[str, Any] | None = None
     sagas: list[dict[str, Any]] = field(default_factory=list)
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] | None = None
+    reset_from: dict[str, Any] | None = None  # the run a reset or retry started from
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -149,6 +154,8 @@ class Client(ClientMessages):
         queue: str = "default",
         id_conflict: IdConflictPolicy = "fail",
         conn: psycopg.AsyncConnection[Any] | None = None,
+        search_attributes: Mapping[str, Any] | None = None,
+        memo: Mapping[str, Any] | None = None,
     ) -> WorkflowHandle:
         """Starts a workflow run and returns once the start is committed.
 
@@ -161,11 +168,15 @@ class Client(ClientMessages):
                 :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle.
             conn: the caller's own connection, inside its transaction: the start commits
                 or rolls back with the caller's writes (transactional outbox).
+            search_attributes: typed key/values to filter runs by (``cairn list --where``):
+                str, int, float, bool, timezone-aware datetime, or a list of str.
+            memo: a JSON object shown by ``describe`` (not searchable).
 
         Raises:
             InputValidationError: bad arguments, id, queue or policy; nothing was written.
         """
         params, signature = await self._start_params(workflow, args, id, queue, id_conflict)
+        add_visibility(params, search_attributes, memo)
         with tracer.start_as_current_span("cairn.start_workflow", attributes={
             "cairn.workflow_id": params["workflow_id"], "cairn.workflow_type": params["workflow_type"],
         }):
@@ -198,6 +209,7 @@ class Client(ClientMessages):
             "workflow_type": name, "queue": queue, "now": None,
             "data": Jsonb({"workflow_type": name, "input": payload, "queue": queue,
                            "workflow_id": workflow_id}),
+            "search_attributes": None, "memo": None,
         }
         return params, signature
 
@@ -266,8 +278,16 @@ class Client(ClientMessages):
         return row
 
     async def list(self, *, status: str | None = None, workflow_type: str | None = None,
-                   limit: int = 50) -> list[dict[str, Any]]:
-        """Runs, newest first, optionally filtered by status and workflow type."""
+                   limit: int = 50, where: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally filtered by status and workflow type.
+
+        ``where`` is a filter such as ``customer = "acme" AND amount > 10`` (see
+        :mod:`cairn.visibility`); with it the rows also carry search attributes and memo.
+
+        Raises:
+            InputValidationError: a bad status, limit or filter (the message names the column).
+        """
+        flt = parse_filter(where) if where is not None else None
         statuses = ("running", "completed", "failed", "cancelled", "terminated")
         if status is not None and status not in statuses:
             raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
@@ -275,12 +295,38 @@ class Client(ClientMessages):
             raise InputValidationError("limit must be at least 1")
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            await cur.execute(q("list_runs"), {"namespace": self.namespace, "status": status,
-                                               "workflow_type": workflow_type, "limit": limit})
+            params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type, "limit": limit}
+            if flt is None:
+                await cur.execute(q("list_runs"), params)
+            else:
+                query = sql.SQL(q("list_runs_where")).format(where=sql.SQL(flt.sql))
+                await cur.execute(query, {**params, **flt.params})
             rows = await cur.fetchall()
         for r in rows:
             r["run_id"] = str(r["run_id"])
         return rows
+
+    # -- operator actions (cairn.operators)
+
+    async def reset(self, workflow_id: str, *, run_id: str | None = None, to_seq: int | None = None,
+                    to_last_task: bool = False, reason: str = "", reapply_signals: bool = True) -> WorkflowHandle:
+        """Starts a new run from the old run's history before the workflow task at ``to_seq``.
+
+        See :func:`cairn.operators.reset`; returns a handle on the new run.
+        """
+        from cairn import operators
+
+        return await operators.reset(self, workflow_id, run_id=run_id, to_seq=to_seq, to_last_task=to_last_task,
+                                     reason=reason, reapply_signals=reapply_signals)
+
+    async def retry(self, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle:
+        """Starts a failed (cancelled, terminated, timed-out) run again from its original input.
+
+        See :func:`cairn.operators.retry`; returns a handle on the new run.
+        """
+        from cairn import operators
+
+        return await operators.retry(self, workflow_id, run_id=run_id)
 
     # -- waiting for closes
 
@@ -332,6 +378,21 @@ class Client(ClientMessages):
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+
+def add_visibility(params: dict[str, Any], search_attributes: Mapping[str, Any] | None,
+                   memo: Mapping[str, Any] | None) -> None:
+    """Validates search attributes and memo and adds them to start_workflow's parameters.
+
+    Non-empty search attributes also go into the ``WorkflowStarted`` data, so that the
+    workflow sees them (``workflow.search_attributes()``) the same on every replay.
+    """
+    attrs = check_search_attributes(search_attributes)
+    checked_memo = check_memo(memo)
+    params["search_attributes"] = Jsonb(attrs)
+    params["memo"] = Jsonb(checked_memo) if checked_memo is not None else None
+    if attrs:
+        params["data"] = Jsonb({**params["data"].obj, "search_attributes": attrs})
 
 
 def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str) -> str | None:
@@ -428,6 +489,7 @@ class WorkflowHandle(HandleMessages):
             task = await (await cur.execute(q("pending_workflow_task"), params)).fetchone()
             last = await (await cur.execute(q("last_history_event"), params)).fetchone()
             saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
+            vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
         return RunDescription(
             workflow_id=row["workflow_id"], run_id=row["run_id"], workflow_type=row["workflow_type"],
             queue=row["queue"], status=row["status"], created_at=row["created_at"],
@@ -435,6 +497,8 @@ class WorkflowHandle(HandleMessages):
             history_length=last["seq"] if last else 0,
             pending_activities=acts, pending_timers=timers, workflow_task=task,
             sagas=describe_sagas([Event(s, t, d, a) for s, t, d, a in saga_events]),
+            search_attributes=vis.get("search_attributes") or {}, memo=vis.get("memo"),
+            reset_from=vis.get("reset_from"),
         )
 
     async def history(self, after: int = 0) -> list[Event]:
@@ -443,6 +507,16 @@ class WorkflowHandle(HandleMessages):
         async with self.client.pool.connection() as c:
             cur = await c.execute(q("read_history_after"), {"run_id": row["run_id"], "after": after})
             return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+
+    async def reset(self, *, to_seq: int | None = None, to_last_task: bool = False, reason: str = "",
+                    reapply_signals: bool = True) -> WorkflowHandle:
+        """Resets this run (see :meth:`Client.reset`); returns a handle on the new run."""
+        return await self.client.reset(self.workflow_id, run_id=self.run_id, to_seq=to_seq,
+                                       to_last_task=to_last_task, reason=reason, reapply_signals=reapply_signals)
+
+    async def retry(self) -> WorkflowHandle:
+        """Retries this run (see :meth:`Client.retry`); returns a handle on the new run."""
+        return await self.client.retry(self.workflow_id, run_id=self.run_id)
 
     async def cancel(self, reason: str = "") -> None:
         """Asks the run to cancel: its code sees ``CancelledError`` at its next await."""

@@ -78,6 +78,14 @@ class QueryTimeout(CairnError):
     """No worker answered a query in time (is a worker running for the run's queue?)."""
 
 
+class InvalidFilter(InputValidationError):
+    """A ``list --where`` filter is malformed; ``column`` (1-based) says where."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(message)
+        self.column = column
+
+
 class UnknownWorkflowType(InputValidationError):
     """No worker has registered a workflow type of this name."""
 

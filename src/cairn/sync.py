@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import psycopg
 
 from cairn import db
 from cairn._messages import QUERY_TIMEOUT_SECONDS
-from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, started_run_id
+from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, add_visibility, started_run_id
 from cairn.engine.history import Event
 from cairn.engine.queries import q
 
@@ -58,12 +58,15 @@ class SyncClient:
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
               queue: str = "default", id_conflict: IdConflictPolicy = "fail",
-              conn: psycopg.Connection[Any] | None = None) -> SyncWorkflowHandle:
+              conn: psycopg.Connection[Any] | None = None, search_attributes: Mapping[str, Any] | None = None,
+              memo: Mapping[str, Any] | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
         if conn is None:
             return SyncWorkflowHandle(self, self._call(self._client.start(
-                workflow, *args, id=id, queue=queue, id_conflict=id_conflict)))
+                workflow, *args, id=id, queue=queue, id_conflict=id_conflict,
+                search_attributes=search_attributes, memo=memo)))
         params, signature = self._call(self._client._start_params(workflow, args, id, queue, id_conflict))
+        add_visibility(params, search_attributes, memo)
         while True:
             try:
                 row = conn.execute(q("start_workflow"), params).fetchone()

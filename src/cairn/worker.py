@@ -586,6 +586,7 @@ class Worker(_QueryAnswering):
         wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
                         and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
         close: tuple[str, Any] | None = None
+        upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
         free = 0 if self._stopping.is_set() else self.activity_concurrency - len(self._activity_tasks) - self._reserved
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
@@ -599,6 +600,8 @@ class Worker(_QueryAnswering):
                 cancel_timers.append(ev.data["timer_seq"])
             elif ev.type == h.ACTIVITY_CANCEL_REQUESTED and ev.data["activity_seq"] not in wait_cancels:
                 cancel_acts.append(ev.data["activity_seq"])
+            elif ev.type == h.UPSERT_SEARCH_ATTRIBUTES:
+                upserts.update(ev.data["search_attributes"])
             elif ev.type in h.TERMINAL_EVENTS:
                 failure = ev.data.get("failure")
                 if ev.type == h.WORKFLOW_FAILED and failure:
@@ -617,6 +620,10 @@ class Worker(_QueryAnswering):
             "close_status": close[0] if close else None,
             "failure": Jsonb(close[1]) if close and close[1] else None})
         leased = await cur.fetchall()
+        if upserts:
+            await conn.execute(q("upsert_search_attributes"), {
+                **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
+                "remove": [k for k, v in upserts.items() if v is None]})
         if close is None:
             if waiting_queues:
                 await conn.execute(q("notify_activity_queues"), {"queues": waiting_queues})

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActivityCancellationType", "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn",
-    "deprecate_patch", "execute_activity", "info", "logger", "now", "patched", "random", "saga", "sleep",
-    "start_activity", "unsafe_is_replaying", "uuid4",
+    "deprecate_patch", "execute_activity", "info", "logger", "now", "patched", "random", "saga",
+    "search_attributes", "sleep", "start_activity", "unsafe_is_replaying", "upsert_search_attributes", "uuid4",
 ]
 # Messages: signals, wait conditions, queries (in their own section below).
 __all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
@@ -153,6 +153,32 @@ def deprecate_patch(patch_id: str) -> None:
     if not isinstance(patch_id, str) or not patch_id:
         raise InputValidationError("workflow.deprecate_patch needs a non-empty patch id")
     _instance().patched(patch_id, deprecated=True)
+
+
+def search_attributes() -> dict[str, Any]:
+    """The run's search attributes: its start values plus its upserts so far (a copy).
+
+    Datetimes appear in their stored form, ISO-8601 UTC text.
+    """
+    return dict(_instance().search_attributes)
+
+
+def upsert_search_attributes(values: dict[str, Any]) -> None:
+    """Sets (or, with a ``None`` value, removes) search attributes of the running workflow.
+
+    Recorded as an ``UpsertSearchAttributes`` event and applied to the run's row (what
+    ``cairn list --where`` filters on) when the workflow task commits.
+
+    Raises:
+        InputValidationError: a bad name or value (see ``Client.start``).
+    """
+    from cairn.visibility import check_search_attributes
+
+    inst = _instance()
+    checked = check_search_attributes(values, allow_null=True)
+    if not checked:
+        raise InputValidationError("upsert_search_attributes needs at least one attribute")
+    inst.upsert_search_attributes(checked)
 
 
 def unsafe_is_replaying() -> bool:

@@ -21,6 +21,7 @@ from cairn.cli._base import (
     when,
     with_client,
 )
+from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client
 from cairn.engine.history import Event, summarize
 from cairn.engine.instance import WorkflowTaskFailed, replay
@@ -76,16 +77,22 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --wait: give up after this many seconds.")
+@click.option("--search-attribute", "search_attributes", multiple=True, metavar="KEY=JSON",
+              help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
+                   "not JSON is a string (customer=acme).")
+@click.option("--memo", default=None, metavar="JSON|@FILE", help="A JSON object shown by describe.")
 @json_option
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
               queue: str, id_conflict: str, modules: tuple[str, ...], wait: bool, timeout: float | None,
-              as_json: bool) -> None:
+              search_attributes: tuple[str, ...], memo: str | None, as_json: bool) -> None:
     """Start a workflow of type WORKFLOW_TYPE."""
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
         value = parse_json(input_, "--input")
+        visibility = {"search_attributes": parse_search_attributes(search_attributes),
+                      "memo": parse_json(memo, "--memo")}
         target: Any
         if modules:
             d = _find_workflow(modules, workflow_type)
@@ -96,7 +103,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             args = _args_for(value, int(registered["input_schema"].get("maxItems", 1)), input_ is not None)
             target = workflow_type
         handle = await client.start(target, *args, id=workflow_id, queue=queue,
-                                    id_conflict=id_conflict)  # type: ignore[arg-type]
+                                    id_conflict=id_conflict, **visibility)  # type: ignore[arg-type]
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id})", err=wait)
@@ -124,14 +131,17 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
 @click.option("--status", type=click.Choice(["running", "completed", "failed", "cancelled", "terminated"]))
 @click.option("--type", "workflow_type", default=None, help="Only runs of this workflow type.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--where", default=None, metavar="FILTER",
+              help="""A filter such as 'customer = "acme" AND amount > 10' (see the README).""")
 @json_option
 @click.pass_obj
-def list_cmd(settings: Settings, status: str | None, workflow_type: str | None, limit: int, as_json: bool) -> None:
+def list_cmd(settings: Settings, status: str | None, workflow_type: str | None, limit: int, where: str | None,
+             as_json: bool) -> None:
     """List runs, newest first."""
 
     @with_client
     async def go(client: Client) -> list[dict[str, Any]]:
-        return await client.list(status=status, workflow_type=workflow_type, limit=limit)
+        return await client.list(status=status, workflow_type=workflow_type, limit=limit, where=where)
 
     rows = run(go(settings))
     if as_json:
@@ -166,6 +176,14 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
                f"closed    {when(d.closed_at)}\nhistory   {d.history_length} events")
     if d.failure:
         click.echo(f"failure   {d.failure.get('type')}: {d.failure.get('message')}")
+    if d.reset_from:
+        click.echo(f"{d.reset_from.get('kind', 'reset')} of run {d.reset_from.get('run_id')}"
+                   f"{' at seq ' + str(d.reset_from['seq']) if d.reset_from.get('seq') else ''}: "
+                   f"{d.reset_from.get('reason') or ''}")
+    if d.search_attributes:
+        click.echo(f"search    {json.dumps(d.search_attributes, sort_keys=True)}")
+    if d.memo is not None:
+        click.echo(f"memo      {json.dumps(d.memo, sort_keys=True)}")
     if d.workflow_task and d.workflow_task["failures"]:
         err = d.workflow_task["last_error"] or {}
         click.echo(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "

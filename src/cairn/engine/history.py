@@ -42,9 +42,13 @@ WORKFLOW_CANCELLED = "WorkflowCancelled"
 # A note the code leaves in history (data {"kind": ...}), e.g. a saga's progress; the
 # worker only appends it. Matched on replay like any command.
 MARKER_RECORDED = "MarkerRecorded"
+# The workflow changed its search attributes (data {"search_attributes": {key: value or
+# None to remove}}); the worker applies it to cairn.runs in the task's transaction.
+UPSERT_SEARCH_ATTRIBUTES = "UpsertSearchAttributes"
 COMMAND_EVENTS = frozenset({
     ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
     WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, MARKER_RECORDED,
+    UPSERT_SEARCH_ATTRIBUTES,
 })
 
 # Written by an operator (terminate), not by workflow code.
@@ -65,6 +69,7 @@ _IDENTITY_KEYS = {
     # Saga markers are told apart by kind/event, patch markers by kind/patch_id; a key a
     # marker does not have is None on both sides.
     MARKER_RECORDED: ("kind", "event", "patch_id"),
+    UPSERT_SEARCH_ATTRIBUTES: ("search_attributes",),
 }
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"

@@ -160,7 +160,8 @@ class ActivityHandle(asyncio.Future[Any]):
 class WorkflowInstance:
     """Workflow code plus its deterministic loop and command state (see module docstring)."""
 
-    def __init__(self, definition: WorkflowDefinition, info: WorkflowInfo, args: list[Any]) -> None:
+    def __init__(self, definition: WorkflowDefinition, info: WorkflowInfo, args: list[Any],
+                 started: dict[str, Any] | None = None) -> None:
         self.definition = definition
         self.info = info
         self.args = args
@@ -170,7 +171,12 @@ class WorkflowInstance:
         self.now_ts = info.start_time.timestamp()
         self.last_seq = 1
         self.replaying = False
-        self.random = random.Random(uuid.UUID(info.run_id).int)
+        # Seeded from WorkflowStarted's "seed" when a reset carried the old run's seed over,
+        # else from the run id: the same values on every replay either way.
+        seed = (started or {}).get("seed") or info.run_id
+        self.random = random.Random(uuid.UUID(str(seed)).int)
+        # Start values plus the upserts made so far (workflow.search_attributes()).
+        self.search_attributes: dict[str, Any] = dict((started or {}).get("search_attributes") or {})
         self.cancel_requested = False
         self.closed = False
         self._commands: list[Command] = []
@@ -362,6 +368,15 @@ class WorkflowInstance:
         """Records a ``MarkerRecorded`` command (``data["kind"]`` says whose); returns its seq."""
         return self._command(h.MARKER_RECORDED, data)
 
+    def upsert_search_attributes(self, values: dict[str, Any]) -> None:
+        """Records an ``UpsertSearchAttributes`` command (validated JSON values; None removes)."""
+        self._command(h.UPSERT_SEARCH_ATTRIBUTES, {"search_attributes": values})
+        for key, value in values.items():
+            if value is None:
+                self.search_attributes.pop(key, None)
+            else:
+                self.search_attributes[key] = value
+
     def start_timer(self, handle: asyncio.TimerHandle, delay: float) -> None:
         fire_at = datetime.fromtimestamp(self.now_ts, UTC) + timedelta(seconds=delay)
         seq = self._command(h.TIMER_STARTED, {"duration": delay, "fire_at": fire_at.isoformat()})
@@ -424,7 +439,7 @@ def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Even
         if not events or events[0].type != h.WORKFLOW_STARTED:
             raise NonDeterminismError(events[0].seq if events else 1, h.WORKFLOW_STARTED,
                                       events[0].type if events else None)
-        instance = WorkflowInstance(definition, info, list(events[0].data.get("input") or []))
+        instance = WorkflowInstance(definition, info, list(events[0].data.get("input") or []), events[0].data)
         i = 1
     instance.replaying = True
     try:

@@ -40,9 +40,11 @@ INSERT INTO cairn.schema_versions (version, name, checksum) VALUES (%(version)s,
 -- Creates a run, its WorkflowStarted event and its first workflow task in one statement,
 -- unless the workflow id already has an open run (then returns no row).
 WITH new_run AS (
-    INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at)
+    INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at,
+                            search_attributes, memo)
     VALUES (%(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s,
-            coalesce(%(now)s::timestamptz, now()))
+            coalesce(%(now)s::timestamptz, now()),
+            coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb)
     ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
     RETURNING run_id, queue, created_at
 ), started AS (
@@ -579,3 +581,78 @@ WITH waiting AS (
     RETURNING queue
 )
 SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
+
+-- ---------------------------------------------------------------- visibility and operators (reset, retry)
+
+-- name: upsert_search_attributes
+-- Applies a workflow task's UpsertSearchAttributes commands to the run's row, in the
+-- task's transaction: removes the keys set to null, then sets the others.
+UPDATE cairn.runs SET search_attributes = (search_attributes - %(remove)s::text[]) || %(set)s::jsonb
+WHERE run_id = %(run_id)s
+
+-- name: run_visibility
+-- A run's search attributes, memo and reset/retry lineage, for describe.
+SELECT search_attributes, memo, reset_from FROM cairn.runs WHERE run_id = %(run_id)s
+
+-- name: list_runs_where
+-- Runs, newest first, filtered like list_runs and by a `--where` filter: {where} is a
+-- fragment built by cairn.visibility from fixed text and %(wN)s parameters, never user SQL.
+SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure,
+       search_attributes, memo
+FROM cairn.runs
+WHERE namespace = %(namespace)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
+  AND ({where})
+ORDER BY run_id DESC
+LIMIT %(limit)s
+
+-- name: insert_reset_run
+-- Creates the new run of a reset in one statement: the run (with its lineage), the copied
+-- history (original seqs, types, data and times), the reset task's input events and
+-- re-applied signals in its inbox, in order, and a pending workflow task.
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), new_run AS (
+    INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at,
+                            search_attributes, memo, reset_from)
+    SELECT %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s, c.now,
+           %(search_attributes)s::jsonb, %(memo)s::jsonb, %(reset_from)s::jsonb
+    FROM c
+    RETURNING run_id, queue, created_at
+), copied AS (
+    INSERT INTO cairn.history (run_id, seq, type, data, at)
+    SELECT n.run_id, e.seq, e.type, e.data, coalesce(e.at, n.created_at)
+    FROM new_run n, jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb, at timestamptz)
+), inbox AS (
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT n.run_id, i.type, i.data
+    FROM new_run n,
+         ROWS FROM (jsonb_to_recordset(%(inbox)s::jsonb) AS (type text, data jsonb)) WITH ORDINALITY AS i(type, data, ord)
+    ORDER BY i.ord
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue, available_at, created_at)
+    SELECT run_id, queue, created_at, created_at FROM new_run
+)
+SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
+
+-- name: insert_reset_activities
+-- Re-creates, for the new run of a reset, the activities pending at the reset point:
+-- fresh attempts (attempt 0, unleased, ready now) with their recorded options.
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), ins AS (
+    INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
+        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
+    SELECT %(run_id)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
+           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
+           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
+    FROM jsonb_to_recordset(%(activities)s::jsonb)
+         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb), c
+    RETURNING queue
+)
+SELECT pg_notify('cairn_activity', queue) AS notified FROM (SELECT DISTINCT queue FROM ins) x
+
+-- name: set_reset_from
+-- Records where a retried run came from.
+UPDATE cairn.runs SET reset_from = %(reset_from)s WHERE run_id = %(run_id)s

@@ -1,0 +1,251 @@
+"""Operator actions on finished or stuck runs: reset (re-drive from a workflow task) and retry.
+
+**Reset** (Temporal's reset, DBOS's fork) starts a new run of the same workflow id whose
+history is the old run's history before the workflow task that starts at seq N, whose
+inbox holds that task's input events, and which has a pending workflow task: the current
+code replays the copied events and carries on from there. Whatever was pending at the
+reset point (activities without an outcome, timers neither fired nor cancelled) is
+re-created; signals the old run received later are re-delivered. The old seed of
+``workflow.random()``/``uuid4()`` is carried over in the copied ``WorkflowStarted`` data,
+so the copied events replay identically. An open old run is terminated in the same
+transaction, under its workflow-task lock (the single-writer rule).
+
+**Retry** starts a failed (cancelled, terminated, timed-out) run again from its original
+input, as a new run of the same id, type, queue, search attributes and memo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from cairn import db
+from cairn.common import check_text, new_run_id
+from cairn.engine import history as h
+from cairn.engine.history import Event
+from cairn.engine.queries import q
+from cairn.errors import CairnError, InputValidationError, WorkflowAlreadyStarted
+from cairn.visibility import merge_upserts
+
+if TYPE_CHECKING:
+    from cairn.client import Client, WorkflowHandle
+
+RETRYABLE_STATUSES = ("failed", "cancelled", "terminated", "timed_out")
+MAX_REASON_LENGTH = 1000
+
+
+@dataclass
+class ResetPlan:
+    """What a reset writes for the new run (computed from the old run's history alone)."""
+
+    seq: int
+    copied: list[Event]
+    inbox: list[tuple[str, dict[str, Any]]]
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    timers: list[dict[str, Any]] = field(default_factory=list)
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def task_seqs(events: list[Event]) -> list[int]:
+    """The seqs a run can be reset to: those of its ``WorkflowTaskStarted`` events."""
+    return [e.seq for e in events if e.type == h.WORKFLOW_TASK_STARTED]
+
+
+def plan_reset(events: list[Event], old_run_id: str, seq: int | None, *, reapply_signals: bool = True,
+               pending_signals: list[dict[str, Any]] | None = None) -> ResetPlan:
+    """Computes a reset of a run with history ``events`` to the task starting at ``seq``.
+
+    Args:
+        events: the old run's whole history.
+        old_run_id: its run id (the seed of its randomness unless ``WorkflowStarted`` has one).
+        seq: the seq of a ``WorkflowTaskStarted`` event; ``None`` for the last one.
+        reapply_signals: re-deliver the signals received after that task.
+        pending_signals: signals still in the old run's inbox (data of ``SignalReceived``).
+
+    Raises:
+        InputValidationError: ``seq`` does not start a workflow task (the valid seqs are named).
+    """
+    valid = task_seqs(events)
+    if not valid:
+        raise InputValidationError("the run has no workflow task yet: there is nothing to reset to")
+    if seq is None:
+        seq = valid[-1]
+    if seq not in valid:
+        shown = ", ".join(map(str, valid[:50])) + (", ..." if len(valid) > 50 else "")
+        raise InputValidationError(
+            f"seq {seq} does not start a workflow task (a WorkflowTaskStarted event); valid seqs: {shown}")
+    by_seq = {e.seq: e for e in events}
+    started = events[0]
+    copied = [Event(started.seq, started.type,
+                    {**started.data, "seed": str(started.data.get("seed") or old_run_id)}, started.at)]
+    copied += [e for e in events[1:] if e.seq < seq]
+    # The task's input events: the run of input events right after its marker.
+    inputs: list[Event] = []
+    i = seq + 1
+    while i in by_seq and by_seq[i].type in h.INPUT_EVENTS:
+        inputs.append(by_seq[i])
+        i += 1
+    inbox = [(e.type, e.data) for e in inputs]
+    if reapply_signals:
+        inbox += [(e.type, e.data) for e in events if e.type == h.SIGNAL_RECEIVED and e.seq >= i]
+        inbox += [(h.SIGNAL_RECEIVED, d) for d in pending_signals or []]
+    outcomes = {int(e.data["activity_seq"]) for e in [*copied, *inputs]
+                if e.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED, h.ACTIVITY_CANCELLED)}
+    cancel_requested = {int(e.data["activity_seq"]) for e in copied if e.type == h.ACTIVITY_CANCEL_REQUESTED}
+    resolved_acts = outcomes | cancel_requested
+    # A wait_cancellation_completed activity whose cancellation had not completed: the
+    # old run's end stopped it, so the new run is told it stopped.
+    inbox += [(h.ACTIVITY_CANCELLED, {"activity_seq": e.seq, "attempt": 0, "started": False}) for e in copied
+              if e.type == h.ACTIVITY_SCHEDULED and e.seq in cancel_requested - outcomes
+              and e.data.get("cancellation_type") == "wait_cancellation_completed"]
+    resolved_timers = {int(e.data["timer_seq"]) for e in [*copied, *inputs]
+                       if e.type in (h.TIMER_FIRED, h.TIMER_CANCELLED)}
+    attrs: dict[str, Any] = dict(started.data.get("search_attributes") or {})
+    plan = ResetPlan(seq, copied, inbox)
+    for e in copied:
+        if e.type == h.ACTIVITY_SCHEDULED and e.seq not in resolved_acts:
+            plan.activities.append({"seq": e.seq, "activity_type": e.data["activity_type"], "queue": e.data["queue"],
+                                    "input": e.data.get("input", []), "options": e.data.get("options", {})})
+        elif e.type == h.TIMER_STARTED and e.seq not in resolved_timers:
+            plan.timers.append({"seq": e.seq, "fire_at": e.data["fire_at"]})
+        elif e.type == h.UPSERT_SEARCH_ATTRIBUTES:
+            attrs = merge_upserts(attrs, e.data["search_attributes"])
+    plan.search_attributes = attrs
+    return plan
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    """SQL NULL for None (``Jsonb(None)`` would store a JSON null)."""
+    return None if value is None else Jsonb(value)
+
+
+def _check_reason(reason: str) -> str:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
+        raise InputValidationError(f"the reason must be a string of at most {MAX_REASON_LENGTH} characters")
+    return check_text(reason, "the reason")
+
+
+async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, to_seq: int | None = None,
+                to_last_task: bool = False, reason: str = "", reapply_signals: bool = True) -> WorkflowHandle:
+    """Resets a run (see the module docstring) and returns a handle on the new run.
+
+    Raises:
+        InputValidationError: neither or both of ``to_seq``/``to_last_task``, or a seq that
+            does not start a workflow task; nothing was written.
+        WorkflowNotFound: no such run.
+        WorkflowAlreadyStarted: another run of the workflow id is open.
+    """
+    from cairn.client import WorkflowHandle
+
+    if (to_seq is None) == (not to_last_task):
+        raise InputValidationError("give exactly one of to_seq and to_last_task")
+    if to_seq is not None and (isinstance(to_seq, bool) or not isinstance(to_seq, int) or to_seq < 1):
+        raise InputValidationError(f"to_seq must be a positive integer, not {to_seq!r}")
+    _check_reason(reason)
+    row = await client._run_row(workflow_id, run_id)
+    old = row["run_id"]
+    params: dict[str, Any] = {"run_id": old, "now": None}
+    new_id = new_run_id()
+    async with client.pool.connection() as c:
+        try:
+            async with c.transaction():
+                cur = c.cursor(row_factory=dict_row)
+                pending_signals: list[dict[str, Any]] = []
+                running = row["status"] == "running"
+                if running:
+                    # Wait for a worker mid-task and keep others out: we append to its history.
+                    await c.execute(q("ensure_workflow_task"), params)
+                    await c.execute(q("lock_workflow_task"), params)
+                    locked = await (await cur.execute(q("locked_task_state"), {**params, "run_ids": [old]})).fetchone()
+                    running = locked is not None and locked["status"] == "running"
+                    if locked is not None and running:
+                        pending_signals = [d for _, t, d in locked["inbox"] if t == h.SIGNAL_RECEIVED]
+                hist = await c.execute(q("read_history"), {"run_id": old})
+                events = [Event(s, t, d, a) for s, t, d, a in await hist.fetchall()]
+                plan = plan_reset(events, old, to_seq, reapply_signals=reapply_signals,
+                                  pending_signals=pending_signals)
+                vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
+                open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
+                    "namespace": client.namespace, "workflow_id": row["workflow_id"]})).fetchone()
+                if open_run is not None and str(open_run["run_id"]) != old:
+                    raise WorkflowAlreadyStarted(row["workflow_id"], str(open_run["run_id"]))
+                why = reason or f"reset to seq {plan.seq}"
+                if running:
+                    last_seq = events[-1].seq
+                    await c.execute(q("append_history"), {**params, "events": Jsonb([{
+                        "seq": last_seq + 1, "type": h.WORKFLOW_TERMINATED,
+                        "data": {"reason": f"reset to seq {plan.seq}", "reset_run_id": new_id}}])})
+                    await c.execute(q("close_run"), {**params, "status": "terminated", "failure": Jsonb(
+                        {"type": "WorkflowTerminated", "message": f"reset to seq {plan.seq}"})})
+                    await c.execute(q("finish_workflow_task"), params)
+                new = {"run_id": new_id, "now": None}
+                await c.execute(q("insert_reset_run"), {
+                    **new, "namespace": client.namespace, "workflow_id": row["workflow_id"],
+                    "workflow_type": row["workflow_type"], "queue": row["queue"],
+                    "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(vis.get("memo")),
+                    "reset_from": Jsonb({"kind": "reset", "run_id": old, "seq": plan.seq, "reason": why}),
+                    "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
+                    "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
+                })
+                if plan.activities:
+                    await c.execute(q("insert_reset_activities"), {
+                        **new, "workflow_id": row["workflow_id"], "workflow_type": row["workflow_type"],
+                        "workflow_queue": row["queue"], "activities": Jsonb(plan.activities)})
+                if plan.timers:
+                    await c.execute(q("start_timers"), {**new, "workflow_queue": row["queue"],
+                                                        "timers": Jsonb(plan.timers)})
+        except psycopg.Error as exc:
+            raise db.translate(exc) from None
+    return WorkflowHandle(client, row["workflow_id"], new_id, None)
+
+
+async def retry(client: Client, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle:
+    """Starts a closed, unsuccessful run again from its original input, as a new run.
+
+    The new run has the same workflow id, type, queue, start search attributes and memo,
+    and fresh randomness; ``describe`` shows where it came from.
+
+    Raises:
+        InputValidationError: the run is running or completed; nothing was written.
+        WorkflowNotFound: no such run.
+        WorkflowAlreadyStarted: another run of the workflow id is open.
+    """
+    from cairn.client import WorkflowHandle, started_run_id
+
+    row = await client._run_row(workflow_id, run_id)
+    if row["status"] not in RETRYABLE_STATUSES:
+        raise InputValidationError(
+            f"workflow {row['workflow_id']!r} (run {row['run_id']}) is {row['status']}: only a "
+            f"{', '.join(RETRYABLE_STATUSES[:-1])} or {RETRYABLE_STATUSES[-1]} run can be retried")
+    new_id = new_run_id()
+    async with client.pool.connection() as c:
+        try:
+            async with c.transaction():
+                cur = c.cursor(row_factory=dict_row)
+                started = await (await cur.execute(q("read_history_after"), {"run_id": row["run_id"], "after": 0})
+                                 ).fetchone()
+                vis = await (await cur.execute(q("run_visibility"), row)).fetchone() or {}
+                if started is None or started["type"] != h.WORKFLOW_STARTED:
+                    raise CairnError(f"run {row['run_id']} has no WorkflowStarted event")
+                data = {k: v for k, v in started["data"].items() if k != "seed"}
+                params = {
+                    "run_id": new_id, "namespace": client.namespace, "workflow_id": row["workflow_id"],
+                    "workflow_type": row["workflow_type"], "queue": row["queue"], "now": None,
+                    "data": Jsonb(data), "search_attributes": Jsonb(data.get("search_attributes") or {}),
+                    "memo": _jsonb(vis.get("memo")),
+                }
+                created = await (await c.execute(q("start_workflow"), params)).fetchone()
+                existing = None if created else await (await c.execute(q("open_run_by_workflow_id"), params)
+                                                       ).fetchone()
+                if created is None and existing is None:
+                    raise CairnError(f"workflow {row['workflow_id']!r}: the retry lost a race; try again")
+                started_run_id(created, existing, params, "fail")
+                await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
+                    {"kind": "retry", "run_id": row["run_id"], "seq": None, "reason": "retry"})})
+        except psycopg.Error as exc:
+            raise db.translate(exc) from None
+    return WorkflowHandle(client, row["workflow_id"], new_id, None)

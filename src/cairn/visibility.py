@@ -1,0 +1,494 @@
+"""Visibility: search attributes, memo, and the filter language of ``cairn list --where``.
+
+Search attributes are typed key/values on a run (``cairn.runs.search_attributes``, jsonb),
+set at start and upserted by the workflow. Their JSON form: strings (keywords and text),
+integers, floats, booleans, datetimes as ISO-8601 UTC strings (fixed width, so they sort
+as text too) and lists of strings (keyword lists).
+
+The filter language is parsed here, never handed to Postgres: a tokenizer and a
+recursive-descent parser turn ``customer = "acme" AND amount > 10`` into a SQL fragment
+made only of fixed text from this module and ``%(wN)s`` parameters. Built-in names
+(``WorkflowId``, ``WorkflowType``, ``Status``, ``StartTime``, ``CloseTime``, ``Queue``,
+Temporal's) map to ``runs`` columns; every other name is a search attribute key.
+Equality on a search attribute is a jsonb containment test, which the GIN index
+``runs_search_attributes`` answers; ordering comparisons compare typed values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from cairn.common import check_text, to_payload
+from cairn.errors import InputValidationError, InvalidFilter
+
+MAX_KEY_LENGTH = 64
+MAX_ATTRIBUTES = 100
+MAX_STRING_LENGTH = 2048
+MAX_LIST_ITEMS = 100
+MAX_MEMO_BYTES = 64 * 1024
+MAX_FILTER_LENGTH = 10_000
+
+# Built-in filter names and the runs column each maps to, with its kind.
+BUILTINS: dict[str, tuple[str, str]] = {
+    "WorkflowId": ("workflow_id", "text"),
+    "WorkflowType": ("workflow_type", "text"),
+    "Status": ("status", "status"),
+    "ExecutionStatus": ("status", "status"),
+    "StartTime": ("created_at", "time"),
+    "CloseTime": ("closed_at", "time"),
+    "Queue": ("queue", "text"),
+    "TaskQueue": ("queue", "text"),
+    "RunId": ("run_id::text", "text"),
+}
+KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE", "STARTS_WITH", "EXISTS"})
+# Names a search attribute may not take: the built-ins and the keywords (case-insensitive).
+RESERVED = frozenset({k.lower() for k in BUILTINS} | {k.lower() for k in KEYWORDS})
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$")
+# The SQL guard that a stored string is a datetime before it is cast (a keyword that is
+# not one must not make the cast, and so the whole query, fail).
+_DATETIME_SQL = r"'^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$'"
+
+
+# ---------------------------------------------------------------- values
+
+
+def format_datetime(value: datetime) -> str:
+    """The stored form of a datetime: ISO-8601 in UTC with microseconds (fixed width)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_datetime(text: str) -> datetime | None:
+    """A datetime from an ISO-8601 string (a date alone is midnight UTC; naive is UTC)."""
+    if not _DATETIME.match(text):
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def check_key(key: Any) -> str:
+    """Validates a search attribute name.
+
+    Raises:
+        InputValidationError: not identifier-like, too long, or a reserved name.
+    """
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise InputValidationError(
+            f"search attribute name {key!r} is invalid: use letters, digits and _ (not first a digit)")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InputValidationError(f"search attribute name {key[:20]!r}... is longer than {MAX_KEY_LENGTH} characters")
+    if key.lower() in RESERVED:
+        raise InputValidationError(f"search attribute name {key!r} is reserved (a built-in name or a keyword)")
+    return key
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputValidationError(f"search attribute {key!r}: {value} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise InputValidationError(f"search attribute {key!r} is longer than {MAX_STRING_LENGTH} characters")
+        return check_text(value, f"search attribute {key!r}")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InputValidationError(f"search attribute {key!r}: the datetime needs a timezone (e.g. UTC)")
+        return format_datetime(value)
+    if isinstance(value, date):
+        return format_datetime(datetime(value.year, value.month, value.day, tzinfo=UTC))
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_ITEMS:
+            raise InputValidationError(f"search attribute {key!r} has more than {MAX_LIST_ITEMS} items")
+        if not all(isinstance(v, str) for v in value):
+            raise InputValidationError(f"search attribute {key!r}: a list must hold only strings (keywords)")
+        return [_check_value(key, v) for v in value]
+    raise InputValidationError(
+        f"search attribute {key!r} has type {type(value).__name__}; use str, int, float, bool, "
+        "datetime or a list of str")
+
+
+def check_search_attributes(values: Mapping[str, Any] | None, *, allow_null: bool = False) -> dict[str, Any]:
+    """Validates search attributes and returns their JSON form (``None`` removes a key on upsert).
+
+    Raises:
+        InputValidationError: a bad name or value; say which.
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise InputValidationError("search attributes must be a mapping of name to value")
+    if len(values) > MAX_ATTRIBUTES:
+        raise InputValidationError(f"more than {MAX_ATTRIBUTES} search attributes")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        check_key(key)
+        if value is None:
+            if not allow_null:
+                raise InputValidationError(f"search attribute {key!r} is null (only an upsert may remove a key)")
+            out[key] = None
+        else:
+            out[key] = _check_value(key, value)
+    return out
+
+
+def check_memo(memo: Any) -> dict[str, Any] | None:
+    """Validates a memo (a JSON object, at most 64 KiB) and returns its JSON form.
+
+    Raises:
+        InputValidationError: not a JSON object, or too large.
+    """
+    if memo is None:
+        return None
+    if not isinstance(memo, Mapping):
+        raise InputValidationError("the memo must be a JSON object")
+    payload = to_payload(dict(memo))  # raises InputValidationError for what JSON cannot hold
+    if len(json.dumps(payload)) > MAX_MEMO_BYTES:
+        raise InputValidationError(f"the memo is larger than {MAX_MEMO_BYTES} bytes")
+    return payload  # type: ignore[no-any-return]
+
+
+def merge_upserts(current: dict[str, Any], upsert: Mapping[str, Any]) -> dict[str, Any]:
+    """The search attributes after an upsert (a ``None`` value removes the key)."""
+    out = dict(current)
+    for key, value in upsert.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- the filter language
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a filter: its kind, value, and 1-based column."""
+
+    kind: str  # "name", "string", "number", "op", "(", ")", ",", "kw", "end", "error"; "bool" for literals
+    value: Any
+    column: int
+    text: str
+
+
+_OPS = ("<=", ">=", "!=", "<>", "=", "<", ">")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORDISH = re.compile(r"[\w.+-]+")
+
+
+def _error(message: str, column: int, hint: str = "") -> InvalidFilter:
+    return InvalidFilter(f"invalid filter: {message} at column {column}{' (' + hint + ')' if hint else ''}", column)
+
+
+def tokenize(text: str) -> list[Token]:
+    """Splits a filter into tokens.
+
+    A lexical error (an unterminated string, a character the language lacks) becomes an
+    ``error`` token that ends the list: the parser raises it when it gets there, so that
+    the first error in the text is the one reported.
+    """
+    tokens: list[Token] = []
+    try:
+        _scan(text, tokens)
+    except _LexError as exc:
+        tokens.append(Token("error", exc.args[0], exc.args[1], ""))
+    tokens.append(Token("end", None, len(text) + 1, "end of filter"))
+    return tokens
+
+
+class _LexError(Exception):
+    pass
+
+
+def _scan(text: str, tokens: list[Token]) -> None:
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        col = i + 1
+        if c.isspace():
+            i += 1
+        elif c in "'\"":
+            j, chars = i + 1, []
+            while True:
+                if j >= n:
+                    raise _LexError(f"unterminated string starting with {c}", col)
+                if text[j] == "\\" and j + 1 < n:
+                    nxt = text[j + 1]
+                    chars.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+                    j += 2
+                elif text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:  # a doubled quote, as in SQL
+                        chars.append(c)
+                        j += 2
+                    else:
+                        break
+                else:
+                    chars.append(text[j])
+                    j += 1
+            tokens.append(Token("string", "".join(chars), col, text[i:j + 1]))
+            i = j + 1
+        elif c.isdigit() or (c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")):
+            m = _NUMBER.match(text, i)
+            if m is None or (m.end() < n and (text[m.end()].isalnum() or text[m.end()] in "_.")):
+                bad = _WORDISH.match(text, i)
+                raise _LexError(f"unexpected token {bad.group(0) if bad else c!r}", col)
+            raw = m.group(0)
+            is_int = re.fullmatch(r"[+-]?\d+", raw) is not None
+            tokens.append(Token("number", int(raw) if is_int else float(raw), col, raw))
+            i = m.end()
+        elif c.isalpha() or c == "_":
+            name = _NAME.match(text, i)
+            assert name is not None  # c is a letter or _
+            word = name.group(0)
+            kind = "kw" if word.upper() in KEYWORDS else "name"
+            tokens.append(Token(kind, word.upper() if kind == "kw" else word, col, word))
+            i = name.end()
+        elif c in "(),":
+            tokens.append(Token(c, c, col, c))
+            i += 1
+        else:
+            op = next((o for o in _OPS if text.startswith(o, i)), None)
+            if op is None:
+                raise _LexError(f"unexpected character {c!r}", col)
+            tokens.append(Token("op", "!=" if op == "<>" else op, col, op))
+            i += len(op)
+
+
+class _Parser:
+    """Recursive descent over the tokens; each method returns a SQL fragment."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.params: dict[str, Any] = {}
+
+    # -- helpers
+
+    @property
+    def tok(self) -> Token:
+        t = self.tokens[self.pos]
+        if t.kind == "error":
+            raise _error(t.value, t.column)
+        return t
+
+    def take(self) -> Token:
+        t = self.tokens[self.pos]
+        self.pos += 1
+        return t
+
+    def is_kw(self, *words: str) -> bool:
+        return self.tok.kind == "kw" and self.tok.value in words
+
+    def expect_kw(self, word: str) -> None:
+        if not self.is_kw(word):
+            raise self.unexpected(f"expected {word}")
+        self.take()
+
+    def unexpected(self, hint: str = "") -> InvalidFilter:
+        t = self.tok
+        what = "unexpected end of filter" if t.kind == "end" else f"unexpected token {t.text!r}"
+        return _error(what, t.column, hint)
+
+    def param(self, value: Any) -> str:
+        name = f"w{len(self.params)}"
+        self.params[name] = value
+        return f"%({name})s"
+
+    # -- grammar
+
+    def parse(self) -> str:
+        if self.tok.kind == "end":
+            raise _error("empty filter", 1)
+        out = self.or_expr()
+        if self.tok.kind != "end":
+            raise self.unexpected("expected AND, OR or the end")
+        return out
+
+    def or_expr(self) -> str:
+        parts = [self.and_expr()]
+        while self.is_kw("OR"):
+            self.take()
+            parts.append(self.and_expr())
+        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+    def and_expr(self) -> str:
+        parts = [self.not_expr()]
+        while self.is_kw("AND"):
+            self.take()
+            parts.append(self.not_expr())
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+    def not_expr(self) -> str:
+        if self.is_kw("NOT"):
+            self.take()
+            # coalesce: NOT of an unknown (a missing attribute) is false, not NULL
+            return f"NOT coalesce({self.not_expr()}, false)"
+        return self.primary()
+
+    def primary(self) -> str:
+        if self.tok.kind == "(":
+            self.take()
+            inner = self.or_expr()
+            if self.tok.kind != ")":
+                raise self.unexpected("expected ')'")
+            self.take()
+            return inner
+        if self.is_kw("EXISTS"):
+            self.take()
+            name = self.name()
+            return self.null_test(name, negate=True)
+        return self.comparison()
+
+    def name(self) -> Token:
+        if self.tok.kind != "name":
+            raise self.unexpected("expected a built-in name or a search attribute")
+        return self.take()
+
+    def literal(self) -> Token:
+        t = self.tok
+        if t.kind in ("string", "number") or (t.kind == "kw" and t.value in ("TRUE", "FALSE")):
+            self.take()
+            if t.kind == "kw":
+                return Token("bool", t.value == "TRUE", t.column, t.text)
+            return t
+        raise self.unexpected("expected a value: a quoted string, a number, true or false")
+
+    def comparison(self) -> str:
+        name = self.name()
+        if self.tok.kind == "op":
+            op = self.take().value
+            return self.compare(name, op, self.literal())
+        if self.is_kw("IN") or self.is_kw("NOT"):
+            negate = self.is_kw("NOT")
+            if negate:
+                self.take()
+            self.expect_kw("IN")
+            if self.tok.kind != "(":
+                raise self.unexpected("expected '(' after IN")
+            self.take()
+            values = [self.literal()]
+            while self.tok.kind == ",":
+                self.take()
+                values.append(self.literal())
+            if self.tok.kind != ")":
+                raise self.unexpected("expected ',' or ')'")
+            self.take()
+            ors = "(" + " OR ".join(self.compare(name, "=", v) for v in values) + ")"
+            return f"NOT coalesce({ors}, false)" if negate else ors
+        if self.is_kw("STARTS_WITH"):
+            self.take()
+            value = self.literal()
+            if value.kind != "string":
+                raise _error("STARTS_WITH needs a quoted string", value.column)
+            return self.starts_with(name, value.value)
+        if self.is_kw("IS"):
+            self.take()
+            negate = self.is_kw("NOT")
+            if negate:
+                self.take()
+            self.expect_kw("NULL")
+            return self.null_test(name, negate=negate)
+        raise self.unexpected("expected an operator (= != < <= > >=, IN, STARTS_WITH, IS NULL)")
+
+    # -- SQL for one comparison
+
+    def compare(self, name: Token, op: str, value: Token) -> str:
+        builtin = BUILTINS.get(name.value)
+        if builtin is not None:
+            return self.compare_builtin(name, builtin, op, value)
+        key = name.value
+        if len(key) > MAX_KEY_LENGTH:
+            raise _error(f"name {key[:20]!r}... is too long", name.column)
+        attr = f"(search_attributes -> {self.param(key)})"
+        if op in ("=", "!="):
+            docs = [{key: value.value}]
+            if value.kind == "string":
+                docs.append({key: [value.value]})  # a keyword list contains it
+                when = parse_datetime(value.value)
+                if when is not None and format_datetime(when) != value.value:
+                    docs.append({key: format_datetime(when)})  # the stored form of a datetime
+            eq = "(" + " OR ".join(f"search_attributes @> {self.param(Jsonb(d))}::jsonb" for d in docs) + ")"
+            if op == "=":
+                return eq
+            return f"(search_attributes ? {self.param(key)} AND NOT {eq})"
+        sql_op = op
+        if value.kind == "bool":
+            raise _error(f"{op} does not apply to true/false", value.column)
+        if value.kind == "number":
+            return (f"(CASE WHEN jsonb_typeof({attr}) = 'number' THEN ({attr} #>> '{{}}')::numeric END"
+                    f" {sql_op} {self.param(value.value)}::numeric)")
+        when = parse_datetime(value.value)
+        if when is not None:
+            return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' AND ({attr} #>> '{{}}') ~ {_DATETIME_SQL}"
+                    f" THEN ({attr} #>> '{{}}')::timestamptz END {sql_op} {self.param(when)}::timestamptz)")
+        return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN ({attr} #>> '{{}}') END"
+                f" {sql_op} {self.param(value.value)}::text)")
+
+    def compare_builtin(self, name: Token, builtin: tuple[str, str], op: str, value: Token) -> str:
+        column, kind = builtin
+        sql_op = "<>" if op == "!=" else op
+        if kind == "time":
+            when = parse_datetime(value.value) if value.kind == "string" else None
+            if when is None:
+                raise _error(f"{name.value} needs a datetime string such as '2024-05-01T12:00:00Z'", value.column)
+            return f"({column} {sql_op} {self.param(when)}::timestamptz)"
+        if value.kind != "string":
+            raise _error(f"{name.value} needs a quoted string", value.column)
+        text = value.value.lower() if kind == "status" else value.value
+        return f"({column} {sql_op} {self.param(text)}::text)"
+
+    def starts_with(self, name: Token, prefix: str) -> str:
+        builtin = BUILTINS.get(name.value)
+        if builtin is not None:
+            if builtin[1] == "time":
+                raise _error(f"STARTS_WITH does not apply to {name.value}", name.column)
+            return f"starts_with({builtin[0]}, {self.param(prefix)}::text)"
+        attr = f"(search_attributes -> {self.param(name.value)})"
+        return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN starts_with({attr} #>> '{{}}', "
+                f"{self.param(prefix)}::text) END)")
+
+    def null_test(self, name: Token, *, negate: bool) -> str:
+        builtin = BUILTINS.get(name.value)
+        if builtin is not None:
+            return f"({builtin[0]} IS {'NOT ' if negate else ''}NULL)"
+        test = f"search_attributes ? {self.param(name.value)}"
+        return f"({test})" if negate else f"(NOT {test})"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A parsed filter: a SQL boolean expression over ``cairn.runs`` and its parameters."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+def parse_filter(text: str) -> Filter:
+    """Parses a ``--where`` filter into a parametrised SQL fragment (never raw SQL).
+
+    Raises:
+        InputValidationError: the filter is malformed; the message names the column.
+    """
+    if not isinstance(text, str):
+        raise InputValidationError("the filter must be a string")
+    if len(text) > MAX_FILTER_LENGTH:
+        raise InputValidationError(f"the filter is longer than {MAX_FILTER_LENGTH} characters")
+    check_text(text, "the filter")
+    parser = _Parser(tokenize(text))
+    return Filter(parser.parse(), parser.params)
