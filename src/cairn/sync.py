@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
 
 from cairn import db
+from cairn._lifecycle import IdReusePolicy
 from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, started_run_id
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -57,12 +59,16 @@ class SyncClient:
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
               queue: str = "default", id_conflict: IdConflictPolicy = "fail",
-              conn: psycopg.Connection[Any] | None = None) -> SyncWorkflowHandle:
+              conn: psycopg.Connection[Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
+              execution_timeout: timedelta | float | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
         if conn is None:
             return SyncWorkflowHandle(self, self._call(self._client.start(
-                workflow, *args, id=id, queue=queue, id_conflict=id_conflict)))
-        params, signature = self._call(self._client._start_params(workflow, args, id, queue, id_conflict))
+                workflow, *args, id=id, queue=queue, id_conflict=id_conflict, id_reuse_policy=id_reuse_policy,
+                execution_timeout=execution_timeout)))
+        params, signature = self._call(self._client._start_params(
+            workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
+            execution_timeout=execution_timeout))
         while True:
             try:
                 row = conn.execute(q("start_workflow"), params).fetchone()
