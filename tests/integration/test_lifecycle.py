@@ -142,11 +142,14 @@ async def test_child_completes_and_parent_gets_its_result(client, start_worker, 
 
     parent_events = events(sql, handle.run_id)
     scheduled = next(d for s, t, d in parent_events if t == "ChildWorkflowScheduled")
-    assert scheduled["workflow_type"] == "doubler" and scheduled["input"] == [20]
+    assert scheduled["workflow_type"] == "doubler"
+    assert scheduled["input"] == [20]
     started = next(d for _, t, d in parent_events if t == "ChildWorkflowStarted")
     assert started == {"child_seq": 3, "workflow_id": "parent-1/3", "run_id": str(child_run)}
     done = next(d for _, t, d in parent_events if t == "ChildWorkflowCompleted")
-    assert done["result"] == 40 and done["run_id"] == str(child_run) and done["status"] == "completed"
+    assert done["result"] == 40
+    assert done["run_id"] == str(child_run)
+    assert done["status"] == "completed"
     # The child has a history of its own, starting with its input and the parent link.
     child_events = events(sql, str(child_run))
     assert child_events[0][1] == "WorkflowStarted"
@@ -157,7 +160,9 @@ async def test_child_completes_and_parent_gets_its_result(client, start_worker, 
     d = await handle.describe()
     assert [(c["workflow_id"], c["status"], c["seq"]) for c in d.children] == [("parent-1/3", "completed", 3)]
     cd = await client.get_handle("parent-1/3").describe()
-    assert cd.parent is not None and cd.parent["run_id"] == handle.run_id and cd.parent["workflow_id"] == "parent-1"
+    assert cd.parent is not None
+    assert cd.parent["run_id"] == handle.run_id
+    assert cd.parent["workflow_id"] == "parent-1"
 
 
 async def test_child_failure_reaches_parent_with_its_cause(client, start_worker, sql):
@@ -169,7 +174,8 @@ async def test_child_failure_reaches_parent_with_its_cause(client, start_worker,
                    "seq": 3, "run_id": str(child_run)}
     assert run_status(sql, str(child_run)) == "failed"
     failed = next(d for _, t, d in events(sql, handle.run_id) if t == "ChildWorkflowFailed")
-    assert failed["failure"]["type"] == "ChildBroke" and failed["failure"]["details"] == {"why": "boom"}
+    assert failed["failure"]["type"] == "ChildBroke"
+    assert failed["failure"]["details"] == {"why": "boom"}
 
 
 async def test_child_id_conflict(client, start_worker, sql):
@@ -177,7 +183,8 @@ async def test_child_id_conflict(client, start_worker, sql):
     handle = await client.start(parent_conflicts, "taken-id", id="parent-3")
     out = await handle.result(timeout=20)
     assert out["cause"] == "WorkflowAlreadyStarted"
-    assert out["first"] in out["message"] and out["status"] == "not_started"
+    assert out["first"] in out["message"]
+    assert out["status"] == "not_started"
     # One child run only; the refused start wrote nothing; the first child is abandoned, still running.
     assert sql("SELECT count(*), min(status) FROM cairn.runs WHERE workflow_id = 'taken-id'") == [(1, "running")]
     assert "ChildWorkflowStartFailed" in types_of(sql, handle.run_id)
@@ -204,9 +211,11 @@ async def test_parent_close_policy(client, start_worker, sql, policy, child_stat
     if policy == "terminate":
         # Terminated without running code: no marker, no cancel handling in its history.
         types = types_of(sql, child_run)
-        assert "CancelRequested" not in types and types[-2] in ("TimerStarted", "WorkflowTaskStarted")
+        assert "CancelRequested" not in types
+        assert types[-2] in ("TimerStarted", "WorkflowTaskStarted")
         reason = events(sql, child_run)[-1][2]["reason"]
-        assert handle.run_id in reason and "terminate" in reason
+        assert handle.run_id in reason
+        assert "terminate" in reason
 
 
 async def test_parent_cancelled_while_awaiting_child_cancels_the_child(client, start_worker, sql):
@@ -237,18 +246,24 @@ async def test_continue_as_new_chain(client, start_worker, sql):
     out = await handle.result(timeout=30)
     runs = _runs_of(sql, "chain-1")
     assert [s for _, s, _ in runs] == ["continued_as_new", "continued_as_new", "completed"]
-    assert runs[0][0] == first_run and runs[0][2] is None
-    assert runs[1][2] == runs[0][0] and runs[2][2] == runs[1][0]
+    assert runs[0][0] == first_run
+    assert runs[0][2] is None
+    assert runs[1][2] == runs[0][0]
+    assert runs[2][2] == runs[1][0]
     assert handle.run_id == runs[2][0]  # the handle followed the chain
-    assert out["n"] == 3 and out["run_id"] == runs[2][0] and out["continued_from"] == runs[1][0]
+    assert out["n"] == 3
+    assert out["run_id"] == runs[2][0]
+    assert out["continued_from"] == runs[1][0]
     # info().history_length grows within a run and starts over in each new run.
     assert out["lengths"] == [[2, 5]] * 3
     for i, (run_id, _, _) in enumerate(runs):
         evs = events(sql, run_id)
-        assert evs[0][0] == 1 and evs[0][1] == "WorkflowStarted"
+        assert evs[0][0] == 1
+        assert evs[0][1] == "WorkflowStarted"
         assert evs[0][2]["input"] == ([1, []] if i == 0 else [i + 1, [[2, 5]] * i])
         if i < 2:
-            assert evs[-1][1] == "WorkflowContinuedAsNew" and evs[-1][2]["input"] == [i + 2, [[2, 5]] * (i + 1)]
+            assert evs[-1][1] == "WorkflowContinuedAsNew"
+            assert evs[-1][2]["input"] == [i + 2, [[2, 5]] * (i + 1)]
             assert _leftovers(sql, run_id) == dict.fromkeys(_leftovers(sql, run_id), 0)
     # A handle on the workflow id, or on the first run, gives the chain's result too.
     assert (await client.get_handle("chain-1", first_run).result(timeout=5))["n"] == 3
@@ -315,7 +330,8 @@ async def test_id_reuse_policies(client, start_worker, sql):
     before = sql("SELECT count(*) FROM cairn.runs")[0][0]
     with pytest.raises(WorkflowIdReuseRefused) as refused:
         await client.start(quick, "again", id="reuse-1", id_reuse_policy="reject_duplicate")
-    assert refused.value.status == "completed" and refused.value.run_id in str(refused.value)
+    assert refused.value.status == "completed"
+    assert refused.value.run_id in str(refused.value)
     with pytest.raises(WorkflowIdReuseRefused):
         await client.start(quick, "again", id="reuse-1", id_reuse_policy="allow_duplicate_failed_only")
     # A refused start wrote nothing at all.
