@@ -36,6 +36,18 @@ _FAILURE_OF_STATUS = {
 }
 
 
+# The longest execution timeout accepted (about 100 years): beyond, timestamps overflow.
+MAX_EXECUTION_TIMEOUT_SECONDS = 100 * 365 * 86400.0
+
+
+def check_execution_timeout(value: float | None) -> float | None:
+    """Validates an execution timeout in seconds (already converted by ``common.seconds``)."""
+    if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+        raise InputValidationError(f"execution_timeout must be positive and at most "
+                                   f"{MAX_EXECUTION_TIMEOUT_SECONDS:.0f} seconds; got {value!r}")
+    return value
+
+
 def check_policy(value: Any, allowed: tuple[str, ...], what: str) -> str:
     """Validates a policy name (``InputValidationError`` naming the choices)."""
     if value not in allowed:

@@ -203,7 +203,7 @@ class Client:
         if id_conflict not in ("fail", "use_existing"):
             raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
         _lifecycle.check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
-        timeout = seconds(execution_timeout)
+        timeout = _lifecycle.check_execution_timeout(seconds(execution_timeout))
         workflow_id = _validate_id(id) if id is not None else new_run_id()
         _validate_queue(queue)
         payload = [to_payload(a) for a in args]

@@ -466,13 +466,10 @@ class Worker:
         else:
             cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
             events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
-        started = events[0].data if events else {}
-        parent = started.get("parent") or {}
         info = WorkflowInfo(
             workflow_id=task["workflow_id"], run_id=str(task["run_id"]),
             workflow_type=task["workflow_type"], queue=task["queue"], namespace=self.namespace,
-            start_time=task["created_at"], parent_workflow_id=parent.get("workflow_id"),
-            parent_run_id=parent.get("run_id"), continued_from=started.get("continued_from"),
+            start_time=task["created_at"],
         )
         try:
             return replay(definition, info, events)

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
-from cairn._lifecycle import ID_REUSE_POLICIES, PARENT_CLOSE_POLICIES, IdReusePolicy, ParentClosePolicy, check_policy
+from cairn._lifecycle import (
+    ID_REUSE_POLICIES,
+    PARENT_CLOSE_POLICIES,
+    IdReusePolicy,
+    ParentClosePolicy,
+    check_execution_timeout,
+    check_policy,
+)
 from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_text, seconds, to_payload
 from cairn.engine.instance import ActivityHandle, ChildWorkflowHandle, WorkflowInstance
 from cairn.engine.loop import WorkflowLoop
@@ -353,7 +360,7 @@ async def start_child_workflow(
         "queue": queue or inst.info.queue,
         "parent_close_policy": check_policy(parent_close_policy, PARENT_CLOSE_POLICIES, "parent_close_policy"),
         "id_reuse_policy": check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy"),
-        "execution_timeout": seconds(execution_timeout),
+        "execution_timeout": check_execution_timeout(seconds(execution_timeout)),
     }
     handle = inst.start_child(name, id, payload, options, returns)
     try:

@@ -20,6 +20,7 @@ def runs_count(db_url: str) -> int:
     (("--execution-timeout", "0"), "--execution-timeout"),
     (("--execution-timeout", "-3"), "--execution-timeout"),
     (("--execution-timeout", "soon"), "--execution-timeout"),
+    (("--execution-timeout", "1e12"), "execution_timeout"),
 ])
 def test_start_rejects_bad_lifecycle_options(db_url, args, fragment):
     ran = cairn_cli("start", "sleeper", "-m", "flows", "--input", "1", "--id", "bad", *args, db_url=db_url)

@@ -360,4 +360,6 @@ async def test_bad_lifecycle_options_write_nothing(client, sql):
         await client.start(quick, "x", id="bad-1", id_reuse_policy="sometimes")  # type: ignore[arg-type]
     with pytest.raises(InputValidationError, match="positive"):
         await client.start(quick, "x", id="bad-1", execution_timeout=0)
+    with pytest.raises(InputValidationError, match="at most"):
+        await client.start(quick, "x", id="bad-1", execution_timeout=1e12)
     assert sql("SELECT count(*) FROM cairn.runs") == [(0,)]

@@ -208,3 +208,23 @@ def test_replay_stops_at_a_timeout():
     history = [*d.history, Event(d.last_seq + 1, h.WORKFLOW_TIMED_OUT, {"failure": {"type": "WorkflowTimedOut"}})]
     instance = replay(d.definition, d.info, history)
     assert not instance.closed  # nothing ran after the timeout
+
+
+def test_replay_takes_the_chain_link_from_workflow_started():
+    """A continued run's default child ids include its run id; replay (the worker's and
+    ``cairn replay``'s) reads ``continued_from`` from the recorded ``WorkflowStarted``."""
+    from .harness import RUN_ID, T0, make_info
+
+    def history(child_id: str) -> list[Event]:
+        return [
+            Event(1, h.WORKFLOW_STARTED, {"workflow_type": "parent", "input": [5], "queue": "default",
+                                          "workflow_id": "wf-1", "continued_from": OTHER_RUN_ID}),
+            Event(2, h.WORKFLOW_TASK_STARTED, {"time": T0.timestamp(), "worker": "t"}),
+            Event(3, h.CHILD_WORKFLOW_SCHEDULED, {"workflow_type": "kid", "workflow_id": child_id, "input": [5]}),
+        ]
+
+    d = Driver(parent, 5)
+    instance = replay(d.definition, make_info("parent"), history(f"wf-1/{RUN_ID}/3"))
+    assert instance.info.continued_from == OTHER_RUN_ID
+    with pytest.raises(NonDeterminismError):
+        replay(d.definition, make_info("parent"), history("wf-1/3"))

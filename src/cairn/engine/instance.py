@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import traceback
@@ -399,6 +400,17 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _with_links(info: WorkflowInfo, started: dict[str, Any]) -> WorkflowInfo:
+    """The run's identity completed with its parent and predecessor runs, which its
+    ``WorkflowStarted`` event records (so the worker and ``cairn replay`` agree)."""
+    parent = started.get("parent") or {}
+    return dataclasses.replace(
+        info, parent_workflow_id=info.parent_workflow_id or parent.get("workflow_id"),
+        parent_run_id=info.parent_run_id or parent.get("run_id"),
+        continued_from=info.continued_from or started.get("continued_from"),
+    )
+
+
 def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Event],
            instance: WorkflowInstance | None = None) -> WorkflowInstance:
     """Replays recorded history through the code, checking each produced command.
@@ -419,7 +431,8 @@ def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Even
         if not events or events[0].type != h.WORKFLOW_STARTED:
             raise NonDeterminismError(events[0].seq if events else 1, h.WORKFLOW_STARTED,
                                       events[0].type if events else None)
-        instance = WorkflowInstance(definition, info, list(events[0].data.get("input") or []))
+        instance = WorkflowInstance(definition, _with_links(info, events[0].data),
+                                    list(events[0].data.get("input") or []))
         i = 1
     instance.replaying = True
     try:
