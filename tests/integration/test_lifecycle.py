@@ -212,7 +212,7 @@ async def test_parent_close_policy(client, start_worker, sql, policy, child_stat
         # Terminated without running code: no marker, no cancel handling in its history.
         types = types_of(sql, child_run)
         assert "CancelRequested" not in types
-        assert types[-2] in ("TimerStarted", "WorkflowTaskStarted")
+        assert types[-2] in ("WorkflowStarted", "TimerStarted")
         reason = events(sql, child_run)[-1][2]["reason"]
         assert handle.run_id in reason
         assert "terminate" in reason
