@@ -3,6 +3,7 @@ continue-as-new chains, execution timeouts, id reuse policies."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -163,6 +164,25 @@ async def test_child_completes_and_parent_gets_its_result(client, start_worker, 
     assert cd.parent is not None
     assert cd.parent["run_id"] == handle.run_id
     assert cd.parent["workflow_id"] == "parent-1"
+
+
+@workflow.defn
+async def fan_out(n: int) -> int:
+    handles = [await workflow.start_child_workflow(doubler, i) for i in range(n)]
+    return sum(await asyncio.gather(*handles))
+
+
+async def test_many_children_at_once(client, start_worker, sql):
+    await start_worker(workflows=[fan_out, doubler], workflow_concurrency=4)
+    await start_worker(workflows=[fan_out, doubler], workflow_concurrency=4)
+    handle = await client.start(fan_out, 12, id="fan")
+    assert await handle.result(timeout=60) == sum(2 * i for i in range(12))
+    assert sql("SELECT count(*), min(status), max(status) FROM cairn.runs WHERE parent_run_id = %s",
+               (handle.run_id,)) == [(12, "completed", "completed")]
+    types = types_of(sql, handle.run_id)
+    assert types.count("ChildWorkflowCompleted") == 12
+    assert types.count("ChildWorkflowStarted") == 12
+    assert sql("SELECT count(*) FROM cairn.inbox") == [(0,)]
 
 
 async def test_child_failure_reaches_parent_with_its_cause(client, start_worker, sql):
