@@ -4,7 +4,7 @@ continue-as-new chains, execution timeouts, id reuse policies."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,9 @@ from cairn import (
     WorkflowTimedOutError,
     workflow,
 )
+from cairn.engine.history import Event
+from cairn.engine.instance import replay
+from cairn.workflow import WorkflowInfo, definition_of
 
 from .support import events, run_status, types_of, wait_until
 
@@ -109,6 +112,12 @@ async def quick(outcome: str) -> str:
     return outcome
 
 
+def _replays(fn: Any, workflow_id: str, run_id: str, history: list[Event]) -> None:
+    info = WorkflowInfo(workflow_id=workflow_id, run_id=run_id, workflow_type=definition_of(fn).name,
+                        queue="default", namespace="default", start_time=history[0].at or datetime.now(UTC))
+    assert replay(definition_of(fn), info, history).closed
+
+
 async def _closed(sql, run_id: str) -> str:
     return await wait_until(lambda: (s := run_status(sql, run_id)) != "running" and s, timeout=15,
                             what=f"run {run_id} to close")
@@ -161,6 +170,8 @@ async def test_child_completes_and_parent_gets_its_result(client, start_worker, 
     d = await handle.describe()
     assert [(c["workflow_id"], c["status"], c["seq"]) for c in d.children] == [("parent-1/3", "completed", 3)]
     cd = await client.get_handle("parent-1/3").describe()
+    # The recorded parent history replays with the current code.
+    _replays(parent_adds, "parent-1", handle.run_id, await handle.history())
     assert cd.parent is not None
     assert cd.parent["run_id"] == handle.run_id
     assert cd.parent["workflow_id"] == "parent-1"
@@ -196,6 +207,25 @@ async def test_child_failure_reaches_parent_with_its_cause(client, start_worker,
     failed = next(d for _, t, d in events(sql, handle.run_id) if t == "ChildWorkflowFailed")
     assert failed["failure"]["type"] == "ChildBroke"
     assert failed["failure"]["details"] == {"why": "boom"}
+
+
+@workflow.defn
+async def parent_reuses(child_id: str) -> dict[str, Any]:
+    first = await workflow.execute_child_workflow(doubler, 1, id=child_id)
+    try:
+        await workflow.start_child_workflow(doubler, 2, id=child_id, id_reuse_policy="reject_duplicate")
+    except ChildWorkflowError as exc:
+        return {"first": first, "cause": exc.cause.type, "details": exc.cause.details}
+    return {}
+
+
+async def test_child_id_reuse_policy(client, start_worker, sql):
+    await start_worker(workflows=[parent_reuses, doubler])
+    out = await (await client.start(parent_reuses, "reused-child", id="parent-7")).result(timeout=20)
+    first_run = str(sql("SELECT run_id FROM cairn.runs WHERE workflow_id = 'reused-child'")[0][0])
+    assert out == {"first": 2, "cause": "WorkflowIdReuseRefused",
+                   "details": {"run_id": first_run, "status": "completed"}}
+    assert sql("SELECT count(*) FROM cairn.runs WHERE workflow_id = 'reused-child'") == [(1,)]
 
 
 async def test_child_id_conflict(client, start_worker, sql):
@@ -288,6 +318,8 @@ async def test_continue_as_new_chain(client, start_worker, sql):
     # A handle on the workflow id, or on the first run, gives the chain's result too.
     assert (await client.get_handle("chain-1", first_run).result(timeout=5))["n"] == 3
     assert (await client.get_handle("chain-1").result(timeout=5))["n"] == 3
+    for run_id, _, _ in runs:
+        _replays(counter, "chain-1", run_id, await client.get_handle("chain-1", run_id).history())
     d = await client.get_handle("chain-1", runs[1][0]).describe()
     assert (d.continued_from, d.continued_to) == (runs[0][0], runs[2][0])
 
