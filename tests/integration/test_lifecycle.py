@@ -286,6 +286,32 @@ async def test_parent_cancelled_while_awaiting_child_cancels_the_child(client, s
     assert handle.run_id in req["reason"]
 
 
+@workflow.defn
+async def parent_reports_child(child_id: str) -> dict[str, Any]:
+    try:
+        await workflow.execute_child_workflow(napper, "x", id=child_id)
+    except ChildWorkflowError as exc:
+        return {"type": exc.cause.type, "message": exc.cause.message, "status": exc.status}
+    return {}
+
+
+async def test_terminating_a_child_or_a_parent(client, start_worker, sql):
+    await start_worker(workflows=[parent_reports_child, napper])
+    # An operator terminates the child: the parent hears it as a ChildWorkflowError.
+    parent = await client.start(parent_reports_child, "doomed-child", id="parent-8")
+    await wait_until(lambda: "ChildWorkflowStarted" in types_of(sql, parent.run_id), what="child started")
+    await client.get_handle("doomed-child").terminate("operator says so")
+    assert await parent.result(timeout=20) == {"type": "WorkflowTerminated", "message": "operator says so",
+                                               "status": "terminated"}
+    # An operator terminates a parent: its child (policy terminate) is terminated too.
+    parent = await client.start(parent_reports_child, "orphan", id="parent-9")
+    await wait_until(lambda: "ChildWorkflowStarted" in types_of(sql, parent.run_id), what="child started")
+    await parent.terminate("stop")
+    child_run = str(sql("SELECT run_id FROM cairn.runs WHERE workflow_id = 'orphan'")[0][0])
+    assert await _closed(sql, child_run) == "terminated"
+    assert types_of(sql, child_run)[-1] == "WorkflowTerminated"
+
+
 # ---------------------------------------------------------------- continue-as-new
 
 
