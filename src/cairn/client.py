@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
@@ -16,10 +16,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import db
+from cairn import _lifecycle, db
+from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
 from cairn._messages import ClientMessages, HandleMessages
 from cairn._telemetry import tracer
-from cairn.common import Signature, check_text, new_run_id, to_payload
+from cairn.common import Signature, check_text, new_run_id, seconds, to_payload
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -31,8 +32,10 @@ from cairn.errors import (
     WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowFailure,
+    WorkflowIdReuseRefused,
     WorkflowNotFound,
     WorkflowTerminated,
+    WorkflowTimedOutError,
     WorkflowTimeout,
 )
 from cairn.saga import describe_sagas
@@ -63,6 +66,12 @@ class RunDescription:
     search_attributes: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] | None = None
     reset_from: dict[str, Any] | None = None  # the run a reset or retry started from
+    # The run lifecycle: parent link, continue-as-new chain, execution deadline, children.
+    parent: dict[str, Any] | None = None
+    continued_from: str | None = None
+    continued_to: str | None = None
+    execution_deadline: datetime | None = None
+    children: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -156,6 +165,8 @@ class Client(ClientMessages):
         conn: psycopg.AsyncConnection[Any] | None = None,
         search_attributes: Mapping[str, Any] | None = None,
         memo: Mapping[str, Any] | None = None,
+        id_reuse_policy: IdReusePolicy = "allow_duplicate",
+        execution_timeout: timedelta | float | None = None,
     ) -> WorkflowHandle:
         """Starts a workflow run and returns once the start is committed.
 
@@ -171,11 +182,21 @@ class Client(ClientMessages):
             search_attributes: typed key/values to filter runs by (``cairn list --where``):
                 str, int, float, bool, timezone-aware datetime, or a list of str.
             memo: a JSON object shown by ``describe`` (not searchable).
+            id_reuse_policy: about the id's *closed* runs: ``"allow_duplicate"`` (default)
+                starts anyway; ``"allow_duplicate_failed_only"`` only if the newest closed run
+                failed, was cancelled, terminated or timed out; ``"reject_duplicate"`` never
+                reuses an id. A refusal raises :class:`WorkflowIdReuseRefused`.
+            execution_timeout: the most the run, and the runs it continues as, may take in
+                all; past it the run closes as ``timed_out`` (seconds or a ``timedelta``).
 
         Raises:
-            InputValidationError: bad arguments, id, queue or policy; nothing was written.
+            InputValidationError: bad arguments, id, queue, policy or timeout; nothing was written.
+            WorkflowAlreadyStarted: the id has an open run (``id_conflict="fail"``), or the id
+                reuse policy refused (:class:`WorkflowIdReuseRefused`); nothing was written.
         """
-        params, signature = await self._start_params(workflow, args, id, queue, id_conflict)
+        params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
+                                                     id_reuse_policy=id_reuse_policy,
+                                                     execution_timeout=execution_timeout)
         add_visibility(params, search_attributes, memo)
         with tracer.start_as_current_span("cairn.start_workflow", attributes={
             "cairn.workflow_id": params["workflow_id"], "cairn.workflow_type": params["workflow_type"],
@@ -189,10 +210,14 @@ class Client(ClientMessages):
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
     async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
-                            queue: str, id_conflict: str) -> tuple[dict[str, Any], Signature | None]:
+                            queue: str, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
+                            execution_timeout: timedelta | float | None = None,
+                            ) -> tuple[dict[str, Any], Signature | None]:
         """Validates a start (before anything is written) and builds its parameters."""
         if id_conflict not in ("fail", "use_existing"):
             raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
+        _lifecycle.check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
+        timeout = _lifecycle.check_execution_timeout(seconds(execution_timeout))
         workflow_id = _validate_id(id) if id is not None else new_run_id()
         _validate_queue(queue)
         payload = [to_payload(a) for a in args]
@@ -204,13 +229,10 @@ class Client(ClientMessages):
             d = definition_of(workflow)
             name, signature = d.name, d.signature
             signature.validate_args(payload, f"workflow {name}")
-        params = {
-            "run_id": new_run_id(), "namespace": self.namespace, "workflow_id": workflow_id,
-            "workflow_type": name, "queue": queue, "now": None,
-            "data": Jsonb({"workflow_type": name, "input": payload, "queue": queue,
-                           "workflow_id": workflow_id}),
-            "search_attributes": None, "memo": None,
-        }
+        params = _lifecycle.start_params(
+            namespace=self.namespace, workflow_id=workflow_id, workflow_type=name, queue=queue, args=payload,
+            id_reuse_policy=id_reuse_policy, execution_timeout=timeout,
+        )
         return params, signature
 
     async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
@@ -288,7 +310,7 @@ class Client(ClientMessages):
             InputValidationError: a bad status, limit or filter (the message names the column).
         """
         flt = parse_filter(where) if where is not None else None
-        statuses = ("running", "completed", "failed", "cancelled", "terminated")
+        statuses = RUN_STATUSES
         if status is not None and status not in statuses:
             raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
         if limit < 1:
@@ -401,6 +423,9 @@ def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str)
         return str(row[0])
     if existing is None:  # the open run closed between the two statements: start anew
         return None
+    if len(existing) > 2 and existing[2] != "running":  # the id reuse policy refused
+        raise WorkflowIdReuseRefused(params["workflow_id"], str(existing[0]), str(existing[2]),
+                                     str(params.get("id_reuse_policy")))
     if policy == "use_existing":
         return str(existing[0])
     raise WorkflowAlreadyStarted(params["workflow_id"], str(existing[0]))
@@ -442,6 +467,9 @@ class WorkflowHandle(HandleMessages):
         while True:
             with self.client._close_waiter(self.run_id) as closed:
                 row = await self._outcome_row()
+                if row["status"] == "continued_as_new":  # follow the chain to its newest run
+                    self.run_id = await self._successor()
+                    continue
                 if row["status"] != "running":
                     return self._outcome(row)
                 remaining = None if deadline is None else deadline - loop.time()
@@ -450,6 +478,15 @@ class WorkflowHandle(HandleMessages):
                 # The NOTIFY wakes us; the periodic re-check covers a lost connection.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closed, min(remaining or 5.0, 5.0))
+
+    async def _successor(self) -> str:
+        """The run that this handle's run continued as (created in the same transaction)."""
+        async with self.client.pool.connection() as c:
+            row = await (await c.execute(q("run_successor"), {"run_id": self.run_id})).fetchone()
+        if row is None:
+            raise WorkflowNotFound(f"run {self.run_id} of {self.workflow_id!r} continued as new, "
+                                   "but its next run is missing")
+        return str(row[0])
 
     async def _outcome_row(self) -> dict[str, Any]:
         """The run's status and, once closed, its last event, in one query."""
@@ -473,6 +510,9 @@ class WorkflowHandle(HandleMessages):
             raise WorkflowTerminated(f"workflow {self.workflow_id!r} was terminated: {data.get('reason') or ''}",
                                      type="WorkflowTerminated", details=data)
         failure = data.get("failure") or {}
+        if etype == h.WORKFLOW_TIMED_OUT:
+            raise WorkflowTimedOutError(f"workflow {self.workflow_id!r} timed out: {failure.get('message')}",
+                                        type="WorkflowTimedOut", details=failure)
         raise WorkflowFailure(
             f"workflow {self.workflow_id!r} failed: {failure.get('type')}: {failure.get('message')}",
             type=str(failure.get("type") or "WorkflowFailed"), details=failure,
@@ -490,6 +530,11 @@ class WorkflowHandle(HandleMessages):
             last = await (await cur.execute(q("last_history_event"), params)).fetchone()
             saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
             vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
+            links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
+        parent = None
+        if links.get("parent_run_id") is not None:
+            parent = {"workflow_id": links["parent_workflow_id"], "run_id": str(links["parent_run_id"]),
+                      "seq": links["parent_seq"], "parent_close_policy": links["parent_close_policy"]}
         return RunDescription(
             workflow_id=row["workflow_id"], run_id=row["run_id"], workflow_type=row["workflow_type"],
             queue=row["queue"], status=row["status"], created_at=row["created_at"],
@@ -499,6 +544,10 @@ class WorkflowHandle(HandleMessages):
             sagas=describe_sagas([Event(s, t, d, a) for s, t, d, a in saga_events]),
             search_attributes=vis.get("search_attributes") or {}, memo=vis.get("memo"),
             reset_from=vis.get("reset_from"),
+            parent=parent,
+            continued_from=str(links["continued_from"]) if links.get("continued_from") else None,
+            continued_to=str(links["continued_to"]) if links.get("continued_to") else None,
+            execution_deadline=links.get("execution_deadline"), children=links.get("children") or [],
         )
 
     async def history(self, after: int = 0) -> list[Event]:
@@ -555,6 +604,8 @@ class WorkflowHandle(HandleMessages):
             await c.execute(q("close_run"), {**params, "status": "terminated",
                                              "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})
             await c.execute(q("finish_workflow_task"), params)
+            # Its parent hears of it; its children get their parent close policy.
+            await _lifecycle.close_family(c, row["run_id"], h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
 
 
 def _prepare(url: str, embedded: bool) -> None:

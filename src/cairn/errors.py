@@ -190,3 +190,64 @@ class WorkflowTerminated(WorkflowFailure):
 
 class WorkflowTimeout(CairnError):
     """Waiting for a result took longer than the caller allowed."""
+
+
+class WorkflowIdReuseRefused(WorkflowAlreadyStarted):
+    """The id reuse policy refuses a new run because of the id's closed runs.
+
+    Attributes:
+        run_id: the newest closed run of the id.
+        status: that run's status.
+        policy: the id reuse policy that refused.
+    """
+
+    def __init__(self, workflow_id: str, run_id: str, status: str, policy: str) -> None:
+        CairnError.__init__(
+            self, f"workflow id {workflow_id!r} may not be reused (policy {policy}): "
+                  f"its run {run_id} {status.replace('_', ' ')}"
+        )
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.status = status
+        self.policy = policy
+
+
+class WorkflowTimedOutError(WorkflowFailure):
+    """The run passed its execution timeout; no workflow code ran after that."""
+
+
+class ChildWorkflowError(WorkflowFailure):
+    """A child workflow failed, was cancelled, terminated or timed out, or could not start.
+
+    Attributes:
+        cause: the child's failure as an :class:`ApplicationError` (its ``type`` is e.g.
+            ``WorkflowCancelled``, ``WorkflowTerminated``, ``WorkflowTimedOut``,
+            ``WorkflowAlreadyStarted``, or the type of the error the child failed with).
+        workflow_id: the child's workflow id.
+        run_id: the child's run (``None`` if it did not start).
+        seq: the seq of the parent's ``ChildWorkflowScheduled`` command.
+        status: the child's final status (``"not_started"`` if it did not start).
+    """
+
+    def __init__(self, message: str, *, cause: ApplicationError, workflow_id: str, run_id: str | None,
+                 seq: int, status: str) -> None:
+        super().__init__(message, type="ChildWorkflowError", details=cause.to_failure())
+        self.cause = cause
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.seq = seq
+        self.status = status
+        self.__cause__ = cause
+
+
+class ContinueAsNewError(BaseException):
+    """Raised by :func:`cairn.workflow.continue_as_new` to unwind the workflow code.
+
+    A ``BaseException``, so ``except Exception`` in workflow code does not swallow it; the
+    run then closes as ``continued_as_new`` and a new run of the same workflow id starts
+    with ``args``.
+    """
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.input = args

@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn import db
+from cairn import _lifecycle, db
 from cairn.common import check_text, new_run_id
 from cairn.engine import history as h
 from cairn.engine.history import Event
@@ -104,6 +104,7 @@ def plan_reset(events: list[Event], old_run_id: str, seq: int | None, *, reapply
               and e.data.get("cancellation_type") == "wait_cancellation_completed"]
     resolved_timers = {int(e.data["timer_seq"]) for e in [*copied, *inputs]
                        if e.type in (h.TIMER_FIRED, h.TIMER_CANCELLED)}
+    inbox += _orphaned_children(events, [*copied, *inputs])
     attrs: dict[str, Any] = dict(started.data.get("search_attributes") or {})
     plan = ResetPlan(seq, copied, inbox)
     for e in copied:
@@ -116,6 +117,32 @@ def plan_reset(events: list[Event], old_run_id: str, seq: int | None, *, reapply
             attrs = merge_upserts(attrs, e.data["search_attributes"])
     plan.search_attributes = attrs
     return plan
+
+
+def _orphaned_children(events: list[Event], kept: list[Event]) -> list[tuple[str, dict[str, Any]]]:
+    """Input events for the child runs that were started before the reset point and had
+    not finished by it: their outcomes go to the old run (their parent), which the reset
+    terminates (a child with parent close policy ``terminate`` is terminated with it), so
+    the new run is told that each such child is lost to it, deterministically, rather than
+    waiting for it for ever. The workflow sees a ``ChildWorkflowError`` of type ``ParentReset``."""
+    done = {int(e.data["child_seq"]) for e in kept
+            if e.type in (h.CHILD_WORKFLOW_COMPLETED, h.CHILD_WORKFLOW_FAILED, h.CHILD_WORKFLOW_START_FAILED)}
+    started = {int(e.data["child_seq"]) for e in kept if e.type == h.CHILD_WORKFLOW_STARTED}
+    later = {int(e.data["child_seq"]): e.data for e in events if e.type == h.CHILD_WORKFLOW_STARTED}
+    out: list[tuple[str, dict[str, Any]]] = []
+    for e in kept:
+        if e.type != h.CHILD_WORKFLOW_SCHEDULED or e.seq in done:
+            continue
+        failure = {"type": "ParentReset", "details": None,
+                   "message": f"child workflow {e.data.get('workflow_id')!r} belongs to the run that was reset"}
+        if e.seq not in started and e.seq not in later:
+            out.append((h.CHILD_WORKFLOW_START_FAILED, {"child_seq": e.seq, "workflow_id": e.data.get("workflow_id"),
+                                                        "failure": failure}))
+            continue
+        if e.seq not in started:
+            out.append((h.CHILD_WORKFLOW_STARTED, later[e.seq]))
+        out.append((h.CHILD_WORKFLOW_FAILED, {"child_seq": e.seq, "failure": failure}))
+    return out
 
 
 def _jsonb(value: Any) -> Jsonb | None:
@@ -182,6 +209,9 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
                     await c.execute(q("close_run"), {**params, "status": "terminated", "failure": Jsonb(
                         {"type": "WorkflowTerminated", "message": f"reset to seq {plan.seq}"})})
                     await c.execute(q("finish_workflow_task"), params)
+                    # Like any termination: tell its parent, apply its children's close policy.
+                    await _lifecycle.close_family(c, old, h.WORKFLOW_TERMINATED,
+                                                  {"reason": f"reset to seq {plan.seq}"}, "terminated")
                 new = {"run_id": new_id, "now": None}
                 await c.execute(q("insert_reset_run"), {
                     **new, "namespace": client.namespace, "workflow_id": row["workflow_id"],

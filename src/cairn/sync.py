@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
 
 from cairn import db
+from cairn._lifecycle import IdReusePolicy
 from cairn._messages import QUERY_TIMEOUT_SECONDS
 from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, add_visibility, started_run_id
 from cairn.engine.history import Event
@@ -59,13 +61,17 @@ class SyncClient:
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
               queue: str = "default", id_conflict: IdConflictPolicy = "fail",
               conn: psycopg.Connection[Any] | None = None, search_attributes: Mapping[str, Any] | None = None,
-              memo: Mapping[str, Any] | None = None) -> SyncWorkflowHandle:
+              memo: Mapping[str, Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
+              execution_timeout: timedelta | float | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
         if conn is None:
             return SyncWorkflowHandle(self, self._call(self._client.start(
                 workflow, *args, id=id, queue=queue, id_conflict=id_conflict,
-                search_attributes=search_attributes, memo=memo)))
-        params, signature = self._call(self._client._start_params(workflow, args, id, queue, id_conflict))
+                search_attributes=search_attributes, memo=memo, id_reuse_policy=id_reuse_policy,
+                execution_timeout=execution_timeout)))
+        params, signature = self._call(self._client._start_params(
+            workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
+            execution_timeout=execution_timeout))
         add_visibility(params, search_attributes, memo)
         while True:
             try:

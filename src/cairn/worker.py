@@ -28,8 +28,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from cairn import _lifecycle, db
 from cairn import activity as activity_api
-from cairn import db
 from cairn._telemetry import tracer
 from cairn.activity import ActivityDefinition, ActivityInfo
 from cairn.client import CONNECTION_OPTIONS
@@ -473,6 +473,12 @@ class Worker(_QueryAnswering):
                 else:
                     raise
                 return True
+            except psycopg.errors.DeadlockDetected as exc:
+                # A parent and a child closing at once wait for each other's task rows
+                # (_lifecycle.close_family); Postgres aborted this side: it runs again.
+                self._abandon(tasks, eager)
+                log.info("workflow task batch lost a deadlock (%s); it runs again", exc)
+                return True
             except BaseException:
                 self._abandon(tasks, eager)
                 raise
@@ -512,6 +518,10 @@ class Worker(_QueryAnswering):
             return []
         inbox = [tuple(item) for item in task["inbox"]]  # read with the task state
         last_seq = int(task["last_seq"])
+        closing = _lifecycle.closing_input(inbox)
+        if closing is not None:  # terminated by its parent's close, or timed out: no code runs
+            await self._close_without_code(conn, task, [r[0] for r in inbox], closing)
+            return []
         now: datetime = task["now"]
         span = tracer.start_span("cairn.workflow_task", attributes={
             "cairn.workflow_id": task["workflow_id"], "cairn.workflow_type": task["workflow_type"],
@@ -538,7 +548,8 @@ class Worker(_QueryAnswering):
             return []
         span.end()
         events = [marker, *inputs, *(c.as_event() for c in commands)]
-        eager = await self._record(conn, task, events, [r[0] for r in inbox])
+        family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
+        eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
         self.stats.workflow_tasks += 1
         if inst.closed:
             self._evict(run_id)
@@ -572,11 +583,12 @@ class Worker(_QueryAnswering):
             raise WorkflowTaskFailed(exc) from exc
 
     async def _record(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
-                      events: list[Event], inbox_ids: list[int]) -> list[dict[str, Any]]:
+                      events: list[Event], inbox_ids: list[int], *, family: bool = False) -> list[dict[str, Any]]:
         """Writes one workflow task's outcome, in the task's transaction.
 
         Activities this worker can run, up to its free slots, are leased to it in the same
-        statement (eager dispatch); their rows are returned.
+        statement (eager dispatch); their rows are returned. ``family``: the run closes and
+        has a parent or children, who must hear of it (see cairn._lifecycle).
         """
         run_id = str(task["run_id"])
         base = {"run_id": run_id, "now": None}
@@ -636,8 +648,28 @@ class Worker(_QueryAnswering):
                 await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
             if wait_cancels:
                 await conn.execute(q("request_activity_cancels"), {**base, "seqs": wait_cancels})
+        await _lifecycle.record_commands(conn, task, self.namespace, events, family)
         self._reserved += len(leased)
         return leased
+
+    async def _close_without_code(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
+                                  inbox_ids: list[int], closing: tuple[str, str, dict[str, Any], dict[str, Any]],
+                                  ) -> None:
+        """Closes a run for a terminate request or its execution timeout (see
+        ``_lifecycle.closing_input``): appends the closing event alone, no code runs."""
+        run_id = str(task["run_id"])
+        etype, status, data, failure = closing
+        self._evict(run_id)
+        event = {"seq": int(task["last_seq"]) + 1, "type": etype, "data": data}
+        await conn.execute(q("record_workflow_task"), {
+            "run_id": run_id, "now": None, "inbox_ids": inbox_ids, "events": Jsonb([event]),
+            "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
+            "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
+            "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
+        await _lifecycle.close_family(conn, run_id, etype, data, status)
+        self.stats.workflow_tasks += 1
+        log.info("run %s of %s closed %s without running code", run_id, task["workflow_id"], status,
+                 extra={"workflow_id": task["workflow_id"], "run_id": run_id})
 
     def _evict(self, run_id: str) -> None:
         inst = self._cache.pop(run_id, None)

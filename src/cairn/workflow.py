@@ -9,26 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import random as _random
 import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
-from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, seconds, to_payload
-from cairn.engine.instance import CANCELLATION_TYPES, TRY_CANCEL, ActivityHandle, WorkflowInstance
+from cairn._lifecycle import (
+    ID_REUSE_POLICIES,
+    PARENT_CLOSE_POLICIES,
+    IdReusePolicy,
+    ParentClosePolicy,
+    check_execution_timeout,
+    check_policy,
+)
+from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_text, seconds, to_payload
+from cairn.engine.instance import (
+    CANCELLATION_TYPES,
+    TRY_CANCEL,
+    ActivityHandle,
+    ChildWorkflowHandle,
+    WorkflowInstance,
+)
 from cairn.engine.loop import WorkflowLoop
-from cairn.errors import CairnError, InputValidationError
+from cairn.errors import CairnError, ContinueAsNewError, InputValidationError
 
 if TYPE_CHECKING:
     from cairn.saga import Saga
 
 __all__ = [
-    "ActivityCancellationType", "ActivityHandle", "WorkflowDefinition", "WorkflowInfo", "defn",
-    "deprecate_patch", "execute_activity", "info", "logger", "now", "patched", "random", "saga",
-    "search_attributes", "sleep", "start_activity", "unsafe_is_replaying", "upsert_search_attributes", "uuid4",
+    "ActivityCancellationType", "ActivityHandle", "ChildWorkflowHandle", "WorkflowDefinition", "WorkflowInfo",
+    "continue_as_new", "defn", "deprecate_patch", "execute_activity", "execute_child_workflow", "info", "logger",
+    "now", "patched", "random", "saga", "search_attributes", "sleep", "start_activity", "start_child_workflow",
+    "unsafe_is_replaying", "upsert_search_attributes", "uuid4",
 ]
 # Messages: signals, wait conditions, queries (in their own section below).
 __all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
@@ -51,6 +67,12 @@ class WorkflowInfo:
     queue: str
     namespace: str
     start_time: datetime
+    # The run lifecycle: the parent run of a child workflow, the run this one continued
+    # (continue-as-new), and the history length so far (kept current by :func:`info`).
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    continued_from: str | None = None
+    history_length: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,8 +127,11 @@ def in_workflow() -> bool:
 
 
 def info() -> WorkflowInfo:
-    """The running workflow's id, run id, type and queue."""
-    return _instance().info
+    """The running workflow's id, run id, type and queue, its parent and predecessor runs,
+    and ``history_length``: the seq of its last event so far (a long loop calls
+    :func:`continue_as_new` when it grows too long)."""
+    inst = _instance()
+    return dataclasses.replace(inst.info, history_length=inst.last_seq)
 
 
 def now() -> datetime:
@@ -429,3 +454,109 @@ def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
         messages.query_handlers.pop(name, None)
     else:
         messages.query_handlers[name] = handler
+
+
+# ---------------------------------------------------------------- the run lifecycle
+
+
+def _workflow_call(workflow: Callable[..., Any] | str, args: tuple[Any, ...]
+                   ) -> tuple[str, list[Any], Callable[[Any], Any] | None]:
+    """A workflow invocation's type name, JSON arguments and result validator."""
+    payload = [to_payload(a) for a in args]
+    if isinstance(workflow, str):
+        if not workflow:
+            raise InputValidationError("the workflow type name must not be empty")
+        return workflow, payload, None
+    d = definition_of(workflow)
+    d.signature.validate_args(payload, f"workflow {d.name}")
+
+    def returns(data: Any) -> Any:
+        return d.signature.validate_result(data, f"workflow {d.name}")
+
+    return d.name, payload, returns
+
+
+async def start_child_workflow(
+    workflow: Callable[..., Any] | str,
+    *args: Any,
+    id: str | None = None,
+    queue: str | None = None,
+    parent_close_policy: ParentClosePolicy = "terminate",
+    id_reuse_policy: IdReusePolicy = "allow_duplicate",
+    execution_timeout: timedelta | float | None = None,
+) -> ChildWorkflowHandle:
+    """Starts a child workflow run and returns its handle once it has started.
+
+    The child has its own workflow id, run and history; it is created in the same
+    transaction as this workflow task. Await the handle for its result; cancel the handle
+    to ask the child to cancel.
+
+    Args:
+        workflow: an ``@workflow.defn`` function, or a workflow type name.
+        args: the child's arguments; converted to JSON and recorded in history.
+        id: the child's workflow id (default: ``<this workflow id>/<seq>``, deterministic).
+        queue: the child's workflow queue (default: this workflow's queue).
+        parent_close_policy: what happens to the child if this run closes first:
+            ``"terminate"`` it, ``"request_cancel"`` it, or ``"abandon"`` it (leave it running).
+        id_reuse_policy: as for :meth:`cairn.Client.start`.
+        execution_timeout: the most the child's run (and its continue-as-new chain) may take.
+
+    Raises:
+        ChildWorkflowError: the child could not start (``.cause.type`` is
+            ``WorkflowAlreadyStarted`` or ``WorkflowIdReuseRefused``).
+    """
+    inst = _instance()
+    name, payload, returns = _workflow_call(workflow, args)
+    if id is not None and (not isinstance(id, str) or not id.strip() or len(id) > 1000):
+        raise InputValidationError("the child workflow id must be a non-empty string of at most 1000 characters")
+    if id is not None:
+        check_text(id, "the child workflow id")
+    options = {
+        "queue": queue or inst.info.queue,
+        "parent_close_policy": check_policy(parent_close_policy, PARENT_CLOSE_POLICIES, "parent_close_policy"),
+        "id_reuse_policy": check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy"),
+        "execution_timeout": check_execution_timeout(seconds(execution_timeout)),
+    }
+    handle = inst.start_child(name, id, payload, options, returns)
+    try:
+        await handle.started
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
+    return handle
+
+
+async def execute_child_workflow(
+    workflow: Callable[..., Any] | str,
+    *args: Any,
+    id: str | None = None,
+    queue: str | None = None,
+    parent_close_policy: ParentClosePolicy = "terminate",
+    id_reuse_policy: IdReusePolicy = "allow_duplicate",
+    execution_timeout: timedelta | float | None = None,
+) -> Any:
+    """Starts a child workflow and returns its result (see :func:`start_child_workflow`).
+
+    Raises:
+        ChildWorkflowError: the child did not start, or failed, was cancelled, terminated
+            or timed out; ``.cause`` has the type and message.
+    """
+    handle = await start_child_workflow(
+        workflow, *args, id=id, queue=queue, parent_close_policy=parent_close_policy,
+        id_reuse_policy=id_reuse_policy, execution_timeout=execution_timeout,
+    )
+    return await handle
+
+
+def continue_as_new(*args: Any) -> NoReturn:
+    """Closes this run as ``continued_as_new`` and starts a new run of the same workflow id,
+    type and queue with ``args`` and an empty history.
+
+    Raises :class:`~cairn.errors.ContinueAsNewError` (a ``BaseException``) to unwind the
+    code; do not catch it. Pending activities and timers of this run are dropped; the
+    execution timeout, the parent and the id carry over.
+    """
+    inst = _instance()
+    payload = [to_payload(a) for a in args]
+    inst.definition.signature.validate_args(payload, f"workflow {inst.definition.name}")
+    raise ContinueAsNewError(payload)

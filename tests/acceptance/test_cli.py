@@ -49,6 +49,7 @@ def register_types(db_url: str) -> None:
 
 
 def test_db_migrate_and_status(empty_db_url):
+
     url = empty_db_url
     ran = cairn_cli("db", "status", "--json", db_url=url)
     assert ran.code == 0, ran.err

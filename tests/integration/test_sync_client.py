@@ -6,8 +6,9 @@ import asyncio
 from datetime import timedelta
 
 import psycopg
+import pytest
 
-from cairn import activity, workflow
+from cairn import WorkflowIdReuseRefused, activity, workflow
 from cairn.sync import SyncClient
 
 
@@ -42,3 +43,18 @@ async def test_sync_client_start_and_outbox(db_url, start_worker, sql):
     assert await asyncio.to_thread(script) == (2, 42)
     assert sql("SELECT id FROM orders ORDER BY id") == [("o-2",)]
     assert sql("SELECT workflow_id FROM cairn.runs ORDER BY workflow_id") == [("sync-1",), ("sync-2",)]
+
+
+async def test_sync_client_id_reuse_policy_in_an_outbox_start(db_url, start_worker, sql):
+    await start_worker(workflows=[plus_one], activities=[add_one])
+
+    def script() -> str:
+        with SyncClient(db_url) as client:
+            client.start(plus_one, 1, id="sync-reuse").result(timeout=20)
+            with psycopg.connect(db_url) as conn, conn.transaction():
+                with pytest.raises(WorkflowIdReuseRefused) as refused:
+                    client.start(plus_one, 2, id="sync-reuse", conn=conn, id_reuse_policy="reject_duplicate")
+                return refused.value.status
+
+    assert await asyncio.to_thread(script) == "completed"
+    assert sql("SELECT count(*) FROM cairn.runs WHERE workflow_id = 'sync-reuse'") == [(1,)]

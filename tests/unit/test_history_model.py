@@ -49,7 +49,7 @@ def test_describe_names_the_identity():
 
 def test_event_type_sets_are_disjoint():
     assert not h.INPUT_EVENTS & h.COMMAND_EVENTS
-    assert set(h.TERMINAL_EVENTS) - {h.WORKFLOW_TERMINATED} <= h.COMMAND_EVENTS
+    assert set(h.TERMINAL_EVENTS) - h.CLOSED_WITHOUT_CODE <= h.COMMAND_EVENTS
 
 
 def test_non_determinism_error_carries_its_fields():

@@ -182,3 +182,35 @@ def test_reset_tells_the_new_run_of_a_cancellation_that_had_not_completed():
     # Not re-created (it was cancelled), but its completed cancellation is in the new inbox.
     assert plan.activities == []
     assert (h.ACTIVITY_CANCELLED, {"activity_seq": first[0].seq, "attempt": 0, "started": False}) in plan.inbox
+
+
+@workflow.defn
+async def two_children() -> str:
+    first = await workflow.start_child_workflow("kid", id="kid-1")
+    second = await workflow.start_child_workflow("kid", id="kid-2")
+    try:
+        return str(await first) + str(await second)
+    except Exception as exc:  # ChildWorkflowError
+        return f"lost: {exc.cause.type}"  # type: ignore[attr-defined]
+
+
+def test_reset_tells_the_new_run_its_unfinished_children_are_lost():
+    d = Driver(two_children)
+    (first,) = d.activate()
+    (second,) = d.activate((h.CHILD_WORKFLOW_STARTED, {"child_seq": first.seq, "workflow_id": "kid-1",
+                                                       "run_id": OTHER_RUN_ID}))
+    # Reset to the task that got the first child's start: the second child's start is in
+    # the old history only after the reset point.
+    d.activate((h.CHILD_WORKFLOW_STARTED, {"child_seq": second.seq, "workflow_id": "kid-2", "run_id": RUN_ID}))
+    reset_seq = task_seqs(d.history)[1]
+    plan = plan_reset(d.history, RUN_ID, reset_seq)
+    kinds = [(t, data["child_seq"], (data.get("failure") or {}).get("type")) for t, data in plan.inbox]
+    # The task's own input (first child started), then: the first child lost to the new run.
+    assert kinds == [(h.CHILD_WORKFLOW_STARTED, first.seq, None), (h.CHILD_WORKFLOW_FAILED, first.seq, "ParentReset")]
+    # A replay of the new run's history with that inbox gives the workflow a clear failure.
+    new = Driver(two_children)
+    new.activate()
+    (again,) = new.activate(*plan.inbox)  # the second child was not started before the reset point
+    assert (again.type, again.data["workflow_id"]) == (h.CHILD_WORKFLOW_SCHEDULED, "kid-2")
+    new.activate((h.CHILD_WORKFLOW_STARTED, {"child_seq": again.seq, "workflow_id": "kid-2", "run_id": RUN_ID}))
+    assert new.result == "lost: ParentReset"

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES
 from cairn.cli._base import (
     EXIT_RUNTIME,
     Settings,
@@ -72,6 +73,10 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("--id", "workflow_id", default=None, help="Workflow id (default: a new UUID).")
 @click.option("--queue", default="default", show_default=True)
 @click.option("--id-conflict", type=click.Choice(["fail", "use_existing"]), default="fail", show_default=True)
+@click.option("--id-reuse-policy", type=click.Choice(list(ID_REUSE_POLICIES)), default="allow_duplicate",
+              show_default=True, help="Whether the id may be reused after its runs closed.")
+@click.option("--execution-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Time out the run (and the runs it continues as) after this many seconds.")
 @click.option("-m", "--module", "modules", multiple=True,
               help="Validate against this module's code instead of the worker registry.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
@@ -84,7 +89,8 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @json_option
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
-              queue: str, id_conflict: str, modules: tuple[str, ...], wait: bool, timeout: float | None,
+              queue: str, id_conflict: str, id_reuse_policy: str, execution_timeout: float | None,
+              modules: tuple[str, ...], wait: bool, timeout: float | None,
               search_attributes: tuple[str, ...], memo: str | None, as_json: bool) -> None:
     """Start a workflow of type WORKFLOW_TYPE."""
 
@@ -103,7 +109,9 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             args = _args_for(value, int(registered["input_schema"].get("maxItems", 1)), input_ is not None)
             target = workflow_type
         handle = await client.start(target, *args, id=workflow_id, queue=queue,
-                                    id_conflict=id_conflict, **visibility)  # type: ignore[arg-type]
+                                    id_conflict=id_conflict,  # type: ignore[arg-type]
+                                    id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
+                                    execution_timeout=execution_timeout, **visibility)
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id})", err=wait)
@@ -128,7 +136,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
 
 
 @main.command("list")
-@click.option("--status", type=click.Choice(["running", "completed", "failed", "cancelled", "terminated"]))
+@click.option("--status", type=click.Choice(list(RUN_STATUSES)))
 @click.option("--type", "workflow_type", default=None, help="Only runs of this workflow type.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--where", default=None, metavar="FILTER",
@@ -184,6 +192,7 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
         click.echo(f"search    {json.dumps(d.search_attributes, sort_keys=True)}")
     if d.memo is not None:
         click.echo(f"memo      {json.dumps(d.memo, sort_keys=True)}")
+    _echo_links(d)
     if d.workflow_task and d.workflow_task["failures"]:
         err = d.workflow_task["last_error"] or {}
         click.echo(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "
@@ -199,6 +208,24 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
         click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
     for saga in d.sagas:
         _echo_saga(saga)
+
+
+def _echo_links(d: Any) -> None:
+    """The run lifecycle part of describe: parent, continue-as-new chain, deadline, children."""
+    if d.parent:
+        click.echo(f"parent    {d.parent['workflow_id']} (run {d.parent['run_id']}, seq {d.parent['seq']}, "
+                   f"on parent close: {d.parent['parent_close_policy']})")
+    if d.continued_from:
+        click.echo(f"continued from run {d.continued_from}")
+    if d.continued_to:
+        click.echo(f"continued as run {d.continued_to}")
+    if d.execution_deadline:
+        click.echo(f"execution deadline {when(d.execution_deadline)}")
+    if d.children:
+        click.echo("\nchildren:")
+        click.echo(table([[str(c["seq"]), c["workflow_id"], c["workflow_type"], c["status"],
+                           c["parent_close_policy"], c["run_id"]] for c in d.children],
+                         ["SEQ", "WORKFLOW ID", "TYPE", "STATUS", "ON PARENT CLOSE", "RUN ID"]))
 
 
 def _echo_saga(saga: dict[str, Any]) -> None:

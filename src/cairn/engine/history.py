@@ -27,9 +27,23 @@ SIGNAL_RECEIVED = "SignalReceived"
 # A cancelled activity has stopped (cancellation type wait_cancellation_completed): data
 # {"activity_seq", "attempt", "started"}.
 ACTIVITY_CANCELLED = "ActivityCancelled"
+# Child workflow outcomes, written into the parent's inbox (see cairn._lifecycle).
+CHILD_WORKFLOW_STARTED = "ChildWorkflowStarted"
+CHILD_WORKFLOW_START_FAILED = "ChildWorkflowStartFailed"
+CHILD_WORKFLOW_COMPLETED = "ChildWorkflowCompleted"
+CHILD_WORKFLOW_FAILED = "ChildWorkflowFailed"
+CHILD_EVENTS = frozenset({
+    CHILD_WORKFLOW_STARTED, CHILD_WORKFLOW_START_FAILED, CHILD_WORKFLOW_COMPLETED, CHILD_WORKFLOW_FAILED,
+})
 INPUT_EVENTS = frozenset({
     ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED, SIGNAL_RECEIVED, ACTIVITY_CANCELLED,
+    *CHILD_EVENTS,
 })
+# Inbox-only events that close a run without running its code (the worker handles them;
+# they never reach history): a parent close policy's termination, and the execution
+# timeout's timer (TimerFired with the reserved timer seq 0).
+TERMINATE_REQUESTED = "TerminateRequested"
+EXECUTION_TIMER_SEQ = 0
 
 # Command events: produced by the code, matched on replay.
 ACTIVITY_SCHEDULED = "ActivityScheduled"
@@ -45,20 +59,31 @@ MARKER_RECORDED = "MarkerRecorded"
 # The workflow changed its search attributes (data {"search_attributes": {key: value or
 # None to remove}}); the worker applies it to cairn.runs in the task's transaction.
 UPSERT_SEARCH_ATTRIBUTES = "UpsertSearchAttributes"
+# The run lifecycle: start a child run, ask it to cancel, close this run and start the
+# next one of its chain.
+CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
+CHILD_WORKFLOW_CANCEL_REQUESTED = "ChildWorkflowCancelRequested"
+WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
 COMMAND_EVENTS = frozenset({
     ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
     WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, MARKER_RECORDED,
-    UPSERT_SEARCH_ATTRIBUTES,
+    UPSERT_SEARCH_ATTRIBUTES, CHILD_WORKFLOW_SCHEDULED, CHILD_WORKFLOW_CANCEL_REQUESTED, WORKFLOW_CONTINUED_AS_NEW,
 })
 
 # Written by an operator (terminate), not by workflow code.
 WORKFLOW_TERMINATED = "WorkflowTerminated"
+# Written by the worker when the execution timeout fires; no code runs.
+WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+# Events after which a history has nothing the code produced: replay stops there.
+CLOSED_WITHOUT_CODE = frozenset({WORKFLOW_TERMINATED, WORKFLOW_TIMED_OUT})
 
 TERMINAL_EVENTS = {
     WORKFLOW_COMPLETED: "completed",
     WORKFLOW_FAILED: "failed",
     WORKFLOW_CANCELLED: "cancelled",
     WORKFLOW_TERMINATED: "terminated",
+    WORKFLOW_CONTINUED_AS_NEW: "continued_as_new",
+    WORKFLOW_TIMED_OUT: "timed_out",
 }
 
 # The data keys that must match for a produced command to equal a recorded one.
@@ -70,6 +95,9 @@ _IDENTITY_KEYS = {
     # marker does not have is None on both sides.
     MARKER_RECORDED: ("kind", "event", "patch_id"),
     UPSERT_SEARCH_ATTRIBUTES: ("search_attributes",),
+    CHILD_WORKFLOW_SCHEDULED: ("workflow_type", "workflow_id"),
+    CHILD_WORKFLOW_CANCEL_REQUESTED: ("child_seq",),
+    WORKFLOW_CONTINUED_AS_NEW: ("workflow_type",),
 }
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"
@@ -167,6 +195,16 @@ def summarize(e: Event) -> str:
     if e.type == "WorkflowFailed":
         f = d.get("failure") or {}
         return f"{f.get('type')}: {f.get('message')}"
+    if e.type == "ChildWorkflowScheduled":
+        return f"{d.get('workflow_type')} as {d.get('workflow_id')} on {d.get('queue')}"
+    if e.type in ("ChildWorkflowStarted", "ChildWorkflowCompleted", "ChildWorkflowFailed",
+                  "ChildWorkflowStartFailed"):
+        f = d.get("failure") or {}
+        tail = (f" -> {json.dumps(d.get('result'))}" if e.type == "ChildWorkflowCompleted"
+                else f": {f.get('type')}: {f.get('message')}" if f else f" run {d.get('run_id')}")
+        return f"child {d.get('child_seq')} {d.get('workflow_id')}{tail}"
+    if e.type == "WorkflowContinuedAsNew":
+        return f"input={json.dumps(d.get('input'))}"
     if e.type == "WorkflowTaskStarted":
         return f"worker {d.get('worker')}"
     if e.type == SIGNAL_RECEIVED:

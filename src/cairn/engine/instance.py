@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import traceback
@@ -25,6 +26,8 @@ from cairn.engine.messages import Messages
 from cairn.errors import (
     ActivityError,
     ApplicationError,
+    ChildWorkflowError,
+    ContinueAsNewError,
     DeterminismViolation,
     NonDeterminismError,
     WorkflowFailure,
@@ -157,6 +160,76 @@ class ActivityHandle(asyncio.Future[Any]):
         ))
 
 
+class ChildWorkflowHandle(asyncio.Future[Any]):
+    """A child workflow run: await it for its result, or cancel it.
+
+    ``workflow_id`` is known at once, ``run_id`` once the child has started. Cancelling the
+    handle records a ``ChildWorkflowCancelRequested`` command, which puts a cancel request
+    into the child's inbox; the handle resolves with ``CancelledError`` at once (like an
+    activity handle), whatever the child then does.
+    """
+
+    def __init__(self, instance: WorkflowInstance, seq: int, workflow_id: str, workflow_type: str,
+                 returns: Any) -> None:
+        super().__init__(loop=instance.loop)
+        self.seq = seq
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.run_id: str | None = None
+        # Resolved by ChildWorkflowStarted (or failed by ChildWorkflowStartFailed).
+        self.started: asyncio.Future[None] = instance.loop.create_future()
+        self._instance = instance
+        self._returns = returns
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not self.done():
+            self._instance.cancel_child(self.seq)
+        if not self.started.done():
+            self.started.cancel(msg)
+        return super().cancel(msg)
+
+    def _resolve(self, event: Event) -> None:
+        data = event.data
+        if data.get("run_id") and self.run_id is None:
+            self.run_id = str(data["run_id"])
+        if event.type == h.CHILD_WORKFLOW_STARTED:
+            if not self.started.done():
+                self.started.set_result(None)
+            return
+        if event.type == h.CHILD_WORKFLOW_START_FAILED:
+            failure = data.get("failure") or {}
+            error = self._error(failure, "not_started",
+                                f"child workflow {self.workflow_id!r} could not start: {failure.get('message')}")
+            if not self.started.done():
+                self.started.set_exception(error)
+            if not self.done():
+                self.set_exception(error)
+            return
+        if not self.started.done():
+            self.started.set_result(None)
+        if self.done():
+            return
+        if event.type == h.CHILD_WORKFLOW_COMPLETED:
+            try:
+                value = self._returns(data.get("result")) if self._returns else data.get("result")
+            except Exception as exc:
+                self.set_exception(exc)
+                return
+            self.set_result(value)
+            return
+        failure = data.get("failure") or {}
+        status = str(data.get("status") or "failed")
+        self.set_exception(self._error(failure, status, (
+            f"child workflow {self.workflow_id!r} ({self.workflow_type}, seq {self.seq}) "
+            f"{status.replace('_', ' ')}: {failure.get('type')}: {failure.get('message')}")))
+
+    def _error(self, failure: dict[str, Any], status: str, message: str) -> ChildWorkflowError:
+        cause = ApplicationError(str(failure.get("message", "")), type=str(failure.get("type") or "Error"),
+                                 details=failure.get("details"))
+        return ChildWorkflowError(message, cause=cause, workflow_id=self.workflow_id, run_id=self.run_id,
+                                  seq=self.seq, status=status)
+
+
 class WorkflowInstance:
     """Workflow code plus its deterministic loop and command state (see module docstring)."""
 
@@ -183,6 +256,8 @@ class WorkflowInstance:
         self._activities: dict[int, ActivityHandle] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_seqs: dict[int, int] = {}  # id(handle) -> seq
+        self._children: dict[int, ChildWorkflowHandle] = {}
+        self.children_started = 0  # the run has children: its close must apply their policy
         self._main: asyncio.Task[Any] | None = None
         # (exception, outcome) of each saga that compensated (cairn.saga): a failure caused
         # by one of these exceptions reports the compensations.
@@ -251,7 +326,10 @@ class WorkflowInstance:
                 }})
             return
         exc = main.exception()
-        if exc is None:
+        if isinstance(exc, ContinueAsNewError):
+            self._close(h.WORKFLOW_CONTINUED_AS_NEW, {
+                "workflow_type": self.info.workflow_type, "input": exc.input, "queue": self.info.queue})
+        elif exc is None:
             self._close(h.WORKFLOW_COMPLETED, {"result": main.result()})
         elif is_bug(exc):
             raise WorkflowTaskFailed(exc)
@@ -287,6 +365,12 @@ class WorkflowInstance:
             if not self.cancel_requested and self._main is not None:
                 self.cancel_requested = True
                 self._main.cancel(data.get("reason") or "cancel requested")
+        elif event.type in h.CHILD_EVENTS:
+            child = self._children.get(int(data["child_seq"]))
+            if child is not None:
+                if event.type != h.CHILD_WORKFLOW_STARTED:
+                    del self._children[child.seq]
+                child._resolve(event)
         else:
             raise NonDeterminismError(event.seq, "an input event", event.type)
 
@@ -364,6 +448,27 @@ class WorkflowInstance:
         while (event := self._recorded.get(self.last_seq + 1)) is not None and h.is_patch_marker(event):
             self.last_seq += 1
 
+    def start_child(self, workflow_type: str, workflow_id: str | None, args: list[Any], options: dict[str, Any],
+                    returns: Any) -> ChildWorkflowHandle:
+        """Records a ``ChildWorkflowScheduled`` command; the worker starts the child run in
+        the same transaction. The default child workflow id is ``<workflow id>/<seq>``
+        (``<workflow id>/<run id>/<seq>`` in a continued run, whose seqs restart)."""
+        seq = self.last_seq + 1
+        if workflow_id is None:
+            prefix = self.info.workflow_id if self.info.continued_from is None \
+                else f"{self.info.workflow_id}/{self.info.run_id}"
+            workflow_id = f"{prefix}/{seq}"
+        self._command(h.CHILD_WORKFLOW_SCHEDULED, {
+            "workflow_type": workflow_type, "workflow_id": workflow_id, "input": args, **options})
+        handle = ChildWorkflowHandle(self, seq, workflow_id, workflow_type, returns)
+        self._children[seq] = handle
+        self.children_started += 1
+        return handle
+
+    def cancel_child(self, seq: int) -> None:
+        if self._children.pop(seq, None) is not None and not self.closed:
+            self._command(h.CHILD_WORKFLOW_CANCEL_REQUESTED, {"child_seq": seq})
+
     def record_marker(self, data: dict[str, Any]) -> int:
         """Records a ``MarkerRecorded`` command (``data["kind"]`` says whose); returns its seq."""
         return self._command(h.MARKER_RECORDED, data)
@@ -419,6 +524,17 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _with_links(info: WorkflowInfo, started: dict[str, Any]) -> WorkflowInfo:
+    """The run's identity completed with its parent and predecessor runs, which its
+    ``WorkflowStarted`` event records (so the worker and ``cairn replay`` agree)."""
+    parent = started.get("parent") or {}
+    return dataclasses.replace(
+        info, parent_workflow_id=info.parent_workflow_id or parent.get("workflow_id"),
+        parent_run_id=info.parent_run_id or parent.get("run_id"),
+        continued_from=info.continued_from or started.get("continued_from"),
+    )
+
+
 def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Event],
            instance: WorkflowInstance | None = None) -> WorkflowInstance:
     """Replays recorded history through the code, checking each produced command.
@@ -439,13 +555,14 @@ def replay(definition: WorkflowDefinition, info: WorkflowInfo, events: list[Even
         if not events or events[0].type != h.WORKFLOW_STARTED:
             raise NonDeterminismError(events[0].seq if events else 1, h.WORKFLOW_STARTED,
                                       events[0].type if events else None)
-        instance = WorkflowInstance(definition, info, list(events[0].data.get("input") or []), events[0].data)
+        instance = WorkflowInstance(definition, _with_links(info, events[0].data),
+                                    list(events[0].data.get("input") or []), events[0].data)
         i = 1
     instance.replaying = True
     try:
         while i < len(events):
             marker = events[i]
-            if marker.type == h.WORKFLOW_TERMINATED:
+            if marker.type in h.CLOSED_WITHOUT_CODE:
                 break
             if marker.type != h.WORKFLOW_TASK_STARTED:
                 raise NonDeterminismError(marker.seq, h.describe_event(marker), None)

@@ -38,28 +38,62 @@ INSERT INTO cairn.schema_versions (version, name, checksum) VALUES (%(version)s,
 
 -- name: start_workflow
 -- Creates a run, its WorkflowStarted event and its first workflow task in one statement,
--- unless the workflow id already has an open run (then returns no row).
-WITH new_run AS (
+-- unless the workflow id already has an open run, or the id reuse policy refuses it because
+-- of the id's closed runs (then returns no row; open_run_by_workflow_id says why). The
+-- reuse check and the insert are one statement: no check-then-insert window (a concurrent
+-- start of the same id meets the open-run unique index). Also used by workers for child
+-- runs and continue-as-new (parent links, continued_from, an inherited execution deadline).
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), refused AS (
+    -- One-time filter: the default policy reads nothing here.
+    SELECT 1 FROM (SELECT status FROM cairn.runs
+                   WHERE %(id_reuse_policy)s::text <> 'allow_duplicate'
+                     AND namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status <> 'running'
+                   ORDER BY run_id DESC LIMIT 1) prev
+    WHERE %(id_reuse_policy)s::text = 'reject_duplicate' OR prev.status IN ('completed', 'continued_as_new')
+), new_run AS (
     INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at,
+                            parent_run_id, parent_seq, parent_close_policy, continued_from, execution_deadline,
                             search_attributes, memo)
-    VALUES (%(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s,
-            coalesce(%(now)s::timestamptz, now()),
-            coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb)
+    SELECT %(run_id)s::uuid, %(namespace)s::text, %(workflow_id)s::text, %(workflow_type)s::text, %(queue)s::text,
+           c.now, %(parent_run_id)s::uuid, %(parent_seq)s::integer, %(parent_close_policy)s::text,
+           %(continued_from)s::uuid,
+           coalesce(%(execution_deadline)s::timestamptz,
+                    c.now + %(execution_timeout)s::float8 * interval '1 second'),
+           coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb
+    FROM c WHERE NOT EXISTS (SELECT 1 FROM refused)
     ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
-    RETURNING run_id, queue, created_at
+    RETURNING run_id, queue, created_at, execution_deadline
 ), started AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
     INSERT INTO cairn.workflow_tasks (run_id, queue, available_at, created_at)
     SELECT run_id, queue, created_at, created_at FROM new_run
+), deadline AS (
+    -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
+    INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
+    SELECT run_id, 0, queue, execution_deadline FROM new_run WHERE execution_deadline IS NOT NULL
+    RETURNING pg_notify('cairn_timer', '')
 )
-SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
+SELECT run_id, pg_notify('cairn_workflow', queue) AS notified, (SELECT count(*) FROM deadline) AS timers
+FROM new_run
 
 -- name: open_run_by_workflow_id
--- The open run of a workflow id, if any.
-SELECT run_id, workflow_type FROM cairn.runs
-WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running'
+-- Why start_workflow wrote nothing: the open run of the workflow id, else the newest closed
+-- run if the id reuse policy refuses because of it (status tells which), else no row.
+SELECT run_id, workflow_type, status FROM (
+    SELECT run_id, workflow_type, status, 0 AS k FROM cairn.runs
+    WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running'
+    UNION ALL
+    (SELECT run_id, workflow_type, status, 1 FROM cairn.runs
+     WHERE %(id_reuse_policy)s::text <> 'allow_duplicate'
+       AND namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status <> 'running'
+     ORDER BY run_id DESC LIMIT 1)
+) x
+WHERE k = 0 OR %(id_reuse_policy)s::text = 'reject_duplicate' OR status IN ('completed', 'continued_as_new')
+ORDER BY k LIMIT 1
 
 -- ---------------------------------------------------------------- workflow tasks
 
@@ -656,3 +690,86 @@ SELECT pg_notify('cairn_activity', queue) AS notified FROM (SELECT DISTINCT queu
 -- name: set_reset_from
 -- Records where a retried run came from.
 UPDATE cairn.runs SET reset_from = %(reset_from)s WHERE run_id = %(run_id)s
+
+-- ---------------------------------------------------------------- run lifecycle
+-- Child workflows, continue-as-new, execution timeouts (see ARCHITECTURE.md "Run lifecycle").
+
+-- name: close_family
+-- After a run closed (any way), in the closer's transaction: tells its parent (a
+-- ChildWorkflowCompleted/Failed inbox event, unless the run continued as new: the chain's
+-- last run tells) and applies the parent close policy to its open children (a
+-- TerminateRequested or CancelRequested inbox event). Inbox + task upsert with DO UPDATE,
+-- as in signal_run; task rows are upserted in run-id order. The closer holds its own task
+-- lock while it waits for theirs: a parent and a child closing at once can deadlock, which
+-- Postgres detects; the worker retries the aborted task (see Worker.run_workflow_task).
+WITH me AS (
+    SELECT run_id, workflow_id, parent_run_id, parent_seq, status FROM cairn.runs
+    WHERE run_id = %(run_id)s::uuid AND status <> 'running'
+), parent AS (
+    SELECT p.run_id, p.queue,
+           jsonb_build_object('child_seq', me.parent_seq, 'workflow_id', me.workflow_id,
+                              'run_id', me.run_id, 'status', me.status) || %(child_event)s::jsonb AS data
+    FROM me JOIN cairn.runs p ON p.run_id = me.parent_run_id
+    WHERE p.status = 'running' AND me.status <> 'continued_as_new'
+), to_parent AS (
+    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(child_event_type)s::text, data FROM parent
+), children AS (
+    SELECT c.run_id, c.queue, c.parent_close_policy FROM cairn.runs c
+    WHERE c.parent_run_id = %(run_id)s::uuid AND c.status = 'running' AND c.parent_close_policy <> 'abandon'
+), to_children AS (
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT run_id, CASE parent_close_policy WHEN 'terminate' THEN 'TerminateRequested' ELSE 'CancelRequested' END,
+           jsonb_build_object('reason', 'parent run ' || %(run_id)s::text || ' closed (parent close policy '
+                                        || parent_close_policy || ')')
+    FROM children ORDER BY run_id
+), tasks AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT run_id, queue FROM (SELECT run_id, queue FROM parent UNION ALL SELECT run_id, queue FROM children) x
+    ORDER BY run_id
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM tasks
+
+-- name: request_child_cancel
+-- A parent's ChildWorkflowCancelRequested commands: a CancelRequested in each child's
+-- current (open) run's inbox, found by the command's seq; inbox protocol as in signal_run.
+WITH child AS (
+    SELECT run_id, queue FROM cairn.runs
+    WHERE parent_run_id = %(run_id)s::uuid AND parent_seq = ANY(%(seqs)s::integer[]) AND status = 'running'
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data)
+    SELECT run_id, 'CancelRequested', jsonb_build_object('reason', 'cancelled by parent run ' || %(run_id)s::text)
+    FROM child ORDER BY run_id
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, queue)
+    SELECT run_id, queue FROM child ORDER BY run_id
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM task
+
+-- name: run_lifecycle
+-- A run's parent link, execution deadline, search attributes and memo, inherited by the
+-- run it continues as (as in Temporal).
+SELECT r.parent_run_id, r.parent_seq, r.parent_close_policy, r.execution_deadline,
+       r.search_attributes, r.memo, p.workflow_id AS parent_workflow_id
+FROM cairn.runs r LEFT JOIN cairn.runs p ON p.run_id = r.parent_run_id
+WHERE r.run_id = %(run_id)s::uuid
+
+-- name: run_successor
+-- The run that a run continued as, if any (result() follows the chain).
+SELECT run_id FROM cairn.runs WHERE continued_from = %(run_id)s::uuid
+
+-- name: run_links
+-- A run's parent, chain neighbours, execution deadline and children, for describe.
+SELECT r.parent_run_id, p.workflow_id AS parent_workflow_id, r.parent_seq, r.parent_close_policy,
+       r.continued_from, r.execution_deadline,
+       (SELECT n.run_id FROM cairn.runs n WHERE n.continued_from = r.run_id LIMIT 1) AS continued_to,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'workflow_id', c.workflow_id, 'run_id', c.run_id, 'workflow_type', c.workflow_type,
+                   'status', c.status, 'seq', c.parent_seq, 'parent_close_policy', c.parent_close_policy)
+               ORDER BY c.run_id), '[]')
+        FROM cairn.runs c WHERE c.parent_run_id = r.run_id) AS children
+FROM cairn.runs r LEFT JOIN cairn.runs p ON p.run_id = r.parent_run_id
+WHERE r.run_id = %(run_id)s::uuid

@@ -1,0 +1,201 @@
+"""The run lifecycle on the worker's and the client's side: child runs, continue-as-new,
+execution timeouts, and what a run's close means for its parent and its children.
+
+Everything here runs inside the transaction of the run's workflow task (or of the
+operator's terminate), next to ``record_workflow_task``; see ARCHITECTURE.md, "Run
+lifecycle".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from cairn.common import new_run_id
+from cairn.engine import history as h
+from cairn.engine.history import Event
+from cairn.engine.queries import q
+from cairn.errors import InputValidationError
+
+IdReusePolicy = Literal["allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"]
+ParentClosePolicy = Literal["terminate", "request_cancel", "abandon"]
+ID_REUSE_POLICIES: tuple[str, ...] = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
+PARENT_CLOSE_POLICIES: tuple[str, ...] = ("terminate", "request_cancel", "abandon")
+RUN_STATUSES: tuple[str, ...] = (
+    "running", "completed", "failed", "cancelled", "terminated", "continued_as_new", "timed_out",
+)
+
+# How a closed child's status reaches its parent when it did not complete.
+_FAILURE_OF_STATUS = {
+    "cancelled": {"type": "WorkflowCancelled", "message": "the child workflow was cancelled"},
+    "timed_out": {"type": "WorkflowTimedOut", "message": "the child workflow passed its execution timeout"},
+}
+
+
+# The longest execution timeout accepted (about 100 years): beyond, timestamps overflow.
+MAX_EXECUTION_TIMEOUT_SECONDS = 100 * 365 * 86400.0
+
+
+def check_execution_timeout(value: float | None) -> float | None:
+    """Validates an execution timeout in seconds (already converted by ``common.seconds``)."""
+    if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+        raise InputValidationError(f"execution_timeout must be positive and at most "
+                                   f"{MAX_EXECUTION_TIMEOUT_SECONDS:.0f} seconds; got {value!r}")
+    return value
+
+
+def check_policy(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    """Validates a policy name (``InputValidationError`` naming the choices)."""
+    if value not in allowed:
+        raise InputValidationError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue: str, args: list[Any],
+                 id_reuse_policy: str = "allow_duplicate", execution_timeout: float | None = None,
+                 execution_deadline: datetime | None = None, parent: dict[str, Any] | None = None,
+                 parent_close_policy: str | None = None, continued_from: str | None = None) -> dict[str, Any]:
+    """The parameters of ``start_workflow`` (and ``open_run_by_workflow_id``) for one run."""
+    data: dict[str, Any] = {"workflow_type": workflow_type, "input": args, "queue": queue,
+                            "workflow_id": workflow_id}
+    if parent is not None:
+        data["parent"] = parent
+        data["parent_close_policy"] = parent_close_policy
+    if continued_from is not None:
+        data["continued_from"] = continued_from
+    if execution_timeout is not None:
+        data["execution_timeout"] = execution_timeout
+    if execution_deadline is not None:
+        data["execution_deadline"] = execution_deadline.isoformat()
+    return {
+        "run_id": new_run_id(), "namespace": namespace, "workflow_id": workflow_id,
+        "workflow_type": workflow_type, "queue": queue, "now": None, "data": Jsonb(data),
+        "id_reuse_policy": id_reuse_policy, "execution_timeout": execution_timeout,
+        "execution_deadline": execution_deadline,
+        "parent_run_id": parent["run_id"] if parent else None, "parent_seq": parent["seq"] if parent else None,
+        "parent_close_policy": parent_close_policy if parent else None, "continued_from": continued_from,
+        "search_attributes": None, "memo": None,  # set by cairn.client.add_visibility
+    }
+
+
+def closing_input(inbox: list[tuple[Any, ...]]) -> tuple[str, str, dict[str, Any], dict[str, Any]] | None:
+    """An inbox event that closes the run without running its code, if any:
+    (event type, status, event data, failure summary)."""
+    for _, etype, data in inbox:
+        if etype == h.TERMINATE_REQUESTED:
+            reason = str((data or {}).get("reason") or "")
+            return h.WORKFLOW_TERMINATED, "terminated", {"reason": reason}, {
+                "type": "WorkflowTerminated", "message": reason}
+    for _, etype, data in inbox:
+        if etype == h.TIMER_FIRED and (data or {}).get("timer_seq") == h.EXECUTION_TIMER_SEQ:
+            failure = {"type": "WorkflowTimedOut", "message": "the workflow passed its execution timeout"}
+            return h.WORKFLOW_TIMED_OUT, "timed_out", {"failure": failure}, failure
+    return None
+
+
+def parent_event(close_type: str, data: dict[str, Any], status: str) -> tuple[str, dict[str, Any]]:
+    """The event that a closed child run puts into its parent's inbox (its outcome)."""
+    if close_type == h.WORKFLOW_COMPLETED:
+        return h.CHILD_WORKFLOW_COMPLETED, {"result": data.get("result")}
+    failure = data.get("failure")
+    if close_type == h.WORKFLOW_TERMINATED:
+        failure = {"type": "WorkflowTerminated", "message": str(data.get("reason") or "terminated")}
+    failure = failure or _FAILURE_OF_STATUS.get(status) or {"type": "WorkflowFailed", "message": status}
+    return h.CHILD_WORKFLOW_FAILED, {"failure": {k: failure.get(k) for k in ("type", "message", "details")}}
+
+
+async def close_family(conn: psycopg.AsyncConnection[Any], run_id: str, close_type: str,
+                       data: dict[str, Any], status: str) -> None:
+    """After ``run_id`` closed: tells its parent, applies its children's parent close policy."""
+    etype, edata = parent_event(close_type, data, status)
+    await conn.execute(q("close_family"), {"run_id": run_id, "child_event_type": etype,
+                                            "child_event": Jsonb(edata)})
+
+
+async def record_commands(conn: psycopg.AsyncConnection[Any], task: dict[str, Any], namespace: str,
+                          events: list[Event], family: bool) -> None:
+    """The lifecycle part of recording a workflow task, after ``record_workflow_task``:
+    starts child runs (and tells the parent, through its own inbox, whether each started),
+    forwards child cancel requests, starts the next run of a continue-as-new, and — if the
+    run closed and has a parent or children — runs :func:`close_family`."""
+    run_id = str(task["run_id"])
+    cancels: list[int] = []
+    close: Event | None = None
+    for ev in events:
+        if ev.type == h.CHILD_WORKFLOW_SCHEDULED:
+            await _start_child(conn, task, namespace, ev)
+        elif ev.type == h.CHILD_WORKFLOW_CANCEL_REQUESTED:
+            cancels.append(int(ev.data["child_seq"]))
+        elif ev.type in h.TERMINAL_EVENTS:
+            close = ev
+    if cancels:
+        await conn.execute(q("request_child_cancel"), {"run_id": run_id, "seqs": cancels})
+    if close is None:
+        return
+    if close.type == h.WORKFLOW_CONTINUED_AS_NEW:
+        await _continue_as_new(conn, task, namespace, close)
+    if family or close.type == h.WORKFLOW_CONTINUED_AS_NEW:
+        await close_family(conn, run_id, close.type, close.data, h.TERMINAL_EVENTS[close.type])
+
+
+async def _start_child(conn: psycopg.AsyncConnection[Any], task: dict[str, Any], namespace: str,
+                       ev: Event) -> None:
+    d = ev.data
+    run_id = str(task["run_id"])
+    params = start_params(
+        namespace=namespace, workflow_id=d["workflow_id"], workflow_type=d["workflow_type"], queue=d["queue"],
+        args=list(d.get("input") or []), id_reuse_policy=d.get("id_reuse_policy") or "allow_duplicate",
+        execution_timeout=d.get("execution_timeout"),
+        parent={"workflow_id": task["workflow_id"], "run_id": run_id, "seq": ev.seq},
+        parent_close_policy=d.get("parent_close_policy") or "terminate",
+    )
+    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
+    reply: dict[str, Any] = {"child_seq": ev.seq, "workflow_id": d["workflow_id"]}
+    if row is not None:
+        etype = h.CHILD_WORKFLOW_STARTED
+        reply["run_id"] = str(row[0])
+    else:
+        etype = h.CHILD_WORKFLOW_START_FAILED
+        existing = await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
+        if existing is not None and existing[2] != "running":
+            failure = {"type": "WorkflowIdReuseRefused", "details": {"run_id": str(existing[0]), "status": existing[2]},
+                       "message": f"workflow id {d['workflow_id']!r} may not be reused (policy "
+                                  f"{params['id_reuse_policy']}): its run {existing[0]} {existing[2]}"}
+        else:
+            other = str(existing[0]) if existing else None
+            failure = {"type": "WorkflowAlreadyStarted", "details": {"run_id": other},
+                       "message": f"workflow {d['workflow_id']!r} is already running (run {other})"}
+        reply["failure"] = failure
+    # The parent's own inbox: the task that recorded the command sees the outcome next.
+    await conn.execute(q("signal_run"), {"run_id": run_id, "type": etype, "data": Jsonb(reply)})
+
+
+async def _continue_as_new(conn: psycopg.AsyncConnection[Any], task: dict[str, Any], namespace: str,
+                           ev: Event) -> None:
+    run_id = str(task["run_id"])
+    cur = conn.cursor(row_factory=dict_row)
+    old = await (await cur.execute(q("run_lifecycle"), {"run_id": run_id})).fetchone()
+    assert old is not None
+    parent = None
+    if old["parent_run_id"] is not None:
+        parent = {"workflow_id": old["parent_workflow_id"], "run_id": str(old["parent_run_id"]),
+                  "seq": old["parent_seq"]}
+    params = start_params(
+        namespace=namespace, workflow_id=task["workflow_id"], workflow_type=ev.data["workflow_type"],
+        queue=ev.data.get("queue") or task["queue"], args=list(ev.data.get("input") or []),
+        execution_deadline=old["execution_deadline"], parent=parent,
+        parent_close_policy=old["parent_close_policy"], continued_from=run_id,
+    )
+    # Search attributes (with this task's upserts, applied earlier in the transaction) and
+    # memo carry over; the attributes also go into WorkflowStarted, as at a client start.
+    params["search_attributes"] = Jsonb(old["search_attributes"] or {})
+    params["memo"] = Jsonb(old["memo"]) if old["memo"] is not None else None
+    if old["search_attributes"]:
+        params["data"] = Jsonb({**params["data"].obj, "search_attributes": old["search_attributes"]})
+    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
+    if row is None:  # the old run closed in this transaction: nothing else can hold the id
+        raise RuntimeError(f"continue-as-new of run {run_id}: the new run could not be created")
