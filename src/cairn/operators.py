@@ -197,7 +197,8 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
                                   pending_signals=pending_signals)
                 vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
                 open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
-                    "namespace": client.namespace, "workflow_id": row["workflow_id"]})).fetchone()
+                    "namespace": client.namespace, "workflow_id": row["workflow_id"],
+                    "id_reuse_policy": "allow_duplicate"})).fetchone()
                 if open_run is not None and str(open_run["run_id"]) != old:
                     raise WorkflowAlreadyStarted(row["workflow_id"], str(open_run["run_id"]))
                 why = reason or f"reset to seq {plan.seq}"
@@ -261,13 +262,16 @@ async def retry(client: Client, workflow_id: str, *, run_id: str | None = None) 
                 vis = await (await cur.execute(q("run_visibility"), row)).fetchone() or {}
                 if started is None or started["type"] != h.WORKFLOW_STARTED:
                     raise CairnError(f"run {row['run_id']} has no WorkflowStarted event")
-                data = {k: v for k, v in started["data"].items() if k != "seed"}
-                params = {
-                    "run_id": new_id, "namespace": client.namespace, "workflow_id": row["workflow_id"],
-                    "workflow_type": row["workflow_type"], "queue": row["queue"], "now": None,
-                    "data": Jsonb(data), "search_attributes": Jsonb(data.get("search_attributes") or {}),
-                    "memo": _jsonb(vis.get("memo")),
-                }
+                # A fresh seed, and a standalone run: no parent, no chain, a new execution
+                # deadline from the original timeout.
+                data = {k: v for k, v in started["data"].items()
+                        if k not in ("seed", "parent", "parent_close_policy", "continued_from", "execution_deadline")}
+                params = _lifecycle.start_params(
+                    namespace=client.namespace, workflow_id=row["workflow_id"], workflow_type=row["workflow_type"],
+                    queue=row["queue"], args=list(data.get("input") or []),
+                    execution_timeout=data.get("execution_timeout"))
+                params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
+                              search_attributes=Jsonb(data.get("search_attributes") or {}))
                 created = await (await c.execute(q("start_workflow"), params)).fetchone()
                 existing = None if created else await (await c.execute(q("open_run_by_workflow_id"), params)
                                                        ).fetchone()
