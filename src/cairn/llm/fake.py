@@ -100,9 +100,13 @@ def status(code: int, *, headers: Mapping[str, str] | None = None, body: Any = N
     return Step(kind="status", status=code, headers=dict(headers or {}), body=body, **options)
 
 
-def rate_limited(retry_after: str | None = None, *, header: str = "retry-after", **options: Any) -> Step:
-    """A 429 rate-limit answer, with ``header: retry_after`` if given."""
-    return status(429, headers={header: retry_after} if retry_after is not None else {}, **options)
+def rate_limited(retry_after: str | None = None, *, header: str = "retry-after",
+                 headers: Mapping[str, str] | None = None, **options: Any) -> Step:
+    """A 429 rate-limit answer, with ``header: retry_after`` if given (and any other ``headers``)."""
+    merged = dict(headers or {})
+    if retry_after is not None:
+        merged[header] = retry_after
+    return status(429, headers=merged, **options)
 
 
 def quota_exhausted(**options: Any) -> Step:
@@ -481,8 +485,6 @@ class FakeProvider:
             frames = [whole[: len(whole) // 2], whole[len(whole) // 2:]]
         response = web.StreamResponse(status=200, headers={
             **answer.headers(), "content-type": "text/event-stream" if stream else "application/json"})
-        if not stream:
-            response.content_length = sum(len(f) for f in frames)
         await response.prepare(request)
         if step.kind == "keepalive_then_ok":
             self._note(record, outcome="keepalive")
