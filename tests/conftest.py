@@ -18,6 +18,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from cairn import Client, Worker, db
+from cairn.llm.testing import fake_llm  # noqa: F401  (the fake LLM provider fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
