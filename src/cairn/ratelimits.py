@@ -80,7 +80,8 @@ def _check(name: str, value: int | None) -> None:
         raise InputValidationError(f"{name} must be a positive integer or None, got {value!r}")
 
 
-def wait_seconds(limit: int, need: int, prev: float, cur: float, elapsed: float) -> float:
+def wait_seconds(limit: int, need: int, prev: float, cur: float, elapsed: float,
+                 window: float = WINDOW_SECONDS) -> float:
     """Seconds until ``need`` more fits ``limit`` in the sliding window (nothing else added).
 
     Within the current minute the previous bucket's weight falls linearly; if the current
@@ -90,13 +91,14 @@ def wait_seconds(limit: int, need: int, prev: float, cur: float, elapsed: float)
     if cur + need <= limit:
         if prev <= 0:
             return 0.0
-        return max(WINDOW_SECONDS * (1 - (limit - cur - need) / prev) - elapsed, 0.0)
-    after = WINDOW_SECONDS * (1 - (limit - need) / cur) if cur > 0 else 0.0
-    return WINDOW_SECONDS - elapsed + max(after, 0.0)
+        return max(window * (1 - (limit - cur - need) / prev) - elapsed, 0.0)
+    after = window * (1 - (limit - need) / cur) if cur > 0 else 0.0
+    return window - elapsed + max(after, 0.0)
 
 
 async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
-                  tokens: int, lease_seconds: float = LEASE_SECONDS, now: datetime | None = None) -> Reservation:
+                  tokens: int, lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
+                  now: datetime | None = None) -> Reservation:
     """Takes one request and ``tokens`` (an estimate) from the deployment's limits, if they fit.
 
     A request estimated at more than ``tpm`` tokens is counted as ``tpm`` (it could never
@@ -110,6 +112,8 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         max_concurrency: calls in flight at once (None: no limit).
         tokens: the token estimate of this request.
         lease_seconds: the concurrency slot frees itself after this if never settled.
+        window_seconds: the window ``rpm`` and ``tpm`` count over (default a minute; tests
+            and per-second limits use shorter ones). Use one value per deployment.
         now: the time to decide at (tests); default the database's clock.
 
     Raises:
@@ -119,6 +123,8 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         _check(name, value)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise InputValidationError(f"tokens must be a non-negative integer, got {tokens!r}")
+    if not (isinstance(window_seconds, int | float) and 1 <= window_seconds <= 86_400):
+        raise InputValidationError(f"window_seconds must be between 1 and 86400, got {window_seconds!r}")
     if not deployment:
         raise InputValidationError("a deployment name must not be empty")
     rid = str(uuid.uuid4())
@@ -132,20 +138,23 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         assert locked is not None
         at: datetime = locked["now"]
         epoch = at.timestamp()
-        minute = math.floor(epoch / WINDOW_SECONDS) * WINDOW_SECONDS
+        minute = math.floor(epoch / window_seconds) * window_seconds
         current = datetime.fromtimestamp(minute, UTC)
         elapsed = epoch - minute
-        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "current": current})
+        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "current": current,
+                                                  "window": window_seconds})
         u = await cur.fetchone()
         assert u is not None
-        weight = 1 - elapsed / WINDOW_SECONDS
+        weight = 1 - elapsed / window_seconds
+        per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
         waits: list[tuple[float, str]] = []
         if rpm is not None and u["prev_requests"] * weight + u["cur_requests"] + 1 > rpm:
-            waits.append((wait_seconds(rpm, 1, u["prev_requests"], u["cur_requests"], elapsed),
-                          f"{rpm} requests/min"))
+            waits.append((wait_seconds(rpm, 1, u["prev_requests"], u["cur_requests"], elapsed, window_seconds),
+                          f"{rpm} requests/{per}"))
         if tpm is not None and u["prev_tokens"] * weight + u["cur_tokens"] + tokens_counted > tpm:
-            waits.append((wait_seconds(tpm, tokens_counted, u["prev_tokens"], u["cur_tokens"], elapsed),
-                          f"{tpm} tokens/min"))
+            waits.append((wait_seconds(tpm, tokens_counted, u["prev_tokens"], u["cur_tokens"], elapsed,
+                                       window_seconds),
+                          f"{tpm} tokens/{per}"))
         if max_concurrency is not None and u["leases"] >= max_concurrency:
             slot = CONCURRENCY_RETRY_SECONDS
             if u["first_expiry"] is not None:
@@ -175,7 +184,8 @@ async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
 
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,
                                 max_concurrency: int | None, tokens: int,
-                                lease_seconds: float = LEASE_SECONDS) -> Reservation:
+                                lease_seconds: float = LEASE_SECONDS,
+                                window_seconds: float = WINDOW_SECONDS) -> Reservation:
     """:func:`reserve` for use inside an activity: a refusal raises
     ``activity.Reschedule(kind="rate_limit")`` to when capacity frees up (no attempt burned).
 
@@ -183,7 +193,7 @@ async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None,
         Reschedule: the deployment is at one of its limits.
     """
     r = await reserve(conn, deployment, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency, tokens=tokens,
-                      lease_seconds=lease_seconds)
+                      lease_seconds=lease_seconds, window_seconds=window_seconds)
     if not r.ok:
         raise Reschedule(r.delay, reason=r.reason, kind="rate_limit")
     return r

@@ -140,7 +140,9 @@ async def test_half_open_probe_limit_and_lease_expiry(conn, sql):
     b = await breakers.admit(conn, "probe", cfg, now=at(11))
     c = await breakers.admit(conn, "probe", cfg, now=at(12))
     assert (a.permitted, b.permitted, c.permitted) == (True, True, False)
-    assert a.probe_id and b.probe_id and a.generation == b.generation == 3
+    assert a.probe_id
+    assert b.probe_id
+    assert a.generation == b.generation == 3
     assert c.retry_at == at(15), "refused until the first probe lease expires"
     # a's prober crashed: its lease expires at 15 and frees a slot; b's (until 16) holds one.
     d = await breakers.admit(conn, "probe", cfg, now=at(15.5))
@@ -194,7 +196,7 @@ async def test_stale_outcomes_change_nothing(conn, sql):
     await breakers.record(conn, "stale", old, success=False, now=at(42))
     r = await row(sql, "stale")
     assert (r["state"], r["generation"]) == ("closed", 6), "stale failures do not re-open it"
-    listed = [b for b in await breakers.describe(conn, now=at(42)) if b["name"] == "stale"][0]
+    listed = next(b for b in await breakers.describe(conn, now=at(42)) if b["name"] == "stale")
     assert listed["calls_in_window"] == 0, "stale outcomes stay out of the window"
 
 

@@ -56,7 +56,9 @@ def test_list_shows_state_rates_and_transitions(db_url):
     assert by_name["payments"]["counters"] == {"successful": 1, "failed": 3, "slow": 0, "not_permitted": 0}
     assert by_name["payments"]["transitions"][0]["to_state"] == "open"
     text = ok(cairn(db_url, "breakers"))
-    assert "payments" in text and "open" in text and "25%" in text
+    assert "payments" in text
+    assert "open" in text
+    assert "25%" in text
     assert "closed -> open (gen 2): failure rate 75.0%" in text
 
 
@@ -67,7 +69,8 @@ def test_open_close_disable_enable(db_url, sql):
     ok(cairn(db_url, "breakers", "close", "payments"))
     assert sql("SELECT state FROM cairn.breakers") == [("closed",)]
     out = json.loads(ok(cairn(db_url, "breakers", "open", "payments", "--for", "90", "--json")))
-    assert out["state"] == "open" and out["open_until"]
+    assert out["state"] == "open"
+    assert out["open_until"]
     (left,), = sql("SELECT extract(epoch FROM open_until - now()) FROM cairn.breakers")
     assert 80 < left <= 91
     ok(cairn(db_url, "breakers", "open", "payments", "--until", "2999-01-01T00:00:00Z"))

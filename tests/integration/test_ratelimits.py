@@ -29,7 +29,8 @@ async def test_requests_per_minute_sliding_window(conn):
     for i in range(3):
         assert (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(10 + i))).ok
     r = await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(20))
-    assert not r.ok and "3 requests/min" in r.reason
+    assert not r.ok
+    assert "3 requests/min" in r.reason
     # the current minute is full: capacity comes after the minute turns, once the previous
     # minute's weight (3 * (1 - x/60)) + 1 <= 3, i.e. x = 20 s into the next minute
     assert r.retry_at == at(60 + 20 + 0.01)
@@ -41,7 +42,8 @@ async def test_tokens_per_minute_and_settle(conn):
     r1 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=800, now=at(1))
     assert r1.ok
     r2 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=300, now=at(2))
-    assert not r2.ok and "1000 tokens/min" in r2.reason
+    assert not r2.ok
+    assert "1000 tokens/min" in r2.reason
     await settle(conn, r1, tokens=500)  # used fewer than estimated: 300 tokens come back
     assert (await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=300, now=at(3))).ok
     big = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=5000, now=at(4))
@@ -53,7 +55,8 @@ async def test_concurrency_leases_expire_and_settle_frees_them(conn):
     b = await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, lease_seconds=30, now=at(1))
     c = await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, lease_seconds=30, now=at(2))
     assert (a.ok, b.ok, c.ok) == (True, True, False)
-    assert c.retry_at == at(3.01) and "2 calls in flight" in c.reason
+    assert c.retry_at == at(3.01)
+    assert "2 calls in flight" in c.reason
     await settle(conn, b, tokens=0)
     assert (await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, now=at(3))).ok
     assert not (await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, now=at(4))).ok
@@ -77,7 +80,8 @@ async def test_reserve_or_reschedule_raises_reschedule(conn):
     await reserve_or_reschedule(conn, "x", rpm=1, tpm=None, max_concurrency=None, tokens=0)
     with pytest.raises(activity.Reschedule) as e:
         await reserve_or_reschedule(conn, "x", rpm=1, tpm=None, max_concurrency=None, tokens=0)
-    assert e.value.kind == "rate_limit" and 0 < e.value.delay <= 121
+    assert e.value.kind == "rate_limit"
+    assert 0 < e.value.delay <= 121
 
 
 async def test_bad_limits(conn):

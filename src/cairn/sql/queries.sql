@@ -782,10 +782,10 @@ RETURNING coalesce(%(now)s::timestamptz, now()) AS now
 
 -- name: rate_limit_usage
 -- Under rate_limit_lock: drops old buckets and expired leases, then returns the current
--- and previous minute's requests and tokens and the live concurrency leases.
+-- and previous bucket's (minute's) requests and tokens and the live concurrency leases.
 WITH old AS (
     DELETE FROM cairn.rate_limit_windows
-    WHERE deployment = %(deployment)s AND window_start < %(current)s::timestamptz - interval '1 minute'
+    WHERE deployment = %(deployment)s AND window_start < %(current)s::timestamptz - %(window)s * interval '1 second'
 ), expired AS (
     DELETE FROM cairn.rate_limit_leases
     WHERE deployment = %(deployment)s AND expires_at <= %(now)s::timestamptz
@@ -798,10 +798,10 @@ SELECT
               WHERE deployment = %(deployment)s AND window_start = %(current)s::timestamptz), 0) AS cur_tokens,
     coalesce((SELECT requests FROM cairn.rate_limit_windows
               WHERE deployment = %(deployment)s
-                AND window_start = %(current)s::timestamptz - interval '1 minute'), 0) AS prev_requests,
+                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_requests,
     coalesce((SELECT tokens FROM cairn.rate_limit_windows
               WHERE deployment = %(deployment)s
-                AND window_start = %(current)s::timestamptz - interval '1 minute'), 0) AS prev_tokens,
+                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_tokens,
     (SELECT count(*) FROM cairn.rate_limit_leases
      WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz
        AND id NOT IN (SELECT id FROM expired)) AS leases,
