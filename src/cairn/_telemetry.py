@@ -1,7 +1,8 @@
-"""OpenTelemetry hooks: spans through opentelemetry-api, no-ops unless an SDK is set up."""
+"""OpenTelemetry hooks: spans and metrics through opentelemetry-api, no-ops unless an SDK is set up."""
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 tracer = trace.get_tracer("cairn")
+meter = metrics.get_meter("cairn")

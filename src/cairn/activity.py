@@ -14,10 +14,38 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
+from cairn.breakers import BreakerConfig
 from cairn.common import Signature, to_payload
-from cairn.errors import CairnError
+from cairn.errors import CairnError, ConfigurationError
 
-__all__ = ["ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "info", "is_cancelled"]
+__all__ = ["ActivityDefinition", "ActivityInfo", "Reschedule", "defn", "heartbeat", "info", "is_cancelled"]
+
+RESCHEDULE_KINDS = ("throttle", "breaker", "rate_limit")
+
+
+class Reschedule(Exception):
+    """Raise from an activity to put the attempt back ``delay`` seconds from now without
+    burning an attempt (a throttle: a 429's Retry-After, an open breaker, a rate limit).
+
+    The worker adds 0-10 % jitter, counts the time against the activity's throttle budget
+    (option ``throttle_budget``, default 600 s) and its schedule-to-close deadline: past
+    either, the activity fails for good with type ``ThrottleBudgetExhausted`` (or
+    ``ScheduleToCloseTimeout``). Nothing sleeps in the worker: the delay is a new
+    ``available_at``.
+
+    Args:
+        delay: seconds from now (negative counts as 0).
+        reason: why, shown by ``cairn describe`` ("throttled until ...: reason").
+        kind: ``"throttle"``, ``"breaker"`` or ``"rate_limit"``.
+    """
+
+    def __init__(self, delay: float, *, reason: str, kind: str = "throttle") -> None:
+        if kind not in RESCHEDULE_KINDS:
+            raise ValueError(f"Reschedule kind must be one of {', '.join(RESCHEDULE_KINDS)}, not {kind!r}")
+        super().__init__(f"{kind}: {reason} (retry in {delay:.3f} s)")
+        self.delay = max(float(delay), 0.0)
+        self.reason = reason
+        self.kind = kind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +58,7 @@ class ActivityDefinition:
     fn: Callable[..., Any]
     signature: Signature
     is_async: bool
+    breaker: BreakerConfig | None = None  # with its name set: calls go through that breaker
 
 
 @dataclass
@@ -62,13 +91,32 @@ _current: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar("cairn_a
 @overload
 def defn(fn: F, /) -> F: ...
 @overload
-def defn(*, name: str | None = None) -> Callable[[F], F]: ...
-def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
-    """Marks a function (``async def`` or plain ``def``, run in a thread) as an activity."""
+def defn(*, name: str | None = None, breaker: str | BreakerConfig | None = None) -> Callable[[F], F]: ...
+def defn(fn: F | None = None, /, *, name: str | None = None,
+         breaker: str | BreakerConfig | None = None) -> F | Callable[[F], F]:
+    """Marks a function (``async def`` or plain ``def``, run in a thread) as an activity.
+
+    Args:
+        name: the activity type name (default: the function's name).
+        breaker: a circuit breaker shared by all workers (see :mod:`cairn.breakers`): a
+            name (default config) or a :class:`~cairn.breakers.BreakerConfig` with a name.
+            Each attempt is admitted first; while the breaker refuses, the attempt is
+            rescheduled to when it may admit, without running and without burning an
+            attempt; the outcome (failure, success, slow) is recorded after the call.
+    """
+    config: BreakerConfig | None = None
+    if isinstance(breaker, str):
+        if not breaker.strip():
+            raise ConfigurationError("a breaker name must not be empty")
+        config = BreakerConfig(name=breaker)
+    elif breaker is not None:
+        if breaker.name is None:
+            raise ConfigurationError("give the BreakerConfig a name: BreakerConfig(name=..., ...)")
+        config = breaker
 
     def wrap(f: F) -> F:
         f.__cairn_activity__ = ActivityDefinition(  # type: ignore[attr-defined]
-            name or f.__name__, f, Signature(f), asyncio.iscoroutinefunction(f)
+            name or f.__name__, f, Signature(f), asyncio.iscoroutinefunction(f), config
         )
         return f
 

@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cairn import _lifecycle, db
 from cairn import activity as activity_api
+from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
 from cairn.activity import ActivityDefinition, ActivityInfo
 from cairn.client import CONNECTION_OPTIONS
@@ -94,6 +95,7 @@ class WorkerStats:
     activities_completed: int = 0
     activities_failed: int = 0
     activities_retried: int = 0
+    activities_rescheduled: int = 0  # activity.Reschedule: put back without burning an attempt
     timers_fired: int = 0
     rescued: int = 0
     fast_path: int = 0  # activity outcomes whose workflow task ran in the same transaction
@@ -771,7 +773,7 @@ class Worker(_QueryAnswering):
                     token = activity_api._current.set(info)
                     try:
                         timeout, timeout_error = _attempt_timeout(options, row)
-                        async with asyncio.timeout(timeout) as limit:
+                        async with breaker_guard(self._pool, definition), asyncio.timeout(timeout) as limit:
                             if definition.is_async:
                                 result = await definition.fn(*args)
                             else:
@@ -783,6 +785,10 @@ class Worker(_QueryAnswering):
                     payload = to_payload(result)
                 except asyncio.CancelledError:
                     raise
+                except activity_api.Reschedule as exc:
+                    running.recording = True
+                    await self._reschedule(row, running, exc, extra)
+                    return
                 except Exception as exc:
                     running.recording = True
                     if isinstance(exc, TimeoutError) and limit is not None and limit.expired() and timeout_error:
@@ -818,6 +824,16 @@ class Worker(_QueryAnswering):
             finally:
                 if self._running.get(key) is running:
                     del self._running[key]
+
+    async def _reschedule(self, row: dict[str, Any], running: _Running, exc: activity_api.Reschedule,
+                          extra: dict[str, Any]) -> None:
+        """activity.Reschedule: the attempt goes back without being counted (see _resilience)."""
+        if running.cancel_requested:
+            await self._cancelled(running, row["attempt"], row["activity_type"], extra)
+            return
+        assert self._pool is not None
+        if await reschedule(self._pool, row, running.token, exc, self._rng) == "rescheduled":
+            self.stats.activities_rescheduled += 1
 
     async def _cancelled(self, running: _Running, attempt: int, name: str, extra: dict[str, Any]) -> None:
         """Records that a cancel-requested attempt stopped (wait_cancellation_completed)."""

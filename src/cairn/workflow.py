@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
+import math
 import random as _random
 import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
@@ -249,6 +250,7 @@ def prepare_activity(
     retry_policy: RetryPolicy | None,
     queue: str | None,
     cancellation_type: str = TRY_CANCEL,
+    throttle_budget: timedelta | float | None = None,
 ) -> ActivityCall:
     """Validates an activity invocation (see :func:`start_activity`) without scheduling it.
 
@@ -287,6 +289,13 @@ def prepare_activity(
         "heartbeat_timeout": seconds(heartbeat_timeout),
         "retry_policy": policy.model_dump(mode="json"),
     }
+    if throttle_budget is not None:  # only when given: histories without it stay as they were
+        budget = throttle_budget.total_seconds() if isinstance(throttle_budget, timedelta) else throttle_budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise InputValidationError(
+                f"activity {name}: throttle_budget must be a positive number of seconds, got {throttle_budget!r}")
+        options["throttle_budget"] = float(budget)
     return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)
 
 
@@ -299,6 +308,7 @@ def start_activity(
     retry_policy: RetryPolicy | None = None,
     queue: str | None = None,
     cancellation_type: ActivityCancellationType = "try_cancel",
+    throttle_budget: timedelta | float | None = None,
 ) -> ActivityHandle:
     """Schedules an activity and returns a handle (an awaitable future you may cancel).
 
@@ -314,12 +324,16 @@ def start_activity(
             ``CancelledError`` at once, tell a running attempt), ``"wait_cancellation_completed"``
             (tell it, and resolve once it has stopped) or ``"abandon"`` (resolve at once, let
             it run on; its outcome is ignored). See :class:`ActivityHandle`.
+        throttle_budget: the most time the activity may spend rescheduled by
+            ``activity.Reschedule`` (throttles, open breakers, rate limits) without burning
+            attempts (default 600 s); past it, it fails with ``ThrottleBudgetExhausted``.
     """
     _instance()
     call = prepare_activity(
         activity, args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
+        throttle_budget=throttle_budget,
     )
     saga_id = current_saga.get()
     return call.start(None if saga_id is None else {"saga": saga_id})
@@ -349,6 +363,7 @@ async def execute_activity(
     retry_policy: RetryPolicy | None = None,
     queue: str | None = None,
     cancellation_type: ActivityCancellationType = "try_cancel",
+    throttle_budget: timedelta | float | None = None,
 ) -> Any:
     """Runs an activity and returns its result (see :func:`start_activity`).
 
@@ -359,6 +374,7 @@ async def execute_activity(
         activity, *args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
+        throttle_budget=throttle_budget,
     )
 
 

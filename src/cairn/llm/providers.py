@@ -32,6 +32,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cairn.breakers import BreakerConfig
 from cairn.errors import CairnError, ConfigurationError, InputValidationError
 from cairn.llm import classify
 from cairn.llm.classify import Classification, ErrorKind
@@ -146,9 +147,9 @@ class ProviderConfig(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
-    # TODO(merge): becomes `cairn.breakers.BreakerConfig | None` once breakers.py lands;
-    # a dict validates into it unchanged.
-    breaker: dict[str, Any] | None = None
+    # The circuit breaker of each of this provider's models (one breaker per
+    # provider:model:endpoint); None: the defaults of BreakerConfig.
+    breaker: BreakerConfig | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
     anthropic_version: str = ANTHROPIC_VERSION
 

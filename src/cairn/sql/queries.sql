@@ -773,3 +773,175 @@ SELECT r.parent_run_id, p.workflow_id AS parent_workflow_id, r.parent_seq, r.par
         FROM cairn.runs c WHERE c.parent_run_id = r.run_id) AS children
 FROM cairn.runs r LEFT JOIN cairn.runs p ON p.run_id = r.parent_run_id
 WHERE r.run_id = %(run_id)s::uuid
+
+-- ---------------------------------------------------------------- resilience: reschedule, breakers, rate limits
+
+-- name: reschedule_state
+-- What a Reschedule needs to know about its attempt (fenced by its token): how long the
+-- activity has already spent rescheduled, its schedule-to-close deadline, the time.
+SELECT throttled_seconds, schedule_deadline, attempt, coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.activity_tasks
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+-- Held until the reschedule (or the final failure) is written: the reaper cannot fail the
+-- attempt in between.
+FOR UPDATE
+
+-- name: reschedule_activity
+-- activity.Reschedule: puts the attempt back at now + delay WITHOUT counting it (attempt
+-- - 1, as release_activity), bumps the token (fencing the attempt that raised it), adds
+-- the delay to the throttle time and says why in last_failure (describe shows it).
+UPDATE cairn.activity_tasks
+SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
+    heartbeat_deadline = NULL, attempt = attempt - 1,
+    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
+    throttled_seconds = throttled_seconds + %(delay)s,
+    last_failure = %(failure)s
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+RETURNING queue, available_at
+
+-- name: breaker_read
+-- A breaker's row, created on first use with the caller's config (first writer wins: an
+-- existing row keeps its config, so every worker does the same window math). No lock:
+-- the closed/disabled/open-not-yet paths only read. May return no row when a concurrent
+-- first insert commits meanwhile (the caller reads again).
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), ins AS (
+    INSERT INTO cairn.breakers (name, config, updated_at)
+    SELECT %(name)s, %(config)s, c.now FROM c
+    ON CONFLICT (name) DO NOTHING
+    RETURNING *
+)
+SELECT b.*, c.now FROM (SELECT * FROM ins UNION ALL SELECT * FROM cairn.breakers WHERE name = %(name)s) b, c
+LIMIT 1
+
+-- name: breaker_lock
+-- Locks a breaker's row for the rest of the transaction: every transition and every
+-- windowed outcome is read-modify-write of this row, so workers take turns on the lock
+-- instead of racing (two failures recorded at once must both count; two admissions into
+-- half-open must see each other's probe). Waits (no SKIP LOCKED): the caller needs it.
+SELECT b.*, coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.breakers b WHERE b.name = %(name)s FOR UPDATE
+
+-- name: breaker_write
+-- Writes a locked breaker's new state and window, and adds to its call counters.
+UPDATE cairn.breakers
+SET state = %(state)s, generation = %(generation)s, window_data = %(window_data)s,
+    opened_at = %(opened_at)s, open_until = %(open_until)s, consecutive_opens = %(consecutive_opens)s,
+    half_open_successes = %(half_open_successes)s,
+    successful = successful + %(successful)s, failed = failed + %(failed)s, slow = slow + %(slow)s,
+    not_permitted = not_permitted + %(not_permitted)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE name = %(name)s
+
+-- name: breaker_not_permitted
+-- Counts a call refused by an open breaker (no lock needed: an increment is atomic).
+UPDATE cairn.breakers SET not_permitted = not_permitted + 1 WHERE name = %(name)s
+
+-- name: breaker_event
+-- Records a breaker transition.
+INSERT INTO cairn.breaker_events (name, from_state, to_state, generation, reason, at)
+VALUES (%(name)s, %(from_state)s, %(to_state)s, %(generation)s, %(reason)s, coalesce(%(now)s::timestamptz, now()))
+
+-- name: breaker_live_probes
+-- Half-open: drops the breaker's expired probe leases (a crashed prober frees its slot)
+-- and those of older generations, then counts the live ones. Run under breaker_lock.
+WITH gone AS (
+    DELETE FROM cairn.breaker_probes
+    WHERE name = %(name)s
+      AND (expires_at <= coalesce(%(now)s::timestamptz, now()) OR generation <> %(generation)s)
+    RETURNING probe_id
+)
+SELECT count(*) AS live, min(expires_at) AS first_expiry
+FROM cairn.breaker_probes
+WHERE name = %(name)s AND generation = %(generation)s
+  AND expires_at > coalesce(%(now)s::timestamptz, now())
+  AND probe_id NOT IN (SELECT probe_id FROM gone)
+
+-- name: breaker_take_probe
+-- Half-open: a probe lease for one admitted call. Run under breaker_lock.
+INSERT INTO cairn.breaker_probes (name, probe_id, generation, expires_at)
+VALUES (%(name)s, %(probe_id)s, %(generation)s,
+        coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second')
+
+-- name: breaker_release_probe
+-- A probe's outcome is in (or the call never happened): its lease goes.
+DELETE FROM cairn.breaker_probes WHERE name = %(name)s AND probe_id = %(probe_id)s
+
+-- name: breaker_clear_probes
+-- A transition out of half-open: every probe lease of the breaker goes.
+DELETE FROM cairn.breaker_probes WHERE name = %(name)s
+
+-- name: breaker_delete
+-- Operator reset: forgets a breaker (its probes go with it, ON DELETE CASCADE).
+DELETE FROM cairn.breakers WHERE name = %(name)s
+
+-- name: list_breakers
+-- Every breaker with its live probe count, for `cairn breakers`.
+SELECT b.*, coalesce(%(now)s::timestamptz, now()) AS now,
+       (SELECT count(*) FROM cairn.breaker_probes p
+        WHERE p.name = b.name AND p.expires_at > coalesce(%(now)s::timestamptz, now())) AS live_probes
+FROM cairn.breakers b ORDER BY b.name
+
+-- name: breaker_recent_events
+-- The last transitions of a breaker, newest first.
+SELECT from_state, to_state, generation, reason, at FROM cairn.breaker_events
+WHERE name = %(name)s ORDER BY id DESC LIMIT %(limit)s
+
+-- name: rate_limit_lock
+-- Creates (first use) and locks a deployment's rate-limit row for the rest of the
+-- transaction: reservations of one deployment take turns, so two workers cannot both
+-- take the last request of a minute. DO UPDATE (not DO NOTHING) takes the lock either way.
+INSERT INTO cairn.rate_limits (deployment, updated_at)
+VALUES (%(deployment)s, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (deployment) DO UPDATE SET updated_at = excluded.updated_at
+RETURNING coalesce(%(now)s::timestamptz, now()) AS now
+
+-- name: rate_limit_usage
+-- Under rate_limit_lock: drops old buckets and expired leases, then returns the current
+-- and previous bucket's (minute's) requests and tokens and the live concurrency leases.
+WITH old AS (
+    DELETE FROM cairn.rate_limit_windows
+    WHERE deployment = %(deployment)s AND window_start < %(current)s::timestamptz - %(window)s * interval '1 second'
+), expired AS (
+    DELETE FROM cairn.rate_limit_leases
+    WHERE deployment = %(deployment)s AND expires_at <= %(now)s::timestamptz
+    RETURNING id
+)
+SELECT
+    coalesce((SELECT requests FROM cairn.rate_limit_windows
+              WHERE deployment = %(deployment)s AND window_start = %(current)s::timestamptz), 0) AS cur_requests,
+    coalesce((SELECT tokens FROM cairn.rate_limit_windows
+              WHERE deployment = %(deployment)s AND window_start = %(current)s::timestamptz), 0) AS cur_tokens,
+    coalesce((SELECT requests FROM cairn.rate_limit_windows
+              WHERE deployment = %(deployment)s
+                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_requests,
+    coalesce((SELECT tokens FROM cairn.rate_limit_windows
+              WHERE deployment = %(deployment)s
+                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_tokens,
+    (SELECT count(*) FROM cairn.rate_limit_leases
+     WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz
+       AND id NOT IN (SELECT id FROM expired)) AS leases,
+    (SELECT min(expires_at) FROM cairn.rate_limit_leases
+     WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz) AS first_expiry
+
+-- name: rate_limit_take
+-- Under rate_limit_lock: adds a request and its token estimate to the current minute.
+INSERT INTO cairn.rate_limit_windows (deployment, window_start, requests, tokens)
+VALUES (%(deployment)s, %(current)s, 1, %(tokens)s)
+ON CONFLICT (deployment, window_start) DO UPDATE
+SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_windows.tokens + excluded.tokens
+
+-- name: rate_limit_lease
+-- A concurrency slot for one call; it frees itself at expires_at if settle never comes.
+INSERT INTO cairn.rate_limit_leases (id, deployment, expires_at)
+VALUES (%(id)s, %(deployment)s, %(now)s::timestamptz + %(lease)s * interval '1 second')
+
+-- name: rate_limit_settle
+-- Corrects a reservation's minute by (actual - estimate) tokens and frees its slot. An
+-- increment, so it needs no lock (the minute's row may be the previous one by now).
+WITH fixed AS (
+    UPDATE cairn.rate_limit_windows SET tokens = greatest(tokens + %(delta)s, 0)
+    WHERE deployment = %(deployment)s AND window_start = %(window_start)s
+)
+DELETE FROM cairn.rate_limit_leases WHERE id = %(id)s

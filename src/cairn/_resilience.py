@@ -1,0 +1,123 @@
+"""The worker's side of resilience: ``activity.Reschedule`` and ``@activity.defn(breaker=...)``.
+
+Kept out of ``worker.py`` so that the attempt's hot path carries one line for each: an
+activity without a breaker gets ``contextlib.nullcontext()`` (no SQL, no allocation
+beyond it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from cairn import breakers
+from cairn.activity import ActivityDefinition, Reschedule
+from cairn.engine import history as h
+from cairn.engine.queries import q
+
+log = logging.getLogger("cairn.worker")
+
+DEFAULT_THROTTLE_BUDGET_SECONDS = 600.0  # option throttle_budget's default
+RESCHEDULE_JITTER = 0.1  # a reschedule lands 0-10 % after the delay asked for
+
+
+def breaker_guard(pool: AsyncConnectionPool | None, definition: ActivityDefinition
+                  ) -> AbstractAsyncContextManager[Any]:
+    """What an attempt runs inside: nothing for an activity without a breaker, else the
+    breaker's admission before the call and the outcome after it."""
+    if definition.breaker is None or pool is None:
+        return contextlib.nullcontext()
+    return _guarded(pool, definition.breaker)
+
+
+@contextlib.asynccontextmanager
+async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) -> AsyncIterator[None]:
+    name = config.name or ""
+    async with pool.connection() as conn:
+        admission = await breakers.admit(conn, name, config)
+    if not admission.permitted:
+        until = admission.retry_at.isoformat() if admission.retry_at else "later"
+        raise Reschedule(admission.delay, reason=f"breaker {name} is {admission.state} until {until}",
+                         kind="breaker")
+    started = time.monotonic()
+    outcome: bool | None = None
+    try:
+        yield
+        outcome = True
+    except Reschedule:
+        outcome = None  # the call was put off, not made: no outcome
+        raise
+    except Exception:
+        outcome = False
+        raise
+    finally:
+        # CancelledError (a BaseException) leaves outcome None: the probe's lease is freed.
+        try:
+            async with pool.connection() as conn:
+                if outcome is None:
+                    await breakers.release(conn, admission)
+                else:
+                    await breakers.record(conn, name, admission, success=outcome,
+                                          duration=time.monotonic() - started)
+        except (psycopg.Error, OSError) as exc:
+            # The call's own outcome matters more than the breaker's bookkeeping; a lost
+            # probe lease expires by itself.
+            log.warning("breaker %s: outcome not recorded: %s", name, exc)
+
+
+async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int, exc: Reschedule,
+                     rng: random.Random) -> str:
+    """Puts an attempt back after ``exc.delay`` without counting it, or fails the activity
+    for good when that would exceed its throttle budget or schedule-to-close deadline.
+
+    Returns ``"rescheduled"``, ``"failed"`` or ``"superseded"`` (the attempt's token was
+    fenced off meanwhile: nothing written).
+    """
+    delay = exc.delay * (1 + rng.uniform(0, RESCHEDULE_JITTER))
+    budget = float((row["options"] or {}).get("throttle_budget") or DEFAULT_THROTTLE_BUDGET_SECONDS)
+    base = {"run_id": row["run_id"], "seq": row["seq"], "token": token, "now": None}
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(q("reschedule_state"), base)
+        state = await cur.fetchone()
+        if state is None:
+            return "superseded"
+        throttled, deadline, now = float(state["throttled_seconds"]), state["schedule_deadline"], state["now"]
+        until = now + timedelta(seconds=delay)
+        why = f"{exc.kind}: {exc.reason}"
+        failure: dict[str, Any] | None = None
+        if throttled + delay > budget:
+            failure = {"type": "ThrottleBudgetExhausted", "retry_state": "throttle_budget_exhausted",
+                       "message": f"throttled for {throttled:.1f} s so far; another {delay:.1f} s ({why}) "
+                                  f"would exceed the throttle budget of {budget:g} s"}
+        elif deadline is not None and until >= deadline:
+            failure = {"type": "ScheduleToCloseTimeout", "retry_state": "schedule_to_close_timeout",
+                       "message": f"the next try at {until.isoformat()} ({why}) would be past the "
+                                  f"schedule-to-close deadline {deadline.isoformat()}"}
+        if failure is not None:
+            retry_state = failure.pop("retry_state")
+            failure.update(details={"throttled_seconds": round(throttled, 3), "delay": round(delay, 3),
+                                    "throttle_budget": budget, "kind": exc.kind, "reason": exc.reason},
+                           non_retryable=True)
+            await conn.execute(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
+                "activity_seq": row["seq"], "failure": failure, "attempts": max(int(state["attempt"]) - 1, 0),
+                "retry_state": retry_state})})
+            log.info("activity %s failed for good: %s", row["activity_type"], failure["message"])
+            return "failed"
+        await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "failure": Jsonb({
+            "type": "Rescheduled", "kind": exc.kind, "reason": exc.reason, "until": until.isoformat(),
+            "message": f"throttled until {until.isoformat()} ({why})",
+            "details": {"throttled_seconds": round(throttled + delay, 3), "throttle_budget": budget}})})
+    log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why)
+    return "rescheduled"

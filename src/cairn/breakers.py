@@ -1,0 +1,558 @@
+"""Circuit breakers shared by every worker through Postgres.
+
+A breaker guards calls to one dependency (LLM breakers are named
+``provider:model:endpoint``; any activity may name one with
+``@activity.defn(breaker="payments")``). Its state lives in one ``cairn.breakers`` row:
+
+* ``closed``: calls are admitted; outcomes go into a sliding window (the last N calls, or
+  the last N seconds in buckets). Once the window holds ``minimum_calls`` calls and the
+  failure rate or the slow-call rate reaches its threshold, it opens.
+* ``open``: calls are refused until ``open_until`` (``recovery_timeout``, multiplied by
+  ``recovery_multiplier`` on each consecutive re-open, up to ``max_recovery_timeout``; a
+  close resets it; ``trip`` opens it until a given time, e.g. a 429's Retry-After).
+* ``half_open``: at most ``permitted_calls_in_half_open`` probes cluster-wide, each under a
+  probe lease that expires (a crashed prober frees its slot). That many successful probes
+  close it; one failed (or slow) probe re-opens it.
+* ``forced_open``: refused until an operator closes it (quota exhausted: ``trip(forced=True)``).
+* ``disabled``: every call admitted, nothing recorded.
+
+``generation`` is bumped on every transition. An admission carries the generation it was
+admitted under, and an outcome from another generation changes no state: a call admitted
+before the breaker opened cannot re-open it, and one admitted before a re-open cannot
+close it.
+
+Every transition is a read-modify-write of the breaker's row under its row lock
+(``breaker_lock``, ``SELECT ... FOR UPDATE``), so workers take turns instead of racing.
+The common path (a closed breaker admitting) is one statement and takes no lock. Time
+comes from the database; tests pin it with ``now=``.
+
+The config is stored with the row on first use and the first writer wins: every worker
+then applies the same thresholds even during a rolling deploy. To change a breaker's
+config, ``cairn breakers reset NAME`` drops the row (the next call recreates it).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from opentelemetry.metrics import CallbackOptions, Observation
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cairn._telemetry import meter
+from cairn.engine.queries import q
+from cairn.errors import InputValidationError
+
+__all__ = [
+    "STATES",
+    "Admission",
+    "BreakerConfig",
+    "BreakerNotFound",
+    "admit",
+    "close",
+    "describe",
+    "disable",
+    "enable",
+    "force_open",
+    "record",
+    "release",
+    "reset",
+    "trip",
+]
+
+STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+STATE_CODES = {s: i for i, s in enumerate(STATES)}  # the state gauge's values
+TIME_BUCKETS = 60  # a time window is cut into at most this many buckets (of at least 1 s)
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class BreakerNotFound(InputValidationError):
+    """An operator named a breaker that does not exist."""
+
+
+class BreakerConfig(BaseModel):
+    """How a breaker decides. Rates are percentages (0-100); durations are seconds.
+
+    Attributes:
+        name: the breaker's name, when the config is given to ``@activity.defn(breaker=...)``.
+        window: ``"count"`` (the last ``window_size`` calls) or ``"time"`` (the calls of
+            the last ``window_size`` seconds, counted in buckets of ``window_size / 60``
+            seconds, at least 1 s).
+        minimum_calls: no opening before the window holds this many calls.
+        slow_call_duration_threshold: a call slower than this is slow (LLM: time to first token).
+        probe_lease_seconds: a half-open probe's slot is freed after this if no outcome comes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = None
+    window: Literal["count", "time"] = "count"
+    window_size: int = Field(default=20, ge=1, le=100_000)
+    failure_rate_threshold: float = Field(default=50.0, gt=0, le=100)
+    minimum_calls: int = Field(default=10, ge=1)
+    slow_call_duration_threshold: float = Field(default=60.0, gt=0)
+    slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
+    recovery_timeout: float = Field(default=30.0, gt=0)
+    recovery_multiplier: float = Field(default=2.0, ge=1)
+    max_recovery_timeout: float = Field(default=600.0, gt=0)
+    permitted_calls_in_half_open: int = Field(default=3, ge=1)
+    probe_lease_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> BreakerConfig:
+        if self.max_recovery_timeout < self.recovery_timeout:
+            raise ValueError("max_recovery_timeout must be at least recovery_timeout")
+        if self.name is not None and not self.name.strip():
+            raise ValueError("a breaker name must not be empty")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The config as stored with the breaker's row (without the name)."""
+        return self.model_dump(mode="json", exclude={"name"})
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a call may go ahead.
+
+    Attributes:
+        permitted: the call may be made.
+        retry_at: when not permitted, when the breaker may admit (database time).
+        generation: the generation admitted under; pass the admission back to :func:`record`.
+        probe_id: set for a half-open probe (its lease).
+        state: the breaker's state when it decided.
+        name: the breaker's name.
+        now: the database time of the decision.
+    """
+
+    permitted: bool
+    retry_at: datetime | None
+    generation: int
+    probe_id: str | None
+    state: str
+    name: str = ""
+    now: datetime | None = None
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the decision to ``retry_at`` (0 when permitted)."""
+        if self.retry_at is None or self.now is None:
+            return 0.0
+        return max((self.retry_at - self.now).total_seconds(), 0.0)
+
+
+# ---------------------------------------------------------------- telemetry
+
+_calls = meter.create_counter("cairn.breaker.calls", description="Calls through circuit breakers, by outcome")
+_transitions = meter.create_counter("cairn.breaker.transitions", description="Circuit breaker state transitions")
+_last_state: dict[str, int] = {}  # the last state this process saw, per breaker
+
+
+def _observe_states(_options: CallbackOptions) -> list[Observation]:
+    return [Observation(code, {"breaker": name}) for name, code in list(_last_state.items())]
+
+
+meter.create_observable_gauge("cairn.breaker.state", [_observe_states],
+                              description="Breaker state as last seen by this process: " +
+                              ", ".join(f"{i}={s}" for i, s in enumerate(STATES)))
+
+
+def _count(name: str, outcome: str) -> None:
+    _calls.add(1, {"breaker": name, "outcome": outcome})
+
+
+# ---------------------------------------------------------------- window math (pure)
+
+
+def window_add(config: BreakerConfig, window: dict[str, Any], at: float, *, failed: bool, slow: bool) -> dict[str, Any]:
+    """The window with one more outcome at epoch time ``at``.
+
+    A count window is a ring of the last ``window_size`` outcome codes (bit 0: failed,
+    bit 1: slow). A time window is a list of ``[bucket_start, calls, failures, slow]``
+    buckets; buckets older than the window are dropped.
+    """
+    code = int(failed) | (int(slow) << 1)
+    if config.window == "count":
+        ring = list(window.get("ring", []))
+        pos = int(window.get("pos", 0))
+        if len(ring) < config.window_size:
+            ring.append(code)
+        else:
+            ring[pos % config.window_size] = code
+        return {"ring": ring, "pos": (pos + 1) % config.window_size}
+    width = _bucket_width(config)
+    start = math.floor(at / width) * width
+    buckets = [b for b in window.get("buckets", []) if b[0] > at - config.window_size - width]
+    if buckets and buckets[-1][0] == start:
+        b = buckets[-1]
+        buckets[-1] = [b[0], b[1] + 1, b[2] + int(failed), b[3] + int(slow)]
+    else:
+        buckets.append([start, 1, int(failed), int(slow)])
+    return {"buckets": buckets}
+
+
+def window_stats(config: BreakerConfig, window: dict[str, Any], at: float) -> tuple[int, int, int]:
+    """(calls, failures, slow calls) in the window at epoch time ``at``.
+
+    A time bucket counts while its start lies within the last ``window_size`` seconds, so
+    the window is exact to one bucket width.
+    """
+    if config.window == "count":
+        ring = window.get("ring", [])
+        return len(ring), sum(c & 1 for c in ring), sum((c >> 1) & 1 for c in ring)
+    live = [b for b in window.get("buckets", []) if b[0] > at - config.window_size]
+    return sum(b[1] for b in live), sum(b[2] for b in live), sum(b[3] for b in live)
+
+
+def _bucket_width(config: BreakerConfig) -> float:
+    return max(1.0, config.window_size / TIME_BUCKETS)
+
+
+def recovery_seconds(config: BreakerConfig, consecutive_opens: int) -> float:
+    """How long the ``consecutive_opens``-th open in a row lasts."""
+    try:
+        grown = config.recovery_timeout * config.recovery_multiplier ** max(consecutive_opens - 1, 0)
+    except OverflowError:
+        grown = config.max_recovery_timeout
+    return min(grown, config.max_recovery_timeout)
+
+
+# ---------------------------------------------------------------- the row, under its lock
+
+
+@dataclass
+class _Row:
+    name: str
+    state: str
+    generation: int
+    config: BreakerConfig
+    window: dict[str, Any]
+    opened_at: datetime | None
+    open_until: datetime | None
+    consecutive_opens: int
+    half_open_successes: int
+    now: datetime
+    counts: dict[str, int]
+    events: list[tuple[str, str, str]]
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> _Row:
+        return cls(r["name"], r["state"], int(r["generation"]), BreakerConfig.model_validate(r["config"]),
+                   dict(r["window_data"] or {}), r["opened_at"], r["open_until"], int(r["consecutive_opens"]),
+                   int(r["half_open_successes"]), r["now"],
+                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [])
+
+    def move(self, to: str, reason: str) -> None:
+        """A transition: new generation, fresh window, an event."""
+        self.events.append((self.state, to, reason))
+        self.state = to
+        self.generation += 1
+        self.window = {}
+        self.half_open_successes = 0
+
+    def open(self, reason: str, until: datetime | None = None) -> None:
+        self.consecutive_opens += 1
+        self.opened_at = self.now
+        self.open_until = until or self.now + timedelta(
+            seconds=recovery_seconds(self.config, self.consecutive_opens))
+        self.move("open", reason)
+
+    def close(self, reason: str) -> None:
+        self.consecutive_opens = 0
+        self.opened_at = self.open_until = None
+        self.move("closed", reason)
+
+
+async def _locked(conn: Conn, name: str, now: datetime | None) -> _Row | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("breaker_lock"), {"name": name, "now": now})
+    r = await cur.fetchone()
+    return None if r is None else _Row.of(r)
+
+
+async def _write(conn: Conn, row: _Row, now: datetime | None) -> None:
+    left_half_open = any(frm == "half_open" for frm, _, _ in row.events)
+    await conn.execute(q("breaker_write"), {
+        "name": row.name, "state": row.state, "generation": row.generation, "window_data": Jsonb(row.window),
+        "opened_at": row.opened_at, "open_until": row.open_until, "consecutive_opens": row.consecutive_opens,
+        "half_open_successes": row.half_open_successes, "now": now, **row.counts})
+    gen = row.generation - len(row.events)
+    for frm, to, reason in row.events:
+        gen += 1
+        await conn.execute(q("breaker_event"), {"name": row.name, "from_state": frm, "to_state": to,
+                                                 "generation": gen, "reason": reason, "now": now})
+        _transitions.add(1, {"breaker": row.name, "from": frm, "to": to})
+    if left_half_open or row.state in ("closed", "disabled", "forced_open"):
+        await conn.execute(q("breaker_clear_probes"), {"name": row.name})
+    _last_state[row.name] = STATE_CODES[row.state]
+
+
+# ---------------------------------------------------------------- calls
+
+
+async def admit(conn: Conn, name: str, config: BreakerConfig, *, now: datetime | None = None) -> Admission:
+    """Asks the breaker whether a call may go ahead (creating it on first use).
+
+    Closed and disabled breakers admit with one statement and no lock. An open breaker
+    whose recovery time has passed turns half-open here and admits a probe if a slot is
+    free. Refused calls are counted (``not_permitted``).
+
+    Args:
+        conn: a connection (autocommit, or inside the caller's transaction).
+        name: the breaker's name.
+        config: its config (stored on first use; an existing breaker keeps its own).
+        now: the time to decide at (tests); default the database's clock.
+    """
+    if not name.strip():
+        raise InputValidationError("a breaker name must not be empty")
+    cur = conn.cursor(row_factory=dict_row)
+    r = None
+    for _ in range(3):  # a concurrent first insert may hide the row from one statement
+        await cur.execute(q("breaker_read"), {"name": name, "config": Jsonb(config.stored()), "now": now})
+        r = await cur.fetchone()
+        if r is not None:
+            break
+    if r is None:
+        raise psycopg.OperationalError(f"breaker {name!r} could not be read")
+    state, gen = r["state"], int(r["generation"])
+    _last_state[name] = STATE_CODES[state]
+    if state in ("closed", "disabled"):
+        return Admission(True, None, gen, None, state, name, r["now"])
+    if state == "forced_open" or (state == "open" and r["open_until"] is not None and r["now"] < r["open_until"]):
+        await conn.execute(q("breaker_not_permitted"), {"name": name})
+        _count(name, "not_permitted")
+        return Admission(False, _refused_until(r["state"], r["open_until"], r["now"], config), gen, None, state,
+                         name, r["now"])
+    async with conn.transaction():
+        row = await _locked(conn, name, now)
+        assert row is not None  # breakers are deleted only by `cairn breakers reset`
+        admission = await _admit_locked(conn, row, now)
+        await _write(conn, row, now)
+    _count(name, "permitted" if admission.permitted else "not_permitted")
+    return admission
+
+
+def _refused_until(state: str, open_until: datetime | None, now: datetime, config: BreakerConfig) -> datetime:
+    if state == "open" and open_until is not None and open_until > now:
+        return open_until
+    # forced open: nothing says when; look again after a recovery timeout
+    return now + timedelta(seconds=config.recovery_timeout)
+
+
+async def _admit_locked(conn: Conn, row: _Row, now: datetime | None) -> Admission:
+    """The admission decision for a breaker that is (or may turn) half-open."""
+    if row.state in ("closed", "disabled"):
+        return Admission(True, None, row.generation, None, row.state, row.name, row.now)
+    if row.state == "open" and (row.open_until is None or row.now >= row.open_until):
+        row.move("half_open", "recovery timeout elapsed")
+    if row.state != "half_open":
+        row.counts["not_permitted"] += 1
+        return Admission(False, _refused_until(row.state, row.open_until, row.now, row.config), row.generation,
+                         None, row.state, row.name, row.now)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("breaker_live_probes"), {"name": row.name, "generation": row.generation, "now": now})
+    probes = await cur.fetchone()
+    assert probes is not None
+    if int(probes["live"]) + row.half_open_successes < row.config.permitted_calls_in_half_open:
+        probe_id = str(uuid.uuid4())
+        await conn.execute(q("breaker_take_probe"), {"name": row.name, "probe_id": probe_id,
+                                                     "generation": row.generation, "now": now,
+                                                     "lease": row.config.probe_lease_seconds})
+        return Admission(True, None, row.generation, probe_id, "half_open", row.name, row.now)
+    row.counts["not_permitted"] += 1
+    # Every slot is taken: look again when the first lease would expire, or sooner.
+    retry = row.now + timedelta(seconds=row.config.recovery_timeout)
+    if probes["first_expiry"] is not None:
+        retry = min(retry, probes["first_expiry"])
+    return Admission(False, retry, row.generation, None, "half_open", row.name, row.now)
+
+
+async def record(conn: Conn, name: str, admission: Admission, *, success: bool, duration: float | None = None,
+                 slow: bool = False, now: datetime | None = None) -> None:
+    """Records the outcome of an admitted call.
+
+    An outcome whose generation is not the breaker's current one is stale: it is counted
+    but changes no state (neither closes nor re-opens it). A half-open probe's lease is
+    released. Nothing is recorded for a disabled breaker.
+
+    Args:
+        conn: a connection.
+        name: the breaker's name.
+        admission: what :func:`admit` returned for this call.
+        success: whether the call succeeded.
+        duration: seconds it took; slower than ``slow_call_duration_threshold`` is slow.
+        slow: the caller's own verdict (e.g. time to first token over the threshold).
+        now: the time to record at (tests).
+    """
+    if admission.state == "disabled" or not admission.permitted:
+        return
+    async with conn.transaction():
+        row = await _locked(conn, name, now)
+        if row is None:
+            return
+        if row.state == "disabled":
+            return
+        slow = slow or (duration is not None and duration > row.config.slow_call_duration_threshold)
+        row.counts["successful" if success else "failed"] += 1
+        row.counts["slow"] += int(slow)
+        if admission.probe_id is not None:
+            await conn.execute(q("breaker_release_probe"), {"name": name, "probe_id": admission.probe_id})
+        if admission.generation == row.generation:
+            _apply_outcome(row, success=success, slow=slow)
+        await _write(conn, row, now)
+    _count(name, "failed" if not success else "successful")
+    if slow:
+        _count(name, "slow")
+
+
+def _apply_outcome(row: _Row, *, success: bool, slow: bool) -> None:
+    """The state change of one current-generation outcome."""
+    cfg = row.config
+    if row.state == "closed":
+        row.window = window_add(cfg, row.window, row.now.timestamp(), failed=not success, slow=slow)
+        calls, failures, slows = window_stats(cfg, row.window, row.now.timestamp())
+        if calls < cfg.minimum_calls:
+            return
+        failure_rate, slow_rate = 100.0 * failures / calls, 100.0 * slows / calls
+        if failure_rate >= cfg.failure_rate_threshold:
+            row.open(f"failure rate {failure_rate:.1f}% >= {cfg.failure_rate_threshold:g}% over {calls} calls")
+        elif slow_rate >= cfg.slow_call_rate_threshold:
+            row.open(f"slow-call rate {slow_rate:.1f}% >= {cfg.slow_call_rate_threshold:g}% over {calls} calls")
+    elif row.state == "half_open":
+        if not success or slow:
+            row.open("a half-open probe " + ("failed" if not success else "was slow"))
+        else:
+            row.half_open_successes += 1
+            if row.half_open_successes >= cfg.permitted_calls_in_half_open:
+                row.close(f"{row.half_open_successes} half-open probes succeeded")
+
+
+async def release(conn: Conn, admission: Admission) -> None:
+    """Frees a probe's lease without an outcome (the call was never really made)."""
+    if admission.probe_id is not None:
+        await conn.execute(q("breaker_release_probe"), {"name": admission.name, "probe_id": admission.probe_id})
+
+
+async def trip(conn: Conn, name: str, until: datetime, *, forced: bool = False, reason: str,
+               config: BreakerConfig | None = None, now: datetime | None = None) -> None:
+    """Opens a breaker until ``until`` (a 429's Retry-After), or forces it open (quota
+    exhausted: it stays open until an operator closes it).
+
+    An open breaker's ``open_until`` only ever moves later; a forced-open or disabled
+    breaker is left alone by a plain trip. The breaker is created (with ``config``, or the
+    defaults) if it does not exist yet.
+    """
+    await admit_row(conn, name, config or BreakerConfig(), now)
+    async with conn.transaction():
+        row = await _locked(conn, name, now)
+        assert row is not None
+        if row.state == "disabled" or (row.state == "forced_open" and not forced):
+            return
+        if forced:
+            if row.state == "forced_open":
+                row.open_until = max(until, row.open_until or until)
+            else:
+                row.consecutive_opens += 1
+                row.opened_at, row.open_until = row.now, until
+                row.move("forced_open", reason)
+        elif row.state == "open":
+            row.open_until = max(until, row.open_until or until)
+        else:
+            row.open(reason, until=until)
+        await _write(conn, row, now)
+
+
+async def admit_row(conn: Conn, name: str, config: BreakerConfig, now: datetime | None = None) -> None:
+    """Makes sure the breaker's row exists (first writer's config wins)."""
+    await conn.execute(q("breaker_read"), {"name": name, "config": Jsonb(config.stored()), "now": now})
+
+
+# ---------------------------------------------------------------- operators
+
+
+async def _operate(conn: Conn, name: str, now: datetime | None, change: Any) -> None:
+    async with conn.transaction():
+        row = await _locked(conn, name, now)
+        if row is None:
+            raise BreakerNotFound(f"no breaker named {name!r}")
+        change(row)
+        await _write(conn, row, now)
+
+
+async def force_open(conn: Conn, name: str, *, until: datetime | None = None, now: datetime | None = None) -> None:
+    """Operator: opens the breaker. With ``until`` it opens until then (then probes, as
+    after a trip); without, it is forced open until :func:`close`.
+
+    Raises:
+        BreakerNotFound: no breaker of that name.
+    """
+    def change(row: _Row) -> None:
+        if until is None:
+            row.opened_at, row.open_until = row.now, None
+            row.move("forced_open", "opened by an operator")
+        else:
+            row.opened_at, row.open_until = row.now, until
+            row.move("open", f"opened by an operator until {until.isoformat()}")
+
+    await _operate(conn, name, now, change)
+
+
+async def close(conn: Conn, name: str, *, now: datetime | None = None) -> None:
+    """Operator: closes the breaker (fresh window, recovery timeout back to its base)."""
+    await _operate(conn, name, now, lambda row: row.close("closed by an operator"))
+
+
+async def disable(conn: Conn, name: str, *, now: datetime | None = None) -> None:
+    """Operator: disables the breaker (admits everything, records nothing)."""
+    def change(row: _Row) -> None:
+        row.consecutive_opens = 0
+        row.opened_at = row.open_until = None
+        row.move("disabled", "disabled by an operator")
+
+    await _operate(conn, name, now, change)
+
+
+async def enable(conn: Conn, name: str, *, now: datetime | None = None) -> None:
+    """Operator: re-enables a disabled breaker, closed."""
+    def change(row: _Row) -> None:
+        if row.state == "disabled":
+            row.close("enabled by an operator")
+
+    await _operate(conn, name, now, change)
+
+
+async def reset(conn: Conn, name: str) -> None:
+    """Operator: forgets the breaker (state, window, counters); the next call recreates it
+    with its caller's config. Its transitions stay in ``breaker_events``."""
+    cur = await conn.execute(q("breaker_delete"), {"name": name})
+    if cur.rowcount == 0:
+        raise BreakerNotFound(f"no breaker named {name!r}")
+
+
+async def describe(conn: Conn, *, events: int = 5, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every breaker: state, generation, rates and calls in its window, open-until,
+    consecutive opens, counters, live probes and its last transitions."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("list_breakers"), {"now": now})
+    out = []
+    for r in await cur.fetchall():
+        config = BreakerConfig.model_validate(r["config"])
+        calls, failures, slows = window_stats(config, r["window_data"] or {}, r["now"].timestamp())
+        await cur.execute(q("breaker_recent_events"), {"name": r["name"], "limit": events})
+        out.append({
+            "name": r["name"], "state": r["state"], "generation": r["generation"],
+            "failure_rate": round(100.0 * failures / calls, 1) if calls else None,
+            "slow_rate": round(100.0 * slows / calls, 1) if calls else None,
+            "calls_in_window": calls, "open_until": r["open_until"], "consecutive_opens": r["consecutive_opens"],
+            "live_probes": r["live_probes"],
+            "counters": {k: r[k] for k in ("successful", "failed", "slow", "not_permitted")},
+            "config": r["config"], "transitions": await cur.fetchall(),
+        })
+    return out

@@ -1,0 +1,199 @@
+"""Fleet rate limits shared by every worker through Postgres: requests per minute, tokens
+per minute and a concurrency cap, per deployment (an LLM provider's model, an API key).
+
+:func:`reserve` takes one request and a token estimate if both fit the deployment's
+limits, else says when they will (``retry_at``); :func:`settle` corrects the tokens by the
+actual usage and frees the concurrency slot. :func:`reserve_or_reschedule` is the form an
+activity uses: a refused reservation becomes ``activity.Reschedule(kind="rate_limit")``.
+
+The window: fixed one-minute buckets, and the 60 s sliding window estimated from the
+current and the previous bucket, the previous one weighted by the part of it that is still
+inside the window (``prev * (1 - elapsed / 60) + current``), as Cloudflare's and nginx's
+limiters do. It never lets through more than the limit in any aligned minute, and at most
+about twice the limit in the worst unaligned 60 s (the estimate assumes the previous
+minute's calls were spread evenly).
+
+Reservations of one deployment take turns on its ``cairn.rate_limits`` row lock, so the
+check and the increment are atomic across workers. Concurrency slots are leases that
+expire: a worker that dies mid-call frees its slot after ``lease_seconds``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from cairn.activity import Reschedule
+from cairn.engine.queries import q
+from cairn.errors import InputValidationError
+
+__all__ = ["Reservation", "reserve", "reserve_or_reschedule", "settle"]
+
+WINDOW_SECONDS = 60.0
+LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
+CONCURRENCY_RETRY_SECONDS = 1.0  # a full concurrency cap is looked at again this soon
+RETRY_MARGIN_SECONDS = 0.01      # retry_at lands just past the moment capacity frees up
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reservation's outcome.
+
+    Attributes:
+        ok: the request may go ahead; :func:`settle` it afterwards.
+        retry_at: when refused, the earliest time enough capacity frees up (database time).
+        id: the reservation (and its concurrency lease).
+        deployment: the deployment it counts against.
+        window_start: the minute its request and tokens were added to.
+        tokens: the token estimate reserved.
+        now: the database time of the decision.
+        reason: when refused, which limit.
+    """
+
+    ok: bool
+    retry_at: datetime | None
+    id: str
+    deployment: str
+    window_start: datetime | None = None
+    tokens: int = 0
+    now: datetime | None = None
+    reason: str = ""
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the decision to ``retry_at`` (0 when ok)."""
+        if self.retry_at is None or self.now is None:
+            return 0.0
+        return max((self.retry_at - self.now).total_seconds(), 0.0)
+
+
+def _check(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputValidationError(f"{name} must be a positive integer or None, got {value!r}")
+
+
+def wait_seconds(limit: int, need: int, prev: float, cur: float, elapsed: float,
+                 window: float = WINDOW_SECONDS) -> float:
+    """Seconds until ``need`` more fits ``limit`` in the sliding window (nothing else added).
+
+    Within the current minute the previous bucket's weight falls linearly; if the current
+    bucket alone is too full, capacity comes only after the minute turns (the current
+    bucket becomes the previous one and starts falling).
+    """
+    if cur + need <= limit:
+        if prev <= 0:
+            return 0.0
+        return max(window * (1 - (limit - cur - need) / prev) - elapsed, 0.0)
+    after = window * (1 - (limit - need) / cur) if cur > 0 else 0.0
+    return window - elapsed + max(after, 0.0)
+
+
+async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
+                  tokens: int, lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
+                  now: datetime | None = None) -> Reservation:
+    """Takes one request and ``tokens`` (an estimate) from the deployment's limits, if they fit.
+
+    A request estimated at more than ``tpm`` tokens is counted as ``tpm`` (it could never
+    fit otherwise): it waits for an empty window.
+
+    Args:
+        conn: a connection (autocommit, or inside the caller's transaction).
+        deployment: what the limits apply to.
+        rpm: requests per minute (None: no limit).
+        tpm: tokens per minute (None: no limit).
+        max_concurrency: calls in flight at once (None: no limit).
+        tokens: the token estimate of this request.
+        lease_seconds: the concurrency slot frees itself after this if never settled.
+        window_seconds: the window ``rpm`` and ``tpm`` count over (default a minute; tests
+            and per-second limits use shorter ones). Use one value per deployment.
+        now: the time to decide at (tests); default the database's clock.
+
+    Raises:
+        InputValidationError: a limit that is not a positive integer, negative tokens.
+    """
+    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrency", max_concurrency)):
+        _check(name, value)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise InputValidationError(f"tokens must be a non-negative integer, got {tokens!r}")
+    if not (isinstance(window_seconds, int | float) and 1 <= window_seconds <= 86_400):
+        raise InputValidationError(f"window_seconds must be between 1 and 86400, got {window_seconds!r}")
+    if not deployment:
+        raise InputValidationError("a deployment name must not be empty")
+    rid = str(uuid.uuid4())
+    if rpm is None and tpm is None and max_concurrency is None:
+        return Reservation(True, None, rid, deployment, None, tokens, now)
+    tokens_counted = min(tokens, tpm) if tpm is not None else tokens
+    async with conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(q("rate_limit_lock"), {"deployment": deployment, "now": now})
+        locked = await cur.fetchone()
+        assert locked is not None
+        at: datetime = locked["now"]
+        epoch = at.timestamp()
+        minute = math.floor(epoch / window_seconds) * window_seconds
+        current = datetime.fromtimestamp(minute, UTC)
+        elapsed = epoch - minute
+        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "current": current,
+                                                  "window": window_seconds})
+        u = await cur.fetchone()
+        assert u is not None
+        weight = 1 - elapsed / window_seconds
+        per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
+        waits: list[tuple[float, str]] = []
+        if rpm is not None and u["prev_requests"] * weight + u["cur_requests"] + 1 > rpm:
+            waits.append((wait_seconds(rpm, 1, u["prev_requests"], u["cur_requests"], elapsed, window_seconds),
+                          f"{rpm} requests/{per}"))
+        if tpm is not None and u["prev_tokens"] * weight + u["cur_tokens"] + tokens_counted > tpm:
+            waits.append((wait_seconds(tpm, tokens_counted, u["prev_tokens"], u["cur_tokens"], elapsed,
+                                       window_seconds),
+                          f"{tpm} tokens/{per}"))
+        if max_concurrency is not None and u["leases"] >= max_concurrency:
+            slot = CONCURRENCY_RETRY_SECONDS
+            if u["first_expiry"] is not None:
+                slot = min(slot, (u["first_expiry"] - at).total_seconds())
+            waits.append((slot, f"{max_concurrency} calls in flight"))
+        if waits:
+            seconds, reason = max(waits)
+            return Reservation(False, at + timedelta(seconds=seconds + RETRY_MARGIN_SECONDS), rid, deployment,
+                               current, tokens, at, f"{deployment}: at its limit of {reason}")
+        await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": current,
+                                                  "tokens": tokens_counted})
+        if max_concurrency is not None:
+            await conn.execute(q("rate_limit_lease"), {"id": rid, "deployment": deployment, "now": at,
+                                                       "lease": lease_seconds})
+    return Reservation(True, None, rid, deployment, current, tokens_counted, at)
+
+
+async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
+    """Corrects the reserved minute by (actual - estimate) tokens and frees the
+    concurrency slot. Settling a refused reservation does nothing."""
+    if not reservation.ok or reservation.window_start is None:
+        return
+    await conn.execute(q("rate_limit_settle"), {
+        "deployment": reservation.deployment, "window_start": reservation.window_start,
+        "delta": int(tokens) - reservation.tokens, "id": reservation.id})
+
+
+async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,
+                                max_concurrency: int | None, tokens: int,
+                                lease_seconds: float = LEASE_SECONDS,
+                                window_seconds: float = WINDOW_SECONDS) -> Reservation:
+    """:func:`reserve` for use inside an activity: a refusal raises
+    ``activity.Reschedule(kind="rate_limit")`` to when capacity frees up (no attempt burned).
+
+    Raises:
+        Reschedule: the deployment is at one of its limits.
+    """
+    r = await reserve(conn, deployment, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency, tokens=tokens,
+                      lease_seconds=lease_seconds, window_seconds=window_seconds)
+    if not r.ok:
+        raise Reschedule(r.delay, reason=r.reason, kind="rate_limit")
+    return r

@@ -1,0 +1,97 @@
+"""Fleet rate limits in Postgres with a pinned clock: requests and tokens per minute over a
+sliding window, retry_at, settle, concurrency leases that expire."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from cairn import InputValidationError, activity
+from cairn.ratelimits import reserve, reserve_or_reschedule, settle, wait_seconds
+
+T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)  # a minute boundary
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def conn(db_url):
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        yield c
+
+
+async def test_requests_per_minute_sliding_window(conn):
+    for i in range(3):
+        assert (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(10 + i))).ok
+    r = await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(20))
+    assert not r.ok
+    assert "3 requests/min" in r.reason
+    # the current minute is full: capacity comes after the minute turns, once the previous
+    # minute's weight (3 * (1 - x/60)) + 1 <= 3, i.e. x = 20 s into the next minute
+    assert r.retry_at == at(60 + 20 + 0.01)
+    assert not (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(79))).ok
+    assert (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(80.01))).ok
+
+
+async def test_tokens_per_minute_and_settle(conn):
+    r1 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=800, now=at(1))
+    assert r1.ok
+    r2 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=300, now=at(2))
+    assert not r2.ok
+    assert "1000 tokens/min" in r2.reason
+    await settle(conn, r1, tokens=500)  # used fewer than estimated: 300 tokens come back
+    assert (await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=300, now=at(3))).ok
+    big = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=5000, now=at(4))
+    assert not big.ok, "a request bigger than tpm waits for an empty window"
+
+
+async def test_concurrency_leases_expire_and_settle_frees_them(conn):
+    a = await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, lease_seconds=30, now=at(0))
+    b = await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, lease_seconds=30, now=at(1))
+    c = await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, lease_seconds=30, now=at(2))
+    assert (a.ok, b.ok, c.ok) == (True, True, False)
+    assert c.retry_at == at(3.01)
+    assert "2 calls in flight" in c.reason
+    await settle(conn, b, tokens=0)
+    assert (await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, now=at(3))).ok
+    assert not (await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, now=at(4))).ok
+    # a's worker died: its lease (until 30) expires and frees the slot
+    assert (await reserve(conn, "c", rpm=None, tpm=None, max_concurrency=2, tokens=0, now=at(30.5))).ok
+
+
+async def test_reservations_are_atomic_across_connections(db_url, sql):
+    conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(10)]
+    try:
+        got = await asyncio.gather(*(reserve(c, "race", rpm=4, tpm=None, max_concurrency=None, tokens=1,
+                                             now=at(5)) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert sum(r.ok for r in got) == 4
+    assert sql("SELECT requests FROM cairn.rate_limit_windows WHERE deployment = 'race'") == [(4,)]
+
+
+async def test_reserve_or_reschedule_raises_reschedule(conn):
+    await reserve_or_reschedule(conn, "x", rpm=1, tpm=None, max_concurrency=None, tokens=0)
+    with pytest.raises(activity.Reschedule) as e:
+        await reserve_or_reschedule(conn, "x", rpm=1, tpm=None, max_concurrency=None, tokens=0)
+    assert e.value.kind == "rate_limit"
+    assert 0 < e.value.delay <= 121
+
+
+async def test_bad_limits(conn):
+    for kw in ({"rpm": 0}, {"tpm": -1}, {"max_concurrency": 1.5}, {"tokens": -3}):
+        args = {"rpm": None, "tpm": None, "max_concurrency": None, "tokens": 0, **kw}
+        with pytest.raises(InputValidationError):
+            await reserve(conn, "bad", **args)
+
+
+def test_wait_seconds():
+    assert wait_seconds(10, 1, prev=10, cur=0, elapsed=0) == pytest.approx(6.0)  # 10*(1-t/60)+1 <= 10
+    assert wait_seconds(10, 1, prev=0, cur=10, elapsed=30) == pytest.approx(30 + 6.0)
+    assert wait_seconds(10, 1, prev=0, cur=0, elapsed=0) == 0.0
