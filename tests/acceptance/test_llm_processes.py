@@ -5,6 +5,7 @@ half-open probe limit holds cluster-wide, the concurrency cap holds across proce
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -69,14 +70,11 @@ def test_concurrency_cap_holds_across_processes(workers, db_url, fake_llm, tmp_p
              == [(n,)], procs=procs)
     times = sorted(r["time"] for r in fake_llm.requests())
     assert len(times) == n
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.28, f"two calls overlapped although max_concurrency is 1: gaps {gaps}"
     attempts = {d["attempt"] for (d,) in query(db_url, "SELECT data FROM cairn.history "
                                                        "WHERE type = 'ActivityCompleted'")}
     assert attempts == {1}, "waiting for a slot burned no attempt"
-    workers_that_called = {i for (i,) in query(db_url, "SELECT DISTINCT data->>'worker' FROM cairn.history "
-                                                       "WHERE type = 'WorkflowTaskStarted'")}
-    assert len(workers_that_called) >= 1
     assert query(db_url, "SELECT count(*) FROM cairn.rate_limit_leases") == [(0,)], "every slot was freed"
 
 
@@ -90,7 +88,8 @@ def test_history_follow_prints_tokens_until_the_run_closes(workers, db_url, fake
     assert ran.code == 0, ran.err
     streamed = [line for line in ran.out.splitlines() if line.startswith("  llm ")]
     assert len(streamed) >= 2, ran.out
-    assert "tok24" in ran.out and "WorkflowCompleted" in ran.out.splitlines()[-1]
+    assert "tok24" in ran.out
+    assert "WorkflowCompleted" in ran.out.splitlines()[-1]
     assert query(db_url, "SELECT count(*) FROM cairn.llm_stream") == [(0,)], "chunks went with the run"
 
 
@@ -105,11 +104,12 @@ def test_canary_key_leaks_nowhere(workers, db_url, fake_llm, tmp_path, monkeypat
     wait_for("every canary run to close", lambda: query(
         db_url, "SELECT count(*) FROM cairn.runs WHERE status <> 'running'") == [(4,)], procs=(w,))
     statuses = Counter(s for (s,) in query(db_url, "SELECT status FROM cairn.runs"))
-    assert statuses["completed"] >= 2 and statuses["failed"] >= 1, statuses
-    assert all(r["auth_ok"] for r in fake_llm.requests() if r["outcome"] != "status 401"), "the key was sent"
+    assert statuses["completed"] >= 2, statuses
+    assert statuses["failed"] >= 1, statuses
+    assert all(r["auth_ok"] for r in fake_llm.requests()), "the key was sent with every request"
     tables = [t for (t,) in query(db_url, "SELECT table_name FROM information_schema.tables "
                                           "WHERE table_schema = 'cairn'")]
-    assert "history" in tables and "breakers" in tables
+    assert {"history", "breakers", "llm_stream"} <= set(tables)
     for t in tables:
         dump = "\n".join(row for (row,) in query(db_url, f"SELECT t::text FROM cairn.{t} t"))
         assert CANARY not in dump, f"the canary key is in cairn.{t}"
