@@ -10,9 +10,11 @@ import time
 from datetime import timedelta
 
 import pytest
+from click.testing import CliRunner
 
 from cairn import RetryPolicy, workflow
 from cairn import breakers as br
+from cairn.cli import main
 from cairn.engine.history import summarize
 from cairn.engine.instance import replay
 from cairn.errors import WorkflowFailure
@@ -67,7 +69,7 @@ async def run_one(client, start_worker, wf, *args, wid: str, timeout: float = 30
     return handle, await handle.result(timeout=timeout)
 
 
-async def test_chat_completes_and_records_usage_and_cost(client, start_worker, llm, sql):
+async def test_chat_completes_and_records_usage_and_cost(client, start_worker, llm, sql, db_url):
     llm.script([f.ok("A cat sat.", input_tokens=1000, cached_input_tokens=400, output_tokens=50)])
     handle, result = await run_one(client, start_worker, summarize_doc, False, wid="sum-1")
     assert result == {"text": "A cat sat.", "model": PRIMARY, "attempt": 1, "skipped": []}
@@ -85,6 +87,15 @@ async def test_chat_completes_and_records_usage_and_cost(client, start_worker, l
     assert d.llm_calls[0]["ttft_seconds"] is not None
     assert d.to_json()["llm_totals"]["output_tokens"] == 50
     assert len(llm.requests()) == 1
+    runner = CliRunner()
+    described = await asyncio.to_thread(runner.invoke, main, ["--database-url", db_url, "describe", "sum-1"])
+    assert described.exit_code == 0, described.output
+    assert "llm calls:" in described.output
+    assert "fake/deepseek-chat" in described.output
+    assert f"${usage['cost_usd']:.6f}" in described.output
+    assert "llm total 1 call(s), 1000 in (400 cached) / 50 out tokens" in described.output
+    listed = await asyncio.to_thread(runner.invoke, main, ["--database-url", db_url, "history", "sum-1"])
+    assert "1000 in (400 cached) / 50 out" in listed.output
     # The built-in activity was registered by the worker itself (no activities= given).
     assert sql("SELECT count(*) FROM cairn.breakers WHERE name = %s", (breaker(llm, PRIMARY),)) == [(1,)]
 
