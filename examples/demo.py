@@ -1,8 +1,9 @@
-"""`make demo`: runs the checkout example end to end on the embedded Postgres.
+"""`make demo`: runs the checkout example end to end on the embedded Postgres, then the
+LLM example against a fake provider that answers 429s and runs out of quota.
 
 Starts an in-process worker, starts a workflow, waits for its result, prints the result
-and the run's history. Pass --database-url (or set CAIRN_DATABASE_URL) to use another
-Postgres instead.
+and the run's history; for the LLM run also the breakers' states. Pass --database-url
+(or set CAIRN_DATABASE_URL) to use another Postgres instead.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkout import Order, charge, checkout
+from summarize import Doc, summarize
 
-from cairn import Client, Worker, db
-from cairn.engine.history import summarize
+from cairn import Client, Worker, breakers, db
+from cairn.cli._base import table
+from cairn.engine.history import summarize as summary
+from cairn.llm import configure_providers
+from cairn.llm import fake as f
 
 
 async def main(url: str) -> None:
@@ -31,8 +36,41 @@ async def main(url: str) -> None:
         print(f"\nresult: {json.dumps(result)}\n")
         print(f"{'SEQ':<4} {'EVENT':<20} DETAILS")
         for event in await handle.history():
-            print(f"{event.seq:<4} {event.type:<20} {summarize(event)[:110]}")
+            print(f"{event.seq:<4} {event.type:<20} {summary(event)[:110]}")
         print(f"\nsee it again with: cairn history {handle.workflow_id}")
+    await llm_demo(url)
+
+
+async def llm_demo(url: str) -> None:
+    """A summarize workflow riding through two 429s (Retry-After: 1): each reschedules the
+    call without burning an attempt and opens deepseek's breaker; the failed half-open probe
+    re-opens it for longer, and the gpt-4o-mini fallback serves."""
+    print("\n=== LLM call: 429, 429 -> deepseek's breaker open -> the fallback serves ===")
+    with f.running_fake() as fake:
+        configure_providers([fake.provider_config(models=["deepseek-chat", "gpt-4o-mini"])])
+        fake.script([f.rate_limited("1", model="deepseek-chat", times=2)],
+                    default=f.ok("Cairn makes flaky LLM providers reliable.", input_tokens=812, output_tokens=9))
+        async with await Client.connect(url) as client, Worker(url, workflows=[summarize], poll_interval=0.2):
+            started = time.monotonic()
+            doc = Doc(id=f"d-{int(time.time())}", text="Cairn is a durable workflow engine on Postgres...")
+            handle = await client.start(summarize, doc, id=f"summarize-{doc.id}")
+            result = await handle.result(timeout=60)
+            print(f"result after {time.monotonic() - started:.1f} s: {result!r}\n")
+            for r in fake.requests():
+                print(f"  fake provider got {r['model']:<14} -> {r['outcome']}")
+            print(f"\n{'SEQ':<4} {'EVENT':<20} DETAILS")
+            for event in await handle.history():
+                print(f"{event.seq:<4} {event.type:<20} {summary(event)[:140]}")
+            totals = (await handle.describe()).llm_totals or {}
+            print(f"\ntotal: {totals.get('input_tokens')} in / {totals.get('output_tokens')} out tokens, "
+                  f"${totals.get('cost_usd') or 0:.6f}\n")
+            async with client.pool.connection() as conn:
+                rows = await breakers.describe(conn)
+            print(table([[b["name"].split(":")[1], b["state"],
+                          str(b["counters"]["failed"]), str(b["counters"]["not_permitted"]),
+                          str(b["open_until"] or "-")] for b in rows],
+                        ["BREAKER (MODEL)", "STATE", "FAILED", "NOT PERMITTED", "OPEN UNTIL"]))
+            print(f"\nsee it again with: cairn describe {handle.workflow_id}; cairn breakers")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ class ActivityInfo:
     heartbeat_details: Any = None
     _beat: Callable[[Any], None] | None = field(default=None, repr=False)
     _cancelled: Callable[[], bool] | None = field(default=None, repr=False)
+    # The worker's connection pool, for built-in activities (the LLM chat activity's
+    # breakers, rate limits and stream); user code should not rely on it.
+    _pool: Any = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from cairn.errors import (
     WorkflowTimedOutError,
     WorkflowTimeout,
 )
+from cairn.llm.follow import StreamChunk, follow, llm_calls, llm_totals
 from cairn.saga import describe_sagas
 from cairn.visibility import check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
@@ -72,6 +73,9 @@ class RunDescription:
     continued_to: str | None = None
     execution_deadline: datetime | None = None
     children: list[dict[str, Any]] = field(default_factory=list)
+    # LLM calls (cairn.llm.chat): per call model, tokens, cost, ttft; and their totals.
+    llm_calls: list[dict[str, Any]] = field(default_factory=list)
+    llm_totals: dict[str, Any] | None = None
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -531,6 +535,7 @@ class WorkflowHandle(HandleMessages):
             saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
             vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
             links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
+            llm = llm_calls(await (await cur.execute(q("llm_completions"), params)).fetchall())
         parent = None
         if links.get("parent_run_id") is not None:
             parent = {"workflow_id": links["parent_workflow_id"], "run_id": str(links["parent_run_id"]),
@@ -548,6 +553,7 @@ class WorkflowHandle(HandleMessages):
             continued_from=str(links["continued_from"]) if links.get("continued_from") else None,
             continued_to=str(links["continued_to"]) if links.get("continued_to") else None,
             execution_deadline=links.get("execution_deadline"), children=links.get("children") or [],
+            llm_calls=llm, llm_totals=llm_totals(llm) if llm else None,
         )
 
     async def history(self, after: int = 0) -> list[Event]:
@@ -556,6 +562,16 @@ class WorkflowHandle(HandleMessages):
         async with self.client.pool.connection() as c:
             cur = await c.execute(q("read_history_after"), {"run_id": row["run_id"], "after": after})
             return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+
+    async def stream(self, activity_seq: int | None = None) -> AsyncIterator[StreamChunk]:
+        """Follows the tokens of the run's LLM calls (``chat(..., stream=True)``) as they
+        arrive: :class:`~cairn.llm.follow.StreamChunk` ``(attempt, text, activity_seq,
+        restart)``. A retried attempt starts over with a ``restart`` chunk (its text is never
+        appended to the failed attempt's). Ends when the run closes, or when the activity
+        ``activity_seq`` (if given) has its outcome recorded."""
+        async for item in follow(self, activity_seq=activity_seq, events=False):
+            if isinstance(item, StreamChunk):
+                yield item
 
     async def reset(self, *, to_seq: int | None = None, to_last_task: bool = False, reason: str = "",
                     reapply_signals: bool = True) -> WorkflowHandle:

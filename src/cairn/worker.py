@@ -239,8 +239,11 @@ class Worker(_QueryAnswering):
         poll_interval: float = POLL_INTERVAL_SECONDS,
         module: str | None = None,
     ) -> None:
+        from cairn.llm.chat import builtin_activities  # the LLM chat activity, if providers are configured
+
         self.workflows: dict[str, WorkflowDefinition] = _definitions(workflows, "__cairn_workflow__")
-        self.activities: dict[str, ActivityDefinition] = _definitions(activities, "__cairn_activity__")
+        self.activities: dict[str, ActivityDefinition] = _definitions(
+            [*activities, *builtin_activities()], "__cairn_activity__")
         if not self.workflows and not self.activities:
             raise ConfigurationError("a worker needs at least one workflow or activity")
         self.queues = list(dict.fromkeys(queues))
@@ -756,7 +759,7 @@ class Worker(_QueryAnswering):
             run_id=running.run_id, seq=running.seq, attempt=row["attempt"], queue=row["queue"],
             scheduled_at=row["scheduled_at"], started_at=row["started_at"],
             deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
-            _cancelled=lambda: running.lost or running.cancel_requested,
+            _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pool,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
         with tracer.start_as_current_span("cairn.activity", attributes={

@@ -208,6 +208,10 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
         click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
     for saga in d.sagas:
         _echo_saga(saga)
+    if d.llm_calls:
+        from cairn.cli.llm_runs import echo_llm_calls
+
+        echo_llm_calls(d.llm_calls, d.llm_totals)
 
 
 def _echo_links(d: Any) -> None:
@@ -245,9 +249,16 @@ def _echo_saga(saga: dict[str, Any]) -> None:
 @click.argument("workflow_id")
 @run_id_option
 @json_option
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new events and streamed LLM tokens until the run closes.")
 @click.pass_obj
-def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:
+def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool, follow: bool) -> None:
     """Show a run's event history (--json gives a file that `cairn replay` accepts)."""
+    if follow:
+        from cairn.cli.llm_runs import follow_history
+
+        follow_history(settings, workflow_id, run_id, as_json)
+        return
 
     @with_client
     async def go(client: Client) -> tuple[Any, list[Event]]:

@@ -180,6 +180,11 @@ def summarize(e: Event) -> str:
         return f"patch {d.get('patch_id')}" + (" (deprecated)" if d.get("deprecated") else "")
     if e.type == "ActivityCancelled":
         return f"activity {d.get('activity_seq')} cancelled" + ("" if d.get("started") else " before it started")
+    if e.type == "ActivityCompleted" and isinstance(d.get("result"), dict) \
+            and d["result"].get("type") == "cairn.llm.completion":
+        from cairn.llm.follow import llm_summary  # an LLM call: model, tokens, cost
+
+        return f"activity {d.get('activity_seq')} -> {llm_summary(d['result'])} (attempt {d.get('attempt')})"
     if e.type == "ActivityCompleted":
         return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
     if e.type == "ActivityFailed":

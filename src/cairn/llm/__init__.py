@@ -6,6 +6,7 @@ breakers, rate limits) decides when to call again.
 
 from __future__ import annotations
 
+from cairn.llm.chat import CHAT_ACTIVITY, ChatResult, Fallback, chat, llm_chat
 from cairn.llm.classify import Classification, ErrorKind, classify_status, parse_retry_after
 from cairn.llm.pricing import PRICES, PRICES_AS_OF, Price, cost, price_for
 from cairn.llm.providers import (
@@ -22,23 +23,28 @@ from cairn.llm.providers import (
 from cairn.llm.types import ChatRequest, Completion, ToolCall, Usage
 
 __all__ = [
+    "CHAT_ACTIVITY",
     "PRICES",
     "PRICES_AS_OF",
     "ChatRequest",
+    "ChatResult",
     "Classification",
     "Completion",
     "ErrorKind",
+    "Fallback",
     "Price",
     "ProviderConfig",
     "ProviderError",
     "ToolCall",
     "Usage",
     "call_chat",
+    "chat",
     "classify_status",
     "configure_providers",
     "configured_providers",
     "cost",
     "get_provider",
+    "llm_chat",
     "load_providers",
     "parse_retry_after",
     "price_for",

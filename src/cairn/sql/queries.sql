@@ -945,3 +945,33 @@ WITH fixed AS (
     WHERE deployment = %(deployment)s AND window_start = %(window_start)s
 )
 DELETE FROM cairn.rate_limit_leases WHERE id = %(id)s
+
+-- ============================================================== LLM activities (issue #5)
+
+-- name: llm_stream_append
+-- One batch of streamed text of an LLM attempt, and a NOTIFY (payload: the run id) that
+-- wakes followers (`cairn history --follow`, WorkflowHandle.stream).
+WITH added AS (
+    INSERT INTO cairn.llm_stream (run_id, activity_seq, attempt, chunk, text)
+    VALUES (%(run_id)s, %(seq)s, %(attempt)s, %(chunk)s, %(text)s)
+    ON CONFLICT (run_id, activity_seq, attempt, chunk) DO NOTHING
+    RETURNING run_id
+)
+SELECT pg_notify('cairn_llm_stream', run_id::text) FROM added
+
+-- name: llm_stream_after
+-- A run's streamed batches after id `after`, oldest first (optionally of one activity).
+SELECT id, activity_seq, attempt, chunk, text, at FROM cairn.llm_stream
+WHERE run_id = %(run_id)s AND id > %(after)s
+  AND (%(seq)s::int IS NULL OR activity_seq = %(seq)s::int)
+ORDER BY id
+
+-- name: llm_completions
+-- The recorded results of a run's LLM calls (the built-in chat activity's completions).
+SELECT h.seq, h.data, h.at FROM cairn.history h
+WHERE h.run_id = %(run_id)s AND h.type = 'ActivityCompleted'
+  AND h.data -> 'result' ->> 'type' = 'cairn.llm.completion'
+ORDER BY h.seq
+
+-- name: db_now
+SELECT now()

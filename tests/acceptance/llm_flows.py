@@ -1,0 +1,33 @@
+"""Workflows for the multi-process LLM tests (``cairn worker -m llm_flows`` with
+``CAIRN_LLM_PROVIDERS`` naming a providers file that points at the test's fake provider).
+The chat activity is built in: the workers register it because providers are configured."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cairn import RetryPolicy, workflow
+from cairn.llm import ChatRequest, chat
+
+MODEL = "deepseek-chat"
+FAST = RetryPolicy(initial_interval=timedelta(seconds=0.05), maximum_interval=timedelta(seconds=0.2), jitter=0.2)
+
+
+def request(i: int) -> ChatRequest:
+    return ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"Say hello #{i}"}], max_tokens=20)
+
+
+@workflow.defn
+async def ask(i: int) -> str:
+    return (await chat(request(i), retry_policy=FAST, throttle_budget=3600)).text
+
+
+@workflow.defn
+async def ask_once(i: int) -> str:
+    """Fails for good on the first error (the canary test's failing runs)."""
+    return (await chat(request(i), retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=0.05))).text
+
+
+@workflow.defn
+async def ask_streaming(i: int) -> str:
+    return (await chat(request(i), stream=True, retry_policy=FAST)).text
