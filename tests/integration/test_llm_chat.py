@@ -119,6 +119,30 @@ async def test_replay_and_a_restarted_worker_make_no_request(client, start_worke
     assert llm.requests() == before
 
 
+@workflow.defn
+async def two_calls() -> list[str]:
+    first = (await chat(_req(), retry_policy=FAST)).text
+    await workflow.wait_signal("go")
+    second = (await chat(_req(), retry_policy=FAST)).text
+    return [first, second]
+
+
+async def test_a_worker_taking_over_mid_run_replays_the_first_call_without_a_request(client, start_worker, llm):
+    llm.script([f.ok("first"), f.ok("second")])
+    one = await start_worker(workflows=[two_calls])
+    handle = await client.start(two_calls, id="taken-over")
+    deadline = time.monotonic() + 20
+    while not any(e.type == "ActivityCompleted" for e in await handle.history()):
+        assert time.monotonic() < deadline, "the first call did not complete"
+        await asyncio.sleep(0.05)
+    one.stop()  # the run now waits for its signal; its live instance goes with this worker
+    two = await start_worker(workflows=[two_calls])  # an empty cache: the next task replays the history
+    await handle.signal("go")
+    assert await handle.result(timeout=20) == ["first", "second"]
+    assert two.stats.cache_misses >= 1 and one.stats.workflow_tasks == 2
+    assert len(llm.requests()) == 2, "the replayed first call made no request"
+
+
 async def test_429_with_retry_after_reschedules_without_burning_an_attempt(client, start_worker, llm, sql):
     llm.script([f.rate_limited("1")], default=f.ok("after the throttle"))
     handle, result = await run_one(client, start_worker, summarize_doc, False, wid="throttled")

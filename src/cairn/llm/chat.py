@@ -270,7 +270,8 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
         async with pool.connection() as conn:
             reservation = await ratelimits.reserve(conn, f"{provider.name}:{model}", rpm=provider.rpm,
                                                    tpm=provider.tpm, max_concurrency=provider.max_concurrency,
-                                                   tokens=estimate_tokens(req))
+                                                   tokens=estimate_tokens(req),
+                                                   window_seconds=provider.rate_window_seconds)
         if not reservation.ok:
             _calls.add(1, {**labels, "outcome": "rate_limited"})
             raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)

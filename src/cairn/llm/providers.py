@@ -147,6 +147,9 @@ class ProviderConfig(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
+    # The window rpm and tpm are counted over: a minute, as their names say; shorter in
+    # tests and for providers that enforce per-second limits.
+    rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     # The circuit breaker of each of this provider's models (one breaker per
     # provider:model:endpoint); None: the defaults of BreakerConfig.
     breaker: BreakerConfig | None = None
