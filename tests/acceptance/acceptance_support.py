@@ -88,7 +88,8 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
         log_path = tmp_path / f"worker-{name}-{len(started)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [CAIRN, *(["-" + "v" * verbose] if verbose else []), "--database-url", db_url, "worker", "-m", "flows", "--lease-seconds", "2",
+                [CAIRN, *(["-" + "v" * verbose] if verbose else []), "--database-url", db_url,
+                 "worker", "-m", "flows", "--lease-seconds", "2",
                  "--poll-interval", "0.2", "--identity", name, *extra],
                 cwd=HERE, stdout=log, stderr=subprocess.STDOUT, env=clean_env(FLOWS_DB_URL=db_url),
             )

@@ -148,6 +148,7 @@ def test_canary_key_leaks_nowhere(workers, db_url, fake_llm, tmp_path, monkeypat
     w.proc.terminate()
     w.proc.wait(timeout=30)
     log = w.log()
-    assert "DEBUG" in log and "cairn.llm" in log, "the worker logged at debug level, LLM calls included"
+    assert "DEBUG" in log, "the worker logged at debug level"
+    assert "cairn.llm" in log, "the debug log covers the LLM calls"
     assert CANARY not in log, "the canary key is in the worker's output"
     assert os.environ["CAIRN_CANARY_KEY"] == CANARY
