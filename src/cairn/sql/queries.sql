@@ -1106,7 +1106,7 @@ SELECT c.table_name, array_agg(c.column_name::text ORDER BY c.ordinal_position) 
 FROM information_schema.columns c JOIN information_schema.tables t
   ON t.table_schema = c.table_schema AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE'
 WHERE c.table_schema = 'cairn'
-GROUP BY c.table_name ORDER BY c.table_name
+GROUP BY c.table_schema, c.table_name ORDER BY c.table_name
 
 -- name: verify_table_exists
 -- Whether a (schema-qualified) table exists.
@@ -1135,7 +1135,7 @@ ORDER BY e.run_id, e.seq
 
 -- name: verify_effects_stats
 -- The sink's size, its kinds, and how many effects came from a re-execution.
-SELECT count(*) AS effects, coalesce(array_agg(DISTINCT kind) FILTER (WHERE kind IS NOT NULL), '{}') AS kinds,
+SELECT count(*) AS effects, coalesce(array_agg(DISTINCT kind) FILTER (WHERE kind IS NOT NULL), ARRAY[]::text[]) AS kinds,
        count(*) FILTER (WHERE attempt > 1) AS reexecuted
 FROM {effects}
 
