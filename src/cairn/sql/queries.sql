@@ -975,3 +975,200 @@ ORDER BY h.seq
 
 -- name: db_now
 SELECT now()
+
+-- ---------------------------------------------------------------- invariant checker (cairn verify)
+-- Read-only statements of cairn.verify. Each checks one invariant over every run at once
+-- (a scan of the table it reads), so the checker's cost is a few sequential scans, not a
+-- round trip per run.
+
+-- name: verify_run_counts
+-- Runs by status, and the database clock.
+SELECT status, count(*) AS n FROM cairn.runs GROUP BY status ORDER BY status
+
+-- name: verify_open_runs
+-- Runs not yet in a terminal state (after the settle deadline: stuck).
+SELECT run_id::text, workflow_id, workflow_type, created_at FROM cairn.runs
+WHERE status = 'running' ORDER BY run_id
+
+-- name: verify_expired_leases
+-- Activity attempts whose worker lease ran out and that nobody reclaimed.
+SELECT a.run_id::text, r.workflow_id, a.seq, a.activity_type, a.lease_owner, a.lease_expires_at
+FROM cairn.activity_tasks a LEFT JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.lease_expires_at < now() ORDER BY a.run_id, a.seq
+
+-- name: verify_lingering_tasks
+-- Queue rows of closed (or unknown) runs: every table that must drain when a run closes.
+SELECT x.tbl, x.run_id::text, r.workflow_id, coalesce(r.status, 'missing') AS status, x.n
+FROM (
+    SELECT 'workflow_tasks' AS tbl, run_id, count(*) AS n FROM cairn.workflow_tasks GROUP BY run_id
+    UNION ALL SELECT 'activity_tasks', run_id, count(*) FROM cairn.activity_tasks GROUP BY run_id
+    UNION ALL SELECT 'timers', run_id, count(*) FROM cairn.timers GROUP BY run_id
+    UNION ALL SELECT 'inbox', run_id, count(*) FROM cairn.inbox GROUP BY run_id
+    UNION ALL SELECT 'query_requests', run_id, count(*) FROM cairn.query_requests GROUP BY run_id
+) x LEFT JOIN cairn.runs r ON r.run_id = x.run_id
+WHERE r.status IS DISTINCT FROM 'running'
+ORDER BY x.tbl, x.run_id
+
+-- name: verify_history_gaps
+-- Seqs that do not follow their predecessor by one, or a first seq other than 1 (a window
+-- over the history primary key, in index order).
+SELECT g.run_id::text, r.workflow_id, g.seq, g.prev FROM (
+    SELECT run_id, seq, lag(seq) OVER (PARTITION BY run_id ORDER BY seq) AS prev FROM cairn.history
+) g LEFT JOIN cairn.runs r ON r.run_id = g.run_id
+WHERE (g.prev IS NULL AND g.seq <> 1) OR g.seq - g.prev > 1
+ORDER BY g.run_id, g.seq
+
+-- name: verify_history_start
+-- Runs whose history does not begin with WorkflowStarted at seq 1 (or has no history).
+SELECT r.run_id::text, r.workflow_id, h.type FROM cairn.runs r
+LEFT JOIN cairn.history h ON h.run_id = r.run_id AND h.seq = 1
+WHERE h.type IS DISTINCT FROM 'WorkflowStarted'
+ORDER BY r.run_id
+
+-- name: verify_history_orphans
+-- History of runs that do not exist.
+SELECT h.run_id::text, count(*) AS n FROM cairn.history h
+WHERE NOT EXISTS (SELECT 1 FROM cairn.runs r WHERE r.run_id = h.run_id)
+GROUP BY h.run_id ORDER BY h.run_id
+
+-- name: verify_after_terminal
+-- Events after a run's first terminal event (a second terminal event included).
+WITH term AS (
+    SELECT run_id, min(seq) AS seq FROM cairn.history WHERE type = ANY(%(terminal)s::text[]) GROUP BY run_id
+)
+SELECT h.run_id::text, r.workflow_id, h.seq, h.type, t.seq AS terminal_seq
+FROM cairn.history h JOIN term t ON t.run_id = h.run_id AND h.seq > t.seq
+LEFT JOIN cairn.runs r ON r.run_id = h.run_id
+ORDER BY h.run_id, h.seq
+
+-- name: verify_status_vs_terminal
+-- Runs whose status disagrees with their first terminal event (%(terminal)s and
+-- %(statuses)s are parallel arrays: event type -> status).
+WITH term AS (
+    SELECT DISTINCT ON (run_id) run_id, type FROM cairn.history
+    WHERE type = ANY(%(terminal)s::text[]) ORDER BY run_id, seq
+), expected AS (
+    SELECT * FROM unnest(%(terminal)s::text[], %(statuses)s::text[]) AS m(type, status)
+)
+SELECT r.run_id::text, r.workflow_id, r.status, t.type AS terminal_type, m.status AS expected
+FROM cairn.runs r LEFT JOIN term t ON t.run_id = r.run_id LEFT JOIN expected m ON m.type = t.type
+WHERE r.status IS DISTINCT FROM coalesce(m.status, 'running')
+ORDER BY r.run_id
+
+-- name: verify_double_outcomes
+-- Activities with more than one outcome event (completed, failed, cancelled): a GROUP BY
+-- over the outcome events.
+SELECT h.run_id::text, r.workflow_id, (h.data ->> 'activity_seq')::int AS activity_seq,
+       array_agg(h.type || '@' || h.seq ORDER BY h.seq) AS events
+FROM cairn.history h LEFT JOIN cairn.runs r ON r.run_id = h.run_id
+WHERE h.type IN ('ActivityCompleted', 'ActivityFailed', 'ActivityCancelled')
+GROUP BY h.run_id, r.workflow_id, h.data ->> 'activity_seq'
+HAVING count(*) > 1
+ORDER BY h.run_id, 3
+
+-- name: verify_unmatched_events
+-- Events that refer to a command (by a seq key in their data) that history does not hold
+-- before them: %(kinds)s rows are (event type, data key, command type).
+WITH k AS (
+    SELECT * FROM jsonb_to_recordset(%(kinds)s::jsonb) AS k(type text, key text, command text)
+)
+SELECT e.run_id::text, r.workflow_id, e.seq, e.type, e.data ->> k.key AS ref, k.command
+FROM cairn.history e JOIN k ON k.type = e.type
+LEFT JOIN cairn.runs r ON r.run_id = e.run_id
+WHERE NOT EXISTS (
+    SELECT 1 FROM cairn.history s
+    WHERE s.run_id = e.run_id AND s.seq = (e.data ->> k.key)::int AND s.type = k.command AND s.seq < e.seq
+)
+ORDER BY e.run_id, e.seq
+
+-- name: verify_runs_page
+-- A page of runs (keyset on run_id) of the given types, for streaming replays.
+SELECT run_id::text, workflow_id, workflow_type, queue, namespace, status FROM cairn.runs
+WHERE workflow_type = ANY(%(types)s::text[]) AND run_id > %(after)s::uuid
+ORDER BY run_id LIMIT %(limit)s
+
+-- name: verify_histories
+-- The histories of a page of runs, in order.
+SELECT run_id::text, seq, type, data, at FROM cairn.history
+WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id, seq
+
+-- name: verify_skipped_types
+-- Runs per workflow type with no code given (not replayed).
+SELECT workflow_type, count(*) AS n FROM cairn.runs
+WHERE NOT (workflow_type = ANY(%(types)s::text[])) GROUP BY workflow_type ORDER BY workflow_type
+
+-- name: verify_saga_runs_page
+-- A page of runs (keyset on run_id) that started a saga compensating, or whose saga may
+-- not have finished: runs with a saga marker, closed by their code.
+SELECT DISTINCT h.run_id::text, r.workflow_id, r.status FROM cairn.history h
+JOIN cairn.runs r ON r.run_id = h.run_id
+WHERE h.type = 'MarkerRecorded' AND h.data ->> 'kind' = 'saga' AND h.run_id > %(after)s::uuid
+  AND (h.data ->> 'event' = 'compensation_started'
+       OR r.status IN ('completed', 'failed', 'cancelled'))
+ORDER BY 1 LIMIT %(limit)s
+
+-- name: verify_runs_of_workflow_ids
+-- The runs each acknowledged workflow id has, first runs only (not the next runs of a
+-- continue-as-new chain, nor runs made by reset/retry).
+SELECT r.workflow_id, r.namespace, r.run_id::text,
+       (r.continued_from IS NULL AND r.reset_from IS NULL) AS first
+FROM cairn.runs r
+JOIN unnest(%(workflow_ids)s::text[], %(namespaces)s::text[]) AS a(workflow_id, namespace)
+  ON r.workflow_id = a.workflow_id AND r.namespace = a.namespace
+
+-- name: verify_runs_exist
+-- Which of these run ids exist.
+SELECT run_id::text FROM cairn.runs WHERE run_id = ANY(%(run_ids)s::uuid[])
+
+-- name: verify_reexecutions
+-- Activities that needed more than one attempt, as history saw them.
+SELECT count(*) AS n FROM cairn.history
+WHERE type IN ('ActivityCompleted', 'ActivityFailed') AND coalesce((data ->> 'attempt')::int, (data ->> 'attempts')::int, 1) > 1
+
+-- name: verify_cairn_columns
+-- Every column of every table in the cairn schema, with the table's primary key columns
+-- (to say which row holds a canary without printing it).
+SELECT c.table_name, array_agg(c.column_name::text ORDER BY c.ordinal_position) AS columns,
+       coalesce((SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                 WHERE i.indrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass AND i.indisprimary),
+                '{}') AS pkey
+FROM information_schema.columns c JOIN information_schema.tables t
+  ON t.table_schema = c.table_schema AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE'
+WHERE c.table_schema = 'cairn'
+GROUP BY c.table_schema, c.table_name ORDER BY c.table_name
+
+-- name: verify_table_exists
+-- Whether a (schema-qualified) table exists.
+SELECT to_regclass(%(name)s) IS NOT NULL AS present
+
+-- The effects sink's statements name its tables as {effects} and {attempts} (filled in
+-- with psycopg.sql identifiers: the test picks the table).
+
+-- name: verify_effects_missing
+-- Completed activities of the effect-writing types that left no effect.
+SELECT c.run_id::text, r.workflow_id, s.seq, s.data ->> 'activity_type' AS activity_type
+FROM cairn.history c
+JOIN cairn.history s ON s.run_id = c.run_id AND s.seq = (c.data ->> 'activity_seq')::int
+                    AND s.type = 'ActivityScheduled'
+LEFT JOIN cairn.runs r ON r.run_id = c.run_id
+WHERE c.type = 'ActivityCompleted' AND s.data ->> 'activity_type' = ANY(%(kinds)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM {effects} e WHERE e.run_id = c.run_id AND e.seq = s.seq)
+ORDER BY c.run_id, s.seq
+
+-- name: verify_effects_duplicated
+-- Steps with more than one effect (under different idempotency keys).
+SELECT e.run_id::text, r.workflow_id, e.seq, count(*) AS n, array_agg(e.attempt ORDER BY e.attempt) AS attempts
+FROM {effects} e LEFT JOIN cairn.runs r ON r.run_id = e.run_id
+GROUP BY e.run_id, r.workflow_id, e.seq HAVING count(*) > 1
+ORDER BY e.run_id, e.seq
+
+-- name: verify_effects_stats
+-- The sink's size, its kinds, and how many effects came from a re-execution.
+SELECT count(*) AS effects, coalesce(array_agg(DISTINCT kind) FILTER (WHERE kind IS NOT NULL), ARRAY[]::text[]) AS kinds,
+       count(*) FILTER (WHERE attempt > 1) AS reexecuted
+FROM {effects}
+
+-- name: verify_attempts_stats
+-- Attempts logged, and how many were re-executions.
+SELECT count(*) AS attempts, count(*) FILTER (WHERE attempt > 1) AS reexecuted FROM {attempts}
