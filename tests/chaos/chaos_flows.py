@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from cairn import ApplicationError, RetryPolicy, activity, workflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chaos_faults  # noqa: E402
+import chaos_faults
 
 chaos_faults.install_from_env()
 

@@ -429,8 +429,11 @@ class PrivatePostgres:
     def init(self) -> None:
         if os.geteuid() == 0:
             import pwd
+            import warnings
 
-            from pgserver.utils import ensure_user_exists  # type: ignore[import-untyped]
+            with warnings.catch_warnings():  # platformdirs warns without XDG_RUNTIME_DIR (containers, CI)
+                warnings.simplefilter("ignore")
+                from pgserver.utils import ensure_user_exists  # type: ignore[import-untyped]
 
             self.user = "pgserver"
             ensure_user_exists(self.user)
