@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test chaos lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos suite at the issue's sizes (tests/chaos; the short tier already runs in `make test`).
+# Reports go to tests/chaos/reports/; replay a seed with CAIRN_CHAOS_SEED=<seed>.
+chaos: $(STAMP)
+	CAIRN_CHAOS_SCALE=long $(BIN)/python -m pytest -m chaos -s -o timeout=3600 tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
