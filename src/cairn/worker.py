@@ -169,7 +169,7 @@ class _QueryAnswering:
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(q("claim_query_request"), {
-                "queues": self.queues, "workflow_types": sorted(self.workflows)})
+                "namespace": self.namespace, "queues": self.queues, "workflow_types": sorted(self.workflows)})
             req = await cur.fetchone()
             if req is None:
                 return False
@@ -455,7 +455,7 @@ class Worker(_QueryAnswering):
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_workflow_task"), {
-                        "queues": self.queues, "limit": limit, "now": None})
+                        "namespace": self.namespace, "queues": self.queues, "limit": limit, "now": None})
                     tasks = await cur.fetchall()
                     if not tasks:
                         return False
@@ -626,7 +626,7 @@ class Worker(_QueryAnswering):
         # busy-polls the socket, which cost more CPU per step than the round trips it saves).
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q("record_workflow_task"), {
-            **base, "inbox_ids": inbox_ids,
+            **base, "namespace": self.namespace, "inbox_ids": inbox_ids,
             "events": Jsonb([{"seq": e.seq, "type": e.type, "data": e.data} for e in events]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb(activities if close is None else []),
@@ -664,7 +664,7 @@ class Worker(_QueryAnswering):
         self._evict(run_id)
         event = {"seq": int(task["last_seq"]) + 1, "type": etype, "data": data}
         await conn.execute(q("record_workflow_task"), {
-            "run_id": run_id, "now": None, "inbox_ids": inbox_ids, "events": Jsonb([event]),
+            "run_id": run_id, "namespace": self.namespace, "now": None, "inbox_ids": inbox_ids, "events": Jsonb([event]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
             "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
@@ -693,7 +693,7 @@ class Worker(_QueryAnswering):
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "queues": self.queues, "worker": self.identity, "lease": self.lease_seconds,
+                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity, "lease": self.lease_seconds,
                         "limit": min(free, 50), "now": None})
                     rows = await cur.fetchall()
             except Exception:
@@ -1048,7 +1048,8 @@ class Worker(_QueryAnswering):
                 while await self.reap_expired() >= 100:
                     pass
                 async with self._pool.connection() as c:
-                    row = await (await c.execute(q("next_due"), {"queues": self.queues, "now": None})).fetchone()
+                    row = await (await c.execute(q("next_due"), {"namespace": self.namespace, "queues": self.queues,
+                                                               "now": None})).fetchone()
                 due: timedelta | None = row[0] if row else None
                 if due is not None:
                     if due.total_seconds() <= 0:
