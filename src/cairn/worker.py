@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, db
+from cairn import _lifecycle, db, limits
 from cairn import activity as activity_api
 from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
@@ -550,6 +550,11 @@ class Worker(_QueryAnswering):
             return []
         span.end()
         events = [marker, *inputs, *(c.as_event() for c in commands)]
+        too_long = limits.check_history_length(events, task["workflow_id"], run_id)
+        if too_long is not None:  # fail the task (history untouched) with continue-as-new advice
+            self._evict(run_id)
+            await self._fail_task(conn, task, too_long)
+            return []
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
         self.stats.workflow_tasks += 1
@@ -664,7 +669,8 @@ class Worker(_QueryAnswering):
         self._evict(run_id)
         event = {"seq": int(task["last_seq"]) + 1, "type": etype, "data": data}
         await conn.execute(q("record_workflow_task"), {
-            "run_id": run_id, "namespace": self.namespace, "now": None, "inbox_ids": inbox_ids, "events": Jsonb([event]),
+            "run_id": run_id, "namespace": self.namespace, "now": None, "inbox_ids": inbox_ids,
+            "events": Jsonb([event]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
             "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
@@ -693,7 +699,8 @@ class Worker(_QueryAnswering):
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity, "lease": self.lease_seconds,
+                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity,
+                        "lease": self.lease_seconds,
                         "limit": min(free, 50), "now": None})
                     rows = await cur.fetchall()
             except Exception:
@@ -782,7 +789,12 @@ class Worker(_QueryAnswering):
                                     self._threads, lambda: ctx.run(definition.fn, *args))
                     finally:
                         activity_api._current.reset(token)
-                    payload = to_payload(result)
+                    try:
+                        payload = to_payload(result)
+                    except InputValidationError as bad:
+                        # Running it again would give the same result: fail for good.
+                        raise ApplicationError(f"activity {name} returned a result that cannot be recorded: {bad}",
+                                               type="ResultNotRecordable", non_retryable=True) from None
                 except asyncio.CancelledError:
                     raise
                 except activity_api.Reschedule as exc:
@@ -1137,6 +1149,8 @@ def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[floa
 
 def _prepare_schema(url: str, embedded: bool) -> None:
     with db.connect_sync(url) as conn:
+        row = conn.execute(limits.DURABILITY_SQL).fetchone()
+        limits.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="worker")
         if embedded and not db.schema_status(conn).up_to_date:
             db.migrate(url)
         else:
