@@ -25,12 +25,12 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
 from cairn.errors import (
-    CairnError,
     DatabaseError,
     InputValidationError,
     UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
+    WorkflowClosed,
     WorkflowFailure,
     WorkflowIdReuseRefused,
     WorkflowNotFound,
@@ -574,13 +574,14 @@ class WorkflowHandle(HandleMessages):
 
     async def _send(self, event_type: str, data: dict[str, Any]) -> None:
         row = await self._resolve()
+        # WorkflowClosed (a CairnError): bad input for the CLI (exit 2), nothing written.
         if row["status"] != "running":
-            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a cancel request")
         async with self.client.pool.connection() as c:
             cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
                                                     "data": Jsonb(data)})
             if await cur.fetchone() is None:
-                raise CairnError(f"workflow {self.workflow_id!r} closed before the request arrived")
+                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
 
     async def terminate(self, reason: str = "") -> None:
         """Ends the run at once, without running any more workflow code.
@@ -590,7 +591,7 @@ class WorkflowHandle(HandleMessages):
         """
         row = await self._resolve()
         if row["status"] != "running":
-            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
         params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
         async with self.client.pool.connection() as c, c.transaction():
             await c.execute(q("ensure_workflow_task"), params)
@@ -599,7 +600,7 @@ class WorkflowHandle(HandleMessages):
             await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
             locked = await cur.fetchone()
             if locked is None or locked["status"] != "running":
-                raise CairnError(f"workflow {self.workflow_id!r} closed before it could be terminated")
+                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a terminate request")
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",

@@ -112,6 +112,8 @@ def to_payload(value: Any) -> Any:
     except RecursionError:
         raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
     except Exception as exc:  # pydantic_core raises PydanticSerializationError
+        if "depth" in str(exc).lower():
+            raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
     size = _check_storable(data, 0)
     if size > MAX_PAYLOAD_BYTES:

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from cairn.engine.queries import q
-from cairn.errors import ConfigurationError, DatabaseError, SchemaNotReadyError
+from cairn.errors import ConfigurationError, DatabaseError, InputValidationError, SchemaNotReadyError
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
@@ -196,7 +196,9 @@ def connect_sync(url: str) -> psycopg.Connection[Any]:
     remember_secret(url)
     try:
         return psycopg.connect(url, autocommit=True)
-    except psycopg.Error as exc:  # ProgrammingError too: a malformed URL
+    except psycopg.ProgrammingError as exc:  # libpq could not parse it: bad input
+        raise InputValidationError(f"invalid database URL {redact(url)}: {_first_line(exc)}") from None
+    except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {redact(url)}: {_first_line(exc)}") from None
 
 
