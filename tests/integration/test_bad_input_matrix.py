@@ -153,7 +153,7 @@ async def registered(start_worker: Any) -> Any:
                               activities=[huge_result, takes])
 
 
-@pytest.mark.parametrize("name, call, error, fragments", API_CASES, ids=[c[0] for c in API_CASES])
+@pytest.mark.parametrize(("name", "call", "error", "fragments"), API_CASES, ids=[c[0] for c in API_CASES])
 async def test_api_bad_input_writes_nothing(client, registered, sql, name, call, error, fragments):
     before = counts(sql)
     with pytest.raises(error) as caught:
@@ -213,7 +213,8 @@ async def test_activity_payload_limits(client, registered, sql):
     assert out.startswith("ResultNotRecordable"), out
     assert "over the limit" in out
     failed = [d for _, t, d in events(sql, handle.run_id) if t == "ActivityFailed"]
-    assert len(failed) == 1 and "attempts=1" in out  # non-retryable: one attempt only
+    assert len(failed) == 1
+    assert "attempts=1" in out  # non-retryable: one attempt only
     # Too-big activity arguments are refused in the workflow, before anything is scheduled.
     handle = await client.start(sends_huge_arg, id="huge-arg")
     assert (await handle.result(timeout=30)).startswith("refused: ")
@@ -253,14 +254,15 @@ def test_history_length_limit(caplog):
         assert limits.check_history_length(batch(60, 5), "w", "r", limit=100, warn=50) is None
     assert "continue-as-new advised" in caplog.text
     err = limits.check_history_length(batch(98, 5), "w", "r", limit=100, warn=50)
-    assert isinstance(err, limits.HistoryTooLong) and "continue-as-new advised" in str(err)
+    assert isinstance(err, limits.HistoryTooLong)
+    assert "continue-as-new advised" in str(err)
     # The way out is always open: a task that continues as new (or completes) is recorded.
     assert limits.check_history_length(batch(98, 5, closing=True), "w", "r", limit=100, warn=50) is None
 
 
 @workflow.defn
 async def chatty(n: int) -> int:
-    for i in range(n):
+    for _ in range(n):
         await workflow.sleep(0.01)
     return n
 
@@ -308,7 +310,7 @@ CLI_CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("name, args, fragments", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+@pytest.mark.parametrize(("name", "args", "fragments"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
 async def test_cli_bad_input_exits_2_and_writes_nothing(db_url, registered, sql, name, args, fragments):
     before = counts(sql)
     ran = await cairn(db_url, *args)
@@ -326,7 +328,8 @@ async def test_cli_closed_run_exits_2(client, db_url, registered, sql):
     before = counts(sql)
     for args in (("signal", "closed", "s"), ("cancel", "closed"), ("terminate", "closed")):
         ran = await cairn(db_url, *args)
-        assert ran.exit_code == 2 and "is closed" in ran.stderr, (args, ran.stderr)
+        assert ran.exit_code == 2, (args, ran.stderr)
+        assert "is closed" in ran.stderr
     assert counts(sql) == before
 
 
@@ -342,11 +345,10 @@ BAD_DSNS = [
 ]
 
 
-@pytest.mark.parametrize("name, url, code", BAD_DSNS, ids=[d[0] for d in BAD_DSNS])
+@pytest.mark.parametrize(("name", "url", "code"), BAD_DSNS, ids=[d[0] for d in BAD_DSNS])
 async def test_bad_dsn_masks_the_password(name, url, code, caplog):
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(CairnError) as caught:
-            await Client.connect(url)
+    with caplog.at_level(logging.DEBUG), pytest.raises(CairnError) as caught:
+        await Client.connect(url)
     assert SECRET not in str(caught.value)
     assert isinstance(caught.value, DatabaseError | InputValidationError)
     for args in (("list",), ("db", "status"), ("db", "migrate")):
@@ -355,7 +357,8 @@ async def test_bad_dsn_masks_the_password(name, url, code, caplog):
         assert ran.stderr.startswith("error: "), ran.stderr
         assert SECRET not in ran.stdout + ran.stderr
     ran = await asyncio.to_thread(CliRunner(env={"CAIRN_DATABASE_URL": url}).invoke, cli, ["list"])
-    assert ran.exit_code == code and SECRET not in ran.stdout + ran.stderr
+    assert ran.exit_code == code
+    assert SECRET not in ran.stdout + ran.stderr
     assert SECRET not in caplog.text
 
 
