@@ -594,11 +594,17 @@ class WorkflowHandle(HandleMessages):
             raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
         params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
         async with self.client.pool.connection() as c, c.transaction():
-            await c.execute(q("ensure_workflow_task"), params)
-            await c.execute(q("lock_workflow_task"), params)
             cur = c.cursor(row_factory=dict_row)
-            await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
-            locked = await cur.fetchone()
+            locked = None
+            for _ in range(10):
+                # A worker mid-task may delete the task row while we wait for its lock (the
+                # task finished): ensure it again. A closed run gets no row: we stop.
+                await c.execute(q("ensure_workflow_task"), params)
+                await c.execute(q("lock_workflow_task"), params)
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
+                locked = await cur.fetchone()
+                if locked is not None:
+                    break
             if locked is None or locked["status"] != "running":
                 raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a terminate request")
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]

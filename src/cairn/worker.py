@@ -763,6 +763,7 @@ class Worker(_QueryAnswering):
             run_id=running.run_id, seq=running.seq, attempt=row["attempt"], queue=row["queue"],
             scheduled_at=row["scheduled_at"], started_at=row["started_at"],
             deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
+            worker=self.identity,
             _cancelled=lambda: running.lost or running.cancel_requested,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
