@@ -96,7 +96,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-for _name in ("psycopg", "psycopg.pool", "cairn"):
+# A logger's filters do not apply to its children's records: name each logger that may
+# carry a connection error (psycopg's pool logs "error connecting in ...: <libpq text>").
+for _name in ("psycopg", "psycopg.pool", "cairn", "cairn.worker", "cairn.workflow", "cairn.limits", "cairn.llm"):
     logging.getLogger(_name).addFilter(RedactingFilter())
 
 

@@ -362,6 +362,17 @@ async def test_bad_dsn_masks_the_password(name, url, code, caplog):
     assert SECRET not in caplog.text
 
 
+def test_log_records_are_redacted(caplog):
+    from cairn import db
+
+    db.remember_secret(f"postgresql://u:{SECRET}@h/d")
+    with caplog.at_level(logging.INFO):
+        for name in ("psycopg.pool", "cairn.worker"):
+            logging.getLogger(name).warning("error connecting to %s: %s", f"postgresql://u:{SECRET}@h/d", SECRET)
+    assert caplog.records
+    assert SECRET not in caplog.text
+
+
 def test_redact_forms():
     from cairn import db
 
