@@ -113,6 +113,7 @@ class HandleMessages:
                         if not inserted:
                             await c.execute(q("insert_query_request"), {
                                 "id": request_id, "run_id": row["run_id"], "queue": row["queue"],
+                                "namespace": row.get("namespace") or client.namespace,
                                 "workflow_type": row["workflow_type"], "name": name, "args": Jsonb(payload),
                                 "now": None})
                             inserted = True

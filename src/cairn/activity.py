@@ -76,6 +76,7 @@ class ActivityInfo:
     started_at: datetime
     deadline: datetime | None
     heartbeat_details: Any = None
+    worker: str = ""  # the identity of the worker running this attempt (its lease owner)
     _beat: Callable[[Any], None] | None = field(default=None, repr=False)
     _cancelled: Callable[[], bool] | None = field(default=None, repr=False)
     # The worker's connection pool, for built-in activities (the LLM chat activity's

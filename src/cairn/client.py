@@ -20,17 +20,17 @@ from cairn import _lifecycle, db
 from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
 from cairn._messages import ClientMessages, HandleMessages
 from cairn._telemetry import tracer
-from cairn.common import Signature, check_text, new_run_id, seconds, to_payload
+from cairn.common import Signature, check_identifier, check_text, new_run_id, seconds, to_payload
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
 from cairn.errors import (
-    CairnError,
     DatabaseError,
     InputValidationError,
     UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
+    WorkflowClosed,
     WorkflowFailure,
     WorkflowIdReuseRefused,
     WorkflowNotFound,
@@ -44,7 +44,11 @@ from cairn.visibility import check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
 
 IdConflictPolicy = Literal["fail", "use_existing"]
-CONNECTION_OPTIONS = "-c synchronous_commit=on"  # an acknowledged start is durable
+# synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
+# a caller's transaction (start with conn=..., terminate) left open cannot hold a run's
+# task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
+CONNECTION_OPTIONS = "-c synchronous_commit=on"
+CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
 
 
 @dataclass
@@ -87,11 +91,7 @@ class RunDescription:
 
 
 def _validate_id(workflow_id: str) -> str:
-    if not isinstance(workflow_id, str) or not workflow_id.strip():
-        raise InputValidationError("the workflow id must be a non-empty string")
-    if len(workflow_id) > 1000:
-        raise InputValidationError("the workflow id is longer than 1000 characters")
-    return check_text(workflow_id, "the workflow id")
+    return check_identifier(workflow_id, "the workflow id")
 
 
 def _validate_run_id(run_id: str) -> str:
@@ -131,17 +131,18 @@ class Client(ClientMessages):
         With the embedded server the schema is migrated on first use.
         """
         resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
+        db.remember_secret(resolved)
         if embedded or check_schema:
             await asyncio.to_thread(_prepare, resolved, embedded)
         pool = AsyncConnectionPool(
             resolved, min_size=1, max_size=max_size, open=False,
-            kwargs={"autocommit": True, "options": CONNECTION_OPTIONS},
+            kwargs={"autocommit": True, "options": CLIENT_CONNECTION_OPTIONS},
         )
         try:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
             await pool.close()
-            raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
+            raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {db.redact(str(exc))}") from None
         return cls(pool, resolved, namespace)
 
     async def close(self) -> None:
@@ -273,13 +274,13 @@ class Client(ClientMessages):
         import jsonschema
 
         row = await self.registered_type(name)
-        try:
-            jsonschema.validate(payload, row["input_schema"])
-        except jsonschema.ValidationError as exc:
+        validator = jsonschema.validators.validator_for(row["input_schema"])(row["input_schema"])
+        problems = []  # every error, not only the first
+        for exc in sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path]):
             where = "/".join(str(p) for p in exc.absolute_path)
-            raise InputValidationError(
-                f"input for workflow {name!r} is invalid{' at ' + where if where else ''}: {exc.message}"
-            ) from None
+            problems.append(f"{'at ' + where + ': ' if where else ''}{exc.message}")
+        if problems:
+            raise InputValidationError(f"input for workflow {name!r} is invalid: {'; '.join(problems)}")
 
     # -- reading
 
@@ -589,13 +590,14 @@ class WorkflowHandle(HandleMessages):
 
     async def _send(self, event_type: str, data: dict[str, Any]) -> None:
         row = await self._resolve()
+        # WorkflowClosed (a CairnError): bad input for the CLI (exit 2), nothing written.
         if row["status"] != "running":
-            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a cancel request")
         async with self.client.pool.connection() as c:
             cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
                                                     "data": Jsonb(data)})
             if await cur.fetchone() is None:
-                raise CairnError(f"workflow {self.workflow_id!r} closed before the request arrived")
+                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
 
     async def terminate(self, reason: str = "") -> None:
         """Ends the run at once, without running any more workflow code.
@@ -605,16 +607,22 @@ class WorkflowHandle(HandleMessages):
         """
         row = await self._resolve()
         if row["status"] != "running":
-            raise CairnError(f"workflow {self.workflow_id!r} is not running (it is {row['status']})")
+            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
         params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
         async with self.client.pool.connection() as c, c.transaction():
-            await c.execute(q("ensure_workflow_task"), params)
-            await c.execute(q("lock_workflow_task"), params)
             cur = c.cursor(row_factory=dict_row)
-            await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
-            locked = await cur.fetchone()
+            locked = None
+            for _ in range(10):
+                # A worker mid-task may delete the task row while we wait for its lock (the
+                # task finished): ensure it again. A closed run gets no row: we stop.
+                await c.execute(q("ensure_workflow_task"), params)
+                await c.execute(q("lock_workflow_task"), params)
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
+                locked = await cur.fetchone()
+                if locked is not None:
+                    break
             if locked is None or locked["status"] != "running":
-                raise CairnError(f"workflow {self.workflow_id!r} closed before it could be terminated")
+                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a terminate request")
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",
@@ -625,7 +633,11 @@ class WorkflowHandle(HandleMessages):
 
 
 def _prepare(url: str, embedded: bool) -> None:
+    from cairn import limits
+
     with db.connect_sync(url) as conn:
+        row = conn.execute(limits.DURABILITY_SQL).fetchone()
+        limits.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="client")
         if embedded:
             status = db.schema_status(conn)
             if not status.up_to_date:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import to_jsonable_python
 
 from cairn.errors import InputValidationError
+
+log = logging.getLogger("cairn.limits")
+
+# Payload limits (workflow inputs and results, signal payloads, query args, activity args
+# and results, memo). A payload is one jsonb value in a history row: Postgres takes up to
+# 255 MB, but every replay reads the whole history, so big payloads belong in a blob store
+# with a reference in the payload. Override with the environment variables of the same names.
+MAX_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_PAYLOAD_BYTES", 2 * 1024 * 1024))
+WARN_PAYLOAD_BYTES = int(os.environ.get("CAIRN_WARN_PAYLOAD_BYTES", 256 * 1024))
+MAX_PAYLOAD_DEPTH = int(os.environ.get("CAIRN_MAX_PAYLOAD_DEPTH", 64))
+MAX_ID_LENGTH = 1000
 
 
 class RetryPolicy(BaseModel):
@@ -90,40 +103,84 @@ def to_payload(value: Any) -> Any:
 
     Raises:
         InputValidationError: the value has no JSON form (NaN and infinities included:
-            Postgres' jsonb refuses them).
+            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH`` or is
+            larger than ``MAX_PAYLOAD_BYTES`` encoded (a warning is logged above
+            ``WARN_PAYLOAD_BYTES``).
     """
     try:
         data = to_jsonable_python(value)
+    except RecursionError:
+        raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
     except Exception as exc:  # pydantic_core raises PydanticSerializationError
+        if "depth" in str(exc).lower():
+            raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
-    _check_storable(data)
+    size = _check_storable(data, 0)
+    if size > MAX_PAYLOAD_BYTES:
+        raise InputValidationError(
+            f"the payload is about {size} bytes as JSON, over the limit of {MAX_PAYLOAD_BYTES} "
+            "(CAIRN_MAX_PAYLOAD_BYTES): store large data elsewhere and pass a reference")
+    if size > WARN_PAYLOAD_BYTES:
+        log.warning("a payload of about %d bytes (warning above %d, limit %d): every replay reads it",
+                    size, WARN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
     return data
 
 
 def check_text(text: str, what: str) -> str:
     """Refuses text that Postgres cannot store: NUL characters and lone surrogates."""
-    if "\x00" in text:
-        raise InputValidationError(f"{what} contains a NUL character, which Postgres cannot store")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputValidationError(f"{what} is not valid Unicode (it has a lone surrogate)") from None
+    _text_bytes(text, what)
     return text
 
 
-def _check_storable(data: Any) -> None:
+def _text_bytes(text: str, what: str) -> int:
+    if "\x00" in text:
+        raise InputValidationError(f"{what} contains a NUL character, which Postgres cannot store")
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InputValidationError(f"{what} is not valid Unicode (it has a lone surrogate)") from None
+
+
+# C0 and C1 control characters (and DEL): invisible in listings and logs, and a way to
+# forge log lines (a newline in an id), so identifiers refuse them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_identifier(text: Any, what: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+    """A workflow id (or another identifier): non-blank text of at most ``max_length``
+    characters, with no control characters and nothing Postgres cannot store."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputValidationError(f"{what} must be a non-empty string")
+    if len(text) > max_length:
+        raise InputValidationError(f"{what} is longer than {max_length} characters ({len(text)})")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise InputValidationError(
+            f"{what} contains the control character U+{ord(bad.group()):04X} at position {bad.start()}")
+    return check_text(text, what)
+
+
+def _check_storable(data: Any, depth: int) -> int:
+    """Checks that jsonb can store ``data``; returns about how many bytes it takes as JSON."""
     if isinstance(data, str):
-        check_text(data, "a string in the payload")
-    elif isinstance(data, float):
+        return _text_bytes(data, "a string in the payload") + 2
+    if isinstance(data, float):
         if not math.isfinite(data):
             raise InputValidationError(f"{data} cannot be stored as JSON: use a finite number or null")
-    elif isinstance(data, dict):
-        for key, item in data.items():
-            check_text(key, "a key in the payload")
-            _check_storable(item)
-    elif isinstance(data, list):
-        for item in data:
-            _check_storable(item)
+        return 24
+    if isinstance(data, dict | list):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels "
+                                       "(CAIRN_MAX_PAYLOAD_DEPTH)")
+        size = 2
+        if isinstance(data, dict):
+            for key, item in data.items():
+                size += _text_bytes(key, "a key in the payload") + 4 + _check_storable(item, depth + 1)
+        else:
+            for item in data:
+                size += 1 + _check_storable(item, depth + 1)
+        return size
+    return 8  # numbers, booleans, null
 
 
 class Signature:
@@ -158,11 +215,14 @@ class Signature:
                     else f"{self.required} to {len(self.adapters)}")
             raise InputValidationError(f"{what} takes {want} argument(s), got {len(args)}")
         out = []
+        problems = []  # every invalid argument is reported, not only the first
         for name, adapter, arg in zip(self.names, self.adapters, args, strict=False):
             try:
                 out.append(adapter.validate_python(arg))
             except ValidationError as exc:
-                raise InputValidationError(f"{what}: argument {name!r} is invalid: {_brief(exc)}") from None
+                problems.append(f"argument {name!r} is invalid: {_brief(exc)}")
+        if problems:
+            raise InputValidationError(f"{what}: {'; '.join(problems)}")
         return out
 
     def validate_result(self, data: Any, what: str) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from importlib.resources import files
@@ -15,7 +17,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from cairn.engine.queries import q
-from cairn.errors import ConfigurationError, DatabaseError, SchemaNotReadyError
+from cairn.errors import ConfigurationError, DatabaseError, InputValidationError, SchemaNotReadyError
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
@@ -56,9 +58,48 @@ def resolve_url(url: str | None = None) -> tuple[str, bool]:
     return embedded_url(), True
 
 
-def redact(url: str) -> str:
-    """A URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):([^@\s]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
+_known_secrets: set[str] = set()  # passwords of the URLs this process connected with
+MIN_SCRUBBED_SECRET = 4  # shorter passwords are only masked where their form shows them
+
+
+def redact(text: str) -> str:
+    """A URL (or a libpq ``key=value`` string, or any message holding one) without its
+    password, for messages and logs; passwords of URLs used by this process are masked
+    wherever they appear (libpq echoes parts of a malformed URL in its errors)."""
+    out = _URL_PASSWORD.sub(r"\1:***@", text)
+    out = _KEYWORD_PASSWORD.sub(r"\1***", out)
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        out = out.replace(secret, "***")
+    return out
+
+
+def remember_secret(url: str) -> None:
+    """Notes the URL's password, so that :func:`redact` masks it in any text."""
+    found = [m.group(2) for m in _URL_PASSWORD.finditer(url)]
+    found += [m.group(2).strip("'") for m in _KEYWORD_PASSWORD.finditer(url)]
+    for secret in found:
+        for form in (secret, urllib.parse.unquote(secret)):
+            if len(form) >= MIN_SCRUBBED_SECRET and form != "***":
+                _known_secrets.add(form)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks passwords in log records (psycopg's pool logs its connection errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+# A logger's filters do not apply to its children's records: name each logger that may
+# carry a connection error (psycopg's pool logs "error connecting in ...: <libpq text>").
+for _name in ("psycopg", "psycopg.pool", "cairn", "cairn.worker", "cairn.workflow", "cairn.limits", "cairn.llm"):
+    logging.getLogger(_name).addFilter(RedactingFilter())
 
 
 # ---------------------------------------------------------------- migrations
@@ -153,10 +194,13 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
 
 
 def connect_sync(url: str) -> psycopg.Connection[Any]:
-    """A plain autocommit connection, with connection errors translated."""
+    """A plain autocommit connection, with connection errors translated (password masked)."""
+    remember_secret(url)
     try:
         return psycopg.connect(url, autocommit=True)
-    except psycopg.OperationalError as exc:
+    except psycopg.ProgrammingError as exc:  # libpq could not parse it: bad input
+        raise InputValidationError(f"invalid database URL {redact(url)}: {_first_line(exc)}") from None
+    except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {redact(url)}: {_first_line(exc)}") from None
 
 
@@ -164,7 +208,7 @@ def connect_sync(url: str) -> psycopg.Connection[Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def translate(exc: psycopg.Error) -> Exception:

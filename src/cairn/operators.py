@@ -224,7 +224,8 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
                 })
                 if plan.activities:
                     await c.execute(q("insert_reset_activities"), {
-                        **new, "workflow_id": row["workflow_id"], "workflow_type": row["workflow_type"],
+                        **new, "namespace": client.namespace, "workflow_id": row["workflow_id"],
+                        "workflow_type": row["workflow_type"],
                         "workflow_queue": row["queue"], "activities": Jsonb(plan.activities)})
                 if plan.timers:
                     await c.execute(q("start_timers"), {**new, "workflow_queue": row["queue"],

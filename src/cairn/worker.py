@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, db
+from cairn import _lifecycle, db, limits
 from cairn import activity as activity_api
 from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
@@ -169,7 +169,7 @@ class _QueryAnswering:
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(q("claim_query_request"), {
-                "queues": self.queues, "workflow_types": sorted(self.workflows)})
+                "namespace": self.namespace, "queues": self.queues, "workflow_types": sorted(self.workflows)})
             req = await cur.fetchone()
             if req is None:
                 return False
@@ -458,7 +458,7 @@ class Worker(_QueryAnswering):
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_workflow_task"), {
-                        "queues": self.queues, "limit": limit, "now": None})
+                        "namespace": self.namespace, "queues": self.queues, "limit": limit, "now": None})
                     tasks = await cur.fetchall()
                     if not tasks:
                         return False
@@ -553,6 +553,11 @@ class Worker(_QueryAnswering):
             return []
         span.end()
         events = [marker, *inputs, *(c.as_event() for c in commands)]
+        too_long = limits.check_history_length(events, task["workflow_id"], run_id)
+        if too_long is not None:  # fail the task (history untouched) with continue-as-new advice
+            self._evict(run_id)
+            await self._fail_task(conn, task, too_long)
+            return []
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
         self.stats.workflow_tasks += 1
@@ -629,7 +634,7 @@ class Worker(_QueryAnswering):
         # busy-polls the socket, which cost more CPU per step than the round trips it saves).
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q("record_workflow_task"), {
-            **base, "inbox_ids": inbox_ids,
+            **base, "namespace": self.namespace, "inbox_ids": inbox_ids,
             "events": Jsonb([{"seq": e.seq, "type": e.type, "data": e.data} for e in events]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb(activities if close is None else []),
@@ -667,7 +672,8 @@ class Worker(_QueryAnswering):
         self._evict(run_id)
         event = {"seq": int(task["last_seq"]) + 1, "type": etype, "data": data}
         await conn.execute(q("record_workflow_task"), {
-            "run_id": run_id, "now": None, "inbox_ids": inbox_ids, "events": Jsonb([event]),
+            "run_id": run_id, "namespace": self.namespace, "now": None, "inbox_ids": inbox_ids,
+            "events": Jsonb([event]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
             "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
@@ -696,7 +702,8 @@ class Worker(_QueryAnswering):
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "queues": self.queues, "worker": self.identity, "lease": self.lease_seconds,
+                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity,
+                        "lease": self.lease_seconds,
                         "limit": min(free, 50), "now": None})
                     rows = await cur.fetchall()
             except Exception:
@@ -759,6 +766,7 @@ class Worker(_QueryAnswering):
             run_id=running.run_id, seq=running.seq, attempt=row["attempt"], queue=row["queue"],
             scheduled_at=row["scheduled_at"], started_at=row["started_at"],
             deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
+            worker=self.identity,
             _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pool,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
@@ -785,7 +793,12 @@ class Worker(_QueryAnswering):
                                     self._threads, lambda: ctx.run(definition.fn, *args))
                     finally:
                         activity_api._current.reset(token)
-                    payload = to_payload(result)
+                    try:
+                        payload = to_payload(result)
+                    except InputValidationError as bad:
+                        # Running it again would give the same result: fail for good.
+                        raise ApplicationError(f"activity {name} returned a result that cannot be recorded: {bad}",
+                                               type="ResultNotRecordable", non_retryable=True) from None
                 except asyncio.CancelledError:
                     raise
                 except activity_api.Reschedule as exc:
@@ -1051,7 +1064,8 @@ class Worker(_QueryAnswering):
                 while await self.reap_expired() >= 100:
                     pass
                 async with self._pool.connection() as c:
-                    row = await (await c.execute(q("next_due"), {"queues": self.queues, "now": None})).fetchone()
+                    row = await (await c.execute(q("next_due"), {"namespace": self.namespace, "queues": self.queues,
+                                                               "now": None})).fetchone()
                 due: timedelta | None = row[0] if row else None
                 if due is not None:
                     if due.total_seconds() <= 0:
@@ -1139,6 +1153,8 @@ def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[floa
 
 def _prepare_schema(url: str, embedded: bool) -> None:
     with db.connect_sync(url) as conn:
+        row = conn.execute(limits.DURABILITY_SQL).fetchone()
+        limits.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="worker")
         if embedded and not db.schema_status(conn).up_to_date:
             db.migrate(url)
         else:

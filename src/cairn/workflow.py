@@ -27,7 +27,7 @@ from cairn._lifecycle import (
     check_execution_timeout,
     check_policy,
 )
-from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_text, seconds, to_payload
+from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_identifier, seconds, to_payload
 from cairn.engine.instance import (
     CANCELLATION_TYPES,
     TRY_CANCEL,
@@ -523,10 +523,8 @@ async def start_child_workflow(
     """
     inst = _instance()
     name, payload, returns = _workflow_call(workflow, args)
-    if id is not None and (not isinstance(id, str) or not id.strip() or len(id) > 1000):
-        raise InputValidationError("the child workflow id must be a non-empty string of at most 1000 characters")
     if id is not None:
-        check_text(id, "the child workflow id")
+        check_identifier(id, "the child workflow id")
     options = {
         "queue": queue or inst.info.queue,
         "parent_close_policy": check_policy(parent_close_policy, PARENT_CLOSE_POLICIES, "parent_close_policy"),

@@ -261,11 +261,11 @@ def test_cancel_and_terminate(workers, db_url):
     assert [r["workflow_id"] for r in json.loads(ran.out)] == ["t1"]
     assert query(db_url, "SELECT count(*) FROM cairn.timers") == [(0,)]
 
-    # Steering a closed run is a runtime error.
+    # Steering a closed run is bad input (exit 2): nothing is written.
     for cmd in ("cancel", "terminate"):
         for wid in ("c1", "t1"):
             ran = cairn_cli(cmd, wid, db_url=db_url)
-            assert_clean_error(ran, 1, "not running")
+            assert_clean_error(ran, 2, "is closed")
     assert runs_count(db_url) == 2
 
 

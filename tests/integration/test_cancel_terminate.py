@@ -82,9 +82,9 @@ async def test_cancel_a_sleeping_workflow(client, start_worker, sql):
     assert _leftovers(sql, handle.run_id) == dict.fromkeys(_leftovers(sql, handle.run_id), 0)
     assert (await handle.describe()).status == "cancelled"
     # A closed run cannot be cancelled or terminated again.
-    with pytest.raises(CairnError, match="not running"):
+    with pytest.raises(CairnError, match="is closed"):
         await handle.cancel()
-    with pytest.raises(CairnError, match="not running"):
+    with pytest.raises(CairnError, match="is closed"):
         await handle.terminate()
 
 
@@ -138,7 +138,7 @@ async def test_terminate(client, start_worker, sql):
         await wait_until(lambda: _long_state["term"] == ["started", "cancelled"], timeout=6,
                          what="the running attempt to be cancelled")
         assert events(sql, handle.run_id) == after
-        with pytest.raises(CairnError, match="not running"):
+        with pytest.raises(CairnError, match="is closed"):
             await handle.terminate()
     finally:
         _release.set()

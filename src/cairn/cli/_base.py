@@ -48,10 +48,15 @@ class Settings:
               help="Postgres to use (env CAIRN_DATABASE_URL). Default: the embedded server.")
 @click.option("--namespace", default="default", show_default=True, help="Namespace of the runs.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--unsafe-durability", is_flag=True,
+              help="Run on a server with fsync or synchronous_commit off (env CAIRN_ALLOW_UNSAFE_DURABILITY=1).")
 @click.version_option(package_name="cairn")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: int) -> None:
+def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: int,
+         unsafe_durability: bool = False) -> None:
     """Cairn: durable workflows for Python on nothing but Postgres."""
+    if unsafe_durability:
+        os.environ["CAIRN_ALLOW_UNSAFE_DURABILITY"] = "1"  # read by cairn.limits at connect
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,8 +64,10 @@ def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: 
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> click.exceptions.Exit:
-    """Prints an error to stderr and returns the exit to raise."""
-    click.echo(f"error: {message}", err=True)
+    """Prints an error to stderr (passwords masked) and returns the exit to raise."""
+    from cairn.db import redact
+
+    click.echo(f"error: {redact(message)}", err=True)
     return click.exceptions.Exit(code)
 
 
@@ -128,6 +135,8 @@ def parse_json(text: str | None, what: str) -> Any:
 
     try:
         return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise InputValidationError(f"{what} nests too deeply to be a payload") from None
     except json.JSONDecodeError as exc:
         raise InputValidationError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -64,13 +64,13 @@ WITH c AS (
            coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb
     FROM c WHERE NOT EXISTS (SELECT 1 FROM refused)
     ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
-    RETURNING run_id, queue, created_at, execution_deadline
+    RETURNING run_id, namespace, queue, created_at, execution_deadline
 ), started AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue, available_at, created_at)
-    SELECT run_id, queue, created_at, created_at FROM new_run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at, created_at)
+    SELECT run_id, namespace, queue, created_at, created_at FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
@@ -108,15 +108,16 @@ ORDER BY k LIMIT 1
 WITH claimed AS (
     -- Only workflow_tasks here, so the claim is an index scan of workflow_tasks_ready
     -- that stops at the limit, however many runs have finished. (Joining runs here let
-    -- the planner hash all of them: 322 ms with 1,000,000 finished runs.) Queues are
-    -- therefore shared by namespaces: give each namespace its own queue names.
+    -- the planner hash all of them: 322 ms with 1,000,000 finished runs.) The task row
+    -- carries its run's namespace (0008), which leads the index: tenants never share work.
     -- One ordered index scan per queue (with `queue = ANY(...)` the planner sorts every
     -- ready row instead): up to %(limit)s tasks per queue.
     SELECT c.run_id, c.failures
     FROM unnest(%(queues)s::text[]) AS qn(queue),
          LATERAL (SELECT t.run_id, t.failures
                   FROM cairn.workflow_tasks t
-                  WHERE t.queue = qn.queue AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+                  WHERE t.namespace = %(namespace)s AND t.queue = qn.queue
+                    AND t.available_at <= coalesce(%(now)s::timestamptz, now())
                   ORDER BY t.available_at
                   LIMIT %(limit)s
                   FOR UPDATE SKIP LOCKED) c
@@ -180,10 +181,10 @@ WITH c AS (
 ), notified AS (
     SELECT count(pg_notify('cairn_closed', run_id::text)) AS n FROM closed
 ), scheduled AS (
-    INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
+    INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
         attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
-    SELECT %(run_id)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
+    SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
            a.activity_type, a.queue, a.input, a.options, c.now, c.now,
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
            CASE WHEN a.eager THEN 1 ELSE 0 END,
@@ -259,8 +260,8 @@ WHERE run_id = %(run_id)s
 -- name: ensure_workflow_task
 -- For operator actions (terminate) that append to history: makes sure the run has a task
 -- row to lock (one that no worker will claim), so the single-writer rule holds.
-INSERT INTO cairn.workflow_tasks (run_id, queue, available_at)
-SELECT run_id, queue, '9999-12-31' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at)
+SELECT run_id, namespace, queue, '9999-12-31' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ON CONFLICT (run_id) DO NOTHING
 
 -- name: lock_workflow_task
@@ -276,12 +277,12 @@ SELECT run_id FROM cairn.workflow_tasks WHERE run_id = %(run_id)s FOR UPDATE
 -- pending. ON CONFLICT DO UPDATE (not DO NOTHING) takes the task row's lock, so this
 -- waits for a worker mid-task and then re-creates the task it deletes: no lost wake-up.
 WITH run AS (
-    SELECT run_id, queue FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+    SELECT run_id, namespace, queue FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM run
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT run_id, queue FROM run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT run_id, namespace, queue FROM run
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -304,9 +305,9 @@ WITH due AS (
     SELECT run_id, 'TimerFired', jsonb_build_object('timer_seq', seq)
     FROM (SELECT * FROM due ORDER BY fire_at, seq) ordered
 ), task AS (
-    -- DO UPDATE takes the row lock: see signal_run.
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT DISTINCT run_id, workflow_queue FROM due
+    -- DO UPDATE takes the row lock: see signal_run. The namespace comes from the run.
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT DISTINCT d.run_id, r.namespace, d.workflow_queue FROM due d JOIN cairn.runs r ON r.run_id = d.run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -330,7 +331,7 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
       FROM unnest(%(queues)s::text[]) AS qn(queue),
            -- one ordered index scan per queue, as in claim_workflow_task
            LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
-                    WHERE a2.queue = qn.queue AND a2.lease_owner IS NULL
+                    WHERE a2.namespace = %(namespace)s AND a2.queue = qn.queue AND a2.lease_owner IS NULL
                       AND a2.available_at <= coalesce(%(now)s::timestamptz, now())
                     ORDER BY a2.available_at
                     LIMIT %(limit)s
@@ -346,13 +347,13 @@ RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a
 WITH done AS (
     DELETE FROM cairn.activity_tasks
     WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
-    RETURNING run_id, workflow_queue
+    RETURNING run_id, namespace, workflow_queue
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
 ), task AS (
     -- DO UPDATE takes the row lock: see signal_run.
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT run_id, workflow_queue FROM done
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT run_id, namespace, workflow_queue FROM done
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -370,13 +371,13 @@ WITH o AS (
 ), done AS (
     DELETE FROM cairn.activity_tasks a USING o
     WHERE a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
-    RETURNING a.run_id, a.seq, a.workflow_queue, o.type, o.data
+    RETURNING a.run_id, a.namespace, a.seq, a.workflow_queue, o.type, o.data
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, type, data FROM done ORDER BY run_id, seq
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT DISTINCT ON (run_id) run_id, workflow_queue FROM done ORDER BY run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT DISTINCT ON (run_id) run_id, namespace, workflow_queue FROM done ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
 )
 SELECT run_id, seq FROM done
@@ -446,9 +447,10 @@ FOR UPDATE SKIP LOCKED
 -- name: next_due
 -- The earliest moment any work for these queues becomes ready, for the pollers' sleep.
 SELECT least(
-    (SELECT min(available_at) FROM cairn.workflow_tasks WHERE queue = ANY(%(queues)s::text[])),
+    (SELECT min(available_at) FROM cairn.workflow_tasks
+     WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[])),
     (SELECT min(available_at) FROM cairn.activity_tasks
-     WHERE queue = ANY(%(queues)s::text[]) AND lease_owner IS NULL),
+     WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND lease_owner IS NULL),
     (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),
     (SELECT min(fire_at) FROM cairn.timers)
 ) - coalesce(%(now)s::timestamptz, now()) AS wait
@@ -545,8 +547,8 @@ ORDER BY seq
 -- name: insert_query_request
 -- Asks the workers of the run's queue to answer a query, and wakes them.
 WITH req AS (
-    INSERT INTO cairn.query_requests (id, run_id, queue, workflow_type, name, args, created_at)
-    VALUES (%(id)s, %(run_id)s, %(queue)s, %(workflow_type)s, %(name)s, %(args)s,
+    INSERT INTO cairn.query_requests (id, run_id, namespace, queue, workflow_type, name, args, created_at)
+    VALUES (%(id)s, %(run_id)s, %(namespace)s, %(queue)s, %(workflow_type)s, %(name)s, %(args)s,
             coalesce(%(now)s::timestamptz, now()))
     RETURNING queue
 )
@@ -568,7 +570,7 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq
 FROM (SELECT id, run_id, name, args FROM cairn.query_requests
-      WHERE queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
+      WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
         AND workflow_type = ANY(%(workflow_types)s::text[])
       ORDER BY created_at
       LIMIT 1
@@ -599,7 +601,7 @@ SELECT pg_notify('cairn_query_answered', id::text) AS notified FROM answered
 WITH waiting AS (
     DELETE FROM cairn.activity_tasks
     WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NULL
-    RETURNING run_id, seq, attempt, workflow_queue
+    RETURNING run_id, namespace, seq, attempt, workflow_queue
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, 'ActivityCancelled',
@@ -609,8 +611,8 @@ WITH waiting AS (
     UPDATE cairn.activity_tasks SET cancel_requested = true
     WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NOT NULL
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT DISTINCT run_id, workflow_queue FROM waiting
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT DISTINCT run_id, namespace, workflow_queue FROM waiting
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -653,7 +655,7 @@ WITH c AS (
     SELECT %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s, c.now,
            %(search_attributes)s::jsonb, %(memo)s::jsonb, %(reset_from)s::jsonb
     FROM c
-    RETURNING run_id, queue, created_at
+    RETURNING run_id, namespace, queue, created_at
 ), copied AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT n.run_id, e.seq, e.type, e.data, coalesce(e.at, n.created_at)
@@ -665,8 +667,8 @@ WITH c AS (
          ROWS FROM (jsonb_to_recordset(%(inbox)s::jsonb) AS (type text, data jsonb)) WITH ORDINALITY AS i(type, data, ord)
     ORDER BY i.ord
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue, available_at, created_at)
-    SELECT run_id, queue, created_at, created_at FROM new_run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at, created_at)
+    SELECT run_id, namespace, queue, created_at, created_at FROM new_run
 )
 SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
 
@@ -676,9 +678,9 @@ SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), ins AS (
-    INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue,
+    INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
-    SELECT %(run_id)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
+    SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
            a.activity_type, a.queue, a.input, a.options, c.now, c.now,
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
     FROM jsonb_to_recordset(%(activities)s::jsonb)
@@ -706,7 +708,7 @@ WITH me AS (
     SELECT run_id, workflow_id, parent_run_id, parent_seq, status FROM cairn.runs
     WHERE run_id = %(run_id)s::uuid AND status <> 'running'
 ), parent AS (
-    SELECT p.run_id, p.queue,
+    SELECT p.run_id, p.namespace, p.queue,
            jsonb_build_object('child_seq', me.parent_seq, 'workflow_id', me.workflow_id,
                               'run_id', me.run_id, 'status', me.status) || %(child_event)s::jsonb AS data
     FROM me JOIN cairn.runs p ON p.run_id = me.parent_run_id
@@ -714,7 +716,7 @@ WITH me AS (
 ), to_parent AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(child_event_type)s::text, data FROM parent
 ), children AS (
-    SELECT c.run_id, c.queue, c.parent_close_policy FROM cairn.runs c
+    SELECT c.run_id, c.namespace, c.queue, c.parent_close_policy FROM cairn.runs c
     WHERE c.parent_run_id = %(run_id)s::uuid AND c.status = 'running' AND c.parent_close_policy <> 'abandon'
 ), to_children AS (
     INSERT INTO cairn.inbox (run_id, type, data)
@@ -723,8 +725,9 @@ WITH me AS (
                                         || parent_close_policy || ')')
     FROM children ORDER BY run_id
 ), tasks AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT run_id, queue FROM (SELECT run_id, queue FROM parent UNION ALL SELECT run_id, queue FROM children) x
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT run_id, namespace, queue
+    FROM (SELECT run_id, namespace, queue FROM parent UNION ALL SELECT run_id, namespace, queue FROM children) x
     ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
@@ -735,15 +738,15 @@ SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM tasks
 -- A parent's ChildWorkflowCancelRequested commands: a CancelRequested in each child's
 -- current (open) run's inbox, found by the command's seq; inbox protocol as in signal_run.
 WITH child AS (
-    SELECT run_id, queue FROM cairn.runs
+    SELECT run_id, namespace, queue FROM cairn.runs
     WHERE parent_run_id = %(run_id)s::uuid AND parent_seq = ANY(%(seqs)s::integer[]) AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, 'CancelRequested', jsonb_build_object('reason', 'cancelled by parent run ' || %(run_id)s::text)
     FROM child ORDER BY run_id
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, queue)
-    SELECT run_id, queue FROM child ORDER BY run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
+    SELECT run_id, namespace, queue FROM child ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
