@@ -35,7 +35,10 @@ def test_killed_mid_activity_is_finished_by_another_worker(workers, side_tables)
     a = workers("a")
     start_runs(db, flows.steps, [("crash-mid", flows.StepsInput(n=3, hold_step=2, hold=600))])
     # Step 2's first attempt has applied its effect and is now blocked: kill the worker.
-    wait_for("step 2 to start", lambda: query(db, "SELECT 1 FROM attempts WHERE label = 'step-2'"), procs=(a,))
+    # (Its effect, not its attempt row: separate writes, and a kill between them would leave
+    # the effect to the second attempt.)
+    wait_for("step 2 to apply its effect", lambda: query(db, "SELECT 1 FROM effects WHERE label = 'step-2'"),
+             procs=(a,))
     a.kill9()
     assert a.proc.returncode == -signal.SIGKILL
 

@@ -19,8 +19,10 @@ def test_killed_during_a_compensation_is_finished_by_another_worker_once(workers
     a = workers("a")
     start_runs(db, flows.saga_trip, [("saga-crash", flows.SagaTrip(steps=4, fail_at=4, hold_undo=2, hold=600))])
     # undo-3 has run; undo-2's first attempt has applied its effect and now blocks: kill the worker.
-    wait_for("the second compensation to start",
-             lambda: query(db, "SELECT 1 FROM attempts WHERE label = 'undo-2'"), procs=(a,))
+    # (Wait for its effect, not for its attempt row: the two are separate writes, and under
+    # load a kill between them left undo-2's effect to its second attempt.)
+    wait_for("the second compensation to apply its effect",
+             lambda: query(db, "SELECT 1 FROM effects WHERE label = 'undo-2'"), procs=(a,))
     a.kill9()
     assert a.proc.returncode == -signal.SIGKILL
     assert run_status(db, "saga-crash") == "running"
