@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
 from urllib.parse import quote
 
@@ -137,24 +136,23 @@ async def test_refuses_foreign_host_header(runs, db_url):
 
 
 async def test_cairn_ui_command_serves_and_stops(runs, db_url):
-    with subprocess.Popen(
-        [sys.executable, "-c", "from cairn.cli import main; main()", "--database-url", db_url,
-         "ui", "--port", "0", "--no-open"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
-            match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-            assert match, line
-            page = await get(match.group(1), "/", params={"status": "running"})
-            assert page.status_code == 200
-            assert "waiting-1" in page.text
-            assert "pipeline-1" not in page.text
-        finally:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from cairn.cli import main; main()", "--database-url", db_url,
+        "ui", "--port", "0", "--no-open", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert match, line
+        page = await get(match.group(1), "/", params={"status": "running"})
+        assert page.status_code == 200
+        assert "waiting-1" in page.text
+        assert "pipeline-1" not in page.text
+    finally:
+        if proc.returncode is None:
             proc.terminate()
-            _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err  # SIGTERM stops it cleanly
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err  # SIGTERM stops it cleanly
 
 
 def test_cairn_ui_refuses_bad_port():

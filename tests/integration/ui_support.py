@@ -172,7 +172,8 @@ def decode_png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
             assert body[12] == 0, "interlaced PNG"
         elif kind == b"IDAT":
             idat += body
-    assert depth == 8 and color in (2, 6), f"unsupported PNG (depth {depth}, colour type {color})"
+    assert depth == 8, f"unsupported PNG bit depth {depth}"
+    assert color in (2, 6), f"unsupported PNG colour type {color}"
     bpp = 3 if color == 2 else 4
     raw, stride = zlib.decompress(idat), width * bpp
     rows: list[bytearray] = []
