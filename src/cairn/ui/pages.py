@@ -84,6 +84,7 @@ form.filters input[name=where] { width: 420px; }
   background-image: repeating-linear-gradient(45deg, rgba(255,255,255,.35) 0 6px, transparent 6px 12px); }
 .bar.retried { box-shadow: inset 0 -3px 0 var(--wait); }
 .bar .note { position: absolute; left: calc(100% + 6px); color: var(--fg); }
+.bar .note.left { left: auto; right: calc(100% + 6px); }
 .attempts { display: inline-block; background: var(--wait); color: #fff; border-radius: 8px;
   padding: 0 6px; font-size: 11px; margin-left: 4px; }
 .mark { position: absolute; top: 5px; width: 12px; height: 12px; margin-left: -6px;
@@ -211,7 +212,8 @@ def _bar(tl: Timeline, b: Bar) -> str:
         f'<div class="tl-label" title="{esc(title)}">{esc(b.seq)} · {esc(label)} <b>{esc(b.name)}</b>{retried}</div>'
         f'<div class="tl-track"><div class="bar k-{esc(b.kind)} st-{esc(b.status)}{" retried" if b.retries else ""}"'
         f' style="left:{left:.3f}%;width:{width:.3f}%" title="{esc(title)}">'
-        f'<span class="note">{esc(b.status)}{" · " + esc(note) if note else ""}</span></div></div></div>'
+        f'<span class="note{" left" if right > 70 else ""}">{esc(b.status)}{" · " + esc(note) if note else ""}'
+        "</span></div></div></div>"
     )
 
 
