@@ -1175,3 +1175,16 @@ FROM {effects}
 -- name: verify_attempts_stats
 -- Attempts logged, and how many were re-executions.
 SELECT count(*) AS attempts, count(*) FILTER (WHERE attempt > 1) AS reexecuted FROM {attempts}
+
+-- ---------------------------------------------------------------- web view (cairn ui)
+
+-- name: ui_status_counts
+-- How many runs per status match the list page's type and `--where` filters (the status
+-- filter is left out: the counts are the page's status links). {where} is a fragment built
+-- by cairn.visibility from fixed text and %(wN)s parameters, or `true`; never user SQL.
+SELECT status, count(*) AS runs
+FROM cairn.runs
+WHERE namespace = %(namespace)s
+  AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
+  AND ({where})
+GROUP BY status
