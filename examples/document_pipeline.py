@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -32,7 +33,7 @@ from datetime import timedelta
 import psycopg
 from pydantic import BaseModel
 
-from cairn import Client, Worker, activity, workflow
+from cairn import Client, QueryFailed, Worker, activity, workflow
 from cairn.llm import ChatRequest, chat, configure_providers
 from cairn.llm import fake as f
 
@@ -171,8 +172,9 @@ async def main(documents: int) -> None:
                 handle = await client.start(process_batch, batch, id=batch_id)
                 print(f"started {batch_id}: watch it with `cairn query {batch_id} progress`")
                 while (await handle.describe()).status == "running":
-                    print(f"  {await handle.query('progress')}", flush=True)
                     await asyncio.sleep(2)
+                    with contextlib.suppress(QueryFailed):  # before its first task the run has no handler
+                        print(f"  {await handle.query('progress')}", flush=True)
                 print(f"{await handle.result()} in {time.monotonic() - started:.1f} s; "
                       f"{len(fake.requests())} model calls")
 
