@@ -48,18 +48,18 @@ async def sign_up(client: Client, conn: psycopg.AsyncConnection, email: str, pla
 async def main() -> None:
     async with await Client.connect() as client, Worker(client.url, workflows=[welcome], activities=[send_welcome]), \
             await psycopg.AsyncConnection.connect(client.url) as conn:
-            await conn.execute(SCHEMA)
-            await conn.commit()
-            ann, bob = f"ann-{uuid.uuid4().hex[:6]}@example.com", f"bob-{uuid.uuid4().hex[:6]}@example.com"
-            handle = await sign_up(client, conn, ann, "pro")
-            print(f"{ann}: signed up; the workflow says {await handle.result(timeout=30)!r}")
-            try:
-                await sign_up(client, conn, bob, "platinum")
-            except psycopg.errors.CheckViolation:
-                print(f"{bob}: refused (unknown plan), so no signup row and no workflow run:")
-            rows = await (await conn.execute("SELECT count(*) FROM signups WHERE email = %s", (bob,))).fetchone()
-            runs = await client.list(where=f'WorkflowId = "welcome-{bob}"')
-            print(f"  signups rows: {rows[0] if rows else 0}, runs: {len(runs)}")
+        await conn.execute(SCHEMA)
+        await conn.commit()
+        ann, bob = f"ann-{uuid.uuid4().hex[:6]}@example.com", f"bob-{uuid.uuid4().hex[:6]}@example.com"
+        handle = await sign_up(client, conn, ann, "pro")
+        print(f"{ann}: signed up; the workflow says {await handle.result(timeout=30)!r}")
+        try:
+            await sign_up(client, conn, bob, "platinum")
+        except psycopg.errors.CheckViolation:
+            print(f"{bob}: refused (unknown plan), so no signup row and no workflow run:")
+        rows = await (await conn.execute("SELECT count(*) FROM signups WHERE email = %s", (bob,))).fetchone()
+        runs = await client.list(where=f'WorkflowId = "welcome-{bob}"')
+        print(f"  signups rows: {rows[0] if rows else 0}, runs: {len(runs)}")
 
 
 if __name__ == "__main__":
