@@ -434,7 +434,7 @@ RETURNING a.run_id, a.seq, a.cancel_requested
 -- name: expired_activity_tasks
 -- Attempts past a deadline (lease, start-to-close, heartbeat, schedule-to-close), locked
 -- for this transaction. SKIP LOCKED: reapers on several workers split the work.
-SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure,
+SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure, workflow_id,
        lease_expires_at, attempt_deadline, heartbeat_deadline, schedule_deadline, cancel_requested,
        coalesce(%(now)s::timestamptz, now()) AS now
 FROM cairn.activity_tasks
@@ -1172,3 +1172,25 @@ FROM {effects}
 -- name: verify_attempts_stats
 -- Attempts logged, and how many were re-executions.
 SELECT count(*) AS attempts, count(*) FILTER (WHERE attempt > 1) AS reexecuted FROM {attempts}
+
+-- ---------------------------------------------------------------- observability
+
+-- name: queue_depth
+-- Ready work per queue for the cairn.queue.depth gauge: workflow tasks due, and activity
+-- attempts due and not leased. Each count stops at %(cap)s rows (an index range scan of
+-- the claim indexes), so a huge backlog costs no more than the cap; taken at most every
+-- few seconds and only while the gauge is read (cairn._telemetry.QueueDepth).
+SELECT qn.queue, k.kind, k.n
+FROM unnest(%(queues)s::text[]) AS qn(queue),
+     LATERAL (
+         SELECT 'workflow' AS kind, (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.workflow_tasks t
+             WHERE t.queue = qn.queue AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) x) AS n
+         UNION ALL
+         SELECT 'activity', (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.activity_tasks a
+             WHERE a.queue = qn.queue AND a.lease_owner IS NULL
+               AND a.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) y)
+     ) k
