@@ -1194,3 +1194,15 @@ FROM unnest(%(queues)s::text[]) AS qn(queue),
                AND a.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) y)
      ) k
+
+-- name: run_progress
+-- The live line of `cairn start --wait`: the newest run of the workflow id (it follows a
+-- continue-as-new chain), its status, last event and activities completed.
+SELECT r.status, l.seq AS last_seq, l.type AS last_type,
+       (SELECT count(*) FROM cairn.history h WHERE h.run_id = r.run_id AND h.type = 'ActivityCompleted')
+           AS activities_done
+FROM cairn.runs r
+LEFT JOIN LATERAL (SELECT seq, type FROM cairn.history h WHERE h.run_id = r.run_id ORDER BY seq DESC LIMIT 1) l
+       ON true
+WHERE r.run_id = (SELECT run_id FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
+                  ORDER BY run_id DESC LIMIT 1)
