@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from cairn._telemetry import trace_carrier
 from cairn.common import new_run_id
 from cairn.engine import history as h
 from cairn.engine.history import Event
@@ -71,6 +72,9 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
         data["execution_timeout"] = execution_timeout
     if execution_deadline is not None:
         data["execution_deadline"] = execution_deadline.isoformat()
+    carrier = trace_carrier()  # the run's trace (ARCHITECTURE.md, "Observability"); not matched on replay
+    if carrier:
+        data["trace"] = carrier
     return {
         "run_id": new_run_id(), "namespace": namespace, "workflow_id": workflow_id,
         "workflow_type": workflow_type, "queue": queue, "now": None, "data": Jsonb(data),

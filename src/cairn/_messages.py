@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from cairn import db
+from cairn._telemetry import tracer
 from cairn.common import check_text, to_payload
 from cairn.engine import history as h
 from cairn.engine.queries import q
@@ -182,14 +183,18 @@ class ClientMessages:
 
         client = cast("Client", self)
         data = Jsonb({"name": validate_name(signal, "signal"), "payload": to_payload(signal_payload)})
-        params, signature = await client._start_params(workflow, args, _validate_workflow_id(id), queue,
-                                                       "use_existing")
-        async with client.pool.connection() as c:
-            try:
-                async with c.transaction():
-                    run_id = await _signal_with_start_on(c, params, data)
-            except psycopg.Error as exc:
-                raise db.translate(exc) from None
+        with tracer.start_as_current_span("cairn.signal_with_start") as span:  # the new run's trace root
+            params, signature = await client._start_params(workflow, args, _validate_workflow_id(id), queue,
+                                                           "use_existing")
+            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
+                                 "cairn.workflow_type": params["workflow_type"], "cairn.signal": signal})
+            async with client.pool.connection() as c:
+                try:
+                    async with c.transaction():
+                        run_id = await _signal_with_start_on(c, params, data)
+                except psycopg.Error as exc:
+                    raise db.translate(exc) from None
+            span.set_attribute("cairn.run_id", run_id)
         return WorkflowHandle(client, params["workflow_id"], run_id, signature)
 
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from opentelemetry import trace
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -46,6 +47,7 @@ async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) ->
     name = config.name or ""
     async with pool.connection() as conn:
         admission = await breakers.admit(conn, name, config)
+    trace.get_current_span().set_attributes({"cairn.breaker": name, "cairn.breaker.state": admission.state})
     if not admission.permitted:
         until = admission.retry_at.isoformat() if admission.retry_at else "later"
         raise Reschedule(admission.delay, reason=f"breaker {name} is {admission.state} until {until}",
@@ -113,11 +115,17 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
             await conn.execute(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
                 "activity_seq": row["seq"], "failure": failure, "attempts": max(int(state["attempt"]) - 1, 0),
                 "retry_state": retry_state})})
-            log.info("activity %s failed for good: %s", row["activity_type"], failure["message"])
+            log.info("activity %s failed for good: %s", row["activity_type"], failure["message"], extra=_extra(row))
             return "failed"
         await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "failure": Jsonb({
             "type": "Rescheduled", "kind": exc.kind, "reason": exc.reason, "until": until.isoformat(),
             "message": f"throttled until {until.isoformat()} ({why})",
             "details": {"throttled_seconds": round(throttled + delay, 3), "throttle_budget": budget}})})
-    log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why)
+    log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why, extra=_extra(row))
     return "rescheduled"
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    """The structured fields of a log record about an attempt (as in cairn.worker)."""
+    return {"workflow_id": row.get("workflow_id"), "run_id": str(row["run_id"]), "activity": row["activity_type"],
+            "attempt": row.get("attempt")}

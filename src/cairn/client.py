@@ -199,19 +199,22 @@ class Client(ClientMessages):
             WorkflowAlreadyStarted: the id has an open run (``id_conflict="fail"``), or the id
                 reuse policy refused (:class:`WorkflowIdReuseRefused`); nothing was written.
         """
-        params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
-                                                     id_reuse_policy=id_reuse_policy,
-                                                     execution_timeout=execution_timeout)
-        add_visibility(params, search_attributes, memo)
-        with tracer.start_as_current_span("cairn.start_workflow", attributes={
-            "cairn.workflow_id": params["workflow_id"], "cairn.workflow_type": params["workflow_type"],
-        }):
+        # The span is current while the parameters are built: start_params stores its
+        # context in WorkflowStarted, the root of the run's trace.
+        with tracer.start_as_current_span("cairn.start_workflow") as span:
+            params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
+                                                         id_reuse_policy=id_reuse_policy,
+                                                         execution_timeout=execution_timeout)
+            add_visibility(params, search_attributes, memo)
+            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
+                                 "cairn.workflow_type": params["workflow_type"]})
             if conn is not None:
                 run_id = await self._start_on(conn, params, id_conflict)
             else:
                 # Autocommit: start_workflow is one atomic statement, committed when it returns.
                 async with self.pool.connection() as c:
                     run_id = await self._start_on(c, params, id_conflict)
+            span.set_attribute("cairn.run_id", run_id)
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
     async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -24,11 +25,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, db, limits
+from cairn import _lifecycle, _telemetry, db, limits
 from cairn import activity as activity_api
 from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
@@ -61,6 +64,7 @@ DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
 IDLE_TX_TIMEOUT_MS = 60_000
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
 OUTCOME_BATCH = 32              # fast-path activity outcomes committed together
+QUEUE_DEPTH_CAP = 100_000      # cairn.queue.depth counts at most this many ready tasks per queue and kind
 QUERY_POLL_FACTOR = 5.0         # queries are NOTIFY-driven; the fallback poll is this x poll_interval
 
 
@@ -464,6 +468,7 @@ class Worker(_QueryAnswering):
                         return False
                     for task in tasks:
                         eager += await self._workflow_task(conn, task)
+                _count_runs(tasks)  # committed
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 self._abandon(tasks, eager)
                 if len(tasks) > 1:
@@ -528,10 +533,8 @@ class Worker(_QueryAnswering):
             await self._close_without_code(conn, task, [r[0] for r in inbox], closing)
             return []
         now: datetime = task["now"]
-        span = tracer.start_span("cairn.workflow_task", attributes={
-            "cairn.workflow_id": task["workflow_id"], "cairn.workflow_type": task["workflow_type"],
-            "cairn.run_id": run_id,
-        })
+        began, began_ns = time.monotonic(), time.time_ns()  # the span starts here, once its parent is known
+        inst: WorkflowInstance | None = None
         try:
             inst = self._cache.get(run_id)
             if inst is not None and inst.last_seq == last_seq:
@@ -547,11 +550,14 @@ class Worker(_QueryAnswering):
             commands = inst.activate(marker, inputs)
         except (WorkflowTaskFailed, UnknownWorkflowType) as exc:
             self._evict(run_id)
-            await self._fail_task(conn, task, exc)
+            span = _task_span(task, inst.trace if inst is not None else task.get("started"), began_ns)
             span.set_attribute("cairn.task_failed", True)
+            span.set_status(StatusCode.ERROR, str(exc))
             span.end()
+            _telemetry.workflow_task_duration.record(time.monotonic() - began, {
+                "workflow_type": task["workflow_type"], "outcome": "failed"})
+            await self._fail_task(conn, task, exc)
             return []
-        span.end()
         events = [marker, *inputs, *(c.as_event() for c in commands)]
         too_long = limits.check_history_length(events, task["workflow_id"], run_id)
         if too_long is not None:  # fail the task (history untouched) with continue-as-new advice
@@ -559,7 +565,13 @@ class Worker(_QueryAnswering):
             await self._fail_task(conn, task, too_long)
             return []
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
-        eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
+        # Current while recording: activities and child runs started here carry its context.
+        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True):
+            eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
+        _telemetry.workflow_task_duration.record(time.monotonic() - began, {
+            "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
+        task["_metrics"] = ("started" if task.get("started") is not None else None,
+                            inst.info.workflow_type, _closing_status(events))
         self.stats.workflow_tasks += 1
         if inst.closed:
             self._evict(run_id)
@@ -610,12 +622,16 @@ class Worker(_QueryAnswering):
         close: tuple[str, Any] | None = None
         upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
         free = 0 if self._stopping.is_set() else self.activity_concurrency - len(self._activity_tasks) - self._reserved
+        carrier = _telemetry.trace_carrier()  # this task's span (see _workflow_task)
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
                 mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities \
                     and ev.seq not in wait_cancels
                 free -= mine
-                activities.append({"seq": ev.seq, **ev.data, "eager": mine})
+                activity = {"seq": ev.seq, **ev.data, "eager": mine}
+                if carrier:  # in the row's options only, not in history
+                    activity["options"] = {**(ev.data.get("options") or {}), "trace": carrier}
+                activities.append(activity)
             elif ev.type == h.TIMER_STARTED:
                 timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
             elif ev.type == h.TIMER_CANCELLED:
@@ -678,6 +694,7 @@ class Worker(_QueryAnswering):
             "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
             "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
         await _lifecycle.close_family(conn, run_id, etype, data, status)
+        task["_metrics"] = ("started" if task.get("started") is not None else None, task["workflow_type"], status)
         self.stats.workflow_tasks += 1
         log.info("run %s of %s closed %s without running code", run_id, task["workflow_id"], status,
                  extra={"workflow_id": task["workflow_id"], "run_id": run_id})
@@ -770,9 +787,18 @@ class Worker(_QueryAnswering):
             _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pool,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
-        with tracer.start_as_current_span("cairn.activity", attributes={
-            "cairn.workflow_id": info.workflow_id, "cairn.activity": name, "cairn.attempt": info.attempt,
-        }):
+        began = time.monotonic()
+        outcome = "lost"  # superseded, cancelled or unrecorded unless set below
+        if info.attempt == 1 and info.started_at is not None and info.scheduled_at is not None:
+            _telemetry.activity_schedule_to_start.record(
+                max((info.started_at - info.scheduled_at).total_seconds(), 0.0), {"activity": name})
+        # A child of the workflow task that scheduled it (its context travels in the row's options).
+        with tracer.start_as_current_span("cairn.activity", context=_telemetry.context_of(
+                (options or {}).get("trace")), attributes={
+            "cairn.workflow_id": info.workflow_id, "cairn.workflow_type": info.workflow_type,
+            "cairn.run_id": info.run_id, "cairn.activity": name, "cairn.activity_seq": info.seq,
+            "cairn.attempt": info.attempt,
+        }) as span:
             limit: asyncio.Timeout | None = None
             timeout_error: Exception | None = None
             try:
@@ -803,12 +829,16 @@ class Worker(_QueryAnswering):
                     raise
                 except activity_api.Reschedule as exc:
                     running.recording = True
+                    outcome = "rescheduled"
+                    span.set_attribute("cairn.reschedule", f"{exc.kind}: {exc.reason}")
                     await self._reschedule(row, running, exc, extra)
                     return
                 except Exception as exc:
                     running.recording = True
                     if isinstance(exc, TimeoutError) and limit is not None and limit.expired() and timeout_error:
                         exc = timeout_error
+                    outcome = "failed"
+                    span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
                     await self._failed(row, running, exc, extra)
                     return
                 running.recording = True
@@ -823,13 +853,16 @@ class Worker(_QueryAnswering):
                         non_retryable=True), extra)
                     return
                 if ok:
+                    outcome = "completed"
                     self.stats.activities_completed += 1
                 else:
                     log.info("result of %s dropped: the attempt was superseded or cancelled", name, extra=extra)
             except asyncio.CancelledError:
                 if running.cancel_requested and not running.lost:
+                    outcome = "cancelled"
                     await self._cancelled(running, info.attempt, name, extra)
                 elif not running.lost and self._stopping.is_set():
+                    outcome = "released"
                     await self._write(q("release_activity"), {
                         "run_id": running.run_id, "seq": running.seq, "token": running.token, "now": None})
                     log.info("released %s for another worker (draining)", name, extra=extra)
@@ -840,6 +873,8 @@ class Worker(_QueryAnswering):
             finally:
                 if self._running.get(key) is running:
                     del self._running[key]
+                span.set_attribute("cairn.outcome", outcome)
+                _telemetry.activity_duration.record(time.monotonic() - began, {"activity": name, "outcome": outcome})
 
     async def _reschedule(self, row: dict[str, Any], running: _Running, exc: activity_api.Reschedule,
                           extra: dict[str, Any]) -> None:
@@ -850,6 +885,7 @@ class Worker(_QueryAnswering):
         assert self._pool is not None
         if await reschedule(self._pool, row, running.token, exc, self._rng) == "rescheduled":
             self.stats.activities_rescheduled += 1
+            _telemetry.activity_reschedules.add(1, {"activity": row["activity_type"], "kind": exc.kind})
 
     async def _cancelled(self, running: _Running, attempt: int, name: str, extra: dict[str, Any]) -> None:
         """Records that a cancel-requested attempt stopped (wait_cancellation_completed)."""
@@ -895,6 +931,7 @@ class Worker(_QueryAnswering):
                 "details": Jsonb(beat.details) if beat and beat.beat else None}, conn)
             if ok:
                 self.stats.activities_retried += 1
+                _telemetry.activity_retries.add(1, {"activity": row["activity_type"]})
                 log.info("activity %s attempt %d failed (%s: %s); retry in %.2f s", row["activity_type"], attempt,
                          failure.get("type"), failure.get("message"), delay, extra=extra)
             return
@@ -969,6 +1006,7 @@ class Worker(_QueryAnswering):
                         if task["failures"] and task["available_at"] > task["now"]:
                             continue  # its code is failing: the task runs when its backoff ends
                         eager += await self._workflow_task(conn, task)
+                _count_runs(tasks)  # committed
             except psycopg.Error:
                 self._abandon(tasks, eager)
                 return [None] * len(outcomes)
@@ -1063,6 +1101,8 @@ class Worker(_QueryAnswering):
                     pass
                 while await self.reap_expired() >= 100:
                     pass
+                if _telemetry.queue_depth.due():
+                    await self.measure_queue_depth()
                 async with self._pool.connection() as c:
                     row = await (await c.execute(q("next_due"), {"namespace": self.namespace, "queues": self.queues,
                                                                "now": None})).fetchone()
@@ -1079,6 +1119,14 @@ class Worker(_QueryAnswering):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._maint_wake.wait(), wait * self._rng.uniform(0.9, 1.0) if wait > 0.1
                                        else wait)
+
+    async def measure_queue_depth(self) -> None:
+        """Counts ready work on this worker's queues for the ``cairn.queue.depth`` gauge."""
+        assert self._pool is not None
+        async with self._pool.connection() as c:
+            cur = await c.execute(q("queue_depth"), {"queues": self.queues, "namespace": self.namespace,
+                                                     "now": None, "cap": QUEUE_DEPTH_CAP})
+            _telemetry.queue_depth.update(await cur.fetchall())
 
     async def fire_timers(self) -> int:
         """Turns due timers into inbox events; returns how many fired."""
@@ -1102,7 +1150,8 @@ class Worker(_QueryAnswering):
             rows = await cur.fetchall()
             for row in rows:
                 now = row["now"]
-                extra = {"run_id": str(row["run_id"]), "activity": row["activity_type"]}
+                extra = {"workflow_id": row["workflow_id"], "run_id": str(row["run_id"]),
+                         "activity": row["activity_type"], "attempt": row["attempt"]}
                 if row["schedule_deadline"] is not None and row["schedule_deadline"] <= now:
                     failure = {"type": "ScheduleToCloseTimeout", "message": "schedule-to-close timeout exceeded",
                                "details": None}
@@ -1129,10 +1178,38 @@ class Worker(_QueryAnswering):
                 else:
                     kind, msg = "WorkerLost", f"worker {row['lease_owner']} stopped renewing its lease"
                     self.stats.rescued += 1
+                    _telemetry.lease_rescues.add(1, {"activity": row["activity_type"]})
                 await self._fail_attempt(row, str(row["run_id"]), row["seq"], row["token"], row["attempt"],
                                          {"type": kind, "message": msg, "details": None}, False, extra,
                                          conn=c, now=now)
         return len(rows)
+
+
+def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:
+    """The span of one workflow task, a child of the run's start (its stored trace context).
+
+    One per task actually run: replaying history on a cache miss happens inside it and
+    emits nothing of its own, so a replay never duplicates the spans of earlier tasks.
+    """
+    return tracer.start_span("cairn.workflow_task", context=_telemetry.context_of(carrier), start_time=start_ns,
+                             attributes={"cairn.workflow_id": task["workflow_id"],
+                                         "cairn.workflow_type": task["workflow_type"],
+                                         "cairn.run_id": str(task["run_id"]), "cairn.history_length": task["last_seq"]})
+
+
+def _closing_status(events: list[Event]) -> str | None:
+    """The status a task's events close the run with, if they do."""
+    return next((h.TERMINAL_EVENTS[e.type] for e in events if e.type in h.TERMINAL_EVENTS), None)
+
+
+def _count_runs(tasks: list[dict[str, Any]]) -> None:
+    """Counts runs started and closed by committed workflow tasks (never by rolled-back ones)."""
+    for task in tasks:
+        started, workflow_type, closed = task.pop("_metrics", (None, None, None))
+        if started:
+            _telemetry.workflows_started.add(1, {"workflow_type": workflow_type})
+        if closed:
+            _telemetry.workflows_closed.add(1, {"workflow_type": workflow_type, "status": closed})
 
 
 def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[float | None, ApplicationError]:

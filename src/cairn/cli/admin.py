@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Any
 
@@ -77,12 +78,19 @@ def db_status(settings: Settings, as_json: bool) -> None:
               help="Activity lease; another worker takes over this long after this one dies.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Fallback poll when no NOTIFY arrives, in seconds.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per line on stderr, with workflow_id, run_id, activity and attempt.")
 @click.pass_obj
 def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, ...],
                workflow_concurrency: int, activity_concurrency: int, identity: str | None,
-               lease_seconds: float, poll_interval: float) -> None:
+               lease_seconds: float, poll_interval: float, log_format: str) -> None:
     """Run a worker until SIGTERM/SIGINT, then drain gracefully."""
     from cairn.worker import Worker, collect
+
+    if log_format == "json":
+        from cairn.logformat import use_json
+
+        use_json()
 
     async def go() -> None:
         workflows: list[Any] = []
@@ -103,8 +111,13 @@ def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, 
             loop.add_signal_handler(sig, worker.stop)
         runner = asyncio.create_task(worker.run())
         await worker_started(worker, runner)
-        click.echo(f"worker {worker.identity} running {len(worker.workflows)} workflow(s), "
-                   f"{len(worker.activities)} activity(ies) on {', '.join(worker.queues)}", err=True)
+        banner = (f"worker {worker.identity} running {len(worker.workflows)} workflow(s), "
+                  f"{len(worker.activities)} activity(ies) on {', '.join(worker.queues)}")
+        if log_format == "json":  # every line of stderr is JSON
+            from cairn.logformat import JsonFormatter
+
+            banner = JsonFormatter().format(logging.LogRecord("cairn.worker", logging.INFO, "", 0, banner, (), None))
+        click.echo(banner, err=True)
         await runner
 
     run(go(), fast_loop=True)

@@ -116,8 +116,10 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         if not as_json:
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id})", err=wait)
         if wait:
+            from cairn.cli.render import with_progress
+
             try:
-                out["result"] = await handle.result(timeout=timeout)
+                out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
                 out["status"] = "completed"
             except WorkflowFailure as exc:
                 out["status"] = "failed"
@@ -179,60 +181,13 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
     if as_json:
         click.echo(to_json(d.to_json()))
         return
-    click.echo(f"workflow  {d.workflow_id}\nrun       {d.run_id}\ntype      {d.workflow_type}\n"
-               f"queue     {d.queue}\nstatus    {d.status}\nstarted   {when(d.created_at)}\n"
-               f"closed    {when(d.closed_at)}\nhistory   {d.history_length} events")
-    if d.failure:
-        click.echo(f"failure   {d.failure.get('type')}: {d.failure.get('message')}")
-    if d.reset_from:
-        click.echo(f"{d.reset_from.get('kind', 'reset')} of run {d.reset_from.get('run_id')}"
-                   f"{' at seq ' + str(d.reset_from['seq']) if d.reset_from.get('seq') else ''}: "
-                   f"{d.reset_from.get('reason') or ''}")
-    if d.search_attributes:
-        click.echo(f"search    {json.dumps(d.search_attributes, sort_keys=True)}")
-    if d.memo is not None:
-        click.echo(f"memo      {json.dumps(d.memo, sort_keys=True)}")
-    _echo_links(d)
-    if d.workflow_task and d.workflow_task["failures"]:
-        err = d.workflow_task["last_error"] or {}
-        click.echo(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "
-                   f"{when(d.workflow_task['available_at'])}): {err.get('type')}: {err.get('message')}")
-    if d.pending_activities:
-        click.echo("\npending activities:")
-        click.echo(table([[str(a["seq"]), a["activity_type"], str(a["attempt"]),
-                           "running" if a["lease_owner"] else f"next try {when(a['available_at'])}",
-                           (a["last_failure"] or {}).get("message", "") or ""] for a in d.pending_activities],
-                         ["SEQ", "ACTIVITY", "ATTEMPT", "STATE", "LAST FAILURE"]))
-    if d.pending_timers:
-        click.echo("\ntimers:")
-        click.echo(table([[str(t["seq"]), when(t["fire_at"])] for t in d.pending_timers], ["SEQ", "FIRES AT"]))
-    for saga in d.sagas:
-        _echo_saga(saga)
-    if d.llm_calls:
-        from cairn.cli.llm_runs import echo_llm_calls
+    from cairn.cli.render import echo_describe
 
-        echo_llm_calls(d.llm_calls, d.llm_totals)
+    echo_describe(d)
 
 
-def _echo_links(d: Any) -> None:
-    """The run lifecycle part of describe: parent, continue-as-new chain, deadline, children."""
-    if d.parent:
-        click.echo(f"parent    {d.parent['workflow_id']} (run {d.parent['run_id']}, seq {d.parent['seq']}, "
-                   f"on parent close: {d.parent['parent_close_policy']})")
-    if d.continued_from:
-        click.echo(f"continued from run {d.continued_from}")
-    if d.continued_to:
-        click.echo(f"continued as run {d.continued_to}")
-    if d.execution_deadline:
-        click.echo(f"execution deadline {when(d.execution_deadline)}")
-    if d.children:
-        click.echo("\nchildren:")
-        click.echo(table([[str(c["seq"]), c["workflow_id"], c["workflow_type"], c["status"],
-                           c["parent_close_policy"], c["run_id"]] for c in d.children],
-                         ["SEQ", "WORKFLOW ID", "TYPE", "STATUS", "ON PARENT CLOSE", "RUN ID"]))
-
-
-def _echo_saga(saga: dict[str, Any]) -> None:
+def echo_saga(saga: dict[str, Any]) -> None:
+    """A saga's state in describe's plain output."""
     mode = "parallel" if saga["parallel_compensation"] else "sequential"
     mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
     click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")

@@ -250,6 +250,9 @@ class WorkflowInstance:
         self.random = random.Random(uuid.UUID(str(seed)).int)
         # Start values plus the upserts made so far (workflow.search_attributes()).
         self.search_attributes: dict[str, Any] = dict((started or {}).get("search_attributes") or {})
+        # The run's W3C trace context (cairn._telemetry): the parent of its task spans. Only
+        # read by the worker, never matched on replay.
+        self.trace: dict[str, Any] = dict((started or {}).get("trace") or {})
         self.cancel_requested = False
         self.closed = False
         self._commands: list[Command] = []

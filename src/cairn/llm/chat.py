@@ -239,6 +239,7 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
                 refused_until = until
             _calls.add(1, {"provider": provider.name, "model": model, "outcome": "not_permitted"})
             continue
+        span.set_attributes({"cairn.breaker": name, "cairn.breaker.state": admission.state})
         outcome = await _attempt_model(pool, info, parsed, req, provider, name, admission, skipped, span)
         if isinstance(outcome, dict):
             return outcome

@@ -435,7 +435,7 @@ RETURNING a.run_id, a.seq, a.cancel_requested
 -- name: expired_activity_tasks
 -- Attempts past a deadline (lease, start-to-close, heartbeat, schedule-to-close), locked
 -- for this transaction. SKIP LOCKED: reapers on several workers split the work.
-SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure,
+SELECT run_id, seq, token, attempt, activity_type, options, lease_owner, last_failure, workflow_id,
        lease_expires_at, attempt_deadline, heartbeat_deadline, schedule_deadline, cancel_requested,
        coalesce(%(now)s::timestamptz, now()) AS now
 FROM cairn.activity_tasks
@@ -1188,3 +1188,38 @@ WHERE namespace = %(namespace)s
   AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
   AND ({where})
 GROUP BY status
+
+-- ---------------------------------------------------------------- observability
+
+-- name: queue_depth
+-- Ready work per queue of the worker's namespace for the cairn.queue.depth gauge: workflow tasks due, and activity
+-- attempts due and not leased. Each count stops at %(cap)s rows (an index range scan of
+-- the claim indexes), so a huge backlog costs no more than the cap; taken at most every
+-- few seconds and only while the gauge is read (cairn._telemetry.QueueDepth).
+SELECT qn.queue, k.kind, k.n
+FROM unnest(%(queues)s::text[]) AS qn(queue),
+     LATERAL (
+         SELECT 'workflow' AS kind, (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.workflow_tasks t
+             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue
+               AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) x) AS n
+         UNION ALL
+         SELECT 'activity', (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.activity_tasks a
+             WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL
+               AND a.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) y)
+     ) k
+
+-- name: run_progress
+-- The live line of `cairn start --wait`: the newest run of the workflow id (it follows a
+-- continue-as-new chain), its status, last event and activities completed.
+SELECT r.status, l.seq AS last_seq, l.type AS last_type,
+       (SELECT count(*) FROM cairn.history h WHERE h.run_id = r.run_id AND h.type = 'ActivityCompleted')
+           AS activities_done
+FROM cairn.runs r
+LEFT JOIN LATERAL (SELECT seq, type FROM cairn.history h WHERE h.run_id = r.run_id ORDER BY seq DESC LIMIT 1) l
+       ON true
+WHERE r.run_id = (SELECT run_id FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
+                  ORDER BY run_id DESC LIMIT 1)
