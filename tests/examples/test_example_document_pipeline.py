@@ -70,7 +70,7 @@ def test_a_batch_survives_a_worker_kill_and_notifies_every_document_once(db_url,
     def notified() -> int:
         return int(query(db_url, "SELECT count(*) FROM notifications")[0][0])
 
-    wait_for("a quarter of the batch", lambda: notified() >= DOCUMENTS // 4, procs=(a,))
+    wait_for("half the batch", lambda: notified() >= DOCUMENTS // 2, procs=(a,))
     progress = cairn_cli("query", "b1", "progress", "--json", db_url=db_url)
     assert progress.code == 0, progress.err
     seen = json.loads(progress.out)["answer"]
