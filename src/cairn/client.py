@@ -620,7 +620,7 @@ class WorkflowHandle(HandleMessages):
                 # task finished): ensure it again. A closed run gets no row: we stop.
                 await c.execute(q("ensure_workflow_task"), params)
                 await c.execute(q("lock_workflow_task"), params)
-                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]], "replay": []})
                 locked = await cur.fetchone()
                 if locked is not None:
                     break
