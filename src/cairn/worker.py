@@ -579,7 +579,8 @@ class Worker(_QueryAnswering):
             return []
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         # Current while recording: activities and child runs started here carry its context.
-        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True):
+        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True) if _telemetry.tracing() \
+                else contextlib.nullcontext():
             eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
         _telemetry.workflow_task_duration.record(time.monotonic() - began, {
             "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
@@ -821,7 +822,7 @@ class Worker(_QueryAnswering):
             "cairn.workflow_id": info.workflow_id, "cairn.workflow_type": info.workflow_type,
             "cairn.run_id": info.run_id, "cairn.activity": name, "cairn.activity_seq": info.seq,
             "cairn.attempt": info.attempt,
-        }) as span:
+        }) if _telemetry.tracing() else contextlib.nullcontext(trace.INVALID_SPAN) as span:
             limit: asyncio.Timeout | None = None
             timeout_error: Exception | None = None
             try:
