@@ -603,7 +603,7 @@ class Worker(_QueryAnswering):
             raise UnknownWorkflowType(f"this worker has no workflow type {task['workflow_type']!r}")
         if task.get("started") is not None:  # a new run: its history is WorkflowStarted alone
             events = [Event(1, h.WORKFLOW_STARTED, task["started"])]
-        elif task.get("history") is not None:  # read with the task state (locked_task_state)
+        elif task.get("history") is not None:  # read with the task state (the fast path)
             events = [Event(s, t, d) for s, t, d in task["history"]]
         else:
             cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
@@ -1028,14 +1028,12 @@ class Worker(_QueryAnswering):
             try:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("complete_activities_and_lock"), {"outcomes": Jsonb(ordered)})
-                    recorded = {(str(r["run_id"]), r["seq"]) for r in await cur.fetchall()}
-                    run_ids = sorted({run for run, _ in recorded})
-                    if run_ids:
-                        await cur.execute(q("locked_task_state"), {
-                            "run_ids": run_ids, "now": None,
-                            "replay": [run for run in run_ids if run not in self._cache]})
-                        tasks = await cur.fetchall()
+                    # One round trip: record, lock, then read the state in a new snapshot.
+                    await cur.execute(q("complete_activities_and_lock"), {
+                        "outcomes": Jsonb(ordered), "now": None,
+                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})})
+                    tasks = await cur.fetchall()
+                    recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
                     for task in tasks:
                         if task["failures"] and task["available_at"] > task["now"]:
                             continue  # its code is failing: the task runs when its backoff ends

@@ -367,27 +367,13 @@ WITH done AS (
 SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
 
 -- name: complete_activities_and_lock
--- The fast path, for a group of outcomes: records each like complete_activity (fenced by
--- its token), and keeps the runs' workflow tasks locked for this transaction (the DO
--- UPDATE takes the row locks, in run-id order), so the worker that holds the runs in its
--- cache runs their next workflow tasks in the same transaction. Returns the outcomes
--- recorded (the others were superseded). No NOTIFY: nobody else needs waking.
-WITH o AS (
-    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
-        AS o(run_id uuid, seq integer, token bigint, type text, data jsonb)
-), done AS (
-    DELETE FROM cairn.activity_tasks a USING o
-    WHERE a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
-    RETURNING a.run_id, a.namespace, a.seq, a.workflow_queue, o.type, o.data
-), ev AS (
-    INSERT INTO cairn.inbox (run_id, type, data)
-    SELECT run_id, type, data FROM done ORDER BY run_id, seq
-), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT DISTINCT ON (run_id) run_id, namespace, workflow_queue FROM done ORDER BY run_id
-    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
-)
-SELECT run_id, seq FROM done
+-- The fast path, for a group of outcomes (migration 0009's function): records each like
+-- complete_activity (fenced by its token), keeps the runs' workflow tasks locked for this
+-- transaction (the DO UPDATE takes the row locks, in run-id order), and returns, per run
+-- recorded, the seqs recorded and the run's state read in a new snapshot after the locks
+-- (as locked_task_state, with the history of the runs in %(replay)s). One round trip.
+-- No NOTIFY: nobody else needs waking.
+SELECT * FROM cairn.complete_activities_locked(%(outcomes)s::jsonb, %(replay)s::uuid[], %(now)s::timestamptz)
 
 -- name: locked_task_state
 -- Runs' tasks, history lengths and inboxes, read in a statement of its own *after* their
