@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +50,7 @@ IdConflictPolicy = Literal["fail", "use_existing"]
 # task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
+WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see Client._known_open)
 
 
 @dataclass
@@ -122,6 +124,10 @@ class Client(ClientMessages):
         self._listener: asyncio.Task[None] | None = None
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listening = asyncio.Event()
+        # Runs started by this client while its listener was connected: run id -> [the
+        # listener connection's epoch at the start, a close seen]. See _known_open.
+        self._listen_epoch = 0
+        self._watched: OrderedDict[str, list[Any]] = OrderedDict()
 
     @classmethod
     async def connect(cls, url: str | None = None, *, namespace: str = "default",
@@ -211,9 +217,15 @@ class Client(ClientMessages):
             if conn is not None:
                 run_id = await self._start_on(conn, params, id_conflict)
             else:
+                self._watch(params["run_id"])  # before the start commits: no close can be missed
+                run_id = ""
                 # Autocommit: start_workflow is one atomic statement, committed when it returns.
-                async with self.pool.connection() as c:
-                    run_id = await self._start_on(c, params, id_conflict)
+                try:
+                    async with self.pool.connection() as c:
+                        run_id = await self._start_on(c, params, id_conflict)
+                finally:
+                    if run_id != params["run_id"]:  # not started, or the handle of an existing run
+                        self._watched.pop(params["run_id"], None)
             span.set_attribute("cairn.run_id", run_id)
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
@@ -378,6 +390,24 @@ class Client(ClientMessages):
             if not waiters:
                 self._waiters.pop(run_id, None)
 
+    def _watch(self, run_id: str) -> None:
+        """Notes a run this client is starting, if its listener is connected: the listener
+        then sees its close (``cairn_closed``) whenever ``result()`` is called."""
+        if self._listener is None or self._listener.done() or not self._listening.is_set():
+            return
+        self._watched[run_id] = [self._listen_epoch, False]
+        if len(self._watched) > WATCHED_RUNS:
+            self._watched.popitem(last=False)  # forgotten: its result() reads the run first
+
+    def _known_open(self, run_id: str) -> bool:
+        """True if the run was started here while the listener was connected, that same
+        connection is still the listener's, and no close NOTIFY has arrived: the run is open
+        without asking the database. (Postgres delivers every notification committed after
+        LISTEN to that session; a reconnect bumps the epoch and voids the knowledge.)"""
+        entry = self._watched.get(run_id)
+        return (entry is not None and not entry[1] and entry[0] == self._listen_epoch
+                and self._listener is not None and not self._listener.done())
+
     async def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
             self._listening.clear()
@@ -391,15 +421,20 @@ class Client(ClientMessages):
                     await conn.execute("LISTEN cairn_closed")
                     # Query answers (payload: the request id) wake waiters the same way.
                     await conn.execute("LISTEN cairn_query_answered")
+                    self._listen_epoch += 1
                     self._listening.set()
                     self._wake_all()  # anything that closed while we were away
                     async for note in conn.notifies():
+                        watched = self._watched.get(note.payload)
+                        if watched is not None:
+                            watched[1] = True
                         for fut in self._waiters.get(note.payload, []):
                             if not fut.done():
                                 fut.set_result(None)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._listen_epoch += 1  # closes may be missed until the next connection
                 self._wake_all()
                 await asyncio.sleep(0.5)
 
@@ -472,14 +507,20 @@ class WorkflowHandle(HandleMessages):
         if self.run_id is None:
             await self._resolve()
         assert self.run_id is not None
+        # A run this client started while listening, with no close seen yet, is open: skip
+        # the first read (one statement fewer per start-and-wait). Every later pass reads.
+        known_open = self.client._known_open(self.run_id)
         while True:
             with self.client._close_waiter(self.run_id) as closed:
-                row = await self._outcome_row()
-                if row["status"] == "continued_as_new":  # follow the chain to its newest run
-                    self.run_id = await self._successor()
-                    continue
-                if row["status"] != "running":
-                    return self._outcome(row)
+                if not known_open:
+                    row = await self._outcome_row()
+                    if row["status"] == "continued_as_new":  # follow the chain to its newest run
+                        self.run_id = await self._successor()
+                        continue
+                    if row["status"] != "running":
+                        self.client._watched.pop(self.run_id, None)
+                        return self._outcome(row)
+                known_open = False
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
@@ -620,7 +661,7 @@ class WorkflowHandle(HandleMessages):
                 # task finished): ensure it again. A closed run gets no row: we stop.
                 await c.execute(q("ensure_workflow_task"), params)
                 await c.execute(q("lock_workflow_task"), params)
-                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]]})
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]], "replay": []})
                 locked = await cur.fetchone()
                 if locked is not None:
                     break

@@ -187,7 +187,8 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
                     # Wait for a worker mid-task and keep others out: we append to its history.
                     await c.execute(q("ensure_workflow_task"), params)
                     await c.execute(q("lock_workflow_task"), params)
-                    locked = await (await cur.execute(q("locked_task_state"), {**params, "run_ids": [old]})).fetchone()
+                    locked = await (await cur.execute(q("locked_task_state"), {
+                        **params, "run_ids": [old], "replay": []})).fetchone()
                     running = locked is not None and locked["status"] == "running"
                     if locked is not None and running:
                         pending_signals = [d for _, t, d in locked["inbox"] if t == h.SIGNAL_RECEIVED]

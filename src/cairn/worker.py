@@ -287,6 +287,7 @@ class Worker(_QueryAnswering):
         self._last_renewal = 0.0
         self._reserved = 0  # activity slots promised to eager attempts not yet started
         self._slots_full = False  # the activity poller is idle because every slot is taken
+        self._finishing = 0  # attempts whose outcomes the fast-path group being written records
         self._rng = random.Random()
 
     # ------------------------------------------------------------ lifecycle
@@ -430,12 +431,12 @@ class Worker(_QueryAnswering):
         while not self._stopping.is_set():
             wake.clear()
             try:
-                got = await self.run_workflow_task()
+                more = await self._claim_and_run()
             except Exception:
                 log.exception("workflow task loop error")
-                got = False
+                more = False
                 await asyncio.sleep(self.poll_interval)
-            if got:
+            if more:
                 self._wake_workflow_poller()  # maybe more are ready: let a sibling look too
                 continue
             if self._wf_pending:
@@ -452,6 +453,18 @@ class Worker(_QueryAnswering):
         Returns False if none was ready. A batch shares BEGIN, the claim and COMMIT (one
         fsync); if any of its tasks fails at the database, the batch rolls back and its
         tasks are claimed one at a time next, so one bad run cannot hold up the others.
+        """
+        return await self._claim_and_run() is not False
+
+    async def _claim_and_run(self) -> bool | None:
+        """:meth:`run_workflow_task`; returns False if no task was ready, True if more may be
+        ready (a full batch, a task kept for an event it did not see, a failed batch), and
+        None if the claim took every ready task it could see.
+
+        A short batch means the claim saw no more ready tasks: claiming again at once would
+        come back empty (two wasted round trips per task on an idle worker). Tasks that
+        become ready later send a NOTIFY; a task that this batch kept (record_workflow_task
+        found an event newer than the claim's snapshot) is claimed again right away.
         """
         assert self._pool is not None
         tasks: list[dict[str, Any]] = []
@@ -496,7 +509,7 @@ class Worker(_QueryAnswering):
                 if limit == 1 and self._solo_claims:
                     self._solo_claims -= 1
         self._spawn(eager)
-        return True
+        return True if len(tasks) >= limit or any(t.get("_kept") for t in tasks) else None
 
     async def _fail_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any], exc: BaseException) -> None:
         """Records a failed workflow task (history untouched) and backs it off."""
@@ -566,7 +579,8 @@ class Worker(_QueryAnswering):
             return []
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         # Current while recording: activities and child runs started here carry its context.
-        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True):
+        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True) if _telemetry.tracing() \
+                else contextlib.nullcontext():
             eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
         _telemetry.workflow_task_duration.record(time.monotonic() - began, {
             "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
@@ -589,6 +603,8 @@ class Worker(_QueryAnswering):
             raise UnknownWorkflowType(f"this worker has no workflow type {task['workflow_type']!r}")
         if task.get("started") is not None:  # a new run: its history is WorkflowStarted alone
             events = [Event(1, h.WORKFLOW_STARTED, task["started"])]
+        elif task.get("history") is not None:  # read with the task state (the fast path)
+            events = [Event(s, t, d) for s, t, d in task["history"]]
         else:
             cur = await conn.execute(q("read_history"), {"run_id": task["run_id"]})
             events = [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
@@ -621,7 +637,12 @@ class Worker(_QueryAnswering):
                         and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
         close: tuple[str, Any] | None = None
         upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
-        free = 0 if self._stopping.is_set() else self.activity_concurrency - len(self._activity_tasks) - self._reserved
+        # Attempts whose outcomes this transaction records (the fast path's group) give back
+        # their slots when it commits, just before the eager attempts start: count them as
+        # free, or under load every slot is held by an attempt waiting for its own group and
+        # nothing is ever leased eagerly (each step then costs a NOTIFY and a claim).
+        free = 0 if self._stopping.is_set() else \
+            self.activity_concurrency - len(self._activity_tasks) - self._reserved + self._finishing
         carrier = _telemetry.trace_carrier()  # this task's span (see _workflow_task)
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
@@ -656,15 +677,17 @@ class Worker(_QueryAnswering):
             "workflow_queue": task["queue"], "activities": Jsonb(activities if close is None else []),
             "worker": self.identity, "lease": self.lease_seconds,
             "close_status": close[0] if close else None,
-            "failure": Jsonb(close[1]) if close and close[1] else None})
+            "failure": Jsonb(close[1]) if close and close[1] else None,
+            "notify_queues": waiting_queues if close is None else []})
         leased = await cur.fetchall()
+        if leased and leased[-1]["kept"]:  # an event arrived that this task did not see
+            leased.pop()
+            task["_kept"] = True
         if upserts:
             await conn.execute(q("upsert_search_attributes"), {
                 **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
                 "remove": [k for k, v in upserts.items() if v is None]})
         if close is None:
-            if waiting_queues:
-                await conn.execute(q("notify_activity_queues"), {"queues": waiting_queues})
             if timers:
                 await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
                                                        "timers": Jsonb(timers)})
@@ -692,7 +715,8 @@ class Worker(_QueryAnswering):
             "events": Jsonb([event]),
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
             "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
-            "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure)})
+            "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure),
+            "notify_queues": []})
         await _lifecycle.close_family(conn, run_id, etype, data, status)
         task["_metrics"] = ("started" if task.get("started") is not None else None, task["workflow_type"], status)
         self.stats.workflow_tasks += 1
@@ -798,7 +822,7 @@ class Worker(_QueryAnswering):
             "cairn.workflow_id": info.workflow_id, "cairn.workflow_type": info.workflow_type,
             "cairn.run_id": info.run_id, "cairn.activity": name, "cairn.activity_seq": info.seq,
             "cairn.attempt": info.attempt,
-        }) as span:
+        }) if _telemetry.tracing() else contextlib.nullcontext(trace.INVALID_SPAN) as span:
             limit: asyncio.Timeout | None = None
             timeout_error: Exception | None = None
             try:
@@ -844,7 +868,8 @@ class Worker(_QueryAnswering):
                 running.recording = True
                 try:
                     ok = await self._deliver(running.run_id, running.seq, running.token, h.ACTIVITY_COMPLETED,
-                                             {"activity_seq": running.seq, "result": payload, "attempt": info.attempt})
+                                             {"activity_seq": running.seq, "result": payload, "attempt": info.attempt},
+                                             row)
                 except (psycopg.DataError, psycopg.ProgrammingError) as exc:
                     # The database refused the result itself: fail the activity with that cause
                     # rather than let the lease lapse and retry it for ever.
@@ -937,7 +962,7 @@ class Worker(_QueryAnswering):
             return
         data = {"activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state}
         if conn is None:
-            ok = await self._deliver(run_id, seq, token, h.ACTIVITY_FAILED, data)
+            ok = await self._deliver(run_id, seq, token, h.ACTIVITY_FAILED, data, row)
         else:
             ok = await self._write(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb(data)},
                                    conn)
@@ -946,16 +971,22 @@ class Worker(_QueryAnswering):
             log.info("activity %s failed for good after %d attempt(s) (%s)", row["activity_type"], attempt,
                      retry_state, extra=extra)
 
-    async def _deliver(self, run_id: str, seq: int, token: int, event_type: str, data: dict[str, Any]) -> bool:
+    async def _deliver(self, run_id: str, seq: int, token: int, event_type: str, data: dict[str, Any],
+                       row: dict[str, Any] | None = None) -> bool:
         """Records an activity's outcome (fenced by its token); True if it was recorded.
 
-        The fast path: when this worker holds the run live in its cache, the outcome joins
-        the next group that :meth:`_deliverer` commits, where it is recorded together with
-        the workflow task it triggers and the eager lease of the next activities, in one
+        The fast path: when this worker can run the run's workflow task — it holds the run
+        live in its cache, or it runs the run's workflow type on the run's workflow queue
+        (then the task replays the history, as a claim would) — the outcome joins the next
+        group that :meth:`_deliverer` commits, where it is recorded together with the
+        workflow task it triggers and the eager lease of the next activities, in one
         transaction. Otherwise (or if the group rolls back) it goes to the run's inbox.
         """
         outcome = {"run_id": run_id, "seq": seq, "token": token, "type": event_type, "data": data}
-        if run_id in self._cache and not self._stopping.is_set():
+        runs_task = run_id in self._cache or (
+            row is not None and row.get("workflow_type") in self.workflows
+            and row.get("workflow_queue") in self.queues)
+        if runs_task and not self._stopping.is_set():
             done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
             self._outbox.append((outcome, done))
             self._outbox_ready.set()
@@ -992,16 +1023,17 @@ class Worker(_QueryAnswering):
         eager: list[dict[str, Any]] = []
         # Lock task rows in run-id order, the same in every worker: no deadlock between groups.
         ordered = sorted(outcomes, key=lambda o: (o["run_id"], o["seq"]))
+        self._finishing = len(outcomes)
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
                     cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("complete_activities_and_lock"), {"outcomes": Jsonb(ordered)})
-                    recorded = {(str(r["run_id"]), r["seq"]) for r in await cur.fetchall()}
-                    run_ids = sorted({run for run, _ in recorded})
-                    if run_ids:
-                        await cur.execute(q("locked_task_state"), {"run_ids": run_ids, "now": None})
-                        tasks = await cur.fetchall()
+                    # One round trip: record, lock, then read the state in a new snapshot.
+                    await cur.execute(q("complete_activities_and_lock"), {
+                        "outcomes": Jsonb(ordered), "now": None,
+                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})})
+                    tasks = await cur.fetchall()
+                    recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
                     for task in tasks:
                         if task["failures"] and task["available_at"] > task["now"]:
                             continue  # its code is failing: the task runs when its backoff ends
@@ -1013,8 +1045,12 @@ class Worker(_QueryAnswering):
             except BaseException:
                 self._abandon(tasks, eager)
                 raise
+            finally:
+                self._finishing = 0
         self.stats.fast_path += len(recorded)
         self._spawn(eager)
+        if any(t.get("_kept") for t in tasks):  # see _claim_and_run
+            self._wake_workflow_poller()
         return [(o["run_id"], o["seq"]) in recorded for o in outcomes]
 
     async def _write(self, sql: str, params: dict[str, Any],

@@ -116,8 +116,10 @@ async def test_a_worker_never_claims_another_namespaces_tasks(db_url, sql):
 
 
 def test_every_queue_insert_carries_the_namespace():
-    """Guards merges: every INSERT into a claimed table names the namespace column."""
-    text = (Path(cairn.__file__).parent / "sql" / "queries.sql").read_text()
+    """Guards merges: every INSERT into a claimed table names the namespace column (in the
+    named queries and in the functions the migrations define)."""
+    root = Path(cairn.__file__).parent
+    text = "\n".join(p.read_text() for p in [root / "sql" / "queries.sql", *sorted(root.glob("migrations/*.sql"))])
     inserts = re.findall(r"INSERT INTO cairn\.(workflow_tasks|activity_tasks|query_requests)\s*\(([^)]*)\)", text)
     assert len(inserts) >= 13
     missing = [(t, cols) for t, cols in inserts if "namespace" not in cols]

@@ -167,6 +167,7 @@ WITH c AS (
     DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
       AND (%(close_status)s::text IS NOT NULL OR NOT EXISTS (
           SELECT 1 FROM cairn.inbox i WHERE i.run_id = %(run_id)s AND i.id <> ALL(%(inbox_ids)s::bigint[])))
+    RETURNING run_id
 ), closed AS (
     -- A closing task closes the run and drops what is still queued for it.
     UPDATE cairn.runs SET status = %(close_status)s, closed_at = c.now, failure = %(failure)s
@@ -180,6 +181,10 @@ WITH c AS (
     DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
 ), notified AS (
     SELECT count(pg_notify('cairn_closed', run_id::text)) AS n FROM closed
+), woken AS (
+    -- The queues of the activities not leased eagerly: wake their workers (once per queue
+    -- and transaction), here rather than in a statement of its own.
+    SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
@@ -201,14 +206,16 @@ WITH c AS (
     RETURNING *
 )
 SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.activity_type, s.queue, s.input,
-       s.options, s.scheduled_at, s.started_at, s.heartbeat_details, s.attempt_deadline, s.schedule_deadline
+       s.options, s.scheduled_at, s.started_at, s.heartbeat_details, s.attempt_deadline, s.schedule_deadline,
+       s.workflow_queue, false AS kept
 FROM scheduled s
 -- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
-WHERE (SELECT n FROM notified) >= 0 AND s.lease_owner IS NOT NULL
-
--- name: notify_activity_queues
--- Wakes the activity workers of these queues (once per queue per transaction).
-SELECT pg_notify('cairn_activity', queue) AS notified FROM unnest(%(queues)s::text[]) AS queue
+WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND s.lease_owner IS NOT NULL
+UNION ALL
+-- One marker row (kept = true) when the task was kept for an event it did not see: the
+-- worker claims again after commit instead of waiting for the fallback poll.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+WHERE NOT EXISTS (SELECT 1 FROM finished)
 
 -- name: start_timers
 -- Inserts durable timers for TimerStarted commands and wakes the timer pumps.
@@ -339,7 +346,7 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
           a.queue, a.input, a.options, a.scheduled_at, a.started_at, a.heartbeat_details,
-          a.attempt_deadline, a.schedule_deadline
+          a.attempt_deadline, a.schedule_deadline, a.workflow_queue
 
 -- name: complete_activity
 -- Records an activity's final outcome (completed, or failed for good) as an inbox event,
@@ -360,27 +367,13 @@ WITH done AS (
 SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
 
 -- name: complete_activities_and_lock
--- The fast path, for a group of outcomes: records each like complete_activity (fenced by
--- its token), and keeps the runs' workflow tasks locked for this transaction (the DO
--- UPDATE takes the row locks, in run-id order), so the worker that holds the runs in its
--- cache runs their next workflow tasks in the same transaction. Returns the outcomes
--- recorded (the others were superseded). No NOTIFY: nobody else needs waking.
-WITH o AS (
-    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
-        AS o(run_id uuid, seq integer, token bigint, type text, data jsonb)
-), done AS (
-    DELETE FROM cairn.activity_tasks a USING o
-    WHERE a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
-    RETURNING a.run_id, a.namespace, a.seq, a.workflow_queue, o.type, o.data
-), ev AS (
-    INSERT INTO cairn.inbox (run_id, type, data)
-    SELECT run_id, type, data FROM done ORDER BY run_id, seq
-), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT DISTINCT ON (run_id) run_id, namespace, workflow_queue FROM done ORDER BY run_id
-    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
-)
-SELECT run_id, seq FROM done
+-- The fast path, for a group of outcomes (migration 0009's function): records each like
+-- complete_activity (fenced by its token), keeps the runs' workflow tasks locked for this
+-- transaction (the DO UPDATE takes the row locks, in run-id order), and returns, per run
+-- recorded, the seqs recorded and the run's state read in a new snapshot after the locks
+-- (as locked_task_state, with the history of the runs in %(replay)s). One round trip.
+-- No NOTIFY: nobody else needs waking.
+SELECT * FROM cairn.complete_activities_locked(%(outcomes)s::jsonb, %(replay)s::uuid[], %(now)s::timestamptz)
 
 -- name: locked_task_state
 -- Runs' tasks, history lengths and inboxes, read in a statement of its own *after* their
@@ -389,7 +382,12 @@ SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.q
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
        coalesce(%(now)s::timestamptz, now()) AS now,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.type, i.data) ORDER BY i.id), '[]')
-        FROM cairn.inbox i WHERE i.run_id = t.run_id) AS inbox
+        FROM cairn.inbox i WHERE i.run_id = t.run_id) AS inbox,
+       -- The whole history of the runs the caller must replay (not in its cache), saving a
+       -- read_history round trip each; NULL for the others.
+       CASE WHEN t.run_id = ANY(%(replay)s::uuid[])
+            THEN (SELECT jsonb_agg(jsonb_build_array(h.seq, h.type, h.data) ORDER BY h.seq)
+                  FROM cairn.history h WHERE h.run_id = t.run_id) END AS history
 FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
 WHERE t.run_id = ANY(%(run_ids)s::uuid[])
 ORDER BY t.run_id

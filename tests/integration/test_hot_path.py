@@ -1,0 +1,131 @@
+"""The hot path's shortcuts (ARCHITECTURE.md, "The workflow task: one transaction"): each
+saves statements, and each must keep the guarantees of the path it shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from cairn import Client, activity, workflow
+from cairn.engine.queries import q
+from cairn.errors import WorkflowTerminated
+
+
+@activity.defn
+async def bump(x: int) -> int:
+    return x + 1
+
+
+@workflow.defn
+async def one_bump(x: int) -> int:
+    return await workflow.execute_activity(bump, x, start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn
+async def bump_elsewhere(x: int) -> int:
+    return await workflow.execute_activity(bump, x, queue="acts", start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn
+async def parked(x: int) -> int:
+    await workflow.sleep(3600)
+    return x
+
+
+async def test_outcomes_of_evicted_runs_take_the_fast_path(client, start_worker, sql):
+    """cache_size=1: the runs' first tasks evict one another, and their activities'
+    outcomes are still recorded with the next workflow task in one transaction (the run
+    replayed from the history read with the task state), not through the inbox."""
+    handles = [await client.start(one_bump, i, id=f"evicted-{i}") for i in range(6)]
+    worker = await start_worker(workflows=[one_bump], activities=[bump], cache_size=1)
+    assert [await h.result(timeout=30) for h in handles] == [i + 1 for i in range(6)]
+    assert worker.stats.cache_misses >= 5
+    assert worker.stats.fast_path == 6
+    assert sql("SELECT count(*) FROM cairn.runs WHERE status = 'completed'") == [(6,)]
+    for table in ("workflow_tasks", "activity_tasks", "inbox"):
+        assert sql(f"SELECT count(*) FROM cairn.{table}") == [(0,)], table
+
+
+async def test_activity_only_worker_records_through_the_inbox(client, start_worker):
+    """A worker without the run's workflow type never runs its workflow task: the outcome
+    goes to the run's inbox and the workflow worker takes it from there."""
+    acts = await start_worker(activities=[bump], queues=["acts"])
+    await start_worker(workflows=[bump_elsewhere], queues=["flows"])
+    handle = await client.start(bump_elsewhere, 41, queue="flows")
+    assert await handle.result(timeout=30) == 42
+    assert acts.stats.fast_path == 0
+    assert acts.stats.activities_completed == 1
+
+
+async def test_kept_task_is_reported(db_url, sql):
+    """record_workflow_task keeps a task whose run got an event the task did not read, and
+    says so with its marker row (the worker then claims again instead of waiting)."""
+    async with await Client.connect(db_url) as c:
+        handle = await c.start(parked, 1, id="kept")
+    run_id = handle.run_id
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
+        claimed = await (await conn.execute(q("claim_workflow_task"), {
+            "namespace": "default", "queues": ["default"], "limit": 1, "now": None})).fetchall()
+        assert [str(r[0]) for r in claimed] == [run_id]
+        # An event the claim did not read (as if committed between its snapshot and its lock).
+        await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
+                           [run_id, Jsonb({"name": "s", "payload": None})])
+        rows = await (await conn.execute(q("record_workflow_task"), {
+            "run_id": run_id, "namespace": "default", "now": None, "inbox_ids": [],
+            "events": Jsonb([{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]),
+            "workflow_id": "kept", "workflow_type": "parked", "workflow_queue": "default",
+            "activities": Jsonb([]), "worker": "t", "lease": 5.0, "close_status": None, "failure": None,
+            "notify_queues": []})).fetchall()
+    assert [row[-1] for row in rows] == [True]
+    assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [run_id]) == [(1,)]
+
+
+async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
+    async with await Client.connect(db_url) as c:
+        handle = await c.start(parked, 1, id="not-kept")
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
+        await conn.execute(q("claim_workflow_task"), {
+            "namespace": "default", "queues": ["default"], "limit": 1, "now": None})
+        rows = await (await conn.execute(q("record_workflow_task"), {
+            "run_id": handle.run_id, "namespace": "default", "now": None, "inbox_ids": [],
+            "events": Jsonb([{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]),
+            "workflow_id": "not-kept", "workflow_type": "parked", "workflow_queue": "default",
+            "activities": Jsonb([]), "worker": "t", "lease": 5.0, "close_status": None, "failure": None,
+            "notify_queues": ["q1", "q2"]})).fetchall()
+    assert rows == []
+    assert sql("SELECT count(*) FROM cairn.workflow_tasks") == [(0,)]
+
+
+async def test_result_of_a_run_started_while_listening(client, start_worker):
+    """result() skips its first read for a run this client started while listening, and
+    still returns the outcome once the close NOTIFY arrives."""
+    await start_worker(workflows=[one_bump], activities=[bump])
+    assert await (await client.start(one_bump, 0)).result(timeout=30) == 1  # the listener is up now
+    handle = await client.start(one_bump, 10)
+    assert handle.run_id in client._watched
+    assert await handle.result(timeout=30) == 11
+    assert handle.run_id not in client._watched
+
+
+async def test_result_after_the_listener_lost_its_connection(client, db_url, sql):
+    """A close NOTIFY sent while the listener was away is never seen: the reconnect voids
+    what the client knew, and result() reads the run instead of waiting for the NOTIFY."""
+    await client._ensure_listener()
+    handle = await client.start(parked, 1, id="lost-listener")
+    assert client._known_open(handle.run_id)
+    epoch = client._listen_epoch
+    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN cairn_query_answered%'")
+    deadline = asyncio.get_running_loop().time() + 30
+    while client._listen_epoch == epoch:
+        assert asyncio.get_running_loop().time() < deadline, "the listener never noticed"
+        await asyncio.sleep(0.01)
+    assert not client._known_open(handle.run_id)
+    async with await Client.connect(db_url) as other:
+        await other.get_handle("lost-listener").terminate("test")
+    with pytest.raises(WorkflowTerminated):
+        await handle.result(timeout=60)
