@@ -153,7 +153,7 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- history primary key rejects a writer whose view was stale), deletes the task, closes the
 -- run if the code finished, and inserts the activity tasks it scheduled. Activities marked eager are leased to this
 -- worker at once (eager dispatch: it runs them after commit, with no claim round trip) and
--- returned; the others wait for a claim (see notify_activity_queues).
+-- returned; the others wait for a claim, their queues woken by the NOTIFY of %(notify_queues)s.
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), consumed AS (
