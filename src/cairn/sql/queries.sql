@@ -253,8 +253,15 @@ WITH closed AS (
 SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed
 
 -- name: finish_workflow_task
--- The task is done: delete it (queue rows do not linger).
-DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+-- The task is done: delete it (queue rows do not linger). For a closed run, also its inbox:
+-- a writer that saw the run open (signal_run's snapshot), then waited on the task row's lock
+-- while the run closed, re-created the task and left an event nobody will read.
+WITH done AS (
+    DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+)
+DELETE FROM cairn.inbox
+WHERE run_id = %(run_id)s
+  AND EXISTS (SELECT 1 FROM cairn.runs WHERE run_id = %(run_id)s AND status <> 'running')
 
 -- name: fail_workflow_task
 -- The workflow code failed (a bug, or non-determinism): keep the task, back it off and
