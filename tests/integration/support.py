@@ -68,3 +68,29 @@ async def running_worker(url: str, **kwargs: Any) -> AsyncIterator[Worker]:
     kwargs.setdefault("lease_seconds", 5.0)
     async with Worker(url, **kwargs) as worker:
         yield worker
+
+
+# ---------------------------------------------------------------- the CLI in-process
+
+
+def cairn(db_url: str, *args: str) -> Any:
+    """Runs ``cairn --database-url DB_URL ARGS`` through click's runner."""
+    from click.testing import CliRunner
+
+    from cairn.cli import main
+
+    return CliRunner().invoke(main, ["--database-url", db_url, *args])
+
+
+def ok(ran: Any) -> str:
+    """Asserts a CLI run succeeded; returns its stdout."""
+    assert ran.exit_code == 0, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
+    return str(ran.stdout)
+
+
+def bad_input(ran: Any, *fragments: str) -> None:
+    """Asserts a CLI run was refused as bad input (exit 2, a message, no traceback)."""
+    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
+    assert "Traceback" not in ran.stderr
+    for fragment in fragments:
+        assert fragment in ran.stderr, ran.stderr

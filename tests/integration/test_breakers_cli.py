@@ -6,27 +6,11 @@ import asyncio
 import json
 
 import psycopg
-from click.testing import CliRunner
 
 from cairn import breakers
 from cairn.breakers import BreakerConfig
-from cairn.cli import main
 
-
-def cairn(db_url: str, *args: str):
-    return CliRunner().invoke(main, ["--database-url", db_url, *args])
-
-
-def ok(ran) -> str:
-    assert ran.exit_code == 0, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
-    return ran.stdout
-
-
-def bad_input(ran, *fragments: str) -> None:
-    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
-    assert "Traceback" not in ran.stderr
-    for fragment in fragments:
-        assert fragment in ran.stderr, ran.stderr
+from .support import bad_input, cairn, ok
 
 
 def make_breaker(db_url: str, name: str, failures: int) -> None:

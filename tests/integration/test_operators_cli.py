@@ -7,29 +7,10 @@ import asyncio
 import contextlib
 import json
 
-from click.testing import CliRunner
-
 from cairn import Client, WorkflowFailure
-from cairn.cli import main
 
-from .support import events, running_worker
+from .support import bad_input, cairn, events, ok, running_worker
 from .test_reset_retry import _charge_broken, charge, order, prepare, task_before
-
-
-def cairn(db_url: str, *args: str):
-    return CliRunner().invoke(main, ["--database-url", db_url, *args])
-
-
-def ok(ran) -> str:
-    assert ran.exit_code == 0, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
-    return ran.stdout
-
-
-def bad_input(ran, *fragments: str) -> None:
-    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout: {ran.stdout}\nstderr: {ran.stderr}"
-    assert "Traceback" not in ran.stderr
-    for fragment in fragments:
-        assert fragment in ran.stderr, ran.stderr
 
 
 def drive(db_url: str, workflow_id: str) -> str:
