@@ -3,7 +3,7 @@
 Starts a private Postgres (bench/pgcluster.py), measures the pgbench ceiling, runs every
 system's runner (protocol in bench/README.md) on every workload with a fresh database per
 run, and prints one table and the ratios; writes bench/results/<timestamp>.json (and, for
-full runs, bench/latest.json and the table in bench/README.md).
+complete full runs or with --latest, bench/latest.json and the table in bench/README.md).
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ def main() -> int:
     ap.add_argument("--ceiling-seconds", type=int, default=None, help="pgbench duration per client count")
     ap.add_argument("--timeout", type=float, default=600, help="per runner invocation, seconds")
     ap.add_argument("--no-latest", action="store_true", help="do not update bench/latest.json and bench/README.md")
-    ap.add_argument("--latest", action="store_true", help="update bench/latest.json and README even for --quick")
+    ap.add_argument("--latest", action="store_true", help="update bench/latest.json and README even for a quick or partial run")
     a = ap.parse_args()
 
     quick = a.quick
@@ -635,7 +635,10 @@ def main() -> int:
     out_path = results_dir / f"{stamp}.json"
     out_path.write_text(json.dumps(doc, indent=1, default=str))
     say(f"\nwrote {out_path.relative_to(ROOT)} (took {(time.time() - t_begin) / 60:.1f} min)")
-    if (not quick or a.latest) and not a.no_latest:
+    # Only a complete full run (every system, workload and extra) replaces the published
+    # table; a partial or quick run does so only when asked (--latest).
+    complete = not quick and not a.systems and not a.workloads and a.extras is None and not a.size
+    if (complete or a.latest) and not a.no_latest:
         shutil.copy(out_path, BENCH / "latest.json")
         update_readme(doc, rows, ratio_rows, extra_lines, ceiling)
         say("updated bench/latest.json and the table in bench/README.md")
