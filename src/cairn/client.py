@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -39,10 +39,12 @@ from cairn.errors import (
     WorkflowTimedOutError,
     WorkflowTimeout,
 )
-from cairn.llm.follow import StreamChunk, follow, llm_calls, llm_totals
 from cairn.saga import describe_sagas
 from cairn.visibility import check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
+
+if TYPE_CHECKING:
+    from cairn.llm.follow import StreamChunk
 
 IdConflictPolicy = Literal["fail", "use_existing"]
 # synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
@@ -580,6 +582,9 @@ class WorkflowHandle(HandleMessages):
             saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
             vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
             links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
+            # Imported here: cairn.llm loads httpx and the providers (~100 ms per process).
+            from cairn.llm.follow import llm_calls, llm_totals
+
             llm = llm_calls(await (await cur.execute(q("llm_completions"), params)).fetchall())
         parent = None
         if links.get("parent_run_id") is not None:
@@ -614,6 +619,8 @@ class WorkflowHandle(HandleMessages):
         restart)``. A retried attempt starts over with a ``restart`` chunk (its text is never
         appended to the failed attempt's). Ends when the run closes, or when the activity
         ``activity_seq`` (if given) has its outcome recorded."""
+        from cairn.llm.follow import StreamChunk, follow
+
         async for item in follow(self, activity_seq=activity_seq, events=False):
             if isinstance(item, StreamChunk):
                 yield item

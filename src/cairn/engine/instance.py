@@ -502,7 +502,7 @@ class WorkflowInstance:
             return
         self.closed = True  # further commands raise inside the unwinding code, not here
         self.replaying = True
-        for task in asyncio.all_tasks(self.loop):
+        for task in self.loop.tasks():
             task.cancel()
         with contextlib.suppress(BaseException):
             self.loop.run_until_blocked()

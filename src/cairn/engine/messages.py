@@ -197,7 +197,7 @@ class Messages:
                               f"(known: {known})", type="UnknownQuery")
         loop = self._instance.loop
         ready = len(loop._ready)
-        tasks = asyncio.all_tasks(loop)
+        tasks = loop.tasks()
         previous = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(loop)
         token = _IN_WORKFLOW.set(True)
@@ -213,7 +213,7 @@ class Messages:
             scheduled = len(loop._ready) - ready
             for _ in range(max(scheduled, 0)):
                 loop._ready.pop().cancel()
-            for task in asyncio.all_tasks(loop) - tasks:
+            for task in loop.tasks() - tasks:
                 coro = task.get_coro()
                 if inspect.iscoroutine(coro):
                     coro.close()  # never started: close it, or its garbage collection warns
