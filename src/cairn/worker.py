@@ -89,6 +89,25 @@ class _Running:
 
 
 @dataclass
+class _Prepared:
+    """A workflow task whose code has run, waiting to be recorded with its batch."""
+
+    task: dict[str, Any]
+    inst: WorkflowInstance
+    events: list[Event]
+    inbox_ids: list[int]
+    family: bool  # the run closes and has a parent or children (see cairn._lifecycle)
+    began: float
+    began_ns: int
+    span: Span | None = None
+
+    def wait_cancels(self) -> list[int]:
+        """Activities cancelled with wait_cancellation_completed by this task."""
+        return [ev.data["activity_seq"] for ev in self.events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
+                and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
+
+
+@dataclass
 class WorkerStats:
     """Counters, for tests and progress output."""
 
@@ -479,8 +498,7 @@ class Worker(_QueryAnswering):
                     tasks = await cur.fetchall()
                     if not tasks:
                         return False
-                    for task in tasks:
-                        eager += await self._workflow_task(conn, task)
+                    eager = await self._workflow_tasks(conn, tasks)
                 _count_runs(tasks)  # committed
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 self._abandon(tasks, eager)
@@ -528,23 +546,34 @@ class Worker(_QueryAnswering):
             self._evict(str(task["run_id"]))
         self._reserved = max(0, self._reserved - len(eager))
 
-    async def _workflow_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> list[dict[str, Any]]:
-        """Runs one claimed (locked) workflow task inside the caller's transaction.
+    async def _workflow_tasks(self, conn: psycopg.AsyncConnection[Any],
+                              tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Runs claimed (locked) workflow tasks inside the caller's transaction: each task's
+        code, then one statement recording them all (:meth:`_record_batch`).
 
-        Returns the activity attempts it leased to this worker (eager dispatch), to be
+        Returns the activity attempts they leased to this worker (eager dispatch), to be
         started once the transaction has committed.
         """
+        prepared = []
+        for task in tasks:
+            p = await self._prepare(conn, task)
+            if p is not None:
+                prepared.append(p)
+        return await self._record_batch(conn, prepared)
+
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> _Prepared | None:
+        """Runs one task's workflow code (from the cache, or replayed); None if nothing is
+        left to record for it (the run is closed, the task failed, or it closed without code)."""
         run_id = str(task["run_id"])
-        params: dict[str, Any] = {"run_id": run_id, "now": None}
         if task["status"] != "running":
-            await conn.execute(q("finish_workflow_task"), params)
-            return []
+            await conn.execute(q("finish_workflow_task"), {"run_id": run_id, "now": None})
+            return None
         inbox = [tuple(item) for item in task["inbox"]]  # read with the task state
         last_seq = int(task["last_seq"])
         closing = _lifecycle.closing_input(inbox)
         if closing is not None:  # terminated by its parent's close, or timed out: no code runs
             await self._close_without_code(conn, task, [r[0] for r in inbox], closing)
-            return []
+            return None
         now: datetime = task["now"]
         began, began_ns = time.monotonic(), time.time_ns()  # the span starts here, once its parent is known
         inst: WorkflowInstance | None = None
@@ -570,31 +599,15 @@ class Worker(_QueryAnswering):
             _telemetry.workflow_task_duration.record(time.monotonic() - began, {
                 "workflow_type": task["workflow_type"], "outcome": "failed"})
             await self._fail_task(conn, task, exc)
-            return []
+            return None
         events = [marker, *inputs, *(c.as_event() for c in commands)]
         too_long = limits.check_history_length(events, task["workflow_id"], run_id)
         if too_long is not None:  # fail the task (history untouched) with continue-as-new advice
             self._evict(run_id)
             await self._fail_task(conn, task, too_long)
-            return []
+            return None
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
-        # Current while recording: activities and child runs started here carry its context.
-        with trace.use_span(_task_span(task, inst.trace, began_ns), end_on_exit=True) if _telemetry.tracing() \
-                else contextlib.nullcontext():
-            eager = await self._record(conn, task, events, [r[0] for r in inbox], family=family)
-        _telemetry.workflow_task_duration.record(time.monotonic() - began, {
-            "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
-        task["_metrics"] = ("started" if task.get("started") is not None else None,
-                            inst.info.workflow_type, _closing_status(events))
-        self.stats.workflow_tasks += 1
-        if inst.closed:
-            self._evict(run_id)
-        else:
-            self._cache[run_id] = inst
-            while len(self._cache) > self.cache_size:
-                _, old = self._cache.popitem(last=False)
-                old.dispose()
-        return eager
+        return _Prepared(task, inst, events, [r[0] for r in inbox], family, began, began_ns)
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -620,30 +633,93 @@ class Worker(_QueryAnswering):
         except Exception as exc:  # NonDeterminismError and friends
             raise WorkflowTaskFailed(exc) from exc
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
-                      events: list[Event], inbox_ids: list[int], *, family: bool = False) -> list[dict[str, Any]]:
-        """Writes one workflow task's outcome, in the task's transaction.
+    async def _record_batch(self, conn: psycopg.AsyncConnection[Any],
+                            batch: list[_Prepared]) -> list[dict[str, Any]]:
+        """Writes the outcomes of prepared workflow tasks, in their transaction: one
+        ``record_workflow_tasks`` statement for the batch, then what few tasks need besides
+        (timers, cancels, search attributes, child runs: a statement each, when present).
 
         Activities this worker can run, up to its free slots, are leased to it in the same
-        statement (eager dispatch); their rows are returned. ``family``: the run closes and
-        has a parent or children, who must hear of it (see cairn._lifecycle).
+        statement (eager dispatch); their rows are returned.
         """
-        run_id = str(task["run_id"])
-        base = {"run_id": run_id, "now": None}
-        activities, timers, cancel_timers, cancel_acts = [], [], [], []
-        # wait_cancellation_completed: never leased eagerly (the cancel would have to wait
-        # for a lease renewal), cancelled by request_activity_cancels below.
-        wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
-                        and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
-        close: tuple[str, Any] | None = None
-        upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
+        if not batch:
+            return []
         # Attempts whose outcomes this transaction records (the fast path's group) give back
         # their slots when it commits, just before the eager attempts start: count them as
         # free, or under load every slot is held by an attempt waiting for its own group and
         # nothing is ever leased eagerly (each step then costs a NOTIFY and a claim).
         free = 0 if self._stopping.is_set() else \
             self.activity_concurrency - len(self._activity_tasks) - self._reserved + self._finishing
-        carrier = _telemetry.trace_carrier()  # this task's span (see _workflow_task)
+        tracing = _telemetry.tracing()
+        entries: list[dict[str, Any]] = []
+        inbox_ids: list[int] = []
+        notify: set[str] = set()
+        for p in batch:
+            if tracing:  # current while recording: activities and child runs carry its context
+                p.span = _task_span(p.task, p.inst.trace, p.began_ns)
+                with trace.use_span(p.span):
+                    carrier = _telemetry.trace_carrier()
+            else:
+                carrier = {}
+            entry, free = self._entry(p, carrier, free)
+            entries.append(entry)
+            inbox_ids += p.inbox_ids
+            if entry["close_status"] is None:
+                notify.update(a["queue"] for a in entry["activities"] if not a["eager"])
+        try:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("record_workflow_tasks"), {
+                "now": None, "namespace": self.namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
+                "worker": self.identity, "lease": self.lease_seconds, "notify_queues": sorted(notify)})
+            rows = await cur.fetchall()
+        except BaseException as exc:
+            for p in batch:
+                if p.span is not None:
+                    p.span.set_status(StatusCode.ERROR, str(exc))
+                    p.span.end()
+            raise
+        leased: list[dict[str, Any]] = []
+        kept: set[str] = set()
+        for row in rows:
+            if row["kept"]:  # an event arrived that this task did not see
+                kept.add(str(row["run_id"]))
+            else:
+                leased.append(row)
+        self._reserved += len(leased)
+        try:
+            for p in batch:
+                task, inst = p.task, p.inst
+                run_id = str(task["run_id"])
+                if run_id in kept:
+                    task["_kept"] = True
+                with trace.use_span(p.span, end_on_exit=True) if p.span is not None else contextlib.nullcontext():
+                    await self._record_extras(conn, p)
+                _telemetry.workflow_task_duration.record(time.monotonic() - p.began, {
+                    "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
+                task["_metrics"] = ("started" if task.get("started") is not None else None,
+                                    inst.info.workflow_type, _closing_status(p.events))
+                self.stats.workflow_tasks += 1
+                if inst.closed:
+                    self._evict(run_id)
+                else:
+                    self._cache[run_id] = inst
+                    while len(self._cache) > self.cache_size:
+                        _, old = self._cache.popitem(last=False)
+                        old.dispose()
+        except BaseException:
+            self._reserved -= len(leased)  # the caller abandons the batch: its leases were never returned
+            raise
+        return leased
+
+    def _entry(self, p: _Prepared, carrier: dict[str, str], free: int) -> tuple[dict[str, Any], int]:
+        """One task's part of ``record_workflow_tasks``, and the free slots left after the
+        activities it leases eagerly."""
+        task, events = p.task, p.events
+        activities = []
+        close: tuple[str, Any] | None = None
+        # wait_cancellation_completed: never leased eagerly (the cancel would have to wait
+        # for a lease renewal), cancelled by request_activity_cancels (_record_extras).
+        wait_cancels = p.wait_cancels()
         for ev in events:
             if ev.type == h.ACTIVITY_SCHEDULED:
                 mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities \
@@ -653,7 +729,30 @@ class Worker(_QueryAnswering):
                 if carrier:  # in the row's options only, not in history
                     activity["options"] = {**(ev.data.get("options") or {}), "trace": carrier}
                 activities.append(activity)
-            elif ev.type == h.TIMER_STARTED:
+            elif ev.type in h.TERMINAL_EVENTS:
+                failure = ev.data.get("failure")
+                if ev.type == h.WORKFLOW_FAILED and failure:
+                    failure = {"type": failure.get("type"), "message": failure.get("message")}
+                close = (h.TERMINAL_EVENTS[ev.type], failure)
+        return {
+            "run_id": str(task["run_id"]),
+            "events": [{"seq": e.seq, "type": e.type, "data": e.data} for e in events],
+            "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
+            "workflow_queue": task["queue"], "activities": activities if close is None else [],
+            "close_status": close[0] if close else None,
+            "failure": close[1] if close and close[1] else None,
+        }, free
+
+    async def _record_extras(self, conn: psycopg.AsyncConnection[Any], p: _Prepared) -> None:
+        """What a recorded task needs besides ``record_workflow_tasks`` (most need nothing)."""
+        task, events = p.task, p.events
+        base = {"run_id": str(task["run_id"]), "now": None}
+        timers, cancel_timers, cancel_acts = [], [], []
+        upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
+        closed = False
+        wait_cancels = p.wait_cancels()
+        for ev in events:
+            if ev.type == h.TIMER_STARTED:
                 timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
             elif ev.type == h.TIMER_CANCELLED:
                 cancel_timers.append(ev.data["timer_seq"])
@@ -662,32 +761,12 @@ class Worker(_QueryAnswering):
             elif ev.type == h.UPSERT_SEARCH_ATTRIBUTES:
                 upserts.update(ev.data["search_attributes"])
             elif ev.type in h.TERMINAL_EVENTS:
-                failure = ev.data.get("failure")
-                if ev.type == h.WORKFLOW_FAILED and failure:
-                    failure = {"type": failure.get("type"), "message": failure.get("message")}
-                close = (h.TERMINAL_EVENTS[ev.type], failure)
-        waiting_queues = sorted({a["queue"] for a in activities if not a["eager"]})
-        # One statement for the common part (no pipeline: psycopg's async pipeline mode
-        # busy-polls the socket, which cost more CPU per step than the round trips it saves).
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(q("record_workflow_task"), {
-            **base, "namespace": self.namespace, "inbox_ids": inbox_ids,
-            "events": Jsonb([{"seq": e.seq, "type": e.type, "data": e.data} for e in events]),
-            "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
-            "workflow_queue": task["queue"], "activities": Jsonb(activities if close is None else []),
-            "worker": self.identity, "lease": self.lease_seconds,
-            "close_status": close[0] if close else None,
-            "failure": Jsonb(close[1]) if close and close[1] else None,
-            "notify_queues": waiting_queues if close is None else []})
-        leased = await cur.fetchall()
-        if leased and leased[-1]["kept"]:  # an event arrived that this task did not see
-            leased.pop()
-            task["_kept"] = True
+                closed = True
         if upserts:
             await conn.execute(q("upsert_search_attributes"), {
                 **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
                 "remove": [k for k, v in upserts.items() if v is None]})
-        if close is None:
+        if not closed:
             if timers:
                 await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
                                                        "timers": Jsonb(timers)})
@@ -697,9 +776,7 @@ class Worker(_QueryAnswering):
                 await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
             if wait_cancels:
                 await conn.execute(q("request_activity_cancels"), {**base, "seqs": wait_cancels})
-        await _lifecycle.record_commands(conn, task, self.namespace, events, family)
-        self._reserved += len(leased)
-        return leased
+        await _lifecycle.record_commands(conn, task, self.namespace, events, p.family)
 
     async def _close_without_code(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
                                   inbox_ids: list[int], closing: tuple[str, str, dict[str, Any], dict[str, Any]],
@@ -710,13 +787,12 @@ class Worker(_QueryAnswering):
         etype, status, data, failure = closing
         self._evict(run_id)
         event = {"seq": int(task["last_seq"]) + 1, "type": etype, "data": data}
-        await conn.execute(q("record_workflow_task"), {
-            "run_id": run_id, "namespace": self.namespace, "now": None, "inbox_ids": inbox_ids,
-            "events": Jsonb([event]),
-            "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
-            "workflow_queue": task["queue"], "activities": Jsonb([]), "worker": self.identity,
-            "lease": self.lease_seconds, "close_status": status, "failure": Jsonb(failure),
-            "notify_queues": []})
+        await conn.execute(q("record_workflow_tasks"), {
+            "now": None, "namespace": self.namespace, "inbox_ids": inbox_ids, "worker": self.identity,
+            "lease": self.lease_seconds, "notify_queues": [], "tasks": Jsonb([{
+                "run_id": run_id, "events": [event], "workflow_id": task["workflow_id"],
+                "workflow_type": task["workflow_type"], "workflow_queue": task["queue"], "activities": [],
+                "close_status": status, "failure": failure}])})
         await _lifecycle.close_family(conn, run_id, etype, data, status)
         task["_metrics"] = ("started" if task.get("started") is not None else None, task["workflow_type"], status)
         self.stats.workflow_tasks += 1
@@ -1034,10 +1110,9 @@ class Worker(_QueryAnswering):
                         "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})})
                     tasks = await cur.fetchall()
                     recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
-                    for task in tasks:
-                        if task["failures"] and task["available_at"] > task["now"]:
-                            continue  # its code is failing: the task runs when its backoff ends
-                        eager += await self._workflow_task(conn, task)
+                    # A task whose code is failing runs when its backoff ends.
+                    eager = await self._workflow_tasks(conn, [
+                        t for t in tasks if not (t["failures"] and t["available_at"] > t["now"])])
                 _count_runs(tasks)  # committed
             except psycopg.Error:
                 self._abandon(tasks, eager)

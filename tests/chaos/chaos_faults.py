@@ -33,7 +33,7 @@ ENV = "CAIRN_CHAOS_AMBIGUOUS"  # JSON: {"statements": [...], "before": p, "after
 
 # The statements the issue names: start, claim, complete, append.
 WORKER_STATEMENTS = ("claim_workflow_task", "claim_activity_tasks", "complete_activity",
-                     "complete_activities_and_lock", "record_workflow_task")
+                     "complete_activities_and_lock", "record_workflow_tasks")
 CLIENT_STATEMENTS = ("start_workflow",)
 
 

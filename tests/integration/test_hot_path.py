@@ -62,7 +62,7 @@ async def test_activity_only_worker_records_through_the_inbox(client, start_work
 
 
 async def test_kept_task_is_reported(db_url, sql):
-    """record_workflow_task keeps a task whose run got an event the task did not read, and
+    """record_workflow_tasks keeps a task whose run got an event the task did not read, and
     says so with its marker row (the worker then claims again instead of waiting)."""
     async with await Client.connect(db_url) as c:
         handle = await c.start(parked, 1, id="kept")
@@ -74,13 +74,13 @@ async def test_kept_task_is_reported(db_url, sql):
         # An event the claim did not read (as if committed between its snapshot and its lock).
         await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
                            [run_id, Jsonb({"name": "s", "payload": None})])
-        rows = await (await conn.execute(q("record_workflow_task"), {
-            "run_id": run_id, "namespace": "default", "now": None, "inbox_ids": [],
-            "events": Jsonb([{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]),
-            "workflow_id": "kept", "workflow_type": "parked", "workflow_queue": "default",
-            "activities": Jsonb([]), "worker": "t", "lease": 5.0, "close_status": None, "failure": None,
-            "notify_queues": []})).fetchall()
-    assert [row[-1] for row in rows] == [True]
+        rows = await (await conn.execute(q("record_workflow_tasks"), {
+            "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
+            "notify_queues": [], "tasks": Jsonb([{
+                "run_id": run_id, "workflow_id": "kept", "workflow_type": "parked", "workflow_queue": "default",
+                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}],
+                "activities": []}])})).fetchall()
+    assert [(str(row[0]), row[-1]) for row in rows] == [(run_id, True)]
     assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [run_id]) == [(1,)]
 
 
@@ -90,12 +90,13 @@ async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
         await conn.execute(q("claim_workflow_task"), {
             "namespace": "default", "queues": ["default"], "limit": 1, "now": None})
-        rows = await (await conn.execute(q("record_workflow_task"), {
-            "run_id": handle.run_id, "namespace": "default", "now": None, "inbox_ids": [],
-            "events": Jsonb([{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]),
-            "workflow_id": "not-kept", "workflow_type": "parked", "workflow_queue": "default",
-            "activities": Jsonb([]), "worker": "t", "lease": 5.0, "close_status": None, "failure": None,
-            "notify_queues": ["q1", "q2"]})).fetchall()
+        rows = await (await conn.execute(q("record_workflow_tasks"), {
+            "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
+            "notify_queues": ["q1", "q2"], "tasks": Jsonb([{
+                "run_id": handle.run_id, "workflow_id": "not-kept", "workflow_type": "parked",
+                "workflow_queue": "default", "activities": [],
+                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])}
+        )).fetchall()
     assert rows == []
     assert sql("SELECT count(*) FROM cairn.workflow_tasks") == [(0,)]
 

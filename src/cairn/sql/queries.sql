@@ -147,32 +147,40 @@ INSERT INTO cairn.history (run_id, seq, type, data, at)
 SELECT %(run_id)s, e.seq, e.type, e.data, coalesce(%(now)s::timestamptz, now())
 FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb)
 
--- name: record_workflow_task
--- Writes a workflow task's outcome in one statement: consumes the inbox events it moved
--- (by exact ids: rows committed meanwhile stay for the next task), appends the batch (the
--- history primary key rejects a writer whose view was stale), deletes the task, closes the
--- run if the code finished, and inserts the activity tasks it scheduled. Activities marked eager are leased to this
--- worker at once (eager dispatch: it runs them after commit, with no claim round trip) and
--- returned; the others wait for a claim, their queues woken by the NOTIFY of %(notify_queues)s.
+-- name: record_workflow_tasks
+-- Writes the outcomes of a batch of workflow tasks (%(tasks)s: one object per run, see
+-- Worker._record_batch) in one statement: consumes the inbox events they moved (by exact
+-- ids, %(inbox_ids)s: rows committed meanwhile stay for the next task), appends their
+-- events (the history primary key rejects a writer whose view was stale), deletes their
+-- task rows, closes the runs whose code finished, and inserts the activity tasks they
+-- scheduled. Activities marked eager are leased to this worker at once (eager dispatch: it
+-- runs them after commit, with no claim round trip) and returned; the others wait for a
+-- claim, their queues woken by the NOTIFY of %(notify_queues)s. One statement per batch,
+-- not per task: a statement costs both sides more CPU than the rows it writes.
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), t AS (
+    SELECT * FROM jsonb_to_recordset(%(tasks)s::jsonb)
+        AS t(run_id uuid, events jsonb, workflow_id text, workflow_type text, workflow_queue text,
+             activities jsonb, close_status text, failure jsonb)
 ), consumed AS (
     DELETE FROM cairn.inbox WHERE id = ANY(%(inbox_ids)s::bigint[])
 ), appended AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
-    SELECT %(run_id)s, e.seq, e.type, e.data, c.now
-    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jsonb), c
+    SELECT t.run_id, e.seq, e.type, e.data, c.now
+    FROM t, jsonb_to_recordset(t.events) AS e(seq integer, type text, data jsonb), c
 ), finished AS (
-    -- Keep the task if an event arrived that this task did not see (see claim_workflow_task).
-    DELETE FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
-      AND (%(close_status)s::text IS NOT NULL OR NOT EXISTS (
-          SELECT 1 FROM cairn.inbox i WHERE i.run_id = %(run_id)s AND i.id <> ALL(%(inbox_ids)s::bigint[])))
-    RETURNING run_id
+    -- Keep a task if an event arrived that it did not see (see claim_workflow_task).
+    DELETE FROM cairn.workflow_tasks w USING t
+    WHERE w.run_id = t.run_id
+      AND (t.close_status IS NOT NULL OR NOT EXISTS (
+          SELECT 1 FROM cairn.inbox i WHERE i.run_id = t.run_id AND i.id <> ALL(%(inbox_ids)s::bigint[])))
+    RETURNING w.run_id
 ), closed AS (
     -- A closing task closes the run and drops what is still queued for it.
-    UPDATE cairn.runs SET status = %(close_status)s, closed_at = c.now, failure = %(failure)s
-    FROM c WHERE run_id = %(run_id)s AND status = 'running' AND %(close_status)s::text IS NOT NULL
-    RETURNING run_id
+    UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
+    FROM t, c WHERE r.run_id = t.run_id AND r.status = 'running' AND t.close_status IS NOT NULL
+    RETURNING r.run_id
 ), dropped_activities AS (
     DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
 ), dropped_timers AS (
@@ -189,7 +197,7 @@ WITH c AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
         attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
-    SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
+    SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
            a.activity_type, a.queue, a.input, a.options, c.now, c.now,
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
            CASE WHEN a.eager THEN 1 ELSE 0 END,
@@ -201,8 +209,9 @@ WITH c AS (
                 THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
            CASE WHEN a.eager
                 THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
-    FROM jsonb_to_recordset(%(activities)s::jsonb)
+    FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c
+    WHERE t.close_status IS NULL
     RETURNING *
 )
 SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.activity_type, s.queue, s.input,
@@ -212,10 +221,10 @@ FROM scheduled s
 -- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
 WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND s.lease_owner IS NOT NULL
 UNION ALL
--- One marker row (kept = true) when the task was kept for an event it did not see: the
--- worker claims again after commit instead of waiting for the fallback poll.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
-WHERE NOT EXISTS (SELECT 1 FROM finished)
+-- One marker row (kept = true) per task kept for an event it did not see: the worker
+-- claims again after commit instead of waiting for the fallback poll.
+SELECT t.run_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+FROM t WHERE NOT EXISTS (SELECT 1 FROM finished f WHERE f.run_id = t.run_id)
 
 -- name: start_timers
 -- Inserts durable timers for TimerStarted commands and wakes the timer pumps.
