@@ -532,8 +532,13 @@ def time_claims_pair(base_dsn: str, main_dsn: str, queue: str, iterations: int, 
     rolls back, so every iteration sees the same ready rows."""
     from cairn.engine.queries import q
 
+    from cairn.worker import WORKER_CONNECTION_OPTIONS
+
     out: dict[str, Any] = {}
-    with psycopg.connect(base_dsn) as cb, psycopg.connect(main_dsn) as cm:
+    # The worker's session settings (generic plans for prepared statements): the timed loop
+    # prepares each statement after its fifth execution, as a worker's connection does.
+    with psycopg.connect(base_dsn, options=WORKER_CONNECTION_OPTIONS) as cb, \
+            psycopg.connect(main_dsn, options=WORKER_CONNECTION_OPTIONS) as cm:
         for name in CLAIMS:
             sql = q(name)
             params = {**claim_params(sql, name), "queues": [queue]}
