@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -269,11 +270,9 @@ class Worker(_QueryAnswering):
         poll_interval: float = POLL_INTERVAL_SECONDS,
         module: str | None = None,
     ) -> None:
-        from cairn.llm.chat import builtin_activities  # the LLM chat activity, if providers are configured
-
         self.workflows: dict[str, WorkflowDefinition] = _definitions(workflows, "__cairn_workflow__")
         self.activities: dict[str, ActivityDefinition] = _definitions(
-            [*activities, *builtin_activities()], "__cairn_activity__")
+            [*activities, *_builtin_activities()], "__cairn_activity__")
         if not self.workflows and not self.activities:
             raise ConfigurationError("a worker needs at least one workflow or activity")
         self.queues = list(dict.fromkeys(queues))
@@ -1300,6 +1299,17 @@ class Worker(_QueryAnswering):
                                          {"type": kind, "message": msg, "details": None}, False, extra,
                                          conn=c, now=now)
         return len(rows)
+
+
+def _builtin_activities() -> list[Any]:
+    """The LLM chat activity, if providers are configured. Providers are configured through
+    ``cairn.llm`` (then already imported) or ``CAIRN_LLM_PROVIDERS``: otherwise there are none,
+    and the LLM layer (httpx, ~80 ms) is not imported at all."""
+    if "cairn.llm.providers" not in sys.modules and not os.environ.get("CAIRN_LLM_PROVIDERS"):
+        return []
+    from cairn.llm.chat import builtin_activities
+
+    return builtin_activities()
 
 
 def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:
