@@ -2,7 +2,7 @@
 execution timeouts, and what a run's close means for its parent and its children.
 
 Everything here runs inside the transaction of the run's workflow task (or of the
-operator's terminate), next to ``record_workflow_task``; see ARCHITECTURE.md, "Run
+operator's terminate), next to ``record_workflow_tasks``; see ARCHITECTURE.md, "Run
 lifecycle".
 """
 
@@ -122,7 +122,7 @@ async def close_family(conn: psycopg.AsyncConnection[Any], run_id: str, close_ty
 
 async def record_commands(conn: psycopg.AsyncConnection[Any], task: dict[str, Any], namespace: str,
                           events: list[Event], family: bool) -> None:
-    """The lifecycle part of recording a workflow task, after ``record_workflow_task``:
+    """The lifecycle part of recording a workflow task, after ``record_workflow_tasks``:
     starts child runs (and tells the parent, through its own inbox, whether each started),
     forwards child cancel requests, starts the next run of a continue-as-new, and — if the
     run closed and has a parent or children — runs :func:`close_family`."""

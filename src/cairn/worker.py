@@ -487,7 +487,7 @@ class Worker(_QueryAnswering):
 
         A short batch means the claim saw no more ready tasks: claiming again at once would
         come back empty (two wasted round trips per task on an idle worker). Tasks that
-        become ready later send a NOTIFY; a task that this batch kept (record_workflow_task
+        become ready later send a NOTIFY; a task that this batch kept (record_workflow_tasks
         found an event newer than the claim's snapshot) is claimed again right away.
         """
         assert self._pool is not None

@@ -103,7 +103,7 @@ ORDER BY k LIMIT 1
 -- The lock is the claim: it ends with the transaction or with a dead worker's connection.
 -- Also returns the run's inbox and, for a new run, its WorkflowStarted data, saving round
 -- trips. The inbox is read with this statement's snapshot, which may predate an event
--- committed just before the lock was taken: record_workflow_task keeps the task in that
+-- committed just before the lock was taken: record_workflow_tasks keeps the task in that
 -- case, so nothing is stranded.
 WITH claimed AS (
     -- Only workflow_tasks here, so the claim is an index scan of workflow_tasks_ready
@@ -605,10 +605,10 @@ SELECT pg_notify('cairn_query_answered', id::text) AS notified FROM answered
 
 -- name: request_activity_cancels
 -- Cancellation type wait_cancellation_completed, run by the workflow task that recorded the
--- ActivityCancelRequested commands (after record_workflow_task, so an activity scheduled
+-- ActivityCancelRequested commands (after record_workflow_tasks, so an activity scheduled
 -- in the same task is there). An attempt not started (no lease: never claimed, or waiting
 -- out a retry backoff) is cancelled at once: its row goes and an ActivityCancelled event
--- lands in the run's own inbox, with the run's task re-created (record_workflow_task
+-- lands in the run's own inbox, with the run's task re-created (record_workflow_tasks
 -- deleted it in this transaction; DO UPDATE as in signal_run). A running attempt's row is
 -- flagged; the attempt learns it at its next lease renewal and records ActivityCancelled
 -- (or its outcome) itself.
