@@ -16,10 +16,10 @@ def queries() -> dict[str, str]:
     parts = _HEADER.split(text)
     out: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = body.strip().splitlines()
-        # The first comment lines describe the query; the statement follows.
-        while lines and lines[0].startswith("--"):
-            lines.pop(0)
+        # Whole-line comments (the description first, notes within) stay in the file: the
+        # statement sent is shorter, and psycopg caches the parsing of a statement only up
+        # to 4,096 bytes (record_workflow_tasks, with its comments, was parsed at every call).
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
         statement = "\n".join(lines).strip()
         if name in out:
             raise RuntimeError(f"queries.sql names {name!r} twice")
