@@ -531,7 +531,6 @@ def time_claims_pair(base_dsn: str, main_dsn: str, queue: str, iterations: int, 
     blocks, so the machine's drift hits both alike. Each execution runs in a transaction that
     rolls back, so every iteration sees the same ready rows."""
     from cairn.engine.queries import q
-
     from cairn.worker import WORKER_CONNECTION_OPTIONS
 
     out: dict[str, Any] = {}
