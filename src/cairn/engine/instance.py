@@ -246,8 +246,10 @@ class WorkflowInstance:
         self.replaying = False
         # Seeded from WorkflowStarted's "seed" when a reset carried the old run's seed over,
         # else from the run id: the same values on every replay either way.
-        seed = (started or {}).get("seed") or info.run_id
-        self.random = random.Random(uuid.UUID(str(seed)).int)
+        # Made on first use: a Mersenne Twister is 2.5 KB, most of a cached instance's memory,
+        # and most workflows never ask for one.
+        self._seed = uuid.UUID(str((started or {}).get("seed") or info.run_id)).int
+        self._random: random.Random | None = None
         # Start values plus the upserts made so far (workflow.search_attributes()).
         self.search_attributes: dict[str, Any] = dict((started or {}).get("search_attributes") or {})
         # The run's W3C trace context (cairn._telemetry): the parent of its task spans. Only
@@ -509,6 +511,13 @@ class WorkflowInstance:
         self.loop.close()
 
     # -- deterministic helpers
+
+    @property
+    def random(self) -> random.Random:
+        """The run's generator (``workflow.random()``), seeded the same on every replay."""
+        if self._random is None:
+            self._random = random.Random(self._seed)
+        return self._random
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.now_ts, UTC)
