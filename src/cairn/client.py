@@ -414,7 +414,9 @@ class Client(ClientMessages):
         if self._listener is None or self._listener.done():
             self._listening.clear()
             self._listener = asyncio.create_task(self._listen())
-        await asyncio.wait_for(self._listening.wait(), 30)
+        if not self._listening.is_set():  # the common case costs no wait at all
+            async with asyncio.timeout(30):
+                await self._listening.wait()
 
     async def _listen(self) -> None:
         while True:
@@ -528,7 +530,8 @@ class WorkflowHandle(HandleMessages):
                     raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
                 # The NOTIFY wakes us; the periodic re-check covers a lost connection.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closed, min(remaining or 5.0, 5.0))
+                    async with asyncio.timeout(min(remaining or 5.0, 5.0)):
+                        await closed
 
     async def _successor(self) -> str:
         """The run that this handle's run continued as (created in the same transaction)."""

@@ -325,8 +325,10 @@ class Worker(_QueryAnswering, _ActivityRunning):
     async def _idle(self, event: asyncio.Event) -> None:
         """Waits for a wake-up, or the jittered fallback poll."""
         timeout = self.poll_interval * self._rng.uniform(0.8, 1.2)
+        # asyncio.timeout, not wait_for: no task wrapped around the wait at every wake-up.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
     # ------------------------------------------------------------ workflow tasks
 
