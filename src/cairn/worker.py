@@ -79,12 +79,9 @@ class _Prepared:
     family: bool  # the run closes and has a parent or children (see cairn._lifecycle)
     began: float
     began_ns: int
+    close_status: str | None  # the status the events close the run with, if they do
+    wait_cancels: list[int]  # activities cancelled with wait_cancellation_completed
     span: Span | None = None
-
-    def wait_cancels(self) -> list[int]:
-        """Activities cancelled with wait_cancellation_completed by this task."""
-        return [ev.data["activity_seq"] for ev in self.events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
-                and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
 
 
 @dataclass
@@ -503,7 +500,10 @@ class Worker(_QueryAnswering, _ActivityRunning):
             await self._fail_task(conn, task, too_long)
             return None
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
-        return _Prepared(task, inst, events, [r[0] for r in inbox], family, began, began_ns)
+        wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
+                        and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
+        return _Prepared(task, inst, events, [r[0] for r in inbox], family, began, began_ns,
+                         _closing_status(events), wait_cancels)
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -560,7 +560,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
             entry, free = self._entry(p, carrier, free)
             entries.append(entry)
             inbox_ids += p.inbox_ids
-            if entry["close_status"] is None:
+            if p.close_status is None:
                 notify.update(a["queue"] for a in entry["activities"] if not a["eager"])
         try:
             cur = conn.cursor(row_factory=dict_row)
@@ -593,7 +593,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
                 _telemetry.workflow_task_duration.record(time.monotonic() - p.began, {
                     "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
                 task["_metrics"] = ("started" if task.get("started") is not None else None,
-                                    inst.info.workflow_type, _closing_status(p.events))
+                                    inst.info.workflow_type, p.close_status)
                 self.stats.workflow_tasks += 1
                 if inst.closed:
                     self._evict(run_id)
@@ -612,14 +612,13 @@ class Worker(_QueryAnswering, _ActivityRunning):
         activities it leases eagerly."""
         task, events = p.task, p.events
         activities = []
-        close: tuple[str, Any] | None = None
-        # wait_cancellation_completed: never leased eagerly (the cancel would have to wait
-        # for a lease renewal), cancelled by request_activity_cancels (_record_extras).
-        wait_cancels = p.wait_cancels()
+        failure: Any = None
         for ev in events:
+            # wait_cancellation_completed: never leased eagerly (the cancel would have to wait
+            # for a lease renewal), cancelled by request_activity_cancels (_record_extras).
             if ev.type == h.ACTIVITY_SCHEDULED:
                 mine = free > 0 and ev.data["queue"] in self.queues and ev.data["activity_type"] in self.activities \
-                    and ev.seq not in wait_cancels
+                    and ev.seq not in p.wait_cancels
                 free -= mine
                 activity = {"seq": ev.seq, **ev.data, "eager": mine}
                 if carrier:  # in the row's options only, not in history
@@ -629,14 +628,12 @@ class Worker(_QueryAnswering, _ActivityRunning):
                 failure = ev.data.get("failure")
                 if ev.type == h.WORKFLOW_FAILED and failure:
                     failure = {"type": failure.get("type"), "message": failure.get("message")}
-                close = (h.TERMINAL_EVENTS[ev.type], failure)
         return {
             "run_id": str(task["run_id"]),
             "events": [{"seq": e.seq, "type": e.type, "data": e.data} for e in events],
             "workflow_id": task["workflow_id"], "workflow_type": task["workflow_type"],
-            "workflow_queue": task["queue"], "activities": activities if close is None else [],
-            "close_status": close[0] if close else None,
-            "failure": close[1] if close and close[1] else None,
+            "workflow_queue": task["queue"], "activities": activities if p.close_status is None else [],
+            "close_status": p.close_status, "failure": failure or None,
         }, free
 
     async def _record_extras(self, conn: psycopg.AsyncConnection[Any], p: _Prepared) -> None:
@@ -645,24 +642,20 @@ class Worker(_QueryAnswering, _ActivityRunning):
         base = {"run_id": str(task["run_id"]), "now": None}
         timers, cancel_timers, cancel_acts = [], [], []
         upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
-        closed = False
-        wait_cancels = p.wait_cancels()
         for ev in events:
             if ev.type == h.TIMER_STARTED:
                 timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
             elif ev.type == h.TIMER_CANCELLED:
                 cancel_timers.append(ev.data["timer_seq"])
-            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED and ev.data["activity_seq"] not in wait_cancels:
+            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED and ev.data["activity_seq"] not in p.wait_cancels:
                 cancel_acts.append(ev.data["activity_seq"])
             elif ev.type == h.UPSERT_SEARCH_ATTRIBUTES:
                 upserts.update(ev.data["search_attributes"])
-            elif ev.type in h.TERMINAL_EVENTS:
-                closed = True
         if upserts:
             await conn.execute(q("upsert_search_attributes"), {
                 **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
                 "remove": [k for k, v in upserts.items() if v is None]})
-        if not closed:
+        if p.close_status is None:
             if timers:
                 await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
                                                        "timers": Jsonb(timers)})
@@ -670,8 +663,8 @@ class Worker(_QueryAnswering, _ActivityRunning):
                 await conn.execute(q("cancel_timers"), {**base, "seqs": cancel_timers})
             if cancel_acts:
                 await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
-            if wait_cancels:
-                await conn.execute(q("request_activity_cancels"), {**base, "seqs": wait_cancels})
+            if p.wait_cancels:
+                await conn.execute(q("request_activity_cancels"), {**base, "seqs": p.wait_cancels})
         await _lifecycle.record_commands(conn, task, self.namespace, events, p.family)
 
     async def _close_without_code(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],

@@ -84,6 +84,29 @@ async def test_kept_task_is_reported(db_url, sql):
     assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [run_id]) == [(1,)]
 
 
+async def test_batch_record_keeps_only_the_run_with_an_unseen_event(db_url, sql):
+    """One record_workflow_tasks statement for two runs: the run that got an event after the
+    claim keeps its task (one marker row, with its run id); the other run's task goes."""
+    async with await Client.connect(db_url) as c:
+        runs = [(await c.start(parked, i, id=f"batch-{i}")).run_id for i in range(2)]
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
+        claimed = await (await conn.execute(q("claim_workflow_task"), {
+            "namespace": "default", "queues": ["default"], "limit": 8, "now": None})).fetchall()
+        assert sorted(str(r[0]) for r in claimed) == sorted(runs)
+        await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
+                           [runs[0], Jsonb({"name": "s", "payload": None})])
+        rows = await (await conn.execute(q("record_workflow_tasks"), {
+            "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
+            "notify_queues": [], "tasks": Jsonb([{
+                "run_id": run_id, "workflow_id": f"batch-{i}", "workflow_type": "parked",
+                "workflow_queue": "default", "activities": [],
+                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}
+                for i, run_id in enumerate(runs)])})).fetchall()
+    assert [(str(row[0]), row[-1]) for row in rows] == [(runs[0], True)]
+    assert sql("SELECT run_id::text FROM cairn.workflow_tasks") == [(runs[0],)]
+    assert sql("SELECT count(*) FROM cairn.history WHERE seq = 2") == [(2,)]
+
+
 async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
     async with await Client.connect(db_url) as c:
         handle = await c.start(parked, 1, id="not-kept")
