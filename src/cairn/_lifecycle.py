@@ -120,6 +120,15 @@ async def close_family(conn: psycopg.AsyncConnection[Any], run_id: str, close_ty
                                             "child_event": Jsonb(edata)})
 
 
+def has_commands(events: list[Event], family: bool) -> bool:
+    """Whether :func:`record_commands` has anything to do for these events."""
+    return family or any(ev.type in _COMMAND_EVENTS for ev in events)
+
+
+_COMMAND_EVENTS = frozenset({h.CHILD_WORKFLOW_SCHEDULED, h.CHILD_WORKFLOW_CANCEL_REQUESTED,
+                             h.WORKFLOW_CONTINUED_AS_NEW})
+
+
 async def record_commands(conn: psycopg.AsyncConnection[Any], task: dict[str, Any], namespace: str,
                           events: list[Event], family: bool) -> None:
     """The lifecycle part of recording a workflow task, after ``record_workflow_tasks``:

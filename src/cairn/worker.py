@@ -27,11 +27,10 @@ from typing import Any
 import psycopg
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, _telemetry, db, limits
+from cairn import _lifecycle, _telemetry, _transactions, db, limits
 from cairn._telemetry import tracer
 from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running
 from cairn._worker_queries import _QueryAnswering
@@ -66,6 +65,9 @@ WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_sessi
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
 OUTCOME_BATCH = 32              # fast-path activity outcomes committed together
 QUEUE_DEPTH_CAP = 100_000      # cairn.queue.depth counts at most this many ready tasks per queue and kind
+# Events that need statements of their own after record_workflow_tasks (_record_extras).
+_EXTRA_EVENTS = frozenset({h.TIMER_STARTED, h.TIMER_CANCELLED, h.ACTIVITY_CANCEL_REQUESTED,
+                           h.UPSERT_SEARCH_ATTRIBUTES})
 
 
 @dataclass
@@ -81,6 +83,7 @@ class _Prepared:
     began_ns: int
     close_status: str | None  # the status the events close the run with, if they do
     wait_cancels: list[int]  # activities cancelled with wait_cancellation_completed
+    plain: bool  # record_workflow_tasks records it all (no timers, cancels, children, ...)
     span: Span | None = None
 
 
@@ -213,6 +216,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
         self._pool = AsyncConnectionPool(
             url, min_size=min(2, pool_size), max_size=pool_size, open=False,
             kwargs={"autocommit": True, "options": WORKER_CONNECTION_OPTIONS},
+            configure=_transactions.configure,
         )
         await self._pool.open(wait=True, timeout=30)
         try:
@@ -384,11 +388,10 @@ class Worker(_QueryAnswering, _ActivityRunning):
         limit = 1 if self._solo_claims else CLAIM_BATCH
         async with self._pool.connection() as conn:
             try:
-                async with conn.transaction():
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q("claim_workflow_task"), {
-                        "namespace": self.namespace, "queues": self.queues, "limit": limit, "now": None})
-                    tasks = await cur.fetchall()
+                async with _transactions.transaction(conn):
+                    tasks = await _transactions.execute(conn, "claim_workflow_task", {
+                        "namespace": self.namespace, "queues": self.queues, "limit": limit, "now": None},
+                        begin=True)
                     if not tasks:
                         return False
                     eager = await self._workflow_tasks(conn, tasks)
@@ -502,8 +505,9 @@ class Worker(_QueryAnswering, _ActivityRunning):
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
                         and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
+        plain = not any(ev.type in _EXTRA_EVENTS for ev in events) and not _lifecycle.has_commands(events, family)
         return _Prepared(task, inst, events, [r[0] for r in inbox], family, began, began_ns,
-                         _closing_status(events), wait_cancels)
+                         _closing_status(events), wait_cancels, plain)
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -563,11 +567,11 @@ class Worker(_QueryAnswering, _ActivityRunning):
             if p.close_status is None:
                 notify.update(a["queue"] for a in entry["activities"] if not a["eager"])
         try:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("record_workflow_tasks"), {
+            # The COMMIT rides with the record when no task needs a statement after it.
+            rows = await _transactions.execute(conn, "record_workflow_tasks", {
                 "now": None, "namespace": self.namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
-                "worker": self.identity, "lease": self.lease_seconds, "notify_queues": sorted(notify)})
-            rows = await cur.fetchall()
+                "worker": self.identity, "lease": self.lease_seconds, "notify_queues": sorted(notify)},
+                commit=all(p.plain for p in batch))
         except BaseException as exc:
             for p in batch:
                 if p.span is not None:
@@ -727,13 +731,12 @@ class Worker(_QueryAnswering, _ActivityRunning):
         self._finishing = len(outcomes)
         async with self._pool.connection() as conn:
             try:
-                async with conn.transaction():
-                    cur = conn.cursor(row_factory=dict_row)
-                    # One round trip: record, lock, then read the state in a new snapshot.
-                    await cur.execute(q("complete_activities_and_lock"), {
+                async with _transactions.transaction(conn):
+                    # One round trip: begin, record, lock, then read the state in a new snapshot.
+                    tasks = await _transactions.execute(conn, "complete_activities_and_lock", {
                         "outcomes": Jsonb(ordered), "now": None,
-                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})})
-                    tasks = await cur.fetchall()
+                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})},
+                        begin=True)
                     recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
                     # A task whose code is failing runs when its backoff ends.
                     eager = await self._workflow_tasks(conn, [

@@ -2,12 +2,14 @@
 after they commit, as if the connection had dropped at that moment.
 
 It wraps psycopg's ``AsyncCursor.execute`` (every ``conn.execute`` goes through it) and
-recognises Cairn's statements by their text (``cairn.engine.queries.q``). "Before" raises
-``OperationalError`` without sending the statement: nothing happened. "After" lets it run
-and then raises: in autocommit the statement has committed; inside a transaction the
-error is raised when the outermost transaction block has committed (``AsyncTransaction``
-exit), so the caller hears "connection lost" about work that is durable -- the case a
-client or worker cannot tell apart from a failure.
+recognises Cairn's statements by their text (``cairn.engine.queries.q``), or, for the hot
+path's prepared statements, by the ``EXECUTE cairn_<name>(`` they are sent as
+(``cairn._transactions``). "Before" raises ``OperationalError`` without sending the
+statement: nothing happened. "After" lets it run and then raises: at once if the
+statement has committed (autocommit, or a ``; COMMIT`` sent with it); inside a transaction
+when the transaction has committed (``AsyncTransaction`` exit, ``AsyncConnection.commit``,
+or a later statement sent with its COMMIT), so the caller hears "connection lost" about
+work that is durable -- the case a client or worker cannot tell apart from a failure.
 
 Worker subprocesses install it from the environment (``chaos_flows`` calls
 :func:`install_from_env` on import); the test's own client installs it in-process for
@@ -20,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -29,6 +32,7 @@ import psycopg
 
 from cairn.engine.queries import q
 
+_EXECUTE = re.compile(r"(?:BEGIN; )?EXECUTE cairn_(\w+)\(")
 ENV = "CAIRN_CHAOS_AMBIGUOUS"  # JSON: {"statements": [...], "before": p, "after": p, "seed": n, "log": path}
 
 # The statements the issue names: start, claim, complete, append.
@@ -46,6 +50,7 @@ class _Faults:
                  log_path: str | None = None) -> None:
         self.by_text = {q(name): name for name in statements}
         self.by_bytes = {text.encode(): name for text, name in self.by_text.items()}
+        self.names = set(self.by_text.values())
         self.before = before
         self.after = after
         self.rng = random.Random(seed)
@@ -64,6 +69,8 @@ class _Faults:
         if isinstance(query, bytes):
             return self.by_bytes.get(query)
         if isinstance(query, str):
+            if (m := _EXECUTE.match(query)) is not None:
+                return m.group(1) if m.group(1) in self.names else None
             return self.by_text.get(query)
         return None
 
@@ -90,13 +97,24 @@ def install(statements: Iterable[str], *, before: float, after: float, seed: int
         return
     cursor_execute = psycopg.AsyncCursor.execute
     tx_exit = psycopg.AsyncTransaction.__aexit__
-    _originals.update(execute=cursor_execute, aexit=tx_exit)
+    conn_commit = psycopg.AsyncConnection.commit
+    conn_rollback = psycopg.AsyncConnection.rollback
+    _originals.update(execute=cursor_execute, aexit=tx_exit, commit=conn_commit, rollback=conn_rollback)
+
+    def committed(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Raises the pending "after" fault once the connection's transaction has committed."""
+        name = getattr(conn, "_chaos_fail_after_commit", None)
+        if name is not None and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn._chaos_fail_after_commit = None  # type: ignore[attr-defined]
+            raise InjectedFault(f"chaos: connection lost after {name} committed")
 
     async def execute(self: psycopg.AsyncCursor[Any], query: Any, params: Any = None, **kw: Any) -> Any:
         faults = _active
         name = faults.name_of(query) if faults is not None else None
         if faults is None or name is None:
-            return await cursor_execute(self, query, params, **kw)
+            result = await cursor_execute(self, query, params, **kw)
+            committed(self.connection)
+            return result
         when = faults.draw()
         if when == "before":
             faults.note(f"before:{name}")
@@ -109,7 +127,16 @@ def install(statements: Iterable[str], *, before: float, after: float, seed: int
                 conn._chaos_fail_after_commit = name  # type: ignore[attr-defined]
             else:
                 raise InjectedFault(f"chaos: connection lost after {name} committed")
+        committed(self.connection)
         return result
+
+    async def commit(self: psycopg.AsyncConnection[Any]) -> None:
+        await conn_commit(self)
+        committed(self)
+
+    async def rollback(self: psycopg.AsyncConnection[Any]) -> None:
+        self._chaos_fail_after_commit = None  # type: ignore[attr-defined]  # nothing committed
+        await conn_rollback(self)
 
     async def aexit(self: psycopg.AsyncTransaction, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
         handled = await tx_exit(self, exc_type, exc_val, exc_tb)
@@ -124,6 +151,8 @@ def install(statements: Iterable[str], *, before: float, after: float, seed: int
 
     psycopg.AsyncCursor.execute = execute  # type: ignore[method-assign]
     psycopg.AsyncTransaction.__aexit__ = aexit  # type: ignore[method-assign]
+    psycopg.AsyncConnection.commit = commit  # type: ignore[method-assign]
+    psycopg.AsyncConnection.rollback = rollback  # type: ignore[method-assign]
 
 
 def uninstall() -> Counter[str]:
@@ -134,6 +163,8 @@ def uninstall() -> Counter[str]:
     if _originals:
         psycopg.AsyncCursor.execute = _originals.pop("execute")  # type: ignore[method-assign]
         psycopg.AsyncTransaction.__aexit__ = _originals.pop("aexit")  # type: ignore[method-assign]
+        psycopg.AsyncConnection.commit = _originals.pop("commit")  # type: ignore[method-assign]
+        psycopg.AsyncConnection.rollback = _originals.pop("rollback")  # type: ignore[method-assign]
     return injected
 
 

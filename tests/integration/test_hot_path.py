@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from cairn import Client, activity, workflow
+from cairn import Client, _transactions, activity, workflow
 from cairn.engine.queries import q
 from cairn.errors import WorkflowTerminated
+from cairn.worker import WORKER_CONNECTION_OPTIONS
 
 
 @activity.defn
@@ -122,6 +123,87 @@ async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
         )).fetchall()
     assert rows == []
     assert sql("SELECT count(*) FROM cairn.workflow_tasks") == [(0,)]
+
+
+def _record_params(run_id: str, workflow_id: str) -> dict[str, object]:
+    return {"namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
+            "notify_queues": [], "tasks": Jsonb([{
+                "run_id": run_id, "workflow_id": workflow_id, "workflow_type": "parked",
+                "workflow_queue": "default", "activities": [],
+                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])}
+
+
+_CLAIM = {"namespace": "default", "queues": ["default"], "limit": 8, "now": None}
+
+
+async def _claim_and_record(conn: psycopg.AsyncConnection, record: dict[str, object], *,
+                            commit: bool) -> list[dict[str, object]]:
+    """A worker's hot transaction, by hand: claim with BEGIN, record (with COMMIT)."""
+    async with _transactions.transaction(conn):
+        claimed = await _transactions.execute(conn, "claim_workflow_task", _CLAIM, begin=True)
+        await _transactions.execute(conn, "record_workflow_tasks", record, commit=commit)
+        if commit:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # committed
+    return claimed
+
+
+async def _psycopg_rolls_back(conn: psycopg.AsyncConnection) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT 1", prepare=True)  # one of psycopg's own
+        await conn.execute("SELECT 1 / 0")
+
+
+async def test_hot_transaction_takes_two_round_trips(db_url, sql, tmp_path):
+    """BEGIN rides with the claim and COMMIT with the record (cairn._transactions): the
+    libpq protocol trace shows two simple queries from the client, nothing else."""
+    async with await Client.connect(db_url) as c:
+        handle = await c.start(parked, 1, id="two-trips")
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True,
+                                                     options=WORKER_CONNECTION_OPTIONS) as conn:
+        await _transactions.configure(conn)
+        trace = tmp_path / "libpq.trace"
+        with trace.open("w") as f:
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            claimed = await _claim_and_record(conn, _record_params(handle.run_id, "two-trips"), commit=True)
+            conn.pgconn.untrace()
+    assert [str(t["run_id"]) for t in claimed] == [handle.run_id]
+    sent = [line.split("\t")[2] for line in trace.read_text().splitlines() if line.startswith("F")]
+    assert sent == ["Query", "Query"]
+    assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", [handle.run_id]) == [(2,)]
+    assert sql("SELECT count(*) FROM cairn.workflow_tasks") == [(0,)]
+
+
+async def test_hot_statements_come_back_after_psycopg_deallocates_them(db_url, sql):
+    """psycopg sends DEALLOCATE ALL after a rollback on a connection where it prepared
+    statements of its own: the next hot transaction prepares Cairn's again and goes on."""
+    async with await Client.connect(db_url) as c:
+        handle = await c.start(parked, 1, id="deallocated")
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await _transactions.configure(conn)
+        prepared = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'cairn%%'"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await _psycopg_rolls_back(conn)
+        assert await (await conn.execute(prepared)).fetchall() == [(0,)]
+        claimed = await _claim_and_record(conn, _record_params(handle.run_id, "deallocated"), commit=False)
+        assert [str(t["run_id"]) for t in claimed] == [handle.run_id]
+        assert await (await conn.execute(prepared)).fetchall() == [(3,)]
+    assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", [handle.run_id]) == [(2,)]
+
+
+async def test_hot_transaction_rolls_back_on_error(db_url, sql):
+    """A failed record rolls the claimed batch back: the task is still there to claim."""
+    async with await Client.connect(db_url) as c:
+        handle = await c.start(parked, 1, id="rolled-back")
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await _transactions.configure(conn)
+        bad = _record_params(handle.run_id, "rolled-back")
+        bad["tasks"] = Jsonb([{**bad["tasks"].obj[0], "events": [{"seq": 1, "type": "x", "data": {}}]}])  # type: ignore[attr-defined]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await _claim_and_record(conn, bad, commit=True)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [handle.run_id]) == [(1,)]
+    assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", [handle.run_id]) == [(1,)]
 
 
 async def test_result_of_a_run_started_while_listening(client, start_worker):

@@ -68,6 +68,11 @@ async def test_success_fills_the_completion(fake_llm, dialect, stream):
     assert 0 <= c.ttft_seconds <= c.duration_seconds
     if stream:
         assert chunks == ["Bonjour", " tout", " le", " monde"]
+    # The fake notes "finished" after its handler returns, which may be just after the
+    # client has read the last byte: wait for it (the log lives in the server's thread).
+    deadline = time.monotonic() + 5
+    while not fake_llm.requests()[0]["finished"] and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     [logged] = fake_llm.requests()
     assert logged["stream"] is stream
     assert logged["outcome"] == "ok"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
-from cairn.engine.queries import queries
+from cairn.engine.queries import PREPARED, execute_arguments, execute_statement, prepare_statements, queries
 
 
 def test_statements_fit_psycopg_parse_cache() -> None:
@@ -18,3 +20,18 @@ def test_statements_fit_psycopg_parse_cache() -> None:
 def test_statements_are_sent_without_whole_line_comments() -> None:
     for name, text in queries().items():
         assert not [line for line in text.splitlines() if line.lstrip().startswith("--")], name
+
+
+def test_prepared_statements_number_their_parameters_in_order() -> None:
+    """The hot statements are PREPAREd with $1..$n in the order execute_arguments gives."""
+    script = prepare_statements()
+    for name in PREPARED:
+        assert f"PREPARE cairn_{name} AS" in script
+        params = {key: key for key in re.findall(r"%\((\w+)\)s", queries()[name])}
+        args = execute_arguments(name, params)
+        assert sorted(args) == sorted(set(params)), name  # each parameter once
+        body = script.split(f"PREPARE cairn_{name} AS", 1)[1].split("PREPARE cairn_", 1)[0]
+        for n, key in enumerate(args, 1):  # $n stands where %(key)s stood
+            assert body.count(f"${n}") == queries()[name].count(f"%({key})s"), (name, key)
+        call = execute_statement(name, begin=True, commit=True)
+        assert call == f"BEGIN; EXECUTE cairn_{name}({', '.join(['%s'] * len(args))}); COMMIT"
