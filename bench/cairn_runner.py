@@ -161,8 +161,9 @@ class CloseWatcher:
             await conn.execute("LISTEN cairn_closed")
             self.ready.set()
             async for note in conn.notifies():
-                if note.payload in self.expected and note.payload not in self.closed:
-                    self.closed[note.payload] = time.time()
+                run_id = note.payload.partition(" ")[0]  # then the outcome, if small
+                if run_id in self.expected and run_id not in self.closed:
+                    self.closed[run_id] = time.time()
                     if len(self.closed) == len(self.expected):
                         self.done.set()
 

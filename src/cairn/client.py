@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -124,10 +125,11 @@ class Client(ClientMessages):
         self.url = url
         self.namespace = namespace
         self._listener: asyncio.Task[None] | None = None
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._listening = asyncio.Event()
         # Runs started by this client while its listener was connected: run id -> [the
-        # listener connection's epoch at the start, a close seen]. See _known_open.
+        # listener connection's epoch at the start, a close seen, the outcome it carried].
+        # See _known_open.
         self._listen_epoch = 0
         self._watched: OrderedDict[str, list[Any]] = OrderedDict()
 
@@ -375,13 +377,14 @@ class Client(ClientMessages):
     # -- waiting for closes
 
     @contextlib.contextmanager
-    def _close_waiter(self, run_id: str) -> Iterator[asyncio.Future[None]]:
-        """A future that the listener resolves when a NOTIFY says the run closed.
+    def _close_waiter(self, run_id: str) -> Iterator[asyncio.Future[dict[str, Any] | None]]:
+        """A future that the listener resolves when a NOTIFY says the run closed, with the
+        outcome the NOTIFY carried (None: read it).
 
         Register it *before* checking the run's status, so a close between the check and
         the wait is not missed.
         """
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         try:
             yield fut
@@ -397,7 +400,7 @@ class Client(ClientMessages):
         then sees its close (``cairn_closed``) whenever ``result()`` is called."""
         if self._listener is None or self._listener.done() or not self._listening.is_set():
             return
-        self._watched[run_id] = [self._listen_epoch, False]
+        self._watched[run_id] = [self._listen_epoch, False, None]
         if len(self._watched) > WATCHED_RUNS:
             self._watched.popitem(last=False)  # forgotten: its result() reads the run first
 
@@ -409,6 +412,11 @@ class Client(ClientMessages):
         entry = self._watched.get(run_id)
         return (entry is not None and not entry[1] and entry[0] == self._listen_epoch
                 and self._listener is not None and not self._listener.done())
+
+    def _seen_outcome(self, run_id: str) -> dict[str, Any] | None:
+        """The outcome a close NOTIFY of a watched run carried, if one arrived."""
+        entry = self._watched.get(run_id)
+        return entry[2] if entry is not None and entry[1] else None
 
     async def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
@@ -429,12 +437,16 @@ class Client(ClientMessages):
                     self._listening.set()
                     self._wake_all()  # anything that closed while we were away
                     async for note in conn.notifies():
-                        watched = self._watched.get(note.payload)
+                        # cairn_closed: "<run id>[ <outcome>]"; cairn_query_answered: the request id.
+                        key, _, text = note.payload.partition(" ")
+                        watched = self._watched.get(key)
+                        waiters = self._waiters.get(key, [])
+                        outcome = _notified_outcome(text) if text and (watched or waiters) else None
                         if watched is not None:
-                            watched[1] = True
-                        for fut in self._waiters.get(note.payload, []):
+                            watched[1], watched[2] = True, outcome
+                        for fut in waiters:
                             if not fut.done():
-                                fut.set_result(None)
+                                fut.set_result(outcome)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -447,6 +459,17 @@ class Client(ClientMessages):
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+
+def _notified_outcome(text: str) -> dict[str, Any] | None:
+    """The outcome in a ``cairn_closed`` payload (see record_workflow_tasks): the keys of
+    ``run_outcome``'s row."""
+    try:
+        outcome = json.loads(text)
+    except ValueError:
+        return None
+    keys = {"status", "workflow_type", "last_type", "last_data"}
+    return outcome if isinstance(outcome, dict) and keys <= outcome.keys() else None
 
 
 def add_visibility(params: dict[str, Any], search_attributes: Mapping[str, Any] | None,
@@ -514,10 +537,12 @@ class WorkflowHandle(HandleMessages):
         # A run this client started while listening, with no close seen yet, is open: skip
         # the first read (one statement fewer per start-and-wait). Every later pass reads.
         known_open = self.client._known_open(self.run_id)
+        notified = self.client._seen_outcome(self.run_id)  # a close NOTIFY carries the outcome
         while True:
             with self.client._close_waiter(self.run_id) as closed:
                 if not known_open:
-                    row = await self._outcome_row()
+                    row = notified or await self._outcome_row()
+                    notified = None
                     if row["status"] == "continued_as_new":  # follow the chain to its newest run
                         self.run_id = await self._successor()
                         continue
@@ -531,7 +556,7 @@ class WorkflowHandle(HandleMessages):
                 # The NOTIFY wakes us; the periodic re-check covers a lost connection.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining or 5.0, 5.0)):
-                        await closed
+                        notified = await closed
 
     async def _successor(self) -> str:
         """The run that this handle's run continued as (created in the same transaction)."""

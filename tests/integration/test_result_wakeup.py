@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cairn import Client, WorkflowTerminated, workflow
+from cairn import Client, WorkflowFailure, WorkflowTerminated, activity, workflow
 
 
 @workflow.defn
@@ -72,3 +72,45 @@ async def test_close_during_status_check_is_not_missed(client, db_url):
     elapsed = time.monotonic() - t0
     assert closed
     assert elapsed < 2.0, f"result() took {elapsed:.1f} s: the close notification was lost"
+
+
+@activity.defn
+async def echo(text: str) -> str:
+    return text
+
+
+@workflow.defn
+async def echoed(text: str, fail: bool) -> str:
+    out = await workflow.execute_activity(echo, text, start_to_close_timeout=30)
+    if fail:
+        raise ValueError(out[:20])
+    return out
+
+
+@pytest.mark.parametrize(("size", "reads"), [(10, 0), (20_000, 1)])
+async def test_result_takes_the_outcome_from_the_close_notify(client, start_worker, size, reads):
+    """A small outcome rides with the close NOTIFY and result() reads nothing; one over the
+    payload limit (8,000 bytes) is read from the run."""
+    await start_worker(workflows=[echoed], activities=[echo])
+    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
+    handle = await client.start(echoed, "x" * size, False)
+    calls = 0
+    original = handle._outcome_row
+
+    async def counted() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return await original()
+
+    handle._outcome_row = counted  # type: ignore[method-assign]
+    assert await handle.result(timeout=30) == "x" * size
+    assert calls == reads
+
+
+async def test_failure_from_the_close_notify(client, start_worker):
+    await start_worker(workflows=[echoed], activities=[echo])
+    handle = await client.start(echoed, "broken", True)
+    with pytest.raises(WorkflowFailure) as err:
+        await handle.result(timeout=30)
+    assert err.value.type == "ValueError"
+    assert "broken" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from cairn import activity, workflow
@@ -41,4 +42,8 @@ async def test_worker_close_notifies_listeners(client, start_worker, db_url):
         await spy.execute("LISTEN cairn_closed")
         handle = await client.start(doubler, 1, id="smoke-notify")
         payloads = [note.payload async for note in spy.notifies(timeout=10, stop_after=1)]
-    assert payloads == [handle.run_id]
+    # The run id, then the outcome (small enough to ride along): result() needs no read.
+    [(run_id, outcome)] = [(p.partition(" ")[0], json.loads(p.partition(" ")[2])) for p in payloads]
+    assert run_id == handle.run_id
+    assert outcome == {"status": "completed", "workflow_type": "doubler", "last_type": "WorkflowCompleted",
+                       "last_data": {"result": 3}}

@@ -188,7 +188,15 @@ WITH c AS (
 ), dropped_inbox AS (
     DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
 ), notified AS (
-    SELECT count(pg_notify('cairn_closed', run_id::text)) AS n FROM closed
+    -- The payload is the run id, then its outcome when that is small (NOTIFY payloads stop
+    -- at 8,000 bytes): the run's status and last event, what result() would read.
+    SELECT count(pg_notify('cairn_closed', CASE WHEN octet_length(o.outcome) <= 7000
+                                                THEN cl.run_id::text || ' ' || o.outcome
+                                                ELSE cl.run_id::text END)) AS n
+    FROM closed cl JOIN t ON t.run_id = cl.run_id,
+         LATERAL (SELECT jsonb_build_object('status', t.close_status, 'workflow_type', t.workflow_type,
+                                            'last_type', t.events -> -1 -> 'type',
+                                            'last_data', t.events -> -1 -> 'data')::text AS outcome) o
 ), woken AS (
     -- The queues of the activities not leased eagerly: wake their workers (once per queue
     -- and transaction), here rather than in a statement of its own.
