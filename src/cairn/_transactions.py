@@ -50,11 +50,16 @@ async def transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]
 
 
 async def execute(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any], *,
-                  begin: bool = False, commit: bool = False) -> list[dict[str, Any]]:
+                  begin: bool = False, commit: bool = False,
+                  ahead: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Runs a prepared hot statement (``cairn.engine.queries.PREPARED``) and returns its rows;
-    ``begin`` opens the transaction with it, ``commit`` commits after it."""
-    statement = execute_statement(name, begin=begin, commit=commit)
+    ``begin`` opens the transaction with it, ``commit`` commits after it, and ``ahead`` is
+    a statement sent before it in the same query (its result is not returned)."""
+    names: tuple[str, ...] = (name,)
     args = execute_arguments(name, params)
+    if ahead is not None:
+        names, args = (ahead[0], name), execute_arguments(ahead[0], ahead[1]) + args
+    statement = execute_statement(*names, begin=begin, commit=commit)
     cur = AsyncClientCursor(conn, row_factory=dict_row)
     try:
         await cur.execute(statement, args)
@@ -65,6 +70,6 @@ async def execute(conn: psycopg.AsyncConnection[Any], name: str, params: dict[st
         await conn.rollback()
         await configure(conn)
         await cur.execute(statement, args)
-    if begin:
-        cur.nextset()  # past BEGIN's empty result
+    for _ in range(begin + (ahead is not None)):
+        cur.nextset()  # past BEGIN's empty result and the statement ahead's
     return await cur.fetchall()

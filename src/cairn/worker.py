@@ -33,7 +33,9 @@ from psycopg_pool import AsyncConnectionPool
 from cairn import _lifecycle, _telemetry, _transactions, db, limits
 from cairn._telemetry import tracer
 from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running
+from cairn._worker_fast_path import _FastPath
 from cairn._worker_queries import _QueryAnswering
+from cairn._workflow_tasks import Prepared, count_runs
 from cairn.activity import ActivityDefinition
 from cairn.client import CONNECTION_OPTIONS
 from cairn.engine import history as h
@@ -63,28 +65,7 @@ IDLE_TX_TIMEOUT_MS = 60_000
 WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
                              " -c plan_cache_mode=force_generic_plan")
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
-OUTCOME_BATCH = 32              # fast-path activity outcomes committed together
 QUEUE_DEPTH_CAP = 100_000      # cairn.queue.depth counts at most this many ready tasks per queue and kind
-# Events that need statements of their own after record_workflow_tasks (_record_extras).
-_EXTRA_EVENTS = frozenset({h.TIMER_STARTED, h.TIMER_CANCELLED, h.ACTIVITY_CANCEL_REQUESTED,
-                           h.UPSERT_SEARCH_ATTRIBUTES})
-
-
-@dataclass
-class _Prepared:
-    """A workflow task whose code has run, waiting to be recorded with its batch."""
-
-    task: dict[str, Any]
-    inst: WorkflowInstance
-    events: list[Event]
-    inbox_ids: list[int]
-    family: bool  # the run closes and has a parent or children (see cairn._lifecycle)
-    began: float
-    began_ns: int
-    close_status: str | None  # the status the events close the run with, if they do
-    wait_cancels: list[int]  # activities cancelled with wait_cancellation_completed
-    plain: bool  # record_workflow_tasks records it all (no timers, cancels, children, ...)
-    span: Span | None = None
 
 
 @dataclass
@@ -102,6 +83,8 @@ class WorkerStats:
     timers_fired: int = 0
     rescued: int = 0
     fast_path: int = 0  # activity outcomes whose workflow task ran in the same transaction
+    speculated: int = 0  # workflow tasks of the fast path run ahead from the cache (one round trip)
+    speculation_missed: int = 0  # fast-path groups whose runs were not as cached (took the locked way)
     queries_from_cache: int = 0  # queries answered by a live cached instance
     queries_replayed: int = 0  # queries answered by replaying the history into a throwaway instance
 
@@ -129,7 +112,7 @@ def collect(module: Any) -> tuple[list[Any], list[Any]]:
     return workflows, activities
 
 
-class Worker(_QueryAnswering, _ActivityRunning):
+class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
     """Runs workflows and activities from the given queues until stopped.
 
     Args:
@@ -202,6 +185,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
         self._reserved = 0  # activity slots promised to eager attempts not yet started
         self._slots_full = False  # the activity poller is idle because every slot is taken
         self._finishing = 0  # attempts whose outcomes the fast-path group being written records
+        self._clock_offset = 0.0  # the database's clock minus this host's, as of the last task read
         self._rng = random.Random()
 
     # ------------------------------------------------------------ lifecycle
@@ -395,7 +379,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
                     if not tasks:
                         return False
                     eager = await self._workflow_tasks(conn, tasks)
-                _count_runs(tasks)  # committed
+                count_runs(tasks)  # committed
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 self._abandon(tasks, eager)
                 if len(tasks) > 1:
@@ -457,7 +441,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
                 prepared.append(p)
         return await self._record_batch(conn, prepared)
 
-    async def _prepare(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> _Prepared | None:
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> Prepared | None:
         """Runs one task's workflow code (from the cache, or replayed); None if nothing is
         left to record for it (the run is closed, the task failed, or it closed without code)."""
         run_id = str(task["run_id"])
@@ -471,6 +455,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
             await self._close_without_code(conn, task, [r[0] for r in inbox], closing)
             return None
         now: datetime = task["now"]
+        self._clock_offset = now.timestamp() - time.time()
         began, began_ns = time.monotonic(), time.time_ns()  # the span starts here, once its parent is known
         inst: WorkflowInstance | None = None
         try:
@@ -502,12 +487,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
             self._evict(run_id)
             await self._fail_task(conn, task, too_long)
             return None
-        family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
-        wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
-                        and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
-        plain = not any(ev.type in _EXTRA_EVENTS for ev in events) and not _lifecycle.has_commands(events, family)
-        return _Prepared(task, inst, events, [r[0] for r in inbox], family, began, began_ns,
-                         _closing_status(events), wait_cancels, plain)
+        return Prepared.of(task, inst, events, [r[0] for r in inbox], began, began_ns)
 
     async def _rebuild(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any]) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -533,8 +513,8 @@ class Worker(_QueryAnswering, _ActivityRunning):
         except Exception as exc:  # NonDeterminismError and friends
             raise WorkflowTaskFailed(exc) from exc
 
-    async def _record_batch(self, conn: psycopg.AsyncConnection[Any],
-                            batch: list[_Prepared]) -> list[dict[str, Any]]:
+    async def _record_batch(self, conn: psycopg.AsyncConnection[Any], batch: list[Prepared],
+                            ahead: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Writes the outcomes of prepared workflow tasks, in their transaction: one
         ``record_workflow_tasks`` statement for the batch, then what few tasks need besides
         (timers, cancels, search attributes, child runs: a statement each, when present).
@@ -567,11 +547,12 @@ class Worker(_QueryAnswering, _ActivityRunning):
             if p.close_status is None:
                 notify.update(a["queue"] for a in entry["activities"] if not a["eager"])
         try:
-            # The COMMIT rides with the record when no task needs a statement after it.
+            # The COMMIT rides with the record when no task needs a statement after it; a
+            # statement ahead (the speculated fast path's) opens the transaction with it.
             rows = await _transactions.execute(conn, "record_workflow_tasks", {
                 "now": None, "namespace": self.namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
                 "worker": self.identity, "lease": self.lease_seconds, "notify_queues": sorted(notify)},
-                commit=all(p.plain for p in batch))
+                begin=ahead is not None, commit=all(p.plain for p in batch), ahead=ahead)
         except BaseException as exc:
             for p in batch:
                 if p.span is not None:
@@ -611,7 +592,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
             raise
         return leased
 
-    def _entry(self, p: _Prepared, carrier: dict[str, str], free: int) -> tuple[dict[str, Any], int]:
+    def _entry(self, p: Prepared, carrier: dict[str, str], free: int) -> tuple[dict[str, Any], int]:
         """One task's part of ``record_workflow_tasks``, and the free slots left after the
         activities it leases eagerly."""
         task, events = p.task, p.events
@@ -640,7 +621,7 @@ class Worker(_QueryAnswering, _ActivityRunning):
             "close_status": p.close_status, "failure": failure or None,
         }, free
 
-    async def _record_extras(self, conn: psycopg.AsyncConnection[Any], p: _Prepared) -> None:
+    async def _record_extras(self, conn: psycopg.AsyncConnection[Any], p: Prepared) -> None:
         """What a recorded task needs besides ``record_workflow_tasks`` (most need nothing)."""
         task, events = p.task, p.events
         base = {"run_id": str(task["run_id"]), "now": None}
@@ -696,65 +677,6 @@ class Worker(_QueryAnswering, _ActivityRunning):
         inst = self._cache.pop(run_id, None)
         if inst is not None:
             inst.dispose()
-
-    # ------------------------------------------------------------ the fast path (activity
-    # outcomes and the workflow tasks they trigger, in one transaction; see _worker_activities)
-
-    async def _deliverer(self) -> None:
-        """Commits the fast path's outcomes in groups: whatever queued up while the previous
-        group was being written goes into the next one (group commit)."""
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                group, self._outbox = self._outbox[:OUTCOME_BATCH], self._outbox[OUTCOME_BATCH:]
-                try:
-                    results = await self._deliver_group([outcome for outcome, _ in group])
-                except Exception as exc:
-                    log.debug("fast path fell back for %d outcome(s): %r", len(group), exc)
-                    results = [None] * len(group)
-                for (_, done), result in zip(group, results, strict=True):
-                    if not done.done():
-                        done.set_result(result)
-
-    async def _deliver_group(self, outcomes: list[dict[str, Any]]) -> list[bool | None]:
-        """One transaction: the outcomes, the workflow tasks they trigger, eager leases.
-
-        Returns, per outcome, True (recorded), False (superseded: its attempt was fenced off)
-        or None (the group rolled back: record it the plain way).
-        """
-        assert self._pool is not None
-        tasks: list[dict[str, Any]] = []
-        eager: list[dict[str, Any]] = []
-        # Lock task rows in run-id order, the same in every worker: no deadlock between groups.
-        ordered = sorted(outcomes, key=lambda o: (o["run_id"], o["seq"]))
-        self._finishing = len(outcomes)
-        async with self._pool.connection() as conn:
-            try:
-                async with _transactions.transaction(conn):
-                    # One round trip: begin, record, lock, then read the state in a new snapshot.
-                    tasks = await _transactions.execute(conn, "complete_activities_and_lock", {
-                        "outcomes": Jsonb(ordered), "now": None,
-                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})},
-                        begin=True)
-                    recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
-                    # A task whose code is failing runs when its backoff ends.
-                    eager = await self._workflow_tasks(conn, [
-                        t for t in tasks if not (t["failures"] and t["available_at"] > t["now"])])
-                _count_runs(tasks)  # committed
-            except psycopg.Error:
-                self._abandon(tasks, eager)
-                return [None] * len(outcomes)
-            except BaseException:
-                self._abandon(tasks, eager)
-                raise
-            finally:
-                self._finishing = 0
-        self.stats.fast_path += len(recorded)
-        self._spawn(eager)
-        if any(t.get("_kept") for t in tasks):  # see _claim_and_run
-            self._wake_workflow_poller()
-        return [(o["run_id"], o["seq"]) in recorded for o in outcomes]
 
     # ------------------------------------------------------------ timers, timeouts, wake-ups
 
@@ -831,21 +753,6 @@ def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:
                              attributes={"cairn.workflow_id": task["workflow_id"],
                                          "cairn.workflow_type": task["workflow_type"],
                                          "cairn.run_id": str(task["run_id"]), "cairn.history_length": task["last_seq"]})
-
-
-def _closing_status(events: list[Event]) -> str | None:
-    """The status a task's events close the run with, if they do."""
-    return next((h.TERMINAL_EVENTS[e.type] for e in events if e.type in h.TERMINAL_EVENTS), None)
-
-
-def _count_runs(tasks: list[dict[str, Any]]) -> None:
-    """Counts runs started and closed by committed workflow tasks (never by rolled-back ones)."""
-    for task in tasks:
-        started, workflow_type, closed = task.pop("_metrics", (None, None, None))
-        if started:
-            _telemetry.workflows_started.add(1, {"workflow_type": workflow_type})
-        if closed:
-            _telemetry.workflows_closed.add(1, {"workflow_type": workflow_type, "status": closed})
 
 
 def _prepare_schema(url: str, embedded: bool) -> None:

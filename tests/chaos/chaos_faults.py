@@ -37,7 +37,7 @@ ENV = "CAIRN_CHAOS_AMBIGUOUS"  # JSON: {"statements": [...], "before": p, "after
 
 # The statements the issue names: start, claim, complete, append.
 WORKER_STATEMENTS = ("claim_workflow_task", "claim_activity_tasks", "complete_activity",
-                     "complete_activities_and_lock", "record_workflow_tasks")
+                     "complete_activities_and_lock", "complete_activities_speculated", "record_workflow_tasks")
 CLIENT_STATEMENTS = ("start_workflow",)
 
 

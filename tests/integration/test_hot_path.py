@@ -4,6 +4,7 @@ saves statements, and each must keep the guarantees of the path it shortcuts."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import psycopg
@@ -11,9 +12,12 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from cairn import Client, _transactions, activity, workflow
-from cairn.engine.queries import q
+from cairn.engine.history import as_stored
+from cairn.engine.queries import PREPARED, q
 from cairn.errors import WorkflowTerminated
 from cairn.worker import WORKER_CONNECTION_OPTIONS
+
+from .support import events, types_of, wait_until
 
 
 @activity.defn
@@ -29,6 +33,30 @@ async def one_bump(x: int) -> int:
 @workflow.defn
 async def bump_elsewhere(x: int) -> int:
     return await workflow.execute_activity(bump, x, queue="acts", start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn
+async def three_bumps(x: int) -> int:
+    for _ in range(3):
+        x = await workflow.execute_activity(bump, x, start_to_close_timeout=timedelta(seconds=10))
+    return x
+
+
+_gate: dict[str, asyncio.Event] = {}
+
+
+@activity.defn
+async def gate(x: int) -> int:
+    _gate["entered"].set()
+    await _gate["open"].wait()
+    return x + 1
+
+
+@workflow.defn
+async def gated(x: int) -> list[int]:
+    y = await workflow.execute_activity(gate, x, start_to_close_timeout=timedelta(seconds=30))
+    z = await workflow.wait_signal("more")
+    return [y, z]
 
 
 @workflow.defn
@@ -187,7 +215,7 @@ async def test_hot_statements_come_back_after_psycopg_deallocates_them(db_url, s
         assert await (await conn.execute(prepared)).fetchall() == [(0,)]
         claimed = await _claim_and_record(conn, _record_params(handle.run_id, "deallocated"), commit=False)
         assert [str(t["run_id"]) for t in claimed] == [handle.run_id]
-        assert await (await conn.execute(prepared)).fetchall() == [(3,)]
+        assert await (await conn.execute(prepared)).fetchall() == [(len(PREPARED),)]
     assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", [handle.run_id]) == [(2,)]
 
 
@@ -235,3 +263,58 @@ async def test_result_after_the_listener_lost_its_connection(client, db_url, sql
         await other.get_handle("lost-listener").terminate("test")
     with pytest.raises(WorkflowTerminated):
         await handle.result(timeout=60)
+
+
+async def test_cached_runs_take_the_speculated_fast_path(client, start_worker, sql):
+    """Outcomes of cached runs are recorded with the tasks run ahead from the cache, in one
+    round trip; the history is what the locked way writes."""
+    worker = await start_worker(workflows=[three_bumps], activities=[bump])
+    handles = [await client.start(three_bumps, 10 * i, id=f"spec-{i}") for i in range(4)]
+    assert [await h.result(timeout=30) for h in handles] == [10 * i + 3 for i in range(4)]
+    assert (worker.stats.speculated, worker.stats.fast_path, worker.stats.speculation_missed) == (12, 12, 0), \
+        worker.stats
+    step = ["WorkflowTaskStarted", "ActivityCompleted"]
+    assert types_of(sql, handles[0].run_id) == [
+        "WorkflowStarted", "WorkflowTaskStarted", "ActivityScheduled", *step, "ActivityScheduled",
+        *step, "ActivityScheduled", *step, "WorkflowCompleted"]
+    assert [d for _, t, d in events(sql, handles[1].run_id) if t == "ActivityCompleted"] == [
+        {"activity_seq": 3, "attempt": 1, "result": 11}, {"activity_seq": 6, "attempt": 1, "result": 12},
+        {"activity_seq": 9, "attempt": 1, "result": 13}]
+    for table in ("workflow_tasks", "activity_tasks", "inbox"):
+        assert sql(f"SELECT count(*) FROM cairn.{table}") == [(0,)], table
+
+
+async def test_speculation_missed_takes_the_locked_way(client, start_worker, sql, db_url):
+    """A signal committed while the speculated group waits for the run's task lock: the
+    database refuses the speculation (CR001), nothing of it is written, and the locked way
+    records the outcome with the signal."""
+    _gate.update(entered=asyncio.Event(), open=asyncio.Event())
+    worker = await start_worker(workflows=[gated], activities=[gate])
+    handle = await client.start(gated, 1, id="spec-miss")
+    await asyncio.wait_for(_gate["entered"].wait(), 10)
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:  # a transaction, held open
+        await conn.execute(q("signal_run"), {"run_id": handle.run_id, "type": "SignalReceived",
+                                             "data": Jsonb({"name": "more", "payload": 5})})
+        _gate["open"].set()
+        await wait_until(lambda: sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%cairn_complete_activities_speculated%%'")[0][0],
+            timeout=10, what="the speculated group to wait for the run's task lock")
+        await conn.commit()
+    assert await handle.result(timeout=30) == [2, 5]
+    assert worker.stats.speculation_missed == 1
+    types = types_of(sql, handle.run_id)
+    assert (types.count("ActivityCompleted"), types.count("SignalReceived")) == (1, 1)
+
+
+async def test_speculated_inputs_are_what_jsonb_gives_back(db_url):
+    """The speculated fast path hands outcome data to the code without the database round
+    trip: history.as_stored must give what a replay reads (key order, numbers)."""
+    values = [1e16, 1.5e16, 1.2345678901234567e20, 1e300, -1e22, 1.5e-07, 1e-05, 0.1, 1.0, 100.0, -0.0, 0.0,
+              5e15, 9.999999999999999e15, 3, 10**30, True, None, "é", [], {},
+              {"bb": 1, "a": 2, "ccc": {"z": 1, "yy": [2e20, -0.0]}, "é": 1, "e": 2, "aa": [1.0]}]
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        for value in values:
+            back = (await (await conn.execute("SELECT %s::jsonb", [Jsonb(value)])).fetchone())[0]
+            mine = as_stored(value)
+            assert (json.dumps(mine), type(mine)) == (json.dumps(back), type(back)), value

@@ -7,6 +7,7 @@ input events moved from the inbox, then the command events the code produced.
 
 from __future__ import annotations
 
+import decimal
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +102,26 @@ _IDENTITY_KEYS = {
 }
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"
+
+
+def as_stored(value: Any) -> Any:
+    """JSON data as it comes back from a ``jsonb`` column, for input events a worker hands
+    to workflow code without the round trip (the speculated fast path): the code must see
+    what a replay will read. jsonb orders an object's keys by length, then bytewise;
+    stores numbers as ``numeric``, which prints a float written with a positive exponent
+    (``1e+16``) as an integer, and has no negative zero. The value is JSON data already
+    (``cairn.common.to_payload``)."""
+    if isinstance(value, dict):
+        return {k: as_stored(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
+    if isinstance(value, list):
+        return [as_stored(v) for v in value]
+    if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
+        text = repr(value)
+        if "e+" in text:
+            return int(decimal.Decimal(text))
+    return value
 
 
 def is_patch_marker(event: Event, patch_id: str | None = None) -> bool:

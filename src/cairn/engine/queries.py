@@ -38,7 +38,8 @@ def q(name: str) -> str:
 # connections PREPARE them by name once (cairn._transactions) and send them as ``EXECUTE``
 # in a simple query, so that the transaction's BEGIN rides with its first statement and its
 # COMMIT with its last: two round trips per transaction instead of four.
-PREPARED = ("claim_workflow_task", "complete_activities_and_lock", "record_workflow_tasks")
+PREPARED = ("claim_workflow_task", "complete_activities_and_lock", "complete_activities_speculated",
+            "record_workflow_tasks")
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -65,11 +66,11 @@ def prepare_statements() -> str:
 
 
 @cache
-def execute_statement(name: str, *, begin: bool = False, commit: bool = False) -> str:
-    """``EXECUTE`` of a prepared statement with ``%s`` placeholders (client-side binding),
-    after a BEGIN and before a COMMIT if asked."""
-    call = f"EXECUTE cairn_{name}({', '.join(['%s'] * len(_positional(name)[1]))})"
-    return ("BEGIN; " if begin else "") + call + ("; COMMIT" if commit else "")
+def execute_statement(*names: str, begin: bool = False, commit: bool = False) -> str:
+    """``EXECUTE`` of prepared statements, one after the other in one simple query, with
+    ``%s`` placeholders (client-side binding); after a BEGIN and before a COMMIT if asked."""
+    calls = [f"EXECUTE cairn_{name}({', '.join(['%s'] * len(_positional(name)[1]))})" for name in names]
+    return "; ".join([*(["BEGIN"] if begin else []), *calls, *(["COMMIT"] if commit else [])])
 
 
 def execute_arguments(name: str, params: dict[str, object]) -> list[object]:

@@ -399,6 +399,13 @@ SELECT pg_notify('cairn_workflow', queue) AS notified FROM task
 -- No NOTIFY: nobody else needs waking.
 SELECT * FROM cairn.complete_activities_locked(%(outcomes)s::jsonb, %(replay)s::uuid[], %(now)s::timestamptz)
 
+-- name: complete_activities_speculated
+-- The speculated fast path's first statement (migration 0010's function): records a group
+-- of outcomes fenced by their tokens, locks their runs' tasks, and raises CR001 unless each
+-- run is as %(expected)s says (the worker's cache). The record of the tasks the worker ran
+-- ahead from its cache follows in the same query.
+SELECT cairn.complete_activities_speculated(%(outcomes)s::jsonb, %(expected)s::jsonb) AS recorded
+
 -- name: locked_task_state
 -- Runs' tasks, history lengths and inboxes, read in a statement of its own *after* their
 -- task rows are locked: a statement that waited for a lock still sees its older snapshot.
