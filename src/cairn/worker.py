@@ -520,7 +520,10 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         (timers, cancels, search attributes, child runs: a statement each, when present).
 
         Activities this worker can run, up to its free slots, are leased to it in the same
-        statement (eager dispatch); their rows are returned.
+        statement (eager dispatch); their rows are returned. The record carries the COMMIT
+        when no task needs a statement after it. ``ahead`` is a statement sent before the
+        record in the same query, opening the transaction with it (the speculated fast
+        path's check, see ``cairn._worker_fast_path``).
         """
         if not batch:
             return []
