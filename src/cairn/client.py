@@ -54,6 +54,9 @@ IdConflictPolicy = Literal["fail", "use_existing"]
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
 WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see Client._known_open)
+# A watched run keeps the outcome its close NOTIFY carried until result() takes it, up to
+# this size (10,000 watched runs: ~10 MB at most); a larger one is read when asked for.
+WATCHED_OUTCOME_BYTES = 1024
 
 
 @dataclass
@@ -443,7 +446,8 @@ class Client(ClientMessages):
                         waiters = self._waiters.get(key, [])
                         outcome = _notified_outcome(text) if text and (watched or waiters) else None
                         if watched is not None:
-                            watched[1], watched[2] = True, outcome
+                            watched[1] = True
+                            watched[2] = outcome if len(text) <= WATCHED_OUTCOME_BYTES else None
                         for fut in waiters:
                             if not fut.done():
                                 fut.set_result(outcome)

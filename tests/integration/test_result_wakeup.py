@@ -12,6 +12,8 @@ import pytest
 
 from cairn import Client, WorkflowFailure, WorkflowTerminated, activity, workflow
 
+from .support import wait_until
+
 
 @workflow.defn
 async def idle() -> None:
@@ -114,3 +116,24 @@ async def test_failure_from_the_close_notify(client, start_worker):
         await handle.result(timeout=30)
     assert err.value.type == "ValueError"
     assert "broken" in str(err.value)
+
+
+@pytest.mark.parametrize(("size", "reads"), [(10, 0), (2_000, 1)])
+async def test_outcome_of_a_close_seen_before_result(client, start_worker, size, reads):
+    """A watched run that closed before result() was called: its small outcome was kept
+    from the NOTIFY (no read); one over WATCHED_OUTCOME_BYTES was not kept, and is read."""
+    await start_worker(workflows=[echoed], activities=[echo])
+    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
+    handle = await client.start(echoed, "y" * size, False)
+    await wait_until(lambda: client._watched[handle.run_id][1], timeout=30, what="the close NOTIFY")
+    calls = 0
+    original = handle._outcome_row
+
+    async def counted() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return await original()
+
+    handle._outcome_row = counted  # type: ignore[method-assign]
+    assert await handle.result(timeout=30) == "y" * size
+    assert calls == reads
