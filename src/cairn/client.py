@@ -539,7 +539,8 @@ class WorkflowHandle(HandleMessages):
             await self._resolve()
         assert self.run_id is not None
         # A run this client started while listening, with no close seen yet, is open: skip
-        # the first read (one statement fewer per start-and-wait). Every later pass reads.
+        # the first read (one statement fewer per start-and-wait). A pass after a close
+        # NOTIFY that carried the outcome uses it; every other pass reads.
         known_open = self.client._known_open(self.run_id)
         notified = self.client._seen_outcome(self.run_id)  # a close NOTIFY carries the outcome
         while True:
