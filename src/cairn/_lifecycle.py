@@ -135,6 +135,8 @@ async def record_commands(conn: psycopg.AsyncConnection[Any], task: dict[str, An
     starts child runs (and tells the parent, through its own inbox, whether each started),
     forwards child cancel requests, starts the next run of a continue-as-new, and — if the
     run closed and has a parent or children — runs :func:`close_family`."""
+    if not has_commands(events, family):
+        return
     run_id = str(task["run_id"])
     cancels: list[int] = []
     close: Event | None = None

@@ -133,9 +133,7 @@ class _FastPath:
                 raise
         self.stats.fast_path += len(ordered)
         self.stats.speculated += len(prepared)
-        self._spawn(eager)
-        if any(t.get("_kept") for t in tasks):  # see Worker._claim_and_run
-            self._wake_workflow_poller()
+        self._committed(tasks, eager)
         return True
 
     def _speculate(self, ordered: list[dict[str, Any]]) -> list[Prepared] | None:
@@ -203,7 +201,12 @@ class _FastPath:
                 self._abandon(tasks, eager)
                 raise
         self.stats.fast_path += len(recorded)
-        self._spawn(eager)
-        if any(t.get("_kept") for t in tasks):  # see Worker._claim_and_run
-            self._wake_workflow_poller()
+        self._committed(tasks, eager)
         return [(o["run_id"], o["seq"]) in recorded for o in outcomes]
+
+    def _committed(self, tasks: list[dict[str, Any]], eager: list[dict[str, Any]]) -> None:
+        """After a group's commit: start its eager attempts; claim again for a kept task
+        (see Worker._claim_and_run)."""
+        self._spawn(eager)
+        if any(t.get("_kept") for t in tasks):
+            self._wake_workflow_poller()

@@ -577,7 +577,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                 if run_id in kept:
                     task["_kept"] = True
                 with trace.use_span(p.span, end_on_exit=True) if p.span is not None else contextlib.nullcontext():
-                    await self._record_extras(conn, p)
+                    if not p.plain:
+                        await self._record_extras(conn, p)
                 _telemetry.workflow_task_duration.record(time.monotonic() - p.began, {
                     "workflow_type": task["workflow_type"], "outcome": "closed" if inst.closed else "ok"})
                 task["_metrics"] = ("started" if task.get("started") is not None else None,
@@ -625,35 +626,10 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         }, free
 
     async def _record_extras(self, conn: psycopg.AsyncConnection[Any], p: Prepared) -> None:
-        """What a recorded task needs besides ``record_workflow_tasks`` (most need nothing)."""
-        task, events = p.task, p.events
-        base = {"run_id": str(task["run_id"]), "now": None}
-        timers, cancel_timers, cancel_acts = [], [], []
-        upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
-        for ev in events:
-            if ev.type == h.TIMER_STARTED:
-                timers.append({"seq": ev.seq, "fire_at": ev.data["fire_at"]})
-            elif ev.type == h.TIMER_CANCELLED:
-                cancel_timers.append(ev.data["timer_seq"])
-            elif ev.type == h.ACTIVITY_CANCEL_REQUESTED and ev.data["activity_seq"] not in p.wait_cancels:
-                cancel_acts.append(ev.data["activity_seq"])
-            elif ev.type == h.UPSERT_SEARCH_ATTRIBUTES:
-                upserts.update(ev.data["search_attributes"])
-        if upserts:
-            await conn.execute(q("upsert_search_attributes"), {
-                **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
-                "remove": [k for k, v in upserts.items() if v is None]})
-        if p.close_status is None:
-            if timers:
-                await conn.execute(q("start_timers"), {**base, "workflow_queue": task["queue"],
-                                                       "timers": Jsonb(timers)})
-            if cancel_timers:
-                await conn.execute(q("cancel_timers"), {**base, "seqs": cancel_timers})
-            if cancel_acts:
-                await conn.execute(q("cancel_activities"), {**base, "seqs": cancel_acts})
-            if p.wait_cancels:
-                await conn.execute(q("request_activity_cancels"), {**base, "seqs": p.wait_cancels})
-        await _lifecycle.record_commands(conn, task, self.namespace, events, p.family)
+        """What a recorded task that is not plain needs besides ``record_workflow_tasks``."""
+        for name, params in p.extras:
+            await conn.execute(q(name), params)
+        await _lifecycle.record_commands(conn, p.task, self.namespace, p.events, p.family)
 
     async def _close_without_code(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
                                   inbox_ids: list[int], closing: tuple[str, str, dict[str, Any], dict[str, Any]],

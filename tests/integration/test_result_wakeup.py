@@ -89,51 +89,43 @@ async def echoed(text: str, fail: bool) -> str:
     return out
 
 
-@pytest.mark.parametrize(("size", "reads"), [(10, 0), (20_000, 1)])
-async def test_result_takes_the_outcome_from_the_close_notify(client, start_worker, size, reads):
-    """A small outcome rides with the close NOTIFY and result() reads nothing; one over the
-    payload limit (8,000 bytes) is read from the run."""
-    await start_worker(workflows=[echoed], activities=[echo])
-    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
-    handle = await client.start(echoed, "x" * size, False)
-    calls = 0
+def _count_reads(handle: Any) -> list[int]:
+    """Counts the run reads of handle.result() (one list item per read)."""
+    reads: list[int] = []
     original = handle._outcome_row
 
     async def counted() -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
+        reads.append(1)
         return await original()
 
-    handle._outcome_row = counted  # type: ignore[method-assign]
+    handle._outcome_row = counted
+    return reads
+
+
+@pytest.mark.parametrize(("size", "closed_first", "reads"), [
+    (10, False, 0), (20_000, False, 1),  # waiting: over the payload limit (8,000 bytes), read
+    (10, True, 0), (2_000, True, 1),  # closed before result(): kept only up to WATCHED_OUTCOME_BYTES
+])
+async def test_result_takes_the_outcome_from_the_close_notify(client, start_worker, size, closed_first, reads):
+    """A small outcome rides with the close NOTIFY and result() reads nothing, whether it
+    was waiting or the run (started here) closed before it was called."""
+    await start_worker(workflows=[echoed], activities=[echo])
+    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
+    handle = await client.start(echoed, "x" * size, False)
+    if closed_first:
+        await wait_until(lambda: client._watched[handle.run_id][1], timeout=30, what="the close NOTIFY")
+    counted = _count_reads(handle)
     assert await handle.result(timeout=30) == "x" * size
-    assert calls == reads
+    assert len(counted) == reads
 
 
 async def test_failure_from_the_close_notify(client, start_worker):
     await start_worker(workflows=[echoed], activities=[echo])
+    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
     handle = await client.start(echoed, "broken", True)
+    counted = _count_reads(handle)
     with pytest.raises(WorkflowFailure) as err:
         await handle.result(timeout=30)
     assert err.value.type == "ValueError"
     assert "broken" in str(err.value)
-
-
-@pytest.mark.parametrize(("size", "reads"), [(10, 0), (2_000, 1)])
-async def test_outcome_of_a_close_seen_before_result(client, start_worker, size, reads):
-    """A watched run that closed before result() was called: its small outcome was kept
-    from the NOTIFY (no read); one over WATCHED_OUTCOME_BYTES was not kept, and is read."""
-    await start_worker(workflows=[echoed], activities=[echo])
-    assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
-    handle = await client.start(echoed, "y" * size, False)
-    await wait_until(lambda: client._watched[handle.run_id][1], timeout=30, what="the close NOTIFY")
-    calls = 0
-    original = handle._outcome_row
-
-    async def counted() -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        return await original()
-
-    handle._outcome_row = counted  # type: ignore[method-assign]
-    assert await handle.result(timeout=30) == "y" * size
-    assert calls == reads
+    assert counted == []  # the failure came with the NOTIFY
