@@ -26,6 +26,7 @@ from cairn import breakers
 from cairn.activity import ActivityDefinition, Reschedule
 from cairn.engine import history as h
 from cairn.engine.queries import q
+from cairn.redaction import redact
 
 log = logging.getLogger("cairn.worker")
 
@@ -55,7 +56,8 @@ async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) ->
     started = time.monotonic()
     outcome: bool | None = None
     try:
-        yield
+        async with breakers.hold_probe(pool, admission, config):
+            yield
         outcome = True
     except Reschedule:
         outcome = None  # the call was put off, not made: no outcome
@@ -97,7 +99,7 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
             return "superseded"
         throttled, deadline, now = float(state["throttled_seconds"]), state["schedule_deadline"], state["now"]
         until = now + timedelta(seconds=delay)
-        why = f"{exc.kind}: {exc.reason}"
+        why = f"{exc.kind}: {redact(exc.reason)}"
         failure: dict[str, Any] | None = None
         if throttled + delay > budget:
             failure = {"type": "ThrottleBudgetExhausted", "retry_state": "throttle_budget_exhausted",
@@ -110,7 +112,7 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
         if failure is not None:
             retry_state = failure.pop("retry_state")
             failure.update(details={"throttled_seconds": round(throttled, 3), "delay": round(delay, 3),
-                                    "throttle_budget": budget, "kind": exc.kind, "reason": exc.reason},
+                                    "throttle_budget": budget, "kind": exc.kind, "reason": redact(exc.reason)},
                            non_retryable=True)
             await conn.execute(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
                 "activity_seq": row["seq"], "failure": failure, "attempts": max(int(state["attempt"]) - 1, 0),
@@ -118,7 +120,7 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
             log.info("activity %s failed for good: %s", row["activity_type"], failure["message"], extra=_extra(row))
             return "failed"
         await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "failure": Jsonb({
-            "type": "Rescheduled", "kind": exc.kind, "reason": exc.reason, "until": until.isoformat(),
+            "type": "Rescheduled", "kind": exc.kind, "reason": redact(exc.reason), "until": until.isoformat(),
             "message": f"throttled until {until.isoformat()} ({why})",
             "details": {"throttled_seconds": round(throttled + delay, 3), "throttle_budget": budget}})})
     log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why, extra=_extra(row))

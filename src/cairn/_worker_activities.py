@@ -73,6 +73,7 @@ class _ActivityRunning:
     """Runs leased activity attempts and records their outcomes (see the module docstring)."""
 
     _pool: AsyncConnectionPool | None
+    _activity_pool: AsyncConnectionPool | None
     _cache: OrderedDict[str, WorkflowInstance]
     _running: dict[tuple[str, int], _Running]
     _threads: ThreadPoolExecutor
@@ -178,7 +179,7 @@ class _ActivityRunning:
             scheduled_at=row["scheduled_at"], started_at=row["started_at"],
             deadline=row["attempt_deadline"], heartbeat_details=row["heartbeat_details"], _beat=beat,
             worker=self.identity,
-            _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pool,
+            _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._activity_pool,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
         began = time.monotonic()
@@ -204,7 +205,7 @@ class _ActivityRunning:
                     token = activity_api._current.set(info)
                     try:
                         timeout, timeout_error = _attempt_timeout(options, row)
-                        async with breaker_guard(self._pool, definition), asyncio.timeout(timeout) as limit:
+                        async with breaker_guard(self._activity_pool, definition), asyncio.timeout(timeout) as limit:
                             if definition.is_async:
                                 result = await definition.fn(*args)
                             else:

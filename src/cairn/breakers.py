@@ -33,8 +33,12 @@ config, ``cairn breakers reset NAME`` drops the row (the next call recreates it)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -43,6 +47,7 @@ import psycopg
 from opentelemetry.metrics import CallbackOptions, Observation
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cairn._telemetry import meter
@@ -60,8 +65,10 @@ __all__ = [
     "disable",
     "enable",
     "force_open",
+    "hold_probe",
     "record",
     "release",
+    "renew_probe",
     "reset",
     "trip",
 ]
@@ -71,6 +78,7 @@ STATE_CODES = {s: i for i, s in enumerate(STATES)}  # the state gauge's values
 TIME_BUCKETS = 60  # a time window is cut into at most this many buckets (of at least 1 s)
 
 Conn = psycopg.AsyncConnection[Any]
+log = logging.getLogger("cairn.breakers")
 
 
 class BreakerNotFound(InputValidationError):
@@ -94,9 +102,12 @@ class BreakerConfig(BaseModel):
 
     name: str | None = None
     window: Literal["count", "time"] = "count"
-    window_size: int = Field(default=20, ge=1, le=100_000)
+    # A window of 100 calls and at least 50 before judging: a flaky model failing 30 % of
+    # calls at random must not open it (a 20-call window at 50 % opens within a few hundred
+    # such calls: ~5 % of 20-call windows hold 10 failures), a dead one still does.
+    window_size: int = Field(default=100, ge=1, le=100_000)
     failure_rate_threshold: float = Field(default=50.0, gt=0, le=100)
-    minimum_calls: int = Field(default=10, ge=1)
+    minimum_calls: int = Field(default=50, ge=1)
     slow_call_duration_threshold: float = Field(default=60.0, gt=0)
     slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
     recovery_timeout: float = Field(default=30.0, gt=0)
@@ -241,20 +252,23 @@ class _Row:
     now: datetime
     counts: dict[str, int]
     events: list[tuple[str, str, str]]
+    resume_to: str | None = None  # a throttle-open: the state it resumes once it ends
 
     @classmethod
     def of(cls, r: dict[str, Any]) -> _Row:
         return cls(r["name"], r["state"], int(r["generation"]), BreakerConfig.model_validate(r["config"]),
                    dict(r["window_data"] or {}), r["opened_at"], r["open_until"], int(r["consecutive_opens"]),
                    int(r["half_open_successes"]), r["now"],
-                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [])
+                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [], r.get("resume_to"))
 
-    def move(self, to: str, reason: str) -> None:
-        """A transition: new generation, fresh window, an event."""
+    def move(self, to: str, reason: str, *, keep_window: bool = False) -> None:
+        """A transition: new generation, fresh window (unless kept), an event."""
         self.events.append((self.state, to, reason))
         self.state = to
         self.generation += 1
-        self.window = {}
+        self.resume_to = None
+        if not keep_window:
+            self.window = {}
         self.half_open_successes = 0
 
     def open(self, reason: str, until: datetime | None = None) -> None:
@@ -282,7 +296,7 @@ async def _write(conn: Conn, row: _Row, now: datetime | None) -> None:
     await conn.execute(q("breaker_write"), {
         "name": row.name, "state": row.state, "generation": row.generation, "window_data": Jsonb(row.window),
         "opened_at": row.opened_at, "open_until": row.open_until, "consecutive_opens": row.consecutive_opens,
-        "half_open_successes": row.half_open_successes, "now": now, **row.counts})
+        "half_open_successes": row.half_open_successes, "resume_to": row.resume_to, "now": now, **row.counts})
     gen = row.generation - len(row.events)
     for frm, to, reason in row.events:
         gen += 1
@@ -351,7 +365,12 @@ async def _admit_locked(conn: Conn, row: _Row, now: datetime | None) -> Admissio
     if row.state in ("closed", "disabled"):
         return Admission(True, None, row.generation, None, row.state, row.name, row.now)
     if row.state == "open" and (row.open_until is None or row.now >= row.open_until):
-        row.move("half_open", "recovery timeout elapsed")
+        if row.resume_to == "closed":
+            # A throttle-open ends where it began: the model never failed.
+            row.opened_at = row.open_until = None
+            row.move("closed", "retry-after elapsed", keep_window=True)
+            return Admission(True, None, row.generation, None, row.state, row.name, row.now)
+        row.move("half_open", "retry-after elapsed" if row.resume_to else "recovery timeout elapsed")
     if row.state != "half_open":
         row.counts["not_permitted"] += 1
         return Admission(False, _refused_until(row.state, row.open_until, row.now, row.config), row.generation,
@@ -434,25 +453,70 @@ def _apply_outcome(row: _Row, *, success: bool, slow: bool) -> None:
                 row.close(f"{row.half_open_successes} half-open probes succeeded")
 
 
+async def renew_probe(conn: Conn, admission: Admission, lease_seconds: float, *, now: datetime | None = None) -> None:
+    """Extends a running probe's lease: a probe holds its slot for the life of its call
+    (a slow call must not free it for another prober), and only a crashed prober's lease
+    runs out."""
+    if admission.probe_id is not None:
+        await conn.execute(q("breaker_renew_probe"), {"name": admission.name, "probe_id": admission.probe_id,
+                                                      "lease": lease_seconds, "now": now})
+
+
+@contextlib.asynccontextmanager
+async def hold_probe(pool: AsyncConnectionPool, admission: Admission,
+                      config: BreakerConfig) -> AsyncIterator[None]:
+    """Renews a half-open probe's lease while its call runs: a probe holds its slot for the
+    life of its call, however slow, and only a crashed prober's lease runs out."""
+    if admission.probe_id is None:
+        yield
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(config.probe_lease_seconds / 3)
+            try:
+                async with pool.connection() as conn:
+                    await renew_probe(conn, admission, config.probe_lease_seconds)
+            except Exception as exc:  # the next renewal may get through; the lease is long
+                log.warning("breaker %s: probe lease not renewed: %s", admission.name, exc)
+
+    renewer = asyncio.create_task(renew(), name="cairn-probe-lease")
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+
+
 async def release(conn: Conn, admission: Admission) -> None:
     """Frees a probe's lease without an outcome (the call was never really made)."""
     if admission.probe_id is not None:
         await conn.execute(q("breaker_release_probe"), {"name": admission.name, "probe_id": admission.probe_id})
 
 
-async def trip(conn: Conn, name: str, until: datetime, *, forced: bool = False, reason: str,
-               config: BreakerConfig | None = None, now: datetime | None = None) -> None:
-    """Opens a breaker until ``until`` (a 429's Retry-After), or forces it open (quota
+async def trip(conn: Conn, name: str, until: datetime | None = None, *, seconds: float | None = None,
+               forced: bool = False, reason: str, config: BreakerConfig | None = None,
+               now: datetime | None = None) -> None:
+    """Opens a breaker until ``until`` (or for ``seconds`` of database time): a throttle,
+    such as a 429's Retry-After. With ``forced`` it is forced open instead (quota
     exhausted: it stays open until an operator closes it).
 
-    An open breaker's ``open_until`` only ever moves later; a forced-open or disabled
-    breaker is left alone by a plain trip. The breaker is created (with ``config``, or the
+    A throttle is not a failure of the dependency: it does not count as a consecutive open
+    (no escalation of the recovery time), and once it ends the breaker resumes the state
+    it had: a closed one closes again (its window kept), a half-open one probes afresh. An
+    open breaker's ``open_until`` only ever moves later; a forced-open or disabled breaker
+    is left alone by a plain trip. The breaker is created (with ``config``, or the
     defaults) if it does not exist yet.
     """
+    if (until is None) == (seconds is None):
+        raise InputValidationError("trip takes either until or seconds")
     await admit_row(conn, name, config or BreakerConfig(), now)
     async with conn.transaction():
         row = await _locked(conn, name, now)
         assert row is not None
+        if until is None:
+            until = row.now + timedelta(seconds=max(seconds or 0.0, 0.0))
         if row.state == "disabled" or (row.state == "forced_open" and not forced):
             return
         if forced:
@@ -465,7 +529,10 @@ async def trip(conn: Conn, name: str, until: datetime, *, forced: bool = False, 
         elif row.state == "open":
             row.open_until = max(until, row.open_until or until)
         else:
-            row.open(reason, until=until)
+            resume_to = row.state  # closed or half_open
+            row.opened_at, row.open_until = row.now, until
+            row.move("open", reason, keep_window=True)
+            row.resume_to = resume_to
         await _write(conn, row, now)
 
 

@@ -6,12 +6,12 @@ limits, else says when they will (``retry_at``); :func:`settle` corrects the tok
 actual usage and frees the concurrency slot. :func:`reserve_or_reschedule` is the form an
 activity uses: a refused reservation becomes ``activity.Reschedule(kind="rate_limit")``.
 
-The window: fixed one-minute buckets, and the 60 s sliding window estimated from the
-current and the previous bucket, the previous one weighted by the part of it that is still
-inside the window (``prev * (1 - elapsed / 60) + current``), as Cloudflare's and nginx's
-limiters do. It never lets through more than the limit in any aligned minute, and at most
-about twice the limit in the worst unaligned 60 s (the estimate assumes the previous
-minute's calls were spread evenly).
+The window slides, as providers' own limits do: requests are counted in buckets of a
+sixtieth of the window (a second of a minute), and every bucket that overlaps the last
+``window`` seconds counts in whole, plus a small send margin (a request reaches the
+provider a little after its reservation). So no span of ``window`` seconds, however placed,
+sees more than the limit, at the cost of up to one bucket and the margin of headroom
+(~3 % of a minute); a deployment keeps at most ~62 bucket rows.
 
 Reservations of one deployment take turns on its ``cairn.rate_limits`` row lock, so the
 check and the increment are atomic across workers. Concurrency slots are leases that
@@ -33,9 +33,12 @@ from cairn.activity import Reschedule
 from cairn.engine.queries import q
 from cairn.errors import InputValidationError
 
-__all__ = ["Reservation", "reserve", "reserve_or_reschedule", "settle"]
+__all__ = ["Reservation", "reserve", "reserve_or_reschedule", "settle", "window_wait"]
 
 WINDOW_SECONDS = 60.0
+BUCKETS = 60                     # a window is counted in this many buckets
+SEND_MARGIN_SECONDS = 1.0        # reservation-to-arrival allowance, at most...
+SEND_MARGIN_FRACTION = 0.02      # ...and at most this part of the window
 LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
 CONCURRENCY_RETRY_SECONDS = 1.0  # a full concurrency cap is looked at again this soon
 RETRY_MARGIN_SECONDS = 0.01      # retry_at lands just past the moment capacity frees up
@@ -52,7 +55,7 @@ class Reservation:
         retry_at: when refused, the earliest time enough capacity frees up (database time).
         id: the reservation (and its concurrency lease).
         deployment: the deployment it counts against.
-        window_start: the minute its request and tokens were added to.
+        window_start: the bucket its request and tokens were added to.
         tokens: the token estimate reserved.
         now: the database time of the decision.
         reason: when refused, which limit.
@@ -80,20 +83,31 @@ def _check(name: str, value: int | None) -> None:
         raise InputValidationError(f"{name} must be a positive integer or None, got {value!r}")
 
 
-def wait_seconds(limit: int, need: int, prev: float, cur: float, elapsed: float,
-                 window: float = WINDOW_SECONDS) -> float:
-    """Seconds until ``need`` more fits ``limit`` in the sliding window (nothing else added).
+def send_margin(window: float) -> float:
+    """Seconds added to the window: a request reaches the provider a little after its
+    reservation, so a request admitted at the window's edge must still count there."""
+    return min(SEND_MARGIN_SECONDS, window * SEND_MARGIN_FRACTION)
 
-    Within the current minute the previous bucket's weight falls linearly; if the current
-    bucket alone is too full, capacity comes only after the minute turns (the current
-    bucket becomes the previous one and starts falling).
+
+def bucket_width(window: float) -> float:
+    """The width of a window's buckets: a sixtieth of it (a second of a minute)."""
+    return window / BUCKETS
+
+
+def window_wait(limit: int, need: int, buckets: list[tuple[float, float]], at: float, window: float) -> float:
+    """Seconds from ``at`` until ``need`` more fits ``limit``: the buckets ``(start, amount)``
+    that overlap the window leave it oldest first, each once its whole width is out of the
+    window (plus the send margin); 0 if it fits now.
     """
-    if cur + need <= limit:
-        if prev <= 0:
-            return 0.0
-        return max(window * (1 - (limit - cur - need) / prev) - elapsed, 0.0)
-    after = window * (1 - (limit - need) / cur) if cur > 0 else 0.0
-    return window - elapsed + max(after, 0.0)
+    total = sum(amount for _, amount in buckets)
+    if total + need <= limit:
+        return 0.0
+    span = window + send_margin(window) + bucket_width(window)
+    for start, amount in buckets:
+        total -= amount
+        if total + need <= limit:
+            return max(start + span - at, 0.0)
+    return 0.0  # unreachable while need <= limit: the last bucket leaves too
 
 
 async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
@@ -131,6 +145,7 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
     if rpm is None and tpm is None and max_concurrency is None:
         return Reservation(True, None, rid, deployment, None, tokens, now)
     tokens_counted = min(tokens, tpm) if tpm is not None else tokens
+    width = bucket_width(window_seconds)
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q("rate_limit_lock"), {"deployment": deployment, "now": now})
@@ -138,23 +153,23 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         assert locked is not None
         at: datetime = locked["now"]
         epoch = at.timestamp()
-        minute = math.floor(epoch / window_seconds) * window_seconds
-        current = datetime.fromtimestamp(minute, UTC)
-        elapsed = epoch - minute
-        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "current": current,
-                                                  "window": window_seconds})
+        current = datetime.fromtimestamp(math.floor(epoch / width) * width, UTC)
+        # Every bucket that overlaps (now - window - margin, now] counts in whole.
+        oldest = at - timedelta(seconds=window_seconds + send_margin(window_seconds) + width)
+        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "oldest": oldest})
         u = await cur.fetchone()
         assert u is not None
-        weight = 1 - elapsed / window_seconds
+        buckets = [(float(b[0]), int(b[1]), int(b[2])) for b in u["buckets"]]
         per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
         waits: list[tuple[float, str]] = []
-        if rpm is not None and u["prev_requests"] * weight + u["cur_requests"] + 1 > rpm:
-            waits.append((wait_seconds(rpm, 1, u["prev_requests"], u["cur_requests"], elapsed, window_seconds),
-                          f"{rpm} requests/{per}"))
-        if tpm is not None and u["prev_tokens"] * weight + u["cur_tokens"] + tokens_counted > tpm:
-            waits.append((wait_seconds(tpm, tokens_counted, u["prev_tokens"], u["cur_tokens"], elapsed,
-                                       window_seconds),
-                          f"{tpm} tokens/{per}"))
+        if rpm is not None:
+            wait = window_wait(rpm, 1, [(b[0], b[1]) for b in buckets], epoch, window_seconds)
+            if wait > 0:
+                waits.append((wait, f"{rpm} requests/{per}"))
+        if tpm is not None:
+            wait = window_wait(tpm, tokens_counted, [(b[0], b[2]) for b in buckets], epoch, window_seconds)
+            if wait > 0:
+                waits.append((wait, f"{tpm} tokens/{per}"))
         if max_concurrency is not None and u["leases"] >= max_concurrency:
             slot = CONCURRENCY_RETRY_SECONDS
             if u["first_expiry"] is not None:
@@ -173,7 +188,7 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
 
 
 async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
-    """Corrects the reserved minute by (actual - estimate) tokens and frees the
+    """Corrects the reserved bucket by (actual - estimate) tokens and frees the
     concurrency slot. Settling a refused reservation does nothing."""
     if not reservation.ok or reservation.window_start is None:
         return

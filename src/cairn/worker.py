@@ -65,7 +65,15 @@ IDLE_TX_TIMEOUT_MS = 60_000
 WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
                              " -c plan_cache_mode=force_generic_plan")
 CLAIM_BATCH = 8                 # workflow tasks claimed and committed together
-QUEUE_DEPTH_CAP = 100_000      # cairn.queue.depth counts at most this many ready tasks per queue and kind
+QUEUE_DEPTH_CAP = 100_000
+# Activity code (breakers, rate limits, streamed text) uses a pool of its own, never the
+# engine's: a storm of failing LLM calls cannot starve lease renewals, claims or outcome
+# records. Activity code holds a connection for one step at a time (never across a call,
+# never two at once), so a few connections serve all activity_concurrency attempts; the
+# engine's pool holds one per workflow poller plus ENGINE_POOL_EXTRA for the deliverer,
+# flusher, activity poller, maintenance and outcome writes.
+ACTIVITY_POOL_MAX = 8
+ENGINE_POOL_EXTRA = 4      # cairn.queue.depth counts at most this many ready tasks per queue and kind
 
 
 @dataclass
@@ -165,6 +173,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running: dict[tuple[str, int], _Running] = {}
         self._pool: AsyncConnectionPool | None = None
+        self._activity_pool: AsyncConnectionPool | None = None  # activity code's (see ACTIVITY_POOL_MAX)
         self._threads = ThreadPoolExecutor(max_workers=min(32, activity_concurrency),
                                            thread_name_prefix="cairn-activity")
         self._wf_wakes: list[asyncio.Event] = []
@@ -196,13 +205,18 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         url, embedded = await asyncio.to_thread(db.resolve_url, self.url)
         self.url = url
         await asyncio.to_thread(_prepare_schema, url, embedded)
-        pool_size = self.workflow_concurrency + 4
+        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA
         self._pool = AsyncConnectionPool(
             url, min_size=min(2, pool_size), max_size=pool_size, open=False,
             kwargs={"autocommit": True, "options": WORKER_CONNECTION_OPTIONS},
             configure=_transactions.configure,
         )
         await self._pool.open(wait=True, timeout=30)
+        if self.activities:
+            self._activity_pool = AsyncConnectionPool(
+                url, min_size=1, max_size=min(ACTIVITY_POOL_MAX, self.activity_concurrency), open=False,
+                kwargs={"autocommit": True, "options": CONNECTION_OPTIONS})
+            await self._activity_pool.open(wait=True, timeout=30)
         try:
             await self._register_types()
             self._wf_wakes = [asyncio.Event() for _ in range(self.workflow_concurrency)]
@@ -228,6 +242,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await self._pool.close()
+            if self._activity_pool is not None:
+                await self._activity_pool.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             for inst in self._cache.values():
                 inst.dispose()

@@ -200,15 +200,60 @@ async def test_stale_outcomes_change_nothing(conn, sql):
     assert listed["calls_in_window"] == 0, "stale outcomes stay out of the window"
 
 
-async def test_trip_until_then_half_open(conn, sql):
-    cfg = BreakerConfig(recovery_timeout=5)
-    await breakers.trip(conn, "llm:m:chat", at(30), reason="429 Retry-After: 30", config=cfg, now=at(0))
+async def test_a_throttle_opens_until_retry_after_then_resumes_closed(conn, sql):
+    cfg = BreakerConfig(recovery_timeout=5, window_size=10, minimum_calls=10)
+    await call(conn, "llm:m:chat", cfg, 0, success=False)  # one failure in the window
+    await breakers.trip(conn, "llm:m:chat", at(30), reason="429 Retry-After: 30", config=cfg, now=at(1))
     a = await breakers.admit(conn, "llm:m:chat", cfg, now=at(5))
     assert (a.permitted, a.retry_at, a.delay) == (False, at(30), 25.0)
     await breakers.trip(conn, "llm:m:chat", at(20), reason="an earlier Retry-After", now=at(6))
-    assert (await row(sql, "llm:m:chat"))["open_until"] == at(30), "open_until only moves later"
-    probe = await breakers.admit(conn, "llm:m:chat", cfg, now=at(30))
+    r = await row(sql, "llm:m:chat")
+    assert r["open_until"] == at(30), "open_until only moves later"
+    assert r["consecutive_opens"] == 0, "a throttle is not a failure: no escalation"
+    after = await breakers.admit(conn, "llm:m:chat", cfg, now=at(30))
+    assert (after.permitted, after.state, after.probe_id) == (True, "closed", None), \
+        "the model never failed: no half-open round after a Retry-After"
+    listed = next(b for b in await breakers.describe(conn, now=at(30)) if b["name"] == "llm:m:chat")
+    assert listed["calls_in_window"] == 1, "the window from before the throttle is kept"
+    assert transitions(sql, "llm:m:chat") == [("closed", "open"), ("open", "closed")]
+
+
+async def test_a_throttle_on_a_half_open_probe_waits_retry_after_and_does_not_escalate(conn, sql):
+    """The defect: a 429 with Retry-After: 3 on the probe re-opened the breaker for
+    recovery x multiplier (~60 s) before the 3 s applied."""
+    cfg = BreakerConfig(recovery_timeout=30, recovery_multiplier=2, window_size=2, minimum_calls=2,
+                        permitted_calls_in_half_open=1)
+    for t in (0, 1):
+        await call(conn, "probe429", cfg, t, success=False)
+    assert (await row(sql, "probe429"))["open_until"] == at(31)
+    probe = await breakers.admit(conn, "probe429", cfg, now=at(31))
     assert (probe.permitted, probe.state) == (True, "half_open")
+    # the probe got 429 + Retry-After: 3 (what the chat activity does: no outcome, a trip)
+    await breakers.release(conn, probe)
+    await breakers.trip(conn, "probe429", seconds=3, reason="429: retry after 3 s", config=cfg, now=at(32))
+    r = await row(sql, "probe429")
+    assert (r["state"], r["open_until"], r["consecutive_opens"]) == ("open", at(35), 1)
+    assert not (await breakers.admit(conn, "probe429", cfg, now=at(34))).permitted
+    again = await breakers.admit(conn, "probe429", cfg, now=at(35))
+    assert (again.permitted, again.state) == (True, "half_open"), "back to probing after 3 s, not 60"
+    await breakers.record(conn, "probe429", again, success=True, now=at(36))
+    assert (await row(sql, "probe429"))["state"] == "closed"
+
+
+async def test_a_running_probe_keeps_its_slot_past_its_lease(conn, sql):
+    """Slow calls: a probe renews its lease while it runs, so no second probe is admitted
+    however long the first takes; a crashed prober's lease still runs out."""
+    cfg = BreakerConfig(recovery_timeout=10, window_size=2, minimum_calls=2, permitted_calls_in_half_open=1,
+                        probe_lease_seconds=60)
+    for t in (0, 1):
+        await call(conn, "slow", cfg, t, success=False)
+    probe = await breakers.admit(conn, "slow", cfg, now=at(11))
+    assert probe.permitted
+    for t in (31, 51, 71, 91):  # renewed every lease / 3 while the call runs
+        await breakers.renew_probe(conn, probe, 60, now=at(t))
+        assert not (await breakers.admit(conn, "slow", cfg, now=at(t + 1))).permitted
+    # the prober crashed after its last renewal: its slot frees a lease later
+    assert (await breakers.admit(conn, "slow", cfg, now=at(151))).permitted
 
 
 async def test_forced_open_until_an_operator_closes_it(conn, sql):

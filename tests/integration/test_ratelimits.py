@@ -1,5 +1,5 @@
 """Fleet rate limits in Postgres with a pinned clock: requests and tokens per minute over a
-sliding window, retry_at, settle, concurrency leases that expire."""
+sliding window that no span exceeds, retry_at, settle, concurrency leases that expire."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from cairn import InputValidationError, activity
-from cairn.ratelimits import reserve, reserve_or_reschedule, settle, wait_seconds
+from cairn.ratelimits import reserve, reserve_or_reschedule, settle, window_wait
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)  # a minute boundary
 
@@ -31,12 +31,26 @@ async def test_requests_per_minute_sliding_window(conn):
     r = await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(20))
     assert not r.ok
     assert "3 requests/min" in r.reason
-    # the current minute is full: capacity comes after the minute turns, once the previous
-    # minute's weight (3 * (1 - x/60)) + 1 <= 3, i.e. x = 20 s into the next minute
-    assert r.retry_at == at(60 + 20 + 0.01)
-    assert not (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(79))).ok
-    assert (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(80.01))).ok
+    # The oldest request's one-second bucket [10, 11) leaves the window once all of it is
+    # more than 60 s + the 1 s send margin old: at 72.
+    assert r.retry_at == at(72 + 0.01)
+    assert not (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(71.9))).ok
+    assert (await reserve(conn, "d", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(72.01))).ok
 
+
+async def test_no_span_of_the_window_ever_holds_more_than_the_limit(conn):
+    """A steady stream asking every 0.25 s for 5 minutes: whatever 60 s span one picks
+    (aligned to minutes or not), it holds at most rpm admitted requests, and the limit is
+    used (each minute admits close to rpm)."""
+    rpm, admitted = 40, []
+    t = 0.0
+    while t < 300:
+        if (await reserve(conn, "steady", rpm=rpm, tpm=None, max_concurrency=None, tokens=0, now=at(t))).ok:
+            admitted.append(t)
+        t += 0.25
+    worst = max(sum(1 for b in admitted if a <= b < a + 60) for a in admitted)
+    assert worst <= rpm
+    assert len(admitted) >= 4 * rpm, "the headroom costs little: about rpm per minute gets through"
 
 async def test_tokens_per_minute_and_settle(conn):
     r1 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=800, now=at(1))
@@ -91,7 +105,10 @@ async def test_bad_limits(conn):
             await reserve(conn, "bad", **args)
 
 
-def test_wait_seconds():
-    assert wait_seconds(10, 1, prev=10, cur=0, elapsed=0) == pytest.approx(6.0)  # 10*(1-t/60)+1 <= 10
-    assert wait_seconds(10, 1, prev=0, cur=10, elapsed=30) == pytest.approx(30 + 6.0)
-    assert wait_seconds(10, 1, prev=0, cur=0, elapsed=0) == 0.0
+def test_window_wait():
+    # rpm 3 over 60 s; buckets of 1 s; the send margin is 1 s: a bucket leaves at start + 62
+    assert window_wait(3, 1, [(10.0, 2), (11.0, 1)], at=20.0, window=60) == pytest.approx(52.0)
+    assert window_wait(2, 1, [(10.0, 1), (11.0, 2)], at=20.0, window=60) == pytest.approx(53.0)
+    assert window_wait(3, 1, [(10.0, 2)], at=20.0, window=60) == 0.0
+    # a 2 s window: buckets of 1/30 s, the margin 2 % of it
+    assert window_wait(1, 1, [(0.0, 1)], at=0.5, window=2) == pytest.approx(2 + 0.04 + 2 / 60 - 0.5)

@@ -32,6 +32,7 @@ from cairn.errors import (
     NonDeterminismError,
     WorkflowFailure,
 )
+from cairn.redaction import redact_value
 
 if TYPE_CHECKING:
     from cairn.workflow import WorkflowDefinition, WorkflowInfo
@@ -77,7 +78,8 @@ def failure_of(exc: BaseException) -> dict[str, Any]:
         out["non_retryable"] = True
     stack = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8)
     out["stack"] = "".join(stack)[-4000:]
-    return out
+    # An error text may quote a configured API key (a provider echoing it): never record it.
+    return redact_value(out)  # type: ignore[no-any-return]
 
 
 # How cancelling an activity's handle treats the activity (Temporal's three types).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
@@ -46,6 +46,7 @@ CHAT_ACTIVITY = "cairn.llm.chat"          # the built-in activity's type name
 COMPLETION_TYPE = "cairn.llm.completion"  # the ``type`` key of its recorded result
 DEFAULT_START_TO_CLOSE = 300.0            # seconds one attempt (one walk of the chain) may take
 DEFAULT_THROTTLE_DELAY = 5.0              # a throttle without Retry-After is retried this much later
+DEFAULT_FALLBACK_AFTER_ATTEMPTS = 2       # failed attempts of a call on a model before the next one serves
 QUOTA_RECHECK_SECONDS = 3600.0            # a quota-forced breaker is looked at again after this
 CHARS_PER_TOKEN = 4                       # the token estimate of a prompt (rate limits)
 STREAM_BATCH_CHUNKS = 20                  # a streamed batch is written every 20 deltas...
@@ -57,16 +58,30 @@ _calls = meter.create_counter("cairn.llm.calls", description="LLM calls made, by
 
 
 class Fallback(BaseModel):
-    """Models to try, in order, when the requested one's breaker is open or its quota is
-    exhausted (within the same attempt).
+    """Models to try, in order, after the requested one, and when to move on to them.
 
     ``Fallback(["gpt-4o-mini"])``; each model is looked up by name among the configured
-    providers.
+    providers. Within one attempt the chain moves on when a model's breaker refuses, when
+    its quota is exhausted, and (``on_context_length``) when it rejects the prompt as too
+    long and a later model has a larger context window. Across attempts,
+    ``after_attempts`` gives each model that many failed attempts of *this* call before
+    the next model serves the retries, so a dead primary costs this call two attempts, not
+    the breaker's ``minimum_calls``.
+
+    Attributes:
+        models: the fallback models, in order.
+        after_attempts: failed attempts of this call on a model before the next model
+            serves (the last model serves every later attempt); ``None``: only breakers,
+            quota and context length move the chain.
+        on_context_length: move on at once on a context-length error to the next model with
+            a larger known ``context_windows`` entry (an unknown window counts as none).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     models: list[str] = Field(min_length=1)
+    after_attempts: int | None = Field(default=DEFAULT_FALLBACK_AFTER_ATTEMPTS, ge=1)
+    on_context_length: bool = True
 
     def __init__(self, models: list[str] | None = None, /, **data: Any) -> None:
         if models is not None:
@@ -106,6 +121,9 @@ class _ChatCall(BaseModel):
     request: ChatRequest
     fallback: list[str] = Field(default_factory=list)
     stream: bool = False
+    # Left out of history when at their defaults (older histories replay unchanged).
+    fallback_after_attempts: int | None = DEFAULT_FALLBACK_AFTER_ATTEMPTS
+    fallback_on_context_length: bool = True
 
 
 async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = None,
@@ -122,8 +140,10 @@ async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = 
 
     Args:
         request: the chat request (its ``model`` is tried first).
-        fallback: models tried next, in the same attempt, while a model's breaker is open
-            or its quota is exhausted.
+        fallback: models tried next (a :class:`Fallback` says when; a list takes its
+            defaults): in the same attempt while a model's breaker is open, its quota is
+            exhausted or the prompt is too long for it, and for the retries after a model
+            failed ``after_attempts`` attempts of this call.
         start_to_close_timeout: the most one attempt may take (default 300 s).
         schedule_to_close_timeout: the most the whole call may take, reschedules included.
         retry_policy: how retryable failures are retried (default: the engine's).
@@ -138,8 +158,11 @@ async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = 
     """
     if not isinstance(request, ChatRequest):
         raise InputValidationError(f"chat() takes a ChatRequest, not {type(request).__name__}")
-    models = fallback.models if isinstance(fallback, Fallback) else list(fallback or [])
-    call = _ChatCall(request=request, fallback=Fallback(models).models if models else [], stream=stream)
+    chain = fallback if isinstance(fallback, Fallback) else Fallback(list(fallback)) if fallback else None
+    call = _ChatCall(request=request, fallback=chain.models if chain else [], stream=stream)
+    if chain is not None:
+        call.fallback_after_attempts = chain.after_attempts
+        call.fallback_on_context_length = chain.on_context_length
     result = await workflow.execute_activity(
         CHAT_ACTIVITY, call.model_dump(mode="json", exclude_defaults=True),
         start_to_close_timeout=start_to_close_timeout, schedule_to_close_timeout=schedule_to_close_timeout,
@@ -193,15 +216,18 @@ class _Stream:
         self.chunk += 1
 
 
-async def _db_now(pool: AsyncConnectionPool) -> datetime:
-    async with pool.connection() as conn:
-        row = await (await conn.execute(q("db_now"))).fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
-
-
 def _fail(message: str, *, kind: str, non_retryable: bool, details: dict[str, Any] | None = None) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=non_retryable, details=details)
+
+
+def _context_window(provider: ProviderConfig, model: str) -> int:
+    return provider.context_windows.get(model, 0)
+
+
+# Connections: every database step of an attempt checks a connection out for that one step
+# and gives it back; none is held across the provider call and none is taken while another
+# is held. The worker gives activities a pool of their own, so however many calls fail
+# together they cannot starve each other, lease renewals or outcome records.
 
 
 @activity.defn(name=CHAT_ACTIVITY)
@@ -219,9 +245,20 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
     request = parsed.request
     chain = [request.model, *[m for m in parsed.fallback if m != request.model]]
     skipped: list[dict[str, Any]] = []
+    # The per-call policy: after `after_attempts` failed attempts of this call on a model,
+    # the next model serves (the last one serves every later attempt).
+    first = 0
+    if parsed.fallback_after_attempts is not None and len(chain) > 1:
+        first = min((info.attempt - 1) // parsed.fallback_after_attempts, len(chain) - 1)
+        for model in chain[:first]:
+            skipped.append({"model": model, "provider": None, "until": None,
+                            "reason": f"{parsed.fallback_after_attempts} failed attempts of this call"})
     refused_until: datetime | None = None
+    decided_at: datetime | None = None
     last_error: ProviderError | None = None
-    for index, model in enumerate(chain):
+    index = first
+    while index < len(chain):
+        model = chain[index]
         req = request if index == 0 else request.model_copy(update={"model": model, "provider": None})
         try:
             provider = providers.resolve_provider(req)
@@ -231,6 +268,7 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
         config = provider.breaker or breakers.BreakerConfig()
         async with pool.connection() as conn:
             admission = await breakers.admit(conn, name, config)
+        decided_at = admission.now
         if not admission.permitted:
             until = admission.retry_at
             skipped.append({"model": model, "provider": provider.name, "reason": f"breaker {admission.state}",
@@ -238,54 +276,80 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
             if until is not None and (refused_until is None or until < refused_until):
                 refused_until = until
             _calls.add(1, {"provider": provider.name, "model": model, "outcome": "not_permitted"})
+            index += 1
             continue
         span.set_attributes({"cairn.breaker": name, "cairn.breaker.state": admission.state})
         outcome = await _attempt_model(pool, info, parsed, req, provider, name, admission, skipped, span)
         if isinstance(outcome, dict):
             return outcome
-        last_error = outcome  # quota exhausted: the breaker is forced open; next model
+        if outcome.kind == "fatal":
+            last_error = outcome  # quota exhausted: the breaker is forced open; next model
+            skipped.append({"model": model, "provider": provider.name, "until": None,
+                            "reason": f"{outcome.reason or 'quota'} (HTTP {outcome.status})"})
+            index += 1
+            continue
+        # The prompt is too long for this model: on to the next one with a larger window.
+        window = _context_window(provider, model)
+        larger = next((i for i in range(index + 1, len(chain)) if _window_of(chain[i], request) > window), None)
+        if larger is None:
+            raise _rejected(outcome)
         skipped.append({"model": model, "provider": provider.name, "until": None,
-                        "reason": f"{outcome.reason or 'quota'} (HTTP {outcome.status})"})
+                        "reason": f"context length exceeded (window {window or 'unknown'})"})
+        log.info("%s: context length exceeded; trying %s, which has a larger window", name, chain[larger])
+        index = larger
     if last_error is not None:
         # The chain ended on exhausted quota: no model is left to serve in this attempt.
         raise _fail(f"no model of the chain could serve: {last_error.message} ({last_error.provider}/"
                     f"{last_error.model}, HTTP {last_error.status})", kind="LLMQuotaExhausted",
                     non_retryable=True, details={"skipped": skipped})
-    now = await _db_now(pool)
+    now = decided_at or datetime.now(UTC)
     delay = max(((refused_until or now) - now).total_seconds(), 0.0)
     raise Reschedule(delay, kind="breaker", reason="every model's breaker is open: " +
                      ", ".join(f"{s['model']} ({s['reason']})" for s in skipped))
 
 
+def _window_of(model: str, request: ChatRequest) -> int:
+    """A chain model's known context window (0 when unknown or unresolvable)."""
+    try:
+        provider = providers.resolve_provider(request.model_copy(update={"model": model, "provider": None}))
+    except CairnError:
+        return 0
+    return _context_window(provider, model)
+
+
 async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo, parsed: _ChatCall,
                          req: ChatRequest, provider: ProviderConfig, name: str, admission: breakers.Admission,
                          skipped: list[dict[str, Any]], span: trace.Span) -> dict[str, Any] | ProviderError:
-    """One model's call under its (admitted) breaker; returns the result, or the fatal
-    error that moves the chain on. Always settles the reservation and the probe lease."""
+    """One model's call under its (admitted) breaker; returns the result, or the error that
+    moves the chain on (quota exhausted, or a context-length rejection). Always settles
+    the reservation and the probe lease."""
     model = req.model
     labels = {"provider": provider.name, "model": model}
+    config = provider.breaker or breakers.BreakerConfig()
     recorded = False
     reservation: ratelimits.Reservation | None = None
     used_tokens = 0
+    limited = provider.rpm is not None or provider.tpm is not None or provider.max_concurrency is not None
     try:
-        async with pool.connection() as conn:
-            reservation = await ratelimits.reserve(conn, f"{provider.name}:{model}", rpm=provider.rpm,
-                                                   tpm=provider.tpm, max_concurrency=provider.max_concurrency,
-                                                   tokens=estimate_tokens(req),
-                                                   window_seconds=provider.rate_window_seconds)
-        if not reservation.ok:
-            _calls.add(1, {**labels, "outcome": "rate_limited"})
-            raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)
+        if limited:
+            async with pool.connection() as conn:
+                reservation = await ratelimits.reserve(conn, f"{provider.name}:{model}", rpm=provider.rpm,
+                                                       tpm=provider.tpm, max_concurrency=provider.max_concurrency,
+                                                       tokens=estimate_tokens(req),
+                                                       window_seconds=provider.rate_window_seconds)
+            if not reservation.ok:
+                _calls.add(1, {**labels, "outcome": "rate_limited"})
+                raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)
         stream = _Stream(pool, info) if parsed.stream else None
         try:
-            completion = await providers.call_chat(provider, req, on_chunk=stream.add if stream else None)
+            async with breakers.hold_probe(pool, admission, config):
+                completion = await providers.call_chat(provider, req, on_chunk=stream.add if stream else None)
         except ProviderError as exc:
             recorded = True  # _provider_failed records the outcome (or frees the probe)
             return await _provider_failed(pool, exc, provider, name, admission, labels, span)
         finally:
             if stream is not None:
                 await stream.flush()
-        config = provider.breaker or breakers.BreakerConfig()
         ttft = completion.ttft_seconds if completion.ttft_seconds is not None else completion.duration_seconds
         async with pool.connection() as conn:
             await breakers.record(conn, name, admission, success=True, duration=ttft,
@@ -304,7 +368,7 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
                                  "cairn.llm.output_tokens": usage.output_tokens})
             if usage.cost_usd is not None:
                 span.set_attribute("cairn.llm.cost_usd", usage.cost_usd)
-        else:
+        elif reservation is not None:
             used_tokens = reservation.tokens  # unknown usage: keep the estimate
         _calls.add(1, {**labels, "outcome": "ok"})
         span.set_attributes({"cairn.llm.provider": provider.name, "cairn.llm.model": completion.model,
@@ -313,7 +377,7 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
                             attempt=info.attempt)
         return result.model_dump(mode="json")
     finally:
-        if reservation is not None and reservation.ok:
+        if reservation is not None and reservation.ok and reservation.window_start is not None:
             try:
                 async with pool.connection() as conn:
                     await ratelimits.settle(conn, reservation, tokens=used_tokens)
@@ -330,35 +394,49 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
 async def _provider_failed(pool: AsyncConnectionPool, exc: ProviderError, provider: ProviderConfig, name: str,
                            admission: breakers.Admission, labels: dict[str, str], span: trace.Span,
                            ) -> ProviderError:
-    """What a classified provider failure does (module docstring); returns the fatal
-    error that moves the chain on, raises otherwise."""
+    """What a classified provider failure does (module docstring); returns the error that
+    moves the chain on (quota, context length), raises otherwise."""
     config = provider.breaker or breakers.BreakerConfig()
     span.set_attributes({"cairn.llm.provider": provider.name, "cairn.llm.model": labels["model"],
                          "cairn.llm.breaker": name, "cairn.llm.error": exc.kind})
     _calls.add(1, {**labels, "outcome": exc.kind})
-    async with pool.connection() as conn:
-        if exc.kind == "non_retryable":
-            # The request's fault, not the provider's: no breaker outcome (the probe is freed).
+    throttle_for = (exc.retry_after if exc.retry_after is not None else DEFAULT_THROTTLE_DELAY) \
+        if exc.kind == "throttle" else None
+    async with pool.connection() as conn:  # one connection for the whole bookkeeping
+        if exc.kind in ("throttle", "non_retryable"):
+            # Neither is the model failing: a throttle is the provider asking us to wait,
+            # a rejection is the request's fault. No breaker outcome (the probe is freed).
             await breakers.release(conn, admission)
         else:
             await breakers.record(conn, name, admission, success=False)
-        now = await _db_now(pool)
-        if exc.kind == "throttle" and exc.retry_after is not None:
-            await breakers.trip(conn, name, now + timedelta(seconds=exc.retry_after), config=config,
-                                reason=f"429: retry after {exc.retry_after:g} s")
+        if throttle_for is not None:
+            # Fleet-wide: every worker waits out the Retry-After, then resumes as it was
+            # (no escalation, no half-open round).
+            await breakers.trip(conn, name, seconds=throttle_for, config=config,
+                                reason=f"{exc.status or 429}: retry after {throttle_for:g} s")
         elif exc.kind == "fatal":
-            await breakers.trip(conn, name, now + timedelta(seconds=QUOTA_RECHECK_SECONDS), forced=True,
+            await breakers.trip(conn, name, seconds=QUOTA_RECHECK_SECONDS, forced=True,
                                 config=config, reason=f"{exc.reason or 'quota'}: {exc.message}"[:300])
-    if exc.kind == "throttle":
-        delay = exc.retry_after if exc.retry_after is not None else DEFAULT_THROTTLE_DELAY
-        raise Reschedule(delay, kind="throttle", reason=str(exc))
+    if throttle_for is not None:
+        raise Reschedule(throttle_for, kind="throttle", reason=str(exc))
     if exc.kind == "fatal":
         log.info("%s: quota exhausted, breaker forced open; trying the next model", name)
         return exc
-    details = {"provider": exc.provider, "model": exc.model, "status": exc.status, "reason": exc.reason}
     if exc.kind == "retryable":
-        raise _fail(str(exc), kind=f"LLM{_camel(exc.reason) or 'Retryable'}", non_retryable=False, details=details)
-    raise _fail(str(exc), kind=f"LLM{_camel(exc.reason) or 'Rejected'}", non_retryable=True, details=details)
+        raise _fail(str(exc), kind=f"LLM{_camel(exc.reason) or 'Retryable'}", non_retryable=False,
+                    details=_details(exc))
+    if exc.reason == "context_length":
+        return exc  # the chain may hold a model with a larger window
+    raise _rejected(exc)
+
+
+def _details(exc: ProviderError) -> dict[str, Any]:
+    return {"provider": exc.provider, "model": exc.model, "status": exc.status, "reason": exc.reason}
+
+
+def _rejected(exc: ProviderError) -> ApplicationError:
+    """A non-retryable provider error as the activity's failure."""
+    return _fail(str(exc), kind=f"LLM{_camel(exc.reason) or 'Rejected'}", non_retryable=True, details=_details(exc))
 
 
 def _camel(reason: str) -> str:

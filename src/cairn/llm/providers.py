@@ -38,6 +38,7 @@ from cairn.llm import classify
 from cairn.llm.classify import Classification, ErrorKind
 from cairn.llm.pricing import Price, cost
 from cairn.llm.types import ChatRequest, Completion, ToolCall, Usage
+from cairn.redaction import redact, remember
 
 __all__ = [
     "ENV_PROVIDERS",
@@ -87,7 +88,7 @@ class ProviderError(CairnError):
         self.retry_after = retry_after
         self.provider = provider
         self.model = model
-        self.message = message
+        self.message = message = redact(message)  # a provider may echo the key presented
         facts = [f"HTTP {status}"] if status is not None else []
         if retry_after is not None:
             facts.append(f"retry after {retry_after:g} s")
@@ -130,6 +131,7 @@ class ProviderConfig(BaseModel):
         rpm, tpm, max_concurrency: fleet limits per deployment (enforced by the rate limiter).
         breaker: circuit-breaker settings (a ``BreakerConfig`` as a dict), ``None`` for none.
         prices: per-model price overrides, USD per million tokens.
+        context_windows: per-model context windows in tokens (for fallback on context length).
         anthropic_version: the ``anthropic-version`` header (anthropic dialect).
     """
 
@@ -154,6 +156,9 @@ class ProviderConfig(BaseModel):
     # provider:model:endpoint); None: the defaults of BreakerConfig.
     breaker: BreakerConfig | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
+    # Context windows in tokens, by model: a fallback chain moves on at once from a model
+    # that rejects a prompt as too long to a later one with a larger window.
+    context_windows: dict[str, int] = Field(default_factory=dict)
     anthropic_version: str = ANTHROPIC_VERSION
 
     @model_validator(mode="before")
@@ -208,6 +213,7 @@ def configure_providers(providers: list[ProviderConfig]) -> None:
     """
     global _registry
     names = [p.name for p in providers]
+    _remember_keys(providers)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputValidationError(f"provider names must be unique: {', '.join(dupes)} repeated")
@@ -222,7 +228,15 @@ def configured_providers() -> list[ProviderConfig]:
         if not path:
             return []
         _registry = load_providers(path)
+        _remember_keys(_registry)
     return list(_registry)
+
+
+def _remember_keys(providers: list[ProviderConfig]) -> None:
+    """Masks the providers' key values in error text (see :mod:`cairn.redaction`)."""
+    for p in providers:
+        if p.api_key_env is not None:
+            remember(os.environ.get(p.api_key_env))
 
 
 def get_provider(name: str) -> ProviderConfig:
@@ -720,6 +734,7 @@ async def call_chat(provider: ProviderConfig, request: ChatRequest, *, on_chunk:
     key: str | None = None
     if provider.api_key_env is not None:
         key = os.environ.get(provider.api_key_env) or None
+        remember(key)  # masked in every error text from now on
         if key is None:
             raise ProviderError("non_retryable", f"environment variable {provider.api_key_env} is not set",
                                 provider=provider.name, model=model, reason="no_key")

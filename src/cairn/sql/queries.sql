@@ -860,7 +860,7 @@ FROM cairn.breakers b WHERE b.name = %(name)s FOR UPDATE
 UPDATE cairn.breakers
 SET state = %(state)s, generation = %(generation)s, window_data = %(window_data)s,
     opened_at = %(opened_at)s, open_until = %(open_until)s, consecutive_opens = %(consecutive_opens)s,
-    half_open_successes = %(half_open_successes)s,
+    half_open_successes = %(half_open_successes)s, resume_to = %(resume_to)s,
     successful = successful + %(successful)s, failed = failed + %(failed)s, slow = slow + %(slow)s,
     not_permitted = not_permitted + %(not_permitted)s,
     updated_at = coalesce(%(now)s::timestamptz, now())
@@ -896,6 +896,11 @@ INSERT INTO cairn.breaker_probes (name, probe_id, generation, expires_at)
 VALUES (%(name)s, %(probe_id)s, %(generation)s,
         coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second')
 
+-- name: breaker_renew_probe
+-- A probe still running: its lease moves on (it holds its slot for the life of its call).
+UPDATE cairn.breaker_probes SET expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second'
+WHERE name = %(name)s AND probe_id = %(probe_id)s
+
 -- name: breaker_release_probe
 -- A probe's outcome is in (or the call never happened): its lease goes.
 DELETE FROM cairn.breaker_probes WHERE name = %(name)s AND probe_id = %(probe_id)s
@@ -923,34 +928,31 @@ WHERE name = %(name)s ORDER BY id DESC LIMIT %(limit)s
 -- name: rate_limit_lock
 -- Creates (first use) and locks a deployment's rate-limit row for the rest of the
 -- transaction: reservations of one deployment take turns, so two workers cannot both
--- take the last request of a minute. DO UPDATE (not DO NOTHING) takes the lock either way.
+-- take the last request of a window. DO UPDATE (not DO NOTHING) takes the lock either way.
+-- The time is read AFTER the lock (clock_timestamp, not the transaction's start): requests
+-- are then counted in the order they were admitted, whatever each waited for the lock.
 INSERT INTO cairn.rate_limits (deployment, updated_at)
 VALUES (%(deployment)s, coalesce(%(now)s::timestamptz, now()))
 ON CONFLICT (deployment) DO UPDATE SET updated_at = excluded.updated_at
-RETURNING coalesce(%(now)s::timestamptz, now()) AS now
+RETURNING coalesce(%(now)s::timestamptz, clock_timestamp()) AS now
 
 -- name: rate_limit_usage
--- Under rate_limit_lock: drops old buckets and expired leases, then returns the current
--- and previous bucket's (minute's) requests and tokens and the live concurrency leases.
+-- Under rate_limit_lock: drops buckets wholly before the window and expired leases, then
+-- returns the buckets that overlap the window (oldest first) as [start epoch, requests,
+-- tokens] and the live concurrency leases.
 WITH old AS (
     DELETE FROM cairn.rate_limit_windows
-    WHERE deployment = %(deployment)s AND window_start < %(current)s::timestamptz - %(window)s * interval '1 second'
+    WHERE deployment = %(deployment)s AND window_start <= %(oldest)s::timestamptz
 ), expired AS (
     DELETE FROM cairn.rate_limit_leases
     WHERE deployment = %(deployment)s AND expires_at <= %(now)s::timestamptz
     RETURNING id
 )
 SELECT
-    coalesce((SELECT requests FROM cairn.rate_limit_windows
-              WHERE deployment = %(deployment)s AND window_start = %(current)s::timestamptz), 0) AS cur_requests,
-    coalesce((SELECT tokens FROM cairn.rate_limit_windows
-              WHERE deployment = %(deployment)s AND window_start = %(current)s::timestamptz), 0) AS cur_tokens,
-    coalesce((SELECT requests FROM cairn.rate_limit_windows
-              WHERE deployment = %(deployment)s
-                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_requests,
-    coalesce((SELECT tokens FROM cairn.rate_limit_windows
-              WHERE deployment = %(deployment)s
-                AND window_start = %(current)s::timestamptz - %(window)s * interval '1 second'), 0) AS prev_tokens,
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(extract(epoch FROM window_start), requests, tokens)
+                               ORDER BY window_start), '[]')
+     FROM cairn.rate_limit_windows
+     WHERE deployment = %(deployment)s AND window_start > %(oldest)s::timestamptz) AS buckets,
     (SELECT count(*) FROM cairn.rate_limit_leases
      WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz
        AND id NOT IN (SELECT id FROM expired)) AS leases,
@@ -958,7 +960,7 @@ SELECT
      WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz) AS first_expiry
 
 -- name: rate_limit_take
--- Under rate_limit_lock: adds a request and its token estimate to the current minute.
+-- Under rate_limit_lock: adds a request and its token estimate to the current bucket.
 INSERT INTO cairn.rate_limit_windows (deployment, window_start, requests, tokens)
 VALUES (%(deployment)s, %(current)s, 1, %(tokens)s)
 ON CONFLICT (deployment, window_start) DO UPDATE
@@ -970,8 +972,8 @@ INSERT INTO cairn.rate_limit_leases (id, deployment, expires_at)
 VALUES (%(id)s, %(deployment)s, %(now)s::timestamptz + %(lease)s * interval '1 second')
 
 -- name: rate_limit_settle
--- Corrects a reservation's minute by (actual - estimate) tokens and frees its slot. An
--- increment, so it needs no lock (the minute's row may be the previous one by now).
+-- Corrects a reservation's bucket by (actual - estimate) tokens and frees its slot. An
+-- increment, so it needs no lock (the bucket may have left the window by now).
 WITH fixed AS (
     UPDATE cairn.rate_limit_windows SET tokens = greatest(tokens + %(delta)s, 0)
     WHERE deployment = %(deployment)s AND window_start = %(window_start)s
