@@ -43,13 +43,16 @@ from cairn.redaction import redact, remember
 __all__ = [
     "ENV_PROVIDERS",
     "ProviderConfig",
+    "ProviderConfigError",
     "ProviderError",
     "call_chat",
     "configure_providers",
     "configured_providers",
     "get_provider",
     "load_providers",
+    "parse_providers",
     "provider_for",
+    "providers_from_env",
     "resolve_provider",
 ]
 
@@ -112,6 +115,10 @@ def _rebuild_error(kind: ErrorKind, message: str, provider: str, model: str, sta
                    retry_after: float | None, reason: str) -> ProviderError:
     return ProviderError(kind, message, provider=provider, model=model, status=status,
                          retry_after=retry_after, reason=reason)
+
+
+class ProviderConfigError(ConfigurationError, InputValidationError):
+    """A providers file (or inline JSON) that cannot be used: bad input, so the CLI exits 2."""
 
 
 class ProviderConfig(BaseModel):
@@ -227,7 +234,7 @@ def configured_providers() -> list[ProviderConfig]:
         path = os.environ.get(ENV_PROVIDERS)
         if not path:
             return []
-        _registry = load_providers(path)
+        _registry = providers_from_env(path)
         _remember_keys(_registry)
     return list(_registry)
 
@@ -281,44 +288,74 @@ def load_providers(path: str | os.PathLike[str]) -> list[ProviderConfig]:
     (``[providers.deepseek]`` / ``{"providers": {"deepseek": {...}}}``); JSON may be a bare list.
 
     Raises:
-        ConfigurationError: unreadable file, bad syntax, or a bad provider (the message says
-            which and why, and never repeats a value that looks like a key).
+        ProviderConfigError: (a ConfigurationError and an InputValidationError) unreadable
+            file, bad syntax, or a bad provider (the message says which and why, and never
+            repeats a value that looks like a key).
     """
     p = Path(path)
     try:
         raw = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProviderConfigError(f"LLM provider config {str(p)!r}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read LLM provider config {str(p)!r}: {exc}") from None
+        raise ProviderConfigError(f"cannot read LLM provider config {str(p)!r}: {exc}") from None
+    return parse_providers(raw, str(p), fmt=p.suffix.lower().lstrip(".") or None)
+
+
+def providers_from_env(value: str) -> list[ProviderConfig]:
+    """The providers ``CAIRN_LLM_PROVIDERS`` gives: a file's path, or the providers
+    themselves as inline JSON (a value starting with ``{`` or ``[``).
+
+    Raises:
+        ProviderConfigError: as :func:`load_providers`.
+    """
+    if value.lstrip()[:1] in ("{", "["):
+        return parse_providers(value, f"{ENV_PROVIDERS} (inline JSON)", fmt="json")
+    if not Path(value).exists():
+        raise ProviderConfigError(
+            f"{ENV_PROVIDERS} names a providers file that does not exist: {value[:200]!r} (it takes a "
+            "TOML or JSON file's path, or the providers as inline JSON starting with { or [)")
+    return load_providers(value)
+
+
+def parse_providers(raw: str, label: str, *, fmt: str | None = None) -> list[ProviderConfig]:
+    """Providers from TOML or JSON text (``fmt`` "json" or "toml"; else guessed from the
+    first character); ``label`` names the source in errors.
+
+    Raises:
+        ProviderConfigError: as :func:`load_providers`.
+    """
+    p = label
     data: Any
-    if p.suffix.lower() == ".json" or (p.suffix.lower() != ".toml" and raw.lstrip()[:1] in ("{", "[")):
+    if fmt == "json" or (fmt != "toml" and raw.lstrip()[:1] in ("{", "[")):
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{p}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+            raise ProviderConfigError(f"{p}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
     else:
         try:
             data = tomllib.loads(raw)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{p}: not valid TOML: {exc}") from None
+            raise ProviderConfigError(f"{p}: not valid TOML: {exc}") from None
     entries = data.get("providers", None) if isinstance(data, dict) else data
     if isinstance(entries, dict):
         entries = [{"name": name, **body} if isinstance(body, dict) else body for name, body in entries.items()]
     if not isinstance(entries, list):
-        raise ConfigurationError(f"{p}: expected a 'providers' list or table")
+        raise ProviderConfigError(f"{p}: expected a 'providers' list or table")
     out: list[ProviderConfig] = []
     for i, entry in enumerate(entries):
         label = f"provider #{i + 1}" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) else "")
         try:
             out.append(ProviderConfig.model_validate(entry))
         except InputValidationError as exc:
-            raise ConfigurationError(f"{p}: {exc}") from None
+            raise ProviderConfigError(f"{p}: {exc}") from None
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
                                  for e in exc.errors(include_input=False, include_url=False))
-            raise ConfigurationError(f"{p}: {label}: {problems}") from None
+            raise ProviderConfigError(f"{p}: {label}: {problems}") from None
     names = [c.name for c in out]
     if len(set(names)) != len(names):
-        raise ConfigurationError(f"{p}: provider names must be unique")
+        raise ProviderConfigError(f"{p}: provider names must be unique")
     return out
 
 

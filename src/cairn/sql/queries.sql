@@ -527,8 +527,11 @@ ORDER BY run_id DESC
 LIMIT %(limit)s
 
 -- name: pending_activities
--- A run's activities that have no recorded outcome yet, for describe.
-SELECT seq, activity_type, queue, attempt, scheduled_at, available_at, started_at, lease_owner,
+-- A run's activities that have no recorded outcome yet, for describe. `attempt` is the
+-- attempt running, or (none running: waiting for its first try, a retry or the end of a
+-- throttle) the attempt that runs next, as Temporal counts them: never 0.
+SELECT seq, activity_type, queue,
+       CASE WHEN lease_owner IS NULL THEN attempt + 1 ELSE attempt END AS attempt, scheduled_at, available_at, started_at, lease_owner,
        lease_expires_at, heartbeat_at, heartbeat_details, last_failure
 FROM cairn.activity_tasks WHERE run_id = %(run_id)s ORDER BY seq
 
