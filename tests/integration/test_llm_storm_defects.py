@@ -222,7 +222,8 @@ def test_a_bad_providers_config_is_bad_input_and_inline_json_works(db_url, tmp_p
         providers_mod._registry = None
         out = runner.invoke(main, ["--database-url", db_url, "worker", "-m", "plain_flows"])
         assert out.exit_code == 2, out.output
-        assert says in out.output and "Traceback" not in out.output
+        assert says in out.output
+        assert "Traceback" not in out.output
     inline = '{"providers": [{"name": "local", "base_url": "http://127.0.0.1:9/v1", "models": ["m"]}]}'
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", inline)
     providers_mod._registry = None
