@@ -1,5 +1,5 @@
 """`make demo`: runs the checkout example end to end on the embedded Postgres, then the
-LLM example against a fake provider that answers 429s and runs out of quota.
+LLM example against a fake provider that answers a 429 and then fails the primary model.
 
 Starts an in-process worker, starts a workflow, waits for its result, prints the result
 and the run's history; for the LLM run also the breakers' states. Pass --database-url
@@ -42,13 +42,14 @@ async def main(url: str) -> None:
 
 
 async def llm_demo(url: str) -> None:
-    """A summarize workflow riding through two 429s (Retry-After: 1): each reschedules the
-    call without burning an attempt and opens deepseek's breaker; the failed half-open probe
-    re-opens it for longer, and the gpt-4o-mini fallback serves."""
-    print("\n=== LLM call: 429, 429 -> deepseek's breaker open -> the fallback serves ===")
+    """A summarize workflow riding through a 429 (Retry-After: 1), which opens deepseek's
+    breaker for that second fleet-wide and reschedules the call without burning an attempt,
+    then two 500s, which burn two attempts: the per-call fallback policy then gives the
+    third attempt to gpt-4o-mini, which serves."""
+    print("\n=== LLM call: 429 -> rescheduled; 500, 500 -> the fallback serves attempt 3 ===")
     with f.running_fake() as fake:
         configure_providers([fake.provider_config(models=["deepseek-chat", "gpt-4o-mini"])])
-        fake.script([f.rate_limited("1", model="deepseek-chat", times=2)],
+        fake.script([f.rate_limited("1", model="deepseek-chat"), f.status(500, model="deepseek-chat", times=2)],
                     default=f.ok("Cairn makes flaky LLM providers reliable.", input_tokens=812, output_tokens=9))
         async with await Client.connect(url) as client, Worker(url, workflows=[summarize], poll_interval=0.2):
             started = time.monotonic()

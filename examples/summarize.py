@@ -1,7 +1,8 @@
 """The LLM example: a workflow that summarizes a document with one durable model call.
 
-While deepseek-chat's breaker is open (or its quota is gone) the call falls back to
-gpt-4o-mini; throttles (429 + Retry-After) reschedule it without burning an attempt.
+While deepseek-chat's breaker is open (or its quota is gone), and for the retries after
+two failed attempts on it, the call falls back to gpt-4o-mini; throttles (429 +
+Retry-After) reschedule it without burning an attempt.
 """
 
 from __future__ import annotations
@@ -24,5 +25,5 @@ async def summarize(doc: Doc) -> str:
         model="deepseek-chat",
         messages=[{"role": "user", "content": f"Summarize: {doc.text}"}],
         max_tokens=400,
-    ), fallback=Fallback(["gpt-4o-mini"]))          # used while deepseek's breaker is open
+    ), fallback=Fallback(["gpt-4o-mini"]))  # while deepseek's breaker is open; after 2 failed attempts
     return reply.text

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 
+from cairn import redaction
 from cairn.engine.queries import q
 from cairn.errors import ConfigurationError, DatabaseError, InputValidationError, SchemaNotReadyError
 
@@ -60,7 +61,6 @@ def resolve_url(url: str | None = None) -> tuple[str, bool]:
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):([^@\s]*)@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
-_known_secrets: set[str] = set()  # passwords of the URLs this process connected with
 MIN_SCRUBBED_SECRET = 4  # shorter passwords are only masked where their form shows them
 
 
@@ -70,9 +70,7 @@ def redact(text: str) -> str:
     wherever they appear (libpq echoes parts of a malformed URL in its errors)."""
     out = _URL_PASSWORD.sub(r"\1:***@", text)
     out = _KEYWORD_PASSWORD.sub(r"\1***", out)
-    for secret in sorted(_known_secrets, key=len, reverse=True):
-        out = out.replace(secret, "***")
-    return out
+    return redaction.redact(out)  # the passwords and API keys this process presented
 
 
 def remember_secret(url: str) -> None:
@@ -81,8 +79,8 @@ def remember_secret(url: str) -> None:
     found += [m.group(2).strip("'") for m in _KEYWORD_PASSWORD.finditer(url)]
     for secret in found:
         for form in (secret, urllib.parse.unquote(secret)):
-            if len(form) >= MIN_SCRUBBED_SECRET and form != "***":
-                _known_secrets.add(form)
+            if form != "***":
+                redaction.remember(form, min_chars=MIN_SCRUBBED_SECRET)
 
 
 class RedactingFilter(logging.Filter):
@@ -98,7 +96,8 @@ class RedactingFilter(logging.Filter):
 
 # A logger's filters do not apply to its children's records: name each logger that may
 # carry a connection error (psycopg's pool logs "error connecting in ...: <libpq text>").
-for _name in ("psycopg", "psycopg.pool", "cairn", "cairn.worker", "cairn.workflow", "cairn.limits", "cairn.llm"):
+for _name in ("psycopg", "psycopg.pool", "cairn", "cairn.worker", "cairn.workflow", "cairn.limits", "cairn.llm",
+              "cairn.breakers"):
     logging.getLogger(_name).addFilter(RedactingFilter())
 
 

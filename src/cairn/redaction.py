@@ -1,9 +1,11 @@
-"""Secrets that must never be written: the configured API keys themselves.
+"""Secrets that must never be written: the API keys and database passwords this process
+presented.
 
 A provider (self-hosted vLLM, a gateway) may echo the presented key in an error body, and
-such keys need not look like ``sk-...``. So every key value Cairn presents is remembered
-here, and error text is passed through :func:`redact` wherever it is built: provider
-errors, recorded failures (history, ``runs.failure``) and log lines about them.
+such keys need not look like ``sk-...``; libpq echoes parts of a malformed URL. So every
+secret value Cairn presents is remembered here, and error text is passed through
+:func:`redact` wherever it is built: provider errors, recorded failures (history,
+``runs.failure``), CLI error lines and (``cairn.db``'s logging filter) log lines.
 
 This module imports nothing of Cairn's: any layer may use it.
 """
@@ -20,17 +22,19 @@ MASK = "***"
 # and no real API key is that short.
 MIN_SECRET_CHARS = 8
 
-_secrets: frozenset[str] = frozenset()
+_secrets: tuple[str, ...] = ()
 _lock = threading.Lock()
 
 
-def remember(value: str | None) -> None:
-    """Adds a secret value (an API key) to those masked from now on, in this process."""
+def remember(value: str | None, *, min_chars: int = MIN_SECRET_CHARS) -> None:
+    """Adds a secret value (an API key, a password) to those masked from now on, in this
+    process; values shorter than ``min_chars`` are ignored."""
     global _secrets
-    if not value or len(value) < MIN_SECRET_CHARS or value in _secrets:
+    if not value or len(value) < min_chars or value in _secrets:
         return
     with _lock:
-        _secrets = _secrets | {value}
+        # Longest first, so that a secret containing another is masked whole.
+        _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
