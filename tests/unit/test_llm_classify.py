@@ -248,7 +248,7 @@ def test_load_providers_refuses_literal_key_in_file(tmp_path):
 
 
 def test_load_providers_bad_files(tmp_path):
-    with pytest.raises(ConfigurationError, match="cannot read"):
+    with pytest.raises(ConfigurationError, match="no such file"):
         load_providers(tmp_path / "missing.toml")
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
