@@ -89,6 +89,10 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
     fenced off meanwhile: nothing written).
     """
     delay = exc.delay * (1 + rng.uniform(0, RESCHEDULE_JITTER))
+    # Waiting for the fleet's own rate limit is queueing, not the provider throttling us: it
+    # does not spend the throttle budget (schedule-to-close still bounds it), or a backlog
+    # larger than the limit serves in the budget would fail calls that only had to wait.
+    counted = 0.0 if exc.kind == "rate_limit" else delay
     budget = float((row["options"] or {}).get("throttle_budget") or DEFAULT_THROTTLE_BUDGET_SECONDS)
     base = {"run_id": row["run_id"], "seq": row["seq"], "token": token, "now": None}
     async with pool.connection() as conn, conn.transaction():
@@ -101,7 +105,7 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
         until = now + timedelta(seconds=delay)
         why = f"{exc.kind}: {redact(exc.reason)}"
         failure: dict[str, Any] | None = None
-        if throttled + delay > budget:
+        if counted and throttled + counted > budget:
             failure = {"type": "ThrottleBudgetExhausted", "retry_state": "throttle_budget_exhausted",
                        "message": f"throttled for {throttled:.1f} s so far; another {delay:.1f} s ({why}) "
                                   f"would exceed the throttle budget of {budget:g} s"}
@@ -119,10 +123,10 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
                 "retry_state": retry_state})})
             log.info("activity %s failed for good: %s", row["activity_type"], failure["message"], extra=_extra(row))
             return "failed"
-        await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "failure": Jsonb({
+        await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "counted": counted, "failure": Jsonb({
             "type": "Rescheduled", "kind": exc.kind, "reason": redact(exc.reason), "until": until.isoformat(),
             "message": f"throttled until {until.isoformat()} ({why})",
-            "details": {"throttled_seconds": round(throttled + delay, 3), "throttle_budget": budget}})})
+            "details": {"throttled_seconds": round(throttled + counted, 3), "throttle_budget": budget}})})
     log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why, extra=_extra(row))
     return "rescheduled"
 

@@ -83,6 +83,31 @@ async def test_throttle_budget_exhaustion_fails_clearly(client, start_worker, sq
     assert 2 <= len(_calls["budget"]) <= 4  # 0.2-0.22 s each: two or three fit in 0.5 s
 
 
+@activity.defn
+async def queued(tag: str, times: int, delay: float) -> dict[str, int]:
+    """Waits ``times`` times for the fleet's own rate limit, then succeeds."""
+    seen = _calls.setdefault(tag, [])
+    seen.append(activity.info().attempt)
+    if len(seen) <= times:
+        raise activity.Reschedule(delay, reason="at its limit of 60 requests/min", kind="rate_limit")
+    return {"attempt": activity.info().attempt, "calls": len(seen)}
+
+
+@workflow.defn
+async def call_queued(tag: str, times: int, delay: float, budget: float) -> dict:
+    return await workflow.execute_activity(queued, tag, times, delay, start_to_close_timeout=10,
+                                           throttle_budget=budget)
+
+
+async def test_waiting_for_the_fleets_rate_limit_spends_no_throttle_budget(client, start_worker, sql):
+    """Queueing behind our own limiter is not the provider throttling us: a backlog larger
+    than the limit serves within the budget must wait, not fail."""
+    await start_worker(workflows=[call_queued], activities=[queued])
+    handle = await client.start(call_queued, "queued", 6, 0.2, 0.5, id="resched-queued")
+    assert await handle.result(timeout=30) == {"attempt": 1, "calls": 7}, "1.2 s of waits on a 0.5 s budget"
+    assert sql("SELECT count(*) FROM cairn.activity_tasks") == [(0,)]
+
+
 async def test_schedule_to_close_bounds_reschedules(client, start_worker):
     await start_worker(workflows=[call_throttled], activities=[throttled])
     handle = await client.start(call_throttled, "deadline", 1000, 5.0, 600.0, 2.0, id="resched-deadline")

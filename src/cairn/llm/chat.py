@@ -147,7 +147,8 @@ async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = 
         start_to_close_timeout: the most one attempt may take (default 300 s).
         schedule_to_close_timeout: the most the whole call may take, reschedules included.
         retry_policy: how retryable failures are retried (default: the engine's).
-        throttle_budget: the most time spent rescheduled (default 600 s).
+        throttle_budget: the most time spent rescheduled by throttles and open breakers
+            (default 600 s; waits for the fleet rate limit do not count).
         stream: stream the answer and publish its tokens as they arrive
             (``cairn history --follow``, ``WorkflowHandle.stream()``).
         queue: the activity queue (default: the workflow's).

@@ -824,12 +824,13 @@ FOR UPDATE
 -- name: reschedule_activity
 -- activity.Reschedule: puts the attempt back at now + delay WITHOUT counting it (attempt
 -- - 1, as release_activity), bumps the token (fencing the attempt that raised it), adds
--- the delay to the throttle time and says why in last_failure (describe shows it).
+-- the counted part of the delay to the throttle time and says why in last_failure
+-- (describe shows it).
 UPDATE cairn.activity_tasks
 SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
     heartbeat_deadline = NULL, attempt = attempt - 1,
     available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
-    throttled_seconds = throttled_seconds + %(delay)s,
+    throttled_seconds = throttled_seconds + %(counted)s,
     last_failure = %(failure)s
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 RETURNING queue, available_at
