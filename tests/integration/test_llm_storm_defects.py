@@ -165,6 +165,12 @@ async def with_backup(after: int | None) -> dict:
 
 
 @workflow.defn
+async def no_context_fallback() -> dict:
+    reply = await chat(_req(), fallback=Fallback([BACKUP], on_context_length=False), retry_policy=FAST)
+    return {"model": reply.model}
+
+
+@workflow.defn
 async def with_backup_list() -> dict:
     reply = await chat(_req(), fallback=[BACKUP], retry_policy=FAST)
     return {"model": reply.model, "attempt": reply.attempt, "skipped": reply.skipped}
@@ -193,10 +199,15 @@ async def test_a_prompt_too_long_moves_at_once_to_a_larger_window(client, start_
     configure_providers([fake_llm.provider_config(models=[PRIMARY, BACKUP],
                                                   context_windows={PRIMARY: 64_000, BACKUP: 128_000})])
     fake_llm.script([f.context_too_long(model=PRIMARY), f.ok("fits", model=BACKUP)])
-    await start_worker(workflows=[with_backup])
+    await start_worker(workflows=[with_backup, no_context_fallback])
     out = await (await client.start(with_backup, None, id="too-long")).result(timeout=30)
     assert (out["model"], out["attempt"]) == (BACKUP, 1), "within the same attempt"
     assert out["skipped"][0]["reason"] == "context length exceeded (window 64000)"
+    # Asked not to: the rejection stands.
+    fake_llm.reset()
+    fake_llm.script([f.context_too_long(model=PRIMARY)])
+    with pytest.raises(WorkflowFailure, match="context"):
+        await (await client.start(no_context_fallback, id="too-long-off")).result(timeout=30)
     # No model with a larger window: the rejection stands.
     configure_providers([fake_llm.provider_config(models=[PRIMARY, BACKUP],
                                                   context_windows={PRIMARY: 128_000, BACKUP: 64_000})])

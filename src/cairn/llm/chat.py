@@ -291,7 +291,8 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
             continue
         # The prompt is too long for this model: on to the next one with a larger window.
         window = _context_window(provider, model)
-        larger = next((i for i in range(index + 1, len(chain)) if _window_of(chain[i], request) > window), None)
+        larger = next((i for i in range(index + 1, len(chain)) if _window_of(chain[i], request) > window), None) \
+            if parsed.fallback_on_context_length else None
         if larger is None:
             raise _rejected(outcome)
         skipped.append({"model": model, "provider": provider.name, "until": None,
