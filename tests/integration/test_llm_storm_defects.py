@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -32,6 +33,7 @@ from cairn.llm import ChatRequest, Fallback, chat, configure_providers
 from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
 from cairn.llm.chat import llm_chat
+from cairn.ui import pages
 
 PRIMARY, BACKUP = "deepseek-chat", "gpt-4o-mini"
 FAST = RetryPolicy(initial_interval=timedelta(seconds=0.05), maximum_interval=timedelta(seconds=0.2), jitter=0.1)
@@ -65,6 +67,14 @@ async def one_connection(db_url):
     or holds one while it waits for another, raises PoolTimeout here."""
     pool = AsyncConnectionPool(db_url, min_size=1, max_size=1, timeout=3, open=False,
                                kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def pool(db_url):
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
     await pool.open(wait=True)
     yield pool
     await pool.close()
@@ -108,6 +118,57 @@ async def test_an_attempt_needs_one_connection_at_a_time(fake_llm, one_connectio
     fake_llm.script([f.quota_exhausted(model=BACKUP)])
     with pytest.raises((ApplicationError, Reschedule)):
         await _attempt(one_connection, {**call, "request": _req(BACKUP).model_dump(mode="json"), "fallback": []})
+
+
+async def _breaker_row(db_url: str, name: str) -> tuple:
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        return await (await conn.execute(
+            "SELECT state, extract(epoch FROM open_until - now()), consecutive_opens FROM cairn.breakers "
+            "WHERE name = %s", (name,))).fetchone()
+
+
+async def test_a_429_on_the_half_open_probe_waits_its_retry_after_not_a_minute(fake_llm, pool, registry_reset,
+                                                                                db_url):
+    """The defect: a 429 with Retry-After: 3 on the probe re-opened the breaker for
+    recovery x multiplier (60.4-63.3 s measured) before the 3 s applied, fleet-wide."""
+    breaker = br.BreakerConfig(window_size=2, minimum_calls=2, recovery_timeout=0.5, recovery_multiplier=120,
+                               max_recovery_timeout=600, permitted_calls_in_half_open=1)
+    configure_providers([fake_llm.provider_config(models=[PRIMARY], breaker=breaker)])
+    name = f"fake:{PRIMARY}:{fake_llm.url}"
+    call = {"request": _req().model_dump(mode="json", exclude_defaults=True)}
+    fake_llm.script([f.status(500), f.status(500), f.rate_limited("3")])
+    for _ in range(2):
+        with pytest.raises(ApplicationError):
+            await _attempt(pool, call)
+    assert (await _breaker_row(db_url, name))[0] == "open"
+    await asyncio.sleep(0.6)  # the recovery timeout: the next call is the half-open probe
+    with pytest.raises(Reschedule) as throttled:
+        await _attempt(pool, call)
+    assert throttled.value.delay == 3
+    state, open_for, opens = await _breaker_row(db_url, name)
+    assert state == "open"
+    assert 2 < open_for <= 3.1, "open for the Retry-After, not recovery x multiplier (60 s)"
+    assert opens == 1, "the throttle did not count as a consecutive open"
+
+
+async def test_a_slow_probe_holds_its_slot_for_the_whole_call(fake_llm, pool, registry_reset):
+    """The defect: probe leases were not renewed while the call ran, so a call slower than
+    probe_lease_seconds freed its slot and more probes reached the provider."""
+    breaker = br.BreakerConfig(window_size=1, minimum_calls=1, recovery_timeout=0.2, permitted_calls_in_half_open=1,
+                               probe_lease_seconds=0.6)
+    configure_providers([fake_llm.provider_config(models=[PRIMARY], breaker=breaker)])
+    call = {"request": _req().model_dump(mode="json", exclude_defaults=True)}
+    fake_llm.script([f.status(500), f.hang(2.0)])
+    with pytest.raises(ApplicationError):
+        await _attempt(pool, call)
+    await asyncio.sleep(0.3)
+    probe = asyncio.create_task(_attempt(pool, call))  # the probe: 2 s, three leases long
+    await asyncio.sleep(1.5)
+    with pytest.raises(Reschedule) as refused:
+        await _attempt(pool, call)
+    assert refused.value.kind == "breaker"
+    assert (await probe)["text"]
+    assert len(fake_llm.requests()) == 2, "one probe at the provider while half-open"
 
 
 # ---------------------------------------------------------------- an echoed key
@@ -193,6 +254,16 @@ async def test_a_dead_primary_costs_a_call_two_attempts_not_the_breakers_window(
     fake_llm.script([f.status(500, model=PRIMARY, times=100), f.ok("backup", model=BACKUP, times=100)])
     one = await (await client.start(with_backup, 1, id="after-one")).result(timeout=30)
     assert (one["model"], one["attempt"]) == (BACKUP, 2)
+
+
+def test_the_web_view_says_why_a_fallback_served():
+    call = {"seq": 3, "provider": "fake", "model": BACKUP, "attempt": 3, "input_tokens": 10, "cached_input_tokens": 0,
+            "output_tokens": 5, "cost_usd": None, "ttft_seconds": 0.0371234,
+            "skipped": [{"model": PRIMARY, "provider": None, "until": None,
+                         "reason": "2 failed attempts of this call"}]}
+    html = pages._llm(SimpleNamespace(llm_totals={}, llm_calls=[call]))
+    assert f"{PRIMARY}: 2 failed attempts of this call" in html
+    assert "<td>0.037</td>" in html, "TTFT is shown in ms precision, not as a raw float"
 
 
 async def test_a_prompt_too_long_moves_at_once_to_a_larger_window(client, start_worker, fake_llm, registry_reset):

@@ -264,10 +264,21 @@ def _llm(d: Any) -> str:
         f'<td>{esc(c["attempt"])}</td><td>{esc(c["input_tokens"])}</td><td>{esc(c["cached_input_tokens"])}</td>'
         f'<td>{esc(c["output_tokens"])}</td>'
         f'<td>{esc(_usd(c["cost_usd"]))}</td>'
-        f'<td>{esc(c["ttft_seconds"])}</td></tr>' for c in d.llm_calls)
+        f'<td>{esc(_seconds(c["ttft_seconds"]))}</td>'
+        f'<td class="skipped">{esc(_passed_over(c.get("skipped") or []))}</td></tr>' for c in d.llm_calls)
     return (f'<h2>LLM calls</h2>{head}<table id="llm"><thead><tr><th>Seq</th><th>Model</th><th>Attempt</th>'
-            f"<th>Input</th><th>Cached</th><th>Output</th><th>Cost</th><th>TTFT s</th></tr></thead>"
+            f"<th>Input</th><th>Cached</th><th>Output</th><th>Cost</th><th>TTFT s</th>"
+            f"<th>Passed over (why the model that served did)</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def _passed_over(skipped: list[dict[str, Any]]) -> str:
+    """The models of the fallback chain passed over, with why ("" when the first served)."""
+    return "; ".join(f"{s.get('model')}: {s.get('reason')}" for s in skipped)
 
 
 def _sagas(sagas: list[dict[str, Any]]) -> str:
