@@ -43,3 +43,16 @@ async def storm_chain(i: int) -> list[str]:
                           max_tokens=20)
         texts.append((await chat(ask)).text)
     return texts
+
+
+@workflow.defn
+async def ask_call(key: str) -> str:
+    """One call whose message carries ``call <key>`` (how a mock's log tells the calls apart)."""
+    ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call {key}: say hello"}], max_tokens=20)
+    return (await chat(ask, retry_policy=FAST, throttle_budget=3600)).text
+
+
+@workflow.defn
+async def ask_call_streaming(key: str) -> str:
+    ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call {key}: say hello"}], max_tokens=20)
+    return (await chat(ask, stream=True, retry_policy=FAST, throttle_budget=3600)).text
