@@ -21,8 +21,9 @@ a burst gets 429 with ``Retry-After`` to the burst's end), an optional requests-
 limit over a true sliding window (429 with ``Retry-After`` until the oldest request leaves
 it), and a seeded failure rate (500 by default); the rest get the default step. Each log
 entry then says ``status``, ``why`` (``ok``, ``fail``, ``burst``, ``rpm``; ``script`` for a
-step's answer) and ``call``: the key of the call, taken from a ``call <id>`` marker in the
-last user message, so a test can tell which logical call a request was for.
+step's answer, ``auth`` for a wrong key) and ``call``: the key of the call, taken from a
+``call <id>`` marker in the last user message, so a test can tell which logical call a
+request was for.
 """
 
 from __future__ import annotations
