@@ -44,7 +44,7 @@ WORKERS = 3
 # backoff; the unluckiest workflow waits 16 s in backoff (seed 1's waits 31 s). That tail,
 # not the engine, is most of the test's time.
 STORM = {"failure_rate": 0.3, "burst_every": 8.0, "burst_seconds": 2.0, "burst_first": 3.0, "seed": 2}
-PERMITTED = BreakerConfig().permitted_calls_in_half_open  # the default breaker (none is configured)
+DEFAULT_PERMITTED = BreakerConfig().permitted_calls_in_half_open  # none is configured: the default
 COMPLETION_WAIT_SECONDS = 180.0  # generous: fails with the figures if the runs are not done by then
 CHECK_EVERY_SECONDS = 1.0
 
@@ -80,6 +80,9 @@ class Figures:
         self.calls = len({r["call"] for r in log})
         paid = Counter(r["call"] for r in log if r["status"] == 200)
         self.paid_twice = sorted(k for k, n in paid.items() if n > 1)
+        stored = query(db_url, "SELECT config->>'permitted_calls_in_half_open' FROM cairn.breakers WHERE name = %s",
+                       (breaker,))
+        self.permitted = int(stored[0][0]) if stored and stored[0][0] else DEFAULT_PERMITTED  # the row's config
         self.periods = half_open_periods(db_url, breaker)
         arrivals = [r["time"] for r in log]
         self.probes = [sum(1 for t in arrivals if a <= t < b) for a, b in self.periods]
@@ -93,7 +96,7 @@ class Figures:
 
     @property
     def overruns(self) -> list[int]:
-        return [n for n in self.probes if n > PERMITTED]
+        return [n for n in self.probes if n > self.permitted]
 
     def broken(self) -> list[str]:
         """Violations no more waiting can heal."""
@@ -103,7 +106,7 @@ class Figures:
         if self.paid_twice:
             found.append(f"{len(self.paid_twice)} calls answered 200 more than once: {self.paid_twice[:10]}")
         if self.overruns:
-            found.append(f"half-open periods let more than {PERMITTED} requests reach the provider: "
+            found.append(f"half-open periods let more than {self.permitted} requests reach the provider: "
                          f"{self.overruns} (requests per period: {self.probes})")
         if self.pool_timeouts:
             found.append(f"workers logged PoolTimeout: {self.pool_timeouts}")
