@@ -48,9 +48,10 @@ async def test_storm_log_and_classification(fake_llm):
     assert [k for k, _ in kinds].count("retryable") == sum(1 for r in log if r["call"] != "a" and r["why"] == "fail")
 
 
-async def test_rpm_refusals_carry_the_wait(fake_llm):
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_rpm_refusals_carry_the_wait(fake_llm, dialect):
     fake_llm.storm(rpm=2, rpm_window=30)
-    provider = fake_llm.provider_config()
+    provider = fake_llm.provider_config(dialect=dialect)
     got = [await outcome(provider, f"r{i}") for i in range(3)]
     assert [k for k, _ in got] == ["ok", "ok", "throttle"]
     assert 29 < got[2][1] <= 30

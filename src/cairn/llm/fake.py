@@ -490,10 +490,8 @@ class FakeProvider:
             if self._storm is None:
                 return self._default, "ok"
             why, wait = self._storm.decide(time.time(), call)
-            if wait is not None:
-                message = f"fake provider: rate limited ({why}), retry in {wait:.3f} s"
-                return status(429, headers=retry_after_headers(wait),
-                              body={"error": {"message": message, "type": "rate_limit_error", "code": None}}), why
+            if wait is not None:  # the body: the dialect's own rate_limit_error
+                return status(429, headers=retry_after_headers(wait)), why
             if why == "fail":
                 return status(self._storm.storm.failure_status), why
             return self._default, why
