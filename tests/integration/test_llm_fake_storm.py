@@ -87,12 +87,13 @@ async def test_storm_over_http(fake_llm):
 
 def test_fake_llm_command_storm_flags():
     with subprocess.Popen([CAIRN, "fake-llm", "--json", "--failure-rate", "1", "--failure-status", "502",
-                           "--rpm", "1", "--rpm-window", "60", "--seed", "4"],
+                           "--rpm", "1", "--rpm-window", "60", "--seed", "4", "--burst-every", "600",
+                           "--burst-first", "300"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             info = json.loads(proc.stdout.readline())
-            assert info["storm"]["rpm"] == 1
+            assert (info["storm"]["rpm"], info["storm"]["burst_first"]) == (1, 300)
             body = {"model": "m", "messages": [{"role": "user", "content": "call c1"}]}
             statuses = [httpx.post(f"{info['url']}/chat/completions", json=body) for _ in range(2)]
             assert [r.status_code for r in statuses] == [502, 429]
@@ -105,7 +106,8 @@ def test_fake_llm_command_storm_flags():
     assert proc.returncode == 0, err
 
 
-@pytest.mark.parametrize("flag", ["--failure-rate", "--burst-every", "--rpm", "--seed"])
+@pytest.mark.parametrize("flag", ["--failure-rate", "--failure-status", "--burst-every", "--burst-seconds",
+                                  "--burst-first", "--rpm", "--rpm-window", "--seed"])
 def test_fake_llm_help_lists_storm_flags(flag):
     from click.testing import CliRunner
 

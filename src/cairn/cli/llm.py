@@ -30,6 +30,8 @@ from cairn.errors import InputValidationError
               help="Storm: a 429 burst (Retry-After to its end) every SECONDS.")
 @click.option("--burst-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Storm: how long each burst lasts.")
+@click.option("--burst-first", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Storm: when the first burst starts (default: after --burst-every).")
 @click.option("--rpm", type=click.IntRange(min=1), default=None,
               help="Storm: at most this many requests per --rpm-window (sliding), 429 above it.")
 @click.option("--rpm-window", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
@@ -37,8 +39,8 @@ from cairn.errors import InputValidationError
 @click.option("--seed", type=int, default=0, show_default=True, help="Storm: the failure draws' seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the URLs as JSON.")
 def fake_llm(host: str, port: int, script_file: str | None, key_env: str | None, failure_rate: float | None,
-             failure_status: int, burst_every: float | None, burst_seconds: float, rpm: int | None,
-             rpm_window: float, seed: int, as_json: bool) -> None:
+             failure_status: int, burst_every: float | None, burst_seconds: float, burst_first: float | None,
+             rpm: int | None, rpm_window: float, seed: int, as_json: bool) -> None:
     """Run a fake OpenAI/Anthropic-compatible LLM provider until interrupted.
 
     It prints its base URL (for a provider's base_url), answers /v1/chat/completions and
@@ -66,7 +68,8 @@ def fake_llm(host: str, port: int, script_file: str | None, key_env: str | None,
     storm: Storm | None = None
     if failure_rate is not None or burst_every is not None or rpm is not None:
         storm = Storm(failure_rate=failure_rate or 0.0, failure_status=failure_status, burst_every=burst_every,
-                      burst_seconds=burst_seconds, rpm=rpm, rpm_window=rpm_window, seed=seed)
+                      burst_seconds=burst_seconds, burst_first=burst_first, rpm=rpm, rpm_window=rpm_window,
+                      seed=seed)
 
     async def serve() -> None:
         try:
