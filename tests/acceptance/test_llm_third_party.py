@@ -202,10 +202,10 @@ def test_scripted_faults_are_handled(workers, db_url, llmock_serve, tmp_path, mo
 
 
 def test_random_failures_and_quota_are_survived(workers, db_url, llmock_serve, tmp_path, monkeypatch):
-    """30 % random 500s (LLMock draws them unseeded, before the quota) and a 36 rpm quota
-    (a bucket of 36 refilling continuously) met by 40 calls: it runs dry and answers 429
-    with the real wait, about 2 s."""
-    mock = llmock_serve("--error-rate", "500=0.3", "--rpm", "36")
+    """30 % random 500s (LLMock draws them unseeded, before the quota) and a 34 rpm quota
+    (a bucket of 34 refilling at 0.57/s) met by 40 calls: it runs dry unless they spread over
+    more than ~10 s, and answers 429 with the real wait, about 2 s."""
+    mock = llmock_serve("--error-rate", "500=0.3", "--rpm", "34")
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
     procs = tuple(workers(f"r{i}", "-m", "llm_flows") for i in range(2))
     keys = [f"r{i}" for i in range(40)]
