@@ -31,3 +31,28 @@ async def ask_once(i: int) -> str:
 @workflow.defn
 async def ask_streaming(i: int) -> str:
     return (await chat(request(i), stream=True, retry_policy=FAST)).text
+
+
+@workflow.defn
+async def storm_chain(i: int) -> list[str]:
+    """Two or three calls in a row at a new user's defaults (no retry policy, no throttle
+    budget); each message carries ``call s<i>.<n>`` so the fake's log tells the calls apart."""
+    texts = []
+    for n in range(2 + i % 2):
+        ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call s{i}.{n}: say hello"}],
+                          max_tokens=20)
+        texts.append((await chat(ask)).text)
+    return texts
+
+
+@workflow.defn
+async def ask_call(key: str) -> str:
+    """One call whose message carries ``call <key>`` (how a mock's log tells the calls apart)."""
+    ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call {key}: say hello"}], max_tokens=20)
+    return (await chat(ask, retry_policy=FAST, throttle_budget=3600)).text
+
+
+@workflow.defn
+async def ask_call_streaming(key: str) -> str:
+    ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call {key}: say hello"}], max_tokens=20)
+    return (await chat(ask, stream=True, retry_policy=FAST, throttle_budget=3600)).text

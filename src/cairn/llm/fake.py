@@ -6,13 +6,24 @@ next step of the script (the first one whose ``model`` is unset or matches); whe
 left the ``default`` step answers (``ok`` unless set: set it to a failure to get "fail
 always with X").
 
-Every request is recorded (time, path, model, headers without the key-bearing ones, whether
-the key matched the expected one, body, step and outcome) and the log is served over HTTP so
-that tests in other processes share one fake:
+Every request is recorded (arrival time, path, model, headers without the key-bearing ones,
+whether the key matched the expected one, body, call key, step, status, why and outcome) and
+the log is served over HTTP so that tests in other processes share one fake:
 
 - ``GET /_fake/log``: the request log (JSON list).
 - ``POST /_fake/script``: ``{"steps": [...], "default": {...}}`` (or a bare list of steps).
-- ``POST /_fake/reset``: clears the log and the script.
+- ``POST /_fake/storm``: a :class:`Storm` as JSON (an empty body, ``null`` or ``{}`` ends it).
+- ``POST /_fake/reset``: clears the log, the script and the storm.
+
+**Storm mode** (:meth:`FakeProvider.storm`) is another way to set the default answer, for
+load tests: the requests no script step answers meet periodic 429 bursts (every request in
+a burst gets 429 with ``Retry-After`` to the burst's end), an optional requests-per-minute
+limit over a true sliding window (429 with ``Retry-After`` until the oldest request leaves
+it), and a seeded failure rate (500 by default); the rest get the default step. Each log
+entry then says ``status``, ``why`` (``ok``, ``fail``, ``burst``, ``rpm``; ``script`` for a
+step's answer, ``auth`` for a wrong key) and ``call``: the key of the call, taken from a
+``call <id>`` marker in the last user message, so a test can tell which logical call a
+request was for.
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
 import json
+import math
+import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -37,6 +52,7 @@ StepKind = Literal["ok", "status", "hang", "keepalive_then_ok", "slow_stream", "
                    "malformed_json", "missing_usage"]
 _HIDDEN_HEADERS = {"authorization", "x-api-key"}
 SHUTDOWN_SECONDS = 1.0  # hung handlers are cancelled, not waited for
+CALL_KEY = re.compile(r"\bcall (\w(?:[\w.:/-]*\w)?)")  # the marker a request's last user message may carry
 
 
 class Step(BaseModel):
@@ -84,7 +100,107 @@ class Step(BaseModel):
     request_id_header: bool = True
 
 
+class Storm(BaseModel):
+    """A provider having a bad day: what the requests no script step answers meet.
+
+    In this order: a 429 burst, the rpm limit, the failure rate; what passes all three gets
+    the default step. Times are wall-clock seconds from when the storm was set.
+
+    Attributes:
+        failure_rate: the share of requests answered ``failure_status`` (0-1), drawn from
+            ``seed``: by the request's call key and how many times that key was seen
+            before (the same calls fail whatever the interleaving), else in arrival order.
+        failure_status: the status of those failures.
+        burst_every: seconds between the starts of two 429 bursts (``None``: no bursts).
+        burst_seconds: how long a burst lasts; its requests get ``Retry-After`` to its end.
+        burst_first: when the first burst starts (default: ``burst_every``).
+        rpm: at most this many requests answered (ok or failed) within any ``rpm_window``
+            seconds, a true sliding window; above it, 429 with ``Retry-After`` until the
+            oldest of them leaves the window (``None``: no limit).
+        rpm_window: the sliding window's length (60 s: requests per minute).
+        seed: the failure draws' seed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    failure_status: int = Field(default=500, ge=400, le=599)
+    burst_every: float | None = Field(default=None, gt=0)
+    burst_seconds: float = Field(default=2.0, gt=0)
+    burst_first: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=1)
+    rpm_window: float = Field(default=60.0, gt=0)
+    seed: int = 0
+
+    def burst_end(self, elapsed: float) -> float | None:
+        """The end of the burst ``elapsed`` seconds after the start falls in (``None``: none)."""
+        if self.burst_every is None:
+            return None
+        first = self.burst_every if self.burst_first is None else self.burst_first
+        if elapsed < first:
+            return None
+        start = first + (elapsed - first) // self.burst_every * self.burst_every
+        end = start + min(self.burst_seconds, self.burst_every)
+        return end if elapsed < end else None
+
+
+class _StormState:
+    """A storm and what it has seen (kept under the provider's lock)."""
+
+    def __init__(self, storm: Storm, started: float) -> None:
+        self.storm, self.started = storm, started
+        self.window: deque[float] = deque()  # arrival times of the requests the rpm limit let through
+        self.seen: dict[str, int] = {}  # call key -> requests so far
+        self.rng = random.Random(storm.seed)
+
+    def fails(self, call: str | None) -> bool:
+        rate = self.storm.failure_rate
+        if rate <= 0:
+            return False
+        if call is None:
+            return self.rng.random() < rate
+        n = self.seen.get(call, 0)
+        self.seen[call] = n + 1
+        digest = hashlib.sha256(f"{self.storm.seed}:{call}:{n}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+    def decide(self, now: float, call: str | None) -> tuple[str, float | None]:
+        """``(why, retry_after)``: ``burst``/``rpm`` with the seconds to wait, ``fail`` or ``ok``."""
+        storm = self.storm
+        end = storm.burst_end(now - self.started)
+        if end is not None:
+            return "burst", self.started + end - now
+        if storm.rpm is not None:
+            while self.window and self.window[0] <= now - storm.rpm_window:
+                self.window.popleft()
+            if len(self.window) >= storm.rpm:
+                return "rpm", self.window[len(self.window) - storm.rpm] + storm.rpm_window - now
+            self.window.append(now)
+        return ("fail" if self.fails(call) else "ok"), None
+
+
+def call_key(body: Any) -> str | None:
+    """The ``call <id>`` marker of a request's last user message, if it has one."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):  # content blocks
+            content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+        found = CALL_KEY.search(str(content or ""))
+        return found.group(1) if found else None
+    return None
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """``retry-after-ms`` (exact) and ``retry-after`` (whole seconds, rounded up)."""
+    seconds = max(seconds, 0.0)
+    return {"retry-after-ms": f"{seconds * 1000:.0f}", "retry-after": str(math.ceil(seconds))}
+
+
 StepLike = Step | Mapping[str, Any]
+StormLike = Storm | Mapping[str, Any]
 
 
 # ---------------------------------------------------------------- step helpers
@@ -321,6 +437,7 @@ class FakeProvider:
         self._lock = threading.Lock()  # the log and script are read from other threads
         self._steps: list[Step] = []
         self._default: Step = Step()
+        self._storm: _StormState | None = None
         self._log: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
         self.root = ""
@@ -335,17 +452,33 @@ class FakeProvider:
             self._steps = [s.model_copy() for s in parsed]
             self._default = fallback
 
-    def reset(self) -> None:
-        """Clears the log and the script."""
+    def storm(self, storm: StormLike | None = None, /, **options: Any) -> Storm | None:
+        """Starts a storm (a :class:`Storm`, or its fields as keywords) for the requests no
+        script step answers; ``storm(None)`` with no keywords ends it. Its clock starts now.
+
+        ``fake.storm(failure_rate=0.3, burst_every=15, burst_seconds=2, rpm=None, seed=1)``
+        """
+        if storm is None and not options:
+            with self._lock:
+                self._storm = None
+            return None
+        parsed = storm if isinstance(storm, Storm) else Storm.model_validate({**(storm or {}), **options})
         with self._lock:
-            self._steps, self._default, self._log = [], Step(), []
+            self._storm = _StormState(parsed, time.time())
+        return parsed
+
+    def reset(self) -> None:
+        """Clears the log, the script and the storm."""
+        with self._lock:
+            self._steps, self._default, self._log, self._storm = [], Step(), [], None
 
     def requests(self) -> list[dict[str, Any]]:
         """A copy of the request log, oldest first."""
         with self._lock:
             return copy.deepcopy(self._log)
 
-    def _take(self, model: str | None) -> Step:
+    def _take(self, model: str | None, call: str | None) -> tuple[Step, str]:
+        """The step answering a request, and why (``script``, or the storm's verdict)."""
         with self._lock:
             for i, step in enumerate(self._steps):
                 if step.model is None or step.model == model:
@@ -353,8 +486,15 @@ class FakeProvider:
                         del self._steps[i]
                     else:
                         self._steps[i] = step.model_copy(update={"times": step.times - 1})
-                    return step
-            return self._default
+                    return step, "script"
+            if self._storm is None:
+                return self._default, "ok"
+            why, wait = self._storm.decide(time.time(), call)
+            if wait is not None:  # the body: the dialect's own rate_limit_error
+                return status(429, headers=retry_after_headers(wait)), why
+            if why == "fail":
+                return status(self._storm.storm.failure_status), why
+            return self._default, why
 
     def _note(self, record: dict[str, Any], **fields: Any) -> None:
         with self._lock:
@@ -369,6 +509,7 @@ class FakeProvider:
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_get("/_fake/log", self._get_log)
         app.router.add_post("/_fake/script", self._post_script)
+        app.router.add_post("/_fake/storm", self._post_storm)
         app.router.add_post("/_fake/reset", self._post_reset)
         return app
 
@@ -404,6 +545,14 @@ class FakeProvider:
         self.script(steps, default)
         return web.json_response({"steps": len(steps)})
 
+    async def _post_storm(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+            storm = self.storm((json.loads(raw) if raw.strip() else None) or None)
+        except ValueError as exc:  # bad JSON, or pydantic's ValidationError
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"storm": None if storm is None else storm.model_dump()})
+
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
@@ -434,21 +583,22 @@ class FakeProvider:
         include_usage = dialect == "anthropic" or (
             isinstance(body, dict) and bool((body.get("stream_options") or {}).get("include_usage")))
         present, auth_ok = self._auth(request, dialect)
+        call = call_key(body)
         with self._lock:
             seq = len(self._log) + 1
             record: dict[str, Any] = {
                 "seq": seq, "time": time.time(), "path": request.path, "dialect": dialect, "model": model,
                 "stream": stream, "headers": {k.lower(): v for k, v in request.headers.items()
                                               if k.lower() not in _HIDDEN_HEADERS},
-                "auth_present": present, "auth_ok": auth_ok, "body": body,
-                "step": None, "outcome": "pending", "finished": False}
+                "auth_present": present, "auth_ok": auth_ok, "body": body, "call": call,
+                "step": None, "why": None, "status": None, "outcome": "pending", "finished": False}
             self._log.append(record)
         if auth_ok is False:
-            self._note(record, outcome="status 401", finished=True)
+            self._note(record, outcome="status 401", status=401, why="auth", finished=True)
             answer = _Answerer(dialect, Step(kind="status", status=401), model or "", seq, False)
             return web.json_response(answer.error_body(401), status=401)
-        step = self._take(model)
-        self._note(record, step=step.kind)
+        step, why = self._take(model, call)
+        self._note(record, step=step.kind, why=why)
         answer = _Answerer(dialect, step, model or "unknown", seq, include_usage)
         try:
             response = await self._perform(request, answer, stream, record)
@@ -462,7 +612,7 @@ class FakeProvider:
                        record: dict[str, Any]) -> web.StreamResponse:
         step = answer.step
         if step.kind == "status":
-            self._note(record, outcome=f"status {step.status}")
+            self._note(record, outcome=f"status {step.status}", status=step.status)
             payload = answer.error_body(step.status)
             text = payload if isinstance(payload, str) else json.dumps(payload)
             return web.Response(status=step.status, text=text, headers=step.headers,
@@ -473,7 +623,7 @@ class FakeProvider:
                 await asyncio.Event().wait()
             await asyncio.sleep(step.seconds or 0)
         if step.kind == "malformed_json":
-            self._note(record, outcome="malformed_json")
+            self._note(record, outcome="malformed_json", status=200)
             if stream:
                 broken = b'data: {"id": "chatcmpl-fake", "choices": [\n\ndata: [DONE]\n\n'
                 return web.Response(body=broken, content_type="text/event-stream", headers=answer.headers())
@@ -486,6 +636,7 @@ class FakeProvider:
         response = web.StreamResponse(status=200, headers={
             **answer.headers(), "content-type": "text/event-stream" if stream else "application/json"})
         await response.prepare(request)
+        self._note(record, status=200)
         if step.kind == "keepalive_then_ok":
             self._note(record, outcome="keepalive")
             deadline = asyncio.get_running_loop().time() + (step.seconds or 0)
@@ -559,8 +710,12 @@ class FakeLLM:
         """The request log."""
         return self.provider.requests()
 
+    def storm(self, storm: StormLike | None = None, /, **options: Any) -> Storm | None:
+        """Starts (or, with no arguments, ends) a storm: see :class:`Storm`."""
+        return self.provider.storm(storm, **options)
+
     def reset(self) -> None:
-        """Clears the log and the script."""
+        """Clears the log, the script and the storm."""
         self.provider.reset()
 
     def expect_key(self, key: str | None) -> None:
