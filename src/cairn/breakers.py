@@ -76,6 +76,7 @@ __all__ = [
 STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 STATE_CODES = {s: i for i, s in enumerate(STATES)}  # the state gauge's values
 TIME_BUCKETS = 60  # a time window is cut into at most this many buckets (of at least 1 s)
+HALF_OPEN_RECHECK_SECONDS = 5.0  # a call refused while every probe slot is taken looks again after this
 
 Conn = psycopg.AsyncConnection[Any]
 log = logging.getLogger("cairn.breakers")
@@ -386,8 +387,10 @@ async def _admit_locked(conn: Conn, row: _Row, now: datetime | None) -> Admissio
                                                      "lease": row.config.probe_lease_seconds})
         return Admission(True, None, row.generation, probe_id, "half_open", row.name, row.now)
     row.counts["not_permitted"] += 1
-    # Every slot is taken: look again when the first lease would expire, or sooner.
-    retry = row.now + timedelta(seconds=row.config.recovery_timeout)
+    # Every slot is taken: look again soon, as the probes' outcomes may close it any moment
+    # (waiting a whole recovery_timeout kept calls out for 30 s of a breaker closed 0.6 s
+    # after they were refused), or when the first lease would expire, if sooner.
+    retry = row.now + timedelta(seconds=min(row.config.recovery_timeout, HALF_OPEN_RECHECK_SECONDS))
     if probes["first_expiry"] is not None:
         retry = min(retry, probes["first_expiry"])
     return Admission(False, retry, row.generation, None, "half_open", row.name, row.now)

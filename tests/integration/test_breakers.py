@@ -144,6 +144,8 @@ async def test_half_open_probe_limit_and_lease_expiry(conn, sql):
     assert b.probe_id
     assert a.generation == b.generation == 3
     assert c.retry_at == at(15), "refused until the first probe lease expires"
+    late = await breakers.admit(conn, "probe", BreakerConfig(), now=at(12.5))
+    assert late.retry_at == at(15), "(the row keeps its first writer's config)"
     # a's prober crashed: its lease expires at 15 and frees a slot; b's (until 16) holds one.
     d = await breakers.admit(conn, "probe", cfg, now=at(15.5))
     assert d.permitted
@@ -238,6 +240,17 @@ async def test_a_throttle_on_a_half_open_probe_waits_retry_after_and_does_not_es
     assert (again.permitted, again.state) == (True, "half_open"), "back to probing after 3 s, not 60"
     await breakers.record(conn, "probe429", again, success=True, now=at(36))
     assert (await row(sql, "probe429"))["state"] == "closed"
+
+
+async def test_a_call_refused_while_probes_run_looks_again_soon(conn, sql):
+    """Probes may close the breaker any moment: a refused call comes back within
+    HALF_OPEN_RECHECK_SECONDS, not after a whole recovery timeout."""
+    cfg = BreakerConfig(minimum_calls=1, window_size=1, recovery_timeout=30, permitted_calls_in_half_open=1)
+    await call(conn, "recheck", cfg, 0, success=False)
+    probe = await breakers.admit(conn, "recheck", cfg, now=at(30))
+    refused = await breakers.admit(conn, "recheck", cfg, now=at(31))
+    assert (probe.permitted, refused.permitted) == (True, False)
+    assert refused.retry_at == at(31 + breakers.HALF_OPEN_RECHECK_SECONDS)
 
 
 async def test_a_running_probe_keeps_its_slot_past_its_lease(conn, sql):
