@@ -180,6 +180,13 @@ def make_app(storm: Storm) -> web.Application:
     return app
 
 
+def write_ready(path: str, port: int) -> None:
+    """The port, written atomically (a reader never sees an empty file)."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(str(port))
+    tmp.rename(path)
+
+
 async def serve(a: argparse.Namespace) -> None:
     storm = Storm(a)
     runner = web.AppRunner(make_app(storm), access_log=None)
@@ -188,9 +195,7 @@ async def serve(a: argparse.Namespace) -> None:
     await site.start()
     port = runner.addresses[0][1]
     if a.ready_file:
-        tmp = Path(a.ready_file + ".tmp")
-        tmp.write_text(str(port))
-        tmp.rename(a.ready_file)
+        write_ready(a.ready_file, port)
     print(f"storm provider on http://127.0.0.1:{port}/v1 (rpm {a.rpm}, fail {a.fail_rate}, burst "
           f"{a.burst_seconds:g}s every {a.burst_every:g}s, seed {a.seed})", file=sys.stderr, flush=True)
     stop = asyncio.Event()
