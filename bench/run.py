@@ -652,7 +652,12 @@ def main() -> int:
 
         # -- workloads, round-robin over systems so drift hits everyone alike
         keys = workload_keys(plan)
-        say(f"\nworkloads ({runs} run(s) each): " + "; ".join(f"{w} N={n} K={ks}" for w, (n, ks) in plan.items()))
+        say(f"\nworkloads ({runs} run(s) each" + (f", LLM {a.llm_runs}" if "LLM" in plan else "") + "): "
+            + "; ".join(f"{w} N={n} K={ks}" for w, (n, ks) in plan.items()))
+        if "LLM" in plan:
+            say(f"LLM storm provider: rpm {llm['rpm']}, {llm['fail_rate']:.0%} 500s, 429 bursts of "
+                f"{llm['burst_seconds']:g} s every {llm['burst_every']:g} s, seed {llm['seed']}; deadline "
+                f"{llm['deadline_s']:.0f} s")
         failed_streak: dict[tuple[str, str], bool] = {}
         for i in range(max(runs, a.llm_runs if "LLM" in plan else 0)):
             for w, (n, ks) in plan.items():
