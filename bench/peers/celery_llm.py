@@ -10,9 +10,13 @@ errors) with ``retry_backoff=1`` (1, 2, 4, ... s), ``retry_backoff_max=60``,
 ``retry_jitter`` (Celery's default: a random delay up to the backoff),
 ``max_retries=19`` (20 attempts); ``acks_late=True``. Retry-After: a 429 does
 ``raise self.retry(countdown=Retry-After)``, which honours it exactly but counts against
-``max_retries`` like any retry. Client-side limit: the task's ``rate_limit``,
-``rpm / workers`` per minute per worker process (Celery's rate limit is per worker), so
-the fleet stays within the provider's RPM, retries included.
+``max_retries`` like any retry.
+
+Client-side limit: none by default. Celery's task ``rate_limit`` (per worker process) is
+available with ``--param celery_rate_limit=1`` (``rpm / workers`` per minute per worker),
+but it is not Celery's best here: in the first full run (20261206T133048Z) it let each
+worker run about one task per second (the consumer re-checks its token bucket on the
+event loop's timer), 0 of 1,000 workflows done in 300 s.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ QUEUE = f"storm-{RUN}"
 DONE_KEY = f"storm-done-{RUN}"
 FAILED_KEY = f"storm-failed-{RUN}"
 CONCURRENCY = int(C.param_float(ARGS, "celery_concurrency", 4))
-RATE = f"{max(int(LLM.get('rpm', 60)) // max(ARGS.workers, 1), 1)}/m"
+RATE_LIMITED = ARGS.params.get("celery_rate_limit", "0") not in ("0", "", "false")
+RATE = f"{max(int(LLM.get('rpm', 60)) // max(ARGS.workers, 1), 1)}/m" if RATE_LIMITED else None
 
 app = Celery("storm", broker=REDIS)
 app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue=QUEUE,
@@ -124,7 +129,8 @@ def driver(r: C.Runner) -> None:
     r.notes.append(
         f"celery; {k} workers, prefork concurrency {CONCURRENCY}, task acks_late=True, autoretry_for=(5xx,), "
         f"retry_backoff=1, retry_backoff_max={C.LLM_RETRY_MAX_S:g}, retry_jitter (default), max_retries="
-        f"{C.LLM_MAX_ATTEMPTS - 1}, rate_limit={RATE} per worker; Retry-After: self.retry(countdown=Retry-After)")
+        f"{C.LLM_MAX_ATTEMPTS - 1}, " + (f"rate_limit={RATE} per worker" if RATE else "no rate_limit") +
+        "; Retry-After: self.retry(countdown=Retry-After)")
     r.extra.update({"window_start": window_start, "deadline_s": LLM["deadline_s"], "calls": calls, "size": n,
                     "completed": completed, "statuses": {"completed": len(completed), "failed": failed}})
     r.emit(len(completed) * calls, max(done_s) if done_s else seconds)
