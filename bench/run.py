@@ -530,7 +530,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~8 minutes, LLM most of it)")
     ap.add_argument("--runs", type=int, default=None, help="runs per system and workload (default 3; quick 1)")
     ap.add_argument("--systems", default=None, help="comma-separated subset of: " + ",".join(s.name for s in SYSTEMS))
     ap.add_argument("--workloads", default=None, help="comma-separated subset of W1..W6, LLM")
@@ -757,16 +757,21 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     runner = sysm.llm_runner if w == "LLM" else sysm.runner
     if not runner or not (ROOT / runner).exists():
         return {"run": i, "error": f"runner {runner or '(none)'} for {w} not found"}
+    provider: StormProvider | None = None
+    if w == "LLM":
+        assert llm is not None
+        try:
+            provider = StormProvider(llm, log_dir / f"{sysm.name}-{w}-k{k}-{i}-provider")
+        except (RuntimeError, OSError) as exc:
+            return {"run": i, "error": str(exc)}
     dbname = f"bench_{sysm.name}_{w.lower()}_k{k}_{i}"
     dsn = cluster.create_db(dbname)
     cmd = [py, str(ROOT / runner), "--dsn", dsn, "--workload", w, "--size", str(n), "--workers", str(k)]
     if redis and sysm.needs_redis:
         cmd += ["--redis", REDIS_URL]
     log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
-    provider: StormProvider | None = None
-    if w == "LLM":
+    if provider is not None:
         assert llm is not None
-        provider = StormProvider(llm, log_dir / f"{sysm.name}-{w}-k{k}-{i}-provider")
         cmd += ["--param", f"llm_base_url={provider.base_url}", "--param", f"llm_rpm={llm['rpm']}",
                 "--param", f"deadline_s={llm['deadline_s']:g}", "--param", f"calls={LLM_CALLS}"]
         timeout = max(timeout, llm["deadline_s"] + 300)
