@@ -30,6 +30,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import pgcluster  # noqa: E402
+import storm_metrics  # noqa: E402
 
 
 @dataclass
@@ -40,29 +41,38 @@ class System:
     requirements: str | None = None
     needs_redis: bool = False
     label: str = ""
+    llm_runner: str = ""    # the LLM storm workload's runner (relative to the repository root)
 
 
 SYSTEMS = [
-    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn"),
+    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn", llm_runner="bench/llm_storm_cairn.py"),
     System("dbos", "bench/peers/dbos_runner.py", "bench/.venv-dbos", "bench/peers/requirements-dbos.txt",
-           label="DBOS Transact"),
+           label="DBOS Transact", llm_runner="bench/peers/dbos_llm.py"),
     System("procrastinate", "bench/peers/procrastinate_runner.py", "bench/.venv-procrastinate",
-           "bench/peers/requirements-procrastinate.txt", label="Procrastinate"),
+           "bench/peers/requirements-procrastinate.txt", label="Procrastinate",
+           llm_runner="bench/peers/procrastinate_llm.py"),
     System("celery", "bench/peers/celery_runner.py", "bench/.venv-celery", "bench/peers/requirements-celery.txt",
-           needs_redis=True, label="Celery + Redis"),
+           needs_redis=True, label="Celery + Redis", llm_runner="bench/peers/celery_llm.py"),
 ]
 
 # workload -> (size, worker counts); see bench/README.md
 FULL = {"W1": (5000, [1, 2]), "W2": (1000, [1]), "W3": (300, [1]), "W4": (200, [1]), "W5": (5000, [1]),
-        "W6": (100, [1])}
+        "W6": (100, [1]), "LLM": (1000, [3])}
 QUICK = {"W1": (300, [1, 2]), "W2": (50, [1]), "W3": (30, [1]), "W4": (15, [1]), "W5": (300, [1]),
-         "W6": (20, [1])}
+         "W6": (20, [1]), "LLM": (100, [3])}
+# The LLM storm workload (bench/README.md, "Workload LLM"): the storm provider's settings.
+LLM_CALLS = 3              # sequential chat calls per workflow
+LLM_RPM = {"full": 1800, "quick": 600}  # the provider's published (and enforced) limit
+LLM_DEADLINE_FACTOR = 3.0  # the deadline: this many times the ideal makespan...
+LLM_DEADLINE_MIN_S = 60.0  # ...but at least this long
+LLM_PROVIDER = {"window": 60.0, "fail_rate": 0.3, "burst_every": 15.0, "burst_seconds": 2.0, "seed": 14,
+                "latency_min_ms": 20.0, "latency_max_ms": 50.0}
 EXTRAS_FULL = {"MEM": 10_000, "CLAIM": 1_000_000}
 EXTRAS_QUICK = {"MEM": 500, "CLAIM": 20_000}
 EXTRAS_QUICK_PARAMS = ["iterations=100", "latency_runs=20"]
 
 STEP_UNIT = {"W1": "workflows/s", "W2": "steps/s", "W3": "workflows/s", "W4": "steps/s", "W5": "steps/s",
-             "W6": "s to recover"}
+             "W6": "s to recover", "LLM": "s makespan"}
 DESCRIPTION = {
     "W1": "backlog of N workflows x 1 trivial activity, drained by K worker processes",
     "W2": "N workflows x 10 sequential trivial activities",
@@ -70,6 +80,7 @@ DESCRIPTION = {
     "W4": "N workflows each gathering 20 parallel activities",
     "W5": "one workflow of N sequential steps, and one of 50: time per step",
     "W6": "kill -9 of a worker holding N running workflows: time until all progress on a new worker",
+    "LLM": "N workflows x 3 sequential chat calls against the storm provider (500s, 429 bursts, its own RPM)",
 }
 REDIS_URL = "redis://127.0.0.1:6379/9"
 
@@ -341,6 +352,8 @@ def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: lis
     rows = []
     for key in keys:
         w = key.split()[0]
+        if w == "LLM":  # its own table (llm_rows)
+            continue
         for sysm in systems:
             entry = results.get(sysm.name, {}).get(key)
             if not entry or not entry.get("summary"):
@@ -361,6 +374,73 @@ def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: lis
                              f"{fmt(s.get('long_ms_per_step'), 2)} (N) / {fmt(s.get('short_ms_per_step'), 2)} (50)",
                              "", "ms/step long / short", "", "", "", "", "", "", "", str(s["runs"])])
     return rows
+
+
+LLM_HEADER = ["system", "completed by deadline", "requests sent", "paid twice", "attempts burnt by 429",
+              "above provider RPM", "sent during bursts", "makespan s", "÷ ideal", "÷ floor", "half-open max/permitted",
+              "runs"]
+
+
+def llm_rows(results: dict[str, dict[str, Any]], systems: list[System], skipped: dict[str, str]
+             ) -> list[list[str]]:
+    """The LLM storm workload's table: one row per system (medians over runs)."""
+    rows = []
+    for sysm in systems:
+        entry = results.get(sysm.name, {}).get("LLM")
+        if entry is None:
+            continue
+        s = entry.get("summary") or {}
+        if not s:
+            note = " ".join(str(entry.get("error") or skipped.get(sysm.name) or "not run").split())
+            rows.append([sysm.name, "skipped", "", "", "", "", "", "", "", "", "", f"0 ({note[:70]})"])
+            continue
+
+        def n(k: str, s: dict[str, Any] = s) -> str:
+            v = s.get(k)
+            return "–" if v is None else f"{v:,.0f}"
+
+        done = (f"{s.get('llm_completed_pct', 0):.1f} % ({n('llm_completed_by_deadline')}/{n('llm_workflows')} "
+                f"in {n('llm_deadline_s')} s)")
+        make = s.get("llm_makespan_s")
+        half = "–"
+        if s.get("llm_permitted_in_half_open"):
+            half = (f"{n('llm_half_open_max_requests')}/{n('llm_permitted_in_half_open')} "
+                    f"({n('llm_half_open_overrun_periods')} of {n('llm_half_open_periods')} periods over)")
+        burnt = n("llm_attempts_burnt_429")
+        if s.get("llm_attempts_lost_other"):
+            burnt += f" (+{n('llm_attempts_lost_other')} lost otherwise)"
+        rows.append([sysm.name, done, n("llm_requests"), n("llm_paid_twice"), burnt,
+                     n("llm_above_rpm"), n("llm_during_burst"),
+                     "not all done" if make is None else f"{make:.1f}",
+                     "–" if s.get("llm_makespan_vs_ideal") is None else f"{s['llm_makespan_vs_ideal']:.2f}x",
+                     "–" if s.get("llm_makespan_vs_floor") is None else f"{s['llm_makespan_vs_floor']:.2f}x",
+                     half, str(s["runs"])])
+    return rows
+
+
+def llm_legend(results: dict[str, dict[str, Any]]) -> list[str]:
+    """How the LLM table's figures are defined, with this run's numbers."""
+    for per in results.values():
+        entry = per.get("LLM") or {}
+        for run in entry.get("runs", []):
+            f, prov = run.get("figures"), run.get("provider")
+            if not f or not prov:
+                continue
+            return [
+                f"LLM: {f['llm_workflows']:,} workflows x {LLM_CALLS} sequential chat calls = "
+                f"{f['llm_calls']:,} calls; "
+                f"storm provider rpm {prov['rpm']} (sliding {prov['window']:g} s window; 200s and 500s count toward "
+                f"it, 429s do not), {prov['fail_rate']:.0%} of admitted requests answered 500, 429 bursts of "
+                f"{prov['burst_seconds']:g} s every {prov['burst_every']:g} s, seed {prov['seed']}.",
+                f"LLM: ideal = calls ÷ provider limit = {f['llm_calls']:,} ÷ {prov['rpm']}/min = "
+                f"{f['llm_ideal_s']:.0f} s; "
+                f"floor = calls ÷ (1 - fail rate) ÷ limit = {f['llm_floor_s']:.0f} s (the 500s count toward the "
+                "RPM, so no client can beat it once the limit binds).",
+                "LLM: attempts burnt by 429: cairn from history (each completed call's attempt - 1 - the 500s it got, "
+                "up to the 429s it got; the rest: 'lost otherwise'); peers: every 429 they received (one request per "
+                "attempt, each one counted by their retry machinery).",
+            ]
+    return []
 
 
 def render_text(header: list[str], rows: list[list[str]]) -> str:
@@ -389,6 +469,8 @@ def ratios(results: dict[str, dict[str, Any]], keys: list[str], systems: list[Sy
         peer = results.get(sysm.name, {})
         for key in keys:
             w = key.split()[0]
+            if w == "LLM":
+                continue
             c, p = (cairn.get(key) or {}).get("summary"), (peer.get(key) or {}).get("summary")
             metrics = [("headline", STEP_UNIT[w], w != "W6")]
             if w == "W3":
@@ -413,7 +495,7 @@ def ratios(results: dict[str, dict[str, Any]], keys: list[str], systems: list[Sy
         best = max(tps.values())
         for key in keys:
             w = key.split()[0]
-            if w in ("W3", "W6"):
+            if w in ("W3", "W6", "LLM"):
                 continue
             s = (cairn.get(key) or {}).get("summary")
             rate = s.get("rate") if s else None
@@ -448,10 +530,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run each (~8 minutes, LLM most of it)")
     ap.add_argument("--runs", type=int, default=None, help="runs per system and workload (default 3; quick 1)")
     ap.add_argument("--systems", default=None, help="comma-separated subset of: " + ",".join(s.name for s in SYSTEMS))
-    ap.add_argument("--workloads", default=None, help="comma-separated subset of W1..W6")
+    ap.add_argument("--workloads", default=None, help="comma-separated subset of W1..W6, LLM")
     ap.add_argument("--size", action="append", default=[], metavar="W=N", help="override a workload's size")
     ap.add_argument("--extras", default=None, help="cairn extras to run: MEM,CLAIM (default both; 'none' to skip)")
     ap.add_argument("--extra-size", action="append", default=[], metavar="X=N", help="override MEM/CLAIM size")
@@ -459,6 +541,10 @@ def main() -> int:
                     help="extra --param for one system's runner")
     ap.add_argument("--ceiling-seconds", type=int, default=None, help="pgbench duration per client count")
     ap.add_argument("--timeout", type=float, default=600, help="per runner invocation, seconds")
+    ap.add_argument("--llm-rpm", type=int, default=None, help="LLM: the storm provider's RPM (full 1800, quick 600)")
+    ap.add_argument("--llm-deadline", type=float, default=None,
+                    help=f"LLM: seconds (default {LLM_DEADLINE_FACTOR:g} x the ideal, at least {LLM_DEADLINE_MIN_S:g})")
+    ap.add_argument("--llm-runs", type=int, default=1, help="LLM: runs per system (default 1: ~5 min each)")
     ap.add_argument("--no-latest", action="store_true", help="do not update bench/latest.json and bench/README.md")
     ap.add_argument("--latest", action="store_true", help="update bench/latest.json and README even for a quick or partial run")
     a = ap.parse_args()
@@ -483,6 +569,10 @@ def main() -> int:
         if k.upper() in extras:
             extras[k.upper()] = int(n)
     runs = a.runs or (1 if quick else 3)
+    llm = dict(LLM_PROVIDER, rpm=a.llm_rpm or LLM_RPM["quick" if quick else "full"])
+    if "LLM" in plan:
+        ideal = plan["LLM"][0] * LLM_CALLS / llm["rpm"] * llm["window"]
+        llm["deadline_s"] = a.llm_deadline or max(LLM_DEADLINE_FACTOR * ideal, LLM_DEADLINE_MIN_S)
     ceiling_s = a.ceiling_seconds or (3 if quick else 10)
     systems = SYSTEMS if not a.systems else [s for s in SYSTEMS if s.name in a.systems.split(",")]
     params: dict[str, list[str]] = {}
@@ -563,10 +653,17 @@ def main() -> int:
 
         # -- workloads, round-robin over systems so drift hits everyone alike
         keys = workload_keys(plan)
-        say(f"\nworkloads ({runs} run(s) each): " + "; ".join(f"{w} N={n} K={ks}" for w, (n, ks) in plan.items()))
+        say(f"\nworkloads ({runs} run(s) each" + (f", LLM {a.llm_runs}" if "LLM" in plan else "") + "): "
+            + "; ".join(f"{w} N={n} K={ks}" for w, (n, ks) in plan.items()))
+        if "LLM" in plan:
+            say(f"LLM storm provider: rpm {llm['rpm']}, {llm['fail_rate']:.0%} 500s, 429 bursts of "
+                f"{llm['burst_seconds']:g} s every {llm['burst_every']:g} s, seed {llm['seed']}; deadline "
+                f"{llm['deadline_s']:.0f} s")
         failed_streak: dict[tuple[str, str], bool] = {}
-        for i in range(runs):
+        for i in range(max(runs, a.llm_runs if "LLM" in plan else 0)):
             for w, (n, ks) in plan.items():
+                if i >= (a.llm_runs if w == "LLM" else runs):
+                    continue
                 for k in ks:
                     key = f"{w} K={k}" if len(ks) > 1 else w
                     for sysm in active:
@@ -574,7 +671,7 @@ def main() -> int:
                             continue
                         entry = results[sysm.name].setdefault(key, {"runs": [], "size": n, "workers": k})
                         one = run_one(cluster, sysm, pythons[sysm.name], w, n, k, i, log_dir, a.timeout, env,
-                                      params.get(sysm.name, []), redis_version)
+                                      params.get(sysm.name, []), redis_version, llm)
                         entry["runs"].append(one)
                         if "error" in one:
                             entry["error"] = one["error"]
@@ -594,6 +691,8 @@ def main() -> int:
     keys = workload_keys(plan)
     rows = table_rows(results, keys, active, skipped)
     ratio_rows, ratio_data = ratios(results, keys, active, ceiling)
+    llm_table = llm_rows(results, active, skipped)
+    llm_lines = llm_legend(results)
     extra_lines = describe_extras(extras_out)
     mach["load_average_at_end"] = os.getloadavg()
     doc = {
@@ -604,6 +703,7 @@ def main() -> int:
         "ceiling": ceiling, "systems": {s.name: {"label": s.label, "python": pythons.get(s.name),
                                                  "packages": versions.get(s.name, {})} for s in systems},
         "skipped": skipped, "results": results, "extras": extras_out, "ratios": ratio_data,
+        "llm_provider": llm if "LLM" in plan else None,
     }
     states = sorted({r.get("code") for e in results.get("cairn", {}).values() for r in e["runs"]} - {None})
     doc["cairn_code"] = states
@@ -614,7 +714,13 @@ def main() -> int:
         "include setup and enqueueing)")
     say("ceiling (pgbench single-row INSERT): " + ", ".join(
         f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling))
-    say(render_text(HEADER, rows))
+    if rows:
+        say(render_text(HEADER, rows))
+    if llm_table:
+        say(f"\nLLM STORM ({DESCRIPTION['LLM']})")
+        say(render_text(LLM_HEADER, llm_table))
+        for line in llm_lines:
+            say("  " + line)
     say("\nsettings used (each runner's notes; in full in the JSON):")
     for s in results:
         notes = {k: " ".join(str((e.get("runs") or [{}])[-1].get("notes", "")).split())
@@ -640,27 +746,45 @@ def main() -> int:
     complete = not quick and not a.systems and not a.workloads and a.extras is None and not a.size
     if (complete or a.latest) and not a.no_latest:
         shutil.copy(out_path, BENCH / "latest.json")
-        update_readme(doc, rows, ratio_rows, extra_lines, ceiling)
+        update_readme(doc, rows, ratio_rows, extra_lines, ceiling, llm_table, llm_lines)
         say("updated bench/latest.json and the table in bench/README.md")
     return 0
 
 
 def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k: int, i: int, log_dir: Path,
-            timeout: float, env: dict[str, str], extra_params: list[str], redis: str | None) -> dict[str, Any]:
+            timeout: float, env: dict[str, str], extra_params: list[str], redis: str | None,
+            llm: dict[str, Any] | None = None) -> dict[str, Any]:
+    runner = sysm.llm_runner if w == "LLM" else sysm.runner
+    if not runner or not (ROOT / runner).exists():
+        return {"run": i, "error": f"runner {runner or '(none)'} for {w} not found"}
+    provider: StormProvider | None = None
+    if w == "LLM":
+        assert llm is not None
+        try:
+            provider = StormProvider(llm, log_dir / f"{sysm.name}-{w}-k{k}-{i}-provider")
+        except (RuntimeError, OSError) as exc:
+            return {"run": i, "error": str(exc)}
     dbname = f"bench_{sysm.name}_{w.lower()}_k{k}_{i}"
     dsn = cluster.create_db(dbname)
-    cmd = [py, str(ROOT / sysm.runner), "--dsn", dsn, "--workload", w, "--size", str(n), "--workers", str(k)]
+    cmd = [py, str(ROOT / runner), "--dsn", dsn, "--workload", w, "--size", str(n), "--workers", str(k)]
     if redis and sysm.needs_redis:
         cmd += ["--redis", REDIS_URL]
+    log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
+    if provider is not None:
+        assert llm is not None
+        cmd += ["--param", f"llm_base_url={provider.base_url}", "--param", f"llm_rpm={llm['rpm']}",
+                "--param", f"deadline_s={llm['deadline_s']:g}", "--param", f"calls={LLM_CALLS}"]
+        timeout = max(timeout, llm["deadline_s"] + 300)
     for p in extra_params:
         cmd += ["--param", p]
-    log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
     code = code_state() if sysm.name == "cairn" else None
     t = time.time()
     try:
         m = run_measured(cluster, dbname, cmd, log_path, timeout, env)
     finally:
         cluster.drop_db(dbname)
+        if provider is not None:
+            provider.stop()
     out = parse_output(m["stdout"])
     one: dict[str, Any] = {"run": i, "db": dbname, "cmd": " ".join(cmd[1:]), "rc": m["rc"], "wall_s": m["wall"],
                            "pg": m["pg"], "cpu_user": m["cpu_user"], "cpu_sys": m["cpu_sys"],
@@ -677,7 +801,17 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     if out:
         one["output"] = out
         one["notes"] = out.get("notes", "")
-    if "error" not in one and out is not None:
+    if "error" not in one and out is not None and provider is not None:
+        assert llm is not None
+        one["provider"] = {**llm, "log": str(provider.log_path.relative_to(ROOT))}
+        one["figures"] = {**per_run_figures(w, out, m),
+                          **storm_metrics.figures(sysm.name, storm_metrics.read_log(provider.log_path), out, llm)}
+        f = one["figures"]
+        say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: {f['llm_completed_pct']:.1f} % by the deadline, "
+            f"{f['llm_requests']:,} requests, {f['llm_paid_twice']} paid twice, {f['llm_attempts_burnt_429']} "
+            f"attempts burnt by 429, {f['llm_above_rpm']} above RPM, {f['llm_during_burst']} during bursts, makespan "
+            f"{fmt(f['llm_makespan_s'])} s (ideal {f['llm_ideal_s']:.0f} s) [{time.time() - t:.0f} s]")
+    elif "error" not in one and out is not None:
         one["figures"] = per_run_figures(w, out, m)
         f = one["figures"]
         lat = f" p50 {fmt(f['p50_ms'])} ms p99 {fmt(f['p99_ms'])} ms" if f["p50_ms"] is not None else ""
@@ -687,6 +821,42 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     else:
         say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: FAILED — {one.get('error')} (log {one['log']})")
     return one
+
+
+class StormProvider:
+    """The LLM workload's storm provider (bench/storm_provider.py), one process per run, the
+    same settings and seed for every system; its request log is what the figures count."""
+
+    def __init__(self, llm: dict[str, Any], stem: Path) -> None:
+        self.log_path = stem.with_suffix(".jsonl")
+        ready = stem.with_suffix(".port")
+        ready.unlink(missing_ok=True)
+        self.err = open(stem.with_suffix(".log"), "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "storm_provider.py"), "--port", "0", "--rpm", str(llm["rpm"]),
+             "--window", str(llm["window"]), "--fail-rate", str(llm["fail_rate"]),
+             "--burst-every", str(llm["burst_every"]), "--burst-seconds", str(llm["burst_seconds"]),
+             "--seed", str(llm["seed"]), "--latency-min-ms", str(llm["latency_min_ms"]),
+             "--latency-max-ms", str(llm["latency_max_ms"]), "--log", str(self.log_path),
+             "--ready-file", str(ready), "--max-seconds", str(llm["deadline_s"] + 900)],
+            stdout=subprocess.DEVNULL, stderr=self.err, cwd=str(ROOT))
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the storm provider did not start (see {stem.with_suffix('.log')})")
+            time.sleep(0.05)
+        self.base_url = f"http://127.0.0.1:{ready.read_text().strip()}/v1"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
 
 
 def code_state() -> str:
@@ -745,7 +915,8 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def update_readme(doc: dict[str, Any], rows: list[list[str]], ratio_rows: list[list[str]],
-                  extra_lines: list[str], ceiling: list[dict[str, Any]]) -> None:
+                  extra_lines: list[str], ceiling: list[dict[str, Any]], llm_table: list[list[str]],
+                  llm_lines: list[str]) -> None:
     path = BENCH / "README.md"
     text = path.read_text()
     m = doc["machine"]
@@ -768,6 +939,7 @@ def update_readme(doc: dict[str, Any], rows: list[list[str]], ratio_rows: list[l
         "",
         *(f"- {line}" for line in extra_lines),
         "",
+        *([render_md(LLM_HEADER, llm_table), "", *(f"- {line}" for line in llm_lines), ""] if llm_table else []),
         render_md(["ratio", "workload", "metric", "cairn", "other", "cairn ÷ other", "", ""], ratio_rows),
         END,
     ]

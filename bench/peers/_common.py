@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-FULL_SIZES = {"W1": 5000, "W2": 1000, "W3": 300, "W4": 200, "W5": 5000, "W6": 100}
+FULL_SIZES = {"W1": 5000, "W2": 1000, "W3": 300, "W4": 200, "W5": 5000, "W6": 100, "LLM": 1000}
 W2_STEPS = 10  # sequential activities per W2 workflow
 W4_FANOUT = 20  # parallel activities per W4 workflow
 W5_SHORT = 50  # the short W5 workflow
@@ -386,3 +386,69 @@ def summarize(lat: list[float]) -> dict[str, float]:
         "p99_ms": round(pct(99), 3),
         "max_ms": round(s[-1], 3),
     }
+
+
+# ---- the LLM storm workload (bench/README.md, "Workload LLM") -------------------------
+
+# The peers' retry settings, the same for all three, close to cairn's default policy
+# (1 s, x2, capped; cairn's cap is 100 s and its attempts unlimited): a bounded number of
+# attempts is what their documented APIs want, and 20 is far more than a 30 % failure
+# rate needs (0.3^19), so a call fails for good only by burning attempts on 429s.
+LLM_MAX_ATTEMPTS = 20
+LLM_RETRY_INITIAL_S = 1.0
+LLM_RETRY_BACKOFF = 2.0
+LLM_RETRY_MAX_S = 60.0
+LLM_MODEL = "storm-chat"
+LLM_TIMEOUT_S = 60.0
+
+
+class LLMThrottled(Exception):
+    """The provider answered 429; ``retry_after`` in seconds (None without the header)."""
+
+    def __init__(self, retry_after: float | None, status: int = 429):
+        super().__init__(f"HTTP {status}, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class LLMFailed(Exception):
+    """The provider answered a retryable error (5xx) or the request failed."""
+
+
+def llm_params(args: argparse.Namespace) -> dict[str, Any]:
+    p = args.params
+    return {"base_url": p["llm_base_url"], "rpm": int(p["llm_rpm"]), "deadline_s": float(p.get("deadline_s", 300)),
+            "calls": int(p.get("calls", 3))}
+
+
+def llm_call(base_url: str, workflow_id: str, n: int) -> str:
+    """ONE chat request (one attempt) for call n of a workflow, the same body as cairn's
+    (the ``call <id>/<n>`` marker tells the provider calls apart); returns the answer's
+    text, raises LLMThrottled on 429 (with Retry-After) and LLMFailed on 5xx/errors."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": LLM_MODEL, "max_tokens": 16, "messages": [
+        {"role": "user", "content": f"Summarise part {n} of the report in one line. call {workflow_id}/{n}"}]})
+    req = urllib.request.Request(f"{base_url}/chat/completions", data=body.encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=LLM_TIMEOUT_S) as resp:
+            answer = json.loads(resp.read())
+            return str(answer["choices"][0]["message"]["content"])
+    except urllib.error.HTTPError as e:
+        e.read()
+        if e.code == 429:
+            ra = e.headers.get("retry-after")
+            try:
+                retry_after = float(ra) if ra is not None else None
+            except ValueError:
+                retry_after = None
+            raise LLMThrottled(retry_after) from None
+        raise LLMFailed(f"HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise LLMFailed(f"{type(e).__name__}: {e}") from None
+
+
+def llm_backoff(retries_so_far: int) -> float:
+    """The peers' backoff before retry number retries_so_far + 1 (no jitter)."""
+    return min(LLM_RETRY_INITIAL_S * LLM_RETRY_BACKOFF ** retries_so_far, LLM_RETRY_MAX_S)
