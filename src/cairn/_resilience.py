@@ -88,7 +88,10 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
     Returns ``"rescheduled"``, ``"failed"`` or ``"superseded"`` (the attempt's token was
     fenced off meanwhile: nothing written).
     """
-    delay = exc.delay * (1 + rng.uniform(0, RESCHEDULE_JITTER))
+    # The rate limiter already hands refused callers distinct, paced times: jitter would
+    # only undo its pacing. Other reschedules share a time (a Retry-After): spread them.
+    jitter = 0.0 if exc.kind == "rate_limit" else rng.uniform(0, RESCHEDULE_JITTER)
+    delay = exc.delay * (1 + jitter)
     # Waiting for the fleet's own rate limit is queueing, not the provider throttling us: it
     # does not spend the throttle budget (schedule-to-close still bounds it), or a backlog
     # larger than the limit serves in the budget would fail calls that only had to wait.

@@ -39,6 +39,7 @@ WINDOW_SECONDS = 60.0
 BUCKETS = 60                     # a window is counted in this many buckets
 SEND_MARGIN_SECONDS = 1.0        # reservation-to-arrival allowance, at most...
 SEND_MARGIN_FRACTION = 0.02      # ...and at most this part of the window
+PACE_BURST = 1.5                 # a bucket takes at most this many times its share of rpm
 LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
 CONCURRENCY_RETRY_SECONDS = 1.0  # a full concurrency cap is looked at again this soon
 RETRY_MARGIN_SECONDS = 0.01      # retry_at lands just past the moment capacity frees up
@@ -92,6 +93,11 @@ def send_margin(window: float) -> float:
 def bucket_width(window: float) -> float:
     """The width of a window's buckets: a sixtieth of it (a second of a minute)."""
     return window / BUCKETS
+
+
+def bucket_cap(limit: int) -> int:
+    """Requests one bucket may take: its share of the limit, times PACE_BURST."""
+    return max(1, math.ceil(limit / BUCKETS * PACE_BURST))
 
 
 def window_wait(limit: int, need: int, buckets: list[tuple[float, float]], at: float, window: float) -> float:
@@ -166,10 +172,15 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
             wait = window_wait(rpm, 1, [(b[0], b[1]) for b in buckets], epoch, window_seconds)
             if wait > 0:
                 waits.append((wait, f"{rpm} requests/{per}"))
+            elif buckets and buckets[-1][0] == current.timestamp() and buckets[-1][1] >= bucket_cap(rpm):
+                # Paced: no bucket takes more than its share (x PACE_BURST), so a freed
+                # window is not spent in one herd.
+                waits.append((current.timestamp() + width - epoch, f"{rpm} requests/{per}, paced"))
         if tpm is not None:
             wait = window_wait(tpm, tokens_counted, [(b[0], b[2]) for b in buckets], epoch, window_seconds)
             if wait > 0:
                 waits.append((wait, f"{tpm} tokens/{per}"))
+        window_waits = bool(waits)
         if max_concurrency is not None and u["leases"] >= max_concurrency:
             slot = CONCURRENCY_RETRY_SECONDS
             if u["first_expiry"] is not None:
@@ -177,8 +188,18 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
             waits.append((slot, f"{max_concurrency} calls in flight"))
         if waits:
             seconds, reason = max(waits)
-            return Reservation(False, at + timedelta(seconds=seconds + RETRY_MARGIN_SECONDS), rid, deployment,
-                               current, tokens, at, f"{deployment}: at its limit of {reason}")
+            retry_at = at + timedelta(seconds=seconds + RETRY_MARGIN_SECONDS)
+            if window_waits:
+                # Pace: each refused caller gets its own time, one interval after the last
+                # one handed out, so they come back one by one as the window frees.
+                span = window_seconds + send_margin(window_seconds) + width
+                interval = span * max(1 / rpm if rpm else 0.0, tokens_counted / tpm if tpm else 0.0)
+                tail = locked["queue_tail"]
+                if tail is not None and tail + timedelta(seconds=interval) > retry_at:
+                    retry_at = tail + timedelta(seconds=interval)
+                await conn.execute(q("rate_limit_queue"), {"deployment": deployment, "queue_tail": retry_at})
+            return Reservation(False, retry_at, rid, deployment, current, tokens, at,
+                               f"{deployment}: at its limit of {reason}")
         await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": current,
                                                   "tokens": tokens_counted})
         if max_concurrency is not None:

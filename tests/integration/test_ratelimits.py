@@ -52,6 +52,30 @@ async def test_no_span_of_the_window_ever_holds_more_than_the_limit(conn):
     assert worst <= rpm
     assert len(admitted) >= 4 * rpm, "the headroom costs little: about rpm per minute gets through"
 
+async def test_refused_callers_are_paced_not_herded(conn):
+    """Callers refused together get distinct times one interval apart (62 s / rpm: the
+    counted span over the limit), after the moment the window frees; not one shared time."""
+    for i in range(3):
+        assert (await reserve(conn, "paced", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(10 + i))).ok
+    refused = [await reserve(conn, "paced", rpm=3, tpm=None, max_concurrency=None, tokens=0, now=at(20 + i * 0.1))
+               for i in range(4)]
+    assert not any(r.ok for r in refused)
+    times = [(r.retry_at - T0).total_seconds() for r in refused]
+    interval = 62 / 3
+    assert times == pytest.approx([72.01 + k * interval for k in range(4)])
+
+
+async def test_a_bucket_takes_at_most_its_share(conn):
+    """rpm 600 over a minute: 10 a second, 15 with the burst allowance; the 16th waits for
+    the next second although the window has room."""
+    got = [await reserve(conn, "share", rpm=600, tpm=None, max_concurrency=None, tokens=0, now=at(30.5))
+           for _ in range(16)]
+    assert [r.ok for r in got] == [True] * 15 + [False]
+    assert "paced" in got[-1].reason
+    assert got[-1].retry_at == at(31.01)
+    assert (await reserve(conn, "share", rpm=600, tpm=None, max_concurrency=None, tokens=0, now=at(31.01))).ok
+
+
 async def test_tokens_per_minute_and_settle(conn):
     r1 = await reserve(conn, "t", rpm=None, tpm=1000, max_concurrency=None, tokens=800, now=at(1))
     assert r1.ok
@@ -81,7 +105,7 @@ async def test_concurrency_leases_expire_and_settle_frees_them(conn):
 async def test_reservations_are_atomic_across_connections(db_url, sql):
     conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(10)]
     try:
-        got = await asyncio.gather(*(reserve(c, "race", rpm=4, tpm=None, max_concurrency=None, tokens=1,
+        got = await asyncio.gather(*(reserve(c, "race", rpm=None, tpm=4, max_concurrency=None, tokens=1,
                                              now=at(5)) for c in conns))
     finally:
         for c in conns:

@@ -938,7 +938,7 @@ WHERE name = %(name)s ORDER BY id DESC LIMIT %(limit)s
 INSERT INTO cairn.rate_limits (deployment, updated_at)
 VALUES (%(deployment)s, coalesce(%(now)s::timestamptz, now()))
 ON CONFLICT (deployment) DO UPDATE SET updated_at = excluded.updated_at
-RETURNING coalesce(%(now)s::timestamptz, clock_timestamp()) AS now
+RETURNING coalesce(%(now)s::timestamptz, clock_timestamp()) AS now, queue_tail
 
 -- name: rate_limit_usage
 -- Under rate_limit_lock: drops buckets wholly before the window and expired leases, then
@@ -962,6 +962,10 @@ SELECT
        AND id NOT IN (SELECT id FROM expired)) AS leases,
     (SELECT min(expires_at) FROM cairn.rate_limit_leases
      WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz) AS first_expiry
+
+-- name: rate_limit_queue
+-- Under rate_limit_lock: the last retry time handed to a refused caller.
+UPDATE cairn.rate_limits SET queue_tail = %(queue_tail)s WHERE deployment = %(deployment)s
 
 -- name: rate_limit_take
 -- Under rate_limit_lock: adds a request and its token estimate to the current bucket.
