@@ -67,6 +67,7 @@ __all__ = [
     "force_open",
     "hold_probe",
     "record",
+    "refusing_for",
     "release",
     "renew_probe",
     "reset",
@@ -454,6 +455,20 @@ def _apply_outcome(row: _Row, *, success: bool, slow: bool) -> None:
             row.half_open_successes += 1
             if row.half_open_successes >= cfg.permitted_calls_in_half_open:
                 row.close(f"{row.half_open_successes} half-open probes succeeded")
+
+
+async def refusing_for(conn: Conn, name: str, *, now: datetime | None = None) -> float | None:
+    """Seconds (database time) the breaker goes on refusing calls, when it refuses them
+    right now (forced open: a recovery timeout); None when it would admit. One read, no
+    lock: the last look before a request goes out, for a call admitted a while ago."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("breaker_refusing"), {"name": name, "now": now})
+    r = await cur.fetchone()
+    if r is None:
+        return None
+    if r["state"] != "open":
+        return BreakerConfig().recovery_timeout
+    return float((r["open_until"] - r["now"]).total_seconds())
 
 
 async def renew_probe(conn: Conn, admission: Admission, lease_seconds: float, *, now: datetime | None = None) -> None:

@@ -33,7 +33,7 @@ from cairn.activity import Reschedule
 from cairn.engine.queries import q
 from cairn.errors import InputValidationError
 
-__all__ = ["Reservation", "reserve", "reserve_or_reschedule", "settle", "window_wait"]
+__all__ = ["Reservation", "cancel", "reserve", "reserve_or_reschedule", "settle", "window_wait"]
 
 WINDOW_SECONDS = 60.0
 BUCKETS = 60                     # a window is counted in this many buckets
@@ -216,6 +216,15 @@ async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
     await conn.execute(q("rate_limit_settle"), {
         "deployment": reservation.deployment, "window_start": reservation.window_start,
         "delta": int(tokens) - reservation.tokens, "id": reservation.id})
+
+
+async def cancel(conn: Conn, reservation: Reservation) -> None:
+    """Gives an unused reservation back: the call was not made after all."""
+    if not reservation.ok or reservation.window_start is None:
+        return
+    await conn.execute(q("rate_limit_cancel"), {
+        "deployment": reservation.deployment, "window_start": reservation.window_start,
+        "tokens": reservation.tokens, "id": reservation.id})
 
 
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,

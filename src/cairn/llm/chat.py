@@ -342,6 +342,19 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
             if not reservation.ok:
                 _calls.add(1, {**labels, "outcome": "rate_limited"})
                 raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)
+            if admission.probe_id is None:
+                # The admission may be stale: the wait for the limiter's row lock can be long
+                # under load, and a 429 may have opened the breaker meanwhile (a provider's
+                # burst). Look again before sending; give the reservation back if it refuses.
+                async with pool.connection() as conn:
+                    refusing = await breakers.refusing_for(conn, name)
+                    if refusing is not None:
+                        await ratelimits.cancel(conn, reservation)
+                if refusing is not None:
+                    reservation = None
+                    _calls.add(1, {**labels, "outcome": "not_permitted"})
+                    raise Reschedule(refusing, kind="breaker",
+                                     reason=f"breaker {name} opened meanwhile, for {refusing:.1f} s more")
         stream = _Stream(pool, info) if parsed.stream else None
         try:
             async with breakers.hold_probe(pool, admission, config):

@@ -979,6 +979,23 @@ SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_
 INSERT INTO cairn.rate_limit_leases (id, deployment, expires_at)
 VALUES (%(id)s, %(deployment)s, %(now)s::timestamptz + %(lease)s * interval '1 second')
 
+-- name: rate_limit_cancel
+-- A reservation given back unused (the call was not made): its request and tokens leave
+-- its bucket and its slot is freed. Increments, so no lock.
+WITH fixed AS (
+    UPDATE cairn.rate_limit_windows SET requests = greatest(requests - 1, 0),
+                                        tokens = greatest(tokens - %(tokens)s, 0)
+    WHERE deployment = %(deployment)s AND window_start = %(window_start)s
+)
+DELETE FROM cairn.rate_limit_leases WHERE id = %(id)s
+
+-- name: breaker_refusing
+-- Whether a breaker refuses calls right now (open before its open_until, or forced open):
+-- the last look before a request goes out, after the wait for a rate-limit reservation.
+SELECT state, open_until, coalesce(%(now)s::timestamptz, now()) AS now FROM cairn.breakers
+WHERE name = %(name)s
+  AND (state = 'forced_open' OR (state = 'open' AND open_until > coalesce(%(now)s::timestamptz, now())))
+
 -- name: rate_limit_settle
 -- Corrects a reservation's bucket by (actual - estimate) tokens and frees its slot. An
 -- increment, so it needs no lock (the bucket may have left the window by now).
