@@ -242,6 +242,17 @@ async def test_a_throttle_on_a_half_open_probe_waits_retry_after_and_does_not_es
     assert (await row(sql, "probe429"))["state"] == "closed"
 
 
+async def test_refusing_for_is_the_last_look_before_a_call(conn):
+    cfg = BreakerConfig()
+    await breakers.admit(conn, "last", cfg, now=at(0))
+    assert await breakers.refusing_for(conn, "last", now=at(1)) is None
+    await breakers.trip(conn, "last", seconds=3, reason="429", config=cfg, now=at(1))
+    assert await breakers.refusing_for(conn, "last", now=at(2)) == 2.0
+    assert await breakers.refusing_for(conn, "last", now=at(4)) is None, "past Retry-After it would admit"
+    await breakers.trip(conn, "last", seconds=9, forced=True, reason="402", config=cfg, now=at(5))
+    assert await breakers.refusing_for(conn, "last", now=at(6)) == cfg.recovery_timeout
+
+
 async def test_a_call_refused_while_probes_run_looks_again_soon(conn, sql):
     """Probes may close the breaker any moment: a refused call comes back within
     HALF_OPEN_RECHECK_SECONDS, not after a whole recovery timeout."""

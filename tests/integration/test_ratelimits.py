@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from cairn import InputValidationError, activity
-from cairn.ratelimits import reserve, reserve_or_reschedule, settle, window_wait
+from cairn.ratelimits import cancel, reserve, reserve_or_reschedule, settle, window_wait
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)  # a minute boundary
 
@@ -74,6 +74,14 @@ async def test_a_bucket_takes_at_most_its_share(conn):
     assert "paced" in got[-1].reason
     assert got[-1].retry_at == at(31.01)
     assert (await reserve(conn, "share", rpm=600, tpm=None, max_concurrency=None, tokens=0, now=at(31.01))).ok
+
+
+async def test_a_reservation_given_back_frees_its_request(conn):
+    r = await reserve(conn, "back", rpm=1, tpm=None, max_concurrency=1, tokens=5, now=at(1))
+    assert r.ok
+    assert not (await reserve(conn, "back", rpm=1, tpm=None, max_concurrency=1, tokens=5, now=at(2))).ok
+    await cancel(conn, r)  # the call was not made (its breaker opened meanwhile)
+    assert (await reserve(conn, "back", rpm=1, tpm=None, max_concurrency=1, tokens=5, now=at(2.5))).ok
 
 
 async def test_tokens_per_minute_and_settle(conn):
