@@ -264,10 +264,15 @@ class Client(ClientMessages):
 
     async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
                         policy: IdConflictPolicy) -> str:
+        reads_closed = params.get("id_reuse_policy") != "allow_duplicate"
         while True:
             try:
-                row = await (await conn.execute(q("start_workflow"), params)).fetchone()
-                existing = None if row else await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
+                async with conn.transaction() if reads_closed else contextlib.nullcontext():
+                    if reads_closed:
+                        await conn.execute(q("lock_open_run"), params)  # see queries.sql
+                    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
+                    existing = None if row else \
+                        await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
             except psycopg.Error as exc:
                 raise db.translate(exc) from None
             run_id = started_run_id(row, existing, params, policy)

@@ -36,6 +36,17 @@ INSERT INTO cairn.schema_versions (version, name, checksum) VALUES (%(version)s,
 
 -- ---------------------------------------------------------------- starting runs
 
+-- name: lock_open_run
+-- Before a start whose id reuse policy reads the id's closed runs: waits for a close of
+-- the open run that is in flight (the row lock), so that the start's next statement sees
+-- it closed and the policy applies; and holds a close off until the start commits. Without
+-- it, the start's snapshot saw the run open, its INSERT waited on the closing run's index
+-- entry and, once the close committed, found no conflict: a second run despite
+-- reject_duplicate.
+SELECT 1 FROM cairn.runs
+WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running'
+FOR UPDATE
+
 -- name: start_workflow
 -- Creates a run, its WorkflowStarted event and its first workflow task in one statement,
 -- unless the workflow id already has an open run, or the id reuse policy refuses it because
