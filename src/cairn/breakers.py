@@ -466,8 +466,8 @@ async def refusing_for(conn: Conn, name: str, *, now: datetime | None = None) ->
     r = await cur.fetchone()
     if r is None:
         return None
-    if r["state"] != "open":
-        return BreakerConfig().recovery_timeout
+    if r["state"] != "open":  # forced open: look again after the breaker's recovery timeout
+        return float(r["recovery_timeout"])
     return float((r["open_until"] - r["now"]).total_seconds())
 
 

@@ -144,8 +144,6 @@ async def test_half_open_probe_limit_and_lease_expiry(conn, sql):
     assert b.probe_id
     assert a.generation == b.generation == 3
     assert c.retry_at == at(15), "refused until the first probe lease expires"
-    late = await breakers.admit(conn, "probe", BreakerConfig(), now=at(12.5))
-    assert late.retry_at == at(15), "(the row keeps its first writer's config)"
     # a's prober crashed: its lease expires at 15 and frees a slot; b's (until 16) holds one.
     d = await breakers.admit(conn, "probe", cfg, now=at(15.5))
     assert d.permitted
@@ -251,6 +249,10 @@ async def test_refusing_for_is_the_last_look_before_a_call(conn):
     assert await breakers.refusing_for(conn, "last", now=at(4)) is None, "past Retry-After it would admit"
     await breakers.trip(conn, "last", seconds=9, forced=True, reason="402", config=cfg, now=at(5))
     assert await breakers.refusing_for(conn, "last", now=at(6)) == cfg.recovery_timeout
+    await breakers.reset(conn, "last")
+    await breakers.trip(conn, "last", seconds=9, forced=True, reason="402", config=BreakerConfig(recovery_timeout=7),
+                        now=at(7))
+    assert await breakers.refusing_for(conn, "last", now=at(8)) == 7.0, "the breaker's own config"
 
 
 async def test_a_call_refused_while_probes_run_looks_again_soon(conn, sql):

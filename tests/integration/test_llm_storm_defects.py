@@ -116,8 +116,9 @@ async def test_an_attempt_needs_one_connection_at_a_time(fake_llm, one_connectio
     # the throttle above opened the primary's breaker for 2 s: the backup serves at once
     assert (await _attempt(one_connection, call))["model"] == BACKUP
     fake_llm.script([f.quota_exhausted(model=BACKUP)])
-    with pytest.raises((ApplicationError, Reschedule)):
+    with pytest.raises(ApplicationError) as quota:
         await _attempt(one_connection, {**call, "request": _req(BACKUP).model_dump(mode="json"), "fallback": []})
+    assert quota.value.type == "LLMQuotaExhausted"
 
 
 async def _breaker_row(db_url: str, name: str) -> tuple:

@@ -160,10 +160,9 @@ async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = 
     if not isinstance(request, ChatRequest):
         raise InputValidationError(f"chat() takes a ChatRequest, not {type(request).__name__}")
     chain = fallback if isinstance(fallback, Fallback) else Fallback(list(fallback)) if fallback else None
-    call = _ChatCall(request=request, fallback=chain.models if chain else [], stream=stream)
-    if chain is not None:
-        call.fallback_after_attempts = chain.after_attempts
-        call.fallback_on_context_length = chain.on_context_length
+    policy = {"fallback_after_attempts": chain.after_attempts,
+              "fallback_on_context_length": chain.on_context_length} if chain else {}
+    call = _ChatCall(request=request, fallback=chain.models if chain else [], stream=stream, **policy)
     result = await workflow.execute_activity(
         CHAT_ACTIVITY, call.model_dump(mode="json", exclude_defaults=True),
         start_to_close_timeout=start_to_close_timeout, schedule_to_close_timeout=schedule_to_close_timeout,

@@ -1003,7 +1003,8 @@ DELETE FROM cairn.rate_limit_leases WHERE id = %(id)s
 -- name: breaker_refusing
 -- Whether a breaker refuses calls right now (open before its open_until, or forced open):
 -- the last look before a request goes out, after the wait for a rate-limit reservation.
-SELECT state, open_until, coalesce(%(now)s::timestamptz, now()) AS now FROM cairn.breakers
+SELECT state, open_until, (config->>'recovery_timeout')::float8 AS recovery_timeout,
+       coalesce(%(now)s::timestamptz, now()) AS now FROM cairn.breakers
 WHERE name = %(name)s
   AND (state = 'forced_open' OR (state = 'open' AND open_until > coalesce(%(now)s::timestamptz, now())))
 
