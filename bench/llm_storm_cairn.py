@@ -195,7 +195,7 @@ def main() -> int:
         "seconds": round(max(done) if done else seconds, 3), "latencies_ms": None,
         "worker_pids": [w.proc.pid for w in workers],
         "notes": (f"{a.workers} x `cairn worker -m llm_storm_flows` at default settings (workflow concurrency 4, "
-                  f"activity concurrency 100); chat() with its default retry policy (1 s initial, x2, unlimited "
+                  f"activity concurrency 100); chat() with its default retry policy (1 s initial, x2 up to 8 s, unlimited "
                   f"attempts), throttle budget 600 s; providers file with rpm={rpm} only (breaker: BreakerConfig "
                   "defaults); 429 Retry-After: the chat activity reschedules to it without burning an attempt"),
         "extra": {"window_start": window_start, "deadline_s": deadline_s, "calls": calls, "size": a.size, **got},

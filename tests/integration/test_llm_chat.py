@@ -236,3 +236,20 @@ async def test_stream_is_followed_and_a_retry_restarts_it(client, start_worker, 
     if 1 in attempts:  # the follower saw the dropped attempt: the restart is marked
         assert any(c.restart and c.attempt == 2 for c in chunks)
     assert len([c for c in chunks if c.attempt == 2 and c.text]) > 1, "tokens arrived in several batches"
+
+
+@workflow.defn
+async def default_retries() -> str:
+    return (await chat(_req())).text
+
+
+async def test_a_call_without_a_retry_policy_gets_the_chat_default(client, start_worker, llm):
+    """Capped at 8 s between attempts (the engine's default grows to 100 s)."""
+    from cairn.llm.chat import DEFAULT_CHAT_RETRY_POLICY
+    llm.script([f.ok("fine")])
+    await start_worker(workflows=[default_retries])
+    handle = await client.start(default_retries, id="default-retries")
+    assert await handle.result(timeout=30) == "fine"
+    scheduled = [e for e in await handle.history() if e.type == "ActivityScheduled"]
+    assert [e.data["options"]["retry_policy"] for e in scheduled] == [DEFAULT_CHAT_RETRY_POLICY.model_dump(mode="json")]
+    assert DEFAULT_CHAT_RETRY_POLICY.next_delay(10, "LLMServerError") <= 8 * 1.1
