@@ -197,6 +197,12 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return rows
 
 
+def next_xid(dsn: str) -> int:
+    """The next transaction id, read without taking one: its delta over a span counts the
+    transactions that wrote or locked a row (read-only ones take no id)."""
+    return int(query(dsn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")[0][0])
+
+
 async def first_claim_time(dsn: str, run_ids: list[str]) -> float | None:
     rows = query(dsn, "SELECT extract(epoch FROM min(at)) FROM cairn.history WHERE type = 'WorkflowTaskStarted' "
                       "AND run_id = ANY(%s::uuid[])", [run_ids])
@@ -281,6 +287,7 @@ async def w3(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
         for i in range(warmup):
             await (await client.start(flows.one_step, i, id=f"warm-{i}")).result(timeout=60)
         lat = []
+        xid0 = next_xid(dsn)
         t0 = time.perf_counter()
         for i in range(n):
             t = time.perf_counter()
@@ -288,6 +295,7 @@ async def w3(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
             await h.result(timeout=60)
             lat.append((time.perf_counter() - t) * 1000)
         seconds = time.perf_counter() - t0
+        window_xids = next_xid(dsn) - xid0
     finally:
         await client.close()
         for w in procs:
@@ -295,7 +303,8 @@ async def w3(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
     return {"steps": n, "seconds": seconds, "latencies_ms": lat, "worker_pids": [w.pid for w in procs],
             "notes": f"idle worker(s), {n} runs one at a time; start() to result() via the client "
                      f"(LISTEN cairn_closed); {warmup} untimed warm-up workflows; "
-                     f"workflow_concurrency={p['workflow_concurrency']}"}
+                     f"workflow_concurrency={p['workflow_concurrency']}",
+            "extra": {"window_xids": window_xids}}
 
 
 async def w5(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:

@@ -373,6 +373,8 @@ def per_run_figures(workload: str, out: dict[str, Any], m: dict[str, Any]) -> di
         "wall_s": m["wall"], "client_maxrss_mb": m["maxrss_mb"],
     }
     extra = out.get("extra") or {}
+    if extra.get("window_xids") is not None:  # W3: the timed window's writing transactions, exact
+        fig["window_writes_per_step"] = float(extra["window_xids"]) / steps
     if extra.get("enqueue_and_drain_s"):
         fig["rate_incl_enqueue"] = steps / float(extra["enqueue_and_drain_s"])
     if m.get("redis_cpu_s") is not None:
@@ -459,6 +461,25 @@ def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: lis
                              f"{fmt(s.get('long_ms_per_step'), 2)} (N) / {fmt(s.get('short_ms_per_step'), 2)} (50)",
                              "", "ms/step long / short", *blank, str(s["runs"])])
     return rows
+
+
+def commit_cost_lines(results: dict[str, dict[str, Any]], systems: list[System]) -> list[str]:
+    """W3's commit cost per workflow, one line per system: its writing transactions in the
+    timed window (exact), and its read-only commits (polls) over the whole run."""
+    lines = []
+    for sysm in systems:
+        s = (results.get(sysm.name, {}).get("W3") or {}).get("summary")
+        if not s:
+            continue
+        window = s.get("window_writes_per_step")
+        lines.append(
+            f"W3 commit cost, {sysm.name}: "
+            + (f"{window:.2f} writing transactions per workflow in the timed window (exact: xid delta); "
+               if window is not None else "no Postgres writes in the window; ")
+            + f"whole run per workflow (setup and warm-up included): {s['commits_per_step']:.2f} commits = "
+            f"{s['writes_per_step']:.2f} writing + {s['read_only_commits_per_step']:.2f} read-only (polls), "
+            f"{s['wal_syncs_per_step']:.2f} WAL syncs")
+    return lines
 
 
 LLM_HEADER = ["system", "completed by deadline", "requests sent", "paid twice", "attempts burnt by 429",
@@ -794,7 +815,7 @@ def main() -> int:
     ratio_rows, ratio_data = ratios(results, keys, active, ceiling)
     llm_table = llm_rows(results, active, skipped)
     llm_lines = llm_legend(results)
-    extra_lines = describe_extras(extras_out)
+    extra_lines = commit_cost_lines(results, active) + describe_extras(extras_out)
     mach["load_average_at_end"] = os.getloadavg()
     doc = {
         "timestamp": stamp, "mode": "quick" if quick else "full", "duration_s": time.time() - t_begin,
@@ -840,7 +861,7 @@ def main() -> int:
             if note[len(common):].strip():
                 say(f"    {k}: {note[len(common):].strip()}")
     if extra_lines:
-        say("\ncairn extras:")
+        say("\nW3 commit cost and cairn extras:")
         for line in extra_lines:
             say("  " + line)
     say("\nRATIOS")
@@ -929,7 +950,9 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
         say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: {fmt(f['headline'])} {STEP_UNIT.get(w, '')}{incl}{lat}; "
             f"{fmt(f['commits_per_step'], 2)} commits/step ({fmt(f['writes_per_step'], 2)} writing, "
             f"{fmt(f['read_only_commits_per_step'], 2)} read-only), {fmt(f['wal_syncs_per_step'], 2)} WAL syncs/step, "
-            f"client CPU {fmt(f['client_cpu_ms_per_step'], 2)} ms/step [{time.time() - t:.0f} s]")
+            f"client CPU {fmt(f['client_cpu_ms_per_step'], 2)} ms/step"
+            + (f", Redis CPU {fmt(f['redis_cpu_ms_per_step'], 2)} ms/step" if "redis_cpu_ms_per_step" in f else "")
+            + f" [{time.time() - t:.0f} s]")
     else:
         say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: FAILED — {one.get('error')} (log {one['log']})")
     return one

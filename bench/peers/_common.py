@@ -35,6 +35,8 @@ W5_SHORT = 50  # the short W5 workflow
 # this many one-activity workflows before the timed ones, W5 this many 3-step workflows.
 WARMUP = {"W3": 5, "W5": 1}
 W5_WARMUP_STEPS = 3
+# The next transaction id, read without taking one (read-only transactions get none).
+NEXT_XID_SQL = "select pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 
 
 def log(*parts: Any) -> None:
@@ -333,21 +335,54 @@ class Runner:
                           "extra.enqueue_and_drain_s: first enqueue to last completion")
         return seconds
 
-    def latency_loop(self, n: int, one: Callable[[int], None]) -> tuple[float, list[float]]:
+    def latency_loop(self, n: int, one: Callable[[int], None],
+                     next_xid: Callable[[], int] | None = None) -> tuple[float, list[float]]:
         """W3: ``warmup`` untimed workflows (indices n, n+1, ...), then N timed ones, each
-        started and waited for (``one(i)``) before the next. Returns (seconds, latencies)."""
+        started and waited for (``one(i)``) before the next. Returns (seconds, latencies).
+        With ``next_xid`` (the database's next transaction id, see NEXT_XID_SQL), records
+        extra.window_xids: the writing transactions of the timed window, exactly."""
         warmup = int(param_float(self.args, "warmup", WARMUP["W3"]))
         for j in range(warmup):
             one(n + j)
         lat = []
+        xid0 = next_xid() if next_xid else 0
         t0 = time.perf_counter()
         for i in range(n):
             ts = time.perf_counter()
             one(i)
             lat.append((time.perf_counter() - ts) * 1000.0)
+        seconds = time.perf_counter() - t0
+        if next_xid:
+            self.extra["window_xids"] = next_xid() - xid0
         self.extra.update(summarize(lat))
         self.notes.append(f"{warmup} untimed warm-up workflows")
-        return time.perf_counter() - t0, lat
+        return seconds, lat
+
+    def await_recovery(self, n: int, new: Worker, t_kill: float, lease_s: float,
+                       poll: Callable[[dict[Any, float]], None]) -> list[float]:
+        """W6: after the kill, calls ``poll(progressed)`` (which records each workflow's
+        kill-to-progress seconds) until all N progressed, the replacement worker ``new``
+        alive; records lease_s, worker_ready_s and the percentiles. Returns the latencies, ms."""
+        progressed: dict[Any, float] = {}
+        t_ready = None
+        deadline = time.time() + 300
+        while len(progressed) < n:
+            if t_ready is None and new.is_ready():
+                t_ready = time.perf_counter()
+            poll(progressed)
+            if len(progressed) >= n:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"only {len(progressed)}/{n} progressed")
+            if not new.alive():
+                raise RuntimeError("replacement worker died")
+            time.sleep(0.05)
+        lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
+        self.extra["lease_s"] = lease_s
+        if t_ready is not None:
+            self.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
+        self.extra.update(summarize(lat_ms))
+        return lat_ms
 
     def check_alive(self) -> None:
         for w in self.workers:

@@ -349,29 +349,17 @@ def w6(r: C.Runner, rc, spawn_workers, n: int) -> None:
     snap = dict(cur)
     unacked = rc.hlen("unacked")
     new = spawn_workers(1, first_index=1)
-    progressed: dict[int, float] = {}
-    t_ready = None
-    deadline = time.time() + 300
-    while len(progressed) < n:
-        if t_ready is None and new[0].is_ready():
-            t_ready = time.perf_counter()
+
+    def poll(progressed: dict[int, float]) -> None:
         todo = [wf for wf in range(n) if wf not in progressed]
         got = fetch_done(rc, [tid("c", wf, snap[wf] + 1) for wf in todo])
         for wf in todo:
             t = got.get(tid("c", wf, snap[wf] + 1))
             if t is not None:
                 progressed[wf] = t - t_kill_epoch
-        if time.time() > deadline:
-            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
-        if not new[0].alive():
-            raise RuntimeError("replacement worker died")
-        time.sleep(0.05)
-    lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
-    r.extra["lease_s"] = LEASE_S
+
+    lat_ms = r.await_recovery(n, new[0], t_kill, LEASE_S, poll)
     r.extra["unacked_at_kill"] = unacked
-    if t_ready is not None:
-        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
-    r.extra.update(C.summarize(lat_ms))
     r.notes.append(
         f"W6: no workflow concept: {n} chains of tasks (each {C.step_desc(STEP_MS)} then sends the "
         "next); task_acks_late=True + task_reject_on_worker_lost=True so a killed worker's "

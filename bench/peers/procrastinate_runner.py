@@ -288,7 +288,7 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
                     raise RuntimeError("job failed")
                 time.sleep(RESULT_POLL_S)
 
-        seconds, lat = r.latency_loop(n, one)
+        seconds, lat = r.latency_loop(n, one, lambda: conn.execute(C.NEXT_XID_SQL).fetchone()[0])
         r.notes.append(
             "start = defer_async (the insert NOTIFYs the listening worker); Procrastinate has "
             f"no result API, so the driver polls the job's status every {RESULT_POLL_S}s"
@@ -364,12 +364,8 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
         "select count(*) from procrastinate_jobs where status = 'doing'"
     ).fetchone()[0]
     new = spawn_workers(1, first_index=1)
-    progressed: dict[int, float] = {}
-    t_ready = None
-    deadline = time.time() + 300
-    while len(progressed) < n:
-        if t_ready is None and new[0].is_ready():
-            t_ready = time.perf_counter()
+
+    def poll(progressed: dict[int, float]) -> None:
         rows = conn.execute(
             "select (j.args->>'wf')::int, (j.args->>'k')::int, extract(epoch from e.at)"
             " from procrastinate_events e join procrastinate_jobs j on j.id = e.job_id"
@@ -381,17 +377,9 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
                 lat = float(at) - t_kill_epoch
                 if wf not in progressed or lat < progressed[wf]:
                     progressed[wf] = lat
-        if time.time() > deadline:
-            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
-        if not new[0].alive():
-            raise RuntimeError("replacement worker died")
-        time.sleep(0.05)
-    lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
-    r.extra["lease_s"] = LEASE_S
+
+    lat_ms = r.await_recovery(n, new[0], t_kill, LEASE_S, poll)
     r.extra["jobs_doing_at_kill"] = doing
-    if t_ready is not None:
-        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
-    r.extra.update(C.summarize(lat_ms))
     r.notes.append(
         f"W6: no workflow concept: {n} chains of jobs (each async job {C.step_desc(STEP_MS)} then "
         "defers the next); kill -9 of the worker process, new worker started right "
