@@ -210,6 +210,12 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def run_params(sysm: System, workload: str) -> list[str]:
+    """The --param list of a run: the warm-up (the same for every system), then the system's
+    own settings (a variant's); the command line's --param come after and override."""
+    return ([f"warmup={WARMUP[workload]}"] if workload in WARMUP else []) + list(sysm.params)
+
+
 def start_redis(sysm: System, servers: dict[str, PrivateRedis], shared: str | None) -> tuple[str | None, str]:
     """The Redis URL for a Celery system: its own private server (one per persistence mode,
     shared by the runs of that mode); without redis-server, the machine's for the
@@ -788,10 +794,9 @@ def main() -> int:
                         if failed_streak.get((sysm.name, key)) or (sysm.workloads and w not in sysm.workloads):
                             continue
                         entry = results[sysm.name].setdefault(key, {"runs": [], "size": n, "workers": k})
-                        run_params = ([f"warmup={WARMUP[w]}"] if w in WARMUP else []) + list(sysm.params)
                         one = run_one(cluster, sysm, pythons[sysm.name], w, n, k, i, log_dir, a.timeout, env,
-                                      run_params + params.get(sysm.name, []), redis_urls.get(sysm.name),
-                                      llm, redis_servers.get(sysm.redis_aof))
+                                      run_params(sysm, w) + params.get(sysm.name, []), redis_urls.get(sysm.name),
+                                      llm, redis_servers.get(sysm.redis_aof) if sysm.needs_redis else None)
                         entry["runs"].append(one)
                         if "error" in one:
                             entry["error"] = one["error"]
