@@ -55,7 +55,7 @@ PROCRASTINATE = ("bench/peers/procrastinate_runner.py", "bench/.venv-procrastina
                  "bench/peers/requirements-procrastinate.txt")
 W1_TO_W6 = ("W1", "W2", "W3", "W4", "W5", "W6")
 SYSTEMS = [
-    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn (push: LISTEN/NOTIFY, no polls)",
+    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn (push: LISTEN/NOTIFY, no poll interval)",
            llm_runner="bench/llm_storm_cairn.py"),
     System("dbos", *DBOS, label="DBOS Transact, bench settings: queue poll 10 ms, result poll 5 ms "
            "(library defaults 1 s and 1 s)", llm_runner="bench/peers/dbos_llm.py"),
@@ -68,7 +68,7 @@ SYSTEMS = [
     System("celery", *CELERY, needs_redis=True, label="Celery + Redis, NO persistence (appendonly no, no "
            "snapshots): a Redis restart loses every queued task and result", llm_runner="bench/peers/celery_llm.py"),
     System("celery-aof-everysec", *CELERY, needs_redis=True, label="Celery + Redis, AOF appendfsync everysec "
-           "(durable to the last second)", workloads=W1_TO_W6, redis_aof="everysec"),
+           "(a crash loses about the last second)", workloads=W1_TO_W6, redis_aof="everysec"),
     System("celery-aof-always", *CELERY, needs_redis=True, label="Celery + Redis, AOF appendfsync always "
            "(an fsync per write, like fsync=on)", workloads=W1_TO_W6, redis_aof="always"),
 ]
