@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import cairn_flows as flows  # noqa: E402
+import procs  # noqa: E402
 import psycopg  # noqa: E402
 
 from cairn import Client  # noqa: E402
@@ -41,6 +42,10 @@ DEFAULTS = {
     "cache_size": 1000,
     "start_concurrency": 16,   # concurrent client.start() calls while enqueueing
 }
+# Untimed warm-up, as for every system (bench/run.py passes --param warmup=N; the peers'
+# defaults are in bench/peers/_common.py): W3 one-activity workflows, W5 3-step workflows.
+WARMUP = {"W3": 5, "W5": 1}
+W5_WARMUP_STEPS = 3
 
 
 def log(msg: str) -> None:
@@ -83,13 +88,7 @@ class WorkerProc:
         return self.ready_at - self.started_at
 
     def stop(self, timeout: float = 60) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.terminate(self.proc, timeout)
         self.cleanup()
 
     def kill9(self) -> None:
@@ -198,6 +197,12 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return rows
 
 
+def next_xid(dsn: str) -> int:
+    """The next transaction id, read without taking one: its delta over a span counts the
+    transactions that wrote or locked a row (read-only ones take no id)."""
+    return int(query(dsn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")[0][0])
+
+
 async def first_claim_time(dsn: str, run_ids: list[str]) -> float | None:
     rows = query(dsn, "SELECT extract(epoch FROM min(at)) FROM cairn.history WHERE type = 'WorkflowTaskStarted' "
                       "AND run_id = ANY(%s::uuid[])", [run_ids])
@@ -220,7 +225,7 @@ async def drain(dsn: str, p: dict[str, Any], workers: int, wf: Any, argss: list[
         bulk_completed(dsn, completed, int(p.get("events", 6)))
     client = await Client.connect(dsn, max_size=p["start_concurrency"])
     try:
-        t = time.perf_counter()
+        t, t_epoch = time.perf_counter(), time.time()
         run_ids = await enqueue(client, wf, argss, p["start_concurrency"], workload.lower())
         enqueue_s = time.perf_counter() - t
         if int(p.get("analyze", 0)):  # diagnostics: statistics that know the backlog (as autovacuum's would)
@@ -246,8 +251,10 @@ async def drain(dsn: str, p: dict[str, Any], workers: int, wf: Any, argss: list[
         "notes": (f"{workers} worker process(es), workflow_concurrency={p['workflow_concurrency']}, "
                   f"activity_concurrency={p['activity_concurrency']}, cache_size={p['cache_size']}; "
                   f"window from launching the workers (start-up included) to the last close; "
-                  f"enqueue {enqueue_s:.2f} s not timed" + (f"; {bad} runs did not complete" if bad else "")),
-        "extra": {"enqueue_seconds": enqueue_s, "drain_seconds_from_first_claim": drain_s,
+                  f"enqueue {enqueue_s:.2f} s not timed (extra.enqueue_and_drain_s: first start to last close)"
+                  + (f"; {bad} runs did not complete" if bad else "")),
+        "extra": {"enqueue_seconds": enqueue_s, "enqueue_and_drain_s": t_end - t_epoch,
+                  "drain_seconds_from_first_claim": drain_s,
                   "workflows": len(run_ids), "failed_runs": bad},
     }
 
@@ -270,15 +277,17 @@ async def w4(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def w3(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
+    warmup = int(p.get("warmup", WARMUP["W3"]))
     procs = [WorkerProc(dsn, f"w{i}", **worker_opts(p)) for i in range(k)]
     client = await Client.connect(dsn)
     try:
         for w in procs:
             w.wait_started()
-        # warm-up (connections, listener), not timed
-        for i in range(5):
+        # warm-up (connections, listener, caches), not timed; the same count for every system
+        for i in range(warmup):
             await (await client.start(flows.one_step, i, id=f"warm-{i}")).result(timeout=60)
         lat = []
+        xid0 = next_xid(dsn)
         t0 = time.perf_counter()
         for i in range(n):
             t = time.perf_counter()
@@ -286,14 +295,16 @@ async def w3(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
             await h.result(timeout=60)
             lat.append((time.perf_counter() - t) * 1000)
         seconds = time.perf_counter() - t0
+        window_xids = next_xid(dsn) - xid0
     finally:
         await client.close()
         for w in procs:
             w.stop()
     return {"steps": n, "seconds": seconds, "latencies_ms": lat, "worker_pids": [w.pid for w in procs],
             "notes": f"idle worker(s), {n} runs one at a time; start() to result() via the client "
-                     f"(LISTEN cairn_closed); 5 warm-up runs not counted; "
-                     f"workflow_concurrency={p['workflow_concurrency']}"}
+                     f"(LISTEN cairn_closed); {warmup} untimed warm-up workflows; "
+                     f"workflow_concurrency={p['workflow_concurrency']}",
+            "extra": {"window_xids": window_xids}}
 
 
 async def w5(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +315,8 @@ async def w5(dsn: str, n: int, k: int, p: dict[str, Any]) -> dict[str, Any]:
     try:
         for w in procs:
             w.wait_started()
-        await (await client.start(flows.sequence, 0, 3, id="warm")).result(timeout=60)
+        for i in range(int(p.get("warmup", WARMUP["W5"]))):  # untimed, the same for every system
+            await (await client.start(flows.sequence, 0, W5_WARMUP_STEPS, id=f"warm-{i}")).result(timeout=60)
         for label, steps in (("short", short), ("long", n)):
             t = time.perf_counter()
             h = await client.start(flows.sequence, 0, steps, id=f"w5-{label}")

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import llm_storm_flows as flows  # noqa: E402
+import procs  # noqa: E402
 import psycopg  # noqa: E402
 
 from cairn import Client  # noqa: E402
@@ -74,13 +74,7 @@ class WorkerProc:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.terminate(self.proc, 30)
         lines = self.text().splitlines()
         errors = [line for line in lines if " ERROR " in line or "Traceback" in line]
         if errors:

@@ -149,18 +149,23 @@ class Cluster:
         return dict(sorted(out.items()))
 
     def stats(self, dbname: str) -> dict[str, float]:
-        """Cumulative counters: this database's commits, the cluster's WAL syncs and bytes."""
+        """Cumulative counters: this database's commits (read-only ones included), the cluster's
+        transaction ids taken (writing transactions), WAL syncs and bytes."""
         with self.connect() as c:
             c.execute("SELECT pg_stat_clear_snapshot()")
             db = c.execute("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s",
                            [dbname]).fetchone()
             wal = c.execute("SELECT wal_sync, wal_write, wal_bytes, wal_records, wal_fpi FROM pg_stat_wal").fetchone()
+            # The next transaction id, read without taking one: its delta counts the transactions
+            # that wrote (or locked) a row, cluster-wide; read-only ones get no id.
+            xid = c.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
         assert wal is not None
+        assert xid is not None
         return {
             "xact_commit": float(db[0]) if db else 0.0,
             "xact_rollback": float(db[1]) if db else 0.0,
             "wal_sync": float(wal[0]), "wal_write": float(wal[1]), "wal_bytes": float(wal[2]),
-            "wal_records": float(wal[3]), "wal_fpi": float(wal[4]),
+            "wal_records": float(wal[3]), "wal_fpi": float(wal[4]), "xids": float(xid[0]),
             "server_cpu": self.server_cpu(),
         }
 

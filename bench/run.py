@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import pgcluster  # noqa: E402
+import procs  # noqa: E402
 import storm_metrics  # noqa: E402
 
 
@@ -42,23 +44,39 @@ class System:
     needs_redis: bool = False
     label: str = ""
     llm_runner: str = ""    # the LLM storm workload's runner (relative to the repository root)
+    params: tuple[str, ...] = ()     # --param KEY=VALUE for every run of this system (a variant's settings)
+    workloads: tuple[str, ...] = ()  # the workloads it runs (empty: all)
+    redis_aof: str = "no"            # Celery: its private Redis's appendfsync, or "no" (no persistence)
 
 
+CELERY = ("bench/peers/celery_runner.py", "bench/.venv-celery", "bench/peers/requirements-celery.txt")
+DBOS = ("bench/peers/dbos_runner.py", "bench/.venv-dbos", "bench/peers/requirements-dbos.txt")
+PROCRASTINATE = ("bench/peers/procrastinate_runner.py", "bench/.venv-procrastinate",
+                 "bench/peers/requirements-procrastinate.txt")
+W1_TO_W6 = ("W1", "W2", "W3", "W4", "W5", "W6")
 SYSTEMS = [
-    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn", llm_runner="bench/llm_storm_cairn.py"),
-    System("dbos", "bench/peers/dbos_runner.py", "bench/.venv-dbos", "bench/peers/requirements-dbos.txt",
-           label="DBOS Transact", llm_runner="bench/peers/dbos_llm.py"),
-    System("procrastinate", "bench/peers/procrastinate_runner.py", "bench/.venv-procrastinate",
-           "bench/peers/requirements-procrastinate.txt", label="Procrastinate",
-           llm_runner="bench/peers/procrastinate_llm.py"),
-    System("celery", "bench/peers/celery_runner.py", "bench/.venv-celery", "bench/peers/requirements-celery.txt",
-           needs_redis=True, label="Celery + Redis", llm_runner="bench/peers/celery_llm.py"),
+    System("cairn", "bench/cairn_runner.py", ".venv", None, label="cairn (push: LISTEN/NOTIFY, no poll interval)",
+           llm_runner="bench/llm_storm_cairn.py"),
+    System("dbos", *DBOS, label="DBOS Transact, bench settings: queue poll 10 ms, result poll 5 ms "
+           "(library defaults 1 s and 1 s)", llm_runner="bench/peers/dbos_llm.py"),
+    System("dbos-best", *DBOS, label="DBOS Transact at best: queue poll 1 ms, result poll 1 ms",
+           params=("dbos_poll_s=0.001", "result_poll_s=0.001"), workloads=("W3",)),
+    System("procrastinate", *PROCRASTINATE, label="Procrastinate, bench settings: LISTEN/NOTIFY, fetch poll "
+           "10 ms, status poll 5 ms (it has no result API)", llm_runner="bench/peers/procrastinate_llm.py"),
+    System("procrastinate-best", *PROCRASTINATE, label="Procrastinate at best: status poll 1 ms (the worker "
+           "is woken by NOTIFY; fetch poll 10 ms)", params=("result_poll_s=0.001",), workloads=("W3",)),
+    System("celery", *CELERY, needs_redis=True, label="Celery + Redis, NO persistence (appendonly no, no "
+           "snapshots): a Redis restart loses every queued task and result", llm_runner="bench/peers/celery_llm.py"),
+    System("celery-aof-everysec", *CELERY, needs_redis=True, label="Celery + Redis, AOF appendfsync everysec "
+           "(a crash loses about the last second)", workloads=W1_TO_W6, redis_aof="everysec"),
+    System("celery-aof-always", *CELERY, needs_redis=True, label="Celery + Redis, AOF appendfsync always "
+           "(an fsync per write, like fsync=on)", workloads=W1_TO_W6, redis_aof="always"),
 ]
 
 # workload -> (size, worker counts); see bench/README.md
-FULL = {"W1": (5000, [1, 2]), "W2": (1000, [1]), "W3": (300, [1]), "W4": (200, [1]), "W5": (5000, [1]),
+FULL = {"W1": (5000, [1, 2]), "W2": (1000, [1, 2]), "W3": (300, [1]), "W4": (200, [1]), "W5": (5000, [1]),
         "W6": (100, [1]), "LLM": (1000, [3])}
-QUICK = {"W1": (300, [1, 2]), "W2": (50, [1]), "W3": (30, [1]), "W4": (15, [1]), "W5": (300, [1]),
+QUICK = {"W1": (300, [1, 2]), "W2": (50, [1, 2]), "W3": (30, [1]), "W4": (15, [1]), "W5": (300, [1]),
          "W6": (20, [1]), "LLM": (100, [3])}
 # The LLM storm workload (bench/README.md, "Workload LLM"): the storm provider's settings.
 LLM_CALLS = 3              # sequential chat calls per workflow
@@ -82,7 +100,13 @@ DESCRIPTION = {
     "W6": "kill -9 of a worker holding N running workflows: time until all progress on a new worker",
     "LLM": "N workflows x 3 sequential chat calls against the storm provider (500s, 429 bursts, its own RPM)",
 }
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = "redis://127.0.0.1:6379/9"  # the machine's Redis: used only when redis-server cannot be started
+# Untimed warm-up, the same for every system (passed to every runner as --param warmup=N):
+# W3 runs this many one-activity workflows before the timed ones, W5 this many 3-step
+# workflows; W1, W2, W4 and W6 have none (every system's worker start-up is inside the window).
+WARMUP = {"W3": 5, "W5": 1}
+WARMUP_NOTE = (f"warm-up, the same for every system: W3 {WARMUP['W3']} untimed one-activity workflows, W5 "
+               f"{WARMUP['W5']} untimed 3-step workflow(s); none on W1, W2, W4, W6 (worker start-up inside the window)")
 
 
 def say(msg: str = "") -> None:
@@ -148,6 +172,62 @@ def redis_available(url: str) -> str | None:
             return "unknown"
     except OSError:
         return None
+
+
+class PrivateRedis:
+    """A redis-server of the run's own (never the machine's shared one) on a free port, its
+    files in a temporary directory on the same disk as the private Postgres's data. ``aof``:
+    "no" (no persistence: no AOF, no snapshots) or an ``appendfsync`` policy for an AOF."""
+
+    def __init__(self, aof: str) -> None:
+        self.aof = aof
+        self.port = pgcluster.free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"cairn-bench-redis-{aof}-"))
+        persistence = ["--appendonly", "no"] if aof == "no" else ["--appendonly", "yes", "--appendfsync", aof]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(self.dir))
+        self.url = f"redis://127.0.0.1:{self.port}/9"
+        deadline = time.monotonic() + 30
+        while not redis_available(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server ({aof}) did not start")
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        try:
+            import psutil
+
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system + t.children_user + t.children_system)
+        except Exception:
+            return 0.0
+
+    def stop(self) -> None:
+        procs.terminate(self.proc, 30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_params(sysm: System, workload: str) -> list[str]:
+    """The --param list of a run: the warm-up (the same for every system), then the system's
+    own settings (a variant's); the command line's --param come after and override."""
+    return ([f"warmup={WARMUP[workload]}"] if workload in WARMUP else []) + list(sysm.params)
+
+
+def start_redis(sysm: System, servers: dict[str, PrivateRedis], shared: str | None) -> tuple[str | None, str]:
+    """The Redis URL for a Celery system: its own private server (one per persistence mode,
+    shared by the runs of that mode); without redis-server, the machine's for the
+    non-persistent rows only."""
+    if sysm.redis_aof not in servers:
+        try:
+            servers[sysm.redis_aof] = PrivateRedis(sysm.redis_aof)
+        except (OSError, RuntimeError) as exc:
+            if sysm.redis_aof == "no" and shared:
+                return REDIS_URL, f"no private redis-server ({exc}); the machine's Redis {shared}"
+            return None, f"no redis-server with appendfsync {sysm.redis_aof}: {exc}"
+    return servers[sysm.redis_aof].url, ""
 
 
 def venv_python(system: System, log_dir: Path) -> tuple[str | None, str]:
@@ -288,6 +368,8 @@ def per_run_figures(workload: str, out: dict[str, Any], m: dict[str, Any]) -> di
         "headline": seconds if workload == "W6" else (steps / seconds if seconds > 0 else None),
         "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else None,
         "commits_per_step": pg["xact_commit"] / steps,
+        "writes_per_step": pg["xids"] / steps,
+        "read_only_commits_per_step": max(pg["xact_commit"] - pg["xids"], 0.0) / steps,
         "wal_syncs_per_step": pg["wal_sync"] / steps,
         "wal_bytes_per_step": pg["wal_bytes"] / steps,
         "client_cpu_ms_per_step": (m["cpu_user"] + m["cpu_sys"]) * 1000 / steps,
@@ -297,6 +379,12 @@ def per_run_figures(workload: str, out: dict[str, Any], m: dict[str, Any]) -> di
         "wall_s": m["wall"], "client_maxrss_mb": m["maxrss_mb"],
     }
     extra = out.get("extra") or {}
+    if extra.get("window_xids") is not None:  # W3: the timed window's writing transactions, exact
+        fig["window_writes_per_step"] = float(extra["window_xids"]) / steps
+    if extra.get("enqueue_and_drain_s"):
+        fig["rate_incl_enqueue"] = steps / float(extra["enqueue_and_drain_s"])
+    if m.get("redis_cpu_s") is not None:
+        fig["redis_cpu_ms_per_step"] = m["redis_cpu_s"] * 1000 / steps
     if workload == "W5" and extra.get("short_seconds"):
         fig["short_ms_per_step"] = float(extra["short_seconds"]) * 1000 / int(extra.get("short_steps", 50))
         fig["long_ms_per_step"] = seconds * 1000 / steps
@@ -343,8 +431,9 @@ def workload_keys(plan: dict[str, tuple[int, list[int]]]) -> list[str]:
     return keys
 
 
-HEADER = ["workload", "system", "median", "min–max", "unit", "p50 ms", "p99 ms", "commits/step",
-          "WAL syncs/step", "WAL B/step", "client CPU ms/step", "PG CPU ms/step", "runs"]
+HEADER = ["workload", "system", "median", "min–max", "unit", "incl. enqueue", "p50 ms", "p99 ms", "commits/step",
+          "writing/step", "read-only/step", "WAL syncs/step", "WAL B/step", "client CPU ms/step", "PG CPU ms/step",
+          "runs"]
 
 
 def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: list[System],
@@ -355,25 +444,48 @@ def table_rows(results: dict[str, dict[str, Any]], keys: list[str], systems: lis
         if w == "LLM":  # its own table (llm_rows)
             continue
         for sysm in systems:
+            if sysm.workloads and w not in sysm.workloads:
+                continue
             entry = results.get(sysm.name, {}).get(key)
+            blank = [""] * (len(HEADER) - 6)
             if not entry or not entry.get("summary"):
                 note = (entry or {}).get("error") or skipped.get(sysm.name) or "not run"
                 note = " ".join(note.split())
-                rows.append([key, sysm.name, "skipped", "", STEP_UNIT[w], "", "", "", "", "", "", "",
-                             f"0 ({note[:70]})"])
+                rows.append([key, sysm.name, "skipped", "", STEP_UNIT[w], *blank, f"0 ({note[:70]})"])
                 continue
             s = entry["summary"]
             head, lo, hi = s.get("headline"), s.get("headline_min"), s.get("headline_max")
             rows.append([key, sysm.name, fmt(head), f"{fmt(lo)}–{fmt(hi)}", STEP_UNIT[w],
+                         fmt(s.get("rate_incl_enqueue")) if s.get("rate_incl_enqueue") else "",
                          fmt(s.get("p50_ms")), fmt(s.get("p99_ms")), fmt(s.get("commits_per_step"), 2),
+                         fmt(s.get("writes_per_step"), 2), fmt(s.get("read_only_commits_per_step"), 2),
                          fmt(s.get("wal_syncs_per_step"), 2), fmt(s.get("wal_bytes_per_step")),
                          fmt(s.get("client_cpu_ms_per_step"), 2), fmt(s.get("server_cpu_ms_per_step"), 2),
                          str(s["runs"])])
             if w == "W5" and s.get("short_ms_per_step") is not None:
                 rows.append([f"{key} ms/step", sysm.name,
                              f"{fmt(s.get('long_ms_per_step'), 2)} (N) / {fmt(s.get('short_ms_per_step'), 2)} (50)",
-                             "", "ms/step long / short", "", "", "", "", "", "", "", str(s["runs"])])
+                             "", "ms/step long / short", *blank, str(s["runs"])])
     return rows
+
+
+def commit_cost_lines(results: dict[str, dict[str, Any]], systems: list[System]) -> list[str]:
+    """W3's commit cost per workflow, one line per system: its writing transactions in the
+    timed window (exact), and its read-only commits (polls) over the whole run."""
+    lines = []
+    for sysm in systems:
+        s = (results.get(sysm.name, {}).get("W3") or {}).get("summary")
+        if not s:
+            continue
+        window = s.get("window_writes_per_step")
+        lines.append(
+            f"W3 commit cost, {sysm.name}: "
+            + (f"{window:.2f} writing transactions per workflow in the timed window (exact: xid delta); "
+               if window is not None else "no Postgres writes in the window; ")
+            + f"whole run per workflow (setup and warm-up included): {s['commits_per_step']:.2f} commits = "
+            f"{s['writes_per_step']:.2f} writing + {s['read_only_commits_per_step']:.2f} read-only (polls), "
+            f"{s['wal_syncs_per_step']:.2f} WAL syncs")
+    return lines
 
 
 LLM_HEADER = ["system", "completed by deadline", "requests sent", "paid twice", "attempts burnt by 429",
@@ -469,10 +581,12 @@ def ratios(results: dict[str, dict[str, Any]], keys: list[str], systems: list[Sy
         peer = results.get(sysm.name, {})
         for key in keys:
             w = key.split()[0]
-            if w == "LLM":
+            if w == "LLM" or (sysm.workloads and w not in sysm.workloads):
                 continue
             c, p = (cairn.get(key) or {}).get("summary"), (peer.get(key) or {}).get("summary")
             metrics = [("headline", STEP_UNIT[w], w != "W6")]
+            if w in ("W1", "W2", "W4"):
+                metrics.append(("rate_incl_enqueue", f"{STEP_UNIT[w]} incl. enqueue", True))
             if w == "W3":
                 metrics = [("rate", "workflows/s", True), ("p50_ms", "p50 latency", False),
                            ("p99_ms", "p99 latency", False)]
@@ -600,13 +714,21 @@ def main() -> int:
     pythons: dict[str, str] = {}
     versions: dict[str, dict[str, str]] = {}
     redis_version = redis_available(REDIS_URL)
+    redis_servers: dict[str, PrivateRedis] = {}
+    redis_urls: dict[str, str] = {}
+    systems = [s for s in systems if not s.workloads or set(s.workloads) & set(plan)]
     for sysm in systems:
         if not (ROOT / sysm.runner).exists():
             skipped[sysm.name] = f"runner {sysm.runner} not found"
             continue
-        if sysm.needs_redis and not redis_version:
-            skipped[sysm.name] = f"no Redis answering at {REDIS_URL}"
-            continue
+        if sysm.needs_redis:
+            url, why = start_redis(sysm, redis_servers, redis_version)
+            if url is None:
+                skipped[sysm.name] = why
+                continue
+            if why:
+                say(f"  {sysm.name}: {why}")
+            redis_urls[sysm.name] = url
         py, note = venv_python(sysm, log_dir)
         if py is None:
             skipped[sysm.name] = note
@@ -616,7 +738,9 @@ def main() -> int:
     for name, why in skipped.items():
         say(f"  skipping {name}: {why}")
     active = [s for s in systems if s.name in pythons]
-    say(f"systems: {', '.join(s.name for s in active) or 'none'}; Redis: {redis_version or 'not available'}")
+    say(f"systems: {', '.join(s.name for s in active) or 'none'}")
+    for line in system_legend(active, redis_urls):
+        say("  " + line)
 
     cluster = pgcluster.Cluster()
     results: dict[str, dict[str, Any]] = {s.name: {} for s in active}
@@ -667,11 +791,12 @@ def main() -> int:
                 for k in ks:
                     key = f"{w} K={k}" if len(ks) > 1 else w
                     for sysm in active:
-                        if failed_streak.get((sysm.name, key)):
+                        if failed_streak.get((sysm.name, key)) or (sysm.workloads and w not in sysm.workloads):
                             continue
                         entry = results[sysm.name].setdefault(key, {"runs": [], "size": n, "workers": k})
                         one = run_one(cluster, sysm, pythons[sysm.name], w, n, k, i, log_dir, a.timeout, env,
-                                      params.get(sysm.name, []), redis_version, llm)
+                                      run_params(sysm, w) + params.get(sysm.name, []), redis_urls.get(sysm.name),
+                                      llm, redis_servers.get(sysm.redis_aof) if sysm.needs_redis else None)
                         entry["runs"].append(one)
                         if "error" in one:
                             entry["error"] = one["error"]
@@ -686,6 +811,8 @@ def main() -> int:
                 extras_out[x] = one
     finally:
         cluster.stop()
+        for srv in redis_servers.values():
+            srv.stop()
 
     # -- output
     keys = workload_keys(plan)
@@ -693,14 +820,17 @@ def main() -> int:
     ratio_rows, ratio_data = ratios(results, keys, active, ceiling)
     llm_table = llm_rows(results, active, skipped)
     llm_lines = llm_legend(results)
-    extra_lines = describe_extras(extras_out)
+    extra_lines = commit_cost_lines(results, active) + describe_extras(extras_out)
     mach["load_average_at_end"] = os.getloadavg()
     doc = {
         "timestamp": stamp, "mode": "quick" if quick else "full", "duration_s": time.time() - t_begin,
         "machine": mach, "postgres": {"settings": settings, "port": cluster.port},
-        "redis": redis_version, "runs_per_workload": runs,
+        "redis": {"machine": redis_version, "urls": redis_urls, "private_aof": sorted(redis_servers)},
+        "runs_per_workload": runs, "warmup": WARMUP_NOTE,
+        "system_legend": system_legend(active, redis_urls),
         "plan": {w: {"size": n, "workers": ks, "description": DESCRIPTION[w]} for w, (n, ks) in plan.items()},
-        "ceiling": ceiling, "systems": {s.name: {"label": s.label, "python": pythons.get(s.name),
+        "ceiling": ceiling, "systems": {s.name: {"label": s.label, "params": list(s.params),
+                                                 "python": pythons.get(s.name),
                                                  "packages": versions.get(s.name, {})} for s in systems},
         "skipped": skipped, "results": results, "extras": extras_out, "ratios": ratio_data,
         "llm_provider": llm if "LLM" in plan else None,
@@ -714,6 +844,9 @@ def main() -> int:
         "include setup and enqueueing)")
     say("ceiling (pgbench single-row INSERT): " + ", ".join(
         f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling))
+    say(WARMUP_NOTE)
+    for line in doc["system_legend"]:
+        say(line)
     if rows:
         say(render_text(HEADER, rows))
     if llm_table:
@@ -733,7 +866,7 @@ def main() -> int:
             if note[len(common):].strip():
                 say(f"    {k}: {note[len(common):].strip()}")
     if extra_lines:
-        say("\ncairn extras:")
+        say("\nW3 commit cost and cairn extras:")
         for line in extra_lines:
             say("  " + line)
     say("\nRATIOS")
@@ -753,7 +886,7 @@ def main() -> int:
 
 def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k: int, i: int, log_dir: Path,
             timeout: float, env: dict[str, str], extra_params: list[str], redis: str | None,
-            llm: dict[str, Any] | None = None) -> dict[str, Any]:
+            llm: dict[str, Any] | None = None, redis_server: PrivateRedis | None = None) -> dict[str, Any]:
     runner = sysm.llm_runner if w == "LLM" else sysm.runner
     if not runner or not (ROOT / runner).exists():
         return {"run": i, "error": f"runner {runner or '(none)'} for {w} not found"}
@@ -768,7 +901,7 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
     dsn = cluster.create_db(dbname)
     cmd = [py, str(ROOT / runner), "--dsn", dsn, "--workload", w, "--size", str(n), "--workers", str(k)]
     if redis and sysm.needs_redis:
-        cmd += ["--redis", REDIS_URL]
+        cmd += ["--redis", redis]
     log_path = log_dir / f"{sysm.name}-{w}-k{k}-{i}.log"
     if provider is not None:
         assert llm is not None
@@ -779,8 +912,11 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
         cmd += ["--param", p]
     code = code_state() if sysm.name == "cairn" else None
     t = time.time()
+    redis_cpu = redis_server.cpu_seconds() if redis_server else None
     try:
         m = run_measured(cluster, dbname, cmd, log_path, timeout, env)
+        if redis_server and redis_cpu is not None:
+            m["redis_cpu_s"] = redis_server.cpu_seconds() - redis_cpu
     finally:
         cluster.drop_db(dbname)
         if provider is not None:
@@ -815,9 +951,13 @@ def run_one(cluster: pgcluster.Cluster, sysm: System, py: str, w: str, n: int, k
         one["figures"] = per_run_figures(w, out, m)
         f = one["figures"]
         lat = f" p50 {fmt(f['p50_ms'])} ms p99 {fmt(f['p99_ms'])} ms" if f["p50_ms"] is not None else ""
-        say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: {fmt(f['headline'])} {STEP_UNIT.get(w, '')}{lat}; "
-            f"{fmt(f['commits_per_step'], 2)} commits/step, client CPU {fmt(f['client_cpu_ms_per_step'], 2)} ms/step "
-            f"[{time.time() - t:.0f} s]")
+        incl = f" ({fmt(f['rate_incl_enqueue'])} incl. enqueue)" if f.get("rate_incl_enqueue") else ""
+        say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: {fmt(f['headline'])} {STEP_UNIT.get(w, '')}{incl}{lat}; "
+            f"{fmt(f['commits_per_step'], 2)} commits/step ({fmt(f['writes_per_step'], 2)} writing, "
+            f"{fmt(f['read_only_commits_per_step'], 2)} read-only), {fmt(f['wal_syncs_per_step'], 2)} WAL syncs/step, "
+            f"client CPU {fmt(f['client_cpu_ms_per_step'], 2)} ms/step"
+            + (f", Redis CPU {fmt(f['redis_cpu_ms_per_step'], 2)} ms/step" if "redis_cpu_ms_per_step" in f else "")
+            + f" [{time.time() - t:.0f} s]")
     else:
         say(f"  {sysm.name:13s} {w} N={n} K={k} run {i + 1}: FAILED — {one.get('error')} (log {one['log']})")
     return one
@@ -849,14 +989,19 @@ class StormProvider:
         self.base_url = f"http://127.0.0.1:{ready.read_text().strip()}/v1"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.terminate(self.proc, 30)
         self.err.close()
+
+
+def system_legend(systems: list[System], redis_urls: dict[str, str]) -> list[str]:
+    """What each row's system is: its label, settings, and (Celery) which Redis."""
+    lines = []
+    for sysm in systems:
+        extra = f"; --param {' '.join(sysm.params)}" if sysm.params else ""
+        only = f"; only {', '.join(sysm.workloads)}" if sysm.workloads and sysm.workloads != W1_TO_W6 else ""
+        where = f"; Redis {redis_urls[sysm.name]}" if sysm.name in redis_urls else ""
+        lines.append(f"{sysm.name}: {sysm.label}{extra}{only}{where}")
+    return lines
 
 
 def code_state() -> str:
@@ -934,6 +1079,12 @@ def update_readme(doc: dict[str, Any], rows: list[list[str]], ratio_rows: list[l
         "",
         "Ceiling (pgbench, single-row INSERT per transaction): " + ", ".join(
             f"{c['clients']} client(s) {c['tps']:,.0f} tps" for c in ceiling) + ".",
+        "",
+        f"Systems ({doc['warmup']}; commits/step = every committed transaction in the run's database, "
+        "read-only polls included; writing/step = transaction ids taken (transactions that wrote or locked "
+        "a row); read-only/step = the difference):",
+        "",
+        *(f"- {line}" for line in doc["system_legend"]),
         "",
         render_md(HEADER, rows),
         "",

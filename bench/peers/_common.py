@@ -31,6 +31,12 @@ FULL_SIZES = {"W1": 5000, "W2": 1000, "W3": 300, "W4": 200, "W5": 5000, "W6": 10
 W2_STEPS = 10  # sequential activities per W2 workflow
 W4_FANOUT = 20  # parallel activities per W4 workflow
 W5_SHORT = 50  # the short W5 workflow
+# Untimed warm-up, the same for every system (bench/run.py passes --param warmup=N): W3 runs
+# this many one-activity workflows before the timed ones, W5 this many 3-step workflows.
+WARMUP = {"W3": 5, "W5": 1}
+W5_WARMUP_STEPS = 3
+# The next transaction id, read without taking one (read-only transactions get none).
+NEXT_XID_SQL = "select pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 
 
 def log(*parts: Any) -> None:
@@ -308,6 +314,76 @@ class Runner:
                 raise RuntimeError("workers not ready in time")
             time.sleep(0.005)
 
+    def drain(self, enqueue: Callable[[], None], spawn: Callable[[], list[Worker]],
+              wait: Callable[[], float]) -> float:
+        """W1, W2, W4: enqueue the backlog with no worker running, then start the workers and
+        wait (``wait()`` returns the epoch of the last completion). Returns the drain's
+        seconds (worker start-up included); extra.enqueue_and_drain_s is the time from the
+        first enqueue to the last completion."""
+        te, te_epoch = time.perf_counter(), time.time()
+        enqueue()
+        t0, t0_epoch = time.perf_counter(), time.time()
+        self.extra["enqueue_s"] = round(t0 - te, 3)
+        t_ready = self.wait_ready(spawn())
+        last_epoch = wait()
+        t_end = time.perf_counter()
+        seconds = min(last_epoch - t0_epoch, t_end - t0)
+        self.extra["startup_s"] = round(t_ready - t0, 3)
+        self.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
+        self.extra["enqueue_and_drain_s"] = round(min(last_epoch - te_epoch, t_end - te), 4)
+        self.notes.append("timed window includes worker start-up (see extra.startup_s); "
+                          "extra.enqueue_and_drain_s: first enqueue to last completion")
+        return seconds
+
+    def latency_loop(self, n: int, one: Callable[[int], None],
+                     next_xid: Callable[[], int] | None = None) -> tuple[float, list[float]]:
+        """W3: ``warmup`` untimed workflows (indices n, n+1, ...), then N timed ones, each
+        started and waited for (``one(i)``) before the next. Returns (seconds, latencies).
+        With ``next_xid`` (the database's next transaction id, see NEXT_XID_SQL), records
+        extra.window_xids: the writing transactions of the timed window, exactly."""
+        warmup = int(param_float(self.args, "warmup", WARMUP["W3"]))
+        for j in range(warmup):
+            one(n + j)
+        lat = []
+        xid0 = next_xid() if next_xid else 0
+        t0 = time.perf_counter()
+        for i in range(n):
+            ts = time.perf_counter()
+            one(i)
+            lat.append((time.perf_counter() - ts) * 1000.0)
+        seconds = time.perf_counter() - t0
+        if next_xid:
+            self.extra["window_xids"] = next_xid() - xid0
+        self.extra.update(summarize(lat))
+        self.notes.append(f"{warmup} untimed warm-up workflows")
+        return seconds, lat
+
+    def await_recovery(self, n: int, new: Worker, t_kill: float, lease_s: float,
+                       poll: Callable[[dict[Any, float]], None]) -> list[float]:
+        """W6: after the kill, calls ``poll(progressed)`` (which records each workflow's
+        kill-to-progress seconds) until all N progressed, the replacement worker ``new``
+        alive; records lease_s, worker_ready_s and the percentiles. Returns the latencies, ms."""
+        progressed: dict[Any, float] = {}
+        t_ready = None
+        deadline = time.time() + 300
+        while len(progressed) < n:
+            if t_ready is None and new.is_ready():
+                t_ready = time.perf_counter()
+            poll(progressed)
+            if len(progressed) >= n:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"only {len(progressed)}/{n} progressed")
+            if not new.alive():
+                raise RuntimeError("replacement worker died")
+            time.sleep(0.05)
+        lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
+        self.extra["lease_s"] = lease_s
+        if t_ready is not None:
+            self.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
+        self.extra.update(summarize(lat_ms))
+        return lat_ms
+
     def check_alive(self) -> None:
         for w in self.workers:
             if not w.alive():
@@ -362,6 +438,36 @@ def main_wrapper(system: str, args: argparse.Namespace, body: Callable[[Runner],
     if not runner._emitted:
         runner.emit(None, None, error="runner produced no result")
     return 0
+
+
+def main(system: str, args: argparse.Namespace, worker_main: Callable[[], int],
+         driver: Callable[[Runner], None]) -> int:
+    """A runner's entry point: the worker role, or the driver."""
+    if args.role == "worker":
+        return worker_main()
+    return main_wrapper(system, args, driver)
+
+
+def package_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return "?"
+
+
+def step_desc(ms: float) -> str:
+    """W6's step, for the notes."""
+    return f"sleeps {ms:g} ms" if ms else "trivial, x+1"
+
+
+def warmup_w5(args: argparse.Namespace, one: Callable[[int, int], Any]) -> int:
+    """W5's untimed warm-up: ``one(wf, steps)`` for workflows -1, -2, ... of 3 steps."""
+    warmup = int(param_float(args, "warmup", WARMUP["W5"]))
+    for j in range(warmup):
+        one(-1 - j, W5_WARMUP_STEPS)
+    return warmup
 
 
 def touch_ready() -> None:
@@ -452,3 +558,30 @@ def llm_call(base_url: str, workflow_id: str, n: int) -> str:
 def llm_backoff(retries_so_far: int) -> float:
     """The peers' backoff before retry number retries_so_far + 1 (no jitter)."""
     return min(LLM_RETRY_INITIAL_S * LLM_RETRY_BACKOFF ** retries_so_far, LLM_RETRY_MAX_S)
+
+
+LLM_POLL_S = 0.5  # how often a driver counts closed workflows
+
+
+def llm_wait(r: Runner, n: int, deadline_epoch: float, count: Callable[[], tuple[int, int]]) -> None:
+    """Waits until the N workflows are closed (``count()`` -> (done, failed)) or the deadline."""
+    last = -1
+    while True:
+        done, failed = count()
+        if done + failed != last:
+            log(f"{done}/{n} done, {failed} failed")
+            last = done + failed
+        if done + failed >= n or time.time() >= deadline_epoch:
+            return
+        r.check_alive()
+        time.sleep(LLM_POLL_S)
+
+
+def llm_report(r: Runner, llm: dict[str, Any], notes: str, window_start: float, seconds: float,
+               completed: dict[str, float], statuses: dict[str, int]) -> None:
+    """The LLM runners' one JSON line: each completed workflow's completion time (epoch)."""
+    done_s = [at - window_start for at in completed.values()]
+    r.notes.append(notes)
+    r.extra.update({"window_start": window_start, "deadline_s": llm["deadline_s"], "calls": llm["calls"],
+                    "size": r.args.size, "completed": completed, "statuses": statuses})
+    r.emit(len(completed) * llm["calls"], max(done_s) if done_s else seconds)

@@ -109,34 +109,20 @@ def driver(r: C.Runner) -> None:
         for i in range(n):
             call.apply_async((f"s{i}", 1, calls))
         C.log(f"enqueued {n} in {time.perf_counter() - t0:.1f} s")
-        deadline = window_start + LLM["deadline_s"]
-        last = -1
-        while True:
-            done, failed = rc().hlen(DONE_KEY), rc().hlen(FAILED_KEY)
-            if done + failed != last:
-                C.log(f"{done}/{n} done, {failed} failed")
-                last = done + failed
-            if done + failed >= n or time.time() >= deadline:
-                break
-            r.check_alive()
-            time.sleep(0.5)
+        C.llm_wait(r, n, window_start + LLM["deadline_s"], lambda: (rc().hlen(DONE_KEY), rc().hlen(FAILED_KEY)))
         seconds = time.perf_counter() - t0
         completed = {k.decode(): float(v) for k, v in rc().hgetall(DONE_KEY).items()}
         failed = rc().hlen(FAILED_KEY)
     finally:
         rc().delete(DONE_KEY, FAILED_KEY, QUEUE)
-    done_s = [at - window_start for at in completed.values()]
-    r.notes.append(
+    C.llm_report(
+        r, LLM,
         f"celery; {k} workers, prefork concurrency {CONCURRENCY}, task acks_late=True, autoretry_for=(5xx,), "
         f"retry_backoff=1, retry_backoff_max={C.LLM_RETRY_MAX_S:g}, retry_jitter (default), max_retries="
         f"{C.LLM_MAX_ATTEMPTS - 1}, " + (f"rate_limit={RATE} per worker" if RATE else "no rate_limit") +
-        "; Retry-After: self.retry(countdown=Retry-After)")
-    r.extra.update({"window_start": window_start, "deadline_s": LLM["deadline_s"], "calls": calls, "size": n,
-                    "completed": completed, "statuses": {"completed": len(completed), "failed": failed}})
-    r.emit(len(completed) * calls, max(done_s) if done_s else seconds)
+        "; Retry-After: self.retry(countdown=Retry-After)",
+        window_start, seconds, completed, {"completed": len(completed), "failed": failed})
 
 
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("celery", ARGS, driver))
+    sys.exit(C.main("celery", ARGS, worker_main, driver))

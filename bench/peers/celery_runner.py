@@ -235,33 +235,29 @@ def _driver(r: C.Runner, rc) -> None:
         return [r.spawn(r.self_cmd(script, "worker", first_index + i)) for i in range(count)]
 
     if wl in ("W1", "W2", "W4"):
-        te = time.perf_counter()
         if wl == "W4":
-            for wf in range(n):
-                header = group(
-                    leaf.s(wf, i).set(task_id=tid("l", wf, i)) for i in range(C.W4_FANOUT)
-                )
-                chord(header, join.s(wf).set(task_id=tid("j", wf))).apply_async()
             ids = [tid("j", wf) for wf in range(n)]
             steps = n * C.W4_FANOUT
         else:
             per = 1 if wl == "W1" else C.W2_STEPS
+            ids = [tid("c", wf, per - 1) for wf in range(n)]
+            steps = n * per
+
+        def enqueue() -> None:
+            if wl == "W4":
+                for wf in range(n):
+                    header = group(
+                        leaf.s(wf, i).set(task_id=tid("l", wf, i)) for i in range(C.W4_FANOUT)
+                    )
+                    chord(header, join.s(wf).set(task_id=tid("j", wf))).apply_async()
+                return
             with app.producer_or_acquire() as prod:
                 for wf in range(n):
                     chain_step.apply_async(
                         (wf, 0, per, wf), task_id=tid("c", wf, 0), producer=prod
                     )
-            ids = [tid("c", wf, per - 1) for wf in range(n)]
-            steps = n * per
-        r.extra["enqueue_s"] = round(time.perf_counter() - te, 3)
-        t0 = time.perf_counter()
-        t0_epoch = time.time()
-        ws = spawn_workers(k)
-        t_ready = r.wait_ready(ws)
-        last_epoch = wait_ids(r, rc, ids)
-        seconds = min(last_epoch - t0_epoch, time.perf_counter() - t0)
-        r.extra["startup_s"] = round(t_ready - t0, 3)
-        r.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
+
+        seconds = r.drain(enqueue, lambda: spawn_workers(k), lambda: wait_ids(r, rc, ids))
         if wl == "W2":
             r.notes.append(
                 "no workflow concept: a workflow is a chain of 10 tasks, each sending the next "
@@ -272,23 +268,18 @@ def _driver(r: C.Runner, rc) -> None:
                 "fan-out = chord(group of 20 leaf tasks, join callback) on the Redis backend; "
                 "done = join result stored; the join task is not counted as a step"
             )
-        r.notes.append("timed window includes worker start-up (see extra.startup_s)")
         r.emit(steps, seconds)
         return
 
     if wl == "W3":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)
-        lat = []
-        t0 = time.perf_counter()
-        for i in range(n):
-            ts = time.perf_counter()
+
+        def one(i: int) -> None:
             res = chain_step.apply_async((i, 0, 1, i), task_id=tid("c", i, 0)).get(timeout=60)
-            lat.append((time.perf_counter() - ts) * 1000.0)
             assert res == i + 1, res
-        seconds = time.perf_counter() - t0
-        r.extra.update(C.summarize(lat))
+
+        seconds, lat = r.latency_loop(n, one)
         r.notes.append("start = apply_async, result = AsyncResult.get() (Redis pub/sub)")
         r.emit(n, seconds, lat)
         return
@@ -296,7 +287,6 @@ def _driver(r: C.Runner, rc) -> None:
     if wl == "W5":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)
 
         def one(wf: int, steps: int) -> float:
             t_epoch = time.time()
@@ -304,6 +294,7 @@ def _driver(r: C.Runner, rc) -> None:
             last = wait_ids(r, rc, [tid("c", wf, steps - 1)], poll=0.02)
             return last - t_epoch
 
+        C.warmup_w5(ARGS, one)
         short = one(1, C.W5_SHORT)
         long_ = one(2, n)
         r.extra.update({"short_steps": C.W5_SHORT, "short_seconds": round(short, 4)})
@@ -358,31 +349,19 @@ def w6(r: C.Runner, rc, spawn_workers, n: int) -> None:
     snap = dict(cur)
     unacked = rc.hlen("unacked")
     new = spawn_workers(1, first_index=1)
-    progressed: dict[int, float] = {}
-    t_ready = None
-    deadline = time.time() + 300
-    while len(progressed) < n:
-        if t_ready is None and new[0].is_ready():
-            t_ready = time.perf_counter()
+
+    def poll(progressed: dict[int, float]) -> None:
         todo = [wf for wf in range(n) if wf not in progressed]
         got = fetch_done(rc, [tid("c", wf, snap[wf] + 1) for wf in todo])
         for wf in todo:
             t = got.get(tid("c", wf, snap[wf] + 1))
             if t is not None:
                 progressed[wf] = t - t_kill_epoch
-        if time.time() > deadline:
-            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
-        if not new[0].alive():
-            raise RuntimeError("replacement worker died")
-        time.sleep(0.05)
-    lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
-    r.extra["lease_s"] = LEASE_S
+
+    lat_ms = r.await_recovery(n, new[0], t_kill, LEASE_S, poll)
     r.extra["unacked_at_kill"] = unacked
-    if t_ready is not None:
-        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
-    r.extra.update(C.summarize(lat_ms))
     r.notes.append(
-        f"W6: no workflow concept: {n} chains of tasks (each {_step_desc()} then sends the "
+        f"W6: no workflow concept: {n} chains of tasks (each {C.step_desc(STEP_MS)} then sends the "
         "next); task_acks_late=True + task_reject_on_worker_lost=True so a killed worker's "
         f"messages are not lost: Redis visibility_timeout={LEASE_S}s, "
         "unacked_restore_interval=1, unacked_restore_throttle=1 (kombu); kill -9 of the worker's "
@@ -400,11 +379,5 @@ def _redis_version(rc) -> str:
         return "?"
 
 
-def _step_desc() -> str:
-    return f"sleeps {STEP_MS:g} ms" if STEP_MS else "trivial, x+1"
-
-
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("celery", ARGS, driver))
+    sys.exit(C.main("celery", ARGS, worker_main, driver))

@@ -19,9 +19,7 @@ with --role worker), enqueues, waits for the workflows or the deadline.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +30,7 @@ import _common as C
 ARGS = C.parse_args()
 LLM = C.llm_params(ARGS) if ARGS.workload == "LLM" else {}
 
+import _dbos as D  # noqa: E402
 from dbos import DBOS  # noqa: E402
 
 QUEUE = "storm"
@@ -42,9 +41,7 @@ POLL_S = C.param_float(ARGS, "dbos_poll_s", 0.05)
 
 
 def config(executor_id: str) -> dict:
-    return {"name": APP_NAME, "system_database_url": C.libpq_dsn(ARGS.dsn), "application_version": APP_VERSION,
-            "executor_id": executor_id, "log_level": os.environ.get("BENCH_DBOS_LOG", "ERROR"),
-            "sys_db_pool_size": 20}
+    return D.config(ARGS, APP_NAME, APP_VERSION, executor_id, log_level="ERROR")
 
 
 @DBOS.step(retries_allowed=True, interval_seconds=C.LLM_RETRY_INITIAL_S, backoff_rate=C.LLM_RETRY_BACKOFF,
@@ -67,14 +64,7 @@ def storm(workflow_id: str, calls: int) -> int:
 
 
 def worker_main() -> int:
-    DBOS(config=config(f"w{ARGS.index}"))
-    DBOS.launch()
-    C.touch_ready()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    os._exit(0)
+    return D.worker_main(config(f"w{ARGS.index}"))
 
 
 def driver(r: C.Runner) -> None:
@@ -102,38 +92,30 @@ def driver(r: C.Runner) -> None:
     with ThreadPoolExecutor(8) as ex:
         list(ex.map(enqueue, range(n)))
     C.log(f"enqueued {n} in {time.perf_counter() - t0:.1f} s")
-    deadline = window_start + LLM["deadline_s"]
     conn = psycopg.connect(C.libpq_dsn(ARGS.dsn), autocommit=True)
     sql = ("select workflow_uuid, status, coalesce(completed_at, updated_at) from dbos.workflow_status "
            "where queue_name = %s")
-    last = -1
-    while True:
-        rows = conn.execute(sql, (QUEUE,)).fetchall()
-        closed = sum(1 for _, st, _ in rows if st in ("SUCCESS", "ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"))
-        if closed != last:
-            C.log(f"{closed}/{n} closed")
-            last = closed
-        if closed >= n or time.time() >= deadline:
-            break
-        r.check_alive()
-        time.sleep(0.5)
+    rows: list = []
+
+    def count() -> tuple[int, int]:
+        rows[:] = conn.execute(sql, (QUEUE,)).fetchall()
+        done = sum(1 for _, st, _ in rows if st == "SUCCESS")
+        return done, sum(1 for _, st, _ in rows if st in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"))
+
+    C.llm_wait(r, n, window_start + LLM["deadline_s"], count)
     seconds = time.perf_counter() - t0
     completed = {wid: at / 1000.0 for wid, st, at in rows if st == "SUCCESS"}
     statuses: dict[str, int] = {}
     for _, st, _ in rows:
         statuses[st] = statuses.get(st, 0) + 1
-    done = [at - window_start for at in completed.values()]
-    r.notes.append(
+    C.llm_report(
+        r, LLM,
         f"dbos; {k} worker processes, queue worker_concurrency={WORKER_CONC}, limiter {limit} workflow starts "
         f"per 60 s (rpm / {calls} calls); each call a @DBOS.step(retries_allowed=True, interval_seconds="
         f"{C.LLM_RETRY_INITIAL_S:g}, backoff_rate={C.LLM_RETRY_BACKOFF:g}, max_attempts={C.LLM_MAX_ATTEMPTS}); "
-        "Retry-After: the step sleeps it before raising (then DBOS's own interval)")
-    r.extra.update({"window_start": window_start, "deadline_s": LLM["deadline_s"], "calls": calls, "size": n,
-                    "completed": completed, "statuses": statuses})
-    r.emit(len(completed) * calls, max(done) if done else seconds)
+        "Retry-After: the step sleeps it before raising (then DBOS's own interval)",
+        window_start, seconds, completed, statuses)
 
 
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("dbos", ARGS, driver))
+    sys.exit(C.main("dbos", ARGS, worker_main, driver))

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,6 +27,7 @@ import _common as C
 
 ARGS = C.parse_args()
 
+import _dbos as D  # noqa: E402
 from dbos import DBOS  # noqa: E402
 
 QUEUE = "bench"
@@ -49,14 +48,7 @@ STYLE = ARGS.params.get("dbos_style", "sync")
 
 
 def config(executor_id: str) -> dict:
-    return {
-        "name": APP_NAME,
-        "system_database_url": C.libpq_dsn(ARGS.dsn),
-        "application_version": APP_VERSION,
-        "executor_id": executor_id,
-        "log_level": os.environ.get("BENCH_DBOS_LOG", "WARNING"),
-        "sys_db_pool_size": POOL,
-    }
+    return D.config(ARGS, APP_NAME, APP_VERSION, executor_id, pool=POOL)
 
 
 # ---- workflows ------------------------------------------------------------
@@ -110,14 +102,7 @@ def wf_long(n: int, ms: float) -> int:
 
 
 def worker_main() -> int:
-    DBOS(config=config(f"w{ARGS.index}"))
-    DBOS.launch()
-    C.touch_ready()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    os._exit(0)  # no graceful drain needed: the benchmark is over
+    return D.worker_main(config(f"w{ARGS.index}"))
 
 
 # ---- driver ---------------------------------------------------------------
@@ -179,7 +164,7 @@ def driver(r: C.Runner) -> None:
     )
     conn = connect()
     r.notes.append(
-        f"dbos {_dbos_version()}; Postgres system DB; database-backed Queue "
+        f"dbos {C.package_version('dbos')}; Postgres system DB; database-backed Queue "
         f"worker_concurrency={conc}, polling_interval_sec={POLL_S} (default 1.0); "
         f"{k} worker process(es), executor_id w<i>, sync workflows/steps on DBOS's "
         f"thread pool (max_executor_threads unbounded); sys_db_pool_size={POOL}; "
@@ -196,20 +181,13 @@ def driver(r: C.Runner) -> None:
             per, steps = C.W2_STEPS, n * C.W2_STEPS
         else:
             per, steps = C.W4_FANOUT, n * C.W4_FANOUT
-        te = time.perf_counter()
         fn = wf_fan if wl == "W4" else (awf_chain if STYLE == "async" else wf_chain)
-        with ThreadPoolExecutor(8) as ex:  # enqueueing is not timed; just make it quicker
-            list(ex.map(lambda i: queue.enqueue(fn, per, i), range(n)))
-        r.extra["enqueue_s"] = round(time.perf_counter() - te, 3)
-        t0 = time.perf_counter()
-        t0_epoch = time.time()
-        ws = spawn_workers(k)
-        t_ready = r.wait_ready(ws)
-        last_epoch = wait_done(r, conn, n)
-        t_detect = time.perf_counter()
-        seconds = min(last_epoch - t0_epoch, t_detect - t0)
-        r.extra["startup_s"] = round(t_ready - t0, 3)
-        r.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
+
+        def enqueue() -> None:
+            with ThreadPoolExecutor(8) as ex:  # as fast as the driver can
+                list(ex.map(lambda i: queue.enqueue(fn, per, i), range(n)))
+
+        seconds = r.drain(enqueue, lambda: spawn_workers(k), lambda: wait_done(r, conn, n))
         got = count_steps(conn)
         r.extra["recorded_steps"] = got
         r.extra["workflows_per_executor"] = dict(
@@ -223,24 +201,18 @@ def driver(r: C.Runner) -> None:
             r.notes.append(f"WARNING recorded steps {got} != {steps}")
         if wl == "W4":
             r.notes.append("fan-out: async workflow, 20 async @DBOS.step via asyncio.gather")
-        r.notes.append("timed window includes worker start-up (see extra.startup_s)")
         r.emit(steps, seconds)
         return
 
     if wl == "W3":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)  # let the worker's queue thread settle into its poll loop
-        lat = []
-        t0 = time.perf_counter()
-        for i in range(n):
-            ts = time.perf_counter()
-            h = queue.enqueue(wf_chain, 1, i)
-            res = h.get_result(polling_interval_sec=RESULT_POLL_S)
-            lat.append((time.perf_counter() - ts) * 1000.0)
+
+        def one(i: int) -> None:
+            res = queue.enqueue(wf_chain, 1, i).get_result(polling_interval_sec=RESULT_POLL_S)
             assert res == i + 1, res
-        seconds = time.perf_counter() - t0
-        r.extra.update(C.summarize(lat))
+
+        seconds, lat = r.latency_loop(n, one, lambda: conn.execute(C.NEXT_XID_SQL).fetchone()[0])
         r.notes.append(
             f"start = Queue.enqueue from the driver process, result = handle.get_result("
             f"polling_interval_sec={RESULT_POLL_S}) (DBOS polls for results); the worker "
@@ -252,7 +224,6 @@ def driver(r: C.Runner) -> None:
     if wl == "W5":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)
 
         def one(steps: int) -> tuple[float, float]:
             t_epoch = time.time()
@@ -271,6 +242,7 @@ def driver(r: C.Runner) -> None:
                 raise RuntimeError(f"W5 workflow {st[0]}")
             return st[2] / 1000.0 - t_epoch, (st[2] - st[1]) / 1000.0
 
+        C.warmup_w5(ARGS, lambda _wf, steps: one(steps))
         short_wall, short_exec = one(C.W5_SHORT)
         long_wall, long_exec = one(n)
         r.extra.update(
@@ -330,12 +302,8 @@ def w6(r: C.Runner, queue, conn, spawn_workers, n: int) -> None:
     # Replacement worker with the same executor_id: DBOS recovers an executor's
     # PENDING workflows when a process with that executor_id launches.
     new = spawn_workers(1, first_index=0)
-    progressed: dict[str, float] = {}
-    t_ready = None
-    deadline = time.time() + 300
-    while len(progressed) < n:
-        if t_ready is None and new[0].is_ready():
-            t_ready = time.perf_counter()
+
+    def poll(progressed: dict[str, float]) -> None:
         rows = conn.execute(
             "select workflow_uuid, function_id, completed_at_epoch_ms from dbos.operation_outputs"
             " where workflow_uuid = any(%s) and completed_at_epoch_ms >= %s",
@@ -346,42 +314,18 @@ def w6(r: C.Runner, queue, conn, spawn_workers, n: int) -> None:
                 lat = cms / 1000.0 - t_kill_epoch
                 if wid not in progressed or lat < progressed[wid]:
                     progressed[wid] = lat
-        if time.time() > deadline:
-            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
-        if not new[0].alive():
-            raise RuntimeError("replacement worker died")
-        time.sleep(0.05)
-    lat_ms = sorted(v * 1000.0 for v in progressed.values())
-    seconds = max(progressed.values())
-    r.extra["lease_s"] = 0
-    if t_ready is not None:
-        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
-    r.extra.update(C.summarize(lat_ms))
+
+    lat_ms = r.await_recovery(n, new[0], t_kill, 0, poll)
     r.notes.append(
-        f"W6: {n} workflows x endless sequence of @DBOS.step ({_step_desc()}); kill -9 of the "
+        f"W6: {n} workflows x endless sequence of @DBOS.step ({C.step_desc(STEP_MS)}); kill -9 of the "
         "worker process, then a new worker with the same executor_id launches and "
         "DBOS startup recovery resumes its PENDING workflows (no lease/heartbeat: recovery "
         "is by executor_id at launch, lease_s=0); progress = first new row in "
         "dbos.operation_outputs (its completed_at_epoch_ms); includes new-process start-up "
         "(extra.worker_ready_s)"
     )
-    r.emit(n, seconds, lat_ms)
-
-
-def _dbos_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("dbos")
-    except Exception:
-        return "?"
-
-
-def _step_desc() -> str:
-    return f"sleeps {STEP_MS:g} ms" if STEP_MS else "trivial, x+1"
+    r.emit(n, max(lat_ms) / 1000.0, lat_ms)
 
 
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("dbos", ARGS, driver))
+    sys.exit(C.main("dbos", ARGS, worker_main, driver))

@@ -105,37 +105,28 @@ def driver(r: C.Runner) -> None:
         for i in range(0, n, 500):
             loop.run_until_complete(storm_call.batch_defer_async(*items[i:i + 500]))
         C.log(f"enqueued {n} in {time.perf_counter() - t0:.1f} s")
-        deadline = window_start + LLM["deadline_s"]
-        last = -1
-        while True:
-            done, failed = conn.execute(
+
+        def count() -> tuple[int, int]:
+            return conn.execute(
                 "SELECT (SELECT count(*) FROM storm_done), (SELECT count(*) FROM procrastinate_jobs "
                 "WHERE status = 'failed')").fetchone()
-            if done + failed != last:
-                C.log(f"{done}/{n} done, {failed} failed")
-                last = done + failed
-            if done + failed >= n or time.time() >= deadline:
-                break
-            r.check_alive()
-            time.sleep(0.5)
+
+        C.llm_wait(r, n, window_start + LLM["deadline_s"], count)
         seconds = time.perf_counter() - t0
         completed = {wid: float(at) for wid, at in conn.execute(
             "SELECT workflow_id, extract(epoch FROM at)::float8 FROM storm_done")}
+        failed = count()[1]
     finally:
         loop.run_until_complete(app.close_async())
         loop.close()
-    done_s = [at - window_start for at in completed.values()]
-    r.notes.append(
+    C.llm_report(
+        r, LLM,
         f"procrastinate; {k} workers, concurrency {CONC} each, listen_notify, fetch_job_polling_interval="
         f"{FETCH_POLL_S:g}s; custom RetryStrategy: {C.LLM_MAX_ATTEMPTS} attempts, backoff "
         f"{C.LLM_RETRY_INITIAL_S:g} s x{C.LLM_RETRY_BACKOFF:g} up to {C.LLM_RETRY_MAX_S:g} s, 429: "
-        "RetryDecision(retry_in=Retry-After); no rate limiter in procrastinate")
-    r.extra.update({"window_start": window_start, "deadline_s": LLM["deadline_s"], "calls": calls, "size": n,
-                    "completed": completed, "statuses": {"completed": len(completed), "failed": failed}})
-    r.emit(len(completed) * calls, max(done_s) if done_s else seconds)
+        "RetryDecision(retry_in=Retry-After); no rate limiter in procrastinate",
+        window_start, seconds, completed, {"completed": len(completed), "failed": failed})
 
 
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("procrastinate", ARGS, driver))
+    sys.exit(C.main("procrastinate", ARGS, worker_main, driver))

@@ -30,7 +30,6 @@ import _common as C
 
 ARGS = C.parse_args()
 
-import procrastinate  # noqa: E402
 from procrastinate import App, PsycopgConnector  # noqa: E402
 
 QUEUE = "bench"
@@ -212,7 +211,7 @@ def driver(r: C.Runner) -> None:
 def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> None:
     conc = worker_concurrency()
     r.notes.append(
-        f"procrastinate {procrastinate.__version__ if hasattr(procrastinate, '__version__') else _version()}; "
+        f"procrastinate {C.package_version('procrastinate')}; "
         f"PsycopgConnector (pool max {conc + 5}); schema applied with SchemaManager.apply_schema "
         f"(= procrastinate schema --apply); {k} worker process(es), each one Worker with async "
         f"tasks, concurrency={conc}, listen_notify=True, fetch_job_polling_interval={FETCH_POLL_S}s "
@@ -224,32 +223,28 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
         return [r.spawn(r.self_cmd(script, "worker", first_index + i)) for i in range(count)]
 
     if wl in ("W1", "W2", "W4"):
-        te = time.perf_counter()
         if wl == "W4":
-            conn.execute(
-                "create table bench_fan (wf int primary key, done int not null default 0,"
-                " total int not null)"
-            )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "insert into bench_fan (wf, total) values (%s, %s)",
-                    [(i, C.W4_FANOUT) for i in range(n)],
-                )
-            run(defer_batches(fan, [{"wf": i, "n": C.W4_FANOUT} for i in range(n)]))
             steps, task, expected = n * C.W4_FANOUT, "join", n
         else:
             per = 1 if wl == "W1" else C.W2_STEPS
-            run(defer_batches(chain, [{"wf": i, "k": 0, "n": per, "x": i} for i in range(n)]))
             steps, task, expected = n * per, "chain", n * per
-        r.extra["enqueue_s"] = round(time.perf_counter() - te, 3)
-        t0 = time.perf_counter()
-        t0_epoch = time.time()
-        ws = spawn_workers(k)
-        t_ready = r.wait_ready(ws)
-        last_epoch = wait_jobs(r, conn, task, expected)
-        seconds = min(last_epoch - t0_epoch, time.perf_counter() - t0)
-        r.extra["startup_s"] = round(t_ready - t0, 3)
-        r.extra["seconds_excl_startup"] = round(seconds - (t_ready - t0), 3)
+
+        def enqueue() -> None:
+            if wl == "W4":
+                conn.execute(
+                    "create table bench_fan (wf int primary key, done int not null default 0,"
+                    " total int not null)"
+                )
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "insert into bench_fan (wf, total) values (%s, %s)",
+                        [(i, C.W4_FANOUT) for i in range(n)],
+                    )
+                run(defer_batches(fan, [{"wf": i, "n": C.W4_FANOUT} for i in range(n)]))
+            else:
+                run(defer_batches(chain, [{"wf": i, "k": 0, "n": per, "x": i} for i in range(n)]))
+
+        seconds = r.drain(enqueue, lambda: spawn_workers(k), lambda: wait_jobs(r, conn, task, expected))
         leaf_task = "leaf" if wl == "W4" else "chain"
         got = conn.execute(
             "select count(*) from procrastinate_jobs where task_name = %s and status = 'succeeded'",
@@ -274,31 +269,26 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
                 "leaf bumps a counter row (bench_fan) and the 20th defers a join job; done = join "
                 "succeeded; parent/join jobs are not counted as steps"
             )
-        r.notes.append("timed window includes worker start-up (see extra.startup_s)")
         r.emit(steps, seconds)
         return
 
     if wl == "W3":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)
-        lat = []
-        t0 = time.perf_counter()
-        for i in range(n):
-            ts = time.perf_counter()
+
+        def one(i: int) -> None:
             job_id = run(chain.defer_async(wf=i, k=0, n=1, x=i))
             while True:
                 st = conn.execute(
                     "select status from procrastinate_jobs where id = %s", (job_id,)
                 ).fetchone()[0]
                 if st == "succeeded":
-                    break
+                    return
                 if st == "failed":
                     raise RuntimeError("job failed")
                 time.sleep(RESULT_POLL_S)
-            lat.append((time.perf_counter() - ts) * 1000.0)
-        seconds = time.perf_counter() - t0
-        r.extra.update(C.summarize(lat))
+
+        seconds, lat = r.latency_loop(n, one, lambda: conn.execute(C.NEXT_XID_SQL).fetchone()[0])
         r.notes.append(
             "start = defer_async (the insert NOTIFYs the listening worker); Procrastinate has "
             f"no result API, so the driver polls the job's status every {RESULT_POLL_S}s"
@@ -309,7 +299,6 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
     if wl == "W5":
         ws = spawn_workers(1)
         r.wait_ready(ws)
-        time.sleep(1.0)
 
         def one(wf: int, steps: int) -> float:
             t_epoch = time.time()
@@ -327,6 +316,7 @@ def _driver(r: C.Runner, script: str, wl: str, n: int, k: int, run, conn) -> Non
                 r.check_alive()
                 time.sleep(0.02)
 
+        C.warmup_w5(ARGS, one)
         short = one(1, C.W5_SHORT)
         long_ = one(2, n)
         r.extra.update({"short_steps": C.W5_SHORT, "short_seconds": round(short, 4)})
@@ -374,12 +364,8 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
         "select count(*) from procrastinate_jobs where status = 'doing'"
     ).fetchone()[0]
     new = spawn_workers(1, first_index=1)
-    progressed: dict[int, float] = {}
-    t_ready = None
-    deadline = time.time() + 300
-    while len(progressed) < n:
-        if t_ready is None and new[0].is_ready():
-            t_ready = time.perf_counter()
+
+    def poll(progressed: dict[int, float]) -> None:
         rows = conn.execute(
             "select (j.args->>'wf')::int, (j.args->>'k')::int, extract(epoch from e.at)"
             " from procrastinate_events e join procrastinate_jobs j on j.id = e.job_id"
@@ -391,19 +377,11 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
                 lat = float(at) - t_kill_epoch
                 if wf not in progressed or lat < progressed[wf]:
                     progressed[wf] = lat
-        if time.time() > deadline:
-            raise RuntimeError(f"only {len(progressed)}/{n} progressed")
-        if not new[0].alive():
-            raise RuntimeError("replacement worker died")
-        time.sleep(0.05)
-    lat_ms = sorted(max(0.0, v) * 1000.0 for v in progressed.values())
-    r.extra["lease_s"] = LEASE_S
+
+    lat_ms = r.await_recovery(n, new[0], t_kill, LEASE_S, poll)
     r.extra["jobs_doing_at_kill"] = doing
-    if t_ready is not None:
-        r.extra["worker_ready_s"] = round(t_ready - t_kill, 3)
-    r.extra.update(C.summarize(lat_ms))
     r.notes.append(
-        f"W6: no workflow concept: {n} chains of jobs (each async job {_step_desc()} then "
+        f"W6: no workflow concept: {n} chains of jobs (each async job {C.step_desc(STEP_MS)} then "
         "defers the next); kill -9 of the worker process, new worker started right "
         f"after; in-flight jobs stay 'doing' until the dead worker's heartbeat "
         f"(update_heartbeat_interval={HEARTBEAT_S}s) is older than {LEASE_S}s, then "
@@ -414,20 +392,5 @@ def w6(r: C.Runner, run, conn, spawn_workers, n: int) -> None:
     r.emit(n, max(lat_ms) / 1000.0, lat_ms)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("procrastinate")
-    except Exception:
-        return "?"
-
-
-def _step_desc() -> str:
-    return f"sleeps {STEP_MS:g} ms" if STEP_MS else "trivial, x+1"
-
-
 if __name__ == "__main__":
-    if ARGS.role == "worker":
-        sys.exit(worker_main())
-    sys.exit(C.main_wrapper("procrastinate", ARGS, driver))
+    sys.exit(C.main("procrastinate", ARGS, worker_main, driver))
