@@ -6,7 +6,7 @@ provider answered 200, sends the next call's task (the last one writes the workf
 completion time into a Redis hash). One task attempt = one HTTP request.
 
 Retries, as Celery documents them: ``autoretry_for=(LLMFailed,)`` (5xx, connection
-errors) with ``retry_backoff=1`` (1, 2, 4, ... s), ``retry_backoff_max=60``,
+errors) with ``retry_backoff=1`` (1, 2, 4, ... s), ``retry_backoff_max=8``,
 ``retry_jitter`` (Celery's default: a random delay up to the backoff),
 ``max_retries=19`` (20 attempts); ``acks_late=True``. Retry-After: a 429 does
 ``raise self.retry(countdown=Retry-After)``, which honours it exactly but counts against

@@ -8,7 +8,7 @@ urllib in a thread, the task itself async).
 
 Retries: a custom ``RetryStrategy`` (procrastinate's documented extension point,
 ``get_retry_decision(exception, job)`` returning ``RetryDecision(retry_in=...)``):
-20 attempts; 5xx and connection errors back off 1, 2, 4, ... s up to 60 s; a 429 is
+20 attempts; 5xx and connection errors back off 1, 2, 4, ... s up to 8 s; a 429 is
 retried in exactly its Retry-After. Every retry counts as an attempt (``job.attempts``).
 Procrastinate has no rate limiter, so nothing limits the fleet's request rate but the
 workers' concurrency.
