@@ -25,9 +25,13 @@ from psycopg.conninfo import make_conninfo
 
 import cairn
 from cairn import ApplicationError, Client, RetryPolicy, WorkflowCancelled, activity, roles, workflow
+from cairn import breakers as br
 from cairn.engine.queries import queries
+from cairn.llm import ChatRequest, chat, configure_providers
+from cairn.llm import fake as f
+from cairn.llm import providers as providers_mod
 
-from .support import running_worker
+from .support import running_worker, wait_until
 from .test_security import as_role, attempt, role_set
 
 SRC = Path(cairn.__file__).parent
@@ -185,13 +189,35 @@ async def grants_flow(label: str, carried: str | None = None) -> dict[str, objec
     return {"step": step, "child": child, "go": go}
 
 
-async def test_roles_run_their_workload_and_nothing_more(db_url, sql):
+@workflow.defn
+async def grants_chat(text: str) -> str:
+    """An LLM call through a breaker and a fleet rate limit, streamed, throttled once."""
+    request = ChatRequest(model="fake-model", messages=[{"role": "user", "content": text}], max_tokens=20)
+    reply = await chat(request, stream=True, throttle_budget=30,
+                       retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50)))
+    return reply.text
+
+
+@pytest.fixture
+def llm(fake_llm):
+    configure_providers([fake_llm.provider_config(rpm=600, breaker=br.BreakerConfig(
+        window="count", window_size=4, minimum_calls=4, recovery_timeout=30))])
+    fake_llm.script([f.rate_limited("0.2")], default=f.ok("summarised"))
+    yield fake_llm
+    providers_mod._registry = None
+
+
+async def test_roles_run_their_workload_and_nothing_more(db_url, sql, llm):
     with role_set(db_url) as names:
         await asyncio.to_thread(roles.create_roles, db_url, roles.RolePlan(names=names))
         worker_url, client_url = as_role(db_url, names["worker"]), as_role(db_url, names["client"])
-        async with running_worker(worker_url, workflows=[grants_flow, grants_child], activities=[flaky_step]), \
-                await Client.connect(client_url) as client:
+        async with running_worker(worker_url, workflows=[grants_flow, grants_child, grants_chat],
+                                  activities=[flaky_step]), await Client.connect(client_url) as client:
+            assert await (await client.start(grants_chat, "the cat sat", id="llm")).result(timeout=30) == "summarised"
             a = await client.start(grants_flow, "a", id="a", search_attributes={"customer": "x"})
+            # (a query before the run's first workflow task finds no handler yet: wait for it)
+            await wait_until(lambda: sql("SELECT 1 FROM cairn.history WHERE run_id = %s AND type = "
+                                         "'WorkflowTaskStarted'", (a.run_id,)), what="a's first task")
             assert await a.query("label", timeout=20) == "a"
             await a.signal("go", "yes")
             assert (await a.result(timeout=30))["go"] == "yes"
@@ -223,4 +249,6 @@ async def test_roles_run_their_workload_and_nothing_more(db_url, sql):
         }
         assert {key: attempt(as_role(db_url, names[key[0]]), key[1]) for key in refused} == dict.fromkeys(
             refused, "denied")
-        assert sql("SELECT count(*) FROM cairn.workflow_types")[0][0] == 2
+        assert sql("SELECT count(*) FROM cairn.workflow_types")[0][0] == 3
+        assert sql("SELECT count(*) FROM cairn.breaker_events")[0][0] >= 1  # the 429 reached the breaker
+        assert sql("SELECT count(*) FROM cairn.rate_limits")[0][0] == 1
