@@ -62,10 +62,14 @@ def test_every_command_is_covered():
     assert leaf_commands(cli) - NO_DATABASE <= set(COMMANDS)
 
 
+@pytest.mark.parametrize("given", ["option", "env"])
 @pytest.mark.parametrize("url", MALFORMED.values(), ids=MALFORMED.keys())
 @pytest.mark.parametrize("args", COMMANDS.values(), ids=COMMANDS.keys())
-def test_malformed_dsn_is_one_masked_line(args, url):
-    ran = CliRunner().invoke(cli, ["--database-url", url, *args])
+def test_malformed_dsn_is_one_masked_line(args, url, given):
+    if given == "option":
+        ran = CliRunner().invoke(cli, ["--database-url", url, *args])
+    else:
+        ran = CliRunner(env={"CAIRN_DATABASE_URL": url}).invoke(cli, args)
     assert ran.exception is None or isinstance(ran.exception, SystemExit), repr(ran.exception)
     assert ran.exit_code == 2, (ran.exit_code, ran.stderr)
     assert ran.stderr.startswith("error: invalid database URL "), ran.stderr
