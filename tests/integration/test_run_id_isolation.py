@@ -61,6 +61,7 @@ async def test_handle_operations_with_another_namespaces_run_id(db_url, sql, ten
             "describe": lambda h: h.describe(),
             "history": lambda h: h.history(),
             "result": lambda h: h.result(timeout=5),
+            "stream": lambda h: anext(h.stream()),
             "signal": lambda h: h.signal("go"),
             "query": lambda h: h.query("whoami", timeout=5),
             "cancel": lambda h: h.cancel("cross-tenant"),
