@@ -39,13 +39,15 @@ SRC = Path(cairn.__file__).parent
 # `cairn verify` read only; any role may run them).
 MODULES = {
     "worker": ["worker.py", "_worker_activities.py", "_worker_queries.py", "_worker_fast_path.py",
-               "_workflow_tasks.py", "_lifecycle.py", "_resilience.py", "_transactions.py", "engine/queries.py",
+               "_workflow_tasks.py", "_lifecycle.py", "_resilience.py", "engine/queries.py",
                "workflow.py", "breakers.py", "ratelimits.py", "llm/chat.py"],
     "client": ["client.py", "_messages.py", "operators.py", "sync.py", "_lifecycle.py", "llm/follow.py",
                "cli/render.py", "ui/server.py"],
 }
 # db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
+# Modules with statements that neither role runs: the owner's migrations, `cairn verify`.
+NEITHER = ["db.py", "verify.py"]
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 TRIGGER_EVENTS = {4: "INSERT", 8: "DELETE", 16: "UPDATE"}  # pg_trigger.tgtype bits
 
@@ -145,6 +147,15 @@ def derived(pg_admin_url: str, template_db: str) -> Iterator[dict[str, dict[str,
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_every_module_with_statements_has_a_role():
+    """A new module sending named statements must say whose they are (else its needs
+    would go unseen)."""
+    named = queries()
+    sending = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+               if any(f'"{n}"' in p.read_text(encoding="utf-8") for n in named)}
+    assert sending == {m for ms in MODULES.values() for m in ms} | set(NEITHER)
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
