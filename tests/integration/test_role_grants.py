@@ -48,7 +48,7 @@ MODULES = {
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
 # Modules with statements that neither role runs: the owner's migrations, `cairn verify`.
 NEITHER = ["db.py", "verify.py"]
-PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
 TRIGGER_EVENTS = {4: "INSERT", 8: "DELETE", 16: "UPDATE"}  # pg_trigger.tgtype bits
 
 
