@@ -318,16 +318,15 @@ class Client(ClientMessages):
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:
+        # A run id names a run only with the namespace and workflow id it belongs to.
+        params = {"namespace": self.namespace, "workflow_id": workflow_id, "run_id": run_id}
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            if run_id is not None:
-                await cur.execute(q("get_run"), {"run_id": run_id})
-            else:
-                await cur.execute(q("latest_run_by_workflow_id"),
-                                  {"namespace": self.namespace, "workflow_id": workflow_id})
+            await cur.execute(q("latest_run_by_workflow_id" if run_id is None else "get_run"), params)
             row = await cur.fetchone()
         if row is None:
-            raise WorkflowNotFound(f"no workflow run with id {workflow_id!r}")
+            which = f"run {run_id} for id" if run_id else "run with id"
+            raise WorkflowNotFound(f"no workflow {which} {workflow_id!r}")
         row["run_id"] = str(row["run_id"])
         return row
 
@@ -581,7 +580,8 @@ class WorkflowHandle(HandleMessages):
         """The run's status and, once closed, its last event, in one query."""
         async with self.client.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            row = await (await cur.execute(q("run_outcome"), {"run_id": self.run_id})).fetchone()
+            row = await (await cur.execute(q("run_outcome"), {
+                "run_id": self.run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
         if row is None:
             raise WorkflowNotFound(f"no workflow run {self.run_id} for id {self.workflow_id!r}")
         return row

@@ -197,10 +197,23 @@ def connect_sync(url: str) -> psycopg.Connection[Any]:
     remember_secret(url)
     try:
         return psycopg.connect(url, autocommit=True)
-    except psycopg.ProgrammingError as exc:  # libpq could not parse it: bad input
-        raise InputValidationError(f"invalid database URL {redact(url)}: {_first_line(exc)}") from None
     except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {redact(url)}: {_first_line(exc)}") from None
+        raise _connect_error(url, exc) from None
+
+
+async def connect_async(url: str) -> psycopg.AsyncConnection[Any]:
+    """:func:`connect_sync` for asyncio: the same errors, the password masked."""
+    remember_secret(url)
+    try:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise _connect_error(url, exc) from None
+
+
+def _connect_error(url: str, exc: psycopg.Error) -> InputValidationError | DatabaseError:
+    if isinstance(exc, psycopg.ProgrammingError):  # libpq could not parse the URL: bad input
+        return InputValidationError(f"invalid database URL {redact(url)}: {_first_line(exc)}")
+    return DatabaseError(f"cannot connect to {redact(url)}: {_first_line(exc)}")
 
 
 # ---------------------------------------------------------------- errors

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from cairn.db import redact
+from cairn.db import connect_async, redact
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowTaskFailed, replay
@@ -323,10 +323,7 @@ async def verify(
     out: list[Violation] = []
     stats: dict[str, Any] = {}
     started = time.monotonic()
-    try:
-        conn: Conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {redact(url)}: {str(exc).strip().splitlines()[0]}") from None
+    conn: Conn = await connect_async(url)  # a URL libpq cannot parse is bad input, password masked
     try:
         if effects is not None:
             assert effects_table is not None
@@ -350,8 +347,8 @@ async def verify(
         if secrets:
             await _check_canaries(conn, secrets, logs, out, stats)
     except psycopg.Error as exc:
-        raise DatabaseError(f"verify: database error: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") \
-            from None
+        raise DatabaseError(f"verify: database error: {type(exc).__name__}: "
+                            f"{redact(str(exc).strip().splitlines()[0])}") from None
     finally:
         await conn.close()
     stats["seconds"] = round(time.monotonic() - started, 3)

@@ -142,9 +142,9 @@ def reset_providers() -> None:
 
 
 @contextlib.asynccontextmanager
-async def ui_server(db_url: str) -> AsyncIterator[str]:
+async def ui_server(db_url: str, namespace: str = "default") -> AsyncIterator[str]:
     """The web view on 127.0.0.1 (a free port) over a read-only client; yields its base URL."""
-    client = await connect_read_only(db_url)
+    client = await connect_read_only(db_url, namespace=namespace)
     runner = web.AppRunner(create_app(client), access_log=None)
     await runner.setup()
     try:

@@ -517,9 +517,10 @@ SELECT name FROM cairn.workflow_types WHERE namespace = %(namespace)s ORDER BY n
 -- ---------------------------------------------------------------- reading runs
 
 -- name: get_run
--- A run by run id.
+-- A run by run id, only if it is a run of this namespace's workflow id: a run id from
+-- another namespace (or of another workflow) is not found, like an unknown one.
 SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure
-FROM cairn.runs WHERE run_id = %(run_id)s
+FROM cairn.runs WHERE run_id = %(run_id)s AND namespace = %(namespace)s AND workflow_id = %(workflow_id)s
 
 -- name: latest_run_by_workflow_id
 -- The newest run of a workflow id.
@@ -555,12 +556,13 @@ SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
 SELECT available_at, failures, last_error FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
 
 -- name: run_outcome
--- A run's status, and its last event once it is closed (its outcome), for result().
+-- A run's status, and its last event once it is closed (its outcome), for result(); like
+-- get_run, only a run of this namespace's workflow id.
 SELECT r.status, r.workflow_type, l.type AS last_type, l.data AS last_data
 FROM cairn.runs r
 LEFT JOIN LATERAL (SELECT h.type, h.data FROM cairn.history h WHERE h.run_id = r.run_id AND r.status <> 'running'
                    ORDER BY h.seq DESC LIMIT 1) l ON true
-WHERE r.run_id = %(run_id)s
+WHERE r.run_id = %(run_id)s AND r.namespace = %(namespace)s AND r.workflow_id = %(workflow_id)s
 
 -- name: last_history_event
 -- The last event of a run (its outcome, once closed).
