@@ -100,8 +100,7 @@ async def follow(handle: WorkflowHandle, *, activity_seq: int | None = None, eve
             async with client.pool.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 # The status first: if it is closed now, the events read after it are all there are.
-                status = await (await cur.execute("SELECT status FROM cairn.runs WHERE run_id = %(r)s",
-                                                  {"r": run_id})).fetchone()
+                status = await (await cur.execute(q("llm_follow_status"), {"run_id": run_id})).fetchone()
                 chunks = await (await cur.execute(q("llm_stream_after"), {
                     "run_id": run_id, "after": last_chunk, "seq": activity_seq})).fetchall()
                 new = await (await conn.execute(q("read_history_after"), {"run_id": run_id, "after": last_seq}

@@ -1039,6 +1039,10 @@ WHERE run_id = %(run_id)s AND id > %(after)s
   AND (%(seq)s::int IS NULL OR activity_seq = %(seq)s::int)
 ORDER BY id
 
+-- name: llm_follow_status
+-- A followed run's status (`history --follow`): read before its events, so a closed run's are all there are.
+SELECT status FROM cairn.runs WHERE run_id = %(run_id)s
+
 -- name: llm_completions
 -- The recorded results of a run's LLM calls (the built-in chat activity's completions).
 SELECT h.seq, h.data, h.at FROM cairn.history h
