@@ -298,13 +298,14 @@ def test_start_queue_and_id_conflict(db_url):
 def test_start_wait_runtime_errors(workers, db_url):
     workers("w")
     ran = cairn_cli("start", "doomed", "--input", '"no luck"', "--id", "d1", "--wait", db_url=db_url)
-    assert_clean_error(ran, 1, "workflow failed", "Doomed", "doomed: no luck")
+    assert_clean_error(ran, 1, "workflow 'd1' failed: Doomed: doomed: no luck")
+    assert ran.err.count("failed") == 1, f"the failure is said once: {ran.err}"
     assert run_status(db_url, "d1") == "failed"
     ran = cairn_cli("start", "doomed", "--input", '"again"', "--id", "d2", "--wait", "--json", db_url=db_url)
     assert ran.code == 1
     out = json.loads(ran.out)
     assert out["status"] == "failed"
-    assert out["failure"]["type"] == "Doomed"
+    assert out["failure"] == {"type": "Doomed", "message": "doomed: again"}
     assert "Traceback" not in ran.err
 
     ran = cairn_cli("start", "sleeper", "--input", "600", "--id", "slowpoke", "--wait", "--timeout", "1",

@@ -122,8 +122,12 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                 out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
                 out["status"] = "completed"
             except WorkflowFailure as exc:
+                # The exception's text already says "workflow 'X' failed: Type: message";
+                # the JSON carries the recorded failure's own message, without that prefix.
+                recorded = exc.details if isinstance(exc.details, dict) else {}
                 out["status"] = "failed"
-                out["failure"] = {"type": exc.type, "message": exc.message}
+                out["failure"] = {"type": exc.type, "message": recorded.get("message", exc.message)}
+                out["error"] = str(exc)
         return out
 
     out = run(go(settings))
@@ -133,7 +137,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         click.echo(json.dumps(out["result"], default=str))
     if wait and out["status"] != "completed":
         if not as_json:
-            click.echo(f"error: workflow failed: {out['failure']['type']}: {out['failure']['message']}", err=True)
+            click.echo(f"error: {out['error']}", err=True)
         raise click.exceptions.Exit(EXIT_RUNTIME)
 
 
