@@ -207,10 +207,6 @@ def _print_section(out: Console, s: Section) -> None:
         out.print()
 
 
-def _n(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def _cell_style(header: str, cell: str) -> str:
     if header == "STATUS":
         return STATUS_STYLES.get(cell, "")
