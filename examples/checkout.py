@@ -1,5 +1,5 @@
-"""The README's example: charge an order (retried on a flaky provider), wait on a durable
-timer, return the receipt.
+"""`make demo`'s first example: charge an order (retried on a flaky provider), wait on a
+durable timer, return the receipt. (The README's quick start has its own, place_order.)
 
 Run it with a worker:  cairn worker -m checkout   (from this directory)
 and start it with:     cairn start checkout --input '{"id": "o-1", "amount": 42}' --wait

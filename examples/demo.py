@@ -4,6 +4,10 @@ LLM example against a fake provider that answers a 429 and then fails the primar
 Starts an in-process worker, starts a workflow, waits for its result, prints the result
 and the run's history; for the LLM run also the breakers' states. Pass --database-url
 (or set CAIRN_DATABASE_URL) to use another Postgres instead.
+
+Its runs go to their own queue, ``demo``, so a worker you left running on another queue
+(the README's quick start, yours) never takes them; a run that still does not finish in
+time stops the demo with a message saying where to look, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,28 +25,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkout import Order, charge, checkout
 from summarize import Doc, summarize
 
-from cairn import Client, Worker, breakers, db
+from cairn import Client, Worker, WorkflowHandle, WorkflowTimeout, breakers, db
 from cairn.cli._base import table
 from cairn.engine.history import summarize as summary
 from cairn.llm import configure_providers
 from cairn.llm import fake as f
 
+QUEUE = "demo"
+RESULT_TIMEOUT_SECONDS = 60.0  # per run, by default (--timeout)
 
-async def main(url: str) -> None:
-    async with await Client.connect(url) as client, Worker(url, workflows=[checkout], activities=[charge]):
+
+def _cairn() -> str:
+    """How to run the CLI from where the demo was started: the venv's ``cairn``, which is
+    not on PATH unless the venv is activated (``.venv/bin/cairn`` after ``make demo``)."""
+    path = Path(sys.executable).parent / "cairn"
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+CAIRN = _cairn()
+
+
+class DemoStuck(Exception):
+    """A demo run did not finish in time: the message says what to check."""
+
+
+async def result_of(handle: WorkflowHandle, timeout: float) -> object:
+    """The run's result, or DemoStuck with the run's id and what to look at."""
+    try:
+        return await handle.result(timeout=timeout)
+    except WorkflowTimeout:
+        raise DemoStuck(
+            f"run {handle.workflow_id} did not finish within {timeout:g} s. Is another worker "
+            f"serving queue {QUEUE!r} with different code? See what it waits for: "
+            f"{CAIRN} describe {handle.workflow_id}") from None
+
+
+async def main(url: str, timeout: float) -> None:
+    async with (await Client.connect(url) as client,
+                Worker(url, workflows=[checkout], activities=[charge], queues=[QUEUE])):
         order = Order(id=f"o-{int(time.time())}", amount=42)
-        handle = await client.start(checkout, order, id=f"order-{order.id}")
+        handle = await client.start(checkout, order, id=f"order-{order.id}", queue=QUEUE)
         print(f"started checkout as {handle.workflow_id} (run {handle.run_id})")
-        result = await handle.result(timeout=60)
+        result = await result_of(handle, timeout)
         print(f"\nresult: {json.dumps(result)}\n")
         print(f"{'SEQ':<4} {'EVENT':<20} DETAILS")
         for event in await handle.history():
             print(f"{event.seq:<4} {event.type:<20} {summary(event)[:110]}")
-        print(f"\nsee it again with: cairn history {handle.workflow_id}")
-    await llm_demo(url)
+        print(f"\nsee it again with: {CAIRN} history {handle.workflow_id}")
+    await llm_demo(url, timeout)
 
 
-async def llm_demo(url: str) -> None:
+async def llm_demo(url: str, timeout: float) -> None:
     """A summarize workflow riding through a 429 (Retry-After: 1), which opens deepseek's
     breaker for that second fleet-wide and reschedules the call without burning an attempt,
     then two 500s, which burn two attempts: the per-call fallback policy then gives the
@@ -51,11 +86,12 @@ async def llm_demo(url: str) -> None:
         configure_providers([fake.provider_config(models=["deepseek-chat", "gpt-4o-mini"])])
         fake.script([f.rate_limited("1", model="deepseek-chat"), f.status(500, model="deepseek-chat", times=2)],
                     default=f.ok("Cairn makes flaky LLM providers reliable.", input_tokens=812, output_tokens=9))
-        async with await Client.connect(url) as client, Worker(url, workflows=[summarize], poll_interval=0.2):
+        async with (await Client.connect(url) as client,
+                    Worker(url, workflows=[summarize], queues=[QUEUE], poll_interval=0.2)):
             started = time.monotonic()
             doc = Doc(id=f"d-{int(time.time())}", text="Cairn is a durable workflow engine on Postgres...")
-            handle = await client.start(summarize, doc, id=f"summarize-{doc.id}")
-            result = await handle.result(timeout=60)
+            handle = await client.start(summarize, doc, id=f"summarize-{doc.id}", queue=QUEUE)
+            result = await result_of(handle, timeout)
             print(f"result after {time.monotonic() - started:.1f} s: {result!r}\n")
             for r in fake.requests():
                 print(f"  fake provider got {r['model']:<14} -> {r['outcome']}")
@@ -71,12 +107,14 @@ async def llm_demo(url: str) -> None:
                           str(b["counters"]["failed"]), str(b["counters"]["not_permitted"]),
                           str(b["open_until"] or "-")] for b in rows],
                         ["BREAKER (MODEL)", "STATE", "FAILED", "NOT PERMITTED", "OPEN UNTIL"]))
-            print(f"\nsee it again with: cairn describe {handle.workflow_id}; cairn breakers")
+            print(f"\nsee it again with: {CAIRN} describe {handle.workflow_id}; {CAIRN} breakers")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", default=None, help="Postgres to use (default: embedded)")
+    parser.add_argument("--timeout", type=float, default=RESULT_TIMEOUT_SECONDS,
+                        help="seconds to wait for each run (default: %(default)s)")
     args = parser.parse_args()
     if args.database_url:
         target = args.database_url
@@ -86,4 +124,7 @@ if __name__ == "__main__":
     applied = db.migrate(target)  # `cairn db migrate` does the same
     if applied:
         print(f"applied migrations {applied}")
-    asyncio.run(main(target))
+    try:
+        asyncio.run(main(target, args.timeout))
+    except DemoStuck as exc:
+        sys.exit(f"error: the demo could not finish: {exc}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cairn import activity, saga, workflow
-from cairn.client import Client, RunDescription, WorkflowHandle
+from cairn.client import Client, RunDescription, RunPage, WorkflowHandle
 from cairn.common import RetryPolicy
 from cairn.errors import (
     ActivityError,
@@ -47,6 +47,7 @@ __all__ = [
     "QueryTimeout",
     "RetryPolicy",
     "RunDescription",
+    "RunPage",
     "UnknownWorkflowType",
     "Worker",
     "WorkflowAlreadyStarted",

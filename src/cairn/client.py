@@ -41,7 +41,7 @@ from cairn.errors import (
     WorkflowTimeout,
 )
 from cairn.saga import describe_sagas
-from cairn.visibility import check_memo, check_search_attributes, parse_filter
+from cairn.visibility import Filter, check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
 
 if TYPE_CHECKING:
@@ -113,6 +113,26 @@ def _validate_queue(queue: str) -> str:
     if not isinstance(queue, str) or not queue or len(queue) > 200 or queue != queue.strip():
         raise InputValidationError(f"invalid queue name {queue!r}")
     return check_text(queue, "the queue name")
+
+
+@dataclass
+class RunPage:
+    """One page of a listing (:meth:`Client.list_page`).
+
+    Attributes:
+        runs: the page's runs, newest first.
+        total: how many runs match the filters in all.
+        skipped: how many of them came on the pages before this one.
+        next_page_token: pass it as ``page_token`` for the next page; None on the last.
+    """
+
+    runs: list[dict[str, Any]]
+    total: int
+    skipped: int
+    next_page_token: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "total": self.total, "next_page_token": self.next_page_token}
 
 
 class Client(ClientMessages):
@@ -330,25 +350,24 @@ class Client(ClientMessages):
         row["run_id"] = str(row["run_id"])
         return row
 
-    async def list(self, *, status: str | None = None, workflow_type: str | None = None,
-                   limit: int = 50, where: str | None = None) -> list[dict[str, Any]]:
-        """Runs, newest first, optionally filtered by status and workflow type.
-
-        ``where`` is a filter such as ``customer = "acme" AND amount > 10`` (see
-        :mod:`cairn.visibility`); with it the rows also carry search attributes and memo.
-
-        Raises:
-            InputValidationError: a bad status, limit or filter (the message names the column).
-        """
-        flt = parse_filter(where) if where is not None else None
+    async def _list_rows(self, status: str | None, workflow_type: str | None, limit: int, flt: Filter | None,
+                         page_token: str | None) -> list[dict[str, Any]]:
+        """Up to ``limit`` + 1 rows: the extra one says whether another page follows."""
         statuses = RUN_STATUSES
         if status is not None and status not in statuses:
             raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
         if limit < 1:
             raise InputValidationError("limit must be at least 1")
+        if page_token is not None:
+            try:
+                uuid.UUID(page_token)
+            except ValueError:
+                raise InputValidationError(
+                    f"page token {page_token!r} is not one a listing gave (its next_page_token)") from None
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type, "limit": limit}
+            params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
+                      "limit": limit + 1, "before": page_token}
             if flt is None:
                 await cur.execute(q("list_runs"), params)
             else:
@@ -358,6 +377,37 @@ class Client(ClientMessages):
         for r in rows:
             r["run_id"] = str(r["run_id"])
         return rows
+
+    async def list(self, *, status: str | None = None, workflow_type: str | None = None,
+                   limit: int = 50, where: str | None = None, page_token: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally filtered by status and workflow type.
+
+        ``where`` is a filter such as ``customer = "acme" AND amount > 10`` (see
+        :mod:`cairn.visibility`). Rows carry search attributes and memo. ``page_token``
+        (``list_page().next_page_token``) lists only the runs after that page.
+
+        Raises:
+            InputValidationError: a bad status, limit, filter (the message names the column)
+                or page token.
+        """
+        flt = parse_filter(where) if where is not None else None
+        return (await self._list_rows(status, workflow_type, limit, flt, page_token))[:limit]
+
+    async def list_page(self, *, status: str | None = None, workflow_type: str | None = None,
+                        limit: int = 50, where: str | None = None, page_token: str | None = None) -> RunPage:
+        """One page of :meth:`list`, with how many runs match in all and the next page's token."""
+        flt = parse_filter(where) if where is not None else None
+        rows = await self._list_rows(status, workflow_type, limit, flt, page_token)
+        params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
+                  "before": page_token, **(flt.params if flt else {})}
+        async with self.pool.connection() as c:
+            cur = c.cursor(row_factory=dict_row)
+            query = sql.SQL(q("count_runs")).format(where=sql.SQL(flt.sql if flt else "true"))
+            counts = await (await cur.execute(query, params)).fetchone()
+        assert counts is not None
+        more = len(rows) > limit
+        return RunPage(runs=rows[:limit], total=int(counts["total"]), skipped=int(counts["before"]),
+                       next_page_token=rows[limit - 1]["run_id"] if more else None)
 
     # -- operator actions (cairn.operators)
 

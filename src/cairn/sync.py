@@ -18,7 +18,15 @@ import psycopg
 from cairn import db
 from cairn._lifecycle import IdReusePolicy
 from cairn._messages import QUERY_TIMEOUT_SECONDS
-from cairn.client import Client, IdConflictPolicy, RunDescription, WorkflowHandle, add_visibility, started_run_id
+from cairn.client import (
+    Client,
+    IdConflictPolicy,
+    RunDescription,
+    RunPage,
+    WorkflowHandle,
+    add_visibility,
+    started_run_id,
+)
 from cairn.engine.history import Event
 from cairn.engine.queries import q
 
@@ -88,6 +96,10 @@ class SyncClient:
 
     def list(self, **filters: Any) -> list[dict[str, Any]]:
         return self._call(self._client.list(**filters))
+
+    def list_page(self, **filters: Any) -> RunPage:
+        """One page of a listing (see :meth:`cairn.Client.list_page`)."""
+        return self._call(self._client.list_page(**filters))
 
     # -- messages (see cairn._messages)
 

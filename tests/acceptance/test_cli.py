@@ -122,12 +122,13 @@ def test_start_wait_list_describe_history_replay(workers, db_url, tmp_path):
     # list: filters and --json.
     ran = cairn_cli("list", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
-    rows = json.loads(ran.out)
-    assert [r["workflow_id"] for r in rows] == ["s1", "g3", "g2", "g1"]  # newest first
+    listing = json.loads(ran.out)
+    assert [r["workflow_id"] for r in listing["runs"]] == ["s1", "g3", "g2", "g1"]  # newest first
+    assert (listing["total"], listing["next_page_token"]) == (4, None)
     ran = cairn_cli("list", "--status", "completed", "--json", db_url=db_url)
-    assert sorted(r["workflow_id"] for r in json.loads(ran.out)) == ["g1", "g2", "g3"]
+    assert sorted(r["workflow_id"] for r in json.loads(ran.out)["runs"]) == ["g1", "g2", "g3"]
     ran = cairn_cli("list", "--status", "running", "--json", db_url=db_url)
-    assert [(r["workflow_id"], r["workflow_type"]) for r in json.loads(ran.out)] == [("s1", "sleeper")]
+    assert [(r["workflow_id"], r["workflow_type"]) for r in json.loads(ran.out)["runs"]] == [("s1", "sleeper")]
     ran = cairn_cli("list", "--type", "sleeper", db_url=db_url)
     assert ran.code == 0
     lines = ran.out.strip().splitlines()
@@ -138,7 +139,7 @@ def test_start_wait_list_describe_history_replay(workers, db_url, tmp_path):
     assert ran.code == 0
     assert "no runs" in ran.out
     ran = cairn_cli("list", "--limit", "2", "--json", db_url=db_url)
-    assert len(json.loads(ran.out)) == 2
+    assert len(json.loads(ran.out)["runs"]) == 2
 
     # describe: human and --json.
     ran = cairn_cli("describe", "g1", "--json", db_url=db_url)
@@ -256,9 +257,9 @@ def test_cancel_and_terminate(workers, db_url):
     assert last[2]["reason"] == "stop now"
 
     ran = cairn_cli("list", "--status", "cancelled", "--json", db_url=db_url)
-    assert [r["workflow_id"] for r in json.loads(ran.out)] == ["c1"]
+    assert [r["workflow_id"] for r in json.loads(ran.out)["runs"]] == ["c1"]
     ran = cairn_cli("list", "--status", "terminated", "--json", db_url=db_url)
-    assert [r["workflow_id"] for r in json.loads(ran.out)] == ["t1"]
+    assert [r["workflow_id"] for r in json.loads(ran.out)["runs"]] == ["t1"]
     assert query(db_url, "SELECT count(*) FROM cairn.timers") == [(0,)]
 
     # Steering a closed run is bad input (exit 2): nothing is written.
@@ -298,13 +299,14 @@ def test_start_queue_and_id_conflict(db_url):
 def test_start_wait_runtime_errors(workers, db_url):
     workers("w")
     ran = cairn_cli("start", "doomed", "--input", '"no luck"', "--id", "d1", "--wait", db_url=db_url)
-    assert_clean_error(ran, 1, "workflow failed", "Doomed", "doomed: no luck")
+    assert_clean_error(ran, 1, "workflow 'd1' failed: Doomed: doomed: no luck")
+    assert ran.err.count("failed") == 1, f"the failure is said once: {ran.err}"
     assert run_status(db_url, "d1") == "failed"
     ran = cairn_cli("start", "doomed", "--input", '"again"', "--id", "d2", "--wait", "--json", db_url=db_url)
     assert ran.code == 1
     out = json.loads(ran.out)
     assert out["status"] == "failed"
-    assert out["failure"]["type"] == "Doomed"
+    assert out["failure"] == {"type": "Doomed", "message": "doomed: again"}
     assert "Traceback" not in ran.err
 
     ran = cairn_cli("start", "sleeper", "--input", "600", "--id", "slowpoke", "--wait", "--timeout", "1",

@@ -41,9 +41,9 @@ def test_execution_timeout_and_list_status(workers, db_url):
     assert query(db_url, "SELECT status FROM cairn.runs WHERE workflow_id = 'late'") == [("timed_out",)]
     ran = cairn_cli("list", "--status", "timed_out", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
-    assert [r["workflow_id"] for r in json.loads(ran.out)] == ["late"]
+    assert [r["workflow_id"] for r in json.loads(ran.out)["runs"]] == ["late"]
     ran = cairn_cli("list", "--status", "continued_as_new", "--json", db_url=db_url)
-    assert json.loads(ran.out) == []
+    assert json.loads(ran.out)["runs"] == []
     ran = cairn_cli("list", "--status", "sleeping", db_url=db_url)
     assert ran.code == 2
 
@@ -90,4 +90,4 @@ def test_describe_shows_children_and_chains(workers, db_url):
     ran = cairn_cli("describe", "relay-1", db_url=db_url)
     assert "continued from run" in ran.out
     ran = cairn_cli("list", "--status", "continued_as_new", "--json", db_url=db_url)
-    assert [r["workflow_id"] for r in json.loads(ran.out)] == ["relay-1", "relay-1"]
+    assert [r["workflow_id"] for r in json.loads(ran.out)["runs"]] == ["relay-1", "relay-1"]

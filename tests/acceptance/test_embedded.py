@@ -72,7 +72,7 @@ def test_concurrent_invocations_share_one_embedded_server(cairn_home):
     applied = [json.loads(out)["applied"] for _, out, _ in results[:2]]
     every = [m.version for m in db.migrations()]
     assert sorted(applied) in ([[], []], [[], every]), applied  # `list` may have migrated first
-    assert json.loads(results[2][1]) == []
+    assert json.loads(results[2][1])["runs"] == []
     pid = postmaster_pid(cairn_home)
 
     # Later invocations, concurrent again, join the same server.
@@ -87,7 +87,7 @@ def test_concurrent_invocations_share_one_embedded_server(cairn_home):
     assert ran.code == 0, ran.err
     ran = cairn_cli("list", "--json", env=env)
     assert ran.code == 0, ran.err
-    assert [(r["workflow_id"], r["status"]) for r in json.loads(ran.out)] == [("emb-1", "running")]
+    assert [(r["workflow_id"], r["status"]) for r in json.loads(ran.out)["runs"]] == [("emb-1", "running")]
     ran = cairn_cli("describe", "emb-1", "--json", env=env)
     assert json.loads(ran.out)["workflow_type"] == "sleeper"
     assert postmaster_pid(cairn_home) == pid

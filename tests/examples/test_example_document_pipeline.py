@@ -88,7 +88,7 @@ def test_a_batch_survives_a_worker_kill_and_notifies_every_document_once(db_url,
     final = json.loads(cairn_cli("query", "b1", "progress", "--json", db_url=db_url).out)["answer"]
     assert final == {"total": DOCUMENTS, "done": DOCUMENTS, "running": 0}
     listed = cairn_cli("list", "--where", f"done = {DOCUMENTS}", "--json", db_url=db_url)
-    assert [r["workflow_id"] for r in json.loads(listed.out)] == ["b1"], "the done search attribute is current"
+    assert [r["workflow_id"] for r in json.loads(listed.out)["runs"]] == ["b1"], "the done search attribute is current"
     # Every document: one completed child run, one notification, all chunks embedded.
     assert query(db_url, "SELECT doc_id, count(*) FROM notifications GROUP BY doc_id HAVING count(*) <> 1") == []
     assert sorted(d for (d,) in query(db_url, "SELECT doc_id FROM notifications")) == docs

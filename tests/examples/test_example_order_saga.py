@@ -58,7 +58,7 @@ async def test_a_dead_lettered_order_is_redriven_with_cairn_reset_after_the_fix(
     with pytest.raises(WorkflowFailure, match="carrier rejected address"):
         await handle.result(timeout=20)
     dead = await cli(db_url, "list", "--where", 'Status = "failed"', "--json")
-    assert [r["workflow_id"] for r in json.loads(dead.output)] == ["o-apt"]
+    assert [r["workflow_id"] for r in json.loads(dead.output)["runs"]] == ["o-apt"]
     # Paid and reserved, not undone: the order waits for an operator.
     assert sql("SELECT count(*) FROM charges WHERE order_id = 'o-apt'") == [(1,)]
     assert sql("SELECT released FROM reservations WHERE order_id = 'o-apt'") == [(False,)]

@@ -43,7 +43,7 @@ def test_operator_commands(db_url, sql):
 
     # list --where
     rows = json.loads(ok(cairn(db_url, "list", "--where", 'customer = "acme" AND amount > 10 AND tags = "b"',
-                               "--json")))
+                               "--json")))["runs"]
     assert [r["run_id"] for r in rows] == [first]
     assert rows[0]["search_attributes"]["vip"] is True
     assert "cli-1" in ok(cairn(db_url, "list", "--where", "Status = 'failed' AND vip = true"))

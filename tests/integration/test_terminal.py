@@ -5,8 +5,11 @@ progress line of start --wait."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
+from types import SimpleNamespace
 
+import pytest
 from click.testing import CliRunner
 
 from cairn import activity, workflow
@@ -116,3 +119,35 @@ async def test_start_wait_progress_line_on_a_terminal_only(start_worker, db_url)
 @workflow.defn
 async def quick() -> int:
     return await workflow.execute_activity(slow_beat, 10, start_to_close_timeout=timedelta(seconds=30))
+
+
+def _llm_run() -> SimpleNamespace:
+    """A description (as ``handle.describe()`` gives) of a run whose LLM call was served by a fallback."""
+    call = {"seq": 3, "provider": "fake", "model": "gpt-4o-mini", "attempt": 3, "input_tokens": 812,
+            "cached_input_tokens": 0, "output_tokens": 9, "cost_usd": 0.000129, "ttft_seconds": 0.0371234,
+            "skipped": [{"model": "deepseek-chat", "reason": "2 failed attempts of this call"}]}
+    totals = {"calls": 1, "input_tokens": 812, "cached_input_tokens": 0, "output_tokens": 9, "cost_usd": 0.000129}
+    return SimpleNamespace(
+        workflow_id="summarize-d-1", run_id="01a24c28-15e8-7387-b636-d0fe69e0b62c", workflow_type="summarize",
+        queue="default", status="completed", created_at=None, closed_at=None, history_length=12, failure=None,
+        reset_from=None, search_attributes=None, memo=None, parent=None, continued_from=None, continued_to=None,
+        execution_deadline=None, workflow_task=None, children=[], pending_activities=[], pending_timers=[],
+        sagas=[], llm_calls=[call], llm_totals=totals)
+
+
+@pytest.mark.parametrize("columns", [60, 200])
+def test_describe_on_a_terminal_keeps_every_llm_column(columns, monkeypatch, capsys):
+    """The defect: on a terminal the LLM calls table had no TTFT and no SKIPPED column;
+    a table wider than the terminal is folded into per-row blocks, never cut."""
+    from cairn.cli.render import echo_describe
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    echo_describe(_llm_run())
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "…" not in out, "nothing is cut"
+    for header in ("MODEL", "TTFT", "ATTEMPT", "SKIPPED"):
+        assert header in out
+    assert "0.037 s" in out
+    assert "deepseek-chat: 2 failed attempts of this call" in out
+    assert "llm total 1 call(s), 812 in (0 cached) / 9 out tokens, cost $0.000129" in out

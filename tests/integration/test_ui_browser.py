@@ -126,6 +126,21 @@ async def test_run_pages_show_timeline_failure_saga_and_llm(page, tmp_path):
     assert await tab.locator("#timeline .mark[data-kind=signal]").count() == 1
     assert await tab.locator("#timers tr").count() == 2  # header + the pending timer
     assert re.search(r"running", await tab.locator(".kv").inner_text())
+    await _assert_notes_clear_of_labels(tab)
+    await tab.goto(base + "/runs/pipeline-1")
+    await _assert_notes_clear_of_labels(tab)
+
+
+async def _assert_notes_clear_of_labels(tab) -> None:
+    """As drawn: every bar's note lies right of its row's label, and the axis labels differ."""
+    edges = await tab.locator("#timeline .bar-row").evaluate_all(
+        "rows => rows.map(r => [r.querySelector('.tl-label').getBoundingClientRect().right,"
+        " r.querySelector('.note').getBoundingClientRect().left])")
+    assert edges
+    for label_right, note_left in edges:
+        assert note_left >= label_right - 0.5, f"a note covers the row labels: {edges}"
+    axis = await tab.locator("#timeline .tl-axis span").all_inner_texts()
+    assert len(set(axis)) == len(axis) == 5
 
 
 def _check_screenshot(png: bytes, path: Path, *, must_have: dict[str, tuple[int, int, int]]) -> None:

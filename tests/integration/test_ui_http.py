@@ -116,6 +116,27 @@ async def test_json_api(runs, db_url):
     assert trip["description"]["sagas"][0]["status"] == "compensated"
 
 
+async def test_an_open_runs_page_refreshes_itself_until_it_closes(runs, db_url, client):
+    """The defect: the page of a running run never refreshed. The timer that run waits on
+    ends its bar at its fire time, with a "now" mark before it."""
+    refresh = re.compile(r'<meta http-equiv="refresh" content="(\d+)">')
+    async with ui_server(db_url) as base:
+        waiting = (await get(base, "/runs/waiting-1")).text
+        closed = (await get(base, "/runs/pipeline-1")).text
+        listing = (await get(base, "/")).text
+        timeline = (await get(base, "/api/runs/waiting-1")).json()["timeline"]
+        await client.get_handle("waiting-1").terminate("closed by the test")
+        terminated = (await get(base, "/runs/waiting-1")).text
+    assert [int(x) for x in refresh.findall(waiting)] == [5]
+    assert refresh.findall(closed) == []
+    assert refresh.findall(terminated) == []
+    assert refresh.findall(listing) == []
+    (timer,) = [b for b in timeline["bars"] if b["kind"] == "timer"]
+    assert timer["status"] == "waiting"
+    assert timer["end"] == timeline["end"], "the timeline reaches the fire time"
+    assert [m["kind"] for m in timeline["marks"]].count("now") == 1
+
+
 async def test_pool_is_read_only(db_url):
     client = await connect_read_only(db_url)
     try:

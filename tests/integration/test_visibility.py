@@ -241,7 +241,8 @@ async def test_equality_filter_uses_the_gin_index(client, sql):
         await c.execute("SET enable_seqscan = off")
         await c.execute("SET enable_indexscan = off")  # rule out the run_id-ordered scan too
         plan = "\n".join(r[0] for r in await (await c.execute(query, {
-            "namespace": "default", "status": None, "workflow_type": None, "limit": 50, **flt.params})).fetchall())
+            "namespace": "default", "status": None, "workflow_type": None, "limit": 50, "before": None,
+            **flt.params})).fetchall())
     assert "runs_search_attributes" in plan, plan
     assert len(await client.list(where='customer = "c7"', limit=100)) == 10
 

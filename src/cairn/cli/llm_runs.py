@@ -18,18 +18,30 @@ def _num(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+LLM_CALL_HEADERS = ["SEQ", "MODEL", "IN", "CACHED", "OUT", "COST", "TTFT", "ATTEMPT", "SKIPPED"]
+
+
+def llm_call_rows(calls: list[dict[str, Any]]) -> list[list[str]]:
+    """The rows of describe's ``llm calls`` table (plain and rich), under LLM_CALL_HEADERS."""
+    return [[str(c["seq"]), f"{c['provider']}/{c['model']}", _num(c["input_tokens"]),
+             _num(c["cached_input_tokens"]), _num(c["output_tokens"]), _num(c["cost_usd"], "${:.6f}"),
+             _num(c["ttft_seconds"], "{:.3f} s"), _num(c["attempt"]),
+             ", ".join(f"{s['model']}: {s['reason']}" for s in c["skipped"])] for c in calls]
+
+
+def llm_totals_line(totals: dict[str, Any]) -> str:
+    """The run's LLM totals, one line."""
+    cost = _num(totals["cost_usd"], "${:.6f}") if totals["cost_usd"] is not None else "unknown"
+    return (f"llm total {totals['calls']} call(s), {totals['input_tokens']} in "
+            f"({totals['cached_input_tokens']} cached) / {totals['output_tokens']} out tokens, cost {cost}")
+
+
 def echo_llm_calls(calls: list[dict[str, Any]], totals: dict[str, Any] | None) -> None:
     """The ``llm calls`` table of ``cairn describe`` and the run's totals."""
     click.echo("\nllm calls:")
-    click.echo(table([[str(c["seq"]), f"{c['provider']}/{c['model']}", _num(c["input_tokens"]),
-                       _num(c["cached_input_tokens"]), _num(c["output_tokens"]), _num(c["cost_usd"], "${:.6f}"),
-                       _num(c["ttft_seconds"], "{:.3f} s"), _num(c["attempt"]),
-                       ", ".join(f"{s['model']}: {s['reason']}" for s in c["skipped"])] for c in calls],
-                     ["SEQ", "MODEL", "IN", "CACHED", "OUT", "COST", "TTFT", "ATTEMPT", "SKIPPED"]))
+    click.echo(table(llm_call_rows(calls), LLM_CALL_HEADERS))
     if totals:
-        cost = _num(totals["cost_usd"], "${:.6f}") if totals["cost_usd"] is not None else "unknown"
-        click.echo(f"llm total {totals['calls']} call(s), {totals['input_tokens']} in "
-                   f"({totals['cached_input_tokens']} cached) / {totals['output_tokens']} out tokens, cost {cost}")
+        click.echo(llm_totals_line(totals))
 
 
 def follow_history(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:

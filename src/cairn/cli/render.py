@@ -142,7 +142,7 @@ def describe_report(d: Any) -> Report:
 
 def echo_describe(d: Any) -> None:
     """Prints describe's human output: rich on a terminal, plain text otherwise."""
-    from cairn.cli.llm_runs import echo_llm_calls
+    from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
     from cairn.cli.runs import echo_saga
 
     report = describe_report(d)
@@ -170,33 +170,41 @@ def echo_describe(d: Any) -> None:
     for note in report.notes:
         out.print(Text(note, style="red" if note.startswith("workflow task failing") else "dim"))
     for s in report.sections:
+        _print_section(out, s)
+    for saga in d.sagas:
+        _print_saga(out, saga)
+    if d.llm_calls:
+        _print_section(out, Section("llm calls", LLM_CALL_HEADERS, llm_call_rows(d.llm_calls)))
+        if d.llm_totals:
+            out.print(Text(llm_totals_line(d.llm_totals), style="bold"))
+
+
+# Cell padding and borders a rich Table adds per column, and once per table.
+_TABLE_CHARS_PER_COLUMN = 3
+_TABLE_CHARS_EXTRA = 1
+
+
+def _print_section(out: Console, s: Section) -> None:
+    """A table, or, when it is wider than the terminal, folded into one block of
+    ``HEADER value`` lines per row: every column shows, none is squeezed to nothing."""
+    widths = [max([len(h), *(len(row[i]) for row in s.rows)]) for i, h in enumerate(s.headers)]
+    if sum(widths) + _TABLE_CHARS_PER_COLUMN * len(widths) + _TABLE_CHARS_EXTRA <= out.width:
         t = Table(title=s.title, title_justify="left", title_style="bold", header_style="bold cyan")
         for h in s.headers:
             t.add_column(h, overflow="fold")
         for row in s.rows:
             t.add_row(*[Text(c, style=_cell_style(h, c)) for h, c in zip(s.headers, row, strict=True)])
         out.print(t)
-    for saga in d.sagas:
-        _print_saga(out, saga)
-    if d.llm_calls:
-        t = Table(title="llm calls", title_justify="left", title_style="bold", header_style="bold cyan")
-        for h in ("SEQ", "MODEL", "IN", "CACHED", "OUT", "COST", "ATTEMPT"):
-            t.add_column(h, justify="right" if h in ("IN", "CACHED", "OUT", "COST") else "left")
-        for c in d.llm_calls:
-            t.add_row(str(c["seq"]), f"{c['provider']}/{c['model']}", _n(c["input_tokens"]),
-                      _n(c["cached_input_tokens"]), _n(c["output_tokens"]),
-                      "-" if c["cost_usd"] is None else f"${c['cost_usd']:.6f}", _n(c["attempt"]))
-        out.print(t)
-        totals = d.llm_totals
-        if totals:
-            cost = "unknown" if totals["cost_usd"] is None else f"${totals['cost_usd']:.6f}"
-            out.print(Text(f"llm total {totals['calls']} call(s), {totals['input_tokens']} in "
-                           f"({totals['cached_input_tokens']} cached) / {totals['output_tokens']} out tokens, "
-                           f"cost {cost}", style="bold"))
-
-
-def _n(value: Any) -> str:
-    return "-" if value is None else str(value)
+        return
+    out.print(Text(s.title, style="bold"))
+    for row in s.rows:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold cyan", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for h, c in zip(s.headers, row, strict=True):
+            grid.add_row(h, Text(c, style=_cell_style(h, c)))
+        out.print(grid)
+        out.print()
 
 
 def _cell_style(header: str, cell: str) -> str:

@@ -23,7 +23,7 @@ from cairn.cli._base import (
     with_client,
 )
 from cairn.cli.operators import parse_search_attributes
-from cairn.client import Client
+from cairn.client import Client, RunPage
 from cairn.engine.history import Event, summarize
 from cairn.engine.instance import WorkflowTaskFailed, replay
 from cairn.errors import (
@@ -122,8 +122,12 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                 out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
                 out["status"] = "completed"
             except WorkflowFailure as exc:
+                # The exception's text already says "workflow 'X' failed: Type: message";
+                # the JSON carries the recorded failure's own message, without that prefix.
+                recorded = exc.details if isinstance(exc.details, dict) else {}
                 out["status"] = "failed"
-                out["failure"] = {"type": exc.type, "message": exc.message}
+                out["failure"] = {"type": exc.type, "message": recorded.get("message", exc.message)}
+                out["error"] = str(exc)
         return out
 
     out = run(go(settings))
@@ -133,36 +137,45 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         click.echo(json.dumps(out["result"], default=str))
     if wait and out["status"] != "completed":
         if not as_json:
-            click.echo(f"error: workflow failed: {out['failure']['type']}: {out['failure']['message']}", err=True)
+            click.echo(f"error: {out['error']}", err=True)
         raise click.exceptions.Exit(EXIT_RUNTIME)
 
 
 @main.command("list")
 @click.option("--status", type=click.Choice(list(RUN_STATUSES)))
 @click.option("--type", "workflow_type", default=None, help="Only runs of this workflow type.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Runs per page.")
 @click.option("--where", default=None, metavar="FILTER",
               help="""A filter such as 'customer = "acme" AND amount > 10' (see the README).""")
+@click.option("--page-token", default=None, metavar="TOKEN",
+              help="The next page: the token the previous page ended with (same filters).")
 @json_option
 @click.pass_obj
 def list_cmd(settings: Settings, status: str | None, workflow_type: str | None, limit: int, where: str | None,
-             as_json: bool) -> None:
-    """List runs, newest first."""
+             page_token: str | None, as_json: bool) -> None:
+    """List runs, newest first, a page at a time."""
 
     @with_client
-    async def go(client: Client) -> list[dict[str, Any]]:
-        return await client.list(status=status, workflow_type=workflow_type, limit=limit, where=where)
+    async def go(client: Client) -> RunPage:
+        return await client.list_page(status=status, workflow_type=workflow_type, limit=limit, where=where,
+                                      page_token=page_token)
 
-    rows = run(go(settings))
+    page = run(go(settings))
     if as_json:
-        click.echo(to_json(rows))
+        click.echo(to_json(page.to_json()))
         return
+    rows = page.runs
     if not rows:
         click.echo("no runs")
         return
     click.echo(table([[r["workflow_id"], r["workflow_type"], r["status"], when(r["created_at"]),
                        when(r["closed_at"]), r["run_id"]] for r in rows],
                      ["WORKFLOW ID", "TYPE", "STATUS", "STARTED", "CLOSED", "RUN ID"]))
+    if page.next_page_token or page.skipped:
+        first, last = page.skipped + 1, page.skipped + len(rows)
+        shown = str(len(rows)) if not page.skipped else f"{first}-{last}" if last > first else str(first)
+        more = f" (next page: --page-token {page.next_page_token})" if page.next_page_token else ""
+        click.echo(f"{shown} of {page.total} runs{more}")
 
 
 @main.command("describe")

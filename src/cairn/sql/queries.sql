@@ -529,14 +529,30 @@ FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)
 ORDER BY run_id DESC LIMIT 1
 
 -- name: list_runs
--- Runs, newest first, optionally filtered by status and type.
-SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure
+-- Runs, newest first, optionally filtered by status and type; with %(before)s (a page
+-- token: the last run id of the previous page) only older runs. Run ids grow with time, so
+-- the pages are a keyset: runs started meanwhile never shift a later page. The same
+-- columns as list_runs_where, so a listing has one shape with or without a filter.
+SELECT run_id, namespace, workflow_id, workflow_type, queue, status, created_at, closed_at, failure,
+       search_attributes, memo
 FROM cairn.runs
 WHERE namespace = %(namespace)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
+  AND (%(before)s::uuid IS NULL OR run_id < %(before)s::uuid)
 ORDER BY run_id DESC
 LIMIT %(limit)s
+
+-- name: count_runs
+-- How many runs match a listing's filters ({where}: a cairn.visibility fragment, or true),
+-- and how many of them are newer than the page token %(before)s (the pages before it).
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE run_id >= %(before)s::uuid) AS before
+FROM cairn.runs
+WHERE namespace = %(namespace)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
+  AND ({where})
 
 -- name: pending_activities
 -- A run's activities that have no recorded outcome yet, for describe. `attempt` is the
@@ -685,6 +701,7 @@ WHERE namespace = %(namespace)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(workflow_type)s::text IS NULL OR workflow_type = %(workflow_type)s::text)
   AND ({where})
+  AND (%(before)s::uuid IS NULL OR run_id < %(before)s::uuid)
 ORDER BY run_id DESC
 LIMIT %(limit)s
 

@@ -23,6 +23,7 @@ __all__ = ["esc", "list_page", "message_page", "run_page", "run_url"]
 
 STATUS_ORDER = ("running", "completed", "failed", "cancelled", "terminated", "timed_out", "continued_as_new")
 PAYLOAD_PREVIEW_CHARS = 80
+RUN_REFRESH_SECONDS = 5  # an open run's page reloads itself this often
 
 CSS = """
 :root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#ffffff; --panel:#f8f9fb;
@@ -83,8 +84,10 @@ form.filters input[name=where] { width: 420px; }
 .bar.st-running, .bar.st-scheduled, .bar.st-retrying, .bar.st-waiting { opacity: .75;
   background-image: repeating-linear-gradient(45deg, rgba(255,255,255,.35) 0 6px, transparent 6px 12px); }
 .bar.retried { box-shadow: inset 0 -3px 0 var(--wait); }
-.bar .note { position: absolute; left: calc(100% + 6px); color: var(--fg); }
-.bar .note.left { left: auto; right: calc(100% + 6px); }
+.note { position: absolute; top: 4px; line-height: 16px; font-size: 11px; color: var(--fg);
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.note.n-after { padding-left: 6px; } .note.n-before { padding-right: 6px; text-align: right; }
+.note.n-inside { color: #fff; padding: 0 4px; }
 .attempts { display: inline-block; background: var(--wait); color: #fff; border-radius: 8px;
   padding: 0 6px; font-size: 11px; margin-left: 4px; }
 .mark { position: absolute; top: 5px; width: 12px; height: 12px; margin-left: -6px;
@@ -92,6 +95,7 @@ form.filters input[name=where] { width: 420px; }
 .mark.m-signal { background: var(--llm); } .mark.m-saga { background: var(--comp); }
 .mark.m-close { background: var(--fg); } .mark.m-cancel { background: var(--bad); }
 .mark.m-marker { background: var(--child); }
+.mark.m-now { transform: none; width: 2px; height: 16px; top: 4px; margin-left: -1px; background: var(--wait); }
 .tl-axis { display: flex; margin-left: 260px; justify-content: space-between; color: var(--muted);
   font-size: 11px; }
 .legend { font-size: 12px; color: var(--muted); margin-top: 6px; }
@@ -130,9 +134,14 @@ def payload(label: str, value: Any, *, open_: bool = False) -> str:
             f'<code>{esc(preview)}</code></summary><pre>{esc(_json(value))}</pre></details>')
 
 
-def layout(title: str, body: str) -> str:
-    """The page around ``body`` (already HTML); ``title`` is escaped here."""
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+def layout(title: str, body: str, *, refresh_seconds: int | None = None) -> str:
+    """The page around ``body`` (already HTML); ``title`` is escaped here.
+
+    ``refresh_seconds``: the browser reloads the page that often (a meta refresh: the
+    pages carry no script).
+    """
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">' if refresh_seconds else ""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{refresh}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)} · Cairn</title><style>{CSS}</style></head><body>"
             f'<header><a class="home" href="/">Cairn</a><span class="ro">read-only view</span></header>'
@@ -196,6 +205,25 @@ def list_page(rows: list[dict[str, Any]], counts: Mapping[str, int], *, status: 
 # ---------------------------------------------------------------- a run
 
 
+# A note goes beside its bar on the side with more room, if that side has at least this
+# much of the track (percent); otherwise inside the bar, which then spans most of the track.
+NOTE_MIN_ROOM_PERCENT = 25.0
+
+
+def note_box(left: float, right: float) -> tuple[str, float, float]:
+    """Where a bar's note goes, in percent of the track: (``after``, ``before`` or
+    ``inside``, its start, its end). The box never leaves the track, so a note never
+    covers the row labels, however long it is (it is cut with an ellipsis)."""
+    after, before = 100.0 - right, left
+    if max(after, before) < NOTE_MIN_ROOM_PERCENT:
+        return "inside", left, right
+    return ("after", right, 100.0) if after >= before else ("before", 0.0, left)
+
+
+def _note(side: str, start: float, end: float, text: str) -> str:
+    return f'<span class="note n-{side}" style="left:{start:.3f}%;width:{end - start:.3f}%">{esc(text)}</span>'
+
+
 def _bar(tl: Timeline, b: Bar) -> str:
     left = tl.offset(b.start)
     right = tl.offset(b.end or tl.end)
@@ -211,28 +239,41 @@ def _bar(tl: Timeline, b: Bar) -> str:
         f' data-attempts="{esc(b.attempts or "")}">'
         f'<div class="tl-label" title="{esc(title)}">{esc(b.seq)} · {esc(label)} <b>{esc(b.name)}</b>{retried}</div>'
         f'<div class="tl-track"><div class="bar k-{esc(b.kind)} st-{esc(b.status)}{" retried" if b.retries else ""}"'
-        f' style="left:{left:.3f}%;width:{width:.3f}%" title="{esc(title)}">'
-        f'<span class="note{" left" if right > 70 else ""}">{esc(b.status)}{" · " + esc(note) if note else ""}'
-        "</span></div></div></div>"
+        f' style="left:{left:.3f}%;width:{width:.3f}%" title="{esc(title)}"></div>'
+        f"{_note(*note_box(left, right), b.status + (' · ' + note if note else ''))}</div></div>"
     )
+
+
+def axis_labels(seconds: float, ticks: int = 5) -> list[str]:
+    """The time axis' labels at 0, 1/4, ... of ``seconds``: in ms below a second, and with
+    as many decimals as it takes to tell neighbours apart (one label for a span of 0)."""
+    if seconds <= 0:
+        return ["+0 s"]
+    unit, scale = ("ms", 1000.0) if seconds < 1 else ("s", 1.0)
+    values = [seconds * scale * i / (ticks - 1) for i in range(ticks)]
+    for decimals in range(7):
+        labels = [f"+{v:.{decimals}f} {unit}" for v in values]
+        if len(set(labels)) == ticks:
+            return labels
+    return labels
 
 
 def timeline_html(tl: Timeline) -> str:
     """The timeline: a lane of marks (start, signals, saga, close), then one row per bar."""
     marks = "".join(
         f'<div class="mark m-{esc(m.kind)}" data-kind="{esc(m.kind)}" style="left:{tl.offset(m.at):.3f}%" '
-        f'title="{esc(f"seq {m.seq}: {m.label}")}"></div>' for m in tl.marks)
+        f'title="{esc(m.label if m.kind == "now" else f"seq {m.seq}: {m.label}")}"></div>' for m in tl.marks)
     rows = [f'<div class="tl-row mark-row"><div class="tl-label muted">events</div>'
             f'<div class="tl-track">{marks}</div></div>']
     rows += [_bar(tl, b) for b in tl.bars]
     span = tl.seconds
-    axis = "".join(f"<span>+{span * i / 4:.2f} s</span>" for i in range(5))
+    axis = "".join(f"<span>{esc(label)}</span>" for label in axis_labels(span))
     legend = "".join(f'<span style="background:var(--{var})"></span>{name}' for name, var in (
         ("activity", "ok"), ("failed", "bad"), ("compensation", "comp"), ("LLM", "llm"), ("timer", "wait"),
         ("child", "child")))
     return (f'<div id="timeline">{"".join(rows)}<div class="tl-axis">{axis}</div>'
-            f'<div class="legend">{legend} · ◆ signals, saga steps, start and close · striped: still open'
-            f"</div></div>")
+            f'<div class="legend">{legend} · ◆ signals, saga steps, start and close · | now · '
+            f"striped: still open (a waiting timer ends where it fires)</div></div>")
 
 
 def _failure(failure: Mapping[str, Any], *, css_id: str = "") -> str:
@@ -375,4 +416,6 @@ def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
                  f'{esc(e.data.get("attempts"))} attempt(s)</p>' + _failure(e.data.get("failure") or {})
                  for e in failed]
     body.append(_history(events))
-    return layout(d.workflow_id, "".join(body))
+    # An open run changes under the reader: its page reloads itself until the run closes.
+    refresh = RUN_REFRESH_SECONDS if d.status == "running" else None
+    return layout(d.workflow_id, "".join(body), refresh_seconds=refresh)

@@ -3,8 +3,9 @@
 Bars are things that take time: activities (from ``ActivityScheduled`` to their outcome,
 with the attempt count the outcome records), saga compensations, LLM calls (activities
 whose result is a ``cairn.llm.completion``), timers and child workflows. Marks are
-instants: signals, saga progress, cancel requests, the run's start and close. A bar with
-no outcome yet is open and ends at ``now``.
+instants: signals, saga progress, cancel requests, the run's start and close, and ``now``
+while the run is open. A bar with no outcome yet is open and ends at ``now``, except a
+waiting timer, which ends where it will fire (the timeline reaches that far).
 
 Pure functions over :class:`~cairn.engine.history.Event` lists, so they are tested
 without a server or a browser.
@@ -58,7 +59,8 @@ class Bar:
 
 @dataclass
 class Mark:
-    """An instant: ``start``, ``close``, ``signal``, ``saga``, ``cancel``, ``marker``."""
+    """An instant: ``start``, ``close``, ``signal``, ``saga``, ``cancel``, ``marker``,
+    ``now`` (an open run's present, seq 0)."""
 
     kind: str
     seq: int
@@ -163,7 +165,8 @@ def build_timeline(events: list[Event], now: datetime,
                 bar.status = "cancelled"
                 bar.detail = "cancelled" + ("" if d.get("started") else " before it started")
         elif e.type == h.TIMER_STARTED:
-            bars[e.seq] = Bar("timer", e.seq, "timer", at, None, "waiting",
+            # A waiting timer's bar ends at its fire time (replaced by the actual one on firing).
+            bars[e.seq] = Bar("timer", e.seq, "timer", at, _instant(d.get("fire_at")), "waiting",
                               detail=f"{d.get('duration')} s, fires {d.get('fire_at')}")
         elif e.type in (h.TIMER_FIRED, h.TIMER_CANCELLED):
             timer = bars.get(d.get("timer_seq"))  # type: ignore[arg-type]
@@ -200,4 +203,14 @@ def build_timeline(events: list[Event], now: datetime,
     ordered = sorted(bars.values(), key=lambda b: b.seq)
     ends = [b.end for b in ordered if b.end is not None]
     end = max([end, *ends])
+    if closed_at is None and end > now:  # a timer fires later: show where the present is
+        marks.append(Mark("now", 0, max(now, start), "now"))
     return Timeline(start=start, end=end, bars=ordered, marks=marks)
+
+
+def _instant(value: Any) -> datetime | None:
+    """A recorded ISO-8601 time (``fire_at``), or None if absent or unreadable."""
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
