@@ -147,7 +147,7 @@ class Client(ClientMessages):
         db.remember_secret(resolved)
         if embedded or check_schema:
             await asyncio.to_thread(_prepare, resolved, embedded)
-        pool = AsyncConnectionPool(
+        pool = db.Pool(
             resolved, min_size=1, max_size=max_size, open=False,
             kwargs={"autocommit": True, "options": CLIENT_CONNECTION_OPTIONS},
         )

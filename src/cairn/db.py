@@ -8,6 +8,8 @@ import os
 import re
 import urllib.parse
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg_pool import AsyncConnectionPool
 
 from cairn import redaction
 from cairn.engine.queries import q
@@ -217,3 +220,40 @@ def translate(exc: psycopg.Error) -> Exception:
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(f"database connection failed: {_first_line(exc)}")
     return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")
+
+
+# ---------------------------------------------------------------- the connection pool
+
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+
+
+def read_only_refusal(exc: BaseException) -> bool:
+    """True if ``exc`` (or the psycopg error it was translated from) is the server refusing a
+    write because the session is read-only: a standby, or ``default_transaction_read_only``."""
+    seen: BaseException | None = exc
+    for _ in range(3):  # the error itself, or the one it was raised from or during
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Pool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """psycopg's pool, minus the sessions that cannot serve Cairn again.
+
+    A session opened while the database was read-only (a managed failover behind one
+    endpoint, ``ALTER DATABASE ... SET default_transaction_read_only``) keeps that default
+    for its lifetime: the first write it refuses closes it, and the pool opens a new one.
+    """
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with super().connection(timeout) as conn:
+            try:
+                yield conn
+            except BaseException as exc:
+                if read_only_refusal(exc):
+                    await conn.close()  # returned closed: the pool replaces it
+                raise
