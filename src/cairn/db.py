@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator
@@ -21,7 +22,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from cairn import redaction
 from cairn.engine.queries import q
-from cairn.errors import ConfigurationError, DatabaseError, InputValidationError, SchemaNotReadyError
+from cairn.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    InputValidationError,
+    SchemaNotReadyError,
+)
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
@@ -213,10 +220,27 @@ def _first_line(exc: BaseException) -> str:
     return redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
+# SQLSTATEs of a session that is gone or going: connection exceptions (class 08), and the
+# server shutting down, crashed, or still starting (57P01-57P03). Errors raised by libpq or
+# the pool (the socket closed, no connection in time) carry no SQLSTATE.
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True if ``exc`` says the connection is gone (or could not be had), not that the
+    statement failed: the same statement may succeed on a fresh connection."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _LOST_SQLSTATES
+
+
 def translate(exc: psycopg.Error) -> Exception:
     """The one place psycopg errors become Cairn errors (messages carry no parameters)."""
     if isinstance(exc, pgerr.UndefinedTable | pgerr.InvalidSchemaName | pgerr.UndefinedFunction):
         return SchemaNotReadyError(f"the Cairn schema is missing ({_first_line(exc)}): run `cairn db migrate`")
+    if connection_lost(exc):
+        return DatabaseUnavailable(f"database connection failed: {_first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(f"database connection failed: {_first_line(exc)}")
     return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")
@@ -240,13 +264,44 @@ def read_only_refusal(exc: BaseException) -> bool:
     return False
 
 
+def _closed_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """True if an idle pooled session has heard from the server: Cairn's pooled sessions
+    LISTEN to nothing, so that is the last word of a backend that was terminated or shut
+    down (an error, then end of file). One poll of the socket, no round trip."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:  # libpq has no socket for it any more
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows: no poll()
+
+
 class Pool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
     """psycopg's pool, minus the sessions that cannot serve Cairn again.
+
+    A session the server closed while it sat in the pool (a restart, a failover,
+    ``pg_terminate_backend``) is discarded when it is handed out, before anything is sent
+    on it: a statement is never lost to a connection that was dead already.
 
     A session opened while the database was read-only (a managed failover behind one
     endpoint, ``ALTER DATABASE ... SET default_transaction_read_only``) keeps that default
     for its lifetime: the first write it refuses closes it, and the pool opens a new one.
     """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        conn = await super().getconn(timeout)
+        for _ in range(self.max_size):  # each dead one is replaced in the background
+            if not _closed_by_server(conn):
+                break
+            await conn.close()
+            await self.putconn(conn)
+            conn = await super().getconn(timeout)
+        return conn
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

@@ -1,5 +1,6 @@
-"""The database misbehaving under workers and a client: a read-only episode (issue 15, item
-12) and a worker whose clock is wrong (item 13)."""
+"""The database misbehaving under workers and a client: lost connections and a restart
+(issue 15, item 11), a read-only episode (item 12) and a worker whose clock is wrong
+(item 13)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import Any
 import fault_flows
 import psycopg
 import pytest
-from chaos_support import CAIRN, HERE, Fleet, query
+from chaos_support import CAIRN, HERE, Fleet, PrivatePostgres, query
+from test_chaos import private_pg  # noqa: F401  (the fixture)
 
-from cairn import Client, breakers
+from cairn import Client, breakers, db
+from cairn.engine.queries import q
+from cairn.errors import OutcomeUnknown
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
@@ -112,3 +116,108 @@ def test_breaker_opened_for_seconds_on_a_host_an_hour_ahead(db_url: str) -> None
     assert out.returncode == 0, out.stderr
     (left,), = query(db_url, "SELECT extract(epoch FROM open_until - now()) FROM cairn.breakers")
     assert 80 < left <= 91
+
+
+# ---------------------------------------------------------------- the client and lost connections
+
+
+def cut(admin_url: str, dbname: str) -> int:
+    """pg_terminate_backend of every session on the database (the client's, the worker's)."""
+    (n,), = query(admin_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                  (dbname,))
+    return int(n)
+
+
+async def test_client_calls_after_its_sessions_are_terminated(db_url: str, pg_admin_url: str,
+                                                              start_worker: Callable[..., Any]) -> None:
+    """Every session is terminated before each call: each call still works, on a fresh
+    connection (a read after its connection is lost, a write before it is sent)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    await start_worker(workflows=[fault_flows.paused], activities=[fault_flows.pause])
+    async with await Client.connect(db_url, max_size=4) as client:
+        done = await client.start(fault_flows.paused, 0.01)
+        assert await done.result(timeout=30) == 0.01
+        await asyncio.gather(*(client.list() for _ in range(4)))  # the pool holds several sessions
+
+        assert cut(pg_admin_url, dbname) >= 2
+        assert [r["run_id"] for r in await client.list()] == [done.run_id]
+        cut(pg_admin_url, dbname)
+        assert (await done.describe()).status == "completed"
+        cut(pg_admin_url, dbname)
+        assert (await done.history())[0].type == "WorkflowStarted"
+        cut(pg_admin_url, dbname)
+        assert await client.get_handle(done.workflow_id).result(timeout=30) == 0.01
+        cut(pg_admin_url, dbname)
+        handle = await client.start(fault_flows.paused, 1.0)
+        cut(pg_admin_url, dbname)
+        await handle.signal("nudge", 1)
+        cut(pg_admin_url, dbname)
+        assert await handle.result(timeout=30) == 1.0
+    assert query(db_url, "SELECT count(*) FROM cairn.history WHERE type = 'SignalReceived'") == [(1,)]
+
+
+async def test_a_start_whose_connection_is_lost_after_it_committed(db_url: str, client: Client,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops once, right after start_workflow committed: start() finds the run
+    it made, and returns it (no second run, no WorkflowAlreadyStarted, no psycopg error)."""
+    execute, lost = psycopg.AsyncCursor.execute, []
+
+    async def lose_once(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        out = await execute(self, query, *args, **kwargs)
+        if query == q("start_workflow") and not lost:
+            lost.append(query)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return out
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", lose_once)
+    handle = await client.start(fault_flows.paused, 0.01, id="lost-ack")
+    assert lost
+    assert query(db_url, "SELECT run_id::text FROM cairn.runs WHERE workflow_id = 'lost-ack'") == [(handle.run_id,)]
+
+
+async def test_a_signal_whose_connection_is_lost_says_its_outcome_is_unknown(
+        db_url: str, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal is not repeated blindly: a connection lost with it on its way is an
+    OutcomeUnknown that says how to check (here it had been delivered)."""
+    handle = await client.start(fault_flows.paused, 0.01, id="unknown-signal")  # no worker: stays open
+    execute = psycopg.AsyncCursor.execute
+
+    async def lose(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        out = await execute(self, query, *args, **kwargs)
+        if query == q("signal_run"):
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return out
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", lose)
+    with pytest.raises(OutcomeUnknown, match="may or may not have taken effect: look for it in `cairn history"):
+        await handle.signal("nudge", 1)
+    monkeypatch.undo()
+    assert query(db_url, "SELECT count(*) FROM cairn.inbox WHERE type = 'SignalReceived'") == [(1,)]
+
+
+def test_result_waits_through_a_postgres_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:  # noqa: F811
+    """pg_ctl stop -m immediate, then start, while result() waits on a run whose activity a
+    worker subprocess is running: result() keeps waiting and returns the result."""
+    pg = private_pg
+    with db.connect_sync(pg.url()) as c:
+        c.execute("CREATE DATABASE faults")
+    url = pg.url("faults")
+    db.migrate(url)
+    fleet = Fleet(url, tmp_path, module="fault_flows")
+
+    async def run() -> None:
+        async with await Client.connect(url) as client:
+            handle = await client.start(fault_flows.paused, 3.0)
+            waiting = asyncio.create_task(handle.result(timeout=120))
+            await poll("the activity to start", lambda: asyncio.to_thread(lambda: query(
+                url, "SELECT count(*) FROM cairn.activity_tasks WHERE lease_owner IS NOT NULL")[0][0]))
+            await asyncio.to_thread(pg.crash)
+            await asyncio.to_thread(pg.start)
+            assert await waiting == 3.0
+            assert (await handle.describe()).status == "completed"
+
+    try:
+        fleet.start("w")
+        asyncio.run(run())
+    finally:
+        fleet.close()

@@ -28,7 +28,6 @@ from typing import Any
 from aiohttp import web
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from cairn import client as client_mod
 from cairn import db
@@ -68,8 +67,8 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     """
     resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
     await asyncio.to_thread(client_mod._prepare, resolved, embedded)
-    pool = AsyncConnectionPool(resolved, min_size=1, max_size=4, open=False,
-                               kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
+    pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
+                   kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:
