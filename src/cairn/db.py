@@ -305,10 +305,15 @@ class Pool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with super().connection(timeout) as conn:
-            try:
+        # psycopg_pool's connection() (minus its usage-time statistic), not a wrapper around
+        # it: one generator per checkout on the worker's hot path, not two.
+        conn = await self.getconn(timeout)
+        try:
+            async with conn:
                 yield conn
-            except BaseException as exc:
-                if read_only_refusal(exc):
-                    await conn.close()  # returned closed: the pool replaces it
-                raise
+        except BaseException as exc:
+            if read_only_refusal(exc):
+                await conn.close()  # returned closed: the pool replaces it
+            raise
+        finally:
+            await self.putconn(conn)
