@@ -285,7 +285,7 @@ class Client(ClientMessages):
         async def attempt(c: psycopg.AsyncConnection[Any]) -> str:
             nonlocal tries
             tries += 1
-            if tries > 1 and await (await c.execute(q("get_run"), {"run_id": params["run_id"]})).fetchone():
+            if tries > 1 and await (await c.execute(q("get_run"), params)).fetchone():
                 return str(params["run_id"])  # the lost attempt had committed
             return await self._start_on(c, params, policy)
 
@@ -397,18 +397,18 @@ class Client(ClientMessages):
 
     async def _run_row(self, workflow_id: str, run_id: str | None, *,
                        wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
+        # A run id names a run only with the namespace and workflow id it belongs to.
+        params = {"namespace": self.namespace, "workflow_id": workflow_id, "run_id": run_id}
+
         async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
-            if run_id is not None:
-                await cur.execute(q("get_run"), {"run_id": run_id})
-            else:
-                await cur.execute(q("latest_run_by_workflow_id"),
-                                  {"namespace": self.namespace, "workflow_id": workflow_id})
+            await cur.execute(q("latest_run_by_workflow_id" if run_id is None else "get_run"), params)
             return await cur.fetchone()
 
         row = await self._read(read, wait=wait)
         if row is None:
-            raise WorkflowNotFound(f"no workflow run with id {workflow_id!r}")
+            which = f"run {run_id} for id" if run_id else "run with id"
+            raise WorkflowNotFound(f"no workflow {which} {workflow_id!r}")
         row["run_id"] = str(row["run_id"])
         return row
 
@@ -678,7 +678,8 @@ class WorkflowHandle(HandleMessages):
         """The run's status and, once closed, its last event, in one query."""
         async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
-            return await (await cur.execute(q("run_outcome"), {"run_id": self.run_id})).fetchone()
+            return await (await cur.execute(q("run_outcome"), {
+                "run_id": self.run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
 
         row = await self.client._read(read, wait=wait)
         if row is None:
