@@ -350,10 +350,7 @@ class Client(ClientMessages):
                 sent = True
                 return await write(c)
         except psycopg.Error as exc:
-            if sent and db.connection_lost(exc):
-                raise OutcomeUnknown(f"the connection to the database was lost while {what}, which may or may "
-                                     f"not have taken effect: {check}") from None
-            raise db.translate(exc) from None
+            raise (db.translate_write(exc, what=what, check=check) if sent else db.translate(exc)) from None
 
     async def registered_type(self, name: str) -> dict[str, Any]:
         """A workflow type from the registry that workers fill (name, queues, input schema).

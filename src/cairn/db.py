@@ -27,6 +27,7 @@ from cairn.errors import (
     DatabaseError,
     DatabaseUnavailable,
     InputValidationError,
+    OutcomeUnknown,
     SchemaNotReadyError,
 )
 
@@ -244,6 +245,15 @@ def translate(exc: psycopg.Error) -> Exception:
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(f"database connection failed: {_first_line(exc)}")
     return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def translate_write(exc: psycopg.Error, *, what: str, check: str) -> Exception:
+    """:func:`translate` for an error met once a write may have been sent: a lost connection
+    is an :class:`OutcomeUnknown` saying ``what`` it was and how to ``check`` it."""
+    if connection_lost(exc):
+        return OutcomeUnknown(f"the connection to the database was lost while {what}, which may or may not have "
+                              f"taken effect: {check}")
+    return translate(exc)
 
 
 # ---------------------------------------------------------------- the connection pool

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -175,24 +176,30 @@ async def test_a_start_whose_connection_is_lost_after_it_committed(db_url: str, 
     assert query(db_url, "SELECT run_id::text FROM cairn.runs WHERE workflow_id = 'lost-ack'") == [(handle.run_id,)]
 
 
-async def test_a_signal_whose_connection_is_lost_says_its_outcome_is_unknown(
-        db_url: str, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A signal is not repeated blindly: a connection lost with it on its way is an
-    OutcomeUnknown that says how to check (here it had been delivered)."""
-    handle = await client.start(fault_flows.paused, 0.01, id="unknown-signal")  # no worker: stays open
+@pytest.mark.parametrize(("statement", "check"), [("signal_run", "look for it in `cairn history"),
+                                                ("set_reset_from", "look for its new run")])
+async def test_a_write_whose_connection_is_lost_says_its_outcome_is_unknown(
+        db_url: str, client: Client, monkeypatch: pytest.MonkeyPatch, statement: str, check: str) -> None:
+    """A signal (or an operator's retry) is not repeated blindly: a connection lost with it
+    on its way is an OutcomeUnknown that says how to check."""
+    handle = await client.start(fault_flows.paused, 0.01, id="unknown-outcome")  # no worker: stays open
+    if statement == "set_reset_from":
+        await handle.terminate("to retry it")
     execute = psycopg.AsyncCursor.execute
 
     async def lose(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         out = await execute(self, query, *args, **kwargs)
-        if query == q("signal_run"):
+        if query == q(statement):
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return out
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", lose)
-    with pytest.raises(OutcomeUnknown, match="may or may not have taken effect: look for it in `cairn history"):
-        await handle.signal("nudge", 1)
+    write = handle.signal("nudge", 1) if statement == "signal_run" else handle.retry()
+    with pytest.raises(OutcomeUnknown, match=f"may or may not have taken effect: {re.escape(check)}"):
+        await write
     monkeypatch.undo()
-    assert query(db_url, "SELECT count(*) FROM cairn.inbox WHERE type = 'SignalReceived'") == [(1,)]
+    if statement == "signal_run":  # it had been delivered
+        assert query(db_url, "SELECT count(*) FROM cairn.inbox WHERE type = 'SignalReceived'") == [(1,)]
 
 
 def test_result_waits_through_a_postgres_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:  # noqa: F811
