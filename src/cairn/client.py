@@ -314,43 +314,54 @@ class Client(ClientMessages):
                 return run_id
 
     async def _read(self, read: Read[T], *, wait: float | None = READ_RETRY_SECONDS) -> T:
-        """Runs ``read`` on a pooled connection, again on a fresh one after a lost connection,
-        backing off, for up to ``wait`` seconds (None: for as long as it takes). Only for
-        what is safe to repeat: reads, and writes idempotent by construction.
+        """Runs ``read`` on a pooled connection, again on a fresh one after a lost connection
+        or a read-only session (see :meth:`_retrying`), for up to ``wait`` seconds (None: for
+        as long as it takes). Only for what is safe to repeat: reads, and writes idempotent
+        by construction.
 
         Raises:
             DatabaseUnavailable: the database stayed out of reach for ``wait`` seconds.
             DatabaseError: another database error (translated, never a psycopg one).
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if wait is None else loop.time() + wait
-        delay = RETRY_FIRST_DELAY_SECONDS
-        while True:
-            try:
-                async with self.pool.connection() as c:
-                    return await read(c)
-            except psycopg.Error as exc:
-                if not db.connection_lost(exc) or (deadline is not None and loop.time() + delay > deadline):
-                    raise db.translate(exc) from None
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, RETRY_MAX_DELAY_SECONDS)
+        return await self._retrying(read, wait=wait)
 
     async def _write(self, write: Read[T], *, what: str, check: str) -> T:
-        """Runs ``write``, which must not be repeated blindly, on a pooled connection.
+        """Runs ``write``, which must not be repeated blindly, on a pooled connection. Only a
+        write that surely did nothing runs again: no connection could be had, or a read-only
+        session refused it (a failover's; the pool replaces the session).
 
         Raises:
             OutcomeUnknown: the connection was lost with the write on its way (``what`` it
                 was; ``check`` says how to find out whether it took effect).
-            DatabaseError: no connection could be had (``DatabaseUnavailable``: nothing was
-                sent), or another database error.
+            DatabaseError: the database stayed out of reach (``DatabaseUnavailable``) or
+                read-only for 30 s, or another database error.
         """
-        sent = False
-        try:
-            async with self.pool.connection() as c:
-                sent = True
-                return await write(c)
-        except psycopg.Error as exc:
-            raise (db.translate_write(exc, what=what, check=check) if sent else db.translate(exc)) from None
+        return await self._retrying(write, wait=READ_RETRY_SECONDS,
+                                    lost=lambda exc: db.translate_write(exc, what=what, check=check))
+
+    async def _retrying(self, op: Read[T], *, wait: float | None,
+                        lost: Callable[[psycopg.Error], Exception] | None = None) -> T:
+        """Runs ``op`` on a pooled connection until it succeeds, backing off from the first
+        delay to the longest, for up to ``wait`` seconds. It runs again after a lost connection
+        (unless ``lost`` says what to raise instead once ``op`` may have been sent) and after
+        a refusal by a read-only session, which did nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = None if wait is None else loop.time() + wait
+        delay = RETRY_FIRST_DELAY_SECONDS
+        while True:
+            sent = False
+            try:
+                async with self.pool.connection() as c:
+                    sent = True
+                    return await op(c)
+            except psycopg.Error as exc:
+                if sent and lost is not None and db.connection_lost(exc):
+                    raise lost(exc) from None
+                again = db.connection_lost(exc) or db.read_only_refusal(exc)
+                if not again or (deadline is not None and loop.time() + delay > deadline):
+                    raise db.translate(exc) from None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_DELAY_SECONDS)
 
     async def registered_type(self, name: str) -> dict[str, Any]:
         """A workflow type from the registry that workers fill (name, queues, input schema).

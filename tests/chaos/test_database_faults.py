@@ -61,22 +61,24 @@ def fill(pool: Any) -> Callable[[], Awaitable[bool]]:
 async def test_workers_resume_after_a_read_only_episode(db_url: str, pg_admin_url: str,
                                                         start_worker: Callable[..., Any]) -> None:
     """A managed failover behind one endpoint: the database turns read-only and every
-    session is cut; the worker reconnects into read-only sessions. Once the database is
-    writable again the worker finishes runs started after that, with no restart."""
+    session is cut; the worker and the client reconnect into read-only sessions. Once the
+    database is writable again the client's next start works and the worker finishes the
+    run, with no restart of either."""
     dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
     worker = await start_worker(workflows=[fault_flows.paused], activities=[fault_flows.pause],
                                 workflow_concurrency=1)
-    async with await Client.connect(db_url) as client:
+    async with await Client.connect(db_url, max_size=2) as client:
         assert await (await client.start(fault_flows.paused, 0.01)).result(timeout=30) == 0.01
 
-    query(pg_admin_url, f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
-    query(pg_admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-    # A busy worker's engine pool is at its largest when the episode ends: every session it
-    # may hold was opened during the episode (so no session opened later can rescue it).
-    await poll("the worker's pool to fill with read-only sessions", fill(worker._pool))
-    query(pg_admin_url, f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
+        query(pg_admin_url, f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+        query(pg_admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+              (dbname,))
+        # Each pool is at its largest when the episode ends, every session in it opened during
+        # the episode (so no session opened later can rescue it).
+        await poll("the worker's pool to fill with read-only sessions", fill(worker._pool))
+        await poll("the client's pool to fill with read-only sessions", fill(client.pool))
+        query(pg_admin_url, f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
 
-    async with await Client.connect(db_url) as client:
         assert await (await client.start(fault_flows.paused, 0.02)).result(timeout=30) == 0.02
 
 
