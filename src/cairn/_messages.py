@@ -18,7 +18,6 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn import db
 from cairn._telemetry import tracer
 from cairn.common import check_text, to_payload
 from cairn.engine import history as h
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 QUERY_TIMEOUT_SECONDS = 10.0  # how long client.query waits for a worker's answer by default
 QUERY_RECHECK_SECONDS = 1.0   # re-read the answer this often, in case a NOTIFY was missed
 MAX_NAME_LENGTH = 200         # signal and query names
+_CHECK_SIGNAL = ("look for it in `cairn history {workflow_id}` (or handle.history()) before sending it again; "
+                 "a workflow that must see a signal once should dedupe it by a key in its payload")
 
 
 def validate_name(name: str, what: str) -> str:
@@ -61,6 +62,8 @@ class HandleMessages:
             InputValidationError: a bad name or a payload with no JSON form (NaN, NUL...).
             WorkflowNotFound: no such workflow.
             WorkflowClosed: the run is closed (``.status`` says how).
+            OutcomeUnknown: the connection was lost while the signal was on its way: it may
+                have been delivered (its ``SignalReceived`` event shows in the history).
         """
         handle = cast("WorkflowHandle", self)
         data = {"name": validate_name(name, "signal"), "payload": to_payload(payload)}
@@ -68,13 +71,13 @@ class HandleMessages:
         row = await handle._resolve()
         if row["status"] != "running":
             raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
-        async with handle.client.pool.connection() as c:
-            try:
-                cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": h.SIGNAL_RECEIVED,
-                                                        "data": Jsonb(data)})
-                sent = await cur.fetchone()
-            except psycopg.Error as exc:
-                raise db.translate(exc) from None
+        async def write(c: psycopg.AsyncConnection[Any]) -> Any:
+            cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": h.SIGNAL_RECEIVED,
+                                                    "data": Jsonb(data)})
+            return await cur.fetchone()
+
+        sent = await handle.client._write(write, what=f"sending signal {name!r} to workflow {handle.workflow_id!r}",
+                                          check=_CHECK_SIGNAL.format(workflow_id=handle.workflow_id))
         if sent is None:  # it closed between the status check and the write
             row = await handle._resolve()
             raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
@@ -110,18 +113,18 @@ class HandleMessages:
                 # answer in between is not missed (a waiter woken by a listener reconnect
                 # just means: read again).
                 with client._close_waiter(request_id) as answered:
-                    async with client.pool.connection() as c:
-                        if not inserted:
-                            await c.execute(q("insert_query_request"), {
-                                "id": request_id, "run_id": row["run_id"], "queue": row["queue"],
-                                "namespace": row.get("namespace") or client.namespace,
-                                "workflow_type": row["workflow_type"], "name": name, "args": Jsonb(payload),
-                                "now": None})
-                            inserted = True
-                            got = None
-                        else:
-                            cur = c.cursor(row_factory=dict_row)
-                            got = await (await cur.execute(q("query_request_answer"), {"id": request_id})).fetchone()
+                    if not inserted:
+                        # The request id is chosen here: a request found under it after a lost
+                        # connection is this one, and asking again is safe.
+                        await client._read(lambda c: _insert_query_request(c, {
+                            "id": request_id, "run_id": row["run_id"], "queue": row["queue"],
+                            "namespace": row.get("namespace") or client.namespace,
+                            "workflow_type": row["workflow_type"], "name": name, "args": Jsonb(payload),
+                            "now": None}))
+                        inserted = True
+                        got = None
+                    else:
+                        got = await client._read(lambda c: _query_answer(c, request_id))
                     if got is not None:
                         break
                     remaining = deadline - loop.time()
@@ -188,14 +191,25 @@ class ClientMessages:
                                                            "use_existing")
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"], "cairn.signal": signal})
-            async with client.pool.connection() as c:
-                try:
-                    async with c.transaction():
-                        run_id = await _signal_with_start_on(c, params, data)
-                except psycopg.Error as exc:
-                    raise db.translate(exc) from None
+            async def write(c: psycopg.AsyncConnection[Any]) -> str:
+                async with c.transaction():
+                    return await _signal_with_start_on(c, params, data)
+
+            run_id = await client._write(write, what=f"signalling (and maybe starting) workflow {id!r}",
+                                         check=_CHECK_SIGNAL.format(workflow_id=id))
             span.set_attribute("cairn.run_id", run_id)
         return WorkflowHandle(client, params["workflow_id"], run_id, signature)
+
+
+async def _insert_query_request(c: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> None:
+    # A UniqueViolation: an earlier try of this request, whose connection was lost, had inserted it.
+    with contextlib.suppress(psycopg.errors.UniqueViolation):
+        await c.execute(q("insert_query_request"), params)
+
+
+async def _query_answer(c: psycopg.AsyncConnection[Any], request_id: str) -> dict[str, Any] | None:
+    cur = c.cursor(row_factory=dict_row)
+    return await (await cur.execute(q("query_request_answer"), {"id": request_id})).fetchone()
 
 
 async def _signal_with_start_on(c: psycopg.AsyncConnection[Any], params: dict[str, Any], data: Jsonb) -> str:

@@ -18,7 +18,6 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -306,7 +305,7 @@ class _ActivityRunning:
     async def _fail_attempt(self, row: dict[str, Any], run_id: str, seq: int, token: int, attempt: int,
                             failure: dict[str, Any], non_retryable: bool, extra: dict[str, Any],
                             conn: psycopg.AsyncConnection[Any] | None = None,
-                            now: datetime | None = None, beat: _Running | None = None) -> None:
+                            beat: _Running | None = None) -> None:
         """Retries a failed attempt after its backoff, or records the activity as failed."""
         options = row["options"]
         policy = RetryPolicy.model_validate(options.get("retry_policy") or {})
@@ -315,11 +314,6 @@ class _ActivityRunning:
             else "maximum_attempts"
         if failure.get("type") == "ScheduleToCloseTimeout":
             delay, retry_state = None, "schedule_to_close_timeout"
-        deadline = row.get("schedule_deadline")
-        if delay is not None and deadline is not None:
-            now = now or datetime.now(deadline.tzinfo)
-            if now + timedelta(seconds=delay) >= deadline:
-                delay, retry_state = None, "schedule_to_close_timeout"
         base = {"run_id": run_id, "seq": seq, "token": token, "now": None}
         if delay is not None:
             ok = await self._write(q("retry_activity"), {
@@ -330,7 +324,11 @@ class _ActivityRunning:
                 _telemetry.activity_retries.add(1, {"activity": row["activity_type"]})
                 log.info("activity %s attempt %d failed (%s: %s); retry in %.2f s", row["activity_type"], attempt,
                          failure.get("type"), failure.get("message"), delay, extra=extra)
-            return
+                return
+            # Not put back: the retry would start past the schedule-to-close deadline by the
+            # database's clock (this host's may be off), or the attempt was superseded, and
+            # then the fenced write below changes nothing either.
+            retry_state = "schedule_to_close_timeout"
         data = {"activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state}
         if conn is None:
             ok = await self._deliver(run_id, seq, token, h.ACTIVITY_FAILED, data, row)
@@ -477,7 +475,7 @@ class _ActivityRunning:
                     _telemetry.lease_rescues.add(1, {"activity": row["activity_type"]})
                 await self._fail_attempt(row, str(row["run_id"]), row["seq"], row["token"], row["attempt"],
                                          {"type": kind, "message": msg, "details": None}, False, extra,
-                                         conn=c, now=now)
+                                         conn=c)
         return len(rows)
 
 

@@ -571,20 +571,23 @@ async def _operate(conn: Conn, name: str, now: datetime | None, change: Any) -> 
         await _write(conn, row, now)
 
 
-async def force_open(conn: Conn, name: str, *, until: datetime | None = None, now: datetime | None = None) -> None:
-    """Operator: opens the breaker. With ``until`` it opens until then (then probes, as
-    after a trip); without, it is forced open until :func:`close`.
+async def force_open(conn: Conn, name: str, *, until: datetime | None = None, seconds: float | None = None,
+                     now: datetime | None = None) -> None:
+    """Operator: opens the breaker. With ``until`` (or for ``seconds`` of database time) it
+    opens until then (then probes, as after a trip); without, it is forced open until
+    :func:`close`.
 
     Raises:
         BreakerNotFound: no breaker of that name.
     """
     def change(row: _Row) -> None:
-        if until is None:
+        end = until if seconds is None else row.now + timedelta(seconds=seconds)
+        if end is None:
             row.opened_at, row.open_until = row.now, None
             row.move("forced_open", "opened by an operator")
         else:
-            row.opened_at, row.open_until = row.now, until
-            row.move("open", f"opened by an operator until {until.isoformat()}")
+            row.opened_at, row.open_until = row.now, end
+            row.move("open", f"opened by an operator until {end.isoformat()}")
 
     await _operate(conn, name, now, change)
 

@@ -7,10 +7,10 @@ import contextlib
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -27,8 +27,9 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
 from cairn.errors import (
-    DatabaseError,
+    DatabaseUnavailable,
     InputValidationError,
+    OutcomeUnknown,
     UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -57,6 +58,15 @@ WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see 
 # A watched run keeps the outcome its close NOTIFY carried until result() takes it, up to
 # this size (10,000 watched runs: ~10 MB at most); a larger one is read when asked for.
 WATCHED_OUTCOME_BYTES = 1024
+# A read that loses its connection (a restart, a failover, a terminated session) runs again
+# on a fresh one, backing off from the first delay to the longest, for up to
+# READ_RETRY_SECONDS; result() keeps trying for as long as it was asked to wait.
+READ_RETRY_SECONDS = 30.0
+RETRY_FIRST_DELAY_SECONDS = 0.1
+RETRY_MAX_DELAY_SECONDS = 2.0
+
+T = TypeVar("T")
+Read = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 
 
 @dataclass
@@ -167,7 +177,7 @@ class Client(ClientMessages):
         db.remember_secret(resolved)
         if embedded or check_schema:
             await asyncio.to_thread(_prepare, resolved, embedded)
-        pool = AsyncConnectionPool(
+        pool = db.Pool(
             resolved, min_size=1, max_size=max_size, open=False,
             kwargs={"autocommit": True, "options": CLIENT_CONNECTION_OPTIONS},
         )
@@ -175,7 +185,7 @@ class Client(ClientMessages):
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
             await pool.close()
-            raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {db.redact(str(exc))}") from None
+            raise DatabaseUnavailable(f"cannot connect to {db.redact(resolved)}: {db.redact(str(exc))}") from None
         return cls(pool, resolved, namespace)
 
     async def close(self) -> None:
@@ -231,6 +241,8 @@ class Client(ClientMessages):
             InputValidationError: bad arguments, id, queue, policy or timeout; nothing was written.
             WorkflowAlreadyStarted: the id has an open run (``id_conflict="fail"``), or the id
                 reuse policy refused (:class:`WorkflowIdReuseRefused`); nothing was written.
+            DatabaseUnavailable: the database was out of reach (a lost connection is retried
+                for 30 s); :class:`OutcomeUnknown` if the start may have committed.
         """
         # The span is current while the parameters are built: start_params stores its
         # context in WorkflowStarted, the root of the run's trace.
@@ -242,14 +254,15 @@ class Client(ClientMessages):
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"]})
             if conn is not None:
-                run_id = await self._start_on(conn, params, id_conflict)
+                try:
+                    run_id = await self._start_on(conn, params, id_conflict)
+                except psycopg.Error as exc:  # the caller's transaction: theirs to retry
+                    raise db.translate(exc) from None
             else:
                 self._watch(params["run_id"])  # before the start commits: no close can be missed
                 run_id = ""
-                # Autocommit: start_workflow is one atomic statement, committed when it returns.
                 try:
-                    async with self.pool.connection() as c:
-                        run_id = await self._start_on(c, params, id_conflict)
+                    run_id = await self._start_idempotently(params, id_conflict)
                 finally:
                     if run_id != params["run_id"]:  # not started, or the handle of an existing run
                         self._watched.pop(params["run_id"], None)
@@ -282,22 +295,93 @@ class Client(ClientMessages):
         )
         return params, signature
 
+    async def _start_idempotently(self, params: dict[str, Any], policy: IdConflictPolicy) -> str:
+        """Starts the run on a pooled connection (autocommit: start_workflow is one atomic
+        statement, committed when it returns). A start whose connection is lost may have
+        committed: it is tried again on a fresh connection, which is safe because the run id
+        is chosen here: the run found under it is this start's (see started_run_id)."""
+        tries = 0
+
+        async def attempt(c: psycopg.AsyncConnection[Any]) -> str:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and await (await c.execute(q("get_run"), params)).fetchone():
+                return str(params["run_id"])  # the lost attempt had committed
+            return await self._start_on(c, params, policy)
+
+        try:
+            return await self._read(attempt)
+        except DatabaseUnavailable as exc:
+            if not tries:
+                raise  # no connection was had: nothing was sent
+            raise OutcomeUnknown(
+                f"the connection to the database was lost while starting workflow {params['workflow_id']!r} "
+                f"(run {params['run_id']}), and it stayed out of reach ({exc}): look for that run with "
+                f"`cairn describe {params['workflow_id']}` before starting it again") from None
+
     async def _start_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
                         policy: IdConflictPolicy) -> str:
         reads_closed = params.get("id_reuse_policy") != "allow_duplicate"
         while True:
-            try:
-                async with conn.transaction() if reads_closed else contextlib.nullcontext():
-                    if reads_closed:
-                        await conn.execute(q("lock_open_run"), params)  # see queries.sql
-                    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
-                    existing = None if row else \
-                        await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
-            except psycopg.Error as exc:
-                raise db.translate(exc) from None
+            async with conn.transaction() if reads_closed else contextlib.nullcontext():
+                if reads_closed:
+                    await conn.execute(q("lock_open_run"), params)  # see queries.sql
+                row = await (await conn.execute(q("start_workflow"), params)).fetchone()
+                existing = None if row else \
+                    await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
             run_id = started_run_id(row, existing, params, policy)
             if run_id is not None:
                 return run_id
+
+    async def _read(self, read: Read[T], *, wait: float | None = READ_RETRY_SECONDS) -> T:
+        """Runs ``read`` on a pooled connection, again on a fresh one after a lost connection
+        or a read-only session (see :meth:`_retrying`), for up to ``wait`` seconds (None: for
+        as long as it takes). Only for what is safe to repeat: reads, and writes idempotent
+        by construction.
+
+        Raises:
+            DatabaseUnavailable: the database stayed out of reach for ``wait`` seconds.
+            DatabaseError: another database error (translated, never a psycopg one).
+        """
+        return await self._retrying(read, wait=wait)
+
+    async def _write(self, write: Read[T], *, what: str, check: str) -> T:
+        """Runs ``write``, which must not be repeated blindly, on a pooled connection. Only a
+        write that surely did nothing runs again: no connection could be had, or a read-only
+        session refused it (a failover's; the pool replaces the session).
+
+        Raises:
+            OutcomeUnknown: the connection was lost with the write on its way (``what`` it
+                was; ``check`` says how to find out whether it took effect).
+            DatabaseError: the database stayed out of reach (``DatabaseUnavailable``) or
+                read-only for 30 s, or another database error.
+        """
+        return await self._retrying(write, wait=READ_RETRY_SECONDS,
+                                    lost=lambda exc: db.translate_write(exc, what=what, check=check))
+
+    async def _retrying(self, op: Read[T], *, wait: float | None,
+                        lost: Callable[[psycopg.Error], Exception] | None = None) -> T:
+        """Runs ``op`` on a pooled connection until it succeeds, backing off from the first
+        delay to the longest, for up to ``wait`` seconds. It runs again after a lost connection
+        (unless ``lost`` says what to raise instead once ``op`` may have been sent) and after
+        a refusal by a read-only session, which did nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = None if wait is None else loop.time() + wait
+        delay = RETRY_FIRST_DELAY_SECONDS
+        while True:
+            sent = False
+            try:
+                async with self.pool.connection() as c:
+                    sent = True
+                    return await op(c)
+            except psycopg.Error as exc:
+                if sent and lost is not None and db.connection_lost(exc):
+                    raise lost(exc) from None
+                again = db.connection_lost(exc) or db.read_only_refusal(exc)
+                if not again or (deadline is not None and loop.time() + delay > deadline):
+                    raise db.translate(exc) from None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_DELAY_SECONDS)
 
     async def registered_type(self, name: str) -> dict[str, Any]:
         """A workflow type from the registry that workers fill (name, queues, input schema).
@@ -305,7 +389,7 @@ class Client(ClientMessages):
         Raises:
             UnknownWorkflowType: no worker has registered this type.
         """
-        async with self.pool.connection() as c:
+        async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
             cur = c.cursor(row_factory=dict_row)
             row = await (await cur.execute(q("get_workflow_type"),
                                            {"namespace": self.namespace, "name": name})).fetchone()
@@ -314,7 +398,9 @@ class Client(ClientMessages):
                     q("list_workflow_types"), {"namespace": self.namespace})).fetchall()]
                 hint = f" (known: {', '.join(known)})" if known else " (no worker has registered any type yet)"
                 raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
-        return row
+            return row
+
+        return await self._read(read)
 
     async def _check_registered(self, name: str, payload: list[Any]) -> None:
         """Validates a start by type name against the registered input schema."""
@@ -337,13 +423,17 @@ class Client(ClientMessages):
             run_id = _validate_run_id(run_id)
         return WorkflowHandle(self, workflow_id, run_id, None)
 
-    async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:
+    async def _run_row(self, workflow_id: str, run_id: str | None, *,
+                       wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
         # A run id names a run only with the namespace and workflow id it belongs to.
         params = {"namespace": self.namespace, "workflow_id": workflow_id, "run_id": run_id}
-        async with self.pool.connection() as c:
+
+        async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
             await cur.execute(q("latest_run_by_workflow_id" if run_id is None else "get_run"), params)
-            row = await cur.fetchone()
+            return await cur.fetchone()
+
+        row = await self._read(read, wait=wait)
         if row is None:
             which = f"run {run_id} for id" if run_id else "run with id"
             raise WorkflowNotFound(f"no workflow {which} {workflow_id!r}")
@@ -364,16 +454,19 @@ class Client(ClientMessages):
             except ValueError:
                 raise InputValidationError(
                     f"page token {page_token!r} is not one a listing gave (its next_page_token)") from None
-        async with self.pool.connection() as c:
+        params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
+                  "limit": limit + 1, "before": page_token}
+
+        async def read(c: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
             cur = c.cursor(row_factory=dict_row)
-            params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
-                      "limit": limit + 1, "before": page_token}
             if flt is None:
                 await cur.execute(q("list_runs"), params)
             else:
                 query = sql.SQL(q("list_runs_where")).format(where=sql.SQL(flt.sql))
                 await cur.execute(query, {**params, **flt.params})
-            rows = await cur.fetchall()
+            return await cur.fetchall()
+
+        rows = await self._read(read)
         for r in rows:
             r["run_id"] = str(r["run_id"])
         return rows
@@ -400,10 +493,12 @@ class Client(ClientMessages):
         rows = await self._list_rows(status, workflow_type, limit, flt, page_token)
         params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
                   "before": page_token, **(flt.params if flt else {})}
-        async with self.pool.connection() as c:
+        async def count(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
             query = sql.SQL(q("count_runs")).format(where=sql.SQL(flt.sql if flt else "true"))
-            counts = await (await cur.execute(query, params)).fetchone()
+            return await (await cur.execute(query, params)).fetchone()
+
+        counts = await self._read(count)
         assert counts is not None
         more = len(rows) > limit
         return RunPage(runs=rows[:limit], total=int(counts["total"]), skipped=int(counts["before"]),
@@ -475,13 +570,16 @@ class Client(ClientMessages):
         entry = self._watched.get(run_id)
         return entry[2] if entry is not None and entry[1] else None
 
-    async def _ensure_listener(self) -> None:
+    async def _ensure_listener(self, wait: float | None = None) -> None:
+        """Starts the listener and waits for it to connect, for up to 30 s (or ``wait``); a
+        listener still away (the database down) is no error: waiters re-read periodically."""
         if self._listener is None or self._listener.done():
             self._listening.clear()
             self._listener = asyncio.create_task(self._listen())
         if not self._listening.is_set():  # the common case costs no wait at all
-            async with asyncio.timeout(30):
-                await self._listening.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30.0 if wait is None else min(wait, 30.0)):
+                    await self._listening.wait()
 
     async def _listen(self) -> None:
         while True:
@@ -551,6 +649,8 @@ def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str)
         return str(row[0])
     if existing is None:  # the open run closed between the two statements: start anew
         return None
+    if str(existing[0]) == str(params["run_id"]):  # this start's own run: an earlier try committed
+        return str(existing[0])
     if len(existing) > 2 and existing[2] != "running":  # the id reuse policy refused
         raise WorkflowIdReuseRefused(params["workflow_id"], str(existing[0]), str(existing[2]),
                                      str(params.get("id_reuse_policy")))
@@ -572,8 +672,8 @@ class WorkflowHandle(HandleMessages):
     def __repr__(self) -> str:
         return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
 
-    async def _resolve(self) -> dict[str, Any]:
-        row = await self.client._run_row(self.workflow_id, self.run_id)
+    async def _resolve(self, *, wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
+        row = await self.client._run_row(self.workflow_id, self.run_id, wait=wait)
         self.run_id = row["run_id"]
         return row
 
@@ -585,12 +685,18 @@ class WorkflowHandle(HandleMessages):
             WorkflowCancelled: the run was cancelled.
             WorkflowTerminated: the run was terminated.
             WorkflowTimeout: it did not close within ``timeout`` seconds.
+            DatabaseUnavailable: the database stayed out of reach until ``timeout`` passed
+                (without one, the wait goes on through restarts and failovers).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        await self.client._ensure_listener()
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+        await self.client._ensure_listener(remaining())
         if self.run_id is None:
-            await self._resolve()
+            await self._resolve(wait=remaining())
         assert self.run_id is not None
         # A run this client started while listening, with no close seen yet, is open: skip
         # the first read (one statement fewer per start-and-wait). A pass after a close
@@ -600,38 +706,42 @@ class WorkflowHandle(HandleMessages):
         while True:
             with self.client._close_waiter(self.run_id) as closed:
                 if not known_open:
-                    row = notified or await self._outcome_row()
+                    row = notified or await self._outcome_row(wait=remaining())
                     notified = None
                     if row["status"] == "continued_as_new":  # follow the chain to its newest run
-                        self.run_id = await self._successor()
+                        self.run_id = await self._successor(wait=remaining())
                         continue
                     if row["status"] != "running":
                         self.client._watched.pop(self.run_id, None)
                         return self._outcome(row)
                 known_open = False
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
+                left = remaining()
+                if left is not None and left <= 0:
                     raise WorkflowTimeout(f"workflow {self.workflow_id!r} did not finish within {timeout} s")
                 # The NOTIFY wakes us; the periodic re-check covers a lost connection.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining or 5.0, 5.0)):
+                    async with asyncio.timeout(min(left or 5.0, 5.0)):
                         notified = await closed
 
-    async def _successor(self) -> str:
+    async def _successor(self, *, wait: float | None = READ_RETRY_SECONDS) -> str:
         """The run that this handle's run continued as (created in the same transaction)."""
-        async with self.client.pool.connection() as c:
-            row = await (await c.execute(q("run_successor"), {"run_id": self.run_id})).fetchone()
+        async def read(c: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await c.execute(q("run_successor"), {"run_id": self.run_id})).fetchone()
+
+        row = await self.client._read(read, wait=wait)
         if row is None:
             raise WorkflowNotFound(f"run {self.run_id} of {self.workflow_id!r} continued as new, "
                                    "but its next run is missing")
         return str(row[0])
 
-    async def _outcome_row(self) -> dict[str, Any]:
+    async def _outcome_row(self, *, wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
         """The run's status and, once closed, its last event, in one query."""
-        async with self.client.pool.connection() as c:
+        async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
-            row = await (await cur.execute(q("run_outcome"), {
+            return await (await cur.execute(q("run_outcome"), {
                 "run_id": self.run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
+
+        row = await self.client._read(read, wait=wait)
         if row is None:
             raise WorkflowNotFound(f"no workflow run {self.run_id} for id {self.workflow_id!r}")
         return row
@@ -661,7 +771,10 @@ class WorkflowHandle(HandleMessages):
         """The run's status, pending activities, timers and workflow-task failures."""
         row = await self._resolve()
         params = {"run_id": row["run_id"]}
-        async with self.client.pool.connection() as c:
+        # Imported here: cairn.llm loads httpx and the providers (~100 ms per process).
+        from cairn.llm.follow import llm_calls, llm_totals
+
+        async def read(c: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
             cur = c.cursor(row_factory=dict_row)
             acts = await (await cur.execute(q("pending_activities"), params)).fetchall()
             timers = await (await cur.execute(q("pending_timers"), params)).fetchall()
@@ -670,10 +783,10 @@ class WorkflowHandle(HandleMessages):
             saga_events = await (await c.execute(q("saga_events"), params)).fetchall()
             vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
             links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
-            # Imported here: cairn.llm loads httpx and the providers (~100 ms per process).
-            from cairn.llm.follow import llm_calls, llm_totals
-
             llm = llm_calls(await (await cur.execute(q("llm_completions"), params)).fetchall())
+            return acts, timers, task, last, saga_events, vis, links, llm
+
+        acts, timers, task, last, saga_events, vis, links, llm = await self.client._read(read)
         parent = None
         if links.get("parent_run_id") is not None:
             parent = {"workflow_id": links["parent_workflow_id"], "run_id": str(links["parent_run_id"]),
@@ -697,9 +810,12 @@ class WorkflowHandle(HandleMessages):
     async def history(self, after: int = 0) -> list[Event]:
         """The run's history events (after seq ``after``)."""
         row = await self._resolve()
-        async with self.client.pool.connection() as c:
+
+        async def read(c: psycopg.AsyncConnection[Any]) -> list[Event]:
             cur = await c.execute(q("read_history_after"), {"run_id": row["run_id"], "after": after})
             return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+
+        return await self.client._read(read)
 
     async def stream(self, activity_seq: int | None = None) -> AsyncIterator[StreamChunk]:
         """Follows the tokens of the run's LLM calls (``chat(..., stream=True)``) as they
@@ -732,11 +848,16 @@ class WorkflowHandle(HandleMessages):
         # WorkflowClosed (a CairnError): bad input for the CLI (exit 2), nothing written.
         if row["status"] != "running":
             raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a cancel request")
-        async with self.client.pool.connection() as c:
+        async def write(c: psycopg.AsyncConnection[Any]) -> Any:
             cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
                                                     "data": Jsonb(data)})
-            if await cur.fetchone() is None:
-                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
+            return await cur.fetchone()
+
+        sent = await self.client._write(write, what=f"sending {event_type} to workflow {self.workflow_id!r}",
+                                        check=f"see `cairn history {self.workflow_id}` (or handle.history()) "
+                                              "before sending it again")
+        if sent is None:
+            raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
 
     async def terminate(self, reason: str = "") -> None:
         """Ends the run at once, without running any more workflow code.
@@ -747,8 +868,13 @@ class WorkflowHandle(HandleMessages):
         row = await self._resolve()
         if row["status"] != "running":
             raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
-        params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
-        async with self.client.pool.connection() as c, c.transaction():
+        await self.client._write(
+            lambda c: self._terminate_on(c, row["run_id"], reason), what=f"terminating workflow {self.workflow_id!r}",
+            check=f"see its status with `cairn describe {self.workflow_id}` (or handle.describe())")
+
+    async def _terminate_on(self, c: psycopg.AsyncConnection[Any], run_id: str, reason: str) -> None:
+        params: dict[str, Any] = {"run_id": run_id, "now": None}
+        async with c.transaction():
             cur = c.cursor(row_factory=dict_row)
             locked = None
             for _ in range(10):
@@ -756,19 +882,19 @@ class WorkflowHandle(HandleMessages):
                 # task finished): ensure it again. A closed run gets no row: we stop.
                 await c.execute(q("ensure_workflow_task"), params)
                 await c.execute(q("lock_workflow_task"), params)
-                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]], "replay": []})
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [run_id], "replay": []})
                 locked = await cur.fetchone()
                 if locked is not None:
                     break
             if locked is None or locked["status"] != "running":
-                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a terminate request")
+                raise WorkflowClosed(self.workflow_id, run_id, "closed", "a terminate request")
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",
                                              "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})
             await c.execute(q("finish_workflow_task"), params)
             # Its parent hears of it; its children get their parent close policy.
-            await _lifecycle.close_family(c, row["run_id"], h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
+            await _lifecycle.close_family(c, run_id, h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
 
 
 def _prepare(url: str, embedded: bool) -> None:

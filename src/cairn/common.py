@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -86,8 +87,17 @@ class RetryPolicy(BaseModel):
 DEFAULT_RETRY_POLICY = RetryPolicy()
 
 
+_last_run_id = 0
+_run_id_lock = threading.Lock()
+
+
 def new_run_id() -> str:
-    """A time-ordered UUID (version 7), so runs sort and index by creation time."""
+    """A time-ordered UUID (version 7), so runs sort and index by creation time.
+
+    Monotonic within a process (RFC 9562, method 2): an id made in the same millisecond as
+    the last one is that one plus one, so a process's runs list in the order it made them
+    (`cairn list` pages by run id); across processes the order is the millisecond's.
+    """
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80
@@ -95,6 +105,15 @@ def new_run_id() -> str:
     value |= (rand >> 68 & 0xFFF) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
+    global _last_run_id
+    with _run_id_lock:
+        # The same millisecond as the last (or the clock stepped back): count on from the last,
+        # rather than draw, so a millisecond's ids stay far from the top of their random bits.
+        if value >> 80 <= _last_run_id >> 80:
+            value = _last_run_id + 1
+            if value >> 62 & 0b11 != 0b10:  # the 62-bit counter wrapped into the variant: carry on
+                value = ((value >> 64) + 1) << 64 | 0b10 << 62
+        _last_run_id = value
     return str(uuid.UUID(int=value))
 
 

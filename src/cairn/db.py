@@ -6,8 +6,11 @@ import hashlib
 import logging
 import os
 import re
+import select
 import urllib.parse
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -15,10 +18,18 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg_pool import AsyncConnectionPool
 
 from cairn import redaction
 from cairn.engine.queries import q
-from cairn.errors import ConfigurationError, DatabaseError, InputValidationError, SchemaNotReadyError
+from cairn.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    InputValidationError,
+    OutcomeUnknown,
+    SchemaNotReadyError,
+)
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
@@ -223,10 +234,109 @@ def _first_line(exc: BaseException) -> str:
     return redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
+# SQLSTATEs of a session that is gone or going: connection exceptions (class 08), and the
+# server shutting down, crashed, or still starting (57P01-57P03). Errors raised by libpq or
+# the pool (the socket closed, no connection in time) carry no SQLSTATE.
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True if ``exc`` says the connection is gone (or could not be had), not that the
+    statement failed: the same statement may succeed on a fresh connection."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _LOST_SQLSTATES
+
+
 def translate(exc: psycopg.Error) -> Exception:
     """The one place psycopg errors become Cairn errors (messages carry no parameters)."""
     if isinstance(exc, pgerr.UndefinedTable | pgerr.InvalidSchemaName | pgerr.UndefinedFunction):
         return SchemaNotReadyError(f"the Cairn schema is missing ({_first_line(exc)}): run `cairn db migrate`")
+    if connection_lost(exc):
+        return DatabaseUnavailable(f"database connection failed: {_first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(f"database connection failed: {_first_line(exc)}")
     return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def translate_write(exc: psycopg.Error, *, what: str, check: str) -> Exception:
+    """:func:`translate` for an error met once a write may have been sent: a lost connection
+    is an :class:`OutcomeUnknown` saying ``what`` it was and how to ``check`` it."""
+    if connection_lost(exc):
+        return OutcomeUnknown(f"the connection to the database was lost while {what}, which may or may not have "
+                              f"taken effect: {check}")
+    return translate(exc)
+
+
+# ---------------------------------------------------------------- the connection pool
+
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+
+
+def read_only_refusal(exc: BaseException) -> bool:
+    """True if ``exc`` (or the psycopg error it was translated from) is the server refusing a
+    write because the session is read-only: a standby, or ``default_transaction_read_only``."""
+    seen: BaseException | None = exc
+    for _ in range(3):  # the error itself, or the one it was raised from or during
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _closed_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """True if an idle pooled session has heard from the server: Cairn's pooled sessions
+    LISTEN to nothing, so that is the last word of a backend that was terminated or shut
+    down (an error, then end of file). One poll of the socket, no round trip."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:  # libpq has no socket for it any more
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows: no poll()
+
+
+class Pool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """psycopg's pool, minus the sessions that cannot serve Cairn again.
+
+    A session the server closed while it sat in the pool (a restart, a failover,
+    ``pg_terminate_backend``) is discarded when it is handed out, before anything is sent
+    on it: a statement is never lost to a connection that was dead already.
+
+    A session opened while the database was read-only (a managed failover behind one
+    endpoint, ``ALTER DATABASE ... SET default_transaction_read_only``) keeps that default
+    for its lifetime: the first write it refuses closes it, and the pool opens a new one.
+    """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        conn = await super().getconn(timeout)
+        for _ in range(self.max_size):  # each dead one is replaced in the background
+            if not _closed_by_server(conn):
+                break
+            await conn.close()
+            await self.putconn(conn)
+            conn = await super().getconn(timeout)
+        return conn
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        # psycopg_pool's connection() (minus its usage-time statistic), not a wrapper around
+        # it: one generator per checkout on the worker's hot path, not two.
+        conn = await self.getconn(timeout)
+        try:
+            async with conn:
+                yield conn
+        except BaseException as exc:
+            if read_only_refusal(exc):
+                await conn.close()  # returned closed: the pool replaces it
+            raise
+        finally:
+            await self.putconn(conn)

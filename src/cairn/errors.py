@@ -27,6 +27,16 @@ class DatabaseError(CairnError):
     """The database failed in a way Cairn could not handle (translated from psycopg)."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached, or the connection to it was lost (a restart, a
+    failover, a terminated session): trying again later may succeed."""
+
+
+class OutcomeUnknown(DatabaseUnavailable):
+    """The connection was lost while a write was on its way: it may or may not have taken
+    effect. The message says how to find out before trying it again."""
+
+
 class SchemaNotReadyError(ConfigurationError):
     """The database has no Cairn schema, or an older one: run ``cairn db migrate``."""
 

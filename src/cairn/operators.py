@@ -232,7 +232,9 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
                     await c.execute(q("start_timers"), {**new, "workflow_queue": row["queue"],
                                                         "timers": Jsonb(plan.timers)})
         except psycopg.Error as exc:
-            raise db.translate(exc) from None
+            raise db.translate_write(exc, what=f"resetting workflow {workflow_id!r}",
+                                     check=f"look for its new run {new_id} with `cairn describe {workflow_id}`") \
+                from None
     return WorkflowHandle(client, row["workflow_id"], new_id, None)
 
 
@@ -283,5 +285,7 @@ async def retry(client: Client, workflow_id: str, *, run_id: str | None = None) 
                 await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
                     {"kind": "retry", "run_id": row["run_id"], "seq": None, "reason": "retry"})})
         except psycopg.Error as exc:
-            raise db.translate(exc) from None
+            raise db.translate_write(exc, what=f"retrying workflow {workflow_id!r}",
+                                     check=f"look for its new run {new_id} with `cairn describe {workflow_id}`") \
+                from None
     return WorkflowHandle(client, row["workflow_id"], new_id, None)

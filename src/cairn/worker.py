@@ -206,14 +206,14 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         self.url = url
         await asyncio.to_thread(_prepare_schema, url, embedded)
         pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA
-        self._pool = AsyncConnectionPool(
+        self._pool = db.Pool(
             url, min_size=min(2, pool_size), max_size=pool_size, open=False,
             kwargs={"autocommit": True, "options": WORKER_CONNECTION_OPTIONS},
             configure=_transactions.configure,
         )
         await self._pool.open(wait=True, timeout=30)
         if self.activities:
-            self._activity_pool = AsyncConnectionPool(
+            self._activity_pool = db.Pool(
                 url, min_size=1, max_size=min(ACTIVITY_POOL_MAX, self.activity_concurrency), open=False,
                 kwargs={"autocommit": True, "options": CONNECTION_OPTIONS})
             await self._activity_pool.open(wait=True, timeout=30)

@@ -103,7 +103,7 @@ def wait_until(what: str, check: Any, timeout: float, interval: float = 0.2) -> 
 
 @dataclass
 class WorkerProc:
-    """One ``cairn worker -m chaos_flows`` process (identity = its name)."""
+    """One ``cairn worker -m chaos_flows`` (or another module of this directory) process (identity = its name)."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -124,11 +124,12 @@ class Fleet:
     """Worker subprocesses on one database, and the faults done to them."""
 
     def __init__(self, url: str, tmp: Path, *, env: dict[str, str] | None = None,
-                 poll: float = POLL_SECONDS) -> None:
+                 poll: float = POLL_SECONDS, module: str = "chaos_flows") -> None:
         self.url = url
         self.tmp = tmp
         self.env = env or {}
         self.poll = poll
+        self.module = module  # the workers' -m, a module in this directory
         self.procs: list[WorkerProc] = []  # every process ever started
         self.current: dict[str, WorkerProc] = {}
 
@@ -139,7 +140,7 @@ class Fleet:
         env.update(CHAOS_SINK_URL=self.url, PGAPPNAME=f"chaos-{name}", **self.env)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [CAIRN, "--database-url", self.url, "worker", "-m", "chaos_flows",
+                [CAIRN, "--database-url", self.url, "worker", "-m", self.module,
                  "--lease-seconds", str(LEASE_SECONDS), "--poll-interval", str(self.poll), "--identity", name],
                 cwd=HERE, stdout=log, stderr=subprocess.STDOUT, env=env)
         w = WorkerProc(name, proc, log_path)

@@ -237,7 +237,8 @@ def test_postgres_crash(private_pg: PrivatePostgres, tmp_path: Path) -> None:
                                       expect_reexecution=False)
             assert report["violations"] == [], fleet.tails()
             assert report["acknowledged"] == n
-            assert report["ambiguous_start_attempts"] > 0, "some starts met the crashed server and were retried"
+            # Starts that meet the crashed server are retried inside Client.start (issue 15, item
+            # 11): the caller rarely hears of them, so ambiguous_start_attempts may be 0.
             assert report["statuses"] == {"completed": n}
             assert report["effects"] == n * steps
             # The same processes, never restarted, did work after the second crash.
@@ -343,7 +344,8 @@ def test_ambiguous_commits(db_url: str, tmp_path: Path) -> None:
             assert injected["after:start_workflow"] > 0, "some start committed and was reported as failed"
             assert any(k.startswith("after:") and k != "after:start_workflow" for k in injected), injected
             assert any(k.startswith("before:") and k != "before:start_workflow" for k in injected), injected
-            assert report["ambiguous_start_attempts"] > 0
+            # A start whose connection is lost is retried inside Client.start, which finds the run
+            # it had committed (issue 15, item 11): ambiguous_start_attempts may be 0.
             assert report["acknowledged"] == n
             runs = query(db_url, "SELECT workflow_id, count(*) FROM cairn.runs GROUP BY 1")
             assert len(runs) == n

@@ -3,7 +3,7 @@ disable, enable or reset one."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -54,12 +54,13 @@ def breakers_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 def _until(until: str | None, for_seconds: float | None) -> datetime | None:
+    """The time of --until (checked); --for is checked here and counted on the database's clock."""
     if until is not None and for_seconds is not None:
         raise InputValidationError("give at most one of --until and --for")
     if for_seconds is not None:
         if not for_seconds > 0 or for_seconds == float("inf"):
             raise InputValidationError(f"--for must be a positive number of seconds, got {for_seconds!r}")
-        return datetime.now(UTC) + timedelta(seconds=for_seconds)
+        return None
     if until is not None:
         try:
             at = datetime.fromisoformat(until)
@@ -102,7 +103,8 @@ def open_cmd(settings: Settings, name: str, until: str | None, for_seconds: floa
         at = _until(until, for_seconds)
     except InputValidationError as exc:
         raise fail(str(exc)) from None
-    _operate(settings, name, "opened", lambda conn: breakers.force_open(conn, name, until=at), as_json)
+    _operate(settings, name, "opened", lambda conn: breakers.force_open(conn, name, until=at, seconds=for_seconds),
+             as_json)
 
 
 @breakers_cmd.command("close")

@@ -437,6 +437,8 @@ ORDER BY t.run_id
 -- name: retry_activity
 -- Puts a failed attempt back with a delay (a new available_at), fenced by its token, and
 -- bumps the token so that the failed attempt, if it still runs somewhere, cannot complete.
+-- No row when the retry would start at or past the schedule-to-close deadline: the
+-- database's clock decides (a worker's may be off), and the caller records the failure.
 UPDATE cairn.activity_tasks
 SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
     heartbeat_deadline = NULL,
@@ -445,6 +447,8 @@ SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_dead
     -- the attempt's last heartbeat, if the batched flush had not written it yet
     heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+  AND (schedule_deadline IS NULL
+       OR coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second' < schedule_deadline)
 RETURNING queue
 
 -- name: release_activity

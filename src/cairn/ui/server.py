@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from cairn import client as client_mod
 from cairn import db
@@ -68,8 +68,8 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     """
     resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
     await asyncio.to_thread(client_mod._prepare, resolved, embedded)
-    pool = AsyncConnectionPool(resolved, min_size=1, max_size=4, open=False,
-                               kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
+    pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
+                   kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:
@@ -151,16 +151,19 @@ async def status_counts(client: Client, *, workflow_type: str | None, where: str
     flt = parse_filter(where) if where is not None else None
     fragment = sql.SQL(flt.sql) if flt is not None else sql.SQL("true")
     params = {"namespace": client.namespace, "workflow_type": workflow_type, **(flt.params if flt else {})}
-    async with client.pool.connection() as c:
+    async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, int]:
         cur = c.cursor(row_factory=dict_row)
         await cur.execute(sql.SQL(q("ui_status_counts")).format(where=fragment), params)
         return {r["status"]: int(r["runs"]) for r in await cur.fetchall()}
 
+    return await client._read(read)
+
 
 async def _workflow_types(client: Client) -> list[str]:
-    async with client.pool.connection() as c:
-        rows = await (await c.execute(q("list_workflow_types"), {"namespace": client.namespace})).fetchall()
-    return [str(r[0]) for r in rows]
+    async def read(c: psycopg.AsyncConnection[Any]) -> list[Any]:
+        return await (await c.execute(q("list_workflow_types"), {"namespace": client.namespace})).fetchall()
+
+    return [str(r[0]) for r in await client._read(read)]
 
 
 async def _list_data(client: Client, args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -197,8 +200,10 @@ async def _run_data(request: web.Request) -> tuple[Any, list[Any], Any]:
     handle = client.get_handle(request.match_info["workflow_id"], request.query.get("run_id") or None)
     d = await handle.describe()
     events = await handle.history()
-    async with client.pool.connection() as c:
-        row = await (await c.execute(q("db_now"))).fetchone()
+    async def read(c: psycopg.AsyncConnection[Any]) -> Any:
+        return await (await c.execute(q("db_now"))).fetchone()
+
+    row = await client._read(read)
     assert row is not None
     return d, events, build_timeline(events, row[0], d.pending_activities)
 
