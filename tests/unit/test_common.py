@@ -1,22 +1,27 @@
 """cairn.common: run ids."""
 
+from __future__ import annotations
+
+import uuid
+
+from cairn import common
+
+ONE_MS_NS = 1_700_000_000_000_000_000  # a frozen clock: every id in one millisecond
+
+
 def test_run_ids_made_in_one_millisecond_still_sort_in_the_order_they_were_made(monkeypatch):
     """`cairn list` pages by run id: ids of one process must not tie-break at random."""
-    import uuid
-
-    from cairn import common
-    monkeypatch.setattr(common.time, "time_ns", lambda: 1_700_000_000_000_000_000)  # one frozen ms
+    monkeypatch.setattr(common.time, "time_ns", lambda: ONE_MS_NS)
     ids = [common.new_run_id() for _ in range(500)]
-    assert ids == sorted(ids) and len(set(ids)) == 500
-    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 500
+    assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(7, uuid.RFC_4122)}
 
 
 def test_a_run_id_counter_that_wraps_carries_and_keeps_the_variant(monkeypatch):
-    import uuid
-
-    from cairn import common
-    monkeypatch.setattr(common.time, "time_ns", lambda: 1_700_000_000_000_000_000)
-    first = uuid.UUID(common.new_run_id()).int
-    monkeypatch.setattr(common, "_last_run_id", first | ((1 << 62) - 1))  # the counter at its top
+    monkeypatch.setattr(common.time, "time_ns", lambda: ONE_MS_NS)
+    top = uuid.UUID(common.new_run_id()).int | ((1 << 62) - 1)  # the 62-bit counter at its top
+    monkeypatch.setattr(common, "_last_run_id", top)
     wrapped = uuid.UUID(common.new_run_id())
-    assert wrapped.int > first | ((1 << 62) - 1) and wrapped.variant == uuid.RFC_4122 and wrapped.version == 7
+    assert wrapped.int > top
+    assert (wrapped.version, wrapped.variant) == (7, uuid.RFC_4122)
