@@ -100,9 +100,11 @@ class WorkerStats:
 def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for obj in objs:
+        kind = attr.strip("_").split("_")[1]
         d = getattr(obj, attr, None)
         if d is None:
-            raise ConfigurationError(f"{obj!r} is not decorated with @{attr.strip('_').split('_')[1]}.defn")
+            raise ConfigurationError(f"{obj!r} is not decorated with @{kind}.defn")
+        d.signature.check(f"{kind} {d.name}")  # an annotation pydantic cannot validate
         if d.name in out and out[d.name] is not d:
             raise ConfigurationError(f"two definitions named {d.name!r}")
         out[d.name] = d
