@@ -83,7 +83,9 @@ class HandleMessages:
         """Asks the run's query handler ``name`` and returns its answer.
 
         A worker that serves the run's queue and workflow type answers it, from its live
-        instance or by replaying the history (closed runs can be queried too).
+        instance or by replaying the history (closed runs can be queried too). A query to
+        an open run whose first workflow task has not run yet waits for that task (within
+        ``timeout``), as the handlers are registered by it.
 
         Raises:
             InputValidationError: a bad name, arguments or timeout.
@@ -126,10 +128,7 @@ class HandleMessages:
                         break
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise QueryTimeout(
-                            f"no worker answered query {name!r} on workflow {handle.workflow_id!r} within "
-                            f"{timeout:g} s: is a worker running for queue {row['queue']!r} with workflow type "
-                            f"{row['workflow_type']!r}?")
+                        raise QueryTimeout(await _timeout_message(client, row, name, timeout))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(answered, min(remaining, QUERY_RECHECK_SECONDS))
         finally:
@@ -141,6 +140,18 @@ class HandleMessages:
             error = got["error"]
             raise QueryFailed(str(error.get("message")), type=str(error.get("type") or "QueryFailed"))
         return got["answer"]
+
+
+async def _timeout_message(client: Client, row: dict[str, Any], name: str, timeout: float) -> str:
+    """Why a query got no answer: no worker, or (the request waits for it) no first workflow task."""
+    said = f"no worker answered query {name!r} on workflow {row['workflow_id']!r} within {timeout:g} s: "
+    ask = f"is a worker running for queue {row['queue']!r} with workflow type {row['workflow_type']!r}"
+    async with client.pool.connection() as c:
+        last = await (await c.execute(q("last_history_event"), {"run_id": row["run_id"]})).fetchone()
+    if row["status"] == "running" and last is not None and last[0] == 1:
+        return (f"{said}its run {row['run_id']} has not completed its first workflow task, which a query "
+                f"waits for: {ask}, and is that task failing (cairn describe)?")
+    return f"{said}{ask}?"
 
 
 class ClientMessages:

@@ -38,13 +38,17 @@ class _QueryAnswering:
 
     A query is answered from the sticky cache when the cached instance has seen the whole
     history (its ``last_seq`` is the history's last seq); otherwise the history is replayed
-    into a throwaway instance that is never cached and never recorded.
+    into a throwaway instance that is never cached and never recorded. A query to an open
+    run whose first workflow task has not been recorded waits for that task.
     """
 
     _pool: AsyncConnectionPool | None
     _cache: OrderedDict[str, WorkflowInstance]
     _stopping: asyncio.Event
     _query_wake: asyncio.Event
+    # A query waits for its run's first workflow task (query_requests_waiting): a batch
+    # that runs a new run's first task wakes the answerer (Worker._claim_and_run).
+    _queries_waiting: bool
     _rng: random.Random
     workflows: dict[str, WorkflowDefinition]
     queues: list[str]
@@ -71,10 +75,12 @@ class _QueryAnswering:
         assert self._pool is not None
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("claim_query_request"), {
-                "namespace": self.namespace, "queues": self.queues, "workflow_types": sorted(self.workflows)})
+            mine = {"namespace": self.namespace, "queues": self.queues, "workflow_types": sorted(self.workflows)}
+            await cur.execute(q("claim_query_request"), mine)
             req = await cur.fetchone()
             if req is None:
+                waiting = await (await cur.execute(q("query_requests_waiting"), mine)).fetchone()
+                self._queries_waiting = bool(waiting and waiting["waiting"])
                 return False
             answer: Any = None
             error: dict[str, Any] | None = None

@@ -610,15 +610,31 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 -- is written. SKIP LOCKED: several workers split the requests instead of queueing on one
 -- row lock and then answering the same query twice. Returns the run and the seq of its
 -- history's last event, so the worker can tell whether its cached instance is current.
+-- A query to an open run whose first workflow task has not been recorded (its history is
+-- WorkflowStarted alone: no handler is registered yet) is left until that task is, as in
+-- Temporal (see query_requests_waiting).
 SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq
-FROM (SELECT id, run_id, name, args FROM cairn.query_requests
+FROM (SELECT id, run_id, name, args FROM cairn.query_requests w
       WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
         AND workflow_type = ANY(%(workflow_types)s::text[])
+        AND NOT EXISTS (SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
+                        AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1))
       ORDER BY created_at
       LIMIT 1
       FOR UPDATE SKIP LOCKED) q
 JOIN cairn.runs r ON r.run_id = q.run_id
+
+-- name: query_requests_waiting
+-- Whether an unanswered query of these queues and workflow types waits for its open run's
+-- first workflow task (claim_query_request leaves those): while one does, the worker looks
+-- for queries again after each batch that ran a new run's first task.
+SELECT EXISTS (
+    SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
+    WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
+      AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+) AS waiting
 
 -- name: answer_query_request
 -- Writes a query's answer (or error) and wakes the client that waits for it.
