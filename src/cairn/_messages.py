@@ -23,7 +23,7 @@ from cairn._telemetry import tracer
 from cairn.common import check_text, to_payload
 from cairn.engine import history as h
 from cairn.engine.queries import q
-from cairn.errors import InputValidationError, QueryFailed, QueryTimeout, WorkflowClosed
+from cairn.errors import InputValidationError, QueryFailed, QueryTimeout
 
 if TYPE_CHECKING:
     from cairn.client import Client, WorkflowHandle
@@ -65,19 +65,7 @@ class HandleMessages:
         handle = cast("WorkflowHandle", self)
         data = {"name": validate_name(name, "signal"), "payload": to_payload(payload)}
         _validate_workflow_id(handle.workflow_id)
-        row = await handle._resolve()
-        if row["status"] != "running":
-            raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
-        async with handle.client.pool.connection() as c:
-            try:
-                cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": h.SIGNAL_RECEIVED,
-                                                        "data": Jsonb(data)})
-                sent = await cur.fetchone()
-            except psycopg.Error as exc:
-                raise db.translate(exc) from None
-        if sent is None:  # it closed between the status check and the write
-            row = await handle._resolve()
-            raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
+        await handle._on_open_run("a signal", lambda run_id: handle._write_input(run_id, h.SIGNAL_RECEIVED, data))
 
     async def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Asks the run's query handler ``name`` and returns its answer.

@@ -7,7 +7,7 @@ import contextlib
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -312,10 +312,11 @@ class Client(ClientMessages):
     # -- reading
 
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
-        """A handle on an existing workflow (its newest run unless ``run_id`` is given)."""
+        """A handle on an existing workflow: each call acts on its newest run (following
+        continue-as-new), or on run ``run_id`` alone if given (see :class:`WorkflowHandle`)."""
         if run_id is not None:
             run_id = _validate_run_id(run_id)
-        return WorkflowHandle(self, workflow_id, run_id, None)
+        return WorkflowHandle(self, workflow_id, run_id, None, pinned=run_id is not None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:
         async with self.pool.connection() as c:
@@ -511,20 +512,37 @@ def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str)
 
 
 class WorkflowHandle(HandleMessages):
-    """A workflow run: wait for its result, inspect it, signal, query, cancel or terminate it."""
+    """A workflow: wait for its result, inspect it, signal, query, cancel or terminate it.
+
+    A handle without an explicit run id (from :meth:`Client.start`, ``signal_with_start``,
+    ``reset``, ``retry``, or ``get_handle(id)``) acts on the workflow id's newest run at
+    each call, so after continue-as-new it reaches the run the chain continued as (as
+    Temporal's handles with no run id). ``get_handle(id, run_id)`` is pinned: every call
+    acts on that run, closed or not. :meth:`result` follows continue-as-new from the run
+    the handle started (or, by workflow id, from the newest run; pinned, from its run).
+
+    Attributes:
+        workflow_id: the workflow id.
+        run_id: the pinned run; otherwise the run the handle last acted on (at first the
+            run it started, ``None`` for ``get_handle(id)`` before any call).
+    """
 
     def __init__(self, client: Client, workflow_id: str, run_id: str | None,
-                 signature: Signature | None) -> None:
+                 signature: Signature | None, *, pinned: bool = False) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._signature = signature
+        self._pinned = pinned
+        # Where result() follows the continue-as-new chain from (None: the newest run).
+        self._result_run = run_id
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _resolve(self) -> dict[str, Any]:
-        row = await self.client._run_row(self.workflow_id, self.run_id)
+        """The run a call acts on: the pinned run, else the workflow id's newest run."""
+        row = await self.client._run_row(self.workflow_id, self.run_id if self._pinned else None)
         self.run_id = row["run_id"]
         return row
 
@@ -540,24 +558,26 @@ class WorkflowHandle(HandleMessages):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         await self.client._ensure_listener()
-        if self.run_id is None:
-            await self._resolve()
-        assert self.run_id is not None
+        run_id = self._result_run or (await self._resolve())["run_id"]
         # A run this client started while listening, with no close seen yet, is open: skip
         # the first read (one statement fewer per start-and-wait). A pass after a close
         # NOTIFY that carried the outcome uses it; every other pass reads.
-        known_open = self.client._known_open(self.run_id)
-        notified = self.client._seen_outcome(self.run_id)  # a close NOTIFY carries the outcome
+        known_open = self.client._known_open(run_id)
+        notified = self.client._seen_outcome(run_id)  # a close NOTIFY carries the outcome
         while True:
-            with self.client._close_waiter(self.run_id) as closed:
+            with self.client._close_waiter(run_id) as closed:
                 if not known_open:
-                    row = notified or await self._outcome_row()
+                    row = notified or await self._outcome_row(run_id)
                     notified = None
                     if row["status"] == "continued_as_new":  # follow the chain to its newest run
-                        self.run_id = await self._successor()
+                        run_id = await self._successor(run_id)
+                        if not self._pinned:
+                            self.run_id = run_id
+                        if self._result_run is not None:  # a handle by workflow id starts anew
+                            self._result_run = run_id
                         continue
                     if row["status"] != "running":
-                        self.client._watched.pop(self.run_id, None)
+                        self.client._watched.pop(run_id, None)
                         return self._outcome(row)
                 known_open = False
                 remaining = None if deadline is None else deadline - loop.time()
@@ -568,22 +588,22 @@ class WorkflowHandle(HandleMessages):
                     async with asyncio.timeout(min(remaining or 5.0, 5.0)):
                         notified = await closed
 
-    async def _successor(self) -> str:
-        """The run that this handle's run continued as (created in the same transaction)."""
+    async def _successor(self, run_id: str) -> str:
+        """The run that ``run_id`` continued as (created in the same transaction)."""
         async with self.client.pool.connection() as c:
-            row = await (await c.execute(q("run_successor"), {"run_id": self.run_id})).fetchone()
+            row = await (await c.execute(q("run_successor"), {"run_id": run_id})).fetchone()
         if row is None:
-            raise WorkflowNotFound(f"run {self.run_id} of {self.workflow_id!r} continued as new, "
+            raise WorkflowNotFound(f"run {run_id} of {self.workflow_id!r} continued as new, "
                                    "but its next run is missing")
         return str(row[0])
 
-    async def _outcome_row(self) -> dict[str, Any]:
+    async def _outcome_row(self, run_id: str) -> dict[str, Any]:
         """The run's status and, once closed, its last event, in one query."""
         async with self.client.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            row = await (await cur.execute(q("run_outcome"), {"run_id": self.run_id})).fetchone()
+            row = await (await cur.execute(q("run_outcome"), {"run_id": run_id})).fetchone()
         if row is None:
-            raise WorkflowNotFound(f"no workflow run {self.run_id} for id {self.workflow_id!r}")
+            raise WorkflowNotFound(f"no workflow run {run_id} for id {self.workflow_id!r}")
         return row
 
     def _outcome(self, row: dict[str, Any]) -> Any:
@@ -666,27 +686,47 @@ class WorkflowHandle(HandleMessages):
     async def reset(self, *, to_seq: int | None = None, to_last_task: bool = False, reason: str = "",
                     reapply_signals: bool = True) -> WorkflowHandle:
         """Resets this run (see :meth:`Client.reset`); returns a handle on the new run."""
-        return await self.client.reset(self.workflow_id, run_id=self.run_id, to_seq=to_seq,
+        return await self.client.reset(self.workflow_id, run_id=self._pinned_run(), to_seq=to_seq,
                                        to_last_task=to_last_task, reason=reason, reapply_signals=reapply_signals)
 
     async def retry(self) -> WorkflowHandle:
         """Retries this run (see :meth:`Client.retry`); returns a handle on the new run."""
-        return await self.client.retry(self.workflow_id, run_id=self.run_id)
+        return await self.client.retry(self.workflow_id, run_id=self._pinned_run())
+
+    def _pinned_run(self) -> str | None:
+        """The run id to pass on: the pinned run, or None (the newest run)."""
+        return self.run_id if self._pinned else None
 
     async def cancel(self, reason: str = "") -> None:
         """Asks the run to cancel: its code sees ``CancelledError`` at its next await."""
-        await self._send(h.CANCEL_REQUESTED, {"reason": reason})
+        await self._on_open_run("a cancel request", lambda run_id: self._write_input(
+            run_id, h.CANCEL_REQUESTED, {"reason": reason}))
 
-    async def _send(self, event_type: str, data: dict[str, Any]) -> None:
-        row = await self._resolve()
-        # WorkflowClosed (a CairnError): bad input for the CLI (exit 2), nothing written.
-        if row["status"] != "running":
-            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a cancel request")
+    async def _on_open_run(self, what: str, act: Callable[[str], Awaitable[bool]]) -> None:
+        """Runs ``act`` on the run this call acts on, which must be open (else
+        ``WorkflowClosed``, a CairnError: bad input for the CLI, exit 2, nothing written).
+
+        ``act`` returns False when the run closed before it wrote: the handle looks again,
+        so one that is not pinned reaches the run the closed one continued as.
+        """
+        tried: set[str] = set()
+        while True:
+            row = await self._resolve()
+            if row["status"] != "running" or row["run_id"] in tried:
+                raise WorkflowClosed(self.workflow_id, row["run_id"],
+                                     "closed" if row["status"] == "running" else row["status"], what)
+            if await act(row["run_id"]):
+                return
+            tried.add(row["run_id"])
+
+    async def _write_input(self, run_id: str, event_type: str, data: dict[str, Any]) -> bool:
+        """Writes an input event into the run's inbox; False if the run is closed."""
         async with self.client.pool.connection() as c:
-            cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
-                                                    "data": Jsonb(data)})
-            if await cur.fetchone() is None:
-                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
+            try:
+                cur = await c.execute(q("signal_run"), {"run_id": run_id, "type": event_type, "data": Jsonb(data)})
+                return await cur.fetchone() is not None
+            except psycopg.Error as exc:
+                raise db.translate(exc) from None
 
     async def terminate(self, reason: str = "") -> None:
         """Ends the run at once, without running any more workflow code.
@@ -694,10 +734,10 @@ class WorkflowHandle(HandleMessages):
         Takes the run's workflow-task lock (waiting for a worker mid-task), so the
         ``WorkflowTerminated`` event is appended by the one writer the run has.
         """
-        row = await self._resolve()
-        if row["status"] != "running":
-            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
-        params: dict[str, Any] = {"run_id": row["run_id"], "now": None}
+        await self._on_open_run("a terminate request", lambda run_id: self._terminate(run_id, reason))
+
+    async def _terminate(self, run_id: str, reason: str) -> bool:
+        params: dict[str, Any] = {"run_id": run_id, "now": None}
         async with self.client.pool.connection() as c, c.transaction():
             cur = c.cursor(row_factory=dict_row)
             locked = None
@@ -706,19 +746,21 @@ class WorkflowHandle(HandleMessages):
                 # task finished): ensure it again. A closed run gets no row: we stop.
                 await c.execute(q("ensure_workflow_task"), params)
                 await c.execute(q("lock_workflow_task"), params)
-                await cur.execute(q("locked_task_state"), {**params, "run_ids": [row["run_id"]], "replay": []})
+                await cur.execute(q("locked_task_state"), {**params, "run_ids": [run_id], "replay": []})
                 locked = await cur.fetchone()
                 if locked is not None:
                     break
             if locked is None or locked["status"] != "running":
-                raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a terminate request")
+                raise psycopg.Rollback()  # it closed meanwhile: nothing written
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",
                                              "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})
             await c.execute(q("finish_workflow_task"), params)
             # Its parent hears of it; its children get their parent close policy.
-            await _lifecycle.close_family(c, row["run_id"], h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
+            await _lifecycle.close_family(c, run_id, h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
+            return True
+        return False
 
 
 def _prepare(url: str, embedded: bool) -> None:

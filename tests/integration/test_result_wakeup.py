@@ -44,9 +44,9 @@ async def test_close_during_status_check_is_not_missed(client, db_url):
     closed = False
     workflow_id, run_id = handle.workflow_id, handle.run_id
 
-    async def read_then_close() -> dict[str, Any]:
+    async def read_then_close(run: str) -> dict[str, Any]:
         nonlocal closed
-        row = await original()
+        row = await original(run)
         row["run_id"] = run_id
         if not closed:
             closed = True
@@ -94,9 +94,9 @@ def _count_reads(handle: Any) -> list[int]:
     reads: list[int] = []
     original = handle._outcome_row
 
-    async def counted() -> dict[str, Any]:
+    async def counted(run: str) -> dict[str, Any]:
         reads.append(1)
-        return await original()
+        return await original(run)
 
     handle._outcome_row = counted
     return reads
