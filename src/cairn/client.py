@@ -536,6 +536,9 @@ class WorkflowHandle(HandleMessages):
         self._pinned = pinned
         # Where result() follows the continue-as-new chain from (None: the newest run).
         self._result_run = run_id
+        # The run this handle started (Temporal's first_execution_run_id): cancel and
+        # terminate act only on it and the runs that come from it.
+        self._first_run = None if pinned else run_id
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
@@ -700,14 +703,17 @@ class WorkflowHandle(HandleMessages):
     async def cancel(self, reason: str = "") -> None:
         """Asks the run to cancel: its code sees ``CancelledError`` at its next await."""
         await self._on_open_run("a cancel request", lambda run_id: self._write_input(
-            run_id, h.CANCEL_REQUESTED, {"reason": reason}))
+            run_id, h.CANCEL_REQUESTED, {"reason": reason}), own_chain=True)
 
-    async def _on_open_run(self, what: str, act: Callable[[str], Awaitable[bool]]) -> None:
+    async def _on_open_run(self, what: str, act: Callable[[str], Awaitable[bool]], *,
+                           own_chain: bool = False) -> None:
         """Runs ``act`` on the run this call acts on, which must be open (else
         ``WorkflowClosed``, a CairnError: bad input for the CLI, exit 2, nothing written).
 
         ``act`` returns False when the run closed before it wrote: the handle looks again,
-        so one that is not pinned reaches the run the closed one continued as.
+        so one that is not pinned reaches the run the closed one continued as. With
+        ``own_chain``, a started handle refuses a newest run that does not come from the
+        run it started (a later start of the same id), as Temporal does.
         """
         tried: set[str] = set()
         while True:
@@ -715,9 +721,20 @@ class WorkflowHandle(HandleMessages):
             if row["status"] != "running" or row["run_id"] in tried:
                 raise WorkflowClosed(self.workflow_id, row["run_id"],
                                      "closed" if row["status"] == "running" else row["status"], what)
+            if own_chain and not await self._in_own_chain(row["run_id"]):
+                raise WorkflowClosed(self.workflow_id, str(self._first_run), "closed", what)
             if await act(row["run_id"]):
                 return
             tried.add(row["run_id"])
+
+    async def _in_own_chain(self, run_id: str) -> bool:
+        """Whether ``run_id`` is the run this handle started or comes from it (always true
+        for a handle that started none)."""
+        if self._first_run is None or run_id == self._first_run:
+            return True
+        async with self.client.pool.connection() as c:
+            row = await (await c.execute(q("run_in_chain"), {"run_id": run_id, "first": self._first_run})).fetchone()
+        return bool(row and row[0])
 
     async def _write_input(self, run_id: str, event_type: str, data: dict[str, Any]) -> bool:
         """Writes an input event into the run's inbox; False if the run is closed."""
@@ -734,7 +751,8 @@ class WorkflowHandle(HandleMessages):
         Takes the run's workflow-task lock (waiting for a worker mid-task), so the
         ``WorkflowTerminated`` event is appended by the one writer the run has.
         """
-        await self._on_open_run("a terminate request", lambda run_id: self._terminate(run_id, reason))
+        await self._on_open_run("a terminate request", lambda run_id: self._terminate(run_id, reason),
+                                own_chain=True)
 
     async def _terminate(self, run_id: str, reason: str) -> bool:
         params: dict[str, Any] = {"run_id": run_id, "now": None}

@@ -103,9 +103,9 @@ async def test_a_handle_with_a_run_id_stays_on_that_run(client, start_worker, sq
     first = (await client.start(stages, 0, id="follow-pinned")).run_id
     pinned = client.get_handle("follow-pinned", first)
     second = await _continue(sql, "follow-pinned", first, client)
-    for act in (pinned.signal("note", "x"), pinned.cancel(), pinned.terminate()):
+    for act in (lambda: pinned.signal("note", "x"), pinned.cancel, pinned.terminate):
         with pytest.raises(WorkflowClosed, match="continued_as_new") as info:
-            await act
+            await act()
         assert info.value.run_id == first
     assert await pinned.query("stage", timeout=T) == {"n": 0, "notes": []}
     d = await pinned.describe()
@@ -118,6 +118,27 @@ async def test_a_handle_with_a_run_id_stays_on_that_run(client, start_worker, sq
     assert await pinned.result(timeout=T) == {"n": 1, "notes": []}
     assert pinned.run_id == first
     assert (await pinned.describe()).run_id == first
+
+
+async def test_a_started_handle_cancels_and_terminates_only_its_own_chain(client, start_worker, sql):
+    await start_worker(workflows=[stages])
+    handle = await client.start(stages, 0, id="follow-own")
+    first = handle.run_id
+    await handle.terminate("first")
+    # A retry comes from the started run: the handle terminates it.
+    retried = await handle.retry()
+    await handle.terminate("retried")
+    assert run_status(sql, retried.run_id) == "terminated"
+    # A later start of the same id is another execution: cancel and terminate refuse it,
+    # as Temporal's (first_execution_run_id); signal, query and describe reach it.
+    other = await client.start(stages, 7, id="follow-own")
+    for act in (handle.cancel, handle.terminate):
+        with pytest.raises(WorkflowClosed, match=f"its run {first} is closed") as info:
+            await act()
+        assert info.value.run_id == first
+    assert run_status(sql, other.run_id) == "running"
+    assert (await handle.describe()).run_id == other.run_id
+    await other.terminate()
 
 
 async def test_a_run_that_continues_mid_call_is_followed(client, start_worker, sql):
