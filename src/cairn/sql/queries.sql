@@ -612,29 +612,30 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 -- history's last event, so the worker can tell whether its cached instance is current.
 -- A query to an open run whose first workflow task has not been recorded (its history is
 -- WorkflowStarted alone: no handler is registered yet) is left until that task is, as in
--- Temporal (see query_requests_waiting).
+-- Temporal. Always one row: with no request claimed (id NULL), `waiting` says whether such
+-- a query waits; the worker then claims again after it records a new run's first task.
+-- One statement, one snapshot: a first task committed after it was seen waiting, never
+-- missed in between (see _QueryAnswering).
+WITH claimed AS (
+    SELECT id, run_id, name, args FROM cairn.query_requests w
+    WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
+      AND workflow_type = ANY(%(workflow_types)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
+                      AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1))
+    ORDER BY created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
 SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
-       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq
-FROM (SELECT id, run_id, name, args FROM cairn.query_requests w
-      WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
-        AND workflow_type = ANY(%(workflow_types)s::text[])
-        AND NOT EXISTS (SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
-                        AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1))
-      ORDER BY created_at
-      LIMIT 1
-      FOR UPDATE SKIP LOCKED) q
-JOIN cairn.runs r ON r.run_id = q.run_id
-
--- name: query_requests_waiting
--- Whether an unanswered query of these queues and workflow types waits for its open run's
--- first workflow task (claim_query_request leaves those): while one does, the worker looks
--- for queries again after each batch that ran a new run's first task.
-SELECT EXISTS (
-    SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
-    WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
-      AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
-      AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
-) AS waiting
+       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq,
+       q.id IS NULL AND EXISTS (
+           SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
+           WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
+             AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
+             AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+       ) AS waiting
+FROM (SELECT 1) one
+LEFT JOIN (claimed q JOIN cairn.runs r ON r.run_id = q.run_id) ON true
 
 -- name: answer_query_request
 -- Writes a query's answer (or error) and wakes the client that waits for it.
