@@ -42,7 +42,8 @@ async def first_task_held(db_url: str, run_id: str) -> AsyncIterator[None]:
 async def test_a_query_before_the_first_task_is_answered_after_it(client, db_url, start_worker, sql):
     handle = await client.start(greeter, "ada", id="early-query")
     async with first_task_held(db_url, handle.run_id):
-        worker = await start_worker(workflows=[greeter])
+        # Polls 30 s apart: the task is claimed on a NOTIFY, the query on the first task's wake-up.
+        worker = await start_worker(workflows=[greeter], poll_interval=30.0)
         asking = asyncio.create_task(handle.query("greeting", timeout=T))
         # The worker saw the request and left it for the first task (the old code answered
         # at once, from a replay of WorkflowStarted alone: UnknownQuery, known: none).
@@ -50,6 +51,7 @@ async def test_a_query_before_the_first_task_is_answered_after_it(client, db_url
                          what="the worker to put the query aside")
         assert not asking.done(), asking.result()
         assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", (handle.run_id,)) == [(1,)]
+    await handle.signal("noise")  # its NOTIFY gets the first task claimed
     assert await asking == "hello ada"
     assert sql("SELECT count(*) FROM cairn.query_requests") == [(0,)]
     # After the first task, an unknown name still fails at once, naming the known ones.
