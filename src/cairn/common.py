@@ -224,7 +224,7 @@ class Signature:
         returns = hints.get("return", Any)
         # None: the function never returns normally, so there is no result to validate.
         self.returns: TypeAdapter[Any] | None = (
-            None if returns in NEVER_RETURNS else self._adapter(returns, "the return type"))
+            None if any(returns is t for t in NEVER_RETURNS) else self._adapter(returns, "the return type"))
 
     def _adapter(self, tp: Any, what: str) -> TypeAdapter[Any]:
         try:
