@@ -604,7 +604,8 @@ class WorkflowHandle(HandleMessages):
         """The run's status and, once closed, its last event, in one query."""
         async with self.client.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
-            row = await (await cur.execute(q("run_outcome"), {"run_id": run_id})).fetchone()
+            row = await (await cur.execute(q("run_outcome"), {
+                "run_id": run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
         if row is None:
             raise WorkflowNotFound(f"no workflow run {run_id} for id {self.workflow_id!r}")
         return row
@@ -733,7 +734,9 @@ class WorkflowHandle(HandleMessages):
         if self._first_run is None or run_id == self._first_run:
             return True
         async with self.client.pool.connection() as c:
-            row = await (await c.execute(q("run_in_chain"), {"run_id": run_id, "first": self._first_run})).fetchone()
+            row = await (await c.execute(q("run_in_chain"), {
+                "run_id": run_id, "first": self._first_run, "namespace": self.client.namespace,
+                "workflow_id": self.workflow_id})).fetchone()
         return bool(row and row[0])
 
     async def _write_input(self, run_id: str, event_type: str, data: dict[str, Any]) -> bool:

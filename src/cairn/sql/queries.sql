@@ -827,12 +827,15 @@ SELECT run_id FROM cairn.runs WHERE continued_from = %(run_id)s::uuid
 -- name: run_in_chain
 -- Whether run %(run_id)s is run %(first)s or comes from it: continue-as-new
 -- (continued_from), reset or retry (reset_from) links, walked back from it by primary key
--- (a run has at most one of each). A started handle cancels and terminates only such runs.
+-- (a run has at most one of each), within this namespace's workflow id. A started handle
+-- cancels and terminates only such runs.
 WITH RECURSIVE back(run_id, continued_from, reset_of) AS (
-    SELECT run_id, continued_from, (reset_from ->> 'run_id')::uuid FROM cairn.runs WHERE run_id = %(run_id)s::uuid
+    SELECT run_id, continued_from, (reset_from ->> 'run_id')::uuid FROM cairn.runs
+    WHERE run_id = %(run_id)s::uuid AND namespace = %(namespace)s AND workflow_id = %(workflow_id)s
     UNION
     SELECT r.run_id, r.continued_from, (r.reset_from ->> 'run_id')::uuid
     FROM back b JOIN cairn.runs r ON r.run_id IN (b.continued_from, b.reset_of)
+    WHERE r.namespace = %(namespace)s AND r.workflow_id = %(workflow_id)s
 )
 SELECT EXISTS (SELECT 1 FROM back WHERE run_id = %(first)s::uuid) AS in_chain
 
