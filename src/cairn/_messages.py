@@ -22,7 +22,7 @@ from cairn._telemetry import tracer
 from cairn.common import check_text, to_payload
 from cairn.engine import history as h
 from cairn.engine.queries import q
-from cairn.errors import InputValidationError, QueryFailed, QueryTimeout, WorkflowClosed
+from cairn.errors import InputValidationError, QueryFailed, QueryTimeout
 
 if TYPE_CHECKING:
     from cairn.client import Client, WorkflowHandle
@@ -68,25 +68,17 @@ class HandleMessages:
         handle = cast("WorkflowHandle", self)
         data = {"name": validate_name(name, "signal"), "payload": to_payload(payload)}
         _validate_workflow_id(handle.workflow_id)
-        row = await handle._resolve()
-        if row["status"] != "running":
-            raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
-        async def write(c: psycopg.AsyncConnection[Any]) -> Any:
-            cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": h.SIGNAL_RECEIVED,
-                                                    "data": Jsonb(data)})
-            return await cur.fetchone()
-
-        sent = await handle.client._write(write, what=f"sending signal {name!r} to workflow {handle.workflow_id!r}",
-                                          check=_CHECK_SIGNAL.format(workflow_id=handle.workflow_id))
-        if sent is None:  # it closed between the status check and the write
-            row = await handle._resolve()
-            raise WorkflowClosed(handle.workflow_id, row["run_id"], row["status"])
+        await handle._on_open_run("a signal", lambda run_id: handle._write_input(
+            run_id, h.SIGNAL_RECEIVED, data, what=f"sending signal {name!r} to workflow {handle.workflow_id!r}",
+            check=_CHECK_SIGNAL.format(workflow_id=handle.workflow_id)))
 
     async def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Asks the run's query handler ``name`` and returns its answer.
 
         A worker that serves the run's queue and workflow type answers it, from its live
-        instance or by replaying the history (closed runs can be queried too).
+        instance or by replaying the history (closed runs can be queried too). A query to
+        an open run whose first workflow task has not run yet waits for that task (within
+        ``timeout``), as the handlers are registered by it.
 
         Raises:
             InputValidationError: a bad name, arguments or timeout.
@@ -129,10 +121,7 @@ class HandleMessages:
                         break
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise QueryTimeout(
-                            f"no worker answered query {name!r} on workflow {handle.workflow_id!r} within "
-                            f"{timeout:g} s: is a worker running for queue {row['queue']!r} with workflow type "
-                            f"{row['workflow_type']!r}?")
+                        raise QueryTimeout(await _timeout_message(client, row, name, timeout))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(answered, min(remaining, QUERY_RECHECK_SECONDS))
         finally:
@@ -144,6 +133,18 @@ class HandleMessages:
             error = got["error"]
             raise QueryFailed(str(error.get("message")), type=str(error.get("type") or "QueryFailed"))
         return got["answer"]
+
+
+async def _timeout_message(client: Client, row: dict[str, Any], name: str, timeout: float) -> str:
+    """Why a query got no answer: no worker, or (the request waits for it) no first workflow task."""
+    said = f"no worker answered query {name!r} on workflow {row['workflow_id']!r} within {timeout:g} s: "
+    ask = f"is a worker running for queue {row['queue']!r} with workflow type {row['workflow_type']!r}"
+    async with client.pool.connection() as c:
+        last = await (await c.execute(q("last_history_event"), {"run_id": row["run_id"]})).fetchone()
+    if row["status"] == "running" and last is not None and last[0] == 1:
+        return (f"{said}its run {row['run_id']} has not completed its first workflow task, which a query "
+                f"waits for: {ask}, and is that task failing (cairn describe)?")
+    return f"{said}{ask}?"
 
 
 class ClientMessages:

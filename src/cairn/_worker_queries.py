@@ -38,13 +38,19 @@ class _QueryAnswering:
 
     A query is answered from the sticky cache when the cached instance has seen the whole
     history (its ``last_seq`` is the history's last seq); otherwise the history is replayed
-    into a throwaway instance that is never cached and never recorded.
+    into a throwaway instance that is never cached and never recorded. A query to an open
+    run whose first workflow task has not been recorded waits for that task.
     """
 
     _pool: AsyncConnectionPool | None
     _cache: OrderedDict[str, WorkflowInstance]
     _stopping: asyncio.Event
     _query_wake: asyncio.Event
+    # A query waits for its run's first workflow task (claim_query_request's `waiting`):
+    # a batch that records a new run's first task wakes the answerer, and counts itself in
+    # _first_tasks (Worker._claim_and_run).
+    _queries_waiting: bool
+    _first_tasks: int
     _rng: random.Random
     workflows: dict[str, WorkflowDefinition]
     queues: list[str]
@@ -58,8 +64,14 @@ class _QueryAnswering:
         while not self._stopping.is_set():
             self._query_wake.clear()
             try:
-                while await self.answer_query():
-                    pass
+                while True:
+                    first_tasks = self._first_tasks
+                    if await self.answer_query():
+                        continue
+                    # A first task recorded while the claim ran (seen waiting by it, but
+                    # recorded before _queries_waiting could ask for a wake-up): claim again.
+                    if not (self._queries_waiting and self._first_tasks != first_tasks):
+                        break
             except Exception:
                 log.exception("answering a query failed")
             with contextlib.suppress(TimeoutError):
@@ -74,7 +86,8 @@ class _QueryAnswering:
             await cur.execute(q("claim_query_request"), {
                 "namespace": self.namespace, "queues": self.queues, "workflow_types": sorted(self.workflows)})
             req = await cur.fetchone()
-            if req is None:
+            self._queries_waiting = bool(req and req["waiting"])
+            if req is None or req["id"] is None:
                 return False
             answer: Any = None
             error: dict[str, Any] | None = None

@@ -418,10 +418,11 @@ class Client(ClientMessages):
     # -- reading
 
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
-        """A handle on an existing workflow (its newest run unless ``run_id`` is given)."""
+        """A handle on an existing workflow: each call acts on its newest run (following
+        continue-as-new), or on run ``run_id`` alone if given (see :class:`WorkflowHandle`)."""
         if run_id is not None:
             run_id = _validate_run_id(run_id)
-        return WorkflowHandle(self, workflow_id, run_id, None)
+        return WorkflowHandle(self, workflow_id, run_id, None, pinned=run_id is not None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None, *,
                        wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
@@ -660,20 +661,40 @@ def started_run_id(row: Any, existing: Any, params: dict[str, Any], policy: str)
 
 
 class WorkflowHandle(HandleMessages):
-    """A workflow run: wait for its result, inspect it, signal, query, cancel or terminate it."""
+    """A workflow: wait for its result, inspect it, signal, query, cancel or terminate it.
+
+    A handle without an explicit run id (from :meth:`Client.start`, ``signal_with_start``,
+    ``reset``, ``retry``, or ``get_handle(id)``) acts on the workflow id's newest run at
+    each call, so after continue-as-new it reaches the run the chain continued as (as
+    Temporal's handles with no run id). ``get_handle(id, run_id)`` is pinned: every call
+    acts on that run, closed or not. :meth:`result` follows continue-as-new from the run
+    the handle started (or, by workflow id, from the newest run; pinned, from its run).
+
+    Attributes:
+        workflow_id: the workflow id.
+        run_id: the pinned run; otherwise the run the handle last acted on (at first the
+            run it started, ``None`` for ``get_handle(id)`` before any call).
+    """
 
     def __init__(self, client: Client, workflow_id: str, run_id: str | None,
-                 signature: Signature | None) -> None:
+                 signature: Signature | None, *, pinned: bool = False) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._signature = signature
+        self._pinned = pinned
+        # Where result() follows the continue-as-new chain from (None: the newest run).
+        self._result_run = run_id
+        # The run this handle started (Temporal's first_execution_run_id): cancel and
+        # terminate act only on it and the runs that come from it.
+        self._first_run = None if pinned else run_id
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _resolve(self, *, wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
-        row = await self.client._run_row(self.workflow_id, self.run_id, wait=wait)
+        """The run a call acts on: the pinned run, else the workflow id's newest run."""
+        row = await self.client._run_row(self.workflow_id, self.run_id if self._pinned else None, wait=wait)
         self.run_id = row["run_id"]
         return row
 
@@ -695,24 +716,26 @@ class WorkflowHandle(HandleMessages):
             return None if deadline is None else max(deadline - loop.time(), 0.0)
 
         await self.client._ensure_listener(remaining())
-        if self.run_id is None:
-            await self._resolve(wait=remaining())
-        assert self.run_id is not None
+        run_id = self._result_run or (await self._resolve(wait=remaining()))["run_id"]
         # A run this client started while listening, with no close seen yet, is open: skip
         # the first read (one statement fewer per start-and-wait). A pass after a close
         # NOTIFY that carried the outcome uses it; every other pass reads.
-        known_open = self.client._known_open(self.run_id)
-        notified = self.client._seen_outcome(self.run_id)  # a close NOTIFY carries the outcome
+        known_open = self.client._known_open(run_id)
+        notified = self.client._seen_outcome(run_id)  # a close NOTIFY carries the outcome
         while True:
-            with self.client._close_waiter(self.run_id) as closed:
+            with self.client._close_waiter(run_id) as closed:
                 if not known_open:
-                    row = notified or await self._outcome_row(wait=remaining())
+                    row = notified or await self._outcome_row(run_id, wait=remaining())
                     notified = None
                     if row["status"] == "continued_as_new":  # follow the chain to its newest run
-                        self.run_id = await self._successor(wait=remaining())
+                        run_id = await self._successor(run_id, wait=remaining())
+                        if not self._pinned:
+                            self.run_id = run_id
+                        if self._result_run is not None:  # a handle by workflow id starts anew
+                            self._result_run = run_id
                         continue
                     if row["status"] != "running":
-                        self.client._watched.pop(self.run_id, None)
+                        self.client._watched.pop(run_id, None)
                         return self._outcome(row)
                 known_open = False
                 left = remaining()
@@ -723,27 +746,27 @@ class WorkflowHandle(HandleMessages):
                     async with asyncio.timeout(min(left or 5.0, 5.0)):
                         notified = await closed
 
-    async def _successor(self, *, wait: float | None = READ_RETRY_SECONDS) -> str:
-        """The run that this handle's run continued as (created in the same transaction)."""
+    async def _successor(self, run_id: str, *, wait: float | None = READ_RETRY_SECONDS) -> str:
+        """The run that ``run_id`` continued as (created in the same transaction)."""
         async def read(c: psycopg.AsyncConnection[Any]) -> Any:
-            return await (await c.execute(q("run_successor"), {"run_id": self.run_id})).fetchone()
+            return await (await c.execute(q("run_successor"), {"run_id": run_id})).fetchone()
 
         row = await self.client._read(read, wait=wait)
         if row is None:
-            raise WorkflowNotFound(f"run {self.run_id} of {self.workflow_id!r} continued as new, "
+            raise WorkflowNotFound(f"run {run_id} of {self.workflow_id!r} continued as new, "
                                    "but its next run is missing")
         return str(row[0])
 
-    async def _outcome_row(self, *, wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
+    async def _outcome_row(self, run_id: str, *, wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
         """The run's status and, once closed, its last event, in one query."""
         async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
             cur = c.cursor(row_factory=dict_row)
             return await (await cur.execute(q("run_outcome"), {
-                "run_id": self.run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
+                "run_id": run_id, "namespace": self.client.namespace, "workflow_id": self.workflow_id})).fetchone()
 
         row = await self.client._read(read, wait=wait)
         if row is None:
-            raise WorkflowNotFound(f"no workflow run {self.run_id} for id {self.workflow_id!r}")
+            raise WorkflowNotFound(f"no workflow run {run_id} for id {self.workflow_id!r}")
         return row
 
     def _outcome(self, row: dict[str, Any]) -> Any:
@@ -832,32 +855,66 @@ class WorkflowHandle(HandleMessages):
     async def reset(self, *, to_seq: int | None = None, to_last_task: bool = False, reason: str = "",
                     reapply_signals: bool = True) -> WorkflowHandle:
         """Resets this run (see :meth:`Client.reset`); returns a handle on the new run."""
-        return await self.client.reset(self.workflow_id, run_id=self.run_id, to_seq=to_seq,
+        return await self.client.reset(self.workflow_id, run_id=self._pinned_run(), to_seq=to_seq,
                                        to_last_task=to_last_task, reason=reason, reapply_signals=reapply_signals)
 
     async def retry(self) -> WorkflowHandle:
         """Retries this run (see :meth:`Client.retry`); returns a handle on the new run."""
-        return await self.client.retry(self.workflow_id, run_id=self.run_id)
+        return await self.client.retry(self.workflow_id, run_id=self._pinned_run())
+
+    def _pinned_run(self) -> str | None:
+        """The run id to pass on: the pinned run, or None (the newest run)."""
+        return self.run_id if self._pinned else None
 
     async def cancel(self, reason: str = "") -> None:
         """Asks the run to cancel: its code sees ``CancelledError`` at its next await."""
-        await self._send(h.CANCEL_REQUESTED, {"reason": reason})
+        await self._on_open_run("a cancel request", lambda run_id: self._write_input(
+            run_id, h.CANCEL_REQUESTED, {"reason": reason}, what=f"asking workflow {self.workflow_id!r} to cancel",
+            check=f"see `cairn history {self.workflow_id}` (or handle.history()) before asking again"), own_chain=True)
 
-    async def _send(self, event_type: str, data: dict[str, Any]) -> None:
-        row = await self._resolve()
-        # WorkflowClosed (a CairnError): bad input for the CLI (exit 2), nothing written.
-        if row["status"] != "running":
-            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a cancel request")
-        async def write(c: psycopg.AsyncConnection[Any]) -> Any:
-            cur = await c.execute(q("signal_run"), {"run_id": row["run_id"], "type": event_type,
-                                                    "data": Jsonb(data)})
-            return await cur.fetchone()
+    async def _on_open_run(self, what: str, act: Callable[[str], Awaitable[bool]], *,
+                           own_chain: bool = False) -> None:
+        """Runs ``act`` on the run this call acts on, which must be open (else
+        ``WorkflowClosed``, a CairnError: bad input for the CLI, exit 2, nothing written).
 
-        sent = await self.client._write(write, what=f"sending {event_type} to workflow {self.workflow_id!r}",
-                                        check=f"see `cairn history {self.workflow_id}` (or handle.history()) "
-                                              "before sending it again")
-        if sent is None:
-            raise WorkflowClosed(self.workflow_id, row["run_id"], "closed", "a cancel request")
+        ``act`` returns False when the run closed before it wrote: the handle looks again,
+        so one that is not pinned reaches the run the closed one continued as. With
+        ``own_chain``, a started handle refuses a newest run that does not come from the
+        run it started (a later start of the same id), as Temporal does.
+        """
+        tried: set[str] = set()
+        while True:
+            row = await self._resolve()
+            if row["status"] != "running" or row["run_id"] in tried:
+                raise WorkflowClosed(self.workflow_id, row["run_id"],
+                                     "closed" if row["status"] == "running" else row["status"], what)
+            if own_chain and not await self._in_own_chain(row["run_id"]):
+                raise WorkflowClosed(self.workflow_id, str(self._first_run), "closed", what)
+            if await act(row["run_id"]):
+                return
+            tried.add(row["run_id"])
+
+    async def _in_own_chain(self, run_id: str) -> bool:
+        """Whether ``run_id`` is the run this handle started or comes from it (always true
+        for a handle that started none)."""
+        if self._first_run is None or run_id == self._first_run:
+            return True
+        async def read(c: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await c.execute(q("run_in_chain"), {
+                "run_id": run_id, "first": self._first_run, "namespace": self.client.namespace,
+                "workflow_id": self.workflow_id})).fetchone()
+
+        row = await self.client._read(read)
+        return bool(row and row[0])
+
+    async def _write_input(self, run_id: str, event_type: str, data: dict[str, Any], *,
+                           what: str, check: str) -> bool:
+        """Writes an input event into the run's inbox; False if the run is closed."""
+        async def write(c: psycopg.AsyncConnection[Any]) -> bool:
+            cur = await c.execute(q("signal_run"), {"run_id": run_id, "type": event_type, "data": Jsonb(data)})
+            return await cur.fetchone() is not None
+
+        return await self.client._write(write, what=what, check=check)
 
     async def terminate(self, reason: str = "") -> None:
         """Ends the run at once, without running any more workflow code.
@@ -865,14 +922,15 @@ class WorkflowHandle(HandleMessages):
         Takes the run's workflow-task lock (waiting for a worker mid-task), so the
         ``WorkflowTerminated`` event is appended by the one writer the run has.
         """
-        row = await self._resolve()
-        if row["status"] != "running":
-            raise WorkflowClosed(self.workflow_id, row["run_id"], row["status"], "a terminate request")
-        await self.client._write(
-            lambda c: self._terminate_on(c, row["run_id"], reason), what=f"terminating workflow {self.workflow_id!r}",
+        await self._on_open_run("a terminate request", lambda run_id: self._terminate(run_id, reason),
+                                own_chain=True)
+
+    async def _terminate(self, run_id: str, reason: str) -> bool:
+        return await self.client._write(
+            lambda c: self._terminate_on(c, run_id, reason), what=f"terminating workflow {self.workflow_id!r}",
             check=f"see its status with `cairn describe {self.workflow_id}` (or handle.describe())")
 
-    async def _terminate_on(self, c: psycopg.AsyncConnection[Any], run_id: str, reason: str) -> None:
+    async def _terminate_on(self, c: psycopg.AsyncConnection[Any], run_id: str, reason: str) -> bool:
         params: dict[str, Any] = {"run_id": run_id, "now": None}
         async with c.transaction():
             cur = c.cursor(row_factory=dict_row)
@@ -887,7 +945,7 @@ class WorkflowHandle(HandleMessages):
                 if locked is not None:
                     break
             if locked is None or locked["status"] != "running":
-                raise WorkflowClosed(self.workflow_id, run_id, "closed", "a terminate request")
+                raise psycopg.Rollback()  # it closed meanwhile: nothing written
             event = [{"seq": locked["last_seq"] + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason}}]
             await c.execute(q("append_history"), {**params, "events": Jsonb(event)})
             await c.execute(q("close_run"), {**params, "status": "terminated",
@@ -895,6 +953,8 @@ class WorkflowHandle(HandleMessages):
             await c.execute(q("finish_workflow_task"), params)
             # Its parent hears of it; its children get their parent close policy.
             await _lifecycle.close_family(c, run_id, h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
+            return True
+        return False
 
 
 def _prepare(url: str, embedded: bool) -> None:

@@ -14,12 +14,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Any, get_type_hints
+from typing import Any, Never, NoReturn, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PydanticUndefinedAnnotation,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
-from cairn.errors import InputValidationError
+from cairn.errors import ConfigurationError, InputValidationError
 
 log = logging.getLogger("cairn.limits")
 
@@ -206,7 +215,11 @@ class Signature:
     """The typed parameters and return type of a workflow or activity function.
 
     Inputs are recorded as a JSON list, one entry per positional parameter, and validated
-    with pydantic against the annotations on the way in.
+    with pydantic against the annotations on the way in. A ``NoReturn`` or ``Never``
+    return type (the function only raises or continues as new) has no result schema.
+    Building one never fails at import: an annotation pydantic cannot validate is kept in
+    :attr:`problems`, and :meth:`check` (the worker's registration, every validation)
+    raises on it.
     """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
@@ -215,20 +228,44 @@ class Signature:
             hints = get_type_hints(fn)
         except Exception:  # unresolvable forward references: fall back to no validation
             hints = {}
+        self._what = fn.__qualname__
         self.names: list[str] = []
         self.adapters: list[TypeAdapter[Any]] = []
+        self.problems: list[str] = []
         self.required = 0
         for param in sig.parameters.values():
             if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
                 raise TypeError(f"{fn.__qualname__}: only positional parameters are supported, not {param.name!r}")
             self.names.append(param.name)
-            self.adapters.append(_adapter(hints.get(param.name, Any)))
+            self.adapters.append(self._adapter(hints.get(param.name, Any), f"parameter {param.name!r}"))
             if param.default is param.empty:
                 self.required += 1
-        self.returns: TypeAdapter[Any] = _adapter(hints.get("return", Any))
+        returns = hints.get("return", Any)
+        # None: the function never returns normally, so there is no result to validate.
+        self.returns: TypeAdapter[Any] | None = (
+            None if any(returns is t for t in NEVER_RETURNS) else self._adapter(returns, "the return type"))
+
+    def _adapter(self, tp: Any, what: str) -> TypeAdapter[Any]:
+        try:
+            return _adapter(tp)
+        except (PydanticUserError, PydanticUndefinedAnnotation) as exc:
+            reason = str(exc).splitlines()[0]
+            self.problems.append(f"{what} is annotated {getattr(tp, '__qualname__', repr(tp))}, which cannot be "
+                                 f"validated ({reason}): use a JSON type, a dataclass or a pydantic model")
+            return _adapter(Any)
+
+    def check(self, what: str) -> None:
+        """Raises if an annotation cannot be validated (see :attr:`problems`).
+
+        Raises:
+            ConfigurationError: naming ``what``, the function and each bad annotation.
+        """
+        if self.problems:
+            raise ConfigurationError(f"{what} ({self._what}): {'; '.join(self.problems)}")
 
     def validate_args(self, args: Sequence[Any], what: str) -> list[Any]:
         """Validates JSON (or Python) arguments into the annotated types."""
+        self.check(what)
         if not self.required <= len(args) <= len(self.adapters):
             want = (str(self.required) if self.required == len(self.adapters)
                     else f"{self.required} to {len(self.adapters)}")
@@ -245,6 +282,10 @@ class Signature:
         return out
 
     def validate_result(self, data: Any, what: str) -> Any:
+        """Validates a result into the return type (as it is, for a ``NoReturn`` function)."""
+        self.check(what)
+        if self.returns is None:
+            return data
         try:
             return self.returns.validate_python(data)
         except ValidationError as exc:
@@ -259,6 +300,10 @@ class Signature:
             except Exception:  # types with no JSON schema accept anything
                 items.append({})
         return {"type": "array", "prefixItems": items, "minItems": self.required, "maxItems": len(items)}
+
+
+# Return annotations of a function that never returns normally (it raises or continues as new).
+NEVER_RETURNS: tuple[Any, ...] = (NoReturn, Never)
 
 
 @cache

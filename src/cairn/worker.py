@@ -100,9 +100,11 @@ class WorkerStats:
 def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for obj in objs:
+        kind = attr.strip("_").split("_")[1]
         d = getattr(obj, attr, None)
         if d is None:
-            raise ConfigurationError(f"{obj!r} is not decorated with @{attr.strip('_').split('_')[1]}.defn")
+            raise ConfigurationError(f"{obj!r} is not decorated with @{kind}.defn")
+        d.signature.check(f"{kind} {d.name}")  # an annotation pydantic cannot validate
         if d.name in out and out[d.name] is not d:
             raise ConfigurationError(f"two definitions named {d.name!r}")
         out[d.name] = d
@@ -185,6 +187,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         self._act_wake = asyncio.Event()
         self._maint_wake = asyncio.Event()
         self._query_wake = asyncio.Event()  # a query for one of our queues arrived
+        self._queries_waiting = False  # a query waits for its run's first workflow task
+        self._first_tasks = 0  # batches recorded with a new run's first task (see _query_answerer)
         self._flush_wake = asyncio.Event()  # an attempt with a short heartbeat timeout started
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
@@ -396,6 +400,10 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                         return False
                     eager = await self._workflow_tasks(conn, tasks)
                 count_runs(tasks)  # committed
+                if any(t.get("started") is not None for t in tasks):
+                    self._first_tasks += 1
+                    if self._queries_waiting:
+                        self._query_wake.set()  # a query may wait for one of these first tasks
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 self._abandon(tasks, eager)
                 if len(tasks) > 1:

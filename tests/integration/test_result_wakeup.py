@@ -44,9 +44,9 @@ async def test_close_during_status_check_is_not_missed(client, db_url):
     closed = False
     workflow_id, run_id = handle.workflow_id, handle.run_id
 
-    async def read_then_close(**kw: Any) -> dict[str, Any]:
+    async def read_then_close(run: str, **kw: Any) -> dict[str, Any]:
         nonlocal closed
-        row = await original(**kw)
+        row = await original(run, **kw)
         row["run_id"] = run_id
         if not closed:
             closed = True
@@ -94,9 +94,9 @@ def _count_reads(handle: Any) -> list[int]:
     reads: list[int] = []
     original = handle._outcome_row
 
-    async def counted(**kw: Any) -> dict[str, Any]:
+    async def counted(run: str, **kw: Any) -> dict[str, Any]:
         reads.append(1)
-        return await original(**kw)
+        return await original(run, **kw)
 
     handle._outcome_row = counted
     return reads

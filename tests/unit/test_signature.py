@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Never, NoReturn
 
 import pytest
 from pydantic import BaseModel
 
+from cairn import Worker, activity, workflow
 from cairn.common import Signature, seconds, to_payload
-from cairn.errors import InputValidationError
+from cairn.errors import ConfigurationError, InputValidationError
 
 
 class Customer(BaseModel):
@@ -109,6 +110,64 @@ def test_result_is_validated_into_the_return_type():
     assert sig.validate_result({"name": "Cy", "age": "4"}, "activity a") == Customer(name="Cy", age=4)
     with pytest.raises(InputValidationError, match=r"^activity a: result is invalid: age: "):
         sig.validate_result({"name": "Cy", "age": "old"}, "activity a")
+
+
+# ---------------------------------------------------------------- annotations pydantic has no schema for
+
+
+@activity.defn
+def never_completes(seconds: float) -> NoReturn:  # as Temporal's hello_cancellation sample
+    raise AssertionError
+
+
+@workflow.defn
+async def runs_forever(n: int) -> Never:
+    workflow.continue_as_new(n + 1)
+
+
+class Plain:  # no pydantic schema: not a dataclass, not a model
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+async def takes_plain(thing: Plain, n: int) -> int:
+    raise AssertionError
+
+
+async def returns_plain() -> Plain:
+    raise AssertionError
+
+
+def test_noreturn_and_never_functions_import_and_register():
+    # Decorating them (at import, above) used to raise PydanticSchemaGenerationError.
+    for sig in (never_completes.__cairn_activity__.signature, runs_forever.__cairn_workflow__.signature):
+        assert sig.returns is None
+        assert sig.problems == []
+        sig.check("x")
+    assert runs_forever.__cairn_workflow__.signature.validate_args(["3"], "workflow w") == [3]
+    worker = Worker("postgresql://unused", workflows=[runs_forever], activities=[never_completes])
+    assert set(worker.workflows) == {"runs_forever"}
+    assert "never_completes" in worker.activities
+
+
+def test_a_never_returning_function_has_no_result_schema():
+    # Nothing to validate a result against: whatever came back passes as it is.
+    assert Signature(runs_forever).validate_result({"any": 1}, "workflow w") == {"any": 1}
+    assert Signature(runs_forever).json_schema()["prefixItems"] == [{"type": "integer"}]
+
+
+def test_an_annotation_without_a_schema_imports_and_fails_at_registration():
+    sig = Signature(takes_plain)  # no exception at import
+    assert len(sig.problems) == 1
+    expected = (r"^workflow takes_plain \(takes_plain\): parameter 'thing' is annotated Plain, which cannot be "
+                r"validated \(Unable to generate pydantic-core schema for .*Plain.*\): use a JSON type, a "
+                r"dataclass or a pydantic model$")
+    with pytest.raises(ConfigurationError, match=expected):
+        Worker("postgresql://unused", workflows=[workflow.defn(takes_plain)])
+    with pytest.raises(ConfigurationError, match="parameter 'thing' is annotated Plain"):
+        sig.validate_args([{"x": 1}, 2], "workflow takes_plain")  # client.start(takes_plain, ...)
+    with pytest.raises(ConfigurationError, match=r"^activity returns_plain .*the return type is annotated Plain"):
+        Worker("postgresql://unused", activities=[activity.defn(returns_plain)])
 
 
 @pytest.mark.parametrize("fn_src", [

@@ -230,9 +230,9 @@ def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_jso
 
     @with_client
     async def go(client: Client) -> tuple[Any, list[Event]]:
-        handle = client.get_handle(workflow_id, run_id)
-        events = await handle.history()
-        return await handle.describe(), events
+        d = await client.get_handle(workflow_id, run_id).describe()
+        # Pinned to the run described: the newest run may change in between (continue-as-new).
+        return d, await client.get_handle(workflow_id, d.run_id).history()
 
     d, events = run(go(settings))
     if as_json:
@@ -264,10 +264,10 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
 
         @with_client
         async def fetch(client: Client) -> dict[str, Any]:
-            handle = client.get_handle(source, run_id)
-            d = await handle.describe()
+            d = await client.get_handle(source, run_id).describe()
+            events = await client.get_handle(source, d.run_id).history()  # the run described
             return {"workflow_id": d.workflow_id, "run_id": d.run_id, "workflow_type": d.workflow_type,
-                    "queue": d.queue, "events": [e.to_json() for e in await handle.history()]}
+                    "queue": d.queue, "events": [e.to_json() for e in events]}
 
         return await fetch(settings)
 

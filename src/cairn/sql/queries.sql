@@ -632,15 +632,32 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 -- is written. SKIP LOCKED: several workers split the requests instead of queueing on one
 -- row lock and then answering the same query twice. Returns the run and the seq of its
 -- history's last event, so the worker can tell whether its cached instance is current.
+-- A query to an open run whose first workflow task has not been recorded (its history is
+-- WorkflowStarted alone: no handler is registered yet) is left until that task is, as in
+-- Temporal. Always one row: with no request claimed (id NULL), `waiting` says whether such
+-- a query waits; the worker then claims again after it records a new run's first task.
+-- One statement, one snapshot: a first task committed after it was seen waiting, never
+-- missed in between (see _QueryAnswering).
+WITH claimed AS (
+    SELECT id, run_id, name, args FROM cairn.query_requests w
+    WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
+      AND workflow_type = ANY(%(workflow_types)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
+                      AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1))
+    ORDER BY created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
 SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
-       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq
-FROM (SELECT id, run_id, name, args FROM cairn.query_requests
-      WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
-        AND workflow_type = ANY(%(workflow_types)s::text[])
-      ORDER BY created_at
-      LIMIT 1
-      FOR UPDATE SKIP LOCKED) q
-JOIN cairn.runs r ON r.run_id = q.run_id
+       (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = q.run_id) AS last_seq,
+       q.id IS NULL AND EXISTS (
+           SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
+           WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
+             AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
+             AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+       ) AS waiting
+FROM (SELECT 1) one
+LEFT JOIN (claimed q JOIN cairn.runs r ON r.run_id = q.run_id) ON true
 
 -- name: answer_query_request
 -- Writes a query's answer (or error) and wakes the client that waits for it.
@@ -829,6 +846,21 @@ WHERE r.run_id = %(run_id)s::uuid
 -- name: run_successor
 -- The run that a run continued as, if any (result() follows the chain).
 SELECT run_id FROM cairn.runs WHERE continued_from = %(run_id)s::uuid
+
+-- name: run_in_chain
+-- Whether run %(run_id)s is run %(first)s or comes from it: continue-as-new
+-- (continued_from), reset or retry (reset_from) links, walked back from it by primary key
+-- (a run has at most one of each), within this namespace's workflow id. A started handle
+-- cancels and terminates only such runs.
+WITH RECURSIVE back(run_id, continued_from, reset_of) AS (
+    SELECT run_id, continued_from, (reset_from ->> 'run_id')::uuid FROM cairn.runs
+    WHERE run_id = %(run_id)s::uuid AND namespace = %(namespace)s AND workflow_id = %(workflow_id)s
+    UNION
+    SELECT r.run_id, r.continued_from, (r.reset_from ->> 'run_id')::uuid
+    FROM back b JOIN cairn.runs r ON r.run_id IN (b.continued_from, b.reset_of)
+    WHERE r.namespace = %(namespace)s AND r.workflow_id = %(workflow_id)s
+)
+SELECT EXISTS (SELECT 1 FROM back WHERE run_id = %(first)s::uuid) AS in_chain
 
 -- name: run_links
 -- A run's parent, chain neighbours, execution deadline and children, for describe.

@@ -197,9 +197,10 @@ async def api_runs(request: web.Request) -> web.StreamResponse:
 
 async def _run_data(request: web.Request) -> tuple[Any, list[Any], Any]:
     client = request.app[CLIENT_KEY]
-    handle = client.get_handle(request.match_info["workflow_id"], request.query.get("run_id") or None)
-    d = await handle.describe()
-    events = await handle.history()
+    workflow_id = request.match_info["workflow_id"]
+    d = await client.get_handle(workflow_id, request.query.get("run_id") or None).describe()
+    events = await client.get_handle(workflow_id, d.run_id).history()  # the run described
+
     async def read(c: psycopg.AsyncConnection[Any]) -> Any:
         return await (await c.execute(q("db_now"))).fetchone()
 
