@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cairn import _telemetry
 from cairn import activity as activity_api
+from cairn._claims import ClaimPairs
 from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
 from cairn.activity import ActivityDefinition, ActivityInfo
@@ -83,6 +84,7 @@ class _ActivityRunning:
     _flush_wake: asyncio.Event
     _stopping: asyncio.Event
     _activity_tasks: set[asyncio.Task[None]]
+    _activity_pairs: ClaimPairs
     _last_renewal: float
     _reserved: int
     _slots_full: bool
@@ -114,7 +116,7 @@ class _ActivityRunning:
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity,
+                        "namespace": self.namespace, **self._activity_pairs.next(), "worker": self.identity,
                         "lease": self.lease_seconds,
                         "limit": min(free, 50), "now": None})
                     rows = await cur.fetchall()

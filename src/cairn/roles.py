@@ -45,7 +45,7 @@ TABLE_PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         "history": ("SELECT", "INSERT"),  # starts and resets append; nobody rewrites
         "activity_tasks": ("SELECT", "INSERT", "DELETE"),  # no UPDATE: cannot lease an attempt
         "schema_versions": ("SELECT",),
-        "workflow_types": ("SELECT",),  # the registry is filled by workers
+        "workflow_types": ("SELECT",), "activity_types": ("SELECT",),  # the registry is filled by workers
         "breakers": ("SELECT",), "breaker_probes": ("SELECT",), "breaker_events": ("SELECT",),
         "rate_limits": ("SELECT",), "rate_limit_windows": ("SELECT",), "rate_limit_leases": ("SELECT",),
     },
