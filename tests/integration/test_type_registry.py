@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
-from cairn import InputValidationError, activity, workflow
+from cairn import Client, InputValidationError, Worker, activity, db, workflow
+from cairn.engine.queries import q
 
 from .support import wait_until
 
@@ -139,3 +142,35 @@ async def test_an_activity_nobody_runs_waits_and_describe_says_so(client, start_
     assert await handle.result(timeout=20) == "ran"
     attempts = sql("SELECT (data ->> 'attempt')::int FROM cairn.history WHERE type = 'ActivityCompleted'")
     assert attempts == [(1,)]
+
+
+# ---------------------------------------------------------------- migration 0013 keeps existing rows working
+
+async def test_rows_from_before_migration_13_keep_working(empty_db_url):
+    url = empty_db_url
+    with psycopg.connect(url, autocommit=True) as conn:  # the schema as it was before 0013
+        conn.execute(q("create_versions_table"))
+        for m in db.migrations():
+            if m.version < 13:
+                conn.execute(m.sql.encode())
+                conn.execute(q("record_version"), {"version": m.version, "name": m.name, "checksum": m.checksum})
+        conn.execute("""INSERT INTO cairn.workflow_types (namespace, name, queues, input_schema)
+                        VALUES ('default', 'solo', '{q1,default}', %s)""", (Jsonb({"type": "array"}),))
+        run_id = "01a20306-11ac-7549-ba41-ce5c4352f885"
+        conn.execute("""INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue)
+                        VALUES (%s, 'default', 'old', 'solo', 'default')""", (run_id,))
+        conn.execute("INSERT INTO cairn.history (run_id, seq, type, data) VALUES (%s, 1, 'WorkflowStarted', %s)",
+                     (run_id, Jsonb({"workflow_type": "solo", "input": [4], "queue": "default"})))
+        conn.execute("INSERT INTO cairn.workflow_tasks (run_id, namespace, queue) VALUES (%s, 'default', 'default')",
+                     (run_id,))
+    assert db.migrate(url) == [13]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT queue, name, input_schema FROM cairn.workflow_types ORDER BY 1").fetchall() == \
+            [("default", "solo", {"type": "array"}), ("q1", "solo", {"type": "array"})]
+        assert conn.execute("SELECT workflow_type FROM cairn.workflow_tasks").fetchall() == [("solo",)]
+
+    async with await Client.connect(url) as client:
+        with pytest.raises(InputValidationError, match="several queues"):
+            await client.start("solo", 1)
+        async with Worker(url, workflows=[solo], poll_interval=0.2):
+            assert await client.get_handle("old").result(timeout=20) == 4
