@@ -9,6 +9,12 @@ type cannot starve the others: the scans start at a different pair each time.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+# The most one claim takes: the per-pair LIMIT written in claim_workflow_task and
+# claim_activity_tasks (a constant, for the generic plan's row estimate; see queries.sql).
+# The worker's CLAIM_BATCH and its activity claims (at most 50) stay within it.
+CLAIM_MAX = 64
 
 
 class ClaimPairs:
@@ -18,13 +24,15 @@ class ClaimPairs:
         self.pairs = [(queue, name) for queue in queues for name in sorted(types)]
         self._turn = 0
 
-    def next(self) -> dict[str, list[str]]:
+    def next(self, limit: int) -> dict[str, Any]:
         """The claim's ``queues`` and ``types`` parameters (two arrays of the same length),
-        starting one pair further than the previous claim."""
+        starting one pair further than the previous claim, and its ``limit``."""
+        if not 1 <= limit <= CLAIM_MAX:
+            raise ValueError(f"a claim takes 1 to {CLAIM_MAX} tasks, not {limit}")
         k = self._turn % len(self.pairs) if self.pairs else 0
         self._turn += 1
         pairs = self.pairs[k:] + self.pairs[:k]
-        return {"queues": [p[0] for p in pairs], "types": [p[1] for p in pairs]}
+        return {"queues": [p[0] for p in pairs], "types": [p[1] for p in pairs], "limit": limit}
 
     def arrays(self) -> tuple[list[str], list[str]]:
         """The pairs as two arrays, unrotated (next_due)."""

@@ -116,9 +116,8 @@ class _ActivityRunning:
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "namespace": self.namespace, **self._activity_pairs.next(), "worker": self.identity,
-                        "lease": self.lease_seconds,
-                        "limit": min(free, 50), "now": None})
+                        "namespace": self.namespace, **self._activity_pairs.next(min(free, 50)),
+                        "worker": self.identity, "lease": self.lease_seconds, "now": None})
                     rows = await cur.fetchall()
             except Exception:
                 log.exception("activity claim failed")

@@ -402,8 +402,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             try:
                 async with _transactions.transaction(conn):
                     tasks = await _transactions.execute(conn, "claim_workflow_task", {
-                        "namespace": self.namespace, **self._workflow_pairs.next(), "limit": limit,
-                        "now": None}, begin=True)
+                        "namespace": self.namespace, **self._workflow_pairs.next(limit), "now": None},
+                        begin=True)
                     if not tasks:
                         return False
                     eager = await self._workflow_tasks(conn, tasks)

@@ -9,6 +9,7 @@ import logging
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cairn import Client, InputValidationError, Worker, activity, db, workflow
@@ -174,3 +175,47 @@ async def test_rows_from_before_migration_13_keep_working(empty_db_url):
             await client.start("solo", 1)
         async with Worker(url, workflows=[solo], poll_interval=0.2):
             assert await client.get_handle("old").result(timeout=20) == 4
+
+
+# ---------------------------------------------------------------- the claims' generic plans with a backlog
+
+BACKLOG = """
+INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default', 'backlog-' || i, 'one_step', 'default'
+FROM generate_series(1, %(n)s) AS i;
+INSERT INTO cairn.workflow_tasks (run_id, queue, workflow_type, available_at)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default', 'one_step',
+       now() - interval '1 h' + i * interval '1 ms'
+FROM generate_series(1, %(n)s) AS i;
+INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue, activity_type, queue,
+                                  input, options, scheduled_at, available_at)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 3, 'backlog-' || i, 'one_step', 'default',
+       'inc', 'default', '[1]', '{"start_to_close_timeout": 60}', now(), now() - interval '1 h' + i * interval '1 ms'
+FROM generate_series(1, %(n)s) AS i;
+ANALYZE cairn.runs, cairn.workflow_tasks, cairn.activity_tasks
+"""
+
+
+def test_the_claims_generic_plans_stay_index_lookups_with_a_backlog(db_url):
+    """Workers run the claims as generic plans (WORKER_CONNECTION_OPTIONS). With the claim's
+    limit a parameter, the plan guessed a tenth of the ready rows: past ~10,000 it joined
+    every run (merge join) or hashed every activity task to find the few rows claimed."""
+    from cairn.engine.queries import _positional
+    from cairn.worker import WORKER_CONNECTION_OPTIONS
+
+    values = {"namespace": "default", "queues": ["default"], "now": None, "worker": "w", "lease": 5.0}
+    with psycopg.connect(db_url, autocommit=True, options=WORKER_CONNECTION_OPTIONS) as conn:
+        conn.execute(BACKLOG.replace("%(n)s", "30000"))
+        for name, types, limit in (("claim_workflow_task", ["one_step"], 8), ("claim_activity_tasks", ["inc"], 50)):
+            text, names = _positional(name)
+            conn.execute(f"PREPARE p_{name} AS {text}")
+            args = {**values, "types": types, "limit": limit}
+            with conn.transaction(force_rollback=True):
+                cur = conn.cursor()
+                cur.execute(sql.SQL("EXPLAIN (ANALYZE) EXECUTE {}({})").format(
+                    sql.Identifier(f"p_{name}"), sql.SQL(", ").join(sql.Literal(args[n]) for n in names)))
+                plan = "\n".join(r[0] for r in cur.fetchall())
+            assert "Merge Join" not in plan, plan
+            assert "Hash Join" not in plan, plan
+            assert "Seq Scan on runs" not in plan, plan
+            assert "Seq Scan on activity_tasks" not in plan, plan
