@@ -31,7 +31,6 @@ from cairn.engine.queries import q
 from cairn.errors import (
     DatabaseError,
     InputValidationError,
-    UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowClosed,
@@ -372,24 +371,6 @@ class Client(ClientMessages):
         if row is None:
             return StartTarget(name, queue, None, inferred, queues, known)
         return StartTarget(name, queue, row["input_schema"], inferred)
-
-    async def registered_type(self, name: str, queue: str | None = None) -> dict[str, Any]:
-        """A workflow type from the registry that workers fill: its name, queue and input
-        schema on ``queue`` (default: the one queue it is registered on).
-
-        Raises:
-            UnknownWorkflowType: no worker has registered this type (on that queue).
-            InputValidationError: no queue given, and the type is registered on several.
-        """
-        target = await self.start_target(name, queue)
-        if target.input_schema is None:
-            if target.elsewhere:
-                raise UnknownWorkflowType(f"workflow type {name!r} is not registered on queue {target.queue!r} "
-                                          f"(registered on: {', '.join(target.elsewhere)})")
-            hint = f" (known: {', '.join(target.known)})" if target.known else \
-                " (no worker has registered any type yet)"
-            raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
-        return {"name": name, "queue": target.queue, "input_schema": target.input_schema}
 
     async def _cached_queue(self, name: str) -> str:
         """The queue of a start of an ``@workflow.defn`` function given none (see
