@@ -219,3 +219,16 @@ def test_the_claims_generic_plans_stay_index_lookups_with_a_backlog(db_url):
             assert "Hash Join" not in plan, plan
             assert "Seq Scan on runs" not in plan, plan
             assert "Seq Scan on activity_tasks" not in plan, plan
+
+
+async def test_the_web_view_says_what_a_run_waits_for(client, db_url):
+    import httpx
+
+    from .ui_support import ui_server
+
+    handle = await client.start(solo, 1, id="waits")
+    async with ui_server(db_url) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
+        page = await http.get("/runs/waits", params={"run_id": handle.run_id})
+    assert page.status_code == 200, page.text
+    assert '<ul id="unserved"><li>no worker registered for workflow type &#x27;solo&#x27; on queue ' \
+           "&#x27;default&#x27;</li></ul>" in page.text
