@@ -32,6 +32,10 @@ def test_workers_on_one_queue_run_only_the_types_they_registered(db_url, workers
     assert ran.err.strip() == ("warning: no worker has registered workflow type 'split' on queue 'default' yet; "
                                "the run waits for one")
     assert run_status(db_url, "early") == "running"
+    ran = cairn_cli("start", "needs_nothing_known", "--id", "no-input", db_url=db_url)  # no --input: no arguments
+    assert ran.code == 0, ran.err
+    assert query(db_url, """SELECT h.data -> 'input' FROM cairn.history h JOIN cairn.runs r USING (run_id)
+                            WHERE r.workflow_id = 'no-input'""") == [([],)]
 
     a = workers("a", module="registry_a")  # split, needs_c; act_a
     # act_b has no worker yet: a run waits at it, its attempt untouched (a used to claim it

@@ -114,7 +114,10 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             target = d.fn
         else:
             schema = where.input_schema
-            args = _args_for(value, int(schema.get("maxItems", 1)) if schema is not None else 1, input_ is not None)
+            if schema is not None:
+                args = _args_for(value, int(schema.get("maxItems", 1)), input_ is not None)
+            else:  # nothing known of its arguments yet: --input, if given, is the one argument
+                args = [value] if input_ is not None else []
             target = workflow_type
         if where.warning is not None:
             click.echo(f"warning: {where.warning}", err=True)
