@@ -501,7 +501,10 @@ def bulk_completed(dsn: str, upto: int, events: int, start: int = 1, vacuum: boo
 
 
 CLAIM_PARAMS = {"queues": [CLAIM_QUEUE], "now": None, "namespace": "default", "worker": "bench", "lease": 30.0,
-                "limit": 50}
+                "limit": 50, "types": []}
+# The type a claim takes (the claims pair each queue with a type the worker runs): the
+# bench's runs are one_step workflows scheduling inc activities.
+CLAIM_TYPES = {"claim_workflow_task": ["one_step"], "claim_activity_tasks": ["inc"]}
 CLAIMS = ("claim_workflow_task", "claim_activity_tasks")
 
 
@@ -519,6 +522,8 @@ def claim_params(sql: str, name: str = "") -> dict[str, Any]:
     params = {k: CLAIM_PARAMS[k] for k in names}
     if name == "claim_workflow_task" and "limit" in params:
         params["limit"] = int(getattr(cairn.worker, "CLAIM_BATCH", 1))
+    if "types" in params:
+        params["types"] = CLAIM_TYPES[name]
     return params
 
 
@@ -614,8 +619,8 @@ BACKLOG_IN = """
 INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue)
 SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default', 'backlog-' || i, 'one_step', %(q)s
 FROM generate_series(1, %(n)s) AS i;
-INSERT INTO cairn.workflow_tasks (run_id, queue, available_at)
-SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, %(q)s,
+INSERT INTO cairn.workflow_tasks (run_id, queue, workflow_type, available_at)
+SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, %(q)s, 'one_step',
        now() - interval '1 s' + i * interval '1 us'
 FROM generate_series(1, %(n)s) AS i;
 INSERT INTO cairn.activity_tasks (run_id, seq, workflow_id, workflow_type, workflow_queue, activity_type, queue,

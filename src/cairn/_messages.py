@@ -162,7 +162,7 @@ class ClientMessages:
         return await client.get_handle(_validate_workflow_id(workflow_id), run_id).query(name, *args, timeout=timeout)
 
     async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
-                                signal_payload: Any = None, queue: str = "default") -> WorkflowHandle:
+                                signal_payload: Any = None, queue: str | None = None) -> WorkflowHandle:
         """Signals the open run of workflow ``id``, starting one first if none is open.
 
         Start and signal are one transaction: a new run finds the signal in its first
@@ -174,7 +174,7 @@ class ClientMessages:
             id: the workflow id.
             signal: the signal's name.
             signal_payload: the signal's payload.
-            queue: the queue of a started run.
+            queue: the queue of a started run (default: as :meth:`cairn.Client.start`).
 
         Returns:
             A handle on the run that received the signal.

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cairn import _telemetry
 from cairn import activity as activity_api
+from cairn._claims import ClaimPairs
 from cairn._resilience import breaker_guard, reschedule
 from cairn._telemetry import tracer
 from cairn.activity import ActivityDefinition, ActivityInfo
@@ -82,6 +83,7 @@ class _ActivityRunning:
     _flush_wake: asyncio.Event
     _stopping: asyncio.Event
     _activity_tasks: set[asyncio.Task[None]]
+    _activity_pairs: ClaimPairs
     _last_renewal: float
     _reserved: int
     _slots_full: bool
@@ -113,9 +115,8 @@ class _ActivityRunning:
                 async with self._pool.connection() as conn:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(q("claim_activity_tasks"), {
-                        "namespace": self.namespace, "queues": self.queues, "worker": self.identity,
-                        "lease": self.lease_seconds,
-                        "limit": min(free, 50), "now": None})
+                        "namespace": self.namespace, **self._activity_pairs.next(min(free, 50)),
+                        "worker": self.identity, "lease": self.lease_seconds, "now": None})
                     rows = await cur.fetchall()
             except Exception:
                 log.exception("activity claim failed")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -30,7 +32,6 @@ from cairn.errors import (
     DatabaseUnavailable,
     InputValidationError,
     OutcomeUnknown,
-    UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
     WorkflowClosed,
@@ -48,7 +49,14 @@ from cairn.workflow import definition_of
 if TYPE_CHECKING:
     from cairn.llm.follow import StreamChunk
 
+log = logging.getLogger("cairn.client")
+
 IdConflictPolicy = Literal["fail", "use_existing"]
+DEFAULT_QUEUE = "default"  # where a start goes when no queue is given and no worker registered its type
+# A start of an @workflow.defn function without a queue asks the registry which queue serves
+# its type; a client remembers an answer naming one queue for this long (a round trip
+# saved per start: the registry changes when workers of a new queue start).
+QUEUE_CACHE_SECONDS = 10.0
 # synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
 # a caller's transaction (start with conn=..., terminate) left open cannot hold a run's
 # task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
@@ -67,6 +75,28 @@ RETRY_MAX_DELAY_SECONDS = 2.0
 
 T = TypeVar("T")
 Read = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
+
+
+@dataclass(frozen=True)
+class StartTarget:
+    """Where a start of a workflow type goes (:meth:`Client.start_target`)."""
+
+    name: str
+    queue: str
+    input_schema: dict[str, Any] | None  # registered there; None: no worker has registered the type there yet
+    inferred: bool  # no queue was given: the one queue the type is registered on, or the default
+    elsewhere: tuple[str, ...] = ()  # the queues the type is registered on, if not this one
+    known: tuple[str, ...] = ()  # the registered workflow types, if this one is registered nowhere
+
+    @property
+    def warning(self) -> str | None:
+        """The one-line warning of a start that no registered worker will run yet."""
+        if self.input_schema is not None:
+            return None
+        hint = f" (registered on: {', '.join(self.elsewhere)})" if self.elsewhere else \
+            f" (registered types: {', '.join(self.known)})" if self.known else ""
+        return (f"no worker has registered workflow type {self.name!r} on queue {self.queue!r} yet; "
+                f"the run waits for one{hint}")
 
 
 @dataclass
@@ -98,6 +128,9 @@ class RunDescription:
     # LLM calls (cairn.llm.chat): per call model, tokens, cost, ttft; and their totals.
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
     llm_totals: dict[str, Any] | None = None
+    # Pending work of a type no worker has registered on its queue: it waits for one.
+    # Each {"kind": "workflow"|"activity", "type", "queue", "message"}.
+    unserved: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -117,6 +150,20 @@ def _validate_run_id(run_id: str) -> str:
         return str(uuid.UUID(str(run_id)))
     except ValueError:
         raise InputValidationError(f"{run_id!r} is not a run id (run ids are UUIDs)") from None
+
+
+def check_input(name: str, input_schema: dict[str, Any], payload: list[Any]) -> None:
+    """Validates a start's arguments against a registered input schema (every error, not
+    only the first)."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(input_schema)(input_schema)
+    problems = []
+    for exc in sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = "/".join(str(p) for p in exc.absolute_path)
+        problems.append(f"{'at ' + where + ': ' if where else ''}{exc.message}")
+    if problems:
+        raise InputValidationError(f"input for workflow {name!r} is invalid: {'; '.join(problems)}")
 
 
 def _validate_queue(queue: str) -> str:
@@ -165,6 +212,7 @@ class Client(ClientMessages):
         # See _known_open.
         self._listen_epoch = 0
         self._watched: OrderedDict[str, list[Any]] = OrderedDict()
+        self._queues: dict[str, tuple[float, str]] = {}  # workflow type -> (when, its one queue): _cached_queue
 
     @classmethod
     async def connect(cls, url: str | None = None, *, namespace: str = "default",
@@ -208,7 +256,7 @@ class Client(ClientMessages):
         workflow: Callable[..., Any] | str,
         *args: Any,
         id: str | None = None,
-        queue: str = "default",
+        queue: str | None = None,
         id_conflict: IdConflictPolicy = "fail",
         conn: psycopg.AsyncConnection[Any] | None = None,
         search_attributes: Mapping[str, Any] | None = None,
@@ -222,7 +270,10 @@ class Client(ClientMessages):
             workflow: an ``@workflow.defn`` function, or a registered workflow type name.
             args: the workflow's arguments, validated against its annotations first.
             id: the workflow id (default: a new UUID). At most one run per id is open.
-            queue: the workflow queue the run's tasks go to.
+            queue: the workflow queue the run's tasks go to. Default: the one queue whose
+                workers registered the workflow type; the ``"default"`` queue if none did yet
+                (the run waits for a worker, with a logged warning). A type registered on
+                several queues needs a queue.
             id_conflict: with an open run of the same id, ``"fail"`` raises
                 :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle.
             conn: the caller's own connection, inside its transaction: the start commits
@@ -238,7 +289,8 @@ class Client(ClientMessages):
                 all; past it the run closes as ``timed_out`` (seconds or a ``timedelta``).
 
         Raises:
-            InputValidationError: bad arguments, id, queue, policy or timeout; nothing was written.
+            InputValidationError: bad arguments, id, queue, policy or timeout, or no queue given
+                for a type registered on several; nothing was written.
             WorkflowAlreadyStarted: the id has an open run (``id_conflict="fail"``), or the id
                 reuse policy refused (:class:`WorkflowIdReuseRefused`); nothing was written.
             DatabaseUnavailable: the database was out of reach (a lost connection is retried
@@ -270,7 +322,7 @@ class Client(ClientMessages):
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
     async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
-                            queue: str, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
+                            queue: str | None, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
                             execution_timeout: timedelta | float | None = None,
                             ) -> tuple[dict[str, Any], Signature | None]:
         """Validates a start (before anything is written) and builds its parameters."""
@@ -279,16 +331,24 @@ class Client(ClientMessages):
         _lifecycle.check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
         timeout = _lifecycle.check_execution_timeout(seconds(execution_timeout))
         workflow_id = _validate_id(id) if id is not None else new_run_id()
-        _validate_queue(queue)
+        if queue is not None:
+            _validate_queue(queue)
         payload = [to_payload(a) for a in args]
         signature: Signature | None = None
         if isinstance(workflow, str):
             name = workflow
-            await self._check_registered(name, payload)
+            target = await self.start_target(name, queue)
+            if target.input_schema is not None:
+                check_input(name, target.input_schema, payload)
+            else:
+                log.warning("%s", target.warning)
+            queue = target.queue
         else:
             d = definition_of(workflow)
             name, signature = d.name, d.signature
             signature.validate_args(payload, f"workflow {name}")
+            if queue is None:
+                queue = await self._cached_queue(name)
         params = _lifecycle.start_params(
             namespace=self.namespace, workflow_id=workflow_id, workflow_type=name, queue=queue, args=payload,
             id_reuse_policy=id_reuse_policy, execution_timeout=timeout,
@@ -383,37 +443,56 @@ class Client(ClientMessages):
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_MAX_DELAY_SECONDS)
 
-    async def registered_type(self, name: str) -> dict[str, Any]:
-        """A workflow type from the registry that workers fill (name, queues, input schema).
+    async def start_target(self, name: str, queue: str | None = None) -> StartTarget:
+        """Where a start of workflow type ``name`` goes, from the registry that workers fill
+        (one input schema per queue): ``queue`` if given, else the one queue whose workers
+        registered the type, else the default queue. ``input_schema`` is None when no worker
+        has registered the type on that queue yet (the run would wait for one).
 
         Raises:
-            UnknownWorkflowType: no worker has registered this type.
+            InputValidationError: no queue given, and the type is registered on several.
         """
-        async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+        if queue is not None:
+            _validate_queue(queue)
+
+        async def read(c: psycopg.AsyncConnection[Any]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
             cur = c.cursor(row_factory=dict_row)
-            row = await (await cur.execute(q("get_workflow_type"),
-                                           {"namespace": self.namespace, "name": name})).fetchone()
-            if row is None:
-                known = [r["name"] for r in await (await cur.execute(
-                    q("list_workflow_types"), {"namespace": self.namespace})).fetchall()]
-                hint = f" (known: {', '.join(known)})" if known else " (no worker has registered any type yet)"
-                raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
-            return row
+            rows = await (await cur.execute(q("get_workflow_type"),
+                                            {"namespace": self.namespace, "name": name})).fetchall()
+            known: tuple[str, ...] = ()
+            if not rows:  # a typo? the warning lists the known types
+                known = tuple(r["name"] for r in await (await cur.execute(
+                    q("list_workflow_types"), {"namespace": self.namespace})).fetchall())
+            return rows, known
 
-        return await self._read(read)
+        rows, known = await self._read(read)
+        queues = tuple(r["queue"] for r in rows)
+        if queue is None and len(rows) > 1:
+            raise InputValidationError(f"workflow type {name!r} is registered on several queues "
+                                       f"({', '.join(queues)}): choose one (--queue, or queue=)")
+        if queue is None:
+            queue = queues[0] if rows else DEFAULT_QUEUE
+            inferred = True
+        else:
+            inferred = False
+        row = next((r for r in rows if r["queue"] == queue), None)
+        if row is None:
+            return StartTarget(name, queue, None, inferred, queues, known)
+        return StartTarget(name, queue, row["input_schema"], inferred)
 
-    async def _check_registered(self, name: str, payload: list[Any]) -> None:
-        """Validates a start by type name against the registered input schema."""
-        import jsonschema
-
-        row = await self.registered_type(name)
-        validator = jsonschema.validators.validator_for(row["input_schema"])(row["input_schema"])
-        problems = []  # every error, not only the first
-        for exc in sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path]):
-            where = "/".join(str(p) for p in exc.absolute_path)
-            problems.append(f"{'at ' + where + ': ' if where else ''}{exc.message}")
-        if problems:
-            raise InputValidationError(f"input for workflow {name!r} is invalid: {'; '.join(problems)}")
+    async def _cached_queue(self, name: str) -> str:
+        """The queue of a start of an ``@workflow.defn`` function given none (see
+        :meth:`start_target`); an answer naming a registered queue is remembered for
+        QUEUE_CACHE_SECONDS."""
+        cached = self._queues.get(name)
+        if cached is not None and time.monotonic() - cached[0] < QUEUE_CACHE_SECONDS:
+            return cached[1]
+        target = await self.start_target(name)
+        if target.warning is not None:
+            log.warning("%s", target.warning)
+        else:
+            self._queues[name] = (time.monotonic(), target.queue)
+        return target.queue
 
     # -- reading
 
@@ -807,9 +886,12 @@ class WorkflowHandle(HandleMessages):
             vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
             links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
             llm = llm_calls(await (await cur.execute(q("llm_completions"), params)).fetchall())
-            return acts, timers, task, last, saga_events, vis, links, llm
+            unserved = [{**u, "message": f"no worker registered for {u['kind']} type {u['type']!r} "
+                                         f"on queue {u['queue']!r}"}
+                        for u in await (await cur.execute(q("unserved_types"), params)).fetchall()]
+            return acts, timers, task, last, saga_events, vis, links, llm, unserved
 
-        acts, timers, task, last, saga_events, vis, links, llm = await self.client._read(read)
+        acts, timers, task, last, saga_events, vis, links, llm, unserved = await self.client._read(read)
         parent = None
         if links.get("parent_run_id") is not None:
             parent = {"workflow_id": links["parent_workflow_id"], "run_id": str(links["parent_run_id"]),
@@ -828,6 +910,7 @@ class WorkflowHandle(HandleMessages):
             continued_to=str(links["continued_to"]) if links.get("continued_to") else None,
             execution_deadline=links.get("execution_deadline"), children=links.get("children") or [],
             llm_calls=llm, llm_totals=llm_totals(llm) if llm else None,
+            unserved=unserved,
         )
 
     async def history(self, after: int = 0) -> list[Event]:

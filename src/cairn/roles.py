@@ -59,6 +59,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "timers": ("INSERT", "UPDATE", "DELETE"),
         "query_requests": ("UPDATE",),  # answers; the asking client deletes the row
         "workflow_types": ("INSERT", "UPDATE"),  # registers its types; never DELETE
+        "activity_types": ("INSERT", "UPDATE"),
         "breakers": ("INSERT", "UPDATE", "DELETE"),
         "breaker_probes": ("INSERT", "UPDATE", "DELETE"),
         "breaker_events": ("INSERT",),

@@ -67,7 +67,7 @@ class SyncClient:
         self.close()
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
-              queue: str = "default", id_conflict: IdConflictPolicy = "fail",
+              queue: str | None = None, id_conflict: IdConflictPolicy = "fail",
               conn: psycopg.Connection[Any] | None = None, search_attributes: Mapping[str, Any] | None = None,
               memo: Mapping[str, Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
               execution_timeout: timedelta | float | None = None) -> SyncWorkflowHandle:
@@ -108,7 +108,7 @@ class SyncClient:
         self._call(self._client.signal(workflow_id, name, payload, run_id=run_id))
 
     def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
-                          signal_payload: Any = None, queue: str = "default") -> SyncWorkflowHandle:
+                          signal_payload: Any = None, queue: str | None = None) -> SyncWorkflowHandle:
         """Starts the run unless one is open, and signals it (see :meth:`cairn.Client.signal_with_start`)."""
         return SyncWorkflowHandle(self, self._call(self._client.signal_with_start(
             workflow, *args, id=id, signal=signal, signal_payload=signal_payload, queue=queue)))

@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from cairn import _lifecycle, _telemetry, _transactions, db, limits
+from cairn._claims import ClaimPairs
 from cairn._telemetry import tracer
 from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running
 from cairn._worker_fast_path import _FastPath
@@ -172,6 +173,11 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.stats = WorkerStats()
+        self._workflow_pairs = ClaimPairs(self.queues, self.workflows)  # what the claims take
+        self._activity_pairs = ClaimPairs(self.queues, self.activities)
+        (wq, wt), (aq, at) = self._workflow_pairs.arrays(), self._activity_pairs.arrays()
+        self._next_due_params = {"namespace": namespace, "workflow_queues": wq, "workflow_types": wt,
+                                 "activity_queues": aq, "activity_types": at, "now": None}
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running: dict[tuple[str, int], _Running] = {}
         self._pool: AsyncConnectionPool | None = None
@@ -293,6 +299,9 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         self._query_wake.set()
 
     async def _register_types(self) -> None:
+        """Records the workflow types (with their input schemas) and the activity types this
+        worker runs on each of its queues: starts validate against them, and describe says
+        when pending work has no worker."""
         assert self._pool is not None
         async with self._pool.connection() as c:
             for d in self.workflows.values():
@@ -300,6 +309,9 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                     "namespace": self.namespace, "name": d.name, "queues": self.queues,
                     "input_schema": Jsonb(d.signature.json_schema()), "module": self.module,
                 })
+            if self.activities:
+                await c.execute(q("register_activity_types"), {
+                    "namespace": self.namespace, "queues": self.queues, "names": sorted(self.activities)})
 
     async def _listen(self) -> None:
         """One dedicated connection LISTENs; a NOTIFY for one of our queues wakes pollers."""
@@ -394,7 +406,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             try:
                 async with _transactions.transaction(conn):
                     tasks = await _transactions.execute(conn, "claim_workflow_task", {
-                        "namespace": self.namespace, "queues": self.queues, "limit": limit, "now": None},
+                        "namespace": self.namespace, **self._workflow_pairs.next(limit), "now": None},
                         begin=True)
                     if not tasks:
                         return False
@@ -697,8 +709,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                 if _telemetry.queue_depth.due():
                     await self.measure_queue_depth()
                 async with self._pool.connection() as c:
-                    row = await (await c.execute(q("next_due"), {"namespace": self.namespace, "queues": self.queues,
-                                                               "now": None})).fetchone()
+                    row = await (await c.execute(q("next_due"), self._next_due_params)).fetchone()
                 due: timedelta | None = row[0] if row else None
                 if due is not None:
                     if due.total_seconds() <= 0:

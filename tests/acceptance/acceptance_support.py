@@ -80,20 +80,21 @@ class WorkerProc:
 
 @pytest.fixture
 def workers(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
-    """``workers(name, *extra_args)`` starts ``cairn worker -m flows`` on the test database
-    (cwd = this directory) and waits until it claims work. All are killed at teardown.
+    """``workers(name, *extra_args)`` starts ``cairn worker -m flows`` (or ``module=``) on the
+    test database (cwd = this directory) and waits until it claims work. All are killed at teardown.
 
     Workers get a short lease and poll interval unless ``defaults=True``: then they run
     with ``cairn worker``'s own defaults, as a new user's would."""
     started: list[WorkerProc] = []
 
-    def start(name: str = "w", *extra: str, wait: bool = True, verbose: int = 0, defaults: bool = False) -> WorkerProc:
+    def start(name: str = "w", *extra: str, wait: bool = True, verbose: int = 0, defaults: bool = False,
+              module: str = "flows") -> WorkerProc:
         log_path = tmp_path / f"worker-{name}-{len(started)}.log"
         tuned = [] if defaults else ["--lease-seconds", "2", "--poll-interval", "0.2"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [CAIRN, *(["-" + "v" * verbose] if verbose else []), "--database-url", db_url,
-                 "worker", "-m", "flows", *tuned, "--identity", name, *extra],
+                 "worker", "-m", module, *tuned, "--identity", name, *extra],
                 cwd=HERE, stdout=log, stderr=subprocess.STDOUT, env=clean_env(FLOWS_DB_URL=db_url),
             )
         w = WorkerProc(name, proc, log_path)

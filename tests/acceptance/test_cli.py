@@ -336,7 +336,6 @@ BAD_INPUT = {
     "missing-input-file": (["start", "greet", "--input", "@/nonexistent/ada.json"], "cannot read --input file"),
     "bad-input-file": (["start", "greet", "--input", "@{tmp}/garbage.txt"], "--input is not valid JSON"),
     "no-input": (["start", "greet"], "--input"),
-    "unknown-type": (["start", "nosuch", "--input", "{}"], "unknown workflow type 'nosuch'"),
     "unknown-type-m": (["start", "nosuch", "-m", "flows", "--input", "{}"], "'nosuch'"),
     "unknown-module": (["start", "greet", "-m", "no_such_module_xyz", "--input", ADA], "cannot import module"),
     "invalid-field-type": (["start", "greet", "--input", '{"name": "Ada", "age": "old"}'], "age"),

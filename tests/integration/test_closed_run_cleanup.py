@@ -26,7 +26,8 @@ async def test_a_task_of_a_closed_run_takes_its_late_inbox_rows_with_it(client, 
     # What the race leaves: a late event and a task row for the closed run.
     sql("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
         (handle.run_id, Jsonb({"name": "late", "payload": None})))
-    sql("INSERT INTO cairn.workflow_tasks (run_id, namespace, queue) VALUES (%s, 'default', 'default')",
+    sql("INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type) VALUES (%s, 'default', 'default', "
+        "'quick')",
         (handle.run_id,))
     sql("SELECT pg_notify('cairn_workflow', 'default')")
     await wait_until(lambda: sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s",

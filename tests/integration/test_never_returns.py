@@ -42,4 +42,4 @@ async def test_a_never_returning_workflow_runs_end_to_end(client, start_worker, 
     assert statuses == ["continued_as_new", "continued_as_new", "failed"]
     assert run_status(sql, handle.run_id) == "failed"
     # The registry has the workflow's input schema; a NoReturn type has no result schema.
-    assert (await client.registered_type("endless"))["input_schema"]["prefixItems"] == [{"type": "integer"}]
+    assert (await client.start_target("endless")).input_schema["prefixItems"] == [{"type": "integer"}]

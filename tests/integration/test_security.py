@@ -127,7 +127,7 @@ def test_every_queue_insert_carries_the_namespace():
 
 
 def test_claims_use_the_namespace_index(db_url, sql):
-    """The claim is still one ordered scan of the (namespace, queue, available_at) index."""
+    """The claim is still one ordered scan of the (namespace, queue, type, available_at) index."""
     from cairn.engine.queries import q
 
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -138,12 +138,12 @@ def test_claims_use_the_namespace_index(db_url, sql):
         conn.execute("SET enable_bitmapscan = off")
         plan = "\n".join(r[0] for r in conn.execute(
             "EXPLAIN " + q("claim_workflow_task"),
-            {"namespace": "a", "queues": ["default"], "limit": 8, "now": None}).fetchall())
+            {"namespace": "a", "queues": ["default"], "types": ["w"], "limit": 8, "now": None}).fetchall())
         assert "workflow_tasks_ready" in plan, plan
         assert "Sort" not in plan.split("LockRows")[1].split("Hash")[0] if "LockRows" in plan else True
         plan = "\n".join(r[0] for r in conn.execute(
             "EXPLAIN " + q("claim_activity_tasks"),
-            {"namespace": "a", "queues": ["default"], "limit": 8, "now": None, "worker": "w",
+            {"namespace": "a", "queues": ["default"], "types": ["a"], "limit": 8, "now": None, "worker": "w",
              "lease": 5}).fetchall())
         assert "activity_tasks_ready" in plan, plan
 
@@ -225,7 +225,7 @@ async def test_roles_are_least_privilege_and_run_a_workflow(db_url, sql):
             ("client", "UPDATE cairn.history SET data = '{}'"): "denied",
             ("client", "DELETE FROM cairn.history"): "denied",
             ("client", "UPDATE cairn.activity_tasks SET lease_owner = 'me' WHERE false"): "denied",
-            ("client", "INSERT INTO cairn.workflow_types (name, queues, input_schema) VALUES ('x', '{}', '{}')"):
+            ("client", "INSERT INTO cairn.workflow_types (queue, name, input_schema) VALUES ('q', 'x', '{}')"):
                 "denied",
             ("client", "DELETE FROM cairn.breakers"): "denied",
             ("client", "SELECT count(*) FROM cairn.runs"): "ok",

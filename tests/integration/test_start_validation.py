@@ -4,6 +4,7 @@ raise InputValidationError and write nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -11,7 +12,6 @@ import pytest
 from cairn import (
     Client,
     InputValidationError,
-    UnknownWorkflowType,
     WorkflowAlreadyStarted,
     activity,
     workflow,
@@ -165,21 +165,31 @@ async def test_invalid_start_inside_caller_transaction_writes_nothing(client, db
     assert _row_counts(sql) == dict.fromkeys(_row_counts(sql), 0)
 
 
-async def test_start_by_type_name_is_validated_against_the_registry(client, start_worker, sql):
-    with pytest.raises(UnknownWorkflowType, match="no worker has registered"):
-        await client.start("typed", 1, {"name": "a", "count": 1}, [])
-    assert _row_counts(sql)["runs"] == 0
+async def test_start_by_type_name_is_validated_against_the_registry(client, start_worker, sql, caplog):
+    # No worker has registered the type yet: the start is accepted with a warning and the run
+    # waits for a worker (issue 15, B10: the outbox pattern starts runs while workers are down).
+    with caplog.at_level(logging.WARNING, logger="cairn.client"):
+        early = await client.start("typed", 1, {"name": "a", "count": 1}, [], id="early")
+    assert "no worker has registered workflow type 'typed' on queue 'default' yet; the run waits for one" \
+        in caplog.text
+    assert sql("SELECT queue, workflow_type FROM cairn.workflow_tasks") == [("default", "typed")]
 
     await start_worker(workflows=[typed])
     await wait_until(lambda: sql("SELECT count(*) FROM cairn.workflow_types WHERE name = 'typed'")[0][0],
                      what="the type to be registered")
-    with pytest.raises(UnknownWorkflowType, match="known: typed"):
-        await client.start("tyoped", 1)
+    assert await early.result(timeout=20) == 1
+    # Known now: the input is validated before anything is written.
+    before = _row_counts(sql)
     with pytest.raises(InputValidationError, match="invalid"):
         await client.start("typed", "x", {"name": "a", "count": 1}, [])
     with pytest.raises(InputValidationError):
         await client.start("typed", 1)
-    assert _row_counts(sql)["runs"] == 0
+    assert _row_counts(sql) == before
+    # A name nobody registered (a typo?) is accepted too, and the warning lists the known ones.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cairn.client"):
+        await client.start("tyoped", 1, id="typo")
+    assert "(registered types: typed)" in caplog.text
 
     handle = await client.start("typed", 7, {"name": "a", "count": 1}, ["t"], id="by-name")
     assert await handle.result(timeout=20) == 7

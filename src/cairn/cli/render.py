@@ -127,6 +127,8 @@ def describe_report(d: Any) -> Report:
         err = d.workflow_task["last_error"] or {}
         r.notes.append(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "
                        f"{when(d.workflow_task['available_at'])}): {err.get('type')}: {err.get('message')}")
+    for u in d.unserved:
+        r.notes.append(f"{u['message']}: it waits for one")
     if d.children:
         r.sections.append(Section("children", ["SEQ", "WORKFLOW ID", "TYPE", "STATUS", "ON PARENT CLOSE", "RUN ID"],
                                   [[str(c["seq"]), c["workflow_id"], c["workflow_type"], c["status"],

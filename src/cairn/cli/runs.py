@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from typing import Any
@@ -71,7 +72,8 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.argument("workflow_type")
 @click.option("--input", "input_", default=None, metavar="JSON|@FILE", help="The workflow's input as JSON.")
 @click.option("--id", "workflow_id", default=None, help="Workflow id (default: a new UUID).")
-@click.option("--queue", default="default", show_default=True)
+@click.option("--queue", default=None,
+              help="The workflow queue (default: the one queue whose workers registered the type, else 'default').")
 @click.option("--id-conflict", type=click.Choice(["fail", "use_existing"]), default="fail", show_default=True)
 @click.option("--id-reuse-policy", type=click.Choice(list(ID_REUSE_POLICIES)), default="allow_duplicate",
               show_default=True, help="Whether the id may be reused after its runs closed.")
@@ -89,10 +91,15 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @json_option
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
-              queue: str, id_conflict: str, id_reuse_policy: str, execution_timeout: float | None,
+              queue: str | None, id_conflict: str, id_reuse_policy: str, execution_timeout: float | None,
               modules: tuple[str, ...], wait: bool, timeout: float | None,
               search_attributes: tuple[str, ...], memo: str | None, as_json: bool) -> None:
-    """Start a workflow of type WORKFLOW_TYPE."""
+    """Start a workflow of type WORKFLOW_TYPE.
+
+    A type no worker has registered yet on the queue is accepted with a warning: the run
+    waits for a worker (its input is validated with -m, else when no schema is known it
+    is taken as is: --input is the one argument).
+    """
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
@@ -100,21 +107,30 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         visibility = {"search_attributes": parse_search_attributes(search_attributes),
                       "memo": parse_json(memo, "--memo")}
         target: Any
+        where = await client.start_target(workflow_type, queue)
         if modules:
             d = _find_workflow(modules, workflow_type)
             args = _args_for(value, len(d.signature.adapters), input_ is not None)
             target = d.fn
         else:
-            registered = await client.registered_type(workflow_type)
-            args = _args_for(value, int(registered["input_schema"].get("maxItems", 1)), input_ is not None)
+            schema = where.input_schema
+            if schema is not None:
+                args = _args_for(value, int(schema.get("maxItems", 1)), input_ is not None)
+            else:  # nothing known of its arguments yet: --input, if given, is the one argument
+                args = [value] if input_ is not None else []
             target = workflow_type
-        handle = await client.start(target, *args, id=workflow_id, queue=queue,
+        if where.warning is not None:
+            click.echo(f"warning: {where.warning}", err=True)
+            logging.getLogger("cairn.client").setLevel(logging.ERROR)  # said once, here
+        handle = await client.start(target, *args, id=workflow_id, queue=where.queue,
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
                                     execution_timeout=execution_timeout, **visibility)
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
-            click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id})", err=wait)
+            on = f" on queue {where.queue}, the one queue it is registered on" \
+                if where.inferred and where.warning is None else ""
+            click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id}){on}", err=wait)
         if wait:
             from cairn.cli.render import with_progress
 

@@ -75,13 +75,13 @@ WITH c AS (
            coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb
     FROM c WHERE NOT EXISTS (SELECT 1 FROM refused)
     ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
-    RETURNING run_id, namespace, queue, created_at, execution_deadline
+    RETURNING run_id, namespace, queue, workflow_type, created_at, execution_deadline
 ), started AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at, created_at)
-    SELECT run_id, namespace, queue, created_at, created_at FROM new_run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
+    SELECT run_id, namespace, queue, workflow_type, created_at, created_at FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
@@ -121,17 +121,26 @@ WITH claimed AS (
     -- that stops at the limit, however many runs have finished. (Joining runs here let
     -- the planner hash all of them: 322 ms with 1,000,000 finished runs.) The task row
     -- carries its run's namespace (0008), which leads the index: tenants never share work.
-    -- One ordered index scan per queue (with `queue = ANY(...)` the planner sorts every
-    -- ready row instead): up to %(limit)s tasks per queue.
+    -- Only the workflow types this worker runs (0012): %(queues)s and %(types)s are its
+    -- (queue, type) pairs, two arrays of the same length; a type nobody runs waits, never
+    -- claimed and failed by a worker without its code. One ordered index scan per pair
+    -- (with `= ANY(...)` the planner sorts every ready row instead). The outer LIMIT stops
+    -- the scans once %(limit)s rows are locked (rows are locked as they are pulled: none
+    -- is held without being run); the worker rotates the pairs at each claim, so a
+    -- backlog of one type does not starve the others. The inner LIMIT is a constant, the
+    -- most a claim takes (cairn._claims.CLAIM_MAX), for the generic plan's estimate: with
+    -- %(limit)s there it guessed a tenth of the ready rows and, past ~10,000 of them, joined
+    -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     SELECT c.run_id, c.failures
-    FROM unnest(%(queues)s::text[]) AS qn(queue),
+    FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
          LATERAL (SELECT t.run_id, t.failures
                   FROM cairn.workflow_tasks t
-                  WHERE t.namespace = %(namespace)s AND t.queue = qn.queue
+                  WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
                     AND t.available_at <= coalesce(%(now)s::timestamptz, now())
                   ORDER BY t.available_at
-                  LIMIT %(limit)s
+                  LIMIT 64
                   FOR UPDATE SKIP LOCKED) c
+    LIMIT %(limit)s
 )
 SELECT c.*, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at, s.last_seq,
        coalesce(%(now)s::timestamptz, now()) AS now,
@@ -302,8 +311,8 @@ WHERE run_id = %(run_id)s
 -- name: ensure_workflow_task
 -- For operator actions (terminate) that append to history: makes sure the run has a task
 -- row to lock (one that no worker will claim), so the single-writer rule holds.
-INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at)
-SELECT run_id, namespace, queue, '9999-12-31' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at)
+SELECT run_id, namespace, queue, workflow_type, '9999-12-31' FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ON CONFLICT (run_id) DO NOTHING
 
 -- name: lock_workflow_task
@@ -319,12 +328,12 @@ SELECT run_id FROM cairn.workflow_tasks WHERE run_id = %(run_id)s FOR UPDATE
 -- pending. ON CONFLICT DO UPDATE (not DO NOTHING) takes the task row's lock, so this
 -- waits for a worker mid-task and then re-creates the task it deletes: no lost wake-up.
 WITH run AS (
-    SELECT run_id, namespace, queue FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM run
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT run_id, namespace, queue FROM run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT run_id, namespace, queue, workflow_type FROM run
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -348,8 +357,9 @@ WITH due AS (
     FROM (SELECT * FROM due ORDER BY fire_at, seq) ordered
 ), task AS (
     -- DO UPDATE takes the row lock: see signal_run. The namespace comes from the run.
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT DISTINCT d.run_id, r.namespace, d.workflow_queue FROM due d JOIN cairn.runs r ON r.run_id = d.run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT DISTINCT d.run_id, r.namespace, d.workflow_queue, r.workflow_type
+    FROM due d JOIN cairn.runs r ON r.run_id = d.run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -370,14 +380,19 @@ SET attempt = a.attempt + 1,
     attempt_deadline = c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second'),
     heartbeat_deadline = c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
 FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
-      FROM unnest(%(queues)s::text[]) AS qn(queue),
-           -- one ordered index scan per queue, as in claim_workflow_task
+      FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, activity_type),
+           -- one ordered index scan per (queue, activity type) pair of the worker, stopped
+           -- at %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
+           -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the
+           -- whole table to find the rows to update once ~10,000 were ready)
            LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
-                    WHERE a2.namespace = %(namespace)s AND a2.queue = qn.queue AND a2.lease_owner IS NULL
+                    WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
+                      AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL
                       AND a2.available_at <= coalesce(%(now)s::timestamptz, now())
                     ORDER BY a2.available_at
-                    LIMIT %(limit)s
-                    FOR UPDATE SKIP LOCKED) r) c
+                    LIMIT 64
+                    FOR UPDATE SKIP LOCKED) r
+      LIMIT %(limit)s) c
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
           a.queue, a.input, a.options, a.scheduled_at, a.started_at, a.heartbeat_details,
@@ -389,13 +404,13 @@ RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a
 WITH done AS (
     DELETE FROM cairn.activity_tasks
     WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
-    RETURNING run_id, namespace, workflow_queue
+    RETURNING run_id, namespace, workflow_queue, workflow_type
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
 ), task AS (
     -- DO UPDATE takes the row lock: see signal_run.
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT run_id, namespace, workflow_queue FROM done
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT run_id, namespace, workflow_queue, workflow_type FROM done
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -489,12 +504,21 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: next_due
--- The earliest moment any work for these queues becomes ready, for the pollers' sleep.
+-- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:
+-- workflow tasks and activities of its (queue, type) pairs (as in the claims), timers and
+-- activity deadlines of any.
 SELECT least(
-    (SELECT min(available_at) FROM cairn.workflow_tasks
-     WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[])),
-    (SELECT min(available_at) FROM cairn.activity_tasks
-     WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND lease_owner IS NULL),
+    (SELECT min(n.available_at)
+     FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
+          LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
+                   WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                   ORDER BY t.available_at LIMIT 1) n),
+    (SELECT min(n.available_at)
+     FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
+          LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
+                   WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
+                     AND a.lease_owner IS NULL
+                   ORDER BY a.available_at LIMIT 1) n),
     (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),
     (SELECT min(fire_at) FROM cairn.timers)
 ) - coalesce(%(now)s::timestamptz, now()) AS wait
@@ -502,21 +526,44 @@ SELECT least(
 -- ---------------------------------------------------------------- registry
 
 -- name: register_workflow_type
--- Records a workflow type a worker serves, with its input schema.
-INSERT INTO cairn.workflow_types (namespace, name, queues, input_schema, module, updated_at)
-VALUES (%(namespace)s, %(name)s, %(queues)s, %(input_schema)s, %(module)s, now())
-ON CONFLICT (namespace, name) DO UPDATE
-SET queues = ARRAY(SELECT DISTINCT unnest(cairn.workflow_types.queues || excluded.queues)),
-    input_schema = excluded.input_schema, module = excluded.module, updated_at = now()
+-- Records a workflow type a worker serves on a queue, with its input schema (the last
+-- worker to register it on that queue wins; other queues keep their own).
+INSERT INTO cairn.workflow_types (namespace, queue, name, input_schema, module, updated_at)
+SELECT %(namespace)s, qn.queue, %(name)s, %(input_schema)s, %(module)s, now()
+FROM unnest(%(queues)s::text[]) AS qn(queue)
+ON CONFLICT (namespace, queue, name) DO UPDATE
+SET input_schema = excluded.input_schema, module = excluded.module, updated_at = now()
+
+-- name: register_activity_types
+-- Records the activity types a worker runs on each of its queues.
+INSERT INTO cairn.activity_types (namespace, queue, name, updated_at)
+SELECT %(namespace)s, qn.queue, a.name, now()
+FROM unnest(%(queues)s::text[]) AS qn(queue), unnest(%(names)s::text[]) AS a(name)
+ON CONFLICT (namespace, queue, name) DO UPDATE SET updated_at = now()
 
 -- name: get_workflow_type
--- A registered workflow type, if any.
-SELECT name, queues, input_schema, module FROM cairn.workflow_types
+-- A workflow type's registrations, one per queue (its input schema there), by queue name.
+SELECT name, queue, input_schema, module, updated_at FROM cairn.workflow_types
 WHERE namespace = %(namespace)s AND name = %(name)s
+ORDER BY queue
 
 -- name: list_workflow_types
 -- Every registered workflow type name.
-SELECT name FROM cairn.workflow_types WHERE namespace = %(namespace)s ORDER BY name
+SELECT DISTINCT name FROM cairn.workflow_types WHERE namespace = %(namespace)s ORDER BY name
+
+-- name: unserved_types
+-- Of a run's pending workflow task and activities, the (kind, type, queue) that no worker
+-- has registered, for describe: such work waits (claims take only the types a worker runs).
+SELECT 'workflow' AS kind, t.workflow_type AS type, t.queue FROM cairn.workflow_tasks t
+WHERE t.run_id = %(run_id)s
+  AND NOT EXISTS (SELECT 1 FROM cairn.workflow_types w
+                  WHERE w.namespace = t.namespace AND w.queue = t.queue AND w.name = t.workflow_type)
+UNION
+SELECT 'activity', a.activity_type, a.queue FROM cairn.activity_tasks a
+WHERE a.run_id = %(run_id)s
+  AND NOT EXISTS (SELECT 1 FROM cairn.activity_types w
+                  WHERE w.namespace = a.namespace AND w.queue = a.queue AND w.name = a.activity_type)
+ORDER BY 1 DESC, 2, 3
 
 -- ---------------------------------------------------------------- reading runs
 
@@ -683,7 +730,7 @@ SELECT pg_notify('cairn_query_answered', id::text) AS notified FROM answered
 WITH waiting AS (
     DELETE FROM cairn.activity_tasks
     WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NULL
-    RETURNING run_id, namespace, seq, attempt, workflow_queue
+    RETURNING run_id, namespace, seq, attempt, workflow_queue, workflow_type
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, 'ActivityCancelled',
@@ -693,8 +740,8 @@ WITH waiting AS (
     UPDATE cairn.activity_tasks SET cancel_requested = true
     WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NOT NULL
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT DISTINCT run_id, namespace, workflow_queue FROM waiting
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT DISTINCT run_id, namespace, workflow_queue, workflow_type FROM waiting
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -738,7 +785,7 @@ WITH c AS (
     SELECT %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s, c.now,
            %(search_attributes)s::jsonb, %(memo)s::jsonb, %(reset_from)s::jsonb
     FROM c
-    RETURNING run_id, namespace, queue, created_at
+    RETURNING run_id, namespace, queue, workflow_type, created_at
 ), copied AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT n.run_id, e.seq, e.type, e.data, coalesce(e.at, n.created_at)
@@ -750,8 +797,8 @@ WITH c AS (
          ROWS FROM (jsonb_to_recordset(%(inbox)s::jsonb) AS (type text, data jsonb)) WITH ORDINALITY AS i(type, data, ord)
     ORDER BY i.ord
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, available_at, created_at)
-    SELECT run_id, namespace, queue, created_at, created_at FROM new_run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
+    SELECT run_id, namespace, queue, workflow_type, created_at, created_at FROM new_run
 )
 SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
 
@@ -791,7 +838,7 @@ WITH me AS (
     SELECT run_id, workflow_id, parent_run_id, parent_seq, status FROM cairn.runs
     WHERE run_id = %(run_id)s::uuid AND status <> 'running'
 ), parent AS (
-    SELECT p.run_id, p.namespace, p.queue,
+    SELECT p.run_id, p.namespace, p.queue, p.workflow_type,
            jsonb_build_object('child_seq', me.parent_seq, 'workflow_id', me.workflow_id,
                               'run_id', me.run_id, 'status', me.status) || %(child_event)s::jsonb AS data
     FROM me JOIN cairn.runs p ON p.run_id = me.parent_run_id
@@ -799,7 +846,7 @@ WITH me AS (
 ), to_parent AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(child_event_type)s::text, data FROM parent
 ), children AS (
-    SELECT c.run_id, c.namespace, c.queue, c.parent_close_policy FROM cairn.runs c
+    SELECT c.run_id, c.namespace, c.queue, c.workflow_type, c.parent_close_policy FROM cairn.runs c
     WHERE c.parent_run_id = %(run_id)s::uuid AND c.status = 'running' AND c.parent_close_policy <> 'abandon'
 ), to_children AS (
     INSERT INTO cairn.inbox (run_id, type, data)
@@ -808,9 +855,10 @@ WITH me AS (
                                         || parent_close_policy || ')')
     FROM children ORDER BY run_id
 ), tasks AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT run_id, namespace, queue
-    FROM (SELECT run_id, namespace, queue FROM parent UNION ALL SELECT run_id, namespace, queue FROM children) x
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT run_id, namespace, queue, workflow_type
+    FROM (SELECT run_id, namespace, queue, workflow_type FROM parent
+          UNION ALL SELECT run_id, namespace, queue, workflow_type FROM children) x
     ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
@@ -821,15 +869,15 @@ SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM tasks
 -- A parent's ChildWorkflowCancelRequested commands: a CancelRequested in each child's
 -- current (open) run's inbox, found by the command's seq; inbox protocol as in signal_run.
 WITH child AS (
-    SELECT run_id, namespace, queue FROM cairn.runs
+    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs
     WHERE parent_run_id = %(run_id)s::uuid AND parent_seq = ANY(%(seqs)s::integer[]) AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, 'CancelRequested', jsonb_build_object('reason', 'cancelled by parent run ' || %(run_id)s::text)
     FROM child ORDER BY run_id
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue)
-    SELECT run_id, namespace, queue FROM child ORDER BY run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT run_id, namespace, queue, workflow_type FROM child ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )

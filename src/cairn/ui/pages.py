@@ -378,6 +378,9 @@ def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
     if task.get("failures"):
         body += [f"<h2>Workflow task failing ({esc(task['failures'])} attempts)</h2>",
                  _failure(task.get("last_error") or {}, css_id="task-failure")]
+    if d.unserved:  # pending work of a type no worker registered on its queue
+        body.append('<h2>Waiting for a worker</h2><ul id="unserved">'
+                    + "".join(f"<li>{esc(u['message'])}</li>" for u in d.unserved) + "</ul>")
     body.append('<h2>Payloads</h2><div id="payloads">')
     body.append(payload("input", first.get("input"), open_=True))
     if last is not None and last.type == "WorkflowCompleted":
