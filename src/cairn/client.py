@@ -22,7 +22,16 @@ from cairn import _lifecycle, db
 from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
 from cairn._messages import ClientMessages, HandleMessages
 from cairn._telemetry import tracer
-from cairn.common import Signature, check_identifier, check_text, new_run_id, seconds, to_payload
+from cairn.common import (
+    Signature,
+    check_identifier,
+    check_namespace,
+    check_queue,
+    new_run_id,
+    seconds,
+    shown,
+    to_payload,
+)
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -53,6 +62,7 @@ IdConflictPolicy = Literal["fail", "use_existing"]
 # task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
+MAX_LIST_LIMIT = 100_000  # runs one list call returns at most (the CLI's --limit too)
 WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see Client._known_open)
 # A watched run keeps the outcome its close NOTIFY carried until result() takes it, up to
 # this size (10,000 watched runs: ~10 MB at most); a larger one is read when asked for.
@@ -110,9 +120,17 @@ def _validate_run_id(run_id: str) -> str:
 
 
 def _validate_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not queue or len(queue) > 200 or queue != queue.strip():
-        raise InputValidationError(f"invalid queue name {queue!r}")
-    return check_text(queue, "the queue name")
+    return check_queue(queue)
+
+
+def _lookup_id(workflow_id: str) -> str:
+    """A workflow id to look up (see ``check_identifier``'s ``lookup``)."""
+    return check_identifier(workflow_id, "the workflow id", lookup=True)
+
+
+def _lookup_type(name: str) -> str:
+    """A workflow type name to look up."""
+    return check_identifier(name, "the workflow type", lookup=True)
 
 
 class Client(ClientMessages):
@@ -126,7 +144,7 @@ class Client(ClientMessages):
     def __init__(self, pool: AsyncConnectionPool, url: str, namespace: str = "default") -> None:
         self.pool = pool
         self.url = url
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
         self._listener: asyncio.Task[None] | None = None
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._listening = asyncio.Event()
@@ -143,6 +161,7 @@ class Client(ClientMessages):
 
         With the embedded server the schema is migrated on first use.
         """
+        check_namespace(namespace)  # before connecting
         resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
         db.remember_secret(resolved)
         if embedded or check_schema:
@@ -285,6 +304,7 @@ class Client(ClientMessages):
         Raises:
             UnknownWorkflowType: no worker has registered this type.
         """
+        _lookup_type(name)
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
             row = await (await cur.execute(q("get_workflow_type"),
@@ -293,7 +313,7 @@ class Client(ClientMessages):
                 known = [r["name"] for r in await (await cur.execute(
                     q("list_workflow_types"), {"namespace": self.namespace})).fetchall()]
                 hint = f" (known: {', '.join(known)})" if known else " (no worker has registered any type yet)"
-                raise UnknownWorkflowType(f"unknown workflow type {name!r}{hint}")
+                raise UnknownWorkflowType(f"unknown workflow type {shown(name)}{hint}")
         return row
 
     async def _check_registered(self, name: str, payload: list[Any]) -> None:
@@ -313,6 +333,7 @@ class Client(ClientMessages):
 
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
         """A handle on an existing workflow (its newest run unless ``run_id`` is given)."""
+        _lookup_id(workflow_id)
         if run_id is not None:
             run_id = _validate_run_id(run_id)
         return WorkflowHandle(self, workflow_id, run_id, None)
@@ -327,7 +348,7 @@ class Client(ClientMessages):
                                   {"namespace": self.namespace, "workflow_id": workflow_id})
             row = await cur.fetchone()
         if row is None:
-            raise WorkflowNotFound(f"no workflow run with id {workflow_id!r}")
+            raise WorkflowNotFound(f"no workflow run with id {shown(workflow_id)}")
         row["run_id"] = str(row["run_id"])
         return row
 
@@ -345,8 +366,11 @@ class Client(ClientMessages):
         statuses = RUN_STATUSES
         if status is not None and status not in statuses:
             raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
-        if limit < 1:
-            raise InputValidationError("limit must be at least 1")
+        if workflow_type is not None:
+            _lookup_type(workflow_type)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputValidationError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, "
+                                       f"not {shown(str(limit))}")
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
             params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type, "limit": limit}
@@ -537,6 +561,7 @@ class WorkflowHandle(HandleMessages):
             WorkflowTerminated: the run was terminated.
             WorkflowTimeout: it did not close within ``timeout`` seconds.
         """
+        timeout = seconds(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         await self.client._ensure_listener()
