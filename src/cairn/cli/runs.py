@@ -84,7 +84,7 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("-m", "--module", "modules", multiple=True,
               help="Validate against this module's code instead of the worker registry.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=float, default=None,  # checked by common.seconds, as the API's timeouts
               help="With --wait: give up after this many seconds.")
 @click.option("--search-attribute", "search_attributes", multiple=True, metavar="KEY=JSON",
               help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
