@@ -339,6 +339,7 @@ class Client(ClientMessages):
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None) -> dict[str, Any]:
+        _lookup_id(workflow_id)  # reset and retry look up here without a handle
         async with self.pool.connection() as c:
             cur = c.cursor(row_factory=dict_row)
             if run_id is not None:

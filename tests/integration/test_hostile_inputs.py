@@ -47,7 +47,8 @@ def one_error_line(ran: Result) -> str:
     """The single ``error: ...`` line a refused command prints (and nothing else)."""
     assert "Traceback" not in ran.stdout + ran.stderr, ran.stderr
     lines = ran.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), ran.stderr
+    assert len(lines) == 1, ran.stderr
+    assert lines[0].startswith("error: "), ran.stderr
     return lines[0]
 
 
@@ -60,7 +61,7 @@ async def idle() -> None:
 
 HOSTILE_FILTERS = [
     ("non_ascii_letter", "café = 1", "unexpected character 'é' (U+00E9) at column 4"),
-    ("cyrillic_lookalike", "Ѕtatus = 'running'", "U+0405"),
+    ("cyrillic_lookalike", "Ѕtatus = 'running'", "U+0405"),  # noqa: RUF001  (the look-alike is the point)
     ("non_ascii_digit", "amount = ٣", "U+0663"),
     ("deep_parentheses", "(" * 400 + "a = 1" + ")" * 400, f"deeper than {MAX_FILTER_DEPTH} levels"),
     ("many_nots", "NOT " * 1500 + "a = 1", f"deeper than {MAX_FILTER_DEPTH} levels"),
@@ -77,7 +78,8 @@ async def test_hostile_filters_exit_2_in_one_line(db_url, sql, name, where, frag
     ran = await cairn(db_url, "list", "--where", where)
     assert ran.exit_code == 2, (ran.exit_code, ran.stderr, ran.exception)
     line = one_error_line(ran)
-    assert line.startswith("error: invalid filter: ") and fragment in line, line
+    assert line.startswith("error: invalid filter: "), line
+    assert fragment in line, line
     assert len(line) < 300, line
     assert counts(sql) == before
 
@@ -177,9 +179,9 @@ CLI_CASES: list[tuple[str, tuple[str, ...], str]] = [
 ]
 
 
+@pytest.mark.usefixtures("registered")  # a worker has registered echo, so starts get to their checks
 @pytest.mark.parametrize(("name", "args", "fragment"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-async def test_cli_hostile_input_exits_2_in_one_line_and_writes_nothing(db_url, sql, registered, files, name, args,
-                                                                      fragment):
+async def test_cli_hostile_input_exits_2_in_one_line_and_writes_nothing(db_url, sql, files, name, args, fragment):
     before = counts(sql)
     ran = await cairn(db_url, *(a.format(**files) for a in args))
     assert ran.exit_code == 2, (ran.exit_code, ran.stderr, ran.exception)
@@ -203,6 +205,7 @@ async def test_api_hostile_names_write_nothing(db_url, client, sql):
         (lambda: client.start("ty\x00pe"), "NUL"),
         (lambda: client.get_handle("a\x00b").describe(), "NUL"),
         (lambda: client.get_handle("").describe(), "non-empty"),
+        (lambda: client.retry("a\x00b"), "NUL"),
         (lambda: client.list(workflow_type="a\x00"), "NUL"),
         (lambda: client.list(limit=10**20), "from 1 to"),
         (lambda: client.get_handle("x").result(timeout=math.nan), "finite"),
@@ -220,9 +223,12 @@ async def test_nul_in_a_looked_up_id_or_type_is_400_in_the_web_view(db_url):
         page = await http.get("/runs/" + quote("a\x00b", safe=""))
         api = await http.get("/api/runs", params={"type": "a\x00b"})
         long = await http.get("/api/runs/" + "i" * 5000)  # aiohttp refuses request lines past 8190 bytes
-    assert page.status_code == 400 and "NUL" in page.text, page.text[:500]
-    assert api.status_code == 400 and "NUL" in api.json()["error"], api.text
-    assert long.status_code == 400 and "(5000 chars)" in long.json()["error"], long.text[:500]
+    assert page.status_code == 400, page.text[:500]
+    assert "NUL" in page.text
+    assert api.status_code == 400, api.text
+    assert "NUL" in api.json()["error"]
+    assert long.status_code == 400, long.text[:500]
+    assert "(5000 chars)" in long.json()["error"]
     assert len(long.text) < 500
 
 
