@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from cairn import db
 from cairn._telemetry import tracer
-from cairn.common import check_text, to_payload
+from cairn.common import check_text, shown, to_payload
 from cairn.engine import history as h
 from cairn.engine.queries import q
 from cairn.errors import InputValidationError, QueryFailed, QueryTimeout, WorkflowClosed
@@ -36,8 +36,9 @@ MAX_NAME_LENGTH = 200         # signal and query names
 def validate_name(name: str, what: str) -> str:
     """A signal or query name: non-empty text of at most 200 characters that Postgres can store."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        got = shown(name) if isinstance(name, str) else repr(name)
         raise InputValidationError(f"the {what} name must be a non-empty string of at most "
-                                   f"{MAX_NAME_LENGTH} characters, got {name!r}")
+                                   f"{MAX_NAME_LENGTH} characters, got {got}")
     return check_text(name, f"the {what} name")
 
 

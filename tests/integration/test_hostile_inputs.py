@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 import uuid
@@ -142,6 +143,11 @@ async def test_a_legal_filter_over_odd_stored_strings_answers_for_the_other_runs
         api = await http.get("/api/runs", params={"where": "due > '2024-01-01'"})
     assert api.status_code == 200, api.text
     assert sorted(r["workflow_id"] for r in api.json()["runs"]) == ["far", "leap-day", "may"]
+    for where, expected in [("due > '2024-01-01'", ["far", "leap-day", "may"]),
+                            ("due IN ('9999-12-31T23:59:59-05:00', '2024-05-01T12:00:00Z')", ["far", "may"])]:
+        ran = await cairn(db_url, "list", "--where", where, "--json")
+        assert ran.exit_code == 0, ran.stderr
+        assert sorted(r["workflow_id"] for r in json.loads(ran.stdout)) == expected
 
 
 # ---------------------------------------------------------------- D15: the CLI table
@@ -154,8 +160,12 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 8)
     module = f"broken_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text("def oops(:\n    pass\n")
+    good = f"good_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{good}.py").write_text("from cairn import activity\n\n@activity.defn\nasync def step() -> None:\n"
+                                         "    pass\n")
     monkeypatch.chdir(tmp_path)
-    return {"latin1": str(tmp_path / "latin1.json"), "binary": str(tmp_path / "binary.json"), "broken": module}
+    return {"latin1": str(tmp_path / "latin1.json"), "binary": str(tmp_path / "binary.json"), "broken": module,
+            "good": good}
 
 
 CLI_CASES: list[tuple[str, tuple[str, ...], str]] = [
@@ -164,6 +174,8 @@ CLI_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("replay_binary_file", ("replay", "{binary}", "-m", "json"), "history file"),
     ("input_dev_zero", ("start", "echo", "--input", "@/dev/zero"), "is larger than 2097152 bytes"),
     ("worker_syntax_error", ("worker", "-m", "{broken}"), "invalid syntax ("),
+    ("worker_newline_queue", ("worker", "-m", "{good}", "-q", "a\nb"), "queue name contains the control"),
+    ("worker_empty_namespace", ("--namespace", "", "worker", "-m", "{good}"), "the namespace must be a non-empty"),
     ("list_huge_limit", ("list", "--limit", "99999999999999999999"), "limit must be a whole number from 1"),
     ("wait_timeout_nan", ("start", "echo", "--input", "1", "--wait", "--timeout", "nan"), "finite, got nan"),
     ("wait_timeout_inf", ("start", "echo", "--input", "1", "--wait", "--timeout", "inf"), "finite, got inf"),
@@ -176,6 +188,7 @@ CLI_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("long_id_lookup", ("describe", LONG_ID), "… (10000 chars) is longer than 1000"),
     ("long_id_start", ("start", "echo", "--input", "1", "--id", LONG_ID), "… (10000 chars) is longer than 1000"),
     ("long_id_unknown", ("describe", "j" * 999), "… (999 chars)"),
+    ("long_signal_name", ("signal", "nobody", "s" * 10_000), "… (10000 chars)"),
 ]
 
 
