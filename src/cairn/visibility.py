@@ -56,17 +56,21 @@ RESERVED = frozenset({k.lower() for k in BUILTINS} | {k.lower() for k in KEYWORD
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What a datetime looks like, field by field (a month 01-12, an hour 00-23, an offset within
-# Postgres' +-15:59, not year 0000), in the syntax Python's re and Postgres' ~ share. The
-# same text guards the filter's literals and the stored strings a comparison casts, so both
-# sides agree on what is a datetime; the day of the month is checked apart (_DAY_FITS_SQL).
-_DATETIME_PATTERN = (r"^(?!0000)\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
-                     r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-5])(:?[0-5]\d)?)?)?$")
+# Postgres' +-15:59), in the syntax Python's re and Postgres' ~ share. The same text guards
+# the filter's literals and the stored strings a comparison casts, so both sides agree on
+# what is a datetime; year 0000 and the day of the month are checked apart (_DATE_EXISTS_SQL;
+# Python's fromisoformat refuses them), as a lookahead would double the regex's cost (groups
+# do not capture, which Postgres matches faster).
+_DATETIME_PATTERN = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d"
+                     r"(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)?)?$")
 _DATETIME = re.compile(_DATETIME_PATTERN, re.ASCII)
-# The day of the month exists (no 2023-02-29, no 04-31): {s} is a string that matched the pattern.
-_DAY_FITS_SQL = ("substr({s}, 9, 2)::int <= CASE WHEN substr({s}, 6, 2) IN ('04', '06', '09', '11') THEN 30 "
-                 "WHEN substr({s}, 6, 2) <> '02' THEN 31 WHEN mod(substr({s}, 1, 4)::int, 4) = 0 "
-                 "AND (mod(substr({s}, 1, 4)::int, 100) <> 0 OR mod(substr({s}, 1, 4)::int, 400) = 0) "
-                 "THEN 29 ELSE 28 END")
+# The date exists (no year 0000, no 2023-02-29, no 04-31): {s} is a string that matched the
+# pattern. Days up to 28 exist in every month: most rows stop at the first comparison.
+_DATE_EXISTS_SQL = ("substr({s}, 1, 4) <> '0000' AND (substr({s}, 9, 2) <= '28' OR substr({s}, 9, 2)::int <= "
+                    "CASE WHEN substr({s}, 6, 2) IN ('04', '06', '09', '11') THEN 30 "
+                    "WHEN substr({s}, 6, 2) <> '02' THEN 31 WHEN mod(substr({s}, 1, 4)::int, 4) = 0 "
+                    "AND (mod(substr({s}, 1, 4)::int, 100) <> 0 OR mod(substr({s}, 1, 4)::int, 400) = 0) "
+                    "THEN 29 ELSE 28 END)")
 
 
 # ---------------------------------------------------------------- values
@@ -483,12 +487,12 @@ class _Parser:
         when = parse_datetime(value.value)
         if when is not None:
             # Cast only strings that are datetimes: pattern, then (nested, since AND does
-            # not order its operands) the day of the month; one odd keyword such as
+            # not order its operands) the date's existence; one odd keyword such as
             # "2024-99-99" or "2023-02-29" must not make the cast, and so the query, fail.
             text = f"({attr} #>> '{{}}')"
             pattern = self.param(_DATETIME_PATTERN)
             return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' AND {text} ~ {pattern}::text"
-                    f" THEN CASE WHEN {_DAY_FITS_SQL.format(s=text)} THEN {text}::timestamptz END END"
+                    f" THEN CASE WHEN {_DATE_EXISTS_SQL.format(s=text)} THEN {text}::timestamptz END END"
                     f" {sql_op} {self.param(when)}::timestamptz)")
         return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN ({attr} #>> '{{}}') END"
                 f" {sql_op} {self.param(value.value)}::text)")
