@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -31,6 +33,7 @@ from click.testing import CliRunner, Result
 
 from cairn import Client, InputValidationError, Worker, workflow
 from cairn.cli import main as cli
+from cairn.cli._base import parse_json
 from cairn.visibility import MAX_FILTER_DEPTH, parse_filter
 
 from .test_bad_input_matrix import counts, registered  # noqa: F401  (a fixture)
@@ -202,6 +205,29 @@ async def test_cli_hostile_input_exits_2_in_one_line_and_writes_nothing(db_url, 
     assert fragment in line, line
     assert len(line) < 400, line  # a 10,000-character id is not echoed whole
     assert counts(sql) == before
+
+
+def test_an_at_file_is_read_only_to_the_limit_plus_one_byte(tmp_path):
+    """A pipe whose writer never closes: reading it whole would wait for ever; the bounded
+    read returns after limit + 1 bytes and refuses."""
+    fifo = tmp_path / "endless"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def writer() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b" " * 5000)  # within the pipe's buffer: the write does not block
+            f.flush()
+            done.wait(30)  # no EOF until the reader has finished
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with pytest.raises(InputValidationError, match="is larger than 1000 bytes"):
+            parse_json(f"@{fifo}", "--input", max_bytes=1000)
+    finally:
+        done.set()
+        thread.join()
 
 
 # ---------------------------------------------------------------- D15: the library's edge (same validators)
