@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from cairn._telemetry import tracer
-from cairn.common import check_text, to_payload
+from cairn.common import check_text, shown, to_payload
 from cairn.engine import history as h
 from cairn.engine.queries import q
 from cairn.errors import InputValidationError, QueryFailed, QueryTimeout
@@ -37,8 +37,9 @@ _CHECK_SIGNAL = ("look for it in `cairn history {workflow_id}` (or handle.histor
 def validate_name(name: str, what: str) -> str:
     """A signal or query name: non-empty text of at most 200 characters that Postgres can store."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        got = shown(name) if isinstance(name, str) else repr(name)
         raise InputValidationError(f"the {what} name must be a non-empty string of at most "
-                                   f"{MAX_NAME_LENGTH} characters, got {name!r}")
+                                   f"{MAX_NAME_LENGTH} characters, got {got}")
     return check_text(name, f"the {what} name")
 
 

@@ -24,7 +24,16 @@ from cairn import _lifecycle, db
 from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
 from cairn._messages import ClientMessages, HandleMessages
 from cairn._telemetry import tracer
-from cairn.common import Signature, check_identifier, check_text, new_run_id, seconds, to_payload
+from cairn.common import (
+    Signature,
+    check_identifier,
+    check_namespace,
+    check_queue,
+    new_run_id,
+    seconds,
+    shown,
+    to_payload,
+)
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.queries import q
@@ -62,6 +71,7 @@ QUEUE_CACHE_SECONDS = 10.0
 # task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
+MAX_LIST_LIMIT = 100_000  # runs one list call returns at most (the CLI's --limit too)
 WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see Client._known_open)
 # A watched run keeps the outcome its close NOTIFY carried until result() takes it, up to
 # this size (10,000 watched runs: ~10 MB at most); a larger one is read when asked for.
@@ -167,9 +177,17 @@ def check_input(name: str, input_schema: dict[str, Any], payload: list[Any]) -> 
 
 
 def _validate_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not queue or len(queue) > 200 or queue != queue.strip():
-        raise InputValidationError(f"invalid queue name {queue!r}")
-    return check_text(queue, "the queue name")
+    return check_queue(queue)
+
+
+def _lookup_id(workflow_id: str) -> str:
+    """A workflow id to look up (see ``check_identifier``'s ``lookup``)."""
+    return check_identifier(workflow_id, "the workflow id", lookup=True)
+
+
+def _lookup_type(name: str) -> str:
+    """A workflow type name to look up."""
+    return check_identifier(name, "the workflow type", lookup=True)
 
 
 @dataclass
@@ -203,7 +221,7 @@ class Client(ClientMessages):
     def __init__(self, pool: AsyncConnectionPool, url: str, namespace: str = "default") -> None:
         self.pool = pool
         self.url = url
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
         self._listener: asyncio.Task[None] | None = None
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._listening = asyncio.Event()
@@ -221,6 +239,7 @@ class Client(ClientMessages):
 
         With the embedded server the schema is migrated on first use.
         """
+        check_namespace(namespace)  # before connecting
         resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
         db.remember_secret(resolved)
         if embedded or check_schema:
@@ -452,6 +471,7 @@ class Client(ClientMessages):
         Raises:
             InputValidationError: no queue given, and the type is registered on several.
         """
+        _lookup_type(name)
         if queue is not None:
             _validate_queue(queue)
 
@@ -499,12 +519,14 @@ class Client(ClientMessages):
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
         """A handle on an existing workflow: each call acts on its newest run (following
         continue-as-new), or on run ``run_id`` alone if given (see :class:`WorkflowHandle`)."""
+        _lookup_id(workflow_id)
         if run_id is not None:
             run_id = _validate_run_id(run_id)
         return WorkflowHandle(self, workflow_id, run_id, None, pinned=run_id is not None)
 
     async def _run_row(self, workflow_id: str, run_id: str | None, *,
                        wait: float | None = READ_RETRY_SECONDS) -> dict[str, Any]:
+        _lookup_id(workflow_id)  # reset and retry look up here without a handle
         # A run id names a run only with the namespace and workflow id it belongs to.
         params = {"namespace": self.namespace, "workflow_id": workflow_id, "run_id": run_id}
 
@@ -516,7 +538,7 @@ class Client(ClientMessages):
         row = await self._read(read, wait=wait)
         if row is None:
             which = f"run {run_id} for id" if run_id else "run with id"
-            raise WorkflowNotFound(f"no workflow {which} {workflow_id!r}")
+            raise WorkflowNotFound(f"no workflow {which} {shown(workflow_id)}")
         row["run_id"] = str(row["run_id"])
         return row
 
@@ -526,8 +548,11 @@ class Client(ClientMessages):
         statuses = RUN_STATUSES
         if status is not None and status not in statuses:
             raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
-        if limit < 1:
-            raise InputValidationError("limit must be at least 1")
+        if workflow_type is not None:
+            _lookup_type(workflow_type)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputValidationError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, "
+                                       f"not {shown(str(limit))}")
         if page_token is not None:
             try:
                 uuid.UUID(page_token)
@@ -788,6 +813,7 @@ class WorkflowHandle(HandleMessages):
             DatabaseUnavailable: the database stayed out of reach until ``timeout`` passed
                 (without one, the wait goes on through restarts and failovers).
         """
+        timeout = seconds(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
 

@@ -40,6 +40,8 @@ MAX_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_PAYLOAD_BYTES", 2 * 1024 * 102
 WARN_PAYLOAD_BYTES = int(os.environ.get("CAIRN_WARN_PAYLOAD_BYTES", 256 * 1024))
 MAX_PAYLOAD_DEPTH = int(os.environ.get("CAIRN_MAX_PAYLOAD_DEPTH", 64))
 MAX_ID_LENGTH = 1000
+MAX_NAME_LENGTH = 200  # namespaces and queue names
+SHOWN_CHARACTERS = 80  # of user text quoted in an error message (see shown)
 
 
 class RetryPolicy(BaseModel):
@@ -174,18 +176,44 @@ def _text_bytes(text: str, what: str) -> int:
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def check_identifier(text: Any, what: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+def check_identifier(text: Any, what: str, *, max_length: int = MAX_ID_LENGTH, lookup: bool = False) -> str:
     """A workflow id (or another identifier): non-blank text of at most ``max_length``
-    characters, with no control characters and nothing Postgres cannot store."""
+    characters, with no control characters and nothing Postgres cannot store.
+
+    ``lookup``: the identifier names something that exists, so control characters are let
+    through (a run stored before ids refused them can still be found); NUL and lone
+    surrogates, which no stored row can hold, are still refused.
+    """
     if not isinstance(text, str) or not text.strip():
         raise InputValidationError(f"{what} must be a non-empty string")
     if len(text) > max_length:
-        raise InputValidationError(f"{what} is longer than {max_length} characters ({len(text)})")
-    bad = _CONTROL.search(text)
+        raise InputValidationError(f"{what} {shown(text)} is longer than {max_length} characters")
+    bad = None if lookup else _CONTROL.search(text)
     if bad:
         raise InputValidationError(
             f"{what} contains the control character U+{ord(bad.group()):04X} at position {bad.start()}")
     return check_text(text, what)
+
+
+def check_namespace(namespace: Any) -> str:
+    """A namespace: an identifier of at most ``MAX_NAME_LENGTH`` characters."""
+    return check_identifier(namespace, "the namespace", max_length=MAX_NAME_LENGTH)
+
+
+def check_queue(queue: Any) -> str:
+    """A queue name: an identifier of at most ``MAX_NAME_LENGTH`` characters, no surrounding blanks."""
+    name = check_identifier(queue, "the queue name", max_length=MAX_NAME_LENGTH)
+    if name != name.strip():
+        raise InputValidationError(f"the queue name {shown(name)} has leading or trailing blanks")
+    return name
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """User text quoted for an error message: ``repr`` (controls escaped), cut after
+    ``limit`` characters with the full length said, so a huge id does not flood the terminal."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} chars)"
 
 
 def _check_storable(data: Any, depth: int) -> int:
@@ -331,6 +359,6 @@ def seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
     out = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if out <= 0:
-        raise InputValidationError(f"timeouts must be positive, got {value!r}")
+    if not 0 < out < math.inf:  # NaN fails both comparisons
+        raise InputValidationError(f"timeouts must be positive and finite, got {value!r}")
     return out

@@ -188,6 +188,14 @@ def migrate(url: str) -> list[int]:
                     conn.execute(q("record_version"),
                                  {"version": m.version, "name": m.name, "checksum": m.checksum})
                 done.append(m.version)
+        except pgerr.InsufficientPrivilege as exc:
+            # The role, not the command, is wrong: an environment error (exit 1), saying what is denied.
+            raise ConfigurationError(
+                f"role {conn.info.user!r} cannot migrate the Cairn schema: {_first_line(exc)}; migrations "
+                f"need CREATE on database {conn.info.dbname!r} and ownership of schema cairn: run "
+                "`cairn db migrate` as the schema's owner (see `cairn db roles`)") from None
+        except psycopg.Error as exc:
+            raise translate(exc) from None
         finally:
             conn.execute(q("migrate_unlock"))
     return done

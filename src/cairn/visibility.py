@@ -26,7 +26,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from cairn.common import check_text, to_payload
+from cairn.common import check_text, shown, to_payload
 from cairn.errors import InputValidationError, InvalidFilter
 
 MAX_KEY_LENGTH = 64
@@ -35,6 +35,8 @@ MAX_STRING_LENGTH = 2048
 MAX_LIST_ITEMS = 100
 MAX_MEMO_BYTES = 64 * 1024
 MAX_FILTER_LENGTH = 10_000
+MAX_FILTER_DEPTH = 100  # nested parentheses and NOTs (the parser recurses once per level)
+MAX_NUMBER_LENGTH = 100  # characters of a number literal
 
 # Built-in filter names and the runs column each maps to, with its kind.
 BUILTINS: dict[str, tuple[str, str]] = {
@@ -53,10 +55,22 @@ KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE", "
 RESERVED = frozenset({k.lower() for k in BUILTINS} | {k.lower() for k in KEYWORDS})
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$")
-# The SQL guard that a stored string is a datetime before it is cast (a keyword that is
-# not one must not make the cast, and so the whole query, fail).
-_DATETIME_SQL = r"'^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$'"
+# What a datetime looks like, field by field (a month 01-12, an hour 00-23, an offset within
+# Postgres' +-15:59), in the syntax Python's re and Postgres' ~ share. The same text guards
+# the filter's literals and the stored strings a comparison casts, so both sides agree on
+# what is a datetime; year 0000 and the day of the month are checked apart (_DATE_EXISTS_SQL;
+# Python's fromisoformat refuses them), as a lookahead would double the regex's cost (groups
+# do not capture, which Postgres matches faster).
+_DATETIME_PATTERN = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d"
+                     r"(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)?)?$")
+_DATETIME = re.compile(_DATETIME_PATTERN, re.ASCII)
+# The date exists (no year 0000, no 2023-02-29, no 04-31): {s} is a string that matched the
+# pattern. Days up to 28 exist in every month: most rows stop at the first comparison.
+_DATE_EXISTS_SQL = ("substr({s}, 1, 4) <> '0000' AND (substr({s}, 9, 2) <= '28' OR substr({s}, 9, 2)::int <= "
+                    "CASE WHEN substr({s}, 6, 2) IN ('04', '06', '09', '11') THEN 30 "
+                    "WHEN substr({s}, 6, 2) <> '02' THEN 31 WHEN mod(substr({s}, 1, 4)::int, 4) = 0 "
+                    "AND (mod(substr({s}, 1, 4)::int, 100) <> 0 OR mod(substr({s}, 1, 4)::int, 400) = 0) "
+                    "THEN 29 ELSE 28 END)")
 
 
 # ---------------------------------------------------------------- values
@@ -68,14 +82,18 @@ def format_datetime(value: datetime) -> str:
 
 
 def parse_datetime(text: str) -> datetime | None:
-    """A datetime from an ISO-8601 string (a date alone is midnight UTC; naive is UTC)."""
+    """A datetime in UTC from an ISO-8601 string (a date alone is midnight UTC; naive is UTC).
+
+    ``None`` when the text is not one, or names an instant that has no UTC form in Python
+    (``9999-12-31T23:59:59-05:00`` is in year 10000): such a literal is a plain string.
+    """
     if not _DATETIME.match(text):
         return None
     try:
         value = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
-    except ValueError:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def check_key(key: Any) -> str:
@@ -86,7 +104,8 @@ def check_key(key: Any) -> str:
     """
     if not isinstance(key, str) or not _KEY.match(key):
         raise InputValidationError(
-            f"search attribute name {key!r} is invalid: use letters, digits and _ (not first a digit)")
+            f"search attribute name {shown(key) if isinstance(key, str) else repr(key)} is invalid: "
+            "use ASCII letters, digits and _ (not first a digit)")
     if len(key) > MAX_KEY_LENGTH:
         raise InputValidationError(f"search attribute name {key[:20]!r}... is longer than {MAX_KEY_LENGTH} characters")
     if key.lower() in RESERVED:
@@ -108,7 +127,11 @@ def _check_value(key: str, value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InputValidationError(f"search attribute {key!r}: the datetime needs a timezone (e.g. UTC)")
-        return format_datetime(value)
+        try:
+            return format_datetime(value)
+        except OverflowError:
+            raise InputValidationError(f"search attribute {key!r}: {value.isoformat()} is outside years 1-9999 "
+                                       "in UTC") from None
     if isinstance(value, date):
         return format_datetime(datetime(value.year, value.month, value.day, tzinfo=UTC))
     if isinstance(value, list | tuple):
@@ -187,9 +210,10 @@ class Token:
 
 
 _OPS = ("<=", ">=", "!=", "<>", "=", "<", ">")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORDISH = re.compile(r"[\w.+-]+")
+_DIGITS = "0123456789"
 
 
 def _error(message: str, column: int, hint: str = "") -> InvalidFilter:
@@ -207,7 +231,7 @@ def tokenize(text: str) -> list[Token]:
     try:
         _scan(text, tokens)
     except _LexError as exc:
-        tokens.append(Token("error", exc.args[0], exc.args[1], ""))
+        tokens.append(Token("error", exc.args, exc.args[1], ""))
     tokens.append(Token("end", None, len(text) + 1, "end of filter"))
     return tokens
 
@@ -243,15 +267,19 @@ def _scan(text: str, tokens: list[Token]) -> None:
                     j += 1
             tokens.append(Token("string", "".join(chars), col, text[i:j + 1]))
             i = j + 1
-        elif c.isdigit() or (c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")):
+        elif c in _DIGITS or (c in "+-." and i + 1 < n and text[i + 1] in _DIGITS + "."):
             m = _NUMBER.match(text, i)
             if m is None or (m.end() < n and (text[m.end()].isalnum() or text[m.end()] in "_.")):
                 bad = _WORDISH.match(text, i)
-                raise _LexError(f"unexpected token {bad.group(0) if bad else c!r}", col)
+                raise _LexError(f"unexpected token {shown(bad.group(0)) if bad else repr(c)}", col)
             raw = m.group(0)
-            is_int = re.fullmatch(r"[+-]?\d+", raw) is not None
-            tokens.append(Token("number", int(raw) if is_int else float(raw), col, raw))
+            tokens.append(Token("number", _number(raw, col), col, raw))
             i = m.end()
+        elif not c.isascii() and (c.isalnum() or c == "_"):
+            # Names are ASCII, as the names check_key lets a run store; a look-alike letter
+            # (a Cyrillic S in "Status") would otherwise name an attribute no run has.
+            raise _LexError(f"unexpected character {c!r} (U+{ord(c):04X})", col,
+                            "names and numbers use ASCII letters, digits and _")
         elif c.isalpha() or c == "_":
             name = _NAME.match(text, i)
             assert name is not None  # c is a letter or _
@@ -270,12 +298,23 @@ def _scan(text: str, tokens: list[Token]) -> None:
             i += len(op)
 
 
+def _number(raw: str, column: int) -> int | float:
+    """A number literal's value: bounded in length, and finite (``1e999`` is not)."""
+    if len(raw) > MAX_NUMBER_LENGTH:
+        raise _LexError(f"a number of {len(raw)} characters (at most {MAX_NUMBER_LENGTH})", column)
+    value = int(raw) if re.fullmatch(r"[+-]?\d+", raw) else float(raw)
+    if not math.isfinite(value):
+        raise _LexError(f"the number {raw} is out of range", column)
+    return value
+
+
 class _Parser:
     """Recursive descent over the tokens; each method returns a SQL fragment."""
 
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.depth = 0  # parentheses and NOTs open around the current token
         self.params: dict[str, Any] = {}
 
     # -- helpers
@@ -284,7 +323,7 @@ class _Parser:
     def tok(self) -> Token:
         t = self.tokens[self.pos]
         if t.kind == "error":
-            raise _error(t.value, t.column)
+            raise _error(*t.value)
         return t
 
     def take(self) -> Token:
@@ -302,8 +341,15 @@ class _Parser:
 
     def unexpected(self, hint: str = "") -> InvalidFilter:
         t = self.tok
-        what = "unexpected end of filter" if t.kind == "end" else f"unexpected token {t.text!r}"
+        what = "unexpected end of filter" if t.kind == "end" else f"unexpected token {shown(t.text)}"
         return _error(what, t.column, hint)
+
+    def enter(self) -> None:
+        """One more level of nesting (before recursing), bounded so that no input recurses deeply."""
+        self.depth += 1
+        if self.depth > MAX_FILTER_DEPTH:
+            raise _error(f"the filter nests deeper than {MAX_FILTER_DEPTH} levels of parentheses and NOT",
+                         self.tok.column)
 
     def param(self, value: Any) -> str:
         name = f"w{len(self.params)}"
@@ -336,18 +382,23 @@ class _Parser:
 
     def not_expr(self) -> str:
         if self.is_kw("NOT"):
+            self.enter()
             self.take()
             # coalesce: NOT of an unknown (a missing attribute) is false, not NULL
-            return f"NOT coalesce({self.not_expr()}, false)"
+            inner = self.not_expr()
+            self.depth -= 1
+            return f"NOT coalesce({inner}, false)"
         return self.primary()
 
     def primary(self) -> str:
         if self.tok.kind == "(":
+            self.enter()
             self.take()
             inner = self.or_expr()
             if self.tok.kind != ")":
                 raise self.unexpected("expected ')'")
             self.take()
+            self.depth -= 1
             return inner
         if self.is_kw("EXISTS"):
             self.take()
@@ -435,8 +486,14 @@ class _Parser:
                     f" {sql_op} {self.param(value.value)}::numeric)")
         when = parse_datetime(value.value)
         if when is not None:
-            return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' AND ({attr} #>> '{{}}') ~ {_DATETIME_SQL}"
-                    f" THEN ({attr} #>> '{{}}')::timestamptz END {sql_op} {self.param(when)}::timestamptz)")
+            # Cast only strings that are datetimes: pattern, then (nested, since AND does
+            # not order its operands) the date's existence; one odd keyword such as
+            # "2024-99-99" or "2023-02-29" must not make the cast, and so the query, fail.
+            text = f"({attr} #>> '{{}}')"
+            pattern = self.param(_DATETIME_PATTERN)
+            return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' AND {text} ~ {pattern}::text"
+                    f" THEN CASE WHEN {_DATE_EXISTS_SQL.format(s=text)} THEN {text}::timestamptz END END"
+                    f" {sql_op} {self.param(when)}::timestamptz)")
         return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN ({attr} #>> '{{}}') END"
                 f" {sql_op} {self.param(value.value)}::text)")
 
@@ -446,7 +503,9 @@ class _Parser:
         if kind == "time":
             when = parse_datetime(value.value) if value.kind == "string" else None
             if when is None:
-                raise _error(f"{name.value} needs a datetime string such as '2024-05-01T12:00:00Z'", value.column)
+                got = f", not {shown(value.value)}" if value.kind == "string" else ""
+                raise _error(f"{name.value} needs a datetime string such as '2024-05-01T12:00:00Z'{got}",
+                             value.column)
             return f"({column} {sql_op} {self.param(when)}::timestamptz)"
         if value.kind != "string":
             raise _error(f"{name.value} needs a quoted string", value.column)

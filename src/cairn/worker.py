@@ -39,6 +39,7 @@ from cairn._worker_queries import _QueryAnswering
 from cairn._workflow_tasks import Prepared, count_runs
 from cairn.activity import ActivityDefinition
 from cairn.client import CONNECTION_OPTIONS
+from cairn.common import check_namespace, check_queue
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
@@ -158,13 +159,13 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             [*activities, *_builtin_activities()], "__cairn_activity__")
         if not self.workflows and not self.activities:
             raise ConfigurationError("a worker needs at least one workflow or activity")
-        self.queues = list(dict.fromkeys(queues))
-        if not self.queues or any(not isinstance(x, str) or not x for x in self.queues):
-            raise ConfigurationError("a worker needs at least one non-empty queue name")
+        self.queues = [check_queue(x) for x in dict.fromkeys(queues)]
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
         if workflow_concurrency < 1 or activity_concurrency < 1 or cache_size < 1:
             raise ConfigurationError("concurrency and cache size must be at least 1")
         self.url = url
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
         self.module = module
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.workflow_concurrency = workflow_concurrency

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cairn import common
 from cairn.client import Client
 from cairn.errors import (
     CairnError,
@@ -116,20 +117,24 @@ def import_modules(modules: tuple[str, ...]) -> list[Any]:
             out.append(importlib.import_module(name))
         except ImportError as exc:
             raise InputValidationError(f"cannot import module {name!r}: {exc}") from None
+        except SyntaxError as exc:  # the module's code is the command's input: show where, not a traceback
+            raise InputValidationError(
+                f"cannot import module {name!r}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
     return out
 
 
-def parse_json(text: str | None, what: str) -> Any:
-    """Parses JSON given inline or as ``@file``; a clear bad-input error if it is not JSON."""
+def parse_json(text: str | None, what: str, *, max_bytes: int | None = None) -> Any:
+    """Parses JSON given inline or as ``@file``; a clear bad-input error if it is not JSON.
+
+    A file is read as UTF-8, at most ``max_bytes`` (default: the payload limit) plus one
+    byte, so ``@/dev/zero`` or a huge file is refused without being read whole.
+    """
     if text is None:
         return None
     if text.startswith("@"):
-        path = text[1:]
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise InputValidationError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
+        limit = (common.MAX_PAYLOAD_BYTES, " (the payload limit, CAIRN_MAX_PAYLOAD_BYTES)") if max_bytes is None \
+            else (max_bytes, "")
+        text = _read_text_file(text[1:], what, *limit)
     def refuse(constant: str) -> Any:
         raise InputValidationError(f"{what} contains {constant}, which JSON in Postgres cannot store")
 
@@ -141,6 +146,21 @@ def parse_json(text: str | None, what: str) -> Any:
         raise InputValidationError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+
+
+def _read_text_file(path: str, what: str, max_bytes: int, limit_name: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputValidationError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise InputValidationError(f"{what} file {path!r} is larger than {max_bytes} bytes{limit_name}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputValidationError(
+            f"{what} file {path!r} is not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})") from None
 
 
 def to_json(value: Any) -> str:

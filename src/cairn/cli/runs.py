@@ -25,6 +25,7 @@ from cairn.cli._base import (
 )
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
+from cairn.common import seconds
 from cairn.engine.history import Event, summarize
 from cairn.engine.instance import WorkflowTaskFailed, replay
 from cairn.errors import (
@@ -37,6 +38,9 @@ from cairn.errors import (
 from cairn.worker import collect
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
+# A history file holds up to the history length limit of payloads; this only stops a
+# runaway read (a device, a wrong file), it is not a history limit.
+MAX_HISTORY_FILE_BYTES = 1 << 30
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
 
@@ -82,7 +86,7 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("-m", "--module", "modules", multiple=True,
               help="Validate against this module's code instead of the worker registry.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=float, default=None,  # checked by common.seconds, as the API's timeouts
               help="With --wait: give up after this many seconds.")
 @click.option("--search-attribute", "search_attributes", multiple=True, metavar="KEY=JSON",
               help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
@@ -103,6 +107,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
+        seconds(timeout)  # NaN or infinity: refused before the start is written
         value = parse_json(input_, "--input")
         visibility = {"search_attributes": parse_search_attributes(search_attributes),
                       "memo": parse_json(memo, "--memo")}
@@ -272,7 +277,7 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
 
     async def load() -> dict[str, Any]:
         if is_file:
-            data = parse_json("@" + source, "history file")
+            data = parse_json("@" + source, "history file", max_bytes=MAX_HISTORY_FILE_BYTES)
             if not isinstance(data, dict) or not isinstance(data.get("events"), list):
                 raise InputValidationError(
                     f"{source} is not a history file (want the output of `cairn history --json`)")

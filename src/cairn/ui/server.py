@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from cairn import client as client_mod
 from cairn import db
 from cairn.client import Client
+from cairn.common import check_namespace
 from cairn.engine.queries import q
 from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
 from cairn.ui import pages
@@ -66,6 +67,7 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     Resolves the URL like :meth:`Client.connect` (the embedded server when none is given)
     and checks that the schema is up to date.
     """
+    check_namespace(namespace)  # before connecting
     resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
     await asyncio.to_thread(client_mod._prepare, resolved, embedded)
     pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
