@@ -121,8 +121,8 @@ class _ActivityRunning:
                         "lease": self.lease_seconds,
                         "limit": min(free, 50), "now": None})
                     rows = await cur.fetchall()
-            except Exception:
-                log.exception("activity claim failed")
+            except Exception as exc:
+                loop_failed("activity claim", exc)
                 rows = []
                 await asyncio.sleep(self.poll_interval)
             self._spawn(rows, reserved=False)
@@ -524,3 +524,13 @@ def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[floa
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).split("\n", 1)[0]
+
+
+def loop_failed(what: str, exc: Exception) -> None:
+    """Logs a failed pass of one of the worker's loops, which then tries again: a lost
+    database connection (a restart, a terminated session: an expected fault) in one line,
+    anything else with its traceback."""
+    if isinstance(exc, psycopg.OperationalError):
+        log.warning("%s: %s; trying again", what, _first_line(exc))
+    else:
+        log.error("%s failed", what, exc_info=exc)

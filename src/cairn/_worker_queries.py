@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from cairn._worker_activities import loop_failed
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
 from cairn.engine.queries import q
@@ -60,8 +61,8 @@ class _QueryAnswering:
             try:
                 while await self.answer_query():
                     pass
-            except Exception:
-                log.exception("answering a query failed")
+            except Exception as exc:
+                loop_failed("answering a query", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._query_wake.wait(),
                                        QUERY_POLL_FACTOR * self.poll_interval * self._rng.uniform(0.8, 1.2))

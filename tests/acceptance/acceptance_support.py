@@ -285,6 +285,8 @@ class StormFigures:
             found.append(f"workers exited: {self.exited}")
         if self.unrecorded:
             found.append(f"workers could not record outcomes: {self.unrecorded}")
+        if self.tracebacks:  # an expected fault (a lost connection) is one warning line
+            found.append(f"workers logged tracebacks: {self.tracebacks}")
         return found
 
     def summary(self) -> str:

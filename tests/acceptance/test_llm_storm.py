@@ -12,10 +12,11 @@ logs, never from absolute times (the only bound is a generous wait for completio
   request carries;
 - no half-open period lets more requests reach the provider than the breaker's
   ``permitted_calls_in_half_open`` (periods from ``cairn.breaker_events``);
-- no worker logs a ``PoolTimeout``.
+- no worker logs a ``PoolTimeout`` or a traceback, or gives up writing an outcome.
 
 Violations that cannot heal (a failed run, a call paid twice, a probe overrun, a pool
-timeout) fail the test as soon as they are seen, with the figures.
+timeout) fail the test as soon as they are seen, with the figures (``acceptance_support``'s
+storm helpers, shared with test_llm_storm_faults.py).
 """
 
 from __future__ import annotations

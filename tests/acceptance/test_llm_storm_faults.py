@@ -18,7 +18,8 @@ half-open period lets more than ``permitted_calls_in_half_open`` requests reach 
 provider, no span of the rpm window holds more requests than the limit, and a call is
 answered 200 twice only if it was in flight on the killed worker (at most as many as were
 in flight: measured and asserted). The survivors never exit; PoolTimeouts and tracebacks
-in the workers' logs are printed (a PoolTimeout fails the test).
+in the workers' logs fail the test (a lost connection is a one-line warning), and so does
+an outcome a worker gave up writing.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ LATENCY_SECONDS = 0.2  # how long each answer takes: calls are in flight at the 
 KILL_AT, TERMINATE_AT, RESTART_AT = 1.0, 6.0, 9.0
 OUTAGE_SECONDS = 5.0  # how long Postgres stays down: longer than a worker used to retry an outcome (3 s)
 MIN_IN_FLIGHT = 2  # the kill waits for a worker with at least this many attempts in flight
-COMPLETION_WAIT_SECONDS = 150.0  # generous: the killed worker's attempts wait out the default 30 s lease
+COMPLETION_WAIT_SECONDS = 240.0  # generous (a loaded machine): the storm alone, plus the kill's 30 s lease
 
 
 def leased_calls(url: str, worker: str) -> frozenset[str]:
@@ -121,7 +122,7 @@ class Faults:
         wait_for("the killed worker's sessions to end", lambda: not query(
             self.url, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"cairn-{victim.name}",)))
         self.in_flight = leased_calls(self.url, victim.name)
-        self.fleet.append(self.start(f"{victim.name}b", url=self.url))
+        self.fleet.append(self.start(f"{victim.name}b", wait=False))  # the storm goes on meanwhile
 
     def terminate(self) -> None:
         self._strike("terminate")
@@ -149,8 +150,8 @@ def test_llm_storm_holds_through_a_kill_terminated_connections_and_a_postgres_re
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, fake_llm.url, rpm=RPM,
                                                              rate_window_seconds=RPM_WINDOW_SECONDS))
 
-    def start(name: str, url: str = url) -> WorkerProc:
-        return workers(name, "-m", "llm_flows", defaults=True, verbose=1, url=url)
+    def start(name: str, *, wait: bool = True) -> WorkerProc:
+        return workers(name, "-m", "llm_flows", defaults=True, verbose=1, url=url, wait=wait)
 
     fleet = [start(f"fault{i}") for i in range(WORKERS)]
     breaker = f"fake:{lf.MODEL}:{fake_llm.url}"
