@@ -125,18 +125,22 @@ async def test_an_attempt_needs_one_connection_at_a_time(fake_llm, one_connectio
     assert quota.value.type == "LLMQuotaExhausted"
 
 
-async def test_an_answered_call_is_not_failed_by_a_lost_database_connection(fake_llm, db_url, registry_reset):
-    """The defect: the breaker's success record after the provider's 200 met a terminated
-    connection (pg_terminate_backend, a Postgres restart), the attempt failed with it, and
-    the engine's retry sent the call again: paid twice."""
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_answered_call_is_not_failed_by_a_lost_database_connection(fake_llm, db_url, registry_reset,
+                                                                            stream):
+    """The defect: the breaker's success record after the provider's 200 (or a streamed
+    batch while it answered) met a terminated connection (pg_terminate_backend, a Postgres
+    restart), the attempt failed with it, and the engine's retry sent the call again: paid
+    twice."""
     configure_providers([fake_llm.provider_config(models=[PRIMARY])])
     app = "cairn-test-answered-call"
     pool = AsyncConnectionPool(db_url, min_size=1, max_size=1, open=False,
                                kwargs={"autocommit": True, "application_name": app})
     await pool.open(wait=True)
     try:
-        fake_llm.script([f.hang(0.5, text="paid for")])
-        call = asyncio.create_task(_attempt(pool, {"request": _req().model_dump(mode="json", exclude_defaults=True)}))
+        fake_llm.script([f.slow_stream(0.2, text="paid for") if stream else f.hang(0.5, text="paid for")])
+        request = _req().model_dump(mode="json", exclude_defaults=True)
+        call = asyncio.create_task(_attempt(pool, {"request": request, "stream": stream}))
         # The request is at the provider: the pool's one connection is idle.
         await wait_until(fake_llm.requests, interval=0.01, what="the request at the provider")
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as admin:

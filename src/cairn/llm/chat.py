@@ -198,6 +198,7 @@ class _Stream:
         self.buffer: list[str] = []
         self.chunk = 0
         self.last = time.monotonic()
+        self.lost = False  # a batch could not be written: the rest is not streamed
 
     async def add(self, text: str) -> None:
         self.buffer.append(text)
@@ -209,16 +210,20 @@ class _Stream:
         if not self.buffer:
             return
         text, self.buffer = "".join(self.buffer), []
-        chunk, self.chunk = self.chunk, self.chunk + 1
+        if self.lost:
+            return
         # Best effort: the call is being answered (and paid), so a database that is away
-        # must not fail it; followers complete a missed batch from the recorded result.
+        # must not fail it. After a lost batch nothing more is written, so what followers
+        # saw stays a prefix of the answer, which they complete from the recorded result.
         try:
             async with self.pool.connection() as conn:
                 await conn.execute(q("llm_stream_append"), {"run_id": self.info.run_id, "seq": self.info.seq,
-                                                            "attempt": self.info.attempt, "chunk": chunk,
+                                                            "attempt": self.info.attempt, "chunk": self.chunk,
                                                             "text": text})
+            self.chunk += 1
         except Exception as exc:
-            log.warning("streamed text of %s not written: %s", self.info.workflow_id, exc)
+            self.lost = True
+            log.warning("streaming of %s stopped, a batch not written: %s", self.info.workflow_id, exc)
 
 
 def _fail(message: str, *, kind: str, non_retryable: bool, details: dict[str, Any] | None = None) -> ApplicationError:
