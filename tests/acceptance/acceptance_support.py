@@ -253,8 +253,11 @@ class StormFigures:
         self.periods = half_open_periods(db_url, breaker)
         arrivals = [r["time"] for r in log]
         self.probes = [sum(1 for t in arrivals if a <= t < b) for a, b in self.periods]
-        self.transitions = Counter(f"{f}->{t}" for f, t in query(
-            db_url, "SELECT from_state, to_state FROM cairn.breaker_events WHERE name = %s", (breaker,)))
+        events = query(db_url, "SELECT from_state, to_state, reason, at FROM cairn.breaker_events WHERE name = %s "
+                               "ORDER BY id", (breaker,))
+        self.transitions = Counter(f"{f}->{t}" for f, t, _, _ in events)
+        first = log[0]["time"] if log else 0.0
+        self.events = [f"{at.timestamp() - first:+.1f} s {f}->{t} ({why})" for f, t, why, at in events]
         logs = {f"{p.name} pid {p.pid}": p.log() for p in procs}
         self.pool_timeouts = {n: text.count("PoolTimeout") for n, text in logs.items() if "PoolTimeout" in text}
         self.tracebacks = {n: text.count("Traceback") for n, text in logs.items() if "Traceback" in text}
@@ -298,7 +301,7 @@ class StormFigures:
                 f"breaker transitions {dict(self.transitions)}; requests per half-open period {self.probes}; "
                 f"superseded results {self.superseded}; unrecorded outcomes {self.unrecorded}; "
                 f"PoolTimeout {self.pool_timeouts}; "
-                f"tracebacks {self.tracebacks}\n{tails}")
+                f"tracebacks {self.tracebacks}\nbreaker events (from the first request): {self.events[-25:]}\n{tails}")
 
 
 def run_storm(db_url: str, fake: Any, procs: Callable[[], Iterable[WorkerProc]], breaker: str, *, timeout: float,

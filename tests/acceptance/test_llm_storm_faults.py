@@ -66,6 +66,7 @@ LATENCY_SECONDS = 0.2  # how long each answer takes: calls are in flight at the 
 KILL_AT, TERMINATE_AT, RESTART_AT = 1.0, 6.0, 9.0
 OUTAGE_SECONDS = 5.0  # how long Postgres stays down: longer than a worker used to retry an outcome (3 s)
 MIN_IN_FLIGHT = 2  # the kill waits for a worker with at least this many attempts in flight
+STORM_OPTIONS = {**STORM, "rpm": RPM, "rpm_window": RPM_WINDOW_SECONDS}
 COMPLETION_WAIT_SECONDS = 240.0  # generous (a loaded machine): the storm alone, plus the kill's 30 s lease
 
 
@@ -156,7 +157,7 @@ def test_llm_storm_holds_through_a_kill_terminated_connections_and_a_postgres_re
     fleet = [start(f"fault{i}") for i in range(WORKERS)]
     breaker = f"fake:{lf.MODEL}:{fake_llm.url}"
     fake_llm.script([], default=f.hang(LATENCY_SECONDS))
-    fake_llm.storm(**STORM, rpm=RPM, rpm_window=RPM_WINDOW_SECONDS)
+    fake_llm.storm(**STORM_OPTIONS)
     faults = Faults(url, pg, fleet, start)
     figures = run_storm(url, fake_llm, lambda: fleet, breaker, timeout=COMPLETION_WAIT_SECONDS, during=faults,
                         explained=lambda: faults.in_flight)
