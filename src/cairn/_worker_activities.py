@@ -16,9 +16,10 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from opentelemetry import trace
@@ -44,9 +45,11 @@ if TYPE_CHECKING:
     from cairn.worker import WorkerStats
 
 log = logging.getLogger("cairn.worker")
+T = TypeVar("T")
 
 LEASE_SECONDS = 30.0            # an attempt's lease; renewed while its worker lives
 FLUSH_INTERVAL_SECONDS = 0.5    # how often heartbeats are batched to the database
+RECONNECT_WAIT_SECONDS = (0.2, 2.0)  # first and longest wait before writing an outcome again
 
 
 @dataclass
@@ -118,8 +121,8 @@ class _ActivityRunning:
                         "namespace": self.namespace, **self._activity_pairs.next(min(free, 50)),
                         "worker": self.identity, "lease": self.lease_seconds, "now": None})
                     rows = await cur.fetchall()
-            except Exception:
-                log.exception("activity claim failed")
+            except Exception as exc:
+                loop_failed("activity claim", exc)
                 rows = []
                 await asyncio.sleep(self.poll_interval)
             self._spawn(rows, reserved=False)
@@ -278,8 +281,10 @@ class _ActivityRunning:
         if running.cancel_requested:
             await self._cancelled(running, row["attempt"], row["activity_type"], extra)
             return
-        assert self._pool is not None
-        if await reschedule(self._pool, row, running.token, exc, self._rng) == "rescheduled":
+        pool = self._pool
+        assert pool is not None
+        if await self._outlasting_outages(lambda: reschedule(pool, row, running.token, exc, self._rng)) \
+                == "rescheduled":
             self.stats.activities_rescheduled += 1
             _telemetry.activity_reschedules.add(1, {"activity": row["activity_type"], "kind": exc.kind})
 
@@ -367,23 +372,43 @@ class _ActivityRunning:
 
     async def _write(self, sql: str, params: dict[str, Any],
                      conn: psycopg.AsyncConnection[Any] | None = None) -> bool:
-        """Runs one fenced write; True if it changed a row. Retries connection failures."""
+        """Runs one fenced write; True if it changed a row. Retries connection failures
+        (see :meth:`_outlasting_outages`)."""
         if conn is not None:
             cur = await conn.execute(sql.encode(), params)
             return cur.rowcount > 0 or (cur.description is not None and await cur.fetchone() is not None)
-        assert self._pool is not None
-        for attempt in range(5):
+
+        async def once() -> bool:
+            assert self._pool is not None
+            async with self._pool.connection() as c:
+                cur = await c.execute(sql.encode(), params)
+                if cur.description is not None:
+                    return await cur.fetchone() is not None
+                return cur.rowcount > 0
+
+        return await self._outlasting_outages(once)
+
+    async def _outlasting_outages(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Runs an attempt's fenced write, again while the database is away (a lost or
+        terminated connection, a restart), for up to a lease.
+
+        Giving up sooner lets the lease lapse, and the reaper then runs an attempt that had
+        finished again: an LLM call answered while Postgres restarted was paid twice when
+        this gave up after 3 s. A lease is the bound: by then another worker may own the
+        attempt, and the token fences a late write off anyway, so trying again is safe
+        even when a commit's answer was lost.
+        """
+        deadline = time.monotonic() + self.lease_seconds
+        wait, longest = RECONNECT_WAIT_SECONDS
+        while True:
             try:
-                async with self._pool.connection() as c:
-                    cur = await c.execute(sql.encode(), params)
-                    if cur.description is not None:
-                        return await cur.fetchone() is not None
-                    return cur.rowcount > 0
-            except psycopg.OperationalError:
-                if attempt == 4:
+                return await write()
+            except psycopg.OperationalError as exc:  # PoolTimeout and AdminShutdown included
+                if time.monotonic() + wait > deadline:
                     raise
-                await asyncio.sleep(0.2 * 2 ** attempt)
-        return False
+                log.debug("database away (%s); writing again in %.1f s", _first_line(exc), wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
 
     # ------------------------------------------------------------ heartbeats and leases
 
@@ -494,3 +519,17 @@ def _attempt_timeout(options: dict[str, Any], row: dict[str, Any]) -> tuple[floa
         return None, ApplicationError("timeout", type="StartToCloseTimeout")
     seconds, error = min(limits, key=lambda limit: limit[0])
     return max(seconds, 0.001), error
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0]
+
+
+def loop_failed(what: str, exc: Exception) -> None:
+    """Logs a failed pass of one of the worker's loops, which then tries again: a lost
+    database connection (a restart, a terminated session: an expected fault) in one line,
+    anything else with its traceback."""
+    if isinstance(exc, psycopg.OperationalError):
+        log.warning("%s: %s; trying again", what, _first_line(exc))
+    else:
+        log.error("%s failed", what, exc_info=exc)

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from cairn._worker_activities import loop_failed
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
 from cairn.engine.queries import q
@@ -72,8 +73,8 @@ class _QueryAnswering:
                     # recorded before _queries_waiting could ask for a wake-up): claim again.
                     if not (self._queries_waiting and self._first_tasks != first_tasks):
                         break
-            except Exception:
-                log.exception("answering a query failed")
+            except Exception as exc:
+                loop_failed("answering a query", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._query_wake.wait(),
                                        QUERY_POLL_FACTOR * self.poll_interval * self._rng.uniform(0.8, 1.2))

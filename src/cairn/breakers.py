@@ -11,8 +11,10 @@ A breaker guards calls to one dependency (LLM breakers are named
   ``recovery_multiplier`` on each consecutive re-open, up to ``max_recovery_timeout``; a
   close resets it; ``trip`` opens it until a given time, e.g. a 429's Retry-After).
 * ``half_open``: at most ``permitted_calls_in_half_open`` probes cluster-wide, each under a
-  probe lease that expires (a crashed prober frees its slot). That many successful probes
-  close it; one failed (or slow) probe re-opens it.
+  probe lease that expires (a crashed prober frees its slot). The round is judged like the
+  closed window, by the failure rate: it re-opens as soon as the failed (or slow) probes
+  reach ``failure_rate_threshold`` of ``permitted_calls_in_half_open``, and closes once
+  all of them are in below it (1 failure of the default 3 probes closes it).
 * ``forced_open``: refused until an operator closes it (quota exhausted: ``trip(forced=True)``).
 * ``disabled``: every call admitted, nothing recorded.
 
@@ -273,6 +275,12 @@ class _Row:
             self.window = {}
         self.half_open_successes = 0
 
+    @property
+    def half_open_failures(self) -> int:
+        """Failed (or slow) probes of this half-open round, kept in the window, which a
+        half-open breaker does not otherwise use (a transition empties it)."""
+        return int(self.window.get("probe_failures", 0))
+
     def open(self, reason: str, until: datetime | None = None) -> None:
         self.consecutive_opens += 1
         self.opened_at = self.now
@@ -381,7 +389,8 @@ async def _admit_locked(conn: Conn, row: _Row, now: datetime | None) -> Admissio
     await cur.execute(q("breaker_live_probes"), {"name": row.name, "generation": row.generation, "now": now})
     probes = await cur.fetchone()
     assert probes is not None
-    if int(probes["live"]) + row.half_open_successes < row.config.permitted_calls_in_half_open:
+    if int(probes["live"]) + row.half_open_successes + row.half_open_failures \
+            < row.config.permitted_calls_in_half_open:
         probe_id = str(uuid.uuid4())
         await conn.execute(q("breaker_take_probe"), {"name": row.name, "probe_id": probe_id,
                                                      "generation": row.generation, "now": now,
@@ -449,12 +458,20 @@ def _apply_outcome(row: _Row, *, success: bool, slow: bool) -> None:
         elif slow_rate >= cfg.slow_call_rate_threshold:
             row.open(f"slow-call rate {slow_rate:.1f}% >= {cfg.slow_call_rate_threshold:g}% over {calls} calls")
     elif row.state == "half_open":
+        # The round is judged as the closed window is: by the probes' failure rate (a slow
+        # probe counts as failed), over permitted_calls_in_half_open probes. It re-opens as
+        # soon as their failures reach the threshold, whatever the rest would do.
         if not success or slow:
-            row.open("a half-open probe " + ("failed" if not success else "was slow"))
+            row.window = {"probe_failures": row.half_open_failures + 1}
         else:
             row.half_open_successes += 1
-            if row.half_open_successes >= cfg.permitted_calls_in_half_open:
-                row.close(f"{row.half_open_successes} half-open probes succeeded")
+        permitted = cfg.permitted_calls_in_half_open
+        failure_rate = 100.0 * row.half_open_failures / permitted
+        if failure_rate >= cfg.failure_rate_threshold:
+            row.open(f"half-open probes failed: {row.half_open_failures} of {permitted} "
+                     f"({failure_rate:.0f}% >= {cfg.failure_rate_threshold:g}%)")
+        elif row.half_open_successes + row.half_open_failures >= permitted:
+            row.close(f"{row.half_open_successes} of {permitted} half-open probes succeeded")
 
 
 async def refusing_for(conn: Conn, name: str, *, now: datetime | None = None) -> float | None:

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from cairn import _lifecycle, _telemetry, _transactions, db, limits
 from cairn._claims import ClaimPairs
 from cairn._telemetry import tracer
-from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running
+from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running, loop_failed
 from cairn._worker_fast_path import _FastPath
 from cairn._worker_queries import _QueryAnswering
 from cairn._workflow_tasks import Prepared, count_runs
@@ -365,8 +365,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             wake.clear()
             try:
                 more = await self._claim_and_run()
-            except Exception:
-                log.exception("workflow task loop error")
+            except Exception as exc:
+                loop_failed("workflow task loop", exc)
                 more = False
                 await asyncio.sleep(self.poll_interval)
             if more:
@@ -719,8 +719,8 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
                         wait = min(wait, 0.05) if due.total_seconds() > -1 else wait
                     else:
                         wait = min(wait, due.total_seconds() + 0.005)
-            except Exception:
-                log.exception("maintenance pass failed")
+            except Exception as exc:
+                loop_failed("maintenance pass", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._maint_wake.wait(), wait * self._rng.uniform(0.9, 1.0) if wait > 0.1
                                        else wait)

@@ -472,3 +472,15 @@ class PrivatePostgres:
             if (self.pgdata / "postmaster.pid").exists():
                 self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "stop", timeout=60)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A running :class:`PrivatePostgres`, removed at teardown."""
+    pg = PrivatePostgres()
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        pg.close()

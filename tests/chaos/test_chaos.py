@@ -28,6 +28,7 @@ from chaos_support import (
     check_and_report,
     create_sink,
     keeping_seed,
+    private_pg,
     query,
     seed_for,
     size,
@@ -36,6 +37,8 @@ from chaos_support import (
 )
 
 from cairn import Client, db
+
+__all__ = ["private_pg"]  # the fixture, imported for its tests
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(size(240, 3600))]
 
@@ -180,17 +183,6 @@ def test_zombie_worker(db_url: str, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- Postgres crash
-
-
-@pytest.fixture
-def private_pg() -> Any:
-    pg = PrivatePostgres()
-    try:
-        pg.init()
-        pg.start()
-        yield pg
-    finally:
-        pg.close()
 
 
 def test_postgres_crash(private_pg: PrivatePostgres, tmp_path: Path) -> None:

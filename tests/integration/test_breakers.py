@@ -318,3 +318,27 @@ async def test_config_first_writer_wins(conn, sql):
     await breakers.reset(conn, "cfg")
     await breakers.admit(conn, "cfg", BreakerConfig(minimum_calls=3), now=at(2))
     assert sql("SELECT config ->> 'minimum_calls' FROM cairn.breakers WHERE name = 'cfg'")[0][0] == "3"
+
+
+async def test_a_half_open_round_is_judged_by_its_probes_failure_rate(conn, sql):
+    """The defect: the first failed probe re-opened the breaker, demanding 0 % failures of a
+    model the closed breaker tolerates below the threshold. A provider back at its usual
+    30 % errors (the storm) then re-opened two rounds in three, each open twice as long:
+    workflows waited minutes on a healthy provider. Now 1 failure of 3 probes (33 % < 50 %)
+    closes it; 2 of 3 re-open it at the second, without a third probe."""
+    cfg = BreakerConfig(minimum_calls=1, recovery_timeout=10, permitted_calls_in_half_open=3)
+    await call(conn, "rate", cfg, 0, success=False)  # opens until 10
+    probes = [await breakers.admit(conn, "rate", cfg, now=at(11)) for _ in range(4)]
+    assert [p.permitted for p in probes] == [True, True, True, False], "3 probes, a 4th refused"
+    for probe, ok in zip(probes[:3], [True, False, True], strict=True):
+        await breakers.record(conn, "rate", probe, success=ok, now=at(12))
+    assert (await row(sql, "rate"))["state"] == "closed", "1 failed probe of 3: 33 % < 50 %"
+    await call(conn, "rate", cfg, 13, success=False)  # opens again until 23
+    probes = [await breakers.admit(conn, "rate", cfg, now=at(24)) for _ in range(3)]
+    await breakers.record(conn, "rate", probes[0], success=False, now=at(25))
+    assert (await row(sql, "rate"))["state"] == "half_open", "1 of 3 failed: the round goes on"
+    await breakers.record(conn, "rate", probes[1], success=False, now=at(25))
+    r = await row(sql, "rate")
+    assert (r["state"], r["consecutive_opens"]) == ("open", 2), "2 of 3 failed: 67 % >= 50 %, at once"
+    assert transitions(sql, "rate") == [("closed", "open"), ("open", "half_open"), ("half_open", "closed"),
+                                        ("closed", "open"), ("open", "half_open"), ("half_open", "open")]

@@ -5,7 +5,9 @@
 - a key the provider echoes back is stored nowhere (history, runs.failure, describe, logs);
 - the per-call fallback policy: the next model after N failed attempts of this call, and at
   once on a context-length error when a later model has a larger window;
-- a bad providers config is bad input (exit 2); CAIRN_LLM_PROVIDERS takes inline JSON.
+- a bad providers config is bad input (exit 2); CAIRN_LLM_PROVIDERS takes inline JSON;
+- a call the provider answered is not failed (and paid again) because the database went
+  away before its bookkeeping (the storm under faults, test_llm_storm_faults.py).
 
 The throttle, probe-lease and sliding-window defects are pinned in test_breakers.py and
 test_ratelimits.py; the storm itself in tests/acceptance/test_llm_storm.py.
@@ -34,6 +36,8 @@ from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
 from cairn.llm.chat import llm_chat
 from cairn.ui import pages
+
+from .support import wait_until
 
 PRIMARY, BACKUP = "deepseek-chat", "gpt-4o-mini"
 FAST = RetryPolicy(initial_interval=timedelta(seconds=0.05), maximum_interval=timedelta(seconds=0.2), jitter=0.1)
@@ -119,6 +123,34 @@ async def test_an_attempt_needs_one_connection_at_a_time(fake_llm, one_connectio
     with pytest.raises(ApplicationError) as quota:
         await _attempt(one_connection, {**call, "request": _req(BACKUP).model_dump(mode="json"), "fallback": []})
     assert quota.value.type == "LLMQuotaExhausted"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_answered_call_is_not_failed_by_a_lost_database_connection(fake_llm, db_url, registry_reset,
+                                                                            stream):
+    """The defect: the breaker's success record after the provider's 200 (or a streamed
+    batch while it answered) met a terminated connection (pg_terminate_backend, a Postgres
+    restart), the attempt failed with it, and the engine's retry sent the call again: paid
+    twice."""
+    configure_providers([fake_llm.provider_config(models=[PRIMARY])])
+    app = "cairn-test-answered-call"
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=1, open=False,
+                               kwargs={"autocommit": True, "application_name": app})
+    await pool.open(wait=True)
+    try:
+        fake_llm.script([f.slow_stream(0.2, text="paid for") if stream else f.hang(0.5, text="paid for")])
+        request = _req().model_dump(mode="json", exclude_defaults=True)
+        call = asyncio.create_task(_attempt(pool, {"request": request, "stream": stream}))
+        # The request is at the provider: the pool's one connection is idle.
+        await wait_until(fake_llm.requests, interval=0.01, what="the request at the provider")
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as admin:
+            cur = await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                      "WHERE application_name = %s", (app,))
+            assert [ok for (ok,) in await cur.fetchall()] == [True]
+        assert (await call)["text"] == "paid for"
+        assert len(fake_llm.requests()) == 1
+    finally:
+        await pool.close()
 
 
 async def _breaker_row(db_url: str, name: str) -> tuple:

@@ -204,6 +204,7 @@ class _Stream:
         self.buffer: list[str] = []
         self.chunk = 0
         self.last = time.monotonic()
+        self.lost = False  # a batch could not be written: the rest is not streamed
 
     async def add(self, text: str) -> None:
         self.buffer.append(text)
@@ -215,11 +216,20 @@ class _Stream:
         if not self.buffer:
             return
         text, self.buffer = "".join(self.buffer), []
-        async with self.pool.connection() as conn:
-            await conn.execute(q("llm_stream_append"), {"run_id": self.info.run_id, "seq": self.info.seq,
-                                                        "attempt": self.info.attempt, "chunk": self.chunk,
-                                                        "text": text})
-        self.chunk += 1
+        if self.lost:
+            return
+        # Best effort: the call is being answered (and paid), so a database that is away
+        # must not fail it. After a lost batch nothing more is written, so what followers
+        # saw stays a prefix of the answer, which they complete from the recorded result.
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(q("llm_stream_append"), {"run_id": self.info.run_id, "seq": self.info.seq,
+                                                            "attempt": self.info.attempt, "chunk": self.chunk,
+                                                            "text": text})
+            self.chunk += 1
+        except Exception as exc:
+            self.lost = True
+            log.warning("streaming of %s stopped, a batch not written: %s", self.info.workflow_id, exc)
 
 
 def _fail(message: str, *, kind: str, non_retryable: bool, details: dict[str, Any] | None = None) -> ApplicationError:
@@ -371,10 +381,16 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
             if stream is not None:
                 await stream.flush()
         ttft = completion.ttft_seconds if completion.ttft_seconds is not None else completion.duration_seconds
-        async with pool.connection() as conn:
-            await breakers.record(conn, name, admission, success=True, duration=ttft,
-                                  slow=ttft > config.slow_call_duration_threshold)
-        recorded = True
+        # The call is answered (and paid): from here no bookkeeping may fail the attempt, or
+        # the engine would retry it and pay for it again. A database that is away (restarted,
+        # connection terminated) costs the breaker one success; a probe's lease expires.
+        try:
+            async with pool.connection() as conn:
+                await breakers.record(conn, name, admission, success=True, duration=ttft,
+                                      slow=ttft > config.slow_call_duration_threshold)
+            recorded = True
+        except Exception as exc:
+            log.warning("breaker %s: success not recorded: %s", name, exc)
         usage = completion.usage
         if usage is not None:
             used_tokens = usage.input_tokens + usage.output_tokens
