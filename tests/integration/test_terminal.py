@@ -132,7 +132,7 @@ def _llm_run() -> SimpleNamespace:
         queue="default", status="completed", created_at=None, closed_at=None, history_length=12, failure=None,
         reset_from=None, search_attributes=None, memo=None, parent=None, continued_from=None, continued_to=None,
         execution_deadline=None, workflow_task=None, children=[], pending_activities=[], pending_timers=[],
-        sagas=[], llm_calls=[call], llm_totals=totals)
+        sagas=[], llm_calls=[call], llm_totals=totals, unserved=[])
 
 
 @pytest.mark.parametrize("columns", [60, 200])
