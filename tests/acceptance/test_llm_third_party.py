@@ -150,7 +150,9 @@ def check_calls(db_url: str, mock: Mock, keys: list[str]) -> list[dict[str, Any]
                     f"call {key}: retried {waited:.3f} s after a {before['status']} asking for "
                     f"{before['retry_after']} s")
     verdict = mock.verdict()
-    assert verdict["passed"], f"LLMock's verdict: {json.dumps(verdict)[:2000]}"
+    seen = [[(log[i - 1]["status"], round(log[i - 1]["started_at"] - log[0]["started_at"], 2))
+             for i in f.get("requests", []) if 0 < i <= len(log)] for f in verdict.get("findings", [])]
+    assert verdict["passed"], f"LLMock's verdict: {json.dumps(verdict)[:2000]}; (status, t) of each finding's requests: {seen}"
     return log
 
 
