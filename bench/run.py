@@ -547,7 +547,9 @@ def llm_legend(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"LLM: ideal = calls ÷ provider limit = {f['llm_calls']:,} ÷ {prov['rpm']}/min = "
                 f"{f['llm_ideal_s']:.0f} s; "
                 f"floor = calls ÷ (1 - fail rate) ÷ limit = {f['llm_floor_s']:.0f} s (the 500s count toward the "
-                "RPM, so no client can beat it once the limit binds).",
+                "RPM: the floor of a client that sends at an even rate; one that spends a whole empty window at "
+                "once can beat it against this provider's pure sliding window, not against providers that "
+                "enforce a minute's limit over shorter periods).",
                 "LLM: attempts burnt by 429: cairn from history (each completed call's attempt - 1 - the 500s it got, "
                 "up to the 429s it got; the rest: 'lost otherwise'); peers: every 429 they received (one request per "
                 "attempt, each one counted by their retry machinery).",
