@@ -31,7 +31,13 @@ from cairn.redaction import redact
 log = logging.getLogger("cairn.worker")
 
 DEFAULT_THROTTLE_BUDGET_SECONDS = 600.0  # option throttle_budget's default
-RESCHEDULE_JITTER = 0.1  # a reschedule lands 0-10 % after the delay asked for
+RESCHEDULE_JITTER = 0.1  # a reschedule lands 0-10 % after the delay asked for...
+# ...and a call refused by an open breaker up to this much later again: such calls all ask for
+# the breaker's reopening time, so 10 % of what each has left would bring them back as one
+# herd, and against a token-bucket quota most of the herd is answered 429 once more (LLMock
+# flagged calls of 11 and 12 requests). Spread, the first one back re-trips the breaker for
+# the rest before they send.
+BREAKER_SPREAD_SECONDS = 1.0
 
 
 def breaker_guard(pool: AsyncConnectionPool | None, definition: ActivityDefinition
@@ -91,7 +97,7 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
     # The rate limiter already hands refused callers distinct, paced times: jitter would
     # only undo its pacing. Other reschedules share a time (a Retry-After): spread them.
     jitter = 0.0 if exc.kind == "rate_limit" else rng.uniform(0, RESCHEDULE_JITTER)
-    delay = exc.delay * (1 + jitter)
+    delay = exc.delay * (1 + jitter) + (rng.uniform(0, BREAKER_SPREAD_SECONDS) if exc.kind == "breaker" else 0.0)
     # Waiting for the fleet's own rate limit is queueing, not the provider throttling us: it
     # does not spend the throttle budget (schedule-to-close still bounds it), or a backlog
     # larger than the limit serves in the budget would fail calls that only had to wait.

@@ -27,10 +27,11 @@ class Reschedule(Exception):
     """Raise from an activity to put the attempt back ``delay`` seconds from now without
     burning an attempt (a throttle: a 429's Retry-After, an open breaker, a rate limit).
 
-    The worker adds 0-10 % jitter, counts the time against the activity's throttle budget
-    (option ``throttle_budget``, default 600 s) and its schedule-to-close deadline: past
-    either, the activity fails for good with type ``ThrottleBudgetExhausted`` (or
-    ``ScheduleToCloseTimeout``). Nothing sleeps in the worker: the delay is a new
+    The worker adds 0-10 % jitter (and up to 1 s more for ``kind="breaker"``), counts the
+    time against the activity's throttle budget (option ``throttle_budget``, default
+    600 s) and its schedule-to-close deadline: past either, the activity fails for good
+    with type ``ThrottleBudgetExhausted`` (or ``ScheduleToCloseTimeout``). Nothing sleeps in the
+    worker: the delay is a new
     ``available_at``.
 
     Args:
