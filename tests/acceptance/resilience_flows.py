@@ -4,6 +4,7 @@ resilience_flows``). Activities write each call they really make to
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import timedelta
 
@@ -31,6 +32,10 @@ async def _record(kind: str, window_start: object = None) -> None:
 @activity.defn(breaker=PROBED)
 async def always_down(i: int) -> None:
     await _record("probe")
+    # A probe outlasts the spread of the refused calls' return (BREAKER_SPREAD_SECONDS), so a
+    # second caller reaches the half-open breaker while the first still holds its slot: the
+    # limit is contended in every period, not only when two calls happen to come back together.
+    await asyncio.sleep(1.5)
     raise ApplicationError(f"the dependency is down ({i})")
 
 
