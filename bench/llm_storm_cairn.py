@@ -3,9 +3,10 @@
     python bench/llm_storm_cairn.py --dsn DSN --workload LLM --size 1000 --workers 3 \
         --param llm_base_url=http://127.0.0.1:PORT/v1 --param llm_rpm=1800 --param deadline_s=300
 
-Migrates the fresh database, writes a providers file naming the storm provider with
-``rpm`` = the provider's published limit (nothing else set: the breaker and every other
-setting are cairn's defaults), starts ``--workers`` real ``cairn worker -m
+Migrates the fresh database, writes a providers file naming the storm provider with its
+published limit: ``rpm``, counted over a sliding minute only (``rate_enforcement:
+sliding``) and not counting the requests it answers 429 (``rate_counts_throttled:
+false``); nothing else set (the breaker and every other setting are cairn's defaults), starts ``--workers`` real ``cairn worker -m
 llm_storm_flows`` processes with ``CAIRN_LLM_PROVIDERS`` pointing at it, starts N
 workflows of 3 sequential ``chat()`` calls, and waits until all closed or the deadline.
 The provider's log is read by bench/run.py (bench/storm_metrics.py); this runner adds
@@ -46,11 +47,18 @@ def log(msg: str) -> None:
     print(f"[llm_storm_cairn {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+# How the storm provider enforces its rpm, as it documents: over a sliding minute only, 429s
+# not counted (ProviderConfig's defaults assume OpenAI's: shorter periods, 429s counted).
+PUBLISHED_LIMIT = {"rate_enforcement": "sliding", "rate_counts_throttled": False}
+
+
 def providers_file(base_url: str, rpm: int) -> str:
-    """The providers file: the provider's published rpm, every other setting default."""
+    """The providers file: the provider's published limit (rpm over a sliding minute, 429s not
+    counted: bench/storm_provider.py), every other setting default."""
     fd, path = tempfile.mkstemp(prefix="storm-providers-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"providers": [{"name": "storm", "base_url": base_url, "models": [flows.MODEL], "rpm": rpm}]}, f)
+        json.dump({"providers": [{"name": "storm", "base_url": base_url, "models": [flows.MODEL], "rpm": rpm,
+                                  **PUBLISHED_LIMIT}]}, f)
     return path
 
 
@@ -190,8 +198,8 @@ def main() -> int:
         "worker_pids": [w.proc.pid for w in workers],
         "notes": (f"{a.workers} x `cairn worker -m llm_storm_flows` at default settings (workflow concurrency 4, "
                   f"activity concurrency 100); chat() with its default retry policy (1 s initial, x2 up to 8 s, unlimited "
-                  f"attempts), throttle budget 600 s; providers file with rpm={rpm} only (breaker: BreakerConfig "
-                  "defaults); 429 Retry-After: the chat activity reschedules to it without burning an attempt"),
+                  f"attempts), throttle budget 600 s; providers file with rpm={rpm}, rate_enforcement=sliding, "
+                  "rate_counts_throttled=false as the provider publishes (breaker: BreakerConfig defaults); 429 Retry-After: the chat activity reschedules to it without burning an attempt"),
         "extra": {"window_start": window_start, "deadline_s": deadline_s, "calls": calls, "size": a.size, **got},
     }
     print(json.dumps(out))

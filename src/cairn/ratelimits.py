@@ -29,11 +29,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from cairn import activity
 from cairn.activity import Reschedule
 from cairn.engine.queries import q
-from cairn.errors import InputValidationError
+from cairn.errors import CairnError, InputValidationError
 
-__all__ = ["Reservation", "cancel", "reserve", "reserve_or_reschedule", "settle", "window_wait"]
+__all__ = ["Reservation", "cancel", "reserve", "reserve_or_reschedule", "settle"]
 
 WINDOW_SECONDS = 60.0
 BUCKETS = 60                     # a window is counted in this many buckets
@@ -95,34 +96,51 @@ def bucket_width(window: float) -> float:
     return window / BUCKETS
 
 
-def bucket_cap(limit: int) -> int:
-    """Requests one bucket may take: its share of the limit, times PACE_BURST."""
-    return max(1, math.ceil(limit / BUCKETS * PACE_BURST))
+def bucket_cap(limit: int, pace: float = PACE_BURST) -> int:
+    """Requests one bucket may take: its share of the limit, times ``pace``."""
+    return max(1, math.ceil(limit / BUCKETS * pace))
 
 
-def window_wait(limit: int, need: int, buckets: list[tuple[float, float]], at: float, window: float) -> float:
-    """Seconds from ``at`` until ``need`` more fits ``limit``: the buckets ``(start, amount)``
-    that overlap the window leave it oldest first, each once its whole width is out of the
-    window (plus the send margin); 0 if it fits now.
-    """
-    total = sum(amount for _, amount in buckets)
-    if total + need <= limit:
-        return 0.0
-    span = window + send_margin(window) + bucket_width(window)
-    for start, amount in buckets:
-        total -= amount
-        if total + need <= limit:
-            return max(start + span - at, 0.0)
-    return 0.0  # unreachable while need <= limit: the last bucket leaves too
+def window_buckets(window: float) -> int:
+    """How many buckets one window counts: a request in bucket k reaches the provider within
+    its width plus the send margin, so a span of ``window`` seconds, however placed, sees
+    requests from this many consecutive buckets (62 for a minute)."""
+    return math.ceil((window + send_margin(window)) / bucket_width(window) - 1e-9) + 1
+
+
+def fitting(usage: list[int], need: int, limit: int, n: int) -> list[bool]:
+    """Per index of ``usage`` (amounts per bucket, oldest first): whether ``need`` more can
+    be added there with every run of ``n`` consecutive buckets that holds it staying within
+    ``limit``. Buckets past the list are empty."""
+    prefix = [0]
+    for amount in usage:
+        prefix.append(prefix[-1] + amount)
+    # full[j]: the run of n buckets ending at j has no room for need more.
+    full = [prefix[j + 1] - prefix[max(j + 1 - n, 0)] + need > limit for j in range(len(usage))]
+    fits = [False] * len(usage)
+    nearest = len(usage) + n  # scanning down: the nearest full run ending at or after b
+    for b in range(len(usage) - 1, -1, -1):
+        if full[b]:
+            nearest = b
+        fits[b] = nearest >= b + n
+    return fits
 
 
 async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
                   tokens: int, lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
-                  now: datetime | None = None) -> Reservation:
+                  now: datetime | None = None, holder: str | None = None,
+                  pace: float | None = PACE_BURST) -> Reservation:
     """Takes one request and ``tokens`` (an estimate) from the deployment's limits, if they fit.
 
     A request estimated at more than ``tpm`` tokens is counted as ``tpm`` (it could never
     fit otherwise): it waits for an empty window.
+
+    A refused caller that names itself (``holder``: an activity's idempotency key, the same
+    on every attempt) is booked into the earliest future bucket where its request fits and
+    holds a ticket for it: the request is counted there from now on, and when the holder
+    comes back in that bucket the ticket is its reservation. So refused callers return as
+    fast as the window frees, each to a slot of its own. Without a holder, refused callers
+    get distinct retry times one interval (span ÷ limit) apart.
 
     Args:
         conn: a connection (autocommit, or inside the caller's transaction).
@@ -135,6 +153,11 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         window_seconds: the window ``rpm`` and ``tpm`` count over (default a minute; tests
             and per-second limits use shorter ones). Use one value per deployment.
         now: the time to decide at (tests); default the database's clock.
+        holder: who asks, for its ticket (see above); None: no ticket.
+        pace: a bucket takes at most this many times its share of ``rpm`` (default
+            ``PACE_BURST``), for providers that enforce a minute's limit over shorter
+            periods; None: no pacing, an empty window may be spent at once (providers that
+            count over the whole sliding window only).
 
     Raises:
         InputValidationError: a limit that is not a positive integer, negative tokens.
@@ -145,67 +168,130 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         raise InputValidationError(f"tokens must be a non-negative integer, got {tokens!r}")
     if not (isinstance(window_seconds, int | float) and 1 <= window_seconds <= 86_400):
         raise InputValidationError(f"window_seconds must be between 1 and 86400, got {window_seconds!r}")
+    if pace is not None and not (isinstance(pace, int | float) and pace >= 1):
+        raise InputValidationError(f"pace must be at least 1 or None, got {pace!r}")
     if not deployment:
         raise InputValidationError("a deployment name must not be empty")
     rid = str(uuid.uuid4())
     if rpm is None and tpm is None and max_concurrency is None:
         return Reservation(True, None, rid, deployment, None, tokens, now)
     tokens_counted = min(tokens, tpm) if tpm is not None else tokens
-    width = bucket_width(window_seconds)
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q("rate_limit_lock"), {"deployment": deployment, "now": now})
         locked = await cur.fetchone()
         assert locked is not None
         at: datetime = locked["now"]
-        epoch = at.timestamp()
-        current = datetime.fromtimestamp(math.floor(epoch / width) * width, UTC)
-        # Every bucket that overlaps (now - window - margin, now] counts in whole.
-        oldest = at - timedelta(seconds=window_seconds + send_margin(window_seconds) + width)
-        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "oldest": oldest})
+        ledger = _Ledger(window_seconds, at)
+        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "oldest": ledger.oldest,
+                                                  "holder": holder or ""})
         u = await cur.fetchone()
         assert u is not None
-        buckets = [(float(b[0]), int(b[1]), int(b[2])) for b in u["buckets"]]
+        ledger.load(u["buckets"])
         per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
-        waits: list[tuple[float, str]] = []
-        if rpm is not None:
-            wait = window_wait(rpm, 1, [(b[0], b[1]) for b in buckets], epoch, window_seconds)
-            if wait > 0:
-                waits.append((wait, f"{rpm} requests/{per}"))
-            elif buckets and buckets[-1][0] == current.timestamp() and buckets[-1][1] >= bucket_cap(rpm):
-                # Paced: no bucket takes more than its share (x PACE_BURST), so a freed
-                # window is not spent in one herd.
-                waits.append((current.timestamp() + width - epoch, f"{rpm} requests/{per}, paced"))
-        if tpm is not None:
-            wait = window_wait(tpm, tokens_counted, [(b[0], b[2]) for b in buckets], epoch, window_seconds)
-            if wait > 0:
-                waits.append((wait, f"{tpm} tokens/{per}"))
-        window_waits = bool(waits)
+        args = {"deployment": deployment, "holder": holder}
+        if u["ticket"] is not None:
+            booked, booked_tokens = ledger.index(float(u["ticket"][0])), int(u["ticket"][1])
+            if booked > ledger.current:  # early: its turn has not come
+                return Reservation(False, ledger.start(booked) + timedelta(seconds=RETRY_MARGIN_SECONDS), rid,
+                                   deployment, None, tokens, at, f"{deployment}: waiting for its turn ({per} limits)")
+            if booked == ledger.current and (max_concurrency is None or u["leases"] < max_concurrency):
+                await conn.execute(q("rate_limit_ticket_used"), args)
+                await _lease(conn, rid, deployment, at, max_concurrency, lease_seconds)
+                return Reservation(True, None, rid, deployment, ledger.start(booked), booked_tokens, at)
+            # Late (or no free slot): the request leaves the ticket's bucket; ask afresh.
+            await conn.execute(q("rate_limit_ticket_dropped"), {**args, "window_start": ledger.start(booked),
+                                                                "tokens": booked_tokens})
+            ledger.remove(booked, booked_tokens)
         if max_concurrency is not None and u["leases"] >= max_concurrency:
             slot = CONCURRENCY_RETRY_SECONDS
             if u["first_expiry"] is not None:
                 slot = min(slot, (u["first_expiry"] - at).total_seconds())
-            waits.append((slot, f"{max_concurrency} calls in flight"))
-        if waits:
-            seconds, reason = max(waits)
-            retry_at = at + timedelta(seconds=seconds + RETRY_MARGIN_SECONDS)
-            if window_waits:
-                # Pace: each refused caller gets its own time, one interval after the last
-                # one handed out, so they come back one by one as the window frees.
-                span = window_seconds + send_margin(window_seconds) + width
-                interval = span * max(1 / rpm if rpm else 0.0, tokens_counted / tpm if tpm else 0.0)
-                tail = locked["queue_tail"]
-                if tail is not None and tail + timedelta(seconds=interval) > retry_at:
-                    retry_at = tail + timedelta(seconds=interval)
-                await conn.execute(q("rate_limit_queue"), {"deployment": deployment, "queue_tail": retry_at})
-            return Reservation(False, retry_at, rid, deployment, current, tokens, at,
-                               f"{deployment}: at its limit of {reason}")
-        await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": current,
-                                                  "tokens": tokens_counted})
-        if max_concurrency is not None:
-            await conn.execute(q("rate_limit_lease"), {"id": rid, "deployment": deployment, "now": at,
-                                                       "lease": lease_seconds})
-    return Reservation(True, None, rid, deployment, current, tokens_counted, at)
+            return Reservation(False, at + timedelta(seconds=slot + RETRY_MARGIN_SECONDS), rid, deployment, None,
+                               tokens, at, f"{deployment}: at its limit of {max_concurrency} calls in flight")
+        limits = [(rpm, 1, 0, f"{rpm} requests/{per}"), (tpm, tokens_counted, 1, f"{tpm} tokens/{per}")]
+        cap = bucket_cap(rpm, pace) if rpm is not None and pace is not None else None
+        slot, reason = ledger.first_slot([(lim, need, col, why) for lim, need, col, why in limits if lim is not None],
+                                         cap, f"{rpm} requests/{per}, paced")
+        if slot == ledger.current:
+            await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": ledger.start(slot),
+                                                      "tokens": tokens_counted})
+            await _lease(conn, rid, deployment, at, max_concurrency, lease_seconds)
+            return Reservation(True, None, rid, deployment, ledger.start(slot), tokens_counted, at)
+        retry_at = ledger.start(slot) + timedelta(seconds=RETRY_MARGIN_SECONDS)
+        if holder and slot < ledger.horizon:
+            await conn.execute(q("rate_limit_book"), {**args, "current": ledger.start(slot),
+                                                      "tokens": tokens_counted})
+            await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": ledger.start(slot),
+                                                      "tokens": tokens_counted})
+        else:
+            # No ticket: each refused caller gets its own time, one interval after the last
+            # one handed out, so they come back one by one as the window frees.
+            interval = ledger.span * max(1 / rpm if rpm else 0.0, tokens_counted / tpm if tpm else 0.0)
+            tail = locked["queue_tail"]
+            if tail is not None and tail + timedelta(seconds=interval) > retry_at:
+                retry_at = tail + timedelta(seconds=interval)
+            await conn.execute(q("rate_limit_queue"), {"deployment": deployment, "queue_tail": retry_at})
+        return Reservation(False, retry_at, rid, deployment, None, tokens, at,
+                           f"{deployment}: at its limit of {reason}")
+
+
+async def _lease(conn: Conn, rid: str, deployment: str, at: datetime, max_concurrency: int | None,
+                 lease_seconds: float) -> None:
+    if max_concurrency is not None:
+        await conn.execute(q("rate_limit_lease"), {"id": rid, "deployment": deployment, "now": at,
+                                                   "lease": lease_seconds})
+
+
+class _Ledger:
+    """A deployment's buckets as the reservation sees them: from the oldest that still
+    counts (``n - 1`` before the current one) to the last ticket, by bucket index."""
+
+    AHEAD_WINDOWS = 10  # tickets are booked at most this many windows ahead
+
+    def __init__(self, window: float, at: datetime) -> None:
+        self.width = bucket_width(window)
+        self.n = window_buckets(window)
+        self.span = self.n * self.width
+        self.current = self.index(at.timestamp())
+        self.oldest = self.start(self.current - self.n + 1) - timedelta(seconds=self.width / 2)
+        self.horizon = self.current + self.AHEAD_WINDOWS * self.n
+        self.requests: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}
+
+    def index(self, epoch: float) -> int:
+        return math.floor(epoch / self.width + 1e-6)
+
+    def start(self, index: int) -> datetime:
+        return datetime.fromtimestamp(round(index * self.width, 6), UTC)
+
+    def load(self, buckets: list[list[Any]]) -> None:
+        for start, requests, tokens in buckets:
+            i = self.index(float(start))
+            self.requests[i] = self.requests.get(i, 0) + int(requests)
+            self.tokens[i] = self.tokens.get(i, 0) + int(tokens)
+
+    def remove(self, index: int, tokens: int) -> None:
+        self.requests[index] = max(self.requests.get(index, 0) - 1, 0)
+        self.tokens[index] = max(self.tokens.get(index, 0) - tokens, 0)
+
+    def first_slot(self, limits: list[tuple[int, int, int, str]], cap: int | None,
+                   paced: str) -> tuple[int, str]:
+        """The first bucket from the current one on where a request fits every limit and
+        the pace cap (at most ``horizon``), and why the current one does not."""
+        low = self.current - self.n + 1
+        # Past the last booked bucket's windows every bucket is empty, so the first of them fits.
+        end = min(self.horizon, max([self.current, *self.requests, *self.tokens]) + self.n + 1)
+        size = end - low
+        checks = [(fitting([(self.requests if col == 0 else self.tokens).get(low + k, 0) for k in range(size)],
+                           need, limit, self.n), why) for limit, need, col, why in limits]
+        if cap is not None:
+            checks.append(([self.requests.get(low + k, 0) < cap for k in range(size)], paced))
+        reason = next((why for fits, why in checks if not fits[self.current - low]), "")
+        for slot in range(self.current, end):
+            if all(fits[slot - low] for fits, _ in checks):
+                return slot, reason
+        return end, reason
 
 
 async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
@@ -229,16 +315,21 @@ async def cancel(conn: Conn, reservation: Reservation) -> None:
 
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,
                                 max_concurrency: int | None, tokens: int,
-                                lease_seconds: float = LEASE_SECONDS,
-                                window_seconds: float = WINDOW_SECONDS) -> Reservation:
+                                lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
+                                pace: float | None = PACE_BURST) -> Reservation:
     """:func:`reserve` for use inside an activity: a refusal raises
     ``activity.Reschedule(kind="rate_limit")`` to when capacity frees up (no attempt burned).
+    The activity is the holder of its ticket (its idempotency key).
 
     Raises:
         Reschedule: the deployment is at one of its limits.
     """
+    try:
+        holder: str | None = activity.info().idempotency_key
+    except CairnError:
+        holder = None  # called outside an activity
     r = await reserve(conn, deployment, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency, tokens=tokens,
-                      lease_seconds=lease_seconds, window_seconds=window_seconds)
+                      lease_seconds=lease_seconds, window_seconds=window_seconds, holder=holder, pace=pace)
     if not r.ok:
         raise Reschedule(r.delay, reason=r.reason, kind="rate_limit")
     return r

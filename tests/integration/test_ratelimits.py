@@ -4,13 +4,14 @@ sliding window that no span exceeds, retry_at, settle, concurrency leases that e
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
 from cairn import InputValidationError, activity
-from cairn.ratelimits import cancel, reserve, reserve_or_reschedule, settle, window_wait
+from cairn.ratelimits import cancel, fitting, reserve, reserve_or_reschedule, settle
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)  # a minute boundary
 
@@ -137,10 +138,55 @@ async def test_bad_limits(conn):
             await reserve(conn, "bad", **args)
 
 
-def test_window_wait():
-    # rpm 3 over 60 s; buckets of 1 s; the send margin is 1 s: a bucket leaves at start + 62
-    assert window_wait(3, 1, [(10.0, 2), (11.0, 1)], at=20.0, window=60) == pytest.approx(52.0)
-    assert window_wait(2, 1, [(10.0, 1), (11.0, 2)], at=20.0, window=60) == pytest.approx(53.0)
-    assert window_wait(3, 1, [(10.0, 2)], at=20.0, window=60) == 0.0
-    # a 2 s window: buckets of 1/30 s, the margin 2 % of it
-    assert window_wait(1, 1, [(0.0, 1)], at=0.5, window=2) == pytest.approx(2 + 0.04 + 2 / 60 - 0.5)
+def test_fitting():
+    # A run of n=3 buckets holds at most 3: index 0 holds 2, so a request fits nowhere whose
+    # runs include index 0 (indices 0-2), and fits from 3 on.
+    assert fitting([2, 1, 0, 0, 0], need=1, limit=3, n=3) == [False, False, False, True, True]
+    assert fitting([1, 0, 0, 0], need=1, limit=3, n=3) == [True] * 4
+    assert fitting([0, 3, 0, 0, 0], need=1, limit=3, n=2) == [False, False, False, True, True]
+
+
+def rl(deployment: str, t: float, holder: str | None = None, rpm: int = 3, pace: float | None = 1.5):
+    return dict(deployment=deployment, rpm=rpm, tpm=None, max_concurrency=None, tokens=0, now=at(t),
+                holder=holder, pace=pace)
+
+
+async def test_refused_holders_get_tickets_for_the_slots_that_free(conn, sql):
+    """Holders refused together are booked one by one into the buckets where the window has
+    room (a request leaves per bucket here); their request counts there from the refusal on,
+    so a newcomer cannot take a holder's turn; a holder back in its bucket uses its ticket;
+    one back early waits for it; one back late gives its bucket back and asks afresh."""
+    for i in range(3):
+        assert (await reserve(conn, **rl("tk", 10 + i))).ok
+    refused = [await reserve(conn, **rl("tk", 20 + i * 0.1, holder=f"h{i}")) for i in range(4)]
+    assert not any(r.ok for r in refused)
+    assert [(r.retry_at - T0).total_seconds() for r in refused] == pytest.approx([72.01, 73.01, 74.01, 134.01])
+    assert sql("SELECT count(*) FROM cairn.rate_limit_tickets WHERE deployment = 'tk'") == [(4,)]
+    used = await reserve(conn, **rl("tk", 72.01, holder="h0"))
+    assert used.ok and used.window_start == at(72)
+    assert not (await reserve(conn, **rl("tk", 72.5))).ok, "the freed slots are promised"
+    early = await reserve(conn, **rl("tk", 72.6, holder="h1"))
+    assert not early.ok and early.retry_at == at(73.01)
+    late = await reserve(conn, **rl("tk", 75.5, holder="h1"))
+    assert late.ok and late.window_start == at(75)
+    assert sql("SELECT holder FROM cairn.rate_limit_tickets WHERE deployment = 'tk' ORDER BY holder") == \
+        [("h2",), ("h3",)]
+    assert sql("SELECT extract(epoch FROM window_start - %s)::int, requests FROM cairn.rate_limit_windows "
+               "WHERE deployment = 'tk' AND window_start >= %s ORDER BY 1", (T0, at(70))) == \
+        [(72, 1), (73, 0), (74, 1), (75, 1), (134, 1)]
+
+
+async def test_paced_tickets_spread_a_herd_over_buckets(conn):
+    """rpm 600, paced: 15 a bucket. the 45 holders refused at once get tickets 15 per bucket."""
+    got = [await reserve(conn, **rl("spread", 30.5, holder=f"s{i}", rpm=600)) for i in range(60)]
+    assert sum(r.ok for r in got) == 15
+    times = Counter(round((r.retry_at - T0).total_seconds(), 2) for r in got if not r.ok)
+    assert sorted(times.items()) == [(31.01, 15), (32.01, 15), (33.01, 15)]
+
+
+async def test_unpaced_an_empty_window_is_spent_at_once(conn):
+    """pace=None (a provider that counts over its whole sliding window only): the limit is
+    taken in one bucket; the next holder's ticket is for when that bucket leaves the window."""
+    got = [await reserve(conn, **rl("burst", 30.5, holder=f"b{i}", rpm=600, pace=None)) for i in range(601)]
+    assert sum(r.ok for r in got) == 600
+    assert got[-1].retry_at == at(92.01)

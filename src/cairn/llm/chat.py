@@ -345,15 +345,17 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
     config = provider.breaker or breakers.BreakerConfig()
     recorded = False
     reservation: ratelimits.Reservation | None = None
+    uncounted = False  # a 429 the provider does not count: the reservation is given back
     used_tokens = 0
     limited = provider.rpm is not None or provider.tpm is not None or provider.max_concurrency is not None
     try:
         if limited:
             async with pool.connection() as conn:
-                reservation = await ratelimits.reserve(conn, f"{provider.name}:{model}", rpm=provider.rpm,
-                                                       tpm=provider.tpm, max_concurrency=provider.max_concurrency,
-                                                       tokens=estimate_tokens(req),
-                                                       window_seconds=provider.rate_window_seconds)
+                reservation = await ratelimits.reserve(
+                    conn, f"{provider.name}:{model}", rpm=provider.rpm, tpm=provider.tpm,
+                    max_concurrency=provider.max_concurrency, tokens=estimate_tokens(req),
+                    window_seconds=provider.rate_window_seconds, holder=info.idempotency_key,
+                    pace=None if provider.rate_enforcement == "sliding" else ratelimits.PACE_BURST)
             if not reservation.ok:
                 _calls.add(1, {**labels, "outcome": "rate_limited"})
                 raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)
@@ -376,6 +378,7 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
                 completion = await providers.call_chat(provider, req, on_chunk=stream.add if stream else None)
         except ProviderError as exc:
             recorded = True  # _provider_failed records the outcome (or frees the probe)
+            uncounted = exc.kind == "throttle" and not provider.rate_counts_throttled
             return await _provider_failed(pool, exc, provider, name, admission, labels, span)
         finally:
             if stream is not None:
@@ -416,7 +419,10 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
         if reservation is not None and reservation.ok and reservation.window_start is not None:
             try:
                 async with pool.connection() as conn:
-                    await ratelimits.settle(conn, reservation, tokens=used_tokens)
+                    if uncounted:
+                        await ratelimits.cancel(conn, reservation)
+                    else:
+                        await ratelimits.settle(conn, reservation, tokens=used_tokens)
             except Exception as exc:  # the lease expires by itself
                 log.warning("rate limit %s/%s: not settled: %s", provider.name, model, exc)
         if not recorded:

@@ -1055,11 +1055,15 @@ ON CONFLICT (deployment) DO UPDATE SET updated_at = excluded.updated_at
 RETURNING coalesce(%(now)s::timestamptz, clock_timestamp()) AS now, queue_tail
 
 -- name: rate_limit_usage
--- Under rate_limit_lock: drops buckets wholly before the window and expired leases, then
--- returns the buckets that overlap the window (oldest first) as [start epoch, requests,
--- tokens] and the live concurrency leases.
+-- Under rate_limit_lock: drops buckets wholly before the window, the tickets counted in
+-- them (their holders never came back) and expired leases, then returns every bucket from
+-- the window on, future ones (tickets) included, as [start epoch, requests, tokens] oldest
+-- first, the live concurrency leases, and the caller's ticket if it holds one.
 WITH old AS (
     DELETE FROM cairn.rate_limit_windows
+    WHERE deployment = %(deployment)s AND window_start <= %(oldest)s::timestamptz
+), stale AS (
+    DELETE FROM cairn.rate_limit_tickets
     WHERE deployment = %(deployment)s AND window_start <= %(oldest)s::timestamptz
 ), expired AS (
     DELETE FROM cairn.rate_limit_leases
@@ -1075,18 +1079,43 @@ SELECT
      WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz
        AND id NOT IN (SELECT id FROM expired)) AS leases,
     (SELECT min(expires_at) FROM cairn.rate_limit_leases
-     WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz) AS first_expiry
+     WHERE deployment = %(deployment)s AND expires_at > %(now)s::timestamptz) AS first_expiry,
+    (SELECT jsonb_build_array(extract(epoch FROM window_start), tokens) FROM cairn.rate_limit_tickets
+     WHERE deployment = %(deployment)s AND holder = %(holder)s
+       AND window_start > %(oldest)s::timestamptz) AS ticket
 
 -- name: rate_limit_queue
 -- Under rate_limit_lock: the last retry time handed to a refused caller.
 UPDATE cairn.rate_limits SET queue_tail = %(queue_tail)s WHERE deployment = %(deployment)s
 
 -- name: rate_limit_take
--- Under rate_limit_lock: adds a request and its token estimate to the current bucket.
+-- Under rate_limit_lock: adds a request and its token estimate to a bucket (the current
+-- one, or a ticket's).
 INSERT INTO cairn.rate_limit_windows (deployment, window_start, requests, tokens)
 VALUES (%(deployment)s, %(current)s, 1, %(tokens)s)
 ON CONFLICT (deployment, window_start) DO UPDATE
 SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_windows.tokens + excluded.tokens
+
+-- name: rate_limit_book
+-- Under rate_limit_lock: a refused caller's ticket for its request in a future bucket (the
+-- request itself is added there by rate_limit_take).
+INSERT INTO cairn.rate_limit_tickets (deployment, holder, window_start, tokens)
+VALUES (%(deployment)s, %(holder)s, %(current)s, %(tokens)s)
+
+-- name: rate_limit_ticket_used
+-- Under rate_limit_lock: the holder came back in its ticket's bucket; its request is
+-- already counted there.
+DELETE FROM cairn.rate_limit_tickets WHERE deployment = %(deployment)s AND holder = %(holder)s
+
+-- name: rate_limit_ticket_dropped
+-- Under rate_limit_lock: the holder came back after its ticket's bucket (late); the
+-- request leaves that bucket and the holder asks afresh.
+WITH fixed AS (
+    UPDATE cairn.rate_limit_windows SET requests = greatest(requests - 1, 0),
+                                        tokens = greatest(tokens - %(tokens)s, 0)
+    WHERE deployment = %(deployment)s AND window_start = %(window_start)s
+)
+DELETE FROM cairn.rate_limit_tickets WHERE deployment = %(deployment)s AND holder = %(holder)s
 
 -- name: rate_limit_lease
 -- A concurrency slot for one call; it frees itself at expires_at if settle never comes.
