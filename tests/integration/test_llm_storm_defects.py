@@ -84,10 +84,10 @@ async def pool(db_url):
     await pool.close()
 
 
-async def _attempt(pool: AsyncConnectionPool, call: dict, attempt: int = 1):
+async def _attempt(pool: AsyncConnectionPool, call: dict, attempt: int = 1, seq: int = 1):
     now = datetime.now(UTC)
     info = ActivityInfo(activity_type="cairn.llm.chat", workflow_id="w", workflow_type="t",
-                        run_id="00000000-0000-0000-0000-000000000001", seq=1, attempt=attempt, queue="default",
+                        run_id="00000000-0000-0000-0000-000000000001", seq=seq, attempt=attempt, queue="default",
                         scheduled_at=now, started_at=now, deadline=None, _pool=pool)
     token = activity._current.set(info)
     try:
@@ -123,6 +123,46 @@ async def test_an_attempt_needs_one_connection_at_a_time(fake_llm, one_connectio
     with pytest.raises(ApplicationError) as quota:
         await _attempt(one_connection, {**call, "request": _req(BACKUP).model_dump(mode="json"), "fallback": []})
     assert quota.value.type == "LLMQuotaExhausted"
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["429s-counted", "429s-not-counted"])
+async def test_a_429_keeps_its_request_counted_only_if_the_provider_counts_it(fake_llm, pool, registry_reset,
+                                                                              db_url, counted):
+    """OpenAI counts unsuccessful requests toward the limit (the default); a provider that
+    does not (rate_counts_throttled=false) gets a 429's reservation back."""
+    configure_providers([fake_llm.provider_config(models=[PRIMARY], rpm=100, rate_counts_throttled=counted)])
+    fake_llm.script([f.rate_limited("1")])
+    with pytest.raises(Reschedule) as throttled:
+        await _attempt(pool, {"request": _req().model_dump(mode="json", exclude_defaults=True)})
+    assert throttled.value.kind == "throttle"
+    with psycopg.connect(db_url) as conn:
+        taken = conn.execute("SELECT coalesce(sum(requests), 0) FROM cairn.rate_limit_windows").fetchone()[0]
+    assert taken == (1 if counted else 0)
+
+
+async def test_a_refused_call_holds_a_ticket_and_uses_it(fake_llm, pool, registry_reset, db_url):
+    """rpm 1 over a 2 s window, counted over the whole window (rate_enforcement=sliding): a
+    second call is refused with a ticket for the slot where it fits, named by its activity's
+    idempotency key; back then, it is served and its ticket is gone (used, or given back for a
+    fresh reservation if it came back after its bucket: test_ratelimits.py pins both)."""
+    configure_providers([fake_llm.provider_config(models=[PRIMARY], rpm=1, rate_window_seconds=2,
+                                                  rate_enforcement="sliding")])
+    call = {"request": _req().model_dump(mode="json", exclude_defaults=True)}
+    fake_llm.script([f.ok("first"), f.ok("second")])
+    assert (await _attempt(pool, call, seq=1))["text"] == "first"
+    with pytest.raises(Reschedule) as refused:
+        await _attempt(pool, call, seq=2)
+    assert refused.value.kind == "rate_limit"
+    with psycopg.connect(db_url) as conn:
+        holders = conn.execute("SELECT holder FROM cairn.rate_limit_tickets").fetchall()
+    assert holders == [("w/00000000-0000-0000-0000-000000000001/2",)]
+    await asyncio.sleep(refused.value.delay)
+    assert (await _attempt(pool, call, seq=2, attempt=1))["text"] == "second"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM cairn.rate_limit_tickets").fetchone()[0] == 0
+        # The first request's bucket has left the window; the second is counted once, in
+        # its ticket's bucket.
+        assert conn.execute("SELECT sum(requests) FROM cairn.rate_limit_windows").fetchone()[0] == 1
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
