@@ -6,9 +6,10 @@
 Migrates the fresh database, writes a providers file naming the storm provider with its
 published limit: ``rpm``, counted over a sliding minute only (``rate_enforcement:
 sliding``) and not counting the requests it answers 429 (``rate_counts_throttled:
-false``); nothing else set (the breaker and every other setting are cairn's defaults), starts ``--workers`` real ``cairn worker -m
-llm_storm_flows`` processes with ``CAIRN_LLM_PROVIDERS`` pointing at it, starts N
-workflows of 3 sequential ``chat()`` calls, and waits until all closed or the deadline.
+false``); nothing else set (the breaker and every other setting are cairn's defaults),
+starts ``--workers`` real ``cairn worker -m llm_storm_flows`` processes with
+``CAIRN_LLM_PROVIDERS`` pointing at it, starts N workflows of 3 sequential ``chat()``
+calls, and waits until all closed or the deadline.
 The provider's log is read by bench/run.py (bench/storm_metrics.py); this runner adds
 what only the database knows: each completed call's ``attempt``, the breaker's
 transitions and its ``permitted_calls_in_half_open``.
@@ -52,13 +53,14 @@ def log(msg: str) -> None:
 PUBLISHED_LIMIT = {"rate_enforcement": "sliding", "rate_counts_throttled": False}
 
 
-def providers_file(base_url: str, rpm: int) -> str:
+def providers_file(base_url: str, rpm: int, published: bool = True) -> str:
     """The providers file: the provider's published limit (rpm over a sliding minute, 429s not
-    counted: bench/storm_provider.py), every other setting default."""
+    counted: bench/storm_provider.py), every other setting default; ``published=False``: rpm
+    only (a provider configured as OpenAI documents its limits)."""
     fd, path = tempfile.mkstemp(prefix="storm-providers-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump({"providers": [{"name": "storm", "base_url": base_url, "models": [flows.MODEL], "rpm": rpm,
-                                  **PUBLISHED_LIMIT}]}, f)
+                                  **(PUBLISHED_LIMIT if published else {})}]}, f)
     return path
 
 
@@ -171,7 +173,9 @@ def main() -> int:
     base_url, rpm = params["llm_base_url"], int(params["llm_rpm"])
     deadline_s, calls = float(params.get("deadline_s", 300)), int(params.get("calls", 3))
     cairn_db.migrate(a.dsn)
-    path = providers_file(base_url, rpm)
+    # --param cairn:llm_published=0: rpm only, ProviderConfig's defaults for the rest.
+    published = params.get("llm_published", "1") != "0"
+    path = providers_file(base_url, rpm, published)
     env = dict(os.environ, CAIRN_LLM_PROVIDERS=path, PYTHONPATH=str(HERE))
     workers = [WorkerProc(a.dsn, i, env) for i in range(a.workers)]
     try:
@@ -197,9 +201,12 @@ def main() -> int:
         "seconds": round(max(done) if done else seconds, 3), "latencies_ms": None,
         "worker_pids": [w.proc.pid for w in workers],
         "notes": (f"{a.workers} x `cairn worker -m llm_storm_flows` at default settings (workflow concurrency 4, "
-                  f"activity concurrency 100); chat() with its default retry policy (1 s initial, x2 up to 8 s, unlimited "
-                  f"attempts), throttle budget 600 s; providers file with rpm={rpm}, rate_enforcement=sliding, "
-                  "rate_counts_throttled=false as the provider publishes (breaker: BreakerConfig defaults); 429 Retry-After: the chat activity reschedules to it without burning an attempt"),
+                  "activity concurrency 100); chat() with its default retry policy (0.5 s initial, x2 up to 8 s, "
+                  f"unlimited attempts), throttle budget 600 s; providers file with rpm={rpm}, "
+                  + ("rate_enforcement=sliding, rate_counts_throttled=false as the provider publishes" if published
+                     else "nothing else (paced, 429s counted: ProviderConfig's defaults)")
+                  + " (breaker: BreakerConfig defaults); 429 Retry-After: the chat activity reschedules to it "
+                  "without burning an attempt"),
         "extra": {"window_start": window_start, "deadline_s": deadline_s, "calls": calls, "size": a.size, **got},
     }
     print(json.dumps(out))

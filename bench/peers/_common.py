@@ -497,11 +497,13 @@ def summarize(lat: list[float]) -> dict[str, float]:
 # ---- the LLM storm workload (bench/README.md, "Workload LLM") -------------------------
 
 # The peers' retry settings, the same for all three, close to cairn's default policy
-# (1 s, x2, capped at 8 s as cairn's chat default is; cairn's attempts are unlimited): a bounded number of
+# (0.5 s, x2, capped at 8 s as cairn's chat default is; cairn's attempts are unlimited; Celery's
+# retry_backoff factor is a whole number of seconds: 1, with its default full jitter, which
+# averages half of each delay): a bounded number of
 # attempts is what their documented APIs want, and 20 is far more than a 30 % failure
 # rate needs (0.3^19), so a call fails for good only by burning attempts on 429s.
 LLM_MAX_ATTEMPTS = 20
-LLM_RETRY_INITIAL_S = 1.0
+LLM_RETRY_INITIAL_S = 0.5
 LLM_RETRY_BACKOFF = 2.0
 LLM_RETRY_MAX_S = 8.0  # DBOS steps have no cap (its API takes interval and rate only)
 LLM_MODEL = "storm-chat"

@@ -2,7 +2,7 @@
 """DBOS Transact's runner of the LLM storm workload (bench/README.md, "Workload LLM").
 
 N workflows of 3 sequential chat calls, each call one ``@DBOS.step`` with DBOS's step
-retries (``retries_allowed=True, interval_seconds=1, backoff_rate=2, max_attempts=20``):
+retries (``retries_allowed=True, interval_seconds=0.5, backoff_rate=2, max_attempts=20``):
 one attempt = one HTTP request. Retry-After: DBOS's step retry takes no per-error delay
 (the interval is fixed by the decorator; ``should_retry`` only says yes or no), so on a
 429 the step sleeps Retry-After *inside the failed attempt* before raising; DBOS then adds

@@ -129,7 +129,7 @@ def fitting(usage: list[int], need: int, limit: int, n: int) -> list[bool]:
 async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
                   tokens: int, lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
                   now: datetime | None = None, holder: str | None = None,
-                  pace: float | None = PACE_BURST) -> Reservation:
+                  pace: float | None = PACE_BURST, priority: int = 0) -> Reservation:
     """Takes one request and ``tokens`` (an estimate) from the deployment's limits, if they fit.
 
     A request estimated at more than ``tpm`` tokens is counted as ``tpm`` (it could never
@@ -154,6 +154,9 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
             and per-second limits use shorter ones). Use one value per deployment.
         now: the time to decide at (tests); default the database's clock.
         holder: who asks, for its ticket (see above); None: no ticket.
+        priority: a refused holder of higher priority (a retry of a call that failed: 1)
+            takes the soonest later ticket of a lower one, whose holder moves to the slot
+            it would have had: a run of failures does not wait for a slot per attempt.
         pace: a bucket takes at most this many times its share of ``rpm`` (default
             ``PACE_BURST``), for providers that enforce a minute's limit over shorter
             periods; None: no pacing, an empty window may be spent at once (providers that
@@ -170,6 +173,8 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         raise InputValidationError(f"window_seconds must be between 1 and 86400, got {window_seconds!r}")
     if pace is not None and not (isinstance(pace, int | float) and pace >= 1):
         raise InputValidationError(f"pace must be at least 1 or None, got {pace!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+        raise InputValidationError(f"priority must be an integer from 0 to 100, got {priority!r}")
     if not deployment:
         raise InputValidationError("a deployment name must not be empty")
     rid = str(uuid.uuid4())
@@ -220,8 +225,18 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
             return Reservation(True, None, rid, deployment, ledger.start(slot), tokens_counted, at)
         retry_at = ledger.start(slot) + timedelta(seconds=RETRY_MARGIN_SECONDS)
         if holder and slot < ledger.horizon:
-            await conn.execute(q("rate_limit_book"), {**args, "current": ledger.start(slot),
-                                                      "tokens": tokens_counted})
+            booked_at = ledger.start(slot)
+            if priority > 0:
+                await cur.execute(q("rate_limit_displace"), {
+                    "deployment": deployment, "priority": priority, "after": ledger.start(ledger.current),
+                    "slot": booked_at, "tokens": tokens_counted if tpm is not None else None})
+                displaced = await cur.fetchone()
+                if displaced is not None:
+                    booked_at = displaced["taken"]
+                    retry_at = booked_at + timedelta(seconds=RETRY_MARGIN_SECONDS)
+            await conn.execute(q("rate_limit_book"), {**args, "current": booked_at, "tokens": tokens_counted,
+                                                      "priority": priority})
+            # The request counts in `slot` either way: ours, or the displaced holder's.
             await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": ledger.start(slot),
                                                       "tokens": tokens_counted})
         else:
@@ -316,7 +331,7 @@ async def cancel(conn: Conn, reservation: Reservation) -> None:
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,
                                 max_concurrency: int | None, tokens: int,
                                 lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
-                                pace: float | None = PACE_BURST) -> Reservation:
+                                pace: float | None = PACE_BURST, priority: int = 0) -> Reservation:
     """:func:`reserve` for use inside an activity: a refusal raises
     ``activity.Reschedule(kind="rate_limit")`` to when capacity frees up (no attempt burned).
     The activity is the holder of its ticket (its idempotency key).
@@ -329,7 +344,8 @@ async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None,
     except CairnError:
         holder = None  # called outside an activity
     r = await reserve(conn, deployment, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency, tokens=tokens,
-                      lease_seconds=lease_seconds, window_seconds=window_seconds, holder=holder, pace=pace)
+                      lease_seconds=lease_seconds, window_seconds=window_seconds, holder=holder, pace=pace,
+                      priority=priority)
     if not r.ok:
         raise Reschedule(r.delay, reason=r.reason, kind="rate_limit")
     return r

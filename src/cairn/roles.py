@@ -66,7 +66,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "rate_limits": ("INSERT", "UPDATE"),
         "rate_limit_windows": ("INSERT", "UPDATE", "DELETE"),
         "rate_limit_leases": ("INSERT", "DELETE"),
-        "rate_limit_tickets": ("INSERT", "DELETE"),
+        "rate_limit_tickets": ("INSERT", "UPDATE", "DELETE"),
         "llm_stream": ("INSERT", "DELETE"),  # DELETE: the trigger clearing a closed run's chunks
     },
     "client": {

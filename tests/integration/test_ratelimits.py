@@ -132,7 +132,8 @@ async def test_reserve_or_reschedule_raises_reschedule(conn):
 
 
 async def test_bad_limits(conn):
-    for kw in ({"rpm": 0}, {"tpm": -1}, {"max_concurrency": 1.5}, {"tokens": -3}):
+    for kw in ({"rpm": 0}, {"tpm": -1}, {"max_concurrency": 1.5}, {"tokens": -3}, {"priority": -1},
+               {"pace": 0.5}):
         args = {"rpm": None, "tpm": None, "max_concurrency": None, "tokens": 0, **kw}
         with pytest.raises(InputValidationError):
             await reserve(conn, "bad", **args)
@@ -146,9 +147,10 @@ def test_fitting():
     assert fitting([0, 3, 0, 0, 0], need=1, limit=3, n=2) == [False, False, False, True, True]
 
 
-def rl(deployment: str, t: float, holder: str | None = None, rpm: int = 3, pace: float | None = 1.5):
+def rl(deployment: str, t: float, holder: str | None = None, rpm: int = 3, pace: float | None = 1.5,
+       priority: int = 0):
     return dict(deployment=deployment, rpm=rpm, tpm=None, max_concurrency=None, tokens=0, now=at(t),
-                holder=holder, pace=pace)
+                holder=holder, pace=pace, priority=priority)
 
 
 async def test_refused_holders_get_tickets_for_the_slots_that_free(conn, sql):
@@ -174,6 +176,25 @@ async def test_refused_holders_get_tickets_for_the_slots_that_free(conn, sql):
     assert sql("SELECT extract(epoch FROM window_start - %s)::int, requests FROM cairn.rate_limit_windows "
                "WHERE deployment = 'tk' AND window_start >= %s ORDER BY 1", (T0, at(70))) == \
         [(72, 1), (73, 0), (74, 1), (75, 1), (134, 1)]
+
+
+async def test_a_retry_takes_the_soonest_slot_of_a_first_attempt(conn, sql):
+    """A retry (priority 1) refused after two first attempts (priority 0) takes the soonest of
+    their slots; that holder moves to the slot the retry would have had, and learns it when
+    it comes back at its old time."""
+    for i in range(3):
+        assert (await reserve(conn, **rl("prio", 10 + i))).ok
+    first = [await reserve(conn, **rl("prio", 20, holder=f"a{i}")) for i in range(2)]
+    assert [r.retry_at for r in first] == [at(72.01), at(73.01)]
+    retry = await reserve(conn, **rl("prio", 21, holder="retry", priority=1))
+    assert retry.retry_at == at(72.01)
+    moved = await reserve(conn, **rl("prio", 72.01, holder="a0"))
+    assert not moved.ok and moved.retry_at == at(74.01)
+    assert (await reserve(conn, **rl("prio", 72.02, holder="retry", priority=1))).ok
+    assert (await reserve(conn, **rl("prio", 74.01, holder="a0"))).ok
+    assert sql("SELECT extract(epoch FROM window_start - %s)::int, requests FROM cairn.rate_limit_windows "
+               "WHERE deployment = 'prio' AND window_start >= %s ORDER BY 1", (T0, at(70))) == \
+        [(72, 1), (73, 1), (74, 1)]
 
 
 async def test_paced_tickets_spread_a_herd_over_buckets(conn):

@@ -7,12 +7,15 @@
 -- there from the refusal on, and when it comes back (at that bucket) the ticket is its
 -- reservation. Callers return exactly as fast as the window frees, never above the limit.
 -- A ticket whose holder never returns stays counted until its bucket leaves the window.
+-- A retry of a call that failed takes the soonest later ticket of a first attempt and that
+-- holder moves to the retry's slot: a run of failures does not wait a window per attempt.
 
 CREATE TABLE cairn.rate_limit_tickets (
     deployment   text NOT NULL,
     holder       text NOT NULL,        -- the activity's idempotency key
     window_start timestamptz NOT NULL, -- the bucket its request is counted in
     tokens       bigint NOT NULL,
+    priority     smallint NOT NULL DEFAULT 0, -- a retry (1) may take a first attempt's (0) earlier slot
     PRIMARY KEY (deployment, holder)
 );
 CREATE INDEX rate_limit_tickets_by_bucket ON cairn.rate_limit_tickets (deployment, window_start);

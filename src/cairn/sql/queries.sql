@@ -1099,8 +1099,22 @@ SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_
 -- name: rate_limit_book
 -- Under rate_limit_lock: a refused caller's ticket for its request in a future bucket (the
 -- request itself is added there by rate_limit_take).
-INSERT INTO cairn.rate_limit_tickets (deployment, holder, window_start, tokens)
-VALUES (%(deployment)s, %(holder)s, %(current)s, %(tokens)s)
+INSERT INTO cairn.rate_limit_tickets (deployment, holder, window_start, tokens, priority)
+VALUES (%(deployment)s, %(holder)s, %(current)s, %(tokens)s, %(priority)s)
+
+-- name: rate_limit_displace
+-- Under rate_limit_lock: the soonest ticket of lower priority booked after the current
+-- bucket and before `slot` (with the same tokens when tpm counts them) moves to `slot`;
+-- returns the bucket it leaves, which the caller takes. Its holder, back at its old time, is
+-- early and told the new one.
+UPDATE cairn.rate_limit_tickets t SET window_start = %(slot)s
+FROM (SELECT holder, window_start FROM cairn.rate_limit_tickets
+      WHERE deployment = %(deployment)s AND priority < %(priority)s
+        AND window_start > %(after)s AND window_start < %(slot)s
+        AND (%(tokens)s::bigint IS NULL OR tokens = %(tokens)s)
+      ORDER BY window_start LIMIT 1) AS d
+WHERE t.deployment = %(deployment)s AND t.holder = d.holder
+RETURNING d.window_start AS taken
 
 -- name: rate_limit_ticket_used
 -- Under rate_limit_lock: the holder came back in its ticket's bucket; its request is
