@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import storm_bound
+
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     out = []
@@ -104,6 +106,10 @@ def figures(system: str, requests: list[dict[str, Any]], out: dict[str, Any], pr
     }
     fig["llm_makespan_vs_ideal"] = fig["llm_makespan_s"] / ideal if fig["llm_makespan_s"] else None
     fig["llm_makespan_vs_floor"] = fig["llm_makespan_s"] / floor if fig["llm_makespan_s"] and floor else None
+    # The idealised client's makespan with the same retry backoff (bench/storm_bound.py).
+    fig["llm_bound_s"] = storm_bound.bound(workflows=size, calls=calls, provider=provider)["median"] if size else None
+    fig["llm_makespan_vs_bound"] = (fig["llm_makespan_s"] / fig["llm_bound_s"]
+                                    if fig["llm_makespan_s"] and fig["llm_bound_s"] else None)
     fig["llm_attempts_burnt_how"] = burnt_note
 
     events = extra.get("breaker_events")
