@@ -1,7 +1,7 @@
 """LLM providers: their configuration and the HTTP dialects that talk to them.
 
-Two dialects, both over one ``httpx.AsyncClient`` per call with no retries (the engine is
-the only retry loop):
+Two dialects, both over one ``httpx.AsyncClient`` per call (one TLS context per process)
+with no retries (the engine is the only retry loop):
 
 - ``openai``: ``POST {base_url}/chat/completions`` — OpenAI, DeepSeek, vLLM, Ollama,
   llama.cpp, OpenRouter... JSON or SSE (``data:`` lines ending with ``[DONE]``, usage in the
