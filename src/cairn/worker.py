@@ -255,6 +255,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             await self._pool.close()
             if self._activity_pool is not None:
                 await self._activity_pool.close()
+            await _close_llm_connections()
             self._threads.shutdown(wait=False, cancel_futures=True)
             for inst in self._cache.values():
                 inst.dispose()
@@ -756,6 +757,14 @@ def _builtin_activities() -> list[Any]:
     from cairn.llm.chat import builtin_activities
 
     return builtin_activities()
+
+
+async def _close_llm_connections() -> None:
+    """Closes this loop's kept-alive connections to LLM providers, if the LLM layer is loaded."""
+    if "cairn.llm.providers" in sys.modules:
+        from cairn.llm.providers import close_connections
+
+        await close_connections()
 
 
 def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:

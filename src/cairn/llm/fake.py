@@ -6,9 +6,10 @@ next step of the script (the first one whose ``model`` is unset or matches); whe
 left the ``default`` step answers (``ok`` unless set: set it to a failure to get "fail
 always with X").
 
-Every request is recorded (arrival time, path, model, headers without the key-bearing ones,
-whether the key matched the expected one, body, call key, step, status, why and outcome) and
-the log is served over HTTP so that tests in other processes share one fake:
+Every request is recorded (arrival time, the client's address and port, so one per TCP
+connection; path, model, headers without the key-bearing ones, whether the key matched the
+expected one, body, call key, step, status, why and outcome) and the log is served over
+HTTP so that tests in other processes share one fake:
 
 - ``GET /_fake/log``: the request log (JSON list).
 - ``POST /_fake/script``: ``{"steps": [...], "default": {...}}`` (or a bare list of steps).
@@ -52,6 +53,7 @@ StepKind = Literal["ok", "status", "hang", "keepalive_then_ok", "slow_stream", "
                    "malformed_json", "missing_usage"]
 _HIDDEN_HEADERS = {"authorization", "x-api-key"}
 SHUTDOWN_SECONDS = 1.0  # hung handlers are cancelled, not waited for
+KEEPALIVE_SECONDS = 3630.0  # an idle keep-alive connection is closed after this (aiohttp's default)
 CALL_KEY = re.compile(r"\bcall (\w(?:[\w.:/-]*\w)?)")  # the marker a request's last user message may carry
 
 
@@ -424,16 +426,24 @@ class _Answerer:
 # ---------------------------------------------------------------- the server
 
 
+def _peer(request: web.Request) -> str | None:
+    """``host:port`` of the client's end of the request's TCP connection."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else None
+
+
 class FakeProvider:
     """The fake's state and its aiohttp application (runs on any event loop).
 
     Args:
         api_key: the key requests must carry (``Authorization: Bearer`` or ``x-api-key``);
             a wrong or missing one gets 401. ``None`` accepts any request.
+        keepalive_timeout: seconds after which the server closes an idle keep-alive connection.
     """
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(self, *, api_key: str | None = None, keepalive_timeout: float = KEEPALIVE_SECONDS) -> None:
         self.api_key = api_key
+        self.keepalive_timeout = keepalive_timeout
         self._lock = threading.Lock()  # the log and script are read from other threads
         self._steps: list[Step] = []
         self._default: Step = Step()
@@ -516,7 +526,7 @@ class FakeProvider:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serves on ``host:port`` (0: a free port); returns the root URL."""
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS,
-                                     access_log=None)
+                                     access_log=None, keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -527,6 +537,11 @@ class FakeProvider:
     def url(self) -> str:
         """The ``base_url`` to configure a provider with (``.../v1``)."""
         return f"{self.root}/v1"
+
+    def open_connections(self) -> int:
+        """How many client connections the server holds open now (call it on its loop)."""
+        server = self._runner.server if self._runner is not None else None
+        return 0 if server is None else len(server.connections)
 
     async def stop(self) -> None:
         """Stops serving; hung requests are cancelled."""
@@ -587,9 +602,9 @@ class FakeProvider:
         with self._lock:
             seq = len(self._log) + 1
             record: dict[str, Any] = {
-                "seq": seq, "time": time.time(), "path": request.path, "dialect": dialect, "model": model,
-                "stream": stream, "headers": {k.lower(): v for k, v in request.headers.items()
-                                              if k.lower() not in _HIDDEN_HEADERS},
+                "seq": seq, "time": time.time(), "peer": _peer(request), "path": request.path, "dialect": dialect,
+                "model": model, "stream": stream,
+                "headers": {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS},
                 "auth_present": present, "auth_ok": auth_ok, "body": body, "call": call,
                 "step": None, "why": None, "status": None, "outcome": "pending", "finished": False}
             self._log.append(record)
@@ -666,8 +681,9 @@ class FakeLLM:
     Usable from sync and async tests alike (the test's own loop is never blocked by it).
     """
 
-    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.provider = FakeProvider(api_key=api_key)
+    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 keepalive_timeout: float = KEEPALIVE_SECONDS) -> None:
+        self.provider = FakeProvider(api_key=api_key, keepalive_timeout=keepalive_timeout)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -717,6 +733,14 @@ class FakeLLM:
     def reset(self) -> None:
         """Clears the log, the script and the storm."""
         self.provider.reset()
+
+    def open_connections(self) -> int:
+        """How many client connections the server holds open now."""
+
+        async def count() -> int:
+            return self.provider.open_connections()
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(10)
 
     def expect_key(self, key: str | None) -> None:
         """Requires this key on every request (401 otherwise); the log says whether it matched."""

@@ -1,7 +1,7 @@
 """LLM providers: their configuration and the HTTP dialects that talk to them.
 
-Two dialects, both over one ``httpx.AsyncClient`` per call (one TLS context per process)
-with no retries (the engine is the only retry loop):
+Two dialects, both over one ``httpx.AsyncClient`` per event loop, whose connections every
+call on that loop reuses (keep-alive), with no retries (the engine is the only retry loop):
 
 - ``openai``: ``POST {base_url}/chat/completions`` — OpenAI, DeepSeek, vLLM, Ollama,
   llama.cpp, OpenRouter... JSON or SSE (``data:`` lines ending with ``[DONE]``, usage in the
@@ -19,6 +19,7 @@ in one request header, and kept nowhere: not in configs, errors, logs or results
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -27,7 +28,8 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +50,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderError",
     "call_chat",
+    "close_connections",
     "configure_providers",
     "configured_providers",
     "get_provider",
@@ -548,8 +551,8 @@ async def _openai_json(response: httpx.Response, answer: _Answer) -> None:
     answer.ended = True
 
 
-async def _openai_stream(response: httpx.Response, answer: _Answer) -> None:
-    async for _, data in _sse(response.aiter_bytes()):
+async def _openai_stream(chunks: AsyncIterator[bytes], answer: _Answer) -> None:
+    async for _, data in _sse(chunks):
         if data.strip() == "[DONE]":
             answer.ended = True
             return
@@ -690,11 +693,11 @@ async def _anthropic_json(response: httpx.Response, answer: _Answer) -> None:
     answer.ended = True
 
 
-async def _anthropic_stream(response: httpx.Response, answer: _Answer) -> None:
+async def _anthropic_stream(chunks: AsyncIterator[bytes], answer: _Answer) -> None:
     start_usage: Any = None
     output_tokens: int | None = None
     try:
-        async for event, data in _sse(response.aiter_bytes()):
+        async for event, data in _sse(chunks):
             obj = _json_obj(data)
             kind = obj.get("type", event)
             if kind == "message_start":
@@ -732,11 +735,21 @@ async def _anthropic_stream(response: httpx.Response, answer: _Answer) -> None:
 
 
 _Prepare = Callable[[ProviderConfig, ChatRequest, "str | None", bool], tuple[str, dict[str, str], dict[str, Any]]]
-_Reader = Callable[[httpx.Response, _Answer], Awaitable[None]]
-_DIALECTS: dict[str, tuple[_Prepare, _Reader, _Reader]] = {
+_JsonReader = Callable[[httpx.Response, _Answer], Awaitable[None]]
+_StreamReader = Callable[[AsyncIterator[bytes], _Answer], Awaitable[None]]
+_DIALECTS: dict[str, tuple[_Prepare, _JsonReader, _StreamReader]] = {
     "openai": (_openai_prepare, _openai_json, _openai_stream),
     "anthropic": (_anthropic_prepare, _anthropic_json, _anthropic_stream),
 }
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Reads what is left of a stream after its end marker (the final empty chunk), so
+    the connection goes back to the pool: a body left unread closes it."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(STREAM_END_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 async def _error_body(response: httpx.Response) -> str:
@@ -760,9 +773,98 @@ def _tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# ---------------------------------------------------------------- connections
+
+# Idle connections kept per event loop. A worker runs up to activity_concurrency calls at
+# once (100 by default) and after a wave of them holds that many idle connections; the next
+# wave reuses them instead of paying a TCP and TLS handshake each. No cap on connections in
+# use: the worker's concurrency and the fleet limits bound the calls in flight, and a cap
+# here would make calls wait for a connection (PoolTimeout), which they never did.
+KEEPALIVE_CONNECTIONS = 100
+# How long an idle connection is kept: less than servers' own idle timeouts (uvicorn's 5 s,
+# so vLLM's and many FastAPI gateways'; nginx's 75 s), so we give a connection up before the
+# server does rather than race its close with a request. One the server closed anyway is
+# readable while idle, and httpcore discards it before reuse (test_llm_connections.py).
+KEEPALIVE_EXPIRY_SECONDS = 4.0
+# Seconds to wait for the end of a stream's body after its end marker: it comes with the
+# marker or just after it. A server that keeps the stream open past this only loses us the
+# connection (closed, not reused), never the answer.
+STREAM_END_SECONDS = 0.5
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+                       keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
+# Calls stay as independent as they were with a client each: a cookie a provider sets (a
+# CDN's bot-management cookie) is not stored, so not sent back with the next call.
+_NO_COOKIES = DefaultCookiePolicy(allowed_domains=[])
+
+
+class _LoopClient:
+    """The HTTP client of one event loop, shared by the calls made on it.
+
+    A client's connections belong to the loop that opened them, hence one per loop (a
+    worker's; each loop a test or script runs). It holds no key: keys go in each request's
+    headers only.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = httpx.AsyncClient(
+            follow_redirects=False, cookies=CookieJar(_NO_COOKIES),
+            transport=httpx.AsyncHTTPTransport(retries=0, verify=_tls(), limits=_LIMITS))
+        self.calls = 0  # calls using it now
+        self.retired = False  # close_connections() was called: close once the last call ends
+        self.closer = self._closed_with(loop)
+
+    async def _closed_with(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        # Started once and left suspended: loop.shutdown_asyncgens() (asyncio.run, uvloop.run,
+        # asyncio.Runner, pytest-asyncio) closes every suspended async generator of the loop,
+        # so the client is closed with its loop even if nobody calls close_connections().
+        try:
+            yield
+        finally:
+            if _clients.get(loop) is self:
+                del _clients[loop]
+            await self.client.aclose()
+
+
+_clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+
+
+@contextlib.asynccontextmanager
+async def _client() -> AsyncIterator[httpx.AsyncClient]:
+    """The running loop's client (made on first use), held for one call."""
+    loop = asyncio.get_running_loop()
+    shared = _clients.get(loop)
+    if shared is None:
+        shared = _clients[loop] = _LoopClient(loop)
+        await anext(shared.closer)  # registers it with the loop (see _closed_with)
+    shared.calls += 1
+    try:
+        yield shared.client
+    finally:
+        shared.calls -= 1
+        if shared.retired and not shared.calls:
+            await shared.closer.aclose()
+
+
+async def close_connections() -> None:
+    """Closes the running loop's connections to providers; the worker calls it as it stops.
+
+    Calls in flight finish first (another worker on the same loop may be making some), and
+    the next call opens a new client. Without it the client is closed when its loop shuts
+    down (``asyncio.run``, ``uvloop.run``, ``asyncio.Runner``).
+    """
+    shared = _clients.pop(asyncio.get_running_loop(), None)
+    if shared is not None:
+        shared.retired = True
+        if not shared.calls:
+            await shared.closer.aclose()
+
+
 async def call_chat(provider: ProviderConfig, request: ChatRequest, *, on_chunk: OnChunk | None = None,
                     validate: Callable[[Completion], bool] | None = None) -> Completion:
     """Makes one chat call; never retries, never sleeps.
+
+    The call reuses an idle connection of the running loop's client when one is open to
+    the provider (see :func:`close_connections`).
 
     Streams when ``request.stream`` is set or ``on_chunk`` is given (``on_chunk`` gets each
     text delta, sync or async). Deadlines: ``connect_timeout``; ``read_timeout`` of
@@ -819,9 +921,8 @@ async def call_chat(provider: ProviderConfig, request: ChatRequest, *, on_chunk:
         async with asyncio.timeout_at(min(total_deadline, ttft_deadline or total_deadline)) as deadline:
             answer.on_first = lambda: deadline.reschedule(total_deadline)
             async with (
-                httpx.AsyncClient(timeout=timeouts, follow_redirects=False,
-                                  transport=httpx.AsyncHTTPTransport(retries=0, verify=_tls())) as client,
-                client.stream("POST", url, headers=headers, json=body) as response,
+                _client() as client,
+                client.stream("POST", url, headers=headers, json=body, timeout=timeouts) as response,
             ):
                 if not 200 <= response.status_code < 300:
                     text = await _error_body(response)
@@ -829,7 +930,14 @@ async def call_chat(provider: ProviderConfig, request: ChatRequest, *, on_chunk:
                                     response.status_code)
                 else:
                     request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-                    await (read_stream if stream else read_json)(response, answer)
+                    if not stream:
+                        await read_json(response, answer)
+                    else:
+                        chunks = response.aiter_bytes()
+                        await read_stream(chunks, answer)
+                        if answer.ended:  # the answer is whole: no deadline but the drain's own
+                            deadline.reschedule(None)
+                            await _drain(chunks)
                     if not answer.ended:
                         error = failure(classify.truncated_stream())
     except TimeoutError:
