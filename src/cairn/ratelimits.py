@@ -196,7 +196,7 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
         args = {"deployment": deployment, "holder": holder}
         if u["ticket"] is not None:
-            booked, booked_tokens = ledger.index(float(u["ticket"][0])), int(u["ticket"][1])
+            booked, booked_tokens = ledger.of_start(float(u["ticket"][0])), int(u["ticket"][1])
             if booked > ledger.current:  # early: its turn has not come
                 return Reservation(False, ledger.start(booked) + timedelta(seconds=RETRY_MARGIN_SECONDS), rid,
                                    deployment, None, tokens, at, f"{deployment}: waiting for its turn ({per} limits)")
@@ -275,14 +275,21 @@ class _Ledger:
         self.tokens: dict[int, int] = {}
 
     def index(self, epoch: float) -> int:
+        """The bucket holding a moment."""
         return math.floor(epoch / self.width + 1e-6)
+
+    def of_start(self, epoch: float) -> int:
+        """The bucket a stored start belongs to: rounded, not floored, since a start read back
+        from the database (microseconds) over a width like 1/30 s may land a hair below
+        its bucket's boundary (epoch / width ~ 5e10, where a float's spacing is ~1e-5)."""
+        return round(epoch / self.width)
 
     def start(self, index: int) -> datetime:
         return datetime.fromtimestamp(round(index * self.width, 6), UTC)
 
     def load(self, buckets: list[list[Any]]) -> None:
         for start, requests, tokens in buckets:
-            i = self.index(float(start))
+            i = self.of_start(float(start))
             self.requests[i] = self.requests.get(i, 0) + int(requests)
             self.tokens[i] = self.tokens.get(i, 0) + int(tokens)
 

@@ -201,6 +201,18 @@ async def test_a_retry_takes_the_soonest_slot_of_a_first_attempt(conn, sql):
         [(72, 1), (73, 1), (74, 1)]
 
 
+async def test_short_windows_count_their_buckets_exactly(conn):
+    """A 2 s window has buckets of 1/30 s; their starts read back from the database must land
+    in their own bucket (epoch / width ~ 6e10: flooring put some a bucket early, so a request
+    was admitted one bucket before the window had room)."""
+    one = {"rpm": 1, "tpm": None, "max_concurrency": None, "tokens": 0, "window_seconds": 2}
+    # Bucket 13, [0.4333, 0.4667): one whose start floors a bucket early from T0 on.
+    assert (await reserve(conn, "short", **one, now=at(0.44))).ok
+    # 63 buckets count (2 s + the 0.04 s margin, in 1/30 s, plus one): free from bucket 76 (2.5333 s)
+    assert not (await reserve(conn, "short", **one, now=at(2.52))).ok
+    assert (await reserve(conn, "short", **one, now=at(2.54))).ok
+
+
 async def test_paced_tickets_spread_a_herd_over_buckets(conn):
     """rpm 600, paced: 15 a bucket. the 45 holders refused at once get tickets 15 per bucket."""
     got = [await reserve(conn, **rl("spread", 30.5, holder=f"s{i}", rpm=600)) for i in range(60)]
