@@ -17,8 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# Two pytest-xdist workers (each test has its own database); the FLEET tests run one at a
+# time on one of them (tests/conftest.py). PYTEST_ARGS="-n 0" runs the suite in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # The chaos suite at the issue's sizes (tests/chaos; the short tier already runs in `make test`).
 # Reports go to tests/chaos/reports/; replay a seed with CAIRN_CHAOS_SEED=<seed>.

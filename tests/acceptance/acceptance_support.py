@@ -88,17 +88,18 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
     """``workers(name, *extra_args)`` starts ``cairn worker -m flows`` (or ``module=``) on the
     test database (cwd = this directory) and waits until it claims work. All are killed at teardown.
 
-    Workers get a short lease and poll interval unless ``defaults=True``: then they run
-    with ``cairn worker``'s own defaults, as a new user's would. ``url`` runs one on another
+    Workers get a short lease (``lease``, 2 s: a killed one's work is taken over soon) and
+    poll interval unless ``defaults=True``: then they run with ``cairn worker``'s own
+    defaults, as a new user's would. ``url`` runs one on another
     database (a private server's); each names its connections ``cairn-<name>``
     (``application_name``, through libpq's ``PGAPPNAME``), so a test can find its sessions."""
     started: list[WorkerProc] = []
 
     def start(name: str = "w", *extra: str, wait: bool = True, verbose: int = 0, defaults: bool = False,
-              module: str = "flows", url: str | None = None) -> WorkerProc:
+              module: str = "flows", url: str | None = None, lease: float = 2.0) -> WorkerProc:
         url = url or db_url
         log_path = tmp_path / f"worker-{name}-{len(started)}.log"
-        tuned = [] if defaults else ["--lease-seconds", "2", "--poll-interval", "0.2"]
+        tuned = [] if defaults else ["--lease-seconds", str(lease), "--poll-interval", "0.2"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [CAIRN, *(["-" + "v" * verbose] if verbose else []), "--database-url", url,

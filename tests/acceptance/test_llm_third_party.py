@@ -42,6 +42,9 @@ pytestmark = pytest.mark.acceptance
 
 LLMOCK = str(Path(sys.executable).parent / "llmock")
 THROTTLES = (429, 503)  # LLMock sends Retry-After with both: Cairn reschedules, burning no attempt
+# No worker dies here, so no test needs a short lease; with the fixture's 2 s one, two busy
+# cores let a worker's renewals fall 2 s behind and its calls were taken over and paid twice.
+LEASE_SECONDS = 30.0
 
 
 @dataclass
@@ -170,7 +173,7 @@ def completed(db_url: str, n: int) -> bool:
 def test_plain_completions_parse(workers, db_url, llmock_serve, tmp_path, monkeypatch):
     mock = llmock_serve()
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
-    w = workers("plain", "-m", "llm_flows")
+    w = workers("plain", "-m", "llm_flows", lease=LEASE_SECONDS)
     start_runs(db_url, lf.ask_call, [("plain-json", "json")])
     start_runs(db_url, lf.ask_call_streaming, [("plain-stream", "stream")])
     wait_for("both plain runs", lambda: completed(db_url, 2), procs=(w,))
@@ -200,7 +203,7 @@ def test_scripted_faults_are_handled(workers, db_url, llmock_serve, tmp_path, mo
                   {"type": "fail", "status": 503, "times": 1},  # LLMock's default Retry-After: 1 s
                   {"type": "delay", "seconds": 0.5, "times": 2})
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
-    procs = tuple(workers(f"t{i}", "-m", "llm_flows") for i in range(2))
+    procs = tuple(workers(f"t{i}", "-m", "llm_flows", lease=LEASE_SECONDS) for i in range(2))
     keys = [f"t{i}" for i in range(6)]
     start_runs(db_url, lf.ask_call, [(f"scripted-{k}", k) for k in keys])
     wait_for("every scripted run", lambda: completed(db_url, len(keys)), procs=procs)
@@ -216,7 +219,7 @@ def test_random_failures_and_quota_are_survived(workers, db_url, llmock_serve, t
     more than ~10 s, and answers 429 with the real wait, about 2 s."""
     mock = llmock_serve("--error-rate", "500=0.3", "--rpm", "34")
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
-    procs = tuple(workers(f"r{i}", "-m", "llm_flows") for i in range(2))
+    procs = tuple(workers(f"r{i}", "-m", "llm_flows", lease=LEASE_SECONDS) for i in range(2))
     keys = [f"r{i}" for i in range(40)]
     start_runs(db_url, lf.ask_call, [(f"random-{k}", k) for k in keys])
     wait_for("every random run", lambda: completed(db_url, len(keys)), procs=procs, timeout=90)

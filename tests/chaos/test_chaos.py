@@ -140,6 +140,7 @@ def test_zombie_worker(db_url: str, tmp_path: Path) -> None:
 
             name, orphans = wait_until("a worker with attempts in flight", busiest, 30, interval=0.05)
             zombie = fleet.current[name]
+            stopped_at = time.monotonic()
             os.kill(zombie.pid, signal.SIGSTOP)
             monitor.fault("worker.sigstop", orphans)
             keys = ([r for r, _ in orphans], [s for _, s in orphans])
@@ -155,8 +156,11 @@ def test_zombie_worker(db_url: str, tmp_path: Path) -> None:
                     WHERE h.type = 'ActivityCompleted' AND (h.data->>'attempt')::int > 1""",
                     (*keys, name, *keys)))
 
-            stopped_at = time.monotonic()
-            wait_until("another worker to take the zombie's attempts over", taken_over, 60)
+            # It renewed its lease up to a renewal period (a third of a lease or more) before
+            # the stop, so a takeover may come before LEASE_SECONDS have passed (1.99 s once,
+            # on a loaded machine); it stays frozen past a whole lease all the same.
+            wait_until("another worker to take the zombie's attempts over, a lease after the stop",
+                       lambda: time.monotonic() - stopped_at > LEASE_SECONDS and taken_over(), 60)
             stopped_for = time.monotonic() - stopped_at
             os.kill(zombie.pid, signal.SIGCONT)
             monitor.fault("worker.sigcont", progress=False)
@@ -269,7 +273,8 @@ def test_connection_kill(db_url: str, tmp_path: Path) -> None:
                 time.sleep(size(1.5, 3.0))
                 rows = query(db_url, """
                     SELECT pg_terminate_backend(pid), now() FROM pg_stat_activity
-                    WHERE application_name = ANY(%s) AND pid <> pg_backend_pid()""", (apps,))
+                    WHERE datname = current_database() AND application_name = ANY(%s)
+                      AND pid <> pg_backend_pid()""", (apps,))
                 terminated += sum(1 for ok, _ in rows if ok)
                 last_kill = rows[0][1] if rows else last_kill
                 for _ in rows:
@@ -281,7 +286,8 @@ def test_connection_kill(db_url: str, tmp_path: Path) -> None:
             def relistened() -> bool:
                 rows = query(db_url, """
                     SELECT DISTINCT application_name FROM pg_stat_activity
-                    WHERE application_name = ANY(%s) AND query LIKE 'LISTEN %%' AND backend_start > %s""",
+                    WHERE datname = current_database() AND application_name = ANY(%s)
+                      AND query LIKE 'LISTEN %%' AND backend_start > %s""",
                              (apps, last_kill))
                 return len(rows) == len(apps)
 

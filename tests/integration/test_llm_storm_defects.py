@@ -185,7 +185,7 @@ async def test_an_answered_call_is_not_failed_by_a_lost_database_connection(fake
         await wait_until(fake_llm.requests, interval=0.01, what="the request at the provider")
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as admin:
             cur = await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                      "WHERE application_name = %s", (app,))
+                                      "WHERE datname = current_database() AND application_name = %s", (app,))
             assert [ok for (ok,) in await cur.fetchall()] == [True]
         assert (await call)["text"] == "paid for"
         assert len(fake_llm.requests()) == 1
