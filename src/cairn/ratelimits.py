@@ -234,11 +234,9 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
                 if displaced is not None:
                     booked_at = displaced["taken"]
                     retry_at = booked_at + timedelta(seconds=RETRY_MARGIN_SECONDS)
-            await conn.execute(q("rate_limit_book"), {**args, "current": booked_at, "tokens": tokens_counted,
-                                                      "priority": priority})
             # The request counts in `slot` either way: ours, or the displaced holder's.
-            await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": ledger.start(slot),
-                                                      "tokens": tokens_counted})
+            await conn.execute(q("rate_limit_book"), {**args, "current": booked_at, "slot": ledger.start(slot),
+                                                      "tokens": tokens_counted, "priority": priority})
         else:
             # No ticket: each refused caller gets its own time, one interval after the last
             # one handed out, so they come back one by one as the window frees.

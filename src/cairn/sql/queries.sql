@@ -1097,10 +1097,17 @@ ON CONFLICT (deployment, window_start) DO UPDATE
 SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_windows.tokens + excluded.tokens
 
 -- name: rate_limit_book
--- Under rate_limit_lock: a refused caller's ticket for its request in a future bucket (the
--- request itself is added there by rate_limit_take).
-INSERT INTO cairn.rate_limit_tickets (deployment, holder, window_start, tokens, priority)
-VALUES (%(deployment)s, %(holder)s, %(current)s, %(tokens)s, %(priority)s)
+-- Under rate_limit_lock: a refused caller's ticket for a future bucket (`current`), and a
+-- request added to `slot` (the same bucket, or the slot a displaced holder moved to), in
+-- one round trip.
+WITH ticket AS (
+    INSERT INTO cairn.rate_limit_tickets (deployment, holder, window_start, tokens, priority)
+    VALUES (%(deployment)s, %(holder)s, %(current)s, %(tokens)s, %(priority)s)
+)
+INSERT INTO cairn.rate_limit_windows (deployment, window_start, requests, tokens)
+VALUES (%(deployment)s, %(slot)s, 1, %(tokens)s)
+ON CONFLICT (deployment, window_start) DO UPDATE
+SET requests = cairn.rate_limit_windows.requests + 1, tokens = cairn.rate_limit_windows.tokens + excluded.tokens
 
 -- name: rate_limit_displace
 -- Under rate_limit_lock: the soonest ticket of lower priority booked after the current
