@@ -32,7 +32,7 @@ import procs  # noqa: E402
 import psycopg  # noqa: E402
 
 from cairn import Client  # noqa: E402
-from cairn import db as cairn_db  # noqa: E402
+from cairn.store import db as cairn_db  # noqa: E402
 
 WORKER_SCRIPT = str(HERE / "cairn_worker.py")
 DEFAULTS = {
@@ -548,7 +548,7 @@ def time_claims_pair(base_dsn: str, main_dsn: str, queue: str, iterations: int, 
     """Times cairn's claim statements (the named queries) on two databases in alternating
     blocks, so the machine's drift hits both alike. Each execution runs in a transaction that
     rolls back, so every iteration sees the same ready rows."""
-    from cairn.engine.queries import q
+    from cairn.store.sql import q
     from cairn.worker import WORKER_CONNECTION_OPTIONS
 
     out: dict[str, Any] = {}
@@ -590,7 +590,7 @@ def explain_backlog(base_dsn: str, main_dsn: str, backlog: int) -> dict[str, Any
     """EXPLAIN ANALYZE (best of 3) of the claim statements with a backlog of ready rows: that
     many running runs, each with a ready workflow task and a ready activity task, inserted
     for the measurement and deleted after it."""
-    from cairn.engine.queries import q
+    from cairn.store.sql import q
 
     queue = f"{CLAIM_QUEUE}{backlog}"
     out: dict[str, Any] = {}

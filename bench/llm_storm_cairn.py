@@ -36,7 +36,7 @@ import procs  # noqa: E402
 import psycopg  # noqa: E402
 
 from cairn import Client  # noqa: E402
-from cairn import db as cairn_db  # noqa: E402
+from cairn.store import db as cairn_db  # noqa: E402
 
 CAIRN = str(Path(sys.executable).parent / "cairn")
 START_CONCURRENCY = 16  # concurrent client.start() calls while enqueueing

@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from cairn import Client, Worker, db
+from cairn import Client, Worker
 from cairn.llm.testing import fake_llm  # noqa: F401  (the fake LLM provider fixture)
+from cairn.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 

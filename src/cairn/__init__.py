@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cairn import activity, saga, workflow
 from cairn.client import Client, RunDescription, RunPage, WorkflowHandle
-from cairn.common import RetryPolicy
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -28,6 +27,7 @@ from cairn.errors import (
     WorkflowTimedOutError,
     WorkflowTimeout,
 )
+from cairn.options import RetryPolicy
 from cairn.worker import Worker
 
 __version__ = "0.1.0"

@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from cairn.breakers import BreakerConfig
-from cairn.common import Signature, to_payload
 from cairn.errors import CairnError, ConfigurationError
+from cairn.options import Signature, to_payload
 
 __all__ = ["ActivityDefinition", "ActivityInfo", "Reschedule", "defn", "heartbeat", "info", "is_cancelled"]
 

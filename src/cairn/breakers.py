@@ -52,9 +52,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cairn._telemetry import meter
-from cairn.engine.queries import q
 from cairn.errors import InputValidationError
+from cairn.store.sql import q
+from cairn.telemetry import meter
 
 __all__ = [
     "STATES",

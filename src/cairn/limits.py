@@ -1,7 +1,7 @@
 """Limits that protect the engine from its inputs, and the start-up safety checks.
 
-Payload limits live in :mod:`cairn.common` (``MAX_PAYLOAD_BYTES``, ``WARN_PAYLOAD_BYTES``,
-``MAX_PAYLOAD_DEPTH``) because :func:`cairn.common.to_payload` enforces them. Here:
+Payload limits live in :mod:`cairn.options` (``MAX_PAYLOAD_BYTES``, ``WARN_PAYLOAD_BYTES``,
+``MAX_PAYLOAD_DEPTH``) because :func:`cairn.options.to_payload` enforces them. Here:
 
 - the history length limit: every cache miss replays the whole history, so a run that
   never ends (a loop of signals or timers) gets slower and heavier until it is continued

@@ -31,8 +31,8 @@ from psycopg.rows import dict_row
 
 from cairn import activity
 from cairn.activity import Reschedule
-from cairn.engine.queries import q
 from cairn.errors import CairnError, InputValidationError
+from cairn.store.sql import q
 
 __all__ = ["Reservation", "cancel", "reserve", "reserve_or_reschedule", "settle"]
 

@@ -5,7 +5,7 @@ A provider (self-hosted vLLM, a gateway) may echo the presented key in an error 
 such keys need not look like ``sk-...``; libpq echoes parts of a malformed URL. So every
 secret value Cairn presents is remembered here, and error text is passed through
 :func:`redact` wherever it is built: provider errors, recorded failures (history,
-``runs.failure``), CLI error lines and (``cairn.db``'s logging filter) log lines.
+``runs.failure``), CLI error lines and (``cairn.store.db``'s logging filter) log lines.
 
 This module imports nothing of Cairn's: any layer may use it.
 """

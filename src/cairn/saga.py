@@ -25,11 +25,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from cairn.common import RetryPolicy
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, failure_of, is_bug
 from cairn.errors import CairnError
+from cairn.options import RetryPolicy
 from cairn.workflow import ActivityCall, _instance, current_saga, prepare_activity
 
 __all__ = ["COMPENSATION_START_TO_CLOSE", "Saga", "describe_sagas"]

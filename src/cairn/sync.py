@@ -15,9 +15,6 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from cairn import db
-from cairn._lifecycle import IdReusePolicy
-from cairn._messages import QUERY_TIMEOUT_SECONDS
 from cairn.client import (
     Client,
     IdConflictPolicy,
@@ -27,8 +24,11 @@ from cairn.client import (
     add_visibility,
     started_run_id,
 )
+from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.engine.history import Event
-from cairn.engine.queries import q
+from cairn.store import db
+from cairn.store.lifecycle import IdReusePolicy
+from cairn.store.sql import q
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ class SyncClient:
         """One page of a listing (see :meth:`cairn.Client.list_page`)."""
         return self._call(self._client.list_page(**filters))
 
-    # -- messages (see cairn._messages)
+    # -- messages (see cairn.client.messages)
 
     def signal(self, workflow_id: str, name: str, payload: Any = None, *, run_id: str | None = None) -> None:
         """Signals a workflow's open run (see :meth:`cairn.Client.signal`)."""

@@ -31,11 +31,9 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from cairn.db import connect_async, redact
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowTaskFailed, replay
-from cairn.engine.queries import q
 from cairn.errors import (
     ConfigurationError,
     DatabaseError,
@@ -44,6 +42,8 @@ from cairn.errors import (
     WorkflowAlreadyStarted,
 )
 from cairn.saga import MARKER_KIND, describe_sagas
+from cairn.store.db import connect_async, redact
+from cairn.store.sql import q
 from cairn.workflow import WorkflowDefinition, WorkflowInfo, definition_of
 
 __all__ = ["EFFECTS_DDL", "EFFECT_INSERT", "AckLog", "Report", "StartRecord", "Violation", "read_acks", "saga_problems",

@@ -26,8 +26,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from cairn.common import check_text, shown, to_payload
 from cairn.errors import InputValidationError, InvalidFilter
+from cairn.options import check_text, shown, to_payload
 
 MAX_KEY_LENGTH = 64
 MAX_ATTRIBUTES = 100

@@ -19,15 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
-from cairn._lifecycle import (
-    ID_REUSE_POLICIES,
-    PARENT_CLOSE_POLICIES,
-    IdReusePolicy,
-    ParentClosePolicy,
-    check_execution_timeout,
-    check_policy,
-)
-from cairn.common import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_identifier, seconds, to_payload
 from cairn.engine.instance import (
     CANCELLATION_TYPES,
     TRY_CANCEL,
@@ -37,6 +28,15 @@ from cairn.engine.instance import (
 )
 from cairn.engine.loop import WorkflowLoop
 from cairn.errors import CairnError, ContinueAsNewError, InputValidationError
+from cairn.options import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_identifier, seconds, to_payload
+from cairn.store.lifecycle import (
+    ID_REUSE_POLICIES,
+    PARENT_CLOSE_POLICIES,
+    IdReusePolicy,
+    ParentClosePolicy,
+    check_execution_timeout,
+    check_policy,
+)
 
 if TYPE_CHECKING:
     from cairn.saga import Saga

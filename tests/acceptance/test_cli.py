@@ -11,7 +11,8 @@ import flows
 import pytest
 from acceptance_support import cairn_cli, history, query, run_status, start_runs, wait_for
 
-from cairn import Worker, db
+from cairn import Worker
+from cairn.store import db
 
 pytestmark = pytest.mark.acceptance
 

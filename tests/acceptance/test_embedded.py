@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from acceptance_support import CAIRN, HERE, TIMEOUT, cairn_cli, clean_env
 
-from cairn import db
+from cairn.store import db
 
 pytestmark = pytest.mark.acceptance
 

@@ -46,8 +46,8 @@ from acceptance_support import (
     wait_for,
 )
 
-from cairn import db
 from cairn.llm import fake as f
+from cairn.store import db
 from cairn.verify import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))

@@ -2,9 +2,9 @@
 after they commit, as if the connection had dropped at that moment.
 
 It wraps psycopg's ``AsyncCursor.execute`` (every ``conn.execute`` goes through it) and
-recognises Cairn's statements by their text (``cairn.engine.queries.q``), or, for the hot
+recognises Cairn's statements by their text (``cairn.store.sql.q``), or, for the hot
 path's prepared statements, by the ``EXECUTE cairn_<name>(`` they are sent as
-(``cairn._transactions``). "Before" raises ``OperationalError`` without sending the
+(``cairn.store.transactions``). "Before" raises ``OperationalError`` without sending the
 statement: nothing happened. "After" lets it run and then raises: at once if the
 statement has committed (autocommit, or a ``; COMMIT`` sent with it); inside a transaction
 when the transaction has committed (``AsyncTransaction`` exit, ``AsyncConnection.commit``,
@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from cairn.engine.queries import q
+from cairn.store.sql import q
 
 _EXECUTE = re.compile(r"(?:BEGIN; )?EXECUTE cairn_(\w+)\(")
 ENV = "CAIRN_CHAOS_AMBIGUOUS"  # JSON: {"statements": [...], "before": p, "after": p, "seed": n, "log": path}

@@ -36,7 +36,8 @@ from chaos_support import (
     wait_until,
 )
 
-from cairn import Client, db
+from cairn import Client
+from cairn.store import db
 
 __all__ = ["private_pg"]  # the fixture, imported for its tests
 

@@ -19,9 +19,10 @@ import pytest
 from chaos_support import CAIRN, HERE, Fleet, PrivatePostgres, query
 from test_chaos import private_pg  # noqa: F401  (the fixture)
 
-from cairn import Client, breakers, db
-from cairn.engine.queries import q
+from cairn import Client, breakers
 from cairn.errors import OutcomeUnknown
+from cairn.store import db
+from cairn.store.sql import q
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(HERE))
 import golden_workflows as g  # noqa: E402
 import unpatched_workflows as old  # noqa: E402
 
-from cairn import Client, Worker, WorkflowFailure, db  # noqa: E402
+from cairn import Client, Worker, WorkflowFailure  # noqa: E402
+from cairn.store import db  # noqa: E402
 
 RUNS = {  # file name -> (workflow, input)
     "pipeline_completed.json": (g.golden_pipeline, 21),

@@ -27,8 +27,8 @@ from cairn import (
     WorkflowClosed,
     WorkflowNotFound,
     activity,
-    common,
     limits,
+    options,
     workflow,
 )
 from cairn.cli import main as cli
@@ -37,7 +37,7 @@ from cairn.errors import CairnError, DatabaseError
 
 from .support import events, wait_until
 
-BIG = "x" * (common.MAX_PAYLOAD_BYTES + 10)
+BIG = "x" * (options.MAX_PAYLOAD_BYTES + 10)
 SECRET = "s3cretPw_canary"
 
 
@@ -118,7 +118,7 @@ API_CASES: list[tuple[str, Case, type[BaseException], tuple[str, ...]]] = [
     ("nul_in_string", lambda c: c.start(echo, "a\x00b"), InputValidationError, ("NUL",)),
     ("nul_in_key", lambda c: c.start(echo, {"a\x00": 1}), InputValidationError, ("NUL",)),
     ("lone_surrogate", lambda c: c.start(echo, "a\ud800"), InputValidationError, ("surrogate",)),
-    ("too_deep", lambda c: c.start(echo, nested(common.MAX_PAYLOAD_DEPTH + 1)), InputValidationError,
+    ("too_deep", lambda c: c.start(echo, nested(options.MAX_PAYLOAD_DEPTH + 1)), InputValidationError,
      ("deeper than 64",)),
     ("way_too_deep", lambda c: c.start(echo, nested(5000)), InputValidationError, ("deeper",)),
     ("too_big", lambda c: c.start(echo, BIG), InputValidationError, ("over the limit", "CAIRN_MAX_PAYLOAD_BYTES")),
@@ -221,11 +221,11 @@ async def test_activity_payload_limits(client, registered, sql):
 
 def test_payload_warning_below_the_limit(caplog):
     with caplog.at_level(logging.WARNING, logger="cairn.limits"):
-        common.to_payload("y" * (common.WARN_PAYLOAD_BYTES + 10))
+        options.to_payload("y" * (options.WARN_PAYLOAD_BYTES + 10))
     assert "every replay reads it" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cairn.limits"):
-        common.to_payload("y" * 100)
+        options.to_payload("y" * 100)
     assert caplog.text == ""
 
 
@@ -237,7 +237,7 @@ def test_retry_policy_attempts_and_intervals():
         with pytest.raises(ValidationError):
             RetryPolicy(**bad)
     with pytest.raises(InputValidationError, match="positive"):
-        common.seconds(0)
+        options.seconds(0)
 
 
 def test_history_length_limit(caplog):
@@ -360,7 +360,7 @@ async def test_bad_dsn_masks_the_password(name, url, code, caplog):
 
 
 def test_log_records_are_redacted(caplog):
-    from cairn import db
+    from cairn.store import db
 
     db.remember_secret(f"postgresql://u:{SECRET}@h/d")
     with caplog.at_level(logging.INFO):
@@ -371,7 +371,7 @@ def test_log_records_are_redacted(caplog):
 
 
 def test_redact_forms():
-    from cairn import db
+    from cairn.store import db
 
     assert db.redact("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
     assert db.redact("host=h password=pw user=u") == "host=h password=*** user=u"

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from cairn import Client, _transactions, activity, workflow
+from cairn import Client, activity, workflow
 from cairn.engine.history import as_stored
-from cairn.engine.queries import PREPARED, q
 from cairn.errors import WorkflowTerminated
+from cairn.store import transactions as _transactions
+from cairn.store.sql import PREPARED, q
 from cairn.worker import WORKER_CONNECTION_OPTIONS
 
 from .support import events, types_of, wait_until
@@ -184,7 +185,7 @@ async def _psycopg_rolls_back(conn: psycopg.AsyncConnection) -> None:
 
 
 async def test_hot_transaction_takes_two_round_trips(db_url, sql, tmp_path):
-    """BEGIN rides with the claim and COMMIT with the record (cairn._transactions): the
+    """BEGIN rides with the claim and COMMIT with the record (cairn.store.transactions): the
     libpq protocol trace shows two simple queries from the client, nothing else."""
     async with await Client.connect(db_url) as c:
         handle = await c.start(parked, 1, id="two-trips")

@@ -19,7 +19,7 @@ from cairn import (
     activity,
     workflow,
 )
-from cairn._messages import _signal_with_start_on
+from cairn.client.messages import _signal_with_start_on
 from cairn.sync import SyncClient
 
 from .support import events, run_status, running_worker, types_of, wait_until

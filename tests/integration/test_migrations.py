@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from cairn import db
 from cairn.errors import SchemaNotReadyError
+from cairn.store import db
 
 # One query per kind of schema object in schema `cairn`, each giving sorted, name-keyed
 # rows that do not depend on OIDs or on the database's name.

@@ -25,7 +25,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cairn import ApplicationError, _telemetry, activity, workflow
+from cairn import ApplicationError, activity, workflow
+from cairn import telemetry as _telemetry
 from cairn.logformat import JsonFormatter
 
 from .observability_flows import traced_retry

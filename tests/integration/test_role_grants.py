@@ -24,12 +24,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import cairn
-from cairn import ApplicationError, Client, RetryPolicy, WorkflowCancelled, activity, roles, workflow
+from cairn import ApplicationError, Client, RetryPolicy, WorkflowCancelled, activity, workflow
 from cairn import breakers as br
-from cairn.engine.queries import queries
 from cairn.llm import ChatRequest, chat, configure_providers
 from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
+from cairn.store import roles
+from cairn.store.sql import queries
 
 from .support import running_worker, wait_until
 from .test_security import as_role, attempt, role_set
@@ -38,16 +39,17 @@ SRC = Path(cairn.__file__).parent
 # The modules each role's processes run statements from (the web view, `cairn list` and
 # `cairn verify` read only; any role may run them).
 MODULES = {
-    "worker": ["worker.py", "_worker_activities.py", "_worker_queries.py", "_worker_fast_path.py",
-               "_workflow_tasks.py", "_lifecycle.py", "_resilience.py", "engine/queries.py",
+    "worker": ["worker/__init__.py", "worker/activities.py", "worker/answers.py", "worker/outcomes.py",
+               "worker/tasks.py", "store/lifecycle.py", "worker/resilience.py", "store/sql.py",
                "workflow.py", "breakers.py", "ratelimits.py", "llm/chat.py"],
-    "client": ["client.py", "_messages.py", "operators.py", "sync.py", "_lifecycle.py", "llm/follow.py",
+    "client": ["client/__init__.py", "client/messages.py", "client/operators.py", "sync.py", "store/lifecycle.py",
+               "client/follow.py",
                "cli/render.py", "ui/server.py"],
 }
-# db.py: both check the schema version (read only); migrating is the owner's.
+# store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
 # Modules with statements that neither role runs: the owner's migrations, `cairn verify`.
-NEITHER = ["db.py", "verify.py"]
+NEITHER = ["store/db.py", "verify.py"]
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
 TRIGGER_EVENTS = {4: "INSERT", 8: "DELETE", 16: "UPDATE"}  # pg_trigger.tgtype bits
 

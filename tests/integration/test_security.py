@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import cairn
-from cairn import Client, Worker, activity, limits, roles, workflow
+from cairn import Client, Worker, activity, limits, workflow
 from cairn.cli import main as cli
 from cairn.errors import ConfigurationError
+from cairn.store import roles
 
 from .support import events
 
@@ -119,7 +120,7 @@ def test_every_queue_insert_carries_the_namespace():
     """Guards merges: every INSERT into a claimed table names the namespace column (in the
     named queries and in the functions the migrations define)."""
     root = Path(cairn.__file__).parent
-    text = "\n".join(p.read_text() for p in [root / "sql" / "queries.sql", *sorted(root.glob("migrations/*.sql"))])
+    text = "\n".join(p.read_text() for p in [root / "store" / "queries.sql", *sorted(root.glob("store/migrations/*.sql"))])
     inserts = re.findall(r"INSERT INTO cairn\.(workflow_tasks|activity_tasks|query_requests)\s*\(([^)]*)\)", text)
     assert len(inserts) >= 13
     missing = [(t, cols) for t, cols in inserts if "namespace" not in cols]
@@ -128,7 +129,7 @@ def test_every_queue_insert_carries_the_namespace():
 
 def test_claims_use_the_namespace_index(db_url, sql):
     """The claim is still one ordered scan of the (namespace, queue, type, available_at) index."""
-    from cairn.engine.queries import q
+    from cairn.store.sql import q
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         # On empty tables a planner may prefer a bitmap scan and a sort (seen on the embedded
@@ -239,7 +240,7 @@ async def test_roles_are_least_privilege_and_run_a_workflow(db_url, sql):
         got = {key: attempt(as_role(db_url, names[key[0]]), key[1]) for key in tried}
         assert got == tried
         # The owner runs migrations (nothing pending: the lock, the versions table).
-        from cairn import db
+        from cairn.store import db
 
         assert db.migrate(owner_url) == []
         assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", (handle.run_id,))[0][0] > 5
@@ -343,7 +344,7 @@ async def test_fsync_off_server_is_refused(fsync_off_server, monkeypatch):
     ran = await asyncio.to_thread(CliRunner().invoke, cli, ["--database-url", url, "worker", "-m", "os"])
     assert ran.exit_code in (1, 2)
     monkeypatch.setenv(limits.ENV_UNSAFE_DURABILITY, "1")
-    from cairn import db
+    from cairn.store import db
 
     await asyncio.to_thread(db.migrate, url)
     async with await Client.connect(url) as client:

@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cairn import Client, InputValidationError, Worker, activity, db, workflow
-from cairn.engine.queries import q
+from cairn import Client, InputValidationError, Worker, activity, workflow
+from cairn.store import db
+from cairn.store.sql import q
 
 from .support import wait_until
 
@@ -200,7 +201,7 @@ def test_the_claims_generic_plans_stay_index_lookups_with_a_backlog(db_url):
     """Workers run the claims as generic plans (WORKER_CONNECTION_OPTIONS). With the claim's
     limit a parameter, the plan guessed a tenth of the ready rows: past ~10,000 it joined
     every run (merge join) or hashed every activity task to find the few rows claimed."""
-    from cairn.engine.queries import _positional
+    from cairn.store.sql import _positional
     from cairn.worker import WORKER_CONNECTION_OPTIONS
 
     values = {"namespace": "default", "queues": ["default"], "now": None, "worker": "w", "lease": 5.0}

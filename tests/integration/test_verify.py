@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from cairn import ApplicationError, Client, RetryPolicy, Worker, WorkflowFailure, activity, workflow
 from cairn.cli import main as cli
-from cairn.engine.queries import q
+from cairn.store.sql import q
 from cairn.verify import EFFECT_INSERT, EFFECTS_DDL, AckLog, Report, verify
 
 from .support import events, wait_until

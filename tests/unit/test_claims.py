@@ -1,4 +1,4 @@
-"""The (queue, type) pairs of a worker's claims (cairn._claims)."""
+"""The (queue, type) pairs of a worker's claims (cairn.worker.claims)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import pytest
 
 from cairn import worker
-from cairn._claims import CLAIM_MAX, ClaimPairs
-from cairn.engine.queries import q
+from cairn.store.sql import q
+from cairn.worker.claims import CLAIM_MAX, ClaimPairs
 
 
 def test_pairs_rotate_at_every_claim():

@@ -1,10 +1,10 @@
-"""cairn.common: run ids."""
+"""cairn.options: run ids."""
 
 from __future__ import annotations
 
 import uuid
 
-from cairn import common
+from cairn import options as common
 
 ONE_MS_NS = 1_700_000_000_000_000_000  # a frozen clock: every id in one millisecond
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from cairn import InputValidationError, InvalidFilter, workflow
+from cairn.client.operators import plan_reset, task_seqs
 from cairn.engine import history as h
 from cairn.engine.history import SIGNAL_RECEIVED, Event
 from cairn.engine.instance import WorkflowInstance, replay
-from cairn.operators import plan_reset, task_seqs
 from cairn.visibility import check_search_attributes, parse_filter, tokenize
 
 from .harness import OTHER_RUN_ID, RUN_ID, Driver, completed, fired, make_info

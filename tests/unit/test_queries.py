@@ -1,4 +1,4 @@
-"""The named statements as sent (cairn.engine.queries)."""
+"""The named statements as sent (cairn.store.sql)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
-from cairn.engine.queries import PREPARED, execute_arguments, execute_statement, prepare_statements, queries
+from cairn.store.sql import PREPARED, execute_arguments, execute_statement, prepare_statements, queries
 
 
 def test_statements_fit_psycopg_parse_cache() -> None:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from cairn import RetryPolicy
-from cairn.common import DEFAULT_RETRY_POLICY
+from cairn.options import DEFAULT_RETRY_POLICY
 
 
 def exact(**kwargs: object) -> RetryPolicy:

@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from cairn import Worker, activity, workflow
-from cairn.common import Signature, seconds, to_payload
 from cairn.errors import ConfigurationError, InputValidationError
+from cairn.options import Signature, seconds, to_payload
 
 
 class Customer(BaseModel):

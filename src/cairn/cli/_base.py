@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cairn import common
+from cairn import options as common
 from cairn.client import Client
 from cairn.errors import (
     CairnError,
@@ -66,7 +66,7 @@ def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> click.exceptions.Exit:
     """Prints an error to stderr (passwords masked) and returns the exit to raise."""
-    from cairn.db import redact
+    from cairn.store.db import redact
 
     click.echo(f"error: {redact(message)}", err=True)
     return click.exceptions.Exit(code)

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from cairn import db
 from cairn.cli._base import Settings, import_modules, main, run, to_json
 from cairn.errors import InputValidationError
+from cairn.store import db
 
 
 @main.group("db")

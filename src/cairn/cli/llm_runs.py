@@ -10,8 +10,8 @@ import click
 
 from cairn.cli._base import Settings, run, table, with_client
 from cairn.client import Client
+from cairn.client.follow import StreamChunk, follow
 from cairn.engine.history import Event, summarize
-from cairn.llm.follow import StreamChunk, follow
 
 
 def _num(value: Any, fmt: str = "{}") -> str:

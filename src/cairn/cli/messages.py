@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from cairn._messages import QUERY_TIMEOUT_SECONDS
 from cairn.cli._base import Settings, main, parse_json, run, to_json, with_client
 from cairn.client import Client
+from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.errors import InputValidationError, QueryFailed
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

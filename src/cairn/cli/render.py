@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cairn.cli._base import table, when
-from cairn.engine.queries import q
+from cairn.store.sql import q
 
 T = TypeVar("T")
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES
 from cairn.cli._base import (
     EXIT_RUNTIME,
     Settings,
@@ -25,7 +24,6 @@ from cairn.cli._base import (
 )
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
-from cairn.common import seconds
 from cairn.engine.history import Event, summarize
 from cairn.engine.instance import WorkflowTaskFailed, replay
 from cairn.errors import (
@@ -35,6 +33,8 @@ from cairn.errors import (
     UnknownWorkflowType,
     WorkflowFailure,
 )
+from cairn.options import seconds
+from cairn.store.lifecycle import ID_REUSE_POLICIES, RUN_STATUSES
 from cairn.worker import collect
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 

@@ -1,4 +1,4 @@
-"""``cairn db roles``: least-privilege Postgres roles (see :mod:`cairn.roles`)."""
+"""``cairn db roles``: least-privilege Postgres roles (see :mod:`cairn.store.roles`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from cairn import db, roles
 from cairn.cli._base import Settings, run, to_json
 from cairn.cli.admin import db_group
+from cairn.store import db, roles
 
 
 @db_group.command("roles")

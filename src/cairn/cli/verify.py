@@ -12,8 +12,8 @@ import os
 import click
 
 from cairn.cli._base import EXIT_RUNTIME, Settings, fail, import_modules, main, run, to_json
-from cairn.db import resolve_url
 from cairn.errors import InputValidationError
+from cairn.store.db import resolve_url
 from cairn.verify import Report, verify
 from cairn.worker import collect
 

@@ -28,7 +28,7 @@ SIGNAL_RECEIVED = "SignalReceived"
 # A cancelled activity has stopped (cancellation type wait_cancellation_completed): data
 # {"activity_seq", "attempt", "started"}.
 ACTIVITY_CANCELLED = "ActivityCancelled"
-# Child workflow outcomes, written into the parent's inbox (see cairn._lifecycle).
+# Child workflow outcomes, written into the parent's inbox (see cairn.store.lifecycle).
 CHILD_WORKFLOW_STARTED = "ChildWorkflowStarted"
 CHILD_WORKFLOW_START_FAILED = "ChildWorkflowStartFailed"
 CHILD_WORKFLOW_COMPLETED = "ChildWorkflowCompleted"
@@ -110,7 +110,7 @@ def as_stored(value: Any) -> Any:
     what a replay will read. jsonb orders an object's keys by length, then bytewise;
     stores numbers as ``numeric``, which prints a float written with a positive exponent
     (``1e+16``) as an integer, and has no negative zero. The value is JSON data already
-    (``cairn.common.to_payload``)."""
+    (``cairn.options.to_payload``)."""
     if isinstance(value, dict):
         return {k: as_stored(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
     if isinstance(value, list):
@@ -203,7 +203,7 @@ def summarize(e: Event) -> str:
         return f"activity {d.get('activity_seq')} cancelled" + ("" if d.get("started") else " before it started")
     if e.type == "ActivityCompleted" and isinstance(d.get("result"), dict) \
             and d["result"].get("type") == "cairn.llm.completion":
-        from cairn.llm.follow import llm_summary  # an LLM call: model, tokens, cost
+        from cairn.client.follow import llm_summary  # an LLM call: model, tokens, cost
 
         return f"activity {d.get('activity_seq')} -> {llm_summary(d['result'])} (attempt {d.get('attempt')})"
     if e.type == "ActivityCompleted":

@@ -18,11 +18,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cairn.common import to_payload
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
 from cairn.engine.loop import WorkflowLoop
-from cairn.engine.messages import Messages
+from cairn.engine.signals import Messages
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -32,6 +31,7 @@ from cairn.errors import (
     NonDeterminismError,
     WorkflowFailure,
 )
+from cairn.options import to_payload
 from cairn.redaction import redact_value
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class WorkflowInstance:
         self._random: random.Random | None = None
         # Start values plus the upserts made so far (workflow.search_attributes()).
         self.search_attributes: dict[str, Any] = dict((started or {}).get("search_attributes") or {})
-        # The run's W3C trace context (cairn._telemetry): the parent of its task spans. Only
+        # The run's W3C trace context (cairn.telemetry): the parent of its task spans. Only
         # read by the worker, never matched on replay.
         self.trace: dict[str, Any] = dict((started or {}).get("trace") or {})
         self.cancel_requested = False

@@ -29,14 +29,14 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cairn import activity, breakers, ratelimits, workflow
-from cairn._telemetry import meter
 from cairn.activity import Reschedule
-from cairn.common import RetryPolicy
-from cairn.engine.queries import q
 from cairn.errors import ApplicationError, CairnError, InputValidationError
 from cairn.llm import providers
 from cairn.llm.providers import ProviderConfig, ProviderError
 from cairn.llm.types import ChatRequest, Completion
+from cairn.options import RetryPolicy
+from cairn.store.sql import q
+from cairn.telemetry import meter
 
 __all__ = ["CHAT_ACTIVITY", "COMPLETION_TYPE", "ChatResult", "Fallback", "builtin_activities", "chat", "llm_chat"]
 

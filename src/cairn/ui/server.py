@@ -31,11 +31,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cairn import client as client_mod
-from cairn import db
 from cairn.client import Client
-from cairn.common import check_namespace
-from cairn.engine.queries import q
 from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
+from cairn.options import check_namespace
+from cairn.store import db
+from cairn.store.sql import q
 from cairn.ui import pages
 from cairn.ui.timeline import build_timeline
 from cairn.visibility import parse_filter

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cairn.client.follow import llm_summary
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.llm.follow import llm_summary
 
 __all__ = ["Bar", "Mark", "Timeline", "build_timeline"]
 

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cairn.common import to_payload
 from cairn.engine.loop import _IN_WORKFLOW
 from cairn.errors import DeterminismViolation, QueryFailed
+from cairn.options import to_payload
 
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance

@@ -19,11 +19,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn._worker_activities import loop_failed
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
-from cairn.engine.queries import q
 from cairn.errors import QueryFailed
+from cairn.store.sql import q
+from cairn.worker.activities import loop_failed
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 if TYPE_CHECKING:

@@ -20,23 +20,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, db
-from cairn._lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
-from cairn._messages import ClientMessages, HandleMessages
-from cairn._telemetry import tracer
-from cairn.common import (
-    Signature,
-    check_identifier,
-    check_namespace,
-    check_queue,
-    new_run_id,
-    seconds,
-    shown,
-    to_payload,
-)
+from cairn.client.messages import ClientMessages, HandleMessages
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.queries import q
 from cairn.errors import (
     DatabaseUnavailable,
     InputValidationError,
@@ -51,12 +37,27 @@ from cairn.errors import (
     WorkflowTimedOutError,
     WorkflowTimeout,
 )
+from cairn.options import (
+    Signature,
+    check_identifier,
+    check_namespace,
+    check_queue,
+    new_run_id,
+    seconds,
+    shown,
+    to_payload,
+)
 from cairn.saga import describe_sagas
+from cairn.store import db
+from cairn.store import lifecycle as _lifecycle
+from cairn.store.lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
+from cairn.store.sql import q
+from cairn.telemetry import tracer
 from cairn.visibility import Filter, check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
 
 if TYPE_CHECKING:
-    from cairn.llm.follow import StreamChunk
+    from cairn.client.follow import StreamChunk
 
 log = logging.getLogger("cairn.client")
 
@@ -213,7 +214,7 @@ class RunPage:
 class Client(ClientMessages):
     """A connection to Cairn's database: start workflows and inspect runs.
 
-    Signals, signal-with-start and queries come from :class:`cairn._messages.ClientMessages`.
+    Signals, signal-with-start and queries come from :class:`cairn.client.messages.ClientMessages`.
 
     Use :meth:`connect`; close with :meth:`close` or ``async with``.
     """
@@ -609,15 +610,15 @@ class Client(ClientMessages):
         return RunPage(runs=rows[:limit], total=int(counts["total"]), skipped=int(counts["before"]),
                        next_page_token=rows[limit - 1]["run_id"] if more else None)
 
-    # -- operator actions (cairn.operators)
+    # -- operator actions (cairn.client.operators)
 
     async def reset(self, workflow_id: str, *, run_id: str | None = None, to_seq: int | None = None,
                     to_last_task: bool = False, reason: str = "", reapply_signals: bool = True) -> WorkflowHandle:
         """Starts a new run from the old run's history before the workflow task at ``to_seq``.
 
-        See :func:`cairn.operators.reset`; returns a handle on the new run.
+        See :func:`cairn.client.operators.reset`; returns a handle on the new run.
         """
-        from cairn import operators
+        from cairn.client import operators
 
         return await operators.reset(self, workflow_id, run_id=run_id, to_seq=to_seq, to_last_task=to_last_task,
                                      reason=reason, reapply_signals=reapply_signals)
@@ -625,9 +626,9 @@ class Client(ClientMessages):
     async def retry(self, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle:
         """Starts a failed (cancelled, terminated, timed-out) run again from its original input.
 
-        See :func:`cairn.operators.retry`; returns a handle on the new run.
+        See :func:`cairn.client.operators.retry`; returns a handle on the new run.
         """
-        from cairn import operators
+        from cairn.client import operators
 
         return await operators.retry(self, workflow_id, run_id=run_id)
 
@@ -900,7 +901,7 @@ class WorkflowHandle(HandleMessages):
         row = await self._resolve()
         params = {"run_id": row["run_id"]}
         # Imported here: cairn.llm loads httpx and the providers (~100 ms per process).
-        from cairn.llm.follow import llm_calls, llm_totals
+        from cairn.client.follow import llm_calls, llm_totals
 
         async def read(c: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
             cur = c.cursor(row_factory=dict_row)
@@ -951,11 +952,11 @@ class WorkflowHandle(HandleMessages):
 
     async def stream(self, activity_seq: int | None = None) -> AsyncIterator[StreamChunk]:
         """Follows the tokens of the run's LLM calls (``chat(..., stream=True)``) as they
-        arrive: :class:`~cairn.llm.follow.StreamChunk` ``(attempt, text, activity_seq,
+        arrive: :class:`~cairn.client.follow.StreamChunk` ``(attempt, text, activity_seq,
         restart)``. A retried attempt starts over with a ``restart`` chunk (its text is never
         appended to the failed attempt's). Ends when the run closes, or when the activity
         ``activity_seq`` (if given) has its outcome recorded."""
-        from cairn.llm.follow import StreamChunk, follow
+        from cairn.client.follow import StreamChunk, follow
 
         async for item in follow(self, activity_seq=activity_seq, events=False):
             if isinstance(item, StreamChunk):

@@ -25,8 +25,8 @@ from psycopg_pool import AsyncConnectionPool
 from cairn import breakers
 from cairn.activity import ActivityDefinition, Reschedule
 from cairn.engine import history as h
-from cairn.engine.queries import q
 from cairn.redaction import redact
+from cairn.store.sql import q
 
 log = logging.getLogger("cairn.worker")
 

@@ -36,8 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cairn import db
 from cairn.errors import InputValidationError
+from cairn.store import db
 
 ROLE_KINDS = ("owner", "worker", "client", "readonly")
 DEFAULT_NAMES = {"owner": "cairn_owner", "worker": "cairn_worker", "client": "cairn_client",
@@ -90,7 +90,7 @@ class RolePlan:
     password_envs: dict[str, str | None] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from cairn.common import check_identifier
+        from cairn.options import check_identifier
 
         for kind in ROLE_KINDS:
             name = check_identifier(self.names[kind], f"the {kind} role name", max_length=63)

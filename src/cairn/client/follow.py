@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.queries import q
+from cairn.store.sql import q
 
 if TYPE_CHECKING:
     from cairn.client import WorkflowHandle

@@ -1,4 +1,4 @@
-"""Loads ``sql/queries.sql`` once into a dict of named statements."""
+"""Loads ``store/queries.sql`` once into a dict of named statements."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 @cache
 def queries() -> dict[str, str]:
     """Every named statement, keyed by name."""
-    text = files("cairn").joinpath("sql/queries.sql").read_text(encoding="utf-8")
+    text = files("cairn").joinpath("store/queries.sql").read_text(encoding="utf-8")
     parts = _HEADER.split(text)
     out: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -35,7 +35,7 @@ def q(name: str) -> str:
 # ---------------------------------------------------------------- the hot path's statements
 
 # The statements of the two hot transactions (a claimed batch, a fast-path group). Worker
-# connections PREPARE them by name once (cairn._transactions) and send them as ``EXECUTE``
+# connections PREPARE them by name once (cairn.store.transactions) and send them as ``EXECUTE``
 # in a simple query, so that the transaction's BEGIN rides with its first statement and its
 # COMMIT with its last: two round trips per transaction instead of four.
 PREPARED = ("claim_workflow_task", "complete_activities_and_lock", "complete_activities_speculated",

@@ -9,10 +9,11 @@ from typing import Any
 from opentelemetry.trace import Span
 from psycopg.types.json import Jsonb
 
-from cairn import _lifecycle, _telemetry
+from cairn import telemetry as _telemetry
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance
+from cairn.store import lifecycle as _lifecycle
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Prepared:
     inst: WorkflowInstance
     events: list[Event]
     inbox_ids: list[int]
-    family: bool  # the run closes and has a parent or children (see cairn._lifecycle)
+    family: bool  # the run closes and has a parent or children (see cairn.store.lifecycle)
     began: float
     began_ns: int
     close_status: str | None  # the status the events close the run with, if they do

@@ -28,17 +28,17 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _telemetry
 from cairn import activity as activity_api
-from cairn._claims import ClaimPairs
-from cairn._resilience import breaker_guard, reschedule
-from cairn._telemetry import tracer
+from cairn import telemetry as _telemetry
 from cairn.activity import ActivityDefinition, ActivityInfo
-from cairn.common import RetryPolicy, to_payload
 from cairn.engine import history as h
 from cairn.engine.instance import WorkflowInstance, failure_of
-from cairn.engine.queries import q
 from cairn.errors import ApplicationError, InputValidationError
+from cairn.options import RetryPolicy, to_payload
+from cairn.store.sql import q
+from cairn.telemetry import tracer
+from cairn.worker.claims import ClaimPairs
+from cairn.worker.resilience import breaker_guard, reschedule
 from cairn.workflow import WorkflowDefinition
 
 if TYPE_CHECKING:

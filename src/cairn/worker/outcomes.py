@@ -27,11 +27,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _transactions, limits
-from cairn._workflow_tasks import Prepared, count_runs
+from cairn import limits
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance
+from cairn.store import transactions as _transactions
+from cairn.worker.tasks import Prepared, count_runs
 
 if TYPE_CHECKING:
     from cairn.worker import WorkerStats

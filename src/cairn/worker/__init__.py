@@ -30,25 +30,29 @@ from opentelemetry.trace import Span, StatusCode
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import _lifecycle, _telemetry, _transactions, db, limits
-from cairn._claims import ClaimPairs
-from cairn._telemetry import tracer
-from cairn._worker_activities import LEASE_SECONDS, _ActivityRunning, _Running, loop_failed
-from cairn._worker_fast_path import _FastPath
-from cairn._worker_queries import _QueryAnswering
-from cairn._workflow_tasks import Prepared, count_runs
+from cairn import limits
+from cairn import telemetry as _telemetry
 from cairn.activity import ActivityDefinition
 from cairn.client import CONNECTION_OPTIONS
-from cairn.common import check_namespace, check_queue
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
 from cairn.engine.loop import install_guard
-from cairn.engine.queries import q
 from cairn.errors import (
     ConfigurationError,
     UnknownWorkflowType,
 )
+from cairn.options import check_namespace, check_queue
+from cairn.store import db
+from cairn.store import lifecycle as _lifecycle
+from cairn.store import transactions as _transactions
+from cairn.store.sql import q
+from cairn.telemetry import tracer
+from cairn.worker.activities import LEASE_SECONDS, _ActivityRunning, _Running, loop_failed
+from cairn.worker.answers import _QueryAnswering
+from cairn.worker.claims import ClaimPairs
+from cairn.worker.outcomes import _FastPath
+from cairn.worker.tasks import Prepared, count_runs
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 log = logging.getLogger("cairn.worker")
@@ -561,7 +565,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
         statement (eager dispatch); their rows are returned. The record carries the COMMIT
         when no task needs a statement after it. ``ahead`` is a statement sent before the
         record in the same query, opening the transaction with it (the speculated fast
-        path's check, see ``cairn._worker_fast_path``).
+        path's check, see ``cairn.worker.outcomes``).
         """
         if not batch:
             return []

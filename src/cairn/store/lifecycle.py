@@ -15,12 +15,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn._telemetry import trace_carrier
-from cairn.common import new_run_id
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.queries import q
 from cairn.errors import InputValidationError
+from cairn.options import new_run_id
+from cairn.store.sql import q
+from cairn.telemetry import trace_carrier
 
 IdReusePolicy = Literal["allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"]
 ParentClosePolicy = Literal["terminate", "request_cancel", "abandon"]

@@ -23,12 +23,13 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn import _lifecycle, db
-from cairn.common import check_text, new_run_id
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.queries import q
 from cairn.errors import CairnError, InputValidationError, WorkflowAlreadyStarted
+from cairn.options import check_text, new_run_id
+from cairn.store import db
+from cairn.store import lifecycle as _lifecycle
+from cairn.store.sql import q
 from cairn.visibility import merge_upserts
 
 if TYPE_CHECKING:

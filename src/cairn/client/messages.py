@@ -18,11 +18,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn._telemetry import tracer
-from cairn.common import check_text, shown, to_payload
 from cairn.engine import history as h
-from cairn.engine.queries import q
 from cairn.errors import InputValidationError, QueryFailed, QueryTimeout
+from cairn.options import check_text, shown, to_payload
+from cairn.store.sql import q
+from cairn.telemetry import tracer
 
 if TYPE_CHECKING:
     from cairn.client import Client, WorkflowHandle

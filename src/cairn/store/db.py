@@ -21,7 +21,6 @@ from psycopg import errors as pgerr
 from psycopg_pool import AsyncConnectionPool
 
 from cairn import redaction
-from cairn.engine.queries import q
 from cairn.errors import (
     ConfigurationError,
     DatabaseError,
@@ -30,6 +29,7 @@ from cairn.errors import (
     OutcomeUnknown,
     SchemaNotReadyError,
 )
+from cairn.store.sql import q
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
@@ -129,7 +129,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """The migrations shipped with this version of Cairn, in order."""
     out = []
-    for entry in files("cairn").joinpath("migrations").iterdir():
+    for entry in files("cairn").joinpath("store/migrations").iterdir():
         m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if m:
             out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))

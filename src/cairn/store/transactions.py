@@ -24,7 +24,7 @@ import psycopg
 from psycopg import AsyncClientCursor
 from psycopg.rows import dict_row
 
-from cairn.engine.queries import execute_arguments, execute_statement, prepare_statements
+from cairn.store.sql import execute_arguments, execute_statement, prepare_statements
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
 
@@ -52,7 +52,7 @@ async def transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]
 async def execute(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any], *,
                   begin: bool = False, commit: bool = False,
                   ahead: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Runs a prepared hot statement (``cairn.engine.queries.PREPARED``) and returns its rows;
+    """Runs a prepared hot statement (``cairn.store.sql.PREPARED``) and returns its rows;
     ``begin`` opens the transaction with it, ``commit`` commits after it, and ``ahead`` is
     a statement sent before it in the same query (its result is not returned)."""
     names: tuple[str, ...] = (name,)

@@ -1,0 +1,1 @@
+"""The Postgres side: every SQL text, the migrations, connections, error translation."""
