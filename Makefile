@@ -27,9 +27,12 @@ test: $(STAMP)
 chaos: $(STAMP)
 	CAIRN_CHAOS_SCALE=long $(BIN)/python -m pytest -m chaos -s -o timeout=3600 tests/chaos $(PYTEST_ARGS)
 
+# ruff, mypy --strict, and the architecture's contracts (import-linter: [tool.importlinter] in
+# pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The benchmark suite (bench/README.md): a private Postgres, pgbench ceiling, cairn and the
 # peers on every workload. `make bench BENCH_ARGS="--quick"` is a ~2 minute smoke run.

@@ -27,10 +27,10 @@ from summarize import Doc, summarize
 
 from cairn import Client, Worker, WorkflowHandle, WorkflowTimeout, breakers
 from cairn.cli._base import table
-from cairn.engine.history import summarize as summary
 from cairn.llm import configure_providers
 from cairn.llm import fake as f
 from cairn.store import db
+from cairn.views import summarize as summary
 
 QUEUE = "demo"
 RESULT_TIMEOUT_SECONDS = 60.0  # per run, by default (--timeout)

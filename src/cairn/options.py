@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Any, Never, NoReturn, get_type_hints
+from typing import Any, Literal, Never, NoReturn, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -362,3 +362,32 @@ def seconds(value: timedelta | float | None) -> float | None:
     if not 0 < out < math.inf:  # NaN fails both comparisons
         raise InputValidationError(f"timeouts must be positive and finite, got {value!r}")
     return out
+
+
+# ---------------------------------------------------------------- run lifecycle options
+
+IdReusePolicy = Literal["allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"]
+ParentClosePolicy = Literal["terminate", "request_cancel", "abandon"]
+ID_REUSE_POLICIES: tuple[str, ...] = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
+PARENT_CLOSE_POLICIES: tuple[str, ...] = ("terminate", "request_cancel", "abandon")
+RUN_STATUSES: tuple[str, ...] = (
+    "running", "completed", "failed", "cancelled", "terminated", "continued_as_new", "timed_out",
+)
+
+# The longest execution timeout accepted (about 100 years): beyond, timestamps overflow.
+MAX_EXECUTION_TIMEOUT_SECONDS = 100 * 365 * 86400.0
+
+
+def check_execution_timeout(value: float | None) -> float | None:
+    """Validates an execution timeout in seconds (already converted by :func:`seconds`)."""
+    if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+        raise InputValidationError(f"execution_timeout must be positive and at most "
+                                   f"{MAX_EXECUTION_TIMEOUT_SECONDS:.0f} seconds; got {value!r}")
+    return value
+
+
+def check_policy(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    """Validates a policy name (``InputValidationError`` naming the choices)."""
+    if value not in allowed:
+        raise InputValidationError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)

@@ -13,7 +13,7 @@ progress is recorded in history as ``MarkerRecorded`` commands with ``{"kind": "
 ``started`` (its seq is the saga's id), then ``completed`` or ``compensation_started`` and
 ``compensation_ended``; the activities started inside the block carry ``"saga": id`` and
 the compensations ``"saga": id, "compensation": i``. Replay reproduces all of it, and
-:func:`describe_sagas` rebuilds the saga's view from those events.
+:func:`cairn.views.describe_sagas` rebuilds the saga's view from those events.
 """
 
 from __future__ import annotations
@@ -26,19 +26,18 @@ from types import TracebackType
 from typing import Any
 
 from cairn.engine import history as h
-from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, failure_of, is_bug
 from cairn.errors import CairnError
 from cairn.options import RetryPolicy
 from cairn.workflow import ActivityCall, _instance, current_saga, prepare_activity
 
-__all__ = ["COMPENSATION_START_TO_CLOSE", "Saga", "describe_sagas"]
+__all__ = ["COMPENSATION_START_TO_CLOSE", "Saga"]
 
 # Compensations must eventually succeed: by default each attempt may take this long, and
 # attempts are retried without limit (the default RetryPolicy).
 COMPENSATION_START_TO_CLOSE = timedelta(minutes=5)
 
-MARKER_KIND = "saga"
+MARKER_KIND = h.SAGA_MARKER
 
 
 class Saga:
@@ -189,64 +188,3 @@ def _settle(result: dict[str, Any], outcome: BaseException | Any) -> None:
     result["failure"] = {"type": failure["type"], "message": failure["message"]}
     if isinstance(cause, dict):
         result["failure"]["cause"] = {"type": cause.get("type"), "message": cause.get("message")}
-
-
-def describe_sagas(events: list[Event]) -> list[dict[str, Any]]:
-    """The sagas of a run, rebuilt from its history (saga markers, the activities tagged
-    with a saga, their outcomes), in the order they started.
-
-    Each saga: ``id``, ``status`` (running, completed, compensating, compensated,
-    compensation_failed), its options, ``reason`` (why it compensated), ``steps`` and
-    ``compensations`` (each with ``seq``, ``activity_type``, ``status``, and ``attempts``
-    and ``failure`` once known).
-    """
-    sagas: dict[Any, dict[str, Any]] = {}
-    activities: dict[Any, dict[str, Any]] = {}
-    for e in events:
-        d = e.data
-        if e.type == h.MARKER_RECORDED and d.get("kind") == MARKER_KIND:
-            event = d.get("event")
-            if event == "started":
-                sagas[e.seq] = {
-                    "id": e.seq, "status": "running", "parallel_compensation": d.get("parallel_compensation"),
-                    "continue_on_error": d.get("continue_on_error"), "reason": None, "steps": [],
-                    "compensations": [],
-                }
-                continue
-            s = sagas.get(d.get("saga"))
-            if s is None:
-                continue
-            if event == "completed":
-                s["status"] = "completed"
-            elif event == "compensation_started":
-                s["status"] = "compensating"
-                s["reason"] = d.get("reason")
-                s["compensations"] = [{"seq": None, "activity_type": name, "status": "pending"}
-                                      for name in d.get("compensations") or []]
-            elif event == "compensation_ended":
-                s["status"] = d.get("status")
-                for c in s["compensations"]:
-                    if c["status"] == "pending":
-                        c["status"] = "skipped"
-        elif e.type == h.ACTIVITY_SCHEDULED and d.get("saga") in sagas:
-            s = sagas[d["saga"]]
-            activity = {"seq": e.seq, "activity_type": d.get("activity_type"), "status": "scheduled"}
-            index = d.get("compensation")
-            if isinstance(index, int) and 0 <= index < len(s["compensations"]):
-                s["compensations"][index] = activity
-            else:
-                s["steps"].append(activity)
-            activities[e.seq] = activity
-        elif e.type in (h.ACTIVITY_COMPLETED, h.ACTIVITY_FAILED, h.ACTIVITY_CANCEL_REQUESTED):
-            entry = activities.get(d.get("activity_seq"))
-            if entry is None:
-                continue
-            if e.type == h.ACTIVITY_CANCEL_REQUESTED:
-                entry["status"] = "cancelled"
-            elif e.type == h.ACTIVITY_COMPLETED:
-                entry.update(status="completed", attempts=d.get("attempt"))
-            else:
-                f = d.get("failure") or {}
-                entry.update(status="failed", attempts=d.get("attempts"),
-                             failure={"type": f.get("type"), "message": f.get("message")})
-    return list(sagas.values())

@@ -26,8 +26,8 @@ from cairn.client import (
 )
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.engine.history import Event
+from cairn.options import IdReusePolicy
 from cairn.store import db
-from cairn.store.lifecycle import IdReusePolicy
 from cairn.store.sql import q
 
 T = TypeVar("T")

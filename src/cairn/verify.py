@@ -41,9 +41,10 @@ from cairn.errors import (
     NonDeterminismError,
     WorkflowAlreadyStarted,
 )
-from cairn.saga import MARKER_KIND, describe_sagas
+from cairn.saga import MARKER_KIND
 from cairn.store.db import connect_async, redact
 from cairn.store.sql import q
+from cairn.views import describe_sagas
 from cairn.workflow import WorkflowDefinition, WorkflowInfo, definition_of
 
 __all__ = ["EFFECTS_DDL", "EFFECT_INSERT", "AckLog", "Report", "StartRecord", "Violation", "read_acks", "saga_problems",

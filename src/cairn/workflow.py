@@ -28,14 +28,19 @@ from cairn.engine.instance import (
 )
 from cairn.engine.loop import WorkflowLoop
 from cairn.errors import CairnError, ContinueAsNewError, InputValidationError
-from cairn.options import DEFAULT_RETRY_POLICY, RetryPolicy, Signature, check_identifier, seconds, to_payload
-from cairn.store.lifecycle import (
+from cairn.options import (
+    DEFAULT_RETRY_POLICY,
     ID_REUSE_POLICIES,
     PARENT_CLOSE_POLICIES,
     IdReusePolicy,
     ParentClosePolicy,
+    RetryPolicy,
+    Signature,
     check_execution_timeout,
+    check_identifier,
     check_policy,
+    seconds,
+    to_payload,
 )
 
 if TYPE_CHECKING:

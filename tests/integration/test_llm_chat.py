@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from cairn import RetryPolicy, workflow
 from cairn import breakers as br
 from cairn.cli import main
-from cairn.engine.history import summarize
 from cairn.engine.instance import replay
 from cairn.errors import WorkflowFailure
 from cairn.llm import ChatRequest, Fallback, chat, configure_providers
 from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
+from cairn.views import summarize
 from cairn.workflow import WorkflowInfo
 
 PRIMARY, BACKUP = "deepseek-chat", "gpt-4o-mini"

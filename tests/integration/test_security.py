@@ -120,7 +120,8 @@ def test_every_queue_insert_carries_the_namespace():
     """Guards merges: every INSERT into a claimed table names the namespace column (in the
     named queries and in the functions the migrations define)."""
     root = Path(cairn.__file__).parent
-    text = "\n".join(p.read_text() for p in [root / "store" / "queries.sql", *sorted(root.glob("store/migrations/*.sql"))])
+    sql = [root / "store" / "queries.sql", *sorted(root.glob("store/migrations/*.sql"))]
+    text = "\n".join(p.read_text() for p in sql)
     inserts = re.findall(r"INSERT INTO cairn\.(workflow_tasks|activity_tasks|query_requests)\s*\(([^)]*)\)", text)
     assert len(inserts) >= 13
     missing = [(t, cols) for t, cols in inserts if "namespace" not in cols]

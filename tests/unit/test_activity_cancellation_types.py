@@ -11,6 +11,7 @@ import pytest
 from cairn import activity, workflow
 from cairn.engine import history as h
 from cairn.engine.instance import replay
+from cairn.views import summarize
 
 from .harness import Driver, cancel_requested, completed, fired, kinds
 
@@ -151,4 +152,4 @@ def test_an_unknown_cancellation_type_fails_the_run_clearly():
 def test_history_summary_of_activity_cancelled(event):
     from cairn.engine.history import Event
 
-    assert h.summarize(Event(9, *event)) == "activity 3 cancelled before it started"
+    assert summarize(Event(9, *event)) == "activity 3 cancelled before it started"

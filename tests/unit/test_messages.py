@@ -11,6 +11,7 @@ from cairn import CairnError, DeterminismViolation, QueryFailed, workflow
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowTaskFailed, replay
+from cairn.views import summarize
 
 from .harness import Driver, completed, fired, kinds
 
@@ -391,5 +392,5 @@ def test_signal_driven_history_replays():
 
 def test_signal_summary():
     e = Event(5, h.SIGNAL_RECEIVED, {"name": "approve", "payload": {"by": "ann"}})
-    assert h.summarize(e) == 'signal approve payload={"by": "ann"}'
+    assert summarize(e) == 'signal approve payload={"by": "ann"}'
     assert h.SIGNAL_RECEIVED in h.INPUT_EVENTS

@@ -22,7 +22,8 @@ from cairn.engine import history as h
 from cairn.engine.history import Command, Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
 from cairn.errors import NonDeterminismError
-from cairn.saga import COMPENSATION_START_TO_CLOSE, describe_sagas
+from cairn.saga import COMPENSATION_START_TO_CLOSE
+from cairn.views import describe_sagas, summarize
 from cairn.workflow import WorkflowInfo, definition_of
 
 from .conftest import HISTORIES
@@ -533,7 +534,7 @@ def test_describe_sagas_marks_a_cancelled_step():
 def test_history_summaries_name_the_saga():
     d = Driver(booking, Spec().model_dump())
     drive(d, respond_with(fail_step=2))
-    lines = [h.summarize(e) for e in d.history if e.type in (h.MARKER_RECORDED, h.ACTIVITY_SCHEDULED)]
+    lines = [summarize(e) for e in d.history if e.type in (h.MARKER_RECORDED, h.ACTIVITY_SCHEDULED)]
     assert lines == ["saga 3 started", "do on default (saga 3 step)", "do on default (saga 3 step)",
                      "saga 3 compensation_started: undo", "undo on default (saga 3 compensation)",
                      "saga 3 compensation_ended: compensated"]

@@ -12,6 +12,7 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.errors import CairnError, InputValidationError, NonDeterminismError
+from cairn.views import summarize
 
 from .harness import Driver, completed
 
@@ -202,7 +203,7 @@ def test_patch_commands_describe_by_id_and_match_kind_and_patch_id():
     assert not h.Command(5, h.MARKER_RECORDED, {"kind": "patch", "patch_id": "b"}).matches(marker)
     assert not h.Command(5, h.MARKER_RECORDED, {"kind": "saga", "event": "started"}).matches(marker)
     assert cmd.describe() == "MarkerRecorded(kind='patch', patch_id='a')"
-    assert h.summarize(marker) == "patch a"
+    assert summarize(marker) == "patch a"
 
 
 def test_patched_needs_an_id_and_a_workflow():

@@ -11,7 +11,8 @@ import click
 from cairn.cli._base import Settings, run, table, with_client
 from cairn.client import Client
 from cairn.client.follow import StreamChunk, follow
-from cairn.engine.history import Event, summarize
+from cairn.engine.history import Event
+from cairn.views import summarize
 
 
 def _num(value: Any, fmt: str = "{}") -> str:

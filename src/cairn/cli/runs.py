@@ -24,7 +24,7 @@ from cairn.cli._base import (
 )
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
-from cairn.engine.history import Event, summarize
+from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowTaskFailed, replay
 from cairn.errors import (
     CairnError,
@@ -33,8 +33,8 @@ from cairn.errors import (
     UnknownWorkflowType,
     WorkflowFailure,
 )
-from cairn.options import seconds
-from cairn.store.lifecycle import ID_REUSE_POLICIES, RUN_STATUSES
+from cairn.options import ID_REUSE_POLICIES, RUN_STATUSES, seconds
+from cairn.views import summarize
 from cairn.worker import collect
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 

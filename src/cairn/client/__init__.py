@@ -38,21 +38,26 @@ from cairn.errors import (
     WorkflowTimeout,
 )
 from cairn.options import (
+    ID_REUSE_POLICIES,
+    RUN_STATUSES,
+    IdReusePolicy,
     Signature,
+    check_execution_timeout,
     check_identifier,
     check_namespace,
+    check_policy,
     check_queue,
     new_run_id,
     seconds,
     shown,
     to_payload,
 )
-from cairn.saga import describe_sagas
 from cairn.store import db
 from cairn.store import lifecycle as _lifecycle
-from cairn.store.lifecycle import ID_REUSE_POLICIES, RUN_STATUSES, IdReusePolicy
+from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.sql import q
 from cairn.telemetry import tracer
+from cairn.views import describe_sagas, llm_calls, llm_totals
 from cairn.visibility import Filter, check_memo, check_search_attributes, parse_filter
 from cairn.workflow import definition_of
 
@@ -67,11 +72,6 @@ DEFAULT_QUEUE = "default"  # where a start goes when no queue is given and no wo
 # its type; a client remembers an answer naming one queue for this long (a round trip
 # saved per start: the registry changes when workers of a new queue start).
 QUEUE_CACHE_SECONDS = 10.0
-# synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
-# a caller's transaction (start with conn=..., terminate) left open cannot hold a run's
-# task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
-CONNECTION_OPTIONS = "-c synchronous_commit=on"
-CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
 MAX_LIST_LIMIT = 100_000  # runs one list call returns at most (the CLI's --limit too)
 WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see Client._known_open)
 # A watched run keeps the outcome its close NOTIFY carried until result() takes it, up to
@@ -145,7 +145,7 @@ class RunDescription:
 
     @property
     def saga(self) -> dict[str, Any] | None:
-        """The run's latest saga (see :func:`cairn.saga.describe_sagas`), if it has one."""
+        """The run's latest saga (see :func:`cairn.views.describe_sagas`), if it has one."""
         return self.sagas[-1] if self.sagas else None
 
     def to_json(self) -> dict[str, Any]:
@@ -348,8 +348,8 @@ class Client(ClientMessages):
         """Validates a start (before anything is written) and builds its parameters."""
         if id_conflict not in ("fail", "use_existing"):
             raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
-        _lifecycle.check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
-        timeout = _lifecycle.check_execution_timeout(seconds(execution_timeout))
+        check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
+        timeout = check_execution_timeout(seconds(execution_timeout))
         workflow_id = _validate_id(id) if id is not None else new_run_id()
         if queue is not None:
             _validate_queue(queue)
@@ -901,7 +901,6 @@ class WorkflowHandle(HandleMessages):
         row = await self._resolve()
         params = {"run_id": row["run_id"]}
         # Imported here: cairn.llm loads httpx and the providers (~100 ms per process).
-        from cairn.client.follow import llm_calls, llm_totals
 
         async def read(c: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
             cur = c.cursor(row_factory=dict_row)

@@ -19,11 +19,12 @@ from psycopg.rows import dict_row
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.store.sql import q
+from cairn.views import llm_result
 
 if TYPE_CHECKING:
     from cairn.client import WorkflowHandle
 
-__all__ = ["StreamChunk", "follow", "llm_summary", "llm_totals"]
+__all__ = ["StreamChunk", "follow"]
 
 FOLLOW_POLL_SECONDS = 0.25  # the fallback poll when no NOTIFY comes
 
@@ -39,15 +40,6 @@ class StreamChunk(NamedTuple):
     text: str
     activity_seq: int
     restart: bool = False
-
-
-def _llm_result(event: Event) -> dict[str, Any] | None:
-    if event.type != h.ACTIVITY_COMPLETED:
-        return None
-    result = event.data.get("result")
-    if isinstance(result, dict) and result.get("type") == "cairn.llm.completion":
-        return result
-    return None
 
 
 class _Seen:
@@ -116,7 +108,7 @@ async def follow(handle: WorkflowHandle, *, activity_seq: int | None = None, eve
                 if events:
                     yield event
                 seq = event.data.get("activity_seq")
-                result = _llm_result(event)
+                result = llm_result(event)
                 if result is not None and isinstance(seq, int) and (activity_seq is None or seq == activity_seq):
                     for out in seen.completed(seq, result):
                         yield out
@@ -128,50 +120,3 @@ async def follow(handle: WorkflowHandle, *, activity_seq: int | None = None, eve
             with contextlib.suppress(TimeoutError):
                 async for _ in listener.notifies(timeout=poll, stop_after=1):
                     pass
-
-
-# ---------------------------------------------------------------- recorded calls
-
-
-def llm_summary(result: dict[str, Any]) -> str:
-    """One line for a recorded LLM completion: model, tokens, cost, time to first token."""
-    usage = result.get("usage") or {}
-    parts = [f"llm {result.get('provider')}/{result.get('model')}"]
-    if result.get("requested_model") and result.get("requested_model") != result.get("model"):
-        parts.append(f"(asked {result['requested_model']})")
-    if usage:
-        parts.append(f"{usage.get('input_tokens')} in ({usage.get('cached_input_tokens', 0)} cached) / "
-                     f"{usage.get('output_tokens')} out")
-        cost = usage.get("cost_usd")
-        parts.append(f"${cost:.6f}" if isinstance(cost, int | float) else "cost unknown")
-    else:
-        parts.append("usage unknown")
-    if isinstance(result.get("ttft_seconds"), int | float):
-        parts.append(f"ttft {result['ttft_seconds']:.3f} s")
-    return " ".join(parts)
-
-
-def llm_calls(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The LLM calls of a run, from its recorded completions (``llm_completions`` rows)."""
-    out = []
-    for r in rows:
-        res = (r["data"] or {}).get("result") or {}
-        usage = res.get("usage") or {}
-        out.append({"seq": r["data"].get("activity_seq"), "model": res.get("model"),
-                    "requested_model": res.get("requested_model"), "provider": res.get("provider"),
-                    "request_id": res.get("request_id"), "attempt": res.get("attempt"),
-                    "input_tokens": usage.get("input_tokens"), "cached_input_tokens": usage.get("cached_input_tokens"),
-                    "output_tokens": usage.get("output_tokens"), "cost_usd": usage.get("cost_usd"),
-                    "ttft_seconds": res.get("ttft_seconds"), "duration_seconds": res.get("duration_seconds"),
-                    "skipped": res.get("skipped") or []})
-    return out
-
-
-def llm_totals(calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tokens and cost over a run's LLM calls (cost ``None`` if any call's is unknown)."""
-    costs = [c["cost_usd"] for c in calls]
-    return {"calls": len(calls),
-            "input_tokens": sum(c["input_tokens"] or 0 for c in calls),
-            "cached_input_tokens": sum(c["cached_input_tokens"] or 0 for c in calls),
-            "output_tokens": sum(c["output_tokens"] or 0 for c in calls),
-            "cost_usd": None if any(x is None for x in costs) else round(sum(costs), 9)}

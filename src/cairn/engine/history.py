@@ -8,7 +8,6 @@ input events moved from the inbox, then the command events the code produced.
 from __future__ import annotations
 
 import decimal
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -102,6 +101,7 @@ _IDENTITY_KEYS = {
 }
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"
+SAGA_MARKER = "saga"  # the kind of the markers a saga records (cairn.saga)
 
 
 def as_stored(value: Any) -> Any:
@@ -181,58 +181,3 @@ class Command:
 def describe_event(event: Event) -> str:
     """A short name of a recorded command event, in the form of :meth:`Command.describe`."""
     return Command(event.seq, event.type, event.data).describe()
-
-
-def summarize(e: Event) -> str:
-    """A one-line human summary of an event's data, for history tables."""
-    d = e.data
-    if e.type == "WorkflowStarted":
-        return f"{d.get('workflow_type')} input={json.dumps(d.get('input'))}"
-    if e.type == "ActivityScheduled":
-        role = "" if "saga" not in d else (
-            f" (saga {d['saga']} compensation)" if "compensation" in d else f" (saga {d['saga']} step)")
-        return f"{d.get('activity_type')} on {d.get('queue')}{role}"
-    if e.type == "MarkerRecorded" and d.get("kind") == "saga":
-        what = f"saga {d.get('saga', e.seq)} {d.get('event')}"
-        if d.get("event") == "compensation_started":
-            return f"{what}: {', '.join(map(str, d.get('compensations') or [])) or 'nothing to undo'}"
-        return f"{what}: {d['status']}" if "status" in d else what
-    if e.type == "MarkerRecorded" and d.get("kind") == PATCH_MARKER:
-        return f"patch {d.get('patch_id')}" + (" (deprecated)" if d.get("deprecated") else "")
-    if e.type == "ActivityCancelled":
-        return f"activity {d.get('activity_seq')} cancelled" + ("" if d.get("started") else " before it started")
-    if e.type == "ActivityCompleted" and isinstance(d.get("result"), dict) \
-            and d["result"].get("type") == "cairn.llm.completion":
-        from cairn.client.follow import llm_summary  # an LLM call: model, tokens, cost
-
-        return f"activity {d.get('activity_seq')} -> {llm_summary(d['result'])} (attempt {d.get('attempt')})"
-    if e.type == "ActivityCompleted":
-        return f"activity {d.get('activity_seq')} -> {json.dumps(d.get('result'))} (attempt {d.get('attempt')})"
-    if e.type == "ActivityFailed":
-        f = d.get("failure") or {}
-        attempts = d.get("attempts")
-        return f"activity {d.get('activity_seq')}: {f.get('type')}: {f.get('message')} after {attempts} attempt(s)"
-    if e.type == "TimerStarted":
-        return f"{d.get('duration')} s, fires {d.get('fire_at')}"
-    if e.type in ("TimerFired", "TimerCancelled"):
-        return f"timer {d.get('timer_seq')}"
-    if e.type == "WorkflowCompleted":
-        return f"result={json.dumps(d.get('result'))}"
-    if e.type == "WorkflowFailed":
-        f = d.get("failure") or {}
-        return f"{f.get('type')}: {f.get('message')}"
-    if e.type == "ChildWorkflowScheduled":
-        return f"{d.get('workflow_type')} as {d.get('workflow_id')} on {d.get('queue')}"
-    if e.type in ("ChildWorkflowStarted", "ChildWorkflowCompleted", "ChildWorkflowFailed",
-                  "ChildWorkflowStartFailed"):
-        f = d.get("failure") or {}
-        tail = (f" -> {json.dumps(d.get('result'))}" if e.type == "ChildWorkflowCompleted"
-                else f": {f.get('type')}: {f.get('message')}" if f else f" run {d.get('run_id')}")
-        return f"child {d.get('child_seq')} {d.get('workflow_id')}{tail}"
-    if e.type == "WorkflowContinuedAsNew":
-        return f"input={json.dumps(d.get('input'))}"
-    if e.type == "WorkflowTaskStarted":
-        return f"worker {d.get('worker')}"
-    if e.type == SIGNAL_RECEIVED:
-        return f"signal {d.get('name')} payload={json.dumps(d.get('payload'))}"
-    return ", ".join(f"{k}={v}" for k, v in d.items())

@@ -9,7 +9,7 @@ lifecycle".
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -17,43 +17,15 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.errors import InputValidationError
 from cairn.options import new_run_id
 from cairn.store.sql import q
 from cairn.telemetry import trace_carrier
-
-IdReusePolicy = Literal["allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"]
-ParentClosePolicy = Literal["terminate", "request_cancel", "abandon"]
-ID_REUSE_POLICIES: tuple[str, ...] = ("allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate")
-PARENT_CLOSE_POLICIES: tuple[str, ...] = ("terminate", "request_cancel", "abandon")
-RUN_STATUSES: tuple[str, ...] = (
-    "running", "completed", "failed", "cancelled", "terminated", "continued_as_new", "timed_out",
-)
 
 # How a closed child's status reaches its parent when it did not complete.
 _FAILURE_OF_STATUS = {
     "cancelled": {"type": "WorkflowCancelled", "message": "the child workflow was cancelled"},
     "timed_out": {"type": "WorkflowTimedOut", "message": "the child workflow passed its execution timeout"},
 }
-
-
-# The longest execution timeout accepted (about 100 years): beyond, timestamps overflow.
-MAX_EXECUTION_TIMEOUT_SECONDS = 100 * 365 * 86400.0
-
-
-def check_execution_timeout(value: float | None) -> float | None:
-    """Validates an execution timeout in seconds (already converted by ``common.seconds``)."""
-    if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
-        raise InputValidationError(f"execution_timeout must be positive and at most "
-                                   f"{MAX_EXECUTION_TIMEOUT_SECONDS:.0f} seconds; got {value!r}")
-    return value
-
-
-def check_policy(value: Any, allowed: tuple[str, ...], what: str) -> str:
-    """Validates a policy name (``InputValidationError`` naming the choices)."""
-    if value not in allowed:
-        raise InputValidationError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
-    return str(value)
 
 
 def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue: str, args: list[Any],

@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from cairn.engine.history import Event, summarize
+from cairn.engine.history import Event
 from cairn.ui.timeline import Bar, Timeline
+from cairn.views import summarize
 
 __all__ = ["esc", "list_page", "message_page", "run_page", "run_url"]
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cairn.client.follow import llm_summary
 from cairn.engine import history as h
 from cairn.engine.history import Event
+from cairn.views import llm_summary, summarize
 
 __all__ = ["Bar", "Mark", "Timeline", "build_timeline"]
 
@@ -193,12 +193,12 @@ def build_timeline(events: list[Event], now: datetime,
         elif e.type == h.CANCEL_REQUESTED:
             marks.append(Mark("cancel", e.seq, at, f"cancel requested {d.get('reason') or ''}".rstrip()))
         elif e.type == h.MARKER_RECORDED and d.get("kind") == "saga":
-            marks.append(Mark("saga", e.seq, at, h.summarize(e)))
+            marks.append(Mark("saga", e.seq, at, summarize(e)))
         elif e.type == h.MARKER_RECORDED:
-            marks.append(Mark("marker", e.seq, at, h.summarize(e)))
+            marks.append(Mark("marker", e.seq, at, summarize(e)))
         elif e.type in h.TERMINAL_EVENTS:
             closed_at = at
-            marks.append(Mark("close", e.seq, at, f"{h.TERMINAL_EVENTS[e.type]}: {h.summarize(e)}"))
+            marks.append(Mark("close", e.seq, at, f"{h.TERMINAL_EVENTS[e.type]}: {summarize(e)}"))
     end = closed_at or max(now, start)
     ordered = sorted(bars.values(), key=lambda b: b.seq)
     ends = [b.end for b in ordered if b.end is not None]

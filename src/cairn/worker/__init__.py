@@ -33,7 +33,6 @@ from psycopg_pool import AsyncConnectionPool
 from cairn import limits
 from cairn import telemetry as _telemetry
 from cairn.activity import ActivityDefinition
-from cairn.client import CONNECTION_OPTIONS
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
@@ -46,6 +45,7 @@ from cairn.options import check_namespace, check_queue
 from cairn.store import db
 from cairn.store import lifecycle as _lifecycle
 from cairn.store import transactions as _transactions
+from cairn.store.db import CONNECTION_OPTIONS
 from cairn.store.sql import q
 from cairn.telemetry import tracer
 from cairn.worker.activities import LEASE_SECONDS, _ActivityRunning, _Running, loop_failed
