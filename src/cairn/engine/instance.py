@@ -30,8 +30,9 @@ from cairn.errors import (
     DeterminismViolation,
     NonDeterminismError,
     WorkflowFailure,
+    WorkflowTaskFailed,
 )
-from cairn.options import to_payload
+from cairn.payloads import to_payload
 from cairn.redaction import redact_value
 
 if TYPE_CHECKING:
@@ -53,17 +54,6 @@ def is_bug(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(BUG_EXCEPTIONS) is not None
     return isinstance(exc, BUG_EXCEPTIONS)
-
-
-class WorkflowTaskFailed(Exception):
-    """The workflow code failed in a way that must not be recorded: retry the task."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-    def to_json(self) -> dict[str, Any]:
-        return failure_of(self.cause)
 
 
 def failure_of(exc: BaseException) -> dict[str, Any]:
