@@ -4,6 +4,12 @@ Every error Cairn raises on purpose derives from :class:`CairnError`. Errors tha
 may catch inside workflow code (:class:`ActivityError`, :class:`ApplicationError`) carry
 only a type name and a message, so that they can be recorded in history and rebuilt on
 replay exactly.
+
+Three exceptions here are not errors but signals that steer a run, and so do not derive
+from :class:`CairnError`: :class:`WorkflowTaskFailed` (the workflow code is broken: retry
+the task, record nothing), :class:`Reschedule` (an activity asks to be put back) and
+:class:`ContinueAsNewError` (a ``BaseException`` that unwinds workflow code). Public
+modules re-export what their users meet (``cairn.activity.Reschedule``, ``cairn.__all__``).
 """
 
 from __future__ import annotations
@@ -250,6 +256,14 @@ class ChildWorkflowError(WorkflowFailure):
         self.__cause__ = cause
 
 
+class HistoryTooLong(CairnError):
+    """A workflow task would grow the run's history past ``MAX_HISTORY_EVENTS``
+    (:func:`cairn.engine.history.check_history_length`)."""
+
+
+# ---------------------------------------------------------------- signals raised to steer, not errors
+
+
 class WorkflowTaskFailed(Exception):
     """The workflow code failed in a way that must not be recorded (a bug, a determinism
     violation): the workflow task is retried, history is left untouched.
@@ -264,14 +278,7 @@ class WorkflowTaskFailed(Exception):
         self.cause = cause
 
 
-class HistoryTooLong(CairnError):
-    """A workflow task would grow the run's history past ``MAX_HISTORY_EVENTS``
-    (:func:`cairn.engine.history.check_history_length`)."""
-
-
-# ---------------------------------------------------------------- signals raised to steer, not errors
-
-
+# What an activity may be rescheduled for (Reschedule's kind).
 RESCHEDULE_KINDS = ("throttle", "breaker", "rate_limit")
 
 

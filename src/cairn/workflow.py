@@ -13,12 +13,11 @@ import logging
 import random as _random
 import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from cairn.activity import validate_call
-from cairn.engine.instance import ActivityHandle, ChildWorkflowHandle
+from cairn.engine.instance import ActivityHandle, ChildWorkflowHandle, WorkflowDefinition, WorkflowInfo
 from cairn.engine.loop import WorkflowLoop, current_instance
 from cairn.errors import ContinueAsNewError, InputValidationError
 from cairn.options import (
@@ -51,33 +50,6 @@ ActivityCancellationType = Literal["try_cancel", "wait_cancellation_completed", 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
-
-
-@dataclass(frozen=True)
-class WorkflowInfo:
-    """Identity of the running workflow."""
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    queue: str
-    namespace: str
-    start_time: datetime
-    # The run lifecycle: the parent run of a child workflow, the run this one continued
-    # (continue-as-new), and the history length so far (kept current by :func:`info`).
-    parent_workflow_id: str | None = None
-    parent_run_id: str | None = None
-    continued_from: str | None = None
-    history_length: int = 0
-
-
-@dataclass(frozen=True)
-class WorkflowDefinition:
-    """A registered workflow function."""
-
-    name: str
-    fn: Callable[..., Coroutine[Any, Any, Any]]
-    signature: Signature
 
 
 @overload

@@ -118,7 +118,7 @@ def as_stored(value: Any) -> Any:
     what a replay will read. jsonb orders an object's keys by length, then bytewise;
     stores numbers as ``numeric``, which prints a float written with a positive exponent
     (``1e+16``) as an integer, and has no negative zero. The value is JSON data already
-    (``cairn.options.to_payload``)."""
+    (``cairn.payloads.to_payload``)."""
     if isinstance(value, dict):
         return {k: as_stored(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
     if isinstance(value, list):

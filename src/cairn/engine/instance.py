@@ -15,8 +15,10 @@ import logging
 import random
 import traceback
 import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
@@ -32,13 +34,38 @@ from cairn.errors import (
     WorkflowFailure,
     WorkflowTaskFailed,
 )
-from cairn.payloads import to_payload
+from cairn.payloads import Signature, to_payload
 from cairn.redaction import redact_value
 
-if TYPE_CHECKING:
-    from cairn.workflow import WorkflowDefinition, WorkflowInfo
-
 log = logging.getLogger("cairn.workflow")
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """Identity of the running workflow (public as ``cairn.workflow.WorkflowInfo``)."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    namespace: str
+    start_time: datetime
+    # The run lifecycle: the parent run of a child workflow, the run this one continued
+    # (continue-as-new), and the history length so far (kept current by :func:`info`).
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    continued_from: str | None = None
+    history_length: int = 0
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow function (made by ``@cairn.workflow.defn``)."""
+
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    signature: Signature
+
 
 # Exceptions that mean the workflow code is broken, not that the workflow failed: they
 # fail the workflow *task*, which is retried with backoff until a fixed deployment runs
