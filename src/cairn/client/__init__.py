@@ -51,7 +51,7 @@ from cairn.options import (
     shown,
 )
 from cairn.payloads import Signature, check_memo, to_payload
-from cairn.store import db
+from cairn.store import db, durability
 from cairn.store import lifecycle as _lifecycle
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.filters import Filter, parse_filter
@@ -1067,11 +1067,8 @@ class WorkflowHandle(HandleMessages):
 
 
 def _prepare(url: str, embedded: bool) -> None:
-    from cairn.store import durability
-
     with db.connect_sync(url) as conn:
-        row = conn.execute(durability.DURABILITY_SQL).fetchone()
-        durability.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="client")
+        durability.check_server(conn, who="client")
         if embedded:
             status = db.schema_status(conn)
             if not status.up_to_date:

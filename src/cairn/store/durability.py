@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Any
 
+import psycopg
+
 from cairn.errors import ConfigurationError
 
 # The durability warnings keep the logger name they have always had (logging set-ups filter on it).
@@ -58,3 +60,12 @@ def check_durability(settings: dict[str, Any], *, allow_unsafe: bool = False, wh
     raise ConfigurationError(
         f"{who}: the database server is not durable: {'; '.join(problems)}. Cairn's guarantees need "
         f"both on. Set {ENV_UNSAFE_DURABILITY}=1 (or --unsafe-durability) to run anyway, e.g. for throwaway tests.")
+
+
+def check_server(conn: psycopg.Connection[Any], *, who: str, allow_unsafe: bool = False) -> None:
+    """Reads the server's durability settings on ``conn`` (a connection made without Cairn's
+    session options, such as ``cairn.store.db.connect_sync``'s) and refuses an unsafe server
+    (:func:`check_durability`)."""
+    row = conn.execute(DURABILITY_SQL).fetchone()
+    check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, allow_unsafe=allow_unsafe,
+                     who=who)

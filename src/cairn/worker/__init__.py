@@ -785,8 +785,7 @@ def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:
 
 def _prepare_schema(url: str, embedded: bool) -> None:
     with db.connect_sync(url) as conn:
-        row = conn.execute(durability.DURABILITY_SQL).fetchone()
-        durability.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="worker")
+        durability.check_server(conn, who="worker")
         if embedded and not db.schema_status(conn).up_to_date:
             db.migrate(url)
         else:
