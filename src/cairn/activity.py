@@ -9,44 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from cairn.breakers import BreakerConfig
-from cairn.errors import CairnError, ConfigurationError
-from cairn.options import Signature, to_payload
+from cairn.engine.instance import CANCELLATION_TYPES, TRY_CANCEL, ActivityHandle
+from cairn.engine.loop import current_instance
+from cairn.errors import CairnError, ConfigurationError, InputValidationError, Reschedule
+from cairn.options import DEFAULT_RETRY_POLICY, BreakerConfig, RetryPolicy, seconds
+from cairn.payloads import Signature, to_payload
 
 __all__ = ["ActivityDefinition", "ActivityInfo", "Reschedule", "defn", "heartbeat", "info", "is_cancelled"]
-
-RESCHEDULE_KINDS = ("throttle", "breaker", "rate_limit")
-
-
-class Reschedule(Exception):
-    """Raise from an activity to put the attempt back ``delay`` seconds from now without
-    burning an attempt (a throttle: a 429's Retry-After, an open breaker, a rate limit).
-
-    The worker adds 0-10 % jitter (and up to 1 s more for ``kind="breaker"``), counts the
-    time against the activity's throttle budget (option ``throttle_budget``, default
-    600 s) and its schedule-to-close deadline: past either, the activity fails for good
-    with type ``ThrottleBudgetExhausted`` (or ``ScheduleToCloseTimeout``). Nothing sleeps in the
-    worker: the delay is a new
-    ``available_at``.
-
-    Args:
-        delay: seconds from now (negative counts as 0).
-        reason: why, shown by ``cairn describe`` ("throttled until ...: reason").
-        kind: ``"throttle"``, ``"breaker"`` or ``"rate_limit"``.
-    """
-
-    def __init__(self, delay: float, *, reason: str, kind: str = "throttle") -> None:
-        if kind not in RESCHEDULE_KINDS:
-            raise ValueError(f"Reschedule kind must be one of {', '.join(RESCHEDULE_KINDS)}, not {kind!r}")
-        super().__init__(f"{kind}: {reason} (retry in {delay:.3f} s)")
-        self.delay = max(float(delay), 0.0)
-        self.reason = reason
-        self.kind = kind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,3 +134,82 @@ def is_cancelled() -> bool:
     :func:`heartbeat` to raise."""
     i = info()
     return i._cancelled is not None and i._cancelled()
+
+
+# ---------------------------------------------------------------- invocations (for workflow code)
+
+
+@dataclass(frozen=True)
+class ActivityCall:
+    """An activity invocation, validated and converted to JSON, ready to schedule."""
+
+    name: str
+    args: list[Any]
+    options: dict[str, Any]
+    queue: str | None
+    returns: Callable[[Any], Any] | None
+    cancellation_type: str = TRY_CANCEL
+
+    def start(self, tags: dict[str, Any] | None = None) -> ActivityHandle:
+        """Schedules the activity (``tags`` are extra keys of its ``ActivityScheduled`` event)."""
+        inst = current_instance()
+        return inst.schedule_activity(self.name, self.args, self.options, self.queue or inst.info.queue,
+                                      self.returns, tags, self.cancellation_type)
+
+
+def validate_call(
+    activity: Callable[..., Any] | str,
+    args: tuple[Any, ...],
+    *,
+    start_to_close_timeout: timedelta | float | None,
+    schedule_to_close_timeout: timedelta | float | None,
+    heartbeat_timeout: timedelta | float | None,
+    retry_policy: RetryPolicy | None,
+    queue: str | None,
+    cancellation_type: str = TRY_CANCEL,
+    throttle_budget: timedelta | float | None = None,
+) -> ActivityCall:
+    """Validates an activity invocation (see :func:`cairn.workflow.start_activity`) without
+    scheduling it.
+
+    Raises:
+        InputValidationError: not an activity, bad arguments, or no timeout.
+    """
+    returns: Callable[[Any], Any] | None = None
+    if isinstance(activity, str):
+        name = activity
+    else:
+        adef = getattr(activity, "__cairn_activity__", None)
+        if not isinstance(adef, ActivityDefinition):
+            raise InputValidationError(f"{activity!r} is not an activity: decorate it with @activity.defn")
+        name = adef.name
+        sig = adef.signature
+        sig.validate_args([to_payload(a) for a in args], f"activity {name}")
+
+        def returns(data: Any) -> Any:
+            return sig.validate_result(data, f"activity {name}")
+
+    if cancellation_type not in CANCELLATION_TYPES:
+        raise InputValidationError(
+            f"activity {name}: cancellation_type must be one of {', '.join(CANCELLATION_TYPES)}, "
+            f"not {cancellation_type!r}"
+        )
+    if start_to_close_timeout is None and schedule_to_close_timeout is None:
+        raise InputValidationError(
+            f"activity {name}: set start_to_close_timeout or schedule_to_close_timeout"
+        )
+    policy = retry_policy or DEFAULT_RETRY_POLICY
+    options = {
+        "start_to_close_timeout": seconds(start_to_close_timeout),
+        "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
+        "heartbeat_timeout": seconds(heartbeat_timeout),
+        "retry_policy": policy.model_dump(mode="json"),
+    }
+    if throttle_budget is not None:  # only when given: histories without it stay as they were
+        budget = throttle_budget.total_seconds() if isinstance(throttle_budget, timedelta) else throttle_budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise InputValidationError(
+                f"activity {name}: throttle_budget must be a positive number of seconds, got {throttle_budget!r}")
+        options["throttle_budget"] = float(budget)
+    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)

@@ -43,16 +43,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from opentelemetry.metrics import CallbackOptions, Observation
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cairn.errors import InputValidationError
+from cairn.options import BreakerConfig  # the config model lives with the other options; public here
 from cairn.store.sql import q
 from cairn.telemetry import meter
 
@@ -87,50 +87,6 @@ log = logging.getLogger("cairn.breakers")
 
 class BreakerNotFound(InputValidationError):
     """An operator named a breaker that does not exist."""
-
-
-class BreakerConfig(BaseModel):
-    """How a breaker decides. Rates are percentages (0-100); durations are seconds.
-
-    Attributes:
-        name: the breaker's name, when the config is given to ``@activity.defn(breaker=...)``.
-        window: ``"count"`` (the last ``window_size`` calls) or ``"time"`` (the calls of
-            the last ``window_size`` seconds, counted in buckets of ``window_size / 60``
-            seconds, at least 1 s).
-        minimum_calls: no opening before the window holds this many calls.
-        slow_call_duration_threshold: a call slower than this is slow (LLM: time to first token).
-        probe_lease_seconds: a half-open probe's slot is freed after this if no outcome comes.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str | None = None
-    window: Literal["count", "time"] = "count"
-    # A window of 100 calls and at least 50 before judging: a flaky model failing 30 % of
-    # calls at random must not open it (a 20-call window at 50 % opens within a few hundred
-    # such calls: ~5 % of 20-call windows hold 10 failures), a dead one still does.
-    window_size: int = Field(default=100, ge=1, le=100_000)
-    failure_rate_threshold: float = Field(default=50.0, gt=0, le=100)
-    minimum_calls: int = Field(default=50, ge=1)
-    slow_call_duration_threshold: float = Field(default=60.0, gt=0)
-    slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
-    recovery_timeout: float = Field(default=30.0, gt=0)
-    recovery_multiplier: float = Field(default=2.0, ge=1)
-    max_recovery_timeout: float = Field(default=600.0, gt=0)
-    permitted_calls_in_half_open: int = Field(default=3, ge=1)
-    probe_lease_seconds: float = Field(default=60.0, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> BreakerConfig:
-        if self.max_recovery_timeout < self.recovery_timeout:
-            raise ValueError("max_recovery_timeout must be at least recovery_timeout")
-        if self.name is not None and not self.name.strip():
-            raise ValueError("a breaker name must not be empty")
-        return self
-
-    def stored(self) -> dict[str, Any]:
-        """The config as stored with the breaker's row (without the name)."""
-        return self.model_dump(mode="json", exclude={"name"})
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Every error Cairn raises on purpose derives from :class:`CairnError`. Errors tha
 may catch inside workflow code (:class:`ActivityError`, :class:`ApplicationError`) carry
 only a type name and a message, so that they can be recorded in history and rebuilt on
 replay exactly.
+
+Three exceptions here are not errors but signals that steer a run, and so do not derive
+from :class:`CairnError`: :class:`WorkflowTaskFailed` (the workflow code is broken: retry
+the task, record nothing), :class:`Reschedule` (an activity asks to be put back) and
+:class:`ContinueAsNewError` (a ``BaseException`` that unwinds workflow code). Public
+modules re-export what their users meet (``cairn.activity.Reschedule``, ``cairn.__all__``).
 """
 
 from __future__ import annotations
@@ -250,6 +256,58 @@ class ChildWorkflowError(WorkflowFailure):
         self.__cause__ = cause
 
 
+class HistoryTooLong(CairnError):
+    """A workflow task would grow the run's history past ``MAX_HISTORY_EVENTS``
+    (:func:`cairn.engine.history.check_history_length`)."""
+
+
+# ---------------------------------------------------------------- signals raised to steer, not errors
+
+
+class WorkflowTaskFailed(Exception):
+    """The workflow code failed in a way that must not be recorded (a bug, a determinism
+    violation): the workflow task is retried, history is left untouched.
+
+    Attributes:
+        cause: what the code raised (``cairn.engine.instance.failure_of(cause)`` is its
+            JSON form, as the worker records it with the failed task).
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+# What an activity may be rescheduled for (Reschedule's kind).
+RESCHEDULE_KINDS = ("throttle", "breaker", "rate_limit")
+
+
+class Reschedule(Exception):
+    """Raise from an activity to put the attempt back ``delay`` seconds from now without
+    burning an attempt (a throttle: a 429's Retry-After, an open breaker, a rate limit).
+
+    The worker adds 0-10 % jitter (and up to 1 s more for ``kind="breaker"``), counts the
+    time against the activity's throttle budget (option ``throttle_budget``, default
+    600 s) and its schedule-to-close deadline: past either, the activity fails for good
+    with type ``ThrottleBudgetExhausted`` (or ``ScheduleToCloseTimeout``). Nothing sleeps in the
+    worker: the delay is a new
+    ``available_at``.
+
+    Args:
+        delay: seconds from now (negative counts as 0).
+        reason: why, shown by ``cairn describe`` ("throttled until ...: reason").
+        kind: ``"throttle"``, ``"breaker"`` or ``"rate_limit"``.
+    """
+
+    def __init__(self, delay: float, *, reason: str, kind: str = "throttle") -> None:
+        if kind not in RESCHEDULE_KINDS:
+            raise ValueError(f"Reschedule kind must be one of {', '.join(RESCHEDULE_KINDS)}, not {kind!r}")
+        super().__init__(f"{kind}: {reason} (retry in {delay:.3f} s)")
+        self.delay = max(float(delay), 0.0)
+        self.reason = reason
+        self.kind = kind
+
+
 class ContinueAsNewError(BaseException):
     """Raised by :func:`cairn.workflow.continue_as_new` to unwind the workflow code.
 
@@ -261,3 +319,4 @@ class ContinueAsNewError(BaseException):
     def __init__(self, args: list[Any]) -> None:
         super().__init__("continue as new")
         self.input = args
+

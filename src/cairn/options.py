@@ -1,9 +1,10 @@
-"""Options shared by workflows, activities and the client: retry policy, payload codec."""
+"""Options shared by workflows, activities and the client: the retry policy, durations,
+run ids, identifier checks (workflow ids, namespaces, queues), the run-lifecycle options
+and the circuit breaker's config. Pure values and checks: no I/O.
+"""
 
 from __future__ import annotations
 
-import inspect
-import logging
 import math
 import os
 import random
@@ -11,34 +12,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import cache
-from typing import Any, Literal, Never, NoReturn, get_type_hints
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PydanticUndefinedAnnotation,
-    PydanticUserError,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cairn.errors import ConfigurationError, InputValidationError
+from cairn.errors import InputValidationError
 
-log = logging.getLogger("cairn.limits")
-
-# Payload limits (workflow inputs and results, signal payloads, query args, activity args
-# and results, memo). A payload is one jsonb value in a history row: Postgres takes up to
-# 255 MB, but every replay reads the whole history, so big payloads belong in a blob store
-# with a reference in the payload. Override with the environment variables of the same names.
-MAX_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_PAYLOAD_BYTES", 2 * 1024 * 1024))
-WARN_PAYLOAD_BYTES = int(os.environ.get("CAIRN_WARN_PAYLOAD_BYTES", 256 * 1024))
-MAX_PAYLOAD_DEPTH = int(os.environ.get("CAIRN_MAX_PAYLOAD_DEPTH", 64))
 MAX_ID_LENGTH = 1000
 MAX_NAME_LENGTH = 200  # namespaces and queue names
 SHOWN_CHARACTERS = 80  # of user text quoted in an error message (see shown)
@@ -128,41 +108,14 @@ def new_run_id() -> str:
     return str(uuid.UUID(int=value))
 
 
-def to_payload(value: Any) -> Any:
-    """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data.
-
-    Raises:
-        InputValidationError: the value has no JSON form (NaN and infinities included:
-            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH`` or is
-            larger than ``MAX_PAYLOAD_BYTES`` encoded (a warning is logged above
-            ``WARN_PAYLOAD_BYTES``).
-    """
-    try:
-        data = to_jsonable_python(value)
-    except RecursionError:
-        raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
-    except Exception as exc:  # pydantic_core raises PydanticSerializationError
-        if "depth" in str(exc).lower():
-            raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
-        raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
-    size = _check_storable(data, 0)
-    if size > MAX_PAYLOAD_BYTES:
-        raise InputValidationError(
-            f"the payload is about {size} bytes as JSON, over the limit of {MAX_PAYLOAD_BYTES} "
-            "(CAIRN_MAX_PAYLOAD_BYTES): store large data elsewhere and pass a reference")
-    if size > WARN_PAYLOAD_BYTES:
-        log.warning("a payload of about %d bytes (warning above %d, limit %d): every replay reads it",
-                    size, WARN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
-    return data
-
-
 def check_text(text: str, what: str) -> str:
     """Refuses text that Postgres cannot store: NUL characters and lone surrogates."""
-    _text_bytes(text, what)
+    text_bytes(text, what)
     return text
 
 
-def _text_bytes(text: str, what: str) -> int:
+def text_bytes(text: str, what: str) -> int:
+    """The size of ``text`` in UTF-8, refusing what Postgres cannot store (as :func:`check_text`)."""
     if "\x00" in text:
         raise InputValidationError(f"{what} contains a NUL character, which Postgres cannot store")
     try:
@@ -216,144 +169,6 @@ def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
     return f"{text[:limit]!r}… ({len(text)} chars)"
 
 
-def _check_storable(data: Any, depth: int) -> int:
-    """Checks that jsonb can store ``data``; returns about how many bytes it takes as JSON."""
-    if isinstance(data, str):
-        return _text_bytes(data, "a string in the payload") + 2
-    if isinstance(data, float):
-        if not math.isfinite(data):
-            raise InputValidationError(f"{data} cannot be stored as JSON: use a finite number or null")
-        return 24
-    if isinstance(data, dict | list):
-        if depth >= MAX_PAYLOAD_DEPTH:
-            raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels "
-                                       "(CAIRN_MAX_PAYLOAD_DEPTH)")
-        size = 2
-        if isinstance(data, dict):
-            for key, item in data.items():
-                size += _text_bytes(key, "a key in the payload") + 4 + _check_storable(item, depth + 1)
-        else:
-            for item in data:
-                size += 1 + _check_storable(item, depth + 1)
-        return size
-    return 8  # numbers, booleans, null
-
-
-class Signature:
-    """The typed parameters and return type of a workflow or activity function.
-
-    Inputs are recorded as a JSON list, one entry per positional parameter, and validated
-    with pydantic against the annotations on the way in. A ``NoReturn`` or ``Never``
-    return type (the function only raises or continues as new) has no result schema.
-    Building one never fails at import: an annotation pydantic cannot validate is kept in
-    :attr:`problems`, and :meth:`check` (the worker's registration, every validation)
-    raises on it.
-    """
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        sig = inspect.signature(fn)
-        try:
-            hints = get_type_hints(fn)
-        except Exception:  # unresolvable forward references: fall back to no validation
-            hints = {}
-        self._what = fn.__qualname__
-        self.names: list[str] = []
-        self.adapters: list[TypeAdapter[Any]] = []
-        self.problems: list[str] = []
-        self.required = 0
-        for param in sig.parameters.values():
-            if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-                raise TypeError(f"{fn.__qualname__}: only positional parameters are supported, not {param.name!r}")
-            self.names.append(param.name)
-            self.adapters.append(self._adapter(hints.get(param.name, Any), f"parameter {param.name!r}"))
-            if param.default is param.empty:
-                self.required += 1
-        returns = hints.get("return", Any)
-        # None: the function never returns normally, so there is no result to validate.
-        self.returns: TypeAdapter[Any] | None = (
-            None if any(returns is t for t in NEVER_RETURNS) else self._adapter(returns, "the return type"))
-
-    def _adapter(self, tp: Any, what: str) -> TypeAdapter[Any]:
-        try:
-            return _adapter(tp)
-        except (PydanticUserError, PydanticUndefinedAnnotation) as exc:
-            reason = str(exc).splitlines()[0]
-            self.problems.append(f"{what} is annotated {getattr(tp, '__qualname__', repr(tp))}, which cannot be "
-                                 f"validated ({reason}): use a JSON type, a dataclass or a pydantic model")
-            return _adapter(Any)
-
-    def check(self, what: str) -> None:
-        """Raises if an annotation cannot be validated (see :attr:`problems`).
-
-        Raises:
-            ConfigurationError: naming ``what``, the function and each bad annotation.
-        """
-        if self.problems:
-            raise ConfigurationError(f"{what} ({self._what}): {'; '.join(self.problems)}")
-
-    def validate_args(self, args: Sequence[Any], what: str) -> list[Any]:
-        """Validates JSON (or Python) arguments into the annotated types."""
-        self.check(what)
-        if not self.required <= len(args) <= len(self.adapters):
-            want = (str(self.required) if self.required == len(self.adapters)
-                    else f"{self.required} to {len(self.adapters)}")
-            raise InputValidationError(f"{what} takes {want} argument(s), got {len(args)}")
-        out = []
-        problems = []  # every invalid argument is reported, not only the first
-        for name, adapter, arg in zip(self.names, self.adapters, args, strict=False):
-            try:
-                out.append(adapter.validate_python(arg))
-            except ValidationError as exc:
-                problems.append(f"argument {name!r} is invalid: {_brief(exc)}")
-        if problems:
-            raise InputValidationError(f"{what}: {'; '.join(problems)}")
-        return out
-
-    def validate_result(self, data: Any, what: str) -> Any:
-        """Validates a result into the return type (as it is, for a ``NoReturn`` function)."""
-        self.check(what)
-        if self.returns is None:
-            return data
-        try:
-            return self.returns.validate_python(data)
-        except ValidationError as exc:
-            raise InputValidationError(f"{what}: result is invalid: {_brief(exc)}") from None
-
-    def json_schema(self) -> dict[str, Any]:
-        """A JSON schema of the argument list, stored in the type registry for the CLI."""
-        items = []
-        for adapter in self.adapters:
-            try:
-                items.append(adapter.json_schema())
-            except Exception:  # types with no JSON schema accept anything
-                items.append({})
-        return {"type": "array", "prefixItems": items, "minItems": self.required, "maxItems": len(items)}
-
-
-# Return annotations of a function that never returns normally (it raises or continues as new).
-NEVER_RETURNS: tuple[Any, ...] = (NoReturn, Never)
-
-
-@cache
-def _adapter_cached(tp: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(tp)
-
-
-def _adapter(tp: Any) -> TypeAdapter[Any]:
-    try:
-        return _adapter_cached(tp)
-    except TypeError:  # unhashable annotation
-        return TypeAdapter(tp)
-
-
-def _brief(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
-
-
 def seconds(value: timedelta | float | None) -> float | None:
     """A timeout option as seconds (``timedelta`` or a number of seconds)."""
     if value is None:
@@ -391,3 +206,50 @@ def check_policy(value: Any, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise InputValidationError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
     return str(value)
+
+
+# ---------------------------------------------------------------- circuit breakers
+
+
+class BreakerConfig(BaseModel):
+    """How a breaker decides. Rates are percentages (0-100); durations are seconds.
+
+    Attributes:
+        name: the breaker's name, when the config is given to ``@activity.defn(breaker=...)``.
+        window: ``"count"`` (the last ``window_size`` calls) or ``"time"`` (the calls of
+            the last ``window_size`` seconds, counted in buckets of ``window_size / 60``
+            seconds, at least 1 s).
+        minimum_calls: no opening before the window holds this many calls.
+        slow_call_duration_threshold: a call slower than this is slow (LLM: time to first token).
+        probe_lease_seconds: a half-open probe's slot is freed after this if no outcome comes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = None
+    window: Literal["count", "time"] = "count"
+    # A window of 100 calls and at least 50 before judging: a flaky model failing 30 % of
+    # calls at random must not open it (a 20-call window at 50 % opens within a few hundred
+    # such calls: ~5 % of 20-call windows hold 10 failures), a dead one still does.
+    window_size: int = Field(default=100, ge=1, le=100_000)
+    failure_rate_threshold: float = Field(default=50.0, gt=0, le=100)
+    minimum_calls: int = Field(default=50, ge=1)
+    slow_call_duration_threshold: float = Field(default=60.0, gt=0)
+    slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
+    recovery_timeout: float = Field(default=30.0, gt=0)
+    recovery_multiplier: float = Field(default=2.0, ge=1)
+    max_recovery_timeout: float = Field(default=600.0, gt=0)
+    permitted_calls_in_half_open: int = Field(default=3, ge=1)
+    probe_lease_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> BreakerConfig:
+        if self.max_recovery_timeout < self.recovery_timeout:
+            raise ValueError("max_recovery_timeout must be at least recovery_timeout")
+        if self.name is not None and not self.name.strip():
+            raise ValueError("a breaker name must not be empty")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The config as stored with the breaker's row (without the name)."""
+        return self.model_dump(mode="json", exclude={"name"})

@@ -25,19 +25,24 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from cairn.activity import ActivityCall, validate_call
 from cairn.engine import history as h
 from cairn.engine.instance import WorkflowInstance, failure_of, is_bug
+from cairn.engine.loop import current_instance
 from cairn.errors import CairnError
 from cairn.options import RetryPolicy
-from cairn.workflow import ActivityCall, _instance, current_saga, prepare_activity
 
-__all__ = ["COMPENSATION_START_TO_CLOSE", "Saga"]
+__all__ = ["COMPENSATION_START_TO_CLOSE", "Saga", "current_saga"]
 
 # Compensations must eventually succeed: by default each attempt may take this long, and
 # attempts are retried without limit (the default RetryPolicy).
 COMPENSATION_START_TO_CLOSE = timedelta(minutes=5)
 
 MARKER_KIND = h.SAGA_MARKER
+
+# The saga whose ``async with`` block the running task is in: activities started there
+# (cairn.workflow.start_activity) carry its id in history, so describe can list its steps.
+current_saga: contextvars.ContextVar[int | None] = contextvars.ContextVar("cairn_current_saga", default=None)
 
 
 class Saga:
@@ -80,7 +85,7 @@ class Saga:
         """
         if self._state != "open":
             raise CairnError("saga.compensate() works only inside the saga's `async with` block")
-        self._compensations.append(prepare_activity(
+        self._compensations.append(validate_call(
             activity, args, start_to_close_timeout=start_to_close_timeout,
             schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
             retry_policy=retry_policy, queue=queue,
@@ -89,7 +94,7 @@ class Saga:
     async def __aenter__(self) -> Saga:
         if self._state != "new":
             raise CairnError("a saga can be entered only once")
-        inst = _instance()
+        inst = current_instance()
         self.id = inst.record_marker({
             "kind": MARKER_KIND, "event": "started", "parallel_compensation": self.parallel_compensation,
             "continue_on_error": self.continue_on_error,

@@ -33,13 +33,14 @@ from psycopg import sql
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.instance import WorkflowTaskFailed, replay
+from cairn.engine.instance import replay
 from cairn.errors import (
     ConfigurationError,
     DatabaseError,
     InputValidationError,
     NonDeterminismError,
     WorkflowAlreadyStarted,
+    WorkflowTaskFailed,
 )
 from cairn.saga import MARKER_KIND
 from cairn.store.db import connect_async, redact

@@ -1,22 +1,22 @@
-"""Visibility: search attributes, memo, and the filter language of ``cairn list --where``.
+"""Visibility: search attributes and the filter language of ``cairn list --where``.
 
 Search attributes are typed key/values on a run (``cairn.runs.search_attributes``, jsonb),
 set at start and upserted by the workflow. Their JSON form: strings (keywords and text),
 integers, floats, booleans, datetimes as ISO-8601 UTC strings (fixed width, so they sort
-as text too) and lists of strings (keyword lists).
+as text too) and lists of strings (keyword lists). (The memo, a plain JSON payload, is
+checked by :func:`cairn.payloads.check_memo`.)
 
 The filter language is parsed here, never handed to Postgres: a tokenizer and a
-recursive-descent parser turn ``customer = "acme" AND amount > 10`` into a SQL fragment
-made only of fixed text from this module and ``%(wN)s`` parameters. Built-in names
+recursive-descent parser turn ``customer = "acme" AND amount > 10`` into a tree of checked
+conditions (:data:`Condition`), which :mod:`cairn.store.filters` compiles into a SQL
+fragment made only of fixed text and ``%(wN)s`` parameters. Built-in names
 (``WorkflowId``, ``WorkflowType``, ``Status``, ``StartTime``, ``CloseTime``, ``Queue``,
-Temporal's) map to ``runs`` columns; every other name is a search attribute key.
-Equality on a search attribute is a jsonb containment test, which the GIN index
-``runs_search_attributes`` answers; ordering comparisons compare typed values.
+Temporal's) name ``runs`` columns; every other name is a search attribute key.
+This module is pure: no SQL, no I/O.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -24,31 +24,29 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from cairn.errors import InputValidationError, InvalidFilter
-from cairn.options import check_text, shown, to_payload
+from cairn.options import check_text, shown
 
 MAX_KEY_LENGTH = 64
 MAX_ATTRIBUTES = 100
 MAX_STRING_LENGTH = 2048
 MAX_LIST_ITEMS = 100
-MAX_MEMO_BYTES = 64 * 1024
 MAX_FILTER_LENGTH = 10_000
 MAX_FILTER_DEPTH = 100  # nested parentheses and NOTs (the parser recurses once per level)
 MAX_NUMBER_LENGTH = 100  # characters of a number literal
 
-# Built-in filter names and the runs column each maps to, with its kind.
-BUILTINS: dict[str, tuple[str, str]] = {
-    "WorkflowId": ("workflow_id", "text"),
-    "WorkflowType": ("workflow_type", "text"),
-    "Status": ("status", "status"),
-    "ExecutionStatus": ("status", "status"),
-    "StartTime": ("created_at", "time"),
-    "CloseTime": ("closed_at", "time"),
-    "Queue": ("queue", "text"),
-    "TaskQueue": ("queue", "text"),
-    "RunId": ("run_id::text", "text"),
+# Built-in filter names (Temporal's) and the kind of value each takes; each names a column of
+# cairn.runs (cairn.store.filters.COLUMNS).
+BUILTINS: dict[str, str] = {
+    "WorkflowId": "text",
+    "WorkflowType": "text",
+    "Status": "status",
+    "ExecutionStatus": "status",
+    "StartTime": "time",
+    "CloseTime": "time",
+    "Queue": "text",
+    "TaskQueue": "text",
+    "RunId": "text",
 }
 KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE", "STARTS_WITH", "EXISTS"})
 # Names a search attribute may not take: the built-ins and the keywords (case-insensitive).
@@ -57,20 +55,13 @@ RESERVED = frozenset({k.lower() for k in BUILTINS} | {k.lower() for k in KEYWORD
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What a datetime looks like, field by field (a month 01-12, an hour 00-23, an offset within
 # Postgres' +-15:59), in the syntax Python's re and Postgres' ~ share. The same text guards
-# the filter's literals and the stored strings a comparison casts, so both sides agree on
-# what is a datetime; year 0000 and the day of the month are checked apart (_DATE_EXISTS_SQL;
-# Python's fromisoformat refuses them), as a lookahead would double the regex's cost (groups
-# do not capture, which Postgres matches faster).
-_DATETIME_PATTERN = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d"
+# the filter's literals and the stored strings a comparison casts (cairn.store.filters), so
+# both sides agree on what is a datetime; year 0000 and the day of the month are checked
+# apart (cairn.store.filters.DATE_EXISTS_SQL; Python's fromisoformat refuses them), as a
+# lookahead would double the regex's cost (groups do not capture, which Postgres matches faster).
+DATETIME_PATTERN = (r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d"
                      r"(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)?)?$")
-_DATETIME = re.compile(_DATETIME_PATTERN, re.ASCII)
-# The date exists (no year 0000, no 2023-02-29, no 04-31): {s} is a string that matched the
-# pattern. Days up to 28 exist in every month: most rows stop at the first comparison.
-_DATE_EXISTS_SQL = ("substr({s}, 1, 4) <> '0000' AND (substr({s}, 9, 2) <= '28' OR substr({s}, 9, 2)::int <= "
-                    "CASE WHEN substr({s}, 6, 2) IN ('04', '06', '09', '11') THEN 30 "
-                    "WHEN substr({s}, 6, 2) <> '02' THEN 31 WHEN mod(substr({s}, 1, 4)::int, 4) = 0 "
-                    "AND (mod(substr({s}, 1, 4)::int, 100) <> 0 OR mod(substr({s}, 1, 4)::int, 400) = 0) "
-                    "THEN 29 ELSE 28 END)")
+_DATETIME = re.compile(DATETIME_PATTERN, re.ASCII)
 
 
 # ---------------------------------------------------------------- values
@@ -167,22 +158,6 @@ def check_search_attributes(values: Mapping[str, Any] | None, *, allow_null: boo
         else:
             out[key] = _check_value(key, value)
     return out
-
-
-def check_memo(memo: Any) -> dict[str, Any] | None:
-    """Validates a memo (a JSON object, at most 64 KiB) and returns its JSON form.
-
-    Raises:
-        InputValidationError: not a JSON object, or too large.
-    """
-    if memo is None:
-        return None
-    if not isinstance(memo, Mapping):
-        raise InputValidationError("the memo must be a JSON object")
-    payload = to_payload(dict(memo))  # raises InputValidationError for what JSON cannot hold
-    if len(json.dumps(payload)) > MAX_MEMO_BYTES:
-        raise InputValidationError(f"the memo is larger than {MAX_MEMO_BYTES} bytes")
-    return payload  # type: ignore[no-any-return]
 
 
 def merge_upserts(current: dict[str, Any], upsert: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,14 +283,75 @@ def _number(raw: str, column: int) -> int | float:
     return value
 
 
+# The parsed filter: a tree of conditions, each already checked (names, literal kinds,
+# datetimes), that cairn.store.filters compiles to SQL without raising.
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``name op value``: ``op`` is one of ``= != < <= > >=``."""
+
+    name: Token
+    op: str
+    value: Token
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """``name IN (values)``, or ``name NOT IN (values)`` when ``negate``."""
+
+    name: Token
+    values: tuple[Token, ...]
+    negate: bool
+
+
+@dataclass(frozen=True)
+class StartsWith:
+    """``name STARTS_WITH 'prefix'``."""
+
+    name: Token
+    prefix: str
+
+
+@dataclass(frozen=True)
+class IsNull:
+    """``name IS NULL``, or ``name IS NOT NULL`` / ``EXISTS name`` when ``negate``."""
+
+    name: Token
+    negate: bool
+
+
+@dataclass(frozen=True)
+class Not:
+    """``NOT inner``: true when ``inner`` is false or unknown (a missing attribute)."""
+
+    inner: Condition
+
+
+@dataclass(frozen=True)
+class And:
+    """Two or more conditions that must all hold."""
+
+    parts: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    """Two or more conditions of which one must hold."""
+
+    parts: tuple[Condition, ...]
+
+
+Condition = Comparison | OneOf | StartsWith | IsNull | Not | And | Or
+
+
 class _Parser:
-    """Recursive descent over the tokens; each method returns a SQL fragment."""
+    """Recursive descent over the tokens; each method returns a checked :data:`Condition`."""
 
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.pos = 0
         self.depth = 0  # parentheses and NOTs open around the current token
-        self.params: dict[str, Any] = {}
 
     # -- helpers
 
@@ -351,14 +387,9 @@ class _Parser:
             raise _error(f"the filter nests deeper than {MAX_FILTER_DEPTH} levels of parentheses and NOT",
                          self.tok.column)
 
-    def param(self, value: Any) -> str:
-        name = f"w{len(self.params)}"
-        self.params[name] = value
-        return f"%({name})s"
-
     # -- grammar
 
-    def parse(self) -> str:
+    def parse(self) -> Condition:
         if self.tok.kind == "end":
             raise _error("empty filter", 1)
         out = self.or_expr()
@@ -366,31 +397,30 @@ class _Parser:
             raise self.unexpected("expected AND, OR or the end")
         return out
 
-    def or_expr(self) -> str:
+    def or_expr(self) -> Condition:
         parts = [self.and_expr()]
         while self.is_kw("OR"):
             self.take()
             parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else Or(tuple(parts))
 
-    def and_expr(self) -> str:
+    def and_expr(self) -> Condition:
         parts = [self.not_expr()]
         while self.is_kw("AND"):
             self.take()
             parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else And(tuple(parts))
 
-    def not_expr(self) -> str:
+    def not_expr(self) -> Condition:
         if self.is_kw("NOT"):
             self.enter()
             self.take()
-            # coalesce: NOT of an unknown (a missing attribute) is false, not NULL
             inner = self.not_expr()
             self.depth -= 1
-            return f"NOT coalesce({inner}, false)"
+            return Not(inner)
         return self.primary()
 
-    def primary(self) -> str:
+    def primary(self) -> Condition:
         if self.tok.kind == "(":
             self.enter()
             self.take()
@@ -402,8 +432,7 @@ class _Parser:
             return inner
         if self.is_kw("EXISTS"):
             self.take()
-            name = self.name()
-            return self.null_test(name, negate=True)
+            return IsNull(self.name(), negate=True)
         return self.comparison()
 
     def name(self) -> Token:
@@ -420,11 +449,13 @@ class _Parser:
             return t
         raise self.unexpected("expected a value: a quoted string, a number, true or false")
 
-    def comparison(self) -> str:
+    def comparison(self) -> Condition:
         name = self.name()
         if self.tok.kind == "op":
             op = self.take().value
-            return self.compare(name, op, self.literal())
+            value = self.literal()
+            _check_comparison(name, op, value)
+            return Comparison(name, op, value)
         if self.is_kw("IN") or self.is_kw("NOT"):
             negate = self.is_kw("NOT")
             if negate:
@@ -440,114 +471,54 @@ class _Parser:
             if self.tok.kind != ")":
                 raise self.unexpected("expected ',' or ')'")
             self.take()
-            ors = "(" + " OR ".join(self.compare(name, "=", v) for v in values) + ")"
-            return f"NOT coalesce({ors}, false)" if negate else ors
+            for value in values:
+                _check_comparison(name, "=", value)
+            return OneOf(name, tuple(values), negate)
         if self.is_kw("STARTS_WITH"):
             self.take()
             value = self.literal()
             if value.kind != "string":
                 raise _error("STARTS_WITH needs a quoted string", value.column)
-            return self.starts_with(name, value.value)
+            if BUILTINS.get(name.value) == "time":
+                raise _error(f"STARTS_WITH does not apply to {name.value}", name.column)
+            return StartsWith(name, value.value)
         if self.is_kw("IS"):
             self.take()
             negate = self.is_kw("NOT")
             if negate:
                 self.take()
             self.expect_kw("NULL")
-            return self.null_test(name, negate=negate)
+            return IsNull(name, negate)
         raise self.unexpected("expected an operator (= != < <= > >=, IN, STARTS_WITH, IS NULL)")
 
-    # -- SQL for one comparison
 
-    def compare(self, name: Token, op: str, value: Token) -> str:
-        builtin = BUILTINS.get(name.value)
-        if builtin is not None:
-            return self.compare_builtin(name, builtin, op, value)
-        key = name.value
-        if len(key) > MAX_KEY_LENGTH:
-            raise _error(f"name {key[:20]!r}... is too long", name.column)
-        attr = f"(search_attributes -> {self.param(key)})"
-        if op in ("=", "!="):
-            docs = [{key: value.value}]
-            if value.kind == "string":
-                docs.append({key: [value.value]})  # a keyword list contains it
-                when = parse_datetime(value.value)
-                if when is not None and format_datetime(when) != value.value:
-                    docs.append({key: format_datetime(when)})  # the stored form of a datetime
-            eq = "(" + " OR ".join(f"search_attributes @> {self.param(Jsonb(d))}::jsonb" for d in docs) + ")"
-            if op == "=":
-                return eq
-            return f"(search_attributes ? {self.param(key)} AND NOT {eq})"
-        sql_op = op
-        if value.kind == "bool":
-            raise _error(f"{op} does not apply to true/false", value.column)
-        if value.kind == "number":
-            return (f"(CASE WHEN jsonb_typeof({attr}) = 'number' THEN ({attr} #>> '{{}}')::numeric END"
-                    f" {sql_op} {self.param(value.value)}::numeric)")
-        when = parse_datetime(value.value)
-        if when is not None:
-            # Cast only strings that are datetimes: pattern, then (nested, since AND does
-            # not order its operands) the date's existence; one odd keyword such as
-            # "2024-99-99" or "2023-02-29" must not make the cast, and so the query, fail.
-            text = f"({attr} #>> '{{}}')"
-            pattern = self.param(_DATETIME_PATTERN)
-            return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' AND {text} ~ {pattern}::text"
-                    f" THEN CASE WHEN {_DATE_EXISTS_SQL.format(s=text)} THEN {text}::timestamptz END END"
-                    f" {sql_op} {self.param(when)}::timestamptz)")
-        return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN ({attr} #>> '{{}}') END"
-                f" {sql_op} {self.param(value.value)}::text)")
-
-    def compare_builtin(self, name: Token, builtin: tuple[str, str], op: str, value: Token) -> str:
-        column, kind = builtin
-        sql_op = "<>" if op == "!=" else op
-        if kind == "time":
-            when = parse_datetime(value.value) if value.kind == "string" else None
-            if when is None:
-                got = f", not {shown(value.value)}" if value.kind == "string" else ""
-                raise _error(f"{name.value} needs a datetime string such as '2024-05-01T12:00:00Z'{got}",
-                             value.column)
-            return f"({column} {sql_op} {self.param(when)}::timestamptz)"
+def _check_comparison(name: Token, op: str, value: Token) -> None:
+    """Refuses a comparison that has no meaning: a built-in compared with the wrong kind of
+    literal, a too-long attribute name, an ordering of true/false."""
+    kind = BUILTINS.get(name.value)
+    if kind == "time":
+        if (parse_datetime(value.value) if value.kind == "string" else None) is None:
+            got = f", not {shown(value.value)}" if value.kind == "string" else ""
+            raise _error(f"{name.value} needs a datetime string such as '2024-05-01T12:00:00Z'{got}", value.column)
+    elif kind is not None:
         if value.kind != "string":
             raise _error(f"{name.value} needs a quoted string", value.column)
-        text = value.value.lower() if kind == "status" else value.value
-        return f"({column} {sql_op} {self.param(text)}::text)"
-
-    def starts_with(self, name: Token, prefix: str) -> str:
-        builtin = BUILTINS.get(name.value)
-        if builtin is not None:
-            if builtin[1] == "time":
-                raise _error(f"STARTS_WITH does not apply to {name.value}", name.column)
-            return f"starts_with({builtin[0]}, {self.param(prefix)}::text)"
-        attr = f"(search_attributes -> {self.param(name.value)})"
-        return (f"(CASE WHEN jsonb_typeof({attr}) = 'string' THEN starts_with({attr} #>> '{{}}', "
-                f"{self.param(prefix)}::text) END)")
-
-    def null_test(self, name: Token, *, negate: bool) -> str:
-        builtin = BUILTINS.get(name.value)
-        if builtin is not None:
-            return f"({builtin[0]} IS {'NOT ' if negate else ''}NULL)"
-        test = f"search_attributes ? {self.param(name.value)}"
-        return f"({test})" if negate else f"(NOT {test})"
+    elif len(name.value) > MAX_KEY_LENGTH:
+        raise _error(f"name {name.value[:20]!r}... is too long", name.column)
+    elif op not in ("=", "!=") and value.kind == "bool":
+        raise _error(f"{op} does not apply to true/false", value.column)
 
 
-@dataclass(frozen=True)
-class Filter:
-    """A parsed filter: a SQL boolean expression over ``cairn.runs`` and its parameters."""
-
-    sql: str
-    params: dict[str, Any]
-
-
-def parse_filter(text: str) -> Filter:
-    """Parses a ``--where`` filter into a parametrised SQL fragment (never raw SQL).
+def parse_condition(text: str) -> Condition:
+    """Parses a ``--where`` filter into a checked condition tree
+    (:func:`cairn.store.filters.parse_filter` turns it into parametrised SQL).
 
     Raises:
-        InputValidationError: the filter is malformed; the message names the column.
+        InputValidationError: the filter is malformed (:class:`InvalidFilter` names the column).
     """
     if not isinstance(text, str):
         raise InputValidationError("the filter must be a string")
     if len(text) > MAX_FILTER_LENGTH:
         raise InputValidationError(f"the filter is longer than {MAX_FILTER_LENGTH} characters")
     check_text(text, "the filter")
-    parser = _Parser(tokenize(text))
-    return Filter(parser.parse(), parser.params)
+    return _Parser(tokenize(text)).parse()

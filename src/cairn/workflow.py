@@ -8,43 +8,32 @@ activities, and keep I/O in activities.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
-import math
 import random as _random
 import uuid
 from collections.abc import Callable, Coroutine, MutableMapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
-from cairn.engine.instance import (
-    CANCELLATION_TYPES,
-    TRY_CANCEL,
-    ActivityHandle,
-    ChildWorkflowHandle,
-    WorkflowInstance,
-)
-from cairn.engine.loop import WorkflowLoop
-from cairn.errors import CairnError, ContinueAsNewError, InputValidationError
+from cairn.activity import validate_call
+from cairn.engine.instance import ActivityHandle, ChildWorkflowHandle, WorkflowDefinition, WorkflowInfo
+from cairn.engine.loop import WorkflowLoop, current_instance
+from cairn.errors import ContinueAsNewError, InputValidationError
 from cairn.options import (
-    DEFAULT_RETRY_POLICY,
     ID_REUSE_POLICIES,
     PARENT_CLOSE_POLICIES,
     IdReusePolicy,
     ParentClosePolicy,
     RetryPolicy,
-    Signature,
     check_execution_timeout,
     check_identifier,
     check_policy,
     seconds,
-    to_payload,
 )
-
-if TYPE_CHECKING:
-    from cairn.saga import Saga
+from cairn.payloads import Signature, to_payload
+from cairn.saga import Saga, current_saga
+from cairn.visibility import check_search_attributes
 
 __all__ = [
     "ActivityCancellationType", "ActivityHandle", "ChildWorkflowHandle", "WorkflowDefinition", "WorkflowInfo",
@@ -61,33 +50,6 @@ ActivityCancellationType = Literal["try_cancel", "wait_cancellation_completed", 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
-
-
-@dataclass(frozen=True)
-class WorkflowInfo:
-    """Identity of the running workflow."""
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    queue: str
-    namespace: str
-    start_time: datetime
-    # The run lifecycle: the parent run of a child workflow, the run this one continued
-    # (continue-as-new), and the history length so far (kept current by :func:`info`).
-    parent_workflow_id: str | None = None
-    parent_run_id: str | None = None
-    continued_from: str | None = None
-    history_length: int = 0
-
-
-@dataclass(frozen=True)
-class WorkflowDefinition:
-    """A registered workflow function."""
-
-    name: str
-    fn: Callable[..., Coroutine[Any, Any, Any]]
-    signature: Signature
 
 
 @overload
@@ -114,16 +76,6 @@ def definition_of(fn: Any) -> WorkflowDefinition:
     return d
 
 
-def _instance() -> WorkflowInstance:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if not isinstance(loop, WorkflowLoop):
-        raise CairnError("this works only inside workflow code")
-    return loop.instance
-
-
 def in_workflow() -> bool:
     """Whether the caller runs inside workflow code."""
     try:
@@ -136,23 +88,23 @@ def info() -> WorkflowInfo:
     """The running workflow's id, run id, type and queue, its parent and predecessor runs,
     and ``history_length``: the seq of its last event so far (a long loop calls
     :func:`continue_as_new` when it grows too long)."""
-    inst = _instance()
+    inst = current_instance()
     return dataclasses.replace(inst.info, history_length=inst.last_seq)
 
 
 def now() -> datetime:
     """Workflow time: the time of the current workflow task, the same on every replay."""
-    return _instance().now()
+    return current_instance().now()
 
 
 def random() -> _random.Random:
     """A random generator seeded from the run id: the same values on every replay."""
-    return _instance().random
+    return current_instance().random
 
 
 def uuid4() -> uuid.UUID:
     """A UUID from the workflow's seeded random generator."""
-    return _instance().uuid4()
+    return current_instance().uuid4()
 
 
 def patched(patch_id: str) -> bool:
@@ -169,7 +121,7 @@ def patched(patch_id: str) -> bool:
     """
     if not isinstance(patch_id, str) or not patch_id:
         raise InputValidationError("workflow.patched needs a non-empty patch id")
-    return _instance().patched(patch_id)
+    return current_instance().patched(patch_id)
 
 
 def deprecate_patch(patch_id: str) -> None:
@@ -183,7 +135,7 @@ def deprecate_patch(patch_id: str) -> None:
     """
     if not isinstance(patch_id, str) or not patch_id:
         raise InputValidationError("workflow.deprecate_patch needs a non-empty patch id")
-    _instance().patched(patch_id, deprecated=True)
+    current_instance().patched(patch_id, deprecated=True)
 
 
 def search_attributes() -> dict[str, Any]:
@@ -191,7 +143,7 @@ def search_attributes() -> dict[str, Any]:
 
     Datetimes appear in their stored form, ISO-8601 UTC text.
     """
-    return dict(_instance().search_attributes)
+    return dict(current_instance().search_attributes)
 
 
 def upsert_search_attributes(values: dict[str, Any]) -> None:
@@ -203,9 +155,7 @@ def upsert_search_attributes(values: dict[str, Any]) -> None:
     Raises:
         InputValidationError: a bad name or value (see ``Client.start``).
     """
-    from cairn.visibility import check_search_attributes
-
-    inst = _instance()
+    inst = current_instance()
     checked = check_search_attributes(values, allow_null=True)
     if not checked:
         raise InputValidationError("upsert_search_attributes needs at least one attribute")
@@ -214,94 +164,12 @@ def upsert_search_attributes(values: dict[str, Any]) -> None:
 
 def unsafe_is_replaying() -> bool:
     """Whether the code is being replayed from history (for logging decisions only)."""
-    return _instance().replaying
+    return current_instance().replaying
 
 
 async def sleep(duration: timedelta | float) -> None:
     """A durable timer: survives worker restarts. Plain ``asyncio.sleep`` does the same."""
     await asyncio.sleep(duration.total_seconds() if isinstance(duration, timedelta) else duration)
-
-
-# The saga whose ``async with`` block the running task is in (set by cairn.saga):
-# activities started there carry its id in history, so describe can list its steps.
-current_saga: contextvars.ContextVar[int | None] = contextvars.ContextVar("cairn_current_saga", default=None)
-
-
-@dataclass(frozen=True)
-class ActivityCall:
-    """An activity invocation, validated and converted to JSON, ready to schedule."""
-
-    name: str
-    args: list[Any]
-    options: dict[str, Any]
-    queue: str | None
-    returns: Callable[[Any], Any] | None
-    cancellation_type: str = TRY_CANCEL
-
-    def start(self, tags: dict[str, Any] | None = None) -> ActivityHandle:
-        """Schedules the activity (``tags`` are extra keys of its ``ActivityScheduled`` event)."""
-        inst = _instance()
-        return inst.schedule_activity(self.name, self.args, self.options, self.queue or inst.info.queue,
-                                      self.returns, tags, self.cancellation_type)
-
-
-def prepare_activity(
-    activity: Callable[..., Any] | str,
-    args: tuple[Any, ...],
-    *,
-    start_to_close_timeout: timedelta | float | None,
-    schedule_to_close_timeout: timedelta | float | None,
-    heartbeat_timeout: timedelta | float | None,
-    retry_policy: RetryPolicy | None,
-    queue: str | None,
-    cancellation_type: str = TRY_CANCEL,
-    throttle_budget: timedelta | float | None = None,
-) -> ActivityCall:
-    """Validates an activity invocation (see :func:`start_activity`) without scheduling it.
-
-    Raises:
-        InputValidationError: not an activity, bad arguments, or no timeout.
-    """
-    from cairn.activity import ActivityDefinition
-
-    returns: Callable[[Any], Any] | None = None
-    if isinstance(activity, str):
-        name = activity
-    else:
-        adef = getattr(activity, "__cairn_activity__", None)
-        if not isinstance(adef, ActivityDefinition):
-            raise InputValidationError(f"{activity!r} is not an activity: decorate it with @activity.defn")
-        name = adef.name
-        sig = adef.signature
-        sig.validate_args([to_payload(a) for a in args], f"activity {name}")
-
-        def returns(data: Any) -> Any:
-            return sig.validate_result(data, f"activity {name}")
-
-    if cancellation_type not in CANCELLATION_TYPES:
-        raise InputValidationError(
-            f"activity {name}: cancellation_type must be one of {', '.join(CANCELLATION_TYPES)}, "
-            f"not {cancellation_type!r}"
-        )
-    if start_to_close_timeout is None and schedule_to_close_timeout is None:
-        raise InputValidationError(
-            f"activity {name}: set start_to_close_timeout or schedule_to_close_timeout"
-        )
-    policy = retry_policy or DEFAULT_RETRY_POLICY
-    options = {
-        "start_to_close_timeout": seconds(start_to_close_timeout),
-        "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
-        "heartbeat_timeout": seconds(heartbeat_timeout),
-        "retry_policy": policy.model_dump(mode="json"),
-    }
-    if throttle_budget is not None:  # only when given: histories without it stay as they were
-        budget = throttle_budget.total_seconds() if isinstance(throttle_budget, timedelta) else throttle_budget
-        if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) \
-                or budget <= 0:
-            raise InputValidationError(
-                f"activity {name}: throttle_budget must be a positive number of seconds, got {throttle_budget!r}")
-        options["throttle_budget"] = float(budget)
-    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)
 
 
 def start_activity(
@@ -333,8 +201,8 @@ def start_activity(
             ``activity.Reschedule`` (throttles, open breakers, rate limits) without burning
             attempts (default 600 s); past it, it fails with ``ThrottleBudgetExhausted``.
     """
-    _instance()
-    call = prepare_activity(
+    current_instance()
+    call = validate_call(
         activity, args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
@@ -354,8 +222,6 @@ def saga(*, parallel_compensation: bool = False, continue_on_error: bool = True)
         continue_on_error: run the remaining compensations after one fails for good
             (sequential mode; in parallel mode all run anyway); ``False`` stops at the first.
     """
-    from cairn.saga import Saga
-
     return Saga(parallel_compensation=parallel_compensation, continue_on_error=continue_on_error)
 
 
@@ -388,14 +254,14 @@ class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         if in_workflow():
-            i = _instance().info
+            i = current_instance().info
             extra = dict(kwargs.get("extra") or {})
             extra.update(workflow_id=i.workflow_id, run_id=i.run_id, workflow_type=i.workflow_type)
             kwargs["extra"] = extra
         return msg, kwargs
 
     def isEnabledFor(self, level: int) -> bool:
-        if in_workflow() and _instance().replaying:
+        if in_workflow() and current_instance().replaying:
             return False
         return super().isEnabledFor(level)
 
@@ -427,7 +293,7 @@ async def wait_signal(name: str, timeout: timedelta | float | None = None) -> An
     Raises:
         TimeoutError: no signal of that name arrived within ``timeout``.
     """
-    inst = _instance()
+    inst = current_instance()
     return await inst.messages.wait_signal(_message_name(name, "signal"), seconds(timeout))
 
 
@@ -441,7 +307,7 @@ def set_signal_handler(name: str, handler: Callable[[Any], Any] | None) -> None:
     """
     if handler is not None and not callable(handler):
         raise InputValidationError(f"a signal handler must be callable, got {handler!r}")
-    _instance().messages.set_signal_handler(_message_name(name, "signal"), handler)
+    current_instance().messages.set_signal_handler(_message_name(name, "signal"), handler)
 
 
 async def wait_condition(predicate: Callable[[], Any], timeout: timedelta | float | None = None) -> None:
@@ -456,7 +322,7 @@ async def wait_condition(predicate: Callable[[], Any], timeout: timedelta | floa
     """
     if not callable(predicate):
         raise InputValidationError(f"wait_condition needs a callable predicate, got {predicate!r}")
-    await _instance().messages.wait_condition(predicate, seconds(timeout))
+    await current_instance().messages.wait_condition(predicate, seconds(timeout))
 
 
 def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
@@ -469,7 +335,7 @@ def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
     """
     if handler is not None and (not callable(handler) or asyncio.iscoroutinefunction(handler)):
         raise InputValidationError(f"a query handler must be a plain (non-async) function, got {handler!r}")
-    messages = _instance().messages
+    messages = current_instance().messages
     name = _message_name(name, "query")
     if handler is None:
         messages.query_handlers.pop(name, None)
@@ -526,7 +392,7 @@ async def start_child_workflow(
         ChildWorkflowError: the child could not start (``.cause.type`` is
             ``WorkflowAlreadyStarted`` or ``WorkflowIdReuseRefused``).
     """
-    inst = _instance()
+    inst = current_instance()
     name, payload, returns = _workflow_call(workflow, args)
     if id is not None:
         check_identifier(id, "the child workflow id")
@@ -575,7 +441,7 @@ def continue_as_new(*args: Any) -> NoReturn:
     code; do not catch it. Pending activities and timers of this run are dropped; the
     execution timeout, the parent and the id carry over.
     """
-    inst = _instance()
+    inst = current_instance()
     payload = [to_payload(a) for a in args]
     inst.definition.signature.validate_args(payload, f"workflow {inst.definition.name}")
     raise ContinueAsNewError(payload)

@@ -233,9 +233,9 @@ async def test_an_attempt_not_yet_started_is_cancelled_at_once(client, start_wor
 
 
 async def test_an_unknown_cancellation_type_is_refused_before_anything_is_written():
+    from cairn.activity import validate_call
     from cairn.errors import InputValidationError
-    from cairn.workflow import prepare_activity
 
     with pytest.raises(InputValidationError, match="cancellation_type must be one of"):
-        prepare_activity(heartbeater, ("x",), start_to_close_timeout=1, schedule_to_close_timeout=None,
+        validate_call(heartbeater, ("x",), start_to_close_timeout=1, schedule_to_close_timeout=None,
                          heartbeat_timeout=None, retry_policy=None, queue=None, cancellation_type="later")

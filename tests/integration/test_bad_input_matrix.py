@@ -27,17 +27,18 @@ from cairn import (
     WorkflowClosed,
     WorkflowNotFound,
     activity,
-    limits,
     options,
+    payloads,
     workflow,
 )
 from cairn.cli import main as cli
+from cairn.engine import history
 from cairn.engine.history import Event
-from cairn.errors import CairnError, DatabaseError
+from cairn.errors import CairnError, DatabaseError, HistoryTooLong
 
 from .support import events, wait_until
 
-BIG = "x" * (options.MAX_PAYLOAD_BYTES + 10)
+BIG = "x" * (payloads.MAX_PAYLOAD_BYTES + 10)
 SECRET = "s3cretPw_canary"
 
 
@@ -118,7 +119,7 @@ API_CASES: list[tuple[str, Case, type[BaseException], tuple[str, ...]]] = [
     ("nul_in_string", lambda c: c.start(echo, "a\x00b"), InputValidationError, ("NUL",)),
     ("nul_in_key", lambda c: c.start(echo, {"a\x00": 1}), InputValidationError, ("NUL",)),
     ("lone_surrogate", lambda c: c.start(echo, "a\ud800"), InputValidationError, ("surrogate",)),
-    ("too_deep", lambda c: c.start(echo, nested(options.MAX_PAYLOAD_DEPTH + 1)), InputValidationError,
+    ("too_deep", lambda c: c.start(echo, nested(payloads.MAX_PAYLOAD_DEPTH + 1)), InputValidationError,
      ("deeper than 64",)),
     ("way_too_deep", lambda c: c.start(echo, nested(5000)), InputValidationError, ("deeper",)),
     ("too_big", lambda c: c.start(echo, BIG), InputValidationError, ("over the limit", "CAIRN_MAX_PAYLOAD_BYTES")),
@@ -221,11 +222,11 @@ async def test_activity_payload_limits(client, registered, sql):
 
 def test_payload_warning_below_the_limit(caplog):
     with caplog.at_level(logging.WARNING, logger="cairn.limits"):
-        options.to_payload("y" * (options.WARN_PAYLOAD_BYTES + 10))
+        payloads.to_payload("y" * (payloads.WARN_PAYLOAD_BYTES + 10))
     assert "every replay reads it" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cairn.limits"):
-        options.to_payload("y" * 100)
+        payloads.to_payload("y" * 100)
     assert caplog.text == ""
 
 
@@ -247,15 +248,15 @@ def test_history_length_limit(caplog):
             out.append(Event(first + n, "WorkflowContinuedAsNew", {}))
         return out
 
-    assert limits.check_history_length(batch(10, 5), "w", "r", limit=100, warn=50) is None
+    assert history.check_history_length(batch(10, 5), "w", "r", limit=100, warn=50) is None
     with caplog.at_level(logging.WARNING, logger="cairn.limits"):
-        assert limits.check_history_length(batch(60, 5), "w", "r", limit=100, warn=50) is None
+        assert history.check_history_length(batch(60, 5), "w", "r", limit=100, warn=50) is None
     assert "continue-as-new advised" in caplog.text
-    err = limits.check_history_length(batch(98, 5), "w", "r", limit=100, warn=50)
-    assert isinstance(err, limits.HistoryTooLong)
+    err = history.check_history_length(batch(98, 5), "w", "r", limit=100, warn=50)
+    assert isinstance(err, HistoryTooLong)
     assert "continue-as-new advised" in str(err)
     # The way out is always open: a task that continues as new (or completes) is recorded.
-    assert limits.check_history_length(batch(98, 5, closing=True), "w", "r", limit=100, warn=50) is None
+    assert history.check_history_length(batch(98, 5, closing=True), "w", "r", limit=100, warn=50) is None
 
 
 @workflow.defn
@@ -266,8 +267,8 @@ async def chatty(n: int) -> int:
 
 
 async def test_history_limit_fails_the_task_with_advice(client, db_url, sql, start_worker, monkeypatch):
-    monkeypatch.setattr(limits, "MAX_HISTORY_EVENTS", 12)
-    monkeypatch.setattr(limits, "WARN_HISTORY_EVENTS", 6)
+    monkeypatch.setattr(history, "MAX_HISTORY_EVENTS", 12)
+    monkeypatch.setattr(history, "WARN_HISTORY_EVENTS", 6)
     await start_worker(workflows=[chatty])
     handle = await client.start(chatty, 50, id="chatty")
     row = await wait_until(lambda: sql("SELECT last_error FROM cairn.workflow_tasks WHERE run_id = %s "

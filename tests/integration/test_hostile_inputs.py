@@ -34,7 +34,8 @@ from click.testing import CliRunner, Result
 from cairn import Client, InputValidationError, Worker, workflow
 from cairn.cli import main as cli
 from cairn.cli._base import parse_json
-from cairn.visibility import MAX_FILTER_DEPTH, parse_filter
+from cairn.store.filters import parse_filter
+from cairn.visibility import MAX_FILTER_DEPTH
 
 from .test_bad_input_matrix import counts, registered  # noqa: F401  (a fixture)
 from .test_security import as_role

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from cairn import ActivityError, InputValidationError, activity, breakers, workflow
+from cairn.activity import validate_call
 from cairn.breakers import BreakerConfig
-from cairn.workflow import prepare_activity
 
 from .support import events, wait_until
 
@@ -121,13 +121,13 @@ async def test_schedule_to_close_bounds_reschedules(client, start_worker):
 def test_throttle_budget_is_validated():
     for bad in (0, -1, float("nan"), float("inf"), "10", True):
         with pytest.raises(InputValidationError, match="throttle_budget"):
-            prepare_activity(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
+            validate_call(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
                              heartbeat_timeout=None, retry_policy=None, queue=None, throttle_budget=bad)
-    call = prepare_activity(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
+    call = validate_call(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
                             heartbeat_timeout=None, retry_policy=None, queue=None,
                             throttle_budget=timedelta(minutes=2))
     assert call.options["throttle_budget"] == 120.0
-    call = prepare_activity(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
+    call = validate_call(throttled, ("t", 1, 1.0), start_to_close_timeout=1, schedule_to_close_timeout=None,
                             heartbeat_timeout=None, retry_policy=None, queue=None)
     assert "throttle_budget" not in call.options, "histories without it are unchanged"
 

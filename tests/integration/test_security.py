@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import cairn
-from cairn import Client, Worker, activity, limits, workflow
+from cairn import Client, Worker, activity, workflow
 from cairn.cli import main as cli
 from cairn.errors import ConfigurationError
-from cairn.store import roles
+from cairn.store import durability, roles
 
 from .support import events
 
@@ -279,7 +279,7 @@ async def test_roles_password_from_env_never_printed(db_url):
 
 def _settings_of(url: str, options: str = "") -> dict[str, str]:
     with psycopg.connect(url, autocommit=True, options=options) as conn:
-        row = conn.execute(limits.DURABILITY_SQL).fetchone()
+        row = conn.execute(durability.DURABILITY_SQL).fetchone()
     return {"fsync": row[0], "synchronous_commit": row[1]}
 
 
@@ -288,7 +288,7 @@ async def test_synchronous_commit_off_is_refused_unless_allowed(db_url, monkeypa
     dbname = conninfo_to_dict(db_url)["dbname"]
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
-    monkeypatch.delenv(limits.ENV_UNSAFE_DURABILITY, raising=False)
+    monkeypatch.delenv(durability.ENV_UNSAFE_DURABILITY, raising=False)
     with pytest.raises(ConfigurationError, match="synchronous_commit=off"):
         await Client.connect(db_url)
     with pytest.raises(ConfigurationError, match="synchronous_commit=off"):
@@ -299,16 +299,16 @@ async def test_synchronous_commit_off_is_refused_unless_allowed(db_url, monkeypa
     assert "CAIRN_ALLOW_UNSAFE_DURABILITY" in ran.stderr
     ran = await asyncio.to_thread(CliRunner().invoke, cli, ["--database-url", db_url, "--unsafe-durability", "list"])
     assert ran.exit_code == 0, ran.stderr
-    monkeypatch.setenv(limits.ENV_UNSAFE_DURABILITY, "1")
+    monkeypatch.setenv(durability.ENV_UNSAFE_DURABILITY, "1")
     # The client's sessions still commit synchronously: its own option wins.
     async with await Client.connect(db_url) as client, client.pool.connection() as c:
         assert (await (await c.execute("SHOW synchronous_commit")).fetchone())[0] == "on"
 
 
 def test_durability_problems():
-    assert limits.durability_problems({"fsync": "on", "synchronous_commit": "on"}) == []
-    assert limits.durability_problems({"fsync": "on", "synchronous_commit": "local"}) == []
-    assert len(limits.durability_problems({"fsync": "off", "synchronous_commit": "off"})) == 2
+    assert durability.durability_problems({"fsync": "on", "synchronous_commit": "on"}) == []
+    assert durability.durability_problems({"fsync": "on", "synchronous_commit": "local"}) == []
+    assert len(durability.durability_problems({"fsync": "off", "synchronous_commit": "off"})) == 2
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def fsync_off_server() -> Iterator[str]:
 async def test_fsync_off_server_is_refused(fsync_off_server, monkeypatch):
     url = fsync_off_server
     assert _settings_of(url)["fsync"] == "off"
-    monkeypatch.delenv(limits.ENV_UNSAFE_DURABILITY, raising=False)
+    monkeypatch.delenv(durability.ENV_UNSAFE_DURABILITY, raising=False)
     with pytest.raises(ConfigurationError, match="fsync=off"):
         await Client.connect(url, check_schema=True)
     with pytest.raises(ConfigurationError, match="fsync=off"):
@@ -344,7 +344,7 @@ async def test_fsync_off_server_is_refused(fsync_off_server, monkeypatch):
             pass
     ran = await asyncio.to_thread(CliRunner().invoke, cli, ["--database-url", url, "worker", "-m", "os"])
     assert ran.exit_code in (1, 2)
-    monkeypatch.setenv(limits.ENV_UNSAFE_DURABILITY, "1")
+    monkeypatch.setenv(durability.ENV_UNSAFE_DURABILITY, "1")
     from cairn.store import db
 
     await asyncio.to_thread(db.migrate, url)

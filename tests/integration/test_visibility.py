@@ -10,8 +10,8 @@ from psycopg import sql as pgsql
 from cairn import InputValidationError, workflow
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
+from cairn.store.filters import parse_filter
 from cairn.store.sql import q
-from cairn.visibility import parse_filter
 from cairn.workflow import WorkflowInfo, definition_of
 
 from .support import events

@@ -24,8 +24,7 @@ import pytest
 from cairn import workflow
 from cairn.engine import history as h
 from cairn.engine import loop as loop_module
-from cairn.engine.instance import WorkflowTaskFailed
-from cairn.errors import DeterminismViolation
+from cairn.errors import DeterminismViolation, WorkflowTaskFailed
 
 from .harness import Driver
 

@@ -17,8 +17,8 @@ import pytest
 from cairn import CairnError, workflow
 from cairn.engine import history as h
 from cairn.engine import loop as loop_module
-from cairn.engine.instance import WorkflowTaskFailed, replay
-from cairn.errors import DeterminismViolation
+from cairn.engine.instance import replay
+from cairn.errors import DeterminismViolation, WorkflowTaskFailed
 
 from .harness import OTHER_RUN_ID, RUN_ID, T0, Driver, fired
 

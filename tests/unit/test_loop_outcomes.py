@@ -11,8 +11,8 @@ from cairn import ApplicationError, workflow
 from cairn.engine import history as h
 from cairn.engine import loop as loop_module
 from cairn.engine.history import Command, Event
-from cairn.engine.instance import WorkflowTaskFailed, replay
-from cairn.errors import DeterminismViolation, NonDeterminismError
+from cairn.engine.instance import failure_of, replay
+from cairn.errors import DeterminismViolation, NonDeterminismError, WorkflowTaskFailed
 
 from .harness import Driver, cancel_requested, completed, fired, kinds
 
@@ -81,8 +81,8 @@ def test_type_error_fails_the_task_and_records_nothing():
     with pytest.raises(WorkflowTaskFailed) as info:
         d.activate()
     assert isinstance(info.value.cause, TypeError)
-    assert info.value.to_json()["type"] == "TypeError"
-    assert "has no len()" in info.value.to_json()["message"]
+    assert failure_of(info.value.cause)["type"] == "TypeError"
+    assert "has no len()" in failure_of(info.value.cause)["message"]
     assert not d.instance.closed
 
 

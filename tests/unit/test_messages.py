@@ -10,7 +10,8 @@ import pytest
 from cairn import CairnError, DeterminismViolation, QueryFailed, workflow
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.engine.instance import WorkflowTaskFailed, replay
+from cairn.engine.instance import replay
+from cairn.errors import WorkflowTaskFailed
 from cairn.views import summarize
 
 from .harness import Driver, completed, fired, kinds

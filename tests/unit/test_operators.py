@@ -13,7 +13,8 @@ from cairn.client.operators import plan_reset, task_seqs
 from cairn.engine import history as h
 from cairn.engine.history import SIGNAL_RECEIVED, Event
 from cairn.engine.instance import WorkflowInstance, replay
-from cairn.visibility import check_search_attributes, parse_filter, tokenize
+from cairn.store.filters import parse_filter
+from cairn.visibility import check_search_attributes, tokenize
 
 from .harness import OTHER_RUN_ID, RUN_ID, Driver, completed, fired, make_info
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from cairn import CairnError, InputValidationError, RetryPolicy, workflow
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
-from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
-from cairn.errors import NonDeterminismError
+from cairn.engine.instance import WorkflowInstance, replay
+from cairn.errors import NonDeterminismError, WorkflowTaskFailed
 from cairn.saga import COMPENSATION_START_TO_CLOSE
 from cairn.views import describe_sagas, summarize
 from cairn.workflow import WorkflowInfo, definition_of

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from cairn import Worker, activity, workflow
 from cairn.errors import ConfigurationError, InputValidationError
-from cairn.options import Signature, seconds, to_payload
+from cairn.options import seconds
+from cairn.payloads import Signature, to_payload
 
 
 class Customer(BaseModel):

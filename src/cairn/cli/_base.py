@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cairn import options as common
+from cairn import payloads
 from cairn.client import Client
 from cairn.errors import (
     CairnError,
@@ -57,7 +57,7 @@ def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: 
          unsafe_durability: bool = False) -> None:
     """Cairn: durable workflows for Python on nothing but Postgres."""
     if unsafe_durability:
-        os.environ["CAIRN_ALLOW_UNSAFE_DURABILITY"] = "1"  # read by cairn.limits at connect
+        os.environ["CAIRN_ALLOW_UNSAFE_DURABILITY"] = "1"  # read by cairn.store.durability at connect
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,7 +132,7 @@ def parse_json(text: str | None, what: str, *, max_bytes: int | None = None) -> 
     if text is None:
         return None
     if text.startswith("@"):
-        limit = (common.MAX_PAYLOAD_BYTES, " (the payload limit, CAIRN_MAX_PAYLOAD_BYTES)") if max_bytes is None \
+        limit = (payloads.MAX_PAYLOAD_BYTES, " (the payload limit, CAIRN_MAX_PAYLOAD_BYTES)") if max_bytes is None \
             else (max_bytes, "")
         text = _read_text_file(text[1:], what, *limit)
     def refuse(constant: str) -> Any:

@@ -25,13 +25,14 @@ from cairn.cli._base import (
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
 from cairn.engine.history import Event
-from cairn.engine.instance import WorkflowTaskFailed, replay
+from cairn.engine.instance import replay
 from cairn.errors import (
     CairnError,
     InputValidationError,
     NonDeterminismError,
     UnknownWorkflowType,
     WorkflowFailure,
+    WorkflowTaskFailed,
 )
 from cairn.options import ID_REUSE_POLICIES, RUN_STATUSES, seconds
 from cairn.views import summarize

@@ -41,7 +41,6 @@ from cairn.options import (
     ID_REUSE_POLICIES,
     RUN_STATUSES,
     IdReusePolicy,
-    Signature,
     check_execution_timeout,
     check_identifier,
     check_namespace,
@@ -50,15 +49,16 @@ from cairn.options import (
     new_run_id,
     seconds,
     shown,
-    to_payload,
 )
-from cairn.store import db
+from cairn.payloads import Signature, check_memo, to_payload
+from cairn.store import db, durability
 from cairn.store import lifecycle as _lifecycle
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
+from cairn.store.filters import Filter, parse_filter
 from cairn.store.sql import q
 from cairn.telemetry import tracer
 from cairn.views import describe_sagas, llm_calls, llm_totals
-from cairn.visibility import Filter, check_memo, check_search_attributes, parse_filter
+from cairn.visibility import check_search_attributes
 from cairn.workflow import definition_of
 
 if TYPE_CHECKING:
@@ -1067,11 +1067,8 @@ class WorkflowHandle(HandleMessages):
 
 
 def _prepare(url: str, embedded: bool) -> None:
-    from cairn import limits
-
     with db.connect_sync(url) as conn:
-        row = conn.execute(limits.DURABILITY_SQL).fetchone()
-        limits.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="client")
+        durability.check_server(conn, who="client")
         if embedded:
             status = db.schema_status(conn)
             if not status.up_to_date:

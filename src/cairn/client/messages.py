@@ -20,7 +20,8 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.errors import InputValidationError, QueryFailed, QueryTimeout
-from cairn.options import check_text, shown, to_payload
+from cairn.options import check_text, shown
+from cairn.payloads import to_payload
 from cairn.store.sql import q
 from cairn.telemetry import tracer
 

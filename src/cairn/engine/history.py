@@ -8,9 +8,17 @@ input events moved from the inbox, then the command events the code produced.
 from __future__ import annotations
 
 import decimal
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from cairn.errors import HistoryTooLong
+
+# The history-length warnings keep the logger name they have always had (logging set-ups filter on it).
+log = logging.getLogger("cairn.limits")
 
 # Written when the run is created; always seq 1.
 WORKFLOW_STARTED = "WorkflowStarted"
@@ -110,7 +118,7 @@ def as_stored(value: Any) -> Any:
     what a replay will read. jsonb orders an object's keys by length, then bytewise;
     stores numbers as ``numeric``, which prints a float written with a positive exponent
     (``1e+16``) as an integer, and has no negative zero. The value is JSON data already
-    (``cairn.options.to_payload``)."""
+    (``cairn.payloads.to_payload``)."""
     if isinstance(value, dict):
         return {k: as_stored(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
     if isinstance(value, list):
@@ -181,3 +189,39 @@ class Command:
 def describe_event(event: Event) -> str:
     """A short name of a recorded command event, in the form of :meth:`Command.describe`."""
     return Command(event.seq, event.type, event.data).describe()
+
+
+# ---------------------------------------------------------------- the history length limit
+#
+# Every cache miss replays the whole history, so a run that never ends (a loop of signals or
+# timers) gets slower and heavier until it is continued as new. A warning at
+# WARN_HISTORY_EVENTS; past MAX_HISTORY_EVENTS its workflow tasks fail (history untouched,
+# backed off, shown by describe) with advice to continue as new, unless the task closes the
+# run (completing, failing or continuing as new is always allowed).
+
+WARN_HISTORY_EVENTS = int(os.environ.get("CAIRN_WARN_HISTORY_EVENTS", 10_000))
+MAX_HISTORY_EVENTS = int(os.environ.get("CAIRN_MAX_HISTORY_EVENTS", 50_000))
+
+
+def check_history_length(events: Sequence[Event], workflow_id: str, run_id: str, *,
+                         limit: int | None = None, warn: int | None = None) -> HistoryTooLong | None:
+    """The error to fail a workflow task with if its events take the history past the limit.
+
+    Returns None when the task may be recorded (logging a warning past the warning mark).
+    A task that closes the run is always allowed: it is the way out.
+    """
+    if not events:
+        return None
+    limit = MAX_HISTORY_EVENTS if limit is None else limit
+    warn = WARN_HISTORY_EVENTS if warn is None else warn
+    length = events[-1].seq
+    if length <= warn:
+        return None
+    if length > limit and not any(e.type in TERMINAL_EVENTS for e in events):
+        return HistoryTooLong(
+            f"the history of {workflow_id!r} (run {run_id}) would reach {length} events, over the limit "
+            f"of {limit} (CAIRN_MAX_HISTORY_EVENTS): continue-as-new advised "
+            "(workflow.continue_as_new) to start a fresh history")
+    log.warning("the history of %s (run %s) has %d events (limit %d): continue-as-new advised",
+                workflow_id, run_id, length, limit)
+    return None

@@ -15,8 +15,10 @@ import logging
 import random
 import traceback
 import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
@@ -30,14 +32,40 @@ from cairn.errors import (
     DeterminismViolation,
     NonDeterminismError,
     WorkflowFailure,
+    WorkflowTaskFailed,
 )
-from cairn.options import to_payload
+from cairn.payloads import Signature, to_payload
 from cairn.redaction import redact_value
 
-if TYPE_CHECKING:
-    from cairn.workflow import WorkflowDefinition, WorkflowInfo
-
 log = logging.getLogger("cairn.workflow")
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """Identity of the running workflow (public as ``cairn.workflow.WorkflowInfo``)."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    namespace: str
+    start_time: datetime
+    # The run lifecycle: the parent run of a child workflow, the run this one continued
+    # (continue-as-new), and the history length so far (kept current by :func:`info`).
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    continued_from: str | None = None
+    history_length: int = 0
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow function (made by ``@cairn.workflow.defn``)."""
+
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    signature: Signature
+
 
 # Exceptions that mean the workflow code is broken, not that the workflow failed: they
 # fail the workflow *task*, which is retried with backoff until a fixed deployment runs
@@ -53,17 +81,6 @@ def is_bug(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(BUG_EXCEPTIONS) is not None
     return isinstance(exc, BUG_EXCEPTIONS)
-
-
-class WorkflowTaskFailed(Exception):
-    """The workflow code failed in a way that must not be recorded: retry the task."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-    def to_json(self) -> dict[str, Any]:
-        return failure_of(self.cause)
 
 
 def failure_of(exc: BaseException) -> dict[str, Any]:

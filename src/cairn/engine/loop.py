@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cairn.errors import DeterminismViolation
+from cairn.errors import CairnError, DeterminismViolation
 
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance
@@ -206,6 +206,21 @@ def guard_installed() -> bool:
 def in_workflow() -> bool:
     """Whether the calling code runs inside a workflow activation."""
     return _IN_WORKFLOW.get()
+
+
+def current_instance() -> WorkflowInstance:
+    """The workflow instance whose code is running (the authoring API's way in).
+
+    Raises:
+        CairnError: the caller is not workflow code.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if not isinstance(loop, WorkflowLoop):
+        raise CairnError("this works only inside workflow code")
+    return loop.instance
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cairn.engine.loop import _IN_WORKFLOW
 from cairn.errors import DeterminismViolation, QueryFailed
-from cairn.options import to_payload
+from cairn.payloads import to_payload
 
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance

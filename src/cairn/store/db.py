@@ -36,7 +36,7 @@ ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
 
 # synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
 # a caller's transaction (start with conn=..., terminate) left open cannot hold a run's
-# task lock for ever (cairn.limits.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
+# task lock for ever (cairn.store.durability.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
 

@@ -35,10 +35,10 @@ from cairn.client import Client
 from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
 from cairn.options import check_namespace
 from cairn.store import db
+from cairn.store.filters import parse_filter
 from cairn.store.sql import q
 from cairn.ui import pages
 from cairn.ui.timeline import build_timeline
-from cairn.visibility import parse_filter
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "connect_read_only", "create_app", "serve"]
 

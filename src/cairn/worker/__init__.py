@@ -30,19 +30,19 @@ from opentelemetry.trace import Span, StatusCode
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import limits
 from cairn import telemetry as _telemetry
 from cairn.activity import ActivityDefinition
 from cairn.engine import history as h
-from cairn.engine.history import Event
-from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, failure_of, replay
+from cairn.engine.history import Event, check_history_length
+from cairn.engine.instance import WorkflowInstance, failure_of, replay
 from cairn.engine.loop import install_guard
 from cairn.errors import (
     ConfigurationError,
     UnknownWorkflowType,
+    WorkflowTaskFailed,
 )
 from cairn.options import check_namespace, check_queue
-from cairn.store import db
+from cairn.store import db, durability
 from cairn.store import lifecycle as _lifecycle
 from cairn.store import transactions as _transactions
 from cairn.store.db import CONNECTION_OPTIONS
@@ -454,7 +454,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
     async def _fail_task(self, conn: psycopg.AsyncConnection[Any], task: dict[str, Any], exc: BaseException) -> None:
         """Records a failed workflow task (history untouched) and backs it off."""
         run_id = str(task["run_id"])
-        error = exc.to_json() if isinstance(exc, WorkflowTaskFailed) else failure_of(exc)
+        error = failure_of(exc.cause if isinstance(exc, WorkflowTaskFailed) else exc)
         delay = min(2.0 ** task["failures"], TASK_RETRY_MAX_SECONDS)
         self.stats.workflow_task_failures += 1
         log.warning("workflow task of %s (run %s) failed, retrying in %.0f s: %s", task["workflow_id"], run_id,
@@ -524,7 +524,7 @@ class Worker(_QueryAnswering, _FastPath, _ActivityRunning):
             await self._fail_task(conn, task, exc)
             return None
         events = [marker, *inputs, *(c.as_event() for c in commands)]
-        too_long = limits.check_history_length(events, task["workflow_id"], run_id)
+        too_long = check_history_length(events, task["workflow_id"], run_id)
         if too_long is not None:  # fail the task (history untouched) with continue-as-new advice
             self._evict(run_id)
             await self._fail_task(conn, task, too_long)
@@ -785,8 +785,7 @@ def _task_span(task: dict[str, Any], carrier: Any, start_ns: int) -> Span:
 
 def _prepare_schema(url: str, embedded: bool) -> None:
     with db.connect_sync(url) as conn:
-        row = conn.execute(limits.DURABILITY_SQL).fetchone()
-        limits.check_durability({"fsync": row[0], "synchronous_commit": row[1]} if row else {}, who="worker")
+        durability.check_server(conn, who="worker")
         if embedded and not db.schema_status(conn).up_to_date:
             db.migrate(url)
         else:

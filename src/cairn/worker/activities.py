@@ -34,7 +34,8 @@ from cairn.activity import ActivityDefinition, ActivityInfo
 from cairn.engine import history as h
 from cairn.engine.instance import WorkflowInstance, failure_of
 from cairn.errors import ApplicationError, InputValidationError
-from cairn.options import RetryPolicy, to_payload
+from cairn.options import RetryPolicy
+from cairn.payloads import to_payload
 from cairn.store.sql import q
 from cairn.telemetry import tracer
 from cairn.worker.claims import ClaimPairs

@@ -20,8 +20,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from cairn.engine.history import Event
-from cairn.engine.instance import WorkflowInstance, WorkflowTaskFailed, replay
-from cairn.errors import QueryFailed
+from cairn.engine.instance import WorkflowInstance, replay
+from cairn.errors import QueryFailed, WorkflowTaskFailed
 from cairn.store.sql import q
 from cairn.worker.activities import loop_failed
 from cairn.workflow import WorkflowDefinition, WorkflowInfo

@@ -27,9 +27,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from cairn import limits
 from cairn.engine import history as h
-from cairn.engine.history import Event
+from cairn.engine.history import Event, check_history_length
 from cairn.engine.instance import WorkflowInstance
 from cairn.store import transactions as _transactions
 from cairn.worker.tasks import Prepared, count_runs
@@ -160,7 +159,7 @@ class _FastPath:
                 inputs = [Event(last_seq + 2 + i, o["type"], h.as_stored(o["data"])) for i, o in enumerate(outcomes)]
                 commands = inst.activate(marker, inputs)
                 events = [marker, *inputs, *(c.as_event() for c in commands)]
-                if limits.check_history_length(events, inst.info.workflow_id, run_id) is not None:
+                if check_history_length(events, inst.info.workflow_id, run_id) is not None:
                     raise LookupError(run_id)  # the locked way fails the task with the advice
             except Exception as exc:  # the locked way replays the run and deals with it
                 log.debug("fast path: run %s not speculated (%r)", run_id, exc)
