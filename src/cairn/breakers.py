@@ -255,16 +255,15 @@ class _Row:
 
     @classmethod
     def of(cls, r: store.BreakerRow) -> _Row:
-        return cls(r.name, r.state, r.generation, BreakerConfig.model_validate(r.config), dict(r.window),
-                   r.opened_at, r.open_until, r.consecutive_opens, r.half_open_successes, r.now,
-                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [], r.resume_to)
+        c = r.current
+        return cls(r.name, c.state, c.generation, BreakerConfig.model_validate(r.config), dict(c.window),
+                   c.opened_at, c.open_until, c.consecutive_opens, c.half_open_successes, r.now,
+                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [], c.resume_to)
 
-    def written(self) -> store.BreakerWrite:
-        """The row as the store writes it back (its counters: what to add)."""
-        c = self.counts
-        return store.BreakerWrite(self.name, self.state, self.generation, self.window, self.opened_at,
-                                  self.open_until, self.consecutive_opens, self.half_open_successes, self.resume_to,
-                                  c["successful"], c["failed"], c["slow"], c["not_permitted"])
+    def state_now(self) -> store.BreakerState:
+        """The state as the store writes it back."""
+        return store.BreakerState(self.state, self.generation, self.window, self.opened_at, self.open_until,
+                                  self.consecutive_opens, self.half_open_successes, self.resume_to)
 
     def move(self, to: str, reason: str, *, keep_window: bool = False) -> None:
         """A transition: new generation, fresh window (unless kept), an event."""
@@ -303,7 +302,7 @@ async def _locked(conn: Conn, name: str, now: datetime | None) -> AsyncIterator[
 
 
 async def _write(conn: Conn, row: _Row, now: datetime | None) -> None:
-    await store.write(conn, row.written(), row.events, now)
+    await store.write(conn, row.name, row.state_now(), store.Counters(**row.counts), row.events, now)
     for frm, to, _ in row.events:
         _transitions.add(1, {"breaker": row.name, "from": frm, "to": to})
     _last_state[row.name] = STATE_CODES[row.state]
@@ -328,14 +327,14 @@ async def admit(conn: Conn, name: str, config: BreakerConfig, *, now: datetime |
     if not name.strip():
         raise InputValidationError("a breaker name must not be empty")
     r = await store.read(conn, name, config.stored(), now)
-    state, gen = r.state, r.generation
+    state, gen, open_until = r.current.state, r.current.generation, r.current.open_until
     _last_state[name] = STATE_CODES[state]
     if state in ("closed", "disabled"):
         return Admission(True, None, gen, None, state, name, r.now)
-    if state == "forced_open" or (state == "open" and r.open_until is not None and r.now < r.open_until):
+    if state == "forced_open" or (state == "open" and open_until is not None and r.now < open_until):
         await store.count_not_permitted(conn, name)
         _count(name, "not_permitted")
-        return Admission(False, _refused_until(r.state, r.open_until, r.now, config), gen, None, state, name, r.now)
+        return Admission(False, _refused_until(state, open_until, r.now, config), gen, None, state, name, r.now)
     async with _locked(conn, name, now) as row:
         assert row is not None  # breakers are deleted only by `cairn breakers reset`
         admission = await _admit_locked(conn, row, now)
@@ -614,18 +613,16 @@ async def describe(conn: Conn, *, events: int = 5, now: datetime | None = None) 
     consecutive opens, counters, live probes and its last transitions."""
     out = []
     for listed in await store.list_breakers(conn, now):
-        r = listed.row
+        r, c = listed.row, listed.row.current
         config = BreakerConfig.model_validate(r.config)
-        calls, failures, slows = window_stats(config, r.window, r.now.timestamp())
+        calls, failures, slows = window_stats(config, c.window, r.now.timestamp())
         transitions = await store.recent_events(conn, r.name, events)
         out.append({
-            "name": r.name, "state": r.state, "generation": r.generation,
+            "name": r.name, "state": c.state, "generation": c.generation,
             "failure_rate": round(100.0 * failures / calls, 1) if calls else None,
             "slow_rate": round(100.0 * slows / calls, 1) if calls else None,
-            "calls_in_window": calls, "open_until": r.open_until, "consecutive_opens": r.consecutive_opens,
-            "live_probes": listed.live_probes,
-            "counters": {"successful": r.successful, "failed": r.failed, "slow": r.slow,
-                         "not_permitted": r.not_permitted},
+            "calls_in_window": calls, "open_until": c.open_until, "consecutive_opens": c.consecutive_opens,
+            "live_probes": listed.live_probes, "counters": r.counters._asdict(),
             "config": r.config, "transitions": [t._asdict() for t in transitions],
         })
     return out

@@ -26,56 +26,48 @@ READ_ATTEMPTS = 3  # a concurrent first insert may hide the row from one stateme
 
 
 @dataclass(frozen=True, slots=True)
-class BreakerRow:
-    """A breaker's stored row, read at the database's time ``now``.
+class BreakerState:
+    """What a transition changes: the state, its generation and window (``window_data``),
+    when it opened and until when, the opens in a row, the half-open round's successes, and
+    (a throttle-open) the state it resumes once it ends."""
 
-    Attributes:
-        config: the stored config (``BreakerConfig``'s JSON: the first writer's).
-        window: the sliding window (``window_data``).
-        successful, failed, slow, not_permitted: the call counters.
-    """
-
-    name: str
     state: str
     generation: int
-    config: dict[str, Any]
     window: dict[str, Any]
     opened_at: datetime | None
     open_until: datetime | None
     consecutive_opens: int
     half_open_successes: int
     resume_to: str | None
+
+
+class Counters(NamedTuple):
+    """A breaker's call counters, by outcome (or what to add to them)."""
+
     successful: int
     failed: int
     slow: int
     not_permitted: int
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRow:
+    """A breaker's stored row, read at the database's time ``now``; ``config`` is the stored
+    config (``BreakerConfig``'s JSON: the first writer's)."""
+
+    name: str
+    config: dict[str, Any]
+    current: BreakerState
+    counters: Counters
     now: datetime
 
 
 def _row(r: dict[str, Any]) -> BreakerRow:
-    return BreakerRow(r["name"], r["state"], int(r["generation"]), r["config"], dict(r["window_data"] or {}),
-                      r["opened_at"], r["open_until"], int(r["consecutive_opens"]), int(r["half_open_successes"]),
-                      r.get("resume_to"), int(r["successful"]), int(r["failed"]), int(r["slow"]),
-                      int(r["not_permitted"]), r["now"])
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerWrite:
-    """A locked breaker's new state, and what to add to its call counters."""
-
-    name: str
-    state: str
-    generation: int
-    window: dict[str, Any]
-    opened_at: datetime | None
-    open_until: datetime | None
-    consecutive_opens: int
-    half_open_successes: int
-    resume_to: str | None
-    successful: int
-    failed: int
-    slow: int
-    not_permitted: int
+    state = BreakerState(r["state"], int(r["generation"]), dict(r["window_data"] or {}), r["opened_at"],
+                         r["open_until"], int(r["consecutive_opens"]), int(r["half_open_successes"]),
+                         r.get("resume_to"))
+    counters = Counters(int(r["successful"]), int(r["failed"]), int(r["slow"]), int(r["not_permitted"]))
+    return BreakerRow(r["name"], r["config"], state, counters, r["now"])
 
 
 class LiveProbes(NamedTuple):
@@ -157,22 +149,24 @@ async def locked(conn: Conn, name: str, now: datetime | None) -> AsyncIterator[B
 
 
 @translated
-async def write(conn: Conn, row: BreakerWrite, events: list[tuple[str, str, str]], now: datetime | None) -> None:
-    """Under :func:`locked`: writes the breaker's new state, one event per transition
-    (``(from, to, reason)``, the last one at ``row.generation``), and drops its probe
-    leases when it left half-open or now admits no probe (closed, disabled, forced open)."""
+async def write(conn: Conn, name: str, state: BreakerState, added: Counters, events: list[tuple[str, str, str]],
+                now: datetime | None) -> None:
+    """Under :func:`locked`: writes the breaker's new state, adds to its counters, records
+    one event per transition (``(from, to, reason)``, the last one at ``state.generation``),
+    and drops its probe leases when it left half-open or now admits no probe (closed,
+    disabled, forced open)."""
     await conn.execute(q("breaker_write"), {
-        "name": row.name, "state": row.state, "generation": row.generation, "window_data": Jsonb(row.window),
-        "opened_at": row.opened_at, "open_until": row.open_until, "consecutive_opens": row.consecutive_opens,
-        "half_open_successes": row.half_open_successes, "resume_to": row.resume_to, "now": now,
-        "successful": row.successful, "failed": row.failed, "slow": row.slow, "not_permitted": row.not_permitted})
-    gen = row.generation - len(events)
+        "name": name, "state": state.state, "generation": state.generation, "window_data": Jsonb(state.window),
+        "opened_at": state.opened_at, "open_until": state.open_until, "consecutive_opens": state.consecutive_opens,
+        "half_open_successes": state.half_open_successes, "resume_to": state.resume_to, "now": now,
+        **added._asdict()})
+    gen = state.generation - len(events)
     for frm, to, reason in events:
         gen += 1
-        await conn.execute(q("breaker_event"), {"name": row.name, "from_state": frm, "to_state": to,
+        await conn.execute(q("breaker_event"), {"name": name, "from_state": frm, "to_state": to,
                                                  "generation": gen, "reason": reason, "now": now})
-    if any(frm == "half_open" for frm, _, _ in events) or row.state in ("closed", "disabled", "forced_open"):
-        await conn.execute(q("breaker_clear_probes"), {"name": row.name})
+    if any(frm == "half_open" for frm, _, _ in events) or state.state in ("closed", "disabled", "forced_open"):
+        await conn.execute(q("breaker_clear_probes"), {"name": name})
 
 
 @translated
