@@ -25,9 +25,8 @@ close it.
 
 Every transition is a read-modify-write of the breaker's row under its row lock
 (``cairn.store.breakers.locked``, ``SELECT ... FOR UPDATE``), so workers take turns instead
-of racing.
-The common path (a closed breaker admitting) is one statement and takes no lock. Time
-comes from the database; tests pin it with ``now=``.
+of racing. The common path (a closed breaker admitting) is one statement and takes no lock.
+Time comes from the database; tests pin it with ``now=``.
 
 The config is stored with the row on first use and the first writer wins: every worker
 then applies the same thresholds even during a rolling deploy. To change a breaker's

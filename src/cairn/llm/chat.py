@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cairn import activity, breakers, ratelimits, workflow
 from cairn.activity import Reschedule
-from cairn.errors import ApplicationError, CairnError, InputValidationError
+from cairn.errors import ApplicationError, CairnError, InputValidationError, ProviderError
 from cairn.llm import providers
-from cairn.llm.providers import ProviderConfig, ProviderError
+from cairn.llm.providers import ProviderConfig
 from cairn.llm.types import ChatRequest, Completion
 from cairn.options import RetryPolicy
 from cairn.store import llm as store
