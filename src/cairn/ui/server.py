@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 
 from cairn import client as client_mod
 from cairn.client import Client
-from cairn.errors import CairnError, InputValidationError, WorkflowNotFound
+from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
 from cairn.options import check_namespace
 from cairn.store import db
 from cairn.store.sql import q
@@ -70,7 +70,13 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     check_namespace(namespace)  # before connecting
     resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
     await asyncio.to_thread(client_mod._prepare, resolved, embedded)
-    pool = await db.open_pool(resolved, max_size=4, options=READ_ONLY_OPTIONS)  # errors redacted
+    pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
+                   kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as exc:
+        await pool.close()
+        raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
     return Client(pool, resolved, namespace)
 
 
