@@ -24,9 +24,9 @@ before the breaker opened cannot re-open it, and one admitted before a re-open c
 close it.
 
 Every transition is a read-modify-write of the breaker's row under its row lock
-(``breaker_lock``, ``SELECT ... FOR UPDATE``), so workers take turns instead of racing.
-The common path (a closed breaker admitting) is one statement and takes no lock. Time
-comes from the database; tests pin it with ``now=``.
+(``cairn.store.breakers.locked``, ``SELECT ... FOR UPDATE``), so workers take turns instead
+of racing. The common path (a closed breaker admitting) is one statement and takes no lock.
+Time comes from the database; tests pin it with ``now=``.
 
 The config is stored with the row on first use and the first writer wins: every worker
 then applies the same thresholds even during a rolling deploy. To change a breaker's
@@ -40,21 +40,20 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from opentelemetry.metrics import CallbackOptions, Observation
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from cairn.errors import InputValidationError
+from cairn.errors import BreakerNotFound, InputValidationError
 from cairn.options import BreakerConfig  # the config model lives with the other options; public here
-from cairn.store.sql import q
+from cairn.store import breakers as store
 from cairn.telemetry import meter
+
+if TYPE_CHECKING:
+    from cairn.store.db import AnyPool, Conn
 
 __all__ = [
     "STATES",
@@ -81,12 +80,7 @@ STATE_CODES = {s: i for i, s in enumerate(STATES)}  # the state gauge's values
 TIME_BUCKETS = 60  # a time window is cut into at most this many buckets (of at least 1 s)
 HALF_OPEN_RECHECK_SECONDS = 5.0  # a call refused while every probe slot is taken looks again after this
 
-Conn = psycopg.AsyncConnection[Any]
 log = logging.getLogger("cairn.breakers")
-
-
-class BreakerNotFound(InputValidationError):
-    """An operator named a breaker that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -215,11 +209,16 @@ class _Row:
     resume_to: str | None = None  # a throttle-open: the state it resumes once it ends
 
     @classmethod
-    def of(cls, r: dict[str, Any]) -> _Row:
-        return cls(r["name"], r["state"], int(r["generation"]), BreakerConfig.model_validate(r["config"]),
-                   dict(r["window_data"] or {}), r["opened_at"], r["open_until"], int(r["consecutive_opens"]),
-                   int(r["half_open_successes"]), r["now"],
-                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [], r.get("resume_to"))
+    def of(cls, r: store.BreakerRow) -> _Row:
+        c = r.current
+        return cls(r.name, c.state, c.generation, BreakerConfig.model_validate(r.config), dict(c.window),
+                   c.opened_at, c.open_until, c.consecutive_opens, c.half_open_successes, r.now,
+                   {"successful": 0, "failed": 0, "slow": 0, "not_permitted": 0}, [], c.resume_to)
+
+    def state_now(self) -> store.BreakerState:
+        """The state as the store writes it back."""
+        return store.BreakerState(self.state, self.generation, self.window, self.opened_at, self.open_until,
+                                  self.consecutive_opens, self.half_open_successes, self.resume_to)
 
     def move(self, to: str, reason: str, *, keep_window: bool = False) -> None:
         """A transition: new generation, fresh window (unless kept), an event."""
@@ -250,27 +249,17 @@ class _Row:
         self.move("closed", reason)
 
 
-async def _locked(conn: Conn, name: str, now: datetime | None) -> _Row | None:
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("breaker_lock"), {"name": name, "now": now})
-    r = await cur.fetchone()
-    return None if r is None else _Row.of(r)
+@contextlib.asynccontextmanager
+async def _locked(conn: Conn, name: str, now: datetime | None) -> AsyncIterator[_Row | None]:
+    """The breaker's row under its lock, for the transaction of the block."""
+    async with store.locked(conn, name, now) as r:
+        yield None if r is None else _Row.of(r)
 
 
 async def _write(conn: Conn, row: _Row, now: datetime | None) -> None:
-    left_half_open = any(frm == "half_open" for frm, _, _ in row.events)
-    await conn.execute(q("breaker_write"), {
-        "name": row.name, "state": row.state, "generation": row.generation, "window_data": Jsonb(row.window),
-        "opened_at": row.opened_at, "open_until": row.open_until, "consecutive_opens": row.consecutive_opens,
-        "half_open_successes": row.half_open_successes, "resume_to": row.resume_to, "now": now, **row.counts})
-    gen = row.generation - len(row.events)
-    for frm, to, reason in row.events:
-        gen += 1
-        await conn.execute(q("breaker_event"), {"name": row.name, "from_state": frm, "to_state": to,
-                                                 "generation": gen, "reason": reason, "now": now})
+    await store.write(conn, row.name, row.state_now(), store.Counters(**row.counts), row.events, now)
+    for frm, to, _ in row.events:
         _transitions.add(1, {"breaker": row.name, "from": frm, "to": to})
-    if left_half_open or row.state in ("closed", "disabled", "forced_open"):
-        await conn.execute(q("breaker_clear_probes"), {"name": row.name})
     _last_state[row.name] = STATE_CODES[row.state]
 
 
@@ -292,26 +281,16 @@ async def admit(conn: Conn, name: str, config: BreakerConfig, *, now: datetime |
     """
     if not name.strip():
         raise InputValidationError("a breaker name must not be empty")
-    cur = conn.cursor(row_factory=dict_row)
-    r = None
-    for _ in range(3):  # a concurrent first insert may hide the row from one statement
-        await cur.execute(q("breaker_read"), {"name": name, "config": Jsonb(config.stored()), "now": now})
-        r = await cur.fetchone()
-        if r is not None:
-            break
-    if r is None:
-        raise psycopg.OperationalError(f"breaker {name!r} could not be read")
-    state, gen = r["state"], int(r["generation"])
+    r = await store.read(conn, name, config.stored(), now)
+    state, gen, open_until = r.current.state, r.current.generation, r.current.open_until
     _last_state[name] = STATE_CODES[state]
     if state in ("closed", "disabled"):
-        return Admission(True, None, gen, None, state, name, r["now"])
-    if state == "forced_open" or (state == "open" and r["open_until"] is not None and r["now"] < r["open_until"]):
-        await conn.execute(q("breaker_not_permitted"), {"name": name})
+        return Admission(True, None, gen, None, state, name, r.now)
+    if state == "forced_open" or (state == "open" and open_until is not None and r.now < open_until):
+        await store.count_not_permitted(conn, name)
         _count(name, "not_permitted")
-        return Admission(False, _refused_until(r["state"], r["open_until"], r["now"], config), gen, None, state,
-                         name, r["now"])
-    async with conn.transaction():
-        row = await _locked(conn, name, now)
+        return Admission(False, _refused_until(state, open_until, r.now, config), gen, None, state, name, r.now)
+    async with _locked(conn, name, now) as row:
         assert row is not None  # breakers are deleted only by `cairn breakers reset`
         admission = await _admit_locked(conn, row, now)
         await _write(conn, row, now)
@@ -341,24 +320,18 @@ async def _admit_locked(conn: Conn, row: _Row, now: datetime | None) -> Admissio
         row.counts["not_permitted"] += 1
         return Admission(False, _refused_until(row.state, row.open_until, row.now, row.config), row.generation,
                          None, row.state, row.name, row.now)
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("breaker_live_probes"), {"name": row.name, "generation": row.generation, "now": now})
-    probes = await cur.fetchone()
-    assert probes is not None
-    if int(probes["live"]) + row.half_open_successes + row.half_open_failures \
-            < row.config.permitted_calls_in_half_open:
+    probes = await store.live_probes(conn, row.name, row.generation, now)
+    if probes.live + row.half_open_successes + row.half_open_failures < row.config.permitted_calls_in_half_open:
         probe_id = str(uuid.uuid4())
-        await conn.execute(q("breaker_take_probe"), {"name": row.name, "probe_id": probe_id,
-                                                     "generation": row.generation, "now": now,
-                                                     "lease": row.config.probe_lease_seconds})
+        await store.take_probe(conn, row.name, probe_id, row.generation, row.config.probe_lease_seconds, now)
         return Admission(True, None, row.generation, probe_id, "half_open", row.name, row.now)
     row.counts["not_permitted"] += 1
     # Every slot is taken: look again soon, as the probes' outcomes may close it any moment
     # (waiting a whole recovery_timeout kept calls out for 30 s of a breaker closed 0.6 s
     # after they were refused), or when the first lease would expire, if sooner.
     retry = row.now + timedelta(seconds=min(row.config.recovery_timeout, HALF_OPEN_RECHECK_SECONDS))
-    if probes["first_expiry"] is not None:
-        retry = min(retry, probes["first_expiry"])
+    if probes.first_expiry is not None:
+        retry = min(retry, probes.first_expiry)
     return Admission(False, retry, row.generation, None, "half_open", row.name, row.now)
 
 
@@ -381,8 +354,7 @@ async def record(conn: Conn, name: str, admission: Admission, *, success: bool, 
     """
     if admission.state == "disabled" or not admission.permitted:
         return
-    async with conn.transaction():
-        row = await _locked(conn, name, now)
+    async with _locked(conn, name, now) as row:
         if row is None:
             return
         if row.state == "disabled":
@@ -391,7 +363,7 @@ async def record(conn: Conn, name: str, admission: Admission, *, success: bool, 
         row.counts["successful" if success else "failed"] += 1
         row.counts["slow"] += int(slow)
         if admission.probe_id is not None:
-            await conn.execute(q("breaker_release_probe"), {"name": name, "probe_id": admission.probe_id})
+            await store.release_probe(conn, name, admission.probe_id)
         if admission.generation == row.generation:
             _apply_outcome(row, success=success, slow=slow)
         await _write(conn, row, now)
@@ -434,14 +406,12 @@ async def refusing_for(conn: Conn, name: str, *, now: datetime | None = None) ->
     """Seconds (database time) the breaker goes on refusing calls, when it refuses them
     right now (forced open: a recovery timeout); None when it would admit. One read, no
     lock: the last look before a request goes out, for a call admitted a while ago."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("breaker_refusing"), {"name": name, "now": now})
-    r = await cur.fetchone()
+    r = await store.refusing(conn, name, now)
     if r is None:
         return None
-    if r["state"] != "open":  # forced open: look again after the breaker's recovery timeout
-        return float(r["recovery_timeout"])
-    return float((r["open_until"] - r["now"]).total_seconds())
+    if r.state != "open" or r.open_until is None:  # forced open: look again after the recovery timeout
+        return r.recovery_timeout
+    return float((r.open_until - r.now).total_seconds())
 
 
 async def renew_probe(conn: Conn, admission: Admission, lease_seconds: float, *, now: datetime | None = None) -> None:
@@ -449,12 +419,11 @@ async def renew_probe(conn: Conn, admission: Admission, lease_seconds: float, *,
     (a slow call must not free it for another prober), and only a crashed prober's lease
     runs out."""
     if admission.probe_id is not None:
-        await conn.execute(q("breaker_renew_probe"), {"name": admission.name, "probe_id": admission.probe_id,
-                                                      "lease": lease_seconds, "now": now})
+        await store.renew_probe(conn, admission.name, admission.probe_id, lease_seconds, now)
 
 
 @contextlib.asynccontextmanager
-async def hold_probe(pool: AsyncConnectionPool, admission: Admission,
+async def hold_probe(pool: AnyPool, admission: Admission,
                       config: BreakerConfig) -> AsyncIterator[None]:
     """Renews a half-open probe's lease while its call runs: a probe holds its slot for the
     life of its call, however slow, and only a crashed prober's lease runs out."""
@@ -483,7 +452,7 @@ async def hold_probe(pool: AsyncConnectionPool, admission: Admission,
 async def release(conn: Conn, admission: Admission) -> None:
     """Frees a probe's lease without an outcome (the call was never really made)."""
     if admission.probe_id is not None:
-        await conn.execute(q("breaker_release_probe"), {"name": admission.name, "probe_id": admission.probe_id})
+        await store.release_probe(conn, admission.name, admission.probe_id)
 
 
 async def trip(conn: Conn, name: str, until: datetime | None = None, *, seconds: float | None = None,
@@ -503,8 +472,7 @@ async def trip(conn: Conn, name: str, until: datetime | None = None, *, seconds:
     if (until is None) == (seconds is None):
         raise InputValidationError("trip takes either until or seconds")
     await admit_row(conn, name, config or BreakerConfig(), now)
-    async with conn.transaction():
-        row = await _locked(conn, name, now)
+    async with _locked(conn, name, now) as row:
         assert row is not None
         if until is None:
             until = row.now + timedelta(seconds=max(seconds or 0.0, 0.0))
@@ -529,15 +497,14 @@ async def trip(conn: Conn, name: str, until: datetime | None = None, *, seconds:
 
 async def admit_row(conn: Conn, name: str, config: BreakerConfig, now: datetime | None = None) -> None:
     """Makes sure the breaker's row exists (first writer's config wins)."""
-    await conn.execute(q("breaker_read"), {"name": name, "config": Jsonb(config.stored()), "now": now})
+    await store.create(conn, name, config.stored(), now)
 
 
 # ---------------------------------------------------------------- operators
 
 
-async def _operate(conn: Conn, name: str, now: datetime | None, change: Any) -> None:
-    async with conn.transaction():
-        row = await _locked(conn, name, now)
+async def _operate(conn: Conn, name: str, now: datetime | None, change: Callable[[_Row], None]) -> None:
+    async with _locked(conn, name, now) as row:
         if row is None:
             raise BreakerNotFound(f"no breaker named {name!r}")
         change(row)
@@ -592,28 +559,25 @@ async def enable(conn: Conn, name: str, *, now: datetime | None = None) -> None:
 async def reset(conn: Conn, name: str) -> None:
     """Operator: forgets the breaker (state, window, counters); the next call recreates it
     with its caller's config. Its transitions stay in ``breaker_events``."""
-    cur = await conn.execute(q("breaker_delete"), {"name": name})
-    if cur.rowcount == 0:
+    if not await store.delete(conn, name):
         raise BreakerNotFound(f"no breaker named {name!r}")
 
 
 async def describe(conn: Conn, *, events: int = 5, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every breaker: state, generation, rates and calls in its window, open-until,
     consecutive opens, counters, live probes and its last transitions."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("list_breakers"), {"now": now})
     out = []
-    for r in await cur.fetchall():
-        config = BreakerConfig.model_validate(r["config"])
-        calls, failures, slows = window_stats(config, r["window_data"] or {}, r["now"].timestamp())
-        await cur.execute(q("breaker_recent_events"), {"name": r["name"], "limit": events})
+    for listed in await store.list_breakers(conn, now):
+        r, c = listed.row, listed.row.current
+        config = BreakerConfig.model_validate(r.config)
+        calls, failures, slows = window_stats(config, c.window, r.now.timestamp())
+        transitions = await store.recent_events(conn, r.name, events)
         out.append({
-            "name": r["name"], "state": r["state"], "generation": r["generation"],
+            "name": r.name, "state": c.state, "generation": c.generation,
             "failure_rate": round(100.0 * failures / calls, 1) if calls else None,
             "slow_rate": round(100.0 * slows / calls, 1) if calls else None,
-            "calls_in_window": calls, "open_until": r["open_until"], "consecutive_opens": r["consecutive_opens"],
-            "live_probes": r["live_probes"],
-            "counters": {k: r[k] for k in ("successful", "failed", "slow", "not_permitted")},
-            "config": r["config"], "transitions": await cur.fetchall(),
+            "calls_in_window": calls, "open_until": c.open_until, "consecutive_opens": c.consecutive_opens,
+            "live_probes": listed.live_probes, "counters": r.counters._asdict(),
+            "config": r.config, "transitions": [t._asdict() for t in transitions],
         })
     return out

@@ -14,7 +14,11 @@ modules re-export what their users meet (``cairn.activity.Reschedule``, ``cairn.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from cairn.llm.classify import Classification, ErrorKind
 
 
 class CairnError(Exception):
@@ -320,3 +324,66 @@ class ContinueAsNewError(BaseException):
         super().__init__("continue as new")
         self.input = args
 
+
+# ---------------------------------------------------------------- breakers and LLM providers
+
+
+class BreakerNotFound(InputValidationError):
+    """An operator named a breaker that does not exist."""
+
+
+class ProviderConfigError(ConfigurationError, InputValidationError):
+    """A providers file (or inline JSON) that cannot be used: bad input, so the CLI exits 2."""
+
+
+class ProviderError(CairnError):
+    """A provider call failed; ``kind`` says what the engine should do about it.
+
+    Attributes:
+        kind: ``throttle`` | ``retryable`` | ``fatal`` | ``non_retryable`` (see cairn.llm.classify).
+        reason: a short code (``rate_limit``, ``quota``, ``ttft``, ``http_500``, ...).
+        status: the HTTP status, if an answer came.
+        retry_after: seconds the provider asked to wait (>= 0), if it said.
+        provider: the provider's configured name.
+        model: the requested model.
+        message: a short, sanitized description (never a key, never request headers).
+    """
+
+    # A provider may echo the key presented: every message passes through `redact`, which
+    # cairn.llm sets to cairn.redaction.redact as it loads (the keys to mask are remembered
+    # there). errors.py and redaction.py are siblings of the lowest layer: neither imports
+    # the other.
+    redact: ClassVar[Callable[[str], str]] = staticmethod(str)
+
+    def __init__(self, kind: ErrorKind, message: str, *, provider: str, model: str, status: int | None = None,
+                 retry_after: float | None = None, reason: str = "") -> None:
+        self.kind: ErrorKind = kind
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.provider = provider
+        self.model = model
+        self.message = message = ProviderError.redact(message)
+        facts = [f"HTTP {status}"] if status is not None else []
+        if retry_after is not None:
+            facts.append(f"retry after {retry_after:g} s")
+        where = f" ({', '.join(facts)})" if facts else ""
+        super().__init__(f"{provider}/{model}: {kind}{where}: {message}")
+
+    @classmethod
+    def from_classification(cls, c: Classification, *, provider: str, model: str,
+                            status: int | None = None) -> ProviderError:
+        """Builds the error a :class:`~cairn.llm.classify.Classification` describes."""
+        return cls(c.kind, c.message or c.reason, provider=provider, model=model, status=status,
+                   retry_after=c.retry_after, reason=c.reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: the default pickling would lose them (process pools, logs).
+        return (_rebuild_provider_error, (self.kind, self.message, self.provider, self.model, self.status,
+                                          self.retry_after, self.reason))
+
+
+def _rebuild_provider_error(kind: ErrorKind, message: str, provider: str, model: str, status: int | None,
+                            retry_after: float | None, reason: str) -> ProviderError:
+    return ProviderError(kind, message, provider=provider, model=model, status=status,
+                         retry_after=retry_after, reason=reason)

@@ -13,9 +13,10 @@ provider a little after its reservation). So no span of ``window`` seconds, howe
 sees more than the limit, at the cost of up to one bucket and the margin of headroom
 (~3 % of a minute); a deployment keeps at most ~62 bucket rows.
 
-Reservations of one deployment take turns on its ``cairn.rate_limits`` row lock, so the
-check and the increment are atomic across workers. Concurrency slots are leases that
-expire: a worker that dies mid-call frees its slot after ``lease_seconds``.
+Reservations of one deployment take turns on its ``cairn.rate_limits`` row lock
+(``cairn.store.ratelimits.locked``), so the check and the increment are atomic across
+workers. Concurrency slots are leases that expire: a worker that dies mid-call frees its
+slot after ``lease_seconds``.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import psycopg
-from psycopg.rows import dict_row
+from typing import TYPE_CHECKING, Any
 
 from cairn import activity
 from cairn.activity import Reschedule
 from cairn.errors import CairnError, InputValidationError
-from cairn.store.sql import q
+from cairn.store import ratelimits as store
+
+if TYPE_CHECKING:
+    from cairn.store.db import Conn
 
 __all__ = ["Reservation", "cancel", "reserve", "reserve_or_reschedule", "settle"]
 
@@ -44,8 +45,6 @@ PACE_BURST = 1.5                 # a bucket takes at most this many times its sh
 LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
 CONCURRENCY_RETRY_SECONDS = 1.0  # a full concurrency cap is looked at again this soon
 RETRY_MARGIN_SECONDS = 0.01      # retry_at lands just past the moment capacity frees up
-
-Conn = psycopg.AsyncConnection[Any]
 
 
 @dataclass(frozen=True)
@@ -181,37 +180,28 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
     if rpm is None and tpm is None and max_concurrency is None:
         return Reservation(True, None, rid, deployment, None, tokens, now)
     tokens_counted = min(tokens, tpm) if tpm is not None else tokens
-    async with conn.transaction():
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(q("rate_limit_lock"), {"deployment": deployment, "now": now})
-        locked = await cur.fetchone()
-        assert locked is not None
-        at: datetime = locked["now"]
+    async with store.locked(conn, deployment, now) as locked:
+        at = locked.now
         ledger = _Ledger(window_seconds, at)
-        await cur.execute(q("rate_limit_usage"), {"deployment": deployment, "now": at, "oldest": ledger.oldest,
-                                                  "holder": holder or ""})
-        u = await cur.fetchone()
-        assert u is not None
-        ledger.load(u["buckets"])
+        u = await store.usage(conn, deployment, at, ledger.oldest, holder or "")
+        ledger.load(u.buckets)
         per = "min" if window_seconds == WINDOW_SECONDS else f"{window_seconds:g} s"
-        args = {"deployment": deployment, "holder": holder}
-        if u["ticket"] is not None:
-            booked, booked_tokens = ledger.of_start(float(u["ticket"][0])), int(u["ticket"][1])
+        if u.ticket is not None:
+            booked, booked_tokens = ledger.of_start(u.ticket[0]), u.ticket[1]
             if booked > ledger.current:  # early: its turn has not come
                 return Reservation(False, ledger.start(booked) + timedelta(seconds=RETRY_MARGIN_SECONDS), rid,
                                    deployment, None, tokens, at, f"{deployment}: waiting for its turn ({per} limits)")
-            if booked == ledger.current and (max_concurrency is None or u["leases"] < max_concurrency):
-                await conn.execute(q("rate_limit_ticket_used"), args)
+            if booked == ledger.current and (max_concurrency is None or u.leases < max_concurrency):
+                await store.ticket_used(conn, deployment, holder)
                 await _lease(conn, rid, deployment, at, max_concurrency, lease_seconds)
                 return Reservation(True, None, rid, deployment, ledger.start(booked), booked_tokens, at)
             # Late (or no free slot): the request leaves the ticket's bucket; ask afresh.
-            await conn.execute(q("rate_limit_ticket_dropped"), {**args, "window_start": ledger.start(booked),
-                                                                "tokens": booked_tokens})
+            await store.ticket_dropped(conn, deployment, holder, ledger.start(booked), booked_tokens)
             ledger.remove(booked, booked_tokens)
-        if max_concurrency is not None and u["leases"] >= max_concurrency:
+        if max_concurrency is not None and u.leases >= max_concurrency:
             slot = CONCURRENCY_RETRY_SECONDS
-            if u["first_expiry"] is not None:
-                slot = min(slot, (u["first_expiry"] - at).total_seconds())
+            if u.first_expiry is not None:
+                slot = min(slot, (u.first_expiry - at).total_seconds())
             return Reservation(False, at + timedelta(seconds=slot + RETRY_MARGIN_SECONDS), rid, deployment, None,
                                tokens, at, f"{deployment}: at its limit of {max_concurrency} calls in flight")
         limits = [(rpm, 1, 0, f"{rpm} requests/{per}"), (tpm, tokens_counted, 1, f"{tpm} tokens/{per}")]
@@ -219,32 +209,28 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
         slot, reason = ledger.first_slot([(lim, need, col, why) for lim, need, col, why in limits if lim is not None],
                                          cap, f"{rpm} requests/{per}, paced")
         if slot == ledger.current:
-            await conn.execute(q("rate_limit_take"), {"deployment": deployment, "current": ledger.start(slot),
-                                                      "tokens": tokens_counted})
+            await store.take(conn, deployment, ledger.start(slot), tokens_counted)
             await _lease(conn, rid, deployment, at, max_concurrency, lease_seconds)
             return Reservation(True, None, rid, deployment, ledger.start(slot), tokens_counted, at)
         retry_at = ledger.start(slot) + timedelta(seconds=RETRY_MARGIN_SECONDS)
         if holder and slot < ledger.horizon:
             booked_at = ledger.start(slot)
             if priority > 0:
-                await cur.execute(q("rate_limit_displace"), {
-                    "deployment": deployment, "priority": priority, "after": ledger.start(ledger.current),
-                    "slot": booked_at, "tokens": tokens_counted if tpm is not None else None})
-                displaced = await cur.fetchone()
-                if displaced is not None:
-                    booked_at = displaced["taken"]
+                taken = await store.displace(conn, deployment, priority, ledger.start(ledger.current), booked_at,
+                                             tokens_counted if tpm is not None else None)
+                if taken is not None:
+                    booked_at = taken
                     retry_at = booked_at + timedelta(seconds=RETRY_MARGIN_SECONDS)
             # The request counts in `slot` either way: ours, or the displaced holder's.
-            await conn.execute(q("rate_limit_book"), {**args, "current": booked_at, "slot": ledger.start(slot),
-                                                      "tokens": tokens_counted, "priority": priority})
+            await store.book(conn, deployment, holder, booked_at, ledger.start(slot), tokens_counted, priority)
         else:
             # No ticket: each refused caller gets its own time, one interval after the last
             # one handed out, so they come back one by one as the window frees.
             interval = ledger.span * max(1 / rpm if rpm else 0.0, tokens_counted / tpm if tpm else 0.0)
-            tail = locked["queue_tail"]
+            tail = locked.queue_tail
             if tail is not None and tail + timedelta(seconds=interval) > retry_at:
                 retry_at = tail + timedelta(seconds=interval)
-            await conn.execute(q("rate_limit_queue"), {"deployment": deployment, "queue_tail": retry_at})
+            await store.queue(conn, deployment, retry_at)
         return Reservation(False, retry_at, rid, deployment, None, tokens, at,
                            f"{deployment}: at its limit of {reason}")
 
@@ -252,8 +238,7 @@ async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | No
 async def _lease(conn: Conn, rid: str, deployment: str, at: datetime, max_concurrency: int | None,
                  lease_seconds: float) -> None:
     if max_concurrency is not None:
-        await conn.execute(q("rate_limit_lease"), {"id": rid, "deployment": deployment, "now": at,
-                                                   "lease": lease_seconds})
+        await store.lease(conn, rid, deployment, at, lease_seconds)
 
 
 class _Ledger:
@@ -319,18 +304,15 @@ async def settle(conn: Conn, reservation: Reservation, *, tokens: int) -> None:
     concurrency slot. Settling a refused reservation does nothing."""
     if not reservation.ok or reservation.window_start is None:
         return
-    await conn.execute(q("rate_limit_settle"), {
-        "deployment": reservation.deployment, "window_start": reservation.window_start,
-        "delta": int(tokens) - reservation.tokens, "id": reservation.id})
+    await store.settle(conn, reservation.deployment, reservation.window_start, int(tokens) - reservation.tokens,
+                       reservation.id)
 
 
 async def cancel(conn: Conn, reservation: Reservation) -> None:
     """Gives an unused reservation back: the call was not made after all."""
     if not reservation.ok or reservation.window_start is None:
         return
-    await conn.execute(q("rate_limit_cancel"), {
-        "deployment": reservation.deployment, "window_start": reservation.window_start,
-        "tokens": reservation.tokens, "id": reservation.id})
+    await store.cancel(conn, reservation.deployment, reservation.window_start, reservation.tokens, reservation.id)
 
 
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,

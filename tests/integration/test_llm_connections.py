@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from cairn import RetryPolicy, Worker, workflow
-from cairn.llm import ChatRequest, ProviderError, call_chat, chat, configure_providers, providers
+from cairn.llm import ChatRequest, ProviderError, call_chat, chat, configure_providers, connections, providers
 from cairn.llm import fake as f
 from cairn.llm.fake import running_fake
 
@@ -30,7 +30,7 @@ def peers(fake) -> list[str]:
 
 
 def loop_client():
-    return providers._clients[asyncio.get_running_loop()].client
+    return connections._clients[asyncio.get_running_loop()].client
 
 
 async def outcome(provider, req=None) -> str:
@@ -122,7 +122,7 @@ async def test_close_connections_lets_calls_in_flight_finish(fake_llm):
         await asyncio.sleep(0.01)
     old = loop_client()
     await providers.close_connections()  # as a second worker on this loop stops
-    assert asyncio.get_running_loop() not in providers._clients
+    assert asyncio.get_running_loop() not in connections._clients
     assert not old.is_closed, "not under the call in flight"
     assert (await in_flight).text == "a b c d"
     assert old.is_closed, "closed by the last call that used it"
@@ -143,7 +143,7 @@ def test_a_loop_closes_its_client_as_it_shuts_down(fake_llm, run):
 
     loop, client = run(two_calls())
     assert client.is_closed
-    assert loop not in providers._clients
+    assert loop not in connections._clients
     assert len(set(peers(fake_llm))) == 1
 
 
@@ -161,7 +161,7 @@ async def test_a_worker_closes_its_connections_as_it_stops(client, db_url, fake_
             assert await handle.result(timeout=30) == ["Hello from the fake provider."] * 2
             used = loop_client()
         assert used.is_closed
-        assert asyncio.get_running_loop() not in providers._clients
+        assert asyncio.get_running_loop() not in connections._clients
     finally:
         providers._registry = None
     assert len(set(peers(fake_llm))) == 1

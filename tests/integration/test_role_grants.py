@@ -41,7 +41,7 @@ SRC = Path(cairn.__file__).parent
 MODULES = {
     "worker": ["worker/__init__.py", "worker/activities.py", "worker/answers.py", "worker/outcomes.py",
                "worker/tasks.py", "store/lifecycle.py", "worker/resilience.py", "store/sql.py",
-               "workflow.py", "breakers.py", "ratelimits.py", "llm/chat.py"],
+               "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py"],
     "client": ["client/__init__.py", "client/messages.py", "client/operators.py", "sync.py", "store/lifecycle.py",
                "client/follow.py",
                "cli/render.py", "ui/server.py"],

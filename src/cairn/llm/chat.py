@@ -22,21 +22,23 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cairn import activity, breakers, ratelimits, workflow
 from cairn.activity import Reschedule
-from cairn.errors import ApplicationError, CairnError, InputValidationError
+from cairn.errors import ApplicationError, CairnError, InputValidationError, ProviderError
 from cairn.llm import providers
-from cairn.llm.providers import ProviderConfig, ProviderError
+from cairn.llm.providers import ProviderConfig
 from cairn.llm.types import ChatRequest, Completion
 from cairn.options import RetryPolicy
-from cairn.store.sql import q
+from cairn.store import llm as store
 from cairn.telemetry import meter
+
+if TYPE_CHECKING:
+    from cairn.store.db import Pool
 
 __all__ = ["CHAT_ACTIVITY", "COMPLETION_TYPE", "ChatResult", "Fallback", "builtin_activities", "chat", "llm_chat"]
 
@@ -200,7 +202,7 @@ def estimate_tokens(request: ChatRequest) -> int:
 class _Stream:
     """Writes an attempt's text deltas to ``cairn.llm_stream`` in small batches."""
 
-    def __init__(self, pool: AsyncConnectionPool, info: activity.ActivityInfo) -> None:
+    def __init__(self, pool: Pool, info: activity.ActivityInfo) -> None:
         self.pool, self.info = pool, info
         self.buffer: list[str] = []
         self.chunk = 0
@@ -224,9 +226,7 @@ class _Stream:
         # saw stays a prefix of the answer, which they complete from the recorded result.
         try:
             async with self.pool.connection() as conn:
-                await conn.execute(q("llm_stream_append"), {"run_id": self.info.run_id, "seq": self.info.seq,
-                                                            "attempt": self.info.attempt, "chunk": self.chunk,
-                                                            "text": text})
+                await store.append_stream(conn, self.info.run_id, self.info.seq, self.info.attempt, self.chunk, text)
             self.chunk += 1
         except Exception as exc:
             self.lost = True
@@ -255,7 +255,7 @@ async def llm_chat(call: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise _fail(f"malformed chat call: {exc}", kind="InvalidChatCall", non_retryable=True) from None
     info = activity.info()
-    pool: AsyncConnectionPool | None = info._pool
+    pool: Pool | None = info._pool
     if pool is None:
         raise _fail("the chat activity runs only in a cairn Worker", kind="ConfigurationError", non_retryable=True)
     span = trace.get_current_span()
@@ -335,7 +335,7 @@ def _window_of(model: str, request: ChatRequest) -> int:
     return _context_window(provider, model)
 
 
-async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo, parsed: _ChatCall,
+async def _attempt_model(pool: Pool, info: activity.ActivityInfo, parsed: _ChatCall,
                          req: ChatRequest, provider: ProviderConfig, name: str, admission: breakers.Admission,
                          skipped: list[dict[str, Any]], span: trace.Span) -> dict[str, Any] | ProviderError:
     """One model's call under its (admitted) breaker; returns the result, or the error that
@@ -435,7 +435,7 @@ async def _attempt_model(pool: AsyncConnectionPool, info: activity.ActivityInfo,
                 log.warning("breaker %s: probe not released: %s", name, exc)
 
 
-async def _provider_failed(pool: AsyncConnectionPool, exc: ProviderError, provider: ProviderConfig, name: str,
+async def _provider_failed(pool: Pool, exc: ProviderError, provider: ProviderConfig, name: str,
                            admission: breakers.Admission, labels: dict[str, str], span: trace.Span,
                            ) -> ProviderError:
     """What a classified provider failure does (module docstring); returns the error that

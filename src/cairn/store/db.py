@@ -1,7 +1,15 @@
-"""Database set-up: which Postgres to use, migrations, and psycopg error translation."""
+"""Database set-up: which Postgres to use, migrations, connections and pools, and psycopg
+error translation.
+
+The layers above the store never touch psycopg: they hold the store's own handles (a
+:class:`Pool`, and a :data:`Conn` checked out of it, which they only hand back to store
+functions), and catch Cairn errors, which the store functions raise in place of psycopg's
+(:func:`translate`, :func:`translated`).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -9,12 +17,12 @@ import re
 import select
 import urllib.parse
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pgerr
@@ -39,6 +47,16 @@ ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
 # task lock for ever (cairn.store.durability.CLIENT_IDLE_TX_TIMEOUT_MS; the worker sets its own).
 CONNECTION_OPTIONS = "-c synchronous_commit=on"
 CLIENT_CONNECTION_OPTIONS = f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout=60000"
+POOL_OPEN_TIMEOUT_SECONDS = 30.0  # how long open_pool waits for its first connections
+
+# A session checked out of a store pool: the layers above pass it back to store functions
+# only (they type it with this alias and never import psycopg).
+Conn = psycopg.AsyncConnection[Any]
+# Any pool of such sessions: a Pool, or psycopg's own (tests make them).
+AnyPool = AsyncConnectionPool[Any]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def data_dir() -> Path:
@@ -274,6 +292,20 @@ def translate(exc: psycopg.Error) -> Exception:
     return DatabaseError(f"database error: {type(exc).__name__}: {_first_line(exc)}")
 
 
+def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """A store function whose psycopg errors leave it as Cairn errors (:func:`translate`;
+    ``from None``, so the psycopg error stays reachable as ``__context__``, where
+    :func:`read_only_refusal` looks for it)."""
+    @functools.wraps(fn)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    return run
+
+
 def translate_write(exc: psycopg.Error, *, what: str, check: str) -> Exception:
     """:func:`translate` for an error met once a write may have been sent: a lost connection
     is an :class:`OutcomeUnknown` saying ``what`` it was and how to ``check`` it."""
@@ -354,3 +386,32 @@ class Pool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
             raise
         finally:
             await self.putconn(conn)
+
+
+async def open_pool(url: str, *, max_size: int, min_size: int = 1, options: str = CONNECTION_OPTIONS,
+                    configure: Callable[[Conn], Awaitable[None]] | None = None,
+                    timeout: float = POOL_OPEN_TIMEOUT_SECONDS) -> Pool:
+    """The one way to open a :class:`Pool` of autocommit sessions: it waits for its first
+    connections, and a database out of reach raises :class:`DatabaseUnavailable` whose
+    message masks the URL's password (and any remembered secret libpq echoes).
+
+    Args:
+        url: the database URL (its password is remembered, so that :func:`redact` masks it).
+        max_size: the most sessions the pool holds.
+        min_size: the sessions it keeps open.
+        options: the sessions' ``options`` (server settings such as ``-c synchronous_commit=on``).
+        configure: run on every new session (the worker prepares its hot statements).
+        timeout: seconds to wait for the first sessions.
+
+    Raises:
+        DatabaseUnavailable: no session could be opened in ``timeout``.
+    """
+    remember_secret(url)
+    pool = Pool(url, min_size=min_size, max_size=max_size, open=False,
+                kwargs={"autocommit": True, "options": options}, configure=configure)
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except Exception as exc:
+        await pool.close()
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {redact(str(exc))}") from None
+    return pool

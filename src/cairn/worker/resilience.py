@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from cairn import breakers
 from cairn.activity import ActivityDefinition, Reschedule
 from cairn.engine import history as h
+from cairn.errors import DatabaseError
 from cairn.redaction import redact
 from cairn.store.sql import q
 
@@ -80,7 +81,7 @@ async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) ->
                 else:
                     await breakers.record(conn, name, admission, success=outcome,
                                           duration=time.monotonic() - started)
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, DatabaseError, OSError) as exc:  # DatabaseError: the store translates
             # The call's own outcome matters more than the breaker's bookkeeping; a lost
             # probe lease expires by itself.
             log.warning("breaker %s: outcome not recorded: %s", name, exc)
