@@ -14,8 +14,9 @@ modules re-export what their users meet (``cairn.activity.Reschedule``, ``cairn.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
+
+from cairn.redaction import redact
 
 if TYPE_CHECKING:
     from cairn.llm.classify import Classification, ErrorKind
@@ -349,11 +350,6 @@ class ProviderError(CairnError):
         message: a short, sanitized description (never a key, never request headers).
     """
 
-    # A provider may echo the key presented: every message passes through `redact`, which
-    # cairn.llm sets to cairn.redaction.redact as it loads (the keys to mask are remembered
-    # there). errors.py and redaction.py are siblings of the lowest layer: neither imports
-    # the other.
-    redact: ClassVar[Callable[[str], str]] = staticmethod(str)
 
     def __init__(self, kind: ErrorKind, message: str, *, provider: str, model: str, status: int | None = None,
                  retry_after: float | None = None, reason: str = "") -> None:
@@ -363,7 +359,7 @@ class ProviderError(CairnError):
         self.retry_after = retry_after
         self.provider = provider
         self.model = model
-        self.message = message = ProviderError.redact(message)
+        self.message = message = redact(message)  # a provider may echo the key it was given
         facts = [f"HTTP {status}"] if status is not None else []
         if retry_after is not None:
             facts.append(f"retry after {retry_after:g} s")

@@ -22,11 +22,6 @@ from cairn.llm.providers import (
     resolve_provider,
 )
 from cairn.llm.types import ChatRequest, Completion, ToolCall, Usage
-from cairn.redaction import redact
-
-# A provider may echo the key it was given: provider errors mask the keys remembered here
-# (see ProviderError.redact; cairn.errors does not import cairn.redaction).
-ProviderError.redact = redact
 
 __all__ = [
     "CHAT_ACTIVITY",
