@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from psycopg.rows import dict_row
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from cairn.cli._base import table, when
-from cairn.store.sql import q
+from cairn.store import runs
 
 T = TypeVar("T")
 
@@ -267,14 +266,12 @@ async def with_progress(client: Any, workflow_id: str, waiting: Awaitable[T]) ->
 
 async def _progress_line(client: Any, workflow_id: str, elapsed: float) -> Text:
     async with client.pool.connection() as c:
-        cur = c.cursor(row_factory=dict_row)
-        await cur.execute(q("run_progress"), {"namespace": client.namespace, "workflow_id": workflow_id})
-        row = await cur.fetchone()
+        row = await runs.progress(c, client.namespace, workflow_id)
     if row is None:
         return Text(f"{workflow_id}: no such run")
-    status = str(row["status"])
+    status = row.status
     return Text.assemble(
         (f"{workflow_id} ", "bold"), (status, STATUS_STYLES.get(status, "")),
-        f"  last event {row['last_type']} (#{row['last_seq']})",
-        f"  activities done {row['activities_done']}",
+        f"  last event {row.last_type} (#{row.last_seq})",
+        f"  activities done {row.activities_done}",
         f"  elapsed {elapsed:.1f} s")
