@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cairn.cli._base import table, when
+from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
 from cairn.store import runs
 
 T = TypeVar("T")
@@ -143,9 +144,6 @@ def describe_report(d: Any) -> Report:
 
 def echo_describe(d: Any) -> None:
     """Prints describe's human output: rich on a terminal, plain text otherwise."""
-    from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
-    from cairn.cli.runs import echo_saga
-
     report = describe_report(d)
     out = console()
     if not out.is_terminal:
@@ -275,3 +273,17 @@ async def _progress_line(client: Any, workflow_id: str, elapsed: float) -> Text:
         f"  last event {row.last_type} (#{row.last_seq})",
         f"  activities done {row.activities_done}",
         f"  elapsed {elapsed:.1f} s")
+
+
+def echo_saga(saga: dict[str, Any]) -> None:
+    """A saga's state in describe's plain output."""
+    mode = "parallel" if saga["parallel_compensation"] else "sequential"
+    mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
+    click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")
+    if saga["reason"]:
+        click.echo(f"reason    {saga['reason'].get('type')}: {saga['reason'].get('message')}")
+    rows = [[role, "" if a["seq"] is None else str(a["seq"]), str(a["activity_type"]), a["status"],
+             str(a.get("attempts") or ""), (a.get("failure") or {}).get("message") or ""]
+            for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
+    if rows:
+        click.echo(table(rows, ["ROLE", "SEQ", "ACTIVITY", "STATUS", "ATTEMPTS", "FAILURE"]))
