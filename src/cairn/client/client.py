@@ -128,15 +128,24 @@ class Client:
 
         With the embedded server the schema is migrated on first use.
         """
+        return await cls._open(url, namespace=namespace, max_size=max_size, check_schema=check_schema,
+                              options=CLIENT_CONNECTION_OPTIONS)
+
+    @classmethod
+    async def _open(cls, url: str | None, *, namespace: str, max_size: int, check_schema: bool,
+                   options: str) -> Client:
+        """:meth:`connect` with the sessions' server ``options`` (the web view's are read-only).
+
+        Raises:
+            DatabaseUnavailable: no session could be opened in 30 s (the URL's password masked).
+        """
         check_namespace(namespace)  # before connecting
         resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
         db.remember_secret(resolved)
         if embedded or check_schema:
             await asyncio.to_thread(runs.prepare, resolved, embedded)
-        pool = db.Pool(
-            resolved, min_size=1, max_size=max_size, open=False,
-            kwargs={"autocommit": True, "options": CLIENT_CONNECTION_OPTIONS},
-        )
+        pool = db.Pool(resolved, min_size=1, max_size=max_size, open=False,
+                       kwargs={"autocommit": True, "options": options})
         try:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:

@@ -28,9 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from cairn.client import Client
-from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
-from cairn.options import check_namespace
-from cairn.store import db, runs
+from cairn.errors import CairnError, InputValidationError, WorkflowNotFound
+from cairn.store import runs
 from cairn.ui import pages
 from cairn.ui.timeline import build_timeline
 from cairn.visibility import parse_filter
@@ -62,17 +61,7 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     Resolves the URL like :meth:`Client.connect` (the embedded server when none is given)
     and checks that the schema is up to date.
     """
-    check_namespace(namespace)  # before connecting
-    resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
-    await asyncio.to_thread(runs.prepare, resolved, embedded)
-    pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
-                   kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
-    try:
-        await pool.open(wait=True, timeout=30)
-    except Exception as exc:
-        await pool.close()
-        raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
-    return Client(pool, resolved, namespace)
+    return await Client._open(url, namespace=namespace, max_size=4, check_schema=True, options=READ_ONLY_OPTIONS)
 
 
 def is_loopback(host: str) -> bool:
