@@ -22,7 +22,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -427,10 +427,10 @@ async def _check_history(conn: Conn, out: list[Violation]) -> None:
     for run_id, wid, seq, type_, term in await store.after_terminal(conn, terminal):
         out.append(Violation("history.after_terminal", run_id, wid, f"{type_} at seq {seq} after the terminal "
                                                                      f"event at seq {term}"))
-    for run_id, wid, status, type_, expected in await store.status_vs_terminal(
+    for run_id, wid, status, last, expected in await store.status_vs_terminal(
             conn, terminal, [h.TERMINAL_EVENTS[t] for t in terminal]):
-        detail = (f"run is {status} but history has no terminal event" if type_ is None
-                  else f"run is {status} but history ends with {type_} ({expected})")
+        detail = (f"run is {status} but history has no terminal event" if last is None
+                  else f"run is {status} but history ends with {last} ({expected})")
         out.append(Violation("history.status_mismatch", run_id, wid, detail))
     for run_id, wid, seq, evs in await store.double_outcomes(conn):
         out.append(Violation("activity.double_completion", run_id, wid,
@@ -440,7 +440,7 @@ async def _check_history(conn: Conn, out: list[Violation]) -> None:
                              f"{type_} at seq {seq} refers to seq {ref}, which is not an earlier {command}"))
 
 
-def _events(rows: list[tuple[Any, ...]]) -> dict[str, list[Event]]:
+def _events(rows: Sequence[tuple[Any, ...]]) -> dict[str, list[Event]]:
     out: dict[str, list[Event]] = {}
     for run_id, seq, type_, data, at in rows:
         out.setdefault(run_id, []).append(Event(seq, type_, data or {}, at))
