@@ -13,8 +13,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import psycopg
-
 from cairn.client import (
     Client,
     IdConflictPolicy,
@@ -22,13 +20,11 @@ from cairn.client import (
     RunPage,
     WorkflowHandle,
     add_visibility,
-    started_run_id,
 )
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.engine.history import Event
 from cairn.options import IdReusePolicy
-from cairn.store import db
-from cairn.store.sql import q
+from cairn.store import runs
 
 T = TypeVar("T")
 
@@ -68,7 +64,7 @@ class SyncClient:
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
               queue: str | None = None, id_conflict: IdConflictPolicy = "fail",
-              conn: psycopg.Connection[Any] | None = None, search_attributes: Mapping[str, Any] | None = None,
+              conn: runs.SyncConn | None = None, search_attributes: Mapping[str, Any] | None = None,
               memo: Mapping[str, Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
               execution_timeout: timedelta | float | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
@@ -81,15 +77,8 @@ class SyncClient:
             workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
             execution_timeout=execution_timeout))
         add_visibility(params, search_attributes, memo)
-        while True:
-            try:
-                row = conn.execute(q("start_workflow"), params).fetchone()
-                existing = None if row else conn.execute(q("open_run_by_workflow_id"), params).fetchone()
-            except psycopg.Error as exc:
-                raise db.translate(exc) from None
-            run_id = started_run_id(row, existing, params, id_conflict)
-            if run_id is not None:
-                return SyncWorkflowHandle(self, WorkflowHandle(self._client, params["workflow_id"], run_id, signature))
+        run_id = runs.start_sync(conn, params, id_conflict)
+        return SyncWorkflowHandle(self, WorkflowHandle(self._client, params["workflow_id"], run_id, signature))
 
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> SyncWorkflowHandle:
         return SyncWorkflowHandle(self, self._client.get_handle(workflow_id, run_id))

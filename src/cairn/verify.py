@@ -22,29 +22,25 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-
-import psycopg
-from psycopg import sql
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.errors import (
     ConfigurationError,
-    DatabaseError,
     InputValidationError,
     NonDeterminismError,
     WorkflowAlreadyStarted,
     WorkflowTaskFailed,
 )
 from cairn.saga import MARKER_KIND
-from cairn.store.db import connect_async, redact
-from cairn.store.sql import q
+from cairn.store import verify as store
+from cairn.store.verify import Conn
 from cairn.views import describe_sagas
 from cairn.workflow import WorkflowDefinition, WorkflowInfo, definition_of
 
@@ -255,19 +251,12 @@ def read_acks(path: str | Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the checker
 
 
-Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-
-
-async def _rows(conn: Conn, query: str | sql.Composed, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
-
-
-def _table(name: str, what: str) -> sql.Identifier:
-    parts = name.split(".")
+def _table(name: str, what: str) -> tuple[str, ...]:
+    """The parts of a table name ([schema,] table), checked."""
+    parts = tuple(name.split("."))
     if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
         raise InputValidationError(f"{what} {name!r} is not a table name (want schema.table)")
-    return sql.Identifier(*parts)
+    return parts
 
 
 async def verify(
@@ -325,19 +314,18 @@ async def verify(
     out: list[Violation] = []
     stats: dict[str, Any] = {}
     started = time.monotonic()
-    conn: Conn = await connect_async(url)  # a URL libpq cannot parse is bad input, password masked
-    try:
+    async with store.session(url) as conn:  # database errors become DatabaseError
         if effects is not None:
             assert effects_table is not None
-            if not (await _rows(conn, q("verify_table_exists"), {"name": effects_table}))[0][0]:
+            if not await store.table_exists(conn, effects_table):
                 raise InputValidationError(f"effects table {effects_table} does not exist")
             if attempts is None and "." in effects_table:
                 sibling = effects_table.split(".")[0] + ".attempts"
-                if (await _rows(conn, q("verify_table_exists"), {"name": sibling}))[0][0]:
+                if await store.table_exists(conn, sibling):
                     attempts = _table(sibling, "attempts table")
         settle = await _settle(conn, out, settle_timeout)
         stats["settle_seconds"] = round(settle, 3)
-        by_status = {s: int(n) for s, n in await _rows(conn, q("verify_run_counts"))}
+        by_status = await store.run_counts(conn)
         stats["runs_by_status"] = by_status
         checked = sum(by_status.values())
         if ack_entries is not None:
@@ -348,11 +336,6 @@ async def verify(
         await _check_effects(conn, effects, attempts, effect_kinds, expect_reexecution, out, stats)
         if secrets:
             await _check_canaries(conn, secrets, logs, out, stats)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"verify: database error: {type(exc).__name__}: "
-                            f"{redact(str(exc).strip().splitlines()[0])}") from None
-    finally:
-        await conn.close()
     stats["seconds"] = round(time.monotonic() - started, 3)
     return Report(out, checked, stats)
 
@@ -363,9 +346,9 @@ async def _settle(conn: Conn, out: list[Violation], timeout: float) -> float:
     begin = time.monotonic()
     deadline = begin + max(timeout, 0.0)
     while True:
-        open_runs = await _rows(conn, q("verify_open_runs"))
-        leases = await _rows(conn, q("verify_expired_leases"))
-        lingering = await _rows(conn, q("verify_lingering_tasks"))
+        open_runs = await store.open_runs(conn)
+        leases = await store.expired_leases(conn)
+        lingering = await store.lingering_tasks(conn)
         now = time.monotonic()
         if not (open_runs or leases or lingering) or now >= deadline:
             break
@@ -394,13 +377,12 @@ async def _check_acks(conn: Conn, entries: list[dict[str, Any]], out: list[Viola
     runs: dict[tuple[str, str], list[tuple[str, bool]]] = {}
     for i in range(0, len(keys), ACK_BATCH):
         batch = keys[i:i + ACK_BATCH]
-        for wid, ns, run_id, first in await _rows(conn, q("verify_runs_of_workflow_ids"), {
-                "workflow_ids": [k[1] for k in batch], "namespaces": [k[0] for k in batch]}):
+        for wid, ns, run_id, first in await store.runs_of_workflow_ids(conn, batch):
             runs.setdefault((ns, wid), []).append((run_id, bool(first)))
     claimed = sorted({e["run_id"] for e in entries if e["outcome"] == "ok" and e.get("run_id")})
     existing: set[str] = set()
     for i in range(0, len(claimed), ACK_BATCH):
-        existing.update(r for (r,) in await _rows(conn, q("verify_runs_exist"), {"run_ids": claimed[i:i + ACK_BATCH]}))
+        existing.update(await store.runs_exist(conn, claimed[i:i + ACK_BATCH]))
     ambiguous_committed = ambiguous_absent = 0
     for key, acks in per_id.items():
         wid = key[1]
@@ -435,32 +417,31 @@ async def _check_acks(conn: Conn, entries: list[dict[str, Any]], out: list[Viola
 async def _check_history(conn: Conn, out: list[Violation]) -> None:
     """The structural invariants, one statement each over every history."""
     terminal = list(h.TERMINAL_EVENTS)
-    for run_id, wid, seq, prev in await _rows(conn, q("verify_history_gaps")):
+    for run_id, wid, seq, prev in await store.history_gaps(conn):
         detail = f"history starts at seq {seq}" if prev is None else f"seq {prev} is followed by seq {seq}"
         out.append(Violation("history.gap", run_id, wid, detail))
-    for run_id, wid, first in await _rows(conn, q("verify_history_start")):
+    for run_id, wid, first in await store.history_start(conn):
         detail = "run has no history" if first is None else f"seq 1 is {first}, not {h.WORKFLOW_STARTED}"
         out.append(Violation("history.no_start", run_id, wid, detail))
-    for run_id, n in await _rows(conn, q("verify_history_orphans")):
+    for run_id, n in await store.history_orphans(conn):
         out.append(Violation("history.orphan", run_id, None, f"{n} event(s) of a run that does not exist"))
-    for run_id, wid, seq, type_, term in await _rows(conn, q("verify_after_terminal"), {"terminal": terminal}):
+    for run_id, wid, seq, type_, term in await store.after_terminal(conn, terminal):
         out.append(Violation("history.after_terminal", run_id, wid, f"{type_} at seq {seq} after the terminal "
                                                                      f"event at seq {term}"))
-    for run_id, wid, status, type_, expected in await _rows(conn, q("verify_status_vs_terminal"), {
-            "terminal": terminal, "statuses": [h.TERMINAL_EVENTS[t] for t in terminal]}):
-        detail = (f"run is {status} but history has no terminal event" if type_ is None
-                  else f"run is {status} but history ends with {type_} ({expected})")
+    for run_id, wid, status, last, expected in await store.status_vs_terminal(
+            conn, terminal, [h.TERMINAL_EVENTS[t] for t in terminal]):
+        detail = (f"run is {status} but history has no terminal event" if last is None
+                  else f"run is {status} but history ends with {last} ({expected})")
         out.append(Violation("history.status_mismatch", run_id, wid, detail))
-    for run_id, wid, seq, evs in await _rows(conn, q("verify_double_outcomes")):
+    for run_id, wid, seq, evs in await store.double_outcomes(conn):
         out.append(Violation("activity.double_completion", run_id, wid,
                              f"activity {seq} has {len(evs)} outcome events: {', '.join(evs)}"))
-    for run_id, wid, seq, type_, ref, command in await _rows(conn, q("verify_unmatched_events"),
-                                                             {"kinds": json.dumps(_REFERENCES)}):
+    for run_id, wid, seq, type_, ref, command in await store.unmatched_events(conn, {"kinds": json.dumps(_REFERENCES)}):
         out.append(Violation("history.unmatched", run_id, wid,
                              f"{type_} at seq {seq} refers to seq {ref}, which is not an earlier {command}"))
 
 
-def _events(rows: list[tuple[Any, ...]]) -> dict[str, list[Event]]:
+def _events(rows: Sequence[tuple[Any, ...]]) -> dict[str, list[Event]]:
     out: dict[str, list[Event]] = {}
     for run_id, seq, type_, data, at in rows:
         out.setdefault(run_id, []).append(Event(seq, type_, data or {}, at))
@@ -471,15 +452,15 @@ async def _check_replay(conn: Conn, defs: dict[str, WorkflowDefinition], out: li
                         stats: dict[str, Any]) -> None:
     """replay.diverged / replay.failed: every run of a type with code, page by page."""
     types = sorted(defs)
-    skipped = {t: int(n) for t, n in await _rows(conn, q("verify_skipped_types"), {"types": types})}
+    skipped = await store.skipped_types(conn, types)
     replayed = 0
     after = "00000000-0000-0000-0000-000000000000"
     while types:
-        page = await _rows(conn, q("verify_runs_page"), {"types": types, "after": after, "limit": PAGE_RUNS})
+        page = await store.runs_page(conn, types, after, PAGE_RUNS)
         if not page:
             break
         after = page[-1][0]
-        histories = _events(await _rows(conn, q("verify_histories"), {"run_ids": [r[0] for r in page]}))
+        histories = _events(await store.histories(conn, [r[0] for r in page]))
         for run_id, wid, wtype, queue, namespace, _status in page:
             events = histories.get(run_id, [])
             if not events:
@@ -579,11 +560,11 @@ async def _check_sagas(conn: Conn, out: list[Violation], stats: dict[str, Any]) 
     checked = 0
     after = "00000000-0000-0000-0000-000000000000"
     while True:
-        page = await _rows(conn, q("verify_saga_runs_page"), {"after": after, "limit": PAGE_RUNS})
+        page = await store.saga_runs_page(conn, after, PAGE_RUNS)
         if not page:
             break
         after = page[-1][0]
-        histories = _events(await _rows(conn, q("verify_histories"), {"run_ids": [r[0] for r in page]}))
+        histories = _events(await store.histories(conn, [r[0] for r in page]))
         for run_id, wid, status in page:
             checked += 1
             for problem in saga_problems(histories.get(run_id, []), status):
@@ -592,28 +573,25 @@ async def _check_sagas(conn: Conn, out: list[Violation], stats: dict[str, Any]) 
     stats["saga_runs_checked"] = checked
 
 
-async def _check_effects(conn: Conn, effects: sql.Identifier | None, attempts: sql.Identifier | None,
+async def _check_effects(conn: Conn, effects: tuple[str, ...] | None, attempts: tuple[str, ...] | None,
                          kinds: Iterable[str] | None, expect_reexecution: bool, out: list[Violation],
                          stats: dict[str, Any]) -> None:
     """effects.missing / effects.duplicated / effects.no_reexecution."""
-    reexecuted = int((await _rows(conn, q("verify_reexecutions")))[0][0])
+    reexecuted = await store.reexecutions(conn)
     stats["reexecuted_activities"] = reexecuted
     if effects is not None:
-        def fill(name: str) -> sql.Composed:
-            return sql.SQL(q(name)).format(effects=effects, attempts=attempts or effects)
-
-        n, found_kinds, eff_re = (await _rows(conn, fill("verify_effects_stats")))[0]
+        n, found_kinds, eff_re = await store.effects_stats(conn, effects)
         want = sorted(kinds) if kinds is not None else sorted(found_kinds)
         stats["effects"] = {"rows": int(n), "kinds": want, "reexecuted": int(eff_re)}
         reexecuted += int(eff_re)
-        for run_id, wid, seq, atype in await _rows(conn, fill("verify_effects_missing"), {"kinds": want}):
+        for run_id, wid, seq, atype in await store.effects_missing(conn, effects, want):
             out.append(Violation("effects.missing", run_id, wid, f"activity {seq} ({atype}) completed but wrote "
                                                                  "no effect"))
-        for run_id, wid, seq, n_eff, tries in await _rows(conn, fill("verify_effects_duplicated")):
+        for run_id, wid, seq, n_eff, tries in await store.effects_duplicated(conn, effects):
             out.append(Violation("effects.duplicated", run_id, wid, f"activity {seq} has {n_eff} effects "
                                                                     f"(attempts {tries})"))
         if attempts is not None:
-            n_att, att_re = (await _rows(conn, fill("verify_attempts_stats")))[0]
+            n_att, att_re = await store.attempts_stats(conn, effects, attempts)
             stats["attempts"] = {"rows": int(n_att), "reexecuted": int(att_re)}
             reexecuted += int(att_re)
     if expect_reexecution and not reexecuted:
@@ -631,26 +609,14 @@ async def _check_canaries(conn: Conn, secrets: list[str], logs: list[Path], out:
                           stats: dict[str, Any]) -> None:
     """secret.leaked: every column of every cairn.* row as text, every line of every log.
     Details name the canary by its position, never by its value."""
-    tables = await _rows(conn, q("verify_cairn_columns"))
+    tables = await store.cairn_columns(conn)
     scanned = 0
     for table, columns, pkey in tables:
-        # Identifiers come from the catalogue, so this statement is built here rather than
-        # kept in queries.sql; the secrets travel as parameters.
-        key: list[sql.Composable] = [sql.SQL("{}::text").format(sql.Identifier(c)) for c in pkey]
-        key = key or [sql.SQL("ctid::text")]
+        key = len(pkey) or 1  # the key columns first (else the ctid), then one flag per column
         for n, secret in enumerate(secrets, 1):
-            forms = _forms(secret)
-            hits = [sql.SQL(" OR ").join(sql.SQL("strpos({}::text, {}) > 0").format(sql.Identifier(c), sql.Literal(f))
-                                         for f in forms) for c in columns]
-            statement = sql.SQL("SELECT {key}, {flags} FROM {table} WHERE {any}").format(
-                key=sql.SQL(", ").join(key),
-                flags=sql.SQL(", ").join(sql.SQL("({})").format(hit) for hit in hits),
-                table=sql.Identifier("cairn", table),
-                any=sql.SQL(" OR ").join(sql.SQL("({})").format(hit) for hit in hits),
-            )
-            for row in await _rows(conn, statement):
-                ident = ", ".join(f"{c}={v}" for c, v in zip(pkey or ["ctid"], row[:len(key)], strict=True))
-                flagged = [c for c, hit in zip(columns, row[len(key):], strict=True) if hit]
+            for row in await store.canary_hits(conn, table, columns, pkey, _forms(secret)):
+                ident = ", ".join(f"{c}={v}" for c, v in zip(pkey or ["ctid"], row[:key], strict=True))
+                flagged = [c for c, hit in zip(columns, row[key:], strict=True) if hit]
                 run_id = row[pkey.index("run_id")] if "run_id" in pkey else None
                 out.append(Violation("secret.leaked", run_id, None,
                                      f"canary #{n} in cairn.{table} column(s) {', '.join(flagged)} row ({ident})"))

@@ -243,25 +243,25 @@ async def test_result_of_a_run_started_while_listening(client, start_worker):
     await start_worker(workflows=[one_bump], activities=[bump])
     assert await (await client.start(one_bump, 0)).result(timeout=30) == 1  # the listener is up now
     handle = await client.start(one_bump, 10)
-    assert handle.run_id in client._watched
+    assert handle.run_id in client.listener.watched
     assert await handle.result(timeout=30) == 11
-    assert handle.run_id not in client._watched
+    assert handle.run_id not in client.listener.watched
 
 
 async def test_result_after_the_listener_lost_its_connection(client, db_url, sql):
     """A close NOTIFY sent while the listener was away is never seen: the reconnect voids
     what the client knew, and result() reads the run instead of waiting for the NOTIFY."""
-    await client._ensure_listener()
+    await client.listener.ensure()
     handle = await client.start(parked, 1, id="lost-listener")
-    assert client._known_open(handle.run_id)
-    epoch = client._listen_epoch
+    assert client.listener.known_open(handle.run_id)
+    epoch = client.listener.epoch
     sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = current_database() AND query LIKE 'LISTEN cairn_query_answered%'")
     deadline = asyncio.get_running_loop().time() + 30
-    while client._listen_epoch == epoch:
+    while client.listener.epoch == epoch:
         assert asyncio.get_running_loop().time() < deadline, "the listener never noticed"
         await asyncio.sleep(0.01)
-    assert not client._known_open(handle.run_id)
+    assert not client.listener.known_open(handle.run_id)
     async with await Client.connect(db_url) as other:
         await other.get_handle("lost-listener").terminate("test")
     with pytest.raises(WorkflowTerminated):

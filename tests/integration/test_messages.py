@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-from psycopg.types.json import Jsonb
 
 from cairn import (
     Client,
@@ -19,7 +18,7 @@ from cairn import (
     activity,
     workflow,
 )
-from cairn.client.messages import _signal_with_start_on
+from cairn.store.messages import signal_with_start
 from cairn.sync import SyncClient
 
 from .support import events, run_status, running_worker, types_of, wait_until
@@ -205,7 +204,7 @@ async def test_signal_with_start_waits_for_a_concurrent_start_and_signals_its_ru
         params, _ = await first._start_params(collector, (1,), "sws-lock", "default", "use_existing")
         async with first.pool.connection() as c:
             async with c.transaction():
-                run_id = await _signal_with_start_on(c, params, Jsonb({"name": "go", "payload": None}))
+                run_id = await signal_with_start(c, params, {"name": "go", "payload": None})
                 second = asyncio.create_task(client.signal_with_start(
                     collector, 1, id="sws-lock", signal="item", signal_payload="b"))
                 await wait_until(lambda: sql(

@@ -113,7 +113,7 @@ async def test_result_takes_the_outcome_from_the_close_notify(client, start_work
     assert await (await client.start(echoed, "warm", False)).result(timeout=30) == "warm"  # listener up
     handle = await client.start(echoed, "x" * size, False)
     if closed_first:
-        await wait_until(lambda: client._watched[handle.run_id][1], timeout=30, what="the close NOTIFY")
+        await wait_until(lambda: client.listener.watched[handle.run_id][1], timeout=30, what="the close NOTIFY")
     counted = _count_reads(handle)
     assert await handle.result(timeout=30) == "x" * size
     assert len(counted) == reads

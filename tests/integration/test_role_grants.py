@@ -40,16 +40,14 @@ SRC = Path(cairn.__file__).parent
 # `cairn verify` read only; any role may run them).
 MODULES = {
     "worker": ["worker/__init__.py", "worker/activities.py", "worker/answers.py", "worker/outcomes.py",
-               "worker/tasks.py", "store/lifecycle.py", "worker/resilience.py", "store/sql.py",
+               "worker/tasks.py", "store/lifecycle.py", "store/runs.py", "worker/resilience.py", "store/sql.py",
                "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py"],
-    "client": ["client/__init__.py", "client/messages.py", "client/operators.py", "sync.py", "store/lifecycle.py",
-               "client/follow.py",
-               "cli/render.py", "ui/server.py"],
+    "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
 # Modules with statements that neither role runs: the owner's migrations, `cairn verify`.
-NEITHER = ["store/db.py", "verify.py"]
+NEITHER = ["store/db.py", "store/verify.py"]
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
 TRIGGER_EVENTS = {4: "INSERT", 8: "DELETE", 16: "UPDATE"}  # pg_trigger.tgtype bits
 

@@ -24,6 +24,7 @@ from cairn.errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
+from cairn.store.db import redact
 
 T = TypeVar("T")
 
@@ -66,8 +67,6 @@ def main(ctx: click.Context, database_url: str | None, namespace: str, verbose: 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> click.exceptions.Exit:
     """Prints an error to stderr (passwords masked) and returns the exit to raise."""
-    from cairn.store.db import redact
-
     click.echo(f"error: {redact(message)}", err=True)
     return click.exceptions.Exit(code)
 

@@ -11,7 +11,9 @@ import click
 
 from cairn.cli._base import Settings, import_modules, main, run, to_json
 from cairn.errors import InputValidationError
+from cairn.logformat import JsonFormatter, use_json
 from cairn.store import db
+from cairn.worker import Worker, collect
 
 
 @main.group("db")
@@ -85,11 +87,7 @@ def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, 
                workflow_concurrency: int, activity_concurrency: int, identity: str | None,
                lease_seconds: float, poll_interval: float, log_format: str) -> None:
     """Run a worker until SIGTERM/SIGINT, then drain gracefully."""
-    from cairn.worker import Worker, collect
-
     if log_format == "json":
-        from cairn.logformat import use_json
-
         use_json()
 
     async def go() -> None:
@@ -114,8 +112,6 @@ def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, 
         banner = (f"worker {worker.identity} running {len(worker.workflows)} workflow(s), "
                   f"{len(worker.activities)} activity(ies) on {', '.join(worker.queues)}")
         if log_format == "json":  # every line of stderr is JSON
-            from cairn.logformat import JsonFormatter
-
             banner = JsonFormatter().format(logging.LogRecord("cairn.worker", logging.INFO, "", 0, banner, (), None))
         click.echo(banner, err=True)
         await runner

@@ -19,14 +19,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from psycopg.rows import dict_row
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from cairn.cli._base import table, when
-from cairn.store.sql import q
+from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
+from cairn.store import runs
 
 T = TypeVar("T")
 
@@ -144,9 +144,6 @@ def describe_report(d: Any) -> Report:
 
 def echo_describe(d: Any) -> None:
     """Prints describe's human output: rich on a terminal, plain text otherwise."""
-    from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
-    from cairn.cli.runs import echo_saga
-
     report = describe_report(d)
     out = console()
     if not out.is_terminal:
@@ -267,14 +264,26 @@ async def with_progress(client: Any, workflow_id: str, waiting: Awaitable[T]) ->
 
 async def _progress_line(client: Any, workflow_id: str, elapsed: float) -> Text:
     async with client.pool.connection() as c:
-        cur = c.cursor(row_factory=dict_row)
-        await cur.execute(q("run_progress"), {"namespace": client.namespace, "workflow_id": workflow_id})
-        row = await cur.fetchone()
+        row = await runs.progress(c, client.namespace, workflow_id)
     if row is None:
         return Text(f"{workflow_id}: no such run")
-    status = str(row["status"])
+    status = row.status
     return Text.assemble(
         (f"{workflow_id} ", "bold"), (status, STATUS_STYLES.get(status, "")),
-        f"  last event {row['last_type']} (#{row['last_seq']})",
-        f"  activities done {row['activities_done']}",
+        f"  last event {row.last_type} (#{row.last_seq})",
+        f"  activities done {row.activities_done}",
         f"  elapsed {elapsed:.1f} s")
+
+
+def echo_saga(saga: dict[str, Any]) -> None:
+    """A saga's state in describe's plain output."""
+    mode = "parallel" if saga["parallel_compensation"] else "sequential"
+    mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
+    click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")
+    if saga["reason"]:
+        click.echo(f"reason    {saga['reason'].get('type')}: {saga['reason'].get('message')}")
+    rows = [[role, "" if a["seq"] is None else str(a["seq"]), str(a["activity_type"]), a["status"],
+             str(a.get("attempts") or ""), (a.get("failure") or {}).get("message") or ""]
+            for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
+    if rows:
+        click.echo(table(rows, ["ROLE", "SEQ", "ACTIVITY", "STATUS", "ATTEMPTS", "FAILURE"]))

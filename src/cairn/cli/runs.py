@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from cairn.cli._base import (
     when,
     with_client,
 )
+from cairn.cli.llm_runs import follow_history
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
 from cairn.engine.history import Event
@@ -138,7 +140,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                 if where.inferred and where.warning is None else ""
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id}){on}", err=wait)
         if wait:
-            from cairn.cli.render import with_progress
+            from cairn.cli.render import with_progress  # here: rich loads only for --wait and describe
 
             try:
                 out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
@@ -216,23 +218,9 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
     if as_json:
         click.echo(to_json(d.to_json()))
         return
-    from cairn.cli.render import echo_describe
+    from cairn.cli.render import echo_describe  # here: rich loads only for --wait and describe
 
     echo_describe(d)
-
-
-def echo_saga(saga: dict[str, Any]) -> None:
-    """A saga's state in describe's plain output."""
-    mode = "parallel" if saga["parallel_compensation"] else "sequential"
-    mode += ", continue on error" if saga["continue_on_error"] else ", stop at first error"
-    click.echo(f"\nsaga {saga['id']}: {saga['status']} ({mode})")
-    if saga["reason"]:
-        click.echo(f"reason    {saga['reason'].get('type')}: {saga['reason'].get('message')}")
-    rows = [[role, "" if a["seq"] is None else str(a["seq"]), str(a["activity_type"]), a["status"],
-             str(a.get("attempts") or ""), (a.get("failure") or {}).get("message") or ""]
-            for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
-    if rows:
-        click.echo(table(rows, ["ROLE", "SEQ", "ACTIVITY", "STATUS", "ATTEMPTS", "FAILURE"]))
 
 
 @main.command("history")
@@ -245,8 +233,6 @@ def echo_saga(saga: dict[str, Any]) -> None:
 def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool, follow: bool) -> None:
     """Show a run's event history (--json gives a file that `cairn replay` accepts)."""
     if follow:
-        from cairn.cli.llm_runs import follow_history
-
         follow_history(settings, workflow_id, run_id, as_json)
         return
 
@@ -343,8 +329,6 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
 
 
 def _epoch() -> Any:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(0, UTC)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cairn.cli._base import Settings, main, run
-from cairn.ui.server import DEFAULT_HOST, DEFAULT_PORT, is_loopback
+from cairn.ui.server import DEFAULT_HOST, DEFAULT_PORT, is_loopback, serve
 
 
 @main.command("ui")
@@ -21,8 +21,6 @@ def ui_cmd(settings: Settings, host: str, port: int, open_browser: bool) -> None
 
     Runs until Ctrl-C. It only reads: nothing on the page starts, signals or cancels a run.
     """
-    from cairn.ui.server import serve
-
     if not is_loopback(host):
         click.echo(f"warning: listening on {host}: anyone who can reach it can read every run's payloads",
                    err=True)

@@ -9,20 +9,17 @@ text it yields for an attempt is always that attempt's whole answer.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psycopg
-from psycopg.rows import dict_row
-
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.store.sql import q
+from cairn.store import runs
+from cairn.store.listen import listening
 from cairn.views import llm_result
 
 if TYPE_CHECKING:
-    from cairn.client import WorkflowHandle
+    from cairn.client.handle import WorkflowHandle
 
 __all__ = ["StreamChunk", "follow"]
 
@@ -80,30 +77,21 @@ async def follow(handle: WorkflowHandle, *, activity_seq: int | None = None, eve
     """Yields the run's history events (if ``events``) and its LLM stream chunks as they
     arrive, until the run closes (or, with ``activity_seq``, until that activity's outcome
     is recorded)."""
-    run = await handle._resolve()
-    run_id = str(run["run_id"])
+    run_id = (await handle._resolve()).run_id
     client = handle.client
     last_seq, last_chunk = 0, 0
     seen = _Seen()
-    async with await psycopg.AsyncConnection.connect(client.url, autocommit=True) as listener:
-        await listener.execute("LISTEN cairn_llm_stream")
-        await listener.execute("LISTEN cairn_closed")
+    async with listening(client.url, "cairn_llm_stream", "cairn_closed") as listener:
         while True:
             async with client.pool.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                # The status first: if it is closed now, the events read after it are all there are.
-                status = await (await cur.execute(q("llm_follow_status"), {"run_id": run_id})).fetchone()
-                chunks = await (await cur.execute(q("llm_stream_after"), {
-                    "run_id": run_id, "after": last_chunk, "seq": activity_seq})).fetchall()
-                new = await (await conn.execute(q("read_history_after"), {"run_id": run_id, "after": last_seq}
-                                                )).fetchall()
+                status, chunks, new = await runs.follow_step(conn, run_id, after_chunk=last_chunk, after_seq=last_seq,
+                                                             activity_seq=activity_seq)
             for c in chunks:
-                last_chunk = c["id"]
-                for out in seen.chunk(c["activity_seq"], c["attempt"], c["text"]):
+                last_chunk = c.id
+                for out in seen.chunk(c.activity_seq, c.attempt, c.text):
                     yield out
-            done = status is None or status["status"] != "running"
-            for s, t, d, a in new:
-                event = Event(s, t, d, a)
+            done = status is None or status != "running"
+            for event in new:
                 last_seq = event.seq
                 if events:
                     yield event
@@ -117,6 +105,4 @@ async def follow(handle: WorkflowHandle, *, activity_seq: int | None = None, eve
                     done = True
             if done:
                 return
-            with contextlib.suppress(TimeoutError):
-                async for _ in listener.notifies(timeout=poll, stop_after=1):
-                    pass
+            await listener.wait(poll)

@@ -16,39 +16,24 @@ input, as a new run of the same id, type, queue, search attributes and memo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
+from cairn.client.handle import WorkflowHandle
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.errors import CairnError, InputValidationError, WorkflowAlreadyStarted
+from cairn.errors import InputValidationError
 from cairn.options import check_text, new_run_id
-from cairn.store import db
-from cairn.store import lifecycle as _lifecycle
-from cairn.store.sql import q
+from cairn.store import operators as store
+from cairn.store.operators import ResetPlan
 from cairn.visibility import merge_upserts
 
 if TYPE_CHECKING:
-    from cairn.client import Client, WorkflowHandle
+    from cairn.client.client import Client
+
+__all__ = ["RETRYABLE_STATUSES", "ResetPlan", "plan_reset", "reset", "retry", "task_seqs"]
 
 RETRYABLE_STATUSES = ("failed", "cancelled", "terminated", "timed_out")
 MAX_REASON_LENGTH = 1000
-
-
-@dataclass
-class ResetPlan:
-    """What a reset writes for the new run (computed from the old run's history alone)."""
-
-    seq: int
-    copied: list[Event]
-    inbox: list[tuple[str, dict[str, Any]]]
-    activities: list[dict[str, Any]] = field(default_factory=list)
-    timers: list[dict[str, Any]] = field(default_factory=list)
-    search_attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def task_seqs(events: list[Event]) -> list[int]:
@@ -146,11 +131,6 @@ def _orphaned_children(events: list[Event], kept: list[Event]) -> list[tuple[str
     return out
 
 
-def _jsonb(value: Any) -> Jsonb | None:
-    """SQL NULL for None (``Jsonb(None)`` would store a JSON null)."""
-    return None if value is None else Jsonb(value)
-
-
 def _check_reason(reason: str) -> str:
     if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
         raise InputValidationError(f"the reason must be a string of at most {MAX_REASON_LENGTH} characters")
@@ -167,76 +147,16 @@ async def reset(client: Client, workflow_id: str, *, run_id: str | None = None, 
         WorkflowNotFound: no such run.
         WorkflowAlreadyStarted: another run of the workflow id is open.
     """
-    from cairn.client import WorkflowHandle
-
     if (to_seq is None) == (not to_last_task):
         raise InputValidationError("give exactly one of to_seq and to_last_task")
     if to_seq is not None and (isinstance(to_seq, bool) or not isinstance(to_seq, int) or to_seq < 1):
         raise InputValidationError(f"to_seq must be a positive integer, not {to_seq!r}")
     _check_reason(reason)
     row = await client._run_row(workflow_id, run_id)
-    old = row["run_id"]
-    params: dict[str, Any] = {"run_id": old, "now": None}
     new_id = new_run_id()
-    async with client.pool.connection() as c:
-        try:
-            async with c.transaction():
-                cur = c.cursor(row_factory=dict_row)
-                pending_signals: list[dict[str, Any]] = []
-                running = row["status"] == "running"
-                if running:
-                    # Wait for a worker mid-task and keep others out: we append to its history.
-                    await c.execute(q("ensure_workflow_task"), params)
-                    await c.execute(q("lock_workflow_task"), params)
-                    locked = await (await cur.execute(q("locked_task_state"), {
-                        **params, "run_ids": [old], "replay": []})).fetchone()
-                    running = locked is not None and locked["status"] == "running"
-                    if locked is not None and running:
-                        pending_signals = [d for _, t, d in locked["inbox"] if t == h.SIGNAL_RECEIVED]
-                hist = await c.execute(q("read_history"), {"run_id": old})
-                events = [Event(s, t, d, a) for s, t, d, a in await hist.fetchall()]
-                plan = plan_reset(events, old, to_seq, reapply_signals=reapply_signals,
-                                  pending_signals=pending_signals)
-                vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
-                open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
-                    "namespace": client.namespace, "workflow_id": row["workflow_id"],
-                    "id_reuse_policy": "allow_duplicate"})).fetchone()
-                if open_run is not None and str(open_run["run_id"]) != old:
-                    raise WorkflowAlreadyStarted(row["workflow_id"], str(open_run["run_id"]))
-                why = reason or f"reset to seq {plan.seq}"
-                if running:
-                    last_seq = events[-1].seq
-                    await c.execute(q("append_history"), {**params, "events": Jsonb([{
-                        "seq": last_seq + 1, "type": h.WORKFLOW_TERMINATED,
-                        "data": {"reason": f"reset to seq {plan.seq}", "reset_run_id": new_id}}])})
-                    await c.execute(q("close_run"), {**params, "status": "terminated", "failure": Jsonb(
-                        {"type": "WorkflowTerminated", "message": f"reset to seq {plan.seq}"})})
-                    await c.execute(q("finish_workflow_task"), params)
-                    # Like any termination: tell its parent, apply its children's close policy.
-                    await _lifecycle.close_family(c, old, h.WORKFLOW_TERMINATED,
-                                                  {"reason": f"reset to seq {plan.seq}"}, "terminated")
-                new = {"run_id": new_id, "now": None}
-                await c.execute(q("insert_reset_run"), {
-                    **new, "namespace": client.namespace, "workflow_id": row["workflow_id"],
-                    "workflow_type": row["workflow_type"], "queue": row["queue"],
-                    "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(vis.get("memo")),
-                    "reset_from": Jsonb({"kind": "reset", "run_id": old, "seq": plan.seq, "reason": why}),
-                    "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
-                    "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
-                })
-                if plan.activities:
-                    await c.execute(q("insert_reset_activities"), {
-                        **new, "namespace": client.namespace, "workflow_id": row["workflow_id"],
-                        "workflow_type": row["workflow_type"],
-                        "workflow_queue": row["queue"], "activities": Jsonb(plan.activities)})
-                if plan.timers:
-                    await c.execute(q("start_timers"), {**new, "workflow_queue": row["queue"],
-                                                        "timers": Jsonb(plan.timers)})
-        except psycopg.Error as exc:
-            raise db.translate_write(exc, what=f"resetting workflow {workflow_id!r}",
-                                     check=f"look for its new run {new_id} with `cairn describe {workflow_id}`") \
-                from None
-    return WorkflowHandle(client, row["workflow_id"], new_id, None)
+    await store.reset(client.pool, row, new_id, lambda events, pending: plan_reset(
+        events, row.run_id, to_seq, reapply_signals=reapply_signals, pending_signals=pending), reason=reason)
+    return WorkflowHandle(client, row.workflow_id, new_id, None)
 
 
 async def retry(client: Client, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle:
@@ -250,43 +170,11 @@ async def retry(client: Client, workflow_id: str, *, run_id: str | None = None) 
         WorkflowNotFound: no such run.
         WorkflowAlreadyStarted: another run of the workflow id is open.
     """
-    from cairn.client import WorkflowHandle, started_run_id
-
     row = await client._run_row(workflow_id, run_id)
-    if row["status"] not in RETRYABLE_STATUSES:
+    if row.status not in RETRYABLE_STATUSES:
         raise InputValidationError(
-            f"workflow {row['workflow_id']!r} (run {row['run_id']}) is {row['status']}: only a "
+            f"workflow {row.workflow_id!r} (run {row.run_id}) is {row.status}: only a "
             f"{', '.join(RETRYABLE_STATUSES[:-1])} or {RETRYABLE_STATUSES[-1]} run can be retried")
     new_id = new_run_id()
-    async with client.pool.connection() as c:
-        try:
-            async with c.transaction():
-                cur = c.cursor(row_factory=dict_row)
-                started = await (await cur.execute(q("read_history_after"), {"run_id": row["run_id"], "after": 0})
-                                 ).fetchone()
-                vis = await (await cur.execute(q("run_visibility"), row)).fetchone() or {}
-                if started is None or started["type"] != h.WORKFLOW_STARTED:
-                    raise CairnError(f"run {row['run_id']} has no WorkflowStarted event")
-                # A fresh seed, and a standalone run: no parent, no chain, a new execution
-                # deadline from the original timeout.
-                data = {k: v for k, v in started["data"].items()
-                        if k not in ("seed", "parent", "parent_close_policy", "continued_from", "execution_deadline")}
-                params = _lifecycle.start_params(
-                    namespace=client.namespace, workflow_id=row["workflow_id"], workflow_type=row["workflow_type"],
-                    queue=row["queue"], args=list(data.get("input") or []),
-                    execution_timeout=data.get("execution_timeout"))
-                params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
-                              search_attributes=Jsonb(data.get("search_attributes") or {}))
-                created = await (await c.execute(q("start_workflow"), params)).fetchone()
-                existing = None if created else await (await c.execute(q("open_run_by_workflow_id"), params)
-                                                       ).fetchone()
-                if created is None and existing is None:
-                    raise CairnError(f"workflow {row['workflow_id']!r}: the retry lost a race; try again")
-                started_run_id(created, existing, params, "fail")
-                await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
-                    {"kind": "retry", "run_id": row["run_id"], "seq": None, "reason": "retry"})})
-        except psycopg.Error as exc:
-            raise db.translate_write(exc, what=f"retrying workflow {workflow_id!r}",
-                                     check=f"look for its new run {new_id} with `cairn describe {workflow_id}`") \
-                from None
-    return WorkflowHandle(client, row["workflow_id"], new_id, None)
+    await store.retry(client.pool, row, new_id)
+    return WorkflowHandle(client, row.workflow_id, new_id, None)

@@ -8,6 +8,7 @@ lifecycle".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,9 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
+from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
 from cairn.options import new_run_id
+from cairn.store import runs
 from cairn.store.sql import q
 from cairn.telemetry import trace_carrier
 
@@ -140,23 +143,20 @@ async def _start_child(conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
         parent={"workflow_id": task["workflow_id"], "run_id": run_id, "seq": ev.seq},
         parent_close_policy=d.get("parent_close_policy") or "terminate",
     )
-    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
     reply: dict[str, Any] = {"child_seq": ev.seq, "workflow_id": d["workflow_id"]}
-    if row is not None:
+    try:
+        # No lock_open_run here: the task's transaction never took one (lock=False).
+        reply["run_id"] = await runs.start(conn, params, "fail", lock=False)
         etype = h.CHILD_WORKFLOW_STARTED
-        reply["run_id"] = str(row[0])
-    else:
+    except WorkflowIdReuseRefused as exc:
         etype = h.CHILD_WORKFLOW_START_FAILED
-        existing = await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
-        if existing is not None and existing[2] != "running":
-            failure = {"type": "WorkflowIdReuseRefused", "details": {"run_id": str(existing[0]), "status": existing[2]},
-                       "message": f"workflow id {d['workflow_id']!r} may not be reused (policy "
-                                  f"{params['id_reuse_policy']}): its run {existing[0]} {existing[2]}"}
-        else:
-            other = str(existing[0]) if existing else None
-            failure = {"type": "WorkflowAlreadyStarted", "details": {"run_id": other},
-                       "message": f"workflow {d['workflow_id']!r} is already running (run {other})"}
-        reply["failure"] = failure
+        reply["failure"] = {"type": "WorkflowIdReuseRefused", "details": {"run_id": exc.run_id, "status": exc.status},
+                            "message": f"workflow id {d['workflow_id']!r} may not be reused (policy "
+                                       f"{params['id_reuse_policy']}): its run {exc.run_id} {exc.status}"}
+    except WorkflowAlreadyStarted as exc:
+        etype = h.CHILD_WORKFLOW_START_FAILED
+        reply["failure"] = {"type": "WorkflowAlreadyStarted", "details": {"run_id": exc.run_id},
+                            "message": f"workflow {d['workflow_id']!r} is already running (run {exc.run_id})"}
     # The parent's own inbox: the task that recorded the command sees the outcome next.
     await conn.execute(q("signal_run"), {"run_id": run_id, "type": etype, "data": Jsonb(reply)})
 
@@ -183,6 +183,62 @@ async def _continue_as_new(conn: psycopg.AsyncConnection[Any], task: dict[str, A
     params["memo"] = Jsonb(old["memo"]) if old["memo"] is not None else None
     if old["search_attributes"]:
         params["data"] = Jsonb({**params["data"].obj, "search_attributes": old["search_attributes"]})
-    row = await (await conn.execute(q("start_workflow"), params)).fetchone()
-    if row is None:  # the old run closed in this transaction: nothing else can hold the id
-        raise RuntimeError(f"continue-as-new of run {run_id}: the new run could not be created")
+    try:
+        await runs.start(conn, params, "fail", lock=False)
+    except WorkflowAlreadyStarted:  # the old run closed in this transaction: nothing else can hold the id
+        raise RuntimeError(f"continue-as-new of run {run_id}: the new run could not be created") from None
+
+
+# ---------------------------------------------------------------- terminate
+
+
+@dataclass(frozen=True, slots=True)
+class LockedRun:
+    """A run whose workflow-task lock this transaction holds (``locked_task_state``)."""
+
+    status: str
+    last_seq: int
+    inbox: list[tuple[int, str, dict[str, Any]]]
+
+
+async def lock_task(conn: psycopg.AsyncConnection[Any], run_id: str) -> LockedRun | None:
+    """Takes the run's workflow-task lock, waiting for a worker mid-task, so that what the
+    transaction appends to the history comes from the one writer the run has; in the
+    caller's transaction. None: the run is closed (it has no task row)."""
+    params: dict[str, Any] = {"run_id": run_id, "now": None}
+    cur = conn.cursor(row_factory=dict_row)
+    for _ in range(10):
+        # A worker mid-task may delete the task row while we wait for its lock (the
+        # task finished): ensure it again. A closed run gets no row: we stop.
+        await conn.execute(q("ensure_workflow_task"), params)
+        await conn.execute(q("lock_workflow_task"), params)
+        await cur.execute(q("locked_task_state"), {**params, "run_ids": [run_id], "replay": []})
+        locked = await cur.fetchone()
+        if locked is not None:
+            return LockedRun(locked["status"], locked["last_seq"], [tuple(i) for i in locked["inbox"]])
+    return None
+
+
+async def close_terminated(conn: psycopg.AsyncConnection[Any], run_id: str, last_seq: int, reason: str,
+                           **data: Any) -> None:
+    """Closes a run as terminated (its task lock held, see :func:`lock_task`): appends
+    ``WorkflowTerminated`` (with ``reason`` and ``data``), closes the run and its task, tells
+    its parent and applies its children's parent close policy."""
+    params: dict[str, Any] = {"run_id": run_id, "now": None}
+    event = [{"seq": last_seq + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason, **data}}]
+    await conn.execute(q("append_history"), {**params, "events": Jsonb(event)})
+    await conn.execute(q("close_run"), {**params, "status": "terminated",
+                                        "failure": Jsonb({"type": "WorkflowTerminated", "message": reason})})
+    await conn.execute(q("finish_workflow_task"), params)
+    await close_family(conn, run_id, h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
+
+
+async def terminate(conn: psycopg.AsyncConnection[Any], run_id: str, reason: str) -> bool:
+    """Terminates the open run in one transaction; False (nothing written) if it is closed."""
+    async with conn.transaction():
+        locked = await lock_task(conn, run_id)
+        if locked is None or locked.status != "running":
+            raise psycopg.Rollback()  # it closed meanwhile: nothing written
+        await close_terminated(conn, run_id, locked.last_seq, reason)
+        return True
+    return False

@@ -25,18 +25,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from aiohttp import web
-from psycopg import sql
-from psycopg.rows import dict_row
 
-from cairn import client as client_mod
 from cairn.client import Client
-from cairn.errors import CairnError, DatabaseError, InputValidationError, WorkflowNotFound
-from cairn.options import check_namespace
-from cairn.store import db
+from cairn.errors import CairnError, InputValidationError, WorkflowNotFound
+from cairn.store import runs
 from cairn.store.filters import parse_filter
-from cairn.store.sql import q
 from cairn.ui import pages
 from cairn.ui.timeline import build_timeline
 
@@ -67,17 +61,7 @@ async def connect_read_only(url: str | None = None, *, namespace: str = "default
     Resolves the URL like :meth:`Client.connect` (the embedded server when none is given)
     and checks that the schema is up to date.
     """
-    check_namespace(namespace)  # before connecting
-    resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
-    await asyncio.to_thread(client_mod._prepare, resolved, embedded)
-    pool = db.Pool(resolved, min_size=1, max_size=4, open=False,
-                   kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS})
-    try:
-        await pool.open(wait=True, timeout=30)
-    except Exception as exc:
-        await pool.close()
-        raise DatabaseError(f"cannot connect to {db.redact(resolved)}: {exc}") from None
-    return Client(pool, resolved, namespace)
+    return await Client._open(url, namespace=namespace, max_size=4, check_schema=True, options=READ_ONLY_OPTIONS)
 
 
 def is_loopback(host: str) -> bool:
@@ -151,21 +135,11 @@ def _list_args(request: web.Request) -> dict[str, Any]:
 async def status_counts(client: Client, *, workflow_type: str | None, where: str | None) -> dict[str, int]:
     """Runs per status matching the type and ``where`` filters (``ui_status_counts``)."""
     flt = parse_filter(where) if where is not None else None
-    fragment = sql.SQL(flt.sql) if flt is not None else sql.SQL("true")
-    params = {"namespace": client.namespace, "workflow_type": workflow_type, **(flt.params if flt else {})}
-    async def read(c: psycopg.AsyncConnection[Any]) -> dict[str, int]:
-        cur = c.cursor(row_factory=dict_row)
-        await cur.execute(sql.SQL(q("ui_status_counts")).format(where=fragment), params)
-        return {r["status"]: int(r["runs"]) for r in await cur.fetchall()}
-
-    return await client._read(read)
+    return await client._read(lambda c: runs.status_counts(c, client.namespace, workflow_type, flt))
 
 
 async def _workflow_types(client: Client) -> list[str]:
-    async def read(c: psycopg.AsyncConnection[Any]) -> list[Any]:
-        return await (await c.execute(q("list_workflow_types"), {"namespace": client.namespace})).fetchall()
-
-    return [str(r[0]) for r in await client._read(read)]
+    return await client._read(lambda c: runs.workflow_type_names(c, client.namespace))
 
 
 async def _list_data(client: Client, args: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -202,13 +176,8 @@ async def _run_data(request: web.Request) -> tuple[Any, list[Any], Any]:
     workflow_id = request.match_info["workflow_id"]
     d = await client.get_handle(workflow_id, request.query.get("run_id") or None).describe()
     events = await client.get_handle(workflow_id, d.run_id).history()  # the run described
-
-    async def read(c: psycopg.AsyncConnection[Any]) -> Any:
-        return await (await c.execute(q("db_now"))).fetchone()
-
-    row = await client._read(read)
-    assert row is not None
-    return d, events, build_timeline(events, row[0], d.pending_activities)
+    now = await client._read(runs.db_now)
+    return d, events, build_timeline(events, now, d.pending_activities)
 
 
 async def run_page(request: web.Request) -> web.StreamResponse:

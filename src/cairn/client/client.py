@@ -1,0 +1,496 @@
+"""The client: start workflows, wait for results, inspect and steer runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+
+from cairn.client import operators
+from cairn.client.checks import (
+    READ_RETRY_SECONDS,
+    check_input,
+    lookup_id,
+    lookup_type,
+    validate_id,
+    validate_queue,
+    validate_run_id,
+)
+from cairn.client.handle import WorkflowHandle
+from cairn.client.listener import CloseListener
+from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, validate_name
+from cairn.errors import (
+    DatabaseUnavailable,
+    InputValidationError,
+    OutcomeUnknown,
+    WorkflowNotFound,
+)
+from cairn.options import (
+    ID_REUSE_POLICIES,
+    RUN_STATUSES,
+    IdReusePolicy,
+    check_execution_timeout,
+    check_namespace,
+    check_policy,
+    new_run_id,
+    seconds,
+    shown,
+)
+from cairn.payloads import Signature, check_memo, to_payload
+from cairn.store import db, lifecycle, messages, runs
+from cairn.store.db import CLIENT_CONNECTION_OPTIONS
+from cairn.store.filters import Filter, parse_filter
+from cairn.telemetry import tracer
+from cairn.visibility import check_search_attributes
+from cairn.workflow import definition_of
+
+log = logging.getLogger("cairn.client")
+
+IdConflictPolicy = Literal["fail", "use_existing"]
+DEFAULT_QUEUE = "default"  # where a start goes when no queue is given and no worker registered its type
+# A start of an @workflow.defn function without a queue asks the registry which queue serves
+# its type; a client remembers an answer naming one queue for this long (a round trip
+# saved per start: the registry changes when workers of a new queue start).
+QUEUE_CACHE_SECONDS = 10.0
+MAX_LIST_LIMIT = 100_000  # runs one list call returns at most (the CLI's --limit too)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StartTarget:
+    """Where a start of a workflow type goes (:meth:`Client.start_target`)."""
+
+    name: str
+    queue: str
+    input_schema: dict[str, Any] | None  # registered there; None: no worker has registered the type there yet
+    inferred: bool  # no queue was given: the one queue the type is registered on, or the default
+    elsewhere: tuple[str, ...] = ()  # the queues the type is registered on, if not this one
+    known: tuple[str, ...] = ()  # the registered workflow types, if this one is registered nowhere
+
+    @property
+    def warning(self) -> str | None:
+        """The one-line warning of a start that no registered worker will run yet."""
+        if self.input_schema is not None:
+            return None
+        hint = f" (registered on: {', '.join(self.elsewhere)})" if self.elsewhere else \
+            f" (registered types: {', '.join(self.known)})" if self.known else ""
+        return (f"no worker has registered workflow type {self.name!r} on queue {self.queue!r} yet; "
+                f"the run waits for one{hint}")
+
+
+@dataclass
+class RunPage:
+    """One page of a listing (:meth:`Client.list_page`).
+
+    Attributes:
+        runs: the page's runs, newest first.
+        total: how many runs match the filters in all.
+        skipped: how many of them came on the pages before this one.
+        next_page_token: pass it as ``page_token`` for the next page; None on the last.
+    """
+
+    runs: list[dict[str, Any]]
+    total: int
+    skipped: int
+    next_page_token: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "total": self.total, "next_page_token": self.next_page_token}
+
+
+class Client:
+    """A connection to Cairn's database: start workflows, signal, query and inspect runs.
+
+    Use :meth:`connect`; close with :meth:`close` or ``async with``.
+
+    Attributes:
+        listener: the close listener (:class:`~cairn.client.listener.CloseListener`) that
+            wakes ``result()`` and ``query()``.
+    """
+
+    def __init__(self, pool: db.Pool, url: str, namespace: str = "default") -> None:
+        self.pool = pool
+        self.url = url
+        self.namespace = check_namespace(namespace)
+        self.listener = CloseListener(url)
+        self._queues: dict[str, tuple[float, str]] = {}  # workflow type -> (when, its one queue): _cached_queue
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, namespace: str = "default",
+                      max_size: int = 10, check_schema: bool = True) -> Client:
+        """Connects to ``url`` (default: ``CAIRN_DATABASE_URL``, else the embedded server).
+
+        With the embedded server the schema is migrated on first use.
+        """
+        return await cls._open(url, namespace=namespace, max_size=max_size, check_schema=check_schema,
+                              options=CLIENT_CONNECTION_OPTIONS)
+
+    @classmethod
+    async def _open(cls, url: str | None, *, namespace: str, max_size: int, check_schema: bool,
+                   options: str) -> Client:
+        """:meth:`connect` with the sessions' server ``options`` (the web view's are read-only).
+
+        Raises:
+            DatabaseUnavailable: no session could be opened in 30 s (the URL's password masked).
+        """
+        check_namespace(namespace)  # before connecting
+        resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
+        db.remember_secret(resolved)
+        if embedded or check_schema:
+            await asyncio.to_thread(runs.prepare, resolved, embedded)
+        pool = db.Pool(resolved, min_size=1, max_size=max_size, open=False,
+                       kwargs={"autocommit": True, "options": options})
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            await pool.close()
+            raise DatabaseUnavailable(f"cannot connect to {db.redact(resolved)}: {db.redact(str(exc))}") from None
+        return cls(pool, resolved, namespace)
+
+    async def close(self) -> None:
+        await self.listener.close()
+        await self.pool.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- starting
+
+    async def start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        queue: str | None = None,
+        id_conflict: IdConflictPolicy = "fail",
+        conn: runs.Conn | None = None,
+        search_attributes: Mapping[str, Any] | None = None,
+        memo: Mapping[str, Any] | None = None,
+        id_reuse_policy: IdReusePolicy = "allow_duplicate",
+        execution_timeout: timedelta | float | None = None,
+    ) -> WorkflowHandle:
+        """Starts a workflow run and returns once the start is committed.
+
+        Args:
+            workflow: an ``@workflow.defn`` function, or a registered workflow type name.
+            args: the workflow's arguments, validated against its annotations first.
+            id: the workflow id (default: a new UUID). At most one run per id is open.
+            queue: the workflow queue the run's tasks go to. Default: the one queue whose
+                workers registered the workflow type; the ``"default"`` queue if none did yet
+                (the run waits for a worker, with a logged warning). A type registered on
+                several queues needs a queue.
+            id_conflict: with an open run of the same id, ``"fail"`` raises
+                :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle.
+            conn: the caller's own connection, inside its transaction: the start commits
+                or rolls back with the caller's writes (transactional outbox).
+            search_attributes: typed key/values to filter runs by (``cairn list --where``):
+                str, int, float, bool, timezone-aware datetime, or a list of str.
+            memo: a JSON object shown by ``describe`` (not searchable).
+            id_reuse_policy: about the id's *closed* runs: ``"allow_duplicate"`` (default)
+                starts anyway; ``"allow_duplicate_failed_only"`` only if the newest closed run
+                failed, was cancelled, terminated or timed out; ``"reject_duplicate"`` never
+                reuses an id. A refusal raises :class:`WorkflowIdReuseRefused`.
+            execution_timeout: the most the run, and the runs it continues as, may take in
+                all; past it the run closes as ``timed_out`` (seconds or a ``timedelta``).
+
+        Raises:
+            InputValidationError: bad arguments, id, queue, policy or timeout, or no queue given
+                for a type registered on several; nothing was written.
+            WorkflowAlreadyStarted: the id has an open run (``id_conflict="fail"``), or the id
+                reuse policy refused (:class:`WorkflowIdReuseRefused`); nothing was written.
+            DatabaseUnavailable: the database was out of reach (a lost connection is retried
+                for 30 s); :class:`OutcomeUnknown` if the start may have committed.
+        """
+        # The span is current while the parameters are built: start_params stores its
+        # context in WorkflowStarted, the root of the run's trace.
+        with tracer.start_as_current_span("cairn.start_workflow") as span:
+            params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
+                                                         id_reuse_policy=id_reuse_policy,
+                                                         execution_timeout=execution_timeout)
+            add_visibility(params, search_attributes, memo)
+            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
+                                 "cairn.workflow_type": params["workflow_type"]})
+            if conn is not None:  # the caller's transaction: theirs to retry
+                run_id = await runs.translated(runs.start(conn, params, id_conflict))
+            else:
+                self.listener.watch(params["run_id"])  # before the start commits: no close can be missed
+                run_id = ""
+                try:
+                    run_id = await self._start_idempotently(params, id_conflict)
+                finally:
+                    if run_id != params["run_id"]:  # not started, or the handle of an existing run
+                        self.listener.watched.pop(params["run_id"], None)
+            span.set_attribute("cairn.run_id", run_id)
+        return WorkflowHandle(self, params["workflow_id"], run_id, signature)
+
+    async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
+                            queue: str | None, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
+                            execution_timeout: timedelta | float | None = None,
+                            ) -> tuple[dict[str, Any], Signature | None]:
+        """Validates a start (before anything is written) and builds its parameters."""
+        if id_conflict not in ("fail", "use_existing"):
+            raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
+        check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
+        timeout = check_execution_timeout(seconds(execution_timeout))
+        workflow_id = validate_id(id) if id is not None else new_run_id()
+        if queue is not None:
+            validate_queue(queue)
+        payload = [to_payload(a) for a in args]
+        signature: Signature | None = None
+        if isinstance(workflow, str):
+            name = workflow
+            target = await self.start_target(name, queue)
+            if target.input_schema is not None:
+                check_input(name, target.input_schema, payload)
+            else:
+                log.warning("%s", target.warning)
+            queue = target.queue
+        else:
+            d = definition_of(workflow)
+            name, signature = d.name, d.signature
+            signature.validate_args(payload, f"workflow {name}")
+            if queue is None:
+                queue = await self._cached_queue(name)
+        params = lifecycle.start_params(
+            namespace=self.namespace, workflow_id=workflow_id, workflow_type=name, queue=queue, args=payload,
+            id_reuse_policy=id_reuse_policy, execution_timeout=timeout,
+        )
+        return params, signature
+
+    async def _start_idempotently(self, params: dict[str, Any], policy: IdConflictPolicy) -> str:
+        """Starts the run on a pooled connection (autocommit: start_workflow is one atomic
+        statement, committed when it returns). A start whose connection is lost may have
+        committed: it is tried again on a fresh connection, which is safe because the run id
+        is chosen here: the run found under it is this start's (see started_run_id)."""
+        tries = 0
+
+        async def attempt(c: runs.Conn) -> str:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and await runs.run_exists(c, params):
+                return str(params["run_id"])  # the lost attempt had committed
+            return await runs.start(c, params, policy)
+
+        try:
+            return await self._read(attempt)
+        except DatabaseUnavailable as exc:
+            if not tries:
+                raise  # no connection was had: nothing was sent
+            raise OutcomeUnknown(
+                f"the connection to the database was lost while starting workflow {params['workflow_id']!r} "
+                f"(run {params['run_id']}), and it stayed out of reach ({exc}): look for that run with "
+                f"`cairn describe {params['workflow_id']}` before starting it again") from None
+
+    async def _read(self, read: runs.Op[T], *, wait: float | None = READ_RETRY_SECONDS) -> T:
+        """Runs ``read`` on a pooled connection, again on a fresh one after a lost connection
+        or a read-only session (see :func:`cairn.store.runs.retrying`), for up to ``wait``
+        seconds (None: for as long as it takes). Only for what is safe to repeat: reads, and writes idempotent
+        by construction.
+
+        Raises:
+            DatabaseUnavailable: the database stayed out of reach for ``wait`` seconds.
+            DatabaseError: another database error (translated, never a psycopg one).
+        """
+        return await runs.retrying(self.pool, read, wait=wait)
+
+    async def _write(self, write: runs.Op[T], *, what: str, check: str) -> T:
+        """Runs ``write``, which must not be repeated blindly, on a pooled connection. Only a
+        write that surely did nothing runs again: no connection could be had, or a read-only
+        session refused it (a failover's; the pool replaces the session).
+
+        Raises:
+            OutcomeUnknown: the connection was lost with the write on its way (``what`` it
+                was; ``check`` says how to find out whether it took effect).
+            DatabaseError: the database stayed out of reach (``DatabaseUnavailable``) or
+                read-only for 30 s, or another database error.
+        """
+        return await runs.retrying(self.pool, write, wait=READ_RETRY_SECONDS, lost=(what, check))
+
+    async def start_target(self, name: str, queue: str | None = None) -> StartTarget:
+        """Where a start of workflow type ``name`` goes, from the registry that workers fill
+        (one input schema per queue): ``queue`` if given, else the one queue whose workers
+        registered the type, else the default queue. ``input_schema`` is None when no worker
+        has registered the type on that queue yet (the run would wait for one).
+
+        Raises:
+            InputValidationError: no queue given, and the type is registered on several.
+        """
+        lookup_type(name)
+        if queue is not None:
+            validate_queue(queue)
+        rows, known = await self._read(lambda c: runs.registered_types(c, self.namespace, name))
+        queues = tuple(r.queue for r in rows)
+        if queue is None and len(rows) > 1:
+            raise InputValidationError(f"workflow type {name!r} is registered on several queues "
+                                       f"({', '.join(queues)}): choose one (--queue, or queue=)")
+        if queue is None:
+            queue = queues[0] if rows else DEFAULT_QUEUE
+            inferred = True
+        else:
+            inferred = False
+        row = next((r for r in rows if r.queue == queue), None)
+        if row is None:
+            return StartTarget(name, queue, None, inferred, queues, known)
+        return StartTarget(name, queue, row.input_schema, inferred)
+
+    async def _cached_queue(self, name: str) -> str:
+        """The queue of a start of an ``@workflow.defn`` function given none (see
+        :meth:`start_target`); an answer naming a registered queue is remembered for
+        QUEUE_CACHE_SECONDS."""
+        cached = self._queues.get(name)
+        if cached is not None and time.monotonic() - cached[0] < QUEUE_CACHE_SECONDS:
+            return cached[1]
+        target = await self.start_target(name)
+        if target.warning is not None:
+            log.warning("%s", target.warning)
+        else:
+            self._queues[name] = (time.monotonic(), target.queue)
+        return target.queue
+
+    # -- reading
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
+        """A handle on an existing workflow: each call acts on its newest run (following
+        continue-as-new), or on run ``run_id`` alone if given (see :class:`WorkflowHandle`)."""
+        lookup_id(workflow_id)
+        if run_id is not None:
+            run_id = validate_run_id(run_id)
+        return WorkflowHandle(self, workflow_id, run_id, None, pinned=run_id is not None)
+
+    async def _run_row(self, workflow_id: str, run_id: str | None, *,
+                       wait: float | None = READ_RETRY_SECONDS) -> runs.Run:
+        lookup_id(workflow_id)  # reset and retry look up here without a handle
+        row = await self._read(lambda c: runs.run(c, self.namespace, workflow_id, run_id), wait=wait)
+        if row is None:
+            which = f"run {run_id} for id" if run_id else "run with id"
+            raise WorkflowNotFound(f"no workflow {which} {shown(workflow_id)}")
+        return row
+
+    async def _list_rows(self, status: str | None, workflow_type: str | None, limit: int, flt: Filter | None,
+                         page_token: str | None) -> list[dict[str, Any]]:
+        """Up to ``limit`` + 1 rows: the extra one says whether another page follows."""
+        statuses = RUN_STATUSES
+        if status is not None and status not in statuses:
+            raise InputValidationError(f"status must be one of {', '.join(statuses)}; got {status!r}")
+        if workflow_type is not None:
+            lookup_type(workflow_type)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputValidationError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, "
+                                       f"not {shown(str(limit))}")
+        if page_token is not None:
+            try:
+                uuid.UUID(page_token)
+            except ValueError:
+                raise InputValidationError(
+                    f"page token {page_token!r} is not one a listing gave (its next_page_token)") from None
+        params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
+                  "limit": limit + 1, "before": page_token}
+        return await self._read(lambda c: runs.list_runs(c, params, flt))
+
+    async def list(self, *, status: str | None = None, workflow_type: str | None = None,
+                   limit: int = 50, where: str | None = None, page_token: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally filtered by status and workflow type.
+
+        ``where`` is a filter such as ``customer = "acme" AND amount > 10`` (see
+        :mod:`cairn.visibility`). Rows carry search attributes and memo. ``page_token``
+        (``list_page().next_page_token``) lists only the runs after that page.
+
+        Raises:
+            InputValidationError: a bad status, limit, filter (the message names the column)
+                or page token.
+        """
+        flt = parse_filter(where) if where is not None else None
+        return (await self._list_rows(status, workflow_type, limit, flt, page_token))[:limit]
+
+    async def list_page(self, *, status: str | None = None, workflow_type: str | None = None,
+                        limit: int = 50, where: str | None = None, page_token: str | None = None) -> RunPage:
+        """One page of :meth:`list`, with how many runs match in all and the next page's token."""
+        flt = parse_filter(where) if where is not None else None
+        rows = await self._list_rows(status, workflow_type, limit, flt, page_token)
+        params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type,
+                  "before": page_token}
+        total, before = await self._read(lambda c: runs.count_runs(c, params, flt))
+        more = len(rows) > limit
+        return RunPage(runs=rows[:limit], total=total, skipped=before,
+                       next_page_token=rows[limit - 1]["run_id"] if more else None)
+
+    # -- messages (the checks and limits: cairn.client.messages)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None, *, run_id: str | None = None) -> None:
+        """Sends a signal to a workflow's open run (see :meth:`WorkflowHandle.signal`)."""
+        await self.get_handle(validate_id(workflow_id), run_id).signal(name, payload)
+
+    async def query(self, workflow_id: str, name: str, *args: Any, run_id: str | None = None,
+                    timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
+        """Queries a workflow's newest run (see :meth:`WorkflowHandle.query`)."""
+        return await self.get_handle(validate_id(workflow_id), run_id).query(name, *args, timeout=timeout)
+
+    async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
+                                signal_payload: Any = None, queue: str | None = None) -> WorkflowHandle:
+        """Signals the open run of workflow ``id``, starting one first if none is open.
+
+        Start and signal are one transaction: a new run finds the signal in its first
+        workflow task's inbox, and two concurrent calls produce one run with both signals.
+
+        Args:
+            workflow: an ``@workflow.defn`` function, or a registered workflow type name.
+            args: the workflow's arguments (used only if a run is started).
+            id: the workflow id.
+            signal: the signal's name.
+            signal_payload: the signal's payload.
+            queue: the queue of a started run (default: as :meth:`cairn.Client.start`).
+
+        Returns:
+            A handle on the run that received the signal.
+
+        Raises:
+            InputValidationError: bad arguments, id, queue, signal name or payload;
+                nothing was written.
+        """
+        data = {"name": validate_name(signal, "signal"), "payload": to_payload(signal_payload)}
+        with tracer.start_as_current_span("cairn.signal_with_start") as span:  # the new run's trace root
+            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
+            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
+                                 "cairn.workflow_type": params["workflow_type"], "cairn.signal": signal})
+            run_id = await self._write(lambda c: messages.signal_with_start(c, params, data),
+                                       what=f"signalling (and maybe starting) workflow {id!r}",
+                                       check=CHECK_SIGNAL.format(workflow_id=id))
+            span.set_attribute("cairn.run_id", run_id)
+        return WorkflowHandle(self, params["workflow_id"], run_id, signature)
+
+    # -- operator actions (cairn.client.operators)
+
+    async def reset(self, workflow_id: str, *, run_id: str | None = None, to_seq: int | None = None,
+                    to_last_task: bool = False, reason: str = "", reapply_signals: bool = True) -> WorkflowHandle:
+        """Starts a new run from the old run's history before the workflow task at ``to_seq``.
+
+        See :func:`cairn.client.operators.reset`; returns a handle on the new run.
+        """
+        return await operators.reset(self, workflow_id, run_id=run_id, to_seq=to_seq, to_last_task=to_last_task,
+                                     reason=reason, reapply_signals=reapply_signals)
+
+    async def retry(self, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle:
+        """Starts a failed (cancelled, terminated, timed-out) run again from its original input.
+
+        See :func:`cairn.client.operators.retry`; returns a handle on the new run.
+        """
+        return await operators.retry(self, workflow_id, run_id=run_id)
+
+
+def add_visibility(params: dict[str, Any], search_attributes: Mapping[str, Any] | None,
+                   memo: Mapping[str, Any] | None) -> None:
+    """Validates search attributes and memo and adds them to start_workflow's parameters.
+
+    Non-empty search attributes also go into the ``WorkflowStarted`` data, so that the
+    workflow sees them (``workflow.search_attributes()``) the same on every replay.
+    """
+    runs.set_visibility(params, check_search_attributes(search_attributes), check_memo(memo))

@@ -1,0 +1,62 @@
+"""Messages on the client's side: input events in a run's inbox (signals, cancel requests),
+signal-with-start, and query requests (see ARCHITECTURE.md, "Messages")."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from cairn.engine import history as h
+from cairn.store.runs import Conn, start
+from cairn.store.sql import q
+
+
+async def write_input(conn: Conn, run_id: str, event_type: str, data: dict[str, Any]) -> bool:
+    """Writes an input event into the run's inbox; False if the run is closed."""
+    cur = await conn.execute(q("signal_run"), {"run_id": run_id, "type": event_type, "data": Jsonb(data)})
+    return await cur.fetchone() is not None
+
+
+async def signal_with_start(conn: Conn, params: dict[str, Any], data: dict[str, Any]) -> str:
+    """Starts the run unless one is open, and signals the open (or new) run, in one
+    transaction (a savepoint in the caller's, if it has one). A concurrent start of the
+    same id makes ``start_workflow`` wait for it (the unique index) and then insert
+    nothing: the next statement sees that run."""
+    async with conn.transaction():
+        while True:
+            run_id = await start(conn, params, "use_existing")
+            if await write_input(conn, run_id, h.SIGNAL_RECEIVED, data):
+                return run_id
+            # The open run closed before the signal reached it: start a new one.
+
+
+async def insert_query_request(conn: Conn, *, request_id: str, run_id: str, queue: str, namespace: str,
+                               workflow_type: str, name: str, args: list[Any]) -> None:
+    """Asks for a query's answer (``insert_query_request``). A request already there under
+    this id is an earlier try of this one, whose connection was lost: asking again is safe."""
+    with contextlib.suppress(psycopg.errors.UniqueViolation):
+        await conn.execute(q("insert_query_request"), {
+            "id": request_id, "run_id": run_id, "queue": queue, "namespace": namespace,
+            "workflow_type": workflow_type, "name": name, "args": Jsonb(args), "now": None})
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    """A worker's answer to a query request: its answer, or its error."""
+
+    answer: Any
+    error: dict[str, Any] | None
+
+
+async def query_answer(conn: Conn, request_id: str) -> QueryAnswer | None:
+    """The request's answer, once a worker gave one."""
+    row = await (await conn.execute(q("query_request_answer"), {"id": request_id})).fetchone()
+    return None if row is None else QueryAnswer(row[0], row[1])
+
+
+async def delete_query_request(conn: Conn, request_id: str) -> None:
+    await conn.execute(q("delete_query_request"), {"id": request_id})
