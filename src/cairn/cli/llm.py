@@ -50,7 +50,7 @@ def fake_llm(host: str, port: int, script_file: str | None, key_env: str | None,
     in storm mode: the requests the script does not answer meet 429 bursts, the rpm limit
     and the failure rate.
     """
-    from cairn.llm.fake import FakeProvider, Storm, parse_script  # here: aiohttp loads only for this command
+    from cairn.llm.fake import FakeProvider, Storm, parse_script  # start-up time: aiohttp loads only for this command
 
     try:
         steps, default = parse_script(parse_json(f"@{script_file}", "script")) if script_file else ([], None)

@@ -140,7 +140,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                 if where.inferred and where.warning is None else ""
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id}){on}", err=wait)
         if wait:
-            from cairn.cli.render import with_progress  # here: rich loads only for --wait and describe
+            from cairn.cli.render import with_progress  # start-up time: rich loads only for --wait and describe
 
             try:
                 out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
@@ -218,7 +218,7 @@ def describe_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_js
     if as_json:
         click.echo(to_json(d.to_json()))
         return
-    from cairn.cli.render import echo_describe  # here: rich loads only for --wait and describe
+    from cairn.cli.render import echo_describe  # start-up time: rich loads only for --wait and describe
 
     echo_describe(d)
 

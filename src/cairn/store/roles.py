@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from cairn.errors import InputValidationError
+from cairn.options import check_identifier
 from cairn.store import db
 
 ROLE_KINDS = ("owner", "worker", "client", "readonly")
@@ -90,8 +91,6 @@ class RolePlan:
     password_envs: dict[str, str | None] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from cairn.options import check_identifier
-
         for kind in ROLE_KINDS:
             name = check_identifier(self.names[kind], f"the {kind} role name", max_length=63)
             if name.startswith("pg_"):
