@@ -143,7 +143,7 @@ class Client:
         resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
         db.remember_secret(resolved)
         if embedded or check_schema:
-            await asyncio.to_thread(runs.prepare, resolved, embedded)
+            await asyncio.to_thread(db.ensure_ready, resolved, embedded, who="client")
         pool = db.Pool(resolved, min_size=1, max_size=max_size, open=False,
                        kwargs={"autocommit": True, "options": options})
         try:

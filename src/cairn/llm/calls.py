@@ -73,11 +73,11 @@ async def call_chat(provider: ProviderConfig, request: ChatRequest, *, on_chunk:
             raise ProviderError("non_retryable", f"environment variable {provider.api_key_env} is not set",
                                 provider=provider.name, model=model, reason="no_key")
     stream = request.stream or on_chunk is not None
-    prepare, read_json, read_stream = DIALECTS[provider.dialect]
+    build_request, read_json, read_stream = DIALECTS[provider.dialect]
     if provider.dialect == "anthropic" and request.response_format is not None:
         raise ProviderError("non_retryable", "the anthropic dialect has no response_format",
                             provider=provider.name, model=model, reason="unsupported")
-    url, headers, body = prepare(provider, request, key, stream)
+    url, headers, body = build_request(provider, request, key, stream)
     del key  # from here on only the headers dict holds it, and it dies with this call
 
     loop = asyncio.get_running_loop()

@@ -168,7 +168,7 @@ def _openai_usage(u: Any) -> Usage | None:
     return Usage(input_tokens=prompt, cached_input_tokens=cached or 0, output_tokens=output)
 
 
-def _openai_prepare(provider: ProviderConfig, request: ChatRequest, key: str | None,
+def _openai_request(provider: ProviderConfig, request: ChatRequest, key: str | None,
                     stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
     body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     for field in ("max_tokens", "temperature", "tools", "tool_choice", "response_format", "stop"):
@@ -291,7 +291,7 @@ def _anthropic_tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
     return choice
 
 
-def _anthropic_prepare(provider: ProviderConfig, request: ChatRequest, key: str | None,
+def _anthropic_request(provider: ProviderConfig, request: ChatRequest, key: str | None,
                        stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
     system, messages = _anthropic_messages(request.messages)
     body: dict[str, Any] = {"model": request.model, "messages": messages,
@@ -396,6 +396,6 @@ _JsonReader = Callable[[httpx.Response, Answer], Awaitable[None]]
 _StreamReader = Callable[[AsyncIterator[bytes], Answer], Awaitable[None]]
 # Per dialect: the request (URL, headers, body), the reader of a JSON answer, the reader of a stream.
 DIALECTS: dict[str, tuple[_Prepare, _JsonReader, _StreamReader]] = {
-    "openai": (_openai_prepare, _openai_json, _openai_stream),
-    "anthropic": (_anthropic_prepare, _anthropic_json, _anthropic_stream),
+    "openai": (_openai_request, _openai_json, _openai_stream),
+    "anthropic": (_anthropic_request, _anthropic_json, _anthropic_stream),
 }

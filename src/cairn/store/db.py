@@ -37,6 +37,7 @@ from cairn.errors import (
     OutcomeUnknown,
     SchemaNotReadyError,
 )
+from cairn.store import durability
 from cairn.store.sql import q
 
 ENV_URL = "CAIRN_DATABASE_URL"
@@ -415,3 +416,15 @@ async def open_pool(url: str, *, max_size: int, min_size: int = 1, options: str 
         await pool.close()
         raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {redact(str(exc))}") from None
     return pool
+
+
+def ensure_ready(url: str, embedded: bool, *, who: str) -> None:
+    """Checks the server's durability settings and the schema before a client or a worker
+    connects its pool; migrates the embedded server's schema (a server you run is migrated
+    by its owner, ``cairn migrate``)."""
+    with connect_sync(url) as conn:
+        durability.check_server(conn, who=who)
+        if embedded and not schema_status(conn).up_to_date:
+            migrate(url)
+        elif not embedded:
+            check_schema(conn)

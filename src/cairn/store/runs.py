@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
-from cairn.store import db, durability
+from cairn.store import db
 from cairn.store.filters import Filter
 from cairn.store.sql import q
 
@@ -79,19 +79,6 @@ async def translated(op: Awaitable[T]) -> T:
         return await op
     except psycopg.Error as exc:
         raise db.translate(exc) from None
-
-
-def prepare(url: str, embedded: bool, who: str = "client") -> None:
-    """Checks the server's durability settings and the schema (migrates the embedded
-    server's) before a client connects its pool."""
-    with db.connect_sync(url) as conn:
-        durability.check_server(conn, who=who)
-        if embedded:
-            status = db.schema_status(conn)
-            if not status.up_to_date:
-                db.migrate(url)
-        else:
-            db.check_schema(conn)
 
 
 # ---------------------------------------------------------------- starting
