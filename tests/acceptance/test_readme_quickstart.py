@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acceptance_support import TIMEOUT, WorkerProc, clean_env
+
+from support import TIMEOUT, WorkerProc, clean_env, spawn_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -137,12 +138,8 @@ def stray_worker(tmp_path: Path, db_url: str) -> Iterator[object]:
     procs: list[WorkerProc] = []
 
     def start(queue: str) -> WorkerProc:
-        log = tmp_path / f"stray-{queue}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(VENV / "bin" / "cairn"), "--database-url", db_url, "worker", "-m", "stray",
-                                     "--queue", queue], cwd=tmp_path, env=clean_env(), stdout=out,
-                                    stderr=subprocess.STDOUT)
-        w = WorkerProc(f"stray-{queue}", proc, log)
+        w = spawn_worker(f"stray-{queue}", db_url, "stray", cwd=tmp_path, log_path=tmp_path / f"stray-{queue}.log",
+                         options=["--queue", queue], cairn=str(VENV / "bin" / "cairn"))
         procs.append(w)
         w.wait_started()
         return w

@@ -34,8 +34,7 @@ from cairn import (
 from cairn.cli import main as cli
 from cairn.engine.history import Event
 from cairn.errors import CairnError, DatabaseError
-
-from .support import events, wait_until
+from support import events, wait_until
 
 BIG = "x" * (options.MAX_PAYLOAD_BYTES + 10)
 SECRET = "s3cretPw_canary"

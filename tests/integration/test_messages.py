@@ -21,8 +21,7 @@ from cairn import (
 )
 from cairn.client.messages import _signal_with_start_on
 from cairn.sync import SyncClient
-
-from .support import events, run_status, running_worker, types_of, wait_until
+from support import events, run_status, running_worker, types_of, wait_until
 
 T = 10
 

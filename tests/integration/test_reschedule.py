@@ -11,8 +11,7 @@ import pytest
 from cairn import ActivityError, InputValidationError, activity, breakers, workflow
 from cairn.breakers import BreakerConfig
 from cairn.workflow import prepare_activity
-
-from .support import events, wait_until
+from support import events, wait_until
 
 _calls: dict[str, list[int]] = {}
 

@@ -21,8 +21,8 @@ from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, replay
 from cairn.errors import NonDeterminismError
 from cairn.workflow import WorkflowInfo, definition_of
+from support import HISTORIES
 
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 CAIRN = Path(sys.executable).with_name("cairn")
 
 
