@@ -19,11 +19,15 @@ from cairn import Worker, testing
 from support.waiting import TIMEOUT, wait_for
 
 CAIRN = str(Path(sys.executable).parent / "cairn")
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a subprocess: no CAIRN_DATABASE_URL (nor CAIRN_HOME) unless given."""
+    """The environment for a subprocess: no CAIRN_DATABASE_URL (nor CAIRN_HOME) unless given;
+    tests/ on PYTHONPATH, so a module it imports from a test directory (``-m
+    acceptance_support``) finds ``support`` as the tests do (pytest's ``pythonpath``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_DATABASE_URL", "CAIRN_HOME")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
