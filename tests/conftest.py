@@ -4,7 +4,6 @@ a template database migrated once per session, and a fresh database cloned per t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -21,9 +20,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from cairn import Client, Worker
+from cairn import Client, testing
 from cairn.llm.testing import fake_llm  # noqa: F401  (the fake LLM provider fixture)
 from cairn.store import db
+from support import query
+from support.postgres import private_pg  # noqa: F401  (a Postgres the test owns: the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,36 +176,11 @@ async def start_worker(db_url: str) -> AsyncIterator[Callable[..., Any]]:
     """Starts in-process workers on the test database; all are stopped at teardown.
 
     ``await start_worker(workflows=[...], activities=[...], **options)`` returns the worker.
-    Defaults suit tests: a short poll interval and lease.
+    Defaults suit tests (``cairn.testing.TEST_WORKER_OPTIONS``): a short poll interval and lease.
     """
-    runners: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(**kwargs: Any) -> Worker:
-        kwargs.setdefault("poll_interval", 0.2)
-        kwargs.setdefault("lease_seconds", 5.0)
-        worker = Worker(db_url, **kwargs)
-        task = asyncio.create_task(worker.run())
-        started = asyncio.create_task(worker.started())
-        done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            started.cancel()
-            task.result()
-        runners.append((worker, task))
-        return worker
-
-    yield start
-    for worker, _ in runners:
-        worker.stop()
-    for _, task in runners:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 40)
-
-
-def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    """Runs one query on a test database and returns its rows (for asserting from the DB)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+    workers = testing.Workers(db_url)
+    yield workers.start
+    await workers.stop(raise_errors=False)  # a test may break its workers on purpose
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
-"""Support for acceptance tests: real ``cairn`` subprocesses (workers and commands),
-bounded polling, and the side tables that ``flows.py`` activities write to."""
+"""Support for acceptance tests: ``cairn`` worker subprocesses on the flows of this
+directory, ``cairn`` commands, runs read by workflow id, the side tables that ``flows.py``
+activities write to, and the LLM storm (the shared helpers are in tests/support)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -17,70 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from support import CAIRN, TIMEOUT, WorkerProc, clean_env, query, spawn_worker
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-CAIRN = str(Path(sys.executable).parent / "cairn")
-TIMEOUT = 60.0  # generous: the machine may be loaded
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a subprocess: no CAIRN_DATABASE_URL unless given."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_DATABASE_URL", "CAIRN_HOME")}
-    env.update(extra)
-    return env
-
-
-def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.1,
-              procs: tuple[WorkerProc, ...] = ()) -> Any:
-    """Polls ``check`` until it returns something truthy; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name} (rc={p.proc.poll()}):\n{p.log()}" for p in procs)
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
-        time.sleep(interval)
-
-
-@dataclass
-class WorkerProc:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    killed: bool = False  # by the test (kill9): its exit is not a failure
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_started(self, timeout: float = TIMEOUT) -> None:
-        def started() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            return " running " in self.log()
-
-        wait_for(f"worker {self.name} to start", started, timeout, procs=(self,))
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=TIMEOUT)
-        self.killed = True
 
 
 @pytest.fixture
@@ -98,16 +37,10 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
     def start(name: str = "w", *extra: str, wait: bool = True, verbose: int = 0, defaults: bool = False,
               module: str = "flows", url: str | None = None, lease: float = 2.0) -> WorkerProc:
         url = url or db_url
-        log_path = tmp_path / f"worker-{name}-{len(started)}.log"
         tuned = [] if defaults else ["--lease-seconds", str(lease), "--poll-interval", "0.2"]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [CAIRN, *(["-" + "v" * verbose] if verbose else []), "--database-url", url,
-                 "worker", "-m", module, *tuned, "--identity", name, *extra],
-                cwd=HERE, stdout=log, stderr=subprocess.STDOUT,
-                env=clean_env(FLOWS_DB_URL=url, PGAPPNAME=f"cairn-{name}"),
-            )
-        w = WorkerProc(name, proc, log_path)
+        w = spawn_worker(name, url, module, cwd=HERE, log_path=tmp_path / f"worker-{name}-{len(started)}.log",
+                         options=tuned, extra=extra, verbose=verbose,
+                         env=clean_env(FLOWS_DB_URL=url, PGAPPNAME=f"cairn-{name}"))
         started.append(w)
         if wait:
             w.wait_started()

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from acceptance_support import side_tables, workers  # noqa: E402
+from acceptance_support import side_tables, workers
 
 __all__ = ["side_tables", "workers"]

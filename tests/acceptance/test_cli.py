@@ -9,10 +9,11 @@ import textwrap
 
 import flows
 import pytest
-from acceptance_support import cairn_cli, history, query, run_status, start_runs, wait_for
+from acceptance_support import cairn_cli, history, run_status, start_runs
 
 from cairn import Worker
 from cairn.store import db
+from support import clean_env, query, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -323,8 +324,6 @@ def test_unreachable_database_is_a_runtime_error(tmp_path):
         ran = cairn_cli(*args, db_url=url)
         assert_clean_error(ran, 1, "127.0.0.1")
     # Also from the environment.
-    from acceptance_support import clean_env
-
     ran = cairn_cli("list", env=clean_env(CAIRN_DATABASE_URL=url))
     assert_clean_error(ran, 1, "cannot connect")
 

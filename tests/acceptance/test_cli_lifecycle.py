@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from acceptance_support import cairn_cli, query, wait_for
+from acceptance_support import cairn_cli
+
+from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -8,7 +8,9 @@ from datetime import timedelta
 
 import flows
 import pytest
-from acceptance_support import TIMEOUT, history, query, run_status, start_runs, wait_for
+from acceptance_support import history, run_status, start_runs
+
+from support import TIMEOUT, query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acceptance_support import CAIRN, HERE, TIMEOUT, cairn_cli, clean_env
+from acceptance_support import HERE, cairn_cli
 
 from cairn.store import db
+from support import CAIRN, TIMEOUT, clean_env
 
 pytestmark = pytest.mark.acceptance
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import llm_flows as lf
 import pytest
-from acceptance_support import cairn_cli, clean_env, query, start_runs, wait_for
+from acceptance_support import cairn_cli, start_runs
 
 from cairn.llm import fake as f
+from support import clean_env, query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

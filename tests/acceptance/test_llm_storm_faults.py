@@ -27,33 +27,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import llm_flows as lf
 import pytest
-from acceptance_support import (
-    STORM,
-    STORM_WORKFLOWS,
-    WorkerProc,
-    most_in_window,
-    providers_file,
-    query,
-    run_storm,
-    storm_calls,
-    wait_for,
-)
+from acceptance_support import STORM, STORM_WORKFLOWS, most_in_window, providers_file, run_storm, storm_calls
 
 from cairn.llm import fake as f
 from cairn.store import db
 from cairn.verify import verify
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
-from chaos_support import PrivatePostgres, private_pg
-
-__all__ = ["private_pg"]  # the fixture, imported for the test below
+from support import PrivatePostgres, WorkerProc, query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -32,9 +32,10 @@ from typing import Any
 import httpx
 import llm_flows as lf
 import pytest
-from acceptance_support import TIMEOUT, query, start_runs, wait_for
+from acceptance_support import start_runs
 
 from cairn.llm.fake import call_key
+from support import TIMEOUT, query, wait_for
 
 pytest.importorskip("llmock", reason="llmock (dev extras) is not installed")
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from acceptance_support import cairn_cli, history, query, run_status, wait_for
+from acceptance_support import cairn_cli, history, run_status
+
+from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

@@ -7,9 +7,10 @@ import asyncio
 
 import flows
 import pytest
-from acceptance_support import history, run_status, wait_for
+from acceptance_support import history, run_status
 
 from cairn import Client
+from support import wait_for
 
 pytestmark = pytest.mark.acceptance
 

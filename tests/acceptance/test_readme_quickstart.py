@@ -11,38 +11,24 @@ adapted: a README that does not work as typed fails here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acceptance_support import TIMEOUT, WorkerProc, clean_env
 
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+from support import ROOT, TIMEOUT, WorkerProc, clean_env, spawn_worker
+from support.readme import README, readme_blocks, readme_script, run_in_own_group
+
 VENV = Path(sys.executable).parent.parent
-BLOCK = re.compile(r"<!-- quickstart: (?P<kind>shell|file (?P<path>\S+)) -->\n```[\w-]*\n(?P<body>.*?)```",
-                   re.DOTALL)
-EOF_MARK = "CAIRN_README_EOF"
 
 
 def quickstart_script(readme: str) -> str:
-    """The quick start as one bash script: shell blocks as they are, file blocks as
-    here-documents written to their path."""
-    parts = ["set -eo pipefail -x"]
-    for m in BLOCK.finditer(readme):
-        body = m["body"]
-        if m["path"]:
-            assert EOF_MARK not in body
-            parts.append(f"cat > {m['path']} <<'{EOF_MARK}'\n{body}{EOF_MARK}")
-        else:
-            parts.append(body)
-    return "\n".join(parts) + "\n"
+    """The quick start as one bash script."""
+    return readme_script(readme, "quickstart")
 
 
 def test_the_readme_marks_a_whole_quick_start():
@@ -56,8 +42,8 @@ def test_the_quick_start_does_not_collide_with_the_demo():
     """The defect: the quick start's worker served the demo's types (checkout, charge) on
     the demo's queue, so with it running `make demo` hung."""
     readme = README.read_text()
-    code = "".join(m["body"] for m in BLOCK.finditer(readme) if m["path"])
-    shell = "".join(m["body"] for m in BLOCK.finditer(readme) if not m["path"])
+    code = "".join(m["body"] for m in readme_blocks(readme, "quickstart") if m["path"])
+    shell = "".join(m["body"] for m in readme_blocks(readme, "quickstart") if not m["path"])
     names = set(re.findall(r"^async def (\w+)", code, re.MULTILINE))
     demo = (ROOT / "examples" / "demo.py").read_text()
     demo_names = {"checkout", "charge", "summarize", "cairn.llm.chat"}
@@ -77,32 +63,11 @@ def newcomer_dir(tmp_path: Path) -> Path:
     return home
 
 
-def _run_in_own_group(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Runs the script with bash in a new process group; whatever it left running (a
-    background worker) is stopped afterwards."""
-    proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, text=True, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT * 2)
-    except subprocess.TimeoutExpired:
-        _stop_group(proc.pid)
-        out, err = proc.communicate()
-        pytest.fail(f"the quick start did not finish in {TIMEOUT * 2:.0f} s\nstdout:\n{out}\nstderr:\n{err}")
-    finally:
-        _stop_group(proc.pid)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _stop_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def test_the_quick_start_works_as_typed(newcomer_dir, empty_db_url):
     env = clean_env(CAIRN_DATABASE_URL=empty_db_url, CAIRN_HOME=str(newcomer_dir / ".cairn-home"),
                     PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("VIRTUAL_ENV", None)
-    ran = _run_in_own_group(quickstart_script(README.read_text()), newcomer_dir, env)
+    ran = run_in_own_group(quickstart_script(README.read_text()), newcomer_dir, env, TIMEOUT * 2)
     assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
     assert "Traceback" not in ran.stdout + ran.stderr, ran.stderr
     lines = ran.stdout.splitlines()
@@ -137,12 +102,8 @@ def stray_worker(tmp_path: Path, db_url: str) -> Iterator[object]:
     procs: list[WorkerProc] = []
 
     def start(queue: str) -> WorkerProc:
-        log = tmp_path / f"stray-{queue}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(VENV / "bin" / "cairn"), "--database-url", db_url, "worker", "-m", "stray",
-                                     "--queue", queue], cwd=tmp_path, env=clean_env(), stdout=out,
-                                    stderr=subprocess.STDOUT)
-        w = WorkerProc(f"stray-{queue}", proc, log)
+        w = spawn_worker(f"stray-{queue}", db_url, "stray", cwd=tmp_path, log_path=tmp_path / f"stray-{queue}.log",
+                         options=["--queue", queue], cairn=str(VENV / "bin" / "cairn"))
         procs.append(w)
         w.wait_started()
         return w

@@ -9,7 +9,9 @@ from datetime import timedelta
 
 import pytest
 import resilience_flows as rf
-from acceptance_support import query, start_runs, wait_for
+from acceptance_support import start_runs
+
+from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

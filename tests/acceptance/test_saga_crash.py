@@ -9,7 +9,9 @@ from collections import Counter
 
 import flows
 import pytest
-from acceptance_support import cairn_cli, history, query, run_status, start_runs, wait_for
+from acceptance_support import cairn_cli, history, run_status, start_runs
+
+from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

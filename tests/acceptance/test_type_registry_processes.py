@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import pytest
 import registry_flows
-from acceptance_support import cairn_cli, query, run_status, start_runs, wait_for
+from acceptance_support import cairn_cli, run_status, start_runs
 
 from cairn import Worker
+from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
 

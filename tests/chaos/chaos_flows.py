@@ -13,18 +13,14 @@ installed if ``CAIRN_CHAOS_AMBIGUOUS`` asks for it (see chaos_faults).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
+import chaos_faults
 import psycopg
 from pydantic import BaseModel
 
 from cairn import ApplicationError, RetryPolicy, activity, workflow
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chaos_faults
 
 chaos_faults.install_from_env()
 

@@ -1,6 +1,5 @@
-"""The chaos harness: scale and seeds, worker subprocesses and the faults done to them, a
-private Postgres the test owns, the client's acknowledgement log, recovery timing, and the
-JSON report.
+"""The chaos harness: scale and seeds, a fleet of worker subprocesses and the faults done to
+them, the client's acknowledgement log, recovery timing, and the JSON report.
 
 Scale: ``CAIRN_CHAOS_SCALE=long`` (``make chaos``) switches every scenario to the issue's
 sizes; the default is the short tier that runs inside ``make test``. ``CAIRN_CHAOS_SEED``
@@ -16,13 +15,8 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,18 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
+
+from cairn import verify as checker
+from support import WorkerProc, clean_env, query, spawn_worker
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-try:
-    from cairn import verify as checker
-except ImportError:  # before the checker lands: a local stand-in, never committed
-    import _verify_standin as checker  # type: ignore[no-redef]
-
-CAIRN = str(Path(sys.executable).parent / "cairn")
 REPORTS = HERE / "reports"
 FAILING_SEEDS = HERE / "failing-seeds.txt"
 LONG = os.environ.get("CAIRN_CHAOS_SCALE", "short") == "long"
@@ -72,12 +59,6 @@ def seed_for(scenario: str) -> int:
     return seed
 
 
-def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
-
-
 def create_sink(url: str) -> None:
     """The effects sink in schema ``chaos`` (the checker's DDL) plus chaos.finishes."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -86,38 +67,7 @@ def create_sink(url: str) -> None:
         conn.execute(FINISHES_DDL.encode())
 
 
-def wait_until(what: str, check: Any, timeout: float, interval: float = 0.2) -> Any:
-    """Polls ``check`` until truthy; fails the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 # ---------------------------------------------------------------- worker subprocesses
-
-
-@dataclass
-class WorkerProc:
-    """One ``cairn worker -m chaos_flows`` (or another module of this directory) process (identity = its name)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 class Fleet:
@@ -134,16 +84,11 @@ class Fleet:
         self.current: dict[str, WorkerProc] = {}
 
     def start(self, name: str, *, wait: bool = True) -> WorkerProc:
-        log_path = self.tmp / f"worker-{name}-{len(self.procs)}.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_DATABASE_URL", "CAIRN_HOME")}
         # PGAPPNAME: libpq names every connection of this worker (pg_stat_activity.application_name).
-        env.update(CHAOS_SINK_URL=self.url, PGAPPNAME=f"chaos-{name}", **self.env)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [CAIRN, "--database-url", self.url, "worker", "-m", self.module,
-                 "--lease-seconds", str(LEASE_SECONDS), "--poll-interval", str(self.poll), "--identity", name],
-                cwd=HERE, stdout=log, stderr=subprocess.STDOUT, env=env)
-        w = WorkerProc(name, proc, log_path)
+        env = clean_env(CHAOS_SINK_URL=self.url, PGAPPNAME=f"chaos-{name}", **self.env)
+        log_path = self.tmp / f"worker-{name}-{len(self.procs)}.log"
+        w = spawn_worker(name, self.url, self.module, cwd=HERE, log_path=log_path,
+                         options=["--lease-seconds", str(LEASE_SECONDS), "--poll-interval", str(self.poll)], env=env)
         self.procs.append(w)
         self.current[name] = w
         if wait:
@@ -151,16 +96,10 @@ class Fleet:
         return w
 
     def wait_started(self, w: WorkerProc, timeout: float = 60) -> None:
-        def started() -> bool:
-            if not w.alive():
-                pytest.fail(f"worker {w.name} exited with {w.proc.returncode}:\n{w.log()}")
-            return " running " in w.log()
-
-        wait_until(f"worker {w.name} to start", started, timeout, interval=0.05)
+        w.wait_started(timeout, interval=0.05)
 
     def kill9(self, w: WorkerProc) -> None:
-        os.kill(w.pid, signal.SIGKILL)
-        w.proc.wait(timeout=30)
+        w.kill9()
 
     def restart(self, name: str) -> WorkerProc:
         return self.start(name, wait=False)
@@ -395,92 +334,3 @@ def keeping_seed(scenario: str, seed: int) -> Iterator[None]:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {scenario} scale={SCALE} seed={seed} "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
         raise
-
-
-# ---------------------------------------------------------------- a Postgres the test owns
-
-
-def _postgres_bin() -> Path:
-    """The system's PostgreSQL binaries, else the pgserver wheel's."""
-    system = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if system:
-        return system[-1].parent
-    import pgserver  # type: ignore[import-untyped]
-
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivatePostgres:
-    """initdb + pg_ctl of a throwaway data directory on a free port, for faults no shared
-    server may suffer (``pg_ctl stop -m immediate``). Postgres refuses to run as root: as
-    root the server runs as the system user ``pgserver`` (created if missing), as
-    ``pgserver.postgres_server`` does."""
-
-    def __init__(self) -> None:
-        self.bin = _postgres_bin()
-        self.port = _free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="cairn-chaos-pg-"))
-        self.pgdata = self.base / "data"
-        self.log = self.base / "postgres.log"
-        self.user: str | None = None
-
-    def _run(self, exe: str, *args: str, timeout: float = 120) -> None:
-        out = subprocess.run([str(self.bin / exe), *args], capture_output=True, text=True, timeout=timeout,
-                             check=False, cwd=self.base, **({"user": self.user} if self.user else {}))
-        if out.returncode != 0:
-            raise RuntimeError(f"{exe} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}\n"
-                               f"{self.log.read_text(errors='replace')[-2000:] if self.log.exists() else ''}")
-
-    def init(self) -> None:
-        if os.geteuid() == 0:
-            import pwd
-            import warnings
-
-            with warnings.catch_warnings():  # platformdirs warns without XDG_RUNTIME_DIR (containers, CI)
-                warnings.simplefilter("ignore")
-                from pgserver.utils import ensure_user_exists  # type: ignore[import-untyped]
-
-            self.user = "pgserver"
-            ensure_user_exists(self.user)
-            pw = pwd.getpwnam(self.user)
-            os.chown(self.base, pw.pw_uid, pw.pw_gid)
-        self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8",
-                  "--no-instructions")
-        with open(self.pgdata / "postgresql.conf", "a", encoding="utf-8") as f:
-            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                    f"unix_socket_directories = '{self.base}'\nfsync = on\nsynchronous_commit = on\n"
-                    "max_connections = 200\nshared_buffers = '64MB'\n")
-
-    def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-t", "60", "start")
-
-    def crash(self) -> None:
-        """``pg_ctl stop -m immediate``: no checkpoint, every backend killed; recovery replays WAL."""
-        self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "stop")
-
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if (self.pgdata / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "stop", timeout=60)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PrivatePostgres]:
-    """A running :class:`PrivatePostgres`, removed at teardown."""
-    pg = PrivatePostgres()
-    try:
-        pg.init()
-        pg.start()
-        yield pg
-    finally:
-        pg.close()

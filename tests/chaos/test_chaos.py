@@ -24,22 +24,17 @@ from chaos_support import (
     AckLog,
     Fleet,
     Monitor,
-    PrivatePostgres,
     check_and_report,
     create_sink,
     keeping_seed,
-    private_pg,
-    query,
     seed_for,
     size,
     start_acked,
-    wait_until,
 )
 
 from cairn import Client
 from cairn.store import db
-
-__all__ = ["private_pg"]  # the fixture, imported for its tests
+from support import PrivatePostgres, query, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(size(240, 3600))]
 
@@ -139,7 +134,7 @@ def test_zombie_worker(db_url: str, tmp_path: Path) -> None:
                 name = max(leased, key=lambda k: len(leased[k]))
                 return (name, leased[name]) if len(leased[name]) >= 2 else None
 
-            name, orphans = wait_until("a worker with attempts in flight", busiest, 30, interval=0.05)
+            name, orphans = wait_for("a worker with attempts in flight", busiest, 30, interval=0.05)
             zombie = fleet.current[name]
             stopped_at = time.monotonic()
             os.kill(zombie.pid, signal.SIGSTOP)
@@ -160,7 +155,7 @@ def test_zombie_worker(db_url: str, tmp_path: Path) -> None:
             # It renewed its lease up to a renewal period (a third of a lease or more) before
             # the stop, so a takeover may come before LEASE_SECONDS have passed (1.99 s once,
             # on a loaded machine); it stays frozen past a whole lease all the same.
-            wait_until("another worker to take the zombie's attempts over, a lease after the stop",
+            wait_for("another worker to take the zombie's attempts over, a lease after the stop",
                        lambda: time.monotonic() - stopped_at > LEASE_SECONDS and taken_over(), 60)
             stopped_for = time.monotonic() - stopped_at
             os.kill(zombie.pid, signal.SIGCONT)
@@ -292,7 +287,7 @@ def test_connection_kill(db_url: str, tmp_path: Path) -> None:
                              (apps, last_kill))
                 return len(rows) == len(apps)
 
-            wait_until("every worker to LISTEN again", relistened, 30)
+            wait_for("every worker to LISTEN again", relistened, 30)
             # Work started after the last kill flows too (woken by NOTIFY on the new LISTEN).
             start_many(db_url, acks, [(f"conn-after-{i}", chaos_flows.chain, chain) for i in range(4)])
             report = check_and_report("connection_kill", seed, db_url, acks, fleet, monitor, t0, settle=SETTLE,

@@ -16,31 +16,21 @@ from typing import Any
 import fault_flows
 import psycopg
 import pytest
-from chaos_support import CAIRN, HERE, Fleet, PrivatePostgres, query
-from test_chaos import private_pg  # noqa: F401  (the fixture)
+from chaos_support import HERE, Fleet
 
 from cairn import Client, breakers
 from cairn.errors import OutcomeUnknown
 from cairn.store import db
 from cairn.store.sql import q
+from support import CAIRN, PrivatePostgres, query, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
 HOUR = 3600.0
 
 
-async def poll(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    """Awaits ``check()`` until truthy, letting in-process workers run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
-
-
 def fill(pool: Any) -> Callable[[], Awaitable[bool]]:
-    """A check for :func:`poll`: takes every connection the pool may hold at once, and says
+    """A check for :func:`wait_until`: takes every connection the pool may hold at once, and says
     whether each is a live read-only session."""
     async def check() -> bool:
         conns = [await pool.getconn() for _ in range(pool.max_size)]
@@ -76,8 +66,8 @@ async def test_workers_resume_after_a_read_only_episode(db_url: str, pg_admin_ur
               (dbname,))
         # Each pool is at its largest when the episode ends, every session in it opened during
         # the episode (so no session opened later can rescue it).
-        await poll("the worker's pool to fill with read-only sessions", fill(worker._pool))
-        await poll("the client's pool to fill with read-only sessions", fill(client.pool))
+        await wait_until(fill(worker._pool), timeout=30, what="the worker's pool to fill with read-only sessions")
+        await wait_until(fill(client.pool), timeout=30, what="the client's pool to fill with read-only sessions")
         query(pg_admin_url, f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
 
         assert await (await client.start(fault_flows.paused, 0.02)).result(timeout=30) == 0.02
@@ -205,7 +195,7 @@ async def test_a_write_whose_connection_is_lost_says_its_outcome_is_unknown(
         assert query(db_url, "SELECT count(*) FROM cairn.inbox WHERE type = 'SignalReceived'") == [(1,)]
 
 
-def test_result_waits_through_a_postgres_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:  # noqa: F811
+def test_result_waits_through_a_postgres_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
     """pg_ctl stop -m immediate, then start, while result() waits on a run whose activity a
     worker subprocess is running: result() keeps waiting and returns the result."""
     pg = private_pg
@@ -219,8 +209,9 @@ def test_result_waits_through_a_postgres_restart(private_pg: PrivatePostgres, tm
         async with await Client.connect(url) as client:
             handle = await client.start(fault_flows.paused, 3.0)
             waiting = asyncio.create_task(handle.result(timeout=120))
-            await poll("the activity to start", lambda: asyncio.to_thread(lambda: query(
-                url, "SELECT count(*) FROM cairn.activity_tasks WHERE lease_owner IS NOT NULL")[0][0]))
+            await wait_until(lambda: asyncio.to_thread(lambda: query(
+                url, "SELECT count(*) FROM cairn.activity_tasks WHERE lease_owner IS NOT NULL")[0][0]),
+                timeout=30, what="the activity to start")
             await asyncio.to_thread(pg.crash)
             await asyncio.to_thread(pg.start)
             assert await waiting == 3.0

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import document_pipeline as ex
 import psycopg
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acceptance"))
-from acceptance_support import CAIRN, WorkerProc, cairn_cli, clean_env, query, wait_for
+from acceptance_support import cairn_cli
 
 from cairn import Client
 from cairn.llm import fake as f
+from support import WorkerProc, clean_env, query, spawn_worker, wait_for
 
 pytestmark = pytest.mark.acceptance
 DOCUMENTS = 200  # the example's default is 1,000; 200 keep the suite fast on 2 cores
@@ -34,14 +31,10 @@ def pipeline_workers(db_url, fake_llm, tmp_path):
     started: list[WorkerProc] = []
 
     def start(name: str) -> WorkerProc:
-        log_path = tmp_path / f"worker-{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [CAIRN, "--database-url", db_url, "worker", "-m", "document_pipeline", "--lease-seconds", "2",
-                 "--poll-interval", "0.2", "--identity", name, "--workflow-concurrency", "8"],
-                cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
-                env=clean_env(CAIRN_DATABASE_URL=db_url, CAIRN_LLM_PROVIDERS=str(providers)))
-        worker = WorkerProc(name, proc, log_path)
+        worker = spawn_worker(name, db_url, "document_pipeline", cwd=EXAMPLES, log_path=tmp_path / f"worker-{name}.log",
+                              options=["--lease-seconds", "2", "--poll-interval", "0.2"],
+                              extra=["--workflow-concurrency", "8"],
+                              env=clean_env(CAIRN_DATABASE_URL=db_url, CAIRN_LLM_PROVIDERS=str(providers)))
         started.append(worker)
         worker.wait_started()
         return worker

@@ -10,7 +10,7 @@ import order_saga as ex
 import pytest
 
 from cairn import WorkflowFailure, breakers
-from conftest import cli
+from support import cairn_in_thread as cli
 
 
 @pytest.fixture

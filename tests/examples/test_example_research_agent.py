@@ -9,7 +9,7 @@ import research_agent as ex
 
 from cairn.llm import configure_providers
 from cairn.llm import fake as f
-from conftest import cli
+from support import cairn_in_thread as cli
 
 
 async def test_the_agent_rides_out_429s_and_an_outage_and_replays_without_calls(client, start_worker, fake_llm,

@@ -19,14 +19,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import golden_workflows as g  # this directory is the script's: first on sys.path
+import unpatched_workflows as old
+
+from cairn import WorkflowFailure, testing
+from cairn.store import db
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import golden_workflows as g  # noqa: E402
-import unpatched_workflows as old  # noqa: E402
-
-from cairn import Client, Worker, WorkflowFailure  # noqa: E402
-from cairn.store import db  # noqa: E402
 
 RUNS = {  # file name -> (workflow, input)
     "pipeline_completed.json": (g.golden_pipeline, 21),
@@ -51,30 +50,22 @@ async def record(url: str, names: list[str]) -> None:
 async def record_one(url: str, name: str) -> None:
     """One worker per file: the old and new code of golden_patched share a type name."""
     fn, arg = RUNS[name]
-    worker = Worker(url, workflows=[fn],
-                    activities=[g.double, g.greet, g.always_fails, g.reserve, g.sold_out, g.cancel],
-                    poll_interval=0.1)
-    runner = asyncio.create_task(worker.run())
-    await worker.started()
-    try:
-        async with await Client.connect(url) as client:
-            wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
-            handle = await client.start(fn, arg, id=wid)
-            for signal, payload in SIGNALS.get(name, []):
-                await handle.signal(signal, payload)
-            try:
-                print(name, "->", await handle.result(timeout=30))
-            except WorkflowFailure as err:
-                print(name, "-> failed:", err.message)
-            done = await asyncio.to_thread(
-                subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
-                env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
-            )
-            out = done.stdout
-            (HERE / name).write_text(out if out.endswith("\n") else out + "\n")
-    finally:
-        worker.stop()
-        await runner
+    activities = [g.double, g.greet, g.always_fails, g.reserve, g.sold_out, g.cancel]
+    async with testing.worker(url, workflows=[fn], activities=activities, poll_interval=0.1) as client:
+        wid = f"golden-{Path(name).stem}-{uuid.uuid4().hex[:6]}"
+        handle = await client.start(fn, arg, id=wid)
+        for signal, payload in SIGNALS.get(name, []):
+            await handle.signal(signal, payload)
+        try:
+            print(name, "->", await handle.result(timeout=30))
+        except WorkflowFailure as err:
+            print(name, "-> failed:", err.message)
+        done = await asyncio.to_thread(
+            subprocess.run, [str(Path(sys.executable).with_name("cairn")), "history", wid, "--json"],
+            env={**os.environ, "CAIRN_DATABASE_URL": url}, check=True, capture_output=True, text=True,
+        )
+        out = done.stdout
+        (HERE / name).write_text(out if out.endswith("\n") else out + "\n")
 
 
 def main() -> None:

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from cairn import RetryPolicy, activity, workflow
-
-from .support import events, run_status, wait_until
+from support import events, run_status, wait_until
 
 ONCE = RetryPolicy(maximum_attempts=1)
 # tag -> what the activity did, in order

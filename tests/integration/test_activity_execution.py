@@ -12,8 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cairn import ApplicationError, RetryPolicy, activity, workflow
-
-from .support import events, outcomes_per_activity, run_status, types_of
+from support import events, outcomes_per_activity, run_status, types_of
 
 FAST_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.05), jitter=0.0, maximum_attempts=5)
 

@@ -35,8 +35,7 @@ from cairn.cli import main as cli
 from cairn.engine import history
 from cairn.engine.history import Event
 from cairn.errors import CairnError, DatabaseError, HistoryTooLong
-
-from .support import events, wait_until
+from support import events, wait_until
 
 BIG = "x" * (payloads.MAX_PAYLOAD_BYTES + 10)
 SECRET = "s3cretPw_canary"

@@ -9,8 +9,7 @@ import psycopg
 
 from cairn import breakers
 from cairn.breakers import BreakerConfig
-
-from .support import bad_input, cairn, ok
+from support import bad_input, cairn, ok
 
 
 def make_breaker(db_url: str, name: str, failures: int) -> None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from cairn import activity, workflow
-
-from .support import events
+from support import events
 
 
 @activity.defn

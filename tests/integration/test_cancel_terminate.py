@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from cairn import CairnError, WorkflowCancelled, WorkflowTerminated, activity, workflow
-
-from .support import events, run_status, types_of, wait_until
+from support import events, run_status, types_of, wait_until
 
 _cleanups: list[str] = []
 _long_state: dict[str, list[str]] = {}

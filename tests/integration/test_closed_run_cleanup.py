@@ -10,8 +10,7 @@ from __future__ import annotations
 from psycopg.types.json import Jsonb
 
 from cairn import workflow
-
-from .support import wait_until
+from support import wait_until
 
 
 @workflow.defn

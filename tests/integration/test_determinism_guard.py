@@ -7,8 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cairn import workflow
-
-from .support import events, run_status, running_worker, wait_until
+from support import events, run_status, running_worker, wait_until
 
 
 @workflow.defn(name="stamp")

@@ -12,8 +12,7 @@ from click.testing import CliRunner, Result
 
 from cairn import InputValidationError, WorkflowCancelled, WorkflowClosed, WorkflowTerminated, workflow
 from cairn.cli import main as cli
-
-from .support import events, run_status, wait_until
+from support import events, run_status, wait_until
 
 T = 10
 

@@ -6,8 +6,7 @@ import psycopg
 import pytest
 
 from cairn import workflow
-
-from .support import types_of
+from support import types_of
 
 
 @workflow.defn

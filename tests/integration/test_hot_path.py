@@ -17,8 +17,7 @@ from cairn.errors import WorkflowTerminated
 from cairn.store import transactions as _transactions
 from cairn.store.sql import PREPARED, q
 from cairn.worker import WORKER_CONNECTION_OPTIONS
-
-from .support import events, types_of, wait_until
+from support import events, types_of, wait_until
 
 
 @activity.defn

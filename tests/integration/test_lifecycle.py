@@ -20,8 +20,7 @@ from cairn import (
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.workflow import WorkflowInfo, definition_of
-
-from .support import events, run_status, types_of, wait_until
+from support import events, run_status, types_of, wait_until
 
 # ---------------------------------------------------------------- workflows
 

@@ -9,8 +9,7 @@ import json
 import re
 
 from cairn import Client, workflow
-
-from .support import bad_input, cairn, ok
+from support import bad_input, cairn, ok
 
 LISTING_KEYS = {"runs", "total", "next_page_token"}
 

@@ -36,8 +36,7 @@ from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
 from cairn.llm.chat import llm_chat
 from cairn.ui import pages
-
-from .support import wait_until
+from support import wait_until
 
 PRIMARY, BACKUP = "deepseek-chat", "gpt-4o-mini"
 FAST = RetryPolicy(initial_interval=timedelta(seconds=0.05), maximum_interval=timedelta(seconds=0.2), jitter=0.1)

@@ -6,8 +6,7 @@ import asyncio
 from collections import Counter
 
 from cairn import activity, workflow
-
-from .support import wait_until
+from support import wait_until
 
 _calls: Counter[tuple[str, str]] = Counter()
 

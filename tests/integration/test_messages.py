@@ -20,8 +20,7 @@ from cairn import (
 )
 from cairn.store.messages import signal_with_start
 from cairn.sync import SyncClient
-
-from .support import events, run_status, running_worker, types_of, wait_until
+from support import events, run_status, running_worker, types_of, wait_until
 
 T = 10
 

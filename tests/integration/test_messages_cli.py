@@ -10,8 +10,8 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from cairn.cli import main as cli
+from support import events, wait_until
 
-from .support import events, wait_until
 from .test_messages import T, collector, mailbox, shout
 
 

@@ -8,8 +8,7 @@ from typing import Never, NoReturn
 import pytest
 
 from cairn import ActivityError, ApplicationError, RetryPolicy, WorkflowFailure, activity, workflow
-
-from .support import run_status
+from support import run_status
 
 T = 10
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cairn import activity, workflow
-
-from .support import events, run_status, running_worker, types_of, wait_until
+from support import events, run_status, running_worker, types_of, wait_until
 
 
 @activity.defn

@@ -28,9 +28,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from cairn import ApplicationError, activity, workflow
 from cairn import telemetry as _telemetry
 from cairn.logformat import JsonFormatter
+from support import events, wait_until
 
 from .observability_flows import traced_retry
-from .support import events, wait_until
 
 HERE = Path(__file__).resolve().parent
 _exporter = InMemorySpanExporter()

@@ -8,8 +8,8 @@ import contextlib
 import json
 
 from cairn import Client, WorkflowFailure
+from support import bad_input, cairn, events, ok, running_worker
 
-from .support import bad_input, cairn, events, ok, running_worker
 from .test_reset_retry import _charge_broken, charge, order, prepare, task_before
 
 

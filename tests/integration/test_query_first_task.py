@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from cairn import QueryFailed, QueryTimeout, workflow
-
-from .support import wait_until
+from support import wait_until
 
 T = 10
 

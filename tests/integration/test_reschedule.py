@@ -11,8 +11,7 @@ import pytest
 from cairn import ActivityError, InputValidationError, activity, breakers, workflow
 from cairn.activity import validate_call
 from cairn.breakers import BreakerConfig
-
-from .support import events, wait_until
+from support import events, wait_until
 
 _calls: dict[str, list[int]] = {}
 

@@ -11,8 +11,7 @@ import psycopg
 import pytest
 
 from cairn import Client, WorkflowFailure, WorkflowTerminated, activity, workflow
-
-from .support import wait_until
+from support import wait_until
 
 
 @workflow.defn

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from cairn import ActivityError, ApplicationError, RetryPolicy, WorkflowFailure, activity, workflow
-
-from .support import events, outcomes_per_activity, run_status
+from support import events, outcomes_per_activity, run_status
 
 # Record attempt start and failure times in-process, per test tag.
 _starts: dict[str, list[float]] = {}

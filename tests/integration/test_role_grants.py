@@ -31,8 +31,8 @@ from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
 from cairn.store import roles
 from cairn.store.sql import queries
+from support import running_worker, wait_until
 
-from .support import running_worker, wait_until
 from .test_security import as_role, attempt, role_set
 
 SRC = Path(cairn.__file__).parent

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from cairn import Client, WorkflowNotFound, workflow
+from support import bad_input, cairn
 
-from .support import bad_input, cairn
 from .ui_support import ui_server
 
 WORKFLOW_ID = "x"

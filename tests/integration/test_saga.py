@@ -11,8 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from cairn import ApplicationError, RetryPolicy, WorkflowCancelled, WorkflowFailure, activity, workflow
-
-from .support import events, outcomes_per_activity, run_status, wait_until
+from support import events, outcomes_per_activity, run_status, wait_until
 
 N = 5
 QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=2, jitter=0.0)

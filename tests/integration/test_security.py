@@ -22,8 +22,7 @@ from cairn import Client, Worker, activity, workflow
 from cairn.cli import main as cli
 from cairn.errors import ConfigurationError
 from cairn.store import durability, roles
-
-from .support import events
+from support import events
 
 # ---------------------------------------------------------------- no pickle
 

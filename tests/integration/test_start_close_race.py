@@ -14,8 +14,7 @@ import pytest
 
 from cairn import workflow
 from cairn.errors import WorkflowIdReuseRefused
-
-from .support import wait_until
+from support import wait_until
 
 
 @workflow.defn

@@ -16,8 +16,7 @@ from cairn import (
     activity,
     workflow,
 )
-
-from .support import run_status, wait_until
+from support import run_status, wait_until
 
 _gate = asyncio.Event()
 

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from cairn import activity, workflow
 from cairn.cli import main
-
-from .support import events, wait_until
+from support import events, wait_until
 
 ANSI = "\x1b["
 

@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 
 from cairn import ActivityError, InputValidationError, RetryPolicy, activity, workflow
-
-from .support import events, outcomes_per_activity, wait_until
+from support import events, outcomes_per_activity, wait_until
 
 _attempts: dict[str, list[int]] = {}
 _cancelled: dict[str, list[int]] = {}

@@ -8,8 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from cairn import activity, workflow
-
-from .support import events, outcomes_per_activity, types_of, wait_until
+from support import events, outcomes_per_activity, types_of, wait_until
 
 
 @workflow.defn

@@ -7,8 +7,7 @@ import psycopg
 import pytest
 
 from cairn import WorkflowAlreadyStarted, activity, workflow
-
-from .support import run_status
+from support import run_status
 
 
 @activity.defn

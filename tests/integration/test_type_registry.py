@@ -15,8 +15,7 @@ from psycopg.types.json import Jsonb
 from cairn import Client, InputValidationError, Worker, activity, workflow
 from cairn.store import db
 from cairn.store.sql import q
-
-from .support import wait_until
+from support import wait_until
 
 
 @workflow.defn(name="shared")

@@ -12,8 +12,7 @@ import psycopg
 import pytest
 
 from cairn import ActivityError, InputValidationError, RetryPolicy, activity, workflow
-
-from .support import wait_until
+from support import wait_until
 
 
 @workflow.defn

@@ -21,8 +21,7 @@ from cairn import ApplicationError, Client, RetryPolicy, Worker, WorkflowFailure
 from cairn.cli import main as cli
 from cairn.store.sql import q
 from cairn.verify import EFFECT_INSERT, EFFECTS_DDL, AckLog, Report, verify
-
-from .support import events, wait_until
+from support import events, wait_until
 
 QUICK = RetryPolicy(initial_interval=timedelta(milliseconds=20), maximum_attempts=3, jitter=0.0)
 _url: dict[str, str] = {}

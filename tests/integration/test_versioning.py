@@ -11,8 +11,7 @@ from cairn import activity, workflow
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.workflow import WorkflowInfo, definition_of
-
-from .support import events, running_worker, wait_until
+from support import events, running_worker, wait_until
 
 _gates: dict[str, asyncio.Event] = {}
 

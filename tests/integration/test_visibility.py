@@ -13,8 +13,7 @@ from cairn.engine.instance import replay
 from cairn.store.filters import parse_filter
 from cairn.store.sql import q
 from cairn.workflow import WorkflowInfo, definition_of
-
-from .support import events
+from support import events
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -18,8 +18,7 @@ from cairn.llm import ChatRequest, chat, configure_providers
 from cairn.llm import fake as f
 from cairn.llm import providers as providers_mod
 from cairn.ui import connect_read_only, create_app
-
-from .support import wait_until
+from support import wait_until
 
 FAST = RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=5, jitter=0.0)
 MODEL = "deepseek-chat"

@@ -1,20 +1,14 @@
-"""Unit-test setup: the golden histories' workflow code is importable as ``golden_workflows``;
-every WorkflowInstance a test creates is unwound at teardown."""
+"""Unit-test setup: every WorkflowInstance a test creates is unwound at teardown. (The golden
+histories' workflow code is importable as ``golden_workflows`` through pytest's ``pythonpath``.)"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cairn.engine.instance import WorkflowInstance
-
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
-if str(HISTORIES) not in sys.path:
-    sys.path.insert(0, str(HISTORIES))
 
 
 @pytest.fixture(autouse=True)

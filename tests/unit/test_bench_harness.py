@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import run  # bench/run.py, through pytest's pythonpath
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import run  # noqa: E402
 
 
 def measured(commits: float, xids: float) -> dict[str, Any]:

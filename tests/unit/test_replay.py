@@ -20,9 +20,10 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.engine.instance import WorkflowInstance, replay
 from cairn.errors import NonDeterminismError
+from cairn.testing import replay_history
 from cairn.workflow import WorkflowInfo, definition_of
+from support import HISTORIES
 
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 CAIRN = Path(sys.executable).with_name("cairn")
 
 
@@ -43,8 +44,10 @@ def replay_file(name: str, fn: Any, events: list[Event] | None = None) -> Workfl
 
 
 def divergence(name: str, fn: Any) -> tuple[int, str | None, str | None]:
+    """Where ``fn`` diverges from the golden history ``name`` (through the public
+    ``cairn.testing.replay_history``)."""
     with pytest.raises(NonDeterminismError) as info:
-        replay_file(name, fn)
+        replay_history(fn, HISTORIES / name)
     return info.value.seq, info.value.expected, info.value.produced
 
 

@@ -25,8 +25,8 @@ from cairn.errors import NonDeterminismError, WorkflowTaskFailed
 from cairn.saga import COMPENSATION_START_TO_CLOSE
 from cairn.views import describe_sagas, summarize
 from cairn.workflow import WorkflowInfo, definition_of
+from support import HISTORIES
 
-from .conftest import HISTORIES
 from .harness import T0, Driver, cancel_requested, completed, failed, fired, kinds
 
 T = 30

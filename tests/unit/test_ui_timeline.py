@@ -6,7 +6,6 @@ import json
 import re
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from cairn.engine.history import Event
 from cairn.ui.pages import CSS, axis_labels, run_url, timeline_html
 from cairn.ui.timeline import build_timeline
-
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+from support import HISTORIES
 
 
 def load(name: str) -> list[Event]:

@@ -1,0 +1,254 @@
+"""Helpers for testing workflows: replay a recorded history against the current code, and run
+workflows end to end with a worker in the test's own process.
+
+Replaying catches a change that would break runs already in flight before it ships: record a
+history with ``cairn history ID --json > tests/histories/order.json`` and assert in a test that
+:func:`replay_history` accepts it (it raises :class:`~cairn.errors.NonDeterminismError` where
+the code no longer produces what the history recorded)::
+
+    from cairn.testing import replay_history
+
+    def test_order_history_still_replays():
+        replay_history([place_order], "tests/histories/order.json")
+
+:func:`worker` runs a :class:`~cairn.Worker` in this process for the duration of an
+``async with`` block and yields a :class:`~cairn.Client` on the same database::
+
+    async with cairn.testing.worker(url, workflows=[place_order], activities=[charge]) as client:
+        handle = await client.start(place_order, "o-1", id="o-1")
+        assert await handle.result(timeout=30) == "charged o-1"
+
+:class:`Workers` starts several in-process workers on one database (each with its own
+options) and stops them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cairn.client import Client
+from cairn.engine.history import Event
+from cairn.engine.instance import replay
+from cairn.errors import InputValidationError, UnknownWorkflowType, WorkflowTaskFailed
+from cairn.worker import Worker
+from cairn.workflow import WorkflowDefinition, WorkflowInfo, definition_of
+
+__all__ = ["TEST_WORKER_OPTIONS", "ReplayResult", "Workers", "replay_history", "worker"]
+
+# Worker options that suit tests: work is picked up within 0.2 s of becoming due, and a
+# worker a test stops without draining hands its activities over after 5 s.
+TEST_WORKER_OPTIONS: Mapping[str, Any] = {"poll_interval": 0.2, "lease_seconds": 5.0}
+STOP_TIMEOUT_SECONDS = 40.0  # a worker's drain: its running activities' grace, and then some
+
+History = str | os.PathLike[str] | Mapping[str, Any] | Sequence[Event | Mapping[str, Any]]
+
+
+# ---------------------------------------------------------------- replaying a history
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What :func:`replay_history` replayed.
+
+    Attributes:
+        workflow_id: the recorded run's workflow id.
+        run_id: the recorded run's id.
+        workflow_type: the workflow type the history names (the code replayed).
+        events: how many events were replayed.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    events: int
+
+
+def replay_history(workflows: Callable[..., Any] | Iterable[Callable[..., Any]], history: History, *,
+                   namespace: str = "default") -> ReplayResult:
+    """Replays a recorded history through the current workflow code, as a worker would after
+    a restart, and checks every command the code produces against the recorded one.
+
+    Nothing is run: activities, timers and child workflows are answered from the history.
+
+    Args:
+        workflows: a ``@workflow.defn`` function, or several; the history's workflow type
+            picks the one replayed.
+        history: the path of a file written by ``cairn history ID --json``, that file's
+            parsed JSON (a dict with ``"events"``), or the events themselves
+            (:class:`~cairn.engine.history.Event` objects or their JSON form), starting at
+            ``WorkflowStarted``.
+        namespace: the namespace the code sees in ``workflow.info()``.
+
+    Returns:
+        What was replayed.
+
+    Raises:
+        NonDeterminismError: the code produced a command other than the recorded one, or
+            none where one was recorded (its ``seq``, ``expected`` and ``produced`` say where).
+        UnknownWorkflowType: none of ``workflows`` has the history's workflow type.
+        InputValidationError: ``history`` is not a history.
+        Exception: the workflow code raised while replaying (a bug in it); the exception
+            it raised.
+    """
+    data = _history_data(history)
+    try:
+        events = [e if isinstance(e, Event) else Event.from_json(dict(e)) for e in data["events"]]
+        if not events:
+            raise ValueError("it has no events")
+        name = str(data.get("workflow_type") or events[0].data["workflow_type"])
+        workflow_id = str(data.get("workflow_id") or events[0].data.get("workflow_id") or name)
+        run_id = str(uuid.UUID(str(data.get("run_id") or uuid.UUID(int=0))))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InputValidationError(f"malformed history: {exc}") from None
+    definition = _definition(workflows, name)
+    info = WorkflowInfo(workflow_id=workflow_id, run_id=run_id, workflow_type=name,
+                        queue=str(data.get("queue") or "default"), namespace=namespace,
+                        start_time=events[0].at or datetime.fromtimestamp(0, UTC))
+    # The instance is made first (from WorkflowStarted alone), so that it is unwound however
+    # the replay of the rest ends.
+    instance = replay(definition, info, events[:1])
+    try:
+        replay(definition, info, events[1:], instance=instance)
+    except WorkflowTaskFailed as exc:  # the code raised: its own exception, or NonDeterminismError
+        raise exc.cause from None
+    finally:
+        instance.dispose()
+    return ReplayResult(workflow_id, run_id, name, len(events))
+
+
+def _history_data(history: History) -> Mapping[str, Any]:
+    if isinstance(history, str | os.PathLike):
+        path = Path(history)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputValidationError(f"cannot read the history {path}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+            raise InputValidationError(f"{path} is not a history file (want the output of `cairn history --json`)")
+        return data
+    if isinstance(history, Mapping):
+        if not isinstance(history.get("events"), list):
+            raise InputValidationError("a history mapping needs a list of events under 'events'")
+        return history
+    return {"events": list(history)}
+
+
+def _definition(workflows: Callable[..., Any] | Iterable[Callable[..., Any]], name: str) -> WorkflowDefinition:
+    candidates = [workflows] if callable(workflows) else list(workflows)
+    definitions = [definition_of(fn) for fn in candidates]
+    for d in definitions:
+        if d.name == name:
+            return d
+    known = ", ".join(d.name for d in definitions) or "none"
+    raise UnknownWorkflowType(f"the history is of workflow type {name!r}; the workflows given are {known}")
+
+
+# ---------------------------------------------------------------- in-process workers
+
+
+class Workers:
+    """Workers running in this process on one database, stopped together.
+
+    ``async with Workers(url) as workers:`` then ``await workers.start(workflows=[...],
+    activities=[...])`` for each worker wanted; leaving the block stops (drains) them all.
+
+    Args:
+        url: the database (``None``: ``CAIRN_DATABASE_URL``, else the embedded server).
+        **defaults: :class:`~cairn.Worker` options for every worker started; on top of
+            :data:`TEST_WORKER_OPTIONS`, under each :meth:`start`'s own.
+    """
+
+    def __init__(self, url: str | None = None, **defaults: Any) -> None:
+        self.url = url
+        self.defaults = {**TEST_WORKER_OPTIONS, **defaults}
+        self._running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers started so far, in order."""
+        return [w for w, _ in self._running]
+
+    async def start(self, *, workflows: Iterable[Callable[..., Any]] = (),
+                    activities: Iterable[Callable[..., Any]] = (), **options: Any) -> Worker:
+        """Starts a worker and returns it once it claims work.
+
+        Args:
+            workflows: the ``@workflow.defn`` functions it runs.
+            activities: the ``@activity.defn`` functions it runs.
+            **options: further :class:`~cairn.Worker` options (``queues``, ``identity``, ...).
+
+        Raises:
+            Exception: what the worker raised while starting (an unreachable database, a
+                schema not migrated, ...).
+        """
+        w = Worker(self.url, workflows=workflows, activities=activities, **{**self.defaults, **options})
+        runner = asyncio.create_task(w.run())
+        started = asyncio.create_task(w.started())
+        done, _ = await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            started.cancel()
+            runner.result()  # raises what stopped it; a worker that returned is kept, to be stopped
+        self._running.append((w, runner))
+        return w
+
+    async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS, raise_errors: bool = True) -> None:
+        """Stops every worker (they drain) and waits for each, up to ``timeout`` seconds.
+
+        Args:
+            timeout: how long to wait for each worker to finish draining.
+            raise_errors: raise the first error a worker's run ended with (or its timeout);
+                ``False`` ignores them (a test that broke its workers on purpose).
+        """
+        running, self._running = self._running, []
+        for w, _ in running:
+            w.stop()
+        errors: list[BaseException] = []
+        for _, runner in running:
+            try:
+                await asyncio.wait_for(runner, timeout)
+            except Exception as exc:
+                errors.append(exc)
+        if errors and raise_errors:
+            raise errors[0]
+
+    async def __aenter__(self) -> Workers:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # After a failure inside the block, that failure is the one to see, not a worker's.
+        await self.stop(raise_errors=exc_type is None)
+
+
+@contextlib.asynccontextmanager
+async def worker(url: str | None = None, *, workflows: Iterable[Callable[..., Any]] = (),
+                 activities: Iterable[Callable[..., Any]] = (), namespace: str = "default",
+                 **options: Any) -> AsyncIterator[Client]:
+    """Runs a worker in this process for the ``async with`` block; yields a client.
+
+    The worker claims work before the block begins and is stopped (drained) when it ends;
+    the client is closed first. The database must be migrated (``cairn db migrate``), as
+    for any worker's.
+
+    Args:
+        url: the database (``None``: ``CAIRN_DATABASE_URL``, else the embedded server).
+        workflows: the ``@workflow.defn`` functions the worker runs.
+        activities: the ``@activity.defn`` functions the worker runs.
+        namespace: the namespace of both the worker and the client.
+        **options: further :class:`~cairn.Worker` options, over :data:`TEST_WORKER_OPTIONS`.
+
+    Yields:
+        A :class:`~cairn.Client` connected to ``url``.
+    """
+    async with Workers(url, namespace=namespace) as workers:
+        await workers.start(workflows=workflows, activities=activities, **options)
+        async with await Client.connect(url, namespace=namespace) as client:
+            yield client
