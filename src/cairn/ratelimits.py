@@ -42,7 +42,7 @@ BUCKETS = 60                     # a window is counted in this many buckets
 SEND_MARGIN_SECONDS = 1.0        # reservation-to-arrival allowance, at most...
 SEND_MARGIN_FRACTION = 0.02      # ...and at most this part of the window
 PACE_BURST = 1.5                 # a bucket takes at most this many times its share of rpm
-LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
+SLOT_LEASE_SECONDS = 600.0           # a concurrency slot frees itself after this without settle
 CONCURRENCY_RETRY_SECONDS = 1.0  # a full concurrency cap is looked at again this soon
 RETRY_MARGIN_SECONDS = 0.01      # retry_at lands just past the moment capacity frees up
 
@@ -126,7 +126,7 @@ def fitting(usage: list[int], need: int, limit: int, n: int) -> list[bool]:
 
 
 async def reserve(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None, max_concurrency: int | None,
-                  tokens: int, lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
+                  tokens: int, lease_seconds: float = SLOT_LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
                   now: datetime | None = None, holder: str | None = None,
                   pace: float | None = PACE_BURST, priority: int = 0) -> Reservation:
     """Takes one request and ``tokens`` (an estimate) from the deployment's limits, if they fit.
@@ -317,7 +317,7 @@ async def cancel(conn: Conn, reservation: Reservation) -> None:
 
 async def reserve_or_reschedule(conn: Conn, deployment: str, *, rpm: int | None, tpm: int | None,
                                 max_concurrency: int | None, tokens: int,
-                                lease_seconds: float = LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
+                                lease_seconds: float = SLOT_LEASE_SECONDS, window_seconds: float = WINDOW_SECONDS,
                                 pace: float | None = PACE_BURST, priority: int = 0) -> Reservation:
     """:func:`reserve` for use inside an activity: a refusal raises
     ``activity.Reschedule(kind="rate_limit")`` to when capacity frees up (no attempt burned).
