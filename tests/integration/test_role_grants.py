@@ -39,9 +39,8 @@ SRC = Path(cairn.__file__).parent
 # The modules each role's processes run statements from (the web view, `cairn list` and
 # `cairn verify` read only; any role may run them).
 MODULES = {
-    "worker": ["worker/__init__.py", "worker/activities.py", "worker/answers.py", "worker/outcomes.py",
-               "worker/tasks.py", "store/lifecycle.py", "worker/resilience.py", "store/sql.py",
-               "workflow.py", "breakers.py", "ratelimits.py", "llm/chat.py"],
+    "worker": ["store/tasks.py", "store/activities.py", "store/maintenance.py",
+               "store/lifecycle.py", "store/sql.py", "workflow.py", "breakers.py", "ratelimits.py", "llm/chat.py"],
     "client": ["client/__init__.py", "client/messages.py", "client/operators.py", "sync.py", "store/lifecycle.py",
                "client/follow.py",
                "cli/render.py", "ui/server.py"],
