@@ -133,13 +133,9 @@ class TaskRunner:
             if more:
                 wakes.workflow_poller()  # maybe more are ready: let a sibling look too
                 continue
-            if wakes.pending:
-                wakes.pending = False
+            if wakes.take_pending():
                 continue
-            wakes.idle_pollers.append(index)
-            await wakes.idle(wake)
-            if index in wakes.idle_pollers:
-                wakes.idle_pollers.remove(index)
+            await wakes.park(index)
 
     async def claim_and_run(self) -> bool | None:
         """``Worker.run_workflow_task``; returns False if no task was ready, True if more may be

@@ -40,8 +40,8 @@ class Wakes:
         self.poll_interval = poll_interval
         self.rng = rng
         self.workflow: list[asyncio.Event] = []  # one per workflow poller (set by Worker.run)
-        self.idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
-        self.pending = False  # a workflow wake-up arrived while every poller was busy
+        self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
+        self._pending = False  # a workflow wake-up arrived while every poller was busy
         self.activity = asyncio.Event()
         self.maintenance = asyncio.Event()
         self.query = asyncio.Event()  # a query for one of our queues arrived
@@ -50,12 +50,24 @@ class Wakes:
 
     def workflow_poller(self) -> None:
         """Wakes one idle workflow poller (a NOTIFY means one task, not one per poller)."""
-        while self.idle_pollers:
-            event = self.workflow[self.idle_pollers.popleft()]
+        while self._idle_pollers:
+            event = self.workflow[self._idle_pollers.popleft()]
             if not event.is_set():
                 event.set()
                 return
-        self.pending = True  # all busy: the next one to finish looks again
+        self._pending = True  # all busy: the next one to finish looks again
+
+    def take_pending(self) -> bool:
+        """Whether a workflow wake-up arrived while every poller was busy (and forgets it)."""
+        pending, self._pending = self._pending, False
+        return pending
+
+    async def park(self, index: int) -> None:
+        """Workflow poller ``index`` waits, idle, for its wake-up or the fallback poll."""
+        self._idle_pollers.append(index)
+        await self.idle(self.workflow[index])
+        if index in self._idle_pollers:
+            self._idle_pollers.remove(index)
 
     def everything(self) -> None:
         """Wakes every loop (stopping, or back from a lost LISTEN connection)."""
