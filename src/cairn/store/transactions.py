@@ -67,8 +67,9 @@ class SpeculationMissed(DatabaseError):
 
 def translate(exc: psycopg.Error) -> DatabaseError:
     """A psycopg error met by a worker statement, as the Cairn error the worker acts on;
-    the psycopg error stays its ``__cause__`` (raise it ``from exc``)."""
-    text = str(exc)
+    the psycopg error stays its ``__cause__`` (raise it ``from exc``). Its text is psycopg's,
+    passwords masked."""
+    text = db.redact(str(exc))
     if exc.sqlstate == SPECULATION_MISSED:
         return SpeculationMissed(text)
     if isinstance(exc, pgerr.DeadlockDetected):

@@ -12,6 +12,7 @@ from typing import Any
 
 from cairn import telemetry as _telemetry
 from cairn.store import maintenance as store
+from cairn.worker.activities import REAP_LIMIT
 from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, loop_failed
 
@@ -46,7 +47,7 @@ class Maintenance:
             try:
                 while await self.fire_timers() >= TIMER_BATCH:
                     pass
-                while await self._reap_expired() >= 100:
+                while await self._reap_expired() >= REAP_LIMIT:
                     pass
                 if _telemetry.queue_depth.due():
                     await self.measure_queue_depth()
