@@ -18,25 +18,33 @@ class _Missed(psycopg.DatabaseError):
 
 def test_refusals_say_whether_a_race_or_a_constraint():
     unique = translate(pgerr.UniqueViolation("duplicate key"))
-    assert isinstance(unique, Refused) and unique.race and unique.integrity
+    assert isinstance(unique, Refused)
+    assert unique.race
+    assert unique.integrity
     value = translate(pgerr.UntranslatableCharacter("\\u0000 cannot be converted to text"))
-    assert isinstance(value, Refused) and not value.race and not value.integrity
+    assert isinstance(value, Refused)
+    assert not value.race
+    assert not value.integrity
     assert isinstance(translate(pgerr.UndefinedParameter("no such parameter")), Refused)
 
 
 def test_a_lost_deadlock_and_a_lost_connection_are_transient():
     deadlock = translate(pgerr.DeadlockDetected("deadlock detected"))
-    assert isinstance(deadlock, Deadlock) and isinstance(deadlock, DatabaseUnavailable)
+    assert isinstance(deadlock, Deadlock)
+    assert isinstance(deadlock, DatabaseUnavailable)
     lost = translate(psycopg.OperationalError("server closed the connection unexpectedly"))
-    assert isinstance(lost, Transient) and not isinstance(lost, Deadlock)
+    assert isinstance(lost, Transient)
+    assert not isinstance(lost, Deadlock)
     assert isinstance(translate(pgerr.AdminShutdown("terminating connection")), Transient)
 
 
 def test_a_missed_speculation_is_its_own_kind():
     missed = translate(_Missed("run not as cached"))
-    assert isinstance(missed, SpeculationMissed) and isinstance(missed, DatabaseError)
+    assert isinstance(missed, SpeculationMissed)
+    assert isinstance(missed, DatabaseError)
 
 
 def test_the_text_is_psycopgs_with_passwords_masked():
     exc = translate(psycopg.OperationalError("cannot connect to postgresql://u:s3cret-pw@db/x"))
-    assert "s3cret-pw" not in str(exc) and "cannot connect" in str(exc)
+    assert "s3cret-pw" not in str(exc)
+    assert "cannot connect" in str(exc)
