@@ -229,8 +229,10 @@ async def test_hot_transaction_rolls_back_on_error(db_url, sql):
         await _transactions.configure(conn)
         bad = _record_params(handle.run_id, "rolled-back")
         bad["tasks"] = Jsonb([{**bad["tasks"].obj[0], "events": [{"seq": 1, "type": "x", "data": {}}]}])  # type: ignore[attr-defined]
-        with pytest.raises(psycopg.errors.UniqueViolation):
+        with pytest.raises(_transactions.Refused) as refused:  # translated by the store
             await _claim_and_record(conn, bad, commit=True)
+        assert refused.value.race
+        assert isinstance(refused.value.__cause__, psycopg.errors.UniqueViolation)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [handle.run_id]) == [(1,)]
     assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", [handle.run_id]) == [(1,)]

@@ -46,7 +46,7 @@ async def test_a_query_before_the_first_task_is_answered_after_it(client, db_url
         asking = asyncio.create_task(handle.query("greeting", timeout=T))
         # The worker saw the request and left it for the first task (the old code answered
         # at once, from a replay of WorkflowStarted alone: UnknownQuery, known: none).
-        await wait_until(lambda: asking.done() or getattr(worker, "_queries_waiting", False),
+        await wait_until(lambda: asking.done() or worker._answers.waiting,
                          what="the worker to put the query aside")
         assert not asking.done(), asking.result()
         assert sql("SELECT count(*) FROM cairn.history WHERE run_id = %s", (handle.run_id,)) == [(1,)]
@@ -57,7 +57,7 @@ async def test_a_query_before_the_first_task_is_answered_after_it(client, db_url
     with pytest.raises(QueryFailed, match=r"known: greeting\)") as info:
         await handle.query("nope", timeout=T)
     assert info.value.type == "UnknownQuery"
-    assert not worker._queries_waiting
+    assert not worker._answers.waiting
 
 
 async def test_a_query_sent_before_any_worker_runs_gets_the_answer(client, start_worker, sql):

@@ -39,9 +39,8 @@ SRC = Path(cairn.__file__).parent
 # The modules each role's processes run statements from (the web view, `cairn list` and
 # `cairn verify` read only; any role may run them).
 MODULES = {
-    "worker": ["worker/__init__.py", "worker/activities.py", "worker/answers.py", "worker/outcomes.py",
-               "worker/tasks.py", "store/lifecycle.py", "store/runs.py", "worker/resilience.py", "store/sql.py",
-               "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py"],
+    "worker": ["store/tasks.py", "store/activities.py", "store/maintenance.py", "store/lifecycle.py", "store/runs.py",
+               "store/sql.py", "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py"],
     "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.

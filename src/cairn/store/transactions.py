@@ -1,5 +1,5 @@
-"""The worker's two hot transactions (a claimed batch, a fast-path group), with their BEGIN
-and COMMIT folded into their first and last statements.
+"""The worker's connections: its pools, the two hot transactions with their BEGIN and COMMIT
+folded into their first and last statements, and the errors the worker's statements raise.
 
 psycopg sends BEGIN and COMMIT as statements of their own: four round trips for a
 transaction of two statements, where the client and the server each wake up for every
@@ -12,44 +12,134 @@ psycopg deallocates every prepared statement of a connection after a rollback; t
 statement of a transaction then finds its statement gone, prepares them again and retries
 (see :func:`execute`). Later statements of the same transaction cannot meet that: nothing
 rolls back in between without ending the transaction.
+
+psycopg errors leave this module translated (:func:`translate`): the worker tells a
+statement the database refused (:class:`Refused`), a lost deadlock (:class:`Deadlock`), a
+speculation that missed (:class:`SpeculationMissed`) and a database that is away
+(:class:`cairn.errors.DatabaseUnavailable`) apart, and catches nothing of psycopg's.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import AsyncClientCursor
+from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
+from cairn.errors import DatabaseError, DatabaseUnavailable
+from cairn.store import db
 from cairn.store.sql import execute_arguments, execute_statement, prepare_statements
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
+Conn: TypeAlias = psycopg.AsyncConnection[Any]  # a connection the layers above only hand back to store
+SPECULATION_MISSED = "CR001"  # complete_activities_speculated: a run is not as the cache had it
 
 
-async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+# ---------------------------------------------------------------- errors
+
+
+class Refused(DatabaseError):
+    """The database refused a statement for what it carried (a value it cannot store, a
+    constraint, a statement it cannot run): sending it again changes nothing."""
+
+    def __init__(self, message: str, *, race: bool = False, integrity: bool = False) -> None:
+        super().__init__(message)
+        self.race = race  # a unique violation: someone appended to the run meanwhile
+        self.integrity = integrity  # a constraint (not the value itself) refused it
+
+
+class Transient(DatabaseUnavailable):
+    """The database aborted the statement for reasons of the moment (a lost connection, a
+    restart, a deadlock): the same statement may succeed when sent again."""
+
+
+class Deadlock(Transient):
+    """Postgres aborted this side of a deadlock."""
+
+
+class SpeculationMissed(DatabaseError):
+    """``complete_activities_speculated``: a run was not as the worker's cache had it."""
+
+
+def translate(exc: psycopg.Error) -> DatabaseError:
+    """A psycopg error met by a worker statement, as the Cairn error the worker acts on;
+    the psycopg error stays its ``__cause__`` (raise it ``from exc``). Its text is psycopg's,
+    passwords masked."""
+    text = db.redact(str(exc))
+    if exc.sqlstate == SPECULATION_MISSED:
+        return SpeculationMissed(text)
+    if isinstance(exc, pgerr.DeadlockDetected):
+        return Deadlock(text)
+    if isinstance(exc, psycopg.OperationalError):  # PoolTimeout and AdminShutdown included
+        return Transient(text)
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | psycopg.ProgrammingError):
+        return Refused(text, race=isinstance(exc, pgerr.UniqueViolation),
+                       integrity=isinstance(exc, psycopg.IntegrityError))
+    translated = db.translate(exc)
+    return translated if isinstance(translated, DatabaseError) else DatabaseError(text)
+
+
+# ---------------------------------------------------------------- pools and connections
+
+
+def open_pool(url: str, *, min_size: int, max_size: int, options: str, hot: bool) -> db.Pool:
+    """A pool of autocommit sessions with these ``options``; ``hot``: its connections
+    prepare the hot statements (the engine's pool)."""
+    return db.Pool(url, min_size=min_size, max_size=max_size, open=False,
+                   kwargs={"autocommit": True, "options": options}, configure=configure if hot else None)
+
+
+async def configure(conn: Conn) -> None:
     """Prepares the hot statements on a new connection (the pool's ``configure``)."""
     await conn.execute(prepare_statements())
 
 
 @contextlib.asynccontextmanager
-async def transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+async def connection(pool: db.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection; psycopg errors of the checkout or the block come out translated."""
+    try:
+        async with pool.connection() as conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def atomic(pool: db.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection inside a transaction (BEGIN and COMMIT sent on their own: the
+    worker's cold paths); psycopg errors come out translated."""
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            yield conn
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: Conn) -> AsyncIterator[None]:
     """A transaction on an autocommit connection, begun by the first statement inside it
     (``execute(..., begin=True)``). It commits on exit unless a statement already did
-    (``commit=True``); on an error it rolls back."""
+    (``commit=True``); on an error it rolls back. psycopg errors come out translated."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         if conn.info.transaction_status != IDLE:
             with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
                 await conn.rollback()
+        if isinstance(exc, psycopg.Error):
+            raise translate(exc) from exc
         raise
-    await conn.commit()  # nothing is sent when a statement committed already
+    try:
+        await conn.commit()  # nothing is sent when a statement committed already
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
 
 
-async def execute(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any], *,
+async def execute(conn: Conn, name: str, params: dict[str, Any], *,
                   begin: bool = False, commit: bool = False,
                   ahead: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Runs a prepared hot statement (``cairn.store.sql.PREPARED``) and returns its rows;

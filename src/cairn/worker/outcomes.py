@@ -1,9 +1,8 @@
-"""The worker's fast path (a mixin of :class:`cairn.worker.Worker`): activity outcomes and
-the workflow tasks they trigger, recorded in one transaction with the eager lease of the
-next activities.
+"""The worker's fast path: activity outcomes and the workflow tasks they trigger, recorded
+in one transaction with the eager lease of the next activities.
 
-Outcomes queue up while a group is being written and go in the next one (group commit).
-A group takes one of two ways (ARCHITECTURE.md, "The fast path"):
+Outcomes queue up in the :class:`Outbox` while a group is being written and go in the next
+one (group commit). A group takes one of two ways (ARCHITECTURE.md, "The fast path"):
 
 - **speculated**, one round trip: when the worker caches every run of the group, it runs
   the workflow tasks first, from the cached instances, then sends the outcomes and the
@@ -20,65 +19,71 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
-
-import psycopg
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from collections.abc import Callable
+from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
-from cairn.engine.instance import WorkflowInstance
-from cairn.store import transactions as _transactions
-from cairn.worker.tasks import Prepared, count_runs
-
-if TYPE_CHECKING:
-    from cairn.worker import WorkerStats
+from cairn.errors import DatabaseError
+from cairn.store import tasks as store
+from cairn.store.activities import Attempt
+from cairn.store.tasks import TaskState
+from cairn.store.transactions import SpeculationMissed, connection, transaction
+from cairn.worker.cache import Cache
+from cairn.worker.slots import Slots
+from cairn.worker.stats import WorkerStats
+from cairn.worker.tasks import Batch, Prepared, TaskRunner
+from cairn.worker.wakes import Pools, Wakes
 
 log = logging.getLogger("cairn.worker")
 
 OUTCOME_BATCH = 32          # fast-path activity outcomes committed together
-SPECULATION_MISSED = "CR001"  # complete_activities_speculated: a run is not as the cache had it
 
 
-class _FastPath:
+class Outbox:
+    """Activity outcomes waiting for the deliverer, each with the future its attempt awaits:
+    True (recorded), False (superseded) or None (the group rolled back: record it the plain
+    way)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], asyncio.Future[bool | None]]] = []
+        self.ready = asyncio.Event()
+
+    async def deliver(self, outcome: dict[str, Any]) -> bool | None:
+        """Queues an outcome (run_id, seq, token, type, data) for the next group and waits
+        for its fate."""
+        done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self.items.append((outcome, done))
+        self.ready.set()
+        return await done
+
+
+class OutcomeDeliverer:
     """Commits activity outcomes with the workflow tasks they trigger (see the module docstring)."""
 
-    _pool: AsyncConnectionPool | None
-    _cache: OrderedDict[str, WorkflowInstance]
-    _outbox: list[tuple[dict[str, Any], asyncio.Future[bool | None]]]
-    _outbox_ready: asyncio.Event
-    _finishing: int
-    _clock_offset: float
-    identity: str
-    stats: WorkerStats
+    def __init__(self, *, pools: Pools, outbox: Outbox, tasks: TaskRunner, cache: Cache, stats: WorkerStats,
+                 slots: Slots, wakes: Wakes, identity: str, spawn: Callable[[list[Attempt]], None]) -> None:
+        self._pools = pools
+        self._outbox = outbox
+        self._tasks = tasks
+        self._cache = cache
+        self._stats = stats
+        self._slots = slots
+        self._wakes = wakes
+        self._identity = identity
+        self._spawn = spawn  # starts attempts leased eagerly (the activity runner's)
 
-    if TYPE_CHECKING:  # defined by Worker and _ActivityRunning
-        async def _workflow_tasks(self, conn: psycopg.AsyncConnection[Any],
-                                  tasks: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
-
-        async def _record_batch(self, conn: psycopg.AsyncConnection[Any], batch: list[Prepared],
-                                ahead: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]: ...
-
-        def _abandon(self, tasks: list[dict[str, Any]], eager: list[dict[str, Any]]) -> None: ...
-
-        def _evict(self, run_id: str) -> None: ...
-
-        def _spawn(self, rows: list[dict[str, Any]], *, reserved: bool = True) -> None: ...
-
-        def _wake_workflow_poller(self) -> None: ...
-
-    async def _deliverer(self) -> None:
-        """Commits the fast path's outcomes in groups: whatever queued up while the previous
-        group was being written goes into the next one (group commit)."""
+    async def run(self) -> None:
+        """Commits the outbox in groups: whatever queued up while the previous group was
+        being written goes into the next one (group commit)."""
+        outbox = self._outbox
         while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                group, self._outbox = self._outbox[:OUTCOME_BATCH], self._outbox[OUTCOME_BATCH:]
+            await outbox.ready.wait()
+            outbox.ready.clear()
+            while outbox.items:
+                group, outbox.items = outbox.items[:OUTCOME_BATCH], outbox.items[OUTCOME_BATCH:]
                 try:
-                    results = await self._deliver_group([outcome for outcome, _ in group])
+                    results = await self.deliver_group([outcome for outcome, _ in group])
                 except Exception as exc:
                     log.debug("fast path fell back for %d outcome(s): %r", len(group), exc)
                     results = [None] * len(group)
@@ -86,7 +91,7 @@ class _FastPath:
                     if not done.done():
                         done.set_result(result)
 
-    async def _deliver_group(self, outcomes: list[dict[str, Any]]) -> list[bool | None]:
+    async def deliver_group(self, outcomes: list[dict[str, Any]]) -> list[bool | None]:
         """One transaction: the outcomes, the workflow tasks they trigger, eager leases.
 
         Returns, per outcome, True (recorded), False (superseded: its attempt was fenced off)
@@ -94,7 +99,7 @@ class _FastPath:
         """
         # Lock task rows in run-id order, the same in every worker: no deadlock between groups.
         ordered = sorted(outcomes, key=lambda o: (o["run_id"], o["seq"]))
-        self._finishing = len(outcomes)
+        self._slots.finishing = len(outcomes)
         try:
             if all(o["run_id"] in self._cache for o in ordered):
                 speculated = await self._deliver_speculated(ordered)
@@ -102,38 +107,35 @@ class _FastPath:
                     return [speculated] * len(outcomes)
             return await self._deliver_locked(ordered, outcomes)
         finally:
-            self._finishing = 0
+            self._slots.finishing = 0
 
     async def _deliver_speculated(self, ordered: list[dict[str, Any]]) -> bool | None:
         """The group in one round trip, its tasks run ahead from the cache. True: recorded;
         False: a run was not as cached (nothing written: take the locked way); None: the
         transaction failed (record the outcomes the plain way)."""
-        assert self._pool is not None
         prepared = self._speculate(ordered)
         if prepared is None:
             return False
         tasks = [p.task for p in prepared]
-        eager: list[dict[str, Any]] = []
-        check = ("complete_activities_speculated", {
-            "outcomes": Jsonb([{"run_id": o["run_id"], "seq": o["seq"], "token": o["token"]} for o in ordered]),
-            "expected": Jsonb([{"run_id": t["run_id"], "last_seq": t["last_seq"]} for t in tasks])})
-        async with self._pool.connection() as conn:
+        batch: Batch | None = None
+        check = store.speculation_check(ordered, [(t.run_id, t.last_seq) for t in tasks])
+        async with connection(self._pools.main()) as conn:
             try:
-                async with _transactions.transaction(conn):
-                    eager = await self._record_batch(conn, prepared, ahead=check)
-                count_runs(tasks)  # committed
-            except psycopg.Error as exc:
-                self._abandon(tasks, eager)  # evicts the runs: their instances ran ahead
-                if exc.sqlstate == SPECULATION_MISSED:
-                    self.stats.speculation_missed += 1
+                async with transaction(conn):
+                    batch = await self._tasks.record_batch(conn, prepared, ahead=check)
+                batch.count_runs()  # committed
+            except DatabaseError as exc:
+                self._tasks.abandon(tasks, batch)  # evicts the runs: their instances ran ahead
+                if isinstance(exc, SpeculationMissed):
+                    self._stats.speculation_missed += 1
                     return False
                 return None
             except BaseException:
-                self._abandon(tasks, eager)
+                self._tasks.abandon(tasks, batch)
                 raise
-        self.stats.fast_path += len(ordered)
-        self.stats.speculated += len(prepared)
-        self._committed(tasks, eager)
+        self._stats.fast_path += len(ordered)
+        self._stats.speculated += len(prepared)
+        self._committed(batch)
         return True
 
     def _speculate(self, ordered: list[dict[str, Any]]) -> list[Prepared] | None:
@@ -143,7 +145,7 @@ class _FastPath:
         by_run: dict[str, list[dict[str, Any]]] = {}
         for o in ordered:
             by_run.setdefault(o["run_id"], []).append(o)
-        now = time.time() + self._clock_offset  # the database's clock, as last seen
+        now = time.time() + self._tasks.clock_offset  # the database's clock, as last seen
         prepared: list[Prepared] = []
         for run_id, outcomes in by_run.items():
             inst = self._cache.get(run_id)
@@ -154,7 +156,7 @@ class _FastPath:
                 last_seq = inst.last_seq
                 # Workflow time never goes back, whatever this host's clock does.
                 marker = Event(last_seq + 1, h.WORKFLOW_TASK_STARTED,
-                               {"time": max(now, inst.now_ts), "worker": self.identity})
+                               {"time": max(now, inst.now_ts), "worker": self._identity})
                 # Data as a replay will read it back from jsonb (key order, numbers).
                 inputs = [Event(last_seq + 2 + i, o["type"], h.as_stored(o["data"])) for i, o in enumerate(outcomes)]
                 commands = inst.activate(marker, inputs)
@@ -164,13 +166,13 @@ class _FastPath:
             except Exception as exc:  # the locked way replays the run and deals with it
                 log.debug("fast path: run %s not speculated (%r)", run_id, exc)
                 for p in prepared:
-                    self._evict(str(p.task["run_id"]))
-                self._evict(run_id)
+                    self._cache.evict(p.task.run_id)
+                self._cache.evict(run_id)
                 return None
-            self._cache.move_to_end(run_id)
-            self.stats.cache_hits += 1
-            task = {"run_id": run_id, "workflow_id": inst.info.workflow_id, "workflow_type": inst.info.workflow_type,
-                    "queue": inst.info.queue, "last_seq": last_seq, "status": "running", "started": None}
+            self._cache.touch(run_id)
+            self._stats.cache_hits += 1
+            task = TaskState(run_id, inst.info.workflow_id, inst.info.workflow_type, inst.info.queue, "running",
+                             last_seq)
             prepared.append(Prepared.of(task, inst, events, [], began, began_ns))
         return prepared
 
@@ -178,35 +180,34 @@ class _FastPath:
                               outcomes: list[dict[str, Any]]) -> list[bool | None]:
         """The group in two round trips: record the outcomes, lock and read the runs, run
         and record their tasks."""
-        assert self._pool is not None
-        tasks: list[dict[str, Any]] = []
-        eager: list[dict[str, Any]] = []
-        async with self._pool.connection() as conn:
+        tasks: list[TaskState] = []
+        batch: Batch | None = None
+        async with connection(self._pools.main()) as conn:
             try:
-                async with _transactions.transaction(conn):
+                async with transaction(conn):
                     # One round trip: begin, record, lock, then read the state in a new snapshot.
-                    tasks = await _transactions.execute(conn, "complete_activities_and_lock", {
-                        "outcomes": Jsonb(ordered), "now": None,
-                        "replay": sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache})},
-                        begin=True)
-                    recorded = {(str(t["run_id"]), seq) for t in tasks for seq in t.pop("recorded")}
+                    tasks = await store.complete_and_lock(
+                        conn, outcomes=ordered,
+                        replay=sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache}))
+                    recorded = {(t.run_id, seq) for t in tasks for seq in t.recorded}
                     # A task whose code is failing runs when its backoff ends.
-                    eager = await self._workflow_tasks(conn, [
-                        t for t in tasks if not (t["failures"] and t["available_at"] > t["now"])])
-                count_runs(tasks)  # committed
-            except psycopg.Error:
-                self._abandon(tasks, eager)
+                    batch = await self._tasks.run_tasks(conn, [
+                        t for t in tasks if not (t.failures and t.available_at is not None and t.now is not None
+                                                 and t.available_at > t.now)])
+                batch.count_runs()  # committed
+            except DatabaseError:
+                self._tasks.abandon(tasks, batch)
                 return [None] * len(outcomes)
             except BaseException:
-                self._abandon(tasks, eager)
+                self._tasks.abandon(tasks, batch)
                 raise
-        self.stats.fast_path += len(recorded)
-        self._committed(tasks, eager)
+        self._stats.fast_path += len(recorded)
+        self._committed(batch)
         return [(o["run_id"], o["seq"]) in recorded for o in outcomes]
 
-    def _committed(self, tasks: list[dict[str, Any]], eager: list[dict[str, Any]]) -> None:
+    def _committed(self, batch: Batch) -> None:
         """After a group's commit: start its eager attempts; claim again for a kept task
-        (see Worker._claim_and_run)."""
-        self._spawn(eager)
-        if any(t.get("_kept") for t in tasks):
-            self._wake_workflow_poller()
+        (see TaskRunner.claim_and_run)."""
+        self._spawn(batch.eager)
+        if batch.kept:
+            self._wakes.workflow_poller()

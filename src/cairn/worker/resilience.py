@@ -1,6 +1,6 @@
 """The worker's side of resilience: ``activity.Reschedule`` and ``@activity.defn(breaker=...)``.
 
-Kept out of ``worker.py`` so that the attempt's hot path carries one line for each: an
+Kept out of ``cairn.worker.activities`` so that the attempt's hot path carries one line for each: an
 activity without a breaker gets ``contextlib.nullcontext()`` (no SQL, no allocation
 beyond it).
 """
@@ -16,18 +16,17 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 from opentelemetry import trace
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from cairn import breakers
 from cairn.activity import ActivityDefinition, Reschedule
 from cairn.engine import history as h
 from cairn.errors import DatabaseError
 from cairn.redaction import redact
-from cairn.store.sql import q
+from cairn.store import activities as store
+from cairn.store import db
+from cairn.store.activities import Attempt
+from cairn.store.transactions import atomic, connection
 
 log = logging.getLogger("cairn.worker")
 
@@ -41,7 +40,7 @@ RESCHEDULE_JITTER = 0.1  # a reschedule lands 0-10 % after the delay asked for..
 BREAKER_SPREAD_SECONDS = 1.0
 
 
-def breaker_guard(pool: AsyncConnectionPool | None, definition: ActivityDefinition
+def breaker_guard(pool: db.Pool | None, definition: ActivityDefinition
                   ) -> AbstractAsyncContextManager[Any]:
     """What an attempt runs inside: nothing for an activity without a breaker, else the
     breaker's admission before the call and the outcome after it."""
@@ -51,9 +50,9 @@ def breaker_guard(pool: AsyncConnectionPool | None, definition: ActivityDefiniti
 
 
 @contextlib.asynccontextmanager
-async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) -> AsyncIterator[None]:
+async def _guarded(pool: db.Pool, config: breakers.BreakerConfig) -> AsyncIterator[None]:
     name = config.name or ""
-    async with pool.connection() as conn:
+    async with connection(pool) as conn:
         admission = await breakers.admit(conn, name, config)
     trace.get_current_span().set_attributes({"cairn.breaker": name, "cairn.breaker.state": admission.state})
     if not admission.permitted:
@@ -75,20 +74,19 @@ async def _guarded(pool: AsyncConnectionPool, config: breakers.BreakerConfig) ->
     finally:
         # CancelledError (a BaseException) leaves outcome None: the probe's lease is freed.
         try:
-            async with pool.connection() as conn:
+            async with connection(pool) as conn:
                 if outcome is None:
                     await breakers.release(conn, admission)
                 else:
                     await breakers.record(conn, name, admission, success=outcome,
                                           duration=time.monotonic() - started)
-        except (psycopg.Error, DatabaseError, OSError) as exc:  # DatabaseError: the store translates
+        except (DatabaseError, OSError) as exc:
             # The call's own outcome matters more than the breaker's bookkeeping; a lost
             # probe lease expires by itself.
             log.warning("breaker %s: outcome not recorded: %s", name, exc)
 
 
-async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int, exc: Reschedule,
-                     rng: random.Random) -> str:
+async def reschedule(pool: db.Pool, row: Attempt, token: int, exc: Reschedule, rng: random.Random) -> str:
     """Puts an attempt back after ``exc.delay`` without counting it, or fails the activity
     for good when that would exceed its throttle budget or schedule-to-close deadline.
 
@@ -103,15 +101,12 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
     # does not spend the throttle budget (schedule-to-close still bounds it), or a backlog
     # larger than the limit serves in the budget would fail calls that only had to wait.
     counted = 0.0 if exc.kind == "rate_limit" else delay
-    budget = float((row["options"] or {}).get("throttle_budget") or DEFAULT_THROTTLE_BUDGET_SECONDS)
-    base = {"run_id": row["run_id"], "seq": row["seq"], "token": token, "now": None}
-    async with pool.connection() as conn, conn.transaction():
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(q("reschedule_state"), base)
-        state = await cur.fetchone()
+    budget = float(row.options.get("throttle_budget") or DEFAULT_THROTTLE_BUDGET_SECONDS)
+    async with atomic(pool) as conn:
+        state = await store.reschedule_state(conn, run_id=row.run_id, seq=row.seq, token=token)
         if state is None:
             return "superseded"
-        throttled, deadline, now = float(state["throttled_seconds"]), state["schedule_deadline"], state["now"]
+        throttled, deadline, now = state.throttled_seconds, state.schedule_deadline, state.now
         until = now + timedelta(seconds=delay)
         why = f"{exc.kind}: {redact(exc.reason)}"
         failure: dict[str, Any] | None = None
@@ -128,20 +123,21 @@ async def reschedule(pool: AsyncConnectionPool, row: dict[str, Any], token: int,
             failure.update(details={"throttled_seconds": round(throttled, 3), "delay": round(delay, 3),
                                     "throttle_budget": budget, "kind": exc.kind, "reason": redact(exc.reason)},
                            non_retryable=True)
-            await conn.execute(q("complete_activity"), {**base, "type": h.ACTIVITY_FAILED, "data": Jsonb({
-                "activity_seq": row["seq"], "failure": failure, "attempts": max(int(state["attempt"]) - 1, 0),
-                "retry_state": retry_state})})
-            log.info("activity %s failed for good: %s", row["activity_type"], failure["message"], extra=_extra(row))
+            await store.complete(None, run_id=row.run_id, seq=row.seq, token=token, event_type=h.ACTIVITY_FAILED, data={
+                "activity_seq": row.seq, "failure": failure, "attempts": max(state.attempt - 1, 0),
+                "retry_state": retry_state}, conn=conn)
+            log.info("activity %s failed for good: %s", row.activity_type, failure["message"], extra=_extra(row))
             return "failed"
-        await conn.execute(q("reschedule_activity"), {**base, "delay": delay, "counted": counted, "failure": Jsonb({
+        await store.reschedule(conn, run_id=row.run_id, seq=row.seq, token=token, delay=delay, counted=counted,
+                               failure={
             "type": "Rescheduled", "kind": exc.kind, "reason": redact(exc.reason), "until": until.isoformat(),
             "message": f"throttled until {until.isoformat()} ({why})",
-            "details": {"throttled_seconds": round(throttled + counted, 3), "throttle_budget": budget}})})
-    log.info("activity %s rescheduled in %.2f s (%s)", row["activity_type"], delay, why, extra=_extra(row))
+            "details": {"throttled_seconds": round(throttled + counted, 3), "throttle_budget": budget}})
+    log.info("activity %s rescheduled in %.2f s (%s)", row.activity_type, delay, why, extra=_extra(row))
     return "rescheduled"
 
 
-def _extra(row: dict[str, Any]) -> dict[str, Any]:
-    """The structured fields of a log record about an attempt (as in cairn.worker)."""
-    return {"workflow_id": row.get("workflow_id"), "run_id": str(row["run_id"]), "activity": row["activity_type"],
-            "attempt": row.get("attempt")}
+def _extra(row: Attempt) -> dict[str, Any]:
+    """The structured fields of a log record about an attempt (as in cairn.worker.activities)."""
+    return {"workflow_id": row.workflow_id, "run_id": row.run_id, "activity": row.activity_type,
+            "attempt": row.attempt}
