@@ -10,8 +10,9 @@ assert report.ok(), report.to_json()
 Structural checks are one SQL statement each over every run (window functions for seq
 gaps, GROUP BY for double outcomes), so their cost is a few scans of ``cairn.history``;
 replays and saga checks stream histories a page of runs at a time. ``cairn verify`` is the
-command-line face of :func:`verify`. ARCHITECTURE.md ("Invariant checker") lists every
-invariant and how it is checked.
+command-line face of :func:`verify`. Each check is one
+statement of :mod:`cairn.store.verify`, named after the invariant it checks
+(ARCHITECTURE.md, "Invariants", says where each is enforced).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hot path's shortcuts (ARCHITECTURE.md, "The workflow task: one transaction"): each
+"""The hot path's shortcuts (ARCHITECTURE.md, "The life of a workflow task"): each
 saves statements, and each must keep the guarantees of the path it shortcuts."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A signal is a ``SignalReceived`` event in the run's inbox (``signal_run``); a query is a row
 in ``cairn.query_requests`` that a worker serving the run's queue answers (see
-ARCHITECTURE.md, "Messages"). The calls are :class:`cairn.client.Client`'s and
+ARCHITECTURE.md, "Invariants": the inbox protocol). The calls are :class:`cairn.client.Client`'s and
 :class:`cairn.client.WorkflowHandle`'s (``signal``, ``query``, ``signal_with_start``).
 """
 

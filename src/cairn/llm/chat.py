@@ -4,7 +4,7 @@
 The workflow side schedules ONE activity per :func:`chat`; its recorded result (the
 completion with usage, cost and the chain's skips) is what replay returns, so a replay
 never calls a provider. The activity makes one *attempt* at a time, and inside an attempt
-walks the fallback chain (see ARCHITECTURE.md, "LLM activities"):
+walks the fallback chain (ARCHITECTURE.md, "Invariants": idempotency keys of LLM calls):
 
 1. for each model of ``[request.model, *fallback.models]``: its provider, its breaker
    (``provider:model:endpoint``); a breaker that refuses skips to the next model;

@@ -76,7 +76,7 @@ class Completion(BaseModel):
         request_id: the provider's id of the request (``x-request-id``/``request-id``
             header, else the body's id), for support tickets.
         usage: tokens and cost; ``None`` when the provider reported no usage (never guessed).
-        ttft_seconds: time to the first token (see ARCHITECTURE.md, "LLM providers").
+        ttft_seconds: time to the first token.
         duration_seconds: time of the whole call.
     """
 

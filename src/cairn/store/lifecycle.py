@@ -2,8 +2,8 @@
 execution timeouts, and what a run's close means for its parent and its children.
 
 Everything here runs inside the transaction of the run's workflow task (or of the
-operator's terminate), next to ``record_workflow_tasks``; see ARCHITECTURE.md, "Run
-lifecycle".
+operator's terminate), next to ``record_workflow_tasks``; see ARCHITECTURE.md, "The
+life of a workflow task".
 """
 
 from __future__ import annotations

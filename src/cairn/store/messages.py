@@ -1,5 +1,5 @@
 """Messages on the client's side: input events in a run's inbox (signals, cancel requests),
-signal-with-start, and query requests (see ARCHITECTURE.md, "Messages")."""
+signal-with-start, and query requests (ARCHITECTURE.md, "Invariants": the inbox protocol)."""
 
 from __future__ import annotations
 

@@ -824,7 +824,7 @@ SELECT pg_notify('cairn_activity', queue) AS notified FROM (SELECT DISTINCT queu
 UPDATE cairn.runs SET reset_from = %(reset_from)s WHERE run_id = %(run_id)s
 
 -- ---------------------------------------------------------------- run lifecycle
--- Child workflows, continue-as-new, execution timeouts (see ARCHITECTURE.md "Run lifecycle").
+-- Child workflows, continue-as-new, execution timeouts (store/lifecycle.py).
 
 -- name: close_family
 -- After a run closed (any way), in the closer's transaction: tells its parent (a

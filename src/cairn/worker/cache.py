@@ -1,7 +1,7 @@
 """The sticky cache: live workflow instances by run id, least recently used first.
 
 A cached instance is used only when its ``last_seq`` equals the history's (see
-ARCHITECTURE.md, "Sticky cache"); an evicted one is disposed of (its tasks unwound).
+ARCHITECTURE.md, "Invariants": cache and replay determinism); an evicted one is disposed of (its tasks unwound).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 in one transaction with the eager lease of the next activities.
 
 Outcomes queue up in the :class:`Outbox` while a group is being written and go in the next
-one (group commit). A group takes one of two ways (ARCHITECTURE.md, "The fast path"):
+one (group commit). A group takes one of two ways (ARCHITECTURE.md, "The life of an activity result"):
 
 - **speculated**, one round trip: when the worker caches every run of the group, it runs
   the workflow tasks first, from the cached instances, then sends the outcomes and the
@@ -32,7 +32,7 @@ from cairn.store.transactions import SpeculationMissed, connection, transaction
 from cairn.worker.cache import Cache
 from cairn.worker.slots import Slots
 from cairn.worker.stats import WorkerStats
-from cairn.worker.tasks import Batch, Prepared, TaskRunner
+from cairn.worker.tasks import Activation, Batch, TaskRunner
 from cairn.worker.wakes import Pools, Wakes
 
 log = logging.getLogger("cairn.worker")
@@ -113,16 +113,16 @@ class OutcomeDeliverer:
         """The group in one round trip, its tasks run ahead from the cache. True: recorded;
         False: a run was not as cached (nothing written: take the locked way); None: the
         transaction failed (record the outcomes the plain way)."""
-        prepared = self._speculate(ordered)
-        if prepared is None:
+        activations = self._speculate(ordered)
+        if activations is None:
             return False
-        tasks = [p.task for p in prepared]
+        tasks = [p.task for p in activations]
         batch: Batch | None = None
         check = store.speculation_check(ordered, [(t.run_id, t.last_seq) for t in tasks])
         async with connection(self._pools.main()) as conn:
             try:
                 async with transaction(conn):
-                    batch = await self._tasks.record_batch(conn, prepared, ahead=check)
+                    batch = await self._tasks.record_batch(conn, activations, ahead=check)
                 batch.count_runs()  # committed
             except DatabaseError as exc:
                 self._tasks.abandon(tasks, batch)  # evicts the runs: their instances ran ahead
@@ -134,11 +134,11 @@ class OutcomeDeliverer:
                 self._tasks.abandon(tasks, batch)
                 raise
         self._stats.fast_path += len(ordered)
-        self._stats.speculated += len(prepared)
+        self._stats.speculated += len(activations)
         self._committed(batch)
         return True
 
-    def _speculate(self, ordered: list[dict[str, Any]]) -> list[Prepared] | None:
+    def _speculate(self, ordered: list[dict[str, Any]]) -> list[Activation] | None:
         """Runs the workflow task each run of the group would get — a marker, then the
         group's outcomes for it as input events, as a claim would deliver them from the
         inbox — on its cached instance. None (and the runs evicted) if one cannot run."""
@@ -146,7 +146,7 @@ class OutcomeDeliverer:
         for o in ordered:
             by_run.setdefault(o["run_id"], []).append(o)
         now = time.time() + self._tasks.clock_offset  # the database's clock, as last seen
-        prepared: list[Prepared] = []
+        activations: list[Activation] = []
         for run_id, outcomes in by_run.items():
             inst = self._cache.get(run_id)
             began, began_ns = time.monotonic(), time.time_ns()
@@ -165,7 +165,7 @@ class OutcomeDeliverer:
                     raise LookupError(run_id)  # the locked way fails the task with the advice
             except Exception as exc:  # the locked way replays the run and deals with it
                 log.debug("fast path: run %s not speculated (%r)", run_id, exc)
-                for p in prepared:
+                for p in activations:
                     self._cache.evict(p.task.run_id)
                 self._cache.evict(run_id)
                 return None
@@ -173,8 +173,8 @@ class OutcomeDeliverer:
             self._stats.cache_hits += 1
             task = TaskState(run_id, inst.info.workflow_id, inst.info.workflow_type, inst.info.queue, "running",
                              last_seq)
-            prepared.append(Prepared.of(task, inst, events, [], began, began_ns))
-        return prepared
+            activations.append(Activation.of(task, inst, events, [], began, began_ns))
+        return activations
 
     async def _deliver_locked(self, ordered: list[dict[str, Any]],
                               outcomes: list[dict[str, Any]]) -> list[bool | None]:

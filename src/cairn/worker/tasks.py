@@ -1,6 +1,6 @@
 """The worker's workflow tasks: claim a batch, run each task's code (from the sticky cache,
 or replayed), record them all in one statement, in one transaction (ARCHITECTURE.md, "The
-workflow task: one transaction"). The fast path (``cairn.worker.outcomes``) records its
+life of a workflow task"). The fast path (``cairn.worker.outcomes``) records its
 tasks through :meth:`TaskRunner.record_batch` the same way.
 """
 
@@ -47,7 +47,7 @@ Counted = tuple[bool, str, str | None]  # a recorded task: started its run, work
 
 
 @dataclass
-class Prepared:
+class Activation:
     """A workflow task whose code has run, waiting to be recorded with its batch."""
 
     task: TaskState
@@ -65,7 +65,7 @@ class Prepared:
 
     @classmethod
     def of(cls, task: TaskState, inst: WorkflowInstance, events: list[Event], inbox_ids: list[int],
-           began: float, began_ns: int) -> Prepared:
+           began: float, began_ns: int) -> Activation:
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
                         and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
@@ -212,17 +212,17 @@ class TaskRunner:
         Returns the activity attempts they leased to this worker (eager dispatch), to be
         started once the transaction has committed, with what else follows the commit.
         """
-        prepared = []
+        activations = []
         closed: list[Counted] = []
         for task in tasks:
-            p = await self._prepare(conn, task, closed)
+            p = await self._activate(conn, task, closed)
             if p is not None:
-                prepared.append(p)
-        batch = await self.record_batch(conn, prepared)
+                activations.append(p)
+        batch = await self.record_batch(conn, activations)
         batch.counted += closed
         return batch
 
-    async def _prepare(self, conn: Conn, task: TaskState, closed: list[Counted]) -> Prepared | None:
+    async def _activate(self, conn: Conn, task: TaskState, closed: list[Counted]) -> Activation | None:
         """Runs one task's workflow code (from the cache, or replayed); None if nothing is
         left to record for it (the run is closed, the task failed, or it closed without
         code: then counted in ``closed``)."""
@@ -270,7 +270,7 @@ class TaskRunner:
             self._cache.evict(run_id)
             await self._fail_task(conn, task, too_long)
             return None
-        return Prepared.of(task, inst, events, [r[0] for r in inbox], began, began_ns)
+        return Activation.of(task, inst, events, [r[0] for r in inbox], began, began_ns)
 
     async def _rebuild(self, conn: Conn, task: TaskState) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""
@@ -295,8 +295,8 @@ class TaskRunner:
         except Exception as exc:  # NonDeterminismError and friends
             raise WorkflowTaskFailed(exc) from exc
 
-    async def record_batch(self, conn: Conn, batch: list[Prepared], ahead: Statement | None = None) -> Batch:
-        """Writes the outcomes of prepared workflow tasks, in their transaction: one
+    async def record_batch(self, conn: Conn, batch: list[Activation], ahead: Statement | None = None) -> Batch:
+        """Writes the outcomes of activated workflow tasks, in their transaction: one
         ``record_workflow_tasks`` statement for the batch, then what few tasks need besides
         (timers, cancels, search attributes, child runs: a statement each, when present).
 
@@ -362,7 +362,7 @@ class TaskRunner:
             raise
         return out
 
-    def _entry(self, p: Prepared, carrier: dict[str, str], free: int) -> tuple[dict[str, Any], int]:
+    def _entry(self, p: Activation, carrier: dict[str, str], free: int) -> tuple[dict[str, Any], int]:
         """One task's part of ``record_workflow_tasks``, and the free slots left after the
         activities it leases eagerly."""
         task, events = p.task, p.events
