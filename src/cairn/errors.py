@@ -383,3 +383,31 @@ def _rebuild_provider_error(kind: ErrorKind, message: str, provider: str, model:
                             retry_after: float | None, reason: str) -> ProviderError:
     return ProviderError(kind, message, provider=provider, model=model, status=status,
                          retry_after=retry_after, reason=reason)
+
+
+# ---------------------------------------------------------------- the worker's statements
+# What the store (store/transactions.py) makes of psycopg's errors for the worker, which
+# acts on each differently; users do not meet them (the worker retries or records them).
+
+
+class Refused(DatabaseError):
+    """The database refused a statement for what it carried (a value it cannot store, a
+    constraint, a statement it cannot run): sending it again changes nothing."""
+
+    def __init__(self, message: str, *, race: bool = False, integrity: bool = False) -> None:
+        super().__init__(message)
+        self.race = race  # a unique violation: someone appended to the run meanwhile
+        self.integrity = integrity  # a constraint (not the value itself) refused it
+
+
+class Transient(DatabaseUnavailable):
+    """The database aborted the statement for reasons of the moment (a lost connection, a
+    restart, a deadlock): the same statement may succeed when sent again."""
+
+
+class Deadlock(Transient):
+    """Postgres aborted this side of a deadlock."""
+
+
+class SpeculationMissed(DatabaseError):
+    """``complete_activities_speculated``: a run was not as the worker's cache had it."""

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from cairn import Client, activity, workflow
 from cairn.engine.history import as_stored
-from cairn.errors import WorkflowTerminated
+from cairn.errors import Refused, WorkflowTerminated
 from cairn.store import transactions as _transactions
 from cairn.store.sql import PREPARED, q
 from cairn.worker import WORKER_CONNECTION_OPTIONS
@@ -229,7 +229,7 @@ async def test_hot_transaction_rolls_back_on_error(db_url, sql):
         await _transactions.configure(conn)
         bad = _record_params(handle.run_id, "rolled-back")
         bad["tasks"] = Jsonb([{**bad["tasks"].obj[0], "events": [{"seq": 1, "type": "x", "data": {}}]}])  # type: ignore[attr-defined]
-        with pytest.raises(_transactions.Refused) as refused:  # translated by the store
+        with pytest.raises(Refused) as refused:  # translated by the store
             await _claim_and_record(conn, bad, commit=True)
         assert refused.value.race
         assert isinstance(refused.value.__cause__, psycopg.errors.UniqueViolation)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import errors as pgerr
 
-from cairn.errors import DatabaseError, DatabaseUnavailable
-from cairn.store.transactions import SPECULATION_MISSED, Deadlock, Refused, SpeculationMissed, Transient, translate
+from cairn.errors import DatabaseError, DatabaseUnavailable, Deadlock, Refused, SpeculationMissed, Transient
+from cairn.store.transactions import SPECULATION_MISSED, translate
 
 
 class _Missed(psycopg.DatabaseError):

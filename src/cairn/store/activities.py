@@ -16,8 +16,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from cairn.store import db
+from cairn.store.db import Conn
 from cairn.store.sql import q
-from cairn.store.transactions import Conn, connection
+from cairn.store.transactions import connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,9 @@ from cairn.engine.history import Event
 from cairn.store import db
 from cairn.store import lifecycle as _lifecycle
 from cairn.store.activities import Attempt, attempt_of
+from cairn.store.db import Conn
 from cairn.store.sql import q
-from cairn.store.transactions import Conn, connection, execute
+from cairn.store.transactions import connection, execute
 
 Statement = tuple[str, dict[str, Any]]  # a named statement and its parameters
 

@@ -23,46 +23,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg
 from psycopg import AsyncClientCursor
 from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
-from cairn.errors import DatabaseError, DatabaseUnavailable
+from cairn.errors import DatabaseError, Deadlock, Refused, SpeculationMissed, Transient
 from cairn.store import db
+from cairn.store.db import Conn
 from cairn.store.sql import execute_arguments, execute_statement, prepare_statements
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
-Conn: TypeAlias = psycopg.AsyncConnection[Any]  # a connection the layers above only hand back to store
 SPECULATION_MISSED = "CR001"  # complete_activities_speculated: a run is not as the cache had it
 
 
 # ---------------------------------------------------------------- errors
-
-
-class Refused(DatabaseError):
-    """The database refused a statement for what it carried (a value it cannot store, a
-    constraint, a statement it cannot run): sending it again changes nothing."""
-
-    def __init__(self, message: str, *, race: bool = False, integrity: bool = False) -> None:
-        super().__init__(message)
-        self.race = race  # a unique violation: someone appended to the run meanwhile
-        self.integrity = integrity  # a constraint (not the value itself) refused it
-
-
-class Transient(DatabaseUnavailable):
-    """The database aborted the statement for reasons of the moment (a lost connection, a
-    restart, a deadlock): the same statement may succeed when sent again."""
-
-
-class Deadlock(Transient):
-    """Postgres aborted this side of a deadlock."""
-
-
-class SpeculationMissed(DatabaseError):
-    """``complete_activities_speculated``: a run was not as the worker's cache had it."""
 
 
 def translate(exc: psycopg.Error) -> DatabaseError:
@@ -86,9 +63,9 @@ def translate(exc: psycopg.Error) -> DatabaseError:
 # ---------------------------------------------------------------- pools and connections
 
 
-def open_pool(url: str, *, min_size: int, max_size: int, options: str, hot: bool) -> db.Pool:
-    """A pool of autocommit sessions with these ``options``; ``hot``: its connections
-    prepare the hot statements (the engine's pool)."""
+def new_pool(url: str, *, min_size: int, max_size: int, options: str, hot: bool) -> db.Pool:
+    """A pool of autocommit sessions with these ``options``, not yet open (the worker opens
+    it as it starts); ``hot``: its connections prepare the hot statements (the engine's pool)."""
     return db.Pool(url, min_size=min_size, max_size=max_size, open=False,
                    kwargs={"autocommit": True, "options": options}, configure=configure if hot else None)
 

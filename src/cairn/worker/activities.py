@@ -28,12 +28,12 @@ from cairn import telemetry as _telemetry
 from cairn.activity import ActivityDefinition, ActivityInfo
 from cairn.engine import history as h
 from cairn.engine.instance import failure_of
-from cairn.errors import ApplicationError, DatabaseUnavailable, InputValidationError
+from cairn.errors import ApplicationError, DatabaseUnavailable, InputValidationError, Refused
 from cairn.options import RetryPolicy
 from cairn.payloads import to_payload
 from cairn.store import activities as store
 from cairn.store.activities import Attempt, Expired
-from cairn.store.transactions import Refused, atomic
+from cairn.store.transactions import atomic
 from cairn.telemetry import tracer
 from cairn.worker.cache import Cache
 from cairn.worker.claims import ClaimPairs
@@ -44,7 +44,7 @@ from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, first_line, loop_failed
 
 if TYPE_CHECKING:
-    from cairn.store.transactions import Conn
+    from cairn.store.db import Conn
 
 log = logging.getLogger("cairn.worker")
 T = TypeVar("T")

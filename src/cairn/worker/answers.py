@@ -23,8 +23,8 @@ from cairn.worker.wakes import Pools, Wakes, loop_failed
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 if TYPE_CHECKING:
+    from cairn.store.db import Conn
     from cairn.store.tasks import QueryRequest
-    from cairn.store.transactions import Conn
 
 log = logging.getLogger("cairn.worker")
 

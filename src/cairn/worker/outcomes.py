@@ -24,11 +24,11 @@ from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
-from cairn.errors import DatabaseError
+from cairn.errors import DatabaseError, SpeculationMissed
 from cairn.store import tasks as store
 from cairn.store.activities import Attempt
 from cairn.store.tasks import TaskState
-from cairn.store.transactions import SpeculationMissed, connection, transaction
+from cairn.store.transactions import connection, transaction
 from cairn.worker.cache import Cache
 from cairn.worker.slots import Slots
 from cairn.worker.stats import WorkerStats

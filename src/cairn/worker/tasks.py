@@ -21,12 +21,12 @@ from cairn import telemetry as _telemetry
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
 from cairn.engine.instance import WorkflowInstance, failure_of, replay
-from cairn.errors import UnknownWorkflowType, WorkflowTaskFailed
+from cairn.errors import Deadlock, Refused, UnknownWorkflowType, WorkflowTaskFailed
 from cairn.store import lifecycle as _lifecycle
 from cairn.store import tasks as store
 from cairn.store.activities import Attempt
 from cairn.store.tasks import Statement, TaskState
-from cairn.store.transactions import Deadlock, Refused, connection, transaction
+from cairn.store.transactions import connection, transaction
 from cairn.telemetry import tracer
 from cairn.worker.cache import Cache
 from cairn.worker.claims import ClaimPairs
@@ -36,7 +36,7 @@ from cairn.worker.wakes import Pools, Wakes, loop_failed
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
 
 if TYPE_CHECKING:
-    from cairn.store.transactions import Conn
+    from cairn.store.db import Conn
 
 log = logging.getLogger("cairn.worker")
 

@@ -40,7 +40,7 @@ from cairn.options import check_namespace, check_queue
 from cairn.store import db
 from cairn.store import tasks as store_tasks
 from cairn.store.db import CONNECTION_OPTIONS
-from cairn.store.transactions import open_pool
+from cairn.store.transactions import new_pool
 from cairn.worker.activities import LEASE_SECONDS, ActivityRunner
 from cairn.worker.answers import QueryAnswerer
 from cairn.worker.cache import Cache
@@ -199,11 +199,11 @@ class Worker:
         await asyncio.to_thread(db.ensure_ready, url, embedded, who="worker")
         pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA
         pools = self._pools
-        engine = pools.engine = open_pool(url, min_size=min(2, pool_size), max_size=pool_size,
+        engine = pools.engine = new_pool(url, min_size=min(2, pool_size), max_size=pool_size,
                                           options=WORKER_CONNECTION_OPTIONS, hot=True)
         await engine.open(wait=True, timeout=30)
         if self.activities:
-            pools.activity = open_pool(url, min_size=1, max_size=min(ACTIVITY_POOL_MAX, self.activity_concurrency),
+            pools.activity = new_pool(url, min_size=1, max_size=min(ACTIVITY_POOL_MAX, self.activity_concurrency),
                                        options=CONNECTION_OPTIONS, hot=False)
             await pools.activity.open(wait=True, timeout=30)
         wakes = self._wakes
