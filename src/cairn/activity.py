@@ -58,10 +58,15 @@ class ActivityInfo:
     # The worker's connection pool, for built-in activities (the LLM chat activity's
     # breakers, rate limits and stream); user code should not rely on it.
     _pool: Any = field(default=None, repr=False)
+    # A local activity (workflow.execute_local_activity): ``seq`` is its local seq.
+    is_local: bool = False
 
     @property
     def idempotency_key(self) -> str:
-        """``<workflow_id>/<run_id>/<seq>``: the same on every attempt of this activity."""
+        """``<workflow_id>/<run_id>/<seq>``: the same on every attempt of this activity
+        (``<workflow_id>/<run_id>/local/<local seq>`` for a local activity)."""
+        if self.is_local:
+            return f"{self.workflow_id}/{self.run_id}/local/{self.seq}"
         return f"{self.workflow_id}/{self.run_id}/{self.seq}"
 
 
