@@ -1,0 +1,48 @@
+"""Local activities in worker processes: a worker killed (kill -9) while a local activity
+runs inside its workflow task. The task's transaction never commits, so the activity runs
+again on the next worker (at least once, as in Temporal); the markers already committed
+are replayed, never run again, and each local activity's marker is recorded once."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import local_flows
+import pytest
+from acceptance_support import history, run_status, start_runs
+
+from support import query, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+
+def test_killed_while_a_local_activity_runs_the_run_completes_with_one_marker_each(workers, side_tables):
+    db = side_tables
+    a = workers("a", module="local_flows")
+    start_runs(db, local_flows.local_steps, [("la-crash", 3)])  # step 3 blocks the first time it runs
+    wait_for("step 3 to start on worker a",
+             lambda: query(db, "SELECT 1 FROM public.attempts WHERE label = 'step-3' AND pid = %s", (a.pid,)),
+             procs=(a,))
+    a.kill9()
+    assert a.proc.returncode == -signal.SIGKILL
+    # Steps 1 and 2 were committed with their tasks; step 3's marker was not.
+    markers = [d for _, t, d, _ in history(db, "la-crash") if t == "MarkerRecorded"]
+    assert [m["local_seq"] for m in markers] == [1, 2]
+
+    b = workers("b", module="local_flows")
+    wait_for("the run to complete", lambda: run_status(db, "la-crash") == "completed", procs=(a, b))
+    events = history(db, "la-crash")
+    assert events[-1][2]["result"] == ["step-1", "step-2", "step-3", "step-4"]
+    markers = [d for _, t, d, _ in events if t == "MarkerRecorded" and d["kind"] == "local_activity"]
+    assert Counter(m["local_seq"] for m in markers) == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert [m["result"] for m in markers] == ["step-1", "step-2", "step-3", "step-4"]
+    # Steps 1, 2 and 4 ran once; step 3 ran on a (killed before its commit) and again on b.
+    ran = query(db, "SELECT label, pid FROM public.attempts ORDER BY id")
+    assert [label for label, _ in ran] == ["step-1", "step-2", "step-3", "step-3", "step-4"]
+    assert [pid for label, pid in ran if label == "step-3"] == [a.pid, b.pid]
+    # The same idempotency key on both runs of step 3: its effect was applied once.
+    assert query(db, "SELECT label FROM public.effects ORDER BY label") == [(f"step-{i}",) for i in range(1, 5)]
+    assert query(db, "SELECT count(*) FROM cairn.activity_tasks") == [(0,)]
+    seqs = [s for s, *_ in events]
+    assert seqs == list(range(1, len(seqs) + 1))
