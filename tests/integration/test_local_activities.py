@@ -12,6 +12,7 @@ from typing import Any
 
 from cairn import ActivityError, RetryPolicy, activity, workflow
 from support import events, run_status
+from support.paths import ROOT
 
 _calls: dict[str, list[dict[str, Any]]] = {}
 
@@ -93,6 +94,15 @@ async def mixed(tag: str) -> list[Any]:
     return [a, b, c]
 
 
+@workflow.defn
+async def after_an_activity(tag: str) -> list[int]:
+    out = []
+    for n in range(3):
+        out.append(await workflow.execute_activity(tiny, tag, n, start_to_close_timeout=5))
+        out.append(await workflow.execute_local_activity(tiny, tag, 10 + n, start_to_close_timeout=5))
+    return out
+
+
 def _markers(sql: Any, run_id: str) -> list[dict[str, Any]]:
     return [d for _, t, d in events(sql, run_id) if t == "MarkerRecorded" and d.get("kind") == "local_activity"]
 
@@ -121,7 +131,8 @@ async def test_short_backoffs_retry_inside_the_task(client, start_worker, sql):
     handle = await client.start(retried_locally, tag, 2, 1.0, id=f"la-{tag}")
     assert await handle.result(timeout=20) == "ok after 3"
     [marker] = _markers(sql, handle.run_id)
-    assert marker["attempts"] == 3 and "backoff" not in marker
+    assert marker["attempts"] == 3
+    assert "backoff" not in marker
     calls = _calls[tag]
     assert calls[1]["time"] - calls[0]["time"] >= 0.05 - 0.005
     assert calls[2]["time"] - calls[1]["time"] >= 0.1 - 0.005
@@ -138,7 +149,8 @@ async def test_backoffs_over_the_threshold_wait_for_a_durable_timer(client, star
         (1, True, None), (2, True, None), (3, False, "ok after 3")]
     assert markers[0]["failure"]["type"] == "ConnectionError"
     types = [t for _, t, _ in events(sql, handle.run_id)]
-    assert types.count("TimerStarted") == 2 and types.count("TimerFired") == 2
+    assert types.count("TimerStarted") == 2
+    assert types.count("TimerFired") == 2
     assert types.count("WorkflowTaskStarted") == 3
 
 
@@ -183,3 +195,26 @@ async def test_an_unregistered_local_activity_fails_the_task_not_the_run(client,
     assert "'tiny' is not registered on this worker" in rows[0][1]
     assert run_status(sql, handle.run_id) == "running"
     assert [t for _, t, _ in events(sql, handle.run_id)] == ["WorkflowStarted"]
+
+
+async def test_the_readme_example_works_as_typed(client, start_worker):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Local activities"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n\n")]
+    namespace: dict[str, Any] = {}
+    exec("from datetime import timedelta\nfrom cairn import RetryPolicy, activity, workflow\n" + code, namespace)
+    await start_worker(workflows=[namespace["greet"]], activities=[namespace["compose_greeting"]])
+    handle = await client.start(namespace["greet"], "Ada", id=f"la-readme-{uuid.uuid4().hex}")
+    assert await handle.result(timeout=20) == "Hello, Ada!"
+
+
+async def test_a_local_activity_right_after_an_activity_outcome(client, start_worker, sql):
+    """The outcome's fast path cannot run local activities: it hands the task to the
+    locked way, which does; each runs once."""
+    tag = uuid.uuid4().hex
+    worker = await start_worker(workflows=[after_an_activity], activities=[tiny])
+    handle = await client.start(after_an_activity, tag, id=f"la-{tag}")
+    assert await handle.result(timeout=20) == [0, 20, 2, 22, 4, 24]
+    assert sorted(c["local"] for c in _calls[tag]) == [False] * 3 + [True] * 3
+    assert [m["local_seq"] for m in _markers(sql, handle.run_id)] == [1, 2, 3]
+    assert worker.stats.workflow_task_failures == 0

@@ -144,7 +144,8 @@ def test_a_final_failure_raises_activity_error_in_the_workflow_and_replays():
     d = Driver(fails)
     d.activate()
     failure = {"type": "ValueError", "message": "boom", "details": None}
-    cmds = run_locals(d, lambda r: LocalOutcome(r.local_seq, 2, failure=failure, retry_state="maximum_attempts_reached"))
+    cmds = run_locals(d, lambda r: LocalOutcome(r.local_seq, 2, failure=failure,
+                                                retry_state="maximum_attempts_reached"))
     assert cmds[-1].data["result"] == "ValueError: boom after 2 (maximum_attempts_reached)"
     assert replay(d.definition, d.info, d.history).closed
 
