@@ -46,3 +46,25 @@ def test_killed_while_a_local_activity_runs_the_run_completes_with_one_marker_ea
     assert query(db, "SELECT count(*) FROM cairn.activity_tasks") == [(0,)]
     seqs = [s for s, *_ in events]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_connection_terminated_while_a_local_activity_runs(workers, side_tables):
+    """The task's session is terminated while its local activity runs: the worker lives on,
+    its record fails, nothing of the task is kept; it claims the task again and the
+    activity runs again; one marker each."""
+    db = side_tables
+    a = workers("a", module="local_flows")
+    start_runs(db, local_flows.local_steps, [("la-conn", 2)])
+    wait_for("step 2 to start", lambda: query(db, "SELECT 1 FROM public.attempts WHERE label = 'step-2'"), procs=(a,))
+    terminated = query(db, """
+        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE application_name = 'cairn-a' AND state = 'idle in transaction'""")
+    assert terminated == [(True,)]
+    wait_for("the run to complete", lambda: run_status(db, "la-conn") == "completed", procs=(a,))
+    events = history(db, "la-conn")
+    markers = [d for _, t, d, _ in events if t == "MarkerRecorded" and d["kind"] == "local_activity"]
+    assert Counter(m["local_seq"] for m in markers) == {1: 1, 2: 1, 3: 1, 4: 1}
+    ran = query(db, "SELECT label, pid FROM public.attempts ORDER BY id")
+    assert [label for label, _ in ran] == ["step-1", "step-2", "step-2", "step-3", "step-4"]
+    assert {pid for _, pid in ran} == {a.pid}
+    assert query(db, "SELECT label FROM public.effects ORDER BY label") == [(f"step-{i}",) for i in range(1, 5)]
