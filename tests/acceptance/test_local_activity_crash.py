@@ -5,6 +5,7 @@ are replayed, never run again, and each local activity's marker is recorded once
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from acceptance_support import SIDE_TABLES, history, run_status, start_runs
 
 from cairn.store import db
+from cairn.verify import verify
 from support import PrivatePostgres, query, wait_for
 
 pytestmark = pytest.mark.acceptance
@@ -52,6 +54,9 @@ def test_killed_while_a_local_activity_runs_the_run_completes_with_one_marker_ea
     assert query(db, "SELECT count(*) FROM cairn.activity_tasks") == [(0,)]
     seqs = [s for s, *_ in events]
     assert seqs == list(range(1, len(seqs) + 1))
+    # The invariant checker agrees: the history replays, no local activity has two outcomes.
+    report = asyncio.run(verify(db, workflows=[local_flows.local_steps]))
+    assert report.violations == [], report.violations
 
 
 def test_connection_terminated_while_a_local_activity_runs(workers, side_tables):

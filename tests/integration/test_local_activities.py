@@ -10,7 +10,10 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from cairn import ActivityError, RetryPolicy, activity, workflow
+from cairn.verify import verify
 from support import events, run_status
 from support.paths import ROOT
 
@@ -218,3 +221,23 @@ async def test_a_local_activity_right_after_an_activity_outcome(client, start_wo
     assert sorted(c["local"] for c in _calls[tag]) == [False] * 3 + [True] * 3
     assert [m["local_seq"] for m in _markers(sql, handle.run_id)] == [1, 2, 3]
     assert worker.stats.workflow_task_failures == 0
+
+
+async def test_verify_replays_local_activities_and_catches_a_second_final_marker(client, start_worker, sql, db_url):
+    tag = uuid.uuid4().hex
+    await start_worker(workflows=[many_tiny, retried_locally], activities=[tiny, flaky])
+    handle = await client.start(many_tiny, tag, 3, id=f"la-{tag}")
+    assert await handle.result(timeout=20) == 6
+    retried = await client.start(retried_locally, tag, 1, 0.0, id=f"la-retried-{tag}")  # a backoff marker
+    assert await retried.result(timeout=20) == "ok after 2"
+    report = await verify(db_url, workflows=[many_tiny, retried_locally])
+    assert report.violations == []
+    # A local activity recorded twice (what a run that re-ran a committed one would show).
+    [(last, data)] = sql("SELECT seq, data FROM cairn.history WHERE run_id = %s AND type = 'MarkerRecorded' "
+                         "ORDER BY seq DESC LIMIT 1", (handle.run_id,))
+    sql("INSERT INTO cairn.history (run_id, seq, type, data) VALUES (%s, %s, 'MarkerRecorded', %s)",
+        (handle.run_id, 100, Jsonb(data)))
+    report = await verify(db_url)
+    [v] = [v for v in report.violations if v.invariant == "local_activity.double_outcome"]
+    assert (v.run_id, v.detail) == (handle.run_id, f"local activity 3 has 2 final markers: MarkerRecorded@{last}, "
+                                                   "MarkerRecorded@100")

@@ -239,3 +239,15 @@ def test_idempotency_key_of_a_local_activity():
     now = datetime.now(UTC)
     info = activity.ActivityInfo("say", "wf", "t", "run", 3, 1, "q", now, now, None, is_local=True)
     assert info.idempotency_key == "wf/run/local/3"
+
+
+def test_history_tables_summarize_local_activity_markers():
+    from cairn.views import summarize
+    base = {"kind": "local_activity", "local_seq": 2, "activity_type": "say", "attempts": 3}
+    failure = {"type": "ValueError", "message": "boom"}
+    assert summarize(Event(5, h.MARKER_RECORDED, {**base, "result": "hi"})) == \
+        'local activity 2 say -> "hi" (attempts 3)'
+    assert summarize(Event(5, h.MARKER_RECORDED, {**base, "failure": failure, "retry_state": "x"})) == \
+        "local activity 2 say failed: ValueError: boom (attempts 3)"
+    assert summarize(Event(5, h.MARKER_RECORDED, {**base, "failure": failure, "backoff": 4.0})) == \
+        "local activity 2 say attempt 3 failed: ValueError: boom; retry in 4 s"
