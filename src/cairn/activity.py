@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -35,6 +36,14 @@ class ActivityDefinition:
     signature: Signature
     is_async: bool
     breaker: BreakerConfig | None = None  # with its name set: calls go through that breaker
+
+    async def call(self, args: list[Any], executor: Executor | None = None) -> Any:
+        """Runs the function once: awaited if it is an ``async def``, else in a thread of
+        ``executor`` (None: the loop's default) with the caller's context variables."""
+        if self.is_async:
+            return await self.fn(*args)
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, lambda: ctx.run(self.fn, *args))
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
-from cairn.engine.local import LocalActivities, LocalActivityHandle, LocalOutcome, LocalRequest
+from cairn.engine.local import LocalActivities, LocalActivityHandle, LocalOutcome, LocalRequest, set_returned
 from cairn.engine.loop import WorkflowLoop
 from cairn.engine.signals import Messages
 from cairn.errors import (
@@ -158,12 +158,7 @@ class ActivityHandle(asyncio.Future[Any]):
             super().cancel(self._cancel_msg)
             return
         if event.type == h.ACTIVITY_COMPLETED:
-            try:
-                value = self._returns(event.data.get("result")) if self._returns else event.data.get("result")
-            except Exception as exc:
-                self.set_exception(exc)
-                return
-            self.set_result(value)
+            set_returned(self, self._returns, event.data.get("result"))
             return
         failure = event.data.get("failure") or {}
         cause = ApplicationError(
@@ -230,12 +225,7 @@ class ChildWorkflowHandle(asyncio.Future[Any]):
         if self.done():
             return
         if event.type == h.CHILD_WORKFLOW_COMPLETED:
-            try:
-                value = self._returns(data.get("result")) if self._returns else data.get("result")
-            except Exception as exc:
-                self.set_exception(exc)
-                return
-            self.set_result(value)
+            set_returned(self, self._returns, data.get("result"))
             return
         failure = data.get("failure") or {}
         status = str(data.get("status") or "failed")

@@ -87,6 +87,17 @@ class LocalOutcome:
         return data
 
 
+def set_returned(future: asyncio.Future[Any], returns: Callable[[Any], Any] | None, value: Any) -> None:
+    """Resolves a handle with a recorded result, validated by ``returns`` (the function's
+    return annotation) when given: a result that fails validation raises in the workflow."""
+    try:
+        out = returns(value) if returns else value
+    except Exception as exc:
+        future.set_exception(exc)
+        return
+    future.set_result(out)
+
+
 def is_local_marker(event: h.Event | None) -> bool:
     return event is not None and event.type == h.MARKER_RECORDED \
         and event.data.get("kind") == h.LOCAL_ACTIVITY_MARKER
@@ -127,12 +138,7 @@ class LocalActivityHandle(asyncio.Future[Any]):
             return
         failure = data.get("failure")
         if failure is None:
-            try:
-                value = self._returns(data.get("result")) if self._returns else data.get("result")
-            except Exception as exc:
-                self.set_exception(exc)
-                return
-            self.set_result(value)
+            set_returned(self, self._returns, data.get("result"))
             return
         cause = ApplicationError(str(failure.get("message", "")), type=str(failure.get("type") or "Error"),
                                  details=failure.get("details"), non_retryable=bool(failure.get("non_retryable")))

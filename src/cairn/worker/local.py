@@ -23,7 +23,6 @@ replay returns its outcome and the function never runs again for it.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from concurrent.futures import Executor
 from datetime import UTC, datetime
@@ -134,12 +133,7 @@ class LocalRunner:
         token = activity_api._current.set(info)
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
-                if definition.is_async:
-                    result = await definition.fn(*args)
-                else:
-                    ctx = contextvars.copy_context()
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self._threads, lambda: ctx.run(definition.fn, *args))
+                result = await definition.call(args, self._threads)
         finally:
             activity_api._current.reset(token)
         try:
