@@ -251,3 +251,20 @@ def test_history_tables_summarize_local_activity_markers():
         "local activity 2 say failed: ValueError: boom (attempts 3)"
     assert summarize(Event(5, h.MARKER_RECORDED, {**base, "failure": failure, "backoff": 4.0})) == \
         "local activity 2 say attempt 3 failed: ValueError: boom; retry in 4 s"
+
+
+def test_a_patch_marker_no_call_asks_for_any_more_is_stepped_over():
+    @workflow.defn(name="patched_then_local")
+    async def patched_then_local() -> str:
+        workflow.patched("old-change")
+        return str(await workflow.execute_local_activity(say, "p", start_to_close_timeout=T))
+
+    @workflow.defn(name="patched_then_local")
+    async def patch_removed() -> str:
+        return str(await workflow.execute_local_activity(say, "p", start_to_close_timeout=T))
+
+    d = Driver(patched_then_local)
+    d.activate()
+    run_locals(d, ok)
+    assert [e.data.get("kind") for e in d.history if e.type == h.MARKER_RECORDED] == ["patch", "local_activity"]
+    assert replay(definition_of(patch_removed), d.info, d.history).closed

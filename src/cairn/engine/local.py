@@ -194,7 +194,7 @@ class LocalActivities:
         inst = self.instance
         resolved = False
         while self._pending and not inst.closed:
-            event = recorded.get(inst.last_seq + 1)
+            event = recorded.get(_next_seq(recorded, inst.last_seq))
             if not is_local_marker(event):
                 break
             assert event is not None
@@ -217,7 +217,7 @@ class LocalActivities:
         if not self._pending or inst.closed:
             return
         handle = self._pending[min(self._pending)]
-        seq = inst.last_seq + 1
+        seq = _next_seq(recorded, inst.last_seq)
         event = recorded.get(seq)
         produced = h.Command(seq, h.MARKER_RECORDED, {"kind": h.LOCAL_ACTIVITY_MARKER, "local_seq": handle.local_seq,
                                                       "activity_type": handle.activity}).describe()
@@ -236,3 +236,12 @@ class LocalActivities:
         handle._timer = None
         if self._backing_off.pop(handle.local_seq, None) is not None and not handle.done():
             self._pending[handle.local_seq] = handle
+
+
+def _next_seq(recorded: dict[int, h.Event], last_seq: int) -> int:
+    """The seq of the next recorded command, past patch markers no call asked for (the
+    instance steps over them the same way when it records its next command)."""
+    seq = last_seq + 1
+    while (event := recorded.get(seq)) is not None and h.is_patch_marker(event):
+        seq += 1
+    return seq
