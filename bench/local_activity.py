@@ -10,8 +10,10 @@ activities (``workflow.execute_activity``), then as local activities
 (``workflow.execute_local_activity``), ``--rounds`` times each, alternating. For each mode
 it prints the median over rounds of the wall time per call (the workflow's start and
 result included, divided by its calls) and the database commits per call
-(``pg_stat_database.xact_commit`` of the bench database, the client's starts and the
-worker's idle polls included; the statistics are read after a flush).
+(``pg_stat_database.xact_commit`` of the bench database: each round starts a client and a
+worker and stops them, so that every session's statistics are flushed; the commits of a
+round without workflows, their start and stop, are subtracted; the worker's idle polls
+and the client's starts are included).
 """
 
 from __future__ import annotations
@@ -61,28 +63,33 @@ def _with_db(url: str, name: str) -> str:
 
 
 def commits(admin_url: str, name: str) -> int:
+    """The bench database's committed transactions, once every session on it has ended
+    (a backend flushes its statistics when it exits; an idle one only every 10 s)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_force_next_flush()")
+        for _ in range(200):
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.05)
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def one_round(client: Client, admin_url: str, name: str, fn: object, workflows: int,
-                    calls: int) -> tuple[float, float]:
-    """Runs the workflows one after another: (milliseconds per call, commits per call)."""
-    await asyncio.sleep(0.3)  # let the previous round's stragglers (closing NOTIFYs, polls) settle
+async def one_round(url: str, admin_url: str, name: str, fn: object, workflows: int,
+                    calls: int) -> tuple[float, int]:
+    """A worker and a client, started for the round and stopped after it, run the workflows
+    one after another: (seconds, commits), the workers' start and stop included."""
     before = commits(admin_url, name)
-    began = time.perf_counter()
-    for _ in range(workflows):
-        handle = await client.start(fn, calls, id=f"bench-{uuid.uuid4().hex}")  # type: ignore[call-overload]
-        assert await handle.result(timeout=60) == calls
-    elapsed = time.perf_counter() - began
-    # The commits made meanwhile, less the ones commits() itself made (one per call).
-    after = commits(admin_url, name) - 1
-    total = workflows * calls
-    return elapsed / total * 1e3, (after - before) / total
+    async with await Client.connect(url) as client, \
+            Worker(url, workflows=[normal_calls, local_calls], activities=[tiny]):
+        began = time.perf_counter()
+        for _ in range(workflows):
+            handle = await client.start(fn, calls, id=f"bench-{uuid.uuid4().hex}")  # type: ignore[call-overload]
+            assert await handle.result(timeout=60) == calls
+        elapsed = time.perf_counter() - began
+    return elapsed, commits(admin_url, name) - before
 
 
 async def main() -> None:
@@ -99,27 +106,24 @@ async def main() -> None:
         url = _with_db(admin_url, name)
         db.migrate(url)
         results: dict[str, list[tuple[float, float]]] = {"activity": [], "local activity": []}
-        client = await Client.connect(url)
-        try:
-            async with Worker(url, workflows=[normal_calls, local_calls], activities=[tiny]):
-                await one_round(client, admin_url, name, normal_calls, 2, 2)  # warm up both paths
-                await one_round(client, admin_url, name, local_calls, 2, 2)
-                for _ in range(args.rounds):
-                    results["activity"].append(
-                        await one_round(client, admin_url, name, normal_calls, args.workflows, args.calls))
-                    results["local activity"].append(
-                        await one_round(client, admin_url, name, local_calls, args.workflows, args.calls))
-        finally:
-            await client.close()
+        # What a round costs with no workflow: the client's and the worker's start and stop.
+        _, overhead = await one_round(url, admin_url, name, normal_calls, 0, 0)
+        await one_round(url, admin_url, name, normal_calls, 2, 2)  # warm up both paths
+        await one_round(url, admin_url, name, local_calls, 2, 2)
+        total = args.workflows * args.calls
+        for _ in range(args.rounds):
+            for mode, fn in (("activity", normal_calls), ("local activity", local_calls)):
+                seconds, n = await one_round(url, admin_url, name, fn, args.workflows, args.calls)
+                results[mode].append((seconds / total * 1e3, (n - overhead) / total))
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"{args.workflows} workflows x {args.calls} calls, one at a time, {args.rounds} rounds (median)")
-    print(f"{'mode':<16} {'ms/call':>8} {'commits/call':>13}")
+    print(f"{'mode':<16} {'ms/call':>8} {'commits/call':>13} {'commits/workflow':>17}")
     for mode, rows in results.items():
         ms = statistics.median(r[0] for r in rows)
         per = statistics.median(r[1] for r in rows)
-        print(f"{mode:<16} {ms:>8.3f} {per:>13.2f}")
+        print(f"{mode:<16} {ms:>8.3f} {per:>13.2f} {per * args.calls:>17.1f}")
     normal = statistics.median(r[0] for r in results["activity"])
     local = statistics.median(r[0] for r in results["local activity"])
     print(f"saving per call: {normal - local:.3f} ms ({normal / local:.1f}x faster)")
