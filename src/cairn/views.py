@@ -37,6 +37,8 @@ def summarize(e: Event) -> str:
     if e.type == "MarkerRecorded" and d.get("kind") == h.LOCAL_ACTIVITY_MARKER:
         what = f"local activity {d.get('local_seq')} {d.get('activity_type')}"
         f = d.get("failure") or {}
+        if "backoff" in d and not f:
+            return f"{what} put off to a later task (the task's time for local activities ran out)"
         if "backoff" in d:
             return f"{what} attempt {d.get('attempts')} failed: {f.get('type')}: {f.get('message')}; " \
                    f"retry in {d['backoff']:g} s"

@@ -4,6 +4,7 @@ timers, and replay from the markers (never running the function again)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -14,8 +15,10 @@ from cairn import ActivityError, InputValidationError, RetryPolicy, activity, wo
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
 from cairn.engine.instance import replay
-from cairn.engine.local import LocalOutcome, LocalRequest
-from cairn.errors import NonDeterminismError
+from cairn.engine.local import MIN_BACKOFF_SECONDS, LocalOutcome, LocalRequest
+from cairn.errors import NonDeterminismError, WorkflowTaskFailed
+from cairn.worker.local import LocalRunner
+from cairn.worker.wakes import Pools
 from cairn.workflow import definition_of
 
 from .harness import Driver, fired, kinds
@@ -62,6 +65,10 @@ async def three_calls_changed(name: str) -> list[str]:
 @workflow.defn(name="three_calls")
 async def three_calls_normal(name: str) -> list[str]:
     return [await workflow.execute_activity(say, name, start_to_close_timeout=T)]
+
+
+def definition_of_activity(fn: Any) -> activity.ActivityDefinition:
+    return fn.__cairn_activity__  # type: ignore[no-any-return]
 
 
 def run_locals(d: Driver, answer: Callable[[LocalRequest], LocalOutcome], ran: list[LocalRequest] | None = None,
@@ -251,6 +258,8 @@ def test_history_tables_summarize_local_activity_markers():
         "local activity 2 say failed: ValueError: boom (attempts 3)"
     assert summarize(Event(5, h.MARKER_RECORDED, {**base, "failure": failure, "backoff": 4.0})) == \
         "local activity 2 say attempt 3 failed: ValueError: boom; retry in 4 s"
+    assert summarize(Event(5, h.MARKER_RECORDED, {**base, "failure": None, "backoff": 0.001})) == \
+        "local activity 2 say put off to a later task (the task's time for local activities ran out)"
 
 
 def test_a_patch_marker_no_call_asks_for_any_more_is_stepped_over():
@@ -268,3 +277,35 @@ def test_a_patch_marker_no_call_asks_for_any_more_is_stepped_over():
     run_locals(d, ok)
     assert [e.data.get("kind") for e in d.history if e.type == h.MARKER_RECORDED] == ["patch", "local_activity"]
     assert replay(definition_of(patch_removed), d.info, d.history).closed
+
+
+async def test_the_runner_puts_requests_off_once_the_batch_budget_is_spent():
+    ran: list[str] = []
+
+    @activity.defn(name="say")
+    def say_and_count(name: str) -> str:
+        ran.append(name)
+        return f"hello {name}"
+
+    d = Driver(three_calls, "ann")
+    d.activate()
+    runner = LocalRunner({"say": definition_of_activity(say_and_count)}, "w", Pools())
+    now = time.monotonic()
+    [late] = await runner.run(d.instance, now=d.now.timestamp(), began=now, deadline=now - 1)
+    assert (late.local_seq, late.attempts, late.backoff, late.failure) == (1, 0, MIN_BACKOFF_SECONDS, None)
+    assert ran == []
+    [done] = await runner.run(d.instance, now=d.now.timestamp(), began=now, deadline=now + 5)
+    assert (done.result, done.attempts) == ("hello ann", 1)
+    assert ran == ["ann"]
+    # A later task puts it off the same way: a backoff marker, a timer, the same attempt next.
+    cmds = run_locals(d, lambda r: late)
+    assert kinds(cmds) == [(3, h.MARKER_RECORDED), (4, h.TIMER_STARTED)]
+    d.activate(fired(4), after=1)
+    assert d.instance.local_requests()[0].attempt == 1
+
+
+async def test_the_runner_fails_the_task_for_an_unregistered_activity():
+    d = Driver(three_calls, "ann")
+    d.activate()
+    with pytest.raises(WorkflowTaskFailed, match="'say' is not registered on this worker"):
+        await LocalRunner({}, "w", Pools()).run(d.instance, now=0.0, began=0.0, deadline=time.monotonic() + 5)
