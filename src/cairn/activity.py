@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -36,6 +37,14 @@ class ActivityDefinition:
     is_async: bool
     breaker: BreakerConfig | None = None  # with its name set: calls go through that breaker
 
+    async def call(self, args: list[Any], executor: Executor | None = None) -> Any:
+        """Runs the function once: awaited if it is an ``async def``, else in a thread of
+        ``executor`` (None: the loop's default) with the caller's context variables."""
+        if self.is_async:
+            return await self.fn(*args)
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, lambda: ctx.run(self.fn, *args))
+
 
 @dataclass
 class ActivityInfo:
@@ -58,10 +67,15 @@ class ActivityInfo:
     # The worker's connection pool, for built-in activities (the LLM chat activity's
     # breakers, rate limits and stream); user code should not rely on it.
     _pool: Any = field(default=None, repr=False)
+    # A local activity (workflow.execute_local_activity): ``seq`` is its local seq.
+    is_local: bool = False
 
     @property
     def idempotency_key(self) -> str:
-        """``<workflow_id>/<run_id>/<seq>``: the same on every attempt of this activity."""
+        """``<workflow_id>/<run_id>/<seq>``: the same on every attempt of this activity
+        (``<workflow_id>/<run_id>/local/<local seq>`` for a local activity)."""
+        if self.is_local:
+            return f"{self.workflow_id}/{self.run_id}/local/{self.seq}"
         return f"{self.workflow_id}/{self.run_id}/{self.seq}"
 
 

@@ -437,6 +437,9 @@ async def _check_history(conn: Conn, out: list[Violation]) -> None:
     for run_id, wid, seq, evs in await store.double_outcomes(conn):
         out.append(Violation("activity.double_completion", run_id, wid,
                              f"activity {seq} has {len(evs)} outcome events: {', '.join(evs)}"))
+    for run_id, wid, seq, evs in await store.double_local_outcomes(conn):
+        out.append(Violation("local_activity.double_outcome", run_id, wid,
+                             f"local activity {seq} has {len(evs)} final markers: {', '.join(evs)}"))
     for run_id, wid, seq, type_, ref, command in await store.unmatched_events(conn, {"kinds": json.dumps(_REFERENCES)}):
         out.append(Violation("history.unmatched", run_id, wid,
                              f"{type_} at seq {seq} refers to seq {ref}, which is not an earlier {command}"))

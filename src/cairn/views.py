@@ -34,6 +34,17 @@ def summarize(e: Event) -> str:
         return f"{what}: {d['status']}" if "status" in d else what
     if e.type == "MarkerRecorded" and d.get("kind") == h.PATCH_MARKER:
         return f"patch {d.get('patch_id')}" + (" (deprecated)" if d.get("deprecated") else "")
+    if e.type == "MarkerRecorded" and d.get("kind") == h.LOCAL_ACTIVITY_MARKER:
+        what = f"local activity {d.get('local_seq')} {d.get('activity_type')}"
+        f = d.get("failure") or {}
+        if "backoff" in d and not f:
+            return f"{what} put off to a later task (the task's time for local activities ran out)"
+        if "backoff" in d:
+            return f"{what} attempt {d.get('attempts')} failed: {f.get('type')}: {f.get('message')}; " \
+                   f"retry in {d['backoff']:g} s"
+        if "failure" in d:
+            return f"{what} failed: {f.get('type')}: {f.get('message')} (attempts {d.get('attempts')})"
+        return f"{what} -> {json.dumps(d.get('result'))} (attempts {d.get('attempts')})"
     if e.type == "ActivityCancelled":
         return f"activity {d.get('activity_seq')} cancelled" + ("" if d.get("started") else " before it started")
     if e.type == "ActivityCompleted" and isinstance(d.get("result"), dict) \

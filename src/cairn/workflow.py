@@ -18,6 +18,12 @@ from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from cairn.activity import validate_call
 from cairn.engine.instance import ActivityHandle, ChildWorkflowHandle, WorkflowDefinition, WorkflowInfo
+from cairn.engine.local import (
+    DEFAULT_LOCAL_RETRY_THRESHOLD_SECONDS,
+    LOCAL_ATTEMPT_MAX_SECONDS,
+    LOCAL_BUDGET_SECONDS,
+    LocalActivityHandle,
+)
 from cairn.engine.loop import WorkflowLoop, current_instance
 from cairn.errors import ContinueAsNewError, InputValidationError
 from cairn.options import (
@@ -41,6 +47,8 @@ __all__ = [
     "now", "patched", "random", "saga", "search_attributes", "sleep", "start_activity", "start_child_workflow",
     "unsafe_is_replaying", "upsert_search_attributes", "uuid4",
 ]
+# Local activities (their own section below).
+__all__ += ["LocalActivityHandle", "execute_local_activity", "start_local_activity"]
 # Messages: signals, wait conditions, queries (in their own section below).
 __all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
 
@@ -246,6 +254,82 @@ async def execute_activity(
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
         throttle_budget=throttle_budget,
+    )
+
+
+# ---------------------------------------------------------------- local activities
+
+
+def start_local_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    local_retry_threshold: timedelta | float | None = None,
+) -> LocalActivityHandle:
+    """Starts a local activity: an ``@activity.defn`` function the worker runs itself, inside
+    this workflow task, with no activity task and no queue round trip. Its outcome is
+    recorded as a ``MarkerRecorded {kind: "local_activity"}`` event in the task's
+    transaction, and replayed from it, never run again once recorded. It runs at least
+    once: a worker that dies before the task commits leaves it to run again.
+
+    Meant for short calls (an attempt may take at most 20 s: the task holds its claim
+    meanwhile). The activity must be registered on the workers of the workflow's queue.
+
+    Args:
+        activity: an ``@activity.defn`` function, or an activity type name.
+        args: the activity's arguments (JSON; recorded only in the marker's outcome).
+        start_to_close_timeout: the most one attempt may take (at most 20 s).
+        schedule_to_close_timeout: the most all attempts together may take, retries in
+            later tasks included.
+        retry_policy: how failed attempts are retried (default: unlimited, 1 s doubling).
+        local_retry_threshold: a retry that must wait longer than this (default 1 s)
+            waits for a durable timer and runs in a later workflow task.
+    """
+    inst = current_instance()
+    call = validate_call(
+        activity, args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=None,
+        retry_policy=retry_policy, queue=None,
+    )
+    options = call.options
+    attempt_limit = options["start_to_close_timeout"] or options["schedule_to_close_timeout"]
+    if attempt_limit > LOCAL_ATTEMPT_MAX_SECONDS:
+        raise InputValidationError(
+            f"local activity {call.name}: an attempt may take at most {LOCAL_ATTEMPT_MAX_SECONDS:g} s "
+            f"(start_to_close_timeout, else schedule_to_close_timeout; got {attempt_limit:g} s): "
+            "use workflow.execute_activity for longer calls")
+    threshold: Any = DEFAULT_LOCAL_RETRY_THRESHOLD_SECONDS if local_retry_threshold is None \
+        else local_retry_threshold.total_seconds() if isinstance(local_retry_threshold, timedelta) \
+        else local_retry_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+            or not 0 <= threshold <= LOCAL_BUDGET_SECONDS:
+        raise InputValidationError(
+            f"local activity {call.name}: local_retry_threshold must be between 0 and "
+            f"{LOCAL_BUDGET_SECONDS:g} seconds, got {local_retry_threshold!r}")
+    options = {k: v for k, v in options.items() if k != "heartbeat_timeout"}
+    options["local_retry_threshold"] = float(threshold)
+    return inst.schedule_local_activity(call.name, call.args, options, call.returns)
+
+
+async def execute_local_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    local_retry_threshold: timedelta | float | None = None,
+) -> Any:
+    """Runs a local activity and returns its result (see :func:`start_local_activity`).
+
+    Raises:
+        ActivityError: the activity failed for good; ``.cause`` has its type and message.
+    """
+    return await start_local_activity(
+        activity, *args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout, retry_policy=retry_policy,
+        local_retry_threshold=local_retry_threshold,
     )
 
 

@@ -53,18 +53,21 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProc]]:
         w.proc.wait(timeout=TIMEOUT)
 
 
+SIDE_TABLES = """
+    CREATE TABLE public.attempts (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key text NOT NULL, workflow_id text NOT NULL, label text NOT NULL,
+        attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE TABLE public.effects (
+        key text PRIMARY KEY, workflow_id text NOT NULL, label text NOT NULL,
+        attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+"""
+
+
 @pytest.fixture
 def side_tables(db_url: str) -> str:
     """Creates the tables ``flows.py`` activities record attempts and effects in."""
-    query(db_url, """
-        CREATE TABLE public.attempts (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            key text NOT NULL, workflow_id text NOT NULL, label text NOT NULL,
-            attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-        CREATE TABLE public.effects (
-            key text PRIMARY KEY, workflow_id text NOT NULL, label text NOT NULL,
-            attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-    """)
+    query(db_url, SIDE_TABLES)
     return db_url
 
 

@@ -99,9 +99,10 @@ _IDENTITY_KEYS = {
     ACTIVITY_SCHEDULED: ("activity_type",),
     ACTIVITY_CANCEL_REQUESTED: ("activity_seq",),
     TIMER_CANCELLED: ("timer_seq",),
-    # Saga markers are told apart by kind/event, patch markers by kind/patch_id; a key a
-    # marker does not have is None on both sides.
-    MARKER_RECORDED: ("kind", "event", "patch_id"),
+    # Saga markers are told apart by kind/event, patch markers by kind/patch_id, local
+    # activity markers by kind/local_seq/activity_type; a key a marker does not have is
+    # None on both sides.
+    MARKER_RECORDED: ("kind", "event", "patch_id", "local_seq", "activity_type"),
     UPSERT_SEARCH_ATTRIBUTES: ("search_attributes",),
     CHILD_WORKFLOW_SCHEDULED: ("workflow_type", "workflow_id"),
     CHILD_WORKFLOW_CANCEL_REQUESTED: ("child_seq",),
@@ -110,6 +111,8 @@ _IDENTITY_KEYS = {
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"
 SAGA_MARKER = "saga"  # the kind of the markers a saga records (cairn.saga)
+# The kind of a local activity's marker (cairn.engine.local): its outcome, or a backoff.
+LOCAL_ACTIVITY_MARKER = "local_activity"
 
 
 def as_stored(value: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 from cairn.engine import history as h
 from cairn.engine.history import Command, Event
+from cairn.engine.local import LocalActivities, LocalActivityHandle, LocalOutcome, LocalRequest, set_returned
 from cairn.engine.loop import WorkflowLoop
 from cairn.engine.signals import Messages
 from cairn.errors import (
@@ -157,12 +158,7 @@ class ActivityHandle(asyncio.Future[Any]):
             super().cancel(self._cancel_msg)
             return
         if event.type == h.ACTIVITY_COMPLETED:
-            try:
-                value = self._returns(event.data.get("result")) if self._returns else event.data.get("result")
-            except Exception as exc:
-                self.set_exception(exc)
-                return
-            self.set_result(value)
+            set_returned(self, self._returns, event.data.get("result"))
             return
         failure = event.data.get("failure") or {}
         cause = ApplicationError(
@@ -229,12 +225,7 @@ class ChildWorkflowHandle(asyncio.Future[Any]):
         if self.done():
             return
         if event.type == h.CHILD_WORKFLOW_COMPLETED:
-            try:
-                value = self._returns(data.get("result")) if self._returns else data.get("result")
-            except Exception as exc:
-                self.set_exception(exc)
-                return
-            self.set_result(value)
+            set_returned(self, self._returns, data.get("result"))
             return
         failure = data.get("failure") or {}
         status = str(data.get("status") or "failed")
@@ -287,6 +278,7 @@ class WorkflowInstance:
         # by one of these exceptions reports the compensations.
         self.saga_outcomes: list[tuple[BaseException, dict[str, Any]]] = []
         self.messages = Messages(self)  # signals, wait conditions, queries
+        self.locals = LocalActivities(self)  # local activities (cairn.engine.local)
         # While replaying one batch: its recorded command events by seq (see replay());
         # None when the code runs live. workflow.patched() looks ahead in it.
         self._recorded: dict[int, Event] | None = None
@@ -314,6 +306,31 @@ class WorkflowInstance:
             self._main = self.loop.create_task(self._run_main(), name=f"workflow {self.info.workflow_id}")
         for event in inputs:
             self._apply(event)
+        self._settle()
+        if self._recorded is not None:  # replaying: local activities resolve from their markers
+            while self.locals.resolve_recorded(self._recorded):
+                self._settle()
+            self.locals.check_replayed(self._recorded)
+        return self._commands
+
+    def local_requests(self) -> list[LocalRequest]:
+        """The local activities the worker must run before this task is recorded."""
+        return self.locals.requests()
+
+    def resolve_local_activities(self, outcomes: list[LocalOutcome]) -> list[Command]:
+        """Records the outcomes of the requests the worker ran (markers, see
+        ``cairn.engine.local``) and runs the code until it blocks again; returns the
+        commands this added to the activation's.
+
+        Raises:
+            WorkflowTaskFailed: the code hit a bug.
+        """
+        start = len(self._commands)
+        self.locals.resolve(outcomes)
+        self._settle()
+        return self._commands[start:]
+
+    def _settle(self) -> None:
         self.violation = None
         try:
             self.messages.settle()  # run_until_blocked, then the wait conditions
@@ -323,7 +340,6 @@ class WorkflowInstance:
             # Caught and swallowed by the code (``except Exception``): still a bug.
             raise WorkflowTaskFailed(self.violation)
         self._check_main()
-        return self._commands
 
     async def _run_main(self) -> Any:
         args = self.definition.signature.validate_args(self.args, f"workflow {self.definition.name}")
@@ -421,6 +437,15 @@ class WorkflowInstance:
         handle = ActivityHandle(self, seq, name, returns, cancellation_type)
         self._activities[seq] = handle
         return handle
+
+    def schedule_local_activity(self, name: str, args: list[Any], options: dict[str, Any],
+                                returns: Any) -> LocalActivityHandle:
+        """A local activity request: nothing is recorded until the worker has run it."""
+        if self.messages.querying:
+            raise DeterminismViolation("a query handler must be read-only, but it tried to run a local activity")
+        if self.closed:
+            raise DeterminismViolation("the workflow has already closed")
+        return self.locals.schedule(name, args, options, returns)
 
     def cancel_activity(self, seq: int, *, wait: bool = False) -> None:
         """Records ``ActivityCancelRequested``; with ``wait`` the handle stays registered

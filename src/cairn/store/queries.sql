@@ -1448,3 +1448,16 @@ LEFT JOIN LATERAL (SELECT seq, type FROM cairn.history h WHERE h.run_id = r.run_
        ON true
 WHERE r.run_id = (SELECT run_id FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
                   ORDER BY run_id DESC LIMIT 1)
+
+-- ==== local activities ====
+
+-- name: verify_double_local_outcomes
+-- Local activities with more than one final marker (a result or a failure, not a backoff):
+-- a GROUP BY over the local_activity markers of each run.
+SELECT h.run_id::text, r.workflow_id, (h.data ->> 'local_seq')::int AS local_seq,
+       array_agg(h.type || '@' || h.seq ORDER BY h.seq) AS events
+FROM cairn.history h LEFT JOIN cairn.runs r ON r.run_id = h.run_id
+WHERE h.type = 'MarkerRecorded' AND h.data ->> 'kind' = 'local_activity' AND NOT h.data ? 'backoff'
+GROUP BY h.run_id, r.workflow_id, h.data ->> 'local_seq'
+HAVING count(*) > 1
+ORDER BY h.run_id, 3

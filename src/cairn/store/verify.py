@@ -242,6 +242,11 @@ async def double_outcomes(conn: Conn) -> list[DoubleOutcome]:
     return _as(DoubleOutcome, await _rows(conn, q("verify_double_outcomes")))
 
 
+async def double_local_outcomes(conn: Conn) -> list[DoubleOutcome]:
+    """(run_id, workflow_id, local seq, events) of local activities with more than one final marker."""
+    return _as(DoubleOutcome, await _rows(conn, q("verify_double_local_outcomes")))
+
+
 async def unmatched_events(conn: Conn, params: dict[str, Any]) -> list[UnmatchedEvent]:
     """(run_id, workflow_id, seq, type, referenced seq, command) of outcomes with no command."""
     return _as(UnmatchedEvent, await _rows(conn, q("verify_unmatched_events"), params))

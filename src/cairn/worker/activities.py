@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import random
 import time
@@ -214,12 +213,7 @@ class ActivityRunner:
                         timeout, timeout_error = _attempt_timeout(options, row)
                         async with breaker_guard(self._pools.activity, definition), \
                                 asyncio.timeout(timeout) as limit:
-                            if definition.is_async:
-                                result = await definition.fn(*args)
-                            else:
-                                ctx = contextvars.copy_context()
-                                result = await asyncio.get_running_loop().run_in_executor(
-                                    self._threads, lambda: ctx.run(definition.fn, *args))
+                            result = await definition.call(args, self._threads)
                     finally:
                         activity_api._current.reset(token)
                     try:

@@ -160,6 +160,8 @@ class OutcomeDeliverer:
                 # Data as a replay will read it back from jsonb (key order, numbers).
                 inputs = [Event(last_seq + 2 + i, o["type"], h.as_stored(o["data"])) for i, o in enumerate(outcomes)]
                 commands = inst.activate(marker, inputs)
+                if inst.local_requests():  # local activities run in the locked way (cairn.worker.local)
+                    raise LookupError(run_id)
                 events = [marker, *inputs, *(c.as_event() for c in commands)]
                 if check_history_length(events, inst.info.workflow_id, run_id) is not None:
                     raise LookupError(run_id)  # the locked way fails the task with the advice

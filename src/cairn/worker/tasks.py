@@ -18,9 +18,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 
 from cairn import telemetry as _telemetry
+from cairn.activity import ActivityDefinition
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
 from cairn.engine.instance import WorkflowInstance, failure_of, replay
+from cairn.engine.local import LOCAL_BUDGET_SECONDS
 from cairn.errors import Deadlock, Refused, UnknownWorkflowType, WorkflowTaskFailed
 from cairn.store import lifecycle as _lifecycle
 from cairn.store import tasks as store
@@ -30,6 +32,7 @@ from cairn.store.transactions import connection, transaction
 from cairn.telemetry import tracer
 from cairn.worker.cache import Cache
 from cairn.worker.claims import ClaimPairs
+from cairn.worker.local import LocalRunner
 from cairn.worker.slots import Slots
 from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, loop_failed
@@ -97,7 +100,7 @@ class TaskRunner:
     """Claims, runs and records workflow tasks (see the module docstring)."""
 
     def __init__(self, *, pools: Pools, cache: Cache, stats: WorkerStats, slots: Slots, wakes: Wakes,
-                 workflows: dict[str, WorkflowDefinition], activity_types: frozenset[str], queues: list[str],
+                 workflows: dict[str, WorkflowDefinition], activities: dict[str, ActivityDefinition], queues: list[str],
                  namespace: str, identity: str, lease_seconds: float,
                  spawn: Callable[[list[Attempt]], None], first_tasks_recorded: Callable[[], None]) -> None:
         self._pools = pools
@@ -106,7 +109,8 @@ class TaskRunner:
         self._slots = slots
         self._wakes = wakes
         self._workflows = workflows
-        self._activity_types = activity_types
+        self._activity_types = frozenset(activities)
+        self._locals = LocalRunner(activities, identity, pools)
         self._queues = queues
         self._namespace = namespace
         self._identity = identity
@@ -214,16 +218,19 @@ class TaskRunner:
         """
         activations = []
         closed: list[Counted] = []
+        # The batch's time for local activities: its claim is held meanwhile.
+        deadline = time.monotonic() + LOCAL_BUDGET_SECONDS
         for task in tasks:
-            p = await self._activate(conn, task, closed)
+            p = await self._activate(conn, task, closed, deadline)
             if p is not None:
                 activations.append(p)
         batch = await self.record_batch(conn, activations)
         batch.counted += closed
         return batch
 
-    async def _activate(self, conn: Conn, task: TaskState, closed: list[Counted]) -> Activation | None:
-        """Runs one task's workflow code (from the cache, or replayed); None if nothing is
+    async def _activate(self, conn: Conn, task: TaskState, closed: list[Counted], deadline: float) -> Activation | None:
+        """Runs one task's workflow code (from the cache, or replayed) and its local
+        activities (until ``deadline``, see ``cairn.worker.local``); None if nothing is
         left to record for it (the run is closed, the task failed, or it closed without
         code: then counted in ``closed``)."""
         run_id = task.run_id
@@ -254,6 +261,9 @@ class TaskRunner:
                            {"time": now.timestamp(), "worker": self._identity})
             inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(inbox)]
             commands = inst.activate(marker, inputs)
+            while inst.local_requests():  # local activities: run here, recorded with the task
+                outcomes = await self._locals.run(inst, now=now.timestamp(), began=began, deadline=deadline)
+                commands = [*commands, *inst.resolve_local_activities(outcomes)]
         except (WorkflowTaskFailed, UnknownWorkflowType) as exc:
             self._cache.evict(run_id)
             span = task_span(task, inst.trace if inst is not None else task.started, began_ns)

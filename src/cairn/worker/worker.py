@@ -170,7 +170,7 @@ class Worker:
             namespace=self.namespace, identity=self.identity, lease_seconds=lease_seconds, rng=rng)
         self._workflow_tasks = TaskRunner(
             pools=pools, stats=stats, wakes=wakes, cache=cache, slots=slots, workflows=self.workflows,
-            activity_types=frozenset(self.activities), queues=self.queues, namespace=self.namespace,
+            activities=self.activities, queues=self.queues, namespace=self.namespace,
             identity=self.identity, lease_seconds=lease_seconds, spawn=self._activities.spawn,
             first_tasks_recorded=self._answers.first_tasks_recorded)
         self._deliverer = OutcomeDeliverer(
