@@ -1448,3 +1448,44 @@ LEFT JOIN LATERAL (SELECT seq, type FROM cairn.history h WHERE h.run_id = r.run_
        ON true
 WHERE r.run_id = (SELECT run_id FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
                   ORDER BY run_id DESC LIMIT 1)
+
+-- ==== asynchronous activity completion ====
+
+-- name: activity_token_key
+-- The key that signs task tokens (HMAC-SHA256), made by migration 0014.
+SELECT key FROM cairn.activity_token_keys
+
+-- name: detach_activity
+-- activity.raise_complete_async(): the attempt (fenced by its token, still leased to this
+-- worker) stops depending on its worker. The lease no longer lapses ('infinity'), and the
+-- owner becomes 'async:<worker>', which no worker's renewal matches; the attempt's
+-- deadlines (start-to-close, heartbeat, schedule-to-close) stay, so timeout_at and the
+-- reaper still end it if its outside system never answers.
+UPDATE cairn.activity_tasks
+SET lease_owner = 'async:' || lease_owner, lease_expires_at = 'infinity'
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s AND lease_owner = %(worker)s
+
+-- name: lock_activity_attempt
+-- The client's completion by task token: the activity's open row, locked until the
+-- outcome (or heartbeat) is written, so neither the reaper nor a worker changes it in
+-- between; no row when the activity has no open attempt.
+SELECT token, attempt, activity_type, options, cancel_requested, lease_owner, workflow_id,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.activity_tasks
+WHERE run_id = %(run_id)s AND seq = %(seq)s
+FOR UPDATE
+
+-- name: activity_run_status
+-- The status of the run a task token names (for the error of a token with no open attempt).
+SELECT status FROM cairn.runs WHERE run_id = %(run_id)s
+
+-- name: heartbeat_activity_by_token
+-- An outside system's heartbeat of an attempt (fenced by its token): records the details
+-- and pushes the heartbeat deadline on by the activity's heartbeat timeout; returns
+-- whether the workflow asked the activity to stop.
+UPDATE cairn.activity_tasks
+SET heartbeat_details = %(details)s, heartbeat_at = coalesce(%(now)s::timestamptz, now()),
+    heartbeat_deadline = coalesce(%(now)s::timestamptz, now())
+        + ((options ->> 'heartbeat_timeout')::float8 * interval '1 second')
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+RETURNING cancel_requested

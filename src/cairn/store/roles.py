@@ -10,8 +10,10 @@ worker     runs workflow and activity tasks: SELECT on every table, and exactly 
            only INSERT on ``history`` (append-only, enforced by the database, not only by the
            code), nothing on ``schema_versions``.
 client     starts, signals, queries, cancels, terminates, resets, retries: SELECT on every
-           table and its statements' writes; no UPDATE on ``activity_tasks`` (it cannot lease
-           or complete an attempt), no writes to the worker-side tables (the type registry,
+           table and its statements' writes; on ``activity_tasks`` UPDATE of only the columns
+           an outside system's heartbeat or failure by task token writes
+           (:data:`COLUMN_UPDATES`: not ``attempt``, ``input`` or ``options``), no writes to
+           the worker-side tables (the type registry,
            breakers, rate limits), no DELETE on ``runs``.
 readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``).
 =========  ==================================================================================
@@ -75,11 +77,20 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "history": ("INSERT",),
         "inbox": ("INSERT", "DELETE"),
         "workflow_tasks": ("INSERT", "UPDATE", "DELETE"),
-        "activity_tasks": ("INSERT", "DELETE"),  # no UPDATE: cannot lease an attempt
+        # UPDATE of COLUMN_UPDATES' columns only: heartbeats and retries by task token
+        "activity_tasks": ("INSERT", "UPDATE", "DELETE"),
         "timers": ("INSERT", "DELETE"),
         "query_requests": ("INSERT", "DELETE"),
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
     },
+}
+
+# Where a role's UPDATE is granted on some columns only: the client heartbeats and retries an
+# attempt by its task token (store/completions.py), and writes nothing else of the row.
+COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "client": {"activity_tasks": ("token", "lease_owner", "lease_expires_at", "attempt_deadline",
+                                  "heartbeat_deadline", "heartbeat_details", "heartbeat_at", "available_at",
+                                  "last_failure")},
 }
 
 
@@ -137,8 +148,12 @@ def create_roles(url: str, plan: RolePlan) -> dict[str, Any]:
                 conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA cairn FROM {}").format(role))
                 for table in tables:
                     privs = privileges(kind, table)
+                    columns = COLUMN_UPDATES.get(kind, {}).get(table)
                     conn.execute(sql.SQL("GRANT {} ON cairn.{} TO {}").format(
-                        sql.SQL(", ").join(sql.SQL(p) for p in privs), sql.Identifier(table), role))
+                        sql.SQL(", ").join(
+                            sql.SQL("UPDATE ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+                            if p == "UPDATE" and columns else sql.SQL(p) for p in privs),
+                        sql.Identifier(table), role))
                     report["tables"].setdefault(table, {})[kind] = list(privs)
                 if kind != "readonly":  # identity columns (inbox ids, breaker events)
                     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA cairn TO {}").format(role))
