@@ -1457,12 +1457,13 @@ SELECT key FROM cairn.activity_token_keys
 
 -- name: detach_activity
 -- activity.raise_complete_async(): the attempt (fenced by its token, still leased to this
--- worker) stops depending on its worker. The lease no longer lapses ('infinity'), and the
--- owner becomes 'async:<worker>', which no worker's renewal matches; the attempt's
--- deadlines (start-to-close, heartbeat, schedule-to-close) stay, so timeout_at and the
--- reaper still end it if its outside system never answers.
+-- worker) stops depending on its worker. The owner becomes 'async:<worker>', which no
+-- worker's renewal matches, and the lease runs to the attempt's own deadline (start-to-close,
+-- else schedule-to-close: one is always set), so it never lapses first; the deadlines stay,
+-- so timeout_at and the reaper still end the attempt if its outside system never answers.
 UPDATE cairn.activity_tasks
-SET lease_owner = 'async:' || lease_owner, lease_expires_at = 'infinity'
+SET lease_owner = 'async:' || lease_owner,
+    lease_expires_at = coalesce(attempt_deadline, schedule_deadline, lease_expires_at)
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s AND lease_owner = %(worker)s
 
 -- name: lock_activity_attempt

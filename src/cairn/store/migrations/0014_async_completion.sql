@@ -7,9 +7,10 @@
 -- pointed at another attempt. The key is random (gen_random_uuid draws from the server's
 -- strong random source), made once here, and never leaves the database but to sign and
 -- check tokens. An attempt waiting for its outside completion keeps its row in
--- activity_tasks, with lease_owner 'async:<worker>' and lease_expires_at 'infinity': no
--- worker renews it, the deadlines (start-to-close, heartbeat, schedule-to-close) still
--- apply through timeout_at, and the reaper retries or fails it when one passes.
+-- activity_tasks, with lease_owner 'async:<worker>' and its lease running to its own
+-- deadline: no worker renews it, the deadlines (start-to-close, heartbeat,
+-- schedule-to-close) still apply through timeout_at, and the reaper retries or fails it
+-- when one passes.
 
 CREATE TABLE cairn.activity_token_keys (
     id  boolean PRIMARY KEY DEFAULT true,
