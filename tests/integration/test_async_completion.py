@@ -14,14 +14,18 @@ import pytest
 from cairn import (
     ActivityError,
     AsyncActivityCancelled,
+    Client,
     InputValidationError,
     RetryPolicy,
     StaleTaskToken,
     activity,
     workflow,
 )
+from cairn.store import roles
 from cairn.sync import SyncClient
-from support import bad_input, cairn_in_thread, events, ok, wait_until
+from support import bad_input, cairn_in_thread, events, ok, running_worker, wait_until
+
+from .test_security import as_role, attempt, role_set
 
 FAST_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.05), backoff_coefficient=1.0, jitter=0.0,
                          maximum_attempts=2)
@@ -216,3 +220,21 @@ async def test_sync_client_and_cli(client, start_worker, db_url, sql):
     ok(await cairn_in_thread(db_url, "activity", "complete", second, "--input", '"by the cli"'))
     await handle.signal("finish")
     assert await handle.result(timeout=20) == "by the cli"
+
+
+async def test_the_client_role_completes_by_token_and_writes_nothing_else(db_url):
+    with role_set(db_url) as names:
+        await asyncio.to_thread(roles.create_roles, db_url, roles.RolePlan(names=names))
+        worker_url, client_url = as_role(db_url, names["worker"]), as_role(db_url, names["client"])
+        async with running_worker(worker_url, workflows=[waits_outside], activities=[hand_out]), \
+                await Client.connect(client_url) as client:
+            handle = await client.start(waits_outside, "roles", id="async-roles")
+            first = await _token("roles")
+            await client.heartbeat_activity(first, "beat")
+            assert await client.fail_activity(first, "once") == "retrying"
+            await client.complete_activity(await _token("roles", 2), "as the client role")
+            await handle.signal("finish")
+            assert await handle.result(timeout=20) == "as the client role"
+        for statement in ("UPDATE cairn.activity_tasks SET input = input", "UPDATE cairn.activity_tasks SET "
+                          "attempt = attempt", "UPDATE cairn.activity_token_keys SET key = key"):
+            assert attempt(client_url, statement) == "denied", statement
