@@ -180,15 +180,16 @@ class ActivityRunner:
                 running.told = True
                 raise asyncio.CancelledError("the activity was cancelled")
 
-        if self._token_key is None:
-            self._token_key = await store.token_key(self._pools.main())
+        task_token = await self._task_token(running)
+        if task_token is None:
+            return  # the database is away: the lease lapses and the reaper retries the attempt
         info = ActivityInfo(
             activity_type=name, workflow_id=row.workflow_id, workflow_type=row.workflow_type,
             run_id=running.run_id, seq=running.seq, attempt=row.attempt, queue=row.queue,
             scheduled_at=row.scheduled_at, started_at=row.started_at,
             deadline=row.attempt_deadline, heartbeat_details=row.heartbeat_details, _beat=beat,
             worker=self._identity,
-            task_token=activity_api.make_task_token(self._token_key, running.run_id, running.seq, running.token),
+            task_token=task_token,
             _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pools.activity,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
@@ -290,6 +291,21 @@ class ActivityRunner:
                     del self._running[key]
                 span.set_attribute("cairn.outcome", outcome)
                 _telemetry.activity_duration.record(time.monotonic() - began, {"activity": name, "outcome": outcome})
+
+    async def _task_token(self, running: _Running) -> str | None:
+        """The attempt's task token (the database's key is read at the first attempt); None,
+        and the attempt dropped, if the key cannot be read."""
+        if self._token_key is None:
+            pool = self._pools.main()
+            try:
+                self._token_key = await self._outlasting_outages(lambda: store.token_key(pool))
+            except Exception:
+                log.exception("could not read the task-token key; activity %d of run %s dropped", running.seq,
+                              running.run_id)
+                if self._running.get((running.run_id, running.seq)) is running:
+                    del self._running[(running.run_id, running.seq)]
+                return None
+        return activity_api.make_task_token(self._token_key, running.run_id, running.seq, running.token)
 
     async def _detach(self, running: _Running, extra: dict[str, Any]) -> None:
         """activity.raise_complete_async(): the attempt stays open, no longer tied to this
