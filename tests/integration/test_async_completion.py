@@ -236,5 +236,6 @@ async def test_the_client_role_completes_by_token_and_writes_nothing_else(db_url
             await handle.signal("finish")
             assert await handle.result(timeout=20) == "as the client role"
         for statement in ("UPDATE cairn.activity_tasks SET input = input", "UPDATE cairn.activity_tasks SET "
-                          "attempt = attempt", "UPDATE cairn.activity_token_keys SET key = key"):
+                          "attempt = attempt", "UPDATE cairn.activity_token_keys SET key = key",
+                          "UPDATE cairn.activity_tasks SET lease_owner = lease_owner"):
             assert attempt(client_url, statement) == "denied", statement

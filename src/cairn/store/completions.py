@@ -5,7 +5,8 @@ Each call is one transaction: the token's MAC is checked against the database's 
 activity's row is locked (neither the reaper nor a worker changes it until the commit), and
 the write is fenced by the token's attempt, so a stale token writes nothing. An outcome
 goes the inbox way (``complete_activity``), as any worker's that cannot run the workflow
-task itself.
+task itself; a retry deletes and re-inserts the row (the client role updates only the
+heartbeat columns).
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ async def record(conn: Conn, attempt: OpenAttempt, event_type: str, data: dict[s
 
 
 async def retry(conn: Conn, attempt: OpenAttempt, *, delay: float, failure: dict[str, Any]) -> bool:
-    """Puts the failed attempt back after ``delay`` (``retry_activity``); False if that would
-    pass its schedule-to-close deadline."""
-    cur = await conn.execute(q("retry_activity"), {
+    """Puts the failed attempt back after ``delay`` (``retry_activity_by_token``); False if
+    that would pass its schedule-to-close deadline."""
+    cur = await conn.execute(q("retry_activity_by_token"), {
         "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": None, "delay": delay,
-        "failure": Jsonb(failure), "beat": False, "details": None})
+        "failure": Jsonb(failure)})
     return await cur.fetchone() is not None
 
 

@@ -1490,3 +1490,28 @@ SET heartbeat_details = %(details)s, heartbeat_at = coalesce(%(now)s::timestampt
         + ((options ->> 'heartbeat_timeout')::float8 * interval '1 second')
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 RETURNING cancel_requested
+
+-- name: retry_activity_by_token
+-- An outside system's failure by task token, to be retried: as retry_activity (fenced by
+-- the token, which it bumps; no row when the retry would start at or past the
+-- schedule-to-close deadline), written as a delete and a re-insert of the row, so that the
+-- client role needs no UPDATE of the lease columns (it cannot lease an attempt).
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), old AS (
+    DELETE FROM cairn.activity_tasks a USING c
+    WHERE a.run_id = %(run_id)s AND a.seq = %(seq)s AND a.token = %(token)s
+      AND (a.schedule_deadline IS NULL OR c.now + %(delay)s * interval '1 second' < a.schedule_deadline)
+    RETURNING a.*
+), ins AS (
+    INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
+        activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds)
+    SELECT o.run_id, o.namespace, o.seq, o.workflow_id, o.workflow_type, o.workflow_queue, o.activity_type,
+           o.queue, o.input, o.options, o.attempt, o.token + 1, o.scheduled_at,
+           c.now + %(delay)s * interval '1 second', o.schedule_deadline, o.heartbeat_details, o.heartbeat_at,
+           %(failure)s, o.cancel_requested, o.throttled_seconds
+    FROM old o, c
+    RETURNING queue
+)
+SELECT queue FROM ins

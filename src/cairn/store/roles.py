@@ -10,10 +10,9 @@ worker     runs workflow and activity tasks: SELECT on every table, and exactly 
            only INSERT on ``history`` (append-only, enforced by the database, not only by the
            code), nothing on ``schema_versions``.
 client     starts, signals, queries, cancels, terminates, resets, retries: SELECT on every
-           table and its statements' writes; on ``activity_tasks`` UPDATE of only the columns
-           an outside system's heartbeat or failure by task token writes
-           (:data:`COLUMN_UPDATES`: not ``attempt``, ``input`` or ``options``), no writes to
-           the worker-side tables (the type registry,
+           table and its statements' writes; on ``activity_tasks`` UPDATE of only the
+           heartbeat columns (:data:`COLUMN_UPDATES`: a heartbeat by task token), so it cannot
+           lease an attempt, no writes to the worker-side tables (the type registry,
            breakers, rate limits), no DELETE on ``runs``.
 readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``).
 =========  ==================================================================================
@@ -77,7 +76,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "history": ("INSERT",),
         "inbox": ("INSERT", "DELETE"),
         "workflow_tasks": ("INSERT", "UPDATE", "DELETE"),
-        # UPDATE of COLUMN_UPDATES' columns only: heartbeats and retries by task token
+        # UPDATE of COLUMN_UPDATES' columns only: heartbeats by task token
         "activity_tasks": ("INSERT", "UPDATE", "DELETE"),
         "timers": ("INSERT", "DELETE"),
         "query_requests": ("INSERT", "DELETE"),
@@ -85,12 +84,11 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-# Where a role's UPDATE is granted on some columns only: the client heartbeats and retries an
-# attempt by its task token (store/completions.py), and writes nothing else of the row.
+# Where a role's UPDATE is granted on some columns only: the client heartbeats an attempt by
+# its task token (store/completions.py; its retry by token deletes and re-inserts the row),
+# and updates nothing else of the row: it cannot lease an attempt.
 COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "client": {"activity_tasks": ("token", "lease_owner", "lease_expires_at", "attempt_deadline",
-                                  "heartbeat_deadline", "heartbeat_details", "heartbeat_at", "available_at",
-                                  "last_failure")},
+    "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline")},
 }
 
 
