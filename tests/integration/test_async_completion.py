@@ -154,6 +154,27 @@ async def test_start_to_close_timeout_applies(client, start_worker):
                                                "retry_state": "maximum_attempts"}
 
 
+@workflow.defn
+async def waits_outside_briefly(key: str) -> Any:
+    try:
+        return await workflow.execute_activity(hand_out, key, schedule_to_close_timeout=1.0,
+                                               retry_policy=FAST_RETRY)
+    except ActivityError as exc:
+        return {"error": exc.cause.type if exc.cause else None, "attempts": exc.attempts,
+                "retry_state": exc.retry_state}
+
+
+async def test_schedule_to_close_timeout_applies(client, start_worker):
+    await start_worker(workflows=[waits_outside_briefly], activities=[hand_out])
+    handle = await client.start(waits_outside_briefly, "s2c", id="async-s2c")
+    token = await _token("s2c")
+    assert await handle.result(timeout=20) == {"error": "ScheduleToCloseTimeout", "attempts": 1,
+                                               "retry_state": "schedule_to_close_timeout"}
+    with pytest.raises(StaleTaskToken) as closed:
+        await client.complete_activity(token, "too late")
+    assert closed.value.reason == "run_closed"
+
+
 async def test_bad_and_forged_tokens_are_refused(client, start_worker, sql):
     await start_worker(workflows=[waits_outside], activities=[hand_out])
     handle = await client.start(waits_outside, "forged", id="async-forged")
