@@ -260,3 +260,6 @@ async def test_the_client_role_completes_by_token_and_writes_nothing_else(db_url
                           "attempt = attempt", "UPDATE cairn.activity_token_keys SET key = key",
                           "UPDATE cairn.activity_tasks SET lease_owner = lease_owner"):
             assert attempt(client_url, statement) == "denied", statement
+        # Dashboards (the readonly role) cannot read the key that signs tokens.
+        assert attempt(as_role(db_url, names["readonly"]), "SELECT key FROM cairn.activity_token_keys") == "denied"
+        assert attempt(as_role(db_url, names["readonly"]), "SELECT count(*) FROM cairn.activity_tasks") == "ok"

@@ -14,7 +14,8 @@ client     starts, signals, queries, cancels, terminates, resets, retries: SELEC
            heartbeat columns (:data:`COLUMN_UPDATES`: a heartbeat by task token), so it cannot
            lease an attempt, no writes to the worker-side tables (the type registry,
            breakers, rate limits), no DELETE on ``runs``.
-readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``).
+readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``), and not
+           on :data:`SECRET_TABLES` (the task-token key).
 =========  ==================================================================================
 
 ``WRITES`` is what the statements need, derived by asking Postgres:
@@ -111,8 +112,15 @@ class RolePlan:
                 raise InputValidationError(f"--{kind}-password-env names {env!r}, which is not set")
 
 
+# Tables only the roles that use them may read: the key that signs task tokens (the worker
+# signs, the client checks), not dashboards.
+SECRET_TABLES = frozenset({"activity_token_keys"})
+
+
 def privileges(kind: str, table: str) -> tuple[str, ...]:
     """The table privileges a role kind gets on ``cairn.<table>``."""
+    if kind == "readonly" and table in SECRET_TABLES:
+        return ()
     return ("SELECT", *WRITES.get(kind, {}).get(table, ()))
 
 
@@ -146,13 +154,15 @@ def create_roles(url: str, plan: RolePlan) -> dict[str, Any]:
                 conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA cairn FROM {}").format(role))
                 for table in tables:
                     privs = privileges(kind, table)
+                    report["tables"].setdefault(table, {})[kind] = list(privs)
+                    if not privs:
+                        continue
                     columns = COLUMN_UPDATES.get(kind, {}).get(table)
                     conn.execute(sql.SQL("GRANT {} ON cairn.{} TO {}").format(
                         sql.SQL(", ").join(
                             sql.SQL("UPDATE ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
                             if p == "UPDATE" and columns else sql.SQL(p) for p in privs),
                         sql.Identifier(table), role))
-                    report["tables"].setdefault(table, {})[kind] = list(privs)
                 if kind != "readonly":  # identity columns (inbox ids, breaker events)
                     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA cairn TO {}").format(role))
                 # Tables a later migration (run by the owner) creates: the role's default.
