@@ -12,7 +12,7 @@ would: the next attempt runs the activity again (with a new token), or the activ
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cairn.activity import TaskToken, parse_task_token, retry_decision
 from cairn.engine import history as h
@@ -20,11 +20,12 @@ from cairn.engine.instance import failure_of
 from cairn.errors import ApplicationError, AsyncActivityCancelled, InputValidationError
 from cairn.payloads import to_payload
 from cairn.store import completions
-from cairn.store.runs import Conn
+from cairn.store.runs import Conn, Op
 
 if TYPE_CHECKING:
     from cairn.client.client import Client
 
+T = TypeVar("T")
 _rng = random.Random()  # retry jitter (not workflow code: no determinism needed)
 
 
@@ -34,9 +35,11 @@ def _check(token: str | bytes) -> TaskToken:
     return parse_task_token(token)
 
 
-def _what(verb: str, t: TaskToken) -> tuple[str, str]:
-    return (f"{verb} activity {t.seq} of run {t.run_id}",
-            f"`cairn describe` the run ({t.run_id}): its pending activities and history say whether it took effect")
+async def _write(client: Client, op: Op[T], verb: str, t: TaskToken) -> T:
+    """Runs ``op`` as a write not to repeat blindly (see ``Client._write``)."""
+    return await client._write(op, what=f"{verb} activity {t.seq} of run {t.run_id}",
+                         check=f"its run's pending activities and history (run {t.run_id}, `cairn describe`) say "
+                               "whether it took effect")
 
 
 async def complete(client: Client, token: str | bytes, result: Any = None) -> None:
@@ -49,7 +52,7 @@ async def complete(client: Client, token: str | bytes, result: Any = None) -> No
             await completions.record(conn, a, h.ACTIVITY_COMPLETED,
                                      {"activity_seq": a.seq, "result": payload, "attempt": a.attempt})
 
-    await client._write(op, what=_what("completing", t)[0], check=_what("completing", t)[1])
+    await _write(client, op, "completing", t)
 
 
 async def fail(client: Client, token: str | bytes, error: BaseException | str) -> str:
@@ -79,7 +82,7 @@ async def fail(client: Client, token: str | bytes, error: BaseException | str) -
                 "activity_seq": a.seq, "failure": failure, "attempts": a.attempt, "retry_state": retry_state})
             return "failed"
 
-    return await client._write(op, what=_what("failing", t)[0], check=_what("failing", t)[1])
+    return await _write(client, op, "failing", t)
 
 
 async def heartbeat(client: Client, token: str | bytes, details: Any = None) -> None:
@@ -110,7 +113,7 @@ async def report_cancellation(client: Client, token: str | bytes) -> None:
             await completions.record(conn, a, h.ACTIVITY_CANCELLED,
                                      {"activity_seq": a.seq, "attempt": a.attempt, "started": True})
 
-    await client._write(op, what=_what("cancelling", t)[0], check=_what("cancelling", t)[1])
+    await _write(client, op, "reporting the cancellation of", t)
 
 
 class AsyncActivityHandle:
