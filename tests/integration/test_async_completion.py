@@ -263,3 +263,29 @@ async def test_the_client_role_completes_by_token_and_writes_nothing_else(db_url
         # Dashboards (the readonly role) cannot read the key that signs tokens.
         assert attempt(as_role(db_url, names["readonly"]), "SELECT key FROM cairn.activity_token_keys") == "denied"
         assert attempt(as_role(db_url, names["readonly"]), "SELECT count(*) FROM cairn.activity_tasks") == "ok"
+
+
+early: dict[str, Any] = {}  # the test's client, for the activity below
+
+
+@activity.defn
+async def completes_itself_first(key: str) -> Any:
+    # The outside system answers before the activity has even returned: the completion
+    # stands, and the worker's hand-over to asynchronous completion then finds nothing to do.
+    await early["client"].complete_activity(activity.info().task_token, f"early {key}")
+    activity.raise_complete_async()
+
+
+@workflow.defn
+async def answered_early(key: str) -> Any:
+    return await workflow.execute_activity(completes_itself_first, key, start_to_close_timeout=30)
+
+
+async def test_a_completion_before_the_activity_returns_stands(client, start_worker, sql):
+    early["client"] = client
+    await start_worker(workflows=[answered_early], activities=[completes_itself_first])
+    handle = await client.start(answered_early, "bird", id="async-early")
+    assert await handle.result(timeout=20) == "early bird"
+    assert [t for _, t, _ in events(sql, handle.run_id) if t.startswith("Activity")] == [
+        "ActivityScheduled", "ActivityCompleted"]
+    assert sql("SELECT count(*) FROM cairn.activity_tasks") == [(0,)]
