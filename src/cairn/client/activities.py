@@ -37,9 +37,9 @@ def _check(token: str | bytes) -> TaskToken:
 
 async def _write(client: Client, op: Op[T], verb: str, t: TaskToken) -> T:
     """Runs ``op`` as a write not to repeat blindly (see ``Client._write``)."""
-    return await client._write(op, what=f"{verb} activity {t.seq} of run {t.run_id}",
-                         check=f"its run's pending activities and history (run {t.run_id}, `cairn describe`) say "
-                               "whether it took effect")
+    return await client._write(
+        op, what=f"{verb} activity {t.seq} of run {t.run_id}",
+        check=f"its run's pending activities and history (run {t.run_id}, `cairn describe`) say whether it took effect")
 
 
 async def complete(client: Client, token: str | bytes, result: Any = None) -> None:
