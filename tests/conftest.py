@@ -198,6 +198,7 @@ def sql(db_url: str) -> Callable[..., list[tuple[Any, ...]]]:
 # the rest: they are ~45 % of the suite's time, the rest as much again.
 FLEET = frozenset({
     "tests/acceptance/test_crash.py", "tests/acceptance/test_saga_crash.py",
+    "tests/acceptance/test_async_completion_processes.py",
     "tests/acceptance/test_llm_processes.py", "tests/acceptance/test_llm_storm.py",
     "tests/acceptance/test_llm_storm_faults.py", "tests/acceptance/test_llm_third_party.py",
     "tests/acceptance/test_resilience_processes.py", "tests/chaos/test_chaos.py",

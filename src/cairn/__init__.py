@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from cairn import activity, saga, workflow
-from cairn.client import Client, RunDescription, RunPage, WorkflowHandle
+from cairn.client import AsyncActivityHandle, Client, RunDescription, RunPage, WorkflowHandle
 from cairn.errors import (
     ActivityError,
     ApplicationError,
+    AsyncActivityCancelled,
     CairnError,
     ChildWorkflowError,
     ContinueAsNewError,
@@ -16,6 +17,7 @@ from cairn.errors import (
     NonDeterminismError,
     QueryFailed,
     QueryTimeout,
+    StaleTaskToken,
     UnknownWorkflowType,
     WorkflowAlreadyStarted,
     WorkflowCancelled,
@@ -35,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivityError",
     "ApplicationError",
+    "AsyncActivityCancelled",
+    "AsyncActivityHandle",
     "CairnError",
     "ChildWorkflowError",
     "Client",
@@ -48,6 +52,7 @@ __all__ = [
     "RetryPolicy",
     "RunDescription",
     "RunPage",
+    "StaleTaskToken",
     "UnknownWorkflowType",
     "Worker",
     "WorkflowAlreadyStarted",

@@ -8,13 +8,20 @@ you call, and :func:`heartbeat` to report progress from a long attempt.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextvars
+import hashlib
+import hmac
 import math
+import random
+import struct
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, NoReturn, TypeVar, overload
 
 from cairn.engine.instance import CANCELLATION_TYPES, TRY_CANCEL, ActivityHandle
 from cairn.engine.loop import current_instance
@@ -22,7 +29,8 @@ from cairn.errors import CairnError, ConfigurationError, InputValidationError, R
 from cairn.options import DEFAULT_RETRY_POLICY, BreakerConfig, RetryPolicy, seconds
 from cairn.payloads import Signature, to_payload
 
-__all__ = ["ActivityDefinition", "ActivityInfo", "Reschedule", "defn", "heartbeat", "info", "is_cancelled"]
+__all__ = ["ActivityDefinition", "ActivityInfo", "CompleteAsync", "Reschedule", "defn", "heartbeat", "info",
+           "is_cancelled", "raise_complete_async"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +70,8 @@ class ActivityInfo:
     deadline: datetime | None
     heartbeat_details: Any = None
     worker: str = ""  # the identity of the worker running this attempt (its lease owner)
+    # This attempt's task token, for completing it from outside (see raise_complete_async).
+    task_token: str = ""
     _beat: Callable[[Any], None] | None = field(default=None, repr=False)
     _cancelled: Callable[[], bool] | None = field(default=None, repr=False)
     # The worker's connection pool, for built-in activities (the LLM chat activity's
@@ -148,6 +158,91 @@ def is_cancelled() -> bool:
     :func:`heartbeat` to raise."""
     i = info()
     return i._cancelled is not None and i._cancelled()
+
+
+class CompleteAsync(BaseException):
+    """Raised by an activity (see :func:`raise_complete_async`) that will be completed from
+    outside by its task token. A ``BaseException``, as Temporal's: an ``except Exception``
+    in the activity cannot swallow it."""
+
+
+def raise_complete_async() -> NoReturn:
+    """Ends this activity function without completing the activity: the attempt stays open
+    until an outside system that holds ``info().task_token`` completes, fails or heartbeats
+    it (``Client.complete_activity``, ``fail_activity``, ``heartbeat_activity``, or
+    ``cairn activity complete|fail|heartbeat TOKEN``). Its worker may exit meanwhile; the
+    start-to-close, heartbeat and schedule-to-close timeouts still apply, and an attempt
+    that passes one is retried or failed as any other.
+
+    Raises:
+        CompleteAsync: always.
+    """
+    raise CompleteAsync()
+
+
+# ---------------------------------------------------------------- task tokens
+
+TASK_TOKEN_PREFIX = "cairn1."
+_TOKEN_BODY = struct.Struct(">16siq")  # run id, seq, fencing token
+_MAC_BYTES = 16  # HMAC-SHA256, truncated to 128 bits
+
+
+class TaskToken(NamedTuple):
+    """What a task token names: one attempt of one activity, and the MAC that proves it."""
+
+    run_id: str
+    seq: int
+    token: int
+    mac: bytes
+
+    def signed_with(self, key: str) -> bool:
+        """Whether the token was made with ``key`` (in constant time)."""
+        return hmac.compare_digest(self.mac, _mac(key, self.run_id, self.seq, self.token))
+
+
+def _mac(key: str, run_id: str, seq: int, token: int) -> bytes:
+    body = _TOKEN_BODY.pack(uuid.UUID(run_id).bytes, seq, token)
+    return hmac.new(key.encode(), body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_task_token(key: str, run_id: str, seq: int, token: int) -> str:
+    """The opaque task token of an attempt: its run id, seq and fencing token, with an
+    HMAC under the database's token key (so it cannot be made up), URL-safe base64."""
+    body = _TOKEN_BODY.pack(uuid.UUID(run_id).bytes, seq, token)
+    raw = body + _mac(key, run_id, seq, token)
+    return TASK_TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_task_token(text: str) -> TaskToken:
+    """Decodes a task token (its MAC is checked against the database's key later).
+
+    Raises:
+        InputValidationError: not a Cairn task token.
+    """
+    if not isinstance(text, str) or not text.startswith(TASK_TOKEN_PREFIX):
+        raise InputValidationError(f"not a Cairn task token (they start with {TASK_TOKEN_PREFIX!r})")
+    encoded = text[len(TASK_TOKEN_PREFIX):].strip()
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != _TOKEN_BODY.size + _MAC_BYTES:
+        raise InputValidationError("not a valid Cairn task token (it is damaged or truncated)")
+    run, seq, token = _TOKEN_BODY.unpack(raw[:_TOKEN_BODY.size])
+    return TaskToken(str(uuid.UUID(bytes=run)), seq, token, raw[_TOKEN_BODY.size:])
+
+
+def retry_decision(options: dict[str, Any], attempt: int, failure: dict[str, Any], non_retryable: bool,
+                   rng: random.Random) -> tuple[float | None, str]:
+    """After attempt ``attempt`` failed with ``failure``: the delay before the next attempt
+    (None: no retry) and, without one, the retry state the failure records."""
+    policy = RetryPolicy.model_validate(options.get("retry_policy") or {})
+    delay = policy.next_delay(attempt, str(failure.get("type")), non_retryable=non_retryable, rng=rng)
+    retry_state = "non_retryable" if non_retryable or failure.get("type") in policy.non_retryable_error_types \
+        else "maximum_attempts"
+    if failure.get("type") == "ScheduleToCloseTimeout":
+        delay, retry_state = None, "schedule_to_close_timeout"
+    return delay, retry_state
 
 
 # ---------------------------------------------------------------- invocations (for workflow code)

@@ -30,6 +30,25 @@ class InputValidationError(CairnError):
     """Input failed validation; nothing was written."""
 
 
+class StaleTaskToken(InputValidationError):
+    """A task token names no attempt that can still be completed: a newer attempt exists
+    (this one timed out or failed), the activity has its outcome already (or was
+    cancelled), or its run is closed. Nothing was written.
+
+    Attributes:
+        reason: ``superseded``, ``done`` or ``run_closed``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AsyncActivityCancelled(CairnError):
+    """A heartbeat by task token learned that the workflow asked the activity to stop (the
+    heartbeat was recorded): report the cancellation, or complete or fail it."""
+
+
 class ConfigurationError(CairnError):
     """Cairn is set up wrongly (a bad URL, an unknown module, a missing migration)."""
 

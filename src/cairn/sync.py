@@ -108,6 +108,21 @@ class SyncClient:
         return self._call(self._client.query(workflow_id, name, *args, run_id=run_id, timeout=timeout))
 
 
+    # -- asynchronous activity completion (see cairn.client.activities)
+
+    def complete_activity(self, task_token: str | bytes, result: Any = None) -> None:
+        """Completes an activity by its task token (see :meth:`cairn.Client.complete_activity`)."""
+        self._call(self._client.complete_activity(task_token, result))
+
+    def fail_activity(self, task_token: str | bytes, error: BaseException | str) -> str:
+        """Fails an activity attempt by its task token (see :meth:`cairn.Client.fail_activity`)."""
+        return self._call(self._client.fail_activity(task_token, error))
+
+    def heartbeat_activity(self, task_token: str | bytes, details: Any = None) -> None:
+        """Heartbeats an activity attempt by its task token (see :meth:`cairn.Client.heartbeat_activity`)."""
+        self._call(self._client.heartbeat_activity(task_token, details))
+
+
 class SyncWorkflowHandle:
     """The blocking twin of :class:`cairn.WorkflowHandle`."""
 

@@ -8,6 +8,7 @@ follows a run live. Every statement they send is a :mod:`cairn.store` function's
 
 from __future__ import annotations
 
+from cairn.client.activities import AsyncActivityHandle
 from cairn.client.checks import check_input
 from cairn.client.client import (
     DEFAULT_QUEUE,
@@ -20,5 +21,16 @@ from cairn.client.client import (
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
 
-__all__ = ["DEFAULT_QUEUE", "MAX_LIST_LIMIT", "Client", "IdConflictPolicy", "RunDescription", "RunPage",
-           "StartTarget", "WorkflowHandle", "add_visibility", "check_input"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "MAX_LIST_LIMIT",
+    "AsyncActivityHandle",
+    "Client",
+    "IdConflictPolicy",
+    "RunDescription",
+    "RunPage",
+    "StartTarget",
+    "WorkflowHandle",
+    "add_visibility",
+    "check_input",
+]

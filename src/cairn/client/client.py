@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from cairn.client import operators
+from cairn.client import activities, operators
+from cairn.client.activities import AsyncActivityHandle
 from cairn.client.checks import (
     READ_RETRY_SECONDS,
     check_input,
@@ -468,6 +469,40 @@ class Client:
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
     # -- operator actions (cairn.client.operators)
+
+    # -- asynchronous activity completion (cairn.client.activities)
+
+    async def complete_activity(self, task_token: str | bytes, result: Any = None) -> None:
+        """Completes an activity that raised ``activity.raise_complete_async()``, by the
+        task token it handed out; the result reaches its workflow as a returned one would.
+
+        Raises:
+            StaleTaskToken: a newer attempt exists, the activity has its outcome, or the run
+                is closed; nothing was written.
+            InputValidationError: not a task token of this database, or a result that
+                cannot be recorded.
+        """
+        await activities.complete(self, task_token, result)
+
+    async def fail_activity(self, task_token: str | bytes, error: BaseException | str) -> str:
+        """Fails the attempt by its task token; its retry policy decides, as for an error
+        the activity raised (``ApplicationError(..., non_retryable=True)`` stops retries).
+        Returns ``"retrying"``, ``"failed"`` or ``"cancelled"``. Raises as
+        :meth:`complete_activity`."""
+        return await activities.fail(self, task_token, error)
+
+    async def heartbeat_activity(self, task_token: str | bytes, details: Any = None) -> None:
+        """Heartbeats the attempt by its task token (its heartbeat timeout starts again).
+
+        Raises:
+            AsyncActivityCancelled: the workflow asked the activity to stop.
+            StaleTaskToken: as :meth:`complete_activity`.
+        """
+        await activities.heartbeat(self, task_token, details)
+
+    def get_async_activity_handle(self, task_token: str | bytes) -> AsyncActivityHandle:
+        """A handle on the attempt a task token names (Temporal's name)."""
+        return AsyncActivityHandle(self, task_token)
 
     async def reset(self, workflow_id: str, *, run_id: str | None = None, to_seq: int | None = None,
                     to_last_task: bool = False, reason: str = "", reapply_signals: bool = True) -> WorkflowHandle:

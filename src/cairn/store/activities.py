@@ -129,6 +129,22 @@ async def release(pool: db.Pool, *, run_id: str, seq: int, token: int) -> bool:
                          pool, None)
 
 
+async def token_key(pool: db.Pool) -> str:
+    """The key that signs task tokens (migration 0014's ``activity_token_keys``)."""
+    async with connection(pool) as c:
+        cur = await c.execute(q("activity_token_key"))
+        row = await cur.fetchone()
+        assert row is not None  # the migration inserts it
+        return str(row[0])
+
+
+async def detach(pool: db.Pool, *, run_id: str, seq: int, token: int, worker: str) -> bool:
+    """Hands a leased attempt over to asynchronous completion (``detach_activity``); False
+    if it was already recorded or superseded."""
+    return await _fenced(q("detach_activity"), {"run_id": run_id, "seq": seq, "token": token, "worker": worker},
+                         pool, None)
+
+
 async def renew_leases(pool: db.Pool, *, beats: list[dict[str, Any]], lease: float,
                        worker: str) -> dict[tuple[str, int], bool]:
     """Renews the leases (and records the heartbeats) of ``beats`` in one statement; returns,

@@ -1461,3 +1461,70 @@ WHERE h.type = 'MarkerRecorded' AND h.data ->> 'kind' = 'local_activity' AND NOT
 GROUP BY h.run_id, r.workflow_id, h.data ->> 'local_seq'
 HAVING count(*) > 1
 ORDER BY h.run_id, 3
+
+-- ==== asynchronous activity completion ====
+
+-- name: activity_token_key
+-- The key that signs task tokens (HMAC-SHA256), made by migration 0014.
+SELECT key FROM cairn.activity_token_keys
+
+-- name: detach_activity
+-- activity.raise_complete_async(): the attempt (fenced by its token, still leased to this
+-- worker) stops depending on its worker. The owner becomes 'async:<worker>', which no
+-- worker's renewal matches, and the lease runs to the attempt's own deadline (start-to-close,
+-- else schedule-to-close: one is always set), so it never lapses first; the deadlines stay,
+-- so timeout_at and the reaper still end the attempt if its outside system never answers.
+UPDATE cairn.activity_tasks
+SET lease_owner = 'async:' || lease_owner,
+    lease_expires_at = coalesce(attempt_deadline, schedule_deadline, lease_expires_at)
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s AND lease_owner = %(worker)s
+
+-- name: lock_activity_attempt
+-- The client's completion by task token: the activity's open row, locked until the
+-- outcome (or heartbeat) is written, so neither the reaper nor a worker changes it in
+-- between; no row when the activity has no open attempt.
+SELECT token, attempt, activity_type, options, cancel_requested, lease_owner, workflow_id,
+       coalesce(%(now)s::timestamptz, now()) AS now
+FROM cairn.activity_tasks
+WHERE run_id = %(run_id)s AND seq = %(seq)s
+FOR UPDATE
+
+-- name: activity_run_status
+-- The status of the run a task token names (for the error of a token with no open attempt).
+SELECT status FROM cairn.runs WHERE run_id = %(run_id)s
+
+-- name: heartbeat_activity_by_token
+-- An outside system's heartbeat of an attempt (fenced by its token): records the details
+-- and pushes the heartbeat deadline on by the activity's heartbeat timeout; returns
+-- whether the workflow asked the activity to stop.
+UPDATE cairn.activity_tasks
+SET heartbeat_details = %(details)s, heartbeat_at = coalesce(%(now)s::timestamptz, now()),
+    heartbeat_deadline = coalesce(%(now)s::timestamptz, now())
+        + ((options ->> 'heartbeat_timeout')::float8 * interval '1 second')
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+RETURNING cancel_requested
+
+-- name: retry_activity_by_token
+-- An outside system's failure by task token, to be retried: as retry_activity (fenced by
+-- the token, which it bumps; no row when the retry would start at or past the
+-- schedule-to-close deadline), written as a delete and a re-insert of the row, so that the
+-- client role needs no UPDATE of the lease columns (it cannot lease an attempt).
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), old AS (
+    DELETE FROM cairn.activity_tasks a USING c
+    WHERE a.run_id = %(run_id)s AND a.seq = %(seq)s AND a.token = %(token)s
+      AND (a.schedule_deadline IS NULL OR c.now + %(delay)s * interval '1 second' < a.schedule_deadline)
+    RETURNING a.*
+), ins AS (
+    INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
+        activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds)
+    SELECT o.run_id, o.namespace, o.seq, o.workflow_id, o.workflow_type, o.workflow_queue, o.activity_type,
+           o.queue, o.input, o.options, o.attempt, o.token + 1, o.scheduled_at,
+           c.now + %(delay)s * interval '1 second', o.schedule_deadline, o.heartbeat_details, o.heartbeat_at,
+           %(failure)s, o.cancel_requested, o.throttled_seconds
+    FROM old o, c
+    RETURNING queue
+)
+SELECT queue FROM ins

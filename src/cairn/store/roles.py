@@ -10,10 +10,12 @@ worker     runs workflow and activity tasks: SELECT on every table, and exactly 
            only INSERT on ``history`` (append-only, enforced by the database, not only by the
            code), nothing on ``schema_versions``.
 client     starts, signals, queries, cancels, terminates, resets, retries: SELECT on every
-           table and its statements' writes; no UPDATE on ``activity_tasks`` (it cannot lease
-           or complete an attempt), no writes to the worker-side tables (the type registry,
+           table and its statements' writes; on ``activity_tasks`` UPDATE of only the
+           heartbeat columns (:data:`COLUMN_UPDATES`: a heartbeat by task token), so it cannot
+           lease an attempt, no writes to the worker-side tables (the type registry,
            breakers, rate limits), no DELETE on ``runs``.
-readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``).
+readonly   SELECT only (dashboards, ``cairn list``/``describe``/``history``, ``cairn verify``), and not
+           on :data:`SECRET_TABLES` (the task-token key).
 =========  ==================================================================================
 
 ``WRITES`` is what the statements need, derived by asking Postgres:
@@ -75,11 +77,19 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "history": ("INSERT",),
         "inbox": ("INSERT", "DELETE"),
         "workflow_tasks": ("INSERT", "UPDATE", "DELETE"),
-        "activity_tasks": ("INSERT", "DELETE"),  # no UPDATE: cannot lease an attempt
+        # UPDATE of COLUMN_UPDATES' columns only: heartbeats by task token
+        "activity_tasks": ("INSERT", "UPDATE", "DELETE"),
         "timers": ("INSERT", "DELETE"),
         "query_requests": ("INSERT", "DELETE"),
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
     },
+}
+
+# Where a role's UPDATE is granted on some columns only: the client heartbeats an attempt by
+# its task token (store/completions.py; its retry by token deletes and re-inserts the row),
+# and updates nothing else of the row: it cannot lease an attempt.
+COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline")},
 }
 
 
@@ -102,8 +112,15 @@ class RolePlan:
                 raise InputValidationError(f"--{kind}-password-env names {env!r}, which is not set")
 
 
+# Tables only the roles that use them may read: the key that signs task tokens (the worker
+# signs, the client checks), not dashboards.
+SECRET_TABLES = frozenset({"activity_token_keys"})
+
+
 def privileges(kind: str, table: str) -> tuple[str, ...]:
     """The table privileges a role kind gets on ``cairn.<table>``."""
+    if kind == "readonly" and table in SECRET_TABLES:
+        return ()
     return ("SELECT", *WRITES.get(kind, {}).get(table, ()))
 
 
@@ -137,9 +154,15 @@ def create_roles(url: str, plan: RolePlan) -> dict[str, Any]:
                 conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA cairn FROM {}").format(role))
                 for table in tables:
                     privs = privileges(kind, table)
-                    conn.execute(sql.SQL("GRANT {} ON cairn.{} TO {}").format(
-                        sql.SQL(", ").join(sql.SQL(p) for p in privs), sql.Identifier(table), role))
                     report["tables"].setdefault(table, {})[kind] = list(privs)
+                    if not privs:
+                        continue
+                    columns = COLUMN_UPDATES.get(kind, {}).get(table)
+                    conn.execute(sql.SQL("GRANT {} ON cairn.{} TO {}").format(
+                        sql.SQL(", ").join(
+                            sql.SQL("UPDATE ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+                            if p == "UPDATE" and columns else sql.SQL(p) for p in privs),
+                        sql.Identifier(table), role))
                 if kind != "readonly":  # identity columns (inbox ids, breaker events)
                     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA cairn TO {}").format(role))
                 # Tables a later migration (run by the owner) creates: the role's default.

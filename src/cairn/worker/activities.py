@@ -28,7 +28,6 @@ from cairn.activity import ActivityDefinition, ActivityInfo
 from cairn.engine import history as h
 from cairn.engine.instance import failure_of
 from cairn.errors import ApplicationError, DatabaseUnavailable, InputValidationError, Refused
-from cairn.options import RetryPolicy
 from cairn.payloads import to_payload
 from cairn.store import activities as store
 from cairn.store.activities import Attempt, Expired
@@ -100,6 +99,7 @@ class ActivityRunner:
                                            thread_name_prefix="cairn-activity")
         self._slots_full = False  # the activity poller is idle because every slot is taken
         self._last_renewal = 0.0
+        self._token_key: str | None = None  # the database's task-token key, read once
 
     @property
     def running(self) -> set[asyncio.Task[None]]:
@@ -179,12 +179,16 @@ class ActivityRunner:
                 running.told = True
                 raise asyncio.CancelledError("the activity was cancelled")
 
+        task_token = await self._task_token(running)
+        if task_token is None:
+            return  # the database is away: the lease lapses and the reaper retries the attempt
         info = ActivityInfo(
             activity_type=name, workflow_id=row.workflow_id, workflow_type=row.workflow_type,
             run_id=running.run_id, seq=running.seq, attempt=row.attempt, queue=row.queue,
             scheduled_at=row.scheduled_at, started_at=row.started_at,
             deadline=row.attempt_deadline, heartbeat_details=row.heartbeat_details, _beat=beat,
             worker=self._identity,
+            task_token=task_token,
             _cancelled=lambda: running.lost or running.cancel_requested, _pool=self._pools.activity,
         )
         extra = {"workflow_id": info.workflow_id, "run_id": info.run_id, "activity": name, "attempt": info.attempt}
@@ -224,6 +228,11 @@ class ActivityRunner:
                                                type="ResultNotRecordable", non_retryable=True) from None
                 except asyncio.CancelledError:
                     raise
+                except activity_api.CompleteAsync:
+                    running.recording = True
+                    outcome = "async"
+                    await self._detach(running, extra)
+                    return
                 except activity_api.Reschedule as exc:
                     running.recording = True
                     outcome = "rescheduled"
@@ -277,6 +286,33 @@ class ActivityRunner:
                 span.set_attribute("cairn.outcome", outcome)
                 _telemetry.activity_duration.record(time.monotonic() - began, {"activity": name, "outcome": outcome})
 
+    async def _task_token(self, running: _Running) -> str | None:
+        """The attempt's task token (the database's key is read at the first attempt); None,
+        and the attempt dropped, if the key cannot be read."""
+        if self._token_key is None:
+            pool = self._pools.main()
+            try:
+                self._token_key = await self._outlasting_outages(lambda: store.token_key(pool))
+            except Exception:
+                log.exception("could not read the task-token key; activity %d of run %s dropped", running.seq,
+                              running.run_id)
+                if self._running.get((running.run_id, running.seq)) is running:
+                    del self._running[(running.run_id, running.seq)]
+                return None
+        return activity_api.make_task_token(self._token_key, running.run_id, running.seq, running.token)
+
+    async def _detach(self, running: _Running, extra: dict[str, Any]) -> None:
+        """activity.raise_complete_async(): the attempt stays open, no longer tied to this
+        process (the lease stops lapsing), until an outside system completes, fails or
+        heartbeats it by its task token, or one of its deadlines passes (the reaper)."""
+        pool = self._pools.main()
+        if await self._outlasting_outages(lambda: store.detach(
+                pool, run_id=running.run_id, seq=running.seq, token=running.token, worker=self._identity)):
+            log.info("activity %s will be completed asynchronously", extra["activity"], extra=extra)
+        else:
+            log.info("activity %s was completed (or superseded) before it left for asynchronous completion",
+                     extra["activity"], extra=extra)
+
     async def _reschedule(self, row: Attempt, running: _Running, exc: activity_api.Reschedule,
                           extra: dict[str, Any]) -> None:
         """activity.Reschedule: the attempt goes back without being counted (see resilience)."""
@@ -312,12 +348,7 @@ class ActivityRunner:
                             extra: dict[str, Any], conn: Conn | None = None, beat: _Running | None = None) -> None:
         """Retries a failed attempt after its backoff, or records the activity as failed."""
         run_id, seq, token, attempt = row.run_id, row.seq, row.token, row.attempt
-        policy = RetryPolicy.model_validate(row.options.get("retry_policy") or {})
-        delay = policy.next_delay(attempt, str(failure.get("type")), non_retryable=non_retryable, rng=self._rng)
-        retry_state = "non_retryable" if non_retryable or failure.get("type") in policy.non_retryable_error_types \
-            else "maximum_attempts"
-        if failure.get("type") == "ScheduleToCloseTimeout":
-            delay, retry_state = None, "schedule_to_close_timeout"
+        delay, retry_state = activity_api.retry_decision(row.options, attempt, failure, non_retryable, self._rng)
         if delay is not None:
             beaten = bool(beat and beat.beat)
             details = beat.details if beat is not None and beaten else None
