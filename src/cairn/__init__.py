@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cairn import activity, saga, workflow
-from cairn.client import Client, RunDescription, RunPage, WorkflowHandle
+from cairn.client import Client, RunDescription, RunPage, WorkflowHandle, WorkflowUpdateHandle, WorkflowUpdateStage
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -26,6 +26,8 @@ from cairn.errors import (
     WorkflowTerminated,
     WorkflowTimedOutError,
     WorkflowTimeout,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateTimeout,
 )
 from cairn.options import RetryPolicy
 from cairn.worker import Worker
@@ -60,6 +62,10 @@ __all__ = [
     "WorkflowTerminated",
     "WorkflowTimedOutError",
     "WorkflowTimeout",
+    "WorkflowUpdateFailedError",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
+    "WorkflowUpdateTimeout",
     "__version__",
     "activity",
     "saga",

@@ -19,6 +19,8 @@ from cairn.client.client import (
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
+from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
 
 __all__ = ["DEFAULT_QUEUE", "MAX_LIST_LIMIT", "Client", "IdConflictPolicy", "RunDescription", "RunPage",
-           "StartTarget", "WorkflowHandle", "add_visibility", "check_input"]
+           "StartTarget", "WorkflowHandle", "WorkflowUpdateHandle", "WorkflowUpdateStage", "add_visibility",
+           "check_input"]
