@@ -5,6 +5,7 @@ update-with-start, all_handlers_finished, the sync client."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from cairn import (
 )
 from cairn.sync import SyncClient
 from support import events, types_of
+
+from .test_messages_cli import assert_error, cairn
 
 T = 10
 
@@ -199,3 +202,22 @@ async def test_sync_client_updates(db_url, start_worker):
                     client.execute_update_with_start(counter, 0, id="upd-sync", update="add", update_args=[4])]
 
     assert await asyncio.to_thread(script) == [5, 6, 10]
+
+
+async def test_cairn_update_cli(client, db_url, start_worker, sql):
+    await start_worker(workflows=[counter], activities=[double])
+    handle = await client.start(counter, 1, id="upd-cli")
+    ran = await cairn(db_url, "update", "upd-cli", "add", "--input", "2")
+    assert ran.exit_code == 0, ran.stderr
+    assert ran.stdout.strip() == "3"
+    ran = await cairn(db_url, "update", "upd-cli", "add", "--input", "4", "--id", "cli-1", "--json")
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"workflow_id": "upd-cli", "run_id": handle.run_id, "update": "add",
+                                      "update_id": "cli-1", "result": 7}
+    ran = await cairn(db_url, "update", "upd-cli", "add", "--input", "4", "--id", "cli-1")  # same id: same outcome
+    assert ran.exit_code == 0 and ran.stdout.strip() == "7", ran.stderr
+    assert_error(await cairn(db_url, "update", "upd-cli", "add", "--input", "-1"), 2, "rejected", "NotPositive")
+    assert_error(await cairn(db_url, "update", "upd-cli", "fail"), 1, "Refused: no")
+    assert_error(await cairn(db_url, "update", "upd-cli", "add", "--input", "[NaN]"), 2, "NaN")
+    assert_error(await cairn(db_url, "update", "no-such-workflow", "add"), 2, "no-such-workflow")
+    assert await handle.query("total") == 7
