@@ -33,7 +33,8 @@ async def test_accepted_update_survives_kill9_and_lost_connections(workers, db_u
         handle = await client.start(update_flows.ledger, 100, id="upd-crash")
         with pytest.raises(WorkflowUpdateFailedError) as info:  # rejected by a worker process: nothing recorded
             await handle.execute_update("deposit", -1)
-        assert info.value.rejected and info.value.type == "BadAmount"
+        assert info.value.rejected
+        assert info.value.type == "BadAmount"
 
         waiting = asyncio.create_task(handle.execute_update("deposit", 5, id="dep-1"))
         await until("the update to be accepted and its activity to start", lambda: query(db_url, """

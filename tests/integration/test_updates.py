@@ -99,14 +99,19 @@ async def test_rejected_update_records_nothing(client, start_worker, sql):
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update("add", -3, id="neg")
     err = info.value
-    assert err.rejected and err.type == "NotPositive" and err.details == {"n": -3}
-    assert err.cause is not None and err.cause.message == "-3 is not positive"
+    assert err.rejected
+    assert err.type == "NotPositive"
+    assert err.details == {"n": -3}
+    assert err.cause is not None
+    assert err.cause.message == "-3 is not positive"
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update("nope")
-    assert info.value.rejected and info.value.type == "UnknownUpdate"
+    assert info.value.rejected
+    assert info.value.type == "UnknownUpdate"
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update("add", 1, 2)
-    assert info.value.rejected and info.value.type == "InvalidArguments"
+    assert info.value.rejected
+    assert info.value.type == "InvalidArguments"
     # No UpdateAccepted/UpdateCompleted for the rejected ones (a workflow task marker
     # may have been appended for an update that came with other work: none here).
     after = types_of(sql, handle.run_id)
@@ -120,7 +125,9 @@ async def test_handler_error_fails_the_update_not_the_run(client, start_worker, 
     handle = await client.start(counter, 0, id="upd-fail")
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update("fail")
-    assert not info.value.rejected and info.value.type == "Refused" and info.value.details == [1, 2]
+    assert not info.value.rejected
+    assert info.value.type == "Refused"
+    assert info.value.details == [1, 2]
     assert "Refused: no" in str(info.value)
     assert await handle.execute_update("add", 2) == 2
 
@@ -145,7 +152,7 @@ async def test_same_update_id_is_applied_once(client, start_worker, sql):
     assert results == [7, 7, 7]
     assert await handle.execute_update("add", 7, id="same") == 7
     assert await handle.query("total") == 7
-    assert [t for t in types_of(sql, handle.run_id)].count("UpdateAccepted") == 1
+    assert list(types_of(sql, handle.run_id)).count("UpdateAccepted") == 1
 
 
 async def test_update_with_start(client, start_worker, sql):
@@ -215,7 +222,8 @@ async def test_cairn_update_cli(client, db_url, start_worker, sql):
     assert json.loads(ran.stdout) == {"workflow_id": "upd-cli", "run_id": handle.run_id, "update": "add",
                                       "update_id": "cli-1", "result": 7}
     ran = await cairn(db_url, "update", "upd-cli", "add", "--input", "4", "--id", "cli-1")  # same id: same outcome
-    assert ran.exit_code == 0 and ran.stdout.strip() == "7", ran.stderr
+    assert ran.exit_code == 0, ran.stderr
+    assert ran.stdout.strip() == "7"
     assert_error(await cairn(db_url, "update", "upd-cli", "add", "--input", "-1"), 2, "rejected", "NotPositive")
     assert_error(await cairn(db_url, "update", "upd-cli", "fail"), 1, "Refused: no")
     assert_error(await cairn(db_url, "update", "upd-cli", "add", "--input", "[NaN]"), 2, "NaN")
