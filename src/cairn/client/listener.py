@@ -102,7 +102,7 @@ class CloseListener:
             try:
                 # Query answers (payload: the request id) and update outcomes (payload:
                 # update:<run id>:<update id>) wake waiters the same way.
-                async with listening(self.url, "cairn_closed", "cairn_query_answered", "cairn_update") as listener:
+                async with listening(self.url, "cairn_closed", "cairn_update", "cairn_query_answered") as listener:
                     self.epoch += 1
                     self.listening.set()
                     self._wake_all()  # anything that closed while we were away
