@@ -253,6 +253,10 @@ class TaskRunner:
                 inst = await self._rebuild(conn, task)
             # Update requests: validated now; only accepted ones become input events.
             admitted = admit_updates(inst, inbox)
+            if admitted.rejected and not admitted.inbox:
+                # Rejected updates alone: the code is not woken and history gets no event,
+                # not even a task marker (a rejected update leaves none, as in Temporal).
+                return Activation.of(task, inst, [], admitted.consumed, began, began_ns, admitted.rejected)
             marker = Event(last_seq + 1, h.WORKFLOW_TASK_STARTED,
                            {"time": now.timestamp(), "worker": self._identity})
             inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(admitted.inbox)]
