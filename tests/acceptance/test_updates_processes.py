@@ -12,6 +12,7 @@ import update_flows
 from acceptance_support import history
 
 from cairn import Client, WorkflowUpdateFailedError
+from cairn.store import db
 from support import TIMEOUT, query
 
 pytestmark = pytest.mark.acceptance
@@ -26,6 +27,11 @@ async def until(what: str, check: Callable[[], object], timeout: float = TIMEOUT
         await asyncio.sleep(0.1)
 
 
+ACCEPTED_AND_RUNNING = """
+    SELECT 1 FROM cairn.updates u JOIN cairn.activity_tasks t ON t.run_id = u.run_id
+    WHERE u.update_id = 'dep-1' AND u.status = 'accepted' AND t.attempt = 1 AND t.lease_owner IS NOT NULL"""
+
+
 async def test_accepted_update_survives_kill9_and_lost_connections(workers, db_url):
     a = workers("a", module="update_flows")
     client = await Client.connect(db_url)
@@ -37,9 +43,7 @@ async def test_accepted_update_survives_kill9_and_lost_connections(workers, db_u
         assert info.value.type == "BadAmount"
 
         waiting = asyncio.create_task(handle.execute_update("deposit", 5, id="dep-1"))
-        await until("the update to be accepted and its activity to start", lambda: query(db_url, """
-            SELECT 1 FROM cairn.updates u JOIN cairn.activity_tasks t ON t.run_id = u.run_id
-            WHERE u.update_id = 'dep-1' AND u.status = 'accepted' AND t.attempt = 1 AND t.lease_owner IS NOT NULL"""))
+        await until("the update to be accepted and its activity to start", lambda: query(db_url, ACCEPTED_AND_RUNNING))
         a.kill9()
         # Every session goes: the dead worker's, the waiting caller's pool and its listener.
         terminated = query(db_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -65,3 +69,33 @@ async def test_accepted_update_survives_kill9_and_lost_connections(workers, db_u
     attempts = [d["attempt"] for _, t, d, _ in events if t == "ActivityCompleted"]
     assert attempts == [2], "the killed attempt's result was never recorded"
     assert query(db_url, "SELECT status FROM cairn.updates WHERE update_id = 'dep-1'") == [("completed",)]
+
+
+async def test_accepted_update_survives_a_postgres_restart(workers, private_pg):
+    """The worker is killed and Postgres crashes (pg_ctl -m immediate) while an accepted
+    update's handler waits on its activity; after the restart a new worker finishes it and
+    the caller, still waiting, gets the result."""
+    with db.connect_sync(private_pg.url()) as c:
+        c.execute("CREATE DATABASE upd")
+    url = private_pg.url("upd")
+    await asyncio.to_thread(db.migrate, url)
+    a = workers("a", module="update_flows", url=url)
+    client = await Client.connect(url)
+    try:
+        handle = await client.start(update_flows.ledger, 0, id="upd-restart")
+        waiting = asyncio.create_task(handle.execute_update("deposit", 7, id="dep-1"))
+        await until("the update to be accepted and its activity to start", lambda: query(url, ACCEPTED_AND_RUNNING))
+        a.kill9()
+        await asyncio.to_thread(private_pg.crash)
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        await asyncio.to_thread(private_pg.start)
+        b = workers("b", module="update_flows", url=url, wait=False)
+        await asyncio.to_thread(b.wait_started)
+        assert await asyncio.wait_for(waiting, TIMEOUT) == 7
+        assert await handle.execute_update("close") == 7
+        assert (await handle.result(timeout=TIMEOUT))["balance"] == 7
+    finally:
+        await client.close()
+    assert next(d for _, t, d, _ in history(url, "upd-restart") if t == "UpdateCompleted") == {
+        "update_id": "dep-1", "result": 7}

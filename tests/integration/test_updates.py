@@ -228,3 +228,19 @@ async def test_cairn_update_cli(client, db_url, start_worker, sql):
     assert_error(await cairn(db_url, "update", "upd-cli", "add", "--input", "[NaN]"), 2, "NaN")
     assert_error(await cairn(db_url, "update", "no-such-workflow", "add"), 2, "no-such-workflow")
     assert await handle.query("total") == 7
+
+
+async def test_stages_and_a_handle_on_an_earlier_update(client, start_worker, sql):
+    handle = await client.start(counter, 0, id="upd-stages")
+    # No worker yet: ADMITTED returns once the request is written.
+    admitted = await handle.start_update("add", 3, id="early", wait_for_stage=WorkflowUpdateStage.ADMITTED)
+    assert sql("SELECT status FROM cairn.updates WHERE update_id = 'early'") == [("requested",)]
+    with pytest.raises(WorkflowUpdateTimeout):
+        await admitted.result(timeout=0.3)
+    await start_worker(workflows=[counter], activities=[double])
+    later = client.get_handle("upd-stages", run_id=handle.run_id).get_update_handle("early")
+    assert await later.result(timeout=T) == 3
+    assert await admitted.result(timeout=T) == 3
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await client.get_handle("upd-stages", run_id=handle.run_id).get_update_handle("never-sent").result()
+    assert info.value.type == "UnknownUpdate"
