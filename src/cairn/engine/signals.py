@@ -26,8 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from cairn.engine import history as h
 from cairn.engine.loop import _IN_WORKFLOW
-from cairn.errors import DeterminismViolation, QueryFailed, WorkflowFailure
-from cairn.payloads import to_payload
+from cairn.errors import (
+    ConfigurationError,
+    DeterminismViolation,
+    InputValidationError,
+    QueryFailed,
+    WorkflowFailure,
+)
+from cairn.payloads import Signature, to_payload
 from cairn.redaction import redact_value
 
 if TYPE_CHECKING:
@@ -68,8 +74,8 @@ class Messages:
         self.handler_error: BaseException | None = None
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self.querying = False  # a query handler (or an update validator) runs: commands are refused
-        # name -> (handler, validator or None)
-        self.update_handlers: dict[str, tuple[UpdateHandler, UpdateHandler | None]] = {}
+        # name -> (handler, validator or None, the handler's typed parameters or None)
+        self.update_handlers: dict[str, tuple[UpdateHandler, UpdateHandler | None, Signature | None]] = {}
         # Accepted updates whose handler was removed since: (update_id, args) by name, in order.
         self._buffered_updates: dict[str, deque[tuple[str, list[Any]]]] = {}
         self._update_tasks: set[asyncio.Task[None]] = set()
@@ -152,9 +158,13 @@ class Messages:
         if handler is None:
             self.update_handlers.pop(name, None)
             return
-        self.update_handlers[name] = (handler, validator)
+        try:
+            signature: Signature | None = Signature(handler)
+        except (TypeError, ValueError):  # *args, keyword-only or no signature: arguments pass as they are
+            signature = None
+        self.update_handlers[name] = (handler, validator, signature)
         for update_id, args in self._buffered_updates.pop(name, ()):
-            self._start_update(update_id, name, handler, args)
+            self._start_update(update_id, name, args)
 
     def validate_update(self, name: str, args: list[Any]) -> None:
         """Runs the validator of update ``name`` read-only on the current state.
@@ -169,43 +179,48 @@ class Messages:
             known = ", ".join(sorted(self.update_handlers)) or "none"
             raise QueryFailed(f"workflow {self._instance.definition.name} has no update handler {name!r} "
                               f"(known: {known})", type="UnknownUpdate")
-        self.check_update_args(name, args)
+        typed = self.update_args(name, args)
         validator = entry[1]
         if validator is not None:
-            self.read_only_call(validator, args, f"the validator of update {name!r}")
+            self.read_only_call(validator, typed, f"the validator of update {name!r}")
 
-    def check_update_args(self, name: str, args: list[Any]) -> None:
-        """Refuses arguments the handler cannot take (a rejection, not a broken task).
+    def update_args(self, name: str, args: list[Any]) -> list[Any]:
+        """The update's JSON arguments as the handler's annotations type them (dataclasses,
+        pydantic models ...), refusing arguments it cannot take: a rejection, not a broken task.
 
         Raises:
             QueryFailed: type ``InvalidArguments``.
         """
-        handler = self.update_handlers[name][0]
+        handler, _, signature = self.update_handlers[name]
         try:
+            if signature is not None:
+                return signature.validate_args(args, f"update {name!r}")
             inspect.signature(handler).bind(*args)
-        except TypeError as exc:
-            raise QueryFailed(f"update {name!r} cannot take {len(args)} argument(s): {exc}",
+        except (TypeError, InputValidationError, ConfigurationError) as exc:
+            raise QueryFailed(f"update {name!r} cannot take these arguments: {exc}",
                               type="InvalidArguments") from None
         except ValueError:  # no signature to check (a builtin): the handler decides
             pass
+        return args
 
     def deliver_update(self, update_id: str, name: str, args: list[Any]) -> None:
         """An ``UpdateAccepted`` event: its handler runs (or, removed since, waits for one)."""
-        entry = self.update_handlers.get(name)
-        if entry is None:
+        if name not in self.update_handlers:
             self._buffered_updates.setdefault(name, deque()).append((update_id, args))
             return
-        self._start_update(update_id, name, entry[0], args)
+        self._start_update(update_id, name, args)
 
-    def _start_update(self, update_id: str, name: str, handler: UpdateHandler, args: list[Any]) -> None:
-        task = self._instance.loop.create_task(self._run_update(update_id, handler, args),
+    def _start_update(self, update_id: str, name: str, args: list[Any]) -> None:
+        # The handler as registered now (its arguments were validated when it was accepted).
+        handler = self.update_handlers[name][0]
+        task = self._instance.loop.create_task(self._run_update(update_id, name, handler, args),
                                                name=f"update handler {name}")
         self._update_tasks.add(task)
         task.add_done_callback(self._update_done)
 
-    async def _run_update(self, update_id: str, handler: UpdateHandler, args: list[Any]) -> None:
+    async def _run_update(self, update_id: str, name: str, handler: UpdateHandler, args: list[Any]) -> None:
         try:
-            result = handler(*args)
+            result = handler(*self.update_args(name, args))
             if inspect.isawaitable(result):
                 result = await result
             value = to_payload(result)
