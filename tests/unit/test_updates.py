@@ -4,6 +4,7 @@ handlers that wait on timers, all_handlers_finished, and replay of a recorded hi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -123,3 +124,42 @@ def test_a_recorded_update_history_replays_and_a_changed_result_diverges():
                else h.Event(e.seq, e.type, {"update_id": "other", "result": 6}) for e in d.history]
     with pytest.raises(NonDeterminismError):
         replay(d.definition, d.info, changed)
+
+
+@dataclass
+class Item:
+    sku: str
+    quantity: int
+
+
+@workflow.defn
+async def typed_cart() -> list[Any]:
+    items: list[Item] = []
+
+    def add(item: Item, note: str = "") -> int:
+        items.append(item)
+        return len(items)
+
+    def valid(item: Item, note: str = "") -> None:
+        if not isinstance(item, Item) or item.quantity <= 0:
+            raise ApplicationError("bad quantity", type="BadQuantity")
+
+    workflow.set_update_handler("add", add, validator=valid)
+    await workflow.wait_condition(lambda: len(items) >= 2)
+    return [(i.sku, i.quantity) for i in items]
+
+
+def test_update_arguments_are_typed_by_the_handlers_annotations():
+    d = Driver(typed_cart)
+    d.activate()
+    inbox = [requested(1, "a", "add", {"sku": "x", "quantity": 1}),
+             requested(2, "b", "add", {"sku": "y", "quantity": 0}),
+             requested(3, "c", "add", {"sku": "z"}),
+             requested(4, "d", "add", {"sku": "w", "quantity": 2}, "gift", "extra")]
+    admitted = admit_updates(d.instance, inbox)
+    assert [r[2]["update_id"] for r in admitted.inbox] == ["a"]
+    assert [(r["update_id"], r["failure"]["type"]) for r in admitted.rejected] == [
+        ("b", "BadQuantity"), ("c", "InvalidArguments"), ("d", "InvalidArguments")]
+    commands = d.activate(accepted("a", "add", {"sku": "x", "quantity": 1}),
+                          accepted("e", "add", {"sku": "v", "quantity": 3}, "gift"))
+    assert [c.data.get("result") for c in commands] == [1, 2, [["x", 1], ["v", 3]]]

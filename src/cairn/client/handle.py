@@ -404,14 +404,14 @@ class WorkflowHandle:
         if outcome.status == "rejected":
             value_of(outcome, self.workflow_id, update_id)  # raises
         return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=run_id, update_id=update_id,
-                                    name=name, outcome=outcome)
+                                    name=name, outcome=outcome, workflow_handle=self)
 
     def get_update_handle(self, update_id: str) -> WorkflowUpdateHandle:
         """A handle on an update sent earlier (to the run this handle acts on: pin its run id)."""
         if self.run_id is None:
             raise InputValidationError("get_update_handle needs the run id: use client.get_handle(id, run_id=...)")
         return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=self.run_id,
-                                    update_id=update_id, name="")
+                                    update_id=update_id, name="", workflow_handle=self)
 
     async def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Asks the run's query handler ``name`` and returns its answer.

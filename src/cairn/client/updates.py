@@ -26,6 +26,7 @@ from cairn.store import messages
 
 if TYPE_CHECKING:
     from cairn.client.client import Client
+    from cairn.client.handle import WorkflowHandle
     from cairn.store.messages import UpdateOutcome
 
 
@@ -63,11 +64,13 @@ def check_update(name: str, args: tuple[Any, ...], update_id: str | None) -> tup
 
 
 class WorkflowUpdateHandle:
-    """An update that was sent: its ``id``, and :meth:`result` to wait for its outcome."""
+    """An update that was sent: its ``id``, :meth:`result` to wait for its outcome, and
+    ``workflow_handle``, a handle on the run it went to (the run update-with-start started)."""
 
     def __init__(self, client: Client, *, workflow_id: str, run_id: str, update_id: str, name: str,
-                 outcome: UpdateOutcome | None = None) -> None:
+                 outcome: UpdateOutcome | None = None, workflow_handle: WorkflowHandle | None = None) -> None:
         self.client = client
+        self.workflow_handle = workflow_handle
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.id = update_id
