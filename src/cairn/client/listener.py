@@ -1,5 +1,6 @@
 """The client's close listener: one LISTEN session whose NOTIFYs wake ``result()`` when a
-run closes (``cairn_closed``) and ``query()`` when its answer is in (``cairn_query_answered``)."""
+run closes (``cairn_closed``), ``query()`` when its answer is in (``cairn_query_answered``)
+and an update's caller when it moves on (``cairn_update``)."""
 
 from __future__ import annotations
 
