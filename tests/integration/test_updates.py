@@ -244,3 +244,15 @@ async def test_stages_and_a_handle_on_an_earlier_update(client, start_worker, sq
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await client.get_handle("upd-stages", run_id=handle.run_id).get_update_handle("never-sent").result()
     assert info.value.type == "UnknownUpdate"
+
+
+async def test_result_type_types_the_result(client, start_worker):
+    await start_worker(workflows=[counter], activities=[double])
+    handle = await client.start(counter, 0, id="upd-typed")
+    value = await handle.execute_update("add", 2, result_type=float)
+    assert value == 2.0
+    assert isinstance(value, float)
+    update = await handle.start_update("add", 1, result_type=float, wait_for_stage=WorkflowUpdateStage.COMPLETED)
+    assert await update.result() == 3.0
+    with pytest.raises(InputValidationError, match="not a str"):
+        await handle.execute_update("add", 1, result_type=str)

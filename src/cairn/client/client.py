@@ -472,7 +472,7 @@ class Client:
             self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
             update_args: Sequence[Any] = (), update_id: str | None = None,
             wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED, queue: str | None = None,
-            timeout: float | None = None) -> WorkflowUpdateHandle:
+            timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
         """Sends update ``update`` to the open run of workflow ``id``, starting one first if
         none is open (Temporal's update-with-start): start and update are one transaction.
         Waits as :meth:`WorkflowHandle.start_update`; ``.result()`` on the returned handle
@@ -496,16 +496,16 @@ class Client:
                 check=f"ask again with the same update id ({uid}): it is not applied twice")
             span.set_attribute("cairn.run_id", run_id)
         handle = WorkflowHandle(self, params["workflow_id"], run_id, signature)
-        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout)
+        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type)
 
     async def execute_update_with_start(
             self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
             update_args: Sequence[Any] = (), update_id: str | None = None, queue: str | None = None,
-            timeout: float | None = None) -> Any:
+            timeout: float | None = None, result_type: Any = None) -> Any:
         """:meth:`start_update_with_start`, then the update's result."""
         handle = await self.start_update_with_start(
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id,
-            wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout)
+            wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type)
         return await handle.result()
 
     # -- operator actions (cairn.client.operators)

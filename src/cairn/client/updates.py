@@ -18,6 +18,8 @@ import enum
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from cairn.client.messages import QUERY_RECHECK_SECONDS, validate_name
 from cairn.errors import ApplicationError, InputValidationError, WorkflowUpdateFailedError, WorkflowUpdateTimeout
 from cairn.options import check_identifier, seconds
@@ -68,9 +70,11 @@ class WorkflowUpdateHandle:
     ``workflow_handle``, a handle on the run it went to (the run update-with-start started)."""
 
     def __init__(self, client: Client, *, workflow_id: str, run_id: str, update_id: str, name: str,
-                 outcome: UpdateOutcome | None = None, workflow_handle: WorkflowHandle | None = None) -> None:
+                 outcome: UpdateOutcome | None = None, workflow_handle: WorkflowHandle | None = None,
+                 result_type: Any = None) -> None:
         self.client = client
         self.workflow_handle = workflow_handle
+        self.result_type = result_type
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.id = update_id
@@ -78,7 +82,8 @@ class WorkflowUpdateHandle:
         self._outcome = outcome
 
     async def result(self, timeout: float | None = None) -> Any:
-        """Waits for the handler to finish and returns its result.
+        """Waits for the handler to finish and returns its result (as ``result_type``, if
+        the update was sent with one: a dataclass, a pydantic model, an enum ...).
 
         Raises:
             WorkflowUpdateFailedError: the validator rejected the update (``.rejected``),
@@ -92,7 +97,14 @@ class WorkflowUpdateHandle:
             outcome = await wait_update(self.client, self.run_id, self.id, WorkflowUpdateStage.COMPLETED,
                                         seconds(timeout), self.workflow_id)
             self._outcome = outcome
-        return value_of(outcome, self.workflow_id, self.id)
+        value = value_of(outcome, self.workflow_id, self.id)
+        if self.result_type is None:
+            return value
+        try:
+            return TypeAdapter(self.result_type).validate_python(value)
+        except ValidationError as exc:
+            raise InputValidationError(f"update {self.id!r} returned {value!r}, which is not a "
+                                       f"{getattr(self.result_type, '__name__', self.result_type)}: {exc}") from None
 
 
 def _finished(outcome: UpdateOutcome) -> bool:
