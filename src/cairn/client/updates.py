@@ -127,7 +127,9 @@ async def wait_update(client: Client, run_id: str, update_id: str, stage: Workfl
     while True:
         # Waiters registered before the read: an outcome in between is not missed.
         with client.listener.waiter(key) as done, client.listener.waiter(run_id) as closed:
-            outcome = await client._read(lambda c: messages.update_outcome(c, run_id, update_id), wait=None)
+            # Through a database outage for as long as the caller waits (None: as long as it takes).
+            read_wait = None if deadline is None else max(deadline - loop.time(), 1.0)
+            outcome = await client._read(lambda c: messages.update_outcome(c, run_id, update_id), wait=read_wait)
             if outcome is None:
                 raise WorkflowUpdateFailedError(f"workflow {workflow_id!r} has no update {update_id!r}",
                                                 update_id=update_id, type="UnknownUpdate")
