@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from cairn import activity, saga, workflow
-from cairn.client import AsyncActivityHandle, Client, RunDescription, RunPage, WorkflowHandle
+from cairn.client import (
+    AsyncActivityHandle,
+    Client,
+    RunDescription,
+    RunPage,
+    WorkflowHandle,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
+)
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -28,6 +36,8 @@ from cairn.errors import (
     WorkflowTerminated,
     WorkflowTimedOutError,
     WorkflowTimeout,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateTimeout,
 )
 from cairn.options import RetryPolicy
 from cairn.worker import Worker
@@ -65,6 +75,10 @@ __all__ = [
     "WorkflowTerminated",
     "WorkflowTimedOutError",
     "WorkflowTimeout",
+    "WorkflowUpdateFailedError",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
+    "WorkflowUpdateTimeout",
     "__version__",
     "activity",
     "saga",

@@ -118,6 +118,36 @@ class QueryTimeout(CairnError):
     """No worker answered a query in time (is a worker running for the run's queue?)."""
 
 
+class WorkflowUpdateFailedError(CairnError):
+    """An update did not produce a result: its validator rejected it (nothing was recorded),
+    its handler raised, or the run closed before the handler finished.
+
+    Attributes:
+        update_id: the update's id.
+        type: the error's type name (the exception's; ``UnknownUpdate`` when the run has no
+            handler of that name, ``WorkflowClosed`` when the run closed first).
+        message: its message.
+        details: what an ``ApplicationError`` carried, else None.
+        rejected: True if the validator (or a missing handler) refused the update.
+        cause: the failure as an ``ApplicationError`` (Temporal's ``.cause``), if any.
+    """
+
+    def __init__(self, message: str, *, update_id: str, type: str = "Error", details: Any = None,
+                 rejected: bool = False) -> None:
+        super().__init__(message)
+        self.update_id = update_id
+        self.message = message
+        self.type = type
+        self.details = details
+        self.rejected = rejected
+        self.cause: ApplicationError | None = None
+
+
+class WorkflowUpdateTimeout(CairnError):
+    """An update's outcome did not arrive in time; the update may still be applied later
+    (asking again with the same update id waits for the same outcome)."""
+
+
 class InvalidFilter(InputValidationError):
     """A ``list --where`` filter is malformed; ``column`` (1-based) says where."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -19,6 +19,8 @@ from cairn.client import (
     RunDescription,
     RunPage,
     WorkflowHandle,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
     add_visibility,
 )
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
@@ -28,7 +30,7 @@ from cairn.store import runs
 
 T = TypeVar("T")
 
-__all__ = ["SyncClient", "SyncWorkflowHandle"]
+__all__ = ["SyncClient", "SyncWorkflowHandle", "SyncWorkflowUpdateHandle"]
 
 
 class SyncClient:
@@ -102,6 +104,16 @@ class SyncClient:
         return SyncWorkflowHandle(self, self._call(self._client.signal_with_start(
             workflow, *args, id=id, signal=signal, signal_payload=signal_payload, queue=queue)))
 
+    def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+                                  update_args: Sequence[Any] = (), update_id: str | None = None,
+                                  queue: str | None = None, timeout: float | None = None,
+                                  result_type: Any = None) -> Any:
+        """Starts the run unless one is open, and updates it (see
+        :meth:`cairn.Client.execute_update_with_start`)."""
+        return self._call(self._client.execute_update_with_start(
+            workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id, queue=queue,
+            timeout=timeout, result_type=result_type))
+
     def query(self, workflow_id: str, name: str, *args: Any, run_id: str | None = None,
               timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Queries a workflow's run (see :meth:`cairn.Client.query`)."""
@@ -158,3 +170,28 @@ class SyncWorkflowHandle:
 
     def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         return self._client._call(self.handle.query(name, *args, timeout=timeout))
+
+    def execute_update(self, name: str, *args: Any, id: str | None = None, timeout: float | None = None,
+                       result_type: Any = None) -> Any:
+        """Sends an update and returns its result (see :meth:`cairn.WorkflowHandle.execute_update`)."""
+        return self._client._call(self.handle.execute_update(name, *args, id=id, timeout=timeout,
+                                                             result_type=result_type))
+
+    def start_update(self, name: str, *args: Any, id: str | None = None,
+                     wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+                     timeout: float | None = None, result_type: Any = None) -> SyncWorkflowUpdateHandle:
+        """Sends an update and waits for ``wait_for_stage`` (see :meth:`cairn.WorkflowHandle.start_update`)."""
+        return SyncWorkflowUpdateHandle(self._client, self._client._call(self.handle.start_update(
+            name, *args, id=id, wait_for_stage=wait_for_stage, timeout=timeout, result_type=result_type)))
+
+
+class SyncWorkflowUpdateHandle:
+    """The blocking twin of :class:`cairn.WorkflowUpdateHandle`."""
+
+    def __init__(self, client: SyncClient, handle: WorkflowUpdateHandle) -> None:
+        self._client = client
+        self.handle = handle
+        self.id = handle.id
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._client._call(self.handle.result(timeout))

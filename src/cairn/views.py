@@ -79,6 +79,12 @@ def summarize(e: Event) -> str:
         return f"worker {d.get('worker')}"
     if e.type == h.SIGNAL_RECEIVED:
         return f"signal {d.get('name')} payload={json.dumps(d.get('payload'))}"
+    if e.type == h.UPDATE_ACCEPTED:
+        return f"update {d.get('name')} ({d.get('update_id')}) args={json.dumps(d.get('args'))}"
+    if e.type == h.UPDATE_COMPLETED:
+        f = d.get("failure")
+        tail = f"{f.get('type')}: {f.get('message')}" if f else f"-> {json.dumps(d.get('result'))}"
+        return f"update {d.get('update_id')} {tail}"
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 

@@ -50,7 +50,8 @@ __all__ = [
 # Local activities (their own section below).
 __all__ += ["LocalActivityHandle", "execute_local_activity", "start_local_activity"]
 # Messages: signals, wait conditions, queries (in their own section below).
-__all__ += ["set_query_handler", "set_signal_handler", "wait_condition", "wait_signal"]
+__all__ += ["all_handlers_finished", "set_query_handler", "set_signal_handler", "set_update_handler", "wait_condition",
+            "wait_signal"]
 
 ActivityCancellationType = Literal["try_cancel", "wait_cancellation_completed", "abandon"]
 """What cancelling an activity's handle does (see :class:`ActivityHandle`)."""
@@ -425,6 +426,33 @@ def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
         messages.query_handlers.pop(name, None)
     else:
         messages.query_handlers[name] = handler
+
+
+def set_update_handler(name: str, handler: Callable[..., Any] | None,
+                       validator: Callable[..., Any] | None = None) -> None:
+    """Answers updates called ``name`` with ``handler(*args)`` (``None`` removes it).
+
+    An update is a request that waits for its answer (``handle.execute_update``, ``cairn
+    update``). ``validator(*args)``, if given, runs first on the workflow's current state,
+    read-only like a query handler: raising rejects the update, which the caller gets as a
+    ``WorkflowUpdateFailedError`` and which leaves nothing in history. An accepted update
+    is recorded (``UpdateAccepted``) and its handler runs like a signal handler (a plain
+    function or an ``async def`` that may await activities and timers); its return value
+    (``UpdateCompleted``) or its exception goes back to the caller. An exception fails the
+    update, not the run (a bug, such as a ``TypeError``, fails the workflow task).
+    """
+    if handler is not None and not callable(handler):
+        raise InputValidationError(f"an update handler must be callable, got {handler!r}")
+    if validator is not None and (not callable(validator) or asyncio.iscoroutinefunction(validator)):
+        raise InputValidationError(f"an update validator must be a plain (non-async) function, got {validator!r}")
+    current_instance().messages.set_update_handler(_message_name(name, "update"), handler, validator)
+
+
+def all_handlers_finished() -> bool:
+    """True when no signal or update handler is running: ``await
+    workflow.wait_condition(workflow.all_handlers_finished)`` before returning lets every
+    accepted update answer its caller (an update unfinished when the run closes fails)."""
+    return current_instance().messages.all_handlers_finished()
 
 
 # ---------------------------------------------------------------- the run lifecycle

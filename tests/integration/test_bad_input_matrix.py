@@ -139,6 +139,9 @@ API_CASES: list[tuple[str, Case, type[BaseException], tuple[str, ...]]] = [
     ("cancel_unknown", lambda c: c.get_handle("nobody").cancel(), WorkflowNotFound, ("nobody",)),
     ("terminate_unknown", lambda c: c.get_handle("nobody").terminate(), WorkflowNotFound, ("nobody",)),
     ("query_unknown", lambda c: c.get_handle("nobody").query("q"), WorkflowNotFound, ("nobody",)),
+    ("update_unknown", lambda c: c.get_handle("nobody").execute_update("u"), WorkflowNotFound, ("nobody",)),
+    ("update_with_start_bad_name", lambda c: c.execute_update_with_start(echo, 1, id="uws", update=""),
+     InputValidationError, ("update name",)),
     ("bad_run_id", lambda c: asyncio.sleep(0, c.get_handle("x", run_id="'; DROP TABLE cairn.runs; --")),
      InputValidationError, ("not a run id",)),
 ]
@@ -175,6 +178,15 @@ async def test_messages_to_a_running_run_bad_payloads_write_nothing(client, regi
         (lambda: handle.query("q", "a\ud800"), "surrogate"),
         (lambda: handle.query("q", timeout=0), "positive"),
         (lambda: handle.query("q", timeout=-1), "positive"),
+        (lambda: handle.execute_update("u", BIG), "over the limit"),
+        (lambda: handle.execute_update("u", nested(100)), "deeper"),
+        (lambda: handle.execute_update("u", float("nan")), "finite"),
+        (lambda: handle.execute_update("u\x00"), "NUL"),
+        (lambda: handle.execute_update(""), "update name"),
+        (lambda: handle.execute_update("u", id=""), "update id"),
+        (lambda: handle.execute_update("u", id="a\nb"), "control character"),
+        (lambda: handle.execute_update("u", timeout=-1), "positive"),
+        (lambda: handle.start_update("u", wait_for_stage=2), "WorkflowUpdateStage"),
     ]:
         with pytest.raises(InputValidationError, match=fragment):
             await call()

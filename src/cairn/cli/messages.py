@@ -1,4 +1,4 @@
-"""Commands that message a run: signal, query."""
+"""Commands that message a run: signal, query, update."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from cairn.cli._base import Settings, main, parse_json, run, to_json, with_client
 from cairn.client import Client
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
-from cairn.errors import InputValidationError, QueryFailed
+from cairn.errors import CairnError, InputValidationError, QueryFailed, WorkflowUpdateFailedError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
@@ -76,3 +76,46 @@ def query_cmd(settings: Settings, workflow_id: str, name: str, input_: str | Non
 
     out = run(go(settings))
     click.echo(to_json(out) if as_json else json.dumps(out["answer"], default=str))
+
+
+@main.command("update")
+@click.argument("workflow_id")
+@click.argument("name")
+@click.option("--input", "inputs", multiple=True, metavar="JSON|@FILE",
+              help="An argument of the update handler as JSON (repeat for several).")
+@click.option("--id", "update_id", default=None,
+              help="The update id (default: a new UUID); asking again with it is not applied twice.")
+@run_id_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to wait for the outcome (default: as long as it takes).")
+@json_option
+@click.pass_obj
+def update_cmd(settings: Settings, workflow_id: str, name: str, inputs: tuple[str, ...], update_id: str | None,
+               run_id: str | None, timeout: float | None, as_json: bool) -> None:
+    """Send update NAME to the open run of WORKFLOW_ID and print its handler's result.
+
+    The run's validator may reject it (nothing is recorded). Exits 2 for bad JSON, an
+    unknown or closed workflow, or a rejected update; 1 when the handler failed, the run
+    closed before it finished, or the timeout passed.
+    """
+
+    @with_client
+    async def go(client: Client) -> dict[str, Any]:
+        args = [parse_json(i, "--input") for i in inputs]
+        handle = client.get_handle(workflow_id, run_id)
+        update = await handle.start_update(name, *args, id=update_id, timeout=timeout)
+        try:
+            result = await update.result(timeout)
+        except WorkflowUpdateFailedError as exc:
+            raise CairnError(str(exc)) from None
+        return {"workflow_id": workflow_id, "run_id": update.run_id, "update": name, "update_id": update.id,
+                "result": result}
+
+    async def rejected_as_bad_input(settings: Settings) -> dict[str, Any]:
+        try:
+            return await go(settings)
+        except WorkflowUpdateFailedError as exc:  # only a rejection gets here
+            raise InputValidationError(str(exc)) from None
+
+    out = run(rejected_as_bad_input(settings))
+    click.echo(to_json(out) if as_json else json.dumps(out["result"], default=str))

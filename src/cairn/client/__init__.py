@@ -20,6 +20,7 @@ from cairn.client.client import (
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
+from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -31,6 +32,8 @@ __all__ = [
     "RunPage",
     "StartTarget",
     "WorkflowHandle",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
     "add_visibility",
     "check_input",
 ]

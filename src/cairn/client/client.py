@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -25,6 +25,7 @@ from cairn.client.checks import (
 from cairn.client.handle import WorkflowHandle
 from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, validate_name
+from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
 from cairn.errors import (
     DatabaseUnavailable,
     InputValidationError,
@@ -467,6 +468,46 @@ class Client:
                                        check=CHECK_SIGNAL.format(workflow_id=id))
             span.set_attribute("cairn.run_id", run_id)
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
+
+    async def start_update_with_start(
+            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+            update_args: Sequence[Any] = (), update_id: str | None = None,
+            wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED, queue: str | None = None,
+            timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
+        """Sends update ``update`` to the open run of workflow ``id``, starting one first if
+        none is open (Temporal's update-with-start): start and update are one transaction.
+        Waits as :meth:`WorkflowHandle.start_update`; ``.result()`` on the returned handle
+        waits for the handler.
+
+        Raises:
+            InputValidationError: bad arguments, id, queue, update name or arguments;
+                nothing was written.
+            WorkflowUpdateFailedError: the update was rejected.
+            WorkflowUpdateTimeout: it did not reach ``wait_for_stage`` within ``timeout``.
+        """
+        name, payload, uid = check_update(update, tuple(update_args), update_id)
+        timeout = seconds(timeout)
+        with tracer.start_as_current_span("cairn.update_with_start") as span:  # the new run's trace root
+            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
+            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
+                                 "cairn.workflow_type": params["workflow_type"], "cairn.update": name})
+            run_id = await self._write(
+                lambda c: messages.update_with_start(c, params, update_id=uid, name=name, args=payload),
+                what=f"updating (and maybe starting) workflow {id!r}",
+                check=f"ask again with the same update id ({uid}): it is not applied twice")
+            span.set_attribute("cairn.run_id", run_id)
+        handle = WorkflowHandle(self, params["workflow_id"], run_id, signature)
+        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type)
+
+    async def execute_update_with_start(
+            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+            update_args: Sequence[Any] = (), update_id: str | None = None, queue: str | None = None,
+            timeout: float | None = None, result_type: Any = None) -> Any:
+        """:meth:`start_update_with_start`, then the update's result."""
+        handle = await self.start_update_with_start(
+            workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id,
+            wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type)
+        return await handle.result()
 
     # -- operator actions (cairn.client.operators)
 

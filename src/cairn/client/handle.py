@@ -19,9 +19,17 @@ from cairn.client.messages import (
     validate_name,
     validate_timeout,
 )
+from cairn.client.updates import (
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
+    check_update,
+    value_of,
+    wait_update,
+)
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import (
+    InputValidationError,
     QueryFailed,
     QueryTimeout,
     WorkflowCancelled,
@@ -344,6 +352,67 @@ class WorkflowHandle:
         await self._on_open_run("a signal", lambda run_id: self._write_input(
             run_id, h.SIGNAL_RECEIVED, data, what=f"sending signal {name!r} to workflow {self.workflow_id!r}",
             check=CHECK_SIGNAL.format(workflow_id=self.workflow_id)))
+
+    async def execute_update(self, name: str, *args: Any, id: str | None = None,
+                             timeout: float | None = None, result_type: Any = None) -> Any:
+        """Sends update ``name`` with ``args`` to the run and returns its handler's result.
+
+        The run's validator (if any) runs first: a rejection writes nothing to history.
+        ``id`` (default: a new UUID) makes the request idempotent: an update id the run
+        has already seen is not applied again, and its outcome is returned. ``result_type``
+        (a dataclass, a pydantic model, an enum ...) types the JSON result.
+
+        Raises:
+            InputValidationError: a bad name, id or argument; nothing was written.
+            WorkflowNotFound: no such workflow.
+            WorkflowClosed: the run is closed.
+            WorkflowUpdateFailedError: rejected (``.rejected``), the handler raised
+                (``.type``, ``.message``, ``.cause``), or the run closed first.
+            WorkflowUpdateTimeout: no outcome within ``timeout`` seconds.
+        """
+        update = await self.start_update(name, *args, id=id, wait_for_stage=WorkflowUpdateStage.COMPLETED,
+                                         timeout=timeout, result_type=result_type)
+        return await update.result()
+
+    async def start_update(self, name: str, *args: Any, id: str | None = None,
+                           wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+                           timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
+        """Sends update ``name`` and waits until it reaches ``wait_for_stage`` (by default
+        ``ACCEPTED``: validated and recorded); ``.result()`` on the returned handle waits for
+        the handler. Raises as :meth:`execute_update` (a rejection, here)."""
+        name, payload, update_id = check_update(name, args, id)
+        if not isinstance(wait_for_stage, WorkflowUpdateStage):
+            raise InputValidationError(f"wait_for_stage must be a WorkflowUpdateStage, got {wait_for_stage!r}")
+        timeout = seconds(timeout)
+        validate_id(self.workflow_id)
+        client = self.client
+        sent: list[str] = []
+
+        async def send(run_id: str) -> bool:
+            # Idempotent by the update id: safe to repeat after a lost connection.
+            is_open, _ = await client._read(lambda c: messages.request_update(
+                c, run_id=run_id, update_id=update_id, name=name, args=payload))
+            if is_open:
+                sent.append(run_id)
+            return is_open
+
+        await self._on_open_run(f"update {name!r}", send)
+        return await self._await_stage(sent[0], update_id, name, wait_for_stage, timeout, result_type)
+
+    async def _await_stage(self, run_id: str, update_id: str, name: str, stage: WorkflowUpdateStage,
+                           timeout: float | None, result_type: Any = None) -> WorkflowUpdateHandle:
+        outcome = await wait_update(self.client, run_id, update_id, stage, timeout, self.workflow_id)
+        if outcome.status == "rejected":
+            value_of(outcome, self.workflow_id, update_id)  # raises
+        return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=run_id, update_id=update_id,
+                                    name=name, outcome=outcome, workflow_handle=self, result_type=result_type)
+
+    def get_update_handle(self, update_id: str, *, result_type: Any = None) -> WorkflowUpdateHandle:
+        """A handle on an update sent earlier (to the run this handle acts on: pin its run id)."""
+        if self.run_id is None:
+            raise InputValidationError("get_update_handle needs the run id: use client.get_handle(id, run_id=...)")
+        return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=self.run_id,
+                                    update_id=update_id, name="", workflow_handle=self, result_type=result_type)
 
     async def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Asks the run's query handler ``name`` and returns its answer.

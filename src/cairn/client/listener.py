@@ -1,5 +1,6 @@
 """The client's close listener: one LISTEN session whose NOTIFYs wake ``result()`` when a
-run closes (``cairn_closed``) and ``query()`` when its answer is in (``cairn_query_answered``)."""
+run closes (``cairn_closed``), ``query()`` when its answer is in (``cairn_query_answered``)
+and an update's caller when it moves on (``cairn_update``)."""
 
 from __future__ import annotations
 
@@ -100,8 +101,9 @@ class CloseListener:
     async def _listen(self) -> None:
         while True:
             try:
-                # Query answers (payload: the request id) wake waiters the same way.
-                async with listening(self.url, "cairn_closed", "cairn_query_answered") as listener:
+                # Query answers (payload: the request id) and update outcomes (payload:
+                # update:<run id>:<update id>) wake waiters the same way.
+                async with listening(self.url, "cairn_closed", "cairn_update", "cairn_query_answered") as listener:
                     self.epoch += 1
                     self.listening.set()
                     self._wake_all()  # anything that closed while we were away

@@ -43,9 +43,14 @@ CHILD_WORKFLOW_FAILED = "ChildWorkflowFailed"
 CHILD_EVENTS = frozenset({
     CHILD_WORKFLOW_STARTED, CHILD_WORKFLOW_START_FAILED, CHILD_WORKFLOW_COMPLETED, CHILD_WORKFLOW_FAILED,
 })
+# An update the run's validator accepted (data {"update_id", "name", "args"}): its handler
+# runs. It reaches the inbox as UPDATE_REQUESTED (same data); the worker validates it
+# there, and only an accepted one becomes this event (a rejected one leaves no event).
+UPDATE_ACCEPTED = "UpdateAccepted"
+UPDATE_REQUESTED = "UpdateRequested"
 INPUT_EVENTS = frozenset({
     ACTIVITY_COMPLETED, ACTIVITY_FAILED, TIMER_FIRED, CANCEL_REQUESTED, SIGNAL_RECEIVED, ACTIVITY_CANCELLED,
-    *CHILD_EVENTS,
+    UPDATE_ACCEPTED, *CHILD_EVENTS,
 })
 # Inbox-only events that close a run without running its code (the worker handles them;
 # they never reach history): a parent close policy's termination, and the execution
@@ -72,8 +77,11 @@ UPSERT_SEARCH_ATTRIBUTES = "UpsertSearchAttributes"
 CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
 CHILD_WORKFLOW_CANCEL_REQUESTED = "ChildWorkflowCancelRequested"
 WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
+# An update's handler returned (data {"update_id", "result"}) or raised (data
+# {"update_id", "failure"}): the caller gets it.
+UPDATE_COMPLETED = "UpdateCompleted"
 COMMAND_EVENTS = frozenset({
-    ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
+    UPDATE_COMPLETED, ACTIVITY_SCHEDULED, ACTIVITY_CANCEL_REQUESTED, TIMER_STARTED, TIMER_CANCELLED,
     WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, MARKER_RECORDED,
     UPSERT_SEARCH_ATTRIBUTES, CHILD_WORKFLOW_SCHEDULED, CHILD_WORKFLOW_CANCEL_REQUESTED, WORKFLOW_CONTINUED_AS_NEW,
 })
@@ -107,6 +115,7 @@ _IDENTITY_KEYS = {
     CHILD_WORKFLOW_SCHEDULED: ("workflow_type", "workflow_id"),
     CHILD_WORKFLOW_CANCEL_REQUESTED: ("child_seq",),
     WORKFLOW_CONTINUED_AS_NEW: ("workflow_type",),
+    UPDATE_COMPLETED: ("update_id",),
 }
 # The marker kind of workflow.patched / workflow.deprecate_patch.
 PATCH_MARKER = "patch"

@@ -287,6 +287,11 @@ class WorkflowInstance:
         # fails the workflow task even if the code swallowed the exception.
         self.violation: DeterminismViolation | None = None
 
+    @property
+    def started_code(self) -> bool:
+        """The workflow function has been started (its first activation ran)."""
+        return self._main is not None
+
     # -- driving
 
     def activate(self, marker: Event, inputs: list[Event]) -> list[Command]:
@@ -401,6 +406,8 @@ class WorkflowInstance:
                 self.loop.fire(timer)
         elif event.type == h.SIGNAL_RECEIVED:
             self.messages.deliver(str(data["name"]), data.get("payload"))
+        elif event.type == h.UPDATE_ACCEPTED:
+            self.messages.deliver_update(str(data["update_id"]), str(data["name"]), list(data.get("args") or []))
         elif event.type == h.CANCEL_REQUESTED:
             if not self.cancel_requested and self._main is not None:
                 self.cancel_requested = True
@@ -517,6 +524,22 @@ class WorkflowInstance:
     def cancel_child(self, seq: int) -> None:
         if self._children.pop(seq, None) is not None and not self.closed:
             self._command(h.CHILD_WORKFLOW_CANCEL_REQUESTED, {"child_seq": seq})
+
+    def complete_update(self, update_id: str, *, result: Any = None, error: BaseException | None = None) -> None:
+        """Records ``UpdateCompleted``: the handler's result, or its exception as a failure.
+        Nothing once the run has closed (the caller learns that the run closed first)."""
+        if self.closed:
+            return
+        data: dict[str, Any] = {"update_id": update_id}
+        if error is None:
+            data["result"] = result
+        else:
+            data["failure"] = failure_of(error)
+        self._command(h.UPDATE_COMPLETED, data)
+
+    @staticmethod
+    def is_bug(exc: BaseException) -> bool:
+        return is_bug(exc)
 
     def record_marker(self, data: dict[str, Any]) -> int:
         """Records a ``MarkerRecorded`` command (``data["kind"]`` says whose); returns its seq."""

@@ -6,6 +6,12 @@ goes to the handler (run as a task on the workflow loop); otherwise it is buffer
 arrival order, until a :meth:`Messages.wait_signal` takes it. Wait conditions are checked
 whenever the code is blocked, in registration order, until none changes. Queries run a
 read-only handler against the instance's state and record nothing.
+
+Updates: a validator runs read-only, like a query, before the update is recorded
+(:meth:`Messages.validate_update`; the worker calls it on the inbox's ``UpdateRequested``);
+an accepted update arrives as an ``UpdateAccepted`` input event and its handler runs as a
+task, like a signal handler's, whose return value or exception the instance records as
+``UpdateCompleted``.
 """
 
 from __future__ import annotations
@@ -14,18 +20,28 @@ import asyncio
 import contextvars
 import inspect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cairn.engine import history as h
 from cairn.engine.loop import _IN_WORKFLOW
-from cairn.errors import DeterminismViolation, QueryFailed
-from cairn.payloads import to_payload
+from cairn.errors import (
+    ConfigurationError,
+    DeterminismViolation,
+    InputValidationError,
+    QueryFailed,
+    WorkflowFailure,
+)
+from cairn.payloads import Signature, to_payload
+from cairn.redaction import redact_value
 
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance
 
 SignalHandler = Callable[[Any], Any]
 QueryHandler = Callable[..., Any]
+UpdateHandler = Callable[..., Any]
 # Rounds of "check conditions, run the code they woke" per activation before the code is
 # declared stuck: each round resolves at least one condition, so only a loop that keeps
 # creating conditions that are true at once gets here.
@@ -57,7 +73,12 @@ class Messages:
         # bug, the workflow task), like an exception of the main coroutine.
         self.handler_error: BaseException | None = None
         self._handler_tasks: set[asyncio.Task[None]] = set()
-        self.querying = False  # a query handler runs: commands are refused
+        self.querying = False  # a query handler (or an update validator) runs: commands are refused
+        # name -> (handler, validator or None, the handler's typed parameters or None)
+        self.update_handlers: dict[str, tuple[UpdateHandler, UpdateHandler | None, Signature | None]] = {}
+        # Accepted updates whose handler was removed since: (update_id, args) by name, in order.
+        self._buffered_updates: dict[str, deque[tuple[str, list[Any]]]] = {}
+        self._update_tasks: set[asyncio.Task[None]] = set()
 
     # -- signals
 
@@ -123,6 +144,99 @@ class Messages:
             return await take()
         async with asyncio.timeout(timeout):  # a durable timer, through the loop's call_later
             return await take()
+
+    def all_handlers_finished(self) -> bool:
+        """No signal or update handler is running, and no accepted update waits for one."""
+        return not self._handler_tasks and not self._update_tasks and not any(self._buffered_updates.values())
+
+    # -- updates
+
+    def set_update_handler(self, name: str, handler: UpdateHandler | None,
+                           validator: UpdateHandler | None = None) -> None:
+        """Registers (or, with ``None``, removes) an update's handler and validator; accepted
+        updates waiting for that name go to it now."""
+        if handler is None:
+            self.update_handlers.pop(name, None)
+            return
+        try:
+            signature: Signature | None = Signature(handler)
+        except (TypeError, ValueError):  # *args, keyword-only or no signature: arguments pass as they are
+            signature = None
+        self.update_handlers[name] = (handler, validator, signature)
+        for update_id, args in self._buffered_updates.pop(name, ()):
+            self._start_update(update_id, name, args)
+
+    def validate_update(self, name: str, args: list[Any]) -> None:
+        """Runs the validator of update ``name`` read-only on the current state.
+
+        Raises:
+            QueryFailed: no handler of that name (type ``UnknownUpdate``), or the validator
+                changed the workflow or returned an awaitable (``DeterminismViolation``).
+            Exception: the validator's rejection (whatever it raised).
+        """
+        entry = self.update_handlers.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.update_handlers)) or "none"
+            raise QueryFailed(f"workflow {self._instance.definition.name} has no update handler {name!r} "
+                              f"(known: {known})", type="UnknownUpdate")
+        typed = self.update_args(name, args)
+        validator = entry[1]
+        if validator is not None:
+            self.read_only_call(validator, typed, f"the validator of update {name!r}")
+
+    def update_args(self, name: str, args: list[Any]) -> list[Any]:
+        """The update's JSON arguments as the handler's annotations type them (dataclasses,
+        pydantic models ...), refusing arguments it cannot take: a rejection, not a broken task.
+
+        Raises:
+            QueryFailed: type ``InvalidArguments``.
+        """
+        handler, _, signature = self.update_handlers[name]
+        try:
+            if signature is not None:
+                return signature.validate_args(args, f"update {name!r}")
+            inspect.signature(handler).bind(*args)
+        except (TypeError, InputValidationError, ConfigurationError) as exc:
+            raise QueryFailed(f"update {name!r} cannot take these arguments: {exc}",
+                              type="InvalidArguments") from None
+        except ValueError:  # no signature to check (a builtin): the handler decides
+            pass
+        return args
+
+    def deliver_update(self, update_id: str, name: str, args: list[Any]) -> None:
+        """An ``UpdateAccepted`` event: its handler runs (or, removed since, waits for one)."""
+        if name not in self.update_handlers:
+            self._buffered_updates.setdefault(name, deque()).append((update_id, args))
+            return
+        self._start_update(update_id, name, args)
+
+    def _start_update(self, update_id: str, name: str, args: list[Any]) -> None:
+        # The handler as registered now (its arguments were validated when it was accepted).
+        handler = self.update_handlers[name][0]
+        task = self._instance.loop.create_task(self._run_update(update_id, name, handler, args),
+                                               name=f"update handler {name}")
+        self._update_tasks.add(task)
+        task.add_done_callback(self._update_done)
+
+    async def _run_update(self, update_id: str, name: str, handler: UpdateHandler, args: list[Any]) -> None:
+        try:
+            result = handler(*self.update_args(name, args))
+            if inspect.isawaitable(result):
+                result = await result
+            value = to_payload(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._instance.is_bug(exc):
+                raise  # fails the workflow task, like a bug in a signal handler
+            self._instance.complete_update(update_id, error=exc)
+            return
+        self._instance.complete_update(update_id, result=value)
+
+    def _update_done(self, task: asyncio.Task[None]) -> None:
+        self._update_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.handler_error is None:
+            self.handler_error = task.exception()
 
     # -- wait conditions
 
@@ -195,6 +309,11 @@ class Messages:
             known = ", ".join(sorted(self.query_handlers)) or "none"
             raise QueryFailed(f"workflow {self._instance.definition.name} has no query handler {name!r} "
                               f"(known: {known})", type="UnknownQuery")
+        return to_payload(self.read_only_call(handler, args, f"query handler {name!r}"))
+
+    def read_only_call(self, handler: Callable[..., Any], args: list[Any], what: str) -> Any:
+        """Calls a query handler or an update validator on the current state, refusing any
+        change to the workflow (a command, work scheduled on its loop, an awaitable)."""
         loop = self._instance.loop
         ready = len(loop._ready)
         tasks = loop.tasks()
@@ -218,14 +337,67 @@ class Messages:
                 if inspect.iscoroutine(coro):
                     coro.close()  # never started: close it, or its garbage collection warns
         if scheduled > 0:
-            raise QueryFailed(f"query handler {name!r} scheduled work on the workflow loop: query handlers must "
-                              "be read-only", type="DeterminismViolation")
+            raise QueryFailed(f"{what} scheduled work on the workflow loop: it must be read-only",
+                              type="DeterminismViolation")
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
-            raise QueryFailed(f"query handler {name!r} returned an awaitable: query handlers must be plain "
-                              "(non-async) functions", type="DeterminismViolation")
-        return to_payload(result)
+            raise QueryFailed(f"{what} returned an awaitable: it must be a plain "
+                              "(non-async) function", type="DeterminismViolation")
+        return result
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A workflow task's inbox after its update requests were validated.
+
+    Attributes:
+        inbox: the rows to deliver, accepted updates as ``UpdateAccepted``.
+        consumed: the inbox ids the task consumes (rejected updates included; update
+            requests the task defers stay in the inbox).
+        rejected: ``{"update_id", "failure"}`` of each rejected update.
+    """
+
+    inbox: list[tuple[int, str, Any]]
+    consumed: list[int]
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+def admit_updates(inst: WorkflowInstance, inbox: Sequence[tuple[int, str, Any]]) -> Admitted:
+    """Runs the validators of the inbox's ``UpdateRequested`` events on the instance's
+    current state (before the batch's events are delivered).
+
+    A rejected update leaves no history event (Temporal's rule): it is consumed and
+    reported in ``rejected``. A run whose code has not started yet (its first workflow
+    task, as after update-with-start) has registered no handler: its update requests wait
+    in the inbox for the next task, which runs at once (the record keeps the task).
+    """
+    if not any(row[1] == h.UPDATE_REQUESTED for row in inbox):
+        return Admitted(list(inbox), [row[0] for row in inbox])
+    started = inst.started_code
+    rows: list[tuple[int, str, Any]] = []
+    consumed: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    for row in inbox:
+        inbox_id, kind, data = row
+        if kind != h.UPDATE_REQUESTED:
+            rows.append(row)
+            consumed.append(inbox_id)
+            continue
+        if not started:
+            continue  # deferred: the code registers its handlers first
+        consumed.append(inbox_id)
+        name, args = str(data["name"]), list(data.get("args") or [])
+        try:
+            inst.messages.validate_update(name, args)
+        except Exception as exc:
+            kind_of = exc.type if isinstance(exc, QueryFailed | WorkflowFailure) and exc.type else type(exc).__name__
+            failure = {"type": kind_of, "message": str(exc),
+                       "details": exc.details if isinstance(exc, WorkflowFailure) else None}
+            rejected.append({"update_id": data["update_id"], "failure": redact_value(failure)})
+            continue
+        rows.append((inbox_id, h.UPDATE_ACCEPTED, data))
+    return Admitted(rows, consumed, rejected)
 
 
 async def _call_handler(handler: SignalHandler, payload: Any) -> None:

@@ -34,6 +34,43 @@ async def signal_with_start(conn: Conn, params: dict[str, Any], data: dict[str, 
             # The open run closed before the signal reached it: start a new one.
 
 
+async def request_update(conn: Conn, *, run_id: str, update_id: str, name: str, args: list[Any]) -> tuple[bool, bool]:
+    """Asks an open run for an update (``request_update``): (the run is open, this call
+    wrote the request). An update id already there is not written again."""
+    row = await (await conn.execute(q("request_update"), {
+        "run_id": run_id, "update_id": update_id, "name": name, "args": Jsonb(args), "now": None,
+        "data": Jsonb({"update_id": update_id, "name": name, "args": args})})).fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1])
+
+
+async def update_with_start(conn: Conn, params: dict[str, Any], *, update_id: str, name: str,
+                            args: list[Any]) -> str:
+    """Starts the run unless one is open, and asks the open (or new) run for the update, in
+    one transaction (as :func:`signal_with_start`)."""
+    async with conn.transaction():
+        while True:
+            run_id = await start(conn, params, "use_existing")
+            if (await request_update(conn, run_id=run_id, update_id=update_id, name=name, args=args))[0]:
+                return run_id
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    """An update's status (requested, accepted, rejected, completed, failed), its result or
+    failure, and its run's status."""
+
+    status: str
+    result: Any
+    failure: dict[str, Any] | None
+    run_status: str
+
+
+async def update_outcome(conn: Conn, run_id: str, update_id: str) -> UpdateOutcome | None:
+    row = await (await conn.execute(q("update_outcome"), {"run_id": run_id, "update_id": update_id})).fetchone()
+    return None if row is None else UpdateOutcome(row[0], row[1], row[2], row[3])
+
+
 async def insert_query_request(conn: Conn, *, request_id: str, run_id: str, queue: str, namespace: str,
                                workflow_type: str, name: str, args: list[Any]) -> None:
     """Asks for a query's answer (``insert_query_request``). A request already there under

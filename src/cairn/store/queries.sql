@@ -1528,3 +1528,50 @@ WITH c AS (
     RETURNING queue
 )
 SELECT queue FROM ins
+
+-- ==== workflow updates ====
+
+-- name: request_update
+-- Asks a running run for an update: the update's row and its UpdateRequested inbox event,
+-- and a pending workflow task (as signal_run). An update id already there is an earlier
+-- try of the same update: nothing is written again (the caller waits for its outcome).
+WITH run AS (
+    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+), req AS (
+    INSERT INTO cairn.updates (run_id, update_id, name, args, created_at)
+    SELECT run_id, %(update_id)s, %(name)s, %(args)s, coalesce(%(now)s::timestamptz, now()) FROM run
+    ON CONFLICT (run_id, update_id) DO NOTHING
+    RETURNING run_id
+), ev AS (
+    INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, 'UpdateRequested', %(data)s FROM req
+), task AS (
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
+    SELECT run.run_id, run.namespace, run.queue, run.workflow_type FROM run JOIN req USING (run_id)
+    ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
+    RETURNING queue
+)
+SELECT EXISTS (SELECT 1 FROM run) AS open, EXISTS (SELECT 1 FROM req) AS inserted, n.notified
+FROM (SELECT 1) one LEFT JOIN (SELECT pg_notify('cairn_workflow', queue)::text AS notified FROM task) n ON true
+
+-- name: update_outcome
+-- An update's status and outcome, with its run's status (an update still open when its
+-- run has closed never gets a result).
+SELECT u.status, u.result, u.failure, r.status AS run_status
+FROM cairn.updates u JOIN cairn.runs r ON r.run_id = u.run_id
+WHERE u.run_id = %(run_id)s AND u.update_id = %(update_id)s
+
+-- name: record_updates
+-- A workflow task's update outcomes (accepted, rejected by the validator, completed), in
+-- its transaction, and a NOTIFY per update for the callers waiting on them. An outcome
+-- already written is never overwritten.
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(updates)s) AS x(update_id text, status text, result jsonb, failure jsonb)
+), u AS (
+    UPDATE cairn.updates u
+    SET status = o.status, result = o.result, failure = o.failure,
+        completed_at = CASE WHEN o.status = 'accepted' THEN NULL ELSE coalesce(%(now)s::timestamptz, now()) END
+    FROM o
+    WHERE u.run_id = %(run_id)s AND u.update_id = o.update_id AND u.status IN ('requested', 'accepted')
+    RETURNING u.update_id
+)
+SELECT pg_notify('cairn_update', 'update:' || %(run_id)s::text || ':' || update_id)::text AS notified FROM u

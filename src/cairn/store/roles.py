@@ -61,6 +61,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "activity_tasks": ("INSERT", "UPDATE", "DELETE"),
         "timers": ("INSERT", "UPDATE", "DELETE"),
         "query_requests": ("UPDATE",),  # answers; the asking client deletes the row
+        "updates": ("UPDATE",),  # outcomes (accepted, rejected, completed)
         "workflow_types": ("INSERT", "UPDATE"),  # registers its types; never DELETE
         "activity_types": ("INSERT", "UPDATE"),
         "breakers": ("INSERT", "UPDATE", "DELETE"),
@@ -81,6 +82,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "activity_tasks": ("INSERT", "UPDATE", "DELETE"),
         "timers": ("INSERT", "DELETE"),
         "query_requests": ("INSERT", "DELETE"),
+        "updates": ("INSERT",),  # requests; never their outcomes
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
     },
 }

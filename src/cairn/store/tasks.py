@@ -159,11 +159,13 @@ async def read_history(conn: Conn, run_id: str) -> list[Event]:
 
 
 def extra_statements(task: TaskState, events: list[Event], close_status: str | None,
-                     wait_cancels: list[int]) -> list[Statement]:
+                     wait_cancels: list[int], rejected: list[dict[str, Any]] | None = None) -> list[Statement]:
     """What a recorded task needs besides ``record_workflow_tasks`` and the lifecycle's
-    statements, as (statement name, parameters): search attributes, timers, cancels. Most
-    tasks need none; then the record carries the COMMIT."""
+    statements, as (statement name, parameters): search attributes, timers, cancels,
+    update outcomes (``rejected``: the updates its validators refused). Most tasks need
+    none; then the record carries the COMMIT."""
     base = {"run_id": task.run_id, "now": None}
+    updates = update_outcomes(events, rejected or [])
     timers, cancel_timers, cancel_acts = [], [], []
     upserts: dict[str, Any] = {}  # search attributes set (None: removed) by this task
     for ev in events:
@@ -176,6 +178,8 @@ def extra_statements(task: TaskState, events: list[Event], close_status: str | N
         elif ev.type == h.UPSERT_SEARCH_ATTRIBUTES:
             upserts.update(ev.data["search_attributes"])
     out: list[Statement] = []
+    if updates:
+        out.append(("record_updates", {**base, "updates": Jsonb(updates)}))
     if upserts:
         out.append(("upsert_search_attributes", {
             **base, "set": Jsonb({k: v for k, v in upserts.items() if v is not None}),
@@ -190,6 +194,22 @@ def extra_statements(task: TaskState, events: list[Event], close_status: str | N
         if wait_cancels:
             out.append(("request_activity_cancels", {**base, "seqs": wait_cancels}))
     return out
+
+
+def update_outcomes(events: list[Event], rejected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last status per update id this task reached (accepted, completed, failed), and
+    the rejected ones: ``record_updates``'s rows."""
+    out: dict[str, dict[str, Any]] = {r["update_id"]: {**r, "status": "rejected", "result": None} for r in rejected}
+    for ev in events:
+        if ev.type == h.UPDATE_ACCEPTED:
+            out[ev.data["update_id"]] = {"update_id": ev.data["update_id"], "status": "accepted",
+                                         "result": None, "failure": None}
+        elif ev.type == h.UPDATE_COMPLETED:
+            failure = ev.data.get("failure")
+            out[ev.data["update_id"]] = {"update_id": ev.data["update_id"],
+                                         "status": "failed" if failure else "completed",
+                                         "result": ev.data.get("result"), "failure": failure}
+    return list(out.values())
 
 
 async def register_types(pool: db.Pool, *, namespace: str, queues: list[str], workflows: dict[str, Any],

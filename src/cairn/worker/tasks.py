@@ -23,6 +23,7 @@ from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
 from cairn.engine.instance import WorkflowInstance, failure_of, replay
 from cairn.engine.local import LOCAL_BUDGET_SECONDS
+from cairn.engine.signals import admit_updates
 from cairn.errors import Deadlock, Refused, UnknownWorkflowType, WorkflowTaskFailed
 from cairn.store import lifecycle as _lifecycle
 from cairn.store import tasks as store
@@ -68,12 +69,12 @@ class Activation:
 
     @classmethod
     def of(cls, task: TaskState, inst: WorkflowInstance, events: list[Event], inbox_ids: list[int],
-           began: float, began_ns: int) -> Activation:
+           began: float, began_ns: int, rejected: list[dict[str, Any]] | None = None) -> Activation:
         family = inst.closed and (inst.info.parent_run_id is not None or inst.children_started > 0)
         wait_cancels = [ev.data["activity_seq"] for ev in events if ev.type == h.ACTIVITY_CANCEL_REQUESTED
                         and ev.data.get("cancellation_type") == "wait_cancellation_completed"]
         close_status = next((h.TERMINAL_EVENTS[e.type] for e in events if e.type in h.TERMINAL_EVENTS), None)
-        extras = store.extra_statements(task, events, close_status, wait_cancels)
+        extras = store.extra_statements(task, events, close_status, wait_cancels, rejected)
         plain = not extras and not _lifecycle.has_commands(events, family)
         return cls(task, inst, events, inbox_ids, family, began, began_ns, close_status, wait_cancels, extras,
                    plain)
@@ -257,9 +258,15 @@ class TaskRunner:
                 self._cache.evict(run_id)
                 self._stats.cache_misses += 1
                 inst = await self._rebuild(conn, task)
+            # Update requests: validated now; only accepted ones become input events.
+            admitted = admit_updates(inst, inbox)
+            if admitted.rejected and not admitted.inbox:
+                # Rejected updates alone: the code is not woken and history gets no event,
+                # not even a task marker (a rejected update leaves none, as in Temporal).
+                return Activation.of(task, inst, [], admitted.consumed, began, began_ns, admitted.rejected)
             marker = Event(last_seq + 1, h.WORKFLOW_TASK_STARTED,
                            {"time": now.timestamp(), "worker": self._identity})
-            inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(inbox)]
+            inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(admitted.inbox)]
             commands = inst.activate(marker, inputs)
             while inst.local_requests():  # local activities: run here, recorded with the task
                 outcomes = await self._locals.run(inst, now=now.timestamp(), began=began, deadline=deadline)
@@ -280,7 +287,7 @@ class TaskRunner:
             self._cache.evict(run_id)
             await self._fail_task(conn, task, too_long)
             return None
-        return Activation.of(task, inst, events, [r[0] for r in inbox], began, began_ns)
+        return Activation.of(task, inst, events, admitted.consumed, began, began_ns, admitted.rejected)
 
     async def _rebuild(self, conn: Conn, task: TaskState) -> WorkflowInstance:
         """Cache miss: replay the whole history into a new instance."""

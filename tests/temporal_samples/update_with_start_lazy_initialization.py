@@ -1,0 +1,145 @@
+"""Port of samples-python message_passing/update_with_start/lazy_initialization/
+(activities.py, workflows.py, starter.py) in one module.
+
+Temporal's class (``@workflow.update`` with its ``@add_item.validator``, ``@workflow.signal``)
+becomes Cairn's function form (``set_update_handler(..., validator=)``,
+``set_signal_handler``); ``execute_update_with_start_workflow`` with a
+``WithStartWorkflowOperation`` (id conflict policy USE_EXISTING) becomes
+``client.start_update_with_start`` (which always uses the open run), whose update handle
+carries the workflow handle (``start_op.workflow_handle()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cairn import (
+    ApplicationError,
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
+    activity,
+    workflow,
+)
+
+TASK_QUEUE = "update-with-start-lazy-initialization"
+
+
+# activities.py
+@dataclass
+class ShoppingCartItem:
+    sku: str
+    quantity: int
+
+
+@activity.defn
+async def get_price(item: ShoppingCartItem) -> int | None:
+    await asyncio.sleep(0.1)
+    price = None if item.sku == "sku-456" else 599
+    if price is None:
+        return None
+    return price * item.quantity
+
+
+# workflows.py
+@dataclass
+class FinalizedOrder:
+    id: str
+    items: list[tuple[ShoppingCartItem, int]]
+    total: int
+
+
+@workflow.defn(name="ShoppingCartWorkflow")
+async def shopping_cart_workflow() -> FinalizedOrder:
+    items: list[tuple[ShoppingCartItem, int]] = []
+    state = {"order_submitted": False}
+
+    async def add_item(item: ShoppingCartItem) -> int:
+        price = await workflow.execute_activity(
+            get_price, item, start_to_close_timeout=timedelta(seconds=10)
+        )
+        if price is None:
+            raise ApplicationError(
+                f"Item unavailable: {item}",
+                type="ItemUnavailableError",
+            )
+        items.append((item, price))
+
+        return sum(price for _, price in items)
+
+    def validate_add_item(item: ShoppingCartItem) -> None:
+        if state["order_submitted"]:
+            raise ApplicationError("Order already submitted")
+
+    def checkout(_: Any = None) -> None:
+        state["order_submitted"] = True
+
+    workflow.set_update_handler("add_item", add_item, validator=validate_add_item)
+    workflow.set_signal_handler("checkout", checkout)
+    await workflow.wait_condition(
+        lambda: workflow.all_handlers_finished() and state["order_submitted"]
+    )
+    return FinalizedOrder(
+        id=workflow.info().workflow_id,
+        items=items,
+        total=sum(price for _, price in items),
+    )
+
+
+# starter.py
+async def handle_add_item_request(
+    session_id: str, item_id: str, quantity: int, client: Client
+) -> tuple[int | None, WorkflowHandle]:
+    """
+    Handle a client request to add an item to the shopping cart. The user is not logged in, but a session ID is
+    available from a cookie, and we use this as the cart ID. The Cairn client was created at service-start
+    time and is shared by all request handlers.
+
+    A Workflow Type exists that can be used to represent a shopping cart. The method uses update-with-start to
+    add an item to the shopping cart, creating the cart if it doesn't already exist.
+
+    Note that the workflow handle is available, even if the Update fails.
+    """
+    cart_id = f"cart-{session_id}"
+    update = await client.start_update_with_start(
+        shopping_cart_workflow,
+        id=cart_id,
+        update="add_item",
+        update_args=[ShoppingCartItem(sku=item_id, quantity=quantity)],
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        queue=TASK_QUEUE,
+    )
+    try:
+        price = await update.result()
+    except WorkflowUpdateFailedError as err:
+        if (
+            isinstance(err.cause, ApplicationError)
+            and err.cause.type == "ItemUnavailableError"
+        ):
+            price = None
+        else:
+            raise err
+
+    workflow_handle = update.workflow_handle
+    assert workflow_handle is not None
+
+    return price, workflow_handle
+
+
+async def main(client: Client) -> None:
+    print("🛒")
+    session_id = f"session-{uuid.uuid4()}"
+
+    subtotal_1, _ = await handle_add_item_request(session_id, "sku-123", 1, client)
+    subtotal_2, wf_handle = await handle_add_item_request(
+        session_id, "sku-456", 1, client
+    )
+    print(f"subtotals were, {[subtotal_1, subtotal_2]}")
+    await wf_handle.signal("checkout")
+    final_order = await wf_handle.result()
+    print(f"final order: {final_order}")
