@@ -80,8 +80,11 @@ WITH c AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
+    -- A start delay (client.start(start_delay=...)) holds the first task back; a signal
+    -- during it does not bring the task forward (signal_run keeps available_at).
     INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
-    SELECT run_id, namespace, queue, workflow_type, created_at, created_at FROM new_run
+    SELECT run_id, namespace, queue, workflow_type,
+           created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second', created_at FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
@@ -1448,3 +1451,127 @@ LEFT JOIN LATERAL (SELECT seq, type FROM cairn.history h WHERE h.run_id = r.run_
        ON true
 WHERE r.run_id = (SELECT run_id FROM cairn.runs WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
                   ORDER BY run_id DESC LIMIT 1)
+
+-- ==== schedules ====
+
+-- name: schedule_now
+-- The database's clock, which every schedule decision uses (a worker's own clock may be off).
+SELECT coalesce(%(now)s::timestamptz, now())
+
+-- name: insert_schedule
+-- Creates a schedule unless the id is taken (no row then).
+INSERT INTO cairn.schedules (namespace, schedule_id, spec, action, policy, paused, note, processed_until,
+                             next_check_at, created_at, updated_at)
+VALUES (%(namespace)s, %(schedule_id)s, %(spec)s, %(action)s, %(policy)s, %(paused)s, %(note)s, %(now)s,
+        %(next_check_at)s, %(now)s, %(now)s)
+ON CONFLICT (namespace, schedule_id) DO NOTHING
+RETURNING schedule_id, pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
+
+-- name: claim_due_schedule
+-- One due, unpaused schedule, locked for this transaction. SKIP LOCKED: the workers'
+-- maintenance loops split the due schedules instead of waiting; the lock, held while the
+-- slots are acted on and processed_until moves, is what makes a slot fire once.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE NOT paused AND next_check_at <= %(now)s
+ORDER BY next_check_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+
+-- name: lock_schedule
+-- A schedule locked for a client's change (pause, trigger, backfill, update): waits for a
+-- worker firing it, so the two never act on the same slot.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+FOR UPDATE
+
+-- name: get_schedule
+-- A schedule's row, unlocked (describe).
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+
+-- name: list_schedules
+-- The namespace's schedules, by id.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s
+ORDER BY schedule_id
+LIMIT %(limit)s
+
+-- name: schedule_running_runs
+-- The schedule's runs still open (its started actions whose run is running).
+SELECT a.run_id, a.workflow_id
+FROM cairn.schedule_actions a JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.namespace = %(namespace)s AND a.schedule_id = %(schedule_id)s AND a.status = 'started'
+  AND r.status = 'running'
+ORDER BY a.slot
+
+-- name: schedule_buffered_actions
+-- The schedule's actions waiting for its open runs to close, oldest slot first.
+SELECT slot, kind, overlap, workflow_id
+FROM cairn.schedule_actions
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s AND status = 'buffered'
+ORDER BY slot
+
+-- name: insert_schedule_action
+-- Takes a slot: the primary key (namespace, schedule_id, slot) admits one action per slot;
+-- no row back means the slot was already acted on.
+INSERT INTO cairn.schedule_actions (namespace, schedule_id, slot, kind, status, overlap, workflow_id, taken_at)
+VALUES (%(namespace)s, %(schedule_id)s, %(slot)s, %(kind)s, %(status)s, %(overlap)s, %(workflow_id)s, %(now)s)
+ON CONFLICT (namespace, schedule_id, slot) DO NOTHING
+RETURNING slot
+
+-- name: mark_schedule_action
+-- An action's outcome: started (with its run) or skipped.
+UPDATE cairn.schedule_actions
+SET status = %(status)s, run_id = %(run_id)s, started_at = CASE WHEN %(status)s = 'started' THEN %(now)s END
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s AND slot = %(slot)s
+
+-- name: update_schedule_progress
+-- After a pass: the slots acted on, when to look next, the slots missed.
+UPDATE cairn.schedules
+SET processed_until = %(processed_until)s, next_check_at = %(next_check_at)s,
+    missed_slots = missed_slots + %(missed)s
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+
+-- name: update_schedule
+-- A client's change of a schedule (update, pause, unpause), with the row locked.
+UPDATE cairn.schedules
+SET spec = %(spec)s, action = %(action)s, policy = %(policy)s, paused = %(paused)s, note = %(note)s,
+    processed_until = %(processed_until)s, next_check_at = %(next_check_at)s, updated_at = %(now)s
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+RETURNING pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
+
+-- name: delete_schedule
+-- Deletes a schedule and its actions (the runs it started stay).
+WITH actions AS (
+    DELETE FROM cairn.schedule_actions WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+)
+DELETE FROM cairn.schedules WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+RETURNING schedule_id
+
+-- name: recent_schedule_actions
+-- A schedule's latest actions, newest slot first, with their runs' status.
+SELECT a.slot, a.kind, a.status, a.overlap, a.workflow_id, a.run_id, a.taken_at, a.started_at, r.status
+FROM cairn.schedule_actions a LEFT JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.namespace = %(namespace)s AND a.schedule_id = %(schedule_id)s
+ORDER BY a.slot DESC
+LIMIT %(limit)s
+
+-- name: schedule_action_counts
+-- How many of a schedule's slots were started, buffered and skipped.
+SELECT count(*) FILTER (WHERE status = 'started'), count(*) FILTER (WHERE status = 'buffered'),
+       count(*) FILTER (WHERE status = 'skipped')
+FROM cairn.schedule_actions
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+
+-- name: next_schedule_check
+-- How long until the earliest unpaused schedule is due (negative: overdue), for the
+-- maintenance loop's wait.
+SELECT min(next_check_at) - now() FROM cairn.schedules WHERE NOT paused
