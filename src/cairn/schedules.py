@@ -30,6 +30,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_CATCHUP_WINDOW = timedelta(days=365)  # Temporal's default
 MIN_CATCHUP_WINDOW = timedelta(seconds=10)    # Temporal's minimum
 MAX_SLOTS_PER_PASS = 100                      # slots one pass acts on (a long outage is caught up in several)
+MAX_MISSED_COUNTED = 100_000                  # slots missed during one outage that are counted one by one
 
 
 class ScheduleOverlapPolicy(enum.StrEnum):
@@ -263,7 +264,12 @@ def due_slots(spec: ScheduleSpec, schedule_id: str, processed_until: datetime, n
     after = max(processed_until, oldest - timedelta(microseconds=1))
     fire: list[datetime] = []
     missed = 0
-    until = after  # slots before the window are past: the next pass starts after them
+    if after > processed_until:  # slots before the window are past (counted up to a cap): start after them
+        for _ in spec.slots(processed_until, after):
+            missed += 1
+            if missed >= MAX_MISSED_COUNTED:
+                break
+    until = after
     for slot in spec.slots(after, now):
         at = slot + spec.jitter_of(schedule_id, slot)
         if at > now:

@@ -1,0 +1,1 @@
+-- placeholder for another helper's migration (local only, never committed)
