@@ -69,6 +69,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "rate_limit_leases": ("INSERT", "DELETE"),
         "rate_limit_tickets": ("INSERT", "UPDATE", "DELETE"),
         "llm_stream": ("INSERT", "DELETE"),  # DELETE: the trigger clearing a closed run's chunks
+        "schedules": ("INSERT", "UPDATE", "DELETE"),  # fires them (store/schedules.py, shared with the client)
+        "schedule_actions": ("INSERT", "UPDATE", "DELETE"),
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -79,6 +81,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "timers": ("INSERT", "DELETE"),
         "query_requests": ("INSERT", "DELETE"),
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
+        "schedules": ("INSERT", "UPDATE", "DELETE"),  # create, pause, update, delete
+        "schedule_actions": ("INSERT", "UPDATE", "DELETE"),  # trigger, backfill
     },
 }
 
