@@ -26,9 +26,11 @@ def test_the_schedules_example_works_as_typed(tmp_path, db_url):
     assert "last: report-" in ran.stdout
     assert "schedule reports: nightly_report on queue default" in ran.stdout
     listed = json.loads(ran.stdout[ran.stdout.index("[\n"):ran.stdout.index("\n]") + 2])
-    assert listed[0]["paused"] is True and listed[0]["note"] == "database maintenance"
+    assert listed[0]["paused"] is True
+    assert listed[0]["note"] == "database maintenance"
     assert "backfilled reports: 5 slot(s) acted on" in ran.stdout  # 00:00, :02, :04, :06, :08
     assert '"report for ops"' in ran.stdout  # the delayed start's result
     # The trigger's run and the every-2-seconds runs, each once.
     runs = query(db_url, "SELECT workflow_id, status FROM cairn.runs WHERE workflow_id LIKE 'report-%%'")
-    assert len(runs) >= 3 and len({w for w, _ in runs}) == len(runs)
+    assert len(runs) >= 3
+    assert len({w for w, _ in runs}) == len(runs)

@@ -5,7 +5,9 @@ and the delayed start (start_delay)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -22,7 +24,7 @@ from cairn.client import (
     ScheduleUpdate,
 )
 from cairn.errors import ScheduleAlreadyRunning, ScheduleNotFound
-from support import wait_until
+from support import bad_input, cairn_in_thread, ok, wait_until
 
 
 @workflow.defn
@@ -69,7 +71,8 @@ async def test_fires_once_per_slot_with_two_workers(client, start_worker, sql):
     assert rows[0][3] == "s1-" + rows[0][0].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     # One run per slot, with the slot's workflow id.
     runs = sql("SELECT workflow_id FROM cairn.runs WHERE workflow_id LIKE 's1-%%'")
-    assert len(runs) >= 4 and len(runs) == len({r[0] for r in runs})
+    assert len(runs) >= 4
+    assert len(runs) == len({r[0] for r in runs})
     desc = await client.get_schedule_handle("s1").describe()
     assert desc.schedule.state.note == "n"
     assert desc.info.num_actions >= 4
@@ -84,9 +87,12 @@ async def test_skip_and_buffer_one(client, start_worker, sql):
     await client.create_schedule("buf1", every(1, ScheduleOverlapPolicy.BUFFER_ONE, fn=slow_tick))
     await wait_until(lambda: len(actions(sql, "skip")) >= 3 and len(actions(sql, "buf1")) >= 4, timeout=20)
     skip = [r[2] for r in actions(sql, "skip")]
-    assert skip[0] == "started" and set(skip[1:]) == {"skipped"}
+    assert skip[0] == "started"
+    assert set(skip[1:]) == {"skipped"}
     buf = [r[2] for r in actions(sql, "buf1")]
-    assert buf[0] == "started" and buf[1] == "buffered" and set(buf[2:]) == {"skipped"}
+    assert buf[0] == "started"
+    assert buf[1] == "buffered"
+    assert set(buf[2:]) == {"skipped"}
 
 
 async def test_allow_all_and_terminate_other(client, start_worker, sql):
@@ -128,7 +134,8 @@ async def test_pause_unpause_trigger_update_delete(client, start_worker, sql):
     handle = await client.create_schedule("ops", every(3600))
     await handle.pause(note="Pausing the schedule for now")
     desc = await handle.describe()
-    assert desc.schedule.state.paused and desc.schedule.state.note == "Pausing the schedule for now"
+    assert desc.schedule.state.paused
+    assert desc.schedule.state.note == "Pausing the schedule for now"
     assert desc.info.next_action_times == []
     await handle.trigger()  # a trigger acts even while paused (as Temporal's)
     await wait_until(lambda: [r[1:3] for r in actions(sql, "ops")] == [("trigger", "started")], timeout=10)
@@ -142,7 +149,8 @@ async def test_pause_unpause_trigger_update_delete(client, start_worker, sql):
     await handle.update(change)
     assert (await handle.describe()).schedule.action.args == ["my new schedule arg"]
     [listed] = await client.list_schedules()
-    assert listed.id == "ops" and listed.workflow_type == "tick"
+    assert listed.id == "ops"
+    assert listed.workflow_type == "tick"
     await handle.delete()
     with pytest.raises(ScheduleNotFound):
         await handle.describe()
@@ -204,3 +212,32 @@ async def test_start_delay(client, start_worker, sql):
     assert await h2.result(timeout=10) == ["now"]
     with pytest.raises(InputValidationError):
         await client.start(tick, "d", start_delay=-1)
+
+
+async def test_cli(db_url, start_worker, sql):
+    await start_worker(workflows=[tick])
+    made = json.loads(ok(await cairn_in_thread(db_url, "schedule", "create", "c1", "tick", "--input", '"cli"',
+                                               "--cron", "0 9 * * MON-FRI", "--time-zone", "Europe/Paris",
+                                               "--overlap", "buffer_all", "--note", "weekday mornings", "--json")))
+    assert made["spec"]["cron_expressions"] == ["0 9 * * MON-FRI"]
+    assert made["policy"]["overlap"] == "buffer_all"
+    assert all(datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Paris")).hour == 9
+               for t in made["info"]["next_action_times"])
+    assert "c1" in ok(await cairn_in_thread(db_url, "schedule", "list"))
+    ok(await cairn_in_thread(db_url, "schedule", "trigger", "c1"))
+    await wait_until(lambda: [r[1:3] for r in actions(sql, "c1")] == [("trigger", "started")], timeout=10)
+    text = ok(await cairn_in_thread(db_url, "schedule", "describe", "c1"))
+    assert "weekday mornings" in text
+    assert "trigger" in text
+    ok(await cairn_in_thread(db_url, "schedule", "pause", "c1", "--note", "holidays"))
+    assert json.loads(ok(await cairn_in_thread(db_url, "schedule", "describe", "c1", "--json")))["state"] == {
+        "paused": True, "note": "holidays"}
+    ok(await cairn_in_thread(db_url, "schedule", "unpause", "c1"))
+    ok(await cairn_in_thread(db_url, "schedule", "delete", "c1", "--json"))
+    bad_input(await cairn_in_thread(db_url, "schedule", "describe", "c1"), "no schedule with id")
+    bad_input(await cairn_in_thread(db_url, "schedule", "create", "c2", "tick", "--cron", "61 * * * *"),
+              "bad cron expression")
+    bad_input(await cairn_in_thread(db_url, "schedule", "create", "c2", "tick", "--every", "5 parsecs"), "--every")
+    bad_input(await cairn_in_thread(db_url, "schedule", "create", "c2", "tick"), "cron expression or an interval")
+    bad_input(await cairn_in_thread(db_url, "start", "tick", "--input", '"x"', "--start-delay", "-1"))
+    assert sql("SELECT count(*) FROM cairn.schedules") == [(0,)]

@@ -94,7 +94,8 @@ def test_due_slots_and_the_catchup_window():
     assert due_slots(spec, "s", until, now, timedelta(minutes=10)) == ([], until, 0)
     # A pass takes at most `limit` slots; the next one goes on from there.
     fire, until, _ = due_slots(spec, "s", T0, now, timedelta(days=1), limit=7)
-    assert len(fire) == 7 and until == fire[-1]
+    assert len(fire) == 7
+    assert until == fire[-1]
 
 
 def test_due_slots_wait_for_their_jitter():

@@ -92,6 +92,8 @@ def create_cmd(settings: Settings, schedule_id: str, workflow_type: str, input_:
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
+        spec.check()  # the schedule's own mistakes first
+        policy.check()
         value = parse_json(input_, "--input")
         where = await client.start_target(workflow_type, queue)
         schema = where.input_schema
