@@ -241,3 +241,16 @@ async def test_cli(db_url, start_worker, sql):
     bad_input(await cairn_in_thread(db_url, "schedule", "create", "c2", "tick"), "cron expression or an interval")
     bad_input(await cairn_in_thread(db_url, "start", "tick", "--input", '"x"', "--start-delay", "-1"))
     assert sql("SELECT count(*) FROM cairn.schedules") == [(0,)]
+
+
+async def test_a_failing_schedule_does_not_hold_up_the_others(client, start_worker, sql, caplog):
+    await client.create_schedule("broken", every(1))
+    sql("UPDATE cairn.schedules SET action = action - 'workflow_type' WHERE schedule_id = 'broken'")
+    await client.create_schedule("fine", every(1))
+    await start_worker(workflows=[tick])
+    await wait_until(lambda: len(actions(sql, "fine")) >= 3, timeout=20)
+    assert actions(sql, "broken") == []  # its passes rolled back
+    [(deferred,)] = sql("SELECT next_check_at > now() + interval '5 seconds' FROM cairn.schedules "
+                        "WHERE schedule_id = 'broken'")
+    assert deferred
+    assert any("schedule broken: a pass failed" in r.getMessage() for r in caplog.records)

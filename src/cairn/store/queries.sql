@@ -1575,3 +1575,10 @@ WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
 -- How long until the earliest unpaused schedule is due (negative: overdue), for the
 -- maintenance loop's wait.
 SELECT min(next_check_at) - now() FROM cairn.schedules WHERE NOT paused
+
+-- name: defer_schedule
+-- A schedule whose pass failed (and rolled back) is looked at again later, so that it does
+-- not hold up the schedules due after it.
+UPDATE cairn.schedules
+SET next_check_at = %(now)s::timestamptz + %(delay)s::float8 * interval '1 second'
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text

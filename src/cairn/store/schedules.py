@@ -8,6 +8,7 @@ client's trigger or backfill and a worker's pass never act on the same slot twic
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
-from cairn.errors import WorkflowAlreadyStarted
+from cairn.errors import DatabaseUnavailable, WorkflowAlreadyStarted
 from cairn.schedules import (
     Overlap,
     ScheduleOverlapPolicy,
@@ -37,6 +38,7 @@ log = logging.getLogger("cairn.worker")
 
 BUFFER_POLL_SECONDS = 1.0  # how soon a schedule with waiting actions looks again whether its runs closed
 FIRE_BATCH = 20            # schedules one maintenance pass fires at most (a full batch runs again at once)
+FAILED_PASS_DELAY_SECONDS = 10.0  # a schedule whose pass failed is looked at again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +221,24 @@ async def fire_due(pool: db.Pool, *, limit: int = FIRE_BATCH) -> int:
     """Fires up to ``limit`` due schedules, one transaction each; returns how many it fired."""
     fired = 0
     for _ in range(limit):
-        async with atomic(pool) as conn:
-            at = await now(conn)
-            r = await (await conn.execute(q("claim_due_schedule"), {"now": at})).fetchone()
-            if r is None:
-                return fired
-            await fire(conn, ScheduleRow(*r), at)
+        row: ScheduleRow | None = None
+        try:
+            async with atomic(pool) as conn:
+                at = await now(conn)
+                r = await (await conn.execute(q("claim_due_schedule"), {"now": at})).fetchone()
+                if r is None:
+                    return fired
+                row = ScheduleRow(*r)
+                await fire(conn, row, at)
+        except (DatabaseUnavailable, asyncio.CancelledError):
+            raise  # not the schedule's fault: the next pass tries again
+        except Exception as exc:
+            if row is None:
+                raise
+            log.error("schedule %s: a pass failed (%s); trying again in %.0f s", row.schedule_id, exc,
+                      FAILED_PASS_DELAY_SECONDS)
+            async with atomic(pool) as conn:
+                await conn.execute(q("defer_schedule"), {**row.key, "now": at, "delay": FAILED_PASS_DELAY_SECONDS})
         fired += 1
     return fired
 
