@@ -24,6 +24,7 @@ from cairn.client import (
     ScheduleUpdate,
 )
 from cairn.errors import ScheduleAlreadyRunning, ScheduleNotFound
+from cairn.sync import SyncClient
 from support import bad_input, cairn_in_thread, ok, wait_until
 
 
@@ -254,3 +255,18 @@ async def test_a_failing_schedule_does_not_hold_up_the_others(client, start_work
                         "WHERE schedule_id = 'broken'")
     assert deferred
     assert any("schedule broken: a pass failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_sync_client_start_delay(db_url, start_worker, sql):
+    await start_worker(workflows=[tick])
+
+    def script() -> tuple[str, str]:
+        with SyncClient(db_url) as sync:
+            handle = sync.start(tick, "sync", id="sync-delayed", start_delay=1.0)
+            return handle.result(timeout=20), handle.run_id
+
+    result, run_id = await asyncio.to_thread(script)
+    assert result == "tick sync"
+    [(gap,)] = sql("SELECT max(at) FILTER (WHERE seq = 2) - max(at) FILTER (WHERE seq = 1) FROM cairn.history "
+                   "WHERE run_id = %s", (run_id,))
+    assert gap >= timedelta(seconds=1)
