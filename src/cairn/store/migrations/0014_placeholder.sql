@@ -1,1 +1,0 @@
--- placeholder for another helper's migration (local only, never committed)
