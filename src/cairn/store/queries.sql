@@ -1462,8 +1462,9 @@ SELECT coalesce(%(now)s::timestamptz, now())
 -- Creates a schedule unless the id is taken (no row then).
 INSERT INTO cairn.schedules (namespace, schedule_id, spec, action, policy, paused, note, processed_until,
                              next_check_at, created_at, updated_at)
-VALUES (%(namespace)s::text, %(schedule_id)s::text, %(spec)s::jsonb, %(action)s::jsonb, %(policy)s::jsonb, %(paused)s::boolean, %(note)s::text, %(now)s::timestamptz,
-        %(next_check_at)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz)
+VALUES (%(namespace)s::text, %(schedule_id)s::text, %(spec)s::jsonb, %(action)s::jsonb, %(policy)s::jsonb,
+        %(paused)s::boolean, %(note)s::text, %(now)s::timestamptz, %(next_check_at)s::timestamptz,
+        %(now)s::timestamptz, %(now)s::timestamptz)
 ON CONFLICT (namespace, schedule_id) DO NOTHING
 RETURNING schedule_id, pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
 
@@ -1523,14 +1524,16 @@ ORDER BY slot
 -- Takes a slot: the primary key (namespace, schedule_id, slot) admits one action per slot;
 -- no row back means the slot was already acted on.
 INSERT INTO cairn.schedule_actions (namespace, schedule_id, slot, kind, status, overlap, workflow_id, taken_at)
-VALUES (%(namespace)s::text, %(schedule_id)s::text, %(slot)s::timestamptz, %(kind)s::text, %(status)s::text, %(overlap)s::text, %(workflow_id)s::text, %(now)s::timestamptz)
+VALUES (%(namespace)s::text, %(schedule_id)s::text, %(slot)s::timestamptz, %(kind)s::text, %(status)s::text,
+        %(overlap)s::text, %(workflow_id)s::text, %(now)s::timestamptz)
 ON CONFLICT (namespace, schedule_id, slot) DO NOTHING
 RETURNING slot
 
 -- name: mark_schedule_action
 -- An action's outcome: started (with its run) or skipped.
 UPDATE cairn.schedule_actions
-SET status = %(status)s::text, run_id = %(run_id)s::uuid, started_at = CASE WHEN %(status)s::text = 'started' THEN %(now)s::timestamptz END
+SET status = %(status)s::text, run_id = %(run_id)s::uuid,
+    started_at = CASE WHEN %(status)s::text = 'started' THEN %(now)s::timestamptz END
 WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text AND slot = %(slot)s::timestamptz
 
 -- name: update_schedule_progress
@@ -1543,8 +1546,9 @@ WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
 -- name: update_schedule
 -- A client's change of a schedule (update, pause, unpause), with the row locked.
 UPDATE cairn.schedules
-SET spec = %(spec)s::jsonb, action = %(action)s::jsonb, policy = %(policy)s::jsonb, paused = %(paused)s::boolean, note = %(note)s::text,
-    processed_until = %(processed_until)s::timestamptz, next_check_at = %(next_check_at)s::timestamptz, updated_at = %(now)s::timestamptz
+SET spec = %(spec)s::jsonb, action = %(action)s::jsonb, policy = %(policy)s::jsonb, paused = %(paused)s::boolean,
+    note = %(note)s::text, processed_until = %(processed_until)s::timestamptz,
+    next_check_at = %(next_check_at)s::timestamptz, updated_at = %(now)s::timestamptz
 WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
 RETURNING pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
 
