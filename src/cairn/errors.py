@@ -75,6 +75,14 @@ class WorkflowNotFound(CairnError):
     """No workflow run matches the given id."""
 
 
+class ScheduleNotFound(InputValidationError):
+    """No schedule has this id (in the client's namespace); nothing was written."""
+
+
+class ScheduleAlreadyRunning(InputValidationError):
+    """A schedule with this id exists already (Temporal's ScheduleAlreadyRunningError)."""
+
+
 class WorkflowAlreadyStarted(CairnError):
     """A run with this workflow id is already open and the id-conflict policy is "fail"."""
 

@@ -179,6 +179,22 @@ def seconds(value: timedelta | float | None) -> float | None:
     return out
 
 
+MAX_START_DELAY_SECONDS = 10 * 365 * 86400.0  # a start delay longer than ten years is a mistake
+
+
+def check_start_delay(value: timedelta | float | None) -> float | None:
+    """A start delay in seconds (None or zero: none), checked: not negative, finite."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise InputValidationError(f"start_delay must be seconds or a timedelta, not {value!r}")
+    out = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not 0 <= out <= MAX_START_DELAY_SECONDS:  # NaN fails both comparisons
+        raise InputValidationError(f"start_delay must be from 0 to {MAX_START_DELAY_SECONDS:.0f} seconds, "
+                                   f"got {value!r}")
+    return out or None
+
+
 # ---------------------------------------------------------------- run lifecycle options
 
 IdReusePolicy = Literal["allow_duplicate", "allow_duplicate_failed_only", "reject_duplicate"]

@@ -68,16 +68,17 @@ class SyncClient:
               queue: str | None = None, id_conflict: IdConflictPolicy = "fail",
               conn: runs.SyncConn | None = None, search_attributes: Mapping[str, Any] | None = None,
               memo: Mapping[str, Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
-              execution_timeout: timedelta | float | None = None) -> SyncWorkflowHandle:
+              execution_timeout: timedelta | float | None = None,
+              start_delay: timedelta | float | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
         if conn is None:
             return SyncWorkflowHandle(self, self._call(self._client.start(
                 workflow, *args, id=id, queue=queue, id_conflict=id_conflict,
                 search_attributes=search_attributes, memo=memo, id_reuse_policy=id_reuse_policy,
-                execution_timeout=execution_timeout)))
+                execution_timeout=execution_timeout, start_delay=start_delay)))
         params, signature = self._call(self._client._start_params(
             workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
-            execution_timeout=execution_timeout))
+            execution_timeout=execution_timeout, start_delay=start_delay))
         add_visibility(params, search_attributes, memo)
         run_id = runs.start_sync(conn, params, id_conflict)
         return SyncWorkflowHandle(self, WorkflowHandle(self._client, params["workflow_id"], run_id, signature))

@@ -6,7 +6,19 @@ Human output by default, ``--json`` on every read command.
 
 from __future__ import annotations
 
-from cairn.cli import activities, admin, breakers, llm, messages, operators, runs, security, ui, verify  # noqa: F401  (registers the commands)
+from cairn.cli import (  # noqa: F401  (registers the commands)
+    activities,
+    admin,
+    breakers,
+    llm,
+    messages,
+    operators,
+    runs,
+    schedules,
+    security,
+    ui,
+    verify,
+)
 from cairn.cli._base import main
 
 __all__ = ["main"]

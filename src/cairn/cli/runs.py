@@ -86,6 +86,8 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
               show_default=True, help="Whether the id may be reused after its runs closed.")
 @click.option("--execution-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Time out the run (and the runs it continues as) after this many seconds.")
+@click.option("--start-delay", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="The run exists at once; its first workflow task waits this many seconds.")
 @click.option("-m", "--module", "modules", multiple=True,
               help="Validate against this module's code instead of the worker registry.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
@@ -99,7 +101,7 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
               queue: str | None, id_conflict: str, id_reuse_policy: str, execution_timeout: float | None,
-              modules: tuple[str, ...], wait: bool, timeout: float | None,
+              start_delay: float | None, modules: tuple[str, ...], wait: bool, timeout: float | None,
               search_attributes: tuple[str, ...], memo: str | None, as_json: bool) -> None:
     """Start a workflow of type WORKFLOW_TYPE.
 
@@ -133,7 +135,8 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         handle = await client.start(target, *args, id=workflow_id, queue=where.queue,
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
-                                    execution_timeout=execution_timeout, **visibility)
+                                    execution_timeout=execution_timeout, start_delay=start_delay,
+                                    **visibility)
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
             on = f" on queue {where.queue}, the one queue it is registered on" \

@@ -3,7 +3,8 @@
 :class:`Client` (client.py) starts, lists and steers runs; :class:`WorkflowHandle`
 (handle.py) acts on one workflow; the close listener (listener.py) wakes their waits;
 messages.py and checks.py hold what they check; operators.py resets and retries; follow.py
-follows a run live. Every statement they send is a :mod:`cairn.store` function's.
+follows a run live; schedules.py creates and steers schedules. Every statement they send is
+a :mod:`cairn.store` function's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,25 @@ from cairn.client.client import (
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
+from cairn.client.schedules import (
+    ScheduleActionResult,
+    ScheduleDescription,
+    ScheduleHandle,
+    ScheduleInfo,
+    ScheduleListEntry,
+    ScheduleUpdate,
+)
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
+from cairn.schedules import (  # Temporal users import the schedule types from the client (temporalio.client)
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleBackfill,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+)
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -30,6 +49,20 @@ __all__ = [
     "IdConflictPolicy",
     "RunDescription",
     "RunPage",
+    "Schedule",
+    "ScheduleActionResult",
+    "ScheduleActionStartWorkflow",
+    "ScheduleBackfill",
+    "ScheduleDescription",
+    "ScheduleHandle",
+    "ScheduleInfo",
+    "ScheduleIntervalSpec",
+    "ScheduleListEntry",
+    "ScheduleOverlapPolicy",
+    "SchedulePolicy",
+    "ScheduleSpec",
+    "ScheduleState",
+    "ScheduleUpdate",
     "StartTarget",
     "WorkflowHandle",
     "WorkflowUpdateHandle",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 import uuid
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from cairn.client import activities, operators
+from cairn.client import activities, operators, schedules
 from cairn.client.activities import AsyncActivityHandle
 from cairn.client.checks import (
     READ_RETRY_SECONDS,
@@ -25,6 +26,7 @@ from cairn.client.checks import (
 from cairn.client.handle import WorkflowHandle
 from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, validate_name
+from cairn.client.schedules import ScheduleHandle
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
 from cairn.errors import (
     DatabaseUnavailable,
@@ -39,11 +41,13 @@ from cairn.options import (
     check_execution_timeout,
     check_namespace,
     check_policy,
+    check_start_delay,
     new_run_id,
     seconds,
     shown,
 )
 from cairn.payloads import Signature, check_memo, to_payload
+from cairn.schedules import Schedule, ScheduleBackfill
 from cairn.store import db, lifecycle, messages, runs
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.filters import Filter, parse_filter
@@ -179,6 +183,7 @@ class Client:
         memo: Mapping[str, Any] | None = None,
         id_reuse_policy: IdReusePolicy = "allow_duplicate",
         execution_timeout: timedelta | float | None = None,
+        start_delay: timedelta | float | None = None,
     ) -> WorkflowHandle:
         """Starts a workflow run and returns once the start is committed.
 
@@ -203,6 +208,9 @@ class Client:
                 reuses an id. A refusal raises :class:`WorkflowIdReuseRefused`.
             execution_timeout: the most the run, and the runs it continues as, may take in
                 all; past it the run closes as ``timed_out`` (seconds or a ``timedelta``).
+            start_delay: the run exists at once, but its first workflow task waits this long
+                (seconds or a ``timedelta``), as Temporal's ``start_delay``; signals sent
+                meanwhile are kept for it.
 
         Raises:
             InputValidationError: bad arguments, id, queue, policy or timeout, or no queue given
@@ -217,7 +225,8 @@ class Client:
         with tracer.start_as_current_span("cairn.start_workflow") as span:
             params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
                                                          id_reuse_policy=id_reuse_policy,
-                                                         execution_timeout=execution_timeout)
+                                                         execution_timeout=execution_timeout,
+                                                         start_delay=start_delay)
             add_visibility(params, search_attributes, memo)
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"]})
@@ -237,12 +246,14 @@ class Client:
     async def _start_params(self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], id: str | None,
                             queue: str | None, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
                             execution_timeout: timedelta | float | None = None,
+                            start_delay: timedelta | float | None = None,
                             ) -> tuple[dict[str, Any], Signature | None]:
         """Validates a start (before anything is written) and builds its parameters."""
         if id_conflict not in ("fail", "use_existing"):
             raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
         check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
         timeout = check_execution_timeout(seconds(execution_timeout))
+        delay = check_start_delay(start_delay)
         workflow_id = validate_id(id) if id is not None else new_run_id()
         if queue is not None:
             validate_queue(queue)
@@ -264,7 +275,7 @@ class Client:
                 queue = await self._cached_queue(name)
         params = lifecycle.start_params(
             namespace=self.namespace, workflow_id=workflow_id, workflow_type=name, queue=queue, args=payload,
-            id_reuse_policy=id_reuse_policy, execution_timeout=timeout,
+            id_reuse_policy=id_reuse_policy, execution_timeout=timeout, start_delay=delay,
         )
         return params, signature
 
@@ -437,7 +448,8 @@ class Client:
         return await self.get_handle(validate_id(workflow_id), run_id).query(name, *args, timeout=timeout)
 
     async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
-                                signal_payload: Any = None, queue: str | None = None) -> WorkflowHandle:
+                                signal_payload: Any = None, queue: str | None = None,
+                                start_delay: timedelta | float | None = None) -> WorkflowHandle:
         """Signals the open run of workflow ``id``, starting one first if none is open.
 
         Start and signal are one transaction: a new run finds the signal in its first
@@ -450,6 +462,8 @@ class Client:
             signal: the signal's name.
             signal_payload: the signal's payload.
             queue: the queue of a started run (default: as :meth:`cairn.Client.start`).
+            start_delay: of a started run (see :meth:`start`): as in Temporal, the signal
+                is recorded at once and the delay still applies.
 
         Returns:
             A handle on the run that received the signal.
@@ -460,7 +474,8 @@ class Client:
         """
         data = {"name": validate_name(signal, "signal"), "payload": to_payload(signal_payload)}
         with tracer.start_as_current_span("cairn.signal_with_start") as span:  # the new run's trace root
-            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
+            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing",
+                                                         start_delay=start_delay)
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"], "cairn.signal": signal})
             run_id = await self._write(lambda c: messages.signal_with_start(c, params, data),
@@ -508,6 +523,28 @@ class Client:
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id,
             wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type)
         return await handle.result()
+
+    # -- schedules (cairn.client.schedules)
+
+    async def create_schedule(self, id: str, schedule: Schedule, *, trigger_immediately: bool = False,
+                              backfill: Sequence[ScheduleBackfill] = ()) -> ScheduleHandle:
+        """Creates a schedule: a run of ``schedule.action`` per slot of ``schedule.spec``, fired
+        exactly once per slot by the workers' maintenance loops (Temporal's ``create_schedule``).
+
+        Raises:
+            InputValidationError: a bad id, spec, policy or action; nothing was written.
+            ScheduleAlreadyRunning: a schedule has this id.
+        """
+        return await schedules.create(self, id, schedule, trigger_immediately=trigger_immediately,
+                                      backfill=backfill)
+
+    def get_schedule_handle(self, id: str) -> ScheduleHandle:
+        """A handle on schedule ``id`` (describe, pause, unpause, trigger, backfill, update, delete)."""
+        return ScheduleHandle(self, id)
+
+    async def list_schedules(self) -> builtins.list[schedules.ScheduleListEntry]:
+        """The namespace's schedules, by id."""
+        return await schedules.list_schedules(self)
 
     # -- operator actions (cairn.client.operators)
 

@@ -34,8 +34,10 @@ _FAILURE_OF_STATUS = {
 def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue: str, args: list[Any],
                  id_reuse_policy: str = "allow_duplicate", execution_timeout: float | None = None,
                  execution_deadline: datetime | None = None, parent: dict[str, Any] | None = None,
-                 parent_close_policy: str | None = None, continued_from: str | None = None) -> dict[str, Any]:
-    """The parameters of ``start_workflow`` (and ``open_run_by_workflow_id``) for one run."""
+                 parent_close_policy: str | None = None, continued_from: str | None = None,
+                 start_delay: float | None = None) -> dict[str, Any]:
+    """The parameters of ``start_workflow`` (and ``open_run_by_workflow_id``) for one run;
+    ``start_delay`` seconds hold its first workflow task back."""
     data: dict[str, Any] = {"workflow_type": workflow_type, "input": args, "queue": queue,
                             "workflow_id": workflow_id}
     if parent is not None:
@@ -47,6 +49,8 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
         data["execution_timeout"] = execution_timeout
     if execution_deadline is not None:
         data["execution_deadline"] = execution_deadline.isoformat()
+    if start_delay is not None:
+        data["start_delay"] = start_delay  # Temporal's first_workflow_task_backoff
     carrier = trace_carrier()  # the run's trace (ARCHITECTURE.md, "Observability"); not matched on replay
     if carrier:
         data["trace"] = carrier
@@ -58,6 +62,7 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
         "parent_run_id": parent["run_id"] if parent else None, "parent_seq": parent["seq"] if parent else None,
         "parent_close_policy": parent_close_policy if parent else None, "continued_from": continued_from,
         "search_attributes": None, "memo": None,  # set by cairn.client.add_visibility
+        "start_delay": start_delay,
     }
 
 

@@ -80,8 +80,11 @@ WITH c AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
+    -- A start delay (client.start(start_delay=...)) holds the first task back; a signal
+    -- during it does not bring the task forward (signal_run keeps available_at).
     INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
-    SELECT run_id, namespace, queue, workflow_type, created_at, created_at FROM new_run
+    SELECT run_id, namespace, queue, workflow_type,
+           created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second', created_at FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
@@ -1575,3 +1578,138 @@ WITH o AS (
     RETURNING u.update_id
 )
 SELECT pg_notify('cairn_update', 'update:' || %(run_id)s::text || ':' || update_id)::text AS notified FROM u
+
+-- ==== schedules ====
+
+-- name: schedule_now
+-- The database's clock, which every schedule decision uses (a worker's own clock may be off).
+SELECT coalesce(%(now)s::timestamptz, now())
+
+-- name: insert_schedule
+-- Creates a schedule unless the id is taken (no row then).
+INSERT INTO cairn.schedules (namespace, schedule_id, spec, action, policy, paused, note, processed_until,
+                             next_check_at, created_at, updated_at)
+VALUES (%(namespace)s::text, %(schedule_id)s::text, %(spec)s::jsonb, %(action)s::jsonb, %(policy)s::jsonb,
+        %(paused)s::boolean, %(note)s::text, %(now)s::timestamptz, %(next_check_at)s::timestamptz,
+        %(now)s::timestamptz, %(now)s::timestamptz)
+ON CONFLICT (namespace, schedule_id) DO NOTHING
+RETURNING schedule_id, pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
+
+-- name: claim_due_schedule
+-- One due, unpaused schedule, locked for this transaction. SKIP LOCKED: the workers'
+-- maintenance loops split the due schedules instead of waiting; the lock, held while the
+-- slots are acted on and processed_until moves, is what makes a slot fire once.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE NOT paused AND next_check_at <= %(now)s::timestamptz
+ORDER BY next_check_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+
+-- name: lock_schedule
+-- A schedule locked for a client's change (pause, trigger, backfill, update): waits for a
+-- worker firing it, so the two never act on the same slot.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+FOR UPDATE
+
+-- name: get_schedule
+-- A schedule's row, unlocked (describe).
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+
+-- name: list_schedules
+-- The namespace's schedules, by id.
+SELECT namespace, schedule_id, spec, action, policy, paused, note, processed_until, next_check_at, missed_slots,
+       created_at, updated_at
+FROM cairn.schedules
+WHERE namespace = %(namespace)s::text
+ORDER BY schedule_id
+LIMIT %(limit)s::integer
+
+-- name: schedule_running_runs
+-- The schedule's runs still open (its started actions whose run is running).
+SELECT a.run_id, a.workflow_id
+FROM cairn.schedule_actions a JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.namespace = %(namespace)s::text AND a.schedule_id = %(schedule_id)s::text AND a.status = 'started'
+  AND r.status = 'running'
+ORDER BY a.slot
+
+-- name: schedule_buffered_actions
+-- The schedule's actions waiting for its open runs to close, oldest slot first.
+SELECT slot, kind, overlap, workflow_id
+FROM cairn.schedule_actions
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text AND status = 'buffered'
+ORDER BY slot
+
+-- name: insert_schedule_action
+-- Takes a slot: the primary key (namespace, schedule_id, slot) admits one action per slot;
+-- no row back means the slot was already acted on.
+INSERT INTO cairn.schedule_actions (namespace, schedule_id, slot, kind, status, overlap, workflow_id, taken_at)
+VALUES (%(namespace)s::text, %(schedule_id)s::text, %(slot)s::timestamptz, %(kind)s::text, %(status)s::text,
+        %(overlap)s::text, %(workflow_id)s::text, %(now)s::timestamptz)
+ON CONFLICT (namespace, schedule_id, slot) DO NOTHING
+RETURNING slot
+
+-- name: mark_schedule_action
+-- An action's outcome: started (with its run) or skipped.
+UPDATE cairn.schedule_actions
+SET status = %(status)s::text, run_id = %(run_id)s::uuid,
+    started_at = CASE WHEN %(status)s::text = 'started' THEN %(now)s::timestamptz END
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text AND slot = %(slot)s::timestamptz
+
+-- name: update_schedule_progress
+-- After a pass: the slots acted on, when to look next, the slots missed.
+UPDATE cairn.schedules
+SET processed_until = %(processed_until)s::timestamptz, next_check_at = %(next_check_at)s::timestamptz,
+    missed_slots = missed_slots + %(missed)s::bigint
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+
+-- name: update_schedule
+-- A client's change of a schedule (update, pause, unpause), with the row locked.
+UPDATE cairn.schedules
+SET spec = %(spec)s::jsonb, action = %(action)s::jsonb, policy = %(policy)s::jsonb, paused = %(paused)s::boolean,
+    note = %(note)s::text, processed_until = %(processed_until)s::timestamptz,
+    next_check_at = %(next_check_at)s::timestamptz, updated_at = %(now)s::timestamptz
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+RETURNING pg_notify('cairn_timer', '') AS notified  -- wakes the maintenance loops
+
+-- name: delete_schedule
+-- Deletes a schedule and its actions (the runs it started stay).
+WITH actions AS (
+    DELETE FROM cairn.schedule_actions WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+)
+DELETE FROM cairn.schedules WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+RETURNING schedule_id
+
+-- name: recent_schedule_actions
+-- A schedule's latest actions, newest slot first, with their runs' status.
+SELECT a.slot, a.kind, a.status, a.overlap, a.workflow_id, a.run_id, a.taken_at, a.started_at, r.status
+FROM cairn.schedule_actions a LEFT JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.namespace = %(namespace)s::text AND a.schedule_id = %(schedule_id)s::text
+ORDER BY a.slot DESC
+LIMIT %(limit)s::integer
+
+-- name: schedule_action_counts
+-- How many of a schedule's slots were started, buffered and skipped.
+SELECT count(*) FILTER (WHERE status = 'started'), count(*) FILTER (WHERE status = 'buffered'),
+       count(*) FILTER (WHERE status = 'skipped')
+FROM cairn.schedule_actions
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+
+-- name: next_schedule_check
+-- How long until the earliest unpaused schedule is due (negative: overdue), for the
+-- maintenance loop's wait.
+SELECT min(next_check_at) - now() FROM cairn.schedules WHERE NOT paused
+
+-- name: defer_schedule
+-- A schedule whose pass failed (and rolled back) is looked at again later, so that it does
+-- not hold up the schedules due after it.
+UPDATE cairn.schedules
+SET next_check_at = %(now)s::timestamptz + %(delay)s::float8 * interval '1 second'
+WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text

@@ -72,6 +72,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "rate_limit_leases": ("INSERT", "DELETE"),
         "rate_limit_tickets": ("INSERT", "UPDATE", "DELETE"),
         "llm_stream": ("INSERT", "DELETE"),  # DELETE: the trigger clearing a closed run's chunks
+        "schedules": ("INSERT", "UPDATE", "DELETE"),  # fires them (store/schedules.py, shared with the client)
+        "schedule_actions": ("INSERT", "UPDATE", "DELETE"),
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -84,6 +86,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "query_requests": ("INSERT", "DELETE"),
         "updates": ("INSERT",),  # requests; never their outcomes
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
+        "schedules": ("INSERT", "UPDATE", "DELETE"),  # create, pause, update, delete
+        "schedule_actions": ("INSERT", "UPDATE", "DELETE"),  # trigger, backfill
     },
 }
 

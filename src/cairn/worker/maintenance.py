@@ -1,5 +1,6 @@
-"""The worker's housekeeping: due timers, expired attempts, the queue-depth gauge, the
-pollers' wake-up when work falls due, and the LISTEN connection that wakes them on a NOTIFY."""
+"""The worker's housekeeping: due timers, due schedules, expired attempts, the queue-depth
+gauge, the pollers' wake-up when work falls due, and the LISTEN connection that wakes them on
+a NOTIFY."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from cairn import telemetry as _telemetry
 from cairn.store import maintenance as store
+from cairn.store import schedules
 from cairn.worker.activities import REAP_LIMIT
 from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, loop_failed
@@ -49,6 +51,11 @@ class Maintenance:
                     pass
                 while await self._reap_expired() >= REAP_LIMIT:
                     pass
+                while await schedules.fire_due(self._pools.main()) >= schedules.FIRE_BATCH:
+                    pass
+                scheduled = await schedules.next_due(self._pools.main())
+                if scheduled is not None:  # the next schedule's slot: this loop fires it
+                    wait = min(wait, max(scheduled.total_seconds(), 0.0) + 0.005)
                 if _telemetry.queue_depth.due():
                     await self.measure_queue_depth()
                 due = await store.next_due(self._pools.main(), self._next_due_params)
