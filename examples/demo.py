@@ -29,6 +29,7 @@ from cairn import Client, Worker, WorkflowHandle, WorkflowTimeout, breakers
 from cairn.cli._base import table
 from cairn.llm import configure_providers
 from cairn.llm import fake as f
+from cairn.llm.chat import breaker_name
 from cairn.store import db
 from cairn.views import summarize as summary
 
@@ -84,7 +85,8 @@ async def llm_demo(url: str, timeout: float) -> None:
     third attempt to gpt-4o-mini, which serves."""
     print("\n=== LLM call: 429 -> rescheduled; 500, 500 -> the fallback serves attempt 3 ===")
     with f.running_fake() as fake:
-        configure_providers([fake.provider_config(models=["deepseek-chat", "gpt-4o-mini"])])
+        provider = fake.provider_config(models=["deepseek-chat", "gpt-4o-mini"])
+        configure_providers([provider])
         fake.script([f.rate_limited("1", model="deepseek-chat"), f.status(500, model="deepseek-chat", times=2)],
                     default=f.ok("Cairn makes flaky LLM providers reliable.", input_tokens=812, output_tokens=9))
         async with (await Client.connect(url) as client,
@@ -103,7 +105,10 @@ async def llm_demo(url: str, timeout: float) -> None:
             print(f"\ntotal: {totals.get('input_tokens')} in / {totals.get('output_tokens')} out tokens, "
                   f"${totals.get('cost_usd') or 0:.6f}\n")
             async with client.pool.connection() as conn:
-                rows = await breakers.describe(conn)
+                # This run's breakers only: the fake listens on a new port each run, and a breaker is
+                # per provider URL and model, so an earlier demo's breakers are in the database too.
+                rows = [b for b in await breakers.describe(conn)
+                        if b["name"] in {breaker_name(provider, m) for m in provider.models}]
             print(table([[b["name"].split(":")[1], b["state"],
                           str(b["counters"]["failed"]), str(b["counters"]["not_permitted"]),
                           str(b["open_until"] or "-")] for b in rows],
