@@ -69,7 +69,8 @@ def test_connection_terminated_while_a_local_activity_runs(workers, side_tables)
     wait_for("step 2 to start", lambda: query(db, "SELECT 1 FROM public.attempts WHERE label = 'step-2'"), procs=(a,))
     terminated = query(db, """
         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-        WHERE application_name = 'cairn-a' AND state = 'idle in transaction'""")
+        WHERE datname = current_database() AND application_name = 'cairn-a'
+          AND state = 'idle in transaction'""")  # this test's database: other tests' workers are named a too
     assert terminated == [(True,)]
     wait_for("the run to complete", lambda: run_status(db, "la-conn") == "completed", procs=(a,))
     events = history(db, "la-conn")
