@@ -70,7 +70,9 @@ def test_connection_terminated_while_a_local_activity_runs(workers, side_tables)
     terminated = query(db, """
         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = 'cairn-a'
-          AND state = 'idle in transaction'""")  # this test's database: other tests' workers are named a too
+          AND state = 'idle in transaction' AND query LIKE '%%claim_workflow_task%%'""")
+    # This database's task session only: other tests' workers are named a too, and the activity's own
+    # session may be idle in a transaction at the same moment.
     assert terminated == [(True,)]
     wait_for("the run to complete", lambda: run_status(db, "la-conn") == "completed", procs=(a,))
     events = history(db, "la-conn")
