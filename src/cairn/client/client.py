@@ -150,14 +150,7 @@ class Client:
         db.remember_secret(resolved)
         if embedded or check_schema:
             await asyncio.to_thread(db.ensure_ready, resolved, embedded, who="client")
-        pool = db.Pool(resolved, min_size=1, max_size=max_size, open=False,
-                       kwargs={"autocommit": True, "options": options})
-        try:
-            await pool.open(wait=True, timeout=30)
-        except Exception as exc:
-            await pool.close()
-            raise DatabaseUnavailable(f"cannot connect to {db.redact(resolved)}: {db.redact(str(exc))}") from None
-        return cls(pool, resolved, namespace)
+        return cls(await db.open_pool(resolved, max_size=max_size, options=options), resolved, namespace)
 
     async def close(self) -> None:
         await self.listener.close()

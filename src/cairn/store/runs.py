@@ -27,7 +27,7 @@ from cairn.store import db
 from cairn.store.filters import Filter
 from cairn.store.sql import q
 
-Conn = psycopg.AsyncConnection[Any]  # a pooled connection, or a caller's own (start with conn=)
+Conn = db.Conn  # a pooled connection, or a caller's own (start with conn=)
 SyncConn = psycopg.Connection[Any]  # a caller's own sync connection (SyncClient.start with conn=)
 T = TypeVar("T")
 Op = Callable[[Conn], Awaitable[T]]
