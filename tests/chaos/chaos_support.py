@@ -109,6 +109,14 @@ class Fleet:
         return [(str(r), s) for r, s in query(self.url, "SELECT run_id, seq FROM cairn.activity_tasks "
                                                         "WHERE lease_owner = %s", (name,))]
 
+    def busy(self, min_age: float = 0.2) -> list[str]:
+        """The workers running an activity attempt that started at least ``min_age`` s ago (a
+        kill then interrupts it midway, rather than racing its completion)."""
+        return sorted({str(n) for (n,) in query(self.url, """
+            SELECT DISTINCT lease_owner FROM cairn.activity_tasks
+            WHERE lease_owner = ANY(%s) AND started_at < now() - %s * interval '1 second'""",
+                                                (sorted(self.current), min_age))})
+
     def logs(self) -> list[Path]:
         return [w.log_path for w in self.procs]
 

@@ -66,7 +66,13 @@ def kill_loop(fleet: Fleet, monitor: Monitor, rng: random.Random, *, every: floa
     kills = 0
     for _ in range(round(duration / every)):
         time.sleep(every)
-        name = rng.choice(sorted(fleet.current))
+        # A kill that lands between two attempts exercises no re-execution (CI saw a short run
+        # whose three kills all missed): wait a little for a worker in the middle of one.
+        deadline, busy = time.monotonic() + every, fleet.busy()
+        while not busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy = fleet.busy()
+        name = rng.choice(busy or sorted(fleet.current))
         orphans = fleet.leased_to(name)
         fleet.kill9(fleet.current[name])
         monitor.fault("worker.kill9", orphans)
