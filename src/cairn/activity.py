@@ -11,8 +11,10 @@ import asyncio
 import base64
 import binascii
 import contextvars
+import dataclasses
 import hashlib
 import hmac
+import inspect
 import math
 import random
 import struct
@@ -29,8 +31,8 @@ from cairn.errors import CairnError, ConfigurationError, InputValidationError, R
 from cairn.options import DEFAULT_RETRY_POLICY, BreakerConfig, RetryPolicy, seconds
 from cairn.payloads import Signature, to_payload
 
-__all__ = ["ActivityDefinition", "ActivityInfo", "CompleteAsync", "Reschedule", "defn", "heartbeat", "info",
-           "is_cancelled", "raise_complete_async"]
+__all__ = ["ActivityDefinition", "ActivityInfo", "CompleteAsync", "Reschedule", "definition_of", "defn", "heartbeat",
+           "info", "is_cancelled", "raise_complete_async"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,11 +122,43 @@ def defn(fn: F | None = None, /, *, name: str | None = None,
 
     def wrap(f: F) -> F:
         f.__cairn_activity__ = ActivityDefinition(  # type: ignore[attr-defined]
-            name or f.__name__, f, Signature(f), asyncio.iscoroutinefunction(f), config
+            name or f.__name__, f, Signature(f, method=_is_method(f)), asyncio.iscoroutinefunction(f), config
         )
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _is_method(f: Callable[..., Any]) -> bool:
+    """A function defined in a class body whose first parameter is ``self``: its workers
+    register it bound to an instance (``activities=[my_activities.fetch]``)."""
+    owner = f.__qualname__.rpartition(".")[0]
+    if not owner or owner.endswith("<locals>"):
+        return False
+    try:
+        params = list(inspect.signature(f).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "self"
+
+
+def definition_of(obj: Any) -> ActivityDefinition:
+    """The definition behind an activity function, or behind a bound method of an instance
+    (its calls then go to that instance).
+
+    Raises:
+        ConfigurationError: not an ``@activity.defn`` function, or an activity method taken
+            from its class rather than from an instance.
+    """
+    d = getattr(obj, "__cairn_activity__", None)
+    if not isinstance(d, ActivityDefinition):
+        raise ConfigurationError(f"{obj!r} is not decorated with @activity.defn")
+    if inspect.ismethod(obj):
+        return dataclasses.replace(d, fn=obj)
+    if _is_method(d.fn):
+        raise ConfigurationError(f"activity {d.name} is a method: register it bound to an instance "
+                                 f"(activities=[instance.{d.fn.__name__}])")
+    return d
 
 
 def info() -> ActivityInfo:

@@ -117,11 +117,14 @@ class Signature:
     return type (the function only raises or continues as new) has no result schema.
     Building one never fails at import: an annotation pydantic cannot validate is kept in
     :attr:`problems`, and :meth:`check` (the worker's registration, every validation)
-    raises on it.
+    raises on it. ``method=True`` reads a method taken from its class, without its
+    ``self``; a bound method needs no flag.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], *, method: bool = False) -> None:
         sig = inspect.signature(fn)
+        if method:  # a method taken from its class: the first parameter is the instance
+            sig = sig.replace(parameters=list(sig.parameters.values())[1:])
         try:
             hints = get_type_hints(fn)
         except Exception:  # unresolvable forward references: fall back to no validation

@@ -64,6 +64,11 @@ class SyncClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def execute(self, workflow: Callable[..., Any] | str, *args: Any, result_timeout: float | None = None,
+                **options: Any) -> Any:
+        """Starts a run and returns its result (see :meth:`cairn.Client.execute`)."""
+        return self._call(self._client.execute(workflow, *args, result_timeout=result_timeout, **options))
+
     def start(self, workflow: Callable[..., Any] | str, *args: Any, id: str | None = None,
               queue: str | None = None, id_conflict: IdConflictPolicy = "fail",
               conn: runs.SyncConn | None = None, search_attributes: Mapping[str, Any] | None = None,
@@ -95,17 +100,20 @@ class SyncClient:
 
     # -- messages (see cairn.client.messages)
 
-    def signal(self, workflow_id: str, name: str, payload: Any = None, *, run_id: str | None = None) -> None:
+    def signal(self, workflow_id: str, signal: str | Callable[..., Any], *args: Any, run_id: str | None = None) -> None:
         """Signals a workflow's open run (see :meth:`cairn.Client.signal`)."""
-        self._call(self._client.signal(workflow_id, name, payload, run_id=run_id))
+        self._call(self._client.signal(workflow_id, signal, *args, run_id=run_id))
 
-    def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
-                          signal_payload: Any = None, queue: str | None = None) -> SyncWorkflowHandle:
+    def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
+                          signal: str | Callable[..., Any], signal_payload: Any = None,
+                          signal_args: Sequence[Any] | None = None, queue: str | None = None) -> SyncWorkflowHandle:
         """Starts the run unless one is open, and signals it (see :meth:`cairn.Client.signal_with_start`)."""
         return SyncWorkflowHandle(self, self._call(self._client.signal_with_start(
-            workflow, *args, id=id, signal=signal, signal_payload=signal_payload, queue=queue)))
+            workflow, *args, id=id, signal=signal, signal_payload=signal_payload, signal_args=signal_args,
+            queue=queue)))
 
-    def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+    def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
+                                  update: str | Callable[..., Any],
                                   update_args: Sequence[Any] = (), update_id: str | None = None,
                                   queue: str | None = None, timeout: float | None = None,
                                   result_type: Any = None) -> Any:
@@ -115,10 +123,10 @@ class SyncClient:
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id, queue=queue,
             timeout=timeout, result_type=result_type))
 
-    def query(self, workflow_id: str, name: str, *args: Any, run_id: str | None = None,
+    def query(self, workflow_id: str, query: str | Callable[..., Any], *args: Any, run_id: str | None = None,
               timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Queries a workflow's run (see :meth:`cairn.Client.query`)."""
-        return self._call(self._client.query(workflow_id, name, *args, run_id=run_id, timeout=timeout))
+        return self._call(self._client.query(workflow_id, query, *args, run_id=run_id, timeout=timeout))
 
 
     # -- asynchronous activity completion (see cairn.client.activities)
@@ -166,24 +174,24 @@ class SyncWorkflowHandle:
     def terminate(self, reason: str = "") -> None:
         self._client._call(self.handle.terminate(reason))
 
-    def signal(self, name: str, payload: Any = None) -> None:
-        self._client._call(self.handle.signal(name, payload))
+    def signal(self, signal: str | Callable[..., Any], *args: Any) -> None:
+        self._client._call(self.handle.signal(signal, *args))
 
-    def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
-        return self._client._call(self.handle.query(name, *args, timeout=timeout))
+    def query(self, query: str | Callable[..., Any], *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
+        return self._client._call(self.handle.query(query, *args, timeout=timeout))
 
-    def execute_update(self, name: str, *args: Any, id: str | None = None, timeout: float | None = None,
-                       result_type: Any = None) -> Any:
+    def execute_update(self, update: str | Callable[..., Any], *args: Any, id: str | None = None,
+                       timeout: float | None = None, result_type: Any = None) -> Any:
         """Sends an update and returns its result (see :meth:`cairn.WorkflowHandle.execute_update`)."""
-        return self._client._call(self.handle.execute_update(name, *args, id=id, timeout=timeout,
+        return self._client._call(self.handle.execute_update(update, *args, id=id, timeout=timeout,
                                                              result_type=result_type))
 
-    def start_update(self, name: str, *args: Any, id: str | None = None,
+    def start_update(self, update: str | Callable[..., Any], *args: Any, id: str | None = None,
                      wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
                      timeout: float | None = None, result_type: Any = None) -> SyncWorkflowUpdateHandle:
         """Sends an update and waits for ``wait_for_stage`` (see :meth:`cairn.WorkflowHandle.start_update`)."""
         return SyncWorkflowUpdateHandle(self._client, self._client._call(self.handle.start_update(
-            name, *args, id=id, wait_for_stage=wait_for_stage, timeout=timeout, result_type=result_type)))
+            update, *args, id=id, wait_for_stage=wait_for_stage, timeout=timeout, result_type=result_type)))
 
 
 class SyncWorkflowUpdateHandle:

@@ -1,8 +1,10 @@
 """The authoring API used inside workflow code.
 
-A workflow is an ``async def`` decorated with :func:`defn`. It runs on a deterministic
-event loop: use the helpers here (or plain ``asyncio``) for time, randomness, timers and
-activities, and keep I/O in activities.
+A workflow is an ``async def`` decorated with :func:`defn`, or a class decorated with
+:func:`defn` whose ``@workflow.run`` method is the entry point and whose ``@workflow.signal``,
+``@workflow.query`` and ``@workflow.update`` methods are its handlers (Temporal's form; see
+:mod:`cairn.handlers`). It runs on a deterministic event loop: use the helpers here (or plain
+``asyncio``) for time, randomness, timers and activities, and keep I/O in activities.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import logging
 import random as _random
 import uuid
-from collections.abc import Callable, Coroutine, MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
@@ -26,6 +28,7 @@ from cairn.engine.local import (
 )
 from cairn.engine.loop import WorkflowLoop, current_instance
 from cairn.errors import ContinueAsNewError, InputValidationError
+from cairn.handlers import define_class, init, query, run, signal, update
 from cairn.options import (
     ID_REUSE_POLICIES,
     PARENT_CLOSE_POLICIES,
@@ -52,13 +55,15 @@ __all__ += ["LocalActivityHandle", "execute_local_activity", "start_local_activi
 # Messages: signals, wait conditions, queries (in their own section below).
 __all__ += ["all_handlers_finished", "set_query_handler", "set_signal_handler", "set_update_handler", "wait_condition",
             "wait_signal"]
+# Workflows as classes (cairn.handlers).
+__all__ += ["init", "query", "run", "signal", "update"]
 
 ActivityCancellationType = Literal["try_cancel", "wait_cancellation_completed", "abandon"]
 """What cancelling an activity's handle does (see :class:`ActivityHandle`)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
-F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @overload
@@ -66,11 +71,22 @@ def defn(fn: F, /) -> F: ...
 @overload
 def defn(*, name: str | None = None) -> Callable[[F], F]: ...
 def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
-    """Marks an ``async def`` as a workflow; its type name defaults to the function name."""
+    """Marks an ``async def``, or a class with one ``@workflow.run`` method, as a workflow;
+    its type name defaults to the function's or the class's name.
+
+    A class's run method carries the definition too, so ``client.start(MyWorkflow.run, ...)``
+    and ``client.start(MyWorkflow, ...)`` are the same.
+    """
 
     def wrap(f: F) -> F:
+        if isinstance(f, type):
+            d = define_class(f, name or f.__name__)
+            f.__cairn_workflow__ = d  # type: ignore[attr-defined]
+            run_method = next(v for k in f.__mro__ for v in vars(k).values() if getattr(v, "__cairn_run__", False))
+            run_method.__cairn_workflow__ = d
+            return f
         if not asyncio.iscoroutinefunction(f):
-            raise TypeError(f"@workflow.defn needs an async def, got {f!r}")
+            raise TypeError(f"@workflow.defn needs an async def or a class, got {f!r}")
         f.__cairn_workflow__ = WorkflowDefinition(name or f.__name__, f, Signature(f))  # type: ignore[attr-defined]
         return f
 
@@ -78,7 +94,7 @@ def defn(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
 
 
 def definition_of(fn: Any) -> WorkflowDefinition:
-    """The definition behind a workflow function."""
+    """The definition behind a workflow function, class or class's run method."""
     d = getattr(fn, "__cairn_workflow__", None)
     if not isinstance(d, WorkflowDefinition):
         raise InputValidationError(f"{fn!r} is not a workflow: decorate it with @workflow.defn")
@@ -365,7 +381,8 @@ def _message_name(name: str, what: str) -> str:
 
 
 async def wait_signal(name: str, timeout: timedelta | float | None = None) -> Any:
-    """Waits for the next signal called ``name`` and returns its payload.
+    """Waits for the next signal called ``name`` and returns its payload (a signal sent
+    with several arguments: their tuple).
 
     Signals that arrived before anyone waited are buffered in arrival order; each is
     consumed by exactly one ``wait_signal``. A signal whose name has a handler (see
@@ -382,13 +399,15 @@ async def wait_signal(name: str, timeout: timedelta | float | None = None) -> An
     return await inst.messages.wait_signal(_message_name(name, "signal"), seconds(timeout))
 
 
-def set_signal_handler(name: str, handler: Callable[[Any], Any] | None) -> None:
-    """Routes signals called ``name`` to ``handler(payload)`` (``None`` removes it).
+def set_signal_handler(name: str, handler: Callable[..., Any] | None) -> None:
+    """Routes signals called ``name`` to ``handler(*args)`` (``None`` removes it).
 
     The handler may be a plain function or an ``async def``; an async handler runs as a
-    task on the workflow loop and may await activities and timers. Signals buffered
-    before the handler was registered are delivered to it at once, in arrival order. An
-    exception raised by a handler fails the run, like one from the workflow function.
+    task on the workflow loop and may await activities and timers. Its annotations type
+    the signal's arguments (a dataclass, a pydantic model ...); a signal whose arguments it
+    cannot take is dropped with a warning, as Temporal does. Signals buffered before the
+    handler was registered are delivered to it at once, in arrival order. An exception
+    raised by a handler fails the run, like one from the workflow function.
     """
     if handler is not None and not callable(handler):
         raise InputValidationError(f"a signal handler must be callable, got {handler!r}")
@@ -413,19 +432,15 @@ async def wait_condition(predicate: Callable[[], Any], timeout: timedelta | floa
 def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
     """Answers queries called ``name`` with ``handler(*args)`` (``None`` removes it).
 
-    The handler is a plain (non-async) function returning a JSON-able value; it must only
+    The handler is a plain (non-async) function returning a JSON-able value, its arguments
+    typed by its annotations (arguments it cannot take fail the query); it must only
     read workflow state: scheduling an activity, starting a timer or any other command
     while answering fails the query and records nothing. Queries are answered by a
     worker that runs this workflow type (``client.query``, ``cairn query``).
     """
     if handler is not None and (not callable(handler) or asyncio.iscoroutinefunction(handler)):
         raise InputValidationError(f"a query handler must be a plain (non-async) function, got {handler!r}")
-    messages = current_instance().messages
-    name = _message_name(name, "query")
-    if handler is None:
-        messages.query_handlers.pop(name, None)
-    else:
-        messages.query_handlers[name] = handler
+    current_instance().messages.set_query_handler(_message_name(name, "query"), handler)
 
 
 def set_update_handler(name: str, handler: Callable[..., Any] | None,

@@ -71,6 +71,39 @@ async def test_accepted_update_survives_kill9_and_lost_connections(workers, db_u
     assert query(db_url, "SELECT status FROM cairn.updates WHERE update_id = 'dep-1'") == [("completed",)]
 
 
+CLASS_ACCEPTED_AND_RUNNING = ACCEPTED_AND_RUNNING.replace("dep-1", "cls-dep")
+
+
+async def test_class_workflow_update_survives_kill9(workers, db_url):
+    """The class form in worker processes: an update named by its method, with two typed
+    arguments, accepted and waiting on its activity when its worker is killed; another
+    worker replays the class instance from history and finishes it, once."""
+    a = workers("a", module="update_flows")
+    client = await Client.connect(db_url)
+    Ledger, Deposit = update_flows.Ledger, update_flows.Deposit
+    try:
+        handle = await client.start(Ledger.run, 100, id="cls-crash")
+        with pytest.raises(WorkflowUpdateFailedError) as info:  # rejected by the validator method
+            await handle.execute_update(Ledger.deposit, Deposit(5, "x"), 0)
+        assert info.value.type == "BadAmount"
+        await handle.signal(Ledger.note, "before", 2)
+        waiting = asyncio.create_task(handle.execute_update(Ledger.deposit, Deposit(5, "rent"), 1, id="cls-dep"))
+        await until("the update to be accepted and its activity to start",
+                    lambda: query(db_url, CLASS_ACCEPTED_AND_RUNNING))
+        a.kill9()
+        b = workers("b", module="update_flows", wait=False)
+        await asyncio.to_thread(b.wait_started)
+        assert await asyncio.wait_for(waiting, TIMEOUT) == 105
+        assert await handle.query(Ledger.get_balance) == 105
+        assert await handle.execute_update(Ledger.close) == 105
+        assert await handle.result(timeout=TIMEOUT) == {"balance": 105, "memos": ["before", "before", "rent"]}
+    finally:
+        await client.close()
+    events = history(db_url, "cls-crash")
+    assert [d["attempt"] for _, t, d, _ in events if t == "ActivityCompleted"] == [2]
+    assert [d["result"] for _, t, d, _ in events if t == "UpdateCompleted"] == [105, 105]
+
+
 async def test_accepted_update_survives_a_postgres_restart(workers, private_pg):
     """The worker is killed and Postgres crashes (pg_ctl -m immediate) while an accepted
     update's handler waits on its activity; after the restart a new worker finishes it and

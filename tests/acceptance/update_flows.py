@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -44,3 +45,53 @@ async def ledger(balance: int) -> dict[str, Any]:
     await workflow.wait_condition(lambda: state["closed"])
     await workflow.wait_condition(workflow.all_handlers_finished)
     return state
+
+
+@dataclass
+class Deposit:
+    amount: int
+    memo: str
+
+
+@workflow.defn
+class Ledger:
+    """`ledger` as a class (Temporal's form): typed handlers with several arguments, a
+    validator, a query, and a signal the handler method types."""
+
+    @workflow.init
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+        self.memos: list[str] = []
+        self.closed = False
+
+    @workflow.run
+    async def run(self, balance: int) -> dict[str, Any]:
+        await workflow.wait_condition(lambda: self.closed)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return {"balance": self.balance, "memos": self.memos}
+
+    @workflow.update
+    async def deposit(self, deposit: Deposit, times: int) -> int:
+        for _ in range(times):
+            self.balance += await workflow.execute_activity(book, deposit.amount,
+                                                            start_to_close_timeout=timedelta(seconds=900))
+        self.memos.append(deposit.memo)
+        return self.balance
+
+    @deposit.validator
+    def positive(self, deposit: Deposit, times: int) -> None:
+        if deposit.amount <= 0 or times <= 0:
+            raise ApplicationError("deposits must be positive", type="BadAmount")
+
+    @workflow.signal
+    def note(self, memo: str, repeat: int) -> None:
+        self.memos.extend([memo] * repeat)
+
+    @workflow.query
+    def get_balance(self) -> int:
+        return self.balance
+
+    @workflow.update
+    def close(self) -> int:
+        self.closed = True
+        return self.balance

@@ -292,8 +292,9 @@ async def test_query_errors(client, start_worker, sql):
     assert "read-only" in info.value.message
     assert "ActivityScheduled" in info.value.message
     with pytest.raises(QueryFailed) as info:
-        await handle.query("added_plus")  # missing argument
-    assert info.value.type == "TypeError"
+        await handle.query("added_plus")  # missing argument: refused before the handler runs
+    assert info.value.type == "InvalidArguments"
+    assert "takes 1 argument(s), got 0" in info.value.message
     # The run is unharmed: nothing recorded, and it still works.
     assert events(sql, handle.run_id) == before
     assert sql("SELECT count(*) FROM cairn.activity_tasks") == [(0,)]

@@ -5,12 +5,14 @@ blocks verbatim and file blocks written to the path the comment names."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,16 @@ def run_in_own_group(script: str, cwd: Path, env: dict[str, str], timeout: float
 def _stop_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def readme_module(tag: str, directory: Path) -> Any:
+    """The README's one file block marked ``tag``, written into ``directory`` and imported."""
+    (block,) = list(readme_blocks(README.read_text(), tag))
+    path = directory / block["path"]
+    path.write_text(block["body"])
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

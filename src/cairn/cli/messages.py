@@ -19,11 +19,12 @@ run_id_option = click.option("--run-id", default=None, help="A specific run (def
 @main.command("signal")
 @click.argument("workflow_id")
 @click.argument("name")
-@click.option("--input", "input_", default=None, metavar="JSON|@FILE", help="The signal's payload as JSON.")
+@click.option("--input", "inputs", multiple=True, metavar="JSON|@FILE",
+              help="The signal's payload as JSON (repeat for a handler of several arguments).")
 @run_id_option
 @json_option
 @click.pass_obj
-def signal_cmd(settings: Settings, workflow_id: str, name: str, input_: str | None, run_id: str | None,
+def signal_cmd(settings: Settings, workflow_id: str, name: str, inputs: tuple[str, ...], run_id: str | None,
                as_json: bool) -> None:
     """Send signal NAME (with --input as its payload) to the open run of WORKFLOW_ID.
 
@@ -32,9 +33,9 @@ def signal_cmd(settings: Settings, workflow_id: str, name: str, input_: str | No
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
-        payload = parse_json(input_, "--input")
+        args = [parse_json(i, "--input") for i in inputs]
         handle = client.get_handle(workflow_id, run_id)
-        await handle.signal(name, payload)
+        await handle.signal(name, *args)
         return {"workflow_id": workflow_id, "run_id": handle.run_id, "signal": name}
 
     out = run(go(settings))
@@ -47,14 +48,14 @@ def signal_cmd(settings: Settings, workflow_id: str, name: str, input_: str | No
 @main.command("query")
 @click.argument("workflow_id")
 @click.argument("name")
-@click.option("--input", "input_", default=None, metavar="JSON|@FILE",
-              help="The query's argument as JSON (the handler gets it as its one argument).")
+@click.option("--input", "inputs", multiple=True, metavar="JSON|@FILE",
+              help="An argument of the query handler as JSON (repeat for several).")
 @run_id_option
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=QUERY_TIMEOUT_SECONDS,
               show_default=True, help="Seconds to wait for a worker's answer.")
 @json_option
 @click.pass_obj
-def query_cmd(settings: Settings, workflow_id: str, name: str, input_: str | None, run_id: str | None,
+def query_cmd(settings: Settings, workflow_id: str, name: str, inputs: tuple[str, ...], run_id: str | None,
               timeout: float, as_json: bool) -> None:
     """Ask query NAME of WORKFLOW_ID's run; a worker serving its queue answers.
 
@@ -64,7 +65,7 @@ def query_cmd(settings: Settings, workflow_id: str, name: str, input_: str | Non
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
-        args = [] if input_ is None else [parse_json(input_, "--input")]
+        args = [parse_json(i, "--input") for i in inputs]
         handle = client.get_handle(workflow_id, run_id)
         try:
             answer = await handle.query(name, *args, timeout=timeout)

@@ -25,7 +25,7 @@ from cairn.client.checks import (
 )
 from cairn.client.handle import WorkflowHandle
 from cairn.client.listener import CloseListener
-from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, validate_name
+from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
 from cairn.client.schedules import ScheduleHandle
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
 from cairn.errors import (
@@ -321,6 +321,18 @@ class Client:
         """
         return await runs.retrying(self.pool, write, wait=READ_RETRY_SECONDS, lost=(what, check))
 
+    async def execute(self, workflow: Callable[..., Any] | str, *args: Any, result_timeout: float | None = None,
+                      **options: Any) -> Any:
+        """Starts a run (:meth:`start`, with the same options) and returns its result
+        (Temporal's ``execute_workflow``).
+
+        Raises:
+            As :meth:`start`, then as :meth:`WorkflowHandle.result` (``WorkflowFailure``,
+            ``WorkflowTimeout`` past ``result_timeout`` seconds ...).
+        """
+        handle = await self.start(workflow, *args, **options)
+        return await handle.result(timeout=result_timeout)
+
     async def start_target(self, name: str, queue: str | None = None) -> StartTarget:
         """Where a start of workflow type ``name`` goes, from the registry that workers fill
         (one input schema per queue): ``queue`` if given, else the one queue whose workers
@@ -431,17 +443,19 @@ class Client:
 
     # -- messages (the checks and limits: cairn.client.messages)
 
-    async def signal(self, workflow_id: str, name: str, payload: Any = None, *, run_id: str | None = None) -> None:
+    async def signal(self, workflow_id: str, signal: str | Callable[..., Any], *args: Any,
+                     run_id: str | None = None) -> None:
         """Sends a signal to a workflow's open run (see :meth:`WorkflowHandle.signal`)."""
-        await self.get_handle(validate_id(workflow_id), run_id).signal(name, payload)
+        await self.get_handle(validate_id(workflow_id), run_id).signal(signal, *args)
 
-    async def query(self, workflow_id: str, name: str, *args: Any, run_id: str | None = None,
+    async def query(self, workflow_id: str, query: str | Callable[..., Any], *args: Any, run_id: str | None = None,
                     timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         """Queries a workflow's newest run (see :meth:`WorkflowHandle.query`)."""
-        return await self.get_handle(validate_id(workflow_id), run_id).query(name, *args, timeout=timeout)
+        return await self.get_handle(validate_id(workflow_id), run_id).query(query, *args, timeout=timeout)
 
-    async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str, signal: str,
-                                signal_payload: Any = None, queue: str | None = None,
+    async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
+                                signal: str | Callable[..., Any], signal_payload: Any = None,
+                                signal_args: Sequence[Any] | None = None, queue: str | None = None,
                                 start_delay: timedelta | float | None = None) -> WorkflowHandle:
         """Signals the open run of workflow ``id``, starting one first if none is open.
 
@@ -452,8 +466,9 @@ class Client:
             workflow: an ``@workflow.defn`` function, or a registered workflow type name.
             args: the workflow's arguments (used only if a run is started).
             id: the workflow id.
-            signal: the signal's name.
-            signal_payload: the signal's payload.
+            signal: the signal's name, or a workflow class's ``@workflow.signal`` method.
+            signal_payload: the signal's one argument.
+            signal_args: the signal's arguments, instead of ``signal_payload``.
             queue: the queue of a started run (default: as :meth:`cairn.Client.start`).
             start_delay: of a started run (see :meth:`start`): as in Temporal, the signal
                 is recorded at once and the delay still applies.
@@ -465,12 +480,14 @@ class Client:
             InputValidationError: bad arguments, id, queue, signal name or payload;
                 nothing was written.
         """
-        data = {"name": validate_name(signal, "signal"), "payload": to_payload(signal_payload)}
+        if signal_args is not None and signal_payload is not None:
+            raise InputValidationError("give signal_payload or signal_args, not both")
+        name, data = signal_data(signal, (signal_payload,) if signal_args is None else tuple(signal_args))
         with tracer.start_as_current_span("cairn.signal_with_start") as span:  # the new run's trace root
             params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing",
                                                          start_delay=start_delay)
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
-                                 "cairn.workflow_type": params["workflow_type"], "cairn.signal": signal})
+                                 "cairn.workflow_type": params["workflow_type"], "cairn.signal": name})
             run_id = await self._write(lambda c: messages.signal_with_start(c, params, data),
                                        what=f"signalling (and maybe starting) workflow {id!r}",
                                        check=CHECK_SIGNAL.format(workflow_id=id))
@@ -478,7 +495,7 @@ class Client:
         return WorkflowHandle(self, params["workflow_id"], run_id, signature)
 
     async def start_update_with_start(
-            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str | Callable[..., Any],
             update_args: Sequence[Any] = (), update_id: str | None = None,
             wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED, queue: str | None = None,
             timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
@@ -493,7 +510,7 @@ class Client:
             WorkflowUpdateFailedError: the update was rejected.
             WorkflowUpdateTimeout: it did not reach ``wait_for_stage`` within ``timeout``.
         """
-        name, payload, uid = check_update(update, tuple(update_args), update_id)
+        name, payload, uid, returns = check_update(update, tuple(update_args), update_id)
         timeout = seconds(timeout)
         with tracer.start_as_current_span("cairn.update_with_start") as span:  # the new run's trace root
             params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
@@ -505,10 +522,10 @@ class Client:
                 check=f"ask again with the same update id ({uid}): it is not applied twice")
             span.set_attribute("cairn.run_id", run_id)
         handle = WorkflowHandle(self, params["workflow_id"], run_id, signature)
-        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type)
+        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type, returns)
 
     async def execute_update_with_start(
-            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str,
+            self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str | Callable[..., Any],
             update_args: Sequence[Any] = (), update_id: str | None = None, queue: str | None = None,
             timeout: float | None = None, result_type: Any = None) -> Any:
         """:meth:`start_update_with_start`, then the update's result."""

@@ -16,6 +16,7 @@ from cairn.client.messages import (
     CHECK_SIGNAL,
     QUERY_RECHECK_SECONDS,
     QUERY_TIMEOUT_SECONDS,
+    signal_data,
     validate_name,
     validate_timeout,
 )
@@ -40,6 +41,7 @@ from cairn.errors import (
     WorkflowTimedOutError,
     WorkflowTimeout,
 )
+from cairn.handlers import check_message_args, message_ref
 from cairn.options import seconds
 from cairn.payloads import Signature, to_payload
 from cairn.store import lifecycle, messages, runs
@@ -333,29 +335,35 @@ class WorkflowHandle:
 
     # -- messages (the checks and limits: cairn.client.messages)
 
-    async def signal(self, name: str, payload: Any = None) -> None:
-        """Sends signal ``name`` with ``payload`` to the run.
+    async def signal(self, signal: str | Callable[..., Any], *args: Any) -> None:
+        """Sends a signal with ``args`` to the run.
 
-        The payload is converted to JSON and checked before anything is written. The
-        run's code receives it through ``workflow.wait_signal(name)`` or the handler set
-        with ``workflow.set_signal_handler(name, ...)``.
+        ``signal`` is the signal's name, or a workflow class's ``@workflow.signal`` method,
+        whose annotations then check the arguments. The arguments are converted to JSON and
+        checked before anything is written. The run's code receives them through its
+        handler (``@workflow.signal``, ``workflow.set_signal_handler(name, ...)``) or
+        ``workflow.wait_signal(name)`` (one argument as it is, several as a tuple).
 
         Raises:
-            InputValidationError: a bad name or a payload with no JSON form (NaN, NUL...).
+            InputValidationError: a bad name or an argument with no JSON form (NaN, NUL...)
+                or that the handler method cannot take.
             WorkflowNotFound: no such workflow.
             WorkflowClosed: the run is closed (``.status`` says how).
             OutcomeUnknown: the connection was lost while the signal was on its way: it may
                 have been delivered (its ``SignalReceived`` event shows in the history).
         """
-        data = {"name": validate_name(name, "signal"), "payload": to_payload(payload)}
+        name, data = signal_data(signal, args)
         validate_id(self.workflow_id)
         await self._on_open_run("a signal", lambda run_id: self._write_input(
             run_id, h.SIGNAL_RECEIVED, data, what=f"sending signal {name!r} to workflow {self.workflow_id!r}",
             check=CHECK_SIGNAL.format(workflow_id=self.workflow_id)))
 
-    async def execute_update(self, name: str, *args: Any, id: str | None = None,
+    async def execute_update(self, update: str | Callable[..., Any], *args: Any, id: str | None = None,
                              timeout: float | None = None, result_type: Any = None) -> Any:
-        """Sends update ``name`` with ``args`` to the run and returns its handler's result.
+        """Sends an update with ``args`` to the run and returns its handler's result.
+
+        ``update`` is the update's name, or a workflow class's ``@workflow.update`` method,
+        whose annotations then check the arguments and type the result.
 
         The run's validator (if any) runs first: a rejection writes nothing to history.
         ``id`` (default: a new UUID) makes the request idempotent: an update id the run
@@ -370,17 +378,17 @@ class WorkflowHandle:
                 (``.type``, ``.message``, ``.cause``), or the run closed first.
             WorkflowUpdateTimeout: no outcome within ``timeout`` seconds.
         """
-        update = await self.start_update(name, *args, id=id, wait_for_stage=WorkflowUpdateStage.COMPLETED,
-                                         timeout=timeout, result_type=result_type)
-        return await update.result()
+        sent = await self.start_update(update, *args, id=id, wait_for_stage=WorkflowUpdateStage.COMPLETED,
+                                       timeout=timeout, result_type=result_type)
+        return await sent.result()
 
-    async def start_update(self, name: str, *args: Any, id: str | None = None,
+    async def start_update(self, update: str | Callable[..., Any], *args: Any, id: str | None = None,
                            wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
                            timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
         """Sends update ``name`` and waits until it reaches ``wait_for_stage`` (by default
         ``ACCEPTED``: validated and recorded); ``.result()`` on the returned handle waits for
         the handler. Raises as :meth:`execute_update` (a rejection, here)."""
-        name, payload, update_id = check_update(name, args, id)
+        name, payload, update_id, returns = check_update(update, args, id)
         if not isinstance(wait_for_stage, WorkflowUpdateStage):
             raise InputValidationError(f"wait_for_stage must be a WorkflowUpdateStage, got {wait_for_stage!r}")
         timeout = seconds(timeout)
@@ -397,15 +405,17 @@ class WorkflowHandle:
             return is_open
 
         await self._on_open_run(f"update {name!r}", send)
-        return await self._await_stage(sent[0], update_id, name, wait_for_stage, timeout, result_type)
+        return await self._await_stage(sent[0], update_id, name, wait_for_stage, timeout, result_type, returns)
 
     async def _await_stage(self, run_id: str, update_id: str, name: str, stage: WorkflowUpdateStage,
-                           timeout: float | None, result_type: Any = None) -> WorkflowUpdateHandle:
+                           timeout: float | None, result_type: Any = None,
+                           returns: Signature | None = None) -> WorkflowUpdateHandle:
         outcome = await wait_update(self.client, run_id, update_id, stage, timeout, self.workflow_id)
         if outcome.status == "rejected":
             value_of(outcome, self.workflow_id, update_id)  # raises
         return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=run_id, update_id=update_id,
-                                    name=name, outcome=outcome, workflow_handle=self, result_type=result_type)
+                                    name=name, outcome=outcome, workflow_handle=self, result_type=result_type,
+                                    returns=returns)
 
     def get_update_handle(self, update_id: str, *, result_type: Any = None) -> WorkflowUpdateHandle:
         """A handle on an update sent earlier (to the run this handle acts on: pin its run id)."""
@@ -414,8 +424,11 @@ class WorkflowHandle:
         return WorkflowUpdateHandle(self.client, workflow_id=self.workflow_id, run_id=self.run_id,
                                     update_id=update_id, name="", workflow_handle=self, result_type=result_type)
 
-    async def query(self, name: str, *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
-        """Asks the run's query handler ``name`` and returns its answer.
+    async def query(self, query: str | Callable[..., Any], *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
+        """Asks the run's query handler and returns its answer.
+
+        ``query`` is the query's name, or a workflow class's ``@workflow.query`` method,
+        whose annotations then check the arguments and type the answer.
 
         A worker that serves the run's queue and workflow type answers it, from its live
         instance or by replaying the history (closed runs can be queried too). A query to
@@ -429,8 +442,10 @@ class WorkflowHandle:
                 handler raised (``.type`` is its exception's type).
             QueryTimeout: no worker answered within ``timeout`` seconds.
         """
+        name, signature = message_ref(query, "query")
         name = validate_name(name, "query")
         payload = [to_payload(a) for a in args]
+        check_message_args(signature, payload, f"query {name!r}")
         timeout = validate_timeout(timeout)
         validate_id(self.workflow_id)
         client = self.client
@@ -472,6 +487,8 @@ class WorkflowHandle:
         if got.error is not None:
             error = got.error
             raise QueryFailed(str(error.get("message")), type=str(error.get("type") or "QueryFailed"))
+        if signature is not None:
+            return signature.validate_result(got.answer, f"query {name!r}")
         return got.answer
 
     async def _query_timeout_message(self, row: runs.Run, name: str, timeout: float) -> str:

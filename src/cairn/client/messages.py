@@ -8,8 +8,13 @@ ARCHITECTURE.md, "Invariants": the inbox protocol). The calls are :class:`cairn.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from cairn.errors import InputValidationError
+from cairn.handlers import check_message_args, message_ref
 from cairn.options import check_text, shown
+from cairn.payloads import to_payload
 
 QUERY_TIMEOUT_SECONDS = 10.0  # how long client.query waits for a worker's answer by default
 QUERY_RECHECK_SECONDS = 1.0   # re-read the answer this often, in case a NOTIFY was missed
@@ -33,3 +38,22 @@ def validate_timeout(timeout: float) -> float:
     return float(timeout)
 
 
+
+
+def signal_data(signal: str | Callable[..., Any], args: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """A signal's name and its ``SignalReceived`` data, checked before anything is written:
+    one argument as ``payload`` (the form every history has), none as a ``null`` payload,
+    several as ``args``. A signal named by its ``@workflow.signal`` method has its arguments
+    checked against the method's annotations.
+
+    Raises:
+        InputValidationError: a bad name, or an argument with no JSON form or that the
+            handler method cannot take.
+    """
+    name, signature = message_ref(signal, "signal")
+    name = validate_name(name, "signal")
+    payload = [to_payload(a) for a in args]
+    check_message_args(signature, payload, f"signal {name!r}")
+    if len(payload) <= 1:
+        return name, {"name": name, "payload": payload[0] if payload else None}
+    return name, {"name": name, "args": payload}

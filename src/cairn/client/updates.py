@@ -16,14 +16,16 @@ import asyncio
 import contextlib
 import enum
 import uuid
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from cairn.client.messages import QUERY_RECHECK_SECONDS, validate_name
 from cairn.errors import ApplicationError, InputValidationError, WorkflowUpdateFailedError, WorkflowUpdateTimeout
+from cairn.handlers import check_message_args, message_ref
 from cairn.options import check_identifier, seconds
-from cairn.payloads import to_payload
+from cairn.payloads import Signature, to_payload
 from cairn.store import messages
 
 if TYPE_CHECKING:
@@ -45,15 +47,19 @@ class WorkflowUpdateStage(enum.IntEnum):
 _REACHED = {"requested": WorkflowUpdateStage.ADMITTED, "accepted": WorkflowUpdateStage.ACCEPTED}
 
 
-def check_update(name: str, args: tuple[Any, ...], update_id: str | None) -> tuple[str, list[Any], str]:
-    """The update's name, JSON arguments and id (a new UUID if none), checked before anything
-    is written.
+def check_update(update: str | Callable[..., Any], args: Sequence[Any], update_id: str | None
+                 ) -> tuple[str, list[Any], str, Signature | None]:
+    """The update's name, JSON arguments, id (a new UUID if none) and, when it was named by
+    its ``@workflow.update`` method, that method's typed parameters and result; checked
+    before anything is written.
 
     Raises:
         InputValidationError: a bad name, id or argument.
     """
+    name, signature = message_ref(update, "update")
     name = validate_name(name, "update")
     payload = [to_payload(a) for a in args]
+    check_message_args(signature, payload, f"update {name!r}")
     if update_id is None:
         update_id = str(uuid.uuid4())
     elif not isinstance(update_id, str):
@@ -62,7 +68,7 @@ def check_update(name: str, args: tuple[Any, ...], update_id: str | None) -> tup
         check_identifier(update_id, "the update id")
         if any(ch.isspace() for ch in update_id):
             raise InputValidationError(f"an update id cannot contain whitespace, got {update_id!r}")
-    return name, payload, update_id
+    return name, payload, update_id, signature
 
 
 class WorkflowUpdateHandle:
@@ -71,10 +77,11 @@ class WorkflowUpdateHandle:
 
     def __init__(self, client: Client, *, workflow_id: str, run_id: str, update_id: str, name: str,
                  outcome: UpdateOutcome | None = None, workflow_handle: WorkflowHandle | None = None,
-                 result_type: Any = None) -> None:
+                 result_type: Any = None, returns: Signature | None = None) -> None:
         self.client = client
         self.workflow_handle = workflow_handle
         self.result_type = result_type
+        self._returns = returns  # the handler method's result type, when it was named by its method
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.id = update_id
@@ -99,6 +106,8 @@ class WorkflowUpdateHandle:
             self._outcome = outcome
         value = value_of(outcome, self.workflow_id, self.id)
         if self.result_type is None:
+            if self._returns is not None:
+                return self._returns.validate_result(value, f"update {self.name!r}")
             return value
         try:
             return TypeAdapter(self.result_type).validate_python(value)

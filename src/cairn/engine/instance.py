@@ -24,7 +24,7 @@ from cairn.engine import history as h
 from cairn.engine.history import Command, Event
 from cairn.engine.local import LocalActivities, LocalActivityHandle, LocalOutcome, LocalRequest, set_returned
 from cairn.engine.loop import WorkflowLoop
-from cairn.engine.signals import Messages
+from cairn.engine.signals import Messages, signal_args
 from cairn.errors import (
     ActivityError,
     ApplicationError,
@@ -405,7 +405,7 @@ class WorkflowInstance:
                 self._timer_seqs.pop(id(timer), None)
                 self.loop.fire(timer)
         elif event.type == h.SIGNAL_RECEIVED:
-            self.messages.deliver(str(data["name"]), data.get("payload"))
+            self.messages.deliver(str(data["name"]), signal_args(data))
         elif event.type == h.UPDATE_ACCEPTED:
             self.messages.deliver_update(str(data["update_id"]), str(data["name"]), list(data.get("args") or []))
         elif event.type == h.CANCEL_REQUESTED:

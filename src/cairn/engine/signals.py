@@ -3,7 +3,10 @@
 Signals arrive as ``SignalReceived`` input events, so replay delivers them in the same
 batches, in the same order, as the live run saw them. A signal whose name has a handler
 goes to the handler (run as a task on the workflow loop); otherwise it is buffered, in
-arrival order, until a :meth:`Messages.wait_signal` takes it. Wait conditions are checked
+arrival order, until a :meth:`Messages.wait_signal` takes it. A signal carries a list of
+arguments (``{"args": [...]}``; one argument is recorded as ``{"payload": value}``, the form
+every earlier history has), typed by the handler's annotations: arguments a typed handler
+cannot take drop the signal with a warning, as Temporal does. Wait conditions are checked
 whenever the code is blocked, in registration order, until none changes. Queries run a
 read-only handler against the instance's state and record nothing.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +43,10 @@ from cairn.redaction import redact_value
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance
 
-SignalHandler = Callable[[Any], Any]
+SignalHandler = Callable[..., Any]
 QueryHandler = Callable[..., Any]
 UpdateHandler = Callable[..., Any]
+log = logging.getLogger("cairn.workflow")
 # Rounds of "check conditions, run the code they woke" per activation before the code is
 # declared stuck: each round resolves at least one condition, so only a loop that keeps
 # creating conditions that are true at once gets here.
@@ -63,9 +68,10 @@ class Messages:
 
     def __init__(self, instance: WorkflowInstance) -> None:
         self._instance = instance
-        self.buffered: dict[str, deque[Any]] = {}
-        self.signal_handlers: dict[str, SignalHandler] = {}
-        self.query_handlers: dict[str, QueryHandler] = {}
+        self.buffered: dict[str, deque[list[Any]]] = {}  # name -> the arguments of each signal not yet taken
+        # name -> (handler, its typed parameters or None when it has no signature to check)
+        self.signal_handlers: dict[str, tuple[SignalHandler, Signature | None]] = {}
+        self.query_handlers: dict[str, tuple[QueryHandler, Signature | None]] = {}
         self._signal_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._conditions: list[_Condition] = []
         self._resolved = False
@@ -82,13 +88,13 @@ class Messages:
 
     # -- signals
 
-    def deliver(self, name: str, payload: Any) -> None:
-        """A ``SignalReceived`` event: to its handler, else into the buffer."""
-        handler = self.signal_handlers.get(name)
-        if handler is not None:
-            self._start_handler(name, handler, payload)
+    def deliver(self, name: str, args: list[Any]) -> None:
+        """A ``SignalReceived`` event's arguments: to its handler, else into the buffer."""
+        entry = self.signal_handlers.get(name)
+        if entry is not None:
+            self._start_handler(name, entry, args)
             return
-        self.buffered.setdefault(name, deque()).append(payload)
+        self.buffered.setdefault(name, deque()).append(args)
         for fut in self._signal_waiters.pop(name, []):
             if not fut.done():
                 fut.set_result(None)
@@ -98,12 +104,20 @@ class Messages:
         if handler is None:
             self.signal_handlers.pop(name, None)
             return
-        self.signal_handlers[name] = handler
-        for payload in self.buffered.pop(name, ()):
-            self._start_handler(name, handler, payload)
+        entry = self.signal_handlers[name] = (handler, signature_of(handler))
+        for args in self.buffered.pop(name, ()):
+            self._start_handler(name, entry, args)
 
-    def _start_handler(self, name: str, handler: SignalHandler, payload: Any) -> None:
-        task = self._instance.loop.create_task(_call_handler(handler, payload), name=f"signal handler {name}")
+    def _start_handler(self, name: str, entry: tuple[SignalHandler, Signature | None], args: list[Any]) -> None:
+        handler, signature = entry
+        typed = _typed_args(signature, args, f"signal {name!r}")
+        if typed is None:
+            if not self._instance.replaying:
+                log.warning("workflow %s (run %s): signal %r dropped: its handler cannot take arguments %s",
+                            self._instance.info.workflow_id, self._instance.info.run_id, name,
+                            _shown_args(signature, args, f"signal {name!r}"))
+            return
+        task = self._instance.loop.create_task(_call_handler(handler, typed), name=f"signal handler {name}")
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_done)
 
@@ -121,10 +135,10 @@ class Messages:
         """
         def pop() -> Any:
             queue = self.buffered[name]
-            payload = queue.popleft()
+            args = queue.popleft()
             if not queue:
                 del self.buffered[name]
-            return payload
+            return args[0] if len(args) == 1 else tuple(args) if args else None
 
         async def take() -> Any:
             while not self.buffered.get(name):
@@ -158,11 +172,7 @@ class Messages:
         if handler is None:
             self.update_handlers.pop(name, None)
             return
-        try:
-            signature: Signature | None = Signature(handler)
-        except (TypeError, ValueError):  # *args, keyword-only or no signature: arguments pass as they are
-            signature = None
-        self.update_handlers[name] = (handler, validator, signature)
+        self.update_handlers[name] = (handler, validator, signature_of(handler))
         for update_id, args in self._buffered_updates.pop(name, ()):
             self._start_update(update_id, name, args)
 
@@ -295,6 +305,13 @@ class Messages:
 
     # -- queries
 
+    def set_query_handler(self, name: str, handler: QueryHandler | None) -> None:
+        """Registers (or, with ``None``, removes) a query handler."""
+        if handler is None:
+            self.query_handlers.pop(name, None)
+        else:
+            self.query_handlers[name] = (handler, signature_of(handler))
+
     def query(self, name: str, args: list[Any]) -> Any:
         """Calls a query handler on the instance's current state; returns its JSON answer.
 
@@ -304,12 +321,17 @@ class Messages:
                 awaitable.
             Exception: whatever the handler raised.
         """
-        handler = self.query_handlers.get(name)
-        if handler is None:
+        entry = self.query_handlers.get(name)
+        if entry is None:
             known = ", ".join(sorted(self.query_handlers)) or "none"
             raise QueryFailed(f"workflow {self._instance.definition.name} has no query handler {name!r} "
                               f"(known: {known})", type="UnknownQuery")
-        return to_payload(self.read_only_call(handler, args, f"query handler {name!r}"))
+        handler, signature = entry
+        typed = _typed_args(signature, args, f"query {name!r}")
+        if typed is None:
+            raise QueryFailed(f"query {name!r} cannot take these arguments: "
+                              f"{_shown_args(signature, args, f'query {name!r}')}", type="InvalidArguments")
+        return to_payload(self.read_only_call(handler, typed, f"query handler {name!r}"))
 
     def read_only_call(self, handler: Callable[..., Any], args: list[Any], what: str) -> Any:
         """Calls a query handler or an update validator on the current state, refusing any
@@ -400,7 +422,48 @@ def admit_updates(inst: WorkflowInstance, inbox: Sequence[tuple[int, str, Any]])
     return Admitted(rows, consumed, rejected)
 
 
-async def _call_handler(handler: SignalHandler, payload: Any) -> None:
-    result = handler(payload)
+def signature_of(handler: Callable[..., Any]) -> Signature | None:
+    """A handler's typed parameters (a bound method's without ``self``), or None when they
+    cannot be listed (``*args``, keyword-only parameters, a builtin): its arguments then
+    pass as they are."""
+    try:
+        return Signature(handler)
+    except (TypeError, ValueError):
+        return None
+
+
+def signal_args(data: dict[str, Any]) -> list[Any]:
+    """A ``SignalReceived`` event's arguments: ``args``, else the one ``payload`` (every
+    history written before signals took several arguments has that form)."""
+    args = data.get("args")
+    return list(args) if isinstance(args, list) else [data.get("payload")]
+
+
+def _typed_args(signature: Signature | None, args: list[Any], what: str) -> list[Any] | None:
+    """The arguments as the handler's annotations type them, or None if it cannot take them.
+    A signal sent with no argument is recorded as one ``null``: a handler that takes no
+    parameter is called with none."""
+    if signature is None:
+        return args
+    if args == [None] and not signature.adapters:
+        return []
+    try:
+        return signature.validate_args(args, what)
+    except (InputValidationError, ConfigurationError):
+        return None
+
+
+def _shown_args(signature: Signature | None, args: list[Any], what: str) -> str:
+    """Why the arguments do not fit (the validation error's text)."""
+    try:
+        if signature is not None:
+            signature.validate_args(args, what)
+    except (InputValidationError, ConfigurationError) as exc:
+        return str(exc)
+    return f"{len(args)} argument(s)"
+
+
+async def _call_handler(handler: SignalHandler, args: list[Any]) -> None:
+    result = handler(*args)
     if inspect.isawaitable(result):
         await result

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cairn.activity import ActivityDefinition
+from cairn.activity import definition_of as activity_definition
 from cairn.engine.loop import install_guard
 from cairn.errors import ConfigurationError
 from cairn.options import check_namespace, check_queue
@@ -81,7 +82,7 @@ def _definitions(objs: Iterable[Any], attr: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for obj in objs:
         kind = attr.strip("_").split("_")[1]
-        d = getattr(obj, attr, None)
+        d = activity_definition(obj) if kind == "activity" else getattr(obj, attr, None)
         if d is None:
             raise ConfigurationError(f"{obj!r} is not decorated with @{kind}.defn")
         d.signature.check(f"{kind} {d.name}")  # an annotation pydantic cannot validate
