@@ -572,3 +572,13 @@ def continue_as_new(*args: Any) -> NoReturn:
     payload = [to_payload(a) for a in args]
     inst.definition.signature.validate_args(payload, f"workflow {inst.definition.name}")
     raise ContinueAsNewError(payload)
+
+
+# Temporal's names for calling an activity that is a method (``MyActivities.fetch``): here
+# the same calls as for a function.
+execute_activity_method = execute_activity
+start_activity_method = start_activity
+execute_local_activity_method = execute_local_activity
+start_local_activity_method = start_local_activity
+__all__ += ["execute_activity_method", "execute_local_activity_method", "start_activity_method",
+            "start_local_activity_method"]

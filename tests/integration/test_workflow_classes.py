@@ -287,14 +287,17 @@ class Inventory:
 @workflow.defn
 class Restock:
     @workflow.run
-    async def run(self, item: str) -> int:
-        return await workflow.execute_activity(Inventory.reserve, item, 2, start_to_close_timeout=timedelta(seconds=T))
+    async def run(self, item: str) -> list[int]:
+        first = await workflow.execute_activity(Inventory.reserve, item, 1, start_to_close_timeout=timedelta(seconds=T))
+        # Temporal's name for the same call.
+        second = await workflow.execute_activity_method(Inventory.reserve, item, 1, start_to_close_timeout=T)
+        return [first, second]
 
 
 async def test_activity_methods_run_on_their_instance(client, start_worker):
     inventory = Inventory({"apples": 10})
     await start_worker(workflows=[Restock], activities=[inventory.reserve])
-    assert await client.execute(Restock.run, "apples", id="restock") == 8
+    assert await client.execute(Restock.run, "apples", id="restock") == [9, 8]
     assert inventory.stock == {"apples": 8}
     with pytest.raises(ConfigurationError, match="register it bound to an instance"):
         await start_worker(workflows=[Restock], activities=[Inventory.reserve])
