@@ -12,7 +12,38 @@ gaps, GROUP BY for double outcomes), so their cost is a few scans of ``cairn.his
 replays and saga checks stream histories a page of runs at a time. ``cairn verify`` is the
 command-line face of :func:`verify`. Each check is one
 statement of :mod:`cairn.store.verify`, named after the invariant it checks
-(ARCHITECTURE.md, "Invariants", says where each is enforced).
+(ARCHITECTURE.md, "Invariants", says where each is enforced). It writes nothing and takes
+no lock. The invariants, and how each is checked:
+
+- ``run.stuck``, ``lease.expired``, ``tasks.not_drained``: the settle phase polls (every
+  0.25 s until ``settle_timeout``) for open runs, activity leases past their expiry, and
+  rows of the queue tables whose run is closed or missing; what remains is reported.
+- ``start.lost``: every ``ok`` acknowledgement's run exists. ``start.duplicated``: a
+  workflow id acknowledged ``ok`` or ``ambiguous`` has no more *first* runs (not
+  continue-as-new successors, not reset or retry copies) than distinct acknowledged run ids.
+- ``history.gap`` (``lag(seq)``: starts at 1, +1 each), ``history.no_start`` (seq 1 is
+  ``WorkflowStarted``), ``history.orphan`` (no history without a run),
+  ``history.after_terminal`` (nothing after the first terminal event),
+  ``history.status_mismatch`` (``runs.status`` is what the terminal event says),
+  ``history.unmatched`` (every outcome has its scheduling event: activities, timers,
+  children).
+- ``activity.double_completion``, ``local_activity.double_outcome``: one outcome per
+  activity seq (a dropped fence shows here) and one final marker per local activity.
+- ``replay.diverged``, ``replay.failed``: every run of a type whose code is given replays
+  with :func:`cairn.engine.instance.replay` (other types are counted as skipped);
+  ``saga.compensation_order``: each saga's ``compensation_started`` list runs exactly once
+  per index, newest first (any order when parallel), skipping only after a failed
+  compensation with ``continue_on_error=False``.
+- ``effects.missing``, ``effects.duplicated``: each completed effect-writing activity has
+  exactly one row in the sink (``EFFECTS_DDL``, keyed by the idempotency key);
+  ``effects.no_reexecution`` (with ``expect_reexecution``): some attempt > 1 was seen.
+- ``secret.leaked``: every column of every ``cairn.*`` row, and every log line, scanned for
+  each canary (as written and JSON-escaped); the detail names canary *#n*, never its value.
+
+Limits: the saga check trusts the marker's list (a forged list with fewer compensations
+passes); ``lease.expired`` looks at activity leases only (breaker probes and rate-limit
+slots expire by design); the history statements scan all of ``cairn.history``: seconds
+for millions of events, meant for after a test, not for a hot production database.
 """
 
 from __future__ import annotations
