@@ -20,6 +20,15 @@ the code no longer produces what the history recorded)::
 
 :class:`Workers` starts several in-process workers on one database (each with its own
 options) and stops them together.
+
+:class:`WorkflowEnvironment` is Temporal's test environment: ``start_time_skipping`` runs
+the database's workflows on a virtual clock that jumps to the next due moment while the test
+waits on a result, so a 90-day sleep takes a second::
+
+    async with await WorkflowEnvironment.start_time_skipping(url) as env:
+        async with env.worker(workflows=[reminder], activities=[send_email_mock]):
+            handle = await env.client.start(reminder, 90, id="r-1")
+            assert await handle.result(timeout=30) == "sent"
 """
 
 from __future__ import annotations
@@ -332,9 +341,8 @@ class WorkflowEnvironment:
         Raises:
             RuntimeError: the database has a time-skipping environment in this process already.
         """
-        resolved, embedded = await asyncio.to_thread(db.resolve_url, url)
-        await asyncio.to_thread(db.ensure_ready, resolved, embedded, who="client")
-        clock = await _clock.start(resolved)
+        resolved, _ = await asyncio.to_thread(db.resolve_url, url)
+        clock = await _clock.start(resolved)  # before anything is written: every statement reads it
         try:
             client = await Client.connect(resolved, namespace=namespace)
             env = cls(resolved, client, clock, namespace=namespace, auto_time_skipping=auto_time_skipping)

@@ -7,6 +7,7 @@ nothing (every statement reads the database's clock)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -18,7 +19,7 @@ from cairn.errors import WorkflowFailure, WorkflowTimedOutError, WorkflowTimeout
 from cairn.options import RetryPolicy
 from cairn.store import clock
 from cairn.testing import WorkflowEnvironment
-from support import events
+from support import events, wait_until
 
 
 @workflow.defn
@@ -259,3 +260,19 @@ async def test_a_daily_schedule_fires_once_per_slot_over_virtual_days(db_url, sq
             (started,) = sql("SELECT created_at FROM cairn.runs WHERE run_id = %s", (str(run_id),))[0]
             assert timedelta(0) <= started - slot < timedelta(minutes=1)
         assert sql("SELECT count(*) FROM cairn.runs WHERE workflow_type = 'daily_report'") == [(days,)]
+
+
+async def test_time_skips_while_unlocked_for_a_wait_on_something_else(db_url, sql):
+    async with await WorkflowEnvironment.start_time_skipping(db_url) as env, env.worker(workflows=[daily_report]):
+        await env.client.create_schedule("unlocked", Schedule(
+            action=ScheduleActionStartWorkflow(daily_report, "report"),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=1))])))
+        done = ("SELECT count(*) FROM cairn.runs WHERE workflow_type = 'daily_report' AND status = 'completed'")
+        with env.time_skipping_unlocked():  # no result to wait on: the test says time may skip
+            await wait_until(lambda: sql(done)[0][0] >= 3, timeout=60, what="three daily runs")
+    slots = [r[0] for r in sql("SELECT slot FROM cairn.schedule_actions WHERE schedule_id = 'unlocked' "
+                               "ORDER BY slot")]
+    assert len(slots) >= 3
+    assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(slots))  # none twice, none missed
+    assert sql("SELECT count(DISTINCT workflow_id), count(*) FROM cairn.runs "
+               "WHERE workflow_type = 'daily_report'") == [(len(slots), len(slots))]

@@ -69,10 +69,6 @@ class VirtualClock:
         self.offset += gap
         return True
 
-    def advance(self, seconds: float) -> None:
-        """Moves the clock forward by ``seconds`` (negative: not at all)."""
-        self.offset += max(seconds, 0.0)
-
 
 _CLOCKS: dict[Key, VirtualClock] = {}  # empty outside a time-skipping test environment
 
