@@ -15,7 +15,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cairn.store import db
+from cairn.store import clock, db
 from cairn.store.db import Conn
 from cairn.store.sql import q
 from cairn.store.transactions import connection
@@ -88,7 +88,7 @@ async def claim(pool: db.Pool, *, namespace: str, pairs: dict[str, Any], worker:
     async with connection(pool) as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q("claim_activity_tasks"), {
-            "namespace": namespace, **pairs, "worker": worker, "lease": lease, "now": None})
+            "namespace": namespace, **pairs, "worker": worker, "lease": lease, "now": clock.now(conn)})
         return [attempt_of(row) for row in await cur.fetchall()]
 
 
@@ -96,10 +96,14 @@ async def _fenced(sql: str, params: dict[str, Any], pool: db.Pool | None, conn: 
     """Runs one fenced write (on ``conn``, else on a connection of ``pool``); True if it
     changed a row."""
     if conn is not None:
+        if "now" in params:
+            params["now"] = clock.now(conn)
         cur = await conn.execute(sql.encode(), params)
         return cur.rowcount > 0 or (cur.description is not None and await cur.fetchone() is not None)
     assert pool is not None
     async with connection(pool) as c:
+        if "now" in params:
+            params["now"] = clock.now(c)
         cur = await c.execute(sql.encode(), params)
         if cur.description is not None:
             return await cur.fetchone() is not None
@@ -151,14 +155,14 @@ async def renew_leases(pool: db.Pool, *, beats: list[dict[str, Any]], lease: flo
     per attempt still leased to ``worker``, whether its workflow asked it to stop."""
     async with connection(pool) as c:
         cur = await c.execute(q("renew_activity_leases"), {
-            "beats": Jsonb(beats), "lease": lease, "worker": worker, "now": None})
+            "beats": Jsonb(beats), "lease": lease, "worker": worker, "now": clock.now(c)})
         return {(str(a), s): bool(cancel) for a, s, cancel in await cur.fetchall()}
 
 
 async def expired(conn: Conn, *, limit: int) -> list[Expired]:
     """Locks up to ``limit`` attempts past a deadline or a lease (in the caller's transaction)."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("expired_activity_tasks"), {"limit": limit, "now": None})
+    await cur.execute(q("expired_activity_tasks"), {"limit": limit, "now": clock.now(conn)})
     return [Expired(str(r["run_id"]), r["seq"], r["token"], r["attempt"], r["activity_type"], r["options"] or {},
                     r["lease_owner"], r["workflow_id"], r["attempt_deadline"], r["heartbeat_deadline"],
                     r["schedule_deadline"], bool(r["cancel_requested"]), r["now"])
@@ -169,7 +173,7 @@ async def reschedule_state(conn: Conn, *, run_id: str, seq: int, token: int) -> 
     """Locks the attempt's row and reads what a reschedule decides on; None if the attempt
     was superseded (in the caller's transaction)."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("reschedule_state"), {"run_id": run_id, "seq": seq, "token": token, "now": None})
+    await cur.execute(q("reschedule_state"), {"run_id": run_id, "seq": seq, "token": token, "now": clock.now(conn)})
     row = await cur.fetchone()
     if row is None:
         return None
@@ -181,5 +185,5 @@ async def reschedule(conn: Conn, *, run_id: str, seq: int, token: int, delay: fl
                      failure: dict[str, Any]) -> None:
     """Puts the attempt back after ``delay`` without counting it (``reschedule_activity``)."""
     await conn.execute(q("reschedule_activity"), {
-        "run_id": run_id, "seq": seq, "token": token, "now": None, "delay": delay, "counted": counted,
+        "run_id": run_id, "seq": seq, "token": token, "now": clock.now(conn), "delay": delay, "counted": counted,
         "failure": Jsonb(failure)})

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from cairn.errors import DatabaseError
+from cairn.store import clock
 from cairn.store.db import Conn, translate, translated
 from cairn.store.sql import q
 
@@ -113,7 +114,7 @@ async def read(conn: Conn, name: str, config: dict[str, Any], now: datetime | No
     """
     cur = conn.cursor(row_factory=dict_row)
     for _ in range(READ_ATTEMPTS):  # a concurrent first insert may hide the row from one statement
-        await cur.execute(q("breaker_read"), {"name": name, "config": Jsonb(config), "now": now})
+        await cur.execute(q("breaker_read"), {"name": name, "config": Jsonb(config), "now": clock.at(conn, now)})
         r = await cur.fetchone()
         if r is not None:
             return _row(r)
@@ -123,7 +124,7 @@ async def read(conn: Conn, name: str, config: dict[str, Any], now: datetime | No
 @translated
 async def create(conn: Conn, name: str, config: dict[str, Any], now: datetime | None) -> None:
     """Makes sure the breaker's row exists (first writer's config wins)."""
-    await conn.execute(q("breaker_read"), {"name": name, "config": Jsonb(config), "now": now})
+    await conn.execute(q("breaker_read"), {"name": name, "config": Jsonb(config), "now": clock.at(conn, now)})
 
 
 @translated
@@ -141,7 +142,7 @@ async def locked(conn: Conn, name: str, now: datetime | None) -> AsyncIterator[B
     try:
         async with conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("breaker_lock"), {"name": name, "now": now})
+            await cur.execute(q("breaker_lock"), {"name": name, "now": clock.at(conn, now)})
             r = await cur.fetchone()
             yield None if r is None else _row(r)
     except psycopg.Error as exc:
@@ -158,13 +159,13 @@ async def write(conn: Conn, name: str, state: BreakerState, added: Counters, eve
     await conn.execute(q("breaker_write"), {
         "name": name, "state": state.state, "generation": state.generation, "window_data": Jsonb(state.window),
         "opened_at": state.opened_at, "open_until": state.open_until, "consecutive_opens": state.consecutive_opens,
-        "half_open_successes": state.half_open_successes, "resume_to": state.resume_to, "now": now,
+        "half_open_successes": state.half_open_successes, "resume_to": state.resume_to, "now": clock.at(conn, now),
         **added._asdict()})
     gen = state.generation - len(events)
     for frm, to, reason in events:
         gen += 1
         await conn.execute(q("breaker_event"), {"name": name, "from_state": frm, "to_state": to,
-                                                 "generation": gen, "reason": reason, "now": now})
+                                                 "generation": gen, "reason": reason, "now": clock.at(conn, now)})
     if any(frm == "half_open" for frm, _, _ in events) or state.state in ("closed", "disabled", "forced_open"):
         await conn.execute(q("breaker_clear_probes"), {"name": name})
 
@@ -173,7 +174,8 @@ async def write(conn: Conn, name: str, state: BreakerState, added: Counters, eve
 async def live_probes(conn: Conn, name: str, generation: int, now: datetime | None) -> LiveProbes:
     """Under :func:`locked`, half-open: drops expired probe leases and those of older
     generations, and counts the live ones."""
-    cur = await conn.execute(q("breaker_live_probes"), {"name": name, "generation": generation, "now": now})
+    cur = await conn.execute(q("breaker_live_probes"), {"name": name, "generation": generation,
+                                                        "now": clock.at(conn, now)})
     r = await cur.fetchone()
     assert r is not None  # an aggregate: always one row
     return LiveProbes(int(r[0]), r[1])
@@ -184,14 +186,14 @@ async def take_probe(conn: Conn, name: str, probe_id: str, generation: int, leas
                      now: datetime | None) -> None:
     """Under :func:`locked`, half-open: a probe lease for one admitted call."""
     await conn.execute(q("breaker_take_probe"), {"name": name, "probe_id": probe_id, "generation": generation,
-                                                 "now": now, "lease": lease_seconds})
+                                                 "now": clock.at(conn, now), "lease": lease_seconds})
 
 
 @translated
 async def renew_probe(conn: Conn, name: str, probe_id: str, lease_seconds: float, now: datetime | None) -> None:
     """A probe still running: its lease moves on."""
     await conn.execute(q("breaker_renew_probe"), {"name": name, "probe_id": probe_id, "lease": lease_seconds,
-                                                  "now": now})
+                                                  "now": clock.at(conn, now)})
 
 
 @translated
@@ -204,7 +206,7 @@ async def release_probe(conn: Conn, name: str, probe_id: str) -> None:
 async def refusing(conn: Conn, name: str, now: datetime | None) -> Refusal | None:
     """The breaker's refusal if it refuses calls right now (open before its open_until, or
     forced open); None when it would admit. One read, no lock."""
-    cur = await conn.execute(q("breaker_refusing"), {"name": name, "now": now})
+    cur = await conn.execute(q("breaker_refusing"), {"name": name, "now": clock.at(conn, now)})
     r = await cur.fetchone()
     return None if r is None else Refusal(r[0], r[1], float(r[2]), r[3])
 
@@ -220,7 +222,7 @@ async def delete(conn: Conn, name: str) -> bool:
 async def list_breakers(conn: Conn, now: datetime | None) -> list[ListedBreaker]:
     """Every breaker, by name, with its live probe count."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("list_breakers"), {"now": now})
+    await cur.execute(q("list_breakers"), {"now": clock.at(conn, now)})
     return [ListedBreaker(_row(r), int(r["live_probes"])) for r in await cur.fetchall()]
 
 

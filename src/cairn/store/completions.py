@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from cairn.activity import TaskToken
 from cairn.errors import InputValidationError, StaleTaskToken
+from cairn.store import clock
 from cairn.store.runs import Conn
 from cairn.store.sql import q
 
@@ -55,7 +56,8 @@ async def open_attempt(conn: Conn, token: TaskToken) -> AsyncIterator[OpenAttemp
         if key is None or not token.signed_with(str(key[0])):
             raise InputValidationError("not a valid task token for this database (its signature does not match)")
         dcur = conn.cursor(row_factory=dict_row)
-        await dcur.execute(q("lock_activity_attempt"), {"run_id": token.run_id, "seq": token.seq, "now": None})
+        await dcur.execute(q("lock_activity_attempt"), {"run_id": token.run_id, "seq": token.seq,
+                                                        "now": clock.now(conn)})
         row = await dcur.fetchone()
         if row is None:
             scur = await conn.execute(q("activity_run_status"), {"run_id": token.run_id})
@@ -77,8 +79,8 @@ async def open_attempt(conn: Conn, token: TaskToken) -> AsyncIterator[OpenAttemp
 async def record(conn: Conn, attempt: OpenAttempt, event_type: str, data: dict[str, Any]) -> bool:
     """Records the activity's outcome into its run's inbox (``complete_activity``, fenced)."""
     cur = await conn.execute(q("complete_activity"), {
-        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": None, "type": event_type,
-        "data": Jsonb(data)})
+        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": clock.now(conn),
+        "type": event_type, "data": Jsonb(data)})
     return await cur.fetchone() is not None
 
 
@@ -86,7 +88,7 @@ async def retry(conn: Conn, attempt: OpenAttempt, *, delay: float, failure: dict
     """Puts the failed attempt back after ``delay`` (``retry_activity_by_token``); False if
     that would pass its schedule-to-close deadline."""
     cur = await conn.execute(q("retry_activity_by_token"), {
-        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": None, "delay": delay,
+        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": clock.now(conn), "delay": delay,
         "failure": Jsonb(failure)})
     return await cur.fetchone() is not None
 
@@ -95,7 +97,7 @@ async def heartbeat(conn: Conn, attempt: OpenAttempt, details: Any) -> bool:
     """Records a heartbeat (``heartbeat_activity_by_token``); returns whether the workflow
     asked the activity to stop."""
     cur = await conn.execute(q("heartbeat_activity_by_token"), {
-        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": None,
+        "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": clock.now(conn),
         "details": Jsonb(details)})
     row = await cur.fetchone()
     return bool(row and row[0])

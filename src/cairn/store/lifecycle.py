@@ -20,7 +20,7 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
 from cairn.options import new_run_id
-from cairn.store import runs
+from cairn.store import clock, runs
 from cairn.store.sql import q
 from cairn.telemetry import trace_carrier
 
@@ -210,7 +210,7 @@ async def lock_task(conn: psycopg.AsyncConnection[Any], run_id: str) -> LockedRu
     """Takes the run's workflow-task lock, waiting for a worker mid-task, so that what the
     transaction appends to the history comes from the one writer the run has; in the
     caller's transaction. None: the run is closed (it has no task row)."""
-    params: dict[str, Any] = {"run_id": run_id, "now": None}
+    params: dict[str, Any] = {"run_id": run_id, "now": clock.now(conn)}
     cur = conn.cursor(row_factory=dict_row)
     for _ in range(10):
         # A worker mid-task may delete the task row while we wait for its lock (the
@@ -229,7 +229,7 @@ async def close_terminated(conn: psycopg.AsyncConnection[Any], run_id: str, last
     """Closes a run as terminated (its task lock held, see :func:`lock_task`): appends
     ``WorkflowTerminated`` (with ``reason`` and ``data``), closes the run and its task, tells
     its parent and applies its children's parent close policy."""
-    params: dict[str, Any] = {"run_id": run_id, "now": None}
+    params: dict[str, Any] = {"run_id": run_id, "now": clock.now(conn)}
     event = [{"seq": last_seq + 1, "type": h.WORKFLOW_TERMINATED, "data": {"reason": reason, **data}}]
     await conn.execute(q("append_history"), {**params, "events": Jsonb(event)})
     await conn.execute(q("close_run"), {**params, "status": "terminated",

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from cairn.store import db
+from cairn.store import clock, db
 from cairn.store.sql import q
 from cairn.store.transactions import connection, translate
 
@@ -20,7 +20,7 @@ async def fire_due_timers(pool: db.Pool, *, limit: int) -> tuple[int, list[str]]
     """Turns up to ``limit`` due timers into inbox events; returns how many fired and the
     workflow queues of the tasks they made ready."""
     async with connection(pool) as c:
-        cur = await c.execute(q("fire_due_timers"), {"limit": limit, "now": None})
+        cur = await c.execute(q("fire_due_timers"), {"limit": limit, "now": clock.now(c)})
         rows = await cur.fetchall()
     return (int(rows[0][2]) if rows else 0), [r[0] for r in rows]
 
@@ -29,6 +29,8 @@ async def next_due(pool: db.Pool, params: dict[str, Any]) -> timedelta | None:
     """How long until the earliest work of the worker's pairs (``params``) is due (negative:
     overdue), or None if nothing is scheduled."""
     async with connection(pool) as c:
+        if (now := clock.now(c)) is not None:
+            params = {**params, "now": now}
         row = await (await c.execute(q("next_due"), params)).fetchone()
     return row[0] if row else None
 
@@ -36,7 +38,8 @@ async def next_due(pool: db.Pool, params: dict[str, Any]) -> timedelta | None:
 async def queue_depth(pool: db.Pool, *, queues: list[str], namespace: str, cap: int) -> list[tuple[str, str, int]]:
     """Ready tasks per (queue, kind), each count capped at ``cap``."""
     async with connection(pool) as c:
-        cur = await c.execute(q("queue_depth"), {"queues": queues, "namespace": namespace, "now": None, "cap": cap})
+        cur = await c.execute(q("queue_depth"), {"queues": queues, "namespace": namespace, "now": clock.now(c),
+                                                 "cap": cap})
         return [(r[0], r[1], int(r[2])) for r in await cur.fetchall()]
 
 

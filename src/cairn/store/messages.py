@@ -11,6 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
+from cairn.store import clock
 from cairn.store.runs import Conn, start
 from cairn.store.sql import q
 
@@ -38,7 +39,7 @@ async def request_update(conn: Conn, *, run_id: str, update_id: str, name: str, 
     """Asks an open run for an update (``request_update``): (the run is open, this call
     wrote the request). An update id already there is not written again."""
     row = await (await conn.execute(q("request_update"), {
-        "run_id": run_id, "update_id": update_id, "name": name, "args": Jsonb(args), "now": None,
+        "run_id": run_id, "update_id": update_id, "name": name, "args": Jsonb(args), "now": clock.now(conn),
         "data": Jsonb({"update_id": update_id, "name": name, "args": args})})).fetchone()
     assert row is not None
     return bool(row[0]), bool(row[1])
@@ -78,7 +79,7 @@ async def insert_query_request(conn: Conn, *, request_id: str, run_id: str, queu
     with contextlib.suppress(psycopg.errors.UniqueViolation):
         await conn.execute(q("insert_query_request"), {
             "id": request_id, "run_id": run_id, "queue": queue, "namespace": namespace,
-            "workflow_type": workflow_type, "name": name, "args": Jsonb(args), "now": None})
+            "workflow_type": workflow_type, "name": name, "args": Jsonb(args), "now": clock.now(conn)})
 
 
 @dataclass(frozen=True, slots=True)

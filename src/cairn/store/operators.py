@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import CairnError, WorkflowAlreadyStarted
-from cairn.store import db, lifecycle, runs
+from cairn.store import clock, db, lifecycle, runs
 from cairn.store.sql import q
 
 
@@ -52,8 +52,8 @@ async def reset(pool: db.Pool, old: runs.Run, new_id: str, plan_of: Planner, *, 
         WorkflowAlreadyStarted: another run of the workflow id is open.
         InputValidationError: from ``plan_of`` (a seq that starts no workflow task).
     """
-    params: dict[str, Any] = {"run_id": old.run_id, "now": None}
     async with pool.connection() as c:
+        params: dict[str, Any] = {"run_id": old.run_id, "now": clock.now(c)}
         try:
             async with c.transaction():
                 cur = c.cursor(row_factory=dict_row)
@@ -79,7 +79,7 @@ async def reset(pool: db.Pool, old: runs.Run, new_id: str, plan_of: Planner, *, 
                     # Like any termination: its parent hears of it, its children get their policy.
                     await lifecycle.close_terminated(c, old.run_id, events[-1].seq, f"reset to seq {plan.seq}",
                                                      reset_run_id=new_id)
-                new = {"run_id": new_id, "now": None}
+                new = {"run_id": new_id, "now": clock.now(c)}
                 await c.execute(q("insert_reset_run"), {
                     **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
                     "workflow_type": old.workflow_type, "queue": old.queue,

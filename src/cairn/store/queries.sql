@@ -1705,7 +1705,7 @@ WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
 -- name: next_schedule_check
 -- How long until the earliest unpaused schedule is due (negative: overdue), for the
 -- maintenance loop's wait.
-SELECT min(next_check_at) - now() FROM cairn.schedules WHERE NOT paused
+SELECT min(next_check_at) - coalesce(%(now)s::timestamptz, now()) FROM cairn.schedules WHERE NOT paused
 
 -- name: defer_schedule
 -- A schedule whose pass failed (and rolled back) is looked at again later, so that it does
@@ -1713,3 +1713,36 @@ SELECT min(next_check_at) - now() FROM cairn.schedules WHERE NOT paused
 UPDATE cairn.schedules
 SET next_check_at = %(now)s::timestamptz + %(delay)s::float8 * interval '1 second'
 WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
+
+-- ==== time-skipping test environment (cairn.testing) ====
+
+-- name: time_skip_state
+-- Whether anything can run at %(now)s (the environment's virtual time): a workflow task
+-- ready or held by a worker (its row stays until the worker commits, so a task in flight,
+-- with its local activities, counts), an activity attempt leased (running, or completing
+-- asynchronously: time never skips under a running attempt's deadline) or ready or past a
+-- deadline, a timer or schedule due, an unanswered query; and, when nothing can, the
+-- earliest moment something falls due: a timer (execution timeouts and local-activity
+-- backoffs included), a retry's or a start delay's available_at, a workflow task's
+-- back-off, an attempt's schedule-to-close deadline, a schedule's next check. Every step of
+-- a run's progress commits its next step's row in the same transaction, so one snapshot
+-- sees no gap. Terminate's placeholder tasks (9999-12-31) are no moment to skip to.
+WITH c AS (SELECT %(now)s::timestamptz AS now)
+SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks t, c WHERE t.available_at <= c.now)
+       OR EXISTS (SELECT 1 FROM cairn.activity_tasks a, c
+                  WHERE a.lease_owner IS NOT NULL OR a.available_at <= c.now OR a.timeout_at <= c.now)
+       OR EXISTS (SELECT 1 FROM cairn.timers t, c WHERE t.fire_at <= c.now)
+       OR EXISTS (SELECT 1 FROM cairn.schedules s, c WHERE NOT s.paused AND s.next_check_at <= c.now)
+       OR EXISTS (SELECT 1 FROM cairn.query_requests r WHERE r.answered_at IS NULL) AS busy,
+       least((SELECT min(available_at) FROM cairn.workflow_tasks WHERE available_at < '9999-01-01'),
+             (SELECT min(available_at) FROM cairn.activity_tasks WHERE lease_owner IS NULL),
+             (SELECT min(timeout_at) FROM cairn.activity_tasks),
+             (SELECT min(fire_at) FROM cairn.timers),
+             (SELECT min(next_check_at) FROM cairn.schedules WHERE NOT paused)) AS next_due,
+       c.now
+FROM c
+
+-- name: time_skip_wake
+-- After the virtual clock moved: wakes every worker's maintenance loop (the timer pump,
+-- the schedule firer, the reaper, the next-due wait), which wakes its pollers.
+SELECT pg_notify('cairn_timer', '')

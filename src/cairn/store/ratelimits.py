@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
+from cairn.store import clock
 from cairn.store.db import Conn, translate, translated
 from cairn.store.sql import q
 
@@ -50,7 +51,7 @@ async def locked(conn: Conn, deployment: str, now: datetime | None) -> AsyncIter
     last request of a window. It commits when the block ends, and rolls back if it raises."""
     try:
         async with conn.transaction():
-            cur = await conn.execute(q("rate_limit_lock"), {"deployment": deployment, "now": now})
+            cur = await conn.execute(q("rate_limit_lock"), {"deployment": deployment, "now": clock.at(conn, now)})
             r = await cur.fetchone()
             assert r is not None  # an upsert's RETURNING: always one row
             yield Locked(r[0], r[1])

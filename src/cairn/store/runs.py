@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
-from cairn.store import db
+from cairn.store import clock, db
 from cairn.store.filters import Filter
 from cairn.store.sql import q
 
@@ -123,6 +123,7 @@ async def start(conn: Conn, params: dict[str, Any], policy: str, *, lock: bool =
         WorkflowIdReuseRefused: the id reuse policy refused because of a closed run.
     """
     reads_closed = lock and params.get("id_reuse_policy") != "allow_duplicate"
+    params["now"] = clock.now(conn)
     while True:
         async with conn.transaction() if reads_closed else contextlib.nullcontext():
             if reads_closed:
@@ -137,6 +138,7 @@ async def start(conn: Conn, params: dict[str, Any], policy: str, *, lock: bool =
 def start_sync(conn: SyncConn, params: dict[str, Any], policy: str) -> str:
     """:func:`start` on a caller's sync connection (in its transaction), errors translated."""
     reads_closed = params.get("id_reuse_policy") != "allow_duplicate"
+    params["now"] = clock.now(conn)
     while True:
         try:
             with conn.transaction() if reads_closed else contextlib.nullcontext():

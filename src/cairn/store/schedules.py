@@ -28,7 +28,7 @@ from cairn.schedules import (
     due_slots,
     next_check,
 )
-from cairn.store import db, lifecycle, runs
+from cairn.store import clock, db, lifecycle, runs
 from cairn.store.messages import write_input
 from cairn.store.runs import Conn
 from cairn.store.sql import q
@@ -80,7 +80,7 @@ class ActionRow:
 
 async def now(conn: Conn) -> datetime:
     """The database's clock (the transaction's start inside one)."""
-    row = await (await conn.execute(q("schedule_now"), {"now": None})).fetchone()
+    row = await (await conn.execute(q("schedule_now"), {"now": clock.now(conn)})).fetchone()
     assert row is not None
     return row[0]  # type: ignore[no-any-return]
 
@@ -246,5 +246,5 @@ async def fire_due(pool: db.Pool, *, limit: int = FIRE_BATCH) -> int:
 async def next_due(pool: db.Pool) -> timedelta | None:
     """How long until the earliest unpaused schedule is due (negative: overdue), or None."""
     async with atomic(pool) as conn:
-        row = await (await conn.execute(q("next_schedule_check"))).fetchone()
+        row = await (await conn.execute(q("next_schedule_check"), {"now": clock.now(conn)})).fetchone()
     return row[0] if row else None

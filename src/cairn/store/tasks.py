@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
-from cairn.store import db
+from cairn.store import clock, db
 from cairn.store import lifecycle as _lifecycle
 from cairn.store.activities import Attempt, attempt_of
 from cairn.store.db import Conn
@@ -71,7 +71,8 @@ class Recorded:
 async def claim(conn: Conn, *, namespace: str, pairs: dict[str, Any]) -> list[TaskState]:
     """Begins the transaction and claims (locks) ready workflow tasks of the worker's
     (queue, workflow type) ``pairs`` (``ClaimPairs.next``: with their ``limit``)."""
-    rows = await execute(conn, "claim_workflow_task", {"namespace": namespace, **pairs, "now": None}, begin=True)
+    rows = await execute(conn, "claim_workflow_task", {"namespace": namespace, **pairs, "now": clock.now(conn)},
+                         begin=True)
     return [_state(row) for row in rows]
 
 
@@ -80,7 +81,7 @@ async def complete_and_lock(conn: Conn, *, outcomes: list[dict[str, Any]], repla
     locks their runs' tasks and reads the runs' state in a new snapshot; ``replay``: runs
     whose whole history to read (not cached here)."""
     rows = await execute(conn, "complete_activities_and_lock", {
-        "outcomes": Jsonb(outcomes), "now": None, "replay": replay}, begin=True)
+        "outcomes": Jsonb(outcomes), "now": clock.now(conn), "replay": replay}, begin=True)
     return [_state(row) for row in rows]
 
 
@@ -98,7 +99,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
     carries the COMMIT when ``commit``; ``ahead`` (the speculated fast path's check) opens
     the transaction with it."""
     rows = await execute(conn, "record_workflow_tasks", {
-        "now": None, "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
+        "now": clock.now(conn), "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
         "worker": worker, "lease": lease, "notify_queues": notify_queues},
         begin=ahead is not None, commit=commit, ahead=ahead)
     leased: list[Attempt] = []
@@ -116,6 +117,8 @@ async def record_extras(conn: Conn, task: TaskState, namespace: str, extras: lis
     """What a recorded task that is not plain needs besides ``record_workflow_tasks``: its
     :func:`extra_statements`, then the lifecycle's (children, continue-as-new, family)."""
     for name, params in extras:
+        if "now" in params:  # built before the connection was known
+            params["now"] = clock.now(conn)
         await conn.execute(q(name), params)
     await _lifecycle.record_commands(conn, _task_dict(task), namespace, events, family)
 
@@ -133,7 +136,7 @@ async def close_without_code(conn: Conn, task: TaskState, *, namespace: str, inb
     etype, status, data, failure = closing
     event = {"seq": task.last_seq + 1, "type": etype, "data": data}
     await conn.execute(q("record_workflow_tasks"), {
-        "now": None, "namespace": namespace, "inbox_ids": inbox_ids, "worker": worker,
+        "now": clock.now(conn), "namespace": namespace, "inbox_ids": inbox_ids, "worker": worker,
         "lease": lease, "notify_queues": [], "tasks": Jsonb([{
             "run_id": task.run_id, "events": [event], "workflow_id": task.workflow_id,
             "workflow_type": task.workflow_type, "workflow_queue": task.queue, "activities": [],
@@ -143,12 +146,12 @@ async def close_without_code(conn: Conn, task: TaskState, *, namespace: str, inb
 
 async def finish(conn: Conn, run_id: str) -> None:
     """Deletes the task of a run that is no longer running."""
-    await conn.execute(q("finish_workflow_task"), {"run_id": run_id, "now": None})
+    await conn.execute(q("finish_workflow_task"), {"run_id": run_id, "now": clock.now(conn)})
 
 
 async def fail(conn: Conn, run_id: str, *, error: dict[str, Any], delay: float) -> None:
     """Records a failed workflow task (history untouched) and backs it off ``delay`` seconds."""
-    await conn.execute(q("fail_workflow_task"), {"run_id": run_id, "now": None, "error": Jsonb(error),
+    await conn.execute(q("fail_workflow_task"), {"run_id": run_id, "now": clock.now(conn), "error": Jsonb(error),
                                                  "delay": delay})
 
 
@@ -263,5 +266,5 @@ async def claim_query(conn: Conn, *, namespace: str, queues: list[str],
 async def answer_query(conn: Conn, request_id: int, *, answer: Any, error: dict[str, Any] | None) -> None:
     """Stores a query's answer (or its error) for the client waiting on it."""
     await conn.execute(q("answer_query_request"), {
-        "id": request_id, "now": None, "answer": None if error else Jsonb(answer),
+        "id": request_id, "now": clock.now(conn), "answer": None if error else Jsonb(answer),
         "error": Jsonb(error) if error else None})
