@@ -574,6 +574,11 @@ def continue_as_new(*args: Any) -> NoReturn:
     raise ContinueAsNewError(payload)
 
 
+# Temporal's deterministic ``asyncio.wait``: asyncio's own is deterministic on the workflow loop.
+wait = asyncio.wait
+__all__ += ["wait"]
+
+
 # Temporal's names for calling an activity that is a method (``MyActivities.fetch``): here
 # the same calls as for a function.
 execute_activity_method = execute_activity

@@ -2,14 +2,11 @@
 worker.py) in one module: a workflow that runs until signalled ``complete``, sending an
 email every 30 days.
 
-The API changes: Temporal's class (``@workflow.defn class SleepForDaysWorkflow`` with
-``@workflow.run`` and the ``@workflow.signal`` method ``complete``) becomes Cairn's function
-form (the signal handler registered with ``workflow.set_signal_handler``, the flag in a
-dict the handler closes over); ``workflow.wait`` (Temporal's deterministic
-``asyncio.wait``) is ``asyncio.wait``, which Cairn's workflow loop runs deterministically;
-``activity.logger`` is a module logger; the starter takes the database URL (or a client)
-instead of Temporal's connection config, and the worker runs in process on the sample's
-queue.
+The API changes: the imports (``from cairn import ...``; no
+``workflow.unsafe.imports_passed_through()``, Cairn has no sandbox to pass imports through);
+``activity.logger`` is a module logger; ``client.start_workflow(..., task_queue=)`` is
+``client.start(..., queue=)``; the starter takes the database URL (or a client) instead of
+Temporal's connection config, and the worker is ``Worker(url, queues=[...], ...)``.
 """
 
 from __future__ import annotations
@@ -48,31 +45,33 @@ async def send_email(input: SendEmailInput) -> str:
 # ---------------------------------------------------------------- workflows.py
 
 
-@workflow.defn(name="SleepForDaysWorkflow")
-async def sleep_for_days_workflow() -> str:
-    state = {"is_complete": False}
+@workflow.defn()
+class SleepForDaysWorkflow:
+    def __init__(self) -> None:
+        self.is_complete = False
 
-    def complete(_payload: object = None) -> None:
-        state["is_complete"] = True
+    @workflow.run
+    async def run(self) -> str:
+        while not self.is_complete:
+            await workflow.execute_activity(
+                send_email,
+                SendEmailInput("30 days until the next email"),
+                start_to_close_timeout=timedelta(seconds=10),
+            )
+            await workflow.wait(
+                [
+                    asyncio.create_task(workflow.sleep(timedelta(days=30))),
+                    asyncio.create_task(
+                        workflow.wait_condition(lambda: self.is_complete)
+                    ),
+                ],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        return "done!"
 
-    workflow.set_signal_handler("complete", complete)
-
-    while not state["is_complete"]:
-        await workflow.execute_activity(
-            send_email,
-            SendEmailInput("30 days until the next email"),
-            start_to_close_timeout=timedelta(seconds=10),
-        )
-        await asyncio.wait(
-            [
-                asyncio.create_task(workflow.sleep(timedelta(days=30))),
-                asyncio.create_task(
-                    workflow.wait_condition(lambda: state["is_complete"])
-                ),
-            ],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    return "done!"
+    @workflow.signal
+    def complete(self):
+        self.is_complete = True
 
 
 # ---------------------------------------------------------------- starter.py
@@ -83,7 +82,7 @@ async def starter_main(url: str | None = None, client: Client | None = None) -> 
         client = await Client.connect(url)
 
     wf_handle = await client.start(
-        sleep_for_days_workflow,
+        SleepForDaysWorkflow.run,
         id=f"sleep-for-days-workflow-id-{uuid.uuid4()}",
         queue=TASK_QUEUE,
     )
@@ -98,7 +97,7 @@ async def worker_main(url: str | None = None) -> None:
     worker = Worker(
         url,
         queues=[TASK_QUEUE],
-        workflows=[sleep_for_days_workflow],
+        workflows=[SleepForDaysWorkflow],
         activities=[send_email],
     )
 

@@ -15,7 +15,7 @@ from cairn.testing import WorkflowEnvironment
 from support import events, wait_until
 
 from . import sleep_for_days as sample
-from .sleep_for_days import TASK_QUEUE, SendEmailInput, sleep_for_days_workflow
+from .sleep_for_days import TASK_QUEUE, SendEmailInput, SleepForDaysWorkflow
 
 
 async def test_sleep_for_days_workflow(db_url):
@@ -30,11 +30,11 @@ async def test_sleep_for_days_workflow(db_url):
 
     async with await WorkflowEnvironment.start_time_skipping(db_url) as env, env.worker(
         queues=[TASK_QUEUE],
-        workflows=[sleep_for_days_workflow],
+        workflows=[SleepForDaysWorkflow],
         activities=[send_email_mock],
     ):
         handle = await env.client.start(
-            sleep_for_days_workflow,
+            SleepForDaysWorkflow.run,
             id=str(uuid.uuid4()),
             queue=TASK_QUEUE,
         )
@@ -49,7 +49,7 @@ async def test_sleep_for_days_workflow(db_url):
         # Expect 3 more activity calls.
         assert num_activity_executions == 4
         # Send the signal to complete the workflow.
-        await handle.signal("complete")
+        await handle.signal(SleepForDaysWorkflow.complete)
         # Expect no more activity calls to have been made - workflow is complete.
         assert num_activity_executions == 4
         # Expect more than 90 days to have passed.
@@ -61,7 +61,7 @@ async def test_sleep_for_days_workflow(db_url):
 async def test_the_starter_prints_done_once_signalled_after_90_virtual_days(db_url, sql, capsys, caplog):
     caplog.set_level(logging.INFO, logger="sleep_for_days")
     async with await WorkflowEnvironment.start_time_skipping(db_url) as env, env.worker(
-            queues=[TASK_QUEUE], workflows=[sleep_for_days_workflow], activities=[sample.send_email]):
+            queues=[TASK_QUEUE], workflows=[SleepForDaysWorkflow], activities=[sample.send_email]):
         with env.auto_time_skipping_disabled():  # the starter waits on the result: skip by hand
             starter = asyncio.create_task(sample.starter_main(client=env.client))
             run_id = await wait_until(lambda: sql(
