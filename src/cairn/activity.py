@@ -15,11 +15,12 @@ import dataclasses
 import hashlib
 import hmac
 import inspect
+import logging
 import math
 import random
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from cairn.options import DEFAULT_RETRY_POLICY, BreakerConfig, RetryPolicy, seco
 from cairn.payloads import Signature, to_payload
 
 __all__ = ["ActivityDefinition", "ActivityInfo", "CompleteAsync", "Reschedule", "definition_of", "defn", "heartbeat",
-           "info", "is_cancelled", "raise_complete_async"]
+           "info", "is_cancelled", "logger", "raise_complete_async"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,6 +185,24 @@ def heartbeat(details: Any = None) -> None:
     i = info()
     if i._beat is not None:
         i._beat(to_payload(details))
+
+
+class _ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Adds the activity's type, attempt, workflow id and run id to each record logged
+    inside an activity (Temporal's ``activity.logger``)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        i = _current.get(None)
+        if i is not None:
+            extra = dict(kwargs.get("extra") or {})
+            extra.update(activity_type=i.activity_type, attempt=i.attempt, workflow_id=i.workflow_id,
+                         run_id=i.run_id, workflow_type=i.workflow_type)
+            kwargs["extra"] = extra
+        return msg, kwargs
+
+
+logger = _ActivityLogger(logging.getLogger("cairn.activity"), {})
+"""A logger for activity code: records carry the activity type, attempt, workflow and run id."""
 
 
 def is_cancelled() -> bool:
