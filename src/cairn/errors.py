@@ -205,10 +205,36 @@ class WorkflowFailure(CairnError):
         self.message = message
         self.type = type or self.__class__.__name__
         self.details = details
+        self.stack: str | None = None  # where it was raised, when it came from a recorded failure
+        # what caused it, when the recorded failure says (an ActivityError's activity error ...)
+        self.cause: WorkflowFailure | None = None
 
     def to_failure(self) -> dict[str, Any]:
         """The JSON form recorded in history."""
-        return {"type": self.type, "message": self.message, "details": self.details}
+        out = {"type": self.type, "message": self.message, "details": self.details}
+        if self.stack:
+            out["stack"] = self.stack
+        return out
+
+    @classmethod
+    def from_failure(cls, failure: dict[str, Any]) -> ApplicationError:
+        """A recorded failure (``{"type", "message", "details", "stack"}``) as an
+        :class:`ApplicationError`, with the chain of causes an ``ActivityError`` or a
+        ``ChildWorkflowError`` records in its details (Temporal's cause chain)."""
+        err = ApplicationError(str(failure.get("message") or ""), type=str(failure.get("type") or "Error"),
+                               details=failure.get("details"), non_retryable=bool(failure.get("non_retryable")))
+        err.stack = failure.get("stack") or None
+        err.cause = err.__cause__ = cause_of(failure)
+        return err
+
+
+def cause_of(failure: dict[str, Any]) -> ApplicationError | None:
+    """The cause a recorded ``ActivityError`` or ``ChildWorkflowError`` carries in its details."""
+    details = failure.get("details")
+    if failure.get("type") in ("ActivityError", "ChildWorkflowError") and isinstance(details, dict) \
+            and "type" in details and "message" in details:
+        return WorkflowFailure.from_failure(details)
+    return None
 
 
 class ApplicationError(WorkflowFailure):

@@ -5,7 +5,9 @@ URL; ``task_queue=`` is ``queue=``/``queues=``; there is no ``activity_executor`
 plain ``def`` activities in its own thread pool); ``client.execute_workflow`` is
 ``client.execute``; Temporal's ``WorkflowFailureError`` is ``WorkflowFailure`` and its
 ``FailureError`` (an error carrying the recorded failure) is Cairn's ``WorkflowFailure``
-too, whose recorded form (``to_failure()``) holds the stack trace under ``"stack"``.
+too, whose ``failure.stack_trace`` is ``.stack``. The cause chain is Temporal's: the run's
+failure, caused by the workflow's ``ActivityError``, caused by the activity's ``RuntimeError``
+(each a ``WorkflowFailure`` with its recorded stack).
 """
 
 from __future__ import annotations
@@ -78,12 +80,11 @@ def append_temporal_stack(exc: BaseException | None) -> None:
         # Only append if it doesn't appear already there
         if (
             isinstance(exc, WorkflowFailure)
-            and isinstance(exc.details, dict)
-            and exc.details.get("stack")
+            and exc.stack
             and len(exc.args) == 1
             and "\nStack:\n" not in exc.args[0]
         ):
-            exc.args = (f"{exc}\nStack:\n{exc.details['stack'].rstrip()}",)
+            exc.args = (f"{exc}\nStack:\n{exc.stack.rstrip()}",)
         exc = exc.__cause__
 
 

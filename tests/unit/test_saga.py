@@ -568,10 +568,11 @@ def test_replay_reproduces_every_saga_command_exactly():
     assert inst.closed
 
 
-def strip(data: dict[str, Any]) -> dict[str, Any]:
-    """Command data without the stack trace (its line numbers differ between instances)."""
-    if "failure" in data:
-        data = {**data, "failure": {k: v for k, v in data["failure"].items() if k != "stack"}}
+def strip(data: Any) -> Any:
+    """Command data without the stack traces, the failure's and its causes' (their line
+    numbers and paths differ between instances)."""
+    if isinstance(data, dict):
+        return {k: strip(v) for k, v in data.items() if k != "stack"}
     return data
 
 

@@ -214,10 +214,14 @@ class WorkflowHandle:
         if etype == h.WORKFLOW_TIMED_OUT:
             raise WorkflowTimedOutError(f"workflow {self.workflow_id!r} timed out: {failure.get('message')}",
                                         type="WorkflowTimedOut", details=failure)
-        raise WorkflowFailure(
+        err = WorkflowFailure(
             f"workflow {self.workflow_id!r} failed: {failure.get('type')}: {failure.get('message')}",
             type=str(failure.get("type") or "WorkflowFailed"), details=failure,
         )
+        # Temporal's chain: the run's failure, caused by what it raised (an ActivityError's
+        # own cause, the activity's error, under it).
+        err.cause = err.__cause__ = WorkflowFailure.from_failure(failure) if failure else None
+        raise err
 
     async def describe(self) -> RunDescription:
         """The run's status, pending activities, timers and workflow-task failures."""

@@ -167,6 +167,7 @@ class ActivityHandle(asyncio.Future[Any]):
             details=failure.get("details"),
             non_retryable=bool(failure.get("non_retryable")),
         )
+        cause.stack = failure.get("stack") or None  # the activity's own traceback, kept for the caller
         self.set_exception(ActivityError(
             f"activity {self.activity} (seq {self.seq}) failed: {cause.type}: {cause.message}",
             cause=cause, activity=self.activity, seq=self.seq,
