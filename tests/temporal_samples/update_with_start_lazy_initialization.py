@@ -1,12 +1,16 @@
 """Port of samples-python message_passing/update_with_start/lazy_initialization/
 (activities.py, workflows.py, starter.py) in one module.
 
-Temporal's class (``@workflow.update`` with its ``@add_item.validator``, ``@workflow.signal``)
-becomes Cairn's function form (``set_update_handler(..., validator=)``,
-``set_signal_handler``); ``execute_update_with_start_workflow`` with a
-``WithStartWorkflowOperation`` (id conflict policy USE_EXISTING) becomes
-``client.start_update_with_start`` (which always uses the open run), whose update handle
-carries the workflow handle (``start_op.workflow_handle()``).
+The workflow class (an ``@workflow.update`` with its ``@add_item.validator``, a
+``@workflow.signal``), the activity and the logic are the sample's. The API changes: imports
+from ``cairn``; ``typing.List`` / ``Tuple`` / ``Optional`` are spelled ``list`` / ``tuple`` /
+``X | None``; the starter takes the test's client. Cairn has no ``WithStartWorkflowOperation``:
+``execute_update_with_start_workflow(update, arg, start_workflow_operation=op)`` (with
+``id_conflict_policy=USE_EXISTING``, ``task_queue=``) becomes
+``client.start_update_with_start(workflow, id=, update=, update_args=[arg],
+wait_for_stage=ACCEPTED, queue=)`` (which always uses the open run) then ``.result()`` on
+the update handle, and ``await start_op.workflow_handle()`` becomes that handle's
+``workflow_handle``, there even when the update fails, as in the sample.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def is_workflow_exit_exception(e: BaseException) -> bool:
     """
     # 👉 If you have set additional failure_exception_types you should also
     # check for these here.
-    return isinstance(e, asyncio.CancelledError | WorkflowFailure)
+    return isinstance(e, (asyncio.CancelledError, WorkflowFailure))
 
 
 @workflow.defn

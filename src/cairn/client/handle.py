@@ -30,6 +30,7 @@ from cairn.client.updates import (
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import (
+    ApplicationError,
     InputValidationError,
     QueryFailed,
     QueryTimeout,
@@ -214,10 +215,13 @@ class WorkflowHandle:
         if etype == h.WORKFLOW_TIMED_OUT:
             raise WorkflowTimedOutError(f"workflow {self.workflow_id!r} timed out: {failure.get('message')}",
                                         type="WorkflowTimedOut", details=failure)
+        # Chained as Temporal's WorkflowFailureError: ``e.__cause__`` is the run's error.
+        cause = ApplicationError(str(failure.get("message") or ""), type=str(failure.get("type") or "Error"),
+                                 details=failure.get("details"))
         raise WorkflowFailure(
             f"workflow {self.workflow_id!r} failed: {failure.get('type')}: {failure.get('message')}",
             type=str(failure.get("type") or "WorkflowFailed"), details=failure,
-        )
+        ) from cause
 
     async def describe(self) -> RunDescription:
         """The run's status, pending activities, timers and workflow-task failures."""
