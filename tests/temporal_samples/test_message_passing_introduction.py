@@ -13,6 +13,8 @@ from support import events
 
 from . import message_passing_introduction as sample
 
+Language = sample.Language
+
 
 async def test_introduction_prints_what_the_sample_prints(db_url, client, sql, capsys):
     interrupt = asyncio.Event()
@@ -34,9 +36,6 @@ async def test_introduction_prints_what_the_sample_prints(db_url, client, sql, c
                                                                            "set_language_using_activity"]
     assert [d.get("result") for _, t, d in history if t == "UpdateCompleted"] == [Language.ENGLISH, Language.CHINESE]
     assert [d["activity_type"] for _, t, d in history if t == "ActivityScheduled"] == ["call_greeting_service"]
-
-
-Language = sample.Language
 
 
 async def test_the_validator_rejects_an_unsupported_language_before_anything_is_written(
