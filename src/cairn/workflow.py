@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random as _random
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
@@ -48,7 +48,7 @@ __all__ = [
     "ActivityCancellationType", "ActivityHandle", "ChildWorkflowHandle", "WorkflowDefinition", "WorkflowInfo",
     "continue_as_new", "defn", "deprecate_patch", "execute_activity", "execute_child_workflow", "info", "logger",
     "now", "patched", "random", "saga", "search_attributes", "sleep", "start_activity", "start_child_workflow",
-    "unsafe_is_replaying", "upsert_search_attributes", "uuid4",
+    "unsafe_is_replaying", "upsert_search_attributes", "uuid4", "wait",
 ]
 # Local activities (their own section below).
 __all__ += ["LocalActivityHandle", "execute_local_activity", "start_local_activity"]
@@ -195,6 +195,28 @@ def unsafe_is_replaying() -> bool:
 async def sleep(duration: timedelta | float) -> None:
     """A durable timer: survives worker restarts. Plain ``asyncio.sleep`` does the same."""
     await asyncio.sleep(duration.total_seconds() if isinstance(duration, timedelta) else duration)
+
+
+async def wait(fs: Iterable[Awaitable[R]], *, timeout: timedelta | float | None = None,
+               return_when: str = asyncio.ALL_COMPLETED) -> tuple[list[asyncio.Future[R]], list[asyncio.Future[R]]]:
+    """``asyncio.wait`` made deterministic (Temporal's ``workflow.wait``): the same rules
+    (``FIRST_COMPLETED``, ``FIRST_EXCEPTION``, ``ALL_COMPLETED``; the timeout a durable
+    timer; nothing is cancelled), but ``(done, pending)`` are lists in the order of ``fs``,
+    where ``asyncio.wait``'s sets iterate in an order that may differ on replay. Coroutines
+    are wrapped in tasks, in that order.
+
+    Raises:
+        ValueError: ``fs`` is empty, or ``return_when`` is not one of the three.
+    """
+    awaitables = list(fs)
+    if not awaitables:
+        raise ValueError("workflow.wait needs at least one future, task or coroutine")
+    if return_when not in (asyncio.FIRST_COMPLETED, asyncio.FIRST_EXCEPTION, asyncio.ALL_COMPLETED):
+        raise ValueError(f"invalid return_when: {return_when!r}")
+    limit = seconds(timeout)
+    futures = [asyncio.ensure_future(f) for f in awaitables]
+    done, _ = await asyncio.wait(futures, timeout=limit, return_when=return_when)
+    return [f for f in futures if f in done], [f for f in futures if f not in done]
 
 
 def start_activity(
@@ -572,11 +594,6 @@ def continue_as_new(*args: Any) -> NoReturn:
     payload = [to_payload(a) for a in args]
     inst.definition.signature.validate_args(payload, f"workflow {inst.definition.name}")
     raise ContinueAsNewError(payload)
-
-
-# Temporal's deterministic ``asyncio.wait``: asyncio's own is deterministic on the workflow loop.
-wait = asyncio.wait
-__all__ += ["wait"]
 
 
 # Temporal's names for calling an activity that is a method (``MyActivities.fetch``): here

@@ -274,6 +274,46 @@ async def test_query_a_closed_run(client, start_worker, sql):
     assert worker.stats.queries_replayed == 1
 
 
+@workflow.defn
+async def tally() -> int:
+    """Adds each "add" signal; a negative one is a bug (a TypeError fails the workflow task)."""
+    state = {"total": 0}
+
+    def add(n: int) -> None:
+        if n < 0:
+            raise TypeError("negative")
+        state["total"] += n
+
+    workflow.set_signal_handler("add", add)
+    workflow.set_query_handler("total", lambda: state["total"])
+    await workflow.wait_condition(lambda: state["total"] >= 1000)
+    return state["total"]
+
+
+async def test_a_query_sees_every_signal_sent_before_it(client, start_worker):
+    """Temporal's consistent queries: a query waits until the run has taken in the inbox
+    events that came before it, so read-after-write holds for signals (here 25 times in a
+    row, each query right after its signal, answered from the cache or by replay)."""
+    await start_worker(workflows=[tally])
+    handle = await client.start(tally, id="tally")
+    for i in range(1, 26):
+        await handle.signal("add", 1)
+        assert await handle.query("total") == i
+
+
+async def test_a_query_does_not_wait_on_a_failing_workflow_task(client, start_worker, sql):
+    """A signal whose handler hits a bug fails the task (backing off): a query then answers
+    from the state before it rather than wait for a fixed deployment."""
+    await start_worker(workflows=[tally])
+    handle = await client.start(tally, id="tally-bug")
+    await handle.signal("add", 5)
+    assert await handle.query("total") == 5
+    await handle.signal("add", -1)
+    await wait_until(lambda: sql("SELECT failures FROM cairn.workflow_tasks WHERE run_id = %s AND failures > 0",
+                                 (handle.run_id,)), what="the workflow task to fail")
+    assert await handle.query("total", timeout=5) == 5
+
+
 async def test_query_errors(client, start_worker, sql):
     await start_worker(workflows=[mailbox], activities=[shout])
     handle = await client.start(mailbox, id="query-errors")

@@ -1,25 +1,23 @@
 """Temporal's samples-python ``hello/hello_async_activity_completion.py``, ported to Cairn.
 
-The logic is the sample's; the API is Cairn's:
-- ``activity.raise_complete_async()``, ``activity.info().task_token`` and
-  ``client.get_async_activity_handle(task_token=...)`` with ``heartbeat()`` and
-  ``complete()`` keep their Temporal names (the token is a ``str``, not ``bytes``);
-- Cairn registers activity functions, not bound methods: ``GreetingComposer.activities()``
-  wraps the method ``compose_greeting`` in a function of the same name that calls it;
-- the workflow is a function (``@workflow.defn async def``), which calls the activity by its
-  name (``execute_activity_method`` has no Cairn equivalent);
-- ``Client.connect()`` reads ``CAIRN_DATABASE_URL``; ``Worker(queues=[...])`` runs in-process
-  as ``async with``; ``client.start(...)`` then ``handle.result()`` is ``execute_workflow``.
+The classes and the logic are the sample's (the activity is a method registered bound,
+called with ``workflow.execute_activity_method``); the API changes:
+- imports from ``cairn``; ``activity.raise_complete_async()``, ``activity.info().task_token``
+  and ``client.get_async_activity_handle(task_token=...)`` with ``heartbeat()`` and
+  ``complete()`` keep their Temporal names, but the token is a ``str``, not ``bytes``;
+- ``Client.connect`` takes a database URL (the sample's ``ClientConfig`` and host go);
+  ``Worker`` takes the URL and ``queues`` instead of the client and ``task_queue``;
+  ``client.execute_workflow(..., task_queue=)`` is ``client.execute(..., queue=)``.
 """
 
+from __future__ import annotations
+
 import asyncio
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from cairn import Client, Worker, activity, workflow
-
-TASK_QUEUE = "hello-async-activity-completion-task-queue"
 
 
 @dataclass
@@ -32,6 +30,7 @@ class GreetingComposer:
     def __init__(self, client: Client) -> None:
         self.client = client
 
+    @activity.defn
     async def compose_greeting(self, input: ComposeGreetingInput) -> str:
         # Schedule a task to complete this asynchronously. This could be done in
         # a completely different process or system.
@@ -65,49 +64,45 @@ class GreetingComposer:
         # Complete using the handle
         await handle.complete(f"{input.greeting}, {input.name}!")
 
-    def activities(self) -> list[Any]:
-        @activity.defn(name="compose_greeting")
-        async def compose_greeting(input: ComposeGreetingInput) -> str:
-            return await self.compose_greeting(input)
 
-        return [compose_greeting]
-
-
-@workflow.defn(name="GreetingWorkflow")
-async def greeting_workflow(name: str) -> str:
-    # Reference the activity by its name (the method is not a registered function)
-    return await workflow.execute_activity(
-        "compose_greeting",
-        ComposeGreetingInput("Hello", name),
-        start_to_close_timeout=timedelta(seconds=10),
-        heartbeat_timeout=timedelta(seconds=2),
-    )
+@workflow.defn
+class GreetingWorkflow:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        # Use execute_activity_method which lets us reference a method instead
+        # of a function
+        return await workflow.execute_activity_method(
+            GreetingComposer.compose_greeting,
+            ComposeGreetingInput("Hello", name),
+            start_to_close_timeout=timedelta(seconds=10),
+            heartbeat_timeout=timedelta(seconds=2),
+        )
 
 
-async def main() -> None:
+async def main(url: str | None = None) -> None:
     # Start client
-    client = await Client.connect()
+    client = await Client.connect(url)
 
     # Run a worker for the workflow
     composer = GreetingComposer(client)
     async with Worker(
-        queues=[TASK_QUEUE],
-        workflows=[greeting_workflow],
-        activities=composer.activities(),
+        url,
+        queues=["hello-async-activity-completion-task-queue"],
+        workflows=[GreetingWorkflow],
+        activities=[composer.compose_greeting],
     ):
         # While the worker is running, use the client to run the workflow and
         # print out its result. Note, in many production setups, the client
         # would be in a completely separate process from the worker.
-        handle = await client.start(
-            greeting_workflow,
+        result = await client.execute(
+            GreetingWorkflow.run,
             "World",
             id="hello-async-activity-completion-workflow-id",
-            queue=TASK_QUEUE,
+            queue="hello-async-activity-completion-task-queue",
         )
-        result = await handle.result()
         print(f"Result: {result}")
     await client.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else None))

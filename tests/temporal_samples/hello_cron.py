@@ -1,21 +1,25 @@
 """Port of samples-python hello/hello_cron.py.
 
-Temporal's ``start_workflow(..., cron_schedule="* * * * *")`` becomes a Cairn schedule with
-that cron expression (Temporal itself recommends schedules over cron workflows); the worker
-runs in process, on the sample's queue. ``main`` waits until ``stop`` is set instead of
-forever, so a test can end it.
+The workflow class, the activity and the logic are the sample's. The API changes: imports
+from ``cairn``; ``Client.connect`` takes a database URL (the sample's ``ClientConfig`` and
+host go); ``Worker`` takes the URL and ``queues`` instead of the client and ``task_queue``,
+and has no ``activity_executor`` (it runs plain ``def`` activities in its own thread pool).
+Cairn has no cron workflows: ``start_workflow(..., cron_schedule="* * * * *")`` becomes
+``create_schedule`` with that cron expression (what Temporal itself recommends over cron
+workflows), so each minute's run has the workflow id ``hello-cron-workflow-id-<slot time>``
+instead of a new run of ``hello-cron-workflow-id``. ``main`` waits until ``stop`` is set
+instead of forever, so a test can end it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 from cairn import Client, Worker, activity, workflow
 from cairn.client import Schedule, ScheduleActionStartWorkflow, ScheduleSpec
-
-QUEUE = "hello-cron-task-queue"
 
 
 @dataclass
@@ -29,14 +33,16 @@ def compose_greeting(input: ComposeGreetingInput) -> str:
     return f"{input.greeting}, {input.name}!"
 
 
-@workflow.defn(name="GreetingWorkflow")
-async def greeting_workflow(name: str) -> None:
-    result = await workflow.execute_activity(
-        compose_greeting,
-        ComposeGreetingInput("Hello", name),
-        start_to_close_timeout=timedelta(seconds=10),
-    )
-    workflow.logger.info("Result: %s", result)
+@workflow.defn
+class GreetingWorkflow:
+    @workflow.run
+    async def run(self, name: str) -> None:
+        result = await workflow.execute_activity(
+            compose_greeting,
+            ComposeGreetingInput("Hello", name),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        workflow.logger.info("Result: %s", result)
 
 
 async def main(url: str | None = None, stop: asyncio.Event | None = None) -> None:
@@ -44,7 +50,12 @@ async def main(url: str | None = None, stop: asyncio.Event | None = None) -> Non
     client = await Client.connect(url)
 
     # Run a worker for the workflow
-    async with Worker(url, workflows=[greeting_workflow], activities=[compose_greeting], queues=[QUEUE]):
+    async with Worker(
+        url,
+        queues=["hello-cron-task-queue"],
+        workflows=[GreetingWorkflow],
+        activities=[compose_greeting],
+    ):
         print("Running workflow once a minute")
 
         # While the worker is running, use the client to start the workflow.
@@ -53,8 +64,12 @@ async def main(url: str | None = None, stop: asyncio.Event | None = None) -> Non
         await client.create_schedule(
             "hello-cron-workflow-id",
             Schedule(
-                action=ScheduleActionStartWorkflow(greeting_workflow, "World", id="hello-cron-workflow-id",
-                                                   task_queue=QUEUE),
+                action=ScheduleActionStartWorkflow(
+                    GreetingWorkflow.run,
+                    "World",
+                    id="hello-cron-workflow-id",
+                    task_queue="hello-cron-task-queue",
+                ),
                 spec=ScheduleSpec(cron_expressions=["* * * * *"]),
             ),
         )
@@ -62,3 +77,7 @@ async def main(url: str | None = None, stop: asyncio.Event | None = None) -> Non
         # Wait forever (or until the caller stops it)
         await (stop.wait() if stop is not None else asyncio.Future())
     await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,12 +1,13 @@
 """Temporal's samples-python ``hello/hello_local_activity.py``, ported to Cairn.
 
-What changed is the API only: imports; the workflow is an ``async def`` (Cairn's function
-form) instead of a class with ``@workflow.run``; ``Client.connect`` takes a database URL;
-``Worker`` takes the URL and ``queues`` (the worker runs plain ``def`` activities in its own
-thread pool, so there is no ``activity_executor``); ``client.execute_workflow`` is
-``client.start(...)`` then ``handle.result()``. The workflow's logic and what it prints
-are the sample's.
+The workflow class, the activity and the logic are the sample's. The API changes: imports
+from ``cairn``; ``Client.connect`` takes a database URL (the sample's ``ClientConfig`` and
+host go); ``Worker`` takes the URL and ``queues`` instead of the client and ``task_queue``,
+and has no ``activity_executor`` (it runs plain ``def`` activities in its own thread pool);
+``client.execute_workflow(..., task_queue=)`` is ``client.execute(..., queue=)``.
 """
+
+from __future__ import annotations
 
 import asyncio
 import sys
@@ -27,13 +28,15 @@ def compose_greeting(input: ComposeGreetingInput) -> str:
     return f"{input.greeting}, {input.name}!"
 
 
-@workflow.defn(name="GreetingWorkflow")
-async def greeting_workflow(name: str) -> str:
-    return await workflow.execute_local_activity(
-        compose_greeting,
-        ComposeGreetingInput("Hello", name),
-        start_to_close_timeout=timedelta(seconds=10),
-    )
+@workflow.defn
+class GreetingWorkflow:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_local_activity(
+            compose_greeting,
+            ComposeGreetingInput("Hello", name),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
 
 
 async def main(url: str | None = None) -> None:
@@ -44,19 +47,18 @@ async def main(url: str | None = None) -> None:
     async with Worker(
         url,
         queues=["hello-local-activity-task-queue"],
-        workflows=[greeting_workflow],
+        workflows=[GreetingWorkflow],
         activities=[compose_greeting],
     ):
         # While the worker is running, use the client to run the workflow and
         # print out its result. Note, in many production setups, the client
         # would be in a completely separate process from the worker.
-        handle = await client.start(
-            greeting_workflow,
+        result = await client.execute(
+            GreetingWorkflow.run,
             "World",
             id="hello-local-activity-workflow-id",
             queue="hello-local-activity-task-queue",
         )
-        result = await handle.result()
         print(f"Result: {result}")
     await client.close()
 

@@ -1,45 +1,57 @@
 """Port of samples-python hello/hello_update.py.
 
-Temporal's class (``@workflow.defn class GreetingWorkflow`` with ``@workflow.run`` and an
-``@workflow.update`` method) becomes Cairn's function form: the update handler is
-registered with ``workflow.set_update_handler``; the worker runs in process, on the
-sample's queue.
+The workflow class is the sample's. The API changes: imports from ``cairn``;
+``Client.connect`` takes a database URL (the sample's ``ClientConfig`` and host go);
+``Worker`` takes the URL and ``queues`` instead of the client and ``task_queue``;
+``client.start_workflow(..., task_queue=)`` is ``client.start(..., queue=)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from cairn import Client, Worker, workflow
 
-QUEUE = "update-workflow-task-queue"
 
+@workflow.defn
+class GreetingWorkflow:
+    def __init__(self) -> None:
+        self.is_complete = False
 
-@workflow.defn(name="GreetingWorkflow")
-async def greeting_workflow() -> str:
-    state = {"is_complete": False}
+    @workflow.run
+    async def run(self) -> str:
+        await workflow.wait_condition(lambda: self.is_complete)
+        return "Hello, World!"
 
-    async def update_workflow_status() -> str:
-        state["is_complete"] = True
+    @workflow.update
+    async def update_workflow_status(self) -> str:
+        self.is_complete = True
         return "Workflow status updated"
-
-    workflow.set_update_handler("update_workflow_status", update_workflow_status)
-    await workflow.wait_condition(lambda: state["is_complete"])
-    return "Hello, World!"
 
 
 async def main(url: str | None = None) -> None:
     client = await Client.connect(url)
 
     # Run a worker for the workflow
-    async with Worker(url, workflows=[greeting_workflow], queues=[QUEUE]):
+    async with Worker(
+        url,
+        queues=["update-workflow-task-queue"],
+        workflows=[GreetingWorkflow],
+    ):
         # While the worker is running, use the client to start the workflow.
         # Note, in many production setups, the client would be in a completely
         # separate process from the worker.
-        handle = await client.start(greeting_workflow, id="hello-update-workflow-id", queue=QUEUE)
+        handle = await client.start(
+            GreetingWorkflow.run,
+            id="hello-update-workflow-id",
+            queue="update-workflow-task-queue",
+        )
 
         # Perform the update for GreetingWorkflow
-        update_result = await handle.execute_update("update_workflow_status")
+        update_result = await handle.execute_update(
+            GreetingWorkflow.update_workflow_status
+        )
         print(f"Update Result: {update_result}")
 
         # Get the result for GreetingWorkflow
@@ -49,4 +61,4 @@ async def main(url: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else None))

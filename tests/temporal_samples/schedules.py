@@ -3,13 +3,16 @@ run_worker, start_schedule, describe_schedule, list_schedule, pause_schedule,
 trigger_schedule, backfill_schedule, update_schedule, delete_schedule): one module, each
 script's ``main`` a function named after it, taking the database URL.
 
-The API changes: ``temporalio.client`` becomes ``cairn.client`` (the same names:
-``Schedule``, ``ScheduleActionStartWorkflow``, ``ScheduleSpec``, ``ScheduleIntervalSpec``,
-``ScheduleState``, ``ScheduleBackfill``, ``ScheduleOverlapPolicy``, ``ScheduleUpdate``);
-the class workflow becomes Cairn's function form; ``Worker.run`` runs until cancelled;
-``list_schedules`` returns a list (``for``, not ``async for``); ``handle.update`` passes the
-description (Temporal passes it in ``ScheduleUpdateInput.description``);
-``datetime.utcnow()`` (deprecated) becomes ``datetime.now(UTC)``.
+The workflow class, the activity and the logic are the sample's. The API changes:
+``temporalio.client`` becomes ``cairn.client`` (the same names: ``Schedule``,
+``ScheduleActionStartWorkflow``, ``ScheduleSpec``, ``ScheduleIntervalSpec``, ``ScheduleState``,
+``ScheduleBackfill``, ``ScheduleOverlapPolicy``, ``ScheduleUpdate``); ``Client.connect`` takes
+a database URL (the sample's ``ClientConfig`` and host go); ``Worker`` takes the URL and
+``queues`` instead of the client and ``task_queue``, and ``run_worker`` returns it (the script
+awaits ``worker.run()``; the test runs it as ``async with``); ``list_schedules`` returns a list
+(``for``, not ``async for``); the ``handle.update`` callback gets the description itself
+(Temporal's gets it in ``ScheduleUpdateInput.description``); ``datetime.utcnow()``
+(deprecated) becomes ``datetime.now(UTC)``.
 """
 
 from __future__ import annotations
@@ -50,13 +53,15 @@ async def your_activity(input: YourParams) -> str:
 # ---------------------------------------------------------------- your_workflows.py
 
 
-@workflow.defn(name="YourSchedulesWorkflow")
-async def your_schedules_workflow(name: str) -> str:
-    return await workflow.execute_activity(
-        your_activity,
-        YourParams("Hello", name),
-        start_to_close_timeout=timedelta(seconds=10),
-    )
+@workflow.defn
+class YourSchedulesWorkflow:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(
+            your_activity,
+            YourParams("Hello", name),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
 
 
 # ---------------------------------------------------------------- run_worker.py
@@ -66,7 +71,7 @@ def run_worker(url: str | None = None) -> Worker:
     return Worker(
         url,
         queues=["schedules-task-queue"],
-        workflows=[your_schedules_workflow],
+        workflows=[YourSchedulesWorkflow],
         activities=[your_activity],
     )
 
@@ -81,7 +86,7 @@ async def start_schedule(url: str | None = None) -> None:
         "workflow-schedule-id",
         Schedule(
             action=ScheduleActionStartWorkflow(
-                your_schedules_workflow,
+                YourSchedulesWorkflow.run,
                 "my schedule arg",
                 id="schedules-workflow-id",
                 task_queue="schedules-task-queue",

@@ -31,7 +31,7 @@ async def test_updatable_timer_logs_what_the_sample_logs(db_url, caplog):
         handle = client.get_handle("updatable-timer-workflow")
         a_day = time.time() + 86400
         # wait until the first workflow task has run (the query needs its handler)
-        assert abs(await handle.query("get_wake_up_time", timeout=30) - a_day) < 60
+        assert abs(await handle.query(sample.Workflow.get_wake_up_time, timeout=30) - a_day) < 60
 
         began = time.monotonic()
         await sample.updater_main(client)

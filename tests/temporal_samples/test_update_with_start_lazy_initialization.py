@@ -10,7 +10,7 @@ from . import update_with_start_lazy_initialization as sample
 
 
 async def test_lazy_initialization_prints_what_the_sample_prints(client, start_worker, sql, capsys):
-    await start_worker(workflows=[sample.shopping_cart_workflow], activities=[sample.get_price],
+    await start_worker(workflows=[sample.ShoppingCartWorkflow], activities=[sample.get_price],
                        queues=[sample.TASK_QUEUE])
     await sample.main(client)
     out = capsys.readouterr().out.splitlines()

@@ -8,7 +8,7 @@ from . import waiting_for_handlers as sample
 
 
 async def test_waiting_for_handlers_prints_what_the_sample_prints(client, start_worker, capsys):
-    await start_worker(workflows=[sample.waiting_for_handlers_workflow],
+    await start_worker(workflows=[sample.WaitingForHandlersWorkflow],
                        activities=[sample.activity_executed_by_update_handler], queues=[sample.TASK_QUEUE])
     await sample.main(client)
     lines = [line for line in capsys.readouterr().out.splitlines() if line]

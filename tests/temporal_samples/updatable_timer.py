@@ -1,11 +1,15 @@
 """Port of samples-python updatable_timer/ (updatable_timer_lib.py, workflow.py, starter.py,
 wake_up_time_updater.py, worker.py) in one module.
 
-The sample's timer is changed by a signal; its library class ports as is. Temporal's
-workflow class (``@workflow.init``, ``@workflow.run``, ``@workflow.signal``,
-``@workflow.query``) becomes Cairn's function form (``set_signal_handler``,
-``set_query_handler``); ``exceptions.WorkflowAlreadyStartedError`` is Cairn's
-``WorkflowAlreadyStarted``; ``handle.result_run_id`` is ``handle.run_id``.
+The classes (the timer library, the workflow with ``@workflow.init``, ``@workflow.run``,
+``@workflow.signal`` and ``@workflow.query``) and the logic are the sample's. The API
+changes: imports from ``cairn``; each script's ``main`` takes the client (the worker's, the
+database URL and the event it waits on) instead of making one from ``ClientConfig``;
+``Worker`` takes the URL and ``queues`` instead of the client and ``task_queue``;
+``client.start_workflow(..., task_queue=)`` is ``client.start(..., queue=)``,
+``get_workflow_handle(workflow_id=)`` is ``get_handle``;
+``exceptions.WorkflowAlreadyStartedError`` is ``WorkflowAlreadyStarted``;
+``handle.result_run_id`` is ``handle.run_id``; ``timezone.utc`` is ``UTC``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cairn import Client, Worker, WorkflowAlreadyStarted, workflow
 TASK_QUEUE = "updatable-timer"
 
 
+# updatable_timer_lib.py
 class UpdatableTimer:
     def __init__(self, wake_up_time: datetime) -> None:
         self.wake_up_time = wake_up_time
@@ -40,7 +45,7 @@ class UpdatableTimer:
                     lambda: self.wake_up_time_updated,
                     timeout=sleep_interval,
                 )
-            except TimeoutError:
+            except asyncio.TimeoutError:  # noqa: UP041  (the sample's name; the same class)
                 # checks condition at the beginning of the loop
                 continue
         workflow.logger.info("sleep_until completed")
@@ -54,29 +59,40 @@ class UpdatableTimer:
         return self.wake_up_time
 
 
-@workflow.defn(name="Workflow")
-async def updatable_timer_workflow(wake_up_time: float) -> None:
-    timer = UpdatableTimer(datetime.fromtimestamp(wake_up_time, tz=UTC))
+# workflow.py
+@workflow.defn
+class Workflow:
+    @workflow.init
+    def __init__(self, wake_up_time: float) -> None:
+        self.timer = UpdatableTimer(
+            datetime.fromtimestamp(wake_up_time, tz=UTC)
+        )
 
-    async def update_wake_up_time(wake_up_time: float) -> None:
+    @workflow.run
+    async def run(self, wake_up_time: float) -> None:
+        await self.timer.sleep()
+
+    @workflow.signal
+    async def update_wake_up_time(self, wake_up_time: float) -> None:
         workflow.logger.info(f"update_wake_up_time: {wake_up_time}")
 
-        timer.update_wake_up_time(datetime.fromtimestamp(wake_up_time, tz=UTC))
+        self.timer.update_wake_up_time(
+            datetime.fromtimestamp(wake_up_time, tz=UTC)
+        )
 
-    def get_wake_up_time() -> float:
+    @workflow.query
+    def get_wake_up_time(self) -> float:
         workflow.logger.info("get_wake_up_time")
-        return float(timer.get_wake_up_time().timestamp())
-
-    workflow.set_signal_handler("update_wake_up_time", update_wake_up_time)
-    workflow.set_query_handler("get_wake_up_time", get_wake_up_time)
-    await timer.sleep()
+        return float(self.timer.get_wake_up_time().timestamp())
 
 
 # starter.py
 async def starter_main(client: Client) -> None:
+    logging.basicConfig(level=logging.INFO)
+
     try:
         handle = await client.start(
-            updatable_timer_workflow,
+            Workflow.run,
             (datetime.now() + timedelta(days=1)).timestamp(),
             id="updatable-timer-workflow",
             queue=TASK_QUEUE,
@@ -88,10 +104,12 @@ async def starter_main(client: Client) -> None:
 
 # wake_up_time_updater.py
 async def updater_main(client: Client) -> None:
+    logging.basicConfig(level=logging.INFO)
+
     handle = client.get_handle("updatable-timer-workflow")
     # signal workflow about the wake up time change
     await handle.signal(
-        "update_wake_up_time",
+        Workflow.update_wake_up_time,
         (datetime.now() + timedelta(seconds=10)).timestamp(),
     )
 
@@ -100,7 +118,13 @@ async def updater_main(client: Client) -> None:
 
 # worker.py
 async def worker_main(url: str | None, interrupt_event: asyncio.Event) -> None:
-    async with Worker(url, workflows=[updatable_timer_workflow], queues=[TASK_QUEUE]):
+    logging.basicConfig(level=logging.INFO)
+
+    async with Worker(
+        url,
+        queues=[TASK_QUEUE],
+        workflows=[Workflow],
+    ):
         logging.info("Worker started, ctrl+c to exit")
         # Wait until interrupted
         await interrupt_event.wait()

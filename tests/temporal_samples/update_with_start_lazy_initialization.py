@@ -1,12 +1,16 @@
 """Port of samples-python message_passing/update_with_start/lazy_initialization/
 (activities.py, workflows.py, starter.py) in one module.
 
-Temporal's class (``@workflow.update`` with its ``@add_item.validator``, ``@workflow.signal``)
-becomes Cairn's function form (``set_update_handler(..., validator=)``,
-``set_signal_handler``); ``execute_update_with_start_workflow`` with a
-``WithStartWorkflowOperation`` (id conflict policy USE_EXISTING) becomes
-``client.start_update_with_start`` (which always uses the open run), whose update handle
-carries the workflow handle (``start_op.workflow_handle()``).
+The workflow class (an ``@workflow.update`` with its ``@add_item.validator``, a
+``@workflow.signal``), the activity and the logic are the sample's. The API changes: imports
+from ``cairn``; ``typing.List`` / ``Tuple`` / ``Optional`` are spelled ``list`` / ``tuple`` /
+``X | None``; the starter takes the test's client. Cairn has no ``WithStartWorkflowOperation``:
+``execute_update_with_start_workflow(update, arg, start_workflow_operation=op)`` (with
+``id_conflict_policy=USE_EXISTING``, ``task_queue=``) becomes
+``client.start_update_with_start(workflow, id=, update=, update_args=[arg],
+wait_for_stage=ACCEPTED, queue=)`` (which always uses the open run) then ``.result()`` on
+the update handle, and ``await start_op.workflow_handle()`` becomes that handle's
+``workflow_handle``, there even when the update fails, as in the sample.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from cairn import (
     ApplicationError,
@@ -54,12 +57,25 @@ class FinalizedOrder:
     total: int
 
 
-@workflow.defn(name="ShoppingCartWorkflow")
-async def shopping_cart_workflow() -> FinalizedOrder:
-    items: list[tuple[ShoppingCartItem, int]] = []
-    state = {"order_submitted": False}
+@workflow.defn
+class ShoppingCartWorkflow:
+    def __init__(self) -> None:
+        self.items: list[tuple[ShoppingCartItem, int]] = []
+        self.order_submitted = False
 
-    async def add_item(item: ShoppingCartItem) -> int:
+    @workflow.run
+    async def run(self) -> FinalizedOrder:
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and self.order_submitted
+        )
+        return FinalizedOrder(
+            id=workflow.info().workflow_id,
+            items=self.items,
+            total=sum(price for _, price in self.items),
+        )
+
+    @workflow.update
+    async def add_item(self, item: ShoppingCartItem) -> int:
         price = await workflow.execute_activity(
             get_price, item, start_to_close_timeout=timedelta(seconds=10)
         )
@@ -68,27 +84,18 @@ async def shopping_cart_workflow() -> FinalizedOrder:
                 f"Item unavailable: {item}",
                 type="ItemUnavailableError",
             )
-        items.append((item, price))
+        self.items.append((item, price))
 
-        return sum(price for _, price in items)
+        return sum(price for _, price in self.items)
 
-    def validate_add_item(item: ShoppingCartItem) -> None:
-        if state["order_submitted"]:
+    @add_item.validator
+    def validate_add_item(self, item: ShoppingCartItem) -> None:
+        if self.order_submitted:
             raise ApplicationError("Order already submitted")
 
-    def checkout(_: Any = None) -> None:
-        state["order_submitted"] = True
-
-    workflow.set_update_handler("add_item", add_item, validator=validate_add_item)
-    workflow.set_signal_handler("checkout", checkout)
-    await workflow.wait_condition(
-        lambda: workflow.all_handlers_finished() and state["order_submitted"]
-    )
-    return FinalizedOrder(
-        id=workflow.info().workflow_id,
-        items=items,
-        total=sum(price for _, price in items),
-    )
+    @workflow.signal
+    def checkout(self) -> None:
+        self.order_submitted = True
 
 
 # starter.py
@@ -107,9 +114,9 @@ async def handle_add_item_request(
     """
     cart_id = f"cart-{session_id}"
     update = await client.start_update_with_start(
-        shopping_cart_workflow,
+        ShoppingCartWorkflow.run,
         id=cart_id,
-        update="add_item",
+        update=ShoppingCartWorkflow.add_item,
         update_args=[ShoppingCartItem(sku=item_id, quantity=quantity)],
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
         queue=TASK_QUEUE,
@@ -140,6 +147,6 @@ async def main(client: Client) -> None:
         session_id, "sku-456", 1, client
     )
     print(f"subtotals were, {[subtotal_1, subtotal_2]}")
-    await wf_handle.signal("checkout")
+    await wf_handle.signal(ShoppingCartWorkflow.checkout)
     final_order = await wf_handle.result()
     print(f"final order: {final_order}")

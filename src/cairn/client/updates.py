@@ -173,4 +173,4 @@ def value_of(outcome: UpdateOutcome, workflow_id: str, update_id: str) -> Any:
         f"{kind}: {message}", update_id=update_id, type=kind, details=failure.get("details"), rejected=rejected)
     error.message = message
     error.cause = ApplicationError(message, type=kind, details=failure.get("details"))
-    raise error
+    raise error from error.cause  # chained as Temporal's: ``e.__cause__`` is the handler's error

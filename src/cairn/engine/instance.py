@@ -58,6 +58,18 @@ class WorkflowInfo:
     continued_from: str | None = None
     history_length: int = 0
 
+    def get_current_history_length(self) -> int:
+        """Temporal's name for :attr:`history_length`: the run's events so far, when
+        ``workflow.info()`` was called (call it again for a newer count)."""
+        return self.history_length
+
+    def is_continue_as_new_suggested(self) -> bool:
+        """Whether the history has passed the length at which Cairn advises continuing as
+        new (``CAIRN_WARN_HISTORY_EVENTS``, 10,000 events by default; workflow tasks fail
+        past ``CAIRN_MAX_HISTORY_EVENTS``). Derived from the history, so replay sees the same
+        answer at the same point (with the same setting)."""
+        return self.history_length > h.WARN_HISTORY_EVENTS
+
 
 @dataclass(frozen=True)
 class WorkflowDefinition:

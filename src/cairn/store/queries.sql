@@ -682,18 +682,24 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 -- is written. SKIP LOCKED: several workers split the requests instead of queueing on one
 -- row lock and then answering the same query twice. Returns the run and the seq of its
 -- history's last event, so the worker can tell whether its cached instance is current.
--- A query to an open run whose first workflow task has not been recorded (its history is
--- WorkflowStarted alone: no handler is registered yet) is left until that task is, as in
--- Temporal. Always one row: with no request claimed (id NULL), `waiting` says whether such
--- a query waits; the worker then claims again after it records a new run's first task.
--- One statement, one snapshot: a first task committed after it was seen waiting, never
--- missed in between (see _QueryAnswering).
+-- A query to an open run waits, as in Temporal, until the run has taken in everything sent
+-- to it before the query: its first workflow task must be recorded (before it, the history
+-- is WorkflowStarted alone and no handler is registered), and the inbox events that came
+-- before the query (a signal, an update, an activity outcome) consumed, so a query right
+-- after a signal sees it. Unless the run's task is failing (bad code, backing off): then
+-- the query reads the state as it is rather than wait for a fix. Always one row: with no
+-- request claimed (id NULL), `waiting` says whether such a query waits; the worker then
+-- claims again after it commits a workflow task. One statement, one snapshot: a task
+-- committed after it was seen waiting, never missed in between (see QueryAnswerer).
 WITH claimed AS (
     SELECT id, run_id, name, args FROM cairn.query_requests w
     WHERE namespace = %(namespace)s AND queue = ANY(%(queues)s::text[]) AND answered_at IS NULL
       AND workflow_type = ANY(%(workflow_types)s::text[])
-      AND NOT EXISTS (SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
-                      AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1))
+      AND NOT EXISTS (
+          SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
+          AND (NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+               OR (EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = f.run_id AND i.at <= w.created_at)
+                   AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks t WHERE t.run_id = f.run_id AND t.failures > 0))))
     ORDER BY created_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -704,7 +710,10 @@ SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, 
            SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
            WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
              AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
-             AND NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+             AND (NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
+                  OR (EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = f.run_id AND i.at <= w.created_at)
+                      AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks t
+                                      WHERE t.run_id = f.run_id AND t.failures > 0)))
        ) AS waiting
 FROM (SELECT 1) one
 LEFT JOIN (claimed q JOIN cairn.runs r ON r.run_id = q.run_id) ON true

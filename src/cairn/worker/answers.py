@@ -37,7 +37,8 @@ class QueryAnswerer:
     A query is answered from the sticky cache when the cached instance has seen the whole
     history (its ``last_seq`` is the history's last seq); otherwise the history is replayed
     into a throwaway instance that is never cached and never recorded. A query to an open
-    run whose first workflow task has not been recorded waits for that task.
+    run waits until the run has taken in what was sent before it (its first workflow task,
+    the inbox events older than the query: see ``claim_query_request``).
     """
 
     def __init__(self, *, pools: Pools, cache: Cache, stats: WorkerStats, wakes: Wakes,
@@ -51,15 +52,15 @@ class QueryAnswerer:
         self._queues = queues
         self._namespace = namespace
         self._rng = rng
-        # A query waits for its run's first workflow task (claim_query_request's `waiting`):
-        # a batch that records a new run's first task wakes the answerer, and counts itself
-        # in _first_tasks (first_tasks_recorded).
+        # A query waits for its run's workflow task (claim_query_request's `waiting`): a
+        # committed batch of tasks wakes the answerer, and counts itself in _recorded
+        # (tasks_recorded).
         self.waiting = False
-        self._first_tasks = 0
+        self._recorded = 0
 
-    def first_tasks_recorded(self) -> None:
-        """A committed batch recorded a new run's first task: a query may wait for it."""
-        self._first_tasks += 1
+    def tasks_recorded(self) -> None:
+        """A batch of workflow tasks committed: a query may have waited for it."""
+        self._recorded += 1
         if self.waiting:
             self._wakes.query.set()
 
@@ -71,12 +72,12 @@ class QueryAnswerer:
             wakes.query.clear()
             try:
                 while True:
-                    first_tasks = self._first_tasks
+                    recorded = self._recorded
                     if await self.answer_query():
                         continue
-                    # A first task recorded while the claim ran (seen waiting by it, but
-                    # recorded before `waiting` could ask for a wake-up): claim again.
-                    if not (self.waiting and self._first_tasks != first_tasks):
+                    # A task recorded while the claim ran (seen waiting by it, but recorded
+                    # before `waiting` could ask for a wake-up): claim again.
+                    if not (self.waiting and self._recorded != recorded):
                         break
             except Exception as exc:
                 loop_failed("answering a query", exc)

@@ -215,5 +215,6 @@ class OutcomeDeliverer:
         """After a group's commit: start its eager attempts; claim again for a kept task
         (see TaskRunner.claim_and_run)."""
         self._spawn(batch.eager)
+        self._tasks.tasks_recorded()
         if batch.kept:
             self._wakes.workflow_poller()

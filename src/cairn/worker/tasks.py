@@ -103,7 +103,7 @@ class TaskRunner:
     def __init__(self, *, pools: Pools, cache: Cache, stats: WorkerStats, slots: Slots, wakes: Wakes,
                  workflows: dict[str, WorkflowDefinition], activities: dict[str, ActivityDefinition], queues: list[str],
                  namespace: str, identity: str, lease_seconds: float,
-                 spawn: Callable[[list[Attempt]], None], first_tasks_recorded: Callable[[], None]) -> None:
+                 spawn: Callable[[list[Attempt]], None], tasks_recorded: Callable[[], None]) -> None:
         self._pools = pools
         self._cache = cache
         self._stats = stats
@@ -117,7 +117,7 @@ class TaskRunner:
         self._identity = identity
         self._lease_seconds = lease_seconds
         self._spawn = spawn  # starts attempts leased eagerly (the activity runner's)
-        self._first_tasks_recorded = first_tasks_recorded  # the query answerer's
+        self.tasks_recorded = tasks_recorded  # after each commit: a waiting query may now be answered
         self._pairs = ClaimPairs(queues, workflows)  # what the claims take
         self._solo_claims = 0  # claims to make one task at a time (a batch failed)
         self.clock_offset = 0.0  # the database's clock minus this host's, as of the last task read
@@ -162,8 +162,7 @@ class TaskRunner:
                         return False
                     batch = await self.run_tasks(conn, tasks)
                 batch.count_runs()  # committed
-                if any(t.started is not None for t in tasks):
-                    self._first_tasks_recorded()
+                self.tasks_recorded()
             except Refused as exc:
                 self.abandon(tasks, batch)
                 if len(tasks) > 1:

@@ -173,7 +173,7 @@ class Worker:
             pools=pools, stats=stats, wakes=wakes, cache=cache, slots=slots, workflows=self.workflows,
             activities=self.activities, queues=self.queues, namespace=self.namespace,
             identity=self.identity, lease_seconds=lease_seconds, spawn=self._activities.spawn,
-            first_tasks_recorded=self._answers.first_tasks_recorded)
+            tasks_recorded=self._answers.tasks_recorded)
         self._deliverer = OutcomeDeliverer(
             pools=pools, stats=stats, wakes=wakes, cache=cache, slots=slots, outbox=outbox,
             tasks=self._workflow_tasks, identity=self.identity, spawn=self._activities.spawn)
