@@ -160,7 +160,7 @@ def test_describe_start_and_the_web_view_say_when_no_live_worker_serves_a_run(db
     wait_for("s1 to complete", lambda: run_status(db_url, "s1") == "completed", procs=(a2, b))
     ran = cairn_cli("describe", "s1", "--json", db_url=db_url)
     assert json.loads(ran.out)["unserved"] == []
-    assert err.read_text().startswith(f"warning: {said}"), err.read_text()
+    assert err.read_text().splitlines()[1].startswith(f"warning: {said}"), err.read_text()  # after "started ..."
 
 
 def test_a_worker_whose_sessions_are_cut_heartbeats_again(db_url, workers):

@@ -140,8 +140,6 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             click.echo(f"warning: {where.warning}", err=True)
             logging.getLogger("cairn.client").setLevel(logging.ERROR)  # said once, here
             said.add(("workflow", workflow_type, where.queue))
-        else:
-            said = _warn_unserved(await unserved(client, work=[("workflow", workflow_type, where.queue)]), said)
         handle = await client.start(target, *args, id=workflow_id, queue=where.queue,
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
@@ -152,6 +150,9 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             on = f" on queue {where.queue}, the one queue it is registered on" \
                 if where.inferred and where.warning is None else ""
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id}){on}", err=wait)
+        # Once started (bad input says only what is wrong): whether a live worker serves it.
+        with contextlib.suppress(CairnError):  # the start is done: a failed look is not its failure
+            said = _warn_unserved(await unserved(client, run_id=str(handle.run_id)), said)
         if wait:
             from cairn.cli.render import with_progress  # start-up time: rich loads only for --wait and describe
 
@@ -197,11 +198,11 @@ def _warn_unserved(entries: list[dict[str, Any]], said: set[tuple[str, str, str]
 
 async def _watch_unserved(client: Client, run_id: str, said: set[tuple[str, str, str]]) -> None:
     """``start --wait``: every UNSERVED_CHECK_SECONDS, warns of the run's work that no live
-    worker serves (best effort: a failed look is skipped)."""
+    worker serves and was not said already (best effort: a failed look is skipped)."""
     while True:
+        await asyncio.sleep(UNSERVED_CHECK_SECONDS)
         with contextlib.suppress(CairnError):
             said = _warn_unserved(await unserved(client, run_id=run_id), said)
-        await asyncio.sleep(UNSERVED_CHECK_SECONDS)
 
 
 @main.command("list")
