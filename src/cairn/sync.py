@@ -8,6 +8,7 @@ Django/Flask/SQLAlchemy-core app can start a workflow inside its own transaction
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
@@ -18,6 +19,7 @@ from cairn.client import (
     IdConflictPolicy,
     RunDescription,
     RunPage,
+    WorkerInfo,
     WorkflowHandle,
     WorkflowUpdateHandle,
     WorkflowUpdateStage,
@@ -97,6 +99,10 @@ class SyncClient:
     def list_page(self, **filters: Any) -> RunPage:
         """One page of a listing (see :meth:`cairn.Client.list_page`)."""
         return self._call(self._client.list_page(**filters))
+
+    def list_workers(self, *, include_inactive: bool = False, queue: str | None = None) -> builtins.list[WorkerInfo]:
+        """The namespace's workers (see :meth:`cairn.Client.list_workers`)."""
+        return self._call(self._client.list_workers(include_inactive=include_inactive, queue=queue))
 
     # -- messages (see cairn.client.messages)
 

@@ -47,10 +47,11 @@ def test_workers_on_one_queue_run_only_the_types_they_registered(db_url, workers
     ran = cairn_cli("describe", "early", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
     assert json.loads(ran.out)["unserved"] == [{
-        "kind": "activity", "type": "act_b", "queue": "default",
-        "message": "no worker registered for activity type 'act_b' on queue 'default'"}]
+        "kind": "activity", "type": "act_b", "queue": "default", "last_worker": None, "last_heartbeat": None,
+        "message": "no live worker serves activity type 'act_b' on queue 'default' "
+                   "(no worker has registered it there)"}]
     ran = cairn_cli("describe", "early", db_url=db_url)
-    assert "no worker registered for activity type 'act_b' on queue 'default'" in ran.out
+    assert "no live worker serves activity type 'act_b' on queue 'default'" in ran.out
 
     b = workers("b", module="registry_b")  # other_kind; act_b
     splits = [f"split-{i}" for i in range(6)]
@@ -81,7 +82,7 @@ def test_workers_on_one_queue_run_only_the_types_they_registered(db_url, workers
              lambda: query(db_url, "SELECT activity_type, attempt FROM cairn.activity_tasks") == [("act_c", 0)],
              procs=(a, b))
     ran = cairn_cli("describe", "c1", db_url=db_url)
-    assert "no worker registered for activity type 'act_c' on queue 'default'" in ran.out
+    assert "no live worker serves activity type 'act_c' on queue 'default'" in ran.out
     c = workers("c", module="registry_c")
     wait_for("c1 to complete", lambda: results(db_url, ["c1"]) == {"c1": c.pid}, procs=(a, b, c))
 

@@ -75,7 +75,8 @@ async def test_a_start_before_any_worker_waits_for_one(client, start_worker, sql
         handle = await client.start(solo, 3, id="early")
     assert "no worker has registered workflow type 'solo' on queue 'default' yet" in caplog.text
     d = await handle.describe()
-    assert [u["message"] for u in d.unserved] == ["no worker registered for workflow type 'solo' on queue 'default'"]
+    assert [u["message"] for u in d.unserved] == [
+        "no live worker serves workflow type 'solo' on queue 'default' (no worker has registered it there)"]
     await start_worker(workflows=[solo])
     assert await handle.result(timeout=20) == 3
 
@@ -113,7 +114,7 @@ async def test_a_worker_claims_only_the_workflow_types_it_runs(client, start_wor
     assert d.workflow_task is not None
     assert d.workflow_task["failures"] == 0
     assert [u["message"] for u in d.unserved] == \
-        ["no worker registered for workflow type 'second_kind' on queue 'default'"]
+        ["no live worker serves workflow type 'second_kind' on queue 'default' (no worker has registered it there)"]
 
     # A worker that runs it starts: the queued runs complete. Their activity waits for a worker
     # that registered it (this one did) and is never claimed by the first worker.
@@ -134,9 +135,10 @@ async def test_an_activity_nobody_runs_waits_and_describe_says_so(client, start_
                      what="the activity to be scheduled")
     d = await handle.describe()
     assert [u["message"] for u in d.unserved] == \
-        ["no worker registered for activity type 'only_here' on queue 'default'"]
+        ["no live worker serves activity type 'only_here' on queue 'default' (no worker has registered it there)"]
     assert d.to_json()["unserved"][0] == {"kind": "activity", "type": "only_here", "queue": "default",
-                                          "message": d.unserved[0]["message"]}
+                                          "message": d.unserved[0]["message"], "last_worker": None,
+                                          "last_heartbeat": None}
     assert sql("SELECT attempt, last_failure FROM cairn.activity_tasks") == [(0, None)]
 
     await start_worker(activities=[only_here])
@@ -230,5 +232,6 @@ async def test_the_web_view_says_what_a_run_waits_for(client, db_url):
     async with ui_server(db_url) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
         page = await http.get("/runs/waits", params={"run_id": handle.run_id})
     assert page.status_code == 200, page.text
-    assert '<ul id="unserved"><li>no worker registered for workflow type &#x27;solo&#x27; on queue ' \
-           "&#x27;default&#x27;</li></ul>" in page.text
+    assert '<ul id="unserved"><li>no live worker serves workflow type &#x27;solo&#x27; on queue ' \
+           "&#x27;default&#x27; (no worker has registered it there) · " \
+           '<a href="/workers?queue=default&amp;all=1">workers of default</a></li></ul>' in page.text

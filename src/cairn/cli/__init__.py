@@ -18,6 +18,7 @@ from cairn.cli import (  # noqa: F401  (registers the commands)
     security,
     ui,
     verify,
+    workers,
 )
 from cairn.cli._base import main
 

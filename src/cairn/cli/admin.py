@@ -80,12 +80,15 @@ def db_status(settings: Settings, as_json: bool) -> None:
               help="Activity lease; another worker takes over this long after this one dies.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Fallback poll when no NOTIFY arrives, in seconds.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0.05, max=3600, max_open=True), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How often the worker writes its row for `cairn workers`; live for three intervals after each.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON object per line on stderr, with workflow_id, run_id, activity and attempt.")
 @click.pass_obj
 def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, ...],
                workflow_concurrency: int, activity_concurrency: int, identity: str | None,
-               lease_seconds: float, poll_interval: float, log_format: str) -> None:
+               lease_seconds: float, poll_interval: float, heartbeat_interval: float, log_format: str) -> None:
     """Run a worker until SIGTERM/SIGINT, then drain gracefully."""
     if log_format == "json":
         use_json()
@@ -103,7 +106,8 @@ def worker_cmd(settings: Settings, modules: tuple[str, ...], queues: tuple[str, 
                         queues=queues or ("default",), workflow_concurrency=workflow_concurrency,
                         activity_concurrency=activity_concurrency, identity=identity,
                         lease_seconds=lease_seconds, poll_interval=poll_interval,
-                        namespace=settings.namespace, module=",".join(modules))
+                        heartbeat_interval=heartbeat_interval, namespace=settings.namespace,
+                        module=",".join(modules))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

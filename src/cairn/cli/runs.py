@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ from cairn.cli._base import (
 from cairn.cli.llm_runs import follow_history
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
+from cairn.client.workers import unserved
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.errors import (
@@ -46,6 +49,7 @@ from cairn.workflow import WorkflowDefinition, WorkflowInfo
 MAX_HISTORY_FILE_BYTES = 1 << 30
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
+UNSERVED_CHECK_SECONDS = 5.0  # how often `start --wait` looks for work of its run that no live worker serves
 
 
 def _find_workflow(modules: tuple[str, ...], name: str) -> WorkflowDefinition:
@@ -107,7 +111,9 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
 
     A type no worker has registered yet on the queue is accepted with a warning: the run
     waits for a worker (its input is validated with -m, else when no schema is known it
-    is taken as is: --input is the one argument).
+    is taken as is: --input is the one argument). So is a type no live worker serves; with
+    --wait, work of the run that no live worker serves (an activity type, or the workflow
+    type once its workers are gone) is reported on stderr while waiting.
     """
 
     @with_client
@@ -129,9 +135,11 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             else:  # nothing known of its arguments yet: --input, if given, is the one argument
                 args = [value] if input_ is not None else []
             target = workflow_type
+        said: set[tuple[str, str, str]] = set()
         if where.warning is not None:
             click.echo(f"warning: {where.warning}", err=True)
             logging.getLogger("cairn.client").setLevel(logging.ERROR)  # said once, here
+            said.add(("workflow", workflow_type, where.queue))
         handle = await client.start(target, *args, id=workflow_id, queue=where.queue,
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
@@ -142,9 +150,13 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
             on = f" on queue {where.queue}, the one queue it is registered on" \
                 if where.inferred and where.warning is None else ""
             click.echo(f"started {workflow_type} as {handle.workflow_id} (run {handle.run_id}){on}", err=wait)
+        # Once started (bad input says only what is wrong): whether a live worker serves it.
+        with contextlib.suppress(CairnError):  # the start is done: a failed look is not its failure
+            said = _warn_unserved(await unserved(client, run_id=str(handle.run_id)), said)
         if wait:
             from cairn.cli.render import with_progress  # start-up time: rich loads only for --wait and describe
 
+            watcher = asyncio.create_task(_watch_unserved(client, str(handle.run_id), said))
             try:
                 out["result"] = await with_progress(client, handle.workflow_id, handle.result(timeout=timeout))
                 out["status"] = "completed"
@@ -155,6 +167,10 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                 out["status"] = "failed"
                 out["failure"] = {"type": exc.type, "message": recorded.get("message", exc.message)}
                 out["error"] = str(exc)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
         return out
 
     out = run(go(settings))
@@ -166,6 +182,27 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
         if not as_json:
             click.echo(f"error: {out['error']}", err=True)
         raise click.exceptions.Exit(EXIT_RUNTIME)
+
+
+def _warn_unserved(entries: list[dict[str, Any]], said: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """Warns on stderr of each unserved entry not said already; returns the entries now
+    unserved (one served again and lost again is said again)."""
+    now: set[tuple[str, str, str]] = set()
+    for u in entries:
+        key = (u["kind"], u["type"], u["queue"])
+        now.add(key)
+        if key not in said:
+            click.echo(f"warning: {u['message']}; the run waits for one", err=True)
+    return now
+
+
+async def _watch_unserved(client: Client, run_id: str, said: set[tuple[str, str, str]]) -> None:
+    """``start --wait``: every UNSERVED_CHECK_SECONDS, warns of the run's work that no live
+    worker serves and was not said already (best effort: a failed look is skipped)."""
+    while True:
+        await asyncio.sleep(UNSERVED_CHECK_SECONDS)
+        with contextlib.suppress(CairnError):
+            said = _warn_unserved(await unserved(client, run_id=run_id), said)
 
 
 @main.command("list")

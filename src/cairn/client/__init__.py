@@ -3,7 +3,8 @@
 :class:`Client` (client.py) starts, lists and steers runs; :class:`WorkflowHandle`
 (handle.py) acts on one workflow; the close listener (listener.py) wakes their waits;
 messages.py and checks.py hold what they check; operators.py resets and retries; follow.py
-follows a run live; schedules.py creates and steers schedules. Every statement they send is
+follows a run live; schedules.py creates and steers schedules; workers.py lists workers and
+says what no live worker serves. Every statement they send is
 a :mod:`cairn.store` function's.
 """
 
@@ -30,6 +31,7 @@ from cairn.client.schedules import (
     ScheduleUpdate,
 )
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
+from cairn.client.workers import WorkerInfo
 from cairn.schedules import (  # Temporal users import the schedule types from the client (temporalio.client)
     Schedule,
     ScheduleActionStartWorkflow,
@@ -64,6 +66,7 @@ __all__ = [
     "ScheduleState",
     "ScheduleUpdate",
     "StartTarget",
+    "WorkerInfo",
     "WorkflowHandle",
     "WorkflowUpdateHandle",
     "WorkflowUpdateStage",

@@ -28,6 +28,7 @@ from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
 from cairn.client.schedules import ScheduleHandle
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
+from cairn.client.workers import WorkerInfo
 from cairn.errors import (
     DatabaseUnavailable,
     InputValidationError,
@@ -49,6 +50,7 @@ from cairn.options import (
 from cairn.payloads import Signature, check_memo, to_payload
 from cairn.schedules import Schedule, ScheduleBackfill
 from cairn.store import db, lifecycle, messages, runs
+from cairn.store import workers as store_workers
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.filters import Filter, parse_filter
 from cairn.telemetry import tracer
@@ -555,6 +557,22 @@ class Client:
     async def list_schedules(self) -> builtins.list[schedules.ScheduleListEntry]:
         """The namespace's schedules, by id."""
         return await schedules.list_schedules(self)
+
+    # -- workers (cairn.client.workers)
+
+    async def list_workers(self, *, include_inactive: bool = False,
+                           queue: str | None = None) -> builtins.list[WorkerInfo]:
+        """The namespace's workers (``cairn workers``), live ones first, then by identity.
+
+        Args:
+            include_inactive: also the stale (no heartbeat within their liveness window: killed, wedged
+                or cut off) and stopped ones, kept for a day after their last heartbeat.
+            queue: only the workers of this queue (Temporal's ``task-queue describe``).
+        """
+        if queue is not None:
+            validate_queue(queue)
+        return await self._read(lambda c: store_workers.list_workers(c, self.namespace, include_all=include_inactive,
+                                                                   queue=queue))
 
     # -- operator actions (cairn.client.operators)
 

@@ -27,6 +27,7 @@ from cairn.client.updates import (
     value_of,
     wait_update,
 )
+from cairn.client.workers import unserved_entry
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import (
@@ -80,9 +81,10 @@ class RunDescription:
     # LLM calls (cairn.llm.chat): per call model, tokens, cost, ttft; and their totals.
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
     llm_totals: dict[str, Any] | None = None
-    # Pending work of a type no worker has registered on its queue: it waits for one.
-    # Each {"kind": "workflow"|"activity", "type", "queue", "message"}.
-    unserved: list[dict[str, str]] = field(default_factory=list)
+    # Work no live worker serves (an open run's workflow type, a pending activity's type, on
+    # its queue): it waits for one. Each {"kind": "workflow"|"activity", "type", "queue",
+    # "message", "last_worker", "last_heartbeat"} (the worker that served it last, if known).
+    unserved: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -224,9 +226,10 @@ class WorkflowHandle:
         raise err
 
     async def describe(self) -> RunDescription:
-        """The run's status, pending activities, timers and workflow-task failures."""
+        """The run's status, pending activities, timers and workflow-task failures, and the
+        work no live worker serves (``unserved``)."""
         row = await self._resolve()
-        got = await self.client._read(lambda c: runs.details(c, row.run_id))
+        got = await self.client._read(lambda c: runs.details(c, row.run_id, row.namespace))
         links = got.links
         parent = None
         if links.get("parent_run_id") is not None:
@@ -247,8 +250,7 @@ class WorkflowHandle:
             continued_to=str(links["continued_to"]) if links.get("continued_to") else None,
             execution_deadline=links.get("execution_deadline"), children=links.get("children") or [],
             llm_calls=llm, llm_totals=llm_totals(llm) if llm else None,
-            unserved=[{**u, "message": f"no worker registered for {u['kind']} type {u['type']!r} "
-                                       f"on queue {u['queue']!r}"} for u in got.unserved],
+            unserved=[unserved_entry(u) for u in got.unserved],
         )
 
     async def history(self, after: int = 0) -> list[Event]:

@@ -554,18 +554,100 @@ ORDER BY queue
 -- Every registered workflow type name.
 SELECT DISTINCT name FROM cairn.workflow_types WHERE namespace = %(namespace)s ORDER BY name
 
--- name: unserved_types
--- Of a run's pending workflow task and activities, the (kind, type, queue) that no worker
--- has registered, for describe: such work waits (claims take only the types a worker runs).
-SELECT 'workflow' AS kind, t.workflow_type AS type, t.queue FROM cairn.workflow_tasks t
-WHERE t.run_id = %(run_id)s
-  AND NOT EXISTS (SELECT 1 FROM cairn.workflow_types w
-                  WHERE w.namespace = t.namespace AND w.queue = t.queue AND w.name = t.workflow_type)
-UNION
-SELECT 'activity', a.activity_type, a.queue FROM cairn.activity_tasks a
-WHERE a.run_id = %(run_id)s
-  AND NOT EXISTS (SELECT 1 FROM cairn.activity_types w
-                  WHERE w.namespace = a.namespace AND w.queue = a.queue AND w.name = a.activity_type)
+-- ---------------------------------------------------------------- workers (cairn workers)
+
+-- name: worker_heartbeat
+-- A worker says it lives: its row (cairn.workers, primary key (namespace, identity)) with
+-- what it serves, its slots in use and its counters, live until %(live_seconds)s from now.
+-- One statement on the worker's own connection (never the hot path's); an upsert, so a row
+-- that maintenance removed (or another process of the same identity replaced) comes back.
+-- The clock is the database's real one, not a test's virtual clock: liveness is that of a
+-- process, which a skipped day of workflow time does not end.
+INSERT INTO cairn.workers AS w (namespace, identity, host, pid, queues, workflow_types, activity_types,
+                                workflow_slots, workflow_slots_used, activity_slots, activity_slots_used,
+                                workflow_tasks, activities_completed, activities_failed, version,
+                                started_at, heartbeat_at, live_until, stopped_at)
+VALUES (%(namespace)s, %(identity)s, %(host)s, %(pid)s, %(queues)s, %(workflow_types)s, %(activity_types)s,
+        %(workflow_slots)s, %(workflow_slots_used)s, %(activity_slots)s, %(activity_slots_used)s,
+        %(workflow_tasks)s, %(activities_completed)s, %(activities_failed)s, %(version)s,
+        coalesce(%(started_at)s::timestamptz, now()), now(), now() + make_interval(secs => %(live_seconds)s), NULL)
+ON CONFLICT (namespace, identity) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, queues = excluded.queues, workflow_types = excluded.workflow_types,
+    activity_types = excluded.activity_types, workflow_slots = excluded.workflow_slots,
+    workflow_slots_used = excluded.workflow_slots_used, activity_slots = excluded.activity_slots,
+    activity_slots_used = excluded.activity_slots_used, workflow_tasks = excluded.workflow_tasks,
+    activities_completed = excluded.activities_completed, activities_failed = excluded.activities_failed,
+    version = excluded.version, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    live_until = excluded.live_until, stopped_at = NULL
+RETURNING started_at
+
+-- name: worker_stopped
+-- A graceful stop, after the drain: the row stays (stopped) until maintenance removes it.
+-- Only the process that started at %(started_at)s: a newer worker of the same identity keeps its row.
+UPDATE cairn.workers
+SET stopped_at = now(), heartbeat_at = now(), live_until = now(), workflow_slots_used = 0, activity_slots_used = 0,
+    workflow_tasks = %(workflow_tasks)s, activities_completed = %(activities_completed)s,
+    activities_failed = %(activities_failed)s
+WHERE namespace = %(namespace)s AND identity = %(identity)s AND started_at = %(started_at)s
+
+-- name: forget_workers
+-- Removes the rows of workers stopped or silent for longer than %(retention_seconds)s, in
+-- every namespace (any worker's maintenance does it, rarely; the table is small).
+DELETE FROM cairn.workers
+WHERE coalesce(stopped_at, live_until) < now() - make_interval(secs => %(retention_seconds)s)
+
+-- name: list_workers
+-- A namespace's workers, live ones first, then by identity; with %(include_all)s also the stale and
+-- stopped ones maintenance has not removed yet; with %(queue)s only that queue's. Status and
+-- heartbeat age are read with the database's clock, as the heartbeats were written.
+SELECT namespace, identity, host, pid, queues, workflow_types, activity_types,
+       workflow_slots, workflow_slots_used, activity_slots, activity_slots_used,
+       workflow_tasks, activities_completed, activities_failed, version,
+       started_at, heartbeat_at, live_until, stopped_at,
+       CASE WHEN stopped_at IS NOT NULL THEN 'stopped' WHEN live_until > now() THEN 'live' ELSE 'stale' END AS status,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
+FROM cairn.workers
+WHERE namespace = %(namespace)s
+  AND (%(include_all)s OR (stopped_at IS NULL AND live_until > now()))
+  AND (%(queue)s::text IS NULL OR %(queue)s::text = ANY(queues))
+ORDER BY (stopped_at IS NULL AND live_until > now()) DESC, identity
+
+-- name: unserved_work
+-- Of a run's work (its workflow type while it is open, its pending activities) and of the
+-- (kind, type, queue) triples given, those no live worker serves: they wait for one (claims
+-- take only the types a worker runs). For each, the worker that served it last (live ones
+-- first, else the latest heartbeat; none if every such row is gone) and when the type
+-- registry last saw it registered on that queue (NULL: never).
+WITH work AS (
+    SELECT 'workflow' AS kind, r.workflow_type AS type, r.queue, r.namespace FROM cairn.runs r
+    WHERE r.run_id = %(run_id)s::uuid AND r.status = 'running'
+    UNION
+    SELECT 'activity', a.activity_type, a.queue, a.namespace FROM cairn.activity_tasks a
+    WHERE a.run_id = %(run_id)s::uuid
+    UNION
+    SELECT g.kind, g.type, g.queue, %(namespace)s::text
+    FROM unnest(%(kinds)s::text[], %(types)s::text[], %(queues)s::text[]) AS g(kind, type, queue)
+)
+SELECT w.kind, w.type, w.queue, last.identity AS last_worker, last.host AS last_host, last.pid AS last_pid,
+       last.heartbeat_at AS last_heartbeat, last.stopped_at AS last_stopped,
+       extract(epoch FROM now() - last.heartbeat_at)::float8 AS last_heartbeat_age,
+       CASE w.kind
+           WHEN 'workflow' THEN (SELECT t.updated_at FROM cairn.workflow_types t
+                                 WHERE t.namespace = w.namespace AND t.queue = w.queue AND t.name = w.type)
+           ELSE (SELECT t.updated_at FROM cairn.activity_types t
+                 WHERE t.namespace = w.namespace AND t.queue = w.queue AND t.name = w.type)
+       END AS registered_at
+FROM work w
+LEFT JOIN LATERAL (
+    SELECT k.identity, k.host, k.pid, k.heartbeat_at, k.stopped_at,
+           k.stopped_at IS NULL AND k.live_until > now() AS live
+    FROM cairn.workers k
+    WHERE k.namespace = w.namespace AND w.queue = ANY(k.queues)
+      AND w.type = ANY(CASE w.kind WHEN 'workflow' THEN k.workflow_types ELSE k.activity_types END)
+    ORDER BY (k.stopped_at IS NULL AND k.live_until > now()) DESC, k.heartbeat_at DESC
+    LIMIT 1
+) last ON true
+WHERE last.live IS NOT TRUE
 ORDER BY 1 DESC, 2, 3
 
 -- ---------------------------------------------------------------- reading runs

@@ -64,6 +64,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "updates": ("UPDATE",),  # outcomes (accepted, rejected, completed)
         "workflow_types": ("INSERT", "UPDATE"),  # registers its types; never DELETE
         "activity_types": ("INSERT", "UPDATE"),
+        "workers": ("INSERT", "UPDATE", "DELETE"),  # its own row's heartbeat; maintenance removes old rows
         "breakers": ("INSERT", "UPDATE", "DELETE"),
         "breaker_probes": ("INSERT", "UPDATE", "DELETE"),
         "breaker_events": ("INSERT",),

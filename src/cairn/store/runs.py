@@ -23,9 +23,10 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
-from cairn.store import clock, db
+from cairn.store import clock, db, workers
 from cairn.store.filters import Filter
 from cairn.store.sql import q
+from cairn.store.workers import Unserved
 
 Conn = db.Conn  # a pooled connection, or a caller's own (start with conn=)
 SyncConn = psycopg.Connection[Any]  # a caller's own sync connection (SyncClient.start with conn=)
@@ -257,10 +258,10 @@ class Details:
     visibility: dict[str, Any]
     links: dict[str, Any]
     llm_completions: list[dict[str, Any]]
-    unserved: list[dict[str, Any]]
+    unserved: list[Unserved]
 
 
-async def details(conn: Conn, run_id: str) -> Details:
+async def details(conn: Conn, run_id: str, namespace: str) -> Details:
     """The run's pending activities, timers and workflow task, history length, saga events,
     visibility, lifecycle links, LLM completions and unserved types."""
     params = {"run_id": run_id}
@@ -273,7 +274,7 @@ async def details(conn: Conn, run_id: str) -> Details:
     vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
     links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
     llm = await (await cur.execute(q("llm_completions"), params)).fetchall()
-    unserved = await (await cur.execute(q("unserved_types"), params)).fetchall()
+    unserved = await workers.unserved(conn, namespace, run_id=run_id)
     return Details(acts, timers, task, last["seq"] if last else 0, [Event(s, t, d, a) for s, t, d, a in saga],
                    vis, links, llm, unserved)
 

@@ -20,7 +20,7 @@ from cairn.engine.history import Event
 from cairn.ui.timeline import Bar, Timeline
 from cairn.views import summarize
 
-__all__ = ["esc", "list_page", "message_page", "run_page", "run_url"]
+__all__ = ["esc", "list_page", "message_page", "run_page", "run_url", "workers_page"]
 
 STATUS_ORDER = ("running", "completed", "failed", "cancelled", "terminated", "timed_out", "continued_as_new")
 PAYLOAD_PREVIEW_CHARS = 80
@@ -51,7 +51,8 @@ pre { background: var(--panel); padding: 8px; border: 1px solid var(--line); ove
 details summary { cursor: pointer; color: var(--muted); }
 .status { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: #fff;
   background: var(--child); }
-.s-running, .s-scheduled { background: var(--run); } .s-completed, .s-fired { background: var(--ok); }
+.s-running, .s-scheduled { background: var(--run); } .s-completed, .s-fired, .s-live { background: var(--ok); }
+.s-stale { background: var(--bad); } .s-stopped { background: var(--cancel); }
 .s-failed, .s-terminated, .s-timed_out, .s-compensation_failed { background: var(--bad); }
 .s-cancelled { background: var(--cancel); } .s-waiting, .s-retrying, .s-compensating { background: var(--wait); }
 .s-compensated { background: var(--comp); } .s-continued_as_new { background: var(--child); }
@@ -115,6 +116,11 @@ def run_url(workflow_id: str, run_id: str | None = None) -> str:
     return path + ("?" + urlencode({"run_id": run_id}) if run_id else "")
 
 
+def workers_url(queue: str) -> str:
+    """The workers page of one queue, stale and stopped workers included."""
+    return "/workers?" + urlencode({"queue": queue, "all": 1})
+
+
 def _when(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -145,7 +151,8 @@ def layout(title: str, body: str, *, refresh_seconds: int | None = None) -> str:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{refresh}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)} · Cairn</title><style>{CSS}</style></head><body>"
-            f'<header><a class="home" href="/">Cairn</a><span class="ro">read-only view</span></header>'
+            f'<header><a class="home" href="/">Cairn</a><a href="/">Workflows</a><a href="/workers">Workers</a>'
+            f'<span class="ro">read-only view</span></header>'
             f"<main>{body}</main></body></html>")
 
 
@@ -201,6 +208,35 @@ def list_page(rows: list[dict[str, Any]], counts: Mapping[str, int], *, status: 
     elif not error:
         body.append('<p class="muted" id="empty">No runs match.</p>')
     return layout("Workflows", "".join(body))
+
+
+# ---------------------------------------------------------------- the workers
+
+
+def workers_page(rows: list[Any], *, include_inactive: bool, queue: str | None) -> str:
+    """The workers (``cairn workers``): identity, status, host:pid, queues, types, slots in
+    use, version, started, last heartbeat. ``rows`` are :class:`~cairn.client.WorkerInfo`."""
+    base = {"queue": queue} if queue else {}
+    chips = (f'<div class="counts"><a class="{"" if include_inactive else "on"}" href="/workers?'
+             f'{esc(urlencode(base))}">live</a><a class="{"on" if include_inactive else ""}" '
+             f'href="/workers?{esc(urlencode({**base, "all": "1"}))}">all kept</a></div>')
+    title = f"Workers of queue {queue}" if queue else "Workers"
+    body = [f"<h1>{esc(title)}</h1>", chips]
+    if not rows:
+        body.append(f'<p class="muted" id="empty">No {"" if include_inactive else "live "}workers.</p>')
+        return layout(title, "".join(body), refresh_seconds=RUN_REFRESH_SECONDS)
+    trs = "".join(
+        f'<tr class="worker" data-status="{esc(w.status)}"><td class="id">{esc(w.identity)}</td>'
+        f"<td>{_status(w.status)}</td><td>{esc(w.host)}:{esc(w.pid)}</td><td>{esc(', '.join(w.queues))}</td>"
+        f"<td>{esc(', '.join(w.workflow_types) or '-')}</td><td>{esc(', '.join(w.activity_types) or '-')}</td>"
+        f"<td>{w.workflow_slots_used}/{w.workflow_slots}</td><td>{w.activity_slots_used}/{w.activity_slots}</td>"
+        f"<td>{esc(w.version)}</td><td>{esc(_when(w.started_at))}</td>"
+        f"<td>{w.heartbeat_age:.1f} s ago</td></tr>"
+        for w in rows)
+    body.append('<table id="workers"><thead><tr><th>Identity</th><th>Status</th><th>Host:pid</th><th>Queues</th>'
+                "<th>Workflow types</th><th>Activity types</th><th>Workflow slots</th><th>Activity slots</th>"
+                f"<th>Version</th><th>Started</th><th>Last heartbeat</th></tr></thead><tbody>{trs}</tbody></table>")
+    return layout(title, "".join(body), refresh_seconds=RUN_REFRESH_SECONDS)
 
 
 # ---------------------------------------------------------------- a run
@@ -379,9 +415,10 @@ def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
     if task.get("failures"):
         body += [f"<h2>Workflow task failing ({esc(task['failures'])} attempts)</h2>",
                  _failure(task.get("last_error") or {}, css_id="task-failure")]
-    if d.unserved:  # pending work of a type no worker registered on its queue
-        body.append('<h2>Waiting for a worker</h2><ul id="unserved">'
-                    + "".join(f"<li>{esc(u['message'])}</li>" for u in d.unserved) + "</ul>")
+    if d.unserved:  # work no live worker serves on its queue
+        items = "".join(f'<li>{esc(u["message"])} · <a href="{esc(workers_url(u["queue"]))}">'
+                        f'workers of {esc(u["queue"])}</a></li>' for u in d.unserved)
+        body.append(f'<h2>Waiting for a worker</h2><ul id="unserved">{items}</ul>')
     body.append('<h2>Payloads</h2><div id="payloads">')
     body.append(payload("input", first.get("input"), open_=True))
     if last is not None and last.type == "WorkflowCompleted":

@@ -6,7 +6,8 @@ Routes (GET only; any other method is 405):
   ``cairn list --where`` language) and ``limit``, with status counts.
 - ``/runs/{workflow_id}`` (``?run_id=``): one run — summary, failure, payloads,
   timeline, LLM calls, sagas, children, history.
-- ``/api/runs`` and ``/api/runs/{workflow_id}``: the same data as JSON.
+- ``/workers`` (``?all=1``, ``?queue=``): the workers, live ones (``cairn workers``).
+- ``/api/runs``, ``/api/runs/{workflow_id}`` and ``/api/workers``: the same data as JSON.
 
 Everything goes through :class:`~cairn.client.Client` (``list``, ``describe``,
 ``history``) on a pool whose sessions are read-only (``default_transaction_read_only``),
@@ -191,6 +192,25 @@ async def api_run(request: web.Request) -> web.StreamResponse:
                               "timeline": tl.to_json()}, dumps=_dumps)
 
 
+async def _workers_data(request: web.Request) -> tuple[list[Any], bool, str | None]:
+    qs = request.query
+    include_inactive = qs.get("all", "") not in ("", "0")
+    queue = qs.get("queue") or None
+    rows = await request.app[CLIENT_KEY].list_workers(include_inactive=include_inactive, queue=queue)
+    return rows, include_inactive, queue
+
+
+async def workers_page(request: web.Request) -> web.StreamResponse:
+    rows, include_inactive, queue = await _workers_data(request)
+    return web.Response(text=pages.workers_page(rows, include_inactive=include_inactive, queue=queue),
+                        content_type="text/html")
+
+
+async def api_workers(request: web.Request) -> web.StreamResponse:
+    rows, _, _ = await _workers_data(request)
+    return web.json_response({"workers": [w.to_json() for w in rows]}, dumps=_dumps)
+
+
 def create_app(client: Client, *, check_host: bool = True) -> web.Application:
     """The web view's application over ``client`` (which the caller opens and closes).
 
@@ -204,6 +224,8 @@ def create_app(client: Client, *, check_host: bool = True) -> web.Application:
     app[CHECK_HOST_KEY] = check_host
     app.router.add_get("/", index)
     app.router.add_get("/api/runs", api_runs)
+    app.router.add_get("/workers", workers_page)
+    app.router.add_get("/api/workers", api_workers)
     # `.+`: a workflow id may hold slashes (percent-encoded in links, decoded here).
     app.router.add_get("/api/runs/{workflow_id:.+}", api_run)
     app.router.add_get("/runs/{workflow_id:.+}", run_page)

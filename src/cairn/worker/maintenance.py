@@ -1,6 +1,6 @@
 """The worker's housekeeping: due timers, due schedules, expired attempts, the queue-depth
-gauge, the pollers' wake-up when work falls due, and the LISTEN connection that wakes them on
-a NOTIFY."""
+gauge, the pollers' wake-up when work falls due, the LISTEN connection that wakes them on
+a NOTIFY, and the worker's heartbeat (its row in ``cairn.workers``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from cairn import telemetry as _telemetry
 from cairn.store import maintenance as store
 from cairn.store import schedules
+from cairn.store.workers import HeartbeatSession, Load, Registration
 from cairn.worker.activities import REAP_LIMIT
 from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, loop_failed
@@ -22,6 +24,10 @@ log = logging.getLogger("cairn.worker")
 
 QUEUE_DEPTH_CAP = 100_000      # cairn.queue.depth counts at most this many ready tasks per queue and kind
 TIMER_BATCH = 100              # timers fired per statement (a full batch fires again at once)
+HEARTBEAT_SECONDS = 10.0       # how often a worker writes its row in cairn.workers (Worker(heartbeat_interval=))
+LIVENESS_PERIODS = 3           # a worker is live while its last heartbeat is younger than this many periods
+WORKER_RETENTION_SECONDS = 86_400.0  # rows of workers stopped or stale for longer are removed
+FORGET_EVERY = 60              # heartbeats between two removals of such rows (10 min at the default cadence)
 
 
 class Maintenance:
@@ -108,3 +114,79 @@ class Maintenance:
             except Exception as exc:
                 log.warning("listen connection lost (%s); polling until it is back", exc)
                 await asyncio.sleep(1.0)
+
+
+class Heartbeat:
+    """The worker's row in ``cairn.workers``: registered as the worker starts, rewritten
+    every ``interval`` seconds with its slots in use and counters, marked stopped after a
+    graceful drain. A killed worker's row goes stale by itself: its ``live_until`` is the
+    last heartbeat plus :data:`LIVENESS_PERIODS` periods.
+
+    Its own task and its own session (:class:`~cairn.store.workers.HeartbeatSession`), not
+    the maintenance pass and not the engine's pool: a pass can take long under a backlog
+    (timers fire in batches until none is due), and a heartbeat must neither wait for it
+    nor for a pooled connection, nor make a claim wait. One statement per heartbeat.
+    """
+
+    def __init__(self, *, url: str, registration: Registration, load: Callable[[], Load], interval: float,
+                 retention_seconds: float = WORKER_RETENTION_SECONDS) -> None:
+        self._session = HeartbeatSession(url)
+        self._reg = registration
+        self._load = load
+        self._interval = interval
+        self._retention = retention_seconds
+        self._started_at: datetime | None = None
+        self._done = asyncio.Event()
+        self._lock = asyncio.Lock()  # one statement at a time; none after the stop
+        self.beats = 0
+
+    @property
+    def live_seconds(self) -> float:
+        return self._interval * LIVENESS_PERIODS
+
+    async def register(self) -> None:
+        """The first heartbeat, before the worker claims anything (a failure stops the start,
+        as the type registration's does); it also removes long-gone workers' rows."""
+        idle = Load(0, 0, 0, 0, 0)
+        async with self._lock:
+            self._started_at = await self._session.beat(self._reg, idle, started_at=None,
+                                                        live_seconds=self.live_seconds)
+            await self._session.forget(retention_seconds=self._retention)
+        self.beats = 1
+
+    async def run(self) -> None:
+        """Heartbeats every interval until :meth:`stop`; a failed one is logged and the next
+        one tries again (on a fresh session)."""
+        while not self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), self._interval)
+            if self._done.is_set():
+                return
+            try:
+                await self.beat()
+            except Exception as exc:
+                loop_failed("worker heartbeat", exc)
+
+    async def beat(self) -> None:
+        """One heartbeat now (and, every :data:`FORGET_EVERY`, the removal of old rows)."""
+        async with self._lock:
+            if self._done.is_set():
+                return
+            self._started_at = await self._session.beat(self._reg, self._load(), started_at=self._started_at,
+                                                        live_seconds=self.live_seconds)
+            self.beats += 1
+            if self.beats % FORGET_EVERY == 0:
+                await self._session.forget(retention_seconds=self._retention)
+
+    async def stop(self) -> None:
+        """Marks the row stopped (after the drain) and closes the session; no heartbeat after."""
+        self._done.set()
+        async with self._lock:
+            try:
+                if self._started_at is not None:
+                    await self._session.stopped(self._reg, self._load(), started_at=self._started_at)
+            except Exception as exc:  # the row then goes stale by itself
+                log.warning("could not mark worker %s stopped (%s); its row goes stale instead",
+                            self._reg.identity, exc)
+            finally:
+                await self._session.close()

@@ -57,6 +57,10 @@ class Wakes:
                 return
         self._pending = True  # all busy: the next one to finish looks again
 
+    def idle_pollers(self) -> int:
+        """How many workflow pollers wait for a wake-up (the worker's heartbeat counts the others busy)."""
+        return len(self._idle_pollers)
+
     def take_pending(self) -> bool:
         """Whether a workflow wake-up arrived while every poller was busy (and forgets it)."""
         pending, self._pending = self._pending, False

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import random
@@ -42,11 +43,12 @@ from cairn.store import db
 from cairn.store import tasks as store_tasks
 from cairn.store.db import CONNECTION_OPTIONS
 from cairn.store.transactions import new_pool
+from cairn.store.workers import Load, Registration
 from cairn.worker.activities import LEASE_SECONDS, ActivityRunner
 from cairn.worker.answers import QueryAnswerer
 from cairn.worker.cache import Cache
 from cairn.worker.claims import ClaimPairs
-from cairn.worker.maintenance import Maintenance
+from cairn.worker.maintenance import HEARTBEAT_SECONDS, Heartbeat, Maintenance
 from cairn.worker.outcomes import Outbox, OutcomeDeliverer
 from cairn.worker.slots import Slots
 from cairn.worker.stats import WorkerStats
@@ -114,7 +116,11 @@ class Worker:
         workflow_concurrency: workflow tasks in flight at once (one connection each).
         activity_concurrency: activity attempts in flight at once.
         cache_size: live workflow instances kept (LRU); a miss replays history.
-        identity: a name for this worker in leases and history (default host:pid:random).
+        identity: a name for this worker in leases, history and ``cairn workers`` (default
+            host:pid:random); unique per namespace: a worker of the same identity takes over
+            the row of an earlier one.
+        heartbeat_interval: how often, in seconds, the worker writes its row in
+            ``cairn.workers``; it counts as live for three intervals after each.
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class Worker:
         lease_seconds: float = LEASE_SECONDS,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         module: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.workflows: dict[str, WorkflowDefinition] = _definitions(workflows, "__cairn_workflow__")
         self.activities: dict[str, ActivityDefinition] = _definitions(
@@ -143,6 +150,8 @@ class Worker:
             raise ConfigurationError("a worker needs at least one queue")
         if workflow_concurrency < 1 or activity_concurrency < 1 or cache_size < 1:
             raise ConfigurationError("concurrency and cache size must be at least 1")
+        if not 0 < heartbeat_interval < 3600:  # NaN fails too
+            raise ConfigurationError("heartbeat_interval must be more than 0 and less than 3600 seconds")
         self.url = url
         self.namespace = check_namespace(namespace)
         self.module = module
@@ -152,9 +161,11 @@ class Worker:
         self.cache_size = cache_size
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
         self.stats = WorkerStats()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat: Heartbeat | None = None
         rng = random.Random()
         # What the components share, each handed explicitly to those that use it.
         self._pools = Pools()
@@ -185,6 +196,23 @@ class Worker:
                              "activity_queues": aq, "activity_types": at, "now": None},
             reap_expired=self._activities.reap_expired)
 
+    def _registration(self) -> Registration:
+        """What this worker says about itself in ``cairn.workers``."""
+        return Registration(
+            namespace=self.namespace, identity=self.identity, host=socket.gethostname(), pid=os.getpid(),
+            queues=self.queues, workflow_types=sorted(self.workflows), activity_types=sorted(self.activities),
+            workflow_slots=self.workflow_concurrency if self.workflows else 0,
+            activity_slots=self.activity_concurrency, version=_version())
+
+    def _load(self) -> Load:
+        """Slots in use and counters, at a heartbeat."""
+        pollers = self.workflow_concurrency if self.workflows else 0
+        slots, stats = self._slots, self.stats
+        return Load(workflow_slots_used=max(0, pollers - self._wakes.idle_pollers()),
+                    activity_slots_used=min(slots.concurrency, len(slots.tasks) + slots.reserved),
+                    workflow_tasks=stats.workflow_tasks, activities_completed=stats.activities_completed,
+                    activities_failed=stats.activities_failed)
+
     @property
     def _pool(self) -> db.Pool | None:
         """The engine's connection pool (None until :meth:`run` opens it)."""
@@ -213,6 +241,9 @@ class Worker:
                 engine, namespace=self.namespace, queues=self.queues,
                 workflows={d.name: d.signature.json_schema() for d in self.workflows.values()},
                 activities=sorted(self.activities), module=self.module)
+            heartbeat = self._heartbeat = Heartbeat(url=url, registration=self._registration(),
+                                                    load=self._load, interval=self.heartbeat_interval)
+            await heartbeat.register()
             wakes.workflow = [asyncio.Event() for _ in range(self.workflow_concurrency)]
             self._tasks = [asyncio.create_task(self._maintenance.listen(url), name="cairn-listen")]
             self._tasks += [asyncio.create_task(self._workflow_tasks.poller(i), name=f"cairn-wf-{i}")
@@ -220,6 +251,7 @@ class Worker:
             if self.activities:
                 self._tasks.append(asyncio.create_task(self._activities.poller(), name="cairn-act"))
             self._tasks.append(asyncio.create_task(self._maintenance.run(), name="cairn-maint"))
+            self._tasks.append(asyncio.create_task(heartbeat.run(), name="cairn-heartbeat"))
             self._tasks.append(asyncio.create_task(self._activities.flusher(), name="cairn-flush"))
             self._tasks.append(asyncio.create_task(self._deliverer.run(), name="cairn-deliver"))
             if self.workflows:
@@ -230,6 +262,8 @@ class Worker:
             await wakes.stopping.wait()
         finally:
             await self._drain()
+            if self._heartbeat is not None:
+                await self._heartbeat.stop()  # after the drain: stopped means nothing runs any more
             for t in self._tasks:
                 t.cancel()
             for t in self._tasks:
@@ -300,6 +334,14 @@ class Worker:
     async def answer_query(self) -> bool:
         """Claims one unanswered query, answers it and commits; False if there was none."""
         return await self._answers.answer_query()
+
+
+def _version() -> str:
+    """Cairn's installed version (as ``cairn --version`` says it)."""
+    try:
+        return importlib.metadata.version("cairn")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 def _builtin_activities() -> list[Any]:
