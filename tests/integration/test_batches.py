@@ -98,7 +98,8 @@ async def test_terminate_batch_acts_once_per_run(client, sql):
     batch = await client.start_batch("terminate", where="group = 'a'", reason="cleanup")
     d = await batch.wait(on_progress=seen.append, chunk_size=2)
     assert (d.status, d.matched, d.done, d.skipped, d.failed, d.pending) == ("completed", 7, 6, 1, 0, 0)
-    assert {(g.outcome, g.detail, g.count) for g in d.outcomes} == {("done", "", 6), ("skipped", "already terminated", 1)}
+    assert {(g.outcome, g.detail, g.count) for g in d.outcomes} == {("done", "", 6),
+                                                                    ("skipped", "already terminated", 1)}
     # progress after each chunk of 2, ending at the total
     assert [c.processed for c in seen] == [2, 4, 6, 7]
     for run_id in runs:
@@ -146,8 +147,8 @@ async def test_signal_batch_reaches_the_workflows(client, db_url):
 async def test_reset_and_retry_batches(client, db_url, sql):
     old = await _start(client, 3, "a")
     async with running_worker(db_url, workflows=[waiter], queues=["batches"]):
-        await wait_until(lambda: sql("SELECT count(*) FROM cairn.history WHERE type = 'WorkflowTaskStarted'")[0][0] >= 3,
-                         what="each run's first workflow task")
+        await wait_until(lambda: sql("SELECT count(*) FROM cairn.history WHERE type = 'WorkflowTaskStarted'"
+                                     )[0][0] >= 3, what="each run's first workflow task")
     never_ran = (await _start(client, 1, "a", prefix="fresh"))[0]  # no workflow task yet: nothing to reset to
     reset = await (await client.start_batch("reset", where="group = 'a'", reset_to="first", reason="redo")).wait()
     assert (reset.done, reset.failed) == (3, 1)
@@ -197,5 +198,6 @@ async def test_a_worker_executes_a_batch_nobody_waits_for(client, db_url, sql):
             assert await client.get_handle(f"a-{i}").result(timeout=30) == f"t{i}:w"
     d = await batch.describe()
     assert (d.status, d.done, d.executing) == ("completed", 5, False)
-    assert d.executor is not None and d.executor.endswith("(worker)")
+    assert d.executor is not None
+    assert d.executor.endswith("(worker)")
     assert sql("SELECT count(*) FROM cairn.history WHERE type = 'SignalReceived'") == [(5,)]
