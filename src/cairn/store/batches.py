@@ -177,7 +177,7 @@ async def summary(conn: db.Conn, batch_id: str, *, limit: int = 20) -> list[Outc
 
 async def targets(conn: db.Conn, batch_id: str, *, outcome: str | None, after: str | None, limit: int) -> list[Target]:
     """The batch's targets in run-id order (of one outcome, after run id ``after``)."""
-    rows = await (await conn.execute(q("batch_targets"), {"batch_id": batch_id, "outcome": outcome, "after": after,
+    rows = await (await conn.execute(q("list_batch_targets"), {"batch_id": batch_id, "outcome": outcome, "after": after,
                                                           "limit": limit})).fetchall()
     return [Target(str(w), str(r), str(o), d, str(n) if n else None, a) for w, r, o, d, n, a in rows]
 

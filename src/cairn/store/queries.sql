@@ -1881,7 +1881,7 @@ SELECT outcome, coalesce(detail, ''), count(*), (array_agg(workflow_id ORDER BY 
 FROM cairn.batch_targets WHERE batch_id = %(batch_id)s AND outcome IS NOT NULL
 GROUP BY outcome, detail ORDER BY count(*) DESC, outcome LIMIT %(limit)s
 
--- name: batch_targets
+-- name: list_batch_targets
 -- A batch's targets in run-id order, optionally of one outcome ('pending': not acted on yet).
 SELECT workflow_id, run_id, coalesce(outcome, 'pending'), detail, new_run_id, acted_at
 FROM cairn.batch_targets
