@@ -45,6 +45,11 @@ COMMANDS: dict[str, list[str]] = {
     **{f"schedule {verb}": ["schedule", verb, "s"] for verb in ("describe", "pause", "unpause", "trigger", "delete")},
     "schedule backfill": ["schedule", "backfill", "s", "--start-at", "2026-01-01T00:00:00Z",
                           "--end-at", "2026-01-01T01:00:00Z"],
+    "batch list": ["batch", "list"],
+    "workers": ["workers"],
+    **{f"batch {verb}": ["batch", verb, "0190f0f0-0000-7000-8000-000000000000"]
+       for verb in ("describe", "cancel", "wait")},
+    "terminate --where": ["terminate", "--where", "Status = 'running'", "--dry-run"],
     "verify": ["verify"],
     "worker": ["worker", "-m", __name__],
     "ui": ["ui", "--port", "0"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from cairn.cli import (  # noqa: F401  (registers the commands)
     activities,
     admin,
+    batches,
     breakers,
     llm,
     messages,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cairn.cli._base import Settings, main, parse_json, run, to_json, with_client
+from cairn.cli.batches import batch_options, refuse_batch_flags, run_batch
 from cairn.client import Client
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.errors import CairnError, InputValidationError, QueryFailed, WorkflowUpdateFailedError
@@ -17,19 +18,38 @@ run_id_option = click.option("--run-id", default=None, help="A specific run (def
 
 
 @main.command("signal")
-@click.argument("workflow_id")
-@click.argument("name")
+@click.argument("workflow_id", required=False, metavar="[WORKFLOW_ID]")
+@click.argument("name", required=False, metavar="NAME")
 @click.option("--input", "inputs", multiple=True, metavar="JSON|@FILE",
               help="The signal's payload as JSON (repeat for a handler of several arguments).")
 @run_id_option
+@batch_options
 @json_option
 @click.pass_obj
-def signal_cmd(settings: Settings, workflow_id: str, name: str, inputs: tuple[str, ...], run_id: str | None,
+def signal_cmd(settings: Settings, workflow_id: str | None, name: str | None, inputs: tuple[str, ...],
+               run_id: str | None, where: str | None, dry_run: bool, yes: bool, detach: bool, chunk_size: int,
                as_json: bool) -> None:
-    """Send signal NAME (with --input as its payload) to the open run of WORKFLOW_ID.
+    """Send signal NAME (with --input as its payload) to the open run of WORKFLOW_ID; with
+    --where FILTER (and no WORKFLOW_ID), to every open run the filter matches, once each,
+    as a durable batch (see `cairn batch`).
 
     Exits 2 for bad JSON, an unknown workflow or a closed one.
     """
+    if where is not None:
+        if name is not None:
+            raise click.UsageError("with --where, give only the signal NAME (no WORKFLOW_ID)")
+        if workflow_id is None:
+            raise click.UsageError("missing the signal NAME")
+        if run_id is not None:
+            raise click.UsageError("--run-id names one run: it does not go with --where")
+        refuse_batch_flags(where, dry_run, yes, detach)
+        args = run(_parsed(inputs))
+        run_batch(settings, "signal", where, dry_run=dry_run, yes=yes, detach=detach, chunk_size=chunk_size,
+                  as_json=as_json, signal=workflow_id, signal_args=args)
+        return
+    refuse_batch_flags(where, dry_run, yes, detach)
+    if workflow_id is None or name is None:
+        raise click.UsageError("give WORKFLOW_ID and NAME (or --where FILTER and NAME)")
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
@@ -43,6 +63,10 @@ def signal_cmd(settings: Settings, workflow_id: str, name: str, inputs: tuple[st
         click.echo(to_json(out))
     else:
         click.echo(f"signalled {name} to {workflow_id} (run {out['run_id']})")
+
+
+async def _parsed(inputs: tuple[str, ...]) -> list[Any]:
+    return [parse_json(i, "--input") for i in inputs]
 
 
 @main.command("query")

@@ -1,4 +1,5 @@
-"""Operator commands: reset a run to one of its workflow tasks, retry a failed run."""
+"""Operator commands: reset a run to one of its workflow tasks, retry a failed run (one run,
+or a batch with --where: :mod:`cairn.cli.batches`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from cairn.cli._base import Settings, main, run, to_json, with_client
+from cairn.cli.batches import batch_options, one_or_batch, refuse_batch_flags, run_batch
 from cairn.client import Client
 from cairn.errors import InputValidationError
 from cairn.visibility import check_key
@@ -18,22 +20,38 @@ run_id_option = click.option("--run-id", default=None, help="A specific run (def
 
 
 @main.command("reset")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @run_id_option
 @click.option("--to-seq", type=int, default=None, metavar="N",
               help="Re-run from the workflow task that starts at seq N (a WorkflowTaskStarted event).")
 @click.option("--to-last-task", is_flag=True, help="Re-run from the run's last workflow task.")
+@click.option("--to-first-task", is_flag=True, help="With --where: re-run each from its first workflow task.")
 @click.option("--reason", default="", help="Why (recorded with the new run).")
 @click.option("--no-reapply-signals", is_flag=True, help="Do not re-deliver signals received after that task.")
+@batch_options
 @json_option
 @click.pass_obj
-def reset_cmd(settings: Settings, workflow_id: str, run_id: str | None, to_seq: int | None, to_last_task: bool,
-              reason: str, no_reapply_signals: bool, as_json: bool) -> None:
-    """Start a new run of WORKFLOW_ID from its history before a workflow task.
+def reset_cmd(settings: Settings, workflow_id: str | None, run_id: str | None, to_seq: int | None,
+              to_last_task: bool, to_first_task: bool, reason: str, no_reapply_signals: bool, where: str | None,
+              dry_run: bool, yes: bool, detach: bool, chunk_size: int, as_json: bool) -> None:
+    """Start a new run of WORKFLOW_ID from its history before a workflow task; with --where,
+    of every run the filter matches, as a durable batch (see `cairn batch`).
 
     The current code replays the copied events and carries on from that task; pending
     activities and timers are re-created; an open old run is terminated.
     """
+    one_or_batch(workflow_id, where, run_id)
+    refuse_batch_flags(where, dry_run, yes, detach)
+    if where is not None:
+        if (to_seq is not None) + to_last_task + to_first_task != 1:
+            raise click.UsageError("give exactly one of --to-seq N, --to-first-task and --to-last-task")
+        point: str | int = to_seq if to_seq is not None else "first" if to_first_task else "last"
+        run_batch(settings, "reset", where, dry_run=dry_run, yes=yes, detach=detach, chunk_size=chunk_size,
+                  as_json=as_json, reason=reason, reset_to=point, reapply_signals=not no_reapply_signals)
+        return
+    assert workflow_id is not None
+    if to_first_task:
+        raise click.UsageError("--to-first-task goes with --where (for one run: --to-seq N)")
     if (to_seq is None) == (not to_last_task):
         raise click.UsageError("give exactly one of --to-seq N and --to-last-task")
 
@@ -54,12 +72,22 @@ def reset_cmd(settings: Settings, workflow_id: str, run_id: str | None, to_seq: 
 
 
 @main.command("retry")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @run_id_option
+@batch_options
 @json_option
 @click.pass_obj
-def retry_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_json: bool) -> None:
-    """Start a failed (cancelled, terminated, timed-out) run of WORKFLOW_ID again from its input."""
+def retry_cmd(settings: Settings, workflow_id: str | None, run_id: str | None, where: str | None, dry_run: bool,
+              yes: bool, detach: bool, chunk_size: int, as_json: bool) -> None:
+    """Start a failed (cancelled, terminated, timed-out) run of WORKFLOW_ID again from its
+    input; with --where, every such run the filter matches, as a durable batch."""
+    one_or_batch(workflow_id, where, run_id)
+    refuse_batch_flags(where, dry_run, yes, detach)
+    if where is not None:
+        run_batch(settings, "retry", where, dry_run=dry_run, yes=yes, detach=detach, chunk_size=chunk_size,
+                  as_json=as_json)
+        return
+    assert workflow_id is not None
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Commands on runs: start, list, describe, history, replay, cancel, terminate."""
+"""Commands on runs: start, list, describe, history, replay, cancel, terminate (one run, or a
+batch with --where: :mod:`cairn.cli.batches`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from cairn.cli._base import (
     when,
     with_client,
 )
+from cairn.cli.batches import batch_options, one_or_batch, refuse_batch_flags, run_batch
 from cairn.cli.llm_runs import follow_history
 from cairn.cli.operators import parse_search_attributes
 from cairn.client import Client, RunPage
@@ -373,35 +375,58 @@ def _epoch() -> Any:
 
 
 @main.command("cancel")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @run_id_option
 @click.option("--reason", default="", help="Why (recorded in history).")
+@batch_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def cancel_cmd(settings: Settings, workflow_id: str, run_id: str | None, reason: str) -> None:
-    """Ask a run to cancel (its code sees CancelledError and may clean up)."""
+def cancel_cmd(settings: Settings, workflow_id: str | None, run_id: str | None, reason: str, where: str | None,
+               dry_run: bool, yes: bool, detach: bool, chunk_size: int, as_json: bool) -> None:
+    """Ask a run to cancel (its code sees CancelledError and may clean up); with --where,
+    every open run the filter matches, as a durable batch (see `cairn batch`)."""
+    one_or_batch(workflow_id, where, run_id)
+    refuse_batch_flags(where, dry_run, yes, detach)
+    if where is not None:
+        run_batch(settings, "cancel", where, dry_run=dry_run, yes=yes, detach=detach, chunk_size=chunk_size,
+                  as_json=as_json, reason=reason)
+        return
+    assert workflow_id is not None
 
     @with_client
     async def go(client: Client) -> None:
         await client.get_handle(workflow_id, run_id).cancel(reason)
 
     run(go(settings))
-    click.echo(f"cancel requested for {workflow_id}")
+    click.echo(to_json({"workflow_id": workflow_id, "cancel_requested": True}) if as_json
+               else f"cancel requested for {workflow_id}")
 
 
 @main.command("terminate")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @run_id_option
 @click.option("--reason", default="", help="Why (recorded in history).")
+@batch_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def terminate_cmd(settings: Settings, workflow_id: str, run_id: str | None, reason: str) -> None:
-    """End a run at once, running no more workflow code."""
+def terminate_cmd(settings: Settings, workflow_id: str | None, run_id: str | None, reason: str, where: str | None,
+                  dry_run: bool, yes: bool, detach: bool, chunk_size: int, as_json: bool) -> None:
+    """End a run at once, running no more workflow code; with --where, every open run the
+    filter matches, as a durable batch (see `cairn batch`)."""
+    one_or_batch(workflow_id, where, run_id)
+    refuse_batch_flags(where, dry_run, yes, detach)
+    if where is not None:
+        run_batch(settings, "terminate", where, dry_run=dry_run, yes=yes, detach=detach, chunk_size=chunk_size,
+                  as_json=as_json, reason=reason)
+        return
+    assert workflow_id is not None
 
     @with_client
     async def go(client: Client) -> None:
         await client.get_handle(workflow_id, run_id).terminate(reason)
 
     run(go(settings))
-    click.echo(f"terminated {workflow_id}")
+    click.echo(to_json({"workflow_id": workflow_id, "terminated": True}) if as_json else f"terminated {workflow_id}")
 
 
 __all__ = ["CairnError"]

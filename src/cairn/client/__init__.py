@@ -2,15 +2,17 @@
 
 :class:`Client` (client.py) starts, lists and steers runs; :class:`WorkflowHandle`
 (handle.py) acts on one workflow; the close listener (listener.py) wakes their waits;
-messages.py and checks.py hold what they check; operators.py resets and retries; follow.py
-follows a run live; schedules.py creates and steers schedules; workers.py lists workers and
-says what no live worker serves. Every statement they send is
+messages.py and checks.py hold what they check; operators.py resets and retries;
+batches.py acts on every run a filter matches; follow.py follows a run live; schedules.py
+creates and steers schedules; workers.py lists workers and says what no live worker serves.
+Every statement they send is
 a :mod:`cairn.store` function's.
 """
 
 from __future__ import annotations
 
 from cairn.client.activities import AsyncActivityHandle
+from cairn.client.batches import BatchDescription, BatchHandle, BatchPreview
 from cairn.client.checks import check_input
 from cairn.client.client import (
     DEFAULT_QUEUE,
@@ -47,6 +49,9 @@ __all__ = [
     "DEFAULT_QUEUE",
     "MAX_LIST_LIMIT",
     "AsyncActivityHandle",
+    "BatchDescription",
+    "BatchHandle",
+    "BatchPreview",
     "Client",
     "IdConflictPolicy",
     "RunDescription",

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from cairn.client import activities, operators, schedules
+from cairn.client import activities, batches, operators, schedules
 from cairn.client.activities import AsyncActivityHandle
+from cairn.client.batches import BatchDescription, BatchHandle, BatchPreview
 from cairn.client.checks import (
     READ_RETRY_SECONDS,
     check_input,
@@ -573,6 +574,63 @@ class Client:
             validate_queue(queue)
         return await self._read(lambda c: store_workers.list_workers(c, self.namespace, include_all=include_inactive,
                                                                    queue=queue))
+
+    async def count(self, *, where: str | None = None, status: str | None = None,
+                    workflow_type: str | None = None) -> int:
+        """How many runs of the namespace match (Temporal's ``count_workflows``): a
+        ``where`` filter as :meth:`list` takes, a status, a workflow type.
+
+        Raises:
+            InputValidationError: a bad filter (the message names the column) or status.
+        """
+        flt = parse_filter(where) if where is not None else None
+        if status is not None and status not in RUN_STATUSES:
+            raise InputValidationError(f"status must be one of {', '.join(RUN_STATUSES)}; got {status!r}")
+        params = {"namespace": self.namespace, "status": status, "workflow_type": workflow_type, "before": None}
+        return (await self._read(lambda c: runs.count_runs(c, params, flt)))[0]
+
+    # -- batch operations (cairn.client.batches)
+
+    async def start_batch(self, kind: str, *, where: str, reason: str = "",
+                          signal: str | Callable[..., Any] | None = None, signal_args: Sequence[Any] = (),
+                          reset_to: str | int | None = None, reapply_signals: bool = True) -> BatchHandle:
+        """Starts a batch operation on every run the filter ``where`` matches now (Temporal's
+        ``temporal workflow terminate --query``): ``kind`` is ``cancel``, ``terminate``,
+        ``signal`` (``signal`` and ``signal_args``), ``reset`` (``reset_to``: ``"first"``,
+        ``"last"`` or a seq; ``reapply_signals``) or ``retry``.
+
+        The matching runs are frozen when it starts. Any worker executes it, or whoever
+        waits for it (``handle.wait()``), in chunks that each act and record in one
+        transaction: it survives restarts and acts on each run once. A run it cannot act on
+        is *skipped* (a terminate of a closed run) or *failed* (a reset to a seq the run
+        lacks), with the reason. A reason given (or ``batch <id>``) is recorded with each
+        cancel, termination and reset.
+
+        Raises:
+            InputValidationError: a bad kind, filter, signal, argument, reset point or
+                reason; nothing was written.
+        """
+        params = batches.batch_params(kind, reason=reason, signal=signal, signal_args=signal_args,
+                                      reset_to=reset_to, reapply_signals=reapply_signals)
+        return await batches.start(self, kind, where, params)
+
+    async def preview_batch(self, kind: str, *, where: str, reason: str = "",
+                            signal: str | Callable[..., Any] | None = None, signal_args: Sequence[Any] = (),
+                            reset_to: str | int | None = None, reapply_signals: bool = True) -> BatchPreview:
+        """What :meth:`start_batch` with these arguments would act on, checked the same way:
+        how many runs match, per status, and the first few (the CLI's ``--dry-run``).
+        Writes nothing."""
+        params = batches.batch_params(kind, reason=reason, signal=signal, signal_args=signal_args,
+                                      reset_to=reset_to, reapply_signals=reapply_signals)
+        return await batches.preview(self, kind, where, params)
+
+    def get_batch_handle(self, batch_id: str) -> BatchHandle:
+        """A handle on batch ``batch_id`` (describe, wait, cancel, targets)."""
+        return BatchHandle(self, batch_id)
+
+    async def list_batches(self, *, limit: int = 50) -> builtins.list[BatchDescription]:
+        """The namespace's batches, newest first."""
+        return await batches.list_batches(self, limit)
 
     # -- operator actions (cairn.client.operators)
 

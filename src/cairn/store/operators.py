@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -13,21 +12,14 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.engine.history import Event
+from cairn.engine.resets import ResetPlan
 from cairn.errors import CairnError, WorkflowAlreadyStarted
 from cairn.store import clock, db, lifecycle, runs
 from cairn.store.sql import q
 
+__all__ = ["RETRYABLE_STATUSES", "Planner", "ResetPlan", "reset", "reset_in", "retry", "retry_in"]
 
-@dataclass
-class ResetPlan:
-    """What a reset writes for the new run (computed from the old run's history alone)."""
-
-    seq: int
-    copied: list[Event]
-    inbox: list[tuple[str, dict[str, Any]]]
-    activities: list[dict[str, Any]] = field(default_factory=list)
-    timers: list[dict[str, Any]] = field(default_factory=list)
-    search_attributes: dict[str, Any] = field(default_factory=dict)
+RETRYABLE_STATUSES = ("failed", "cancelled", "terminated", "timed_out")  # what retry starts again
 
 
 # The plan of a reset, from the old run's history and the signals still in its inbox.
@@ -44,91 +36,114 @@ def _check(workflow_id: str, new_id: str) -> str:
 
 
 async def reset(pool: db.Pool, old: runs.Run, new_id: str, plan_of: Planner, *, reason: str) -> None:
-    """Resets run ``old`` as run ``new_id`` in one transaction: an open old run is
-    terminated under its workflow-task lock, the new run gets the copied history, the inbox,
-    and the pending activities and timers of ``plan_of``'s plan.
+    """Resets run ``old`` as run ``new_id`` in one transaction (:func:`reset_in`).
 
     Raises:
         WorkflowAlreadyStarted: another run of the workflow id is open.
         InputValidationError: from ``plan_of`` (a seq that starts no workflow task).
     """
     async with pool.connection() as c:
-        params: dict[str, Any] = {"run_id": old.run_id, "now": clock.now(c)}
         try:
-            async with c.transaction():
-                cur = c.cursor(row_factory=dict_row)
-                pending_signals: list[dict[str, Any]] = []
-                running = old.status == "running"
-                if running:
-                    # Wait for a worker mid-task and keep others out: we append to its history.
-                    locked = await lifecycle.lock_task(c, old.run_id)
-                    running = locked is not None and locked.status == "running"
-                    if locked is not None and running:
-                        pending_signals = [d for _, t, d in locked.inbox if t == h.SIGNAL_RECEIVED]
-                hist = await c.execute(q("read_history"), {"run_id": old.run_id})
-                events = [Event(s, t, d, a) for s, t, d, a in await hist.fetchall()]
-                plan = plan_of(events, pending_signals)
-                vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
-                open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
-                    "namespace": old.namespace, "workflow_id": old.workflow_id,
-                    "id_reuse_policy": "allow_duplicate"})).fetchone()
-                if open_run is not None and str(open_run["run_id"]) != old.run_id:
-                    raise WorkflowAlreadyStarted(old.workflow_id, str(open_run["run_id"]))
-                why = reason or f"reset to seq {plan.seq}"
-                if running:
-                    # Like any termination: its parent hears of it, its children get their policy.
-                    await lifecycle.close_terminated(c, old.run_id, events[-1].seq, f"reset to seq {plan.seq}",
-                                                     reset_run_id=new_id)
-                new = {"run_id": new_id, "now": clock.now(c)}
-                await c.execute(q("insert_reset_run"), {
-                    **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
-                    "workflow_type": old.workflow_type, "queue": old.queue,
-                    "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(vis.get("memo")),
-                    "reset_from": Jsonb({"kind": "reset", "run_id": old.run_id, "seq": plan.seq, "reason": why}),
-                    "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
-                    "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
-                })
-                if plan.activities:
-                    await c.execute(q("insert_reset_activities"), {
-                        **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
-                        "workflow_type": old.workflow_type,
-                        "workflow_queue": old.queue, "activities": Jsonb(plan.activities)})
-                if plan.timers:
-                    await c.execute(q("start_timers"), {**new, "workflow_queue": old.queue,
-                                                        "timers": Jsonb(plan.timers)})
+            await reset_in(c, old, new_id, plan_of, reason=reason)
         except psycopg.Error as exc:
             raise db.translate_write(exc, what=f"resetting workflow {old.workflow_id!r}",
                                      check=_check(old.workflow_id, new_id)) from None
 
 
+async def reset_in(c: db.Conn, old: runs.Run, new_id: str, plan_of: Planner, *, reason: str) -> int:
+    """Resets run ``old`` as run ``new_id`` in a transaction of its own (a savepoint in the
+    caller's, if it has one: a batch's chunk): an open old run is terminated under its
+    workflow-task lock, the new run gets the copied history, the inbox, and the pending
+    activities and timers of ``plan_of``'s plan. Returns the seq it reset to; psycopg's
+    errors are the caller's to translate.
+
+    Raises:
+        WorkflowAlreadyStarted: another run of the workflow id is open.
+        InputValidationError: from ``plan_of`` (a seq that starts no workflow task).
+    """
+    params: dict[str, Any] = {"run_id": old.run_id, "now": clock.now(c)}
+    async with c.transaction():
+        cur = c.cursor(row_factory=dict_row)
+        pending_signals: list[dict[str, Any]] = []
+        running = old.status == "running"
+        if running:
+            # Wait for a worker mid-task and keep others out: we append to its history.
+            locked = await lifecycle.lock_task(c, old.run_id)
+            running = locked is not None and locked.status == "running"
+            if locked is not None and running:
+                pending_signals = [d for _, t, d in locked.inbox if t == h.SIGNAL_RECEIVED]
+        hist = await c.execute(q("read_history"), {"run_id": old.run_id})
+        events = [Event(s, t, d, a) for s, t, d, a in await hist.fetchall()]
+        plan = plan_of(events, pending_signals)
+        vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
+        open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
+            "namespace": old.namespace, "workflow_id": old.workflow_id,
+            "id_reuse_policy": "allow_duplicate"})).fetchone()
+        if open_run is not None and str(open_run["run_id"]) != old.run_id:
+            raise WorkflowAlreadyStarted(old.workflow_id, str(open_run["run_id"]))
+        why = reason or f"reset to seq {plan.seq}"
+        if running:
+            # Like any termination: its parent hears of it, its children get their policy.
+            await lifecycle.close_terminated(c, old.run_id, events[-1].seq, f"reset to seq {plan.seq}",
+                                             reset_run_id=new_id)
+        new = {"run_id": new_id, "now": clock.now(c)}
+        await c.execute(q("insert_reset_run"), {
+            **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
+            "workflow_type": old.workflow_type, "queue": old.queue,
+            "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(vis.get("memo")),
+            "reset_from": Jsonb({"kind": "reset", "run_id": old.run_id, "seq": plan.seq, "reason": why}),
+            "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
+            "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
+        })
+        if plan.activities:
+            await c.execute(q("insert_reset_activities"), {
+                **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
+                "workflow_type": old.workflow_type,
+                "workflow_queue": old.queue, "activities": Jsonb(plan.activities)})
+        if plan.timers:
+            await c.execute(q("start_timers"), {**new, "workflow_queue": old.queue,
+                                                "timers": Jsonb(plan.timers)})
+    return plan.seq
+
+
 async def retry(pool: db.Pool, old: runs.Run, new_id: str) -> None:
-    """Starts run ``old`` again from its original input as run ``new_id``: the same
-    workflow id, type, queue, start search attributes and memo, fresh randomness, no parent,
-    no chain, a new execution deadline from the original timeout.
+    """Starts run ``old`` again from its original input as run ``new_id`` (:func:`retry_in`).
 
     Raises:
         WorkflowAlreadyStarted: another run of the workflow id is open.
     """
     async with pool.connection() as c:
         try:
-            async with c.transaction():
-                cur = c.cursor(row_factory=dict_row)
-                started = await (await cur.execute(q("read_history_after"), {"run_id": old.run_id, "after": 0})
-                                 ).fetchone()
-                vis = await (await cur.execute(q("run_visibility"), {"run_id": old.run_id})).fetchone() or {}
-                if started is None or started["type"] != h.WORKFLOW_STARTED:
-                    raise CairnError(f"run {old.run_id} has no WorkflowStarted event")
-                data = {k: v for k, v in started["data"].items()
-                        if k not in ("seed", "parent", "parent_close_policy", "continued_from", "execution_deadline")}
-                params = lifecycle.start_params(
-                    namespace=old.namespace, workflow_id=old.workflow_id, workflow_type=old.workflow_type,
-                    queue=old.queue, args=list(data.get("input") or []),
-                    execution_timeout=data.get("execution_timeout"))
-                params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
-                              search_attributes=Jsonb(data.get("search_attributes") or {}))
-                await runs.start(c, params, "fail")
-                await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
-                    {"kind": "retry", "run_id": old.run_id, "seq": None, "reason": "retry"})})
+            await retry_in(c, old, new_id)
         except psycopg.Error as exc:
             raise db.translate_write(exc, what=f"retrying workflow {old.workflow_id!r}",
                                      check=_check(old.workflow_id, new_id)) from None
+
+
+async def retry_in(c: db.Conn, old: runs.Run, new_id: str) -> None:
+    """Starts run ``old`` again from its original input as run ``new_id``, in a transaction
+    of its own (a savepoint in the caller's): the same workflow id, type, queue, start search
+    attributes and memo, fresh randomness, no parent, no chain, a new execution deadline from
+    the original timeout.
+
+    Raises:
+        WorkflowAlreadyStarted: another run of the workflow id is open.
+    """
+    async with c.transaction():
+        cur = c.cursor(row_factory=dict_row)
+        started = await (await cur.execute(q("read_history_after"), {"run_id": old.run_id, "after": 0})
+                         ).fetchone()
+        vis = await (await cur.execute(q("run_visibility"), {"run_id": old.run_id})).fetchone() or {}
+        if started is None or started["type"] != h.WORKFLOW_STARTED:
+            raise CairnError(f"run {old.run_id} has no WorkflowStarted event")
+        data = {k: v for k, v in started["data"].items()
+                if k not in ("seed", "parent", "parent_close_policy", "continued_from", "execution_deadline")}
+        params = lifecycle.start_params(
+            namespace=old.namespace, workflow_id=old.workflow_id, workflow_type=old.workflow_type,
+            queue=old.queue, args=list(data.get("input") or []),
+            execution_timeout=data.get("execution_timeout"))
+        params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
+                      search_attributes=Jsonb(data.get("search_attributes") or {}))
+        await runs.start(c, params, "fail")
+        await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
+            {"kind": "retry", "run_id": old.run_id, "seq": None, "reason": "retry"})})

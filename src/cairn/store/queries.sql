@@ -1837,3 +1837,149 @@ FROM c
 -- After the virtual clock moved: wakes every worker's maintenance loop (the timer pump,
 -- the schedule firer, the reaper, the next-due wait), which wakes its pollers.
 SELECT pg_notify('cairn_timer', '')
+
+-- ---------------------------------------------------------------- batches (store/batches.py)
+
+-- name: batch_preview
+-- A batch's dry run: how many runs of the namespace its filter matches, per status
+-- ({where}: a cairn.visibility fragment of fixed text and %(wN)s parameters). Writes nothing.
+SELECT status, count(*) FROM cairn.runs
+WHERE namespace = %(namespace)s AND ({where})
+GROUP BY status ORDER BY status
+
+-- name: batch_preview_sample
+-- A few of the runs a batch's filter matches, in run-id order (the order a batch acts in).
+SELECT workflow_id, run_id, status FROM cairn.runs
+WHERE namespace = %(namespace)s AND ({where})
+ORDER BY run_id LIMIT %(limit)s
+
+-- name: insert_batch
+-- Creates a batch and freezes its targets in one statement: every run of the namespace its
+-- filter matches now ({where}, as batch_preview), so whoever resumes it acts on this set.
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), targets AS (
+    INSERT INTO cairn.batch_targets (batch_id, run_id, workflow_id)
+    SELECT %(batch_id)s, run_id, workflow_id FROM cairn.runs
+    WHERE namespace = %(namespace)s AND ({where})
+    RETURNING 1
+)
+INSERT INTO cairn.batches (batch_id, namespace, kind, filter, params, matched, created_by, created_at, updated_at)
+SELECT %(batch_id)s, %(namespace)s, %(kind)s, %(filter)s, %(params)s, (SELECT count(*) FROM targets),
+       %(created_by)s, c.now, c.now
+FROM c
+RETURNING matched
+
+-- name: batch_try_lock
+-- Takes a batch's executor lock if nobody holds it: a session advisory lock (class
+-- %(lock_class)s, key the hash of the batch id), held across the executor's chunks and
+-- released by batch_unlock or with its connection, so a killed executor frees it at once.
+SELECT pg_try_advisory_lock(%(lock_class)s::int, hashtext(%(batch_id)s::text))
+
+-- name: batch_unlock
+-- Releases batch_try_lock.
+SELECT pg_advisory_unlock(%(lock_class)s::int, hashtext(%(batch_id)s::text))
+
+-- name: batch_take_up
+-- The executor (lock held) says who it is; nothing if the batch is no longer running.
+UPDATE cairn.batches SET executor = %(executor)s, updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE batch_id = %(batch_id)s AND status = 'running'
+RETURNING namespace, kind, params
+
+-- name: claim_batch_targets
+-- The next chunk: up to %(limit)s pending targets of a running batch, in run-id order (the
+-- order runs' task locks are taken in elsewhere). FOR UPDATE: held until the chunk commits
+-- with their outcomes; SKIP LOCKED: a second executor, should the advisory lock ever be
+-- lost, takes other targets instead of acting twice.
+SELECT t.run_id, t.workflow_id FROM cairn.batch_targets t
+WHERE t.batch_id = %(batch_id)s AND t.outcome IS NULL
+  AND EXISTS (SELECT 1 FROM cairn.batches b WHERE b.batch_id = %(batch_id)s AND b.status = 'running')
+ORDER BY t.run_id LIMIT %(limit)s
+FOR UPDATE OF t SKIP LOCKED
+
+-- name: record_batch_targets
+-- A chunk's outcomes (a jsonb array of {run_id, outcome, detail, new_run_id}) and the
+-- batch's counts, in the chunk's transaction: the counts are the outcomes recorded.
+WITH c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), o AS (
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS x(run_id uuid, outcome text, detail text, new_run_id uuid)
+), u AS (
+    UPDATE cairn.batch_targets t
+    SET outcome = o.outcome, detail = o.detail, new_run_id = o.new_run_id, acted_at = c.now
+    FROM o, c
+    WHERE t.batch_id = %(batch_id)s AND t.run_id = o.run_id AND t.outcome IS NULL
+    RETURNING t.outcome
+)
+UPDATE cairn.batches b
+SET done = b.done + (SELECT count(*) FROM u WHERE outcome = 'done'),
+    skipped = b.skipped + (SELECT count(*) FROM u WHERE outcome = 'skipped'),
+    failed = b.failed + (SELECT count(*) FROM u WHERE outcome = 'failed'),
+    updated_at = c.now
+FROM c
+WHERE b.batch_id = %(batch_id)s
+RETURNING b.matched, b.done, b.skipped, b.failed
+
+-- name: finish_batch
+-- A running batch with no pending target left is completed.
+UPDATE cairn.batches SET status = 'completed', finished_at = coalesce(%(now)s::timestamptz, now()),
+                         updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE batch_id = %(batch_id)s AND status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM cairn.batch_targets WHERE batch_id = %(batch_id)s AND outcome IS NULL)
+
+-- name: fail_batch
+-- A running batch whose execution cannot go on (an error that is not the database's
+-- absence) is failed, with the error; its pending targets stay unacted.
+UPDATE cairn.batches SET status = 'failed', error = %(error)s, finished_at = coalesce(%(now)s::timestamptz, now()),
+                         updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE batch_id = %(batch_id)s AND status = 'running'
+
+-- name: cancel_batch
+-- Stops a running batch: executors stop after the chunk they are in (claim_batch_targets
+-- takes no more). Returns the status it has now (nothing: no such batch).
+WITH cancelled AS (
+    UPDATE cairn.batches SET status = 'cancelled', finished_at = coalesce(%(now)s::timestamptz, now()),
+                             updated_at = coalesce(%(now)s::timestamptz, now())
+    WHERE batch_id = %(batch_id)s AND namespace = %(namespace)s AND status = 'running'
+    RETURNING status
+)
+SELECT status FROM cancelled
+UNION ALL
+SELECT status FROM cairn.batches WHERE batch_id = %(batch_id)s AND namespace = %(namespace)s
+  AND NOT EXISTS (SELECT 1 FROM cancelled)
+
+-- name: get_batch
+-- A batch's row, and whether an executor holds its lock now (pg_locks: the two-key form of
+-- batch_try_lock has objsubid 2, its keys in classid and objid).
+SELECT batch_id, namespace, kind, filter, params, status, matched, done, skipped, failed, error, executor,
+       created_by, created_at, updated_at, finished_at,
+       EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid = %(lock_class)s::int::oid AND l.objid = hashtext(batch_id::text)::oid) AS executing
+FROM cairn.batches WHERE batch_id = %(batch_id)s AND namespace = %(namespace)s
+
+-- name: list_batches
+-- The namespace's batches, newest first (batch ids are UUIDv7: they grow with time).
+SELECT batch_id, namespace, kind, filter, params, status, matched, done, skipped, failed, error, executor,
+       created_by, created_at, updated_at, finished_at, false AS executing
+FROM cairn.batches WHERE namespace = %(namespace)s
+ORDER BY batch_id DESC LIMIT %(limit)s
+
+-- name: batch_outcome_summary
+-- What a batch did, grouped: per outcome and detail (the reason a run was skipped or
+-- failed), how many runs, and the first few workflow ids.
+SELECT outcome, coalesce(detail, ''), count(*), (array_agg(workflow_id ORDER BY run_id))[1:3]
+FROM cairn.batch_targets WHERE batch_id = %(batch_id)s AND outcome IS NOT NULL
+GROUP BY outcome, detail ORDER BY count(*) DESC, outcome LIMIT %(limit)s
+
+-- name: list_batch_targets
+-- A batch's targets in run-id order, optionally of one outcome ('pending': not acted on yet).
+SELECT workflow_id, run_id, coalesce(outcome, 'pending'), detail, new_run_id, acted_at
+FROM cairn.batch_targets
+WHERE batch_id = %(batch_id)s AND (%(outcome)s::text IS NULL OR coalesce(outcome, 'pending') = %(outcome)s::text)
+  AND (%(after)s::uuid IS NULL OR run_id > %(after)s::uuid)
+ORDER BY run_id LIMIT %(limit)s
+
+-- name: running_batches
+-- Batches to resume (a worker's maintenance loop): running ones, oldest first.
+SELECT batch_id FROM cairn.batches WHERE status = 'running' ORDER BY created_at LIMIT %(limit)s

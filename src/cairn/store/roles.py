@@ -75,6 +75,10 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "llm_stream": ("INSERT", "DELETE"),  # DELETE: the trigger clearing a closed run's chunks
         "schedules": ("INSERT", "UPDATE", "DELETE"),  # fires them (store/schedules.py, shared with the client)
         "schedule_actions": ("INSERT", "UPDATE", "DELETE"),
+        # executes batches (store/batches.py: progress, outcomes, the end); INSERT because the
+        # module's statements are derived whole, though only clients create batches
+        "batches": ("INSERT", "UPDATE"),
+        "batch_targets": ("INSERT", "UPDATE"),
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -89,6 +93,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "llm_stream": ("DELETE",),  # the trigger clearing a closed run's chunks (terminate)
         "schedules": ("INSERT", "UPDATE", "DELETE"),  # create, pause, update, delete
         "schedule_actions": ("INSERT", "UPDATE", "DELETE"),  # trigger, backfill
+        "batches": ("INSERT", "UPDATE"),  # start, cancel, and execute while waiting
+        "batch_targets": ("INSERT", "UPDATE"),
     },
 }
 

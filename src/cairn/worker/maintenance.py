@@ -1,20 +1,23 @@
-"""The worker's housekeeping: due timers, due schedules, expired attempts, the queue-depth
-gauge, the pollers' wake-up when work falls due, the LISTEN connection that wakes them on
-a NOTIFY, and the worker's heartbeat (its row in ``cairn.workers``)."""
+"""The worker's housekeeping: due timers, due schedules, expired attempts, batches nobody
+executes, the queue-depth gauge, the pollers' wake-up when work falls due, the LISTEN
+connection that wakes them on a NOTIFY, and the worker's heartbeat (its row in
+``cairn.workers``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from cairn import telemetry as _telemetry
+from cairn.store import batches, schedules
 from cairn.store import maintenance as store
-from cairn.store import schedules
 from cairn.store.workers import HeartbeatSession, Load, Registration
 from cairn.worker.activities import REAP_LIMIT
 from cairn.worker.stats import WorkerStats
@@ -28,6 +31,8 @@ HEARTBEAT_SECONDS = 10.0       # how often a worker writes its row in cairn.work
 LIVENESS_PERIODS = 3           # a worker is live while its last heartbeat is younger than this many periods
 WORKER_RETENTION_SECONDS = 86_400.0  # rows of workers stopped or stale for longer are removed
 FORGET_EVERY = 60              # heartbeats between two removals of such rows (10 min at the default cadence)
+BATCH_CHECK_SECONDS = 5.0      # how often a worker looks for a running batch that nobody executes
+MAX_BATCHES_EXECUTING = 2      # batches one worker executes at once (each holds one engine connection)
 
 
 class Maintenance:
@@ -45,9 +50,21 @@ class Maintenance:
         self._next_due_params = next_due_params  # the worker's (queue, type) pairs, as next_due takes them
         self._reap_expired = reap_expired  # the activity runner's
         self._rng = rng
+        self._batches: dict[str, asyncio.Task[None]] = {}  # batch id -> its executor here
+        self._batches_checked = float("-inf")  # loop time of the last look for batches
 
     async def run(self) -> None:
         """Fires due timers, times out expired attempts, and wakes pollers when work is due."""
+        try:
+            await self._run()
+        finally:
+            for task in self._batches.values():
+                task.cancel()  # a cancelled chunk rolls back; the batch stays running for the next executor
+            for task in list(self._batches.values()):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run(self) -> None:
         wakes = self._wakes
         while not wakes.stopping.is_set():
             wakes.maintenance.clear()
@@ -64,6 +81,7 @@ class Maintenance:
                     wait = min(wait, max(scheduled.total_seconds(), 0.0) + 0.005)
                 if _telemetry.queue_depth.due():
                     await self.measure_queue_depth()
+                await self.resume_batches()
                 due = await store.next_due(self._pools.main(), self._next_due_params)
                 if due is not None:
                     if due.total_seconds() <= 0:
@@ -77,6 +95,29 @@ class Maintenance:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakes.maintenance.wait(), wait * self._rng.uniform(0.9, 1.0) if wait > 0.1
                                        else wait)
+
+    async def resume_batches(self) -> None:
+        """Every :data:`BATCH_CHECK_SECONDS`, starts executing (in a task of its own, off
+        this loop) the running batches that nobody executes: created by a client that did
+        not wait, or whose executor died (its lock went with its connection)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._batches_checked < BATCH_CHECK_SECONDS or len(self._batches) >= MAX_BATCHES_EXECUTING:
+            return
+        self._batches_checked = now
+        for batch_id in await batches.running(self._pools.main()):
+            if batch_id in self._batches or len(self._batches) >= MAX_BATCHES_EXECUTING:
+                continue
+            self._batches[batch_id] = asyncio.create_task(self._execute_batch(batch_id), name=f"cairn-batch-{batch_id}")
+
+    async def _execute_batch(self, batch_id: str) -> None:
+        try:
+            if await batches.execute(self._pools.main(), batch_id,
+                                     executor=f"{socket.gethostname()}:{os.getpid()} (worker)"):
+                log.info("batch %s: executed to its end here", batch_id)
+        except Exception as exc:
+            loop_failed(f"batch {batch_id}", exc)
+        finally:
+            self._batches.pop(batch_id, None)
 
     async def measure_queue_depth(self) -> None:
         """Counts ready work on this worker's queues for the ``cairn.queue.depth`` gauge."""
