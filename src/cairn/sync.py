@@ -27,6 +27,7 @@ from cairn.client import (
 )
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.engine.history import Event
+from cairn.errors import InputValidationError
 from cairn.options import IdReusePolicy
 from cairn.store import runs
 
@@ -83,6 +84,9 @@ class SyncClient:
                 workflow, *args, id=id, queue=queue, id_conflict=id_conflict,
                 search_attributes=search_attributes, memo=memo, id_reuse_policy=id_reuse_policy,
                 execution_timeout=execution_timeout, start_delay=start_delay)))
+        if id_conflict == "terminate_existing":
+            raise InputValidationError("id_conflict='terminate_existing' is not available with conn= "
+                                       "(the termination takes the run's task lock): start without conn")
         params, signature = self._call(self._client._start_params(
             workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
             execution_timeout=execution_timeout, start_delay=start_delay))

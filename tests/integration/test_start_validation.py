@@ -50,6 +50,36 @@ async def typed(n: int, payload: Payload, tags: list[str]) -> int:
     return n
 
 
+async def test_terminate_existing_replaces_the_open_run_in_one_transaction(client, start_worker, sql):
+    """Temporal's TERMINATE_EXISTING: the open run is terminated and the new one started
+    together; with no open run it is a plain start; a concurrent pair leaves one open run."""
+    await start_worker(workflows=[parked])
+    first = await client.start(parked, "one", id="replace-me")
+    await wait_until(lambda: sql("SELECT 1 FROM cairn.timers t JOIN cairn.runs r USING (run_id) "
+                                 "WHERE r.workflow_id = 'replace-me'"), what="the first run's timer")
+    second = await client.start(parked, "two", id="replace-me", id_conflict="terminate_existing")
+    assert second.run_id != first.run_id
+    assert run_status(sql, first.run_id) == "terminated"
+    assert run_status(sql, second.run_id) == "running"
+    (reason,) = sql("SELECT data->>'reason' FROM cairn.history WHERE run_id = %s AND type = 'WorkflowTerminated'",
+                    (first.run_id,))[0]
+    assert "terminate_existing" in reason
+    # Two at once: each terminates what is open when it gets the lock; one run stays open.
+    both = await asyncio.gather(*(client.start(parked, f"r{i}", id="replace-me", id_conflict="terminate_existing")
+                                  for i in range(2)))
+    open_runs = sql("SELECT run_id::text FROM cairn.runs WHERE workflow_id = 'replace-me' AND status = 'running'")
+    assert len(open_runs) == 1
+    assert open_runs[0][0] in {h.run_id for h in both}
+    assert sql("SELECT count(*) FROM cairn.runs WHERE workflow_id = 'replace-me'") == [(4,)]
+    fresh = await client.start(parked, "new", id="fresh-id", id_conflict="terminate_existing")
+    assert run_status(sql, fresh.run_id) == "running"
+    with pytest.raises(InputValidationError, match="allow_duplicate"):
+        await client.start(parked, "x", id="replace-me", id_conflict="terminate_existing",
+                           id_reuse_policy="reject_duplicate")
+    with pytest.raises(InputValidationError, match="id_conflict must be one of"):
+        await client.start(parked, "x", id="replace-me", id_conflict="replace")  # type: ignore[arg-type]
+
+
 def _row_counts(sql) -> dict[str, int]:
     return {t: sql(f"SELECT count(*) FROM cairn.{t}")[0][0]
             for t in ("runs", "history", "workflow_tasks", "activity_tasks", "timers", "inbox")}

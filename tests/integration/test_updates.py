@@ -13,6 +13,7 @@ import pytest
 from cairn import (
     ApplicationError,
     InputValidationError,
+    WithStartWorkflowOperation,
     WorkflowClosed,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
@@ -256,3 +257,25 @@ async def test_result_type_types_the_result(client, start_worker):
     assert await update.result() == 3.0
     with pytest.raises(InputValidationError, match="not a str"):
         await handle.execute_update("add", 1, result_type=str)
+
+
+async def test_with_start_workflow_operation(client, start_worker, sql):
+    """Temporal's form of update-with-start: the operation gives the run's handle after the
+    call, also when the update was rejected; a start that could not happen raises from both."""
+    await start_worker(workflows=[counter], activities=[double])
+    op = WithStartWorkflowOperation(counter, 10, id="upd-op")
+    assert await client.execute_update_with_start_workflow("add", 5, start_workflow_operation=op) == 15
+    handle = await op.workflow_handle()
+    assert await handle.query("total") == 15
+    rejected = WithStartWorkflowOperation(counter, 0, id="upd-op")  # the open run takes it
+    with pytest.raises(WorkflowUpdateFailedError):
+        await client.execute_update_with_start_workflow("add", -1, start_workflow_operation=rejected)
+    assert (await rejected.workflow_handle()).run_id == handle.run_id
+    bad = WithStartWorkflowOperation(counter, "not a number", id="upd-op-bad")
+    with pytest.raises(InputValidationError):
+        await client.start_update_with_start_workflow("add", 1, start_workflow_operation=bad)
+    with pytest.raises(InputValidationError):
+        await bad.workflow_handle()
+    assert sql("SELECT count(*) FROM cairn.runs WHERE workflow_id = 'upd-op-bad'") == [(0,)]
+    with pytest.raises(InputValidationError, match="use_existing"):
+        WithStartWorkflowOperation(counter, 1, id="x", id_conflict_policy="fail")

@@ -4,13 +4,9 @@
 The workflow class (an ``@workflow.update`` with its ``@add_item.validator``, a
 ``@workflow.signal``), the activity and the logic are the sample's. The API changes: imports
 from ``cairn``; ``typing.List`` / ``Tuple`` / ``Optional`` are spelled ``list`` / ``tuple`` /
-``X | None``; the starter takes the test's client. Cairn has no ``WithStartWorkflowOperation``:
-``execute_update_with_start_workflow(update, arg, start_workflow_operation=op)`` (with
-``id_conflict_policy=USE_EXISTING``, ``task_queue=``) becomes
-``client.start_update_with_start(workflow, id=, update=, update_args=[arg],
-wait_for_stage=ACCEPTED, queue=)`` (which always uses the open run) then ``.result()`` on
-the update handle, and ``await start_op.workflow_handle()`` becomes that handle's
-``workflow_handle``, there even when the update fails, as in the sample.
+``X | None``; the starter takes the test's client; ``WithStartWorkflowOperation`` takes
+``id_conflict_policy="use_existing"`` (Temporal's enum ``WorkflowIDConflictPolicy.USE_EXISTING``)
+and ``queue=`` (``task_queue=``).
 """
 
 from __future__ import annotations
@@ -23,9 +19,9 @@ from datetime import timedelta
 from cairn import (
     ApplicationError,
     Client,
+    WithStartWorkflowOperation,
     WorkflowHandle,
     WorkflowUpdateFailedError,
-    WorkflowUpdateStage,
     activity,
     workflow,
 )
@@ -113,16 +109,18 @@ async def handle_add_item_request(
     Note that the workflow handle is available, even if the Update fails.
     """
     cart_id = f"cart-{session_id}"
-    update = await client.start_update_with_start(
+    start_op = WithStartWorkflowOperation(
         ShoppingCartWorkflow.run,
         id=cart_id,
-        update=ShoppingCartWorkflow.add_item,
-        update_args=[ShoppingCartItem(sku=item_id, quantity=quantity)],
-        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        id_conflict_policy="use_existing",
         queue=TASK_QUEUE,
     )
     try:
-        price = await update.result()
+        price = await client.execute_update_with_start_workflow(
+            ShoppingCartWorkflow.add_item,
+            ShoppingCartItem(sku=item_id, quantity=quantity),
+            start_workflow_operation=start_op,
+        )
     except WorkflowUpdateFailedError as err:
         if (
             isinstance(err.cause, ApplicationError)
@@ -132,8 +130,7 @@ async def handle_add_item_request(
         else:
             raise err
 
-    workflow_handle = update.workflow_handle
-    assert workflow_handle is not None
+    workflow_handle = await start_op.workflow_handle()
 
     return price, workflow_handle
 

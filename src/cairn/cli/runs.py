@@ -87,7 +87,8 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
 @click.option("--id", "workflow_id", default=None, help="Workflow id (default: a new UUID).")
 @click.option("--queue", default=None,
               help="The workflow queue (default: the one queue whose workers registered the type, else 'default').")
-@click.option("--id-conflict", type=click.Choice(["fail", "use_existing"]), default="fail", show_default=True)
+@click.option("--id-conflict", type=click.Choice(["fail", "use_existing", "terminate_existing"]), default="fail",
+              show_default=True, help="With an open run of the id: fail, return it, or terminate it and start anew.")
 @click.option("--id-reuse-policy", type=click.Choice(list(ID_REUSE_POLICIES)), default="allow_duplicate",
               show_default=True, help="Whether the id may be reused after its runs closed.")
 @click.option("--execution-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",

@@ -21,6 +21,7 @@ from cairn.client.client import (
     IdConflictPolicy,
     RunPage,
     StartTarget,
+    WithStartWorkflowOperation,
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
@@ -71,6 +72,7 @@ __all__ = [
     "ScheduleState",
     "ScheduleUpdate",
     "StartTarget",
+    "WithStartWorkflowOperation",
     "WorkerInfo",
     "WorkflowHandle",
     "WorkflowUpdateHandle",

@@ -60,7 +60,9 @@ from cairn.workflow import definition_of
 
 log = logging.getLogger("cairn.client")
 
-IdConflictPolicy = Literal["fail", "use_existing"]
+IdConflictPolicy = Literal["fail", "use_existing", "terminate_existing"]
+ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
+TERMINATED_BY_START = "terminated by a new start of its workflow id (id_conflict='terminate_existing')"
 DEFAULT_QUEUE = "default"  # where a start goes when no queue is given and no worker registered its type
 # A start of an @workflow.defn function without a queue asks the registry which queue serves
 # its type; a client remembers an answer naming one queue for this long (a round trip
@@ -111,6 +113,50 @@ class RunPage:
 
     def to_json(self) -> dict[str, Any]:
         return {"runs": self.runs, "total": self.total, "next_page_token": self.next_page_token}
+
+
+class WithStartWorkflowOperation:
+    """The start half of an update-with-start (Temporal's ``WithStartWorkflowOperation``):
+    the workflow, its arguments, its id and queue. ``await op.workflow_handle()`` gives the
+    handle of the run the update went to (started, or found open) once the call is made.
+
+    Only ``id_conflict_policy="use_existing"`` (an open run takes the update) is offered:
+    that is what update-with-start means here.
+    """
+
+    def __init__(self, workflow: Callable[..., Any] | str, *args: Any, id: str, queue: str | None = None,
+                 id_conflict_policy: str = "use_existing") -> None:
+        if id_conflict_policy != "use_existing":
+            raise InputValidationError(f"WithStartWorkflowOperation takes id_conflict_policy='use_existing' only, "
+                                       f"not {id_conflict_policy!r}")
+        self.workflow = workflow
+        self.args = args
+        self.id = validate_id(id)
+        self.queue = queue
+        self._handle: WorkflowHandle | None = None
+        self._error: BaseException | None = None
+        self._done = asyncio.Event()
+
+    def _started(self, handle: WorkflowHandle) -> None:
+        self._handle = handle
+        self._done.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._handle is None:
+            self._error = exc
+            self._done.set()
+
+    async def workflow_handle(self) -> WorkflowHandle:
+        """The run's handle, once the update-with-start call has written the start.
+
+        Raises:
+            whatever made the start fail (the call raised it too).
+        """
+        await self._done.wait()
+        if self._handle is None:
+            assert self._error is not None
+            raise self._error
+        return self._handle
 
 
 class Client:
@@ -192,7 +238,10 @@ class Client:
                 (the run waits for a worker, with a logged warning). A type registered on
                 several queues needs a queue.
             id_conflict: with an open run of the same id, ``"fail"`` raises
-                :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle.
+                :class:`WorkflowAlreadyStarted`; ``"use_existing"`` returns its handle;
+                ``"terminate_existing"`` terminates it and starts the new run, in one
+                transaction (Temporal's ``TERMINATE_EXISTING``; with the default id reuse
+                policy only).
             conn: the caller's own connection, inside its transaction: the start commits
                 or rolls back with the caller's writes (transactional outbox).
             search_attributes: typed key/values to filter runs by (``cairn list --where``):
@@ -227,7 +276,9 @@ class Client:
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"]})
             if conn is not None:  # the caller's transaction: theirs to retry
-                run_id = await runs.translated(runs.start(conn, params, id_conflict))
+                run_id = await runs.translated(
+                    lifecycle.start_terminating_existing(conn, params, TERMINATED_BY_START)
+                    if id_conflict == "terminate_existing" else runs.start(conn, params, id_conflict))
             else:
                 self.listener.watch(params["run_id"])  # before the start commits: no close can be missed
                 run_id = ""
@@ -245,8 +296,12 @@ class Client:
                             start_delay: timedelta | float | None = None,
                             ) -> tuple[dict[str, Any], Signature | None]:
         """Validates a start (before anything is written) and builds its parameters."""
-        if id_conflict not in ("fail", "use_existing"):
-            raise InputValidationError(f"id_conflict must be 'fail' or 'use_existing', not {id_conflict!r}")
+        if id_conflict not in ID_CONFLICT_POLICIES:
+            raise InputValidationError(f"id_conflict must be one of {', '.join(ID_CONFLICT_POLICIES)}, "
+                                       f"not {id_conflict!r}")
+        if id_conflict == "terminate_existing" and id_reuse_policy != "allow_duplicate":
+            raise InputValidationError("id_conflict='terminate_existing' needs id_reuse_policy='allow_duplicate': "
+                                       "the run it terminates would count as a closed run of the id")
         check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
         timeout = check_execution_timeout(seconds(execution_timeout))
         delay = check_start_delay(start_delay)
@@ -287,6 +342,8 @@ class Client:
             tries += 1
             if tries > 1 and await runs.run_exists(c, params):
                 return str(params["run_id"])  # the lost attempt had committed
+            if policy == "terminate_existing":
+                return await lifecycle.start_terminating_existing(c, params, TERMINATED_BY_START)
             return await runs.start(c, params, policy)
 
         try:
@@ -501,7 +558,8 @@ class Client:
             self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str | Callable[..., Any],
             update_args: Sequence[Any] = (), update_id: str | None = None,
             wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED, queue: str | None = None,
-            timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
+            timeout: float | None = None, result_type: Any = None,
+            _operation: WithStartWorkflowOperation | None = None) -> WorkflowUpdateHandle:
         """Sends update ``update`` to the open run of workflow ``id``, starting one first if
         none is open (Temporal's update-with-start): start and update are one transaction.
         Waits as :meth:`WorkflowHandle.start_update`; ``.result()`` on the returned handle
@@ -513,7 +571,12 @@ class Client:
             WorkflowUpdateFailedError: the update was rejected.
             WorkflowUpdateTimeout: it did not reach ``wait_for_stage`` within ``timeout``.
         """
-        name, payload, uid, returns = check_update(update, tuple(update_args), update_id)
+        try:
+            name, payload, uid, returns = check_update(update, tuple(update_args), update_id)
+        except BaseException as exc:
+            if _operation is not None:
+                _operation._failed(exc)
+            raise
         timeout = seconds(timeout)
         with tracer.start_as_current_span("cairn.update_with_start") as span:  # the new run's trace root
             params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
@@ -525,6 +588,8 @@ class Client:
                 check=f"ask again with the same update id ({uid}): it is not applied twice")
             span.set_attribute("cairn.run_id", run_id)
         handle = WorkflowHandle(self, params["workflow_id"], run_id, signature)
+        if _operation is not None:
+            _operation._started(handle)  # the run is there whatever becomes of the update
         return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type, returns)
 
     async def execute_update_with_start(
@@ -536,6 +601,35 @@ class Client:
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id,
             wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type)
         return await handle.result()
+
+    async def start_update_with_start_workflow(
+            self, update: str | Callable[..., Any], *args: Any, start_workflow_operation: WithStartWorkflowOperation,
+            id: str | None = None, wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+            timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
+        """Temporal's form of :meth:`start_update_with_start`: the start is described by a
+        :class:`WithStartWorkflowOperation`, whose ``workflow_handle()`` gives the run's handle
+        afterwards, even when the update failed; ``id`` is the update's id."""
+        op = start_workflow_operation
+        if not isinstance(op, WithStartWorkflowOperation):
+            raise InputValidationError("start_workflow_operation must be a WithStartWorkflowOperation")
+        try:
+            return await self.start_update_with_start(
+                op.workflow, *op.args, id=op.id, update=update, update_args=args, update_id=id,
+                wait_for_stage=wait_for_stage, queue=op.queue, timeout=timeout, result_type=result_type,
+                _operation=op)
+        except BaseException as exc:
+            op._failed(exc)  # a start that did not happen (a handle set already stays)
+            raise
+
+    async def execute_update_with_start_workflow(
+            self, update: str | Callable[..., Any], *args: Any, start_workflow_operation: WithStartWorkflowOperation,
+            id: str | None = None, timeout: float | None = None, result_type: Any = None) -> Any:
+        """:meth:`start_update_with_start_workflow`, then the update's result (Temporal's
+        ``execute_update_with_start_workflow``)."""
+        sent = await self.start_update_with_start_workflow(
+            update, *args, start_workflow_operation=start_workflow_operation, id=id,
+            wait_for_stage=WorkflowUpdateStage.COMPLETED, timeout=timeout, result_type=result_type)
+        return await sent.result()
 
     # -- schedules (cairn.client.schedules)
 

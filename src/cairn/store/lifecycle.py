@@ -238,6 +238,21 @@ async def close_terminated(conn: psycopg.AsyncConnection[Any], run_id: str, last
     await close_family(conn, run_id, h.WORKFLOW_TERMINATED, {"reason": reason}, "terminated")
 
 
+async def start_terminating_existing(conn: psycopg.AsyncConnection[Any], params: dict[str, Any], reason: str) -> str:
+    """Starts the run, terminating the workflow id's open run first if it has one
+    (``id_conflict="terminate_existing"``, Temporal's ``TERMINATE_EXISTING``): the
+    termination and the start are one transaction, so the id is never without its run
+    and never has two open. Returns the new run's id."""
+    async with conn.transaction():
+        while True:
+            run_id = await runs.start(conn, params, "use_existing")
+            if run_id == str(params["run_id"]):
+                return run_id
+            locked = await lock_task(conn, run_id)  # waits for a worker running its task
+            if locked is not None and locked.status == "running":
+                await close_terminated(conn, run_id, locked.last_seq, reason)
+
+
 async def terminate(conn: psycopg.AsyncConnection[Any], run_id: str, reason: str) -> bool:
     """Terminates the open run in one transaction; False (nothing written) if it is closed."""
     async with conn.transaction():
