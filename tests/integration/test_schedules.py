@@ -143,13 +143,14 @@ async def test_pause_unpause_trigger_update_delete(client, start_worker, sql):
     await handle.unpause(note="back")
     assert not (await handle.describe()).schedule.state.paused
 
-    async def change(d):
-        d.schedule.action.args = ["my new schedule arg"]
-        return ScheduleUpdate(schedule=d.schedule)
+    async def change(given):
+        given.description.schedule.action.args = ["my new schedule arg"]
+        return ScheduleUpdate(schedule=given.description.schedule)
 
     await handle.update(change)
     assert (await handle.describe()).schedule.action.args == ["my new schedule arg"]
     [listed] = await client.list_schedules()
+    assert [s.id async for s in await client.list_schedules()] == ["ops"]
     assert listed.id == "ops"
     assert listed.workflow_type == "tick"
     await handle.delete()

@@ -9,9 +9,7 @@ The workflow class, the activity and the logic are the sample's. The API changes
 ``ScheduleBackfill``, ``ScheduleOverlapPolicy``, ``ScheduleUpdate``); ``Client.connect`` takes
 a database URL (the sample's ``ClientConfig`` and host go); ``Worker`` takes the URL and
 ``queues`` instead of the client and ``task_queue``, and ``run_worker`` returns it (the script
-awaits ``worker.run()``; the test runs it as ``async with``); ``list_schedules`` returns a list
-(``for``, not ``async for``); the ``handle.update`` callback gets the description itself
-(Temporal's gets it in ``ScheduleUpdateInput.description``); ``datetime.utcnow()``
+awaits ``worker.run()``; the test runs it as ``async with``); ``datetime.utcnow()``
 (deprecated) becomes ``datetime.now(UTC)``.
 """
 
@@ -25,12 +23,12 @@ from cairn.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleBackfill,
-    ScheduleDescription,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     ScheduleSpec,
     ScheduleState,
     ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 
 # ---------------------------------------------------------------- your_dataobject.py
@@ -122,7 +120,7 @@ async def describe_schedule(url: str | None = None) -> None:
 async def list_schedule(url: str | None = None) -> None:
     client = await Client.connect(url)
 
-    for schedule in await client.list_schedules():
+    async for schedule in await client.list_schedules():
         print(f"List Schedule Info: {schedule.info}.")
     await client.close()
 
@@ -185,12 +183,12 @@ async def update_schedule(url: str | None = None) -> None:
         "workflow-schedule-id",
     )
 
-    async def update_schedule_simple(description: ScheduleDescription) -> ScheduleUpdate:
-        schedule_action = description.schedule.action
+    async def update_schedule_simple(input: ScheduleUpdateInput) -> ScheduleUpdate:
+        schedule_action = input.description.schedule.action
 
         if isinstance(schedule_action, ScheduleActionStartWorkflow):
             schedule_action.args = ["my new schedule arg"]
-        return ScheduleUpdate(schedule=description.schedule)
+        return ScheduleUpdate(schedule=input.description.schedule)
 
     await handle.update(update_schedule_simple)
     await client.close()

@@ -32,6 +32,7 @@ from cairn.client.schedules import (
     ScheduleInfo,
     ScheduleListEntry,
     ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
 from cairn.client.workers import WorkerInfo
@@ -71,6 +72,7 @@ __all__ = [
     "ScheduleSpec",
     "ScheduleState",
     "ScheduleUpdate",
+    "ScheduleUpdateInput",
     "StartTarget",
     "WithStartWorkflowOperation",
     "WorkerInfo",

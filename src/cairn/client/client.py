@@ -649,7 +649,7 @@ class Client:
         """A handle on schedule ``id`` (describe, pause, unpause, trigger, backfill, update, delete)."""
         return ScheduleHandle(self, id)
 
-    async def list_schedules(self) -> builtins.list[schedules.ScheduleListEntry]:
+    async def list_schedules(self) -> schedules.ScheduleList:
         """The namespace's schedules, by id."""
         return await schedules.list_schedules(self)
 

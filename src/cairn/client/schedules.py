@@ -5,7 +5,7 @@ delete. Every change locks the schedule's row, so it never races a worker firing
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,23 @@ class ScheduleUpdate:
     schedule: Schedule | None
 
 
+@dataclass(frozen=True)
+class ScheduleUpdateInput:
+    """What :meth:`ScheduleHandle.update`'s updater gets (Temporal's name): the schedule's
+    current description."""
+
+    description: ScheduleDescription
+
+
+class ScheduleList(list[ScheduleListEntry]):
+    """The schedules :meth:`cairn.Client.list_schedules` returns: a list, which also
+    iterates with ``async for`` (Temporal's ``list_schedules`` returns an async iterator)."""
+
+    async def __aiter__(self) -> AsyncIterator[ScheduleListEntry]:
+        for entry in self:
+            yield entry
+
+
 async def action_json(client: Client, action: ScheduleActionStartWorkflow) -> dict[str, Any]:
     """The stored form of an action, checked as a start would be (before anything is written)."""
     if not isinstance(action, ScheduleActionStartWorkflow):
@@ -169,10 +186,10 @@ async def create(client: Client, schedule_id: str, schedule: Schedule, *,
     return ScheduleHandle(client, schedule_id)
 
 
-async def list_schedules(client: Client, limit: int = MAX_LIST) -> list[ScheduleListEntry]:
+async def list_schedules(client: Client, limit: int = MAX_LIST) -> ScheduleList:
     """See :meth:`cairn.Client.list_schedules`."""
     rows = await client._read(lambda c: store.list_rows(c, client.namespace, limit))
-    out = []
+    out = ScheduleList()
     for r in rows:
         out.append(ScheduleListEntry(r.schedule_id, r.paused, r.note, r.action["workflow_type"],
                                      None if r.paused else r.next_check_at, ScheduleSpec.from_json(r.spec)))
@@ -293,12 +310,13 @@ class ScheduleHandle:
 
         await self._locked(change, "backfilling")
 
-    async def update(self, updater: Callable[[ScheduleDescription], Awaitable[ScheduleUpdate | None]
+    async def update(self, updater: Callable[[ScheduleUpdateInput], Awaitable[ScheduleUpdate | None]
                                              | ScheduleUpdate | None]) -> None:
-        """Changes the schedule: ``updater`` gets its description and returns a
-        :class:`ScheduleUpdate` (or None: no change). Slots already past are not acted on again."""
+        """Changes the schedule: ``updater`` gets a :class:`ScheduleUpdateInput` (its
+        ``description``, as Temporal's) and returns a :class:`ScheduleUpdate` (or None: no
+        change). Slots already past are not acted on again."""
         desc = await self.describe()
-        out = updater(desc)
+        out = updater(ScheduleUpdateInput(desc))
         if isinstance(out, Awaitable):
             out = await out
         if out is None or out.schedule is None:
