@@ -298,6 +298,12 @@ def retry_decision(options: dict[str, Any], attempt: int, failure: dict[str, Any
     return delay, retry_state
 
 
+def pauses_when_exhausted(options: dict[str, Any]) -> bool:
+    """Whether the activity's retry policy pauses it, rather than fail it, when its attempts
+    or its throttle budget run out (``RetryPolicy.on_exhausted``)."""
+    return bool((options.get("retry_policy") or {}).get("on_exhausted") == "pause")
+
+
 # ---------------------------------------------------------------- invocations (for workflow code)
 
 
@@ -365,7 +371,9 @@ def validate_call(
         "start_to_close_timeout": seconds(start_to_close_timeout),
         "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
         "heartbeat_timeout": seconds(heartbeat_timeout),
-        "retry_policy": policy.model_dump(mode="json"),
+        # on_exhausted only when it is not the default: histories stay as they were
+        "retry_policy": policy.model_dump(mode="json", exclude={"on_exhausted"} if policy.on_exhausted == "fail"
+                                          else None),
     }
     if throttle_budget is not None:  # only when given: histories without it stay as they were
         budget = throttle_budget.total_seconds() if isinstance(throttle_budget, timedelta) else throttle_budget

@@ -40,6 +40,12 @@ class RetryPolicy(BaseModel):
     maximum_attempts: int = Field(default=0, ge=0)  # 0: unlimited
     non_retryable_error_types: tuple[str, ...] = ()
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    # What happens when the attempts (maximum_attempts) or the throttle budget run out:
+    # "fail" the activity (ActivityFailed reaches the workflow), or "pause" it: it waits,
+    # with its last failure, until an operator resumes it with a fresh set of attempts
+    # (`cairn activity unpause`) or fails it (`cairn activity fail`). A non-retryable error
+    # and the schedule-to-close timeout still fail it.
+    on_exhausted: Literal["fail", "pause"] = "fail"
 
     @model_validator(mode="after")
     def _check_intervals(self) -> RetryPolicy:

@@ -333,6 +333,10 @@ def start_local_activity(
         retry_policy=retry_policy, queue=None,
     )
     options = call.options
+    if retry_policy is not None and retry_policy.on_exhausted == "pause":
+        raise InputValidationError(
+            f"local activity {call.name}: on_exhausted='pause' needs an activity task to hold: "
+            "use workflow.execute_activity")
     attempt_limit = options["start_to_close_timeout"] or options["schedule_to_close_timeout"]
     if attempt_limit > LOCAL_ATTEMPT_MAX_SECONDS:
         raise InputValidationError(

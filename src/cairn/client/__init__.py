@@ -25,6 +25,7 @@ from cairn.client.client import (
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
+from cairn.client.pauses import Pause
 from cairn.client.schedules import (
     ScheduleActionResult,
     ScheduleDescription,
@@ -56,6 +57,7 @@ __all__ = [
     "BatchPreview",
     "Client",
     "IdConflictPolicy",
+    "Pause",
     "RunDescription",
     "RunPage",
     "Schedule",

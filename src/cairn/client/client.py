@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from cairn.client import activities, batches, operators, schedules
+from cairn.client import activities, batches, operators, pauses, schedules
 from cairn.client.activities import AsyncActivityHandle
 from cairn.client.batches import BatchDescription, BatchHandle, BatchPreview
 from cairn.client.checks import (
@@ -726,7 +726,17 @@ class Client:
         """The namespace's batches, newest first."""
         return await batches.list_batches(self, limit)
 
-    # -- operator actions (cairn.client.operators)
+    async def pause(self, *, activity_type: str | None = None, queue: str | None = None, note: str = "") -> bool:
+        """Pauses attempts of a type and/or on a queue (:mod:`cairn.client.pauses`). False: paused already."""
+        return await pauses.pause(self, activity_type, queue, note)
+
+    async def unpause(self, *, activity_type: str | None = None, queue: str | None = None) -> bool:
+        """Lifts a :meth:`pause` (the same arguments); False if there was none."""
+        return await pauses.unpause(self, activity_type, queue)
+
+    async def list_pauses(self) -> builtins.list[pauses.Pause]:
+        """Everything paused in the namespace: runs, activities, activity types, queues."""
+        return await pauses.list_pauses(self)
 
     # -- asynchronous activity completion (cairn.client.activities)
 

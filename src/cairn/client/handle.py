@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from cairn.client import pauses
 from cairn.client.checks import READ_RETRY_SECONDS, validate_id
 from cairn.client.follow import StreamChunk, follow
 from cairn.client.messages import (
@@ -85,6 +86,10 @@ class RunDescription:
     # its queue): it waits for one. Each {"kind": "workflow"|"activity", "type", "queue",
     # "message", "last_worker", "last_heartbeat"} (the worker that served it last, if known).
     unserved: list[dict[str, Any]] = field(default_factory=list)
+    # The run's pause ({"note", "by", "at"}) while it is paused (handle.pause()); a pending
+    # activity's own pause is its "pause" ({"reason": "operator" | "exhausted", ...}), and
+    # "paused" says it is held (by its own pause or the run's).
+    paused: dict[str, Any] | None = None
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -251,6 +256,7 @@ class WorkflowHandle:
             execution_deadline=links.get("execution_deadline"), children=links.get("children") or [],
             llm_calls=llm, llm_totals=llm_totals(llm) if llm else None,
             unserved=[unserved_entry(u) for u in got.unserved],
+            paused=pauses.run_pause(got.task),
         )
 
     async def history(self, after: int = 0) -> list[Event]:
@@ -338,6 +344,44 @@ class WorkflowHandle:
         return await self.client._write(
             lambda c: lifecycle.terminate(c, run_id, reason), what=f"terminating workflow {self.workflow_id!r}",
             check=f"see its status with `cairn describe {self.workflow_id}` (or handle.describe())")
+
+    # -- pause and resume (cairn.client.pauses)
+
+    async def pause(self, note: str = "") -> None:
+        """Pauses the run: its workflow tasks are not claimed and its activities not started
+        until :meth:`unpause` (attempts running finish; signals, updates, timers and
+        outcomes wait in its inbox; queries are answered). Waits for a worker mid-task.
+        A paused run keeps its first pause.
+
+        Raises:
+            WorkflowClosed: the run is closed; nothing was written.
+        """
+        await pauses.pause_run(self, note)
+
+    async def unpause(self) -> bool:
+        """Resumes the paused run: its work can be claimed at once. False if it was not paused."""
+        return bool((await pauses.unpause_run(self))["was_paused"])
+
+    async def pause_activity(self, seq: int, note: str = "") -> None:
+        """Pauses the run's pending activity ``seq``: no new attempt starts (one running goes
+        on) until :meth:`unpause_activity`, as ``temporal activity pause``.
+
+        Raises:
+            InputValidationError: no pending activity ``seq``; nothing was written.
+        """
+        await pauses.pause_activity(self, seq, note)
+
+    async def unpause_activity(self, seq: int, *, reset_attempts: bool = False) -> bool:
+        """Lifts activity ``seq``'s pause: its next attempt is due at once. Its attempt count
+        is kept unless ``reset_attempts``, or unless its retry policy paused it (its attempts
+        or throttle budget ran out: then it gets a fresh set). False if it was not paused."""
+        return bool((await pauses.unpause_activity(self, seq, reset_attempts))["was_paused"])
+
+    async def fail_activity(self, seq: int, message: str = "failed by an operator", *,
+                            type: str = "ActivityFailedByOperator", details: Any = None) -> None:
+        """Fails pending activity ``seq`` for good (``ActivityError`` in the workflow), a
+        paused one typically; an attempt still running is superseded."""
+        await pauses.fail_activity(self, seq, message, type, details)
 
     # -- messages (the checks and limits: cairn.client.messages)
 

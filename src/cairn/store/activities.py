@@ -127,6 +127,17 @@ async def retry(pool: db.Pool | None, *, run_id: str, seq: int, token: int, dela
         "beat": beat, "details": Jsonb(details) if beat else None}, pool, conn)
 
 
+async def pause_exhausted(pool: db.Pool | None, *, run_id: str, seq: int, token: int, failure: dict[str, Any],
+                          retry_state: str, note: str, by: str, give_back: int = 0, beat: bool = False,
+                          details: Any = None, conn: Conn | None = None) -> bool:
+    """``RetryPolicy(on_exhausted="pause")``: holds the activity instead of failing it
+    (``pause_exhausted_activity``, fenced by the token); False if the attempt was superseded."""
+    return await _fenced(q("pause_exhausted_activity"), {
+        "run_id": run_id, "seq": seq, "token": token, "now": None, "failure": Jsonb(failure),
+        "retry_state": retry_state, "note": note, "by": by, "give_back": give_back, "beat": beat,
+        "details": Jsonb(details) if beat else None}, pool, conn)
+
+
 async def release(pool: db.Pool, *, run_id: str, seq: int, token: int) -> bool:
     """Gives a leased attempt back for another worker (a draining worker's)."""
     return await _fenced(q("release_activity"), {"run_id": run_id, "seq": seq, "token": token, "now": None},

@@ -134,12 +134,14 @@ WITH claimed AS (
     -- most a claim takes (cairn._claims.CLAIM_MAX), for the generic plan's estimate: with
     -- %(limit)s there it guessed a tenth of the ready rows and, past ~10,000 of them, joined
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
+    -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
+    -- the scan never meets it, so pauses cost the claim nothing.
     SELECT c.run_id, c.failures
     FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
          LATERAL (SELECT t.run_id, t.failures
                   FROM cairn.workflow_tasks t
                   WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                    AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+                    AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
                   ORDER BY t.available_at
                   LIMIT 64
                   FOR UPDATE SKIP LOCKED) c
@@ -240,7 +242,9 @@ WITH c AS (
                 THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
            CASE WHEN a.eager
                 THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
-    FROM t, jsonb_to_recordset(t.activities)
+    -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
+    -- claimed): cairn.unpaused_eager reads the small activity_pauses once per task.
+    FROM t, jsonb_to_recordset(cairn.unpaused_eager(%(namespace)s, t.activities))
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c
     WHERE t.close_status IS NULL
     RETURNING *
@@ -383,14 +387,19 @@ SET attempt = a.attempt + 1,
     attempt_deadline = c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second'),
     heartbeat_deadline = c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
 FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
-      FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, activity_type),
+      FROM (SELECT k.queue, k.activity_type FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, activity_type)
+            -- not a pair paused namespace-wide (0019: a row of the small activity_pauses per
+            -- type or queue, '' matching any): one probe of its primary key per pair
+            WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+                              WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
+                                AND p.queue IN ('', k.queue))) k,
            -- one ordered index scan per (queue, activity type) pair of the worker, stopped
            -- at %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
            -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the
            -- whole table to find the rows to update once ~10,000 were ready)
            LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
                     WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
-                      AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL
+                      AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
                       AND a2.available_at <= coalesce(%(now)s::timestamptz, now())
                     ORDER BY a2.available_at
                     LIMIT 64
@@ -508,20 +517,24 @@ FOR UPDATE SKIP LOCKED
 
 -- name: next_due
 -- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:
--- workflow tasks and activities of its (queue, type) pairs (as in the claims), timers and
--- activity deadlines of any.
+-- workflow tasks and activities of its (queue, type) pairs (as in the claims: paused work
+-- is never due), timers and activity deadlines of any.
 SELECT least(
     (SELECT min(n.available_at)
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
           LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
                    WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                     AND t.pause IS NULL
                    ORDER BY t.available_at LIMIT 1) n),
     (SELECT min(n.available_at)
      FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
           LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
                    WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
-                     AND a.lease_owner IS NULL
-                   ORDER BY a.available_at LIMIT 1) n),
+                     AND a.lease_owner IS NULL AND NOT a.paused
+                   ORDER BY a.available_at LIMIT 1) n
+     WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+                       WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
+                         AND p.queue IN ('', k.queue))),
     (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),
     (SELECT min(fire_at) FROM cairn.timers)
 ) - coalesce(%(now)s::timestamptz, now()) AS wait
@@ -696,7 +709,7 @@ WHERE namespace = %(namespace)s
 -- throttle) the attempt that runs next, as Temporal counts them: never 0.
 SELECT seq, activity_type, queue,
        CASE WHEN lease_owner IS NULL THEN attempt + 1 ELSE attempt END AS attempt, scheduled_at, available_at, started_at, lease_owner,
-       lease_expires_at, heartbeat_at, heartbeat_details, last_failure
+       lease_expires_at, heartbeat_at, heartbeat_details, last_failure, paused, pause
 FROM cairn.activity_tasks WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: pending_timers
@@ -704,8 +717,8 @@ FROM cairn.activity_tasks WHERE run_id = %(run_id)s ORDER BY seq
 SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: pending_workflow_task
--- A run's pending workflow task, with the last failure if its code failed.
-SELECT available_at, failures, last_error FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+-- A run's pending workflow task, with the last failure if its code failed, and its pause.
+SELECT available_at, failures, last_error, pause FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
 
 -- name: run_outcome
 -- A run's status, and its last event once it is closed (its outcome), for result(); like
@@ -768,8 +781,9 @@ DELETE FROM cairn.query_requests WHERE id = %(id)s
 -- to it before the query: its first workflow task must be recorded (before it, the history
 -- is WorkflowStarted alone and no handler is registered), and the inbox events that came
 -- before the query (a signal, an update, an activity outcome) consumed, so a query right
--- after a signal sees it. Unless the run's task is failing (bad code, backing off): then
--- the query reads the state as it is rather than wait for a fix. Always one row: with no
+-- after a signal sees it. Unless the run's task is failing (bad code, backing off), or the
+-- run is paused (0019; even before its first task): then the query reads the state as it is
+-- rather than wait for a fix or a resume. Always one row: with no
 -- request claimed (id NULL), `waiting` says whether such a query waits; the worker then
 -- claims again after it commits a workflow task. One statement, one snapshot: a task
 -- committed after it was seen waiting, never missed in between (see QueryAnswerer).
@@ -779,6 +793,7 @@ WITH claimed AS (
       AND workflow_type = ANY(%(workflow_types)s::text[])
       AND NOT EXISTS (
           SELECT 1 FROM cairn.runs f WHERE f.run_id = w.run_id AND f.status = 'running'
+          AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks p WHERE p.run_id = f.run_id AND p.pause IS NOT NULL)
           AND (NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
                OR (EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = f.run_id AND i.at <= w.created_at)
                    AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks t WHERE t.run_id = f.run_id AND t.failures > 0))))
@@ -792,6 +807,7 @@ SELECT q.id, q.run_id, q.name, q.args, r.workflow_id, r.workflow_type, r.queue, 
            SELECT 1 FROM cairn.query_requests w JOIN cairn.runs f ON f.run_id = w.run_id
            WHERE w.namespace = %(namespace)s AND w.queue = ANY(%(queues)s::text[]) AND w.answered_at IS NULL
              AND w.workflow_type = ANY(%(workflow_types)s::text[]) AND f.status = 'running'
+             AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks p WHERE p.run_id = f.run_id AND p.pause IS NOT NULL)
              AND (NOT EXISTS (SELECT 1 FROM cairn.history h WHERE h.run_id = f.run_id AND h.seq > 1)
                   OR (EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = f.run_id AND i.at <= w.created_at)
                       AND NOT EXISTS (SELECT 1 FROM cairn.workflow_tasks t
@@ -1520,13 +1536,13 @@ FROM unnest(%(queues)s::text[]) AS qn(queue),
      LATERAL (
          SELECT 'workflow' AS kind, (SELECT count(*) FROM (
              SELECT 1 FROM cairn.workflow_tasks t
-             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue
+             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL
                AND t.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) x) AS n
          UNION ALL
          SELECT 'activity', (SELECT count(*) FROM (
              SELECT 1 FROM cairn.activity_tasks a
-             WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL
+             WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL AND NOT a.paused
                AND a.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) y)
      ) k
@@ -1613,11 +1629,11 @@ WITH c AS (
 ), ins AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
-        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds)
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause)
     SELECT o.run_id, o.namespace, o.seq, o.workflow_id, o.workflow_type, o.workflow_queue, o.activity_type,
            o.queue, o.input, o.options, o.attempt, o.token + 1, o.scheduled_at,
            c.now + %(delay)s * interval '1 second', o.schedule_deadline, o.heartbeat_details, o.heartbeat_at,
-           %(failure)s, o.cancel_requested, o.throttled_seconds
+           %(failure)s, o.cancel_requested, o.throttled_seconds, o.paused, o.pause
     FROM old o, c
     RETURNING queue
 )
@@ -1817,16 +1833,24 @@ WHERE namespace = %(namespace)s::text AND schedule_id = %(schedule_id)s::text
 -- backoffs included), a retry's or a start delay's available_at, a workflow task's
 -- back-off, an attempt's schedule-to-close deadline, a schedule's next check. Every step of
 -- a run's progress commits its next step's row in the same transaction, so one snapshot
--- sees no gap. Terminate's placeholder tasks (9999-12-31) are no moment to skip to.
-WITH c AS (SELECT %(now)s::timestamptz AS now)
-SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks t, c WHERE t.available_at <= c.now)
+-- sees no gap. Terminate's placeholder tasks (9999-12-31) are no moment to skip to, and
+-- paused work (0019) can run at no moment: only its deadlines count.
+WITH c AS (SELECT %(now)s::timestamptz AS now), held AS (
+    SELECT a.run_id, a.seq FROM cairn.activity_tasks a
+    WHERE a.lease_owner IS NULL AND (a.paused OR EXISTS (
+        SELECT 1 FROM cairn.activity_pauses p
+        WHERE p.namespace = a.namespace AND p.activity_type IN ('', a.activity_type) AND p.queue IN ('', a.queue)))
+)
+SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks t, c WHERE t.available_at <= c.now AND t.pause IS NULL)
        OR EXISTS (SELECT 1 FROM cairn.activity_tasks a, c
-                  WHERE a.lease_owner IS NOT NULL OR a.available_at <= c.now OR a.timeout_at <= c.now)
+                  WHERE a.lease_owner IS NOT NULL OR a.timeout_at <= c.now
+                     OR (a.available_at <= c.now AND (a.run_id, a.seq) NOT IN (SELECT run_id, seq FROM held)))
        OR EXISTS (SELECT 1 FROM cairn.timers t, c WHERE t.fire_at <= c.now)
        OR EXISTS (SELECT 1 FROM cairn.schedules s, c WHERE NOT s.paused AND s.next_check_at <= c.now)
        OR EXISTS (SELECT 1 FROM cairn.query_requests r WHERE r.answered_at IS NULL) AS busy,
-       least((SELECT min(available_at) FROM cairn.workflow_tasks WHERE available_at < '9999-01-01'),
-             (SELECT min(available_at) FROM cairn.activity_tasks WHERE lease_owner IS NULL),
+       least((SELECT min(available_at) FROM cairn.workflow_tasks WHERE available_at < '9999-01-01' AND pause IS NULL),
+             (SELECT min(available_at) FROM cairn.activity_tasks
+              WHERE lease_owner IS NULL AND (run_id, seq) NOT IN (SELECT run_id, seq FROM held)),
              (SELECT min(timeout_at) FROM cairn.activity_tasks),
              (SELECT min(fire_at) FROM cairn.timers),
              (SELECT min(next_check_at) FROM cairn.schedules WHERE NOT paused)) AS next_due,
@@ -1983,3 +2007,173 @@ ORDER BY run_id LIMIT %(limit)s
 -- name: running_batches
 -- Batches to resume (a worker's maintenance loop): running ones, oldest first.
 SELECT batch_id FROM cairn.batches WHERE status = 'running' ORDER BY created_at LIMIT %(limit)s
+
+-- ---------------------------------------------------------------- pause and resume (store/pauses.py; 0019)
+-- A paused run's task row carries its pause and is out of the claim index; a paused
+-- activity's row is held (paused) by its run's pause or its own; activity types and queues
+-- are paused by a row of activity_pauses, which the activity claim reads per pair.
+
+-- name: pause_run_task
+-- Pauses a running run's workflow task, waiting for a worker mid-task (DO UPDATE takes the
+-- row lock, as signal_run): the task row is paused, or, when the run has none (the worker's
+-- commit deleted it), made paused, as a placeholder that resume removes if nothing arrived.
+-- A run paused already keeps its pause. Read the run's state after it with pause_run: this
+-- statement's snapshot may predate the worker's commit.
+INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, pause)
+SELECT run_id, namespace, queue, workflow_type,
+       %(pause)s::jsonb || jsonb_build_object('at', coalesce(%(now)s::timestamptz, now()), 'placeholder', true)
+FROM cairn.runs WHERE run_id = %(run_id)s AND namespace = %(namespace)s AND status = 'running'
+ON CONFLICT (run_id) DO UPDATE SET pause = coalesce(cairn.workflow_tasks.pause, excluded.pause - 'placeholder')
+RETURNING run_id
+
+-- name: pause_run
+-- After pause_run_task, in a new snapshot: holds the run's activities (a running attempt goes
+-- on, its retry stays held) and returns the run's status (not running: the caller rolls
+-- back) and its pause.
+WITH run AS (
+    SELECT r.run_id, r.status, t.pause FROM cairn.runs r LEFT JOIN cairn.workflow_tasks t ON t.run_id = r.run_id
+    WHERE r.run_id = %(run_id)s
+), held AS (
+    UPDATE cairn.activity_tasks a SET paused = true
+    FROM run WHERE a.run_id = run.run_id AND run.status = 'running' AND NOT a.paused
+    RETURNING a.seq
+)
+SELECT run.status, run.pause, (SELECT count(*) FROM held) AS activities FROM run
+
+-- name: unpause_run
+-- Resumes a paused run, its task row locked first (lock_workflow_task: this statement's
+-- snapshot then sees every event that came meanwhile): a placeholder task with nothing in
+-- the inbox goes, any other becomes claimable; the activities held only by the run's pause
+-- become claimable; their queues and the run's are woken. No row changes for a run that is
+-- not paused.
+WITH task AS (
+    SELECT t.run_id, t.queue, t.pause ? 'placeholder'
+           AND NOT EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = t.run_id) AS idle
+    FROM cairn.workflow_tasks t WHERE t.run_id = %(run_id)s AND t.pause IS NOT NULL
+), dropped AS (
+    DELETE FROM cairn.workflow_tasks w USING task WHERE w.run_id = task.run_id AND task.idle
+    RETURNING w.run_id
+), resumed AS (
+    UPDATE cairn.workflow_tasks w SET pause = NULL FROM task WHERE w.run_id = task.run_id AND NOT task.idle
+    RETURNING w.queue
+), freed AS (
+    UPDATE cairn.activity_tasks a SET paused = false
+    FROM task WHERE a.run_id = task.run_id AND a.paused AND a.pause IS NULL
+    RETURNING a.queue
+)
+SELECT (SELECT count(*) FROM task) AS was_paused,
+       (SELECT count(pg_notify('cairn_workflow', queue)) FROM resumed) AS tasks,
+       (SELECT count(*) FROM dropped) AS dropped,
+       (SELECT count(*) FROM freed) AS activities,
+       (SELECT count(pg_notify('cairn_activity', queue)) FROM (SELECT DISTINCT queue FROM freed) x) AS woken
+
+-- name: pause_activity
+-- An operator pauses one activity (as `temporal activity pause`): its row is held with its
+-- own pause; a running attempt goes on, and its retry stays held. A paused activity keeps
+-- its pause. No row: the activity has its outcome (or the run is closed).
+UPDATE cairn.activity_tasks
+SET paused = true,
+    pause = coalesce(pause, %(pause)s::jsonb || jsonb_build_object('at', coalesce(%(now)s::timestamptz, now())))
+WHERE run_id = %(run_id)s AND seq = %(seq)s
+RETURNING activity_type, queue, lease_owner IS NOT NULL AS running, pause
+
+-- name: unpause_activity
+-- Lifts an activity's own pause (it stays held while its run is paused). Its next attempt
+-- is due at once (a backoff left is dropped, as Temporal's unpause). With %(reset)s, or when
+-- its retry policy paused it (attempts or throttle budget used up), it gets a fresh set of
+-- attempts, a new throttle budget and, if it had one, a new schedule-to-close deadline
+-- (pause_exhausted_activity cleared it). No row: the activity has its outcome; an activity
+-- not paused is left as it is (was_paused false).
+WITH old AS (
+    SELECT run_id, seq, pause FROM cairn.activity_tasks WHERE run_id = %(run_id)s AND seq = %(seq)s FOR UPDATE
+), freed AS (
+    UPDATE cairn.activity_tasks a
+    SET pause = NULL,
+        paused = EXISTS (SELECT 1 FROM cairn.workflow_tasks t WHERE t.run_id = a.run_id AND t.pause IS NOT NULL),
+        available_at = CASE WHEN a.lease_owner IS NULL THEN coalesce(%(now)s::timestamptz, now())
+                            ELSE a.available_at END,
+        attempt = CASE WHEN a.lease_owner IS NULL AND (%(reset)s OR a.pause ->> 'reason' = 'exhausted')
+                       THEN 0 ELSE a.attempt END,
+        throttled_seconds = CASE WHEN %(reset)s OR a.pause ->> 'reason' = 'exhausted' THEN 0
+                                 ELSE a.throttled_seconds END,
+        schedule_deadline = coalesce(a.schedule_deadline, coalesce(%(now)s::timestamptz, now())
+                                     + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'))
+    FROM old WHERE a.run_id = old.run_id AND a.seq = old.seq AND old.pause IS NOT NULL
+    RETURNING a.queue, a.paused
+)
+SELECT old.pause IS NOT NULL AS was_paused, f.paused AS held,
+       (SELECT count(pg_notify('cairn_activity', queue)) FROM freed WHERE NOT paused) AS woken
+FROM old LEFT JOIN freed f ON true
+
+-- name: lock_pending_activity
+-- An operator's failure of one activity: its row, locked until the outcome is written (the
+-- reaper and a worker's retry wait); no row when it has its outcome.
+SELECT a.token, a.attempt, a.activity_type, a.last_failure, a.lease_owner, r.status
+FROM cairn.activity_tasks a JOIN cairn.runs r ON r.run_id = a.run_id
+WHERE a.run_id = %(run_id)s AND a.seq = %(seq)s
+FOR UPDATE OF a
+
+-- name: pause_activity_type
+-- Pauses activity attempts namespace-wide: of a type ('' : any) on a queue ('' : any). A
+-- pause already there keeps its note, author and time.
+INSERT INTO cairn.activity_pauses (namespace, activity_type, queue, note, paused_by, paused_at)
+VALUES (%(namespace)s, %(activity_type)s, %(queue)s, %(note)s, %(by)s, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (namespace, activity_type, queue) DO NOTHING
+RETURNING paused_at
+
+-- name: unpause_activity_type
+-- Lifts a pause_activity_type pause and wakes the queues whose work it held (the queue
+-- itself, or every queue with a ready attempt of the type).
+WITH gone AS (
+    DELETE FROM cairn.activity_pauses
+    WHERE namespace = %(namespace)s AND activity_type = %(activity_type)s AND queue = %(queue)s
+    RETURNING activity_type, queue
+), queues AS (
+    SELECT queue FROM gone WHERE queue <> ''
+    UNION
+    SELECT DISTINCT a.queue FROM gone g JOIN cairn.activity_tasks a
+        ON a.namespace = %(namespace)s AND a.activity_type = g.activity_type AND a.lease_owner IS NULL
+    WHERE g.queue = ''
+)
+SELECT (SELECT count(*) FROM gone) AS lifted, (SELECT count(pg_notify('cairn_activity', queue)) FROM queues) AS woken
+
+-- name: list_pauses
+-- Everything paused in a namespace, for `cairn pauses`: runs (their task rows' pauses),
+-- activities with a pause of their own (an operator's, or their retry policy's, with the
+-- last failure), and activity types and queues; oldest first.
+SELECT x.* FROM (
+    SELECT 'run' AS kind, r.workflow_id, t.run_id::text AS run_id, NULL::integer AS seq,
+           r.workflow_type AS type, t.queue, t.pause - 'placeholder' AS pause, NULL::jsonb AS last_failure,
+           NULL::integer AS attempt, (t.pause ->> 'at')::timestamptz AS at
+    FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id
+    WHERE t.namespace = %(namespace)s AND t.pause IS NOT NULL
+    UNION ALL
+    SELECT 'activity', a.workflow_id, a.run_id::text, a.seq, a.activity_type, a.queue, a.pause, a.last_failure,
+           a.attempt, (a.pause ->> 'at')::timestamptz
+    FROM cairn.activity_tasks a
+    WHERE a.namespace = %(namespace)s AND a.pause IS NOT NULL
+    UNION ALL
+    SELECT CASE WHEN p.activity_type = '' THEN 'queue' ELSE 'activity_type' END, NULL, NULL, NULL,
+           nullif(p.activity_type, ''), nullif(p.queue, ''),
+           jsonb_build_object('note', p.note, 'by', p.paused_by, 'at', p.paused_at), NULL, NULL, p.paused_at
+    FROM cairn.activity_pauses p WHERE p.namespace = %(namespace)s
+) x
+ORDER BY x.at, x.kind, x.run_id, x.seq
+
+-- name: pause_exhausted_activity
+-- RetryPolicy(on_exhausted="pause"): the attempts (or the throttle budget) are used up, so
+-- the activity is held instead of failed, fenced by the attempt's token (bumped: a late
+-- write of the attempt changes nothing): unleased, due at once when resumed, its failure in
+-- last_failure, its pause saying why, its schedule-to-close deadline cleared (the reaper
+-- would fail it while an operator fixes the cause; unpause_activity sets a new one).
+-- %(give_back)s: 1 when the last try was a reschedule, which is not an attempt.
+UPDATE cairn.activity_tasks
+SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
+    heartbeat_deadline = NULL, schedule_deadline = NULL, attempt = attempt - %(give_back)s,
+    available_at = coalesce(%(now)s::timestamptz, now()), last_failure = %(failure)s, paused = true,
+    pause = jsonb_build_object('reason', 'exhausted', 'retry_state', %(retry_state)s::text,
+                               'note', %(note)s::text, 'by', %(by)s::text,
+                               'at', coalesce(%(now)s::timestamptz, now())),
+    heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+RETURNING attempt

@@ -49,13 +49,14 @@ class TaskState:
     history: list[Any] | None = None  # (seq, type, data) of the whole history: replay it
     available_at: datetime | None = None
     recorded: tuple[int, ...] = ()  # seqs of the outcomes the fast path's lock recorded
+    paused: bool = False  # the fast path's lock found the run paused: record the outcome, run nothing
 
 
 def _state(row: dict[str, Any]) -> TaskState:
     return TaskState(str(row["run_id"]), row["workflow_id"], row["workflow_type"], row["queue"], row["status"],
                      int(row["last_seq"]), row["failures"] or 0, row["now"], row["created_at"],
                      tuple(tuple(item) for item in row["inbox"]), row.get("started"), row.get("history"),
-                     row.get("available_at"), tuple(row.get("recorded") or ()))
+                     row.get("available_at"), tuple(row.get("recorded") or ()), bool(row.get("paused")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,8 +320,9 @@ class ActivityRunner:
             await self._cancelled(running, row.attempt, row.activity_type, extra)
             return
         pool = self._pools.main()
-        if await self._outlasting_outages(lambda: reschedule(pool, row, running.token, exc, self._rng)) \
-                == "rescheduled":
+        done = await self._outlasting_outages(
+            lambda: reschedule(pool, row, running.token, exc, self._rng, self._identity))
+        if done == "rescheduled":
             self._stats.activities_rescheduled += 1
             _telemetry.activity_reschedules.add(1, {"activity": row.activity_type, "kind": exc.kind})
 
@@ -370,6 +371,9 @@ class ActivityRunner:
             # database's clock (this host's may be off), or the attempt was superseded, and
             # then the fenced write below changes nothing either.
             retry_state = "schedule_to_close_timeout"
+        if retry_state == "maximum_attempts" and activity_api.pauses_when_exhausted(row.options):
+            await self._pause_exhausted(row, failure, extra, conn, beat)
+            return
         data = {"activity_seq": seq, "failure": failure, "attempts": attempt, "retry_state": retry_state}
         if conn is None:
             ok = await self._deliver(run_id, seq, token, h.ACTIVITY_FAILED, data,
@@ -381,6 +385,27 @@ class ActivityRunner:
             self._stats.activities_failed += 1
             log.info("activity %s failed for good after %d attempt(s) (%s)", row.activity_type, attempt,
                      retry_state, extra=extra)
+
+    async def _pause_exhausted(self, row: Attempt | Expired, failure: dict[str, Any], extra: dict[str, Any],
+                               conn: Conn | None, beat: _Running | None) -> None:
+        """``RetryPolicy(on_exhausted="pause")``: the last attempt failed; the activity is
+        held with its failure (``cairn pauses``) until an operator resumes or fails it."""
+        beaten = bool(beat and beat.beat)
+        params: dict[str, Any] = {
+            "run_id": row.run_id, "seq": row.seq, "token": row.token, "failure": failure,
+            "retry_state": "maximum_attempts", "by": self._identity, "beat": beaten,
+            "details": beat.details if beat is not None and beaten else None,
+            "note": f"{row.attempt} attempt(s) failed, the last with {failure.get('type')}: "
+                    f"{failure.get('message')}"}
+        if conn is not None:
+            ok = await store.pause_exhausted(None, conn=conn, **params)
+        else:
+            pool = self._pools.main()
+            ok = await self._outlasting_outages(lambda: store.pause_exhausted(pool, **params))
+        if ok:
+            log.warning("activity %s paused after %d failed attempt(s) (%s: %s): resume it with "
+                        "`cairn activity unpause %s %d`", row.activity_type, row.attempt, failure.get("type"),
+                        failure.get("message"), row.workflow_id, row.seq, extra=extra)
 
     async def _deliver(self, run_id: str, seq: int, token: int, event_type: str, data: dict[str, Any],
                        row: Attempt | None = None) -> bool:

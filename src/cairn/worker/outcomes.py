@@ -196,10 +196,12 @@ class OutcomeDeliverer:
                         conn, outcomes=ordered,
                         replay=sorted({o["run_id"] for o in ordered if o["run_id"] not in self._cache}))
                     recorded = {(t.run_id, seq) for t in tasks for seq in t.recorded}
-                    # A task whose code is failing runs when its backoff ends.
+                    # A task whose code is failing runs when its backoff ends; a paused run's
+                    # task when it is resumed (its outcome waits in the inbox).
                     batch = await self._tasks.run_tasks(conn, [
-                        t for t in tasks if not (t.failures and t.available_at is not None and t.now is not None
-                                                 and t.available_at > t.now)])
+                        t for t in tasks if not t.paused and not (
+                            t.failures and t.available_at is not None and t.now is not None
+                            and t.available_at > t.now)])
                 batch.count_runs()  # committed
             except DatabaseError:
                 self._tasks.abandon(tasks, batch)

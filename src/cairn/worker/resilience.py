@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry import trace
 
 from cairn import breakers
-from cairn.activity import ActivityDefinition, Reschedule
+from cairn.activity import ActivityDefinition, Reschedule, pauses_when_exhausted
 from cairn.engine import history as h
 from cairn.errors import DatabaseError
 from cairn.redaction import redact
@@ -86,12 +86,14 @@ async def _guarded(pool: db.Pool, config: breakers.BreakerConfig) -> AsyncIterat
             log.warning("breaker %s: outcome not recorded: %s", name, exc)
 
 
-async def reschedule(pool: db.Pool, row: Attempt, token: int, exc: Reschedule, rng: random.Random) -> str:
+async def reschedule(pool: db.Pool, row: Attempt, token: int, exc: Reschedule, rng: random.Random,
+                     identity: str = "") -> str:
     """Puts an attempt back after ``exc.delay`` without counting it, or fails the activity
-    for good when that would exceed its throttle budget or schedule-to-close deadline.
+    for good when that would exceed its throttle budget or schedule-to-close deadline (past
+    the budget, pauses it if its retry policy says so; ``identity``: the worker's, its author).
 
-    Returns ``"rescheduled"``, ``"failed"`` or ``"superseded"`` (the attempt's token was
-    fenced off meanwhile: nothing written).
+    Returns ``"rescheduled"``, ``"failed"``, ``"paused"`` or ``"superseded"`` (the attempt's
+    token was fenced off meanwhile: nothing written).
     """
     # The rate limiter already hands refused callers distinct, paced times: jitter would
     # only undo its pacing. Other reschedules share a time (a Retry-After): spread them.
@@ -123,6 +125,13 @@ async def reschedule(pool: db.Pool, row: Attempt, token: int, exc: Reschedule, r
             failure.update(details={"throttled_seconds": round(throttled, 3), "delay": round(delay, 3),
                                     "throttle_budget": budget, "kind": exc.kind, "reason": redact(exc.reason)},
                            non_retryable=True)
+            if retry_state == "throttle_budget_exhausted" and pauses_when_exhausted(row.options):
+                # RetryPolicy(on_exhausted="pause"): held, not failed (the try is not an attempt)
+                await store.pause_exhausted(None, run_id=row.run_id, seq=row.seq, token=token, failure=failure,
+                                            retry_state=retry_state, note=failure["message"], by=identity,
+                                            give_back=1, conn=conn)
+                log.warning("activity %s paused: %s", row.activity_type, failure["message"], extra=_extra(row))
+                return "paused"
             await store.complete(None, run_id=row.run_id, seq=row.seq, token=token, event_type=h.ACTIVITY_FAILED, data={
                 "activity_seq": row.seq, "failure": failure, "attempts": max(state.attempt - 1, 0),
                 "retry_state": retry_state}, conn=conn)
