@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from cairn.client import (
     Client,
     IdConflictPolicy,
+    Pause,
     RunDescription,
     RunPage,
     WorkerInfo,
@@ -153,6 +154,20 @@ class SyncClient:
         """Heartbeats an activity attempt by its task token (see :meth:`cairn.Client.heartbeat_activity`)."""
         self._call(self._client.heartbeat_activity(task_token, details))
 
+    # -- pauses (see cairn.client.pauses)
+
+    def pause(self, *, activity_type: str | None = None, queue: str | None = None, note: str = "") -> bool:
+        """Pauses activity attempts namespace-wide (see :meth:`cairn.Client.pause`)."""
+        return self._call(self._client.pause(activity_type=activity_type, queue=queue, note=note))
+
+    def unpause(self, *, activity_type: str | None = None, queue: str | None = None) -> bool:
+        """Lifts a :meth:`pause` (see :meth:`cairn.Client.unpause`)."""
+        return self._call(self._client.unpause(activity_type=activity_type, queue=queue))
+
+    def list_pauses(self) -> builtins.list[Pause]:
+        """Everything paused in the namespace (see :meth:`cairn.Client.list_pauses`)."""
+        return self._call(self._client.list_pauses())
+
 
 class SyncWorkflowHandle:
     """The blocking twin of :class:`cairn.WorkflowHandle`."""
@@ -186,6 +201,23 @@ class SyncWorkflowHandle:
 
     def signal(self, signal: str | Callable[..., Any], *args: Any) -> None:
         self._client._call(self.handle.signal(signal, *args))
+
+    def pause(self, note: str = "") -> None:
+        """Pauses the run (see :meth:`cairn.WorkflowHandle.pause`)."""
+        self._client._call(self.handle.pause(note))
+
+    def unpause(self) -> bool:
+        return self._client._call(self.handle.unpause())
+
+    def pause_activity(self, seq: int, note: str = "") -> None:
+        self._client._call(self.handle.pause_activity(seq, note))
+
+    def unpause_activity(self, seq: int, *, reset_attempts: bool = False) -> bool:
+        return self._client._call(self.handle.unpause_activity(seq, reset_attempts=reset_attempts))
+
+    def fail_activity(self, seq: int, message: str = "failed by an operator", *,
+                      type: str = "ActivityFailedByOperator", details: Any = None) -> None:
+        self._client._call(self.handle.fail_activity(seq, message, type=type, details=details))
 
     def query(self, query: str | Callable[..., Any], *args: Any, timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:
         return self._client._call(self.handle.query(query, *args, timeout=timeout))

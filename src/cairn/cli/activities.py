@@ -19,7 +19,8 @@ token_argument = click.argument("token")
 @main.group("activity")
 def activity_group() -> None:
     """Complete, fail or heartbeat an activity by its task token (an activity that called
-    activity.raise_complete_async()). Exits 2 for a malformed or stale token."""
+    activity.raise_complete_async()), exiting 2 for a malformed or stale token; pause,
+    unpause or fail one by its workflow id and seq."""
 
 
 def _named(token: str) -> dict[str, Any]:
@@ -47,16 +48,30 @@ def complete_cmd(settings: Settings, token: str, input_: str | None, as_json: bo
 
 
 @activity_group.command("fail")
-@token_argument
-@click.option("--message", default="failed by an outside system", show_default=True, help="The error message.")
-@click.option("--type", "type_", default="ApplicationError", show_default=True, help="The error type.")
+@click.argument("token", metavar="TOKEN|WORKFLOW_ID")
+@click.option("--seq", type=int, default=None,
+              help="Fail pending activity SEQ of WORKFLOW_ID's open run for good (a paused one, typically).")
+@click.option("--run-id", default=None, help="With --seq: a specific run (default: the newest).")
+@click.option("--message", default=None, help="The error message.")
+@click.option("--type", "type_", default=None, help="The error type (ApplicationError; with --seq, "
+                                                       "ActivityFailedByOperator).")
 @click.option("--details", default=None, metavar="JSON|@FILE", help="The error's details as JSON.")
 @click.option("--non-retryable", is_flag=True, help="Fail the activity for good, without a retry.")
 @json_option
 @click.pass_obj
-def fail_cmd(settings: Settings, token: str, message: str, type_: str, details: str | None, non_retryable: bool,
-             as_json: bool) -> None:
-    """Fail the attempt of TOKEN: the activity's retry policy decides whether it runs again."""
+def fail_cmd(settings: Settings, token: str, seq: int | None, run_id: str | None, message: str | None,
+             type_: str | None, details: str | None, non_retryable: bool, as_json: bool) -> None:
+    """Fail the attempt of TOKEN: the activity's retry policy decides whether it runs again.
+    With --seq N, fail pending activity N of the open run of WORKFLOW_ID for good (its
+    workflow gets an ActivityError; an attempt still running is superseded)."""
+    if seq is not None:
+        _fail_by_seq(settings, token, seq, run_id, message or "failed by an operator",
+                     type_ or "ActivityFailedByOperator", details, as_json)
+        return
+    if run_id is not None:
+        raise click.UsageError("--run-id goes with --seq")
+    message = message or "failed by an outside system"
+    type_ = type_ or "ApplicationError"
 
     @with_client
     async def go(client: Client) -> dict[str, Any]:
@@ -68,6 +83,18 @@ def fail_cmd(settings: Settings, token: str, message: str, type_: str, details: 
     out = run(go(settings))
     click.echo(to_json(out) if as_json
                else f"failed activity {out['activity_seq']} of run {out['run_id']}: {out['outcome']}")
+
+
+def _fail_by_seq(settings: Settings, workflow_id: str, seq: int, run_id: str | None, message: str, type_: str,
+                 details: str | None, as_json: bool) -> None:
+    @with_client
+    async def go(client: Client) -> dict[str, Any]:
+        handle = client.get_handle(workflow_id, run_id)
+        await handle.fail_activity(seq, message, type=type_, details=parse_json(details, "--details"))
+        return {"workflow_id": workflow_id, "run_id": handle.run_id, "activity_seq": seq, "outcome": "failed"}
+
+    out = run(go(settings))
+    click.echo(to_json(out) if as_json else f"failed activity {seq} of {workflow_id} for good")
 
 
 @activity_group.command("heartbeat")

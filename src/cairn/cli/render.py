@@ -71,6 +71,13 @@ def activity_state(a: dict[str, Any], now: datetime) -> str:
     if a.get("lease_owner"):
         beat = f", heartbeat {_age(a['heartbeat_at'], now)}" if a.get("heartbeat_at") else ""
         return f"running on {a['lease_owner']} since {_age(a.get('started_at'), now)}{beat}"
+    pause = a.get("pause") or {}
+    if pause.get("reason") == "exhausted":
+        return f"paused: {pause.get('retry_state')} (resume: cairn activity unpause)"
+    if pause:
+        return f"paused{': ' + pause['note'] if pause.get('note') else ''}"
+    if a.get("paused"):
+        return "held: its run is paused"
     failure = a.get("last_failure") or {}
     until = when(a.get("available_at"))
     if failure.get("type") == "Rescheduled":
@@ -98,6 +105,11 @@ def pending_activity_rows(acts: list[dict[str, Any]], now: datetime | None = Non
     return rows
 
 
+def _at(value: Any) -> datetime | None:
+    """A time from a pause's JSON (an ISO string)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def describe_report(d: Any) -> Report:
     """Everything ``cairn describe`` prints for a run, as data (rendered plain or rich)."""
     r = Report()
@@ -123,6 +135,10 @@ def describe_report(d: Any) -> Report:
         r.notes.append(f"continued as run {d.continued_to}")
     if d.execution_deadline:
         r.notes.append(f"execution deadline {when(d.execution_deadline)}")
+    if getattr(d, "paused", None):
+        p = d.paused
+        r.fields.append(("paused", f"since {when(_at(p.get('at')))} by {p.get('by')}"
+                                   f"{': ' + p['note'] if p.get('note') else ''} (resume: cairn unpause)"))
     if d.workflow_task and d.workflow_task["failures"]:
         err = d.workflow_task["last_error"] or {}
         r.notes.append(f"workflow task failing ({d.workflow_task['failures']} attempts, next at "

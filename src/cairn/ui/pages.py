@@ -385,6 +385,18 @@ def _history(events: list[Event]) -> str:
             f"<th>Seq</th><th>Time</th><th>Event</th><th>Data</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+def _activity_state(a: dict[str, Any]) -> str:
+    """A pending activity's state cell: running, paused (why), held by its run's pause, or
+    its next try."""
+    if a["lease_owner"]:
+        return "running"
+    pause = a.get("pause") or {}
+    if pause:
+        why = pause.get("retry_state") if pause.get("reason") == "exhausted" else pause.get("note")
+        return f"paused{': ' + esc(why) if why else ''}"
+    return "held: the run is paused" if a.get("paused") else "next try " + esc(_when(a["available_at"]))
+
+
 def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
     """One run: summary, failure, payloads, timeline, LLM calls, sagas, children, history.
 
@@ -415,6 +427,10 @@ def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
     if task.get("failures"):
         body += [f"<h2>Workflow task failing ({esc(task['failures'])} attempts)</h2>",
                  _failure(task.get("last_error") or {}, css_id="task-failure")]
+    if getattr(d, "paused", None):  # cairn pause: nothing of it runs until cairn unpause
+        p = d.paused
+        body.append(f'<h2 id="paused">Paused since {esc(p.get("at"))} by {esc(p.get("by"))}</h2>'
+                    f'<p id="pause-note">{esc(p.get("note") or "")}</p>')
     if d.unserved:  # work no live worker serves on its queue
         items = "".join(f'<li>{esc(u["message"])} · <a href="{esc(workers_url(u["queue"]))}">'
                         f'workers of {esc(u["queue"])}</a></li>' for u in d.unserved)
@@ -430,7 +446,7 @@ def run_page(d: Any, events: list[Event], tl: Timeline) -> str:
     if d.pending_activities:
         rows = "".join(
             f'<tr><td>{esc(a["seq"])}</td><td>{esc(a["activity_type"])}</td><td>{esc(a["attempt"])}</td>'
-            f'<td>{"running" if a["lease_owner"] else "next try " + esc(_when(a["available_at"]))}</td>'
+            f'<td>{_activity_state(a)}</td>'
             f'<td>{esc((a["last_failure"] or {}).get("message") or "")}</td></tr>' for a in d.pending_activities)
         body.append('<h2>Pending activities</h2><table id="pending"><thead><tr><th>Seq</th><th>Activity</th>'
                     f"<th>Attempt</th><th>State</th><th>Last failure</th></tr></thead><tbody>{rows}</tbody></table>")
