@@ -43,7 +43,7 @@ MODULES = {
                "store/sql.py", "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py",
                "store/schedules.py", "store/workers.py", "store/batches.py"],
     "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py",
-               "store/completions.py", "store/schedules.py", "store/batches.py"],
+               "store/completions.py", "store/schedules.py", "store/batches.py", "store/pauses.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
@@ -257,7 +257,9 @@ async def test_roles_run_their_workload_and_nothing_more(db_url, sql, llm):
             ("worker", "DELETE FROM cairn.runs"), ("worker", "DELETE FROM cairn.workflow_types"),
             ("worker", "DELETE FROM cairn.query_requests"), ("worker", "UPDATE cairn.history SET data = data"),
             ("client", "DELETE FROM cairn.runs"), ("client", "DELETE FROM cairn.workflow_types"),
-            ("client", "UPDATE cairn.activity_tasks SET attempt = attempt"), ("client", "DELETE FROM cairn.breakers"),
+            # it cannot lease an attempt (an unpause may reset the attempt count: store/pauses.py)
+            ("client", "UPDATE cairn.activity_tasks SET lease_owner = lease_owner"),
+            ("client", "UPDATE cairn.activity_tasks SET token = token"), ("client", "DELETE FROM cairn.breakers"),
             ("client", "DELETE FROM cairn.rate_limit_windows"),
         }
         assert {key: attempt(as_role(db_url, names[key[0]]), key[1]) for key in refused} == dict.fromkeys(

@@ -95,14 +95,19 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "schedule_actions": ("INSERT", "UPDATE", "DELETE"),  # trigger, backfill
         "batches": ("INSERT", "UPDATE"),  # start, cancel, and execute while waiting
         "batch_targets": ("INSERT", "UPDATE"),
+        "activity_pauses": ("INSERT", "DELETE"),  # cairn pause|unpause --activity-type/--queue
     },
 }
 
 # Where a role's UPDATE is granted on some columns only: the client heartbeats an attempt by
-# its task token (store/completions.py; its retry by token deletes and re-inserts the row),
-# and updates nothing else of the row: it cannot lease an attempt.
+# its task token (store/completions.py; its retry by token deletes and re-inserts the row)
+# and pauses, resumes or resets one (store/pauses.py), and updates nothing else of the row:
+# it cannot lease an attempt.
 COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline")},
+    "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline",
+                                  # pause and unpause (store/pauses.py): hold, free, give fresh attempts
+                                  "paused", "pause", "available_at", "attempt", "throttled_seconds",
+                                  "schedule_deadline")},
 }
 
 
