@@ -103,7 +103,9 @@ async def test_paused_new_run_is_not_claimed_until_resumed(client, start_worker,
     await _control(client, "new")
     assert sql("SELECT max(seq) FROM cairn.history WHERE run_id = %s", (handle.run_id,)) == [(1,)]
     d = await handle.describe()
-    assert d.status == "running" and d.paused is not None and d.paused["note"] == "hold it"
+    assert d.status == "running"
+    assert d.paused is not None
+    assert d.paused["note"] == "hold it"
     assert "placeholder" not in d.paused
     await handle.pause("again")  # a paused run keeps its first pause
     assert (await handle.describe()).paused["note"] == "hold it"  # type: ignore[index]
@@ -137,7 +139,8 @@ async def test_paused_run_collects_outcome_signal_and_timer_then_completes_once(
     # Queries are answered from the current state (the outcome and the signal wait).
     assert await handle.query("got", timeout=10) == []
     d = await handle.describe()
-    assert d.paused is not None and d.paused["note"] == "fixing the downstream"
+    assert d.paused is not None
+    assert d.paused["note"] == "fixing the downstream"
 
     assert await handle.unpause() is True
     assert await handle.result(timeout=30) == [f"opened {tag}", "a signal", f"done {tag}"]
@@ -251,10 +254,12 @@ async def test_pausing_retry_policy_then_unpause_or_fail(client, start_worker, s
                                          (h.run_id,)) == [(True,)], timeout=30)
     d = await fixed.describe()
     [act] = d.pending_activities
-    assert act["pause"]["reason"] == "exhausted" and act["pause"]["retry_state"] == "maximum_attempts"
+    assert act["pause"]["reason"] == "exhausted"
+    assert act["pause"]["retry_state"] == "maximum_attempts"
     assert act["last_failure"]["type"] == "ConnectionError"
     pauses = {p.workflow_id: p for p in await client.list_pauses()}
-    assert pauses["exhausted-fixed"].kind == "activity" and pauses["exhausted-fixed"].attempt == 2
+    assert pauses["exhausted-fixed"].kind == "activity"
+    assert pauses["exhausted-fixed"].attempt == 2
     assert "the service is down" in pauses["exhausted-fixed"].note
     assert d.status == "running"
 

@@ -2078,32 +2078,44 @@ WHERE run_id = %(run_id)s AND seq = %(seq)s
 RETURNING activity_type, queue, lease_owner IS NOT NULL AS running, pause
 
 -- name: unpause_activity
--- Lifts an activity's own pause (it stays held while its run is paused). Its next attempt
--- is due at once (a backoff left is dropped, as Temporal's unpause). With %(reset)s, or when
--- its retry policy paused it (attempts or throttle budget used up), it gets a fresh set of
--- attempts, a new throttle budget and, if it had one, a new schedule-to-close deadline
--- (pause_exhausted_activity cleared it). No row: the activity has its outcome; an activity
--- not paused is left as it is (was_paused false).
+-- Lifts an activity's own pause (it stays held while its run is paused). An attempt running
+-- goes on (its retry will be due as usual); otherwise its next attempt is due at once (a
+-- backoff left is dropped, as Temporal's unpause), and with %(reset)s, or when its retry
+-- policy paused it (attempts or throttle budget used up), it gets a fresh set of attempts, a
+-- new throttle budget and, if it had one, a new schedule-to-close deadline
+-- (pause_exhausted_activity cleared it): a delete and a re-insert of the row, as
+-- retry_activity_by_token, so that the client role updates only the pause columns. No row:
+-- the activity has its outcome; one not paused is left as it is (was_paused false).
 WITH old AS (
     SELECT run_id, seq, pause FROM cairn.activity_tasks WHERE run_id = %(run_id)s AND seq = %(seq)s FOR UPDATE
-), freed AS (
-    UPDATE cairn.activity_tasks a
-    SET pause = NULL,
-        paused = EXISTS (SELECT 1 FROM cairn.workflow_tasks t WHERE t.run_id = a.run_id AND t.pause IS NOT NULL),
-        available_at = CASE WHEN a.lease_owner IS NULL THEN coalesce(%(now)s::timestamptz, now())
-                            ELSE a.available_at END,
-        attempt = CASE WHEN a.lease_owner IS NULL AND (%(reset)s OR a.pause ->> 'reason' = 'exhausted')
-                       THEN 0 ELSE a.attempt END,
-        throttled_seconds = CASE WHEN %(reset)s OR a.pause ->> 'reason' = 'exhausted' THEN 0
-                                 ELSE a.throttled_seconds END,
-        schedule_deadline = coalesce(a.schedule_deadline, coalesce(%(now)s::timestamptz, now())
-                                     + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'))
-    FROM old WHERE a.run_id = old.run_id AND a.seq = old.seq AND old.pause IS NOT NULL
-    RETURNING a.queue, a.paused
+), c AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now,
+           EXISTS (SELECT 1 FROM cairn.workflow_tasks t WHERE t.run_id = %(run_id)s AND t.pause IS NOT NULL) AS held
+), running AS (
+    UPDATE cairn.activity_tasks a SET pause = NULL, paused = c.held
+    FROM old, c WHERE a.run_id = old.run_id AND a.seq = old.seq AND old.pause IS NOT NULL AND a.lease_owner IS NOT NULL
+    RETURNING a.paused
+), gone AS (
+    DELETE FROM cairn.activity_tasks a USING old
+    WHERE a.run_id = old.run_id AND a.seq = old.seq AND old.pause IS NOT NULL AND a.lease_owner IS NULL
+    RETURNING a.*
+), back AS (
+    INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
+        activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause)
+    SELECT g.run_id, g.namespace, g.seq, g.workflow_id, g.workflow_type, g.workflow_queue, g.activity_type, g.queue,
+           g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at, c.now,
+           coalesce(g.schedule_deadline,
+                    c.now + ((g.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')),
+           g.heartbeat_details, g.heartbeat_at, g.last_failure, g.cancel_requested,
+           CASE WHEN f.fresh THEN 0 ELSE g.throttled_seconds END, c.held, NULL
+    FROM gone g, c, LATERAL (SELECT %(reset)s::boolean OR g.pause ->> 'reason' = 'exhausted' AS fresh) f
+    RETURNING queue, paused
 )
-SELECT old.pause IS NOT NULL AS was_paused, f.paused AS held,
-       (SELECT count(pg_notify('cairn_activity', queue)) FROM freed WHERE NOT paused) AS woken
-FROM old LEFT JOIN freed f ON true
+SELECT old.pause IS NOT NULL AS was_paused,
+       coalesce((SELECT paused FROM running), (SELECT paused FROM back), false) AS held,
+       (SELECT count(pg_notify('cairn_activity', queue)) FROM back WHERE NOT paused) AS woken
+FROM old
 
 -- name: lock_pending_activity
 -- An operator's failure of one activity: its row, locked until the outcome is written (the

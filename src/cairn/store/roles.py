@@ -105,9 +105,9 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
 # it cannot lease an attempt.
 COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline",
-                                  # pause and unpause (store/pauses.py): hold, free, give fresh attempts
-                                  "paused", "pause", "available_at", "attempt", "throttled_seconds",
-                                  "schedule_deadline")},
+                                  # pause and unpause (store/pauses.py): hold and free it; fresh
+                                  # attempts are a delete and a re-insert, as a retry by token
+                                  "paused", "pause")},
 }
 
 
