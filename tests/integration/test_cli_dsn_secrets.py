@@ -47,6 +47,11 @@ COMMANDS: dict[str, list[str]] = {
                           "--end-at", "2026-01-01T01:00:00Z"],
     "batch list": ["batch", "list"],
     "workers": ["workers"],
+    "pause": ["pause", "x"],
+    "unpause": ["unpause", "x"],
+    "pauses": ["pauses"],
+    "activity pause": ["activity", "pause", "x", "1"],
+    "activity unpause": ["activity", "unpause", "x", "1"],
     **{f"batch {verb}": ["batch", verb, "0190f0f0-0000-7000-8000-000000000000"]
        for verb in ("describe", "cancel", "wait")},
     "terminate --where": ["terminate", "--where", "Status = 'running'", "--dry-run"],
