@@ -1,8 +1,7 @@
 """Lease renewals on a busy worker: they have a session of their own, so a worker whose
 engine pool is taken (claims, records, outcome writes queued on a loaded host) still keeps
 the leases of the attempts it runs. On the engine's pool a renewal waited behind them, the
-lease of a live attempt lapsed, and the reaper ran it again as WorkerLost (the likely cause
-of the attempts {1, 2} CI saw in test_rate_limit_holds_across_two_processes)."""
+lease of a live attempt lapsed, and the reaper ran it again as WorkerLost."""
 
 from __future__ import annotations
 
