@@ -72,7 +72,8 @@ WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_sessi
 # records. Activity code holds a connection for one step at a time (never across a call,
 # never two at once), so a few connections serve all activity_concurrency attempts; the
 # engine's pool holds one per workflow poller plus ENGINE_POOL_EXTRA for the deliverer,
-# activity poller, maintenance and outcome writes. Lease renewals have a session of their own.
+# flusher, activity poller, maintenance and outcome writes; the flusher's lease renewals
+# have that one session to themselves (Pools.renewals).
 ACTIVITY_POOL_MAX = 8
 ENGINE_POOL_EXTRA = 4
 
@@ -197,7 +198,9 @@ class Worker:
         url, embedded = await asyncio.to_thread(db.resolve_url, self.url)
         self.url = url
         await asyncio.to_thread(db.ensure_ready, url, embedded, who="worker")
-        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA
+        # The lease renewals' session is one of ENGINE_POOL_EXTRA's, taken out of the engine's
+        # pool: a worker holds as many sessions as before.
+        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA - (1 if self.activities else 0)
         pools = self._pools
         engine = pools.engine = new_pool(url, min_size=min(2, pool_size), max_size=pool_size,
                                           options=WORKER_CONNECTION_OPTIONS, hot=True)
