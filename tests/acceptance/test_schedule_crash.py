@@ -54,9 +54,11 @@ def test_every_slot_fires_exactly_once_through_kill9_and_dropped_connections(wor
             victim = next(p for p in procs if not p.killed)
             victim.kill9()
             procs.append(workers(f"r{step}", module="schedule_flows", wait=False))
-        else:  # cut every worker's connections to Postgres
+        else:  # cut every worker's connections to Postgres (this test's database only: the
+            # workers of tests running beside it are named cairn-* too, and lost theirs)
             query(db_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name LIKE 'cairn-%%' AND pid <> pg_backend_pid()")
+                          "WHERE datname = current_database() AND application_name LIKE 'cairn-%%' "
+                          "AND pid <> pg_backend_pid()")
     paused = cairn_cli("schedule", "pause", "tick", "--note", "test over", db_url=db_url)
     assert paused.code == 0, paused.err
     live = [p for p in procs if not p.killed]

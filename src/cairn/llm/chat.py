@@ -351,16 +351,19 @@ async def _attempt_model(pool: Pool, info: activity.ActivityInfo, parsed: _ChatC
     limited = provider.rpm is not None or provider.tpm is not None or provider.max_concurrency is not None
     try:
         if limited:
-            async with pool.connection() as conn:
-                reservation = await ratelimits.reserve(
-                    conn, f"{provider.name}:{model}", rpm=provider.rpm, tpm=provider.tpm,
-                    max_concurrency=provider.max_concurrency, tokens=estimate_tokens(req),
-                    window_seconds=provider.rate_window_seconds, holder=info.idempotency_key,
-                    pace=None if provider.rate_enforcement == "sliding" else ratelimits.PACE_BURST,
-                    priority=1 if info.attempt > 1 else 0)  # a retry goes before first attempts
+            async def reserve_once() -> ratelimits.Reservation:
+                async with pool.connection() as conn:  # not held while waiting for a turn
+                    return await ratelimits.reserve(
+                        conn, f"{provider.name}:{model}", rpm=provider.rpm, tpm=provider.tpm,
+                        max_concurrency=provider.max_concurrency, tokens=estimate_tokens(req),
+                        window_seconds=provider.rate_window_seconds, holder=info.idempotency_key,
+                        pace=None if provider.rate_enforcement == "sliding" else ratelimits.PACE_BURST,
+                        priority=1 if info.attempt > 1 else 0)  # a retry goes before first attempts
+
+            reservation = await ratelimits.reserve_in_turn(reserve_once)
             if not reservation.ok:
                 _calls.add(1, {**labels, "outcome": "rate_limited"})
-                raise Reschedule(reservation.delay, kind="rate_limit", reason=reservation.reason)
+                raise Reschedule(reservation.put_off, kind="rate_limit", reason=reservation.reason)
             if admission.probe_id is None:
                 # The admission may be stale: the wait for the limiter's row lock can be long
                 # under load, and a 429 may have opened the breaker meanwhile (a provider's

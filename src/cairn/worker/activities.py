@@ -456,15 +456,23 @@ class ActivityRunner:
     # ------------------------------------------------------------ heartbeats and leases
 
     async def flusher(self) -> None:
-        """Batches heartbeats and lease renewals of all running attempts into one UPDATE."""
+        """Batches heartbeats and lease renewals of all running attempts into one UPDATE, on
+        the renewals' own session (``Pools.renewals``), every third of a lease to the moment."""
         loop = asyncio.get_running_loop()
         flush = self._wakes.flush
+        renew_every = self._lease_seconds / 3
+        failed = False  # the last flush failed: wait a whole interval before the next
         while True:
             flush.clear()
+            wait = min([FLUSH_INTERVAL_SECONDS, *(r.flush_every for r in self._running.values())])
+            if self._running and not failed:
+                # Wake when the renewal is due, not at the next flush after it: waking every
+                # 0.5 s renewed a 2 s lease every 1 s, half of it gone before each renewal.
+                wait = min(wait, max(self._last_renewal + renew_every - loop.time(), 0.0))
+            failed = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(flush.wait(), min(
-                    [FLUSH_INTERVAL_SECONDS, *(r.flush_every for r in self._running.values())]))
-            renew_all = loop.time() - self._last_renewal >= self._lease_seconds / 3
+                await asyncio.wait_for(flush.wait(), wait)
+            renew_all = loop.time() - self._last_renewal >= renew_every
             rows = []
             for r in list(self._running.values()):
                 if r.lost or not (renew_all or r.beat):
@@ -477,10 +485,11 @@ class ActivityRunner:
                     self._last_renewal = loop.time()
                 continue
             try:
-                alive = await store.renew_leases(self._pools.main(), beats=rows, lease=self._lease_seconds,
+                alive = await store.renew_leases(self._pools.renewals(), beats=rows, lease=self._lease_seconds,
                                                  worker=self._identity)
             except Exception as exc:
                 log.warning("heartbeat flush failed: %s", exc)
+                failed = True
                 continue
             if renew_all:
                 self._last_renewal = loop.time()

@@ -17,17 +17,25 @@ log = logging.getLogger("cairn.worker")
 
 class Pools:
     """The worker's connection pools, opened by ``Worker.run`` (None until then): the
-    engine's (claims, records, leases, outcomes) and the activity code's (breakers, rate
-    limits, streamed text; see ``cairn.worker.worker.ACTIVITY_POOL_MAX``)."""
+    engine's (claims, records, outcomes), the lease renewals' own session (a worker that runs
+    activities), and the activity code's (breakers, rate limits, streamed text; see
+    ``cairn.worker.worker.ACTIVITY_POOL_MAX``)."""
 
     def __init__(self) -> None:
         self.engine: db.Pool | None = None
+        self.leases: db.Pool | None = None
         self.activity: db.Pool | None = None
 
     def main(self) -> db.Pool:
         """The engine's pool (the worker runs)."""
         assert self.engine is not None, "the worker is not running"
         return self.engine
+
+    def renewals(self) -> db.Pool:
+        """The lease renewals' pool: a session no claim, record or outcome write waits in
+        front of, so a busy engine pool cannot let a live attempt's lease lapse (the
+        engine's in a worker that runs no activities: it renews nothing)."""
+        return self.leases if self.leases is not None else self.main()
 
 
 class Wakes:

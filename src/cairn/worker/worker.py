@@ -75,7 +75,8 @@ WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_sessi
 # records. Activity code holds a connection for one step at a time (never across a call,
 # never two at once), so a few connections serve all activity_concurrency attempts; the
 # engine's pool holds one per workflow poller plus ENGINE_POOL_EXTRA for the deliverer,
-# flusher, activity poller, maintenance and outcome writes.
+# flusher, activity poller, maintenance and outcome writes; the flusher's lease renewals
+# have that one session to themselves (Pools.renewals).
 ACTIVITY_POOL_MAX = 8
 ENGINE_POOL_EXTRA = 4
 
@@ -226,12 +227,18 @@ class Worker:
         url, embedded = await asyncio.to_thread(db.resolve_url, self.url)
         self.url = url
         await asyncio.to_thread(db.ensure_ready, url, embedded, who="worker")
-        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA
+        # The lease renewals' session is one of ENGINE_POOL_EXTRA's, taken out of the engine's
+        # pool: a worker holds as many sessions as before.
+        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA - (1 if self.activities else 0)
         pools = self._pools
         engine = pools.engine = new_pool(url, min_size=min(2, pool_size), max_size=pool_size,
                                           options=WORKER_CONNECTION_OPTIONS, hot=True)
         await engine.open(wait=True, timeout=30)
         if self.activities:
+            # One session for lease renewals alone: queued behind the engine's claims and
+            # records on a busy worker, a renewal came late and a live attempt's lease lapsed.
+            pools.leases = new_pool(url, min_size=1, max_size=1, options=WORKER_CONNECTION_OPTIONS, hot=False)
+            await pools.leases.open(wait=True, timeout=30)
             pools.activity = new_pool(url, min_size=1, max_size=min(ACTIVITY_POOL_MAX, self.activity_concurrency),
                                        options=CONNECTION_OPTIONS, hot=False)
             await pools.activity.open(wait=True, timeout=30)
@@ -270,8 +277,9 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await engine.close()
-            if pools.activity is not None:
-                await pools.activity.close()
+            for pool in (pools.leases, pools.activity):
+                if pool is not None:
+                    await pool.close()
             await _close_llm_connections()
             self._activities.shutdown()
             self._cache.clear()
