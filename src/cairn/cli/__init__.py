@@ -14,6 +14,7 @@ from cairn.cli import (  # noqa: F401  (registers the commands)
     llm,
     messages,
     operators,
+    retention,
     runs,
     schedules,
     security,

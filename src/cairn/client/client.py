@@ -27,6 +27,7 @@ from cairn.client.checks import (
 from cairn.client.handle import WorkflowHandle
 from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
+from cairn.client.retention import NamespaceHandle
 from cairn.client.schedules import ScheduleHandle
 from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
 from cairn.client.workers import WorkerInfo
@@ -652,6 +653,10 @@ class Client:
     async def list_schedules(self) -> schedules.ScheduleList:
         """The namespace's schedules, by id."""
         return await schedules.list_schedules(self)
+
+    def get_namespace_handle(self) -> NamespaceHandle:
+        """This client's namespace: its retention and archive, and purges of closed runs."""
+        return NamespaceHandle(self, self.namespace)
 
     # -- workers (cairn.client.workers)
 
