@@ -49,6 +49,7 @@ from cairn.client import Client
 from cairn.engine.history import Event
 from cairn.engine.instance import replay
 from cairn.errors import InputValidationError, UnknownWorkflowType, WorkflowTaskFailed
+from cairn.store import archive as _archive
 from cairn.store import clock as _clock
 from cairn.store import db
 from cairn.store import runs as _runs
@@ -88,7 +89,7 @@ class ReplayResult:
 
 
 def replay_history(workflows: Callable[..., Any] | Iterable[Callable[..., Any]], history: History, *,
-                   namespace: str = "default") -> ReplayResult:
+                   namespace: str = "default", run_id: str | None = None) -> ReplayResult:
     """Replays a recorded history through the current workflow code, as a worker would after
     a restart, and checks every command the code produces against the recorded one.
 
@@ -97,11 +98,13 @@ def replay_history(workflows: Callable[..., Any] | Iterable[Callable[..., Any]],
     Args:
         workflows: a ``@workflow.defn`` function, or several; the history's workflow type
             picks the one replayed.
-        history: the path of a file written by ``cairn history ID --json``, that file's
-            parsed JSON (a dict with ``"events"``), or the events themselves
+        history: the path of a file written by ``cairn history ID --json`` or of an
+            archive file (JSON lines, one run each: retention and ``cairn purge``), that
+            file's parsed JSON (a dict with ``"events"``), or the events themselves
             (:class:`~cairn.engine.history.Event` objects or their JSON form), starting at
             ``WorkflowStarted``.
         namespace: the namespace the code sees in ``workflow.info()``.
+        run_id: in an archive file of several runs, the run to replay.
 
     Returns:
         What was replayed.
@@ -114,7 +117,7 @@ def replay_history(workflows: Callable[..., Any] | Iterable[Callable[..., Any]],
         Exception: the workflow code raised while replaying (a bug in it); the exception
             it raised.
     """
-    data = _history_data(history)
+    data = _history_data(history, run_id)
     try:
         events = [e if isinstance(e, Event) else Event.from_json(dict(e)) for e in data["events"]]
         if not events:
@@ -140,7 +143,14 @@ def replay_history(workflows: Callable[..., Any] | Iterable[Callable[..., Any]],
     return ReplayResult(workflow_id, run_id, name, len(events))
 
 
-def _history_data(history: History) -> Mapping[str, Any]:
+def _history_data(history: History, run_id: str | None = None) -> Mapping[str, Any]:
+    if isinstance(history, str | os.PathLike) and _archive.is_json_lines(history):
+        runs = list(_archive.read_runs(history, run_id=run_id))
+        if not runs:
+            raise InputValidationError(f"{history} holds no run" + (f" {run_id}" if run_id else ""))
+        if len(runs) > 1:
+            raise InputValidationError(f"{history} holds {len(runs)} runs: pass run_id= to pick one")
+        return runs[0].document
     if isinstance(history, str | os.PathLike):
         path = Path(history)
         try:

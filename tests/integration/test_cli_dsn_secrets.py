@@ -50,6 +50,11 @@ COMMANDS: dict[str, list[str]] = {
     "pause": ["pause", "x"],
     "unpause": ["unpause", "x"],
     "pauses": ["pauses"],
+    "purge": ["purge", "--dry-run"],
+    "namespace update": ["namespace", "update", "--retention", "30d"],
+    "namespace describe": ["namespace", "describe"],
+    "namespace list": ["namespace", "list"],
+    "archive show": ["archive", "show", "x"],
     "activity pause": ["activity", "pause", "x", "1"],
     "activity unpause": ["activity", "unpause", "x", "1"],
     **{f"batch {verb}": ["batch", verb, "0190f0f0-0000-7000-8000-000000000000"]

@@ -15,6 +15,7 @@ from cairn.cli import (  # noqa: F401  (registers the commands)
     messages,
     operators,
     pauses,
+    retention,
     runs,
     schedules,
     security,

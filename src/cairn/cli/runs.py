@@ -42,6 +42,7 @@ from cairn.errors import (
     WorkflowTaskFailed,
 )
 from cairn.options import ID_REUSE_POLICIES, RUN_STATUSES, seconds
+from cairn.store import archive as archives
 from cairn.views import summarize
 from cairn.worker import collect
 from cairn.workflow import WorkflowDefinition, WorkflowInfo
@@ -301,17 +302,23 @@ def history_cmd(settings: Settings, workflow_id: str, run_id: str | None, as_jso
 @json_option
 @click.pass_obj
 def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id: str | None, as_json: bool) -> None:
-    """Replay a history (a workflow id, or a file from `cairn history --json`) against the current code."""
+    """Replay a history (a workflow id, a file from `cairn history --json`, or an archive file: each of its runs,
+    or --run-id's) against the current code."""
 
     is_file = os.path.isfile(source)
 
-    async def load() -> dict[str, Any]:
+    async def load() -> list[dict[str, Any]]:
+        if is_file and archives.is_json_lines(source):
+            found = [r.document for r in archives.read_runs(source, run_id=run_id)]
+            if not found:
+                raise InputValidationError(f"{source} holds no run" + (f" {run_id}" if run_id else ""))
+            return found
         if is_file:
             data = parse_json("@" + source, "history file", max_bytes=MAX_HISTORY_FILE_BYTES)
             if not isinstance(data, dict) or not isinstance(data.get("events"), list):
                 raise InputValidationError(
                     f"{source} is not a history file (want the output of `cairn history --json`)")
-            return data
+            return [data]
 
         @with_client
         async def fetch(client: Client) -> dict[str, Any]:
@@ -320,45 +327,26 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
             return {"workflow_id": d.workflow_id, "run_id": d.run_id, "workflow_type": d.workflow_type,
                     "queue": d.queue, "events": [e.to_json() for e in events]}
 
-        return await fetch(settings)
+        return [await fetch(settings)]
 
-    async def go() -> dict[str, Any]:
-        data = await load()
-        try:
-            events = [Event.from_json(e) for e in data["events"]]
-            if not events:
-                raise ValueError("it has no events")
-            name = str(data.get("workflow_type") or events[0].data["workflow_type"])
-            try:
-                run = str(uuid.UUID(str(data.get("run_id"))))
-            except ValueError:
-                raise ValueError(f"run_id {data.get('run_id')!r} is not a UUID") from None
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise InputValidationError(f"malformed history: {exc}") from None
-        definition = _find_workflow(modules, name)
-        start = events[0].at
-        info = WorkflowInfo(workflow_id=str(data.get("workflow_id")), run_id=run,
-                            workflow_type=name, queue=str(data.get("queue") or "default"), namespace=settings.namespace,
-                            start_time=start if start else _epoch())
-        out: dict[str, Any] = {"workflow_id": info.workflow_id, "run_id": info.run_id, "events": len(events)}
-        try:
-            replay(definition, info, events)
-            out["ok"] = True
-        except WorkflowTaskFailed as exc:
-            cause = exc.cause
-            out["ok"] = False
-            if isinstance(cause, NonDeterminismError):
-                out["divergence"] = {"seq": cause.seq, "expected": cause.expected, "produced": cause.produced,
-                                     "message": str(cause)}
-            else:
-                out["error"] = f"{type(cause).__name__}: {cause}"
-        except NonDeterminismError as exc:
-            out["ok"] = False
-            out["divergence"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced,
-                                 "message": str(exc)}
-        return out
+    async def go() -> list[dict[str, Any]]:
+        return [_replay_one(settings, modules, data) for data in await load()]
 
-    out = run(go())
+    outs = run(go())
+    if len(outs) > 1:
+        failed = [o for o in outs if not o["ok"]]
+        if as_json:
+            click.echo(to_json({"ok": not failed, "runs": len(outs), "failed": len(failed), "results": outs}))
+        else:
+            for o in failed:
+                click.echo(f"{o['workflow_id']} {o['run_id']}: " + (
+                    f"DIVERGED: {o['divergence']['message']}" if "divergence" in o else f"FAILED: {o['error']}"))
+            click.echo(f"{'FAILED' if failed else 'OK'}: {len(outs) - len(failed)} of {len(outs)} runs "
+                       "replay with the current code")
+        if failed:
+            raise click.exceptions.Exit(EXIT_RUNTIME)
+        return
+    out = outs[0]
     if as_json:
         click.echo(to_json(out))
     elif out["ok"]:
@@ -369,6 +357,43 @@ def replay_cmd(settings: Settings, source: str, modules: tuple[str, ...], run_id
         click.echo(f"FAILED: replay raised {out['error']}")
     if not out["ok"]:
         raise click.exceptions.Exit(EXIT_RUNTIME)
+
+
+def _replay_one(settings: Settings, modules: tuple[str, ...], data: dict[str, Any]) -> dict[str, Any]:
+    """Replays one history document; what happened, as `cairn replay --json` prints it."""
+    try:
+        events = [Event.from_json(e) for e in data["events"]]
+        if not events:
+            raise ValueError("it has no events")
+        name = str(data.get("workflow_type") or events[0].data["workflow_type"])
+        try:
+            run = str(uuid.UUID(str(data.get("run_id"))))
+        except ValueError:
+            raise ValueError(f"run_id {data.get('run_id')!r} is not a UUID") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InputValidationError(f"malformed history: {exc}") from None
+    definition = _find_workflow(modules, name)
+    start = events[0].at
+    info = WorkflowInfo(workflow_id=str(data.get("workflow_id")), run_id=run,
+                        workflow_type=name, queue=str(data.get("queue") or "default"), namespace=settings.namespace,
+                        start_time=start if start else _epoch())
+    out: dict[str, Any] = {"workflow_id": info.workflow_id, "run_id": info.run_id, "events": len(events)}
+    try:
+        replay(definition, info, events)
+        out["ok"] = True
+    except WorkflowTaskFailed as exc:
+        cause = exc.cause
+        out["ok"] = False
+        if isinstance(cause, NonDeterminismError):
+            out["divergence"] = {"seq": cause.seq, "expected": cause.expected, "produced": cause.produced,
+                                 "message": str(cause)}
+        else:
+            out["error"] = f"{type(cause).__name__}: {cause}"
+    except NonDeterminismError as exc:
+        out["ok"] = False
+        out["divergence"] = {"seq": exc.seq, "expected": exc.expected, "produced": exc.produced,
+                             "message": str(exc)}
+    return out
 
 
 def _epoch() -> Any:

@@ -4,7 +4,8 @@
 (handle.py) acts on one workflow; the close listener (listener.py) wakes their waits;
 messages.py and checks.py hold what they check; operators.py resets and retries;
 batches.py acts on every run a filter matches; follow.py follows a run live; schedules.py
-creates and steers schedules; workers.py lists workers and says what no live worker serves.
+creates and steers schedules; workers.py lists workers and says what no live worker serves;
+retention.py sets a namespace's retention and archive, and purges closed runs.
 Every statement they send is
 a :mod:`cairn.store` function's.
 """
@@ -21,11 +22,11 @@ from cairn.client.client import (
     IdConflictPolicy,
     RunPage,
     StartTarget,
-    WithStartWorkflowOperation,
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
 from cairn.client.pauses import Pause
+from cairn.client.retention import NamespaceHandle, NamespaceSettings, PurgeSummary
 from cairn.client.schedules import (
     ScheduleActionResult,
     ScheduleDescription,
@@ -35,7 +36,7 @@ from cairn.client.schedules import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage
+from cairn.client.updates import WithStartWorkflowOperation, WorkflowUpdateHandle, WorkflowUpdateStage
 from cairn.client.workers import WorkerInfo
 from cairn.schedules import (  # Temporal users import the schedule types from the client (temporalio.client)
     Schedule,
@@ -57,7 +58,10 @@ __all__ = [
     "BatchPreview",
     "Client",
     "IdConflictPolicy",
+    "NamespaceHandle",
+    "NamespaceSettings",
     "Pause",
+    "PurgeSummary",
     "RunDescription",
     "RunPage",
     "Schedule",

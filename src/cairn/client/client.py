@@ -27,8 +27,9 @@ from cairn.client.checks import (
 from cairn.client.handle import WorkflowHandle
 from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
+from cairn.client.retention import NamespaceHandle
 from cairn.client.schedules import ScheduleHandle
-from cairn.client.updates import WorkflowUpdateHandle, WorkflowUpdateStage, check_update
+from cairn.client.updates import WithStartWorkflowOperation, WorkflowUpdateHandle, WorkflowUpdateStage, check_update
 from cairn.client.workers import WorkerInfo
 from cairn.errors import (
     DatabaseUnavailable,
@@ -113,50 +114,6 @@ class RunPage:
 
     def to_json(self) -> dict[str, Any]:
         return {"runs": self.runs, "total": self.total, "next_page_token": self.next_page_token}
-
-
-class WithStartWorkflowOperation:
-    """The start half of an update-with-start (Temporal's ``WithStartWorkflowOperation``):
-    the workflow, its arguments, its id and queue. ``await op.workflow_handle()`` gives the
-    handle of the run the update went to (started, or found open) once the call is made.
-
-    Only ``id_conflict_policy="use_existing"`` (an open run takes the update) is offered:
-    that is what update-with-start means here.
-    """
-
-    def __init__(self, workflow: Callable[..., Any] | str, *args: Any, id: str, queue: str | None = None,
-                 id_conflict_policy: str = "use_existing") -> None:
-        if id_conflict_policy != "use_existing":
-            raise InputValidationError(f"WithStartWorkflowOperation takes id_conflict_policy='use_existing' only, "
-                                       f"not {id_conflict_policy!r}")
-        self.workflow = workflow
-        self.args = args
-        self.id = validate_id(id)
-        self.queue = queue
-        self._handle: WorkflowHandle | None = None
-        self._error: BaseException | None = None
-        self._done = asyncio.Event()
-
-    def _started(self, handle: WorkflowHandle) -> None:
-        self._handle = handle
-        self._done.set()
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._handle is None:
-            self._error = exc
-            self._done.set()
-
-    async def workflow_handle(self) -> WorkflowHandle:
-        """The run's handle, once the update-with-start call has written the start.
-
-        Raises:
-            whatever made the start fail (the call raised it too).
-        """
-        await self._done.wait()
-        if self._handle is None:
-            assert self._error is not None
-            raise self._error
-        return self._handle
 
 
 class Client:
@@ -652,6 +609,10 @@ class Client:
     async def list_schedules(self) -> schedules.ScheduleList:
         """The namespace's schedules, by id."""
         return await schedules.list_schedules(self)
+
+    def get_namespace_handle(self) -> NamespaceHandle:
+        """This client's namespace: its retention and archive, and purges of closed runs."""
+        return NamespaceHandle(self, self.namespace)
 
     # -- workers (cairn.client.workers)
 

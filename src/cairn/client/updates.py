@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from cairn.client.checks import validate_id
 from cairn.client.messages import QUERY_RECHECK_SECONDS, validate_name
 from cairn.errors import ApplicationError, InputValidationError, WorkflowUpdateFailedError, WorkflowUpdateTimeout
 from cairn.handlers import check_message_args, message_ref
@@ -69,6 +70,50 @@ def check_update(update: str | Callable[..., Any], args: Sequence[Any], update_i
         if any(ch.isspace() for ch in update_id):
             raise InputValidationError(f"an update id cannot contain whitespace, got {update_id!r}")
     return name, payload, update_id, signature
+
+
+class WithStartWorkflowOperation:
+    """The start half of an update-with-start (Temporal's ``WithStartWorkflowOperation``):
+    the workflow, its arguments, its id and queue. ``await op.workflow_handle()`` gives the
+    handle of the run the update went to (started, or found open) once the call is made.
+
+    Only ``id_conflict_policy="use_existing"`` (an open run takes the update) is offered:
+    that is what update-with-start means here.
+    """
+
+    def __init__(self, workflow: Callable[..., Any] | str, *args: Any, id: str, queue: str | None = None,
+                 id_conflict_policy: str = "use_existing") -> None:
+        if id_conflict_policy != "use_existing":
+            raise InputValidationError(f"WithStartWorkflowOperation takes id_conflict_policy='use_existing' only, "
+                                       f"not {id_conflict_policy!r}")
+        self.workflow = workflow
+        self.args = args
+        self.id = validate_id(id)
+        self.queue = queue
+        self._handle: WorkflowHandle | None = None
+        self._error: BaseException | None = None
+        self._done = asyncio.Event()
+
+    def _started(self, handle: WorkflowHandle) -> None:
+        self._handle = handle
+        self._done.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._handle is None:
+            self._error = exc
+            self._done.set()
+
+    async def workflow_handle(self) -> WorkflowHandle:
+        """The run's handle, once the update-with-start call has written the start.
+
+        Raises:
+            whatever made the start fail (the call raised it too).
+        """
+        await self._done.wait()
+        if self._handle is None:
+            assert self._error is not None
+            raise self._error
+        return self._handle
 
 
 class WorkflowUpdateHandle:

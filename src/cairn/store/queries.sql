@@ -2189,3 +2189,111 @@ SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_dead
     heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 RETURNING attempt
+
+-- ---------------------------------------------------------------- retention and purge (store/retention.py)
+
+-- name: namespace_settings
+-- A namespace's settings row (none: keep forever, no archive).
+SELECT namespace, retention, archive_uri, updated_at FROM cairn.namespaces WHERE namespace = %(namespace)s::text
+
+-- name: list_namespace_settings
+-- Every namespace with a settings row, and the namespaces that have runs but no row.
+SELECT n.namespace, n.retention, n.archive_uri, n.updated_at FROM cairn.namespaces n
+UNION ALL
+SELECT d.namespace, NULL::interval, NULL::text, NULL::timestamptz
+FROM (SELECT DISTINCT namespace FROM cairn.runs) d
+WHERE NOT EXISTS (SELECT 1 FROM cairn.namespaces n WHERE n.namespace = d.namespace)
+ORDER BY 1
+
+-- name: set_namespace_settings
+-- Sets a namespace's retention and/or archive (a %(set_...)s flag false keeps the value it had).
+INSERT INTO cairn.namespaces (namespace, retention, archive_uri, updated_at)
+VALUES (%(namespace)s::text, %(retention)s::interval, %(archive_uri)s::text, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (namespace) DO UPDATE SET
+    retention = CASE WHEN %(set_retention)s::boolean THEN excluded.retention ELSE cairn.namespaces.retention END,
+    archive_uri = CASE WHEN %(set_archive)s::boolean THEN excluded.archive_uri ELSE cairn.namespaces.archive_uri END,
+    updated_at = excluded.updated_at
+RETURNING namespace, retention, archive_uri, updated_at
+
+-- name: retention_due
+-- The namespaces with a retention, each with its cutoff (runs closed before it are past it).
+SELECT namespace, archive_uri, coalesce(%(now)s::timestamptz, now()) - retention AS cutoff
+FROM cairn.namespaces WHERE retention IS NOT NULL ORDER BY namespace
+
+-- name: purge_clock
+-- The database's time (or the test's): a purge's "now", read once.
+SELECT coalesce(%(now)s::timestamptz, now())
+
+-- name: purge_preview
+-- A purge's dry run: the runs of the namespace its filter ({where}) matches, counted by what
+-- a purge would do with each (open: never purged; young: closed after the cutoff; held: its
+-- parent is open, or a running batch has yet to act on it; purge) and status. Writes nothing.
+WITH m AS (
+    SELECT r.status, r.closed_at < %(cutoff)s::timestamptz AS old,
+           (EXISTS (SELECT 1 FROM cairn.runs p WHERE p.run_id = r.parent_run_id AND p.status = 'running')
+            OR EXISTS (SELECT 1 FROM cairn.batches b JOIN cairn.batch_targets t ON t.batch_id = b.batch_id
+                       WHERE b.status = 'running' AND t.run_id = r.run_id AND t.outcome IS NULL)) AS held
+    FROM cairn.runs r WHERE r.namespace = %(namespace)s::text AND {where}
+)
+SELECT CASE WHEN status = 'running' THEN 'open' WHEN NOT old THEN 'young' WHEN held THEN 'held' ELSE 'purge' END,
+       status, count(*)
+FROM m GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: purge_sample
+-- The first few runs a purge would remove, in its order (closed_at, run_id).
+SELECT r.workflow_id, r.run_id, r.status, r.closed_at FROM cairn.runs r
+WHERE r.namespace = %(namespace)s::text AND r.closed_at IS NOT NULL AND r.closed_at < %(cutoff)s::timestamptz
+  AND {where}
+  AND NOT EXISTS (SELECT 1 FROM cairn.runs p WHERE p.run_id = r.parent_run_id AND p.status = 'running')
+  AND NOT EXISTS (SELECT 1 FROM cairn.batches b JOIN cairn.batch_targets t ON t.batch_id = b.batch_id
+                  WHERE b.status = 'running' AND t.run_id = r.run_id AND t.outcome IS NULL)
+ORDER BY r.closed_at, r.run_id
+LIMIT %(limit)s::integer
+
+-- name: purge_lock_chunk
+-- A purge's next chunk: up to %(limit)s closed runs of the namespace, closed before the
+-- cutoff, matching {where}, after the keyset (%(after_at)s, %(after_id)s), oldest close
+-- first (the runs_closed index). Held back: a run whose parent is open (the parent's
+-- describe lists its children, and a child's outcome is in the parent's history anyway, so
+-- the child goes once the parent closed), and a pending target of a running batch (a retry
+-- or reset needs its history). FOR UPDATE SKIP LOCKED: a run an operator (reset, retry)
+-- holds is passed over, and another purge's chunk never overlaps this one.
+SELECT r.run_id, r.closed_at FROM cairn.runs r
+WHERE r.namespace = %(namespace)s::text AND r.closed_at IS NOT NULL AND r.closed_at < %(cutoff)s::timestamptz
+  AND (r.closed_at, r.run_id) > (%(after_at)s::timestamptz, %(after_id)s::uuid)
+  AND {where}
+  AND NOT EXISTS (SELECT 1 FROM cairn.runs p WHERE p.run_id = r.parent_run_id AND p.status = 'running')
+  AND NOT EXISTS (SELECT 1 FROM cairn.batches b JOIN cairn.batch_targets t ON t.batch_id = b.batch_id
+                  WHERE b.status = 'running' AND t.run_id = r.run_id AND t.outcome IS NULL)
+ORDER BY r.closed_at, r.run_id
+LIMIT %(limit)s::integer
+FOR UPDATE OF r SKIP LOCKED
+
+-- name: purge_documents
+-- The locked chunk's runs as archive lines: one JSON object per run, its row and its
+-- events in the shape of `cairn history --json` (what `cairn replay` reads), in the chunk's
+-- order. json_build_object keeps the keys' order (workflow_id first, for a reader that
+-- greps); the events are jsonb, whose text has no line break.
+SELECT r.run_id, r.closed_at, json_build_object(
+    'workflow_id', r.workflow_id, 'run_id', r.run_id, 'workflow_type', r.workflow_type, 'queue', r.queue,
+    'status', r.status, 'namespace', r.namespace, 'created_at', r.created_at, 'closed_at', r.closed_at,
+    'parent_run_id', r.parent_run_id, 'continued_from', r.continued_from, 'reset_from', r.reset_from,
+    'failure', r.failure, 'search_attributes', r.search_attributes, 'memo', r.memo,
+    'events', (SELECT coalesce(jsonb_agg(jsonb_build_object('seq', h.seq, 'type', h.type, 'data', h.data, 'at', h.at)
+                                         ORDER BY h.seq), '[]'::jsonb)
+               FROM cairn.history h WHERE h.run_id = r.run_id))::text
+FROM cairn.runs r WHERE r.run_id = ANY(%(run_ids)s::uuid[])
+ORDER BY r.closed_at, r.run_id
+
+-- name: purge_runs
+-- Removes the locked chunk's runs whole (cairn.purge_closed_runs: closed runs only).
+SELECT runs, events FROM cairn.purge_closed_runs(%(run_ids)s::uuid[])
+
+-- name: retention_try_lock
+-- One retention pass at a time across the workers: a session advisory lock, released by
+-- retention_unlock or with its connection (a killed worker frees it at once).
+SELECT pg_try_advisory_lock(%(lock_class)s::int, 0)
+
+-- name: retention_unlock
+-- Releases retention_try_lock.
+SELECT pg_advisory_unlock(%(lock_class)s::int, 0)

@@ -8,7 +8,8 @@ owner      owns the ``cairn`` schema and its tables: runs migrations (``cairn db
 worker     runs workflow and activity tasks: SELECT on every table, and exactly the writes its
            statements make (:data:`WRITES`): never DELETE on ``runs`` or ``workflow_types``,
            only INSERT on ``history`` (append-only, enforced by the database, not only by the
-           code), nothing on ``schema_versions``.
+           code), nothing on ``schema_versions``; closed runs past their retention go through
+           the one function that may remove them (:data:`DEFINER_FUNCTIONS`).
 client     starts, signals, queries, cancels, terminates, resets, retries: SELECT on every
            table and its statements' writes; on ``activity_tasks`` UPDATE of only the
            heartbeat columns (:data:`COLUMN_UPDATES`: a heartbeat by task token), so it cannot
@@ -96,7 +97,15 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "batches": ("INSERT", "UPDATE"),  # start, cancel, and execute while waiting
         "batch_targets": ("INSERT", "UPDATE"),
         "activity_pauses": ("INSERT", "DELETE"),  # cairn pause|unpause --activity-type/--queue
+        "namespaces": ("INSERT", "UPDATE"),  # retention and archive settings (the worker only reads them)
     },
+}
+
+# Functions that run as the schema's owner (SECURITY DEFINER), and the roles that may call
+# them: the purge removes closed runs whole, history included, which neither role may DELETE
+# itself (history stays append-only to every other statement; see migration 0020).
+DEFINER_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "purge_closed_runs(uuid[])": ("worker", "client"),
 }
 
 # Where a role's UPDATE is granted on some columns only: the client heartbeats an attempt by
@@ -189,6 +198,15 @@ def create_roles(url: str, plan: RolePlan) -> dict[str, Any]:
                 if kind != "readonly":
                     conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA cairn "
                                          "GRANT USAGE, SELECT ON SEQUENCES TO {}").format(owner, role))
+            for function, kinds in DEFINER_FUNCTIONS.items():
+                fn = sql.SQL("cairn.") + sql.SQL(function)  # a fixed signature from this module
+                conn.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(fn, owner))
+                conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(fn))
+                for kind in ROLE_KINDS[1:]:
+                    verb = ("GRANT EXECUTE ON FUNCTION {} TO {}" if kind in kinds
+                            else "REVOKE ALL ON FUNCTION {} FROM {}")
+                    conn.execute(sql.SQL(verb).format(fn, sql.Identifier(plan.names[kind])))
+                report.setdefault("functions", {})[function] = list(kinds)
             # Nobody else writes: PUBLIC has no rights in the schema.
             conn.execute("REVOKE ALL ON SCHEMA cairn FROM PUBLIC")
         except psycopg.errors.InsufficientPrivilege as exc:

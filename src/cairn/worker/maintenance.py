@@ -20,6 +20,7 @@ from cairn.store import batches, schedules
 from cairn.store import maintenance as store
 from cairn.store.workers import HeartbeatSession, Load, Registration
 from cairn.worker.activities import REAP_LIMIT
+from cairn.worker.retention import Purger
 from cairn.worker.stats import WorkerStats
 from cairn.worker.wakes import Pools, Wakes, loop_failed
 
@@ -52,6 +53,7 @@ class Maintenance:
         self._rng = rng
         self._batches: dict[str, asyncio.Task[None]] = {}  # batch id -> its executor here
         self._batches_checked = float("-inf")  # loop time of the last look for batches
+        self._purger = Purger()  # closed runs past their namespace's retention, in a task of its own
 
     async def run(self) -> None:
         """Fires due timers, times out expired attempts, and wakes pollers when work is due."""
@@ -63,6 +65,7 @@ class Maintenance:
             for task in list(self._batches.values()):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self._purger.stop()
 
     async def _run(self) -> None:
         wakes = self._wakes
@@ -82,6 +85,7 @@ class Maintenance:
                 if _telemetry.queue_depth.due():
                     await self.measure_queue_depth()
                 await self.resume_batches()
+                self._purger.tick(self._pools.main())
                 due = await store.next_due(self._pools.main(), self._next_due_params)
                 if due is not None:
                     if due.total_seconds() <= 0:
