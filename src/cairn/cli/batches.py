@@ -12,20 +12,19 @@ worker resumes it, and ``cairn batch wait ID`` follows (or resumes) it.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from cairn.cli._base import EXIT_BAD_INPUT, EXIT_RUNTIME, Settings, fail, main, run, table, to_json, when, with_client
+from cairn.cli.render import ProgressLine
 from cairn.client import BatchDescription, BatchPreview, Client
 from cairn.client.batches import Counts
 from cairn.store.batches import CHUNK_SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-PROGRESS_EVERY_SECONDS = 1.0  # progress lines when stderr is not a terminal
 
 
 def batch_options(fn: F) -> F:
@@ -108,36 +107,17 @@ def show_result(d: BatchDescription, as_json: bool) -> None:
         raise click.exceptions.Exit(EXIT_RUNTIME)
 
 
-class _Progress:
-    """The progress line on stderr: rewritten in place on a terminal, else a line a second."""
+class _Progress(ProgressLine):
+    """A batch's progress (see ProgressLine)."""
 
     def __init__(self, kind: str, *, quiet: bool) -> None:
+        super().__init__(quiet=quiet)
         self.kind = kind
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.drawn = False
 
     def __call__(self, c: Counts) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        finished = c.processed >= c.matched
-        if not self.tty and now - self.last < PROGRESS_EVERY_SECONDS and not finished:
-            return
-        self.last = now
         pct = 100 * c.processed // c.matched if c.matched else 100
-        line = (f"{self.kind}: {c.processed}/{c.matched} ({pct}%): done {c.done}, skipped {c.skipped}, "
-                f"failed {c.failed}")
-        if self.tty:
-            click.echo("\r" + line + "\x1b[K", nl=False, err=True)
-            self.drawn = True
-        else:
-            click.echo(line, err=True)
-
-    def end(self) -> None:
-        if self.drawn:
-            click.echo("", err=True)
+        self.show(f"{self.kind}: {c.processed}/{c.matched} ({pct}%): done {c.done}, skipped {c.skipped}, "
+                  f"failed {c.failed}", final=c.processed >= c.matched)
 
 
 def _preview_text(p: BatchPreview) -> str:

@@ -303,3 +303,34 @@ def echo_saga(saga: dict[str, Any]) -> None:
             for role, key in (("step", "steps"), ("compensation", "compensations")) for a in saga[key]]
     if rows:
         click.echo(table(rows, ["ROLE", "SEQ", "ACTIVITY", "STATUS", "ATTEMPTS", "FAILURE"]))
+
+
+PROGRESS_EVERY_SECONDS = 1.0  # progress lines when stderr is not a terminal
+
+
+class ProgressLine:
+    """A progress line on stderr: rewritten in place on a terminal, else at most a line a
+    second (and the last one); nothing with ``quiet`` (``--json``)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.drawn = False
+
+    def show(self, line: str, *, final: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last < PROGRESS_EVERY_SECONDS and not final:
+            return
+        self.last = now
+        if self.tty:
+            click.echo("\r" + line + "\x1b[K", nl=False, err=True)
+            self.drawn = True
+        else:
+            click.echo(line, err=True)
+
+    def end(self) -> None:
+        if self.drawn:
+            click.echo("", err=True)

@@ -10,20 +10,18 @@ a summary. Interrupted, what was purged stays purged and the rest stays: run it 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cairn.cli._base import EXIT_BAD_INPUT, Settings, fail, main, run, table, to_json, when, with_client
+from cairn.cli.render import ProgressLine
 from cairn.client import Client, NamespaceSettings, PurgeSummary
 from cairn.client.retention import FOREVER
 from cairn.store import archive as archives
 from cairn.store.namespaces import describe_retention
 from cairn.store.retention import BUSY_OPERATOR, CHUNK_SIZE, PurgeProgress
-
-PROGRESS_EVERY_SECONDS = 1.0  # progress lines when stderr is not a terminal
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -183,34 +181,16 @@ def _summary_text(p: PurgeSummary) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
-    """The progress line on stderr: rewritten in place on a terminal, else a line a second."""
+class _Progress(ProgressLine):
+    """A purge's progress (see ProgressLine)."""
 
     def __init__(self, expected: int, *, quiet: bool) -> None:
+        super().__init__(quiet=quiet)
         self.expected = expected
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.drawn = False
 
     def __call__(self, p: PurgeProgress) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if not self.tty and now - self.last < PROGRESS_EVERY_SECONDS:
-            return
-        self.last = now
         pct = min(100, 100 * p.runs // self.expected) if self.expected else 100
-        line = f"purge: {p.runs}/{self.expected} ({pct}%), {p.events} events, {p.rate:.0f} runs/s"
-        if self.tty:
-            click.echo("\r" + line + "\x1b[K", nl=False, err=True)
-            self.drawn = True
-        else:
-            click.echo(line, err=True)
-
-    def end(self) -> None:
-        if self.drawn:
-            click.echo("", err=True)
+        self.show(f"purge: {p.runs}/{self.expected} ({pct}%), {p.events} events, {p.rate:.0f} runs/s")
 
 
 @main.group("archive")
