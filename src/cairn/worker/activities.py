@@ -10,6 +10,7 @@ workers are reaped here too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -73,6 +74,20 @@ class _Running:
     recording: bool = False  # the user code is done and its outcome is being written
 
 
+class _Threads(ThreadPoolExecutor):
+    """The threads of synchronous activities, knowing which calls are still running."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.running: set[concurrent.futures.Future[Any]] = set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.running.add(future)
+        future.add_done_callback(self.running.discard)
+        return future
+
+
 class ActivityRunner:
     """Runs leased activity attempts and records their outcomes (see the module docstring)."""
 
@@ -95,8 +110,7 @@ class ActivityRunner:
         self._rng = rng
         self._pairs = ClaimPairs(queues, activities)  # what the claims take
         self._running: dict[tuple[str, int], _Running] = {}
-        self._threads = ThreadPoolExecutor(max_workers=min(32, slots.concurrency),
-                                           thread_name_prefix="cairn-activity")
+        self._threads = _Threads(max_workers=min(32, slots.concurrency), thread_name_prefix="cairn-activity")
         self._slots_full = False  # the activity poller is idle because every slot is taken
         self._last_renewal = 0.0
         self._token_key: str | None = None  # the database's task-token key, read once
@@ -109,6 +123,17 @@ class ActivityRunner:
     def shutdown(self) -> None:
         """Lets the threads of synchronous activities go (the worker has stopped)."""
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def threads_finished(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s for synchronous activities still running in their
+        threads after their attempts ended (a cancelled attempt's function runs on until it
+        notices, at its next heartbeat): a stopping worker lets them finish, as Temporal's
+        does. True if none is left."""
+        running = list(self._threads.running)
+        if running and timeout > 0:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: concurrent.futures.wait(running, timeout=timeout))
+        return not self._threads.running
 
     async def poller(self) -> None:
         """Claims attempts into free slots until the worker stops."""

@@ -307,6 +307,8 @@ class Worker:
         await self._runner
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_GRACE_SECONDS
         running = self._activities.running
         if running:
             log.info("draining %d running activities (up to %.0f s)", len(running), DRAIN_GRACE_SECONDS)
@@ -315,6 +317,9 @@ class Worker:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        # A cancelled synchronous activity runs on in its thread until its next heartbeat.
+        if not await self._activities.threads_finished(deadline - loop.time()):
+            log.warning("stopped with synchronous activities still running in their threads")
 
     # ------------------------------------------------------------ one step at a time (tests, tools)
 
