@@ -221,5 +221,5 @@ def check_message_args(signature: Signature | None, args: list[Any], what: str) 
     Raises:
         InputValidationError: what does not fit, naming each bad argument.
     """
-    if signature is not None and not (not args and not signature.adapters):
+    if signature is not None and (args or signature.adapters):
         signature.validate_args(args, what)

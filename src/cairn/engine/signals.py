@@ -110,12 +110,12 @@ class Messages:
 
     def _start_handler(self, name: str, entry: tuple[SignalHandler, Signature | None], args: list[Any]) -> None:
         handler, signature = entry
-        typed = _typed_args(signature, args, f"signal {name!r}")
+        typed, why = _typed_args(signature, args, f"signal {name!r}")
         if typed is None:
             if not self._instance.replaying:
                 log.warning("workflow %s (run %s): signal %r dropped: its handler cannot take arguments %s",
                             self._instance.info.workflow_id, self._instance.info.run_id, name,
-                            _shown_args(signature, args, f"signal {name!r}"))
+                            why)
             return
         task = self._instance.loop.create_task(_call_handler(handler, typed), name=f"signal handler {name}")
         self._handler_tasks.add(task)
@@ -327,10 +327,9 @@ class Messages:
             raise QueryFailed(f"workflow {self._instance.definition.name} has no query handler {name!r} "
                               f"(known: {known})", type="UnknownQuery")
         handler, signature = entry
-        typed = _typed_args(signature, args, f"query {name!r}")
+        typed, why = _typed_args(signature, args, f"query {name!r}")
         if typed is None:
-            raise QueryFailed(f"query {name!r} cannot take these arguments: "
-                              f"{_shown_args(signature, args, f'query {name!r}')}", type="InvalidArguments")
+            raise QueryFailed(f"query {name!r} cannot take these arguments: {why}", type="InvalidArguments")
         return to_payload(self.read_only_call(handler, typed, f"query handler {name!r}"))
 
     def read_only_call(self, handler: Callable[..., Any], args: list[Any], what: str) -> Any:
@@ -439,28 +438,18 @@ def signal_args(data: dict[str, Any]) -> list[Any]:
     return list(args) if isinstance(args, list) else [data.get("payload")]
 
 
-def _typed_args(signature: Signature | None, args: list[Any], what: str) -> list[Any] | None:
-    """The arguments as the handler's annotations type them, or None if it cannot take them.
-    A signal sent with no argument is recorded as one ``null``: a handler that takes no
-    parameter is called with none."""
+def _typed_args(signature: Signature | None, args: list[Any], what: str) -> tuple[list[Any] | None, str]:
+    """The arguments as the handler's annotations type them, or None and why it cannot take
+    them. A signal sent with no argument is recorded as one ``null``: a handler that takes
+    no parameter is called with none."""
     if signature is None:
-        return args
+        return args, ""
     if args == [None] and not signature.adapters:
-        return []
+        return [], ""
     try:
-        return signature.validate_args(args, what)
-    except (InputValidationError, ConfigurationError):
-        return None
-
-
-def _shown_args(signature: Signature | None, args: list[Any], what: str) -> str:
-    """Why the arguments do not fit (the validation error's text)."""
-    try:
-        if signature is not None:
-            signature.validate_args(args, what)
+        return signature.validate_args(args, what), ""
     except (InputValidationError, ConfigurationError) as exc:
-        return str(exc)
-    return f"{len(args)} argument(s)"
+        return None, str(exc)
 
 
 async def _call_handler(handler: SignalHandler, args: list[Any]) -> None:
