@@ -259,6 +259,9 @@ def run_storm(db_url: str, fake: Any, procs: Callable[[], Iterable[WorkerProc]],
         broken = figures.broken()
         assert not broken, "; ".join(broken) + "\n" + figures.summary()
         if figures.statuses.get("completed") == STORM_WORKFLOWS:
-            return figures
+            # The log above was copied before the statuses were read: the last call may have
+            # arrived in between. Read it again now that every run is seen completed.
+            return StormFigures(db_url, fake.requests(), procs(), breaker, time.monotonic() - began,
+                                explained=explained())
         if figures.elapsed > timeout:
             pytest.fail(f"not every workflow completed\n{figures.summary()}")

@@ -253,9 +253,9 @@ async def test_short_windows_count_their_buckets_exactly(conn):
     one = {"rpm": 1, "tpm": None, "max_concurrency": None, "tokens": 0, "window_seconds": 2}
     # Bucket 13, [0.4333, 0.4667): one whose start floors a bucket early from T0 on.
     assert (await reserve(conn, "short", **one, now=at(0.44))).ok
-    # 63 buckets count (2 s + the 0.04 s margin, in 1/30 s, plus one): free from bucket 76 (2.5333 s)
-    assert not (await reserve(conn, "short", **one, now=at(2.52))).ok
-    assert (await reserve(conn, "short", **one, now=at(2.54))).ok
+    # 64 buckets count (2 s + the 0.1 s margin, in 1/30 s, plus one): free from bucket 77 (2.5667 s)
+    assert not (await reserve(conn, "short", **one, now=at(2.56))).ok
+    assert (await reserve(conn, "short", **one, now=at(2.57))).ok
 
 
 async def test_paced_tickets_spread_a_herd_over_buckets(conn):
