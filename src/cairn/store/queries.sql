@@ -188,6 +188,8 @@ WITH c AS (
     SELECT * FROM jsonb_to_recordset(%(tasks)s::jsonb)
         AS t(run_id uuid, events jsonb, workflow_id text, workflow_type text, workflow_queue text,
              activities jsonb, close_status text, failure jsonb)
+), paused AS (
+    SELECT EXISTS (SELECT 1 FROM cairn.activity_pauses WHERE namespace = %(namespace)s) AS any_pause
 ), consumed AS (
     DELETE FROM cairn.inbox WHERE id = ANY(%(inbox_ids)s::bigint[])
 ), appended AS (
@@ -233,19 +235,26 @@ WITH c AS (
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
            a.activity_type, a.queue, a.input, a.options, c.now, c.now,
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
-           CASE WHEN a.eager THEN 1 ELSE 0 END,
-           CASE WHEN a.eager THEN 1 ELSE 0 END,
-           CASE WHEN a.eager THEN %(worker)s END,
-           CASE WHEN a.eager THEN c.now END,
-           CASE WHEN a.eager THEN c.now + %(lease)s * interval '1 second' END,
-           CASE WHEN a.eager
+           CASE WHEN e.eager THEN 1 ELSE 0 END,
+           CASE WHEN e.eager THEN 1 ELSE 0 END,
+           CASE WHEN e.eager THEN %(worker)s END,
+           CASE WHEN e.eager THEN c.now END,
+           CASE WHEN e.eager THEN c.now + %(lease)s * interval '1 second' END,
+           CASE WHEN e.eager
                 THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
-           CASE WHEN a.eager
+           CASE WHEN e.eager
                 THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
-    -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
-    -- claimed): cairn.unpaused_eager reads the small activity_pauses once per task.
-    FROM t, jsonb_to_recordset(cairn.unpaused_eager(%(namespace)s, t.activities))
-         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c
+    FROM t, jsonb_to_recordset(t.activities)
+         AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
+         -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
+         -- claimed). Whether the namespace has any pause is read once per statement (an
+         -- InitPlan), a matching pause probed per activity only then: 0019's per-task SQL
+         -- function (cairn.unpaused_eager, now unused) was planned on every call, a third
+         -- more time for this statement in W1 (pg_stat_statements, 2026-12-07).
+         LATERAL (SELECT a.eager AND (NOT (SELECT any_pause FROM paused) OR NOT EXISTS (
+                      SELECT 1 FROM cairn.activity_pauses p
+                      WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
+                        AND p.queue IN ('', a.queue))) AS eager) e
     WHERE t.close_status IS NULL
     RETURNING *
 )
