@@ -60,8 +60,10 @@ def free_port() -> int:
 class Cluster:
     """initdb + pg_ctl start/stop of a throwaway data directory."""
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
-        self.bin = bin_path()
+    def __init__(self, base_dir: Path | None = None, port: int | None = None, *, bin_dir: Path | None = None,
+                 extra: dict[str, str] | None = None) -> None:
+        self.bin = bin_dir or bin_path()
+        self.extra = extra or {}  # settings on top of SETTINGS (bench/statements.py: pg_stat_statements)
         self.port = port or free_port()
         self.user = "postgres"  # the database superuser
         self.system_user: str | None = None
@@ -105,7 +107,7 @@ class Cluster:
             os.chown(self.base_dir, pw.pw_uid, pw.pw_gid)
         self._run("initdb", ["-D", str(self.pgdata), "--auth=trust", "--auth-local=trust",
                              "--encoding=utf8", "-U", self.user, "--no-instructions"])
-        conf = [f"{k} = '{v}'" for k, v in SETTINGS.items()]
+        conf = [f"{k} = '{v}'" for k, v in {**SETTINGS, **self.extra}.items()]
         conf += ["listen_addresses = '127.0.0.1'", f"port = {self.port}",
                  f"unix_socket_directories = '{self.base_dir}'"]
         with open(self.pgdata / "postgresql.conf", "a", encoding="utf-8") as f:

@@ -183,9 +183,7 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- claim, their queues woken by the NOTIFY of %(notify_queues)s. One statement per batch,
 -- not per task: a statement costs both sides more CPU than the rows it writes.
 WITH c AS (
-    -- any_pause: whether the namespace has an activity type or queue paused (0019), read once
-    SELECT coalesce(%(now)s::timestamptz, now()) AS now,
-           EXISTS (SELECT 1 FROM cairn.activity_pauses WHERE namespace = %(namespace)s) AS any_pause
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), t AS (
     SELECT * FROM jsonb_to_recordset(%(tasks)s::jsonb)
         AS t(run_id uuid, events jsonb, workflow_id text, workflow_type text, workflow_queue text,
@@ -247,12 +245,14 @@ WITH c AS (
     FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
-         -- claimed). Whether the namespace has any pause is read once per statement (c), a
-         -- matching pause probed per activity only then: 0019's per-task SQL function
-         -- (cairn.unpaused_eager, now unused) was planned on every call, a third more time
-         -- for this statement in W1 (pg_stat_statements, 2026-12-07). OFFSET 0 keeps the
-         -- planner from copying the expression into each CASE below.
-         LATERAL (SELECT a.eager AND (NOT c.any_pause OR NOT EXISTS (
+         -- claimed). Whether the namespace has any pause is read at most once per statement
+         -- (an InitPlan: only when an activity is eager), a matching pause probed per
+         -- activity only then: 0019's per-task SQL function (cairn.unpaused_eager, now
+         -- unused) was planned on every call, a third more time for this statement in W1
+         -- (bench/statements.py, 2026-12-07). OFFSET 0 keeps the planner from copying the
+         -- expression into each CASE below.
+         LATERAL (SELECT a.eager AND (NOT (SELECT EXISTS (SELECT 1 FROM cairn.activity_pauses
+                                                          WHERE namespace = %(namespace)s)) OR NOT EXISTS (
                       SELECT 1 FROM cairn.activity_pauses p
                       WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
                         AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
