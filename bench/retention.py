@@ -3,21 +3,23 @@
     .venv/bin/python bench/retention.py --size 20000            # a check that it works
     .venv/bin/python bench/retention.py --size 1000000 --w2 2000  # the measurement
 
-On a private Postgres (bench/pgcluster.py, the settings of every benchmark), twice, each in
-a fresh database loaded with ``--size`` closed runs of ``one_step`` (six events each, the
-shape a real run has, closed 40 days ago, generated in SQL):
+On a private Postgres (bench/pgcluster.py, the settings of every benchmark), in a fresh
+database loaded with ``--size`` closed runs of ``one_step`` (six events each, the shape a
+real run has, closed 40 days ago, generated in SQL), ``cairn purge --older-than 30d --busy
+B`` (the code path of the workers' retention pass, in a process of its own, archiving with
+``--archive``) removes the loaded runs while W2 (``--w2`` workflows x 10 sequential
+activities, one worker process, as bench/cairn_runner.py runs it) runs ``--repeat`` times
+in pairs: once with the purge stopped (SIGSTOP: *alone*), once with it running (SIGCONT).
+Paired in one database, one after the other, the two halves of a pair see the same table
+sizes and nearly the same machine: a shared machine's drift, which moves steps/s by a third
+between runs minutes apart, mostly cancels in the per-pair ratio.
 
-1. *baseline*: W2 (``--w2`` workflows x 10 sequential activities, one worker process, as
-   bench/cairn_runner.py runs it), alone;
-2. *with purge*: the same W2 while ``cairn purge --older-than 30d --busy B`` (the code path
-   of the workers' retention pass, in a process of its own) removes the loaded runs,
-   archiving them with ``--archive``.
-
-Prints W2's steps/s in both, their ratio (the issue asks at least 0.8), the purge's rate and
-how much of it overlapped W2, the sizes of runs and history (with their indexes) before the
-purge, after it, after a plain VACUUM, and after loading half as many runs again (freed
-space is reused: the tables do not grow back), and with ``--vacuum-full`` after VACUUM FULL
-(the space given back to the OS, under an exclusive lock). One JSON line at the end.
+Prints W2's steps/s alone and with the purge per pair, the median ratio (the issue asks at
+least 0.8), the purge's rate and how many runs it removed during each W2, the sizes of runs
+and history (with their indexes) before the purge, after it, after a plain VACUUM, and after
+loading half as many runs again (freed space is reused: the tables do not grow back), and
+with ``--vacuum-full`` after VACUUM FULL (the space given back to the OS, under an exclusive
+lock). One JSON line at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,47 +122,55 @@ def w2(dsn: str, n: int) -> dict[str, Any]:
             "window": (time.time() - out["seconds"], time.time())}
 
 
-def phase(cluster: pgcluster.Cluster, name: str, a: argparse.Namespace, purge: bool) -> dict[str, Any]:
-    dsn = cluster.create_db(f"retention_{name}")
+def measure(cluster: pgcluster.Cluster, a: argparse.Namespace) -> dict[str, Any]:
+    dsn = cluster.create_db("retention")
     cairn_db.migrate(dsn)
     t = time.perf_counter()
     load_closed_runs(dsn, a.size)
-    print(f"[{name}] loaded {a.size} closed runs in {time.perf_counter() - t:.1f} s; sizes {sizes(dsn)}",
+    print(f"loaded {a.size} closed runs in {time.perf_counter() - t:.1f} s; sizes {sizes(dsn)}",
           file=sys.stderr, flush=True)
-    out: dict[str, Any] = {"sizes_loaded_mb": sizes(dsn)}
-    proc = None
-    if purge:
-        archive = tempfile.mkdtemp(prefix="cairn-retention-archive-")
-        cmd = [CAIRN, "--database-url", dsn, "purge", "--older-than", "30d", "--yes", "--json",
-               "--busy", str(a.busy), "--chunk-size", str(a.chunk)]
-        cmd += ["--archive", archive] if a.archive else ["--no-archive"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    left_before = count_runs(dsn)
-    res = w2(dsn, a.w2)
-    left_after = count_runs(dsn)
-    out["w2"] = {k: v for k, v in res.items() if k != "window"}
-    if proc is not None:
-        stdout, _ = proc.communicate(timeout=a.timeout)
-        t_done = time.time()
-        summary = json.loads(stdout) if stdout.strip() else {"error": f"exit {proc.returncode}"}
-        out["purge"] = {"runs": summary.get("runs"), "events": summary.get("events"),
-                        "seconds": summary.get("seconds"), "runs_per_s": (summary.get("runs") or 0) /
-                        (summary.get("seconds") or 1), "files": len(summary.get("files") or []),
-                        "purged_during_w2": left_before - left_after,
-                        "purge_outlasted_w2": t_done >= res["window"][1]}
-        out["sizes_after_purge_mb"] = sizes(dsn)
+    out: dict[str, Any] = {"sizes_loaded_mb": sizes(dsn), "pairs": []}
+    archive = tempfile.mkdtemp(prefix="cairn-retention-archive-")
+    cmd = [CAIRN, "--database-url", dsn, "purge", "--older-than", "30d", "--yes", "--json",
+           "--busy", str(a.busy), "--chunk-size", str(a.chunk)]
+    cmd += ["--archive", archive] if a.archive else ["--no-archive"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc.send_signal(signal.SIGSTOP)
+    for i in range(a.repeat):
+        alone = w2(dsn, a.w2)
+        proc.send_signal(signal.SIGCONT)
+        left_before = count_runs(dsn)
+        loaded = w2(dsn, a.w2)
+        left_after = count_runs(dsn)
+        proc.send_signal(signal.SIGSTOP)
+        pair = {"alone": alone["steps_per_s"], "with_purge": loaded["steps_per_s"],
+                "ratio": loaded["steps_per_s"] / alone["steps_per_s"], "purged_during": left_before - left_after}
+        out["pairs"].append(pair)
+        print(f"pair {i + 1}: W2 alone {pair['alone']:.0f}, with the purge {pair['with_purge']:.0f} steps/s "
+              f"(ratio {pair['ratio']:.2f}; {pair['purged_during']} runs purged meanwhile)", file=sys.stderr,
+              flush=True)
+        if left_after == 0:
+            print("the purge ended: raise --size for more pairs", file=sys.stderr, flush=True)
+            break
+    proc.send_signal(signal.SIGCONT)
+    stdout, _ = proc.communicate(timeout=a.timeout)
+    summary = json.loads(stdout) if stdout.strip() else {"error": f"exit {proc.returncode}"}
+    # The purge's rate while it ran: its own seconds include the time it was stopped.
+    out["purge"] = {"runs": summary.get("runs"), "events": summary.get("events"),
+                    "seconds": summary.get("seconds"), "files": len(summary.get("files") or [])}
+    out["sizes_after_purge_mb"] = sizes(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t = time.perf_counter()
+        conn.execute("VACUUM cairn.runs, cairn.history")
+        out["vacuum_seconds"] = round(time.perf_counter() - t, 2)
+    out["sizes_after_vacuum_mb"] = sizes(dsn)
+    load_closed_runs(dsn, a.size // 2, start=a.size + 1, vacuum=False)
+    out["sizes_after_refill_half_mb"] = sizes(dsn)
+    if a.vacuum_full:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            t = time.perf_counter()
-            conn.execute("VACUUM cairn.runs, cairn.history")
-            out["vacuum_seconds"] = round(time.perf_counter() - t, 2)
-        out["sizes_after_vacuum_mb"] = sizes(dsn)
-        load_closed_runs(dsn, a.size // 2, start=a.size + 1, vacuum=False)
-        out["sizes_after_refill_half_mb"] = sizes(dsn)
-        if a.vacuum_full:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("VACUUM FULL cairn.runs, cairn.history")
-            out["sizes_after_vacuum_full_mb"] = sizes(dsn)
-    cluster.drop_db(f"retention_{name}")
+            conn.execute("VACUUM FULL cairn.runs, cairn.history")
+        out["sizes_after_vacuum_full_mb"] = sizes(dsn)
+    cluster.drop_db("retention")
     return out
 
 
@@ -170,29 +182,34 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=500, help="runs per purge transaction")
     ap.add_argument("--archive", action="store_true", help="archive the purged runs (to a temporary directory)")
     ap.add_argument("--vacuum-full", action="store_true", help="also measure after VACUUM FULL")
+    ap.add_argument("--repeat", type=int, default=3, help="pairs of W2 runs (alone, with the purge)")
     ap.add_argument("--timeout", type=float, default=7200)
     a = ap.parse_args()
     cluster = pgcluster.Cluster()
     cluster.start()
     try:
-        base = phase(cluster, "baseline", a, purge=False)
-        loaded = phase(cluster, "purge", a, purge=True)
+        loaded = measure(cluster, a)
     finally:
         cluster.stop()
-    ratio = loaded["w2"]["steps_per_s"] / base["w2"]["steps_per_s"]
+    pairs = loaded["pairs"]
+    ratio = statistics.median(p["ratio"] for p in pairs)
+    alone = statistics.median(p["alone"] for p in pairs)
+    with_purge = statistics.median(p["with_purge"] for p in pairs)
+    print(f"W2 alone:        {alone:8.0f} steps/s, median of {len(pairs)} ({a.w2} workflows x 10)")
+    print(f"W2 with a purge: {with_purge:8.0f} steps/s; per-pair ratios "
+          f"{', '.join(format(p['ratio'], '.2f') for p in pairs)}: median {ratio:.2f} (>= 0.80 asked)")
+    during = sum(p["purged_during"] for p in pairs)
+    seconds = sum(a.w2 * 10 / p["with_purge"] for p in pairs)
     p = loaded["purge"]
-    print(f"W2 alone:        {base['w2']['steps_per_s']:8.0f} steps/s ({a.w2} workflows x 10)")
-    print(f"W2 with a purge: {loaded['w2']['steps_per_s']:8.0f} steps/s  ratio {ratio:.2f} (>= 0.80 asked)")
-    print(f"purge: {p['runs']} runs, {p['events']} events in {p['seconds']:.1f} s = {p['runs_per_s']:.0f} runs/s "
-          f"(busy {a.busy}, chunk {a.chunk}, {'archived' if a.archive else 'not archived'}); "
-          f"{p['purged_during_w2']} purged during W2" + ("" if p["purge_outlasted_w2"] else
-                                                        "  (the purge ended before W2: raise --size)"))
+    print(f"purge: {p['runs']} runs, {p['events']} events (busy {a.busy}, chunk {a.chunk}, "
+          f"{'archived' if a.archive else 'not archived'}); {during} runs removed during the W2 runs beside it, "
+          f"{during / seconds:.0f} runs/s")
     for k in ("sizes_loaded_mb", "sizes_after_purge_mb", "sizes_after_vacuum_mb", "sizes_after_refill_half_mb",
               "sizes_after_vacuum_full_mb"):
         if k in loaded:
             print(f"{k:28} {loaded[k]}")
     print(json.dumps({"size": a.size, "w2": a.w2, "busy": a.busy, "chunk": a.chunk, "archive": a.archive,
-                      "baseline": base, "with_purge": loaded, "ratio": ratio}))
+                      "measured": loaded, "ratio": ratio}))
 
 
 if __name__ == "__main__":
