@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from support.paths import ROOT
+from support.workers import clean_env
 
 README = ROOT / "README.md"
 EOF_MARK = "CAIRN_README_EOF"
@@ -75,3 +77,18 @@ def readme_module(tag: str, directory: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_readme(tag: str, directory: Path, db_url: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Runs the blocks marked ``tag`` in ``directory`` as a newcomer would: this venv first
+    on PATH, ``CAIRN_DATABASE_URL`` naming ``db_url``, the directory importable (``cairn
+    worker -m NAME`` of a file block). Fails the test unless the script exits 0 without a
+    traceback."""
+    venv_bin = Path(sys.executable).parent
+    env = clean_env(CAIRN_DATABASE_URL=db_url, CAIRN_HOME=str(directory / ".cairn-home"),
+                    PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(directory))
+    env.pop("VIRTUAL_ENV", None)
+    ran = run_in_own_group(readme_script(README.read_text(), tag), directory, env, timeout)
+    assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
+    assert "Traceback" not in ran.stdout + ran.stderr, ran.stderr
+    return ran
