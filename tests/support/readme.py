@@ -34,7 +34,9 @@ def readme_blocks(readme: str, tag: str) -> Iterator[re.Match[str]]:
 def readme_script(readme: str, tag: str) -> str:
     """The blocks marked ``tag`` as one bash script: shell blocks as they are, file blocks as
     here-documents written to their path."""
-    parts = ["set -eo pipefail -x"]
+    # A failing command ends the script: the trap stops what it left running in the
+    # background (a worker, holding the script's stdout open), so the failure shows at once.
+    parts = ["set -eo pipefail -x", "trap 'kill $(jobs -p) 2>/dev/null' EXIT"]
     for m in readme_blocks(readme, tag):
         body = m["body"]
         if m["path"]:
