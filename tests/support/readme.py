@@ -36,7 +36,7 @@ def readme_script(readme: str, tag: str) -> str:
     here-documents written to their path."""
     # A failing command ends the script: the trap stops what it left running in the
     # background (a worker, holding the script's stdout open), so the failure shows at once.
-    parts = ["set -eo pipefail -x", "trap 'kill $(jobs -p) 2>/dev/null' EXIT"]
+    parts = ["set -eo pipefail -x", "trap '[ $? = 0 ] || kill $(jobs -p) 2>/dev/null' EXIT"]
     for m in readme_blocks(readme, tag):
         body = m["body"]
         if m["path"]:
