@@ -94,3 +94,10 @@ def run_readme(tag: str, directory: Path, db_url: str, timeout: float) -> subpro
     assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
     assert "Traceback" not in ran.stdout + ran.stderr, ran.stderr
     return ran
+
+
+def unmarked(tag: str, needed: tuple[str, ...]) -> list[str]:
+    """What of ``needed`` the script of the blocks marked ``tag`` lacks (a marker dropped or a
+    block rewritten would leave a README example that no test runs)."""
+    script = readme_script(README.read_text(), tag)
+    return [text for text in needed if text not in script]
