@@ -6,20 +6,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > shop.py", "cat > approve.py", "--dry-run", "cairn signal --where", "python approve.py",
-    "cairn retry --where", "cairn reset --where", "cairn cancel --where", "cairn terminate --where",
-    "cairn batch wait", "cairn batch list",
-)
-
-
-def test_the_readme_marks_every_batch_command():
-    assert not unmarked("batches", TYPED)
 
 
 def test_the_batch_example_works_as_typed(tmp_path, db_url, sql):

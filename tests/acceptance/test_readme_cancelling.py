@@ -7,16 +7,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > crunch_demo.py", "if activity.is_cancelled():", 'cancellation_type="wait_cancellation_completed"',
-         "python crunch_demo.py", "cairn history nightly-reindex")
-
-
-def test_the_readme_marks_the_cancelling_example():
-    assert not unmarked("cancelling", TYPED)
 
 
 def test_the_cancelling_example_works_as_typed(tmp_path, db_url, sql):

@@ -7,16 +7,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > family.py", "workflow.execute_child_workflow(payment", "workflow.continue_as_new(cursor)",
-         'id_reuse_policy="allow_duplicate_failed_only"', "python family.py", "cairn list --where")
-
-
-def test_the_readme_marks_the_children_example():
-    assert not unmarked("children", TYPED)
 
 
 def test_the_children_example_works_as_typed(tmp_path, db_url, sql):

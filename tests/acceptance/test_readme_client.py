@@ -7,15 +7,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > client_demo.py", 'id_conflict="fail"', "conn=conn)", "python client_demo.py", "cairn list")
-
-
-def test_the_readme_marks_the_client_example():
-    assert not unmarked("client", TYPED)
 
 
 def test_the_client_example_works_as_typed(tmp_path, db_url, sql):

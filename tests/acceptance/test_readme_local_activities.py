@@ -7,15 +7,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > greet_local.py", "workflow.execute_local_activity(", "python greet_local.py", "cairn history greet-ada")
-
-
-def test_the_readme_marks_the_local_activity_example():
-    assert not unmarked("local", TYPED)
 
 
 def test_the_local_activity_example_works_as_typed(tmp_path, db_url, sql):

@@ -9,16 +9,9 @@ import subprocess
 import pytest
 
 from support import CAIRN, TIMEOUT, clean_env
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > orders_v1.py", "cat > orders.py", 'if workflow.patched("send-receipt"):', "python orders_v1.py",
-         "cairn history order-o-1 --json > order-o-1.json", "cairn replay order-o-1.json -m orders")
-
-
-def test_the_readme_marks_the_patched_example():
-    assert not unmarked("patched", TYPED)
 
 
 def test_the_patched_example_works_as_typed(tmp_path, db_url, sql):

@@ -7,21 +7,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > payments.py", "cat > pause_demo.py", "cairn pause --activity-type", "cairn pause checkout-42",
-    "cairn activity pause checkout-43 3", "cairn pause --queue payments", "cairn pauses  ",
-    "cairn activity unpause", "cairn activity fail checkout-43 --seq 3", "cairn unpause --queue",
-    "cairn unpause checkout-42", "python pause_demo.py",
-)
-
-
-def test_the_readme_marks_every_pause_command():
-    assert not unmarked("pauses", TYPED)
 
 
 def test_the_pause_example_works_as_typed(tmp_path, db_url, sql):

@@ -9,21 +9,9 @@ import json
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > flows.py", "cat > purge_demo.py", "cairn namespace update --retention 30d", "cairn namespace describe",
-    "cairn namespace list", "--older-than 7d --dry-run", "cairn purge --where 'Status = \"failed\"' --yes",
-    "cairn archive show report-hol", "cairn replay h.json", "cairn replay archive/", "python purge_demo.py",
-    "--retention forever --archive none",
-)
-
-
-def test_the_readme_marks_every_retention_command():
-    assert not unmarked("retention", TYPED)
 
 
 def test_the_retention_example_works_as_typed(tmp_path, db_url, sql):

@@ -6,15 +6,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-TYPED = ("cat > trips.py", "async with workflow.saga() as saga:", "python trips.py", "cairn describe trip-bob")
-
-
-def test_the_readme_marks_the_saga_example():
-    assert not unmarked("sagas", TYPED)
 
 
 def test_the_saga_example_works_as_typed(tmp_path, db_url):

@@ -8,20 +8,9 @@ from __future__ import annotations
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > orders.py", "cat > orders_demo.py", "--input @order.json --search-attribute customer=acme",
-    "cairn list --where", "python orders_demo.py", "cairn reset order-o-1 --to-seq 4", "cairn retry order-o-2",
-    "cairn describe order-o-1",
-)
-
-
-def test_the_readme_marks_the_search_attributes_example():
-    assert not unmarked("searchattrs", TYPED)
 
 
 def test_the_search_attributes_example_works_as_typed(tmp_path, db_url, sql):

@@ -10,19 +10,9 @@ import json
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > approval.py", "cat > approve_spec.py", "python approve_spec.py", "cairn signal approve-readme comment",
-    "cairn query approve-readme status",
-)
-
-
-def test_the_readme_marks_the_signals_example():
-    assert not unmarked("signals", TYPED)
 
 
 def test_the_signals_example_works_as_typed(tmp_path, db_url, sql):

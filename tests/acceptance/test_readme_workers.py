@@ -9,19 +9,9 @@ import json
 import pytest
 
 from support import TIMEOUT
-from support.readme import run_readme, unmarked
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
-
-
-TYPED = (
-    "cat > warehouse.py", "cat > list_workers.py", "cairn workers ", "cairn workers --json",
-    "cairn workers --all --queue default", "cairn describe order-18", "python list_workers.py",
-)
-
-
-def test_the_readme_marks_every_workers_command():
-    assert not unmarked("workers", TYPED)
 
 
 def test_the_workers_example_works_as_typed(tmp_path, db_url, sql):
