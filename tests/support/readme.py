@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from support.paths import ROOT
+from support.workers import clean_env
 
 README = ROOT / "README.md"
 EOF_MARK = "CAIRN_README_EOF"
@@ -32,7 +34,9 @@ def readme_blocks(readme: str, tag: str) -> Iterator[re.Match[str]]:
 def readme_script(readme: str, tag: str) -> str:
     """The blocks marked ``tag`` as one bash script: shell blocks as they are, file blocks as
     here-documents written to their path."""
-    parts = ["set -eo pipefail -x"]
+    # A failing command ends the script: the trap stops what it left running in the
+    # background (a worker, holding the script's stdout open), so the failure shows at once.
+    parts = ["set -eo pipefail -x", "trap '[ $? = 0 ] || kill $(jobs -p) 2>/dev/null' EXIT"]
     for m in readme_blocks(readme, tag):
         body = m["body"]
         if m["path"]:
@@ -75,3 +79,25 @@ def readme_module(tag: str, directory: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_readme(tag: str, directory: Path, db_url: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Runs the blocks marked ``tag`` in ``directory`` as a newcomer would: this venv first
+    on PATH, ``CAIRN_DATABASE_URL`` naming ``db_url``, the directory importable (``cairn
+    worker -m NAME`` of a file block). Fails the test unless the script exits 0 without a
+    traceback."""
+    venv_bin = Path(sys.executable).parent
+    env = clean_env(CAIRN_DATABASE_URL=db_url, CAIRN_HOME=str(directory / ".cairn-home"),
+                    PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(directory))
+    env.pop("VIRTUAL_ENV", None)
+    ran = run_in_own_group(readme_script(README.read_text(), tag), directory, env, timeout)
+    assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
+    assert "Traceback" not in ran.stdout + ran.stderr, ran.stderr
+    return ran
+
+
+def unmarked(tag: str, needed: tuple[str, ...]) -> list[str]:
+    """What of ``needed`` the script of the blocks marked ``tag`` lacks (a marker dropped or a
+    block rewritten would leave a README example that no test runs)."""
+    script = readme_script(README.read_text(), tag)
+    return [text for text in needed if text not in script]

@@ -88,7 +88,7 @@ def run_batch(settings: Settings, kind: str, where: str, *, dry_run: bool, yes: 
         handle = await client.start_batch(kind, where=where, **arguments)
         if detach:
             return handle.id
-        click.echo(f"batch {handle.id}: {kind} of the runs matching {where!r} (interrupted, it goes on: "
+        click.echo(f"batch {handle.id}: {kind} of the runs matching {where!r} (if interrupted, it goes on: "
                    f"`cairn batch wait {handle.id}`, `cairn batch cancel {handle.id}`)", err=True)
         return await handle.wait(on_progress=progress, chunk_size=chunk_size)
 

@@ -11,7 +11,7 @@ import click
 
 from cairn.cli._base import Settings, main, run, table, to_json, when, with_client
 from cairn.cli.activities import activity_group
-from cairn.client import Client
+from cairn.client import Client, Pause
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
@@ -112,21 +112,21 @@ def pauses_cmd(settings: Settings, as_json: bool) -> None:
     queues."""
 
     @with_client
-    async def go(client: Client) -> list[dict[str, Any]]:
-        return [p.to_json() for p in await client.list_pauses()]
+    async def go(client: Client) -> list[Pause]:
+        return await client.list_pauses()
 
     rows = run(go(settings))
     if as_json:
-        click.echo(to_json(rows))
+        click.echo(to_json([p.to_json() for p in rows]))
         return
     if not rows:
         click.echo("nothing is paused")
         return
+    # The records, not their JSON: `when` takes the datetime (the JSON's `at` is a string).
     click.echo(table([[
-        p["kind"], p["workflow_id"] or "-", str(p["seq"]) if p["seq"] is not None else "-", p["type"] or "*",
-        p["queue"] or "*", p["reason"] or "-", when(p["at"]) if p["at"] else "-",
-        (p["note"] or "")[:60] + (f" [{(p['last_failure'] or {}).get('message', '')}]"[:60]
-                                  if p["last_failure"] else ""),
+        p.kind, p.workflow_id or "-", str(p.seq) if p.seq is not None else "-", p.type or "*",
+        p.queue or "*", p.reason or "-", when(p.at),
+        (p.note or "")[:60] + (f" [{(p.last_failure or {}).get('message', '')}]"[:60] if p.last_failure else ""),
     ] for p in rows], ["KIND", "WORKFLOW", "SEQ", "TYPE", "QUEUE", "REASON", "SINCE", "NOTE"]))
 
 
