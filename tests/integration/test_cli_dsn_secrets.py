@@ -74,7 +74,10 @@ NO_DATABASE = {"fake-llm"}  # serves a fake provider; takes no DSN
 
 def leaf_commands(group: click.Group, prefix: str = "") -> set[str]:
     out = set()
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the top group imports its commands' modules here
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             out |= leaf_commands(command, f"{prefix}{name} ")
         if not isinstance(command, click.Group) or command.invoke_without_command:
