@@ -5,15 +5,30 @@ A payload (workflow inputs and results, signal payloads, query args, activity ar
 results, memo) is one jsonb value in a history row. :func:`to_payload` converts a value and
 refuses what jsonb cannot hold or what is too big or too deep; :class:`Signature` validates
 JSON against a workflow's or activity's annotations with pydantic.
+
+The payload store (issue 18, item 2): a payload larger than ``STORE_PAYLOAD_BYTES`` as JSON
+is stored once, content-addressed, in ``cairn.payloads`` (``cairn.store.payloads`` writes it
+in the transaction of the event that refers to it), and history holds a reference in its
+place: ``{"$cairn.payload": "<hash>"}``, the base64url SHA-256 of the payload's canonical
+JSON. :func:`to_payload` makes the reference and keeps the compressed bytes in this
+process (:func:`made`) until the store writes them. The key is reserved: a reference is a
+one-key object whose hash this process made, and any other object with that key is refused
+by :func:`to_payload`, so user data can neither forge a reference to someone else's payload
+nor be mistaken for one. Small payloads take exactly the old path: one comparison more.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import inspect
 import json
 import logging
 import math
 import os
+import threading
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any, Never, NoReturn, get_type_hints
@@ -25,8 +40,9 @@ from cairn.errors import ConfigurationError, InputValidationError
 from cairn.options import text_bytes
 
 __all__ = [
-    "MAX_MEMO_BYTES", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_DEPTH", "NEVER_RETURNS", "WARN_PAYLOAD_BYTES", "Signature",
-    "check_memo", "to_payload",
+    "MAX_MEMO_BYTES", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_DEPTH", "MAX_STORED_PAYLOAD_BYTES", "NEVER_RETURNS",
+    "REF_KEY", "STORE_PAYLOAD_BYTES", "WARN_PAYLOAD_BYTES", "Signature", "check_memo", "decode", "find_refs", "made",
+    "make_ref", "ref_of", "replace_refs", "to_payload", "unref",
 ]
 
 # The payload warnings keep the logger name they have always had (logging set-ups filter on it).
@@ -40,16 +56,148 @@ MAX_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_PAYLOAD_BYTES", 2 * 1024 * 102
 WARN_PAYLOAD_BYTES = int(os.environ.get("CAIRN_WARN_PAYLOAD_BYTES", 256 * 1024))
 MAX_PAYLOAD_DEPTH = int(os.environ.get("CAIRN_MAX_PAYLOAD_DEPTH", 64))
 MAX_MEMO_BYTES = 64 * 1024
+# The payload store: a payload larger than this (bytes as JSON) is stored once, out of line,
+# and history holds a reference; 0 turns the store off (every payload inline, as before
+# 0021). A reference is about 60 bytes, so below a few KiB storing out of line buys nothing.
+STORE_PAYLOAD_BYTES = int(os.environ.get("CAIRN_STORE_PAYLOAD_BYTES", 8 * 1024))
+# The most one stored payload may take, as JSON before compression (the inline limit,
+# MAX_PAYLOAD_BYTES, is then what history holds: a reference).
+MAX_STORED_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_STORED_PAYLOAD_BYTES", 64 * 1024 * 1024))
+# The reference's one key. "$" keeps it out of every identifier-like key user data has.
+REF_KEY = "$cairn.payload"
+# Compressed payloads kept in this process between to_payload and the write that stores
+# them (and for resolving them again without a read); oldest dropped first past this.
+MADE_CACHE_BYTES = 64 * 1024 * 1024
+ZLIB_LEVEL = 6  # zlib's default: JSON text shrinks 3-10x; level 9 buys ~2 % for twice the CPU
+
+
+class _Made:
+    """References this process made: hash -> (compressed JSON, size), oldest first, bounded
+    by ``MADE_CACHE_BYTES``. Thread-safe (activity results are made in threads)."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, ref: str, blob: bytes, size: int) -> None:
+        with self.lock:
+            if ref in self.entries:
+                self.entries.move_to_end(ref)
+                return
+            self.entries[ref] = (blob, size)
+            self.bytes += len(blob)
+            while self.bytes > MADE_CACHE_BYTES and len(self.entries) > 1:
+                _, (old, _size) = self.entries.popitem(last=False)
+                self.bytes -= len(old)
+
+    def get(self, ref: str) -> tuple[bytes, int] | None:
+        return self.entries.get(ref)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+_made = _Made()
+
+
+def made() -> bool:
+    """Whether this process has made a reference: until it has, no write looks for any
+    (the writes of small payloads stay exactly as they were)."""
+    return bool(_made)
+
+
+def make_ref(data: Any) -> dict[str, str]:
+    """Stores JSON ``data`` in this process as a payload and returns its reference (the
+    store writes it with the event that holds the reference, ``cairn.store.payloads``)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > MAX_STORED_PAYLOAD_BYTES:
+        raise InputValidationError(
+            f"the payload is {len(text)} bytes as JSON, over the stored payload limit of "
+            f"{MAX_STORED_PAYLOAD_BYTES} (CAIRN_MAX_STORED_PAYLOAD_BYTES): store large data elsewhere "
+            "and pass a reference")
+    ref = base64.urlsafe_b64encode(hashlib.sha256(text).digest()).rstrip(b"=").decode()
+    _made.add(ref, zlib.compress(text, ZLIB_LEVEL), len(text))
+    return {REF_KEY: ref}
+
+
+def ref_of(value: Any) -> str | None:
+    """The hash of a reference, or None if ``value`` is not one."""
+    if type(value) is dict and len(value) == 1:
+        ref = value.get(REF_KEY)
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def local(ref: str) -> tuple[bytes, int] | None:
+    """The compressed bytes and size of a reference this process made (None if not, or gone)."""
+    return _made.get(ref)
+
+
+def decode(blob: bytes) -> Any:
+    """A stored payload's JSON data."""
+    return json.loads(zlib.decompress(blob))
+
+
+def find_refs(data: Any, out: set[str] | None = None) -> set[str]:
+    """Every reference in JSON ``data`` (nested ones included)."""
+    out = set() if out is None else out
+    if isinstance(data, dict):
+        ref = ref_of(data)
+        if ref is not None:
+            out.add(ref)
+        else:
+            for item in data.values():
+                find_refs(item, out)
+    elif isinstance(data, list):
+        for item in data:
+            find_refs(item, out)
+    return out
+
+
+def unref(data: Any) -> Any:
+    """``data`` with the references this process made replaced by their values (what a
+    caller validates right after :func:`to_payload`); nothing to do, and no walk, until
+    this process has made one."""
+    if not _made:
+        return data
+    refs = find_refs(data)
+    if not refs:
+        return data
+    values = {}
+    for ref in refs:
+        held = _made.get(ref)
+        if held is not None:
+            values[ref] = unref(decode(held[0]))
+    return replace_refs(data, values)
+
+
+def replace_refs(data: Any, values: Mapping[str, Any]) -> Any:
+    """``data`` with each reference of ``values`` replaced by its value (a new structure
+    where something changed; the rest shared)."""
+    if isinstance(data, dict):
+        ref = ref_of(data)
+        if ref is not None:
+            return values.get(ref, data)
+        return {k: replace_refs(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [replace_refs(v, values) for v in data]
+    return data
 
 
 def to_payload(value: Any) -> Any:
     """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data.
 
+    A value larger than ``STORE_PAYLOAD_BYTES`` as JSON becomes a reference to a stored
+    payload (module docstring).
+
     Raises:
         InputValidationError: the value has no JSON form (NaN and infinities included:
-            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH`` or is
-            larger than ``MAX_PAYLOAD_BYTES`` encoded (a warning is logged above
-            ``WARN_PAYLOAD_BYTES``).
+            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH``, is
+            larger than ``MAX_PAYLOAD_BYTES`` encoded (``MAX_STORED_PAYLOAD_BYTES`` when
+            stored; a warning is logged above ``WARN_PAYLOAD_BYTES``), or holds the reserved
+            key ``$cairn.payload`` other than as a reference this process made.
     """
     try:
         data = to_jsonable_python(value)
@@ -60,6 +208,8 @@ def to_payload(value: Any) -> Any:
             raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
     size = _check_storable(data, 0)
+    if STORE_PAYLOAD_BYTES and size > STORE_PAYLOAD_BYTES and ref_of(data) is None:
+        return make_ref(data)  # stored out of line: history holds the reference
     if size > MAX_PAYLOAD_BYTES:
         raise InputValidationError(
             f"the payload is about {size} bytes as JSON, over the limit of {MAX_PAYLOAD_BYTES} "
@@ -100,6 +250,10 @@ def _check_storable(data: Any, depth: int) -> int:
                                        "(CAIRN_MAX_PAYLOAD_DEPTH)")
         size = 2
         if isinstance(data, dict):
+            if REF_KEY in data:  # a reference this process made, or a forgery
+                if ref_of(data) is None or _made.get(data[REF_KEY]) is None:
+                    raise InputValidationError(f"the key {REF_KEY!r} is reserved for Cairn's payload references")
+                return 64
             for key, item in data.items():
                 size += text_bytes(key, "a key in the payload") + 4 + _check_storable(item, depth + 1)
         else:
@@ -167,6 +321,7 @@ class Signature:
     def validate_args(self, args: Sequence[Any], what: str) -> list[Any]:
         """Validates JSON (or Python) arguments into the annotated types."""
         self.check(what)
+        args = unref(args)  # stored payloads this process just made: validate their values
         if not self.required <= len(args) <= len(self.adapters):
             want = (str(self.required) if self.required == len(self.adapters)
                     else f"{self.required} to {len(self.adapters)}")
@@ -185,6 +340,7 @@ class Signature:
     def validate_result(self, data: Any, what: str) -> Any:
         """Validates a result into the return type (as it is, for a ``NoReturn`` function)."""
         self.check(what)
+        data = unref(data)
         if self.returns is None:
             return data
         try:

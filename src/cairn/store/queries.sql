@@ -2297,3 +2297,51 @@ SELECT pg_try_advisory_lock(%(lock_class)s::int, 0)
 -- name: retention_unlock
 -- Releases retention_try_lock.
 SELECT pg_advisory_unlock(%(lock_class)s::int, 0)
+
+-- ---------------------------------------------------------------- the payload store (0021)
+
+-- name: save_payloads
+-- Stores large payloads once (content-addressed: a stored one is left as it is) and links
+-- them to the runs whose events refer to them, in the transaction of those events; the
+-- link's foreign key locks the payload against a concurrent purge (migration 0021).
+WITH stored AS (
+    INSERT INTO cairn.payloads (hash, data, size)
+    SELECT p.hash, p.data, p.size
+    FROM unnest(%(hashes)s::bytea[], %(blobs)s::bytea[], %(sizes)s::integer[]) AS p (hash, data, size)
+    WHERE p.data IS NOT NULL
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING hash
+)
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT l.run_id, l.hash FROM unnest(%(run_ids)s::uuid[], %(link_hashes)s::bytea[]) AS l (run_id, hash)
+ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: read_payloads
+-- The stored payloads of these hashes (one statement per history read, however many refer).
+SELECT hash, data, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
+
+-- name: payload_stats
+-- How many payloads the store holds and their bytes, compressed and not (cairn payloads).
+SELECT count(*) AS payloads, coalesce(sum(octet_length(data)), 0)::bigint AS stored_bytes,
+       coalesce(sum(size), 0)::bigint AS bytes,
+       (SELECT count(*) FROM cairn.run_payloads) AS links
+FROM cairn.payloads
+
+-- name: run_payload_stats
+-- The payloads a run refers to: count, bytes compressed and not.
+SELECT count(*) AS payloads, coalesce(sum(octet_length(p.data)), 0)::bigint AS stored_bytes,
+       coalesce(sum(p.size), 0)::bigint AS bytes
+FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
+WHERE l.run_id = %(run_id)s
+
+-- name: begin_transaction
+-- Opens a transaction on an autocommit session whose first statement is not a prepared one
+-- (the stored payloads written before the fast path's hot statement).
+BEGIN
+
+-- name: copy_run_payloads
+-- A reset or retried run refers to its origin's stored payloads: link them to it too, so
+-- that purging the origin keeps them while the new run lives.
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT %(new_run_id)s::uuid, l.hash FROM cairn.run_payloads l WHERE l.run_id = %(run_id)s::uuid
+ON CONFLICT (run_id, hash) DO NOTHING

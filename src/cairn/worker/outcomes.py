@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cairn import payloads
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
 from cairn.errors import DatabaseError, SpeculationMissed
@@ -147,6 +148,8 @@ class OutcomeDeliverer:
         """Runs the workflow task each run of the group would get — a marker, then the
         group's outcomes for it as input events, as a claim would deliver them from the
         inbox — on its cached instance. None (and the runs evicted) if one cannot run."""
+        if payloads.made() and any(payloads.find_refs(o["data"]) for o in ordered):
+            return None  # a stored payload: the locked way stores it and resolves it (cache kept)
         by_run: dict[str, list[dict[str, Any]]] = {}
         for o in ordered:
             by_run.setdefault(o["run_id"], []).append(o)

@@ -257,8 +257,10 @@ class TaskRunner:
                 self._cache.evict(run_id)
                 self._stats.cache_misses += 1
                 inst = await self._rebuild(conn, task)
-            # Update requests: validated now; only accepted ones become input events.
-            admitted = admit_updates(inst, inbox)
+            # Update requests: validated now; only accepted ones become input events. The
+            # code sees stored payloads resolved; history records their references.
+            shown = task.shown_inbox if task.shown_inbox is not None else inbox
+            admitted = admit_updates(inst, shown)
             if admitted.rejected and not admitted.inbox:
                 # Rejected updates alone: the code is not woken and history gets no event,
                 # not even a task marker (a rejected update leaves none, as in Temporal).
@@ -267,6 +269,9 @@ class TaskRunner:
                            {"time": now.timestamp(), "worker": self._identity})
             inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(admitted.inbox)]
             commands = inst.activate(marker, inputs)
+            if shown is not inbox:
+                stored_data = {r[0]: r[2] for r in inbox}
+                inputs = [Event(e.seq, e.type, stored_data[r[0]]) for e, r in zip(inputs, admitted.inbox, strict=True)]
             while inst.local_requests():  # local activities: run here, recorded with the task
                 outcomes = await self._locals.run(inst, now=now.timestamp(), began=began, deadline=deadline)
                 commands = [*commands, *inst.resolve_local_activities(outcomes)]

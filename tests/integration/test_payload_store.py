@@ -1,0 +1,98 @@
+"""The payload store (issue 18, item 2): a payload above ``CAIRN_STORE_PAYLOAD_BYTES`` is
+stored once, content-addressed, and history holds a reference; every read resolves it;
+retention's purge removes the payloads no remaining run refers to, and keeps shared ones."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from cairn import InputValidationError, activity, payloads, workflow
+from cairn.store import retention
+from cairn.store.retention import ALL_RUNS
+
+BIG = "x" * (payloads.STORE_PAYLOAD_BYTES + 100)
+
+
+@activity.defn
+async def grow(text: str) -> str:
+    return text + "!" * 20_000
+
+
+@workflow.defn
+async def big_flow(text: str) -> dict[str, str]:
+    grown = await workflow.execute_activity(grow, text, start_to_close_timeout=timedelta(seconds=30))
+    return {"grown": grown[:5] + str(len(grown)), "echo": text}
+
+
+def _refs(data: object) -> set[str]:
+    return payloads.find_refs(data)
+
+
+async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, start_worker, sql):
+    await start_worker(workflows=[big_flow], activities=[grow])
+    handle = await client.start(big_flow, BIG, id="big-1")
+    result = await handle.result(timeout=30)
+    assert result == {"grown": "xxxxx" + str(len(BIG) + 20_000), "echo": BIG}
+    # History holds references: the input, the activity's input and result, the run's result.
+    rows = sql("SELECT h.type, h.data FROM cairn.history h ORDER BY seq")
+    stored_in = {t for t, d in rows if _refs(d)}
+    assert {"WorkflowStarted", "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted"} <= stored_in
+    assert max(len(json.dumps(d)) for _, d in rows) < 2_000, "no event holds a large payload inline"
+    # Stored once: the input and the run's echo of it are the same content.
+    (n, links), = sql("SELECT (SELECT count(*) FROM cairn.payloads), (SELECT count(*) FROM cairn.run_payloads)")
+    assert n == 3 and links == 3  # the input (also the echo's and the activity's input), the result, the run's result
+    # The client's history resolves them (cairn history --json reads the same).
+    events = await handle.history()
+    started = next(e for e in events if e.type == "WorkflowStarted")
+    assert started.data["input"] == [BIG]
+    assert not any(_refs(e.data) for e in events)
+
+
+async def test_forged_reference_is_refused_writing_nothing(client, sql):
+    victim = payloads.to_payload("y" * (payloads.STORE_PAYLOAD_BYTES + 1))
+    forged = {payloads.REF_KEY: "A" * 43}
+    for bad in (forged, {"nested": [forged]}, {payloads.REF_KEY: victim[payloads.REF_KEY], "x": 1}):
+        with pytest.raises(InputValidationError, match="reserved"):
+            await client.start(big_flow, bad, id="forged")
+    assert sql("SELECT count(*) FROM cairn.runs") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+
+
+async def test_over_the_stored_limit_is_refused(client, sql, monkeypatch):
+    monkeypatch.setattr(payloads, "MAX_STORED_PAYLOAD_BYTES", 50_000)
+    with pytest.raises(InputValidationError, match="CAIRN_MAX_STORED_PAYLOAD_BYTES"):
+        await client.start(big_flow, "z" * 60_000, id="too-big")
+    assert sql("SELECT count(*) FROM cairn.runs") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+
+
+async def test_purge_removes_unreferenced_payloads_and_keeps_shared_ones(client, start_worker, sql, db_url):
+    await start_worker(workflows=[big_flow], activities=[grow])
+    shared = "s" * (payloads.STORE_PAYLOAD_BYTES + 10)
+    first = await client.start(big_flow, shared, id="shared-1")
+    await first.result(timeout=30)
+    second = await client.start(big_flow, shared, id="shared-2")
+    await second.result(timeout=30)
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)]  # both runs share all three
+    await retention.purge_in(client.pool, client.namespace, flt=_only("shared-1"), cutoff=_future())
+    assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)], "shared payloads survive"
+    assert (await second.history())[0].data["input"] == [shared]
+    await retention.purge_in(client.pool, client.namespace, flt=ALL_RUNS, cutoff=_future())
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.run_payloads") == [(0,)]
+
+
+def _only(workflow_id: str):
+    from cairn.store.filters import parse_filter
+
+    return parse_filter(f"WorkflowId = '{workflow_id}'")
+
+
+def _future():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC) + timedelta(days=1)
