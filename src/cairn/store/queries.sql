@@ -2320,25 +2320,6 @@ ON CONFLICT (run_id, hash) DO NOTHING
 -- The stored payloads of these hashes (one statement per history read, however many refer).
 SELECT hash, data, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
 
--- name: payload_stats
--- How many payloads the store holds and their bytes, compressed and not (cairn payloads).
-SELECT count(*) AS payloads, coalesce(sum(octet_length(data)), 0)::bigint AS stored_bytes,
-       coalesce(sum(size), 0)::bigint AS bytes,
-       (SELECT count(*) FROM cairn.run_payloads) AS links
-FROM cairn.payloads
-
--- name: run_payload_stats
--- The payloads a run refers to: count, bytes compressed and not.
-SELECT count(*) AS payloads, coalesce(sum(octet_length(p.data)), 0)::bigint AS stored_bytes,
-       coalesce(sum(p.size), 0)::bigint AS bytes
-FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
-WHERE l.run_id = %(run_id)s
-
--- name: begin_transaction
--- Opens a transaction on an autocommit session whose first statement is not a prepared one
--- (the stored payloads written before the fast path's hot statement).
-BEGIN
-
 -- name: copy_run_payloads
 -- A reset or retried run refers to its origin's stored payloads: link them to it too, so
 -- that purging the origin keeps them while the new run lives.

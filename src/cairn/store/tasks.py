@@ -100,12 +100,10 @@ async def complete_and_lock(conn: Conn, *, outcomes: list[dict[str, Any]], repla
     found: list[stored.Link] = []
     for o in outcomes:
         stored.links(o["run_id"], o.get("data"), found)
-    if found:  # the outcomes' stored payloads first, in their transaction
-        await conn.execute(q("begin_transaction"))
-        await stored.save(conn, found)
     before = stored.marked()
     rows = await execute(conn, "complete_activities_and_lock", {
-        "outcomes": Jsonb(outcomes), "now": clock.now(conn), "replay": replay}, begin=not found)
+        "outcomes": Jsonb(outcomes), "now": clock.now(conn), "replay": replay}, begin=True)
+    await stored.save(conn, found)  # the outcomes' stored payloads, in their transaction
     return await _resolved(conn, before, [_state(row) for row in rows])
 
 
@@ -120,21 +118,19 @@ def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, 
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
                  lease: float, notify_queues: list[str], commit: bool, ahead: Statement | None = None) -> Recorded:
     """``record_workflow_tasks`` for a batch: one statement, ``entries`` one per task; it
-    carries the COMMIT when ``commit``; ``ahead`` (the speculated fast path's check) opens
+    carries the COMMIT when ``commit`` (and no stored payload follows it); ``ahead`` (the speculated fast path's check) opens
     the transaction with it."""
     found: list[stored.Link] = []
     for entry in entries:
         found += stored.event_links(entry["run_id"], entry["events"])
-    if found:  # the stored payloads the events refer to go first, in the same transaction
-        if ahead is not None:
-            await execute(conn, ahead[0], ahead[1], begin=True)
-            ahead = None
-        await stored.save(conn, found)
     before = stored.marked()
     rows = await execute(conn, "record_workflow_tasks", {
         "now": clock.now(conn), "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
         "worker": worker, "lease": lease, "notify_queues": notify_queues},
-        begin=ahead is not None, commit=commit, ahead=ahead)
+        begin=ahead is not None, commit=commit and not found, ahead=ahead)
+    # The stored payloads the events refer to, in the same transaction (the caller's
+    # transaction commits it: the COMMIT does not ride with the record then).
+    await stored.save(conn, found)
     leased: list[Attempt] = []
     kept: set[str] = set()
     for row in rows:
