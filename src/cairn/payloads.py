@@ -20,6 +20,7 @@ nor be mistaken for one. Small payloads take exactly the old path: one compariso
 from __future__ import annotations
 
 import base64
+import decimal
 import hashlib
 import inspect
 import json
@@ -41,8 +42,8 @@ from cairn.options import text_bytes
 
 __all__ = [
     "MAX_MEMO_BYTES", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_DEPTH", "MAX_STORED_PAYLOAD_BYTES", "NEVER_RETURNS",
-    "REF_KEY", "STORE_PAYLOAD_BYTES", "WARN_PAYLOAD_BYTES", "Signature", "check_memo", "decode", "find_refs", "made",
-    "make_ref", "ref_of", "replace_refs", "to_payload", "unref",
+    "REF_KEY", "STORE_PAYLOAD_BYTES", "WARN_PAYLOAD_BYTES", "Signature", "check_memo", "decode", "find_refs",
+    "jsonb_form", "made", "make_ref", "ref_of", "replace_refs", "to_payload", "unref",
 ]
 
 # The payload warnings keep the logger name they have always had (logging set-ups filter on it).
@@ -156,6 +157,25 @@ def find_refs(data: Any, out: set[str] | None = None) -> set[str]:
     return out
 
 
+def jsonb_form(value: Any) -> Any:
+    """JSON data as it comes back from a ``jsonb`` column: jsonb orders an object's keys by
+    length, then bytewise; stores numbers as ``numeric``, which prints a float written with
+    a positive exponent (``1e+16``) as an integer, and has no negative zero. The value is
+    JSON data already (:func:`to_payload`). What code sees of a stored payload has this form
+    wherever it comes from (the database, or this process's copy)."""
+    if isinstance(value, dict):
+        return {k: jsonb_form(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
+    if isinstance(value, list):
+        return [jsonb_form(v) for v in value]
+    if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
+        text = repr(value)
+        if "e+" in text:
+            return int(decimal.Decimal(text))
+    return value
+
+
 def unref(data: Any) -> Any:
     """``data`` with the references this process made replaced by their values (what a
     caller validates right after :func:`to_payload`); nothing to do, and no walk, until
@@ -169,7 +189,7 @@ def unref(data: Any) -> Any:
     for ref in refs:
         held = _made.get(ref)
         if held is not None:
-            values[ref] = unref(decode(held[0]))
+            values[ref] = unref(jsonb_form(decode(held[0])))
     return replace_refs(data, values)
 
 

@@ -60,7 +60,8 @@ def test_long_agent_completes_through_a_kill(workers, db_url, fake_llm, tmp_path
     # cairn history --json resolves the references: the messages are there.
     ran = cairn_cli("history", "agent-1", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
-    assert f"turn {TURNS - 1}: qqqq" in ran.out and "$cairn.payload" not in ran.out
+    assert f"turn {TURNS - 1}: qqqq" in ran.out
+    assert "$cairn.payload" not in ran.out
 
 
 def _start(db_url: str) -> None:

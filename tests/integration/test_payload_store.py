@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from cairn import InputValidationError, activity, payloads, workflow
+from cairn.store import payloads as stored
 from cairn.store import retention
 from cairn.store.retention import ALL_RUNS
 
@@ -31,7 +32,7 @@ def _refs(data: object) -> set[str]:
     return payloads.find_refs(data)
 
 
-async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, start_worker, sql):
+async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, start_worker, sql, monkeypatch):
     await start_worker(workflows=[big_flow], activities=[grow])
     handle = await client.start(big_flow, BIG, id="big-1")
     result = await handle.result(timeout=30)
@@ -43,12 +44,50 @@ async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, st
     assert max(len(json.dumps(d)) for _, d in rows) < 2_000, "no event holds a large payload inline"
     # Stored once: the input and the run's echo of it are the same content.
     (n, links), = sql("SELECT (SELECT count(*) FROM cairn.payloads), (SELECT count(*) FROM cairn.run_payloads)")
-    assert n == 3 and links == 3  # the input (also the echo's and the activity's input), the result, the run's result
-    # The client's history resolves them (cairn history --json reads the same).
+    assert n == 3
+    assert links == 3
+    # The client's history resolves them (cairn history --json reads the same), from the
+    # database when this process does not hold them.
+    monkeypatch.setattr(payloads, "_made", payloads._Made())
     events = await handle.history()
     started = next(e for e in events if e.type == "WorkflowStarted")
     assert started.data["input"] == [BIG]
     assert not any(_refs(e.data) for e in events)
+    assert await handle.result() == result  # read from the row, resolved from the database
+
+
+@activity.defn
+async def small(n: int) -> int:
+    return n + 1
+
+
+@workflow.defn
+async def small_flow(n: int) -> int:
+    return await workflow.execute_activity(small, n, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def test_small_payloads_take_todays_path(client, start_worker, monkeypatch):
+    """No statement, no walk: the store is not looked at for runs of small payloads."""
+    monkeypatch.setattr(payloads, "_made", payloads._Made())
+    touched: list[str] = []
+    # The costs the store could add: a walk of the data (find_refs), a statement (values reads,
+    # save_params builds a write's parameters). Each entry point returns before any of them.
+    for module, name in ((payloads, "find_refs"), (stored, "values"), (stored, "save_params")):
+        original = getattr(module, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            touched.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    before = stored.marked()
+    await start_worker(workflows=[small_flow], activities=[small])
+    for i in range(5):
+        assert await (await client.start(small_flow, i, id=f"small-{i}")).result(timeout=30) == i + 1
+    assert next(e.type for e in await client.get_handle("small-0").history()) == "WorkflowStarted"
+    assert stored.marked() == before
+    assert not payloads.made()
+    assert touched == []
 
 
 async def test_forged_reference_is_refused_writing_nothing(client, sql):
@@ -69,7 +108,7 @@ async def test_over_the_stored_limit_is_refused(client, sql, monkeypatch):
     assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
 
 
-async def test_purge_removes_unreferenced_payloads_and_keeps_shared_ones(client, start_worker, sql, db_url):
+async def test_purge_removes_unreferenced_payloads_and_keeps_shared_ones(client, start_worker, sql, monkeypatch):
     await start_worker(workflows=[big_flow], activities=[grow])
     shared = "s" * (payloads.STORE_PAYLOAD_BYTES + 10)
     first = await client.start(big_flow, shared, id="shared-1")
@@ -80,6 +119,7 @@ async def test_purge_removes_unreferenced_payloads_and_keeps_shared_ones(client,
     await retention.purge_in(client.pool, client.namespace, flt=_only("shared-1"), cutoff=_future())
     assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
     assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)], "shared payloads survive"
+    monkeypatch.setattr(payloads, "_made", payloads._Made())  # read them from the database
     assert (await second.history())[0].data["input"] == [shared]
     await retention.purge_in(client.pool, client.namespace, flt=ALL_RUNS, cutoff=_future())
     assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]

@@ -12,7 +12,7 @@ test of bytes already in memory) and a read resolves only when the count moved w
 read (:func:`marked`, :func:`resolve_if`). A false alarm (another task read a reference
 meanwhile) costs a walk, never a statement.
 
-Resolved values are as ``jsonb`` would have returned them (``history.as_stored``: key order,
+Resolved values are as ``jsonb`` would have returned them (``cairn.payloads.jsonb_form``: key order,
 numbers), so workflow code sees the same data live, on replay and from the fast path.
 """
 
@@ -28,7 +28,7 @@ from psycopg.adapt import Loader
 from psycopg.types.json import JsonbBinaryLoader, JsonBinaryLoader, JsonbLoader, JsonLoader
 
 from cairn import payloads
-from cairn.engine.history import Event, as_stored
+from cairn.engine.history import Event
 from cairn.errors import DatabaseError
 from cairn.store.sql import q
 
@@ -164,7 +164,7 @@ async def values(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(lost))} are missing from cairn.payloads")
         inner: set[str] = set()
         for ref, value in raw.items():
-            out[ref] = as_stored(value)
+            out[ref] = payloads.jsonb_form(value)
             payloads.find_refs(value, inner)
         wanted = inner - out.keys()
         if not wanted:
@@ -229,14 +229,14 @@ def resolve_sync(conn: psycopg.Connection[Any], data: Any) -> Any:
         for ref in refs:
             held = payloads.local(ref)
             if held is not None:
-                found[ref] = as_stored(payloads.decode(held[0]))
+                found[ref] = payloads.jsonb_form(payloads.decode(held[0]))
             else:
                 missing.append(ref)
         if missing:
             rows = conn.execute(q("read_payloads"), {"hashes": [_digest(r) for r in missing]}).fetchall()
             for digest, blob, _encoding in rows:
                 found[base64.urlsafe_b64encode(bytes(digest)).rstrip(b"=").decode()] = \
-                    as_stored(payloads.decode(bytes(blob)))
+                    payloads.jsonb_form(payloads.decode(bytes(blob)))
         if not found.keys() >= refs:
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(refs - found.keys()))} are missing")
         data = payloads.replace_refs(data, found)

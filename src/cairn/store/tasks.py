@@ -118,8 +118,8 @@ def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, 
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
                  lease: float, notify_queues: list[str], commit: bool, ahead: Statement | None = None) -> Recorded:
     """``record_workflow_tasks`` for a batch: one statement, ``entries`` one per task; it
-    carries the COMMIT when ``commit`` (and no stored payload follows it); ``ahead`` (the speculated fast path's check) opens
-    the transaction with it."""
+    carries the COMMIT when ``commit`` (and no stored payload follows it); ``ahead`` (the
+    speculated fast path's check) opens the transaction with it."""
     found: list[stored.Link] = []
     for entry in entries:
         found += stored.event_links(entry["run_id"], entry["events"])
