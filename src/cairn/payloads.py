@@ -206,11 +206,13 @@ def replace_refs(data: Any, values: Mapping[str, Any]) -> Any:
     return data
 
 
-def to_payload(value: Any) -> Any:
+def to_payload(value: Any, *, store: bool = True) -> Any:
     """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data.
 
     A value larger than ``STORE_PAYLOAD_BYTES`` as JSON becomes a reference to a stored
-    payload (module docstring).
+    payload (module docstring), unless ``store`` is False (memos, heartbeat details,
+    failures and the JSON of records printed: values that never reach history, or are
+    bounded on their own).
 
     Raises:
         InputValidationError: the value has no JSON form (NaN and infinities included:
@@ -228,16 +230,17 @@ def to_payload(value: Any) -> Any:
             raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
     size = _check_storable(data, 0)
-    if STORE_PAYLOAD_BYTES and size > STORE_PAYLOAD_BYTES and ref_of(data) is None:
-        return make_ref(data)  # stored out of line: history holds the reference
-    if size > MAX_PAYLOAD_BYTES:
+    stored = bool(store and STORE_PAYLOAD_BYTES and size > STORE_PAYLOAD_BYTES and ref_of(data) is None)
+    limit, name = (MAX_STORED_PAYLOAD_BYTES, "stored payload limit") if stored else (MAX_PAYLOAD_BYTES, "limit")
+    if size > limit:  # a stored one is refused before it is encoded (make_ref checks exactly)
         raise InputValidationError(
-            f"the payload is about {size} bytes as JSON, over the limit of {MAX_PAYLOAD_BYTES} "
-            "(CAIRN_MAX_PAYLOAD_BYTES): store large data elsewhere and pass a reference")
-    if size > WARN_PAYLOAD_BYTES:
+            f"the payload is about {size} bytes as JSON, over the {name} of {limit} "
+            f"({'CAIRN_MAX_STORED_PAYLOAD_BYTES' if stored else 'CAIRN_MAX_PAYLOAD_BYTES'}): store large data "
+            "elsewhere and pass a reference")
+    if size > WARN_PAYLOAD_BYTES:  # stored or not, every replay reads it
         log.warning("a payload of about %d bytes (warning above %d, limit %d): every replay reads it",
-                    size, WARN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
-    return data
+                    size, WARN_PAYLOAD_BYTES, limit)
+    return make_ref(data) if stored else data  # stored out of line: history holds the reference
 
 
 def check_memo(memo: Any) -> dict[str, Any] | None:
@@ -250,7 +253,7 @@ def check_memo(memo: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(memo, Mapping):
         raise InputValidationError("the memo must be a JSON object")
-    payload = to_payload(dict(memo))  # raises InputValidationError for what JSON cannot hold
+    payload = to_payload(dict(memo), store=False)  # raises InputValidationError for what JSON cannot hold
     if len(json.dumps(payload)) > MAX_MEMO_BYTES:
         raise InputValidationError(f"the memo is larger than {MAX_MEMO_BYTES} bytes")
     return payload  # type: ignore[no-any-return]

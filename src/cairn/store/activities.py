@@ -8,7 +8,6 @@ psycopg errors leave translated (:func:`cairn.store.transactions.translate`).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -185,11 +184,7 @@ async def renew_leases(pool: db.Pool, *, beats: list[dict[str, Any]], lease: flo
                        worker: str) -> dict[tuple[str, int], bool]:
     """Renews the leases (and records the heartbeats) of ``beats`` in one statement; returns,
     per attempt still leased to ``worker``, whether its workflow asked it to stop."""
-    found: list[stored.Link] = []
-    for beat in beats:  # large heartbeat details: stored first (rare: a process that made a reference)
-        stored.links(str(beat.get("run_id")), beat.get("details"), found)
-    async with connection(pool) as c, c.transaction() if found else contextlib.nullcontext():
-        await stored.save(c, found)
+    async with connection(pool) as c:
         cur = await c.execute(q("renew_activity_leases"), {
             "beats": Jsonb(beats), "lease": lease, "worker": worker, "now": clock.now(c)})
         return {(str(a), s): bool(cancel) for a, s, cancel in await cur.fetchall()}

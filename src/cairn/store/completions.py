@@ -99,7 +99,6 @@ async def retry(conn: Conn, attempt: OpenAttempt, *, delay: float, failure: dict
 async def heartbeat(conn: Conn, attempt: OpenAttempt, details: Any) -> bool:
     """Records a heartbeat (``heartbeat_activity_by_token``); returns whether the workflow
     asked the activity to stop."""
-    await stored.save(conn, stored.links(attempt.run_id, details))
     cur = await conn.execute(q("heartbeat_activity_by_token"), {
         "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": clock.now(conn),
         "details": Jsonb(details)})
