@@ -2305,10 +2305,9 @@ SELECT pg_advisory_unlock(%(lock_class)s::int, 0)
 -- them to the runs whose events refer to them, in the transaction of those events; the
 -- link's foreign key locks the payload against a concurrent purge (migration 0021).
 WITH stored AS (
-    INSERT INTO cairn.payloads (hash, data, size)
-    SELECT p.hash, p.data, p.size
-    FROM unnest(%(hashes)s::bytea[], %(blobs)s::bytea[], %(sizes)s::integer[]) AS p (hash, data, size)
-    WHERE p.data IS NOT NULL
+    INSERT INTO cairn.payloads (hash, compressed, size)
+    SELECT p.hash, p.compressed, p.size
+    FROM unnest(%(hashes)s::bytea[], %(blobs)s::bytea[], %(sizes)s::integer[]) AS p (hash, compressed, size)
     ON CONFLICT (hash) DO NOTHING
     RETURNING hash
 )
@@ -2318,7 +2317,7 @@ ON CONFLICT (run_id, hash) DO NOTHING
 
 -- name: read_payloads
 -- The stored payloads of these hashes (one statement per history read, however many refer).
-SELECT hash, data, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
+SELECT hash, compressed, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
 
 -- name: copy_run_payloads
 -- A reset or retried run refers to its origin's stored payloads: link them to it too, so

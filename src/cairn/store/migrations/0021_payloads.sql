@@ -7,17 +7,18 @@
 -- conversation per call. Small payloads never meet these tables.
 
 -- One row per content: hash is the SHA-256 of the payload's canonical JSON (sorted keys, no
--- spaces, UTF-8), data that JSON compressed with zlib, size its length uncompressed.
+-- spaces, UTF-8), compressed that JSON compressed with zlib (JSON still: no pickle, no
+-- language-specific encoding), size its length uncompressed.
 CREATE TABLE cairn.payloads (
     hash       bytea       PRIMARY KEY,
-    data       bytea       NOT NULL,
+    compressed bytea       NOT NULL,
     size       integer     NOT NULL,
     encoding   text        NOT NULL DEFAULT 'json+zlib',
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT payloads_hash_sha256 CHECK (octet_length(hash) = 32),
     CONSTRAINT payloads_encoding CHECK (encoding IN ('json+zlib'))
 );
-ALTER TABLE cairn.payloads ALTER COLUMN data SET STORAGE EXTERNAL;  -- compressed already
+ALTER TABLE cairn.payloads ALTER COLUMN compressed SET STORAGE EXTERNAL;  -- compressed already
 
 -- Which runs reference which payloads: retention's purge removes a payload when the last run
 -- referencing it goes. The foreign key is the concurrency guard against that purge: a link
