@@ -29,12 +29,14 @@ def text(seed: int, size: int) -> str:
 
 
 @workflow.defn
-async def agent(turns: int, size: int) -> dict[str, int]:
+async def agent(turns: int, size: int, conversation: int = 0) -> dict[str, int]:
     """``turns`` model calls; each adds a user message (a tool's output, say) and the answer
-    padded to ``size`` characters to the conversation that the next call sends whole."""
+    padded to ``size`` characters to the conversation that the next call sends whole. Each
+    ``conversation`` has messages of its own but the same system prompt."""
     messages = [{"role": "system", "content": "You are a support agent. " + text(0, size)}]
+    base = 1 + conversation * (2 * turns + 1)
     for i in range(turns):
-        messages.append({"role": "user", "content": f"step {i}: " + text(2 * i + 1, size)})
+        messages.append({"role": "user", "content": f"step {i}: " + text(base + 2 * i, size)})
         answer = await chat(ChatRequest(model=MODEL, messages=messages, max_tokens=50), retry_policy=FAST)
-        messages.append({"role": "assistant", "content": answer.text + " " + text(2 * i + 2, size)})
+        messages.append({"role": "assistant", "content": answer.text + " " + text(base + 2 * i + 1, size)})
     return {"turns": turns, "messages": len(messages)}

@@ -8,7 +8,8 @@ On a private Postgres (bench/pgcluster.py, the settings of every benchmark), onc
 each in a fresh database: one ``cairn worker -m payload_flows`` process and a fake provider
 (``cairn fake-llm``); ``--runs`` agents (bench/payload_flows.agent: ``--turns`` calls, each
 adding a user message and an answer of ``--size`` characters of words to the conversation
-that the next call sends whole) run one after the other. Modes:
+that the next call sends whole; each run a conversation of its own, the system prompt
+shared) run one after the other. Modes:
 
 - *store*: as shipped (``CAIRN_STORE_PAYLOAD_BYTES`` at its default, 8 KiB): each message
   stored once, by reference;
@@ -96,7 +97,7 @@ def mode(cluster: pgcluster.Cluster, name: str, a: argparse.Namespace, base_url:
             times = []
             for i in range(a.runs):
                 began = time.monotonic()
-                result = asyncio.run(run_one(dsn, f"agent-{i}", a))
+                result = asyncio.run(run_one(dsn, i, a))
                 times.append(time.monotonic() - began)
                 if result.get("messages") != 2 * a.turns + 1:
                     tail = Path(log.name).read_text()[-3000:]
@@ -120,9 +121,9 @@ def mode(cluster: pgcluster.Cluster, name: str, a: argparse.Namespace, base_url:
             "payload_bytes": int(stored[2]), "seconds_per_run": sorted(times)[len(times) // 2]}
 
 
-async def run_one(dsn: str, workflow_id: str, a: argparse.Namespace) -> dict[str, Any]:
+async def run_one(dsn: str, i: int, a: argparse.Namespace) -> dict[str, Any]:
     async with await Client.connect(dsn) as client:
-        handle = await client.start(flows.agent, a.turns, a.size, id=workflow_id)
+        handle = await client.start(flows.agent, a.turns, a.size, i, id=f"agent-{i}")
         return dict(await handle.result(timeout=a.timeout))
 
 

@@ -31,6 +31,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Never, NoReturn, get_type_hints
 
@@ -72,27 +73,42 @@ MADE_CACHE_BYTES = 64 * 1024 * 1024
 ZLIB_LEVEL = 6  # zlib's default: JSON text shrinks 3-10x; level 9 buys ~2 % for twice the CPU
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A payload this process made: its JSON compressed, its size, and the references in it
+    (an LLM call's argument holds its messages')."""
+
+    blob: bytes
+    size: int
+    refs: frozenset[str]
+
+
 class _Made:
-    """References this process made: hash -> (compressed JSON, size), oldest first, bounded
-    by ``MADE_CACHE_BYTES``. Thread-safe (activity results are made in threads)."""
+    """References this process made: hash -> :class:`Held`, oldest first, bounded by
+    ``MADE_CACHE_BYTES``. Thread-safe (activity results are made in threads)."""
 
     def __init__(self) -> None:
-        self.entries: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self.entries: OrderedDict[str, Held] = OrderedDict()
         self.bytes = 0
         self.lock = threading.Lock()
 
-    def add(self, ref: str, blob: bytes, size: int) -> None:
+    def add(self, ref: str, held: Held) -> None:
+        with self.lock:
+            self.entries[ref] = held
+            self.bytes += len(held.blob)
+            while self.bytes > MADE_CACHE_BYTES and len(self.entries) > 1:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= len(old.blob)
+
+    def touch(self, ref: str) -> bool:
+        """Whether ``ref`` is held (and now the newest)."""
         with self.lock:
             if ref in self.entries:
                 self.entries.move_to_end(ref)
-                return
-            self.entries[ref] = (blob, size)
-            self.bytes += len(blob)
-            while self.bytes > MADE_CACHE_BYTES and len(self.entries) > 1:
-                _, (old, _size) = self.entries.popitem(last=False)
-                self.bytes -= len(old)
+                return True
+            return False
 
-    def get(self, ref: str) -> tuple[bytes, int] | None:
+    def get(self, ref: str) -> Held | None:
         return self.entries.get(ref)
 
     def __bool__(self) -> bool:
@@ -118,7 +134,8 @@ def make_ref(data: Any) -> dict[str, str]:
             f"{MAX_STORED_PAYLOAD_BYTES} (CAIRN_MAX_STORED_PAYLOAD_BYTES): store large data elsewhere "
             "and pass a reference")
     ref = base64.urlsafe_b64encode(hashlib.sha256(text).digest()).rstrip(b"=").decode()
-    _made.add(ref, zlib.compress(text, ZLIB_LEVEL), len(text))
+    if not _made.touch(ref):  # compressed once per process (a conversation's messages recur)
+        _made.add(ref, Held(zlib.compress(text, ZLIB_LEVEL), len(text), frozenset(find_refs(data))))
     return {REF_KEY: ref}
 
 
@@ -131,8 +148,8 @@ def ref_of(value: Any) -> str | None:
     return None
 
 
-def local(ref: str) -> tuple[bytes, int] | None:
-    """The compressed bytes and size of a reference this process made (None if not, or gone)."""
+def local(ref: str) -> Held | None:
+    """A payload this process made (None if not, or no longer held)."""
     return _made.get(ref)
 
 
@@ -189,7 +206,7 @@ def unref(data: Any) -> Any:
     for ref in refs:
         held = _made.get(ref)
         if held is not None:
-            values[ref] = unref(jsonb_form(decode(held[0])))
+            values[ref] = unref(jsonb_form(decode(held.blob)))
     return replace_refs(data, values)
 
 

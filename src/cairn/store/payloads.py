@@ -110,10 +110,10 @@ def save_params(found: list[Link]) -> dict[str, Any]:
         if ref not in sent:
             sent.add(ref)
             hashes.append(_digest(ref))
-            blobs.append(held[0])
-            sizes.append(held[1])
+            blobs.append(held.blob)
+            sizes.append(held.size)
         # a stored payload's own references (an LLM call's messages) belong to the run too
-        pending.extend((run_id, inner) for inner in payloads.find_refs(payloads.decode(held[0])))
+        pending.extend((run_id, inner) for inner in held.refs)
     return {"hashes": hashes, "blobs": blobs, "sizes": sizes, "run_ids": run_ids, "link_hashes": link_hashes}
 
 
@@ -152,7 +152,7 @@ async def values(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str
         for ref in wanted:
             held = payloads.local(ref)
             if held is not None:
-                raw[ref] = payloads.decode(held[0])
+                raw[ref] = payloads.decode(held.blob)
             else:
                 missing.append(ref)
         if missing:
@@ -229,7 +229,7 @@ def resolve_sync(conn: psycopg.Connection[Any], data: Any) -> Any:
         for ref in refs:
             held = payloads.local(ref)
             if held is not None:
-                found[ref] = payloads.jsonb_form(payloads.decode(held[0]))
+                found[ref] = payloads.jsonb_form(payloads.decode(held.blob))
             else:
                 missing.append(ref)
         if missing:
