@@ -168,7 +168,7 @@ def find_refs(data: Any, out: set[str] | None = None) -> set[str]:
         else:
             for item in data.values():
                 find_refs(item, out)
-    elif isinstance(data, list):
+    elif isinstance(data, list | tuple):  # tuples: rows of the store's records
         for item in data:
             find_refs(item, out)
     return out
@@ -220,6 +220,8 @@ def replace_refs(data: Any, values: Mapping[str, Any]) -> Any:
         return {k: replace_refs(v, values) for k, v in data.items()}
     if isinstance(data, list):
         return [replace_refs(v, values) for v in data]
+    if isinstance(data, tuple):
+        return tuple(replace_refs(v, values) for v in data)
     return data
 
 

@@ -4,6 +4,7 @@ retention's purge removes the payloads no remaining run refers to, and keeps sha
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
@@ -136,3 +137,55 @@ def _future():
     from datetime import UTC, datetime
 
     return datetime.now(UTC) + timedelta(days=1)
+
+
+@workflow.defn
+async def child_flow(text: str, hops: int) -> str:
+    if hops:
+        workflow.continue_as_new(text + "+", hops - 1)  # a large input through continue-as-new
+    return text[-3:] + str(len(text))
+
+
+@workflow.defn
+async def parent_flow(text: str) -> dict[str, object]:
+    state = {"last": ""}
+
+    def remember(value: str) -> str:
+        state["last"] = value
+        return value.upper()  # a large update result
+
+    workflow.set_update_handler("remember", remember)
+    workflow.set_query_handler("last", lambda: state["last"] + "?")  # a large query answer
+    signalled = await workflow.wait_signal("big")  # a large signal
+    child = await workflow.execute_child_workflow(child_flow, text + signalled[:1], 2, id="child-of-parent")
+    await workflow.wait_condition(lambda: bool(state["last"]))
+    return {"child": child, "signal": len(signalled), "update": len(state["last"])}
+
+
+async def test_signals_updates_queries_children_and_continue_as_new_carry_stored_payloads(
+        client, start_worker, sql, monkeypatch):
+    await start_worker(workflows=[parent_flow, child_flow])
+    big = "p" * (payloads.STORE_PAYLOAD_BYTES + 50)
+    handle = await client.start(parent_flow, big, id="parent")
+    await handle.signal("big", "s" * (payloads.STORE_PAYLOAD_BYTES + 60))
+    assert await handle.execute_update("remember", "u" * (payloads.STORE_PAYLOAD_BYTES + 70)) == \
+        "U" * (payloads.STORE_PAYLOAD_BYTES + 70)
+    assert await handle.query("last") == "u" * (payloads.STORE_PAYLOAD_BYTES + 70) + "?"
+    result = await handle.result(timeout=30)
+    assert result == {"child": "s++" + str(len(big) + 3), "signal": payloads.STORE_PAYLOAD_BYTES + 60,
+                      "update": payloads.STORE_PAYLOAD_BYTES + 70}
+    # Every run links the payloads its own rows refer to (the child's chain included), so a
+    # purge of one keeps what another still needs.
+    linked = {(str(r), base64.urlsafe_b64encode(bytes(h)).rstrip(b"=").decode())
+              for r, h in sql("SELECT run_id, hash FROM cairn.run_payloads")}
+    referred = {(str(r), ref) for r, d in sql("SELECT run_id, data FROM cairn.history") for ref in _refs(d)}
+    assert referred
+    assert referred <= linked
+    per_run = dict(sql("SELECT r.workflow_id || ':' || coalesce(r.continued_from::text, ''), count(l.hash) "
+                       "FROM cairn.runs r LEFT JOIN cairn.run_payloads l USING (run_id) "
+                       "GROUP BY 1"))
+    assert len(per_run) == 4  # the parent, the child and its two continuations
+    assert all(n > 0 for n in per_run.values()), per_run
+    monkeypatch.setattr(payloads, "_made", payloads._Made())  # read back from the database
+    events = await client.get_handle("child-of-parent").history()  # the chain's last run
+    assert events[0].data["input"] == [big + "s++", 0]
