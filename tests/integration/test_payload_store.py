@@ -189,3 +189,16 @@ async def test_signals_updates_queries_children_and_continue_as_new_carry_stored
     monkeypatch.setattr(payloads, "_made", payloads._Made())  # read back from the database
     events = await client.get_handle("child-of-parent").history()  # the chain's last run
     assert events[0].data["input"] == [big + "s++", 0]
+
+
+async def test_a_schedule_keeps_its_arguments_inline(client, sql):
+    """A schedule's row starts runs from any worker, long after: its arguments stay inline
+    (no reference to a payload no run links)."""
+    from cairn.client import Schedule, ScheduleActionStartWorkflow, ScheduleIntervalSpec, ScheduleSpec
+
+    big = "k" * (payloads.STORE_PAYLOAD_BYTES + 5)
+    await client.create_schedule("big-args", Schedule(action=ScheduleActionStartWorkflow(big_flow, big),
+                                                      spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))])))
+    [(args,)] = sql("SELECT action->'args' FROM cairn.schedules WHERE schedule_id = 'big-args'")
+    assert args == [big]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
