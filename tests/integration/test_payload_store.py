@@ -143,7 +143,7 @@ def _future():
 async def child_flow(text: str, hops: int) -> str:
     if hops:
         workflow.continue_as_new(text + "+", hops - 1)  # a large input through continue-as-new
-    return text[-3:] + str(len(text))
+    return text + "!"  # a large result, through the parent's inbox into its history
 
 
 @workflow.defn
@@ -159,7 +159,7 @@ async def parent_flow(text: str) -> dict[str, object]:
     signalled = await workflow.wait_signal("big")  # a large signal
     child = await workflow.execute_child_workflow(child_flow, text + signalled[:1], 2, id="child-of-parent")
     await workflow.wait_condition(lambda: bool(state["last"]))
-    return {"child": child, "signal": len(signalled), "update": len(state["last"])}
+    return {"child": child[-4:] + str(len(child)), "signal": len(signalled), "update": len(state["last"])}
 
 
 async def test_signals_updates_queries_children_and_continue_as_new_carry_stored_payloads(
@@ -172,7 +172,7 @@ async def test_signals_updates_queries_children_and_continue_as_new_carry_stored
         "U" * (payloads.STORE_PAYLOAD_BYTES + 70)
     assert await handle.query("last") == "u" * (payloads.STORE_PAYLOAD_BYTES + 70) + "?"
     result = await handle.result(timeout=30)
-    assert result == {"child": "s++" + str(len(big) + 3), "signal": payloads.STORE_PAYLOAD_BYTES + 60,
+    assert result == {"child": "s++!" + str(len(big) + 4), "signal": payloads.STORE_PAYLOAD_BYTES + 60,
                       "update": payloads.STORE_PAYLOAD_BYTES + 70}
     # Every run links the payloads its own rows refer to (the child's chain included), so a
     # purge of one keeps what another still needs.

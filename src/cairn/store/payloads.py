@@ -85,6 +85,11 @@ def _digest(ref: str) -> bytes:
     return base64.urlsafe_b64decode(ref + "=")
 
 
+def digests(refs: Iterable[str]) -> list[bytes]:
+    """The hashes (``cairn.payloads.hash``) of references."""
+    return [_digest(ref) for ref in refs]
+
+
 def save_params(found: list[Link]) -> dict[str, Any]:
     """``save_payloads``'s parameters: the payloads this process holds (a payload it no
     longer holds was stored by an earlier write: the link's foreign key says if not), and

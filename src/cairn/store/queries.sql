@@ -2325,3 +2325,11 @@ SELECT hash, compressed, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)
 INSERT INTO cairn.run_payloads (run_id, hash)
 SELECT %(new_run_id)s::uuid, l.hash FROM cairn.run_payloads l WHERE l.run_id = %(run_id)s::uuid
 ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: link_parent_payloads
+-- A child's stored result goes to its parent's inbox, then history: link it to the parent too,
+-- so that purging the child keeps it while the parent lives.
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT r.parent_run_id, h.hash FROM cairn.runs r, unnest(%(hashes)s::bytea[]) AS h (hash)
+WHERE r.run_id = %(run_id)s::uuid AND r.parent_run_id IS NOT NULL
+ON CONFLICT (run_id, hash) DO NOTHING
