@@ -62,6 +62,17 @@ def test_long_agent_completes_through_a_kill(workers, db_url, fake_llm, tmp_path
     assert ran.code == 0, ran.err
     assert f"turn {TURNS - 1}: qqqq" in ran.out
     assert "$cairn.payload" not in ran.out
+    # cairn db payloads: the store's size, and the run's share of it.
+    ran = cairn_cli("db", "payloads", "--json", db_url=db_url)
+    assert ran.code == 0, ran.err
+    whole = json.loads(ran.out)
+    assert whole["payloads"] == 2 * TURNS
+    assert whole["runs"] == 1
+    assert whole["json_bytes"] > whole["stored_bytes"] > 0
+    ran = cairn_cli("db", "payloads", "agent-1", "--json", db_url=db_url)
+    assert json.loads(ran.out) == whole
+    ran = cairn_cli("db", "payloads", db_url=db_url)
+    assert ran.out.startswith(f"{2 * TURNS} payloads, "), ran.out
 
 
 def _start(db_url: str) -> None:

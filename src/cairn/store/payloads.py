@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -144,6 +145,29 @@ def event_links(run_id: str, events: Iterable[Any]) -> list[Link]:
 
 
 # ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadStats:
+    """The payload store's size (``cairn db payloads``): payloads, their bytes as JSON and
+    as stored (compressed), and the runs that refer to them; of one run, if asked."""
+
+    payloads: int
+    json_bytes: int
+    stored_bytes: int
+    runs: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"payloads": self.payloads, "json_bytes": self.json_bytes, "stored_bytes": self.stored_bytes,
+                "runs": self.runs}
+
+
+async def stats(conn: psycopg.AsyncConnection[Any], run_id: str | None = None) -> PayloadStats:
+    """The store's size, or what run ``run_id`` refers to."""
+    cur = await conn.execute(q("payload_stats" if run_id is None else "run_payload_stats"), {"run_id": run_id})
+    row = await cur.fetchone()
+    assert row is not None
+    return PayloadStats(*(int(v) for v in row))
 
 
 async def values(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str, Any]:

@@ -2333,3 +2333,18 @@ INSERT INTO cairn.run_payloads (run_id, hash)
 SELECT r.parent_run_id, h.hash FROM cairn.runs r, unnest(%(hashes)s::bytea[]) AS h (hash)
 WHERE r.run_id = %(run_id)s::uuid AND r.parent_run_id IS NOT NULL
 ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: payload_stats
+-- The payload store's size: payloads, their bytes as JSON and as stored, the runs linked
+-- (cairn db payloads). A full scan of both tables: an operator's question, not a hot one.
+SELECT (SELECT count(*) FROM cairn.payloads) AS payloads,
+       (SELECT coalesce(sum(size), 0) FROM cairn.payloads)::bigint AS json_bytes,
+       (SELECT coalesce(sum(octet_length(compressed)), 0) FROM cairn.payloads)::bigint AS stored_bytes,
+       (SELECT count(DISTINCT run_id) FROM cairn.run_payloads) AS runs
+
+-- name: run_payload_stats
+-- The payloads one run refers to (cairn db payloads ID).
+SELECT count(*) AS payloads, coalesce(sum(p.size), 0)::bigint AS json_bytes,
+       coalesce(sum(octet_length(p.compressed)), 0)::bigint AS stored_bytes, 1 AS runs
+FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
+WHERE l.run_id = %(run_id)s::uuid
