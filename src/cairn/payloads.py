@@ -124,10 +124,13 @@ def made() -> bool:
     return bool(_made)
 
 
-def make_ref(data: Any) -> dict[str, str]:
+def make_ref(data: Any, *, above: int = 0) -> Any:
     """Stores JSON ``data`` in this process as a payload and returns its reference (the
-    store writes it with the event that holds the reference, ``cairn.store.payloads``)."""
+    store writes it with the event that holds the reference, ``cairn.store.payloads``);
+    ``data`` itself if it takes ``above`` bytes as JSON or fewer."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) <= above:
+        return data
     if len(text) > MAX_STORED_PAYLOAD_BYTES:
         raise InputValidationError(
             f"the payload is {len(text)} bytes as JSON, over the stored payload limit of "

@@ -19,7 +19,6 @@ walks the fallback chain (ARCHITECTURE.md, "Invariants": idempotency keys of LLM
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -189,11 +188,8 @@ def _by_reference(call: dict[str, Any]) -> dict[str, Any]:
     if not payloads.STORE_PAYLOAD_BYTES:
         return call
     messages = call["request"]["messages"]
-    out = []
-    for message in messages:
-        if payloads.ref_of(message) is None and len(json.dumps(message)) > MESSAGE_REF_BYTES:
-            message = payloads.make_ref(message)
-        out.append(message)
+    out = [message if payloads.ref_of(message) is not None else payloads.make_ref(message, above=MESSAGE_REF_BYTES)
+           for message in messages]
     return {**call, "request": {**call["request"], "messages": out}}
 
 

@@ -19,6 +19,7 @@ numbers), so workflow code sees the same data live, on replay and from the fast 
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -73,12 +74,29 @@ def marked() -> int:
 # ---------------------------------------------------------------- writing
 
 
+# (run, reference) pairs this process saw committed: a run's link holds its payload until
+# the run is purged, and only closed runs are, so they need not be sent again (the N-th call
+# of a conversation sends its new messages, not all N). Oldest dropped first past the bound.
+COMMITTED_LINKS = 100_000
+_committed: OrderedDict[Link, None] = OrderedDict()
+
+
+def remember(found: Iterable[Link]) -> None:
+    """After a commit: these links exist (see :data:`COMMITTED_LINKS`)."""
+    for pair in found:
+        _committed[pair] = None
+        _committed.move_to_end(pair)
+    while len(_committed) > COMMITTED_LINKS:
+        _committed.popitem(last=False)
+
+
 def links(run_id: str, data: Any, out: list[Link] | None = None) -> list[Link]:
-    """The (run, reference) pairs of ``data``, which ``run_id``'s rows are about to hold;
-    nothing (and no walk) in a process that never made a reference."""
+    """The (run, reference) pairs of ``data``, which ``run_id``'s rows are about to hold,
+    but those already committed; nothing (and no walk) in a process that never made a
+    reference."""
     out = [] if out is None else out
     if payloads.made():
-        out.extend((run_id, ref) for ref in payloads.find_refs(data))
+        out.extend(pair for ref in payloads.find_refs(data) if (pair := (run_id, ref)) not in _committed)
     return out
 
 
@@ -108,6 +126,8 @@ def save_params(found: list[Link]) -> dict[str, Any]:
         if (run_id, ref) in linked:
             continue
         linked.add((run_id, ref))
+        if (run_id, ref) in _committed:  # a nested one linked before
+            continue
         run_ids.append(run_id)
         link_hashes.append(_digest(ref))
         held = payloads.local(ref)
@@ -123,10 +143,18 @@ def save_params(found: list[Link]) -> dict[str, Any]:
     return {"hashes": hashes, "blobs": blobs, "sizes": sizes, "run_ids": run_ids, "link_hashes": link_hashes}
 
 
-async def save(conn: psycopg.AsyncConnection[Any], found: list[Link]) -> None:
-    """Stores the payloads of ``found`` and links them, in the caller's transaction."""
-    if found:
-        await conn.execute(q("save_payloads"), save_params(found))
+async def save(conn: psycopg.AsyncConnection[Any], found: list[Link]) -> list[Link]:
+    """Stores the payloads of ``found`` and links them, in the caller's transaction; returns
+    the links, nested ones included (for :func:`remember` once it commits)."""
+    if not found:
+        return found
+    params = save_params(found)
+    await conn.execute(q("save_payloads"), params)
+    return [(run_id, _ref(digest)) for run_id, digest in zip(params["run_ids"], params["link_hashes"], strict=True)]
+
+
+def _ref(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def save_sync(conn: psycopg.Connection[Any], found: list[Link]) -> None:
@@ -187,7 +215,7 @@ async def values(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str
         if missing:
             cur = await conn.execute(q("read_payloads"), {"hashes": [_digest(r) for r in missing]})
             for digest, blob, _encoding in await cur.fetchall():
-                raw[base64.urlsafe_b64encode(bytes(digest)).rstrip(b"=").decode()] = payloads.decode(bytes(blob))
+                raw[_ref(bytes(digest))] = payloads.decode(bytes(blob))
         lost = [r for r in missing if r not in raw]
         if lost:
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(lost))} are missing from cairn.payloads")
@@ -264,8 +292,7 @@ def resolve_sync(conn: psycopg.Connection[Any], data: Any) -> Any:
         if missing:
             rows = conn.execute(q("read_payloads"), {"hashes": [_digest(r) for r in missing]}).fetchall()
             for digest, blob, _encoding in rows:
-                found[base64.urlsafe_b64encode(bytes(digest)).rstrip(b"=").decode()] = \
-                    payloads.jsonb_form(payloads.decode(bytes(blob)))
+                found[_ref(bytes(digest))] = payloads.jsonb_form(payloads.decode(bytes(blob)))
         if not found.keys() >= refs:
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(refs - found.keys()))} are missing")
         data = payloads.replace_refs(data, found)

@@ -66,11 +66,12 @@ def _state(row: dict[str, Any]) -> TaskState:
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What ``record_workflow_tasks`` returned: the attempts it leased to this worker
-    (eager dispatch), and the runs whose task it kept (an event arrived that the task did
-    not see: it runs again)."""
+    (eager dispatch), the runs whose task it kept (an event arrived that the task did not
+    see: it runs again), and the stored payloads linked with it."""
 
     leased: list[Attempt]
     kept: set[str]
+    saved: list[stored.Link]  # stored payloads linked to their runs: stored.remember them after the commit
 
 
 async def claim(conn: Conn, *, namespace: str, pairs: dict[str, Any]) -> list[TaskState]:
@@ -130,7 +131,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
         begin=ahead is not None, commit=commit and not found, ahead=ahead)
     # The stored payloads the events refer to, in the same transaction (the caller's
     # transaction commits it: the COMMIT does not ride with the record then).
-    await stored.save(conn, found)
+    found = await stored.save(conn, found)
     leased: list[Attempt] = []
     kept: set[str] = set()
     for row in rows:
@@ -138,7 +139,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
             kept.add(str(row["run_id"]))
         else:
             leased.append(attempt_of(row))
-    return Recorded(await resolved(conn, before, leased), kept)
+    return Recorded(await resolved(conn, before, leased), kept, found)
 
 
 async def record_extras(conn: Conn, task: TaskState, namespace: str, extras: list[Statement], events: list[Event],

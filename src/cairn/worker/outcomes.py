@@ -129,7 +129,7 @@ class OutcomeDeliverer:
             try:
                 async with transaction(conn):
                     batch = await self._tasks.record_batch(conn, activations, ahead=check)
-                batch.count_runs()  # committed
+                batch.committed()
             except DatabaseError as exc:
                 self._tasks.abandon(tasks, batch)  # evicts the runs: their instances ran ahead
                 if isinstance(exc, SpeculationMissed):
@@ -205,7 +205,7 @@ class OutcomeDeliverer:
                         t for t in tasks if not t.paused and not (
                             t.failures and t.available_at is not None and t.now is not None
                             and t.available_at > t.now)])
-                batch.count_runs()  # committed
+                batch.committed()
             except DatabaseError:
                 self._tasks.abandon(tasks, batch)
                 return [None] * len(outcomes)

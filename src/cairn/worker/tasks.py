@@ -26,8 +26,10 @@ from cairn.engine.local import LOCAL_BUDGET_SECONDS
 from cairn.engine.signals import admit_updates
 from cairn.errors import Deadlock, Refused, UnknownWorkflowType, WorkflowTaskFailed
 from cairn.store import lifecycle as _lifecycle
+from cairn.store import payloads as stored
 from cairn.store import tasks as store
 from cairn.store.activities import Attempt
+from cairn.store.payloads import Link
 from cairn.store.tasks import Statement, TaskState
 from cairn.store.transactions import connection, transaction
 from cairn.telemetry import tracer
@@ -87,9 +89,12 @@ class Batch:
     eager: list[Attempt] = field(default_factory=list)  # leased to this worker: start them
     kept: bool = False  # a task was kept (an event it did not see): claim again
     counted: list[Counted] = field(default_factory=list)  # the runs they started and closed
+    saved: list[Link] = field(default_factory=list)  # stored payloads it linked to its runs
 
-    def count_runs(self) -> None:
-        """Counts runs started and closed by the committed tasks (never by rolled-back ones)."""
+    def committed(self) -> None:
+        """After the commit: counts runs started and closed by the tasks (never by rolled-back
+        ones), and remembers the stored payloads linked (not sent again for those runs)."""
+        stored.remember(self.saved)
         for started, workflow_type, closed in self.counted:
             if started:
                 _telemetry.workflows_started.add(1, {"workflow_type": workflow_type})
@@ -161,7 +166,7 @@ class TaskRunner:
                     if not tasks:
                         return False
                     batch = await self.run_tasks(conn, tasks)
-                batch.count_runs()  # committed
+                batch.committed()
                 self.tasks_recorded()
             except Refused as exc:
                 self.abandon(tasks, batch)
@@ -362,7 +367,7 @@ class TaskRunner:
                     p.span.set_status(StatusCode.ERROR, str(exc))
                     p.span.end()
             raise
-        out.eager, out.kept = recorded.leased, bool(recorded.kept)
+        out.eager, out.kept, out.saved = recorded.leased, bool(recorded.kept), recorded.saved
         self._slots.reserve(len(out.eager))
         try:
             for p in batch:
