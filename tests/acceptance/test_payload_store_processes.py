@@ -12,6 +12,7 @@ import llm_flows as lf
 import pytest
 from acceptance_support import cairn_cli, run_status
 
+from cairn.llm import fake as f
 from support import query, wait_for
 
 pytestmark = pytest.mark.acceptance
@@ -32,6 +33,8 @@ def _calls(db_url: str) -> int:
 
 def test_long_agent_completes_through_a_kill(workers, db_url, fake_llm, tmp_path, monkeypatch):
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, fake_llm))
+    # Every answer is long: the completions (the chat activity's results) are stored too.
+    fake_llm.script([], default=f.ok("answer " * 1500))
     monkeypatch.setenv("CAIRN_MAX_PAYLOAD_BYTES", str(LIMIT))
     first = workers("p1", "-m", "llm_flows")
     _start(db_url)
@@ -53,10 +56,17 @@ def test_long_agent_completes_through_a_kill(workers, db_url, fake_llm, tmp_path
     [(largest,)] = query(db_url, "SELECT max(octet_length(data::text)) FROM cairn.history")
     assert largest < 16 * 1024
     # Each message sent stored once: the system prompt, TURNS prompts, TURNS - 1 answers (the
-    # last answer is never sent; the calls' lists of references stay inline, under the threshold).
-    [(messages, links)] = query(db_url, "SELECT count(*), (SELECT count(*) FROM cairn.run_payloads) "
-                                        "FROM cairn.payloads WHERE size > %s", (SIZE,))
-    assert messages == links == 2 * TURNS
+    # last answer is never sent; the calls' lists of references stay inline, under the
+    # threshold), and the TURNS completions.
+    [(stored, links)] = query(db_url, "SELECT count(*), (SELECT count(*) FROM cairn.run_payloads) "
+                                      "FROM cairn.payloads WHERE size > %s", (SIZE,))
+    assert stored == links == 3 * TURNS
+    # The LLM views read the stored completions: every call, with its usage.
+    ran = cairn_cli("describe", "agent-1", "--json", db_url=db_url)
+    assert ran.code == 0, ran.err
+    calls = json.loads(ran.out)["llm_calls"]
+    assert len(calls) == TURNS
+    assert all(c["output_tokens"] for c in calls)
     # cairn history --json resolves the references: the messages are there.
     ran = cairn_cli("history", "agent-1", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
@@ -66,13 +76,13 @@ def test_long_agent_completes_through_a_kill(workers, db_url, fake_llm, tmp_path
     ran = cairn_cli("db", "payloads", "--json", db_url=db_url)
     assert ran.code == 0, ran.err
     whole = json.loads(ran.out)
-    assert whole["payloads"] == 2 * TURNS
+    assert whole["payloads"] == 3 * TURNS
     assert whole["runs"] == 1
     assert whole["json_bytes"] > whole["stored_bytes"] > 0
     ran = cairn_cli("db", "payloads", "agent-1", "--json", db_url=db_url)
     assert json.loads(ran.out) == whole
     ran = cairn_cli("db", "payloads", db_url=db_url)
-    assert ran.out.startswith(f"{2 * TURNS} payloads, "), ran.out
+    assert ran.out.startswith(f"{3 * TURNS} payloads, "), ran.out
 
 
 def _start(db_url: str) -> None:

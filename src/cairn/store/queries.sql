@@ -1305,10 +1305,11 @@ ORDER BY id
 SELECT status FROM cairn.runs WHERE run_id = %(run_id)s
 
 -- name: llm_completions
--- The recorded results of a run's LLM calls (the built-in chat activity's completions).
+-- The recorded results of a run's LLM calls (the built-in chat activity's completions), and
+-- the stored results (0021), which the reader keeps if they resolve to completions.
 SELECT h.seq, h.data, h.at FROM cairn.history h
 WHERE h.run_id = %(run_id)s AND h.type = 'ActivityCompleted'
-  AND h.data -> 'result' ->> 'type' = 'cairn.llm.completion'
+  AND (h.data -> 'result' ->> 'type' = 'cairn.llm.completion' OR h.data -> 'result' ? '$cairn.payload')
 ORDER BY h.seq
 
 -- name: db_now
