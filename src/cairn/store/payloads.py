@@ -6,11 +6,11 @@ links them to their runs in that transaction, before the event that refers to th
 
 Reading: every read of payload-bearing rows (history, the inbox, activity inputs, outcomes)
 resolves the references it met, in one statement per read, however many events refer
-(:func:`resolve`). Small payloads cost no statement and no walk: psycopg's JSON loaders are
-replaced by ones that count the values whose text holds the reference key (a substring
-test of bytes already in memory) and a read resolves only when the count moved while it
-read (:func:`marked`, :func:`resolve_if`). A false alarm (another task read a reference
-meanwhile) costs a walk, never a statement.
+(:func:`resolve`). Small payloads cost no statement and no walk: psycopg's ``json.loads``
+is replaced by one that counts the values whose text holds the reference key (a substring
+test of bytes already in memory, before the parse that follows anyway) and a read resolves
+only when the count moved while it read (:func:`marked`, :func:`resolve_if`). A false
+alarm (another task read a reference meanwhile) costs a walk, never a statement.
 
 Resolved values are as ``jsonb`` would have returned them (``cairn.payloads.jsonb_form``: key order,
 numbers), so workflow code sees the same data live, on replay and from the fast path.
@@ -19,15 +19,14 @@ numbers), so workflow code sees the same data live, on replay and from the fast 
 from __future__ import annotations
 
 import base64
+import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
-from psycopg.types.json import JsonbBinaryLoader, JsonBinaryLoader, JsonbLoader, JsonLoader
+from psycopg.types.json import set_json_loads
 
 from cairn import payloads
 from cairn.engine.history import Event
@@ -44,26 +43,15 @@ Link = tuple[str, str]  # (run id, reference)
 # ---------------------------------------------------------------- detection on read
 
 
-def _count(data: Buffer) -> bytes:
-    raw = bytes(data) if not isinstance(data, bytes) else data
-    if _MARK in raw:
+def _loads(data: str | bytes) -> Any:
+    """psycopg's ``json.loads`` for every json and jsonb value read (its loaders hand it
+    bytes), counting the values whose text holds the reference key: one substring test."""
+    if _MARK in data if isinstance(data, bytes) else payloads.REF_KEY in data:
         _SEEN[0] += 1
-    return raw
+    return json.loads(data)
 
 
-def _counting(base: type[Loader]) -> type[Loader]:
-    """psycopg's JSON loader ``base``, counting the values that hold a reference."""
-
-    class Counting(base):  # type: ignore[valid-type,misc]
-        def load(self, data: Buffer) -> Any:
-            return super().load(_count(data))
-
-    return Counting
-
-
-for _name, _base in (("jsonb", JsonbLoader), ("jsonb", JsonbBinaryLoader), ("json", JsonLoader),
-                     ("json", JsonBinaryLoader)):
-    psycopg.adapters.register_loader(_name, _counting(_base))
+set_json_loads(_loads)
 
 
 def marked() -> int:
