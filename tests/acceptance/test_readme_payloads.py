@@ -9,12 +9,15 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from support import TIMEOUT, clean_env
 from support.readme import README, readme_blocks, readme_script, run_in_own_group
 
 VENV = Path(sys.executable).parent.parent
 
 
+@pytest.mark.timeout(300)  # CLI start-ups on a loaded machine (the script alone takes ~10 s)
 def test_the_payload_store_section_works_as_typed(tmp_path, empty_db_url):
     home = tmp_path / "newcomer"
     home.mkdir()

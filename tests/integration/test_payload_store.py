@@ -55,6 +55,9 @@ async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, st
     assert started.data["input"] == [BIG]
     assert not any(_refs(e.data) for e in events)
     assert await handle.result() == result  # read from the row, resolved from the database
+    described = await handle.describe()  # a stored result that is no LLM completion: no LLM call
+    assert described.status == "completed"
+    assert described.llm_calls == []
 
 
 @activity.defn

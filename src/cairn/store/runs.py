@@ -267,6 +267,10 @@ async def last_seq(conn: Conn, run_id: str) -> int | None:
 LLM_COMPLETION = "cairn.llm.completion"  # the type of the chat activity's result (llm_completions)
 
 
+def _is_completion(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("type") == LLM_COMPLETION
+
+
 @dataclass(frozen=True, slots=True)
 class Details:
     """What ``describe`` reads about a run besides its row, in one connection."""
@@ -299,7 +303,7 @@ async def details(conn: Conn, run_id: str, namespace: str) -> Details:
     unserved = await workers.unserved(conn, namespace, run_id=run_id)
     if stored.marked() != before:
         acts, llm, saga = await stored.resolve(conn, [acts, llm, [list(r) for r in saga]])
-        llm = [r for r in llm if ((r["data"] or {}).get("result") or {}).get("type") == LLM_COMPLETION]
+        llm = [r for r in llm if _is_completion((r["data"] or {}).get("result"))]
     return Details(acts, timers, task, last["seq"] if last else 0, [Event(s, t, d, a) for s, t, d, a in saga],
                    vis, links, llm, unserved)
 
