@@ -184,7 +184,7 @@ def heartbeat(details: Any = None) -> None:
     """
     i = info()
     if i._beat is not None:
-        i._beat(to_payload(details))
+        i._beat(to_payload(details, store=False))
 
 
 class _ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -352,7 +352,7 @@ def validate_call(
             raise InputValidationError(f"{activity!r} is not an activity: decorate it with @activity.defn")
         name = adef.name
         sig = adef.signature
-        sig.validate_args([to_payload(a) for a in args], f"activity {name}")
+        sig.validate_args([to_payload(a, store=False) for a in args], f"activity {name}")
 
         def returns(data: Any) -> Any:
             return sig.validate_result(data, f"activity {name}")

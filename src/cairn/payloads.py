@@ -5,16 +5,33 @@ A payload (workflow inputs and results, signal payloads, query args, activity ar
 results, memo) is one jsonb value in a history row. :func:`to_payload` converts a value and
 refuses what jsonb cannot hold or what is too big or too deep; :class:`Signature` validates
 JSON against a workflow's or activity's annotations with pydantic.
+
+The payload store (issue 18, item 2): a payload larger than ``STORE_PAYLOAD_BYTES`` as JSON
+is stored once, content-addressed, in ``cairn.payloads`` (``cairn.store.payloads`` writes it
+in the transaction of the event that refers to it), and history holds a reference in its
+place: ``{"$cairn.payload": "<hash>"}``, the base64url SHA-256 of the payload's canonical
+JSON. :func:`to_payload` makes the reference and keeps the compressed bytes in this
+process (:func:`made`) until the store writes them. The key is reserved: a reference is a
+one-key object whose hash this process made, and any other object with that key is refused
+by :func:`to_payload`, so user data can neither forge a reference to someone else's payload
+nor be mistaken for one. Small payloads take exactly the old path: one comparison more.
 """
 
 from __future__ import annotations
 
+import base64
+import decimal
+import hashlib
 import inspect
 import json
 import logging
 import math
 import os
+import threading
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Never, NoReturn, get_type_hints
 
@@ -25,8 +42,9 @@ from cairn.errors import ConfigurationError, InputValidationError
 from cairn.options import text_bytes
 
 __all__ = [
-    "MAX_MEMO_BYTES", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_DEPTH", "NEVER_RETURNS", "WARN_PAYLOAD_BYTES", "Signature",
-    "check_memo", "to_payload",
+    "MAX_MEMO_BYTES", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_DEPTH", "MAX_STORED_PAYLOAD_BYTES", "NEVER_RETURNS",
+    "REF_KEY", "STORE_PAYLOAD_BYTES", "WARN_PAYLOAD_BYTES", "Signature", "check_memo", "decode", "find_refs",
+    "jsonb_form", "made", "make_ref", "ref_of", "replace_refs", "to_payload", "unref",
 ]
 
 # The payload warnings keep the logger name they have always had (logging set-ups filter on it).
@@ -40,16 +58,190 @@ MAX_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_PAYLOAD_BYTES", 2 * 1024 * 102
 WARN_PAYLOAD_BYTES = int(os.environ.get("CAIRN_WARN_PAYLOAD_BYTES", 256 * 1024))
 MAX_PAYLOAD_DEPTH = int(os.environ.get("CAIRN_MAX_PAYLOAD_DEPTH", 64))
 MAX_MEMO_BYTES = 64 * 1024
+# The payload store: a payload larger than this (bytes as JSON) is stored once, out of line,
+# and history holds a reference; 0 turns the store off (every payload inline, as before
+# 0022). A reference is about 60 bytes, so below a few KiB storing out of line buys nothing.
+STORE_PAYLOAD_BYTES = int(os.environ.get("CAIRN_STORE_PAYLOAD_BYTES", 8 * 1024))
+# The most one stored payload may take, as JSON before compression (the inline limit,
+# MAX_PAYLOAD_BYTES, is then what history holds: a reference).
+MAX_STORED_PAYLOAD_BYTES = int(os.environ.get("CAIRN_MAX_STORED_PAYLOAD_BYTES", 64 * 1024 * 1024))
+# The reference's one key. "$" keeps it out of every identifier-like key user data has.
+REF_KEY = "$cairn.payload"
+# Compressed payloads kept in this process between to_payload and the write that stores
+# them (and for resolving them again without a read); oldest dropped first past this.
+MADE_CACHE_BYTES = 64 * 1024 * 1024
+ZLIB_LEVEL = 6  # zlib's default: JSON text shrinks 3-10x; level 9 buys ~2 % for twice the CPU
 
 
-def to_payload(value: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A payload this process made: its JSON compressed, its size, and the references in it
+    (an LLM call's argument holds its messages')."""
+
+    blob: bytes
+    size: int
+    refs: frozenset[str]
+
+
+class _Made:
+    """References this process made: hash -> :class:`Held`, oldest first, bounded by
+    ``MADE_CACHE_BYTES``. Thread-safe (activity results are made in threads)."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, Held] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, ref: str, held: Held) -> None:
+        with self.lock:
+            self.entries[ref] = held
+            self.bytes += len(held.blob)
+            while self.bytes > MADE_CACHE_BYTES and len(self.entries) > 1:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= len(old.blob)
+
+    def touch(self, ref: str) -> bool:
+        """Whether ``ref`` is held (and now the newest)."""
+        with self.lock:
+            if ref in self.entries:
+                self.entries.move_to_end(ref)
+                return True
+            return False
+
+    def get(self, ref: str) -> Held | None:
+        return self.entries.get(ref)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+_made = _Made()
+
+
+def made() -> bool:
+    """Whether this process has made a reference: until it has, no write looks for any
+    (the writes of small payloads stay exactly as they were)."""
+    return bool(_made)
+
+
+def make_ref(data: Any, *, above: int = 0) -> Any:
+    """Stores JSON ``data`` in this process as a payload and returns its reference (the
+    store writes it with the event that holds the reference, ``cairn.store.payloads``);
+    ``data`` itself if it takes ``above`` bytes as JSON or fewer."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) <= above:
+        return data
+    if len(text) > MAX_STORED_PAYLOAD_BYTES:
+        raise InputValidationError(
+            f"the payload is {len(text)} bytes as JSON, over the stored payload limit of "
+            f"{MAX_STORED_PAYLOAD_BYTES} (CAIRN_MAX_STORED_PAYLOAD_BYTES): store large data elsewhere "
+            "and pass a reference")
+    ref = base64.urlsafe_b64encode(hashlib.sha256(text).digest()).rstrip(b"=").decode()
+    if not _made.touch(ref):  # compressed once per process (a conversation's messages recur)
+        _made.add(ref, Held(zlib.compress(text, ZLIB_LEVEL), len(text), frozenset(find_refs(data))))
+    return {REF_KEY: ref}
+
+
+def ref_of(value: Any) -> str | None:
+    """The hash of a reference, or None if ``value`` is not one."""
+    if type(value) is dict and len(value) == 1:
+        ref = value.get(REF_KEY)
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def local(ref: str) -> Held | None:
+    """A payload this process made (None if not, or no longer held)."""
+    return _made.get(ref)
+
+
+def decode(blob: bytes) -> Any:
+    """A stored payload's JSON data."""
+    return json.loads(zlib.decompress(blob))
+
+
+def find_refs(data: Any, out: set[str] | None = None) -> set[str]:
+    """Every reference in JSON ``data`` (nested ones included)."""
+    out = set() if out is None else out
+    if isinstance(data, dict):
+        ref = ref_of(data)
+        if ref is not None:
+            out.add(ref)
+        else:
+            for item in data.values():
+                find_refs(item, out)
+    elif isinstance(data, list | tuple):  # tuples: rows of the store's records
+        for item in data:
+            find_refs(item, out)
+    return out
+
+
+def jsonb_form(value: Any) -> Any:
+    """JSON data as it comes back from a ``jsonb`` column: jsonb orders an object's keys by
+    length, then bytewise; stores numbers as ``numeric``, which prints a float written with
+    a positive exponent (``1e+16``) as an integer, and has no negative zero. The value is
+    JSON data already (:func:`to_payload`). What code sees of a stored payload has this form
+    wherever it comes from (the database, or this process's copy)."""
+    if isinstance(value, dict):
+        return {k: jsonb_form(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
+    if isinstance(value, list):
+        return [jsonb_form(v) for v in value]
+    if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
+        text = repr(value)
+        if "e+" in text:
+            return int(decimal.Decimal(text))
+    return value
+
+
+def unref(data: Any) -> Any:
+    """``data`` with the references this process made replaced by their values (what a
+    caller validates right after :func:`to_payload`); nothing to do, and no walk, until
+    this process has made one."""
+    if not _made:
+        return data
+    refs = find_refs(data)
+    if not refs:
+        return data
+    values = {}
+    for ref in refs:
+        held = _made.get(ref)
+        if held is not None:
+            values[ref] = unref(jsonb_form(decode(held.blob)))
+    return replace_refs(data, values)
+
+
+def replace_refs(data: Any, values: Mapping[str, Any]) -> Any:
+    """``data`` with each reference of ``values`` replaced by its value (a new structure
+    where something changed; the rest shared)."""
+    if isinstance(data, dict):
+        ref = ref_of(data)
+        if ref is not None:
+            return values.get(ref, data)
+        return {k: replace_refs(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [replace_refs(v, values) for v in data]
+    if isinstance(data, tuple):
+        return tuple(replace_refs(v, values) for v in data)
+    return data
+
+
+def to_payload(value: Any, *, store: bool = True) -> Any:
     """Turns a Python value (models, dataclasses, datetimes, primitives) into JSON data.
+
+    A value larger than ``STORE_PAYLOAD_BYTES`` as JSON becomes a reference to a stored
+    payload (module docstring), unless ``store`` is False (memos, heartbeat details,
+    failures and the JSON of records printed: values that never reach history, or are
+    bounded on their own).
 
     Raises:
         InputValidationError: the value has no JSON form (NaN and infinities included:
-            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH`` or is
-            larger than ``MAX_PAYLOAD_BYTES`` encoded (a warning is logged above
-            ``WARN_PAYLOAD_BYTES``).
+            Postgres' jsonb refuses them), nests deeper than ``MAX_PAYLOAD_DEPTH``, is
+            larger than ``MAX_PAYLOAD_BYTES`` encoded (``MAX_STORED_PAYLOAD_BYTES`` when
+            stored; a warning is logged above ``WARN_PAYLOAD_BYTES``), or holds the reserved
+            key ``$cairn.payload`` other than as a reference this process made.
     """
     try:
         data = to_jsonable_python(value)
@@ -60,14 +252,17 @@ def to_payload(value: Any) -> Any:
             raise InputValidationError(f"the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from None
         raise InputValidationError(f"value of type {type(value).__name__} is not JSON-serialisable: {exc}") from None
     size = _check_storable(data, 0)
-    if size > MAX_PAYLOAD_BYTES:
+    stored = bool(store and STORE_PAYLOAD_BYTES and size > STORE_PAYLOAD_BYTES and ref_of(data) is None)
+    limit, name = (MAX_STORED_PAYLOAD_BYTES, "stored payload limit") if stored else (MAX_PAYLOAD_BYTES, "limit")
+    if size > limit:  # a stored one is refused before it is encoded (make_ref checks exactly)
         raise InputValidationError(
-            f"the payload is about {size} bytes as JSON, over the limit of {MAX_PAYLOAD_BYTES} "
-            "(CAIRN_MAX_PAYLOAD_BYTES): store large data elsewhere and pass a reference")
-    if size > WARN_PAYLOAD_BYTES:
+            f"the payload is about {size} bytes as JSON, over the {name} of {limit} "
+            f"({'CAIRN_MAX_STORED_PAYLOAD_BYTES' if stored else 'CAIRN_MAX_PAYLOAD_BYTES'}): store large data "
+            "elsewhere and pass a reference")
+    if size > WARN_PAYLOAD_BYTES:  # stored or not, every replay reads it
         log.warning("a payload of about %d bytes (warning above %d, limit %d): every replay reads it",
-                    size, WARN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
-    return data
+                    size, WARN_PAYLOAD_BYTES, limit)
+    return make_ref(data) if stored else data  # stored out of line: history holds the reference
 
 
 def check_memo(memo: Any) -> dict[str, Any] | None:
@@ -80,7 +275,7 @@ def check_memo(memo: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(memo, Mapping):
         raise InputValidationError("the memo must be a JSON object")
-    payload = to_payload(dict(memo))  # raises InputValidationError for what JSON cannot hold
+    payload = to_payload(dict(memo), store=False)  # raises InputValidationError for what JSON cannot hold
     if len(json.dumps(payload)) > MAX_MEMO_BYTES:
         raise InputValidationError(f"the memo is larger than {MAX_MEMO_BYTES} bytes")
     return payload  # type: ignore[no-any-return]
@@ -100,6 +295,10 @@ def _check_storable(data: Any, depth: int) -> int:
                                        "(CAIRN_MAX_PAYLOAD_DEPTH)")
         size = 2
         if isinstance(data, dict):
+            if REF_KEY in data:  # a reference this process made, or a forgery
+                if ref_of(data) is None or _made.get(data[REF_KEY]) is None:
+                    raise InputValidationError(f"the key {REF_KEY!r} is reserved for Cairn's payload references")
+                return 64
             for key, item in data.items():
                 size += text_bytes(key, "a key in the payload") + 4 + _check_storable(item, depth + 1)
         else:
@@ -167,6 +366,7 @@ class Signature:
     def validate_args(self, args: Sequence[Any], what: str) -> list[Any]:
         """Validates JSON (or Python) arguments into the annotated types."""
         self.check(what)
+        args = unref(args)  # stored payloads this process just made: validate their values
         if not self.required <= len(args) <= len(self.adapters):
             want = (str(self.required) if self.required == len(self.adapters)
                     else f"{self.required} to {len(self.adapters)}")
@@ -185,6 +385,7 @@ class Signature:
     def validate_result(self, data: Any, what: str) -> Any:
         """Validates a result into the return type (as it is, for a ``NoReturn`` function)."""
         self.check(what)
+        data = unref(data)
         if self.returns is None:
             return data
         try:

@@ -56,3 +56,16 @@ async def ask_call(key: str) -> str:
 async def ask_call_streaming(key: str) -> str:
     ask = ChatRequest(model=MODEL, messages=[{"role": "user", "content": f"call {key}: say hello"}], max_tokens=20)
     return (await chat(ask, stream=True, retry_policy=FAST, throttle_budget=3600)).text
+
+
+@workflow.defn
+async def agent(turns: int, size: int) -> dict[str, int]:
+    """An agent's conversation: each turn sends the whole message list so far (the payload
+    store's test: without it the list outgrows the payload limit; with it each message is
+    stored once and history holds references)."""
+    messages = [{"role": "system", "content": "You are terse. " + "s" * size}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"turn {i}: " + "q" * size})
+        answer = await chat(ChatRequest(model=MODEL, messages=messages, max_tokens=20), retry_policy=FAST)
+        messages.append({"role": "assistant", "content": f"{answer.text} ({i}) " + "a" * size})
+    return {"turns": turns, "messages": len(messages), "chars": sum(len(m["content"]) for m in messages)}

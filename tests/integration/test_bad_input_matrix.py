@@ -37,7 +37,14 @@ from cairn.engine.history import Event
 from cairn.errors import CairnError, DatabaseError, HistoryTooLong
 from support import events, wait_until
 
-BIG = "x" * (payloads.MAX_PAYLOAD_BYTES + 10)
+# Past the payload store's limit (0022; lowered here from 64 MiB to keep the test light).
+STORED_LIMIT = 4 * payloads.MAX_PAYLOAD_BYTES
+BIG = "x" * (STORED_LIMIT + 10)
+
+
+@pytest.fixture(autouse=True)
+def _stored_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(payloads, "MAX_STORED_PAYLOAD_BYTES", STORED_LIMIT)
 SECRET = "s3cretPw_canary"
 
 
@@ -121,7 +128,8 @@ API_CASES: list[tuple[str, Case, type[BaseException], tuple[str, ...]]] = [
     ("too_deep", lambda c: c.start(echo, nested(payloads.MAX_PAYLOAD_DEPTH + 1)), InputValidationError,
      ("deeper than 64",)),
     ("way_too_deep", lambda c: c.start(echo, nested(5000)), InputValidationError, ("deeper",)),
-    ("too_big", lambda c: c.start(echo, BIG), InputValidationError, ("over the limit", "CAIRN_MAX_PAYLOAD_BYTES")),
+    ("too_big", lambda c: c.start(echo, BIG), InputValidationError, ("stored payload limit",
+                                                                         "CAIRN_MAX_STORED_PAYLOAD_BYTES")),
     ("empty_id", lambda c: c.start(echo, id=""), InputValidationError, ("non-empty",)),
     ("blank_id", lambda c: c.start(echo, id="   "), InputValidationError, ("non-empty",)),
     ("long_id", lambda c: c.start(echo, id="x" * 1001), InputValidationError, ("longer than 1000",)),
@@ -169,16 +177,16 @@ async def test_messages_to_a_running_run_bad_payloads_write_nothing(client, regi
     await wait_until(lambda: any(t == "WorkflowTaskStarted" for _, t, _ in events(sql, handle.run_id)))
     before = counts(sql)
     for call, fragment in [
-        (lambda: handle.signal("s", BIG), "over the limit"),
+        (lambda: handle.signal("s", BIG), "stored payload limit"),
         (lambda: handle.signal("s", nested(100)), "deeper"),
         (lambda: handle.signal("s", float("nan")), "finite"),
         (lambda: handle.signal("s\x00", 1), "NUL"),
         (lambda: handle.signal("", 1), "signal name"),
-        (lambda: handle.query("q", BIG), "over the limit"),
+        (lambda: handle.query("q", BIG), "stored payload limit"),
         (lambda: handle.query("q", "a\ud800"), "surrogate"),
         (lambda: handle.query("q", timeout=0), "positive"),
         (lambda: handle.query("q", timeout=-1), "positive"),
-        (lambda: handle.execute_update("u", BIG), "over the limit"),
+        (lambda: handle.execute_update("u", BIG), "stored payload limit"),
         (lambda: handle.execute_update("u", nested(100)), "deeper"),
         (lambda: handle.execute_update("u", float("nan")), "finite"),
         (lambda: handle.execute_update("u\x00"), "NUL"),
@@ -221,7 +229,7 @@ async def test_activity_payload_limits(client, registered, sql):
     handle = await client.start(returns_huge, id="huge-result")
     out = await handle.result(timeout=30)
     assert out.startswith("ResultNotRecordable"), out
-    assert "over the limit" in out
+    assert "over the stored payload limit" in out
     failed = [d for _, t, d in events(sql, handle.run_id) if t == "ActivityFailed"]
     assert len(failed) == 1
     assert "attempts=1" in out  # non-retryable: one attempt only

@@ -65,6 +65,7 @@ COMMANDS: dict[str, list[str]] = {
     "ui": ["ui", "--port", "0"],
     "db migrate": ["db", "migrate"],
     "db status": ["db", "status"],
+    "db payloads": ["db", "payloads"],
     "db roles": ["db", "roles"],
     "breakers": ["breakers"],
     **{f"breakers {verb}": ["breakers", verb, "n"] for verb in ("open", "close", "reset", "disable", "enable")},

@@ -41,10 +41,11 @@ SRC = Path(cairn.__file__).parent
 MODULES = {
     "worker": ["store/tasks.py", "store/activities.py", "store/maintenance.py", "store/lifecycle.py", "store/runs.py",
                "store/sql.py", "workflow.py", "store/breakers.py", "store/ratelimits.py", "store/llm.py",
-               "store/schedules.py", "store/workers.py", "store/batches.py", "store/retention.py"],
+               "store/schedules.py", "store/workers.py", "store/batches.py", "store/retention.py",
+               "store/payloads.py"],
     "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py",
                "store/completions.py", "store/schedules.py", "store/batches.py", "store/pauses.py",
-               "store/retention.py", "store/namespaces.py"],
+               "store/retention.py", "store/namespaces.py", "store/payloads.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")

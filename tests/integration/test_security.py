@@ -65,6 +65,9 @@ async def test_payloads_are_json_in_the_database(client, start_worker, sql):
     column_types = sql("SELECT DISTINCT data_type FROM information_schema.columns WHERE table_schema = 'cairn' "
                        "AND column_name IN ('data', 'input', 'args', 'answer', 'payload')")
     assert set(column_types) == {("jsonb",)}
+    # Stored payloads (0022) are JSON too, compressed: the only encoding the schema admits.
+    assert sql("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'payloads_encoding'") == [
+        ("CHECK ((encoding = 'json+zlib'::text))",)]
 
 
 # ---------------------------------------------------------------- namespaces

@@ -1,4 +1,4 @@
-"""``cairn db migrate|status`` and ``cairn worker``."""
+"""``cairn db migrate|status|payloads`` and ``cairn worker``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import click
 
-from cairn.cli._base import Settings, import_modules, main, run, to_json
+from cairn.cli._base import Settings, import_modules, main, run, to_json, with_client
+from cairn.client import Client
 from cairn.errors import InputValidationError
 from cairn.logformat import JsonFormatter, use_json
 from cairn.store import db
+from cairn.store.payloads import PayloadStats
 from cairn.worker import Worker, collect
 
 
@@ -67,6 +69,29 @@ def db_status(settings: Settings, as_json: bool) -> None:
     if status.mismatched:
         click.echo(f"changed since applied: {', '.join(f'{v:04d}' for v in status.mismatched)}")
     click.echo("up to date" if status.up_to_date else "run `cairn db migrate`")
+
+
+@db_group.command("payloads")
+@click.argument("workflow_id", required=False)
+@click.option("--run-id", default=None, help="That run of WORKFLOW_ID (default: its newest).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def db_payloads(settings: Settings, workflow_id: str | None, run_id: str | None, as_json: bool) -> None:
+    """Show the payload store's size: payloads stored once (those above
+    CAIRN_STORE_PAYLOAD_BYTES, and LLM chat messages), bytes as JSON and as stored, and the
+    runs referring to them; with WORKFLOW_ID, what that run refers to."""
+
+    @with_client
+    async def go(client: Client) -> PayloadStats:
+        return await client.payload_stats(workflow_id, run_id)
+
+    s = run(go(settings))
+    if as_json:
+        click.echo(to_json(s.to_json()))
+        return
+    ratio = f" ({s.json_bytes / s.stored_bytes:.1f}x)" if s.stored_bytes else ""
+    click.echo(f"{s.payloads} payloads, {s.json_bytes:,} bytes as JSON, {s.stored_bytes:,} stored{ratio}"
+               + ("" if workflow_id else f", referred to by {s.runs} runs"))
 
 
 @main.command("worker")

@@ -88,7 +88,7 @@ async def fail(client: Client, token: str | bytes, error: BaseException | str) -
 async def heartbeat(client: Client, token: str | bytes, details: Any = None) -> None:
     """Records a heartbeat (see :meth:`cairn.Client.heartbeat_activity`)."""
     t = _check(token)
-    payload = to_payload(details)
+    payload = to_payload(details, store=False)
 
     async def op(conn: Conn) -> bool:
         async with completions.open_attempt(conn, t) as a:

@@ -52,9 +52,11 @@ from cairn.options import (
 from cairn.payloads import Signature, check_memo, to_payload
 from cairn.schedules import Schedule, ScheduleBackfill
 from cairn.store import db, lifecycle, messages, runs
+from cairn.store import payloads as store_payloads
 from cairn.store import workers as store_workers
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.filters import Filter, parse_filter
+from cairn.store.payloads import PayloadStats
 from cairn.telemetry import tracer
 from cairn.visibility import check_search_attributes
 from cairn.workflow import definition_of
@@ -613,6 +615,21 @@ class Client:
     def get_namespace_handle(self) -> NamespaceHandle:
         """This client's namespace: its retention and archive, and purges of closed runs."""
         return NamespaceHandle(self, self.namespace)
+
+    # -- the payload store (cairn.store.payloads)
+
+    async def payload_stats(self, workflow_id: str | None = None, run_id: str | None = None) -> PayloadStats:
+        """The payload store's size (``cairn db payloads``): payloads stored once, their bytes
+        as JSON and as stored, the runs referring to them; with ``workflow_id``, what that
+        run (the newest, or ``run_id``) refers to.
+
+        Raises:
+            WorkflowNotFound: no such run.
+        """
+        if workflow_id is None:
+            return await self._read(store_payloads.stats)
+        run = (await self.get_handle(workflow_id, run_id)._resolve()).run_id
+        return await self._read(lambda c: store_payloads.stats(c, run))
 
     # -- workers (cairn.client.workers)
 

@@ -97,7 +97,7 @@ class RunDescription:
         return self.sagas[-1] if self.sagas else None
 
     def to_json(self) -> dict[str, Any]:
-        return to_payload(self.__dict__)  # type: ignore[no-any-return]
+        return to_payload(self.__dict__, store=False)  # type: ignore[no-any-return]
 
 
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from cairn import payloads
 from cairn.store.listen import listening
 
 WATCHED_RUNS = 10_000  # runs started here whose close the listener tracks (see CloseListener.known_open)
@@ -139,6 +140,8 @@ class CloseListener:
 def notified_outcome(text: str) -> dict[str, Any] | None:
     """The outcome in a ``cairn_closed`` payload (see record_workflow_tasks): the keys of
     ``run_outcome``'s row."""
+    if payloads.REF_KEY in text:  # a stored payload: read the outcome, which resolves it
+        return None
     try:
         outcome = json.loads(text)
     except ValueError:

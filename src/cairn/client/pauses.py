@@ -73,7 +73,7 @@ class Pause:
     attempt: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return to_payload(self.__dict__)  # type: ignore[no-any-return]
+        return to_payload(self.__dict__, store=False)  # type: ignore[no-any-return]
 
 
 def _who() -> str:
@@ -190,7 +190,7 @@ async def fail_activity(handle: WorkflowHandle, seq: int, message: str, type: st
     seq = check_seq(seq)
     check_note(message)
     check_identifier(type, "the error type", max_length=MAX_NAME_LENGTH)
-    failure = to_payload({"type": type, "message": message, "details": details, "non_retryable": True})
+    failure = to_payload({"type": type, "message": message, "details": details, "non_retryable": True}, store=False)
     run_id = await _open_run_id(handle, "an activity failure")
     attempts = await handle.client._write(
         lambda c: store.fail_activity(c, run_id=run_id, seq=seq, failure=failure),

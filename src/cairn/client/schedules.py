@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cairn.client.checks import lookup_id, validate_id
 from cairn.errors import InputValidationError, ScheduleAlreadyRunning, ScheduleNotFound
 from cairn.options import shown
-from cairn.payloads import check_memo
+from cairn.payloads import check_memo, to_payload, unref
 from cairn.schedules import (
     Schedule,
     ScheduleActionStartWorkflow,
@@ -149,7 +149,10 @@ async def action_json(client: Client, action: ScheduleActionStartWorkflow) -> di
         validate_id(action.id)
     params, _ = await client._start_params(action.workflow, tuple(action.args), None, action.queue, "fail",
                                            execution_timeout=action.execution_timeout)
-    return {"workflow_type": params["workflow_type"], "queue": params["queue"], "args": params["data"].obj["input"],
+    # Inline, as before the payload store: a schedule's row keeps its arguments for every
+    # run it starts (each start stores them again; at most CAIRN_MAX_PAYLOAD_BYTES).
+    args = to_payload(unref(params["data"].obj["input"]), store=False)
+    return {"workflow_type": params["workflow_type"], "queue": params["queue"], "args": args,
             "id": action.id, "execution_timeout": params["execution_timeout"], "memo": check_memo(action.memo)}
 
 

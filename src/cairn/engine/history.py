@@ -7,7 +7,6 @@ input events moved from the inbox, then the command events the code produced.
 
 from __future__ import annotations
 
-import decimal
 import logging
 import os
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn.errors import HistoryTooLong
+from cairn.payloads import jsonb_form
 
 # The history-length warnings keep the logger name they have always had (logging set-ups filter on it).
 log = logging.getLogger("cairn.limits")
@@ -127,21 +127,8 @@ LOCAL_ACTIVITY_MARKER = "local_activity"
 def as_stored(value: Any) -> Any:
     """JSON data as it comes back from a ``jsonb`` column, for input events a worker hands
     to workflow code without the round trip (the speculated fast path): the code must see
-    what a replay will read. jsonb orders an object's keys by length, then bytewise;
-    stores numbers as ``numeric``, which prints a float written with a positive exponent
-    (``1e+16``) as an integer, and has no negative zero. The value is JSON data already
-    (``cairn.payloads.to_payload``)."""
-    if isinstance(value, dict):
-        return {k: as_stored(value[k]) for k in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
-    if isinstance(value, list):
-        return [as_stored(v) for v in value]
-    if isinstance(value, float):
-        if value == 0.0:
-            return 0.0
-        text = repr(value)
-        if "e+" in text:
-            return int(decimal.Decimal(text))
-    return value
+    what a replay will read (``cairn.payloads.jsonb_form``: key order, numbers)."""
+    return jsonb_form(value)
 
 
 def is_patch_marker(event: Event, patch_id: str | None = None) -> bool:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cairn.engine import history as h
 from cairn.errors import ActivityError, ApplicationError, NonDeterminismError
+from cairn.payloads import unref
 
 if TYPE_CHECKING:
     from cairn.engine.instance import WorkflowInstance
@@ -226,7 +227,8 @@ class LocalActivities:
     def _apply(self, handle: LocalActivityHandle, data: dict[str, Any]) -> None:
         backoff = data.get("backoff")
         if backoff is None:
-            handle._resolve(data)
+            # A stored result: the marker keeps the reference, the code gets the value.
+            handle._resolve(unref(data))
             return
         handle.attempt = int(data.get("attempts") or 0) + 1
         self._backing_off[handle.local_seq] = handle

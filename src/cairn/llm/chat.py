@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cairn import activity, breakers, ratelimits, workflow
+from cairn import activity, breakers, payloads, ratelimits, workflow
 from cairn.activity import Reschedule
 from cairn.errors import ApplicationError, CairnError, InputValidationError, ProviderError
 from cairn.llm import providers
@@ -53,6 +53,7 @@ QUOTA_RECHECK_SECONDS = 3600.0            # a quota-forced breaker is looked at 
 CHARS_PER_TOKEN = 4                       # the token estimate of a prompt (rate limits)
 STREAM_BATCH_CHUNKS = 20                  # a streamed batch is written every 20 deltas...
 STREAM_BATCH_SECONDS = 0.05               # ...or every 50 ms, whichever comes first
+MESSAGE_REF_BYTES = 256                   # a message larger than this (as JSON) is recorded by reference
 # A chat call's retries of 5xx, timeouts and dropped streams: 0.5 s doubling, capped at 8 s, as
 # the OpenAI and Anthropic SDKs retry. The fleet breaker and rate limits, not a per-call delay
 # growing to the engine's 100 s, are what keep load off a failing provider; under a 30 % storm
@@ -173,10 +174,23 @@ async def chat(request: ChatRequest, *, fallback: Fallback | list[str] | None = 
               "fallback_on_context_length": chain.on_context_length} if chain else {}
     call = _ChatCall(request=request, fallback=chain.models if chain else [], stream=stream, **policy)
     result = await workflow.execute_activity(
-        CHAT_ACTIVITY, call.model_dump(mode="json", exclude_defaults=True),
+        CHAT_ACTIVITY, _by_reference(call.model_dump(mode="json", exclude_defaults=True)),
         start_to_close_timeout=start_to_close_timeout, schedule_to_close_timeout=schedule_to_close_timeout,
         retry_policy=retry_policy or DEFAULT_CHAT_RETRY_POLICY, queue=queue, throttle_budget=throttle_budget)
     return ChatResult.model_validate(result)
+
+
+def _by_reference(call: dict[str, Any]) -> dict[str, Any]:
+    """The call as history records it: with the payload store on, each message larger than
+    ``MESSAGE_REF_BYTES`` is a reference to the message stored once (content-addressed), so
+    the N-th call of a conversation adds its new messages and N references, not a copy of
+    the whole conversation (the activity gets the messages resolved)."""
+    if not payloads.STORE_PAYLOAD_BYTES:
+        return call
+    messages = call["request"]["messages"]
+    out = [message if payloads.ref_of(message) is not None else payloads.make_ref(message, above=MESSAGE_REF_BYTES)
+           for message in messages]
+    return {**call, "request": {**call["request"], "messages": out}}
 
 
 def builtin_activities() -> list[Any]:

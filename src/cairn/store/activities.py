@@ -8,7 +8,7 @@ psycopg errors leave translated (:func:`cairn.store.transactions.translate`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from cairn.store import clock, db
+from cairn.store import payloads as stored
 from cairn.store.db import Conn
 from cairn.store.sql import q
 from cairn.store.transactions import connection
@@ -87,9 +88,19 @@ async def claim(pool: db.Pool, *, namespace: str, pairs: dict[str, Any], worker:
     """Leases ready attempts of the worker's (queue, activity type) ``pairs`` to ``worker``."""
     async with connection(pool) as conn:
         cur = conn.cursor(row_factory=dict_row)
+        before = stored.marked()
         await cur.execute(q("claim_activity_tasks"), {
             "namespace": namespace, **pairs, "worker": worker, "lease": lease, "now": clock.now(conn)})
-        return [attempt_of(row) for row in await cur.fetchall()]
+        return await resolved(conn, before, [attempt_of(row) for row in await cur.fetchall()])
+
+
+async def resolved(conn: Conn, before: int, attempts: list[Attempt]) -> list[Attempt]:
+    """Attempts with the stored payloads of their inputs resolved (one statement, and only
+    when a reference was read since ``stored.marked()`` was ``before``)."""
+    if stored.marked() == before or not attempts:
+        return attempts
+    inputs = await stored.resolve(conn, [[a.input, a.heartbeat_details] for a in attempts])
+    return [replace(a, input=i, heartbeat_details=d) for a, (i, d) in zip(attempts, inputs, strict=True)]
 
 
 async def _fenced(sql: str, params: dict[str, Any], pool: db.Pool | None, conn: Conn | None) -> bool:
@@ -112,10 +123,19 @@ async def _fenced(sql: str, params: dict[str, Any], pool: db.Pool | None, conn: 
 
 async def complete(pool: db.Pool | None, *, run_id: str, seq: int, token: int, event_type: str,
                    data: dict[str, Any], conn: Conn | None = None) -> bool:
-    """Records an activity's outcome into its run's inbox (``complete_activity``)."""
-    return await _fenced(q("complete_activity"), {
-        "run_id": run_id, "seq": seq, "token": token, "now": None, "type": event_type, "data": Jsonb(data)},
-        pool, conn)
+    """Records an activity's outcome into its run's inbox (``complete_activity``), with the
+    payloads it refers to (in one transaction)."""
+    params = {"run_id": run_id, "seq": seq, "token": token, "now": None, "type": event_type, "data": Jsonb(data)}
+    found = stored.links(run_id, data)
+    if not found:
+        return await _fenced(q("complete_activity"), params, pool, conn)
+    if conn is not None:  # the caller's transaction
+        await stored.save(conn, found)
+        return await _fenced(q("complete_activity"), params, None, conn)
+    assert pool is not None
+    async with connection(pool) as c, c.transaction():
+        await stored.save(c, found)
+        return await _fenced(q("complete_activity"), params, None, c)
 
 
 async def retry(pool: db.Pool | None, *, run_id: str, seq: int, token: int, delay: float,

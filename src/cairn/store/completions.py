@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from cairn.activity import TaskToken
 from cairn.errors import InputValidationError, StaleTaskToken
 from cairn.store import clock
+from cairn.store import payloads as stored
 from cairn.store.runs import Conn
 from cairn.store.sql import q
 
@@ -77,7 +78,9 @@ async def open_attempt(conn: Conn, token: TaskToken) -> AsyncIterator[OpenAttemp
 
 
 async def record(conn: Conn, attempt: OpenAttempt, event_type: str, data: dict[str, Any]) -> bool:
-    """Records the activity's outcome into its run's inbox (``complete_activity``, fenced)."""
+    """Records the activity's outcome into its run's inbox (``complete_activity``, fenced),
+    with the stored payload of a large result (the caller's transaction)."""
+    await stored.save(conn, stored.links(attempt.run_id, data))
     cur = await conn.execute(q("complete_activity"), {
         "run_id": attempt.run_id, "seq": attempt.seq, "token": attempt.token, "now": clock.now(conn),
         "type": event_type, "data": Jsonb(data)})

@@ -38,6 +38,7 @@ from cairn.errors import (
     SchemaNotReadyError,
 )
 from cairn.store import durability
+from cairn.store import payloads as _payloads  # noqa: F401  (registers the JSON loaders that spot references)
 from cairn.store.sql import q
 
 ENV_URL = "CAIRN_DATABASE_URL"

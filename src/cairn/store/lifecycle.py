@@ -16,11 +16,13 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from cairn import payloads
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
 from cairn.options import new_run_id
 from cairn.store import clock, runs
+from cairn.store import payloads as stored
 from cairn.store.sql import q
 from cairn.telemetry import trace_carrier
 
@@ -98,6 +100,9 @@ async def close_family(conn: psycopg.AsyncConnection[Any], run_id: str, close_ty
     etype, edata = parent_event(close_type, data, status)
     await conn.execute(q("close_family"), {"run_id": run_id, "child_event_type": etype,
                                             "child_event": Jsonb(edata)})
+    refs = payloads.find_refs(edata)  # the child's outcome alone: small
+    if refs:  # a stored result: the parent's history will refer to it too
+        await conn.execute(q("link_parent_payloads"), {"run_id": run_id, "hashes": stored.digests(refs)})
 
 
 def has_commands(events: list[Event], family: bool) -> bool:

@@ -12,14 +12,21 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.store import clock
+from cairn.store import payloads as stored
 from cairn.store.runs import Conn, start
 from cairn.store.sql import q
 
 
 async def write_input(conn: Conn, run_id: str, event_type: str, data: dict[str, Any]) -> bool:
-    """Writes an input event into the run's inbox; False if the run is closed."""
-    cur = await conn.execute(q("signal_run"), {"run_id": run_id, "type": event_type, "data": Jsonb(data)})
-    return await cur.fetchone() is not None
+    """Writes an input event into the run's inbox, with the stored payloads it refers to;
+    False if the run is closed."""
+    found = stored.links(run_id, data)
+    async with conn.transaction() if found else contextlib.nullcontext():
+        cur = await conn.execute(q("signal_run"), {"run_id": run_id, "type": event_type, "data": Jsonb(data)})
+        written = await cur.fetchone() is not None
+        if written and found:
+            await stored.save(conn, found)
+    return written
 
 
 async def signal_with_start(conn: Conn, params: dict[str, Any], data: dict[str, Any]) -> str:
@@ -38,10 +45,14 @@ async def signal_with_start(conn: Conn, params: dict[str, Any], data: dict[str, 
 async def request_update(conn: Conn, *, run_id: str, update_id: str, name: str, args: list[Any]) -> tuple[bool, bool]:
     """Asks an open run for an update (``request_update``): (the run is open, this call
     wrote the request). An update id already there is not written again."""
-    row = await (await conn.execute(q("request_update"), {
-        "run_id": run_id, "update_id": update_id, "name": name, "args": Jsonb(args), "now": clock.now(conn),
-        "data": Jsonb({"update_id": update_id, "name": name, "args": args})})).fetchone()
-    assert row is not None
+    found = stored.links(run_id, args)
+    async with conn.transaction() if found else contextlib.nullcontext():
+        row = await (await conn.execute(q("request_update"), {
+            "run_id": run_id, "update_id": update_id, "name": name, "args": Jsonb(args), "now": clock.now(conn),
+            "data": Jsonb({"update_id": update_id, "name": name, "args": args})})).fetchone()
+        assert row is not None
+        if row[1] and found:
+            await stored.save(conn, found)
     return bool(row[0]), bool(row[1])
 
 
@@ -68,18 +79,24 @@ class UpdateOutcome:
 
 
 async def update_outcome(conn: Conn, run_id: str, update_id: str) -> UpdateOutcome | None:
+    before = stored.marked()
     row = await (await conn.execute(q("update_outcome"), {"run_id": run_id, "update_id": update_id})).fetchone()
-    return None if row is None else UpdateOutcome(row[0], row[1], row[2], row[3])
+    if row is None:
+        return None
+    return UpdateOutcome(row[0], await stored.resolve_if(conn, before, row[1]), row[2], row[3])
 
 
 async def insert_query_request(conn: Conn, *, request_id: str, run_id: str, queue: str, namespace: str,
                                workflow_type: str, name: str, args: list[Any]) -> None:
     """Asks for a query's answer (``insert_query_request``). A request already there under
     this id is an earlier try of this one, whose connection was lost: asking again is safe."""
+    found = stored.links(run_id, args)
     with contextlib.suppress(psycopg.errors.UniqueViolation):
-        await conn.execute(q("insert_query_request"), {
-            "id": request_id, "run_id": run_id, "queue": queue, "namespace": namespace,
-            "workflow_type": workflow_type, "name": name, "args": Jsonb(args), "now": clock.now(conn)})
+        async with conn.transaction() if found else contextlib.nullcontext():
+            await stored.save(conn, found)
+            await conn.execute(q("insert_query_request"), {
+                "id": request_id, "run_id": run_id, "queue": queue, "namespace": namespace,
+                "workflow_type": workflow_type, "name": name, "args": Jsonb(args), "now": clock.now(conn)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +109,9 @@ class QueryAnswer:
 
 async def query_answer(conn: Conn, request_id: str) -> QueryAnswer | None:
     """The request's answer, once a worker gave one."""
+    before = stored.marked()
     row = await (await conn.execute(q("query_request_answer"), {"id": request_id})).fetchone()
-    return None if row is None else QueryAnswer(row[0], row[1])
+    return None if row is None else QueryAnswer(await stored.resolve_if(conn, before, row[0]), row[1])
 
 
 async def delete_query_request(conn: Conn, request_id: str) -> None:

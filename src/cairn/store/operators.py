@@ -95,6 +95,7 @@ async def reset_in(c: db.Conn, old: runs.Run, new_id: str, plan_of: Planner, *, 
             "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
             "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
         })
+        await c.execute(q("copy_run_payloads"), {"run_id": old.run_id, "new_run_id": new_id})
         if plan.activities:
             await c.execute(q("insert_reset_activities"), {
                 **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
@@ -145,5 +146,6 @@ async def retry_in(c: db.Conn, old: runs.Run, new_id: str) -> None:
         params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
                       search_attributes=Jsonb(data.get("search_attributes") or {}))
         await runs.start(c, params, "fail")
+        await c.execute(q("copy_run_payloads"), {"run_id": old.run_id, "new_run_id": new_id})
         await c.execute(q("set_reset_from"), {"run_id": new_id, "reset_from": Jsonb(
             {"kind": "retry", "run_id": old.run_id, "seq": None, "reason": "retry"})})

@@ -1315,10 +1315,11 @@ ORDER BY id
 SELECT status FROM cairn.runs WHERE run_id = %(run_id)s
 
 -- name: llm_completions
--- The recorded results of a run's LLM calls (the built-in chat activity's completions).
+-- The recorded results of a run's LLM calls (the built-in chat activity's completions), and
+-- the stored results (0022), which the reader keeps if they resolve to completions.
 SELECT h.seq, h.data, h.at FROM cairn.history h
 WHERE h.run_id = %(run_id)s AND h.type = 'ActivityCompleted'
-  AND h.data -> 'result' ->> 'type' = 'cairn.llm.completion'
+  AND (h.data -> 'result' ->> 'type' = 'cairn.llm.completion' OR h.data -> 'result' ? '$cairn.payload')
 ORDER BY h.seq
 
 -- name: db_now
@@ -2307,3 +2308,54 @@ SELECT pg_try_advisory_lock(%(lock_class)s::int, 0)
 -- name: retention_unlock
 -- Releases retention_try_lock.
 SELECT pg_advisory_unlock(%(lock_class)s::int, 0)
+
+-- ---------------------------------------------------------------- the payload store (0022)
+
+-- name: save_payloads
+-- Stores large payloads once (content-addressed: a stored one is left as it is) and links
+-- them to the runs whose events refer to them, in the transaction of those events; the
+-- link's foreign key locks the payload against a concurrent purge (migration 0022).
+WITH stored AS (
+    INSERT INTO cairn.payloads (hash, compressed, size)
+    SELECT p.hash, p.compressed, p.size
+    FROM unnest(%(hashes)s::bytea[], %(blobs)s::bytea[], %(sizes)s::integer[]) AS p (hash, compressed, size)
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING hash
+)
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT l.run_id, l.hash FROM unnest(%(run_ids)s::uuid[], %(link_hashes)s::bytea[]) AS l (run_id, hash)
+ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: read_payloads
+-- The stored payloads of these hashes (one statement per history read, however many refer).
+SELECT hash, compressed, encoding FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
+
+-- name: copy_run_payloads
+-- A reset or retried run refers to its origin's stored payloads: link them to it too, so
+-- that purging the origin keeps them while the new run lives.
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT %(new_run_id)s::uuid, l.hash FROM cairn.run_payloads l WHERE l.run_id = %(run_id)s::uuid
+ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: link_parent_payloads
+-- A child's stored result goes to its parent's inbox, then history: link it to the parent too,
+-- so that purging the child keeps it while the parent lives.
+INSERT INTO cairn.run_payloads (run_id, hash)
+SELECT r.parent_run_id, h.hash FROM cairn.runs r, unnest(%(hashes)s::bytea[]) AS h (hash)
+WHERE r.run_id = %(run_id)s::uuid AND r.parent_run_id IS NOT NULL
+ON CONFLICT (run_id, hash) DO NOTHING
+
+-- name: payload_stats
+-- The payload store's size: payloads, their bytes as JSON and as stored, the runs linked
+-- (cairn db payloads). A full scan of both tables: an operator's question, not a hot one.
+SELECT (SELECT count(*) FROM cairn.payloads) AS payloads,
+       (SELECT coalesce(sum(size), 0) FROM cairn.payloads)::bigint AS json_bytes,
+       (SELECT coalesce(sum(octet_length(compressed)), 0) FROM cairn.payloads)::bigint AS stored_bytes,
+       (SELECT count(DISTINCT run_id) FROM cairn.run_payloads) AS runs
+
+-- name: run_payload_stats
+-- The payloads one run refers to (cairn db payloads ID).
+SELECT count(*) AS payloads, coalesce(sum(p.size), 0)::bigint AS json_bytes,
+       coalesce(sum(octet_length(p.compressed)), 0)::bigint AS stored_bytes, 1 AS runs
+FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
+WHERE l.run_id = %(run_id)s::uuid

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +40,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cairn import payloads
 from cairn.errors import InputValidationError
 from cairn.store import archive, clock, db
+from cairn.store import payloads as stored
 from cairn.store.filters import Filter
 from cairn.store.sql import q
 
@@ -192,11 +195,24 @@ async def _chunk(conn: db.Conn, namespace: str, flt: Filter, cutoff: datetime, a
             docs = await (await conn.execute(q("purge_documents"), {"run_ids": ids})).fetchall()
             first_id, first_closed = str(docs[0][0]), docs[0][1]
             # Written (and fsync-ed) before the delete commits; off the event loop.
-            path = await asyncio.to_thread(archive.write_chunk, archive_dir, namespace, first_id, first_closed,
-                                           [str(d[2]) for d in docs])
+            lines = await _self_contained(conn, [str(d[2]) for d in docs])
+            path = await asyncio.to_thread(archive.write_chunk, archive_dir, namespace, first_id, first_closed, lines)
         r = await (await conn.execute(q("purge_runs"), {"run_ids": ids})).fetchone()
         assert r is not None
     return int(r[0]), int(r[1]), last, path
+
+
+async def _self_contained(conn: db.Conn, lines: list[str]) -> list[str]:
+    """Archive lines with their stored payloads resolved (one statement for the chunk): an
+    archive must replay after its runs, and their payloads, are gone."""
+    marked = [i for i, line in enumerate(lines) if payloads.REF_KEY in line]
+    if not marked:
+        return lines
+    docs = await stored.resolve(conn, [json.loads(lines[i]) for i in marked])
+    out = list(lines)
+    for i, doc in zip(marked, docs, strict=True):
+        out[i] = json.dumps(doc, ensure_ascii=False)
+    return out
 
 
 async def purge_expired(pool: db.Pool, *, busy: float = BUSY_BACKGROUND, chunk_size: int = CHUNK_SIZE,

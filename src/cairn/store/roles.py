@@ -80,6 +80,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         # module's statements are derived whole, though only clients create batches
         "batches": ("INSERT", "UPDATE"),
         "batch_targets": ("INSERT", "UPDATE"),
+        "payloads": ("INSERT",),  # large payloads, content-addressed; the purge removes them
+        "run_payloads": ("INSERT",),
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -98,6 +100,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "batch_targets": ("INSERT", "UPDATE"),
         "activity_pauses": ("INSERT", "DELETE"),  # cairn pause|unpause --activity-type/--queue
         "namespaces": ("INSERT", "UPDATE"),  # retention and archive settings (the worker only reads them)
+        "payloads": ("INSERT",),  # large inputs, signals, updates; the purge removes them
+        "run_payloads": ("INSERT",),
     },
 }
 

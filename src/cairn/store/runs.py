@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
 from cairn.store import clock, db, workers
+from cairn.store import payloads as stored
 from cairn.store.filters import Filter
 from cairn.store.sql import q
 from cairn.store.workers import Unserved
@@ -125,28 +126,40 @@ async def start(conn: Conn, params: dict[str, Any], policy: str, *, lock: bool =
     """
     reads_closed = lock and params.get("id_reuse_policy") != "allow_duplicate"
     params["now"] = clock.now(conn)
+    found = _input_links(params)  # stored payloads of the input: written with the run, atomically
     while True:
-        async with conn.transaction() if reads_closed else contextlib.nullcontext():
+        async with conn.transaction() if reads_closed or found else contextlib.nullcontext():
             if reads_closed:
                 await conn.execute(q("lock_open_run"), params)
             row = await (await conn.execute(q("start_workflow"), params)).fetchone()
             existing = None if row else await (await conn.execute(q("open_run_by_workflow_id"), params)).fetchone()
+            if row is not None and found:
+                await stored.save(conn, found)
         run_id = started_run_id(row, existing, params, policy)
         if run_id is not None:
             return run_id
+
+
+def _input_links(params: dict[str, Any]) -> list[stored.Link]:
+    """The stored payloads a start's ``WorkflowStarted`` refers to, linked to its new run."""
+    data = params["data"]
+    return stored.links(str(params["run_id"]), data.obj if isinstance(data, Jsonb) else data)
 
 
 def start_sync(conn: SyncConn, params: dict[str, Any], policy: str) -> str:
     """:func:`start` on a caller's sync connection (in its transaction), errors translated."""
     reads_closed = params.get("id_reuse_policy") != "allow_duplicate"
     params["now"] = clock.now(conn)
+    found = _input_links(params)
     while True:
         try:
-            with conn.transaction() if reads_closed else contextlib.nullcontext():
+            with conn.transaction() if reads_closed or found else contextlib.nullcontext():
                 if reads_closed:
                     conn.execute(q("lock_open_run"), params)
                 row = conn.execute(q("start_workflow"), params).fetchone()
                 existing = None if row else conn.execute(q("open_run_by_workflow_id"), params).fetchone()
+                if row is not None and found:
+                    stored.save_sync(conn, found)
         except psycopg.Error as exc:
             raise db.translate(exc) from None
         run_id = started_run_id(row, existing, params, policy)
@@ -223,8 +236,12 @@ async def outcome(conn: Conn, namespace: str, workflow_id: str, run_id: str) -> 
     workflow_type, last_type, last_data), in one query; the same keys as the outcome a
     ``cairn_closed`` NOTIFY carries."""
     cur = conn.cursor(row_factory=dict_row)
-    return await (await cur.execute(q("run_outcome"), {
+    before = stored.marked()
+    row = await (await cur.execute(q("run_outcome"), {
         "run_id": run_id, "namespace": namespace, "workflow_id": workflow_id})).fetchone()
+    if row is not None and row.get("last_data") is not None:
+        row["last_data"] = await stored.resolve_if(conn, before, row["last_data"])
+    return row
 
 
 async def in_chain(conn: Conn, namespace: str, workflow_id: str, run_id: str, first: str) -> bool:
@@ -235,15 +252,23 @@ async def in_chain(conn: Conn, namespace: str, workflow_id: str, run_id: str, fi
 
 
 async def history_after(conn: Conn, run_id: str, after: int = 0) -> list[Event]:
-    """The run's history events after seq ``after``."""
+    """The run's history events after seq ``after``, stored payloads resolved."""
+    before = stored.marked()
     cur = await conn.execute(q("read_history_after"), {"run_id": run_id, "after": after})
-    return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+    return await stored.resolve_events(conn, before, [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()])
 
 
 async def last_seq(conn: Conn, run_id: str) -> int | None:
     """The seq of the run's last history event (None: no history)."""
     row = await (await conn.execute(q("last_history_event"), {"run_id": run_id})).fetchone()
     return None if row is None else int(row[0])
+
+
+LLM_COMPLETION = "cairn.llm.completion"  # the type of the chat activity's result (llm_completions)
+
+
+def _is_completion(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("type") == LLM_COMPLETION
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +291,7 @@ async def details(conn: Conn, run_id: str, namespace: str) -> Details:
     visibility, lifecycle links, LLM completions and unserved types."""
     params = {"run_id": run_id}
     cur = conn.cursor(row_factory=dict_row)
+    before = stored.marked()
     acts = await (await cur.execute(q("pending_activities"), params)).fetchall()
     timers = await (await cur.execute(q("pending_timers"), params)).fetchall()
     task = await (await cur.execute(q("pending_workflow_task"), params)).fetchone()
@@ -275,6 +301,9 @@ async def details(conn: Conn, run_id: str, namespace: str) -> Details:
     links = await (await cur.execute(q("run_links"), params)).fetchone() or {}
     llm = await (await cur.execute(q("llm_completions"), params)).fetchall()
     unserved = await workers.unserved(conn, namespace, run_id=run_id)
+    if stored.marked() != before:
+        acts, llm, saga = await stored.resolve(conn, [acts, llm, [list(r) for r in saga]])
+        llm = [r for r in llm if _is_completion((r["data"] or {}).get("result"))]
     return Details(acts, timers, task, last["seq"] if last else 0, [Event(s, t, d, a) for s, t, d, a in saga],
                    vis, links, llm, unserved)
 

@@ -9,7 +9,7 @@ the caller runs them in (:mod:`cairn.store.transactions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,8 @@ from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.store import clock, db
 from cairn.store import lifecycle as _lifecycle
-from cairn.store.activities import Attempt, attempt_of
+from cairn.store import payloads as stored
+from cairn.store.activities import Attempt, attempt_of, resolved
 from cairn.store.db import Conn
 from cairn.store.sql import q
 from cairn.store.transactions import connection, execute
@@ -50,6 +51,9 @@ class TaskState:
     available_at: datetime | None = None
     recorded: tuple[int, ...] = ()  # seqs of the outcomes the fast path's lock recorded
     paused: bool = False  # the fast path's lock found the run paused: record the outcome, run nothing
+    # The inbox as the code sees it, stored payloads resolved (None: the inbox holds none);
+    # ``inbox`` keeps the references, which is what history records.
+    shown_inbox: tuple[tuple[int, str, Any], ...] | None = None
 
 
 def _state(row: dict[str, Any]) -> TaskState:
@@ -62,28 +66,46 @@ def _state(row: dict[str, Any]) -> TaskState:
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What ``record_workflow_tasks`` returned: the attempts it leased to this worker
-    (eager dispatch), and the runs whose task it kept (an event arrived that the task did
-    not see: it runs again)."""
+    (eager dispatch), the runs whose task it kept (an event arrived that the task did not
+    see: it runs again), and the stored payloads linked with it."""
 
     leased: list[Attempt]
     kept: set[str]
+    saved: list[stored.Link]  # stored payloads linked to their runs: stored.remember them after the commit
 
 
 async def claim(conn: Conn, *, namespace: str, pairs: dict[str, Any]) -> list[TaskState]:
     """Begins the transaction and claims (locks) ready workflow tasks of the worker's
     (queue, workflow type) ``pairs`` (``ClaimPairs.next``: with their ``limit``)."""
+    before = stored.marked()
     rows = await execute(conn, "claim_workflow_task", {"namespace": namespace, **pairs, "now": clock.now(conn)},
                          begin=True)
-    return [_state(row) for row in rows]
+    return await _resolved(conn, before, [_state(row) for row in rows])
+
+
+async def _resolved(conn: Conn, before: int, states: list[TaskState]) -> list[TaskState]:
+    """Task states with the stored payloads of their inbox (as ``shown_inbox``), start and
+    history resolved: one statement for them all, and only when a reference was read
+    (``cairn.store.payloads``)."""
+    if stored.marked() == before or not states:
+        return states
+    parts = await stored.resolve(conn, [[list(t.inbox), t.started, t.history] for t in states])
+    return [replace(t, shown_inbox=tuple(tuple(item) for item in inbox), started=started, history=history)
+            for t, (inbox, started, history) in zip(states, parts, strict=True)]
 
 
 async def complete_and_lock(conn: Conn, *, outcomes: list[dict[str, Any]], replay: list[str]) -> list[TaskState]:
     """Begins the transaction, records the fast path's ``outcomes`` (fenced by their tokens),
     locks their runs' tasks and reads the runs' state in a new snapshot; ``replay``: runs
     whose whole history to read (not cached here)."""
+    found: list[stored.Link] = []
+    for o in outcomes:
+        stored.links(o["run_id"], o.get("data"), found)
+    before = stored.marked()
     rows = await execute(conn, "complete_activities_and_lock", {
         "outcomes": Jsonb(outcomes), "now": clock.now(conn), "replay": replay}, begin=True)
-    return [_state(row) for row in rows]
+    await stored.save(conn, found)  # the outcomes' stored payloads, in their transaction
+    return await _resolved(conn, before, [_state(row) for row in rows])
 
 
 def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, int]]) -> Statement:
@@ -97,12 +119,19 @@ def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, 
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
                  lease: float, notify_queues: list[str], commit: bool, ahead: Statement | None = None) -> Recorded:
     """``record_workflow_tasks`` for a batch: one statement, ``entries`` one per task; it
-    carries the COMMIT when ``commit``; ``ahead`` (the speculated fast path's check) opens
-    the transaction with it."""
+    carries the COMMIT when ``commit`` (and no stored payload follows it); ``ahead`` (the
+    speculated fast path's check) opens the transaction with it."""
+    found: list[stored.Link] = []
+    for entry in entries:
+        found += stored.event_links(entry["run_id"], entry["events"])
+    before = stored.marked()
     rows = await execute(conn, "record_workflow_tasks", {
         "now": clock.now(conn), "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
         "worker": worker, "lease": lease, "notify_queues": notify_queues},
-        begin=ahead is not None, commit=commit, ahead=ahead)
+        begin=ahead is not None, commit=commit and not found, ahead=ahead)
+    # The stored payloads the events refer to, in the same transaction (the caller's
+    # transaction commits it: the COMMIT does not ride with the record then).
+    found = await stored.save(conn, found)
     leased: list[Attempt] = []
     kept: set[str] = set()
     for row in rows:
@@ -110,7 +139,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
             kept.add(str(row["run_id"]))
         else:
             leased.append(attempt_of(row))
-    return Recorded(leased, kept)
+    return Recorded(await resolved(conn, before, leased), kept, found)
 
 
 async def record_extras(conn: Conn, task: TaskState, namespace: str, extras: list[Statement], events: list[Event],
@@ -157,9 +186,10 @@ async def fail(conn: Conn, run_id: str, *, error: dict[str, Any], delay: float) 
 
 
 async def read_history(conn: Conn, run_id: str) -> list[Event]:
-    """A run's whole history."""
+    """A run's whole history, its stored payloads resolved."""
+    before = stored.marked()
     cur = await conn.execute(q("read_history"), {"run_id": run_id})
-    return [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()]
+    return await stored.resolve_events(conn, before, [Event(s, t, d, a) for s, t, d, a in await cur.fetchall()])
 
 
 def extra_statements(task: TaskState, events: list[Event], close_status: str | None,
@@ -254,18 +284,24 @@ async def claim_query(conn: Conn, *, namespace: str, queues: list[str],
     """Claims one unanswered query (in the caller's transaction), and whether a query waits
     for its run's first workflow task."""
     cur = conn.cursor(row_factory=dict_row)
+    before = stored.marked()
     await cur.execute(q("claim_query_request"), {
         "namespace": namespace, "queues": queues, "workflow_types": workflow_types})
     row = await cur.fetchone()
     waiting = bool(row and row["waiting"])
     if row is None or row["id"] is None:
         return None, waiting
-    return QueryRequest(row["id"], str(row["run_id"]), row["name"], list(row["args"] or []), row["workflow_id"],
+    args = await stored.resolve_if(conn, before, list(row["args"] or []))
+    return QueryRequest(row["id"], str(row["run_id"]), row["name"], args, row["workflow_id"],
                         row["workflow_type"], row["queue"], row["created_at"], row["last_seq"]), waiting
 
 
-async def answer_query(conn: Conn, request_id: int, *, answer: Any, error: dict[str, Any] | None) -> None:
-    """Stores a query's answer (or its error) for the client waiting on it."""
+async def answer_query(conn: Conn, request_id: int, *, answer: Any, error: dict[str, Any] | None,
+                       run_id: str | None = None) -> None:
+    """Stores a query's answer (or its error) for the client waiting on it (in the claim's
+    transaction, with the stored payload of a large answer, linked to ``run_id``)."""
+    if run_id is not None:
+        await stored.save(conn, stored.links(run_id, answer))
     await conn.execute(q("answer_query_request"), {
         "id": request_id, "now": clock.now(conn), "answer": None if error else Jsonb(answer),
         "error": Jsonb(error) if error else None})

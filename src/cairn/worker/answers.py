@@ -101,7 +101,7 @@ class QueryAnswerer:
                 kind = cause.type if isinstance(cause, QueryFailed) else type(cause).__name__
                 error = {"type": kind, "message": str(cause)}
                 log.info("query %s on %s failed: %s: %s", req.name, req.workflow_id, kind, cause)
-            await store.answer_query(conn, req.id, answer=answer, error=error)
+            await store.answer_query(conn, req.id, answer=answer, error=error, run_id=req.run_id)
         return True
 
     async def _answer(self, conn: Conn, req: QueryRequest) -> Any:

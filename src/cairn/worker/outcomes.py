@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cairn import payloads
 from cairn.engine import history as h
 from cairn.engine.history import Event, check_history_length
 from cairn.errors import DatabaseError, SpeculationMissed
@@ -128,7 +129,7 @@ class OutcomeDeliverer:
             try:
                 async with transaction(conn):
                     batch = await self._tasks.record_batch(conn, activations, ahead=check)
-                batch.count_runs()  # committed
+                batch.committed()
             except DatabaseError as exc:
                 self._tasks.abandon(tasks, batch)  # evicts the runs: their instances ran ahead
                 if isinstance(exc, SpeculationMissed):
@@ -147,6 +148,8 @@ class OutcomeDeliverer:
         """Runs the workflow task each run of the group would get — a marker, then the
         group's outcomes for it as input events, as a claim would deliver them from the
         inbox — on its cached instance. None (and the runs evicted) if one cannot run."""
+        if payloads.made() and any(payloads.find_refs(o["data"]) for o in ordered):
+            return None  # a stored payload: the locked way stores it and resolves it (cache kept)
         by_run: dict[str, list[dict[str, Any]]] = {}
         for o in ordered:
             by_run.setdefault(o["run_id"], []).append(o)
@@ -202,7 +205,7 @@ class OutcomeDeliverer:
                         t for t in tasks if not t.paused and not (
                             t.failures and t.available_at is not None and t.now is not None
                             and t.available_at > t.now)])
-                batch.count_runs()  # committed
+                batch.committed()
             except DatabaseError:
                 self._tasks.abandon(tasks, batch)
                 return [None] * len(outcomes)

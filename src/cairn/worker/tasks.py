@@ -26,8 +26,10 @@ from cairn.engine.local import LOCAL_BUDGET_SECONDS
 from cairn.engine.signals import admit_updates
 from cairn.errors import Deadlock, Refused, UnknownWorkflowType, WorkflowTaskFailed
 from cairn.store import lifecycle as _lifecycle
+from cairn.store import payloads as stored
 from cairn.store import tasks as store
 from cairn.store.activities import Attempt
+from cairn.store.payloads import Link
 from cairn.store.tasks import Statement, TaskState
 from cairn.store.transactions import connection, transaction
 from cairn.telemetry import tracer
@@ -87,9 +89,12 @@ class Batch:
     eager: list[Attempt] = field(default_factory=list)  # leased to this worker: start them
     kept: bool = False  # a task was kept (an event it did not see): claim again
     counted: list[Counted] = field(default_factory=list)  # the runs they started and closed
+    saved: list[Link] = field(default_factory=list)  # stored payloads it linked to its runs
 
-    def count_runs(self) -> None:
-        """Counts runs started and closed by the committed tasks (never by rolled-back ones)."""
+    def committed(self) -> None:
+        """After the commit: counts runs started and closed by the tasks (never by rolled-back
+        ones), and remembers the stored payloads linked (not sent again for those runs)."""
+        stored.remember(self.saved)
         for started, workflow_type, closed in self.counted:
             if started:
                 _telemetry.workflows_started.add(1, {"workflow_type": workflow_type})
@@ -161,7 +166,7 @@ class TaskRunner:
                     if not tasks:
                         return False
                     batch = await self.run_tasks(conn, tasks)
-                batch.count_runs()  # committed
+                batch.committed()
                 self.tasks_recorded()
             except Refused as exc:
                 self.abandon(tasks, batch)
@@ -257,8 +262,10 @@ class TaskRunner:
                 self._cache.evict(run_id)
                 self._stats.cache_misses += 1
                 inst = await self._rebuild(conn, task)
-            # Update requests: validated now; only accepted ones become input events.
-            admitted = admit_updates(inst, inbox)
+            # Update requests: validated now; only accepted ones become input events. The
+            # code sees stored payloads resolved; history records their references.
+            shown = task.shown_inbox if task.shown_inbox is not None else inbox
+            admitted = admit_updates(inst, shown)
             if admitted.rejected and not admitted.inbox:
                 # Rejected updates alone: the code is not woken and history gets no event,
                 # not even a task marker (a rejected update leaves none, as in Temporal).
@@ -267,6 +274,9 @@ class TaskRunner:
                            {"time": now.timestamp(), "worker": self._identity})
             inputs = [Event(last_seq + 2 + i, r[1], r[2]) for i, r in enumerate(admitted.inbox)]
             commands = inst.activate(marker, inputs)
+            if shown is not inbox:
+                stored_data = {r[0]: r[2] for r in inbox}
+                inputs = [Event(e.seq, e.type, stored_data[r[0]]) for e, r in zip(inputs, admitted.inbox, strict=True)]
             while inst.local_requests():  # local activities: run here, recorded with the task
                 outcomes = await self._locals.run(inst, now=now.timestamp(), began=began, deadline=deadline)
                 commands = [*commands, *inst.resolve_local_activities(outcomes)]
@@ -357,7 +367,7 @@ class TaskRunner:
                     p.span.set_status(StatusCode.ERROR, str(exc))
                     p.span.end()
             raise
-        out.eager, out.kept = recorded.leased, bool(recorded.kept)
+        out.eager, out.kept, out.saved = recorded.leased, bool(recorded.kept), recorded.saved
         self._slots.reserve(len(out.eager))
         try:
             for p in batch:

@@ -1,0 +1,207 @@
+"""The payload store (issue 18, item 2): a payload above ``CAIRN_STORE_PAYLOAD_BYTES`` is
+stored once, content-addressed, and history holds a reference; every read resolves it;
+retention's purge removes the payloads no remaining run refers to, and keeps shared ones."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+
+from cairn import InputValidationError, activity, payloads, workflow
+from cairn.store import payloads as stored
+from cairn.store import retention
+from cairn.store.retention import ALL_RUNS
+
+BIG = "x" * (payloads.STORE_PAYLOAD_BYTES + 100)
+
+
+@activity.defn
+async def grow(text: str) -> str:
+    return text + "!" * 20_000
+
+
+@workflow.defn
+async def big_flow(text: str) -> dict[str, str]:
+    grown = await workflow.execute_activity(grow, text, start_to_close_timeout=timedelta(seconds=30))
+    return {"grown": grown[:5] + str(len(grown)), "echo": text}
+
+
+def _refs(data: object) -> set[str]:
+    return payloads.find_refs(data)
+
+
+async def test_large_payloads_are_stored_once_and_resolved_everywhere(client, start_worker, sql, monkeypatch):
+    await start_worker(workflows=[big_flow], activities=[grow])
+    handle = await client.start(big_flow, BIG, id="big-1")
+    result = await handle.result(timeout=30)
+    assert result == {"grown": "xxxxx" + str(len(BIG) + 20_000), "echo": BIG}
+    # History holds references: the input, the activity's input and result, the run's result.
+    rows = sql("SELECT h.type, h.data FROM cairn.history h ORDER BY seq")
+    stored_in = {t for t, d in rows if _refs(d)}
+    assert {"WorkflowStarted", "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted"} <= stored_in
+    assert max(len(json.dumps(d)) for _, d in rows) < 2_000, "no event holds a large payload inline"
+    # Stored once: the input and the run's echo of it are the same content.
+    (n, links), = sql("SELECT (SELECT count(*) FROM cairn.payloads), (SELECT count(*) FROM cairn.run_payloads)")
+    assert n == 3
+    assert links == 3
+    # The client's history resolves them (cairn history --json reads the same), from the
+    # database when this process does not hold them.
+    monkeypatch.setattr(payloads, "_made", payloads._Made())
+    events = await handle.history()
+    started = next(e for e in events if e.type == "WorkflowStarted")
+    assert started.data["input"] == [BIG]
+    assert not any(_refs(e.data) for e in events)
+    assert await handle.result() == result  # read from the row, resolved from the database
+    described = await handle.describe()  # a stored result that is no LLM completion: no LLM call
+    assert described.status == "completed"
+    assert described.llm_calls == []
+
+
+@activity.defn
+async def small(n: int) -> int:
+    return n + 1
+
+
+@workflow.defn
+async def small_flow(n: int) -> int:
+    return await workflow.execute_activity(small, n, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def test_small_payloads_take_todays_path(client, start_worker, monkeypatch):
+    """No statement, no walk: the store is not looked at for runs of small payloads."""
+    monkeypatch.setattr(payloads, "_made", payloads._Made())
+    touched: list[str] = []
+    # The costs the store could add: a walk of the data (find_refs), a statement (values reads,
+    # save_params builds a write's parameters). Each entry point returns before any of them.
+    for module, name in ((payloads, "find_refs"), (stored, "values"), (stored, "save_params")):
+        original = getattr(module, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            touched.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    before = stored.marked()
+    await start_worker(workflows=[small_flow], activities=[small])
+    for i in range(5):
+        assert await (await client.start(small_flow, i, id=f"small-{i}")).result(timeout=30) == i + 1
+    assert next(e.type for e in await client.get_handle("small-0").history()) == "WorkflowStarted"
+    assert stored.marked() == before
+    assert not payloads.made()
+    assert touched == []
+
+
+async def test_forged_reference_is_refused_writing_nothing(client, sql):
+    victim = payloads.to_payload("y" * (payloads.STORE_PAYLOAD_BYTES + 1))
+    forged = {payloads.REF_KEY: "A" * 43}
+    for bad in (forged, {"nested": [forged]}, {payloads.REF_KEY: victim[payloads.REF_KEY], "x": 1}):
+        with pytest.raises(InputValidationError, match="reserved"):
+            await client.start(big_flow, bad, id="forged")
+    assert sql("SELECT count(*) FROM cairn.runs") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+
+
+async def test_over_the_stored_limit_is_refused(client, sql, monkeypatch):
+    monkeypatch.setattr(payloads, "MAX_STORED_PAYLOAD_BYTES", 50_000)
+    with pytest.raises(InputValidationError, match="CAIRN_MAX_STORED_PAYLOAD_BYTES"):
+        await client.start(big_flow, "z" * 60_000, id="too-big")
+    assert sql("SELECT count(*) FROM cairn.runs") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+
+
+async def test_purge_removes_unreferenced_payloads_and_keeps_shared_ones(client, start_worker, sql, monkeypatch):
+    await start_worker(workflows=[big_flow], activities=[grow])
+    shared = "s" * (payloads.STORE_PAYLOAD_BYTES + 10)
+    first = await client.start(big_flow, shared, id="shared-1")
+    await first.result(timeout=30)
+    second = await client.start(big_flow, shared, id="shared-2")
+    await second.result(timeout=30)
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)]  # both runs share all three
+    await retention.purge_in(client.pool, client.namespace, flt=_only("shared-1"), cutoff=_future())
+    assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)], "shared payloads survive"
+    monkeypatch.setattr(payloads, "_made", payloads._Made())  # read them from the database
+    assert (await second.history())[0].data["input"] == [shared]
+    await retention.purge_in(client.pool, client.namespace, flt=ALL_RUNS, cutoff=_future())
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+    assert sql("SELECT count(*) FROM cairn.run_payloads") == [(0,)]
+
+
+def _only(workflow_id: str):
+    from cairn.store.filters import parse_filter
+
+    return parse_filter(f"WorkflowId = '{workflow_id}'")
+
+
+def _future():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC) + timedelta(days=1)
+
+
+@workflow.defn
+async def child_flow(text: str, hops: int) -> str:
+    if hops:
+        workflow.continue_as_new(text + "+", hops - 1)  # a large input through continue-as-new
+    return text + "!"  # a large result, through the parent's inbox into its history
+
+
+@workflow.defn
+async def parent_flow(text: str) -> dict[str, object]:
+    state = {"last": ""}
+
+    def remember(value: str) -> str:
+        state["last"] = value
+        return value.upper()  # a large update result
+
+    workflow.set_update_handler("remember", remember)
+    workflow.set_query_handler("last", lambda: state["last"] + "?")  # a large query answer
+    signalled = await workflow.wait_signal("big")  # a large signal
+    child = await workflow.execute_child_workflow(child_flow, text + signalled[:1], 2, id="child-of-parent")
+    await workflow.wait_condition(lambda: bool(state["last"]))
+    return {"child": child[-4:] + str(len(child)), "signal": len(signalled), "update": len(state["last"])}
+
+
+async def test_signals_updates_queries_children_and_continue_as_new_carry_stored_payloads(
+        client, start_worker, sql, monkeypatch):
+    await start_worker(workflows=[parent_flow, child_flow])
+    big = "p" * (payloads.STORE_PAYLOAD_BYTES + 50)
+    handle = await client.start(parent_flow, big, id="parent")
+    await handle.signal("big", "s" * (payloads.STORE_PAYLOAD_BYTES + 60))
+    assert await handle.execute_update("remember", "u" * (payloads.STORE_PAYLOAD_BYTES + 70)) == \
+        "U" * (payloads.STORE_PAYLOAD_BYTES + 70)
+    assert await handle.query("last") == "u" * (payloads.STORE_PAYLOAD_BYTES + 70) + "?"
+    result = await handle.result(timeout=30)
+    assert result == {"child": "s++!" + str(len(big) + 4), "signal": payloads.STORE_PAYLOAD_BYTES + 60,
+                      "update": payloads.STORE_PAYLOAD_BYTES + 70}
+    # Every run links the payloads its own rows refer to (the child's chain included), so a
+    # purge of one keeps what another still needs.
+    linked = {(str(r), base64.urlsafe_b64encode(bytes(h)).rstrip(b"=").decode())
+              for r, h in sql("SELECT run_id, hash FROM cairn.run_payloads")}
+    referred = {(str(r), ref) for r, d in sql("SELECT run_id, data FROM cairn.history") for ref in _refs(d)}
+    assert referred
+    assert referred <= linked
+    per_run = dict(sql("SELECT r.workflow_id || ':' || coalesce(r.continued_from::text, ''), count(l.hash) "
+                       "FROM cairn.runs r LEFT JOIN cairn.run_payloads l USING (run_id) "
+                       "GROUP BY 1"))
+    assert len(per_run) == 4  # the parent, the child and its two continuations
+    assert all(n > 0 for n in per_run.values()), per_run
+    monkeypatch.setattr(payloads, "_made", payloads._Made())  # read back from the database
+    events = await client.get_handle("child-of-parent").history()  # the chain's last run
+    assert events[0].data["input"] == [big + "s++", 0]
+
+
+async def test_a_schedule_keeps_its_arguments_inline(client, sql):
+    """A schedule's row starts runs from any worker, long after: its arguments stay inline
+    (no reference to a payload no run links)."""
+    from cairn.client import Schedule, ScheduleActionStartWorkflow, ScheduleIntervalSpec, ScheduleSpec
+
+    big = "k" * (payloads.STORE_PAYLOAD_BYTES + 5)
+    await client.create_schedule("big-args", Schedule(action=ScheduleActionStartWorkflow(big_flow, big),
+                                                      spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))])))
+    [(args,)] = sql("SELECT action->'args' FROM cairn.schedules WHERE schedule_id = 'big-args'")
+    assert args == [big]
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
