@@ -45,7 +45,8 @@ MODULES = {
                "store/payloads.py"],
     "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py",
                "store/completions.py", "store/schedules.py", "store/batches.py", "store/pauses.py",
-               "store/retention.py", "store/namespaces.py", "store/payloads.py"],
+               "store/retention.py", "store/namespaces.py", "store/payloads.py",
+               "store/limits.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")

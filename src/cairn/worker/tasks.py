@@ -399,7 +399,8 @@ class TaskRunner:
             # for a lease renewal), cancelled by request_activity_cancels (the task's extras).
             if ev.type == h.ACTIVITY_SCHEDULED:
                 mine = free > 0 and ev.data["queue"] in self._queues \
-                    and ev.data["activity_type"] in self._activity_types and ev.seq not in p.wait_cancels
+                    and ev.data["activity_type"] in self._activity_types and ev.seq not in p.wait_cancels \
+                    and queues_in_order(ev.data.get("options"))
                 free -= mine
                 activity = {"seq": ev.seq, **ev.data, "eager": mine}
                 if carrier:  # in the row's options only, not in history
@@ -431,6 +432,17 @@ class TaskRunner:
         self._stats.workflow_tasks += 1
         log.info("run %s of %s closed %s without running code", run_id, task.workflow_id, status,
                  extra={"workflow_id": task.workflow_id, "run_id": run_id})
+
+
+def queues_in_order(options: dict[str, Any] | None) -> bool:
+    """Whether an activity may be leased eagerly, skipping its queue: not when a
+    concurrency key must take a slot first, nor when a fairness key or a low priority (4,
+    5) must wait its turn behind other work (a higher priority may go first anyway)."""
+    if not options or ("priority" not in options and "concurrency_key" not in options):
+        return True
+    place = options.get("priority") or {}
+    return "concurrency_key" not in options and "fairness_key" not in place \
+        and (place.get("priority_key") or 3) <= 3
 
 
 def task_span(task: TaskState, carrier: Any, start_ns: int) -> Span:
