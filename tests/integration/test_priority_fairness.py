@@ -122,7 +122,7 @@ async def test_weights_share_a_level_in_proportion(client: Any, db_url: str) -> 
     assert 27 <= heavy <= 33, first
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
+@pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"priority": 0}, "priority_key"),
     ({"priority": 6}, "priority_key"),
     ({"priority": True}, "priority_key"),
@@ -135,7 +135,7 @@ async def test_bad_start_input_writes_nothing(client: Any, sql: Any, kwargs: dic
     assert sql("SELECT count(*) FROM cairn.runs")[0][0] == 0
 
 
-@pytest.mark.parametrize("make, fragment", [
+@pytest.mark.parametrize(("make", "fragment"), [
     (lambda: Priority(priority_key=0), "priority_key"),
     (lambda: Priority(priority_key=6), "priority_key"),
     (lambda: Priority(fairness_weight=-1.0), "fairness_weight"),
@@ -166,7 +166,8 @@ async def test_a_workflow_limit_holds_runs_until_slots_free(client: Any, start_w
     waiting = sql("SELECT count(*) FROM cairn.concurrency_waiting WHERE key = 'cust-42'")[0][0]
     assert waiting == 3
     described = await handles[4].describe()
-    assert described.concurrency_key == "cust-42" and described.waiting_for_slot
+    assert described.concurrency_key == "cust-42"
+    assert described.waiting_for_slot
     assert (await client.limits.list("cust-42"))[0].in_use == 2
     for i in range(5):
         _gates.setdefault(f"run-{i}", asyncio.Event()).set()

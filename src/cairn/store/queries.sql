@@ -251,13 +251,12 @@ WITH c AS (
 ), notified AS (
     -- The payload is the run id, then its outcome when that is small (NOTIFY payloads stop
     -- at 8,000 bytes): the run's status and last event, what result() would read.
+    -- (Indented little: the statement must stay under psycopg's parse-cache limit.)
     SELECT count(pg_notify('cairn_closed', CASE WHEN octet_length(o.outcome) <= 7000
-                                                THEN cl.run_id::text || ' ' || o.outcome
-                                                ELSE cl.run_id::text END)) AS n
+        THEN cl.run_id::text || ' ' || o.outcome ELSE cl.run_id::text END)) AS n
     FROM closed cl JOIN t ON t.run_id = cl.run_id,
          LATERAL (SELECT jsonb_build_object('status', t.close_status, 'workflow_type', t.workflow_type,
-                                            'last_type', t.events -> -1 -> 'type',
-                                            'last_data', t.events -> -1 -> 'data')::text AS outcome) o
+             'last_type', t.events -> -1 -> 'type', 'last_data', t.events -> -1 -> 'data')::text AS outcome) o
 ), woken AS (
     -- The queues of the activities not leased eagerly: wake their workers (once per queue
     -- and transaction), here rather than in a statement of its own.
@@ -265,28 +264,22 @@ WITH c AS (
 ), scheduled AS (
     -- A priority, fairness key or concurrency key (0022, in the options: never eager, see
     -- Worker._entry) places the row in the claim order or holds it for a slot (as
-    -- start_workflow); without them, a null test of the options' two keys.
+    -- start_workflow): cairn.activity_at, an SQL function the planner inlines, is c.now
+    -- after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
         attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline,
         priority, fairness_key, concurrency_key)
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
            a.activity_type, a.queue, a.input, a.options, c.now,
-           CASE WHEN a.options -> 'priority' IS NULL AND a.options -> 'concurrency_key' IS NULL THEN c.now
-                ELSE cairn.activity_available_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue,
-                                                 a.options, c.now) END,
+           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now),
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
-           CASE WHEN e.eager THEN 1 ELSE 0 END,
-           CASE WHEN e.eager THEN 1 ELSE 0 END,
-           CASE WHEN e.eager THEN %(worker)s END,
-           CASE WHEN e.eager THEN c.now END,
+           e.eager::int, e.eager::int, CASE WHEN e.eager THEN %(worker)s END, CASE WHEN e.eager THEN c.now END,
            CASE WHEN e.eager THEN c.now + %(lease)s * interval '1 second' END,
-           CASE WHEN e.eager
-                THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
-           CASE WHEN e.eager
-                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END,
-           coalesce((a.options -> 'priority' ->> 'priority_key')::smallint, 3),
-           a.options -> 'priority' ->> 'fairness_key', a.options ->> 'concurrency_key'
+           CASE WHEN e.eager THEN c.now + (a.options ->> 'start_to_close_timeout')::float8 * interval '1 s' END,
+           CASE WHEN e.eager THEN c.now + (a.options ->> 'heartbeat_timeout')::float8 * interval '1 s' END,
+           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
+           a.options ->> 'concurrency_key'
     FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
@@ -297,10 +290,9 @@ WITH c AS (
          -- (bench/statements.py, 2026-12-07). OFFSET 0 keeps the planner from copying the
          -- expression into each CASE below.
          LATERAL (SELECT a.eager AND (NOT (SELECT EXISTS (SELECT 1 FROM cairn.activity_pauses
-                                                          WHERE namespace = %(namespace)s)) OR NOT EXISTS (
-                      SELECT 1 FROM cairn.activity_pauses p
-                      WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
-                        AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
+             WHERE namespace = %(namespace)s)) OR NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+             WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
+               AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
     WHERE t.close_status IS NULL
     RETURNING *
 )

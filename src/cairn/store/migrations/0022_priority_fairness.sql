@@ -277,3 +277,19 @@ BEGIN
                                    prio, p_queue, at);
 END
 $$;
+
+-- record_workflow_tasks' two expressions, as SQL functions the planner inlines (short
+-- names keep the hot statement under psycopg's parse-cache limit, 4,096 bytes): an
+-- activity's available_at (now, unless it has a priority or a key) and its priority.
+CREATE FUNCTION cairn.activity_at(p_namespace text, p_run_id uuid, p_seq integer, p_type text,
+                                  p_queue text, p_options jsonb, p_now timestamptz)
+RETURNS timestamptz
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN p_options -> 'priority' IS NULL AND p_options -> 'concurrency_key' IS NULL THEN p_now
+                ELSE cairn.activity_available_at(p_namespace, p_run_id, p_seq, p_type, p_queue, p_options, p_now)
+           END
+$$;
+CREATE FUNCTION cairn.option_priority(p_options jsonb) RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce((p_options -> 'priority' ->> 'priority_key')::smallint, 3::smallint)
+$$;
