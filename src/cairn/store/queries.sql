@@ -262,17 +262,17 @@ WITH c AS (
     -- and transaction), here rather than in a statement of its own.
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
-    -- A priority, fairness key or concurrency key (0022, in the options: never eager, see
-    -- Worker._entry) places the row in the claim order or holds it for a slot (as
-    -- start_workflow): cairn.activity_at, an SQL function the planner inlines, is c.now
-    -- after a null test of the options' two keys without them.
+    -- A priority, fairness key or concurrency key (0022, in the options; a concurrency key
+    -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
+    -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
+    -- planner inlines, is c.now after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
         attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline,
         priority, fairness_key, concurrency_key)
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
            a.activity_type, a.queue, a.input, a.options, c.now,
-           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now),
+           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now, a.eager),
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
            e.eager::int, e.eager::int, CASE WHEN e.eager THEN %(worker)s END, CASE WHEN e.eager THEN c.now END,
            CASE WHEN e.eager THEN c.now + %(lease)s * interval '1 second' END,

@@ -435,14 +435,10 @@ class TaskRunner:
 
 
 def queues_in_order(options: dict[str, Any] | None) -> bool:
-    """Whether an activity may be leased eagerly, skipping its queue: not when a
-    concurrency key must take a slot first, nor when a fairness key or a low priority (4,
-    5) must wait its turn behind other work (a higher priority may go first anyway)."""
-    if not options or ("priority" not in options and "concurrency_key" not in options):
-        return True
-    place = options.get("priority") or {}
-    return "concurrency_key" not in options and "fairness_key" not in place \
-        and (place.get("priority_key") or 3) <= 3
+    """Whether an activity may be leased eagerly: not when a concurrency key must take a
+    slot first. A priority or a fairness key orders the queue, which an activity leased to a
+    worker with a free slot does not wait in (a busy worker leases none eagerly)."""
+    return not options or "concurrency_key" not in options
 
 
 def task_span(task: TaskState, carrier: Any, start_ns: int) -> Span:

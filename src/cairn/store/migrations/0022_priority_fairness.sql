@@ -280,12 +280,14 @@ $$;
 
 -- record_workflow_tasks' two expressions, as SQL functions the planner inlines (short
 -- names keep the hot statement under psycopg's parse-cache limit, 4,096 bytes): an
--- activity's available_at (now, unless it has a priority or a key) and its priority.
+-- activity's available_at (now when it is leased eagerly or has no priority and no key)
+-- and its priority.
 CREATE FUNCTION cairn.activity_at(p_namespace text, p_run_id uuid, p_seq integer, p_type text,
-                                  p_queue text, p_options jsonb, p_now timestamptz)
+                                  p_queue text, p_options jsonb, p_now timestamptz, p_eager boolean)
 RETURNS timestamptz
 LANGUAGE sql VOLATILE AS $$
-    SELECT CASE WHEN p_options -> 'priority' IS NULL AND p_options -> 'concurrency_key' IS NULL THEN p_now
+    SELECT CASE WHEN p_eager OR (p_options -> 'priority' IS NULL AND p_options -> 'concurrency_key' IS NULL)
+                THEN p_now
                 ELSE cairn.activity_available_at(p_namespace, p_run_id, p_seq, p_type, p_queue, p_options, p_now)
            END
 $$;
