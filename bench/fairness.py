@@ -61,12 +61,12 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-async def enqueue(dsn: str, prefix: str, n: int, key: str | None) -> None:
-    """``n`` runs of one_step, 8 starts in flight, with the fairness key ``key``."""
+async def enqueue(dsn: str, prefix: str, n: int, key: str | None, weight: float | None = None) -> None:
+    """``n`` runs of one_step, 8 starts in flight, with the fairness key ``key`` (and ``weight``)."""
     client = await Client.connect(dsn)
     try:
         sem = asyncio.Semaphore(8)
-        place = Priority(fairness_key=key) if key else None
+        place = Priority(fairness_key=key, fairness_weight=weight) if key else None
 
         async def one(i: int) -> None:
             async with sem:
@@ -104,7 +104,7 @@ def phase(cluster: pgcluster.Cluster, name: str, a: argparse.Namespace, b: int, 
         worker.wait_started()
         if flood:  # busy with A: the claims run back to back
             wait_claimed(dsn, "a", a.warm, a.timeout)
-        asyncio.run(enqueue(dsn, "b", b, "tenant-b" if keys else None))
+        asyncio.run(enqueue(dsn, "b", b, "tenant-b" if keys else None, a.b_weight))
         wait_claimed(dsn, "b", b, a.timeout)
         waits = [w * 1000 for _, w in query(dsn, WAITS, {"prefix": "b-%"})]
         last = max(w for _, w in query(dsn, "SELECT r.workflow_id, (h.data ->> 'time')::float8 FROM cairn.runs r "
@@ -122,6 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flood", type=int, default=10_000, help="A's runs queued before B's start")
     ap.add_argument("--b", type=int, nargs="+", default=[10, 100], help="B's runs (one measurement per size)")
+    ap.add_argument("--b-weight", type=float, default=None, help="B's fairness weight (default 1, as A's)")
     ap.add_argument("--warm", type=int, default=200, help="A's runs claimed before B starts")
     ap.add_argument("--no-baseline", action="store_true", help="skip the flood without fairness keys")
     ap.add_argument("--timeout", type=float, default=600)
@@ -140,7 +141,8 @@ def main() -> None:
     finally:
         cluster.stop()
     for r in results:
-        print(f"B = {r['b']} runs, A = {a.flood} runs queued (fairness keys tenant-a, tenant-b; equal weights)")
+        weights = "equal weights" if a.b_weight is None else f"B's weight {a.b_weight:g}"
+        print(f"B = {r['b']} runs, A = {a.flood} runs queued (fairness keys tenant-a, tenant-b; {weights})")
         for label, key in (("alone", "alone"), ("A flooding", "flood"), ("A flooding, no keys", "flood_without_keys")):
             x = r[key]
             if x is None:
@@ -149,7 +151,7 @@ def main() -> None:
             print(f"  {label:20} B wait p50 {x['p50_ms']:8.1f} ms  p95 {x['p95_ms']:8.1f} ms  max {x['max_ms']:8.1f} ms"
                   + left)
         print(f"  ratio flood / alone: p50 {r['ratio_p50']:.2f}x  p95 {r['ratio_p95']:.2f}x  (p50 within 2x asked)")
-    print(json.dumps({"flood": a.flood, "warm": a.warm, "results": results}))
+    print(json.dumps({"flood": a.flood, "warm": a.warm, "b_weight": a.b_weight, "results": results}))
 
 
 if __name__ == "__main__":
