@@ -217,7 +217,9 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- scheduled. Activities marked eager are leased to this worker at once (eager dispatch: it
 -- runs them after commit, with no claim round trip) and returned; the others wait for a
 -- claim, their queues woken by the NOTIFY of %(notify_queues)s. One statement per batch,
--- not per task: a statement costs both sides more CPU than the rows it writes.
+-- not per task: a statement costs both sides more CPU than the rows it writes. An activity
+-- with a priority or a key in its options is placed by a trigger (0022,
+-- cairn.activity_placed), so this statement is the same with them or without.
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), t AS (
@@ -262,24 +264,21 @@ WITH c AS (
     -- and transaction), here rather than in a statement of its own.
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
-    -- A priority, fairness key or concurrency key (0022, in the options; a concurrency key
-    -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
-    -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
-    -- planner inlines, is c.now after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
-        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline,
-        priority, fairness_key, concurrency_key)
+        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
-           a.activity_type, a.queue, a.input, a.options, c.now,
-           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now, a.eager),
+           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
-           e.eager::int, e.eager::int, CASE WHEN e.eager THEN %(worker)s END, CASE WHEN e.eager THEN c.now END,
+           CASE WHEN e.eager THEN 1 ELSE 0 END,
+           CASE WHEN e.eager THEN 1 ELSE 0 END,
+           CASE WHEN e.eager THEN %(worker)s END,
+           CASE WHEN e.eager THEN c.now END,
            CASE WHEN e.eager THEN c.now + %(lease)s * interval '1 second' END,
-           CASE WHEN e.eager THEN c.now + (a.options ->> 'start_to_close_timeout')::float8 * interval '1 s' END,
-           CASE WHEN e.eager THEN c.now + (a.options ->> 'heartbeat_timeout')::float8 * interval '1 s' END,
-           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
-           a.options ->> 'concurrency_key'
+           CASE WHEN e.eager
+                THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
+           CASE WHEN e.eager
+                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
     FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
@@ -290,9 +289,10 @@ WITH c AS (
          -- (bench/statements.py, 2026-12-07). OFFSET 0 keeps the planner from copying the
          -- expression into each CASE below.
          LATERAL (SELECT a.eager AND (NOT (SELECT EXISTS (SELECT 1 FROM cairn.activity_pauses
-             WHERE namespace = %(namespace)s)) OR NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
-             WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
-               AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
+                                                          WHERE namespace = %(namespace)s)) OR NOT EXISTS (
+                      SELECT 1 FROM cairn.activity_pauses p
+                      WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
+                        AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
     WHERE t.close_status IS NULL
     RETURNING *
 )
@@ -2206,13 +2206,18 @@ WITH old AS (
 ), back AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
-        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause)
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause,
+        priority, fairness_key, concurrency_key)
     SELECT g.run_id, g.namespace, g.seq, g.workflow_id, g.workflow_type, g.workflow_queue, g.activity_type, g.queue,
-           g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at, c.now,
+           g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at,
+           -- still waiting for a concurrency slot (0022): it stays held, and keeps its slot
+           -- columns (cairn.activity_placed leaves it as it is)
+           CASE WHEN g.available_at = 'infinity' THEN g.available_at ELSE c.now END,
            coalesce(g.schedule_deadline,
                     c.now + ((g.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')),
            g.heartbeat_details, g.heartbeat_at, g.last_failure, g.cancel_requested,
-           CASE WHEN f.fresh THEN 0 ELSE g.throttled_seconds END, c.held, NULL
+           CASE WHEN f.fresh THEN 0 ELSE g.throttled_seconds END, c.held, NULL,
+           g.priority, g.fairness_key, g.concurrency_key
     FROM gone g, c, LATERAL (SELECT %(reset)s::boolean OR g.pause ->> 'reason' = 'exhausted' AS fresh) f
     RETURNING queue, paused
 )
