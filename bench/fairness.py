@@ -48,6 +48,16 @@ SELECT r.workflow_id, (h.data ->> 'time')::float8 - extract(epoch FROM r.created
 FROM cairn.runs r JOIN cairn.history h ON h.run_id = r.run_id AND h.seq = 2
 WHERE r.workflow_id LIKE %(prefix)s
 """
+# Per B run: how many of A's runs were first claimed between B's start and B's own first
+# claim (what fairness decides), as opposed to how long the busy worker took to claim again.
+AHEAD = """
+SELECT (SELECT count(*) FROM cairn.runs a JOIN cairn.history ha ON ha.run_id = a.run_id AND ha.seq = 2
+        WHERE a.workflow_id LIKE 'a-%%'
+          AND (ha.data ->> 'time')::float8 > extract(epoch FROM b.created_at)
+          AND (ha.data ->> 'time')::float8 < (hb.data ->> 'time')::float8)
+FROM cairn.runs b JOIN cairn.history hb ON hb.run_id = b.run_id AND hb.seq = 2
+WHERE b.workflow_id LIKE 'b-%%'
+"""
 UNCLAIMED = """
 SELECT count(*) FROM cairn.runs r
 WHERE r.workflow_id LIKE 'a-%%' AND NOT EXISTS (
@@ -111,11 +121,13 @@ def phase(cluster: pgcluster.Cluster, name: str, a: argparse.Namespace, b: int, 
                                             "JOIN cairn.history h ON h.run_id = r.run_id AND h.seq = 2 "
                                             "WHERE r.workflow_id LIKE 'b-%'"))
         a_left = int(query(dsn, UNCLAIMED, {"at": last})[0][0]) if flood else 0
+        ahead = [int(n) for (n,) in query(dsn, AHEAD)] if flood else [0]
     finally:
         worker.stop()
         cluster.drop_db(db)
     return {"b": b, "p50_ms": statistics.median(waits), "p95_ms": pct(waits, 0.95), "max_ms": max(waits),
-            "a_unclaimed_at_b_last": a_left}
+            "a_unclaimed_at_b_last": a_left, "a_claimed_ahead_p50": statistics.median(ahead),
+            "a_claimed_ahead_max": max(ahead)}
 
 
 def main() -> None:
@@ -147,7 +159,9 @@ def main() -> None:
             x = r[key]
             if x is None:
                 continue
-            left = f"; A unclaimed when B's last was claimed: {x['a_unclaimed_at_b_last']}" if key != "alone" else ""
+            left = (f"; A unclaimed when B's last was claimed: {x['a_unclaimed_at_b_last']}; A claimed between "
+                    f"a B run's start and its claim: p50 {x['a_claimed_ahead_p50']:g}, max {x['a_claimed_ahead_max']}"
+                    ) if key != "alone" else ""
             print(f"  {label:20} B wait p50 {x['p50_ms']:8.1f} ms  p95 {x['p95_ms']:8.1f} ms  max {x['max_ms']:8.1f} ms"
                   + left)
         print(f"  ratio flood / alone: p50 {r['ratio_p50']:.2f}x  p95 {r['ratio_p95']:.2f}x  (p50 within 2x asked)")
