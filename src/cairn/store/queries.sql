@@ -83,27 +83,20 @@ WITH c AS (
 ), task AS (
     -- A start delay (client.start(start_delay=...)) holds the first task back; a signal
     -- during it does not bring the task forward (signal_run keeps available_at). A priority
-    -- or a fairness key places a task ready now in the claim order (0022,
-    -- cairn.fair_available_at); a concurrency key takes a slot or holds the task
-    -- ('infinity') until one comes free (cairn.concurrency_admit). Without any of them: as
-    -- before, two null tests.
+    -- or a fairness key places a task ready now in the claim order, a concurrency key takes
+    -- a slot or holds the task ('infinity') until one comes free (0022,
+    -- cairn.start_available_at). Without any of them: as before, after three null tests.
     INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at,
                                       priority, fairness_key)
-    SELECT run_id, namespace, queue, workflow_type, p.available_at, created_at,
-           coalesce(%(priority)s::smallint, 3), %(fairness_key)s::text
-    FROM new_run,
-         LATERAL (SELECT CASE WHEN %(concurrency_key)s::text IS NULL THEN w.at
-                              ELSE cairn.concurrency_admit('workflow', namespace, %(concurrency_key)s::text, run_id, 0,
-                                                           coalesce(%(priority)s::smallint, 3)::smallint, queue, w.at)
-                         END AS available_at
-                  FROM (SELECT CASE WHEN (%(priority)s::smallint IS NULL AND %(fairness_key)s::text IS NULL)
-                                         OR %(start_delay)s::float8 IS NOT NULL
-                                    THEN created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second'
-                                    ELSE cairn.fair_available_at('workflow', namespace, queue, workflow_type,
-                                                                 coalesce(%(priority)s::smallint, 3)::smallint,
-                                                                 %(fairness_key)s::text,
-                                                                 %(fairness_weight)s::float8, created_at)
-                               END AS at) w) p
+    SELECT run_id, namespace, queue, workflow_type,
+           CASE WHEN %(priority)s::smallint IS NULL AND %(fairness_key)s::text IS NULL
+                     AND %(concurrency_key)s::text IS NULL
+                THEN created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second'
+                ELSE cairn.start_available_at(namespace, queue, workflow_type, run_id, created_at,
+                                              %(start_delay)s::float8, %(priority)s::smallint, %(fairness_key)s::text,
+                                              %(fairness_weight)s::float8, %(concurrency_key)s::text) END,
+           created_at, coalesce(%(priority)s::smallint, 3), %(fairness_key)s::text
+    FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)

@@ -300,3 +300,28 @@ CREATE TRIGGER activity_tasks_placed BEFORE INSERT ON cairn.activity_tasks
     FOR EACH ROW WHEN (NEW.priority = 3 AND NEW.fairness_key IS NULL AND NEW.concurrency_key IS NULL
                        AND (NEW.options ? 'priority' OR NEW.options ? 'concurrency_key'))
     EXECUTE FUNCTION cairn.activity_placed();
+
+-- 8. The first workflow task's available_at, for start_workflow when a start has a priority,
+--    a fairness key or a concurrency key (without them the statement computes it itself):
+--    its place (not for a delayed start: it waits its delay, then queues by its ready time),
+--    then a slot of its key or the hold.
+CREATE FUNCTION cairn.start_available_at(p_namespace text, p_queue text, p_type text, p_run_id uuid,
+                                         p_created timestamptz, p_delay float8, p_priority smallint, p_key text,
+                                         p_weight float8, p_concurrency_key text)
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    prio smallint := coalesce(p_priority, 3);
+    at timestamptz;
+BEGIN
+    IF p_delay IS NOT NULL OR (p_priority IS NULL AND p_key IS NULL) THEN
+        at := p_created + coalesce(p_delay, 0) * interval '1 second';
+    ELSE
+        at := cairn.fair_available_at('workflow', p_namespace, p_queue, p_type, prio, p_key, p_weight, p_created);
+    END IF;
+    IF p_concurrency_key IS NOT NULL THEN
+        at := cairn.concurrency_admit('workflow', p_namespace, p_concurrency_key, p_run_id, 0, prio, p_queue, at);
+    END IF;
+    RETURN at;
+END
+$$;
