@@ -173,7 +173,11 @@ WITH claimed AS (
                           AND t.priority > 3
                         ORDER BY t.available_at
                         LIMIT 64
-                        FOR UPDATE SKIP LOCKED) c) c
+                        FOR UPDATE SKIP LOCKED) c
+          -- a one-time filter (an InitPlan, run only if the Append gets here): one probe of
+          -- the low index instead of one per pair while nothing has priority 4 or 5
+          WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
+                                WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))) c
     LIMIT %(limit)s
 )
 SELECT c.*, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at, s.last_seq,
@@ -459,7 +463,10 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
                             AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND a2.priority > 3
                           ORDER BY a2.available_at
                           LIMIT 64
-                          FOR UPDATE SKIP LOCKED) r) r
+                          FOR UPDATE SKIP LOCKED) r
+            WHERE (SELECT EXISTS (SELECT 1 FROM cairn.activity_tasks l
+                                  WHERE l.namespace = %(namespace)s AND l.lease_owner IS NULL AND NOT l.paused
+                                    AND l.priority > 3))) r
       LIMIT %(limit)s) c
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
@@ -589,7 +596,9 @@ SELECT least(
           LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
                    WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
                      AND t.pause IS NULL AND t.priority > 3 AND t.available_at < 'infinity'
-                   ORDER BY t.available_at LIMIT 1) n),
+                   ORDER BY t.available_at LIMIT 1) n
+     WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
+                           WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))),
     (SELECT min(n.available_at)
      FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
           LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
