@@ -214,9 +214,7 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- scheduled. Activities marked eager are leased to this worker at once (eager dispatch: it
 -- runs them after commit, with no claim round trip) and returned; the others wait for a
 -- claim, their queues woken by the NOTIFY of %(notify_queues)s. One statement per batch,
--- not per task: a statement costs both sides more CPU than the rows it writes. An activity
--- with a priority or a key in its options is placed by a trigger (0022,
--- cairn.activity_placed), so this statement is the same with them or without.
+-- not per task: a statement costs both sides more CPU than the rows it writes.
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), t AS (
@@ -261,11 +259,17 @@ WITH c AS (
     -- and transaction), here rather than in a statement of its own.
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
+    -- A priority, fairness key or concurrency key (0022, in the options; a concurrency key
+    -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
+    -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
+    -- planner inlines, is c.now after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
-        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
+        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline,
+        priority, fairness_key, concurrency_key)
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
-           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
+           a.activity_type, a.queue, a.input, a.options, c.now,
+           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now, e.eager),
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
            CASE WHEN e.eager THEN 1 ELSE 0 END,
            CASE WHEN e.eager THEN 1 ELSE 0 END,
@@ -275,7 +279,9 @@ WITH c AS (
            CASE WHEN e.eager
                 THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
            CASE WHEN e.eager
-                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
+                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END,
+           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
+           a.options ->> 'concurrency_key'
     FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
@@ -1009,10 +1015,16 @@ WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), ins AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
-        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
+        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
+        priority, fairness_key, concurrency_key)
     SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
-           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
-           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
+           a.activity_type, a.queue, a.input, a.options, c.now,
+           -- placed, or held for a slot, as record_workflow_tasks does (0022)
+           cairn.activity_at(%(namespace)s, %(run_id)s::uuid, a.seq, a.activity_type, a.queue, a.options, c.now,
+                             false),
+           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
+           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
+           a.options ->> 'concurrency_key'
     FROM jsonb_to_recordset(%(activities)s::jsonb)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb), c
     RETURNING queue
@@ -2212,8 +2224,7 @@ WITH old AS (
         priority, fairness_key, concurrency_key)
     SELECT g.run_id, g.namespace, g.seq, g.workflow_id, g.workflow_type, g.workflow_queue, g.activity_type, g.queue,
            g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at,
-           -- still waiting for a concurrency slot (0022): it stays held, and keeps its slot
-           -- columns (cairn.activity_placed leaves it as it is)
+           -- still waiting for a concurrency slot (0022): it stays held, with its slot columns
            CASE WHEN g.available_at = 'infinity' THEN g.available_at ELSE c.now END,
            coalesce(g.schedule_deadline,
                     c.now + ((g.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')),
