@@ -219,3 +219,18 @@ async def test_activities_and_describe_inherit_the_run_priority(client: Any, sta
     d = await handle.describe()
     assert d.priority == Priority(priority_key=2, fairness_key="acme")
     assert d.to_json()["priority"]["fairness_key"] == "acme"
+
+
+async def test_terminating_a_waiting_run_gives_back_no_slot(client: Any, start_worker: Any, sql: Any) -> None:
+    await client.limits.set("one", 1, kind="workflow")
+    first = await client.start(gated, "t0", id="t0", concurrency_key="one")
+    waiting = [await client.start(gated, f"t{i}", id=f"t{i}", concurrency_key="one") for i in (1, 2)]
+    await waiting[0].terminate("not needed")  # it never started: it held no slot
+    [row] = await client.limits.list("one")
+    assert (row.in_use, row.waiting) == (1, 1)
+    await start_worker(workflows=[gated], activities=[held])
+    for tag in ("t0", "t2"):
+        _gates.setdefault(tag, asyncio.Event()).set()
+    assert await first.result() == "t0"
+    assert await waiting[1].result() == "t2"  # started once t0 closed
+    assert sql("SELECT in_use FROM cairn.concurrency_limits WHERE key = 'one'")[0][0] == 0
