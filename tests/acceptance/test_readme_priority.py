@@ -1,29 +1,21 @@
-"""The README's priority, fairness and limits example, run as typed (the blocks marked
-``priority``)."""
+"""The README's "Priority, fairness and per-key limits" typed in as written (the blocks
+marked ``priority``): limits set from Python, runs started with a priority, a fairness key
+and a concurrency key, the CLI's start flags, describe and ``cairn limits``."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
 
-from support import TIMEOUT, clean_env, query
-from support.readme import README, readme_script, run_in_own_group
+from support import TIMEOUT, query
+from support.readme import run_readme
 
 pytestmark = pytest.mark.acceptance
 
-VENV_BIN = Path(sys.executable).parent
-
 
 def test_the_priority_example_works_as_typed(tmp_path, db_url):
-    env = clean_env(CAIRN_DATABASE_URL=db_url, CAIRN_HOME=str(tmp_path / ".cairn-home"),
-                    PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(tmp_path))
-    env.pop("VIRTUAL_ENV", None)
-    ran = run_in_own_group(readme_script(README.read_text(), "priority"), tmp_path, env, TIMEOUT * 2)
-    assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}"
+    ran = run_readme("priority", tmp_path, db_url, TIMEOUT * 2)
     assert "['exported c0', 'exported c1', 'exported c2', 'exported c3']" in ran.stdout
     assert "fairness key tenant-b (weight 2)" in ran.stdout  # describe
     listed = json.loads(ran.stdout[ran.stdout.index("[\n"):ran.stdout.index("\n]") + 2])
