@@ -397,7 +397,7 @@ def validate_call(
                 f"activity {name}: throttle_budget must be a positive number of seconds, got {throttle_budget!r}")
         options["throttle_budget"] = float(budget)
     # Only when given (histories without them stay as they were); the row's place in its
-    # queue and its concurrency slot come from them (record_workflow_tasks, 0022).
+    # queue and its concurrency slot come from them (record_workflow_tasks, 0023).
     place = as_priority(priority)
     if place is not None and place.to_json():
         options["priority"] = place.to_json()

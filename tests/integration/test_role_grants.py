@@ -84,7 +84,7 @@ def body_needs(body: str) -> set[tuple[str, str]]:
 
 def function_needs(name: str, functions: dict[str, str], seen: set[str] | None = None) -> set[tuple[str, str]]:
     """What a function's body takes, and the bodies of the functions it calls, down to the
-    last (0022's nest: the start's placement calls the slot's admission)."""
+    last (0023's nest: the start's placement calls the slot's admission)."""
     seen = set() if seen is None else seen
     if name in seen:
         return set()

@@ -221,14 +221,11 @@ class Client:
             start_delay: the run exists at once, but its first workflow task waits this long
                 (seconds or a ``timedelta``), as Temporal's ``start_delay``; signals sent
                 meanwhile are kept for it.
-            priority: a :class:`cairn.Priority` (or a bare level, 1 first to 5 last; default
-                3): the place of the run's first workflow task in its queue, and what its
-                activities and children inherit. A ``fairness_key`` shares a priority level of
-                the queue fairly among keys, by ``fairness_weight``.
-            concurrency_key: at most the key's limit (``Client.set_concurrency_limit``,
-                ``cairn limits set``) of the key's runs are open and started at once; the
-                others wait, created but not started, and start in priority then start order
-                as runs of the key close. A key without a limit only counts.
+            priority: a :class:`cairn.Priority` (or a level, 1 first to 5 last; default 3):
+                the run's place in its queue, inherited by its activities and children; a
+                ``fairness_key`` shares a level fairly among keys, by ``fairness_weight``.
+            concurrency_key: at most the key's limit (``client.limits``) of its runs are open
+                and started at once; the others wait, created, and start as runs of the key close.
 
         Raises:
             InputValidationError: bad arguments, id, queue, policy or timeout, or no queue given

@@ -1,6 +1,6 @@
 """Per-key concurrency limits, the client's side: :meth:`Client.limits` gives a
 :class:`ConcurrencyLimits`. A key's limit holds across every worker: the database takes and
-gives back the slots (see ``store/migrations/0022``)."""
+gives back the slots (see ``store/migrations/0023``)."""
 
 from __future__ import annotations
 

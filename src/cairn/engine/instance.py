@@ -58,7 +58,7 @@ class WorkflowInfo:
     parent_run_id: str | None = None
     continued_from: str | None = None
     history_length: int = 0
-    # Where the run's tasks go in their queue (start_workflow's priority, 0022): what its
+    # Where the run's tasks go in their queue (start_workflow's priority, 0023): what its
     # activities and children inherit unless given their own.
     priority: Priority | None = None
 

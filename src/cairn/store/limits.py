@@ -1,4 +1,4 @@
-"""Per-key concurrency limits (``cairn.concurrency_limits``, migration 0022): a key's limit
+"""Per-key concurrency limits (``cairn.concurrency_limits``, migration 0023): a key's limit
 set, listed, removed. Slots are taken and given back by the database itself (the start
 and record statements, and triggers; see the migration), never here."""
 

@@ -84,7 +84,7 @@ WITH c AS (
     -- A start delay (client.start(start_delay=...)) holds the first task back; a signal
     -- during it does not bring the task forward (signal_run keeps available_at). A priority
     -- or a fairness key places a task ready now in the claim order, a concurrency key takes
-    -- a slot or holds the task ('infinity') until one comes free (0022,
+    -- a slot or holds the task ('infinity') until one comes free (0023,
     -- cairn.start_available_at). Without any of them: as before, after three null tests.
     INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at,
                                       priority, fairness_key)
@@ -148,7 +148,7 @@ WITH claimed AS (
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
     -- the scan never meets it, so pauses cost the claim nothing.
-    -- Priorities (0022): 1 to 3 are in workflow_tasks_ready, 1 and 2 placed before 3 by
+    -- Priorities (0023): 1 to 3 are in workflow_tasks_ready, 1 and 2 placed before 3 by
     -- their available_at; 4 and 5 in workflow_tasks_ready_low, scanned (the second branch
     -- of the Append) only once every pair's main scan is exhausted. A task held for a
     -- concurrency slot has available_at 'infinity': past the range, never met.
@@ -259,7 +259,7 @@ WITH c AS (
     -- and transaction), here rather than in a statement of its own.
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
-    -- A priority, fairness key or concurrency key (0022, in the options; a concurrency key
+    -- A priority, fairness key or concurrency key (0023, in the options; a concurrency key
     -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
     -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
     -- planner inlines, is c.now after a null test of the options' two keys without them.
@@ -459,7 +459,7 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
                           LIMIT 64
                           FOR UPDATE SKIP LOCKED) r
             UNION ALL
-            -- priorities 4 and 5 (0022), once every pair's main scan is exhausted: as in
+            -- priorities 4 and 5 (0023), once every pair's main scan is exhausted: as in
             -- claim_workflow_task
             SELECT r.run_id, r.seq
             FROM k,
@@ -589,7 +589,7 @@ FOR UPDATE SKIP LOCKED
 -- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:
 -- workflow tasks and activities of its (queue, type) pairs (as in the claims: paused work
 -- is never due), timers and activity deadlines of any. Both priority lanes of the claim
--- indexes (0022); work held for a concurrency slot ('infinity') is never due by itself.
+-- indexes (0023); work held for a concurrency slot ('infinity') is never due by itself.
 SELECT least(
     (SELECT min(n.available_at)
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
@@ -797,7 +797,7 @@ WHERE namespace = %(namespace)s
 -- throttle) the attempt that runs next, as Temporal counts them: never 0.
 SELECT seq, activity_type, queue,
        CASE WHEN lease_owner IS NULL THEN attempt + 1 ELSE attempt END AS attempt, scheduled_at,
-       -- its ready time: a priority's or a fairness key's place is before it (0022); held for
+       -- its ready time: a priority's or a fairness key's place is before it (0023); held for
        -- a concurrency slot, none
        CASE WHEN available_at = 'infinity' THEN NULL ELSE greatest(available_at, scheduled_at) END AS available_at,
        started_at, lease_owner,
@@ -811,7 +811,7 @@ SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: pending_workflow_task
 -- A run's pending workflow task, with the last failure if its code failed, and its pause.
--- A run waiting for a concurrency slot (0022) has its task held ('infinity': NULL here).
+-- A run waiting for a concurrency slot (0023) has its task held ('infinity': NULL here).
 SELECT nullif(available_at, 'infinity') AS available_at, failures, last_error, pause, priority,
        available_at = 'infinity' AS waiting_for_slot
 FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
@@ -1019,7 +1019,7 @@ WITH c AS (
         priority, fairness_key, concurrency_key)
     SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
            a.activity_type, a.queue, a.input, a.options, c.now,
-           -- placed, or held for a slot, as record_workflow_tasks does (0022)
+           -- placed, or held for a slot, as record_workflow_tasks does (0023)
            cairn.activity_at(%(namespace)s, %(run_id)s::uuid, a.seq, a.activity_type, a.queue, a.options, c.now,
                              false),
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
@@ -1639,7 +1639,7 @@ GROUP BY status
 SELECT qn.queue, k.kind, k.n
 FROM unnest(%(queues)s::text[]) AS qn(queue),
      LATERAL (
-         -- the claim indexes' two priority lanes (0022), each capped
+         -- the claim indexes' two priority lanes (0023), each capped
          SELECT 'workflow' AS kind, (SELECT count(*) FROM (
              SELECT 1 FROM cairn.workflow_tasks t
              WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL AND t.priority <= 3
@@ -1749,7 +1749,7 @@ WITH c AS (
            o.queue, o.input, o.options, o.attempt, o.token + 1, o.scheduled_at,
            c.now + %(delay)s * interval '1 second', o.schedule_deadline, o.heartbeat_details, o.heartbeat_at,
            %(failure)s, o.cancel_requested, o.throttled_seconds, o.paused, o.pause,
-           -- its concurrency slot goes on with it (cairn.concurrency_activity_gone, 0022)
+           -- its concurrency slot goes on with it (cairn.concurrency_activity_gone, 0023)
            o.priority, o.fairness_key, o.concurrency_key
     FROM old o, c
     RETURNING queue
@@ -2224,7 +2224,7 @@ WITH old AS (
         priority, fairness_key, concurrency_key)
     SELECT g.run_id, g.namespace, g.seq, g.workflow_id, g.workflow_type, g.workflow_queue, g.activity_type, g.queue,
            g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at,
-           -- still waiting for a concurrency slot (0022): it stays held, with its slot columns
+           -- still waiting for a concurrency slot (0023): it stays held, with its slot columns
            CASE WHEN g.available_at = 'infinity' THEN g.available_at ELSE c.now END,
            coalesce(g.schedule_deadline,
                     c.now + ((g.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')),
@@ -2471,7 +2471,7 @@ SELECT count(*) AS payloads, coalesce(sum(p.size), 0)::bigint AS json_bytes,
 FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
 WHERE l.run_id = %(run_id)s::uuid
 
--- ---------------------------------------------------------------- concurrency limits (0022)
+-- ---------------------------------------------------------------- concurrency limits (0023)
 
 -- name: set_concurrency_limit
 -- Sets a key's limit (NULL: none) and lets waiting work take the slots it frees, under the

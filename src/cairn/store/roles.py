@@ -82,7 +82,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "batch_targets": ("INSERT", "UPDATE"),
         "payloads": ("INSERT",),  # large payloads, content-addressed; the purge removes them
         "run_payloads": ("INSERT",),
-        # concurrency slots (0022): taken for activities it schedules, given back by the
+        # concurrency slots (0023): taken for activities it schedules, given back by the
         # triggers of the closes and outcomes it records (cairn.concurrency_admit/_release)
         "concurrency_limits": ("INSERT", "UPDATE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
@@ -106,7 +106,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "namespaces": ("INSERT", "UPDATE"),  # retention and archive settings (the worker only reads them)
         "payloads": ("INSERT",),  # large inputs, signals, updates; the purge removes them
         "run_payloads": ("INSERT",),
-        # concurrency slots (0022): starts take one, terminates give one back (triggers);
+        # concurrency slots (0023): starts take one, terminates give one back (triggers);
         # cairn limits set|delete
         "concurrency_limits": ("INSERT", "UPDATE", "DELETE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
@@ -130,7 +130,7 @@ COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
                                   # attempts are a delete and a re-insert, as a retry by token
                                   "paused", "pause",
                                   # a slot a terminate gives back lets a waiting activity go
-                                  # (cairn.concurrency_release, 0022)
+                                  # (cairn.concurrency_release, 0023)
                                   "available_at")},
 }
 

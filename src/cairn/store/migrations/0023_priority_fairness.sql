@@ -1,4 +1,4 @@
--- Cairn schema, version 22: priority, fairness and per-key concurrency limits (issue 18,
+-- Cairn schema, version 23: priority, fairness and per-key concurrency limits (issue 18,
 -- item 3). A task with no priority, no fairness key and no concurrency key is written, and
 -- claimed, as before: its priority is the default 3, its available_at is its ready time.
 --
