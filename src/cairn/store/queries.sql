@@ -238,7 +238,12 @@ WITH c AS (
     -- A closing task closes the run and drops what is still queued for it.
     UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
     FROM t, c WHERE r.run_id = t.run_id AND r.status = 'running' AND t.close_status IS NOT NULL
-    RETURNING r.run_id
+    RETURNING r.run_id, r.namespace, r.concurrency_key
+), freed AS (
+    -- A closed run of a concurrency key gives its slot back (0023; a trigger would make
+    -- every close fetch the old row).
+    SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
+    FROM closed WHERE concurrency_key IS NOT NULL
 ), dropped_activities AS (
     DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
 ), dropped_timers AS (
@@ -304,7 +309,8 @@ SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.ac
        s.workflow_queue, false AS kept
 FROM scheduled s
 -- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
-WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND s.lease_owner IS NOT NULL
+WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND (SELECT n FROM freed) >= 0
+  AND s.lease_owner IS NOT NULL
 UNION ALL
 -- One marker row (kept = true) per task kept for an event it did not see: the worker
 -- claims again after commit instead of waiting for the fallback poll.
@@ -336,15 +342,19 @@ WITH closed AS (
     UPDATE cairn.runs SET status = %(status)s, closed_at = coalesce(%(now)s::timestamptz, now()),
                           failure = %(failure)s
     WHERE run_id = %(run_id)s AND status = 'running'
-    RETURNING run_id
+    RETURNING run_id, namespace, concurrency_key
 ), a AS (
     DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
 ), t AS (
     DELETE FROM cairn.timers WHERE run_id IN (SELECT run_id FROM closed)
 ), i AS (
     DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed)
+), freed AS (
+    -- a run of a concurrency key gives its slot back, or its place in the wait (0023)
+    SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
+    FROM closed WHERE concurrency_key IS NOT NULL
 )
-SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed
+SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed WHERE (SELECT n FROM freed) >= 0
 
 -- name: finish_workflow_task
 -- The task is done: delete it (queue rows do not linger). For a closed run, also its inbox:

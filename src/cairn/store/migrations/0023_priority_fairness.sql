@@ -220,23 +220,23 @@ BEGIN
 END
 $$;
 
--- 5. Slots come back by triggers, so that every way a run closes or an activity row goes
---    (the record, the fast path's functions, cancels, terminate, the reaper, a close that
---    drops its run's activities) gives them back. Each trigger has a WHEN on the key: for a
---    row without one it is one null test, and no function call.
-CREATE FUNCTION cairn.concurrency_run_closed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- 5. Slots come back when their holder ends. A run closes in two statements only
+--    (record_workflow_tasks, close_run): each calls cairn.concurrency_run_closed for its
+--    closed runs that have a key (an AFTER UPDATE trigger on runs would make every close
+--    fetch the old row, key or not). An activity row goes in many (the record, the fast
+--    path's functions, cancels, terminate, the reaper, a close that drops its run's
+--    activities): a trigger, with a WHEN on the key (Postgres still fetches the old row per
+--    deleted activity: ~1 us).
+CREATE FUNCTION cairn.concurrency_run_closed(p_run_id uuid, p_namespace text, p_key text) RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    DELETE FROM cairn.concurrency_waiting WHERE run_id = OLD.run_id AND seq = 0;
-    IF NOT FOUND THEN  -- it held a slot (it was not waiting for one)
-        PERFORM cairn.concurrency_release('workflow', OLD.namespace, OLD.concurrency_key, 1);
+    DELETE FROM cairn.concurrency_waiting WHERE run_id = p_run_id AND seq = 0;
+    IF FOUND THEN  -- it was waiting for a slot, not holding one
+        RETURN 0;
     END IF;
-    RETURN NULL;
+    RETURN cairn.concurrency_release('workflow', p_namespace, p_key, 1);
 END
 $$;
-CREATE TRIGGER runs_concurrency_closed AFTER UPDATE OF status ON cairn.runs
-    FOR EACH ROW WHEN (OLD.concurrency_key IS NOT NULL AND OLD.status = 'running' AND NEW.status <> 'running')
-    EXECUTE FUNCTION cairn.concurrency_run_closed();
 
 CREATE FUNCTION cairn.concurrency_activity_gone() RETURNS trigger
 LANGUAGE plpgsql AS $$
