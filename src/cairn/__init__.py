@@ -40,7 +40,7 @@ from cairn.errors import (
     WorkflowUpdateFailedError,
     WorkflowUpdateTimeout,
 )
-from cairn.options import RetryPolicy
+from cairn.options import Priority, RetryPolicy
 from cairn.worker import Worker
 
 __version__ = "0.1.0"
@@ -58,6 +58,7 @@ __all__ = [
     "InputValidationError",
     "InvalidFilter",
     "NonDeterminismError",
+    "Priority",
     "QueryFailed",
     "QueryTimeout",
     "RetryPolicy",

@@ -29,7 +29,15 @@ from typing import Any, NamedTuple, NoReturn, TypeVar, overload
 from cairn.engine.instance import CANCELLATION_TYPES, TRY_CANCEL, ActivityHandle
 from cairn.engine.loop import current_instance
 from cairn.errors import CairnError, ConfigurationError, InputValidationError, Reschedule
-from cairn.options import DEFAULT_RETRY_POLICY, BreakerConfig, RetryPolicy, seconds
+from cairn.options import (
+    DEFAULT_RETRY_POLICY,
+    BreakerConfig,
+    Priority,
+    RetryPolicy,
+    as_priority,
+    check_key,
+    seconds,
+)
 from cairn.payloads import Signature, to_payload
 
 __all__ = ["ActivityDefinition", "ActivityInfo", "CompleteAsync", "Reschedule", "definition_of", "defn", "heartbeat",
@@ -321,7 +329,11 @@ class ActivityCall:
     def start(self, tags: dict[str, Any] | None = None) -> ActivityHandle:
         """Schedules the activity (``tags`` are extra keys of its ``ActivityScheduled`` event)."""
         inst = current_instance()
-        return inst.schedule_activity(self.name, self.args, self.options, self.queue or inst.info.queue,
+        options = self.options
+        if inst.info.priority is not None:  # the workflow's, for the fields the call left unset
+            own = Priority.from_json(options.get("priority")) or Priority()
+            options = {**options, "priority": own.inherit(inst.info.priority).to_json()}
+        return inst.schedule_activity(self.name, self.args, options, self.queue or inst.info.queue,
                                       self.returns, tags, self.cancellation_type)
 
 
@@ -336,6 +348,8 @@ def validate_call(
     queue: str | None,
     cancellation_type: str = TRY_CANCEL,
     throttle_budget: timedelta | float | None = None,
+    priority: Priority | int | None = None,
+    concurrency_key: str | None = None,
 ) -> ActivityCall:
     """Validates an activity invocation (see :func:`cairn.workflow.start_activity`) without
     scheduling it.
@@ -367,7 +381,7 @@ def validate_call(
             f"activity {name}: set start_to_close_timeout or schedule_to_close_timeout"
         )
     policy = retry_policy or DEFAULT_RETRY_POLICY
-    options = {
+    options: dict[str, Any] = {
         "start_to_close_timeout": seconds(start_to_close_timeout),
         "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
         "heartbeat_timeout": seconds(heartbeat_timeout),
@@ -382,4 +396,11 @@ def validate_call(
             raise InputValidationError(
                 f"activity {name}: throttle_budget must be a positive number of seconds, got {throttle_budget!r}")
         options["throttle_budget"] = float(budget)
+    # Only when given (histories without them stay as they were); the row's place in its
+    # queue and its concurrency slot come from them (record_workflow_tasks, 0023).
+    place = as_priority(priority)
+    if place is not None and place.to_json():
+        options["priority"] = place.to_json()
+    if concurrency_key is not None:
+        options["concurrency_key"] = check_key(concurrency_key, f"activity {name}: concurrency_key")
     return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)

@@ -275,3 +275,97 @@ class BreakerConfig(BaseModel):
     def stored(self) -> dict[str, Any]:
         """The config as stored with the breaker's row (without the name)."""
         return self.model_dump(mode="json", exclude={"name"})
+
+
+# ---------------------------------------------------------------- priority, fairness, limits
+
+PRIORITY_LEVELS = 5
+DEFAULT_PRIORITY = 3
+MAX_FAIRNESS_WEIGHT = 1000.0
+MAX_KEY_LENGTH = MAX_NAME_LENGTH  # fairness and concurrency keys
+
+
+class Priority(BaseModel):
+    """Where a run's or an activity's tasks go in their queue (Temporal's ``Priority``).
+
+    ``priority_key``: 1 (first) to 5 (last); unset is 3. ``fairness_key``: tasks of one
+    priority level of a queue are claimed in turn by key, in proportion to
+    ``fairness_weight`` (default 1.0), so one key's backlog does not starve another's; tasks
+    without a key keep their enqueue order. An activity inherits its workflow's priority,
+    and a child its parent's, field by field, unless given its own.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    priority_key: int | None = None
+    fairness_key: str | None = None
+    fairness_weight: float | None = None
+
+    def __init__(self, priority_key: int | None = None, fairness_key: str | None = None,
+                 fairness_weight: float | None = None) -> None:
+        """Checked here: a bad value raises ``InputValidationError`` before anything is written."""
+        check_priority_key(priority_key)
+        if fairness_key is not None:
+            check_key(fairness_key, "fairness_key")
+        if fairness_weight is not None:
+            check_fairness_weight(fairness_weight)
+        super().__init__(priority_key=priority_key, fairness_key=fairness_key,
+                         fairness_weight=None if fairness_weight is None else float(fairness_weight))
+
+    def to_json(self) -> dict[str, Any] | None:
+        """The fields that are set, or None when none is (histories stay as they were)."""
+        out = self.model_dump(exclude_none=True)
+        return out or None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Priority | None:
+        """A stored priority (``to_json``'s), or None."""
+        if not isinstance(data, dict) or not data:
+            return None
+        return cls(data.get("priority_key"), data.get("fairness_key"), data.get("fairness_weight"))
+
+    def inherit(self, parent: Priority | None) -> Priority:
+        """This priority with its unset fields taken from ``parent`` (a workflow's, a parent run's)."""
+        if parent is None:
+            return self
+        return Priority(self.priority_key if self.priority_key is not None else parent.priority_key,
+                        self.fairness_key if self.fairness_key is not None else parent.fairness_key,
+                        self.fairness_weight if self.fairness_weight is not None else parent.fairness_weight)
+
+
+def check_priority_key(value: Any) -> int | None:
+    """A priority level: 1 (first) to 5 (last), or None (the default, 3)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PRIORITY_LEVELS:
+        raise InputValidationError(
+            f"priority_key must be an integer from 1 (first) to {PRIORITY_LEVELS} (last), got {value!r}")
+    return value
+
+
+def check_fairness_weight(value: Any) -> float:
+    """A fairness weight: a finite number above 0, at most ``MAX_FAIRNESS_WEIGHT``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 < value <= MAX_FAIRNESS_WEIGHT:
+        raise InputValidationError(
+            f"fairness_weight must be a number above 0 and at most {MAX_FAIRNESS_WEIGHT:g}, got {value!r}")
+    return float(value)
+
+
+def check_key(value: Any, what: str) -> str:
+    """A fairness or concurrency key: an identifier of at most ``MAX_KEY_LENGTH`` characters."""
+    return check_identifier(value, what, max_length=MAX_KEY_LENGTH)
+
+
+def check_limit(value: Any) -> int:
+    """A concurrency limit: how many runs (or attempts) of a key may hold a slot at once, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31 - 1:
+        raise InputValidationError(f"a concurrency limit must be a whole number, 0 or more, got {value!r}")
+    return value
+
+
+def as_priority(value: Priority | int | None) -> Priority | None:
+    """``priority=`` as given: a :class:`Priority`, a bare level (1-5) or None."""
+    if value is None or isinstance(value, Priority):
+        return value
+    return Priority(priority_key=check_priority_key(value))

@@ -29,7 +29,7 @@ from cairn.client import (
 from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.engine.history import Event
 from cairn.errors import InputValidationError
-from cairn.options import IdReusePolicy
+from cairn.options import IdReusePolicy, Priority
 from cairn.store import runs
 
 T = TypeVar("T")
@@ -78,19 +78,22 @@ class SyncClient:
               conn: runs.SyncConn | None = None, search_attributes: Mapping[str, Any] | None = None,
               memo: Mapping[str, Any] | None = None, id_reuse_policy: IdReusePolicy = "allow_duplicate",
               execution_timeout: timedelta | float | None = None,
-              start_delay: timedelta | float | None = None) -> SyncWorkflowHandle:
+              start_delay: timedelta | float | None = None, priority: Priority | int | None = None,
+              concurrency_key: str | None = None) -> SyncWorkflowHandle:
         """Starts a workflow (see :meth:`cairn.Client.start`); ``conn`` is a sync connection."""
         if conn is None:
             return SyncWorkflowHandle(self, self._call(self._client.start(
                 workflow, *args, id=id, queue=queue, id_conflict=id_conflict,
                 search_attributes=search_attributes, memo=memo, id_reuse_policy=id_reuse_policy,
-                execution_timeout=execution_timeout, start_delay=start_delay)))
+                execution_timeout=execution_timeout, start_delay=start_delay, priority=priority,
+                concurrency_key=concurrency_key)))
         if id_conflict == "terminate_existing":
             raise InputValidationError("id_conflict='terminate_existing' is not available with conn= "
                                        "(the termination takes the run's task lock): start without conn")
         params, signature = self._call(self._client._start_params(
             workflow, args, id, queue, id_conflict, id_reuse_policy=id_reuse_policy,
-            execution_timeout=execution_timeout, start_delay=start_delay))
+            execution_timeout=execution_timeout, start_delay=start_delay, priority=priority,
+            concurrency_key=concurrency_key))
         add_visibility(params, search_attributes, memo)
         run_id = runs.start_sync(conn, params, id_conflict)
         return SyncWorkflowHandle(self, WorkflowHandle(self._client, params["workflow_id"], run_id, signature))

@@ -34,7 +34,9 @@ from cairn.options import (
     PARENT_CLOSE_POLICIES,
     IdReusePolicy,
     ParentClosePolicy,
+    Priority,
     RetryPolicy,
+    as_priority,
     check_execution_timeout,
     check_identifier,
     check_policy,
@@ -229,6 +231,8 @@ def start_activity(
     queue: str | None = None,
     cancellation_type: ActivityCancellationType = "try_cancel",
     throttle_budget: timedelta | float | None = None,
+    priority: Priority | int | None = None,
+    concurrency_key: str | None = None,
 ) -> ActivityHandle:
     """Schedules an activity and returns a handle (an awaitable future you may cancel).
 
@@ -247,13 +251,18 @@ def start_activity(
         throttle_budget: the most time the activity may spend rescheduled by
             ``activity.Reschedule`` (throttles, open breakers, rate limits) without burning
             attempts (default 600 s); past it, it fails with ``ThrottleBudgetExhausted``.
+        priority: a :class:`cairn.Priority` (or a level, 1 first to 5 last): its place in
+            the activity queue; unset fields are the workflow's (``workflow.info().priority``).
+        concurrency_key: at most the key's activity limit (``cairn limits set KEY N --kind
+            activity``) of the key's activities are scheduled and not finished at once, across
+            all workers; the others wait for a slot. Such an activity is never leased eagerly.
     """
     current_instance()
     call = validate_call(
         activity, args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
-        throttle_budget=throttle_budget,
+        throttle_budget=throttle_budget, priority=priority, concurrency_key=concurrency_key,
     )
     saga_id = current_saga.get()
     return call.start(None if saga_id is None else {"saga": saga_id})
@@ -282,6 +291,8 @@ async def execute_activity(
     queue: str | None = None,
     cancellation_type: ActivityCancellationType = "try_cancel",
     throttle_budget: timedelta | float | None = None,
+    priority: Priority | int | None = None,
+    concurrency_key: str | None = None,
 ) -> Any:
     """Runs an activity and returns its result (see :func:`start_activity`).
 
@@ -292,7 +303,7 @@ async def execute_activity(
         activity, *args, start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout, heartbeat_timeout=heartbeat_timeout,
         retry_policy=retry_policy, queue=queue, cancellation_type=cancellation_type,
-        throttle_budget=throttle_budget,
+        throttle_budget=throttle_budget, priority=priority, concurrency_key=concurrency_key,
     )
 
 
@@ -524,6 +535,7 @@ async def start_child_workflow(
     parent_close_policy: ParentClosePolicy = "terminate",
     id_reuse_policy: IdReusePolicy = "allow_duplicate",
     execution_timeout: timedelta | float | None = None,
+    priority: Priority | int | None = None,
 ) -> ChildWorkflowHandle:
     """Starts a child workflow run and returns its handle once it has started.
 
@@ -540,6 +552,7 @@ async def start_child_workflow(
             ``"terminate"`` it, ``"request_cancel"`` it, or ``"abandon"`` it (leave it running).
         id_reuse_policy: as for :meth:`cairn.Client.start`.
         execution_timeout: the most the child's run (and its continue-as-new chain) may take.
+        priority: the child's place in its queue; unset fields are this workflow's.
 
     Raises:
         ChildWorkflowError: the child could not start (``.cause.type`` is
@@ -549,12 +562,15 @@ async def start_child_workflow(
     name, payload, returns = _workflow_call(workflow, args)
     if id is not None:
         check_identifier(id, "the child workflow id")
-    options = {
+    options: dict[str, Any] = {
         "queue": queue or inst.info.queue,
         "parent_close_policy": check_policy(parent_close_policy, PARENT_CLOSE_POLICIES, "parent_close_policy"),
         "id_reuse_policy": check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy"),
         "execution_timeout": check_execution_timeout(seconds(execution_timeout)),
     }
+    inherited = (as_priority(priority) or Priority()).inherit(inst.info.priority).to_json()
+    if inherited:  # only when set: histories without it stay as they were
+        options["priority"] = inherited
     handle = inst.start_child(name, id, payload, options, returns)
     try:
         await handle.started
@@ -572,6 +588,7 @@ async def execute_child_workflow(
     parent_close_policy: ParentClosePolicy = "terminate",
     id_reuse_policy: IdReusePolicy = "allow_duplicate",
     execution_timeout: timedelta | float | None = None,
+    priority: Priority | int | None = None,
 ) -> Any:
     """Starts a child workflow and returns its result (see :func:`start_child_workflow`).
 
@@ -581,7 +598,7 @@ async def execute_child_workflow(
     """
     handle = await start_child_workflow(
         workflow, *args, id=id, queue=queue, parent_close_policy=parent_close_policy,
-        id_reuse_policy=id_reuse_policy, execution_timeout=execution_timeout,
+        id_reuse_policy=id_reuse_policy, execution_timeout=execution_timeout, priority=priority,
     )
     return await handle
 

@@ -57,6 +57,11 @@ TYPED = {
     "client": (  # test_readme_client.py
         "cat > client_demo.py", 'id_conflict="fail"', "conn=conn)", "python client_demo.py", "cairn list",
     ),
+    "priority": (  # test_readme_priority.py
+        "cat > tenants.py", 'client.limits.set("customer-42", 2, kind="workflow")', "python tenants.py",
+        "--priority 1 --fairness-key tenant-b --fairness-weight 2", "cairn describe export-9",
+        "cairn limits list customer-42 --json", "cairn limits delete customer-42",
+    ),
     "cancelling": (  # test_readme_cancelling.py
         "cat > crunch_demo.py", "if activity.is_cancelled():", 'cancellation_type="wait_cancellation_completed"',
         "python crunch_demo.py", "cairn history nightly-reindex",

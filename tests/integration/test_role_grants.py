@@ -45,7 +45,8 @@ MODULES = {
                "store/payloads.py"],
     "client": ["store/runs.py", "store/messages.py", "store/operators.py", "store/lifecycle.py",
                "store/completions.py", "store/schedules.py", "store/batches.py", "store/pauses.py",
-               "store/retention.py", "store/namespaces.py", "store/payloads.py"],
+               "store/retention.py", "store/namespaces.py", "store/payloads.py",
+               "store/limits.py"],
 }
 # store/db.py: both check the schema version (read only); migrating is the owner's.
 SCHEMA_CHECK = ("applied_versions", "versions_table_exists")
@@ -81,6 +82,19 @@ def body_needs(body: str) -> set[tuple[str, str]]:
     return needs
 
 
+def function_needs(name: str, functions: dict[str, str], seen: set[str] | None = None) -> set[tuple[str, str]]:
+    """What a function's body takes, and the bodies of the functions it calls, down to the
+    last (0023's nest: the start's placement calls the slot's admission)."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    needs = body_needs(functions[name])
+    for called in set(re.findall(r"cairn\.(\w+)\(", functions[name])) & set(functions):
+        needs |= function_needs(called, functions, seen)
+    return needs
+
+
 def derive(url: str, kind: str) -> dict[str, set[str]]:
     """Per table, the privileges the role's statements need (see the module docstring)."""
     probe = f"cairn_t_probe_{uuid.uuid4().hex[:8]}"
@@ -110,11 +124,13 @@ def derive(url: str, kind: str) -> dict[str, set[str]]:
                         if _explain_without(conn, probe, text, params, table, privilege, tables):
                             needs.add((table, privilege))
                 for function in set(re.findall(r"cairn\.(\w+)\(", statement)) & set(functions):
-                    needs |= body_needs(functions[function])
+                    needs |= function_needs(function, functions)
                 assert _explain_without(conn, probe, text, params, None, None, tables) is False, name
             for table, tgtype, body in triggers:  # fired by what the role does
                 if any((table, event) in needs for bit, event in TRIGGER_EVENTS.items() if tgtype & bit):
                     needs |= body_needs(body)
+                    for called in set(re.findall(r"cairn\.(\w+)\(", body)) & set(functions):
+                        needs |= function_needs(called, functions)
         finally:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(probe)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(probe)))

@@ -53,7 +53,8 @@ class Settings:
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "activity": ("activities", "pauses"), "archive": ("retention",), "batch": ("batches",),
     "breakers": ("breakers",), "cancel": ("runs",), "db": ("admin", "security"), "describe": ("runs",),
-    "fake-llm": ("llm",), "history": ("runs",), "list": ("runs",), "namespace": ("retention",),
+    "fake-llm": ("llm",), "history": ("runs",), "limits": ("limits",), "list": ("runs",),
+    "namespace": ("retention",),
     "pause": ("pauses",), "pauses": ("pauses",), "purge": ("retention",), "query": ("messages",),
     "replay": ("runs",), "reset": ("operators",), "retry": ("operators",), "schedule": ("schedules",),
     "signal": ("messages",), "start": ("runs",), "terminate": ("runs",), "ui": ("ui",),

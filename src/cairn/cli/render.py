@@ -78,6 +78,8 @@ def activity_state(a: dict[str, Any], now: datetime) -> str:
         return f"paused{': ' + pause['note'] if pause.get('note') else ''}"
     if a.get("paused"):
         return "held: its run is paused"
+    if a.get("waiting_for_slot"):
+        return f"waiting for a slot of concurrency key {a.get('concurrency_key')}"
     failure = a.get("last_failure") or {}
     until = when(a.get("available_at"))
     if failure.get("type") == "Rescheduled":
@@ -103,6 +105,14 @@ def pending_activity_rows(acts: list[dict[str, Any]], now: datetime | None = Non
             f"{failure.get('type')}: {failure.get('message')}" if failure else ""
         rows.append([str(a["seq"]), str(a["activity_type"]), str(a["attempt"]), activity_state(a, now), last])
     return rows
+
+
+def priority_text(level: int | None, key: str | None, weight: float | None) -> str:
+    """``2``, ``3, fairness key acme (weight 2)``: a priority as describe shows it."""
+    text = str(level or 3)
+    if key is not None:
+        text += f", fairness key {key}" + (f" (weight {weight:g})" if weight is not None else "")
+    return text
 
 
 def _at(value: Any) -> datetime | None:
@@ -135,6 +145,12 @@ def describe_report(d: Any) -> Report:
         r.notes.append(f"continued as run {d.continued_to}")
     if d.execution_deadline:
         r.notes.append(f"execution deadline {when(d.execution_deadline)}")
+    place = getattr(d, "priority", None)
+    if place is not None:
+        r.fields.append(("priority", priority_text(place.priority_key, place.fairness_key, place.fairness_weight)))
+    if getattr(d, "concurrency_key", None):
+        r.fields.append(("concurrency", f"key {d.concurrency_key}"
+                                        f"{' (waiting for a slot: not started)' if d.waiting_for_slot else ''}"))
     if getattr(d, "paused", None):
         p = d.paused
         r.fields.append(("paused", f"since {when(_at(p.get('at')))} by {p.get('by')}"

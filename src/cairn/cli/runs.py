@@ -41,7 +41,7 @@ from cairn.errors import (
     WorkflowFailure,
     WorkflowTaskFailed,
 )
-from cairn.options import ID_REUSE_POLICIES, RUN_STATUSES, seconds
+from cairn.options import ID_REUSE_POLICIES, RUN_STATUSES, Priority, seconds
 from cairn.store import archive as archives
 from cairn.views import summarize
 from cairn.worker import collect
@@ -105,12 +105,22 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
               help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
                    "not JSON is a string (customer=acme).")
 @click.option("--memo", default=None, metavar="JSON|@FILE", help="A JSON object shown by describe.")
+@click.option("--priority", type=int, default=None, metavar="1-5",
+              help="Its place in the queue: 1 first to 5 last (default 3); its activities and children inherit it.")
+@click.option("--fairness-key", default=None, metavar="KEY",
+              help="Share the queue's priority level fairly among keys (a tenant, a customer).")
+@click.option("--fairness-weight", type=float, default=None, metavar="W",
+              help="The key's share relative to other keys (default 1.0).")
+@click.option("--concurrency-key", default=None, metavar="KEY",
+              help="Start only while fewer than the key's limit of its runs are open (cairn limits set).")
 @json_option
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
               queue: str | None, id_conflict: str, id_reuse_policy: str, execution_timeout: float | None,
               start_delay: float | None, modules: tuple[str, ...], wait: bool, timeout: float | None,
-              search_attributes: tuple[str, ...], memo: str | None, as_json: bool) -> None:
+              search_attributes: tuple[str, ...], memo: str | None, priority: int | None,
+              fairness_key: str | None, fairness_weight: float | None, concurrency_key: str | None,
+              as_json: bool) -> None:
     """Start a workflow of type WORKFLOW_TYPE.
 
     A type no worker has registered yet on the queue is accepted with a warning: the run
@@ -123,6 +133,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
     @with_client
     async def go(client: Client) -> dict[str, Any]:
         seconds(timeout)  # NaN or infinity: refused before the start is written
+        place = Priority(priority, fairness_key, fairness_weight)  # checked before anything is written
         value = parse_json(input_, "--input")
         visibility = {"search_attributes": parse_search_attributes(search_attributes),
                       "memo": parse_json(memo, "--memo")}
@@ -148,7 +159,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
                                     execution_timeout=execution_timeout, start_delay=start_delay,
-                                    **visibility)
+                                    priority=place, concurrency_key=concurrency_key, **visibility)
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
             on = f" on queue {where.queue}, the one queue it is registered on" \

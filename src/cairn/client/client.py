@@ -25,6 +25,7 @@ from cairn.client.checks import (
     validate_run_id,
 )
 from cairn.client.handle import WorkflowHandle
+from cairn.client.limits import ConcurrencyLimits
 from cairn.client.listener import CloseListener
 from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
 from cairn.client.retention import NamespaceHandle
@@ -41,7 +42,10 @@ from cairn.options import (
     ID_REUSE_POLICIES,
     RUN_STATUSES,
     IdReusePolicy,
+    Priority,
+    as_priority,
     check_execution_timeout,
+    check_key,
     check_namespace,
     check_policy,
     check_start_delay,
@@ -185,6 +189,8 @@ class Client:
         id_reuse_policy: IdReusePolicy = "allow_duplicate",
         execution_timeout: timedelta | float | None = None,
         start_delay: timedelta | float | None = None,
+        priority: Priority | int | None = None,
+        concurrency_key: str | None = None,
     ) -> WorkflowHandle:
         """Starts a workflow run and returns once the start is committed.
 
@@ -215,6 +221,11 @@ class Client:
             start_delay: the run exists at once, but its first workflow task waits this long
                 (seconds or a ``timedelta``), as Temporal's ``start_delay``; signals sent
                 meanwhile are kept for it.
+            priority: a :class:`cairn.Priority` (or a level, 1 first to 5 last; default 3):
+                the run's place in its queue, inherited by its activities and children; a
+                ``fairness_key`` shares a level fairly among keys, by ``fairness_weight``.
+            concurrency_key: at most the key's limit (``client.limits``) of its runs are open
+                and started at once; the others wait, created, and start as runs of the key close.
 
         Raises:
             InputValidationError: bad arguments, id, queue, policy or timeout, or no queue given
@@ -230,7 +241,8 @@ class Client:
             params, signature = await self._start_params(workflow, args, id, queue, id_conflict,
                                                          id_reuse_policy=id_reuse_policy,
                                                          execution_timeout=execution_timeout,
-                                                         start_delay=start_delay)
+                                                         start_delay=start_delay, priority=priority,
+                                                         concurrency_key=concurrency_key)
             add_visibility(params, search_attributes, memo)
             span.set_attributes({"cairn.workflow_id": params["workflow_id"],
                                  "cairn.workflow_type": params["workflow_type"]})
@@ -253,6 +265,7 @@ class Client:
                             queue: str | None, id_conflict: str, *, id_reuse_policy: str = "allow_duplicate",
                             execution_timeout: timedelta | float | None = None,
                             start_delay: timedelta | float | None = None,
+                            priority: Priority | int | None = None, concurrency_key: str | None = None,
                             ) -> tuple[dict[str, Any], Signature | None]:
         """Validates a start (before anything is written) and builds its parameters."""
         if id_conflict not in ID_CONFLICT_POLICIES:
@@ -264,6 +277,9 @@ class Client:
         check_policy(id_reuse_policy, ID_REUSE_POLICIES, "id_reuse_policy")
         timeout = check_execution_timeout(seconds(execution_timeout))
         delay = check_start_delay(start_delay)
+        place = as_priority(priority)
+        if concurrency_key is not None:
+            check_key(concurrency_key, "concurrency_key")
         workflow_id = validate_id(id) if id is not None else new_run_id()
         if queue is not None:
             validate_queue(queue)
@@ -286,6 +302,7 @@ class Client:
         params = lifecycle.start_params(
             namespace=self.namespace, workflow_id=workflow_id, workflow_type=name, queue=queue, args=payload,
             id_reuse_policy=id_reuse_policy, execution_timeout=timeout, start_delay=delay,
+            priority=place, concurrency_key=concurrency_key,
         )
         return params, signature
 
@@ -611,6 +628,11 @@ class Client:
     async def list_schedules(self) -> schedules.ScheduleList:
         """The namespace's schedules, by id."""
         return await schedules.list_schedules(self)
+
+    @property
+    def limits(self) -> ConcurrencyLimits:
+        """This namespace's per-key concurrency limits: ``set``, ``list``, ``delete``."""
+        return ConcurrencyLimits(self)
 
     def get_namespace_handle(self) -> NamespaceHandle:
         """This client's namespace: its retention and archive, and purges of closed runs."""

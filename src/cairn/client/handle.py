@@ -44,7 +44,7 @@ from cairn.errors import (
     WorkflowTimeout,
 )
 from cairn.handlers import check_message_args, message_ref
-from cairn.options import seconds
+from cairn.options import Priority, seconds
 from cairn.payloads import Signature, to_payload
 from cairn.store import lifecycle, messages, runs
 from cairn.views import describe_sagas, llm_calls, llm_totals
@@ -90,6 +90,13 @@ class RunDescription:
     # activity's own pause is its "pause" ({"reason": "operator" | "exhausted", ...}), and
     # "paused" says it is held (by its own pause or the run's).
     paused: dict[str, Any] | None = None
+    # Where the run's tasks go in their queue, as started (None: the default, priority 3,
+    # no fairness key); its concurrency key, and whether it waits for one of the key's
+    # slots (created, not started). A pending activity shows its own ``priority``,
+    # ``fairness_key``, ``concurrency_key`` and ``waiting_for_slot``.
+    priority: Priority | None = None
+    concurrency_key: str | None = None
+    waiting_for_slot: bool = False
 
     @property
     def saga(self) -> dict[str, Any] | None:
@@ -257,6 +264,12 @@ class WorkflowHandle:
             llm_calls=llm, llm_totals=llm_totals(llm) if llm else None,
             unserved=[unserved_entry(u) for u in got.unserved],
             paused=pauses.run_pause(got.task),
+            priority=Priority.from_json({"priority_key": links.get("priority"),
+                                         "fairness_key": links.get("fairness_key"),
+                                         "fairness_weight": links.get("fairness_weight")}
+                                        if links.get("priority") is not None or links.get("fairness_key") else None),
+            concurrency_key=links.get("concurrency_key"),
+            waiting_for_slot=bool(got.task and got.task.get("waiting_for_slot")),
         )
 
     async def history(self, after: int = 0) -> list[Event]:

@@ -35,6 +35,7 @@ from cairn.errors import (
     WorkflowFailure,
     WorkflowTaskFailed,
 )
+from cairn.options import Priority
 from cairn.payloads import Signature, to_payload
 from cairn.redaction import redact_value
 
@@ -57,6 +58,9 @@ class WorkflowInfo:
     parent_run_id: str | None = None
     continued_from: str | None = None
     history_length: int = 0
+    # Where the run's tasks go in their queue (start_workflow's priority, 0023): what its
+    # activities and children inherit unless given their own.
+    priority: Priority | None = None
 
     def get_current_history_length(self) -> int:
         """Temporal's name for :attr:`history_length`: the run's events so far, when
@@ -624,6 +628,7 @@ def _with_links(info: WorkflowInfo, started: dict[str, Any]) -> WorkflowInfo:
         info, parent_workflow_id=info.parent_workflow_id or parent.get("workflow_id"),
         parent_run_id=info.parent_run_id or parent.get("run_id"),
         continued_from=info.continued_from or started.get("continued_from"),
+        priority=info.priority or Priority.from_json(started.get("priority")),
     )
 
 

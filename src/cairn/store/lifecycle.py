@@ -20,7 +20,7 @@ from cairn import payloads
 from cairn.engine import history as h
 from cairn.engine.history import Event
 from cairn.errors import WorkflowAlreadyStarted, WorkflowIdReuseRefused
-from cairn.options import new_run_id
+from cairn.options import Priority, new_run_id
 from cairn.store import clock, runs
 from cairn.store import payloads as stored
 from cairn.store.sql import q
@@ -37,9 +37,11 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
                  id_reuse_policy: str = "allow_duplicate", execution_timeout: float | None = None,
                  execution_deadline: datetime | None = None, parent: dict[str, Any] | None = None,
                  parent_close_policy: str | None = None, continued_from: str | None = None,
-                 start_delay: float | None = None) -> dict[str, Any]:
+                 start_delay: float | None = None, priority: Priority | None = None,
+                 concurrency_key: str | None = None) -> dict[str, Any]:
     """The parameters of ``start_workflow`` (and ``open_run_by_workflow_id``) for one run;
-    ``start_delay`` seconds hold its first workflow task back."""
+    ``start_delay`` seconds hold its first workflow task back; ``priority`` and
+    ``concurrency_key`` (checked) place it in its queue or hold it for a slot of the key."""
     data: dict[str, Any] = {"workflow_type": workflow_type, "input": args, "queue": queue,
                             "workflow_id": workflow_id}
     if parent is not None:
@@ -53,6 +55,11 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
         data["execution_deadline"] = execution_deadline.isoformat()
     if start_delay is not None:
         data["start_delay"] = start_delay  # Temporal's first_workflow_task_backoff
+    stored = priority.to_json() if priority is not None else None
+    if stored:  # what its activities and children inherit (workflow.info().priority)
+        data["priority"] = stored
+    if concurrency_key is not None:
+        data["concurrency_key"] = concurrency_key
     carrier = trace_carrier()  # the run's trace (ARCHITECTURE.md, "Observability"); not matched on replay
     if carrier:
         data["trace"] = carrier
@@ -65,6 +72,10 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
         "parent_close_policy": parent_close_policy if parent else None, "continued_from": continued_from,
         "search_attributes": None, "memo": None,  # set by cairn.client.add_visibility
         "start_delay": start_delay,
+        "priority": priority.priority_key if priority else None,
+        "fairness_key": priority.fairness_key if priority else None,
+        "fairness_weight": priority.fairness_weight if priority else None,
+        "concurrency_key": concurrency_key,
     }
 
 
@@ -152,6 +163,8 @@ async def _start_child(conn: psycopg.AsyncConnection[Any], task: dict[str, Any],
         execution_timeout=d.get("execution_timeout"),
         parent={"workflow_id": task["workflow_id"], "run_id": run_id, "seq": ev.seq},
         parent_close_policy=d.get("parent_close_policy") or "terminate",
+        # the command carries the child's priority, its parent's inherited (cairn.workflow)
+        priority=Priority.from_json(d.get("priority")),
     )
     reply: dict[str, Any] = {"child_seq": ev.seq, "workflow_id": d["workflow_id"]}
     try:
@@ -186,6 +199,12 @@ async def _continue_as_new(conn: psycopg.AsyncConnection[Any], task: dict[str, A
         queue=ev.data.get("queue") or task["queue"], args=list(ev.data.get("input") or []),
         execution_deadline=old["execution_deadline"], parent=parent,
         parent_close_policy=old["parent_close_policy"], continued_from=run_id,
+        # the run's place in its queue and its concurrency key carry over (a slot: its
+        # close gave it back in this transaction, the new run takes one or waits)
+        priority=Priority.from_json({"priority_key": old["priority"], "fairness_key": old["fairness_key"],
+                                     "fairness_weight": old["fairness_weight"]}
+                                    if old["priority"] is not None or old["fairness_key"] is not None else None),
+        concurrency_key=old["concurrency_key"],
     )
     # Search attributes (with this task's upserts, applied earlier in the transaction) and
     # memo carry over; the attributes also go into WorkflowStarted, as at a client start.

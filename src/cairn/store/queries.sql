@@ -66,13 +66,14 @@ WITH c AS (
 ), new_run AS (
     INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at,
                             parent_run_id, parent_seq, parent_close_policy, continued_from, execution_deadline,
-                            search_attributes, memo)
+                            search_attributes, memo, priority, fairness_key, fairness_weight, concurrency_key)
     SELECT %(run_id)s::uuid, %(namespace)s::text, %(workflow_id)s::text, %(workflow_type)s::text, %(queue)s::text,
            c.now, %(parent_run_id)s::uuid, %(parent_seq)s::integer, %(parent_close_policy)s::text,
            %(continued_from)s::uuid,
            coalesce(%(execution_deadline)s::timestamptz,
                     c.now + %(execution_timeout)s::float8 * interval '1 second'),
-           coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb
+           coalesce(%(search_attributes)s::jsonb, '{}'), %(memo)s::jsonb,
+           %(priority)s::smallint, %(fairness_key)s::text, %(fairness_weight)s::real, %(concurrency_key)s::text
     FROM c WHERE NOT EXISTS (SELECT 1 FROM refused)
     ON CONFLICT (namespace, workflow_id) WHERE status = 'running' DO NOTHING
     RETURNING run_id, namespace, queue, workflow_type, created_at, execution_deadline
@@ -81,10 +82,21 @@ WITH c AS (
     SELECT run_id, 1, 'WorkflowStarted', %(data)s, created_at FROM new_run
 ), task AS (
     -- A start delay (client.start(start_delay=...)) holds the first task back; a signal
-    -- during it does not bring the task forward (signal_run keeps available_at).
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
+    -- during it does not bring the task forward (signal_run keeps available_at). A priority
+    -- or a fairness key places a task ready now in the claim order, a concurrency key takes
+    -- a slot or holds the task ('infinity') until one comes free (0023,
+    -- cairn.start_available_at). Without any of them: as before, after three null tests.
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at,
+                                      priority, fairness_key)
     SELECT run_id, namespace, queue, workflow_type,
-           created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second', created_at FROM new_run
+           CASE WHEN %(priority)s::smallint IS NULL AND %(fairness_key)s::text IS NULL
+                     AND %(concurrency_key)s::text IS NULL
+                THEN created_at + coalesce(%(start_delay)s::float8, 0) * interval '1 second'
+                ELSE cairn.start_available_at(namespace, queue, workflow_type, run_id, created_at,
+                                              %(start_delay)s::float8, %(priority)s::smallint, %(fairness_key)s::text,
+                                              %(fairness_weight)s::float8, %(concurrency_key)s::text) END,
+           created_at, coalesce(%(priority)s::smallint, 3), %(fairness_key)s::text
+    FROM new_run
 ), deadline AS (
     -- The execution timeout: a timer with the reserved seq 0 (commands start at seq 2).
     INSERT INTO cairn.timers (run_id, seq, workflow_queue, fire_at)
@@ -136,15 +148,36 @@ WITH claimed AS (
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
     -- the scan never meets it, so pauses cost the claim nothing.
+    -- Priorities (0023): 1 to 3 are in workflow_tasks_ready, 1 and 2 placed before 3 by
+    -- their available_at; 4 and 5 in workflow_tasks_ready_low, scanned (the second branch
+    -- of the Append) only once every pair's main scan is exhausted. A task held for a
+    -- concurrency slot has available_at 'infinity': past the range, never met.
     SELECT c.run_id, c.failures
-    FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
-         LATERAL (SELECT t.run_id, t.failures
-                  FROM cairn.workflow_tasks t
-                  WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                    AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
-                  ORDER BY t.available_at
-                  LIMIT 64
-                  FOR UPDATE SKIP LOCKED) c
+    FROM (SELECT c.run_id, c.failures
+          FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
+               LATERAL (SELECT t.run_id, t.failures
+                        FROM cairn.workflow_tasks t
+                        WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                          AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
+                          AND t.priority <= 3
+                        ORDER BY t.available_at
+                        LIMIT 64
+                        FOR UPDATE SKIP LOCKED) c
+          UNION ALL
+          SELECT c.run_id, c.failures
+          FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
+               LATERAL (SELECT t.run_id, t.failures
+                        FROM cairn.workflow_tasks t
+                        WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                          AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
+                          AND t.priority > 3
+                        ORDER BY t.available_at
+                        LIMIT 64
+                        FOR UPDATE SKIP LOCKED) c
+          -- a one-time filter (an InitPlan, run only if the Append gets here): one probe of
+          -- the low index instead of one per pair while nothing has priority 4 or 5
+          WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
+                                WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))) c
     LIMIT %(limit)s
 )
 SELECT c.*, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at, s.last_seq,
@@ -205,7 +238,12 @@ WITH c AS (
     -- A closing task closes the run and drops what is still queued for it.
     UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
     FROM t, c WHERE r.run_id = t.run_id AND r.status = 'running' AND t.close_status IS NOT NULL
-    RETURNING r.run_id
+    RETURNING r.run_id, r.namespace, r.concurrency_key
+), freed AS (
+    -- A closed run of a concurrency key gives its slot back (0023; a trigger would make
+    -- every close fetch the old row).
+    SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
+    FROM closed WHERE concurrency_key IS NOT NULL
 ), dropped_activities AS (
     DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
 ), dropped_timers AS (
@@ -215,23 +253,28 @@ WITH c AS (
 ), notified AS (
     -- The payload is the run id, then its outcome when that is small (NOTIFY payloads stop
     -- at 8,000 bytes): the run's status and last event, what result() would read.
+    -- (Indented little: the statement must stay under psycopg's parse-cache limit.)
     SELECT count(pg_notify('cairn_closed', CASE WHEN octet_length(o.outcome) <= 7000
-                                                THEN cl.run_id::text || ' ' || o.outcome
-                                                ELSE cl.run_id::text END)) AS n
+        THEN cl.run_id::text || ' ' || o.outcome ELSE cl.run_id::text END)) AS n
     FROM closed cl JOIN t ON t.run_id = cl.run_id,
          LATERAL (SELECT jsonb_build_object('status', t.close_status, 'workflow_type', t.workflow_type,
-                                            'last_type', t.events -> -1 -> 'type',
-                                            'last_data', t.events -> -1 -> 'data')::text AS outcome) o
+             'last_type', t.events -> -1 -> 'type', 'last_data', t.events -> -1 -> 'data')::text AS outcome) o
 ), woken AS (
     -- The queues of the activities not leased eagerly: wake their workers (once per queue
     -- and transaction), here rather than in a statement of its own.
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
+    -- A priority, fairness key or concurrency key (0023, in the options; a concurrency key
+    -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
+    -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
+    -- planner inlines, is c.now after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
-        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline)
+        attempt, token, lease_owner, started_at, lease_expires_at, attempt_deadline, heartbeat_deadline,
+        priority, fairness_key, concurrency_key)
     SELECT t.run_id, %(namespace)s, a.seq, t.workflow_id, t.workflow_type, t.workflow_queue,
-           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
+           a.activity_type, a.queue, a.input, a.options, c.now,
+           cairn.activity_at(%(namespace)s, t.run_id, a.seq, a.activity_type, a.queue, a.options, c.now, e.eager),
            c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
            CASE WHEN e.eager THEN 1 ELSE 0 END,
            CASE WHEN e.eager THEN 1 ELSE 0 END,
@@ -241,7 +284,9 @@ WITH c AS (
            CASE WHEN e.eager
                 THEN c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second') END,
            CASE WHEN e.eager
-                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END
+                THEN c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second') END,
+           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
+           a.options ->> 'concurrency_key'
     FROM t, jsonb_to_recordset(t.activities)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb, eager boolean), c,
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
@@ -264,7 +309,8 @@ SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.ac
        s.workflow_queue, false AS kept
 FROM scheduled s
 -- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
-WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND s.lease_owner IS NOT NULL
+WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND (SELECT n FROM freed) >= 0
+  AND s.lease_owner IS NOT NULL
 UNION ALL
 -- One marker row (kept = true) per task kept for an event it did not see: the worker
 -- claims again after commit instead of waiting for the fallback poll.
@@ -296,15 +342,19 @@ WITH closed AS (
     UPDATE cairn.runs SET status = %(status)s, closed_at = coalesce(%(now)s::timestamptz, now()),
                           failure = %(failure)s
     WHERE run_id = %(run_id)s AND status = 'running'
-    RETURNING run_id
+    RETURNING run_id, namespace, concurrency_key
 ), a AS (
     DELETE FROM cairn.activity_tasks WHERE run_id IN (SELECT run_id FROM closed)
 ), t AS (
     DELETE FROM cairn.timers WHERE run_id IN (SELECT run_id FROM closed)
 ), i AS (
     DELETE FROM cairn.inbox WHERE run_id IN (SELECT run_id FROM closed)
+), freed AS (
+    -- a run of a concurrency key gives its slot back, or its place in the wait (0023)
+    SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
+    FROM closed WHERE concurrency_key IS NOT NULL
 )
-SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed
+SELECT pg_notify('cairn_closed', %(run_id)s::text) AS notified FROM closed WHERE (SELECT n FROM freed) >= 0
 
 -- name: finish_workflow_task
 -- The task is done: delete it (queue rows do not linger). For a closed run, also its inbox:
@@ -388,6 +438,14 @@ FROM (SELECT DISTINCT queue FROM task) q
 -- name: claim_activity_tasks
 -- Leases ready activity attempts: bumps the attempt and the fencing token, and sets the
 -- deadlines of this attempt. SKIP LOCKED: concurrent claimers take different rows.
+WITH k AS (
+    SELECT k.queue, k.activity_type FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, activity_type)
+    -- not a pair paused namespace-wide (0019: a row of the small activity_pauses per
+    -- type or queue, '' matching any): one probe of its primary key per pair
+    WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+                      WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
+                        AND p.queue IN ('', k.queue))
+)
 UPDATE cairn.activity_tasks a
 SET attempt = a.attempt + 1,
     token = a.token + 1,
@@ -397,23 +455,34 @@ SET attempt = a.attempt + 1,
     attempt_deadline = c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second'),
     heartbeat_deadline = c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
 FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
-      FROM (SELECT k.queue, k.activity_type FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, activity_type)
-            -- not a pair paused namespace-wide (0019: a row of the small activity_pauses per
-            -- type or queue, '' matching any): one probe of its primary key per pair
-            WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
-                              WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
-                                AND p.queue IN ('', k.queue))) k,
-           -- one ordered index scan per (queue, activity type) pair of the worker, stopped
-           -- at %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
-           -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the
-           -- whole table to find the rows to update once ~10,000 were ready)
-           LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
-                    WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
-                      AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
-                      AND a2.available_at <= coalesce(%(now)s::timestamptz, now())
-                    ORDER BY a2.available_at
-                    LIMIT 64
-                    FOR UPDATE SKIP LOCKED) r
+      FROM (SELECT r.run_id, r.seq
+            FROM k,
+                 -- one ordered index scan per (queue, activity type) pair of the worker, stopped
+                 -- at %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
+                 -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the
+                 -- whole table to find the rows to update once ~10,000 were ready)
+                 LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
+                          WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
+                            AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
+                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND a2.priority <= 3
+                          ORDER BY a2.available_at
+                          LIMIT 64
+                          FOR UPDATE SKIP LOCKED) r
+            UNION ALL
+            -- priorities 4 and 5 (0023), once every pair's main scan is exhausted: as in
+            -- claim_workflow_task
+            SELECT r.run_id, r.seq
+            FROM k,
+                 LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
+                          WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
+                            AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
+                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND a2.priority > 3
+                          ORDER BY a2.available_at
+                          LIMIT 64
+                          FOR UPDATE SKIP LOCKED) r
+            WHERE (SELECT EXISTS (SELECT 1 FROM cairn.activity_tasks l
+                                  WHERE l.namespace = %(namespace)s AND l.lease_owner IS NULL AND NOT l.paused
+                                    AND l.priority > 3))) r
       LIMIT %(limit)s) c
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
@@ -457,7 +526,8 @@ SELECT cairn.complete_activities_speculated(%(outcomes)s::jsonb, %(expected)s::j
 -- name: locked_task_state
 -- Runs' tasks, history lengths and inboxes, read in a statement of its own *after* their
 -- task rows are locked: a statement that waited for a lock still sees its older snapshot.
-SELECT t.run_id, t.failures, t.available_at, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at,
+SELECT t.run_id, t.failures, nullif(t.available_at, 'infinity') AS available_at, r.workflow_id, r.workflow_type,
+       r.queue, r.status, r.created_at,
        (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = t.run_id) AS last_seq,
        coalesce(%(now)s::timestamptz, now()) AS now,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.type, i.data) ORDER BY i.id), '[]')
@@ -528,19 +598,37 @@ FOR UPDATE SKIP LOCKED
 -- name: next_due
 -- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:
 -- workflow tasks and activities of its (queue, type) pairs (as in the claims: paused work
--- is never due), timers and activity deadlines of any.
+-- is never due), timers and activity deadlines of any. Both priority lanes of the claim
+-- indexes (0023); work held for a concurrency slot ('infinity') is never due by itself.
 SELECT least(
     (SELECT min(n.available_at)
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
           LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
                    WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                     AND t.pause IS NULL
+                     AND t.pause IS NULL AND t.priority <= 3 AND t.available_at < 'infinity'
                    ORDER BY t.available_at LIMIT 1) n),
+    (SELECT min(n.available_at)
+     FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
+          LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
+                   WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                     AND t.pause IS NULL AND t.priority > 3 AND t.available_at < 'infinity'
+                   ORDER BY t.available_at LIMIT 1) n
+     WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
+                           WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))),
     (SELECT min(n.available_at)
      FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
           LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
                    WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
-                     AND a.lease_owner IS NULL AND NOT a.paused
+                     AND a.lease_owner IS NULL AND NOT a.paused AND a.priority <= 3 AND a.available_at < 'infinity'
+                   ORDER BY a.available_at LIMIT 1) n
+     WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+                       WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
+                         AND p.queue IN ('', k.queue))),
+    (SELECT min(n.available_at)
+     FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
+          LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
+                   WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
+                     AND a.lease_owner IS NULL AND NOT a.paused AND a.priority > 3 AND a.available_at < 'infinity'
                    ORDER BY a.available_at LIMIT 1) n
      WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
                        WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
@@ -718,8 +806,13 @@ WHERE namespace = %(namespace)s
 -- attempt running, or (none running: waiting for its first try, a retry or the end of a
 -- throttle) the attempt that runs next, as Temporal counts them: never 0.
 SELECT seq, activity_type, queue,
-       CASE WHEN lease_owner IS NULL THEN attempt + 1 ELSE attempt END AS attempt, scheduled_at, available_at, started_at, lease_owner,
-       lease_expires_at, heartbeat_at, heartbeat_details, last_failure, paused, pause
+       CASE WHEN lease_owner IS NULL THEN attempt + 1 ELSE attempt END AS attempt, scheduled_at,
+       -- its ready time: a priority's or a fairness key's place is before it (0023); held for
+       -- a concurrency slot, none
+       CASE WHEN available_at = 'infinity' THEN NULL ELSE greatest(available_at, scheduled_at) END AS available_at,
+       started_at, lease_owner,
+       lease_expires_at, heartbeat_at, heartbeat_details, last_failure, paused, pause,
+       priority, fairness_key, concurrency_key, available_at = 'infinity' AS waiting_for_slot
 FROM cairn.activity_tasks WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: pending_timers
@@ -728,7 +821,10 @@ SELECT seq, fire_at FROM cairn.timers WHERE run_id = %(run_id)s ORDER BY seq
 
 -- name: pending_workflow_task
 -- A run's pending workflow task, with the last failure if its code failed, and its pause.
-SELECT available_at, failures, last_error, pause FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
+-- A run waiting for a concurrency slot (0023) has its task held ('infinity': NULL here).
+SELECT nullif(available_at, 'infinity') AS available_at, failures, last_error, pause, priority,
+       available_at = 'infinity' AS waiting_for_slot
+FROM cairn.workflow_tasks WHERE run_id = %(run_id)s
 
 -- name: run_outcome
 -- A run's status, and its last event once it is closed (its outcome), for result(); like
@@ -929,10 +1025,16 @@ WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), ins AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
-        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline)
+        activity_type, queue, input, options, scheduled_at, available_at, schedule_deadline,
+        priority, fairness_key, concurrency_key)
     SELECT %(run_id)s, %(namespace)s, a.seq, %(workflow_id)s, %(workflow_type)s, %(workflow_queue)s,
-           a.activity_type, a.queue, a.input, a.options, c.now, c.now,
-           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')
+           a.activity_type, a.queue, a.input, a.options, c.now,
+           -- placed, or held for a slot, as record_workflow_tasks does (0023)
+           cairn.activity_at(%(namespace)s, %(run_id)s::uuid, a.seq, a.activity_type, a.queue, a.options, c.now,
+                             false),
+           c.now + ((a.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second'),
+           cairn.option_priority(a.options), a.options -> 'priority' ->> 'fairness_key',
+           a.options ->> 'concurrency_key'
     FROM jsonb_to_recordset(%(activities)s::jsonb)
          AS a(seq integer, activity_type text, queue text, input jsonb, options jsonb), c
     RETURNING queue
@@ -1007,7 +1109,8 @@ SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM task
 -- A run's parent link, execution deadline, search attributes and memo, inherited by the
 -- run it continues as (as in Temporal).
 SELECT r.parent_run_id, r.parent_seq, r.parent_close_policy, r.execution_deadline,
-       r.search_attributes, r.memo, p.workflow_id AS parent_workflow_id
+       r.search_attributes, r.memo, p.workflow_id AS parent_workflow_id,
+       r.priority, r.fairness_key, r.fairness_weight, r.concurrency_key
 FROM cairn.runs r LEFT JOIN cairn.runs p ON p.run_id = r.parent_run_id
 WHERE r.run_id = %(run_id)s::uuid
 
@@ -1034,6 +1137,7 @@ SELECT EXISTS (SELECT 1 FROM back WHERE run_id = %(first)s::uuid) AS in_chain
 -- A run's parent, chain neighbours, execution deadline and children, for describe.
 SELECT r.parent_run_id, p.workflow_id AS parent_workflow_id, r.parent_seq, r.parent_close_policy,
        r.continued_from, r.execution_deadline,
+       r.priority, r.fairness_key, r.fairness_weight, r.concurrency_key,
        (SELECT n.run_id FROM cairn.runs n WHERE n.continued_from = r.run_id LIMIT 1) AS continued_to,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'workflow_id', c.workflow_id, 'run_id', c.run_id, 'workflow_type', c.workflow_type,
@@ -1545,16 +1649,25 @@ GROUP BY status
 SELECT qn.queue, k.kind, k.n
 FROM unnest(%(queues)s::text[]) AS qn(queue),
      LATERAL (
+         -- the claim indexes' two priority lanes (0023), each capped
          SELECT 'workflow' AS kind, (SELECT count(*) FROM (
              SELECT 1 FROM cairn.workflow_tasks t
-             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL
+             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL AND t.priority <= 3
+               AND t.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) x) + (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.workflow_tasks t
+             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL AND t.priority > 3
                AND t.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) x) AS n
          UNION ALL
          SELECT 'activity', (SELECT count(*) FROM (
              SELECT 1 FROM cairn.activity_tasks a
              WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL AND NOT a.paused
-               AND a.available_at <= coalesce(%(now)s::timestamptz, now())
+               AND a.priority <= 3 AND a.available_at <= coalesce(%(now)s::timestamptz, now())
+             LIMIT %(cap)s) y) + (SELECT count(*) FROM (
+             SELECT 1 FROM cairn.activity_tasks a
+             WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL AND NOT a.paused
+               AND a.priority > 3 AND a.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) y)
      ) k
 
@@ -1640,11 +1753,14 @@ WITH c AS (
 ), ins AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
-        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause)
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause,
+        priority, fairness_key, concurrency_key)
     SELECT o.run_id, o.namespace, o.seq, o.workflow_id, o.workflow_type, o.workflow_queue, o.activity_type,
            o.queue, o.input, o.options, o.attempt, o.token + 1, o.scheduled_at,
            c.now + %(delay)s * interval '1 second', o.schedule_deadline, o.heartbeat_details, o.heartbeat_at,
-           %(failure)s, o.cancel_requested, o.throttled_seconds, o.paused, o.pause
+           %(failure)s, o.cancel_requested, o.throttled_seconds, o.paused, o.pause,
+           -- its concurrency slot goes on with it (cairn.concurrency_activity_gone, 0023)
+           o.priority, o.fairness_key, o.concurrency_key
     FROM old o, c
     RETURNING queue
 )
@@ -1861,7 +1977,8 @@ SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks t, c WHERE t.available_at <= c
        OR EXISTS (SELECT 1 FROM cairn.query_requests r WHERE r.answered_at IS NULL) AS busy,
        least((SELECT min(available_at) FROM cairn.workflow_tasks WHERE available_at < '9999-01-01' AND pause IS NULL),
              (SELECT min(available_at) FROM cairn.activity_tasks
-              WHERE lease_owner IS NULL AND (run_id, seq) NOT IN (SELECT run_id, seq FROM held)),
+              WHERE lease_owner IS NULL AND available_at < 'infinity'
+                AND (run_id, seq) NOT IN (SELECT run_id, seq FROM held)),
              (SELECT min(timeout_at) FROM cairn.activity_tasks),
              (SELECT min(fire_at) FROM cairn.timers),
              (SELECT min(next_check_at) FROM cairn.schedules WHERE NOT paused)) AS next_due,
@@ -2113,13 +2230,17 @@ WITH old AS (
 ), back AS (
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
         activity_type, queue, input, options, attempt, token, scheduled_at, available_at, schedule_deadline,
-        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause)
+        heartbeat_details, heartbeat_at, last_failure, cancel_requested, throttled_seconds, paused, pause,
+        priority, fairness_key, concurrency_key)
     SELECT g.run_id, g.namespace, g.seq, g.workflow_id, g.workflow_type, g.workflow_queue, g.activity_type, g.queue,
-           g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at, c.now,
+           g.input, g.options, CASE WHEN f.fresh THEN 0 ELSE g.attempt END, g.token, g.scheduled_at,
+           -- still waiting for a concurrency slot (0023): it stays held, with its slot columns
+           CASE WHEN g.available_at = 'infinity' THEN g.available_at ELSE c.now END,
            coalesce(g.schedule_deadline,
                     c.now + ((g.options ->> 'schedule_to_close_timeout')::float8 * interval '1 second')),
            g.heartbeat_details, g.heartbeat_at, g.last_failure, g.cancel_requested,
-           CASE WHEN f.fresh THEN 0 ELSE g.throttled_seconds END, c.held, NULL
+           CASE WHEN f.fresh THEN 0 ELSE g.throttled_seconds END, c.held, NULL,
+           g.priority, g.fairness_key, g.concurrency_key
     FROM gone g, c, LATERAL (SELECT %(reset)s::boolean OR g.pause ->> 'reason' = 'exhausted' AS fresh) f
     RETURNING queue, paused
 )
@@ -2359,3 +2480,26 @@ SELECT count(*) AS payloads, coalesce(sum(p.size), 0)::bigint AS json_bytes,
        coalesce(sum(octet_length(p.compressed)), 0)::bigint AS stored_bytes, 1 AS runs
 FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
 WHERE l.run_id = %(run_id)s::uuid
+
+-- ---------------------------------------------------------------- concurrency limits (0023)
+
+-- name: set_concurrency_limit
+-- Sets a key's limit (NULL: none) and lets waiting work take the slots it frees, under the
+-- key's row lock (cairn.concurrency_set); returns how many waiting runs or activities went.
+SELECT cairn.concurrency_set(%(kind)s, %(namespace)s, %(key)s, %(max_running)s) AS released
+
+-- name: list_concurrency_limits
+-- The keys of a namespace with a limit or work in use or waiting (one key with %(key)s).
+SELECT l.kind, l.key, l.max_running, l.in_use,
+       (SELECT count(*) FROM cairn.concurrency_waiting w
+        WHERE w.namespace = l.namespace AND w.kind = l.kind AND w.key = l.key) AS waiting,
+       l.updated_at
+FROM cairn.concurrency_limits l
+WHERE l.namespace = %(namespace)s AND (%(key)s::text IS NULL OR l.key = %(key)s)
+ORDER BY l.key, l.kind
+
+-- name: delete_concurrency_limit
+-- After set_concurrency_limit to NULL (in the same transaction: waiting work went): the
+-- key's row goes when nothing holds a slot of it (else it stays, counting, with no limit).
+DELETE FROM cairn.concurrency_limits
+WHERE namespace = %(namespace)s AND kind = %(kind)s AND key = %(key)s AND in_use = 0

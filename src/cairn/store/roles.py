@@ -82,6 +82,10 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "batch_targets": ("INSERT", "UPDATE"),
         "payloads": ("INSERT",),  # large payloads, content-addressed; the purge removes them
         "run_payloads": ("INSERT",),
+        # concurrency slots (0023): taken for activities it schedules, given back by the
+        # triggers of the closes and outcomes it records (cairn.concurrency_admit/_release)
+        "concurrency_limits": ("INSERT", "UPDATE"),
+        "concurrency_waiting": ("INSERT", "DELETE"),
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -102,6 +106,10 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "namespaces": ("INSERT", "UPDATE"),  # retention and archive settings (the worker only reads them)
         "payloads": ("INSERT",),  # large inputs, signals, updates; the purge removes them
         "run_payloads": ("INSERT",),
+        # concurrency slots (0023): starts take one, terminates give one back (triggers);
+        # cairn limits set|delete
+        "concurrency_limits": ("INSERT", "UPDATE", "DELETE"),
+        "concurrency_waiting": ("INSERT", "DELETE"),
     },
 }
 
@@ -120,7 +128,10 @@ COLUMN_UPDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "client": {"activity_tasks": ("heartbeat_details", "heartbeat_at", "heartbeat_deadline",
                                   # pause and unpause (store/pauses.py): hold and free it; fresh
                                   # attempts are a delete and a re-insert, as a retry by token
-                                  "paused", "pause")},
+                                  "paused", "pause",
+                                  # a slot a terminate gives back lets a waiting activity go
+                                  # (cairn.concurrency_release, 0023)
+                                  "available_at")},
 }
 
 

@@ -394,6 +394,8 @@ def _activity_state(a: dict[str, Any]) -> str:
     if pause:
         why = pause.get("retry_state") if pause.get("reason") == "exhausted" else pause.get("note")
         return f"paused{': ' + esc(why) if why else ''}"
+    if a.get("waiting_for_slot"):
+        return f"waiting for a slot of {esc(a.get('concurrency_key'))}"
     return "held: the run is paused" if a.get("paused") else "next try " + esc(_when(a["available_at"]))
 
 

@@ -399,7 +399,8 @@ class TaskRunner:
             # for a lease renewal), cancelled by request_activity_cancels (the task's extras).
             if ev.type == h.ACTIVITY_SCHEDULED:
                 mine = free > 0 and ev.data["queue"] in self._queues \
-                    and ev.data["activity_type"] in self._activity_types and ev.seq not in p.wait_cancels
+                    and ev.data["activity_type"] in self._activity_types and ev.seq not in p.wait_cancels \
+                    and queues_in_order(ev.data.get("options"))
                 free -= mine
                 activity = {"seq": ev.seq, **ev.data, "eager": mine}
                 if carrier:  # in the row's options only, not in history
@@ -431,6 +432,13 @@ class TaskRunner:
         self._stats.workflow_tasks += 1
         log.info("run %s of %s closed %s without running code", run_id, task.workflow_id, status,
                  extra={"workflow_id": task.workflow_id, "run_id": run_id})
+
+
+def queues_in_order(options: dict[str, Any] | None) -> bool:
+    """Whether an activity may be leased eagerly: not when a concurrency key must take a
+    slot first. A priority or a fairness key orders the queue, which an activity leased to a
+    worker with a free slot does not wait in (a busy worker leases none eagerly)."""
+    return not options or "concurrency_key" not in options
 
 
 def task_span(task: TaskState, carrier: Any, start_ns: int) -> Span:
