@@ -9,6 +9,7 @@ import pytest
 from cairn import activity, testing, workflow
 from cairn.errors import SchemaNotReadyError
 from support import events
+from support.waiting import wait_until
 
 
 @activity.defn
@@ -26,9 +27,10 @@ async def test_worker_runs_a_workflow_end_to_end_and_returns_a_client(db_url, sq
         handle = await client.start(loud, "hi", id="loud-1")
         assert await handle.result(timeout=30) == "HI"
     assert [t for _, t, _ in events(sql, str(handle.run_id))][-1] == "WorkflowCompleted"
-    # Both are gone after the block: no session of this process is left on the database.
-    assert sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-               "AND pid <> pg_backend_pid()") == [(0,)]
+    # Both are gone after the block: no session of this process is left on the database (a
+    # closed connection's backend leaves pg_stat_activity a moment after the close).
+    await wait_until(lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND pid <> pg_backend_pid()") == [(0,)], timeout=5)
 
 
 async def test_workers_start_several_and_stop_them_together(db_url):
