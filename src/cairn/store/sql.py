@@ -33,8 +33,9 @@ _QUOTE = re.compile(r"'|\$(?:[A-Za-z_]\w*)?\$|--")
 def _unindented(statement: str) -> str:
     """The statement without the indentation of its lines, which is for people (a seventh
     of record_workflow_tasks: 627 of 4,492 bytes; statements not PREPAREd stay under
-    psycopg's 4,096-byte parse cache, tests/unit/test_queries.py). A line that begins inside a quoted literal (``'...'`` or ``$tag$...$tag$``)
-    keeps its indentation: it is data. ``--`` outside a literal ends the line's scan."""
+    psycopg's 4,096-byte parse cache, tests/unit/test_queries.py). A line that begins
+    inside a quoted literal (``'...'`` or ``$tag$...$tag$``) keeps its indentation: it is
+    data. ``--`` outside a literal ends the line's scan."""
     out, quote = [], None
     for line in statement.split("\n"):
         out.append(line.lstrip(" ") if quote is None else line)
