@@ -23,7 +23,7 @@ def test_the_retention_example_works_as_typed(tmp_path, db_url, sql):
     assert "would purge 0 closed runs of namespace default" in out
     assert "not purged: 1 open (never purged), 3 closed after" in out
     # The CLI's purge took the failed run only, archived; both replays of it passed.
-    assert "purged 1 closed runs (3 events)" in out
+    assert "purged 1 closed run (3 events)" in out
     assert out.count("OK: 3 events of report-hol replay with the current code") == 2
     # purge_demo.py: the two completed runs (report-sun is open), archived into one file, replayed from it.
     assert "2 {'completed': 2} 1 0" in out

@@ -280,7 +280,7 @@ def test_cli_bad_input_and_dry_run(db_url, sql):
         assert ran.exit_code == 2, (args, ran.output)
         assert fragment in ran.stderr, (args, ran.stderr)
     out = ok(cairn(db_url, "purge", "--older-than", "7d", "--dry-run"))
-    assert "would purge 1 closed runs" in out
+    assert "would purge 1 closed run " in out
     assert json.loads(ok(cairn(db_url, "purge", "--dry-run", "--json", "--older-than", "10d")))["runs"] == 0
     assert sql("SELECT count(*) FROM cairn.runs") == [(1,)]
     shown = json.loads(ok(cairn(db_url, "namespace", "update", "--retention", "30d", "--json")))

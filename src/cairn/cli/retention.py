@@ -156,9 +156,14 @@ def _kept_text(p: PurgeSummary) -> str:
     return f"not purged: {', '.join(parts)}" if parts else ""
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 closed run``, ``2 closed runs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _preview_text(p: PurgeSummary) -> str:
     statuses = ", ".join(f"{s} {n}" for s, n in sorted(p.by_status.items())) or "none"
-    lines = [f"would purge {p.runs} closed runs of namespace {p.namespace} ({statuses}), closed before "
+    lines = [f"would purge {_n(p.runs, 'closed run')} of namespace {p.namespace} ({statuses}), closed before "
              f"{when(p.cutoff)}" + (f", archived into {p.archive}" if p.archive else ", not archived")]
     kept = _kept_text(p)
     if kept:
@@ -171,10 +176,11 @@ def _preview_text(p: PurgeSummary) -> str:
 
 def _summary_text(p: PurgeSummary) -> str:
     rate = f" ({p.runs / p.seconds:.0f} runs/s)" if p.seconds > 0 else ""
-    lines = [f"purged {p.runs} closed runs ({p.events} events) of namespace {p.namespace} in {p.chunks} chunks, "
+    lines = [f"purged {_n(p.runs, 'closed run')} ({_n(p.events, 'event')}) of namespace {p.namespace} in "
+             f"{_n(p.chunks, 'chunk')}, "
              f"{p.seconds:.1f} s{rate}"]
     if p.files:
-        lines.append(f"archived into {len(p.files)} files under {p.archive}")
+        lines.append(f"archived into {_n(len(p.files), 'file')} under {p.archive}")
     kept = _kept_text(p)
     if kept:
         lines.append(kept)
