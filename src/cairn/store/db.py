@@ -9,12 +9,15 @@ functions), and catch Cairn errors, which the store functions raise in place of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import re
 import select
+import signal
+import time
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +46,7 @@ from cairn.store.sql import q
 
 ENV_URL = "CAIRN_DATABASE_URL"
 ENV_HOME = "CAIRN_HOME"  # where the embedded server keeps its data
+log = logging.getLogger("cairn.db")
 
 # synchronous_commit=on: an acknowledged start is durable. idle_in_transaction_session_timeout:
 # a caller's transaction (start with conn=..., terminate) left open cannot hold a run's
@@ -78,6 +82,9 @@ def embedded_url(directory: Path | None = None) -> str:
     """
     pgdata = (directory or data_dir()) / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    orphan = orphaned_postmaster(pgdata)
+    if orphan is not None:
+        stop_postmaster(orphan)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
@@ -85,6 +92,42 @@ def embedded_url(directory: Path | None = None) -> str:
 
         server = get_server(pgdata, cleanup_mode=None)
         return str(server.get_uri())
+
+
+def orphaned_postmaster(pgdata: Path) -> int | None:
+    """The pid of a server running on ``pgdata`` from binaries that were deleted since it
+    started (a removed virtualenv: ``rm -rf .venv && make demo``), or None. Joining such a
+    server fails ("could not access file $libdir/plpgsql"); Linux shows the deleted binary
+    as ``/proc/PID/exe -> ... (deleted)``. Elsewhere, or for a live install, None."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (OSError, ValueError):
+        return None
+    return pid if exe.endswith(" (deleted)") else None
+
+
+def stop_postmaster(pid: int, timeout: float = 30.0) -> None:
+    """Stops a server (SIGINT: fast shutdown, open transactions rolled back) and waits for
+    it to exit, so that the embedded server can start again on its data directory."""
+    log.warning("stopping the embedded Postgres (pid %s) left running by a deleted install", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process its parent has not reaped yet does not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # no /proc: it answered the signal
+        return True
 
 
 def resolve_url(url: str | None = None) -> tuple[str, bool]:
