@@ -292,8 +292,8 @@ WITH c AS (
          -- An activity type or queue paused namespace-wide (0019) is not leased eagerly (nor
          -- claimed). Whether the namespace has any pause is read at most once per statement
          -- (an InitPlan: only when an activity is eager), a matching pause probed per
-         -- activity only then: 0019's per-task SQL function (cairn.unpaused_eager, now
-         -- unused) was planned on every call, a third more time for this statement in W1
+         -- activity only then: 0019's per-task SQL function (cairn.unpaused_eager,
+         -- dropped by 0024) was planned on every call, a third more time for this statement in W1
          -- (bench/statements.py, 2026-12-07). OFFSET 0 keeps the planner from copying the
          -- expression into each CASE below.
          LATERAL (SELECT a.eager AND (NOT (SELECT EXISTS (SELECT 1 FROM cairn.activity_pauses
