@@ -122,6 +122,39 @@ async def test_weights_share_a_level_in_proportion(client: Any, db_url: str) -> 
     assert 27 <= heavy <= 33, first
 
 
+async def test_a_key_whose_tasks_were_claimed_enters_at_the_head_again(client: Any, db_url: str,
+                                                                      sql: Any) -> None:
+    # B's place (its fairness_places row) outlives B's tasks: once they are claimed, a new B
+    # run must still go ahead of A's backlog, not after B's old place plus A's turns.
+    for i in range(3):
+        await client.start(noop, f"b-{i}", id=f"b-{i}", priority=Priority(fairness_key="tenant-b"))
+    assert _claim_order(db_url, "noop", 3) == ["b-0", "b-1", "b-2"]
+    for i in range(100):
+        await client.start(noop, f"a-{i}", id=f"a-{i}", priority=Priority(fairness_key="tenant-a"))
+    await client.start(noop, "b-late", id="b-late", priority=Priority(fairness_key="tenant-b"))
+    assert _claim_order(db_url, "noop", 2) in (["a-0", "b-late"], ["b-late", "a-0"])
+    rows = sql("SELECT key FROM cairn.fairness_places WHERE kind = 'workflow' ORDER BY key")
+    assert [r[0] for r in rows] == ["tenant-a", "tenant-b"]
+
+
+async def test_concurrent_starts_of_one_key_get_distinct_places(client: Any, sql: Any) -> None:
+    # The key's row lock orders them (0023 could give concurrent enqueues the same place).
+    await asyncio.gather(*(client.start(noop, f"c-{i}", id=f"c-{i}", priority=Priority(fairness_key="tenant-c"))
+                           for i in range(20)))
+    rows = sql("SELECT count(DISTINCT available_at) FROM cairn.workflow_tasks WHERE fairness_key = 'tenant-c'")
+    assert rows[0][0] == 20
+
+
+async def test_maintenance_forgets_places_not_written_for_an_hour(client: Any, sql: Any, db_url: str) -> None:
+    for key in ("old", "new"):
+        await client.start(noop, key, id=key, priority=Priority(fairness_key=key))
+    sql("UPDATE cairn.fairness_places SET placed_at = now() - interval '61 minutes' WHERE key = 'old'")
+    with psycopg.connect(db_url) as conn:
+        conn.execute(q("forget_workers"), {"retention_seconds": 3600})
+    rows = sql("SELECT key FROM cairn.fairness_places")
+    assert [r[0] for r in rows] == ["new"]
+
+
 @pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"priority": 0}, "priority_key"),
     ({"priority": 6}, "priority_key"),

@@ -703,7 +703,12 @@ WHERE namespace = %(namespace)s AND identity = %(identity)s AND started_at = %(s
 
 -- name: forget_workers
 -- Removes the rows of workers stopped or silent for longer than %(retention_seconds)s, in
--- every namespace (any worker's maintenance does it, rarely; the table is small).
+-- every namespace (any worker's maintenance does it, rarely; the table is small). Also the
+-- fairness keys' places not written for an hour (0025): such a key enters at its level's
+-- head again, as a key with no waiting task does.
+WITH places AS (
+    DELETE FROM cairn.fairness_places WHERE placed_at < now() - interval '1 hour'
+)
 DELETE FROM cairn.workers
 WHERE coalesce(stopped_at, live_until) < now() - make_interval(secs => %(retention_seconds)s)
 

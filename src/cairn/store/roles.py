@@ -86,6 +86,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         # triggers of the closes and outcomes it records (cairn.concurrency_admit/_release)
         "concurrency_limits": ("INSERT", "UPDATE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
+        "fairness_places": ("INSERT", "UPDATE", "DELETE"),  # fairness keys' last places (0025); maintenance prunes
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -110,6 +111,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         # cairn limits set|delete
         "concurrency_limits": ("INSERT", "UPDATE", "DELETE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
+        "fairness_places": ("INSERT", "UPDATE"),  # a keyed start's place (0025)
     },
 }
 

@@ -1,0 +1,102 @@
+-- Cairn schema, version 25: a fairness key's place is kept in a table of its own, not found
+-- in partial indexes of the task tables.
+--
+-- 0023 found a keyed task's place (cairn.fair_available_at) with two partial indexes on each
+-- task table, workflow_tasks_fair_key and _fair_head (WHERE fairness_key IS NOT NULL). No
+-- default task enters them, but every INSERT into a task table opens and locks each index
+-- and tests its predicate: ~1.3 us per index per statement, paid by every start, every
+-- workflow task and every activity (bench/README.md, "Fairness"). Now:
+--   * the key's last place is a row of cairn.fairness_places, written by the enqueue that
+--     places it (an upsert: the row lock also orders concurrent enqueues of one key, which
+--     0023 could give the same place);
+--   * the level's head is the oldest task waiting at that priority, keyed or not, read from
+--     the claim index the level is in (one descent, only for a keyed task). A new key still
+--     enters at the head, tied with the oldest waiting task, and is claimed next.
+-- A key's row outlives its tasks: its last place is then in the past of the head, and
+-- greatest(last + stride, head) is the head, as "no waiting task" was. Maintenance removes
+-- rows not written for an hour (forget_workers); a key still waiting after that re-enters
+-- at the head once.
+
+DROP INDEX cairn.workflow_tasks_fair_key;
+DROP INDEX cairn.workflow_tasks_fair_head;
+DROP INDEX cairn.activity_tasks_fair_key;
+DROP INDEX cairn.activity_tasks_fair_head;
+
+CREATE TABLE cairn.fairness_places (
+    namespace text        NOT NULL,
+    kind      text        NOT NULL,
+    queue     text        NOT NULL,
+    type      text        NOT NULL,
+    priority  smallint    NOT NULL,
+    key       text        NOT NULL,
+    last_at   timestamptz NOT NULL,  -- the available_at given to the key's last task
+    placed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, kind, queue, type, priority, key),
+    CONSTRAINT fairness_places_kind CHECK (kind IN ('workflow', 'activity'))
+);
+
+-- Tasks of the keys waiting now keep their order: each key's last waiting task seeds its row.
+INSERT INTO cairn.fairness_places (namespace, kind, queue, type, priority, key, last_at)
+SELECT namespace, 'workflow', queue, workflow_type, priority, fairness_key, max(available_at)
+FROM cairn.workflow_tasks WHERE fairness_key IS NOT NULL AND available_at < 'infinity'
+GROUP BY 1, 2, 3, 4, 5, 6;
+INSERT INTO cairn.fairness_places (namespace, kind, queue, type, priority, key, last_at)
+SELECT namespace, 'activity', queue, activity_type, priority, fairness_key, max(available_at)
+FROM cairn.activity_tasks WHERE fairness_key IS NOT NULL AND lease_owner IS NULL AND available_at < 'infinity'
+GROUP BY 1, 2, 3, 4, 5, 6;
+
+-- The place of a task ready now (p_now) at a priority, with maybe a fairness key. Unchanged
+-- for a task without a key (its credited ready time). For a keyed one: the key's next turn,
+-- greatest(last + stride, head), where stride is 100 us / weight and head the level's oldest
+-- waiting task, never later than its credited ready time. The level's tasks are those of the
+-- claim index of its priority (workflow_tasks_ready for 1-3, _ready_low for 4-5) within 500
+-- years of the credited time (credits are 1000 years apart, and the oldest waiting task of a
+-- level is far younger than that).
+CREATE OR REPLACE FUNCTION cairn.fair_available_at(p_kind text, p_namespace text, p_queue text, p_type text,
+                                                   p_priority smallint, p_key text, p_weight float8,
+                                                   p_now timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    base timestamptz := p_now - cairn.priority_credit(p_priority);
+    oldest timestamptz := base - interval '500 years';
+    head timestamptz;
+    stride interval := greatest(100.0 / coalesce(p_weight, 1.0), 1.0) * interval '1 microsecond';
+    at timestamptz;
+BEGIN
+    IF p_key IS NULL THEN
+        RETURN base;
+    END IF;
+    -- The partial index predicates are repeated for the planner to use the claim indexes.
+    IF p_kind = 'workflow' AND p_priority <= 3 THEN
+        SELECT t.available_at INTO head FROM cairn.workflow_tasks t
+        WHERE t.namespace = p_namespace AND t.queue = p_queue AND t.workflow_type = p_type
+          AND t.pause IS NULL AND t.priority <= 3 AND t.available_at > oldest AND t.available_at <= base
+        ORDER BY t.available_at LIMIT 1;
+    ELSIF p_kind = 'workflow' THEN
+        SELECT t.available_at INTO head FROM cairn.workflow_tasks t
+        WHERE t.namespace = p_namespace AND t.queue = p_queue AND t.workflow_type = p_type
+          AND t.pause IS NULL AND t.priority > 3 AND t.available_at > oldest AND t.available_at <= base
+        ORDER BY t.available_at LIMIT 1;
+    ELSIF p_priority <= 3 THEN
+        SELECT a.available_at INTO head FROM cairn.activity_tasks a
+        WHERE a.namespace = p_namespace AND a.queue = p_queue AND a.activity_type = p_type
+          AND a.lease_owner IS NULL AND NOT a.paused AND a.priority <= 3
+          AND a.available_at > oldest AND a.available_at <= base
+        ORDER BY a.available_at LIMIT 1;
+    ELSE
+        SELECT a.available_at INTO head FROM cairn.activity_tasks a
+        WHERE a.namespace = p_namespace AND a.queue = p_queue AND a.activity_type = p_type
+          AND a.lease_owner IS NULL AND NOT a.paused AND a.priority > 3
+          AND a.available_at > oldest AND a.available_at <= base
+        ORDER BY a.available_at LIMIT 1;
+    END IF;
+    head := coalesce(head, base);
+    INSERT INTO cairn.fairness_places AS f (namespace, kind, queue, type, priority, key, last_at, placed_at)
+    VALUES (p_namespace, p_kind, p_queue, p_type, p_priority, p_key, head, now())
+    ON CONFLICT (namespace, kind, queue, type, priority, key) DO UPDATE
+        SET last_at = least(greatest(f.last_at + stride, head), base), placed_at = now()
+    RETURNING f.last_at INTO at;
+    RETURN at;
+END
+$$;
