@@ -148,10 +148,10 @@ WITH claimed AS (
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
     -- the scan never meets it, so pauses cost the claim nothing.
-    -- Priorities (0023): 1 to 3 are in workflow_tasks_ready, 1 and 2 placed before 3 by
-    -- their available_at; 4 and 5 in workflow_tasks_ready_low, scanned (the second branch
-    -- of the Append) only once every pair's main scan is exhausted. A task held for a
-    -- concurrency slot has available_at 'infinity': past the range, never met.
+    -- Priorities (0023, 0025): the index's first lane, `(priority > 3) IS FALSE`, holds 1
+    -- to 3, 1 and 2 placed before 3 by their available_at; its second lane 4 and 5, scanned
+    -- (the second branch of the Append) only once every pair's first scan is exhausted. A
+    -- task held for a concurrency slot has available_at 'infinity': past the range, never met.
     SELECT c.run_id, c.failures
     FROM (SELECT c.run_id, c.failures
           FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
@@ -159,7 +159,7 @@ WITH claimed AS (
                         FROM cairn.workflow_tasks t
                         WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
                           AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
-                          AND t.priority <= 3
+                          AND (t.priority > 3) IS FALSE
                         ORDER BY t.available_at
                         LIMIT 64
                         FOR UPDATE SKIP LOCKED) c
@@ -175,7 +175,7 @@ WITH claimed AS (
                         LIMIT 64
                         FOR UPDATE SKIP LOCKED) c
           -- a one-time filter (an InitPlan, run only if the Append gets here): one probe of
-          -- the low index instead of one per pair while nothing has priority 4 or 5
+          -- the index's second lane instead of one per pair while nothing has priority 4 or 5
           WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
                                 WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))) c
     LIMIT %(limit)s
@@ -464,7 +464,7 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
                  LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
                           WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
                             AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
-                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND a2.priority <= 3
+                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND (a2.priority > 3) IS FALSE
                           ORDER BY a2.available_at
                           LIMIT 64
                           FOR UPDATE SKIP LOCKED) r
@@ -605,7 +605,7 @@ SELECT least(
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
           LATERAL (SELECT t.available_at FROM cairn.workflow_tasks t
                    WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                     AND t.pause IS NULL AND t.priority <= 3 AND t.available_at < 'infinity'
+                     AND t.pause IS NULL AND (t.priority > 3) IS FALSE AND t.available_at < 'infinity'
                    ORDER BY t.available_at LIMIT 1) n),
     (SELECT min(n.available_at)
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
@@ -619,7 +619,7 @@ SELECT least(
      FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
           LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
                    WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
-                     AND a.lease_owner IS NULL AND NOT a.paused AND a.priority <= 3 AND a.available_at < 'infinity'
+                     AND a.lease_owner IS NULL AND NOT a.paused AND (a.priority > 3) IS FALSE AND a.available_at < 'infinity'
                    ORDER BY a.available_at LIMIT 1) n
      WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
                        WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
@@ -1657,7 +1657,7 @@ FROM unnest(%(queues)s::text[]) AS qn(queue),
          -- the claim indexes' two priority lanes (0023), each capped
          SELECT 'workflow' AS kind, (SELECT count(*) FROM (
              SELECT 1 FROM cairn.workflow_tasks t
-             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL AND t.priority <= 3
+             WHERE t.namespace = %(namespace)s AND t.queue = qn.queue AND t.pause IS NULL AND (t.priority > 3) IS FALSE
                AND t.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) x) + (SELECT count(*) FROM (
              SELECT 1 FROM cairn.workflow_tasks t
@@ -1668,7 +1668,7 @@ FROM unnest(%(queues)s::text[]) AS qn(queue),
          SELECT 'activity', (SELECT count(*) FROM (
              SELECT 1 FROM cairn.activity_tasks a
              WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL AND NOT a.paused
-               AND a.priority <= 3 AND a.available_at <= coalesce(%(now)s::timestamptz, now())
+               AND (a.priority > 3) IS FALSE AND a.available_at <= coalesce(%(now)s::timestamptz, now())
              LIMIT %(cap)s) y) + (SELECT count(*) FROM (
              SELECT 1 FROM cairn.activity_tasks a
              WHERE a.namespace = %(namespace)s AND a.queue = qn.queue AND a.lease_owner IS NULL AND NOT a.paused

@@ -1,17 +1,21 @@
--- Cairn schema, version 25: a fairness key's place is kept in a table of its own, not found
--- in partial indexes of the task tables.
+-- Cairn schema, version 25: a default task enters one claim index again, as before 0023.
 --
--- 0023 found a keyed task's place (cairn.fair_available_at) with two partial indexes on each
--- task table, workflow_tasks_fair_key and _fair_head (WHERE fairness_key IS NOT NULL). No
--- default task enters them, but every INSERT into a task table opens and locks each index
--- and tests its predicate: ~1.3 us per index per statement, paid by every start, every
+-- 0023 gave each task table three more partial indexes: _ready_low (priorities 4 and 5),
+-- _fair_key and _fair_head (a keyed task's place, WHERE fairness_key IS NOT NULL). No
+-- default task enters the last two, but every INSERT into a task table opens and locks each
+-- index and tests its predicate: ~1.3 us per index per statement, paid by every start, every
 -- workflow task and every activity (bench/README.md, "Fairness"). Now:
---   * the key's last place is a row of cairn.fairness_places, written by the enqueue that
---     places it (an upsert: the row lock also orders concurrent enqueues of one key, which
---     0023 could give the same place);
+--   * one claim index per table holds both priority lanes, the lane a key column after the
+--     namespace: (namespace, (priority > 3), queue, type, available_at). The claims scan
+--     the lane `(priority > 3) IS FALSE` (an index condition, which `priority <= 3` would
+--     not be) per pair, then the low lane; "any low-priority task in this namespace" is one
+--     descent into the index's second lane;
+--   * a fairness key's last place is a row of cairn.fairness_places, written by the enqueue
+--     that places it (an upsert: the row lock also orders concurrent enqueues of one key,
+--     which 0023 could give the same place);
 --   * the level's head is the oldest task waiting at that priority, keyed or not, read from
---     the claim index the level is in (one descent, only for a keyed task). A new key still
---     enters at the head, tied with the oldest waiting task, and is claimed next.
+--     the claim index (one descent, only for a keyed task). A new key still enters at the
+--     head, tied with the oldest waiting task, and is claimed next.
 -- A key's row outlives its tasks: its last place is then in the past of the head, and
 -- greatest(last + stride, head) is the head, as "no waiting task" was. Maintenance removes
 -- rows not written for an hour (forget_workers); a key still waiting after that re-enters
@@ -19,8 +23,16 @@
 
 DROP INDEX cairn.workflow_tasks_fair_key;
 DROP INDEX cairn.workflow_tasks_fair_head;
+DROP INDEX cairn.workflow_tasks_ready_low;
+DROP INDEX cairn.workflow_tasks_ready;
+CREATE INDEX workflow_tasks_ready ON cairn.workflow_tasks
+    (namespace, (priority > 3), queue, workflow_type, available_at) WHERE pause IS NULL;
 DROP INDEX cairn.activity_tasks_fair_key;
 DROP INDEX cairn.activity_tasks_fair_head;
+DROP INDEX cairn.activity_tasks_ready_low;
+DROP INDEX cairn.activity_tasks_ready;
+CREATE INDEX activity_tasks_ready ON cairn.activity_tasks
+    (namespace, (priority > 3), queue, activity_type, available_at) WHERE lease_owner IS NULL AND NOT paused;
 
 CREATE TABLE cairn.fairness_places (
     namespace text        NOT NULL,
@@ -48,10 +60,9 @@ GROUP BY 1, 2, 3, 4, 5, 6;
 -- The place of a task ready now (p_now) at a priority, with maybe a fairness key. Unchanged
 -- for a task without a key (its credited ready time). For a keyed one: the key's next turn,
 -- greatest(last + stride, head), where stride is 100 us / weight and head the level's oldest
--- waiting task, never later than its credited ready time. The level's tasks are those of the
--- claim index of its priority (workflow_tasks_ready for 1-3, _ready_low for 4-5) within 500
--- years of the credited time (credits are 1000 years apart, and the oldest waiting task of a
--- level is far younger than that).
+-- waiting task, never later than its credited ready time. The level's tasks are those of its
+-- lane of the claim index within 500 years of the credited time (credits are 1000 years
+-- apart, and the oldest waiting task of a level is far younger than that).
 CREATE OR REPLACE FUNCTION cairn.fair_available_at(p_kind text, p_namespace text, p_queue text, p_type text,
                                                    p_priority smallint, p_key text, p_weight float8,
                                                    p_now timestamptz)
@@ -71,7 +82,7 @@ BEGIN
     IF p_kind = 'workflow' AND p_priority <= 3 THEN
         SELECT t.available_at INTO head FROM cairn.workflow_tasks t
         WHERE t.namespace = p_namespace AND t.queue = p_queue AND t.workflow_type = p_type
-          AND t.pause IS NULL AND t.priority <= 3 AND t.available_at > oldest AND t.available_at <= base
+          AND t.pause IS NULL AND (t.priority > 3) IS FALSE AND t.available_at > oldest AND t.available_at <= base
         ORDER BY t.available_at LIMIT 1;
     ELSIF p_kind = 'workflow' THEN
         SELECT t.available_at INTO head FROM cairn.workflow_tasks t
@@ -81,7 +92,7 @@ BEGIN
     ELSIF p_priority <= 3 THEN
         SELECT a.available_at INTO head FROM cairn.activity_tasks a
         WHERE a.namespace = p_namespace AND a.queue = p_queue AND a.activity_type = p_type
-          AND a.lease_owner IS NULL AND NOT a.paused AND a.priority <= 3
+          AND a.lease_owner IS NULL AND NOT a.paused AND (a.priority > 3) IS FALSE
           AND a.available_at > oldest AND a.available_at <= base
         ORDER BY a.available_at LIMIT 1;
     ELSE
