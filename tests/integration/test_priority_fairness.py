@@ -137,6 +137,24 @@ async def test_a_key_whose_tasks_were_claimed_enters_at_the_head_again(client: A
     assert [r[0] for r in rows] == ["tenant-a", "tenant-b"]
 
 
+async def test_a_runs_later_tasks_keep_its_place(client: Any, db_url: str, sql: Any) -> None:
+    # B (a fairness key) and P (priority 1) ran their first task; a backlog of A queued
+    # meanwhile; a signal to each makes its next task, which must be placed as its first
+    # was (0025, cairn.run_task_at), not behind A's whole backlog.
+    b = await client.start(noop, "b", id="b", priority=Priority(fairness_key="tenant-b"))
+    p = await client.start(noop, "p", id="p", priority=1)
+    assert sorted(_claim_order(db_url, "noop", 2)) == ["b", "p"]
+    for i in range(60):
+        await client.start(noop, f"a-{i}", id=f"a-{i}", priority=Priority(fairness_key="tenant-a"))
+    await b.signal("poke", 1)
+    await p.signal("poke", 1)
+    assert sql("SELECT t.priority, t.fairness_key FROM cairn.workflow_tasks t JOIN cairn.runs r USING (run_id) "
+               "WHERE r.workflow_id IN ('b', 'p') ORDER BY r.workflow_id") == [(3, "tenant-b"), (1, None)]
+    order = _claim_order(db_url, "noop", 4)
+    assert order[0] == "p", order
+    assert "b" in order[1:3], order
+
+
 async def test_concurrent_starts_of_one_key_get_distinct_places(client: Any, sql: Any) -> None:
     # The key's row lock orders them (0023 could give concurrent enqueues the same place).
     await asyncio.gather(*(client.start(noop, f"c-{i}", id=f"c-{i}", priority=Priority(fairness_key="tenant-c"))

@@ -395,12 +395,14 @@ SELECT run_id FROM cairn.workflow_tasks WHERE run_id = %(run_id)s FOR UPDATE
 -- pending. ON CONFLICT DO UPDATE (not DO NOTHING) takes the task row's lock, so this
 -- waits for a worker mid-task and then re-creates the task it deletes: no lost wake-up.
 WITH run AS (
-    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+    SELECT run_id, namespace, queue, workflow_type, priority, fairness_key, fairness_weight
+    FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM run
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT run_id, namespace, queue, workflow_type FROM run
+    -- placed by the run's priority and fairness key, as its first task (0025, cairn.run_task_at)
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT run_id, namespace, queue, workflow_type, cairn.run_task_at(namespace, queue, workflow_type, priority, fairness_key, fairness_weight), coalesce(priority, 3), fairness_key FROM run
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -424,9 +426,11 @@ WITH due AS (
     FROM (SELECT * FROM due ORDER BY fire_at, seq) ordered
 ), task AS (
     -- DO UPDATE takes the row lock: see signal_run. The namespace comes from the run.
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT DISTINCT d.run_id, r.namespace, d.workflow_queue, r.workflow_type
-    FROM due d JOIN cairn.runs r ON r.run_id = d.run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT d.run_id, r.namespace, d.workflow_queue, r.workflow_type,
+           cairn.run_task_at(r.namespace, d.workflow_queue, r.workflow_type, r.priority, r.fairness_key,
+                             r.fairness_weight), coalesce(r.priority, 3), r.fairness_key
+    FROM (SELECT DISTINCT run_id, workflow_queue FROM due) d JOIN cairn.runs r ON r.run_id = d.run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -499,9 +503,13 @@ WITH done AS (
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(type)s, %(data)s FROM done
 ), task AS (
-    -- DO UPDATE takes the row lock: see signal_run.
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT run_id, namespace, workflow_queue, workflow_type FROM done
+    -- DO UPDATE takes the row lock: see signal_run. Placed by the run's priority and
+    -- fairness key (0025; an activity's own may differ).
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT d.run_id, d.namespace, d.workflow_queue, d.workflow_type,
+           cairn.run_task_at(d.namespace, d.workflow_queue, d.workflow_type, r.priority, r.fairness_key,
+                             r.fairness_weight), coalesce(r.priority, 3), r.fairness_key
+    FROM done d JOIN cairn.runs r ON r.run_id = d.run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -961,8 +969,12 @@ WITH waiting AS (
     UPDATE cairn.activity_tasks SET cancel_requested = true
     WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::integer[]) AND lease_owner IS NOT NULL
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT DISTINCT run_id, namespace, workflow_queue, workflow_type FROM waiting
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT w.run_id, w.namespace, w.workflow_queue, w.workflow_type,
+           cairn.run_task_at(w.namespace, w.workflow_queue, w.workflow_type, r.priority, r.fairness_key,
+                             r.fairness_weight), coalesce(r.priority, 3), r.fairness_key
+    FROM (SELECT DISTINCT run_id, namespace, workflow_queue, workflow_type FROM waiting) w
+    JOIN cairn.runs r ON r.run_id = w.run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -1065,7 +1077,7 @@ WITH me AS (
     SELECT run_id, workflow_id, parent_run_id, parent_seq, status FROM cairn.runs
     WHERE run_id = %(run_id)s::uuid AND status <> 'running'
 ), parent AS (
-    SELECT p.run_id, p.namespace, p.queue, p.workflow_type,
+    SELECT p.run_id, p.namespace, p.queue, p.workflow_type, p.priority, p.fairness_key, p.fairness_weight,
            jsonb_build_object('child_seq', me.parent_seq, 'workflow_id', me.workflow_id,
                               'run_id', me.run_id, 'status', me.status) || %(child_event)s::jsonb AS data
     FROM me JOIN cairn.runs p ON p.run_id = me.parent_run_id
@@ -1073,7 +1085,8 @@ WITH me AS (
 ), to_parent AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, %(child_event_type)s::text, data FROM parent
 ), children AS (
-    SELECT c.run_id, c.namespace, c.queue, c.workflow_type, c.parent_close_policy FROM cairn.runs c
+    SELECT c.run_id, c.namespace, c.queue, c.workflow_type, c.priority, c.fairness_key, c.fairness_weight,
+           c.parent_close_policy FROM cairn.runs c
     WHERE c.parent_run_id = %(run_id)s::uuid AND c.status = 'running' AND c.parent_close_policy <> 'abandon'
 ), to_children AS (
     INSERT INTO cairn.inbox (run_id, type, data)
@@ -1082,10 +1095,14 @@ WITH me AS (
                                         || parent_close_policy || ')')
     FROM children ORDER BY run_id
 ), tasks AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT run_id, namespace, queue, workflow_type
-    FROM (SELECT run_id, namespace, queue, workflow_type FROM parent
-          UNION ALL SELECT run_id, namespace, queue, workflow_type FROM children) x
+    -- each placed by its run's priority and fairness key (0025)
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT run_id, namespace, queue, workflow_type,
+           cairn.run_task_at(namespace, queue, workflow_type, priority, fairness_key, fairness_weight),
+           coalesce(priority, 3), fairness_key
+    FROM (SELECT run_id, namespace, queue, workflow_type, priority, fairness_key, fairness_weight FROM parent
+          UNION ALL
+          SELECT run_id, namespace, queue, workflow_type, priority, fairness_key, fairness_weight FROM children) x
     ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
@@ -1096,15 +1113,18 @@ SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM tasks
 -- A parent's ChildWorkflowCancelRequested commands: a CancelRequested in each child's
 -- current (open) run's inbox, found by the command's seq; inbox protocol as in signal_run.
 WITH child AS (
-    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs
+    SELECT run_id, namespace, queue, workflow_type, priority, fairness_key, fairness_weight FROM cairn.runs
     WHERE parent_run_id = %(run_id)s::uuid AND parent_seq = ANY(%(seqs)s::integer[]) AND status = 'running'
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data)
     SELECT run_id, 'CancelRequested', jsonb_build_object('reason', 'cancelled by parent run ' || %(run_id)s::text)
     FROM child ORDER BY run_id
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT run_id, namespace, queue, workflow_type FROM child ORDER BY run_id
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT run_id, namespace, queue, workflow_type,
+           cairn.run_task_at(namespace, queue, workflow_type, priority, fairness_key, fairness_weight),
+           coalesce(priority, 3), fairness_key
+    FROM child ORDER BY run_id
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )
@@ -1778,7 +1798,8 @@ SELECT queue FROM ins
 -- and a pending workflow task (as signal_run). An update id already there is an earlier
 -- try of the same update: nothing is written again (the caller waits for its outcome).
 WITH run AS (
-    SELECT run_id, namespace, queue, workflow_type FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
+    SELECT run_id, namespace, queue, workflow_type, priority, fairness_key, fairness_weight
+    FROM cairn.runs WHERE run_id = %(run_id)s AND status = 'running'
 ), req AS (
     INSERT INTO cairn.updates (run_id, update_id, name, args, created_at)
     SELECT run_id, %(update_id)s, %(name)s, %(args)s, coalesce(%(now)s::timestamptz, now()) FROM run
@@ -1787,8 +1808,9 @@ WITH run AS (
 ), ev AS (
     INSERT INTO cairn.inbox (run_id, type, data) SELECT run_id, 'UpdateRequested', %(data)s FROM req
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
-    SELECT run.run_id, run.namespace, run.queue, run.workflow_type FROM run JOIN req USING (run_id)
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, priority, fairness_key)
+    SELECT run.run_id, run.namespace, run.queue, run.workflow_type, cairn.run_task_at(run.namespace, run.queue, run.workflow_type, run.priority, run.fairness_key, run.fairness_weight), coalesce(run.priority, 3), run.fairness_key
+    FROM run JOIN req USING (run_id)
     ON CONFLICT (run_id) DO UPDATE SET queue = excluded.queue
     RETURNING queue
 )

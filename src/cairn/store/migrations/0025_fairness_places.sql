@@ -111,3 +111,19 @@ BEGIN
     RETURN at;
 END
 $$;
+
+-- A run's later workflow tasks (an inbox writer's upsert: a signal, a timer, an activity's
+-- outcome on the slow path, a child's close, an update, a cancel) are placed as its first
+-- was, by the run's priority and fairness key: under a backlog a keyed or prioritised run
+-- otherwise waited behind every task queued before its activity returned. A SQL function
+-- the planner inlines: for a run without either (runs.priority NULL), two null tests and
+-- now(), what the column's default gave before. The fast path's functions do not call it:
+-- the worker that records the outcome runs the task in the same transaction.
+CREATE FUNCTION cairn.run_task_at(p_namespace text, p_queue text, p_type text, p_priority smallint,
+                                  p_key text, p_weight real)
+RETURNS timestamptz
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN p_priority IS NULL AND p_key IS NULL THEN now()
+                ELSE cairn.fair_available_at('workflow', p_namespace, p_queue, p_type, coalesce(p_priority, 3::smallint),
+                                             p_key, p_weight, now()) END
+$$;
