@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from cairn.errors import InputValidationError
+from cairn.options import Priority, as_priority
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_CATCHUP_WINDOW = timedelta(days=365)  # Temporal's default
@@ -211,7 +212,8 @@ class ScheduleState:
 @dataclass
 class ScheduleActionStartWorkflow:
     """The action: start a run of ``workflow`` (an ``@workflow.defn`` function or a type
-    name) with ``args``, as ``<id>-<slot>`` (``id`` defaults to the schedule's id)."""
+    name) with ``args``, as ``<id>-<slot>`` (``id`` defaults to the schedule's id); each run
+    with ``priority`` and ``concurrency_key`` as :meth:`cairn.Client.start` takes them."""
 
     workflow: Any
     args: Sequence[Any] = ()
@@ -219,16 +221,21 @@ class ScheduleActionStartWorkflow:
     queue: str | None = None
     execution_timeout: timedelta | None = None
     memo: dict[str, Any] | None = None
+    priority: Priority | None = None
+    concurrency_key: str | None = None
 
     def __init__(self, workflow: Any, *args: Any, id: str | None = None, queue: str | None = None,
                  task_queue: str | None = None, execution_timeout: timedelta | None = None,
-                 memo: dict[str, Any] | None = None) -> None:
+                 memo: dict[str, Any] | None = None, priority: Priority | int | None = None,
+                 concurrency_key: str | None = None) -> None:
         self.workflow = workflow
         self.args = list(args)
         self.id = id
         self.queue = queue or task_queue
         self.execution_timeout = execution_timeout
         self.memo = memo
+        self.priority = as_priority(priority)  # checked here (and the key at create, as a start's)
+        self.concurrency_key = concurrency_key
 
 
 @dataclass

@@ -120,22 +120,25 @@ class SyncClient:
 
     def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
                           signal: str | Callable[..., Any], signal_payload: Any = None,
-                          signal_args: Sequence[Any] | None = None, queue: str | None = None) -> SyncWorkflowHandle:
+                          signal_args: Sequence[Any] | None = None, queue: str | None = None,
+                          start_delay: timedelta | float | None = None, priority: Priority | int | None = None,
+                          concurrency_key: str | None = None) -> SyncWorkflowHandle:
         """Starts the run unless one is open, and signals it (see :meth:`cairn.Client.signal_with_start`)."""
         return SyncWorkflowHandle(self, self._call(self._client.signal_with_start(
             workflow, *args, id=id, signal=signal, signal_payload=signal_payload, signal_args=signal_args,
-            queue=queue)))
+            queue=queue, start_delay=start_delay, priority=priority, concurrency_key=concurrency_key)))
 
     def execute_update_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
                                   update: str | Callable[..., Any],
                                   update_args: Sequence[Any] = (), update_id: str | None = None,
                                   queue: str | None = None, timeout: float | None = None,
-                                  result_type: Any = None) -> Any:
+                                  result_type: Any = None, priority: Priority | int | None = None,
+                                  concurrency_key: str | None = None) -> Any:
         """Starts the run unless one is open, and updates it (see
         :meth:`cairn.Client.execute_update_with_start`)."""
         return self._call(self._client.execute_update_with_start(
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id, queue=queue,
-            timeout=timeout, result_type=result_type))
+            timeout=timeout, result_type=result_type, priority=priority, concurrency_key=concurrency_key))
 
     def query(self, workflow_id: str, query: str | Callable[..., Any], *args: Any, run_id: str | None = None,
               timeout: float = QUERY_TIMEOUT_SECONDS) -> Any:

@@ -208,6 +208,14 @@ def when(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+def priority_text(level: int | None, key: str | None, weight: float | None) -> str:
+    """``2``, ``3, fairness key acme (weight 2)``: a priority as describe shows it."""
+    text = str(level or 3)
+    if key is not None:
+        text += f", fairness key {key}" + (f" (weight {weight:g})" if weight is not None else "")
+    return text
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
     """A plain aligned text table."""
     widths = [len(h) for h in headers]

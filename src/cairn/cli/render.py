@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cairn.cli._base import table, when
+from cairn.cli._base import priority_text, table, when
 from cairn.cli.llm_runs import LLM_CALL_HEADERS, echo_llm_calls, llm_call_rows, llm_totals_line
 from cairn.store import runs
 
@@ -105,14 +105,6 @@ def pending_activity_rows(acts: list[dict[str, Any]], now: datetime | None = Non
             f"{failure.get('type')}: {failure.get('message')}" if failure else ""
         rows.append([str(a["seq"]), str(a["activity_type"]), str(a["attempt"]), activity_state(a, now), last])
     return rows
-
-
-def priority_text(level: int | None, key: str | None, weight: float | None) -> str:
-    """``2``, ``3, fairness key acme (weight 2)``: a priority as describe shows it."""
-    text = str(level or 3)
-    if key is not None:
-        text += f", fairness key {key}" + (f" (weight {weight:g})" if weight is not None else "")
-    return text
 
 
 def _at(value: Any) -> datetime | None:

@@ -9,8 +9,9 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -52,6 +53,7 @@ from cairn.workflow import WorkflowDefinition, WorkflowInfo
 MAX_HISTORY_FILE_BYTES = 1 << 30
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 run_id_option = click.option("--run-id", default=None, help="A specific run (default: the newest).")
+F = TypeVar("F", bound=Callable[..., Any])
 UNSERVED_CHECK_SECONDS = 5.0  # how often `start --wait` looks for work of its run that no live worker serves
 
 
@@ -82,6 +84,29 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
     return value
 
 
+def place_options(fn: F) -> F:
+    """A start's ``--priority``, ``--fairness-key``, ``--fairness-weight`` and ``--concurrency-key``
+    (``cairn start``, ``cairn schedule create``); :func:`place` makes the ``Priority``."""
+    for option in reversed([
+        click.option("--priority", type=int, default=None, metavar="1-5",
+                     help="Its place in the queue: 1 first to 5 last (default 3); its activities and children "
+                          "inherit it."),
+        click.option("--fairness-key", default=None, metavar="KEY",
+                     help="Share the queue's priority level fairly among keys (a tenant, a customer)."),
+        click.option("--fairness-weight", type=float, default=None, metavar="W",
+                     help="The key's share relative to other keys (default 1.0)."),
+        click.option("--concurrency-key", default=None, metavar="KEY",
+                     help="Start only while fewer than the key's limit of its runs are open (cairn limits set)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def place(priority: int | None, fairness_key: str | None, fairness_weight: float | None) -> Priority:
+    """The ``Priority`` of :func:`place_options`' values, checked before anything is written."""
+    return Priority(priority, fairness_key, fairness_weight)
+
+
 @main.command("start")
 @click.argument("workflow_type")
 @click.option("--input", "input_", default=None, metavar="JSON|@FILE", help="The workflow's input as JSON.")
@@ -105,14 +130,7 @@ def _args_for(value: Any, max_args: int, given: bool) -> list[Any]:
               help="A search attribute (repeatable): amount=12.5, vip=true, 'tags=[\"a\"]'; a value that is "
                    "not JSON is a string (customer=acme).")
 @click.option("--memo", default=None, metavar="JSON|@FILE", help="A JSON object shown by describe.")
-@click.option("--priority", type=int, default=None, metavar="1-5",
-              help="Its place in the queue: 1 first to 5 last (default 3); its activities and children inherit it.")
-@click.option("--fairness-key", default=None, metavar="KEY",
-              help="Share the queue's priority level fairly among keys (a tenant, a customer).")
-@click.option("--fairness-weight", type=float, default=None, metavar="W",
-              help="The key's share relative to other keys (default 1.0).")
-@click.option("--concurrency-key", default=None, metavar="KEY",
-              help="Start only while fewer than the key's limit of its runs are open (cairn limits set).")
+@place_options
 @json_option
 @click.pass_obj
 def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workflow_id: str | None,
@@ -133,7 +151,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
     @with_client
     async def go(client: Client) -> dict[str, Any]:
         seconds(timeout)  # NaN or infinity: refused before the start is written
-        place = Priority(priority, fairness_key, fairness_weight)  # checked before anything is written
+        start_place = place(priority, fairness_key, fairness_weight)
         value = parse_json(input_, "--input")
         visibility = {"search_attributes": parse_search_attributes(search_attributes),
                       "memo": parse_json(memo, "--memo")}
@@ -159,7 +177,7 @@ def start_cmd(settings: Settings, workflow_type: str, input_: str | None, workfl
                                     id_conflict=id_conflict,  # type: ignore[arg-type]
                                     id_reuse_policy=id_reuse_policy,  # type: ignore[arg-type]
                                     execution_timeout=execution_timeout, start_delay=start_delay,
-                                    priority=place, concurrency_key=concurrency_key, **visibility)
+                                    priority=start_place, concurrency_key=concurrency_key, **visibility)
         out: dict[str, Any] = {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
         if not as_json:
             on = f" on queue {where.queue}, the one queue it is registered on" \

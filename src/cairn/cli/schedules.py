@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from cairn.cli._base import Settings, fail, main, parse_json, run, table, to_json, when, with_client
-from cairn.cli.runs import _args_for
+from cairn.cli._base import Settings, fail, main, parse_json, priority_text, run, table, to_json, when, with_client
+from cairn.cli.runs import _args_for, place, place_options
 from cairn.client import (
     Client,
     Schedule,
@@ -73,13 +73,16 @@ def schedule_group() -> None:
 @click.option("--queue", default=None, help="The runs' queue (default: as cairn start).")
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @click.option("--note", default="", help="A note (shown by describe).")
+@place_options
 @json_option
 @click.pass_obj
 def create_cmd(settings: Settings, schedule_id: str, workflow_type: str, input_: str | None, crons: tuple[str, ...],
                every: tuple[str, ...], offset: str | None, time_zone: str, jitter: str | None, start_at: str | None,
                end_at: str | None, overlap: str, catchup_window: str | None, workflow_id: str | None,
-               queue: str | None, paused: bool, note: str, as_json: bool) -> None:
-    """Create schedule SCHEDULE_ID: a run of WORKFLOW_TYPE per slot of --cron/--every."""
+               queue: str | None, paused: bool, note: str, priority: int | None, fairness_key: str | None,
+               fairness_weight: float | None, concurrency_key: str | None, as_json: bool) -> None:
+    """Create schedule SCHEDULE_ID: a run of WORKFLOW_TYPE per slot of --cron/--every (each
+    with --priority, --fairness-key, --fairness-weight and --concurrency-key, as cairn start)."""
     off = parse_duration(offset, "--offset") or timedelta(0)
     spec = ScheduleSpec(cron_expressions=list(crons),
                         intervals=[ScheduleIntervalSpec(parse_duration(e, "--every") or timedelta(0), off)
@@ -94,6 +97,7 @@ def create_cmd(settings: Settings, schedule_id: str, workflow_type: str, input_:
     async def go(client: Client) -> dict[str, Any]:
         spec.check()  # the schedule's own mistakes first
         policy.check()
+        runs_place = place(priority, fairness_key, fairness_weight)
         value = parse_json(input_, "--input")
         where = await client.start_target(workflow_type, queue)
         schema = where.input_schema
@@ -103,7 +107,8 @@ def create_cmd(settings: Settings, schedule_id: str, workflow_type: str, input_:
             args = [value] if input_ is not None else []
         if where.warning is not None:
             click.echo(f"warning: {where.warning}", err=True)
-        action = ScheduleActionStartWorkflow(workflow_type, *args, id=workflow_id, queue=where.queue)
+        action = ScheduleActionStartWorkflow(workflow_type, *args, id=workflow_id, queue=where.queue,
+                                             priority=runs_place, concurrency_key=concurrency_key)
         handle = await client.create_schedule(schedule_id, Schedule(action=action, spec=spec, policy=policy,
                                                                     state=ScheduleState(note=note, paused=paused)))
         return (await handle.describe()).to_json()
@@ -158,6 +163,11 @@ def describe_cmd(settings: Settings, schedule_id: str, as_json: bool) -> None:
     click.echo(f"state: {'paused' if out['state']['paused'] else 'active'}"
                + (f" — {out['state']['note']}" if out["state"]["note"] else ""))
     click.echo(f"overlap: {out['policy']['overlap']}; catch-up window: {out['policy']['catchup_window']:g}s")
+    if action["priority"] or action["concurrency_key"]:
+        p = action["priority"] or {}
+        level = priority_text(p.get("priority_key"), p.get("fairness_key"), p.get("fairness_weight"))
+        click.echo(f"runs' priority: {level}"
+                   + (f"; concurrency key {action['concurrency_key']}" if action["concurrency_key"] else ""))
     click.echo(f"actions: {info['num_actions']} started, {info['num_actions_skipped_overlap']} skipped, "
                f"{info['num_actions_buffered']} buffered, {info['num_actions_missed_catchup_window']} missed")
     for r in info["running_actions"]:

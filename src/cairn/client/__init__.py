@@ -2,7 +2,8 @@
 
 :class:`Client` (client.py) starts, lists and steers runs; :class:`WorkflowHandle`
 (handle.py) acts on one workflow; the close listener (listener.py) wakes their waits;
-messages.py and checks.py hold what they check; operators.py resets and retries;
+messages.py and checks.py hold what they check; withstart.py signals or updates with a
+start; operators.py resets and retries;
 batches.py acts on every run a filter matches; follow.py follows a run live; schedules.py
 creates and steers schedules; workers.py lists workers and says what no live worker serves;
 retention.py sets a namespace's retention and archive, and purges closed runs.

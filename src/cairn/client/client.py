@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from cairn.client import activities, batches, operators, pauses, schedules
+from cairn.client import activities, batches, operators, pauses, schedules, withstart
 from cairn.client.activities import AsyncActivityHandle
 from cairn.client.batches import BatchDescription, BatchHandle, BatchPreview
 from cairn.client.checks import (
@@ -27,10 +27,10 @@ from cairn.client.checks import (
 from cairn.client.handle import WorkflowHandle
 from cairn.client.limits import ConcurrencyLimits
 from cairn.client.listener import CloseListener
-from cairn.client.messages import CHECK_SIGNAL, QUERY_TIMEOUT_SECONDS, signal_data
+from cairn.client.messages import QUERY_TIMEOUT_SECONDS
 from cairn.client.retention import NamespaceHandle
 from cairn.client.schedules import ScheduleHandle
-from cairn.client.updates import WithStartWorkflowOperation, WorkflowUpdateHandle, WorkflowUpdateStage, check_update
+from cairn.client.updates import WithStartWorkflowOperation, WorkflowUpdateHandle, WorkflowUpdateStage
 from cairn.client.workers import WorkerInfo
 from cairn.errors import (
     DatabaseUnavailable,
@@ -55,7 +55,7 @@ from cairn.options import (
 )
 from cairn.payloads import Signature, check_memo, to_payload
 from cairn.schedules import Schedule, ScheduleBackfill
-from cairn.store import db, lifecycle, messages, runs
+from cairn.store import db, lifecycle, runs
 from cairn.store import payloads as store_payloads
 from cairn.store import workers as store_workers
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
@@ -492,7 +492,8 @@ class Client:
     async def signal_with_start(self, workflow: Callable[..., Any] | str, *args: Any, id: str,
                                 signal: str | Callable[..., Any], signal_payload: Any = None,
                                 signal_args: Sequence[Any] | None = None, queue: str | None = None,
-                                start_delay: timedelta | float | None = None) -> WorkflowHandle:
+                                start_delay: timedelta | float | None = None, priority: Priority | int | None = None,
+                                concurrency_key: str | None = None) -> WorkflowHandle:
         """Signals the open run of workflow ``id``, starting one first if none is open.
 
         Start and signal are one transaction: a new run finds the signal in its first
@@ -508,74 +509,54 @@ class Client:
             queue: the queue of a started run (default: as :meth:`cairn.Client.start`).
             start_delay: of a started run (see :meth:`start`): as in Temporal, the signal
                 is recorded at once and the delay still applies.
+            priority, concurrency_key: of a started run, as :meth:`start` takes them (an
+                open run keeps its own).
 
         Returns:
             A handle on the run that received the signal.
 
         Raises:
-            InputValidationError: bad arguments, id, queue, signal name or payload;
-                nothing was written.
+            InputValidationError: bad arguments, id, queue, signal name or payload, priority
+                or concurrency key; nothing was written.
         """
-        if signal_args is not None and signal_payload is not None:
-            raise InputValidationError("give signal_payload or signal_args, not both")
-        name, data = signal_data(signal, (signal_payload,) if signal_args is None else tuple(signal_args))
-        with tracer.start_as_current_span("cairn.signal_with_start") as span:  # the new run's trace root
-            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing",
-                                                         start_delay=start_delay)
-            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
-                                 "cairn.workflow_type": params["workflow_type"], "cairn.signal": name})
-            run_id = await self._write(lambda c: messages.signal_with_start(c, params, data),
-                                       what=f"signalling (and maybe starting) workflow {id!r}",
-                                       check=CHECK_SIGNAL.format(workflow_id=id))
-            span.set_attribute("cairn.run_id", run_id)
-        return WorkflowHandle(self, params["workflow_id"], run_id, signature)
+        return await withstart.signal_with_start(
+            self, workflow, args, id=id, signal=signal, signal_payload=signal_payload, signal_args=signal_args,
+            queue=queue, start_delay=start_delay, priority=priority, concurrency_key=concurrency_key)
 
     async def start_update_with_start(
             self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str | Callable[..., Any],
             update_args: Sequence[Any] = (), update_id: str | None = None,
             wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED, queue: str | None = None,
-            timeout: float | None = None, result_type: Any = None,
+            timeout: float | None = None, result_type: Any = None, priority: Priority | int | None = None,
+            concurrency_key: str | None = None,
             _operation: WithStartWorkflowOperation | None = None) -> WorkflowUpdateHandle:
         """Sends update ``update`` to the open run of workflow ``id``, starting one first if
         none is open (Temporal's update-with-start): start and update are one transaction.
         Waits as :meth:`WorkflowHandle.start_update`; ``.result()`` on the returned handle
-        waits for the handler.
+        waits for the handler. ``priority`` and ``concurrency_key`` are a started run's, as
+        :meth:`start` takes them (an open run keeps its own).
 
         Raises:
-            InputValidationError: bad arguments, id, queue, update name or arguments;
-                nothing was written.
+            InputValidationError: bad arguments, id, queue, update name or arguments,
+                priority or concurrency key; nothing was written.
             WorkflowUpdateFailedError: the update was rejected.
             WorkflowUpdateTimeout: it did not reach ``wait_for_stage`` within ``timeout``.
         """
-        try:
-            name, payload, uid, returns = check_update(update, tuple(update_args), update_id)
-        except BaseException as exc:
-            if _operation is not None:
-                _operation._failed(exc)
-            raise
-        timeout = seconds(timeout)
-        with tracer.start_as_current_span("cairn.update_with_start") as span:  # the new run's trace root
-            params, signature = await self._start_params(workflow, args, validate_id(id), queue, "use_existing")
-            span.set_attributes({"cairn.workflow_id": params["workflow_id"],
-                                 "cairn.workflow_type": params["workflow_type"], "cairn.update": name})
-            run_id = await self._write(
-                lambda c: messages.update_with_start(c, params, update_id=uid, name=name, args=payload),
-                what=f"updating (and maybe starting) workflow {id!r}",
-                check=f"ask again with the same update id ({uid}): it is not applied twice")
-            span.set_attribute("cairn.run_id", run_id)
-        handle = WorkflowHandle(self, params["workflow_id"], run_id, signature)
-        if _operation is not None:
-            _operation._started(handle)  # the run is there whatever becomes of the update
-        return await handle._await_stage(run_id, uid, name, wait_for_stage, timeout, result_type, returns)
+        return await withstart.update_with_start(
+            self, workflow, args, id=id, update=update, update_args=update_args, update_id=update_id,
+            wait_for_stage=wait_for_stage, queue=queue, timeout=timeout, result_type=result_type,
+            priority=priority, concurrency_key=concurrency_key, operation=_operation)
 
     async def execute_update_with_start(
             self, workflow: Callable[..., Any] | str, *args: Any, id: str, update: str | Callable[..., Any],
             update_args: Sequence[Any] = (), update_id: str | None = None, queue: str | None = None,
-            timeout: float | None = None, result_type: Any = None) -> Any:
+            timeout: float | None = None, result_type: Any = None, priority: Priority | int | None = None,
+            concurrency_key: str | None = None) -> Any:
         """:meth:`start_update_with_start`, then the update's result."""
         handle = await self.start_update_with_start(
             workflow, *args, id=id, update=update, update_args=update_args, update_id=update_id,
-            wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type)
+            wait_for_stage=WorkflowUpdateStage.COMPLETED, queue=queue, timeout=timeout, result_type=result_type,
+            priority=priority, concurrency_key=concurrency_key)
         return await handle.result()
 
     async def start_update_with_start_workflow(
@@ -583,8 +564,9 @@ class Client:
             id: str | None = None, wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
             timeout: float | None = None, result_type: Any = None) -> WorkflowUpdateHandle:
         """Temporal's form of :meth:`start_update_with_start`: the start is described by a
-        :class:`WithStartWorkflowOperation`, whose ``workflow_handle()`` gives the run's handle
-        afterwards, even when the update failed; ``id`` is the update's id."""
+        :class:`WithStartWorkflowOperation` (its priority and concurrency key too), whose
+        ``workflow_handle()`` gives the run's handle afterwards, even when the update failed;
+        ``id`` is the update's id."""
         op = start_workflow_operation
         if not isinstance(op, WithStartWorkflowOperation):
             raise InputValidationError("start_workflow_operation must be a WithStartWorkflowOperation")
@@ -592,7 +574,7 @@ class Client:
             return await self.start_update_with_start(
                 op.workflow, *op.args, id=op.id, update=update, update_args=args, update_id=id,
                 wait_for_stage=wait_for_stage, queue=op.queue, timeout=timeout, result_type=result_type,
-                _operation=op)
+                priority=op.priority, concurrency_key=op.concurrency_key, _operation=op)
         except BaseException as exc:
             op._failed(exc)  # a start that did not happen (a handle set already stays)
             raise

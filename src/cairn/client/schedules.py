@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cairn.client.checks import lookup_id, validate_id
 from cairn.errors import InputValidationError, ScheduleAlreadyRunning, ScheduleNotFound
-from cairn.options import shown
+from cairn.options import Priority, shown
 from cairn.payloads import check_memo, to_payload, unref
 from cairn.schedules import (
     Schedule,
@@ -93,7 +93,8 @@ class ScheduleDescription:
                 "state": {"paused": self.schedule.state.paused, "note": self.schedule.state.note},
                 "action": {"workflow": a.workflow, "args": list(a.args), "id": a.id, "queue": a.queue,
                            "execution_timeout": a.execution_timeout.total_seconds() if a.execution_timeout else None,
-                           "memo": a.memo},
+                           "memo": a.memo, "priority": a.priority.to_json() if a.priority else None,
+                           "concurrency_key": a.concurrency_key},
                 "info": self.info.to_json()}
 
 
@@ -148,12 +149,19 @@ async def action_json(client: Client, action: ScheduleActionStartWorkflow) -> di
     if action.id is not None:
         validate_id(action.id)
     params, _ = await client._start_params(action.workflow, tuple(action.args), None, action.queue, "fail",
-                                           execution_timeout=action.execution_timeout)
+                                           execution_timeout=action.execution_timeout, priority=action.priority,
+                                           concurrency_key=action.concurrency_key)
     # Inline, as before the payload store: a schedule's row keeps its arguments for every
     # run it starts (each start stores them again; at most CAIRN_MAX_PAYLOAD_BYTES).
     args = to_payload(unref(params["data"].obj["input"]), store=False)
-    return {"workflow_type": params["workflow_type"], "queue": params["queue"], "args": args,
-            "id": action.id, "execution_timeout": params["execution_timeout"], "memo": check_memo(action.memo)}
+    out: dict[str, Any] = {"workflow_type": params["workflow_type"], "queue": params["queue"], "args": args,
+                           "id": action.id, "execution_timeout": params["execution_timeout"],
+                           "memo": check_memo(action.memo)}
+    # What the runs are started with (start_params' forms); absent when unset, as in rows
+    # stored before schedules had them.
+    started = params["data"].obj
+    out.update({k: started[k] for k in ("priority", "concurrency_key") if k in started})
+    return out
 
 
 def _checked(schedule: Schedule) -> tuple[ScheduleSpec, SchedulePolicy]:
@@ -372,7 +380,9 @@ def _description(row: store.ScheduleRow, recent: list[store.ActionRow], counts: 
     a = row.action
     action = ScheduleActionStartWorkflow(a["workflow_type"], *a.get("args") or (), id=a.get("id"), queue=a["queue"],
                                         execution_timeout=timedelta(seconds=a["execution_timeout"])
-                                        if a.get("execution_timeout") else None, memo=a.get("memo"))
+                                        if a.get("execution_timeout") else None, memo=a.get("memo"),
+                                        priority=Priority.from_json(a.get("priority")),
+                                        concurrency_key=a.get("concurrency_key"))
     started, buffered, skipped = counts
     after = max(row.processed_until, datetime.now(UTC))
     info = ScheduleInfo(

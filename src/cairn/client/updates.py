@@ -25,7 +25,7 @@ from cairn.client.checks import validate_id
 from cairn.client.messages import QUERY_RECHECK_SECONDS, validate_name
 from cairn.errors import ApplicationError, InputValidationError, WorkflowUpdateFailedError, WorkflowUpdateTimeout
 from cairn.handlers import check_message_args, message_ref
-from cairn.options import check_identifier, seconds
+from cairn.options import Priority, as_priority, check_identifier, check_key, seconds
 from cairn.payloads import Signature, to_payload
 from cairn.store import messages
 
@@ -74,15 +74,18 @@ def check_update(update: str | Callable[..., Any], args: Sequence[Any], update_i
 
 class WithStartWorkflowOperation:
     """The start half of an update-with-start (Temporal's ``WithStartWorkflowOperation``):
-    the workflow, its arguments, its id and queue. ``await op.workflow_handle()`` gives the
-    handle of the run the update went to (started, or found open) once the call is made.
+    the workflow, its arguments, its id and queue, and a started run's ``priority`` and
+    ``concurrency_key`` (as :meth:`cairn.Client.start` takes them). ``await
+    op.workflow_handle()`` gives the handle of the run the update went to (started, or found
+    open) once the call is made.
 
     Only ``id_conflict_policy="use_existing"`` (an open run takes the update) is offered:
     that is what update-with-start means here.
     """
 
     def __init__(self, workflow: Callable[..., Any] | str, *args: Any, id: str, queue: str | None = None,
-                 id_conflict_policy: str = "use_existing") -> None:
+                 id_conflict_policy: str = "use_existing", priority: Priority | int | None = None,
+                 concurrency_key: str | None = None) -> None:
         if id_conflict_policy != "use_existing":
             raise InputValidationError(f"WithStartWorkflowOperation takes id_conflict_policy='use_existing' only, "
                                        f"not {id_conflict_policy!r}")
@@ -90,6 +93,8 @@ class WithStartWorkflowOperation:
         self.args = args
         self.id = validate_id(id)
         self.queue = queue
+        self.priority = as_priority(priority)  # checked here too: a bad one is refused before the call
+        self.concurrency_key = None if concurrency_key is None else check_key(concurrency_key, "concurrency_key")
         self._handle: WorkflowHandle | None = None
         self._error: BaseException | None = None
         self._done = asyncio.Event()

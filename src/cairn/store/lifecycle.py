@@ -79,6 +79,16 @@ def start_params(*, namespace: str, workflow_id: str, workflow_type: str, queue:
     }
 
 
+def kept_place(old: dict[str, Any]) -> dict[str, Any]:
+    """A run's priority and concurrency key (a ``run_lifecycle`` row) as :func:`start_params`
+    takes them: what a run started from it keeps (continue-as-new, retry; a reset's
+    ``insert_reset_run`` takes the columns themselves)."""
+    fields = {"priority_key": old["priority"], "fairness_key": old["fairness_key"],
+              "fairness_weight": old["fairness_weight"]}
+    return {"priority": Priority.from_json({k: v for k, v in fields.items() if v is not None}),
+            "concurrency_key": old["concurrency_key"]}
+
+
 def closing_input(inbox: list[tuple[Any, ...]]) -> tuple[str, str, dict[str, Any], dict[str, Any]] | None:
     """An inbox event that closes the run without running its code, if any:
     (event type, status, event data, failure summary)."""
@@ -201,10 +211,7 @@ async def _continue_as_new(conn: psycopg.AsyncConnection[Any], task: dict[str, A
         parent_close_policy=old["parent_close_policy"], continued_from=run_id,
         # the run's place in its queue and its concurrency key carry over (a slot: its
         # close gave it back in this transaction, the new run takes one or waits)
-        priority=Priority.from_json({"priority_key": old["priority"], "fairness_key": old["fairness_key"],
-                                     "fairness_weight": old["fairness_weight"]}
-                                    if old["priority"] is not None or old["fairness_key"] is not None else None),
-        concurrency_key=old["concurrency_key"],
+        **kept_place(old),
     )
     # Search attributes (with this task's upserts, applied earlier in the transaction) and
     # memo carry over; the attributes also go into WorkflowStarted, as at a client start.

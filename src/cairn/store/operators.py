@@ -75,7 +75,8 @@ async def reset_in(c: db.Conn, old: runs.Run, new_id: str, plan_of: Planner, *, 
         hist = await c.execute(q("read_history"), {"run_id": old.run_id})
         events = [Event(s, t, d, a) for s, t, d, a in await hist.fetchall()]
         plan = plan_of(events, pending_signals)
-        vis = await (await cur.execute(q("run_visibility"), params)).fetchone() or {}
+        old_row = await (await cur.execute(q("run_lifecycle"), params)).fetchone()
+        assert old_row is not None
         open_run = await (await cur.execute(q("open_run_by_workflow_id"), {
             "namespace": old.namespace, "workflow_id": old.workflow_id,
             "id_reuse_policy": "allow_duplicate"})).fetchone()
@@ -90,7 +91,10 @@ async def reset_in(c: db.Conn, old: runs.Run, new_id: str, plan_of: Planner, *, 
         await c.execute(q("insert_reset_run"), {
             **new, "namespace": old.namespace, "workflow_id": old.workflow_id,
             "workflow_type": old.workflow_type, "queue": old.queue,
-            "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(vis.get("memo")),
+            "search_attributes": Jsonb(plan.search_attributes), "memo": _jsonb(old_row["memo"]),
+            # the old run's place in its queue and its concurrency key (a slot: the terminate
+            # above gave back the old run's; the new run takes one or waits)
+            **{k: old_row[k] for k in ("priority", "fairness_key", "fairness_weight", "concurrency_key")},
             "reset_from": Jsonb({"kind": "reset", "run_id": old.run_id, "seq": plan.seq, "reason": why}),
             "events": Jsonb([{**e.to_json(), "at": e.at.isoformat() if e.at else None} for e in plan.copied]),
             "inbox": Jsonb([{"type": t, "data": d} for t, d in plan.inbox]),
@@ -124,8 +128,8 @@ async def retry(pool: db.Pool, old: runs.Run, new_id: str) -> None:
 async def retry_in(c: db.Conn, old: runs.Run, new_id: str) -> None:
     """Starts run ``old`` again from its original input as run ``new_id``, in a transaction
     of its own (a savepoint in the caller's): the same workflow id, type, queue, start search
-    attributes and memo, fresh randomness, no parent, no chain, a new execution deadline from
-    the original timeout.
+    attributes, memo, priority and concurrency key, fresh randomness, no parent, no chain, a
+    new execution deadline from the original timeout.
 
     Raises:
         WorkflowAlreadyStarted: another run of the workflow id is open.
@@ -134,16 +138,16 @@ async def retry_in(c: db.Conn, old: runs.Run, new_id: str) -> None:
         cur = c.cursor(row_factory=dict_row)
         started = await (await cur.execute(q("read_history_after"), {"run_id": old.run_id, "after": 0})
                          ).fetchone()
-        vis = await (await cur.execute(q("run_visibility"), {"run_id": old.run_id})).fetchone() or {}
-        if started is None or started["type"] != h.WORKFLOW_STARTED:
+        old_row = await (await cur.execute(q("run_lifecycle"), {"run_id": old.run_id})).fetchone()
+        if old_row is None or started is None or started["type"] != h.WORKFLOW_STARTED:
             raise CairnError(f"run {old.run_id} has no WorkflowStarted event")
         data = {k: v for k, v in started["data"].items()
                 if k not in ("seed", "parent", "parent_close_policy", "continued_from", "execution_deadline")}
         params = lifecycle.start_params(
             namespace=old.namespace, workflow_id=old.workflow_id, workflow_type=old.workflow_type,
             queue=old.queue, args=list(data.get("input") or []),
-            execution_timeout=data.get("execution_timeout"))
-        params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(vis.get("memo")),
+            execution_timeout=data.get("execution_timeout"), **lifecycle.kept_place(old_row))
+        params.update(run_id=new_id, data=Jsonb(data), memo=_jsonb(old_row["memo"]),
                       search_attributes=Jsonb(data.get("search_attributes") or {}))
         await runs.start(c, params, "fail")
         await c.execute(q("copy_run_payloads"), {"run_id": old.run_id, "new_run_id": new_id})

@@ -1007,18 +1007,23 @@ ORDER BY run_id DESC
 LIMIT %(limit)s
 
 -- name: insert_reset_run
--- Creates the new run of a reset in one statement: the run (with its lineage), the copied
--- history (original seqs, types, data and times), the reset task's input events and
--- re-applied signals in its inbox, in order, and a pending workflow task.
+-- Creates the new run of a reset in one statement: the run (with its lineage, and the old
+-- run's priority, fairness key and weight, and concurrency key), the copied history
+-- (original seqs, types, data and times), the reset task's input events and re-applied
+-- signals in its inbox, in order, and a pending workflow task, placed as a start's (0023,
+-- cairn.start_available_at: its priority's place, a slot of its key or the hold).
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), new_run AS (
     INSERT INTO cairn.runs (run_id, namespace, workflow_id, workflow_type, queue, created_at,
-                            search_attributes, memo, reset_from)
+                            search_attributes, memo, reset_from, priority, fairness_key, fairness_weight,
+                            concurrency_key)
     SELECT %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(queue)s, c.now,
-           %(search_attributes)s::jsonb, %(memo)s::jsonb, %(reset_from)s::jsonb
+           %(search_attributes)s::jsonb, %(memo)s::jsonb, %(reset_from)s::jsonb,
+           %(priority)s::smallint, %(fairness_key)s::text, %(fairness_weight)s::real, %(concurrency_key)s::text
     FROM c
-    RETURNING run_id, namespace, queue, workflow_type, created_at
+    RETURNING run_id, namespace, queue, workflow_type, created_at, priority, fairness_key, fairness_weight,
+              concurrency_key
 ), copied AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT n.run_id, e.seq, e.type, e.data, coalesce(e.at, n.created_at)
@@ -1030,8 +1035,13 @@ WITH c AS (
          ROWS FROM (jsonb_to_recordset(%(inbox)s::jsonb) AS (type text, data jsonb)) WITH ORDINALITY AS i(type, data, ord)
     ORDER BY i.ord
 ), task AS (
-    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at)
-    SELECT run_id, namespace, queue, workflow_type, created_at, created_at FROM new_run
+    INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type, available_at, created_at,
+                                      priority, fairness_key)
+    SELECT run_id, namespace, queue, workflow_type,
+           cairn.start_available_at(namespace, queue, workflow_type, run_id, created_at, NULL, priority,
+                                    fairness_key, fairness_weight, concurrency_key),
+           created_at, coalesce(priority, 3), fairness_key
+    FROM new_run
 )
 SELECT run_id, pg_notify('cairn_workflow', queue) AS notified FROM new_run
 
@@ -1132,7 +1142,8 @@ SELECT count(pg_notify('cairn_workflow', queue)) AS notified FROM task
 
 -- name: run_lifecycle
 -- A run's parent link, execution deadline, search attributes and memo, inherited by the
--- run it continues as (as in Temporal).
+-- run it continues as (as in Temporal); its priority and keys, which a continued, reset or
+-- retried run keeps.
 SELECT r.parent_run_id, r.parent_seq, r.parent_close_policy, r.execution_deadline,
        r.search_attributes, r.memo, p.workflow_id AS parent_workflow_id,
        r.priority, r.fairness_key, r.fairness_weight, r.concurrency_key

@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from cairn.engine import history as h
 from cairn.errors import DatabaseUnavailable, WorkflowAlreadyStarted
+from cairn.options import Priority
 from cairn.schedules import (
     Overlap,
     ScheduleOverlapPolicy,
@@ -173,7 +174,10 @@ async def _start(conn: Conn, row: ScheduleRow, slot: datetime, workflow_id: str,
     a = row.action
     params = lifecycle.start_params(namespace=row.namespace, workflow_id=workflow_id, workflow_type=a["workflow_type"],
                                     queue=a["queue"], args=list(a.get("args") or []),
-                                    execution_timeout=a.get("execution_timeout"))
+                                    execution_timeout=a.get("execution_timeout"),
+                                    # checked at create: the run's place in its queue, a slot of its key or the hold
+                                    priority=Priority.from_json(a.get("priority")),
+                                    concurrency_key=a.get("concurrency_key"))
     runs.set_visibility(params, {}, a.get("memo"))
     try:
         run_id: str | None = await runs.start(conn, params, "fail")
