@@ -143,7 +143,7 @@ WITH claimed AS (
     -- the scans once %(limit)s rows are locked (rows are locked as they are pulled: none
     -- is held without being run); the worker rotates the pairs at each claim, so a
     -- backlog of one type does not starve the others. The inner LIMIT is a constant, the
-    -- most a claim takes (cairn._claims.CLAIM_MAX), for the generic plan's estimate: with
+    -- most a claim takes (cairn.worker.claims.CLAIM_MAX), for the generic plan's estimate: with
     -- %(limit)s there it guessed a tenth of the ready rows and, past ~10,000 of them, joined
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
@@ -207,7 +207,7 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 
 -- name: record_workflow_tasks
 -- Writes the outcomes of a batch of workflow tasks (%(tasks)s: one object per run, see
--- Worker._record_batch) in one statement: consumes the inbox events they moved (by exact
+-- TaskRunner.record_batch) in one statement: consumes the inbox events they moved (by exact
 -- ids, %(inbox_ids)s: rows committed meanwhile stay for the next task), appends their
 -- events (the history primary key rejects a writer whose view was stale), deletes their
 -- task rows, closes the runs whose code finished, and inserts the activity tasks they
@@ -265,7 +265,7 @@ WITH c AS (
     SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
     -- A priority, fairness key or concurrency key (0023, in the options; a concurrency key
-    -- is never eager, see Worker._entry) places a row not leased eagerly in the claim order,
+    -- is never eager, see TaskRunner._entry) places a row not leased eagerly in the claim order,
     -- or holds it for a slot (as start_workflow): cairn.activity_at, an SQL function the
     -- planner inlines, is c.now after a null test of the options' two keys without them.
     INSERT INTO cairn.activity_tasks (run_id, namespace, seq, workflow_id, workflow_type, workflow_queue,
