@@ -129,7 +129,10 @@ def test_fairness_and_priority_with_a_worker_process(db_url: str, workers: Any) 
         db_url, "SELECT count(*) FROM cairn.runs WHERE status = 'completed'") == [(320,)], procs=(a,))
     ranks = dict(query(db_url, "SELECT workflow_id, rank() OVER (ORDER BY closed_at, run_id) FROM cairn.runs"))
     # Priority 1 first, 5 last; B's ten among the first claims of the level, not after A's 300.
-    assert max(ranks[f"p1-{i}"] for i in range(5)) <= 15, ranks
+    # Ranks are by close: the four pollers claim batches of 8 at once and commit in any
+    # order, so the first claim's five priority-1 runs may close after the other three
+    # batches (the claim order itself: tests/integration/test_priority_fairness.py).
+    assert max(ranks[f"p1-{i}"] for i in range(5)) <= 4 * 8, ranks
     assert min(ranks[f"p5-{i}"] for i in range(5)) > 300, ranks
     assert max(ranks[f"b-{i}"] for i in range(10)) <= 60, sorted(ranks[f"b-{i}"] for i in range(10))
     verify_clean(db_url)
