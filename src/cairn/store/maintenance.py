@@ -25,6 +25,14 @@ async def fire_due_timers(pool: db.Pool, *, limit: int) -> tuple[int, list[str]]
     return (int(rows[0][2]) if rows else 0), [r[0] for r in rows]
 
 
+async def place_due_retries(pool: db.Pool, *, limit: int) -> int:
+    """Places up to ``limit`` due retries of keyed or prioritised activities in the claim
+    order (``place_due_retries``); returns how many bookings were due."""
+    async with connection(pool) as c:
+        row = await (await c.execute(q("place_due_retries"), {"limit": limit, "now": clock.now(c)})).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def next_due(pool: db.Pool, params: dict[str, Any]) -> timedelta | None:
     """How long until the earliest work of the worker's pairs (``params``) is due (negative:
     overdue), or None if nothing is scheduled."""

@@ -554,24 +554,36 @@ ORDER BY t.run_id
 -- bumps the token so that the failed attempt, if it still runs somewhere, cannot complete.
 -- No row when the retry would start at or past the schedule-to-close deadline: the
 -- database's clock decides (a worker's may be off), and the caller records the failure.
-UPDATE cairn.activity_tasks
-SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
-    heartbeat_deadline = NULL,
-    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
-    last_failure = %(failure)s,
-    -- the attempt's last heartbeat, if the batched flush had not written it yet
-    heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
-WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
-  AND (schedule_deadline IS NULL
-       OR coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second' < schedule_deadline)
-RETURNING queue
+WITH back AS (
+    UPDATE cairn.activity_tasks
+    SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
+        heartbeat_deadline = NULL,
+        available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
+        last_failure = %(failure)s,
+        -- the attempt's last heartbeat, if the batched flush had not written it yet
+        heartbeat_details = CASE WHEN %(beat)s::boolean THEN %(details)s::jsonb ELSE heartbeat_details END
+    WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+      AND (schedule_deadline IS NULL
+           OR coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second' < schedule_deadline)
+    RETURNING run_id, seq, queue, available_at, priority, fairness_key
+), placed AS (
+    -- a keyed or prioritised activity's retry is placed when due (0025, place_due_retries)
+    INSERT INTO cairn.retry_places (run_id, seq, ready_at)
+    SELECT run_id, seq, available_at FROM back WHERE fairness_key IS NOT NULL OR priority <> 3
+    ON CONFLICT (run_id, seq) DO UPDATE SET ready_at = excluded.ready_at
+)
+SELECT queue FROM back
 
 -- name: release_activity
--- Gives back an attempt that a draining worker did not finish, without counting it.
+-- Gives back an attempt that a draining worker did not finish, without counting it; a
+-- keyed or prioritised one at its place (0025), as a new activity.
 UPDATE cairn.activity_tasks
 SET lease_owner = NULL, lease_expires_at = NULL, attempt_deadline = NULL,
     heartbeat_deadline = NULL, attempt = attempt - 1,
-    available_at = coalesce(%(now)s::timestamptz, now())
+    available_at = CASE WHEN fairness_key IS NULL AND priority = 3 THEN coalesce(%(now)s::timestamptz, now())
+                        ELSE cairn.fair_available_at('activity', namespace, queue, activity_type, priority, fairness_key,
+                                                     (options -> 'priority' ->> 'fairness_weight')::float8,
+                                                     coalesce(%(now)s::timestamptz, now())) END
 WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 
 -- name: renew_activity_leases
@@ -602,6 +614,30 @@ WHERE timeout_at <= coalesce(%(now)s::timestamptz, now())
 ORDER BY timeout_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
+
+-- name: place_due_retries
+-- The retries of keyed or prioritised activities that are due (booked in retry_places by
+-- retry_activity, retry_activity_by_token and reschedule_activity, 0025) get their place in
+-- the claim order as a new activity would now: their fairness turn, their priority's lane
+-- position. Only an attempt still waiting with the available_at it was booked with: one
+-- leased, retried again or gone meanwhile is left as it is (its booking is dropped). SKIP
+-- LOCKED: the workers' maintenance passes split the bookings.
+WITH due AS (
+    DELETE FROM cairn.retry_places p
+    USING (SELECT run_id, seq FROM cairn.retry_places WHERE ready_at <= coalesce(%(now)s::timestamptz, now())
+           ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) d
+    WHERE p.run_id = d.run_id AND p.seq = d.seq
+    RETURNING p.run_id, p.seq, p.ready_at
+), placed AS (
+    UPDATE cairn.activity_tasks a
+    SET available_at = cairn.fair_available_at('activity', a.namespace, a.queue, a.activity_type, a.priority,
+                                               a.fairness_key, (a.options -> 'priority' ->> 'fairness_weight')::float8,
+                                               coalesce(%(now)s::timestamptz, now()))
+    FROM due WHERE a.run_id = due.run_id AND a.seq = due.seq AND a.lease_owner IS NULL
+      AND a.available_at = due.ready_at
+    RETURNING a.queue
+)
+SELECT (SELECT count(*) FROM due) AS due, (SELECT count(*) FROM placed) AS placed
 
 -- name: next_due
 -- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:
@@ -1200,14 +1236,22 @@ FOR UPDATE
 -- - 1, as release_activity), bumps the token (fencing the attempt that raised it), adds
 -- the counted part of the delay to the throttle time and says why in last_failure
 -- (describe shows it).
-UPDATE cairn.activity_tasks
-SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
-    heartbeat_deadline = NULL, attempt = attempt - 1,
-    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
-    throttled_seconds = throttled_seconds + %(counted)s,
-    last_failure = %(failure)s
-WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
-RETURNING queue, available_at
+WITH back AS (
+    UPDATE cairn.activity_tasks
+    SET lease_owner = NULL, token = token + 1, lease_expires_at = NULL, attempt_deadline = NULL,
+        heartbeat_deadline = NULL, attempt = attempt - 1,
+        available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second',
+        throttled_seconds = throttled_seconds + %(counted)s,
+        last_failure = %(failure)s
+    WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
+    RETURNING run_id, seq, queue, available_at, priority, fairness_key
+), placed AS (
+    -- a keyed or prioritised activity's retry is placed when due (0025, place_due_retries)
+    INSERT INTO cairn.retry_places (run_id, seq, ready_at)
+    SELECT run_id, seq, available_at FROM back WHERE fairness_key IS NOT NULL OR priority <> 3
+    ON CONFLICT (run_id, seq) DO UPDATE SET ready_at = excluded.ready_at
+)
+SELECT queue, available_at FROM back
 
 -- name: breaker_read
 -- A breaker's row, created on first use with the caller's config (first writer wins: an
@@ -1798,7 +1842,12 @@ WITH c AS (
            -- its concurrency slot goes on with it (cairn.concurrency_activity_gone, 0023)
            o.priority, o.fairness_key, o.concurrency_key
     FROM old o, c
-    RETURNING queue
+    RETURNING run_id, seq, queue, available_at, priority, fairness_key
+), placed AS (
+    -- a keyed or prioritised activity's retry is placed when due (0025, place_due_retries)
+    INSERT INTO cairn.retry_places (run_id, seq, ready_at)
+    SELECT run_id, seq, available_at FROM ins WHERE fairness_key IS NOT NULL OR priority <> 3
+    ON CONFLICT (run_id, seq) DO UPDATE SET ready_at = excluded.ready_at
 )
 SELECT queue FROM ins
 

@@ -87,6 +87,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "concurrency_limits": ("INSERT", "UPDATE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
         "fairness_places": ("INSERT", "UPDATE", "DELETE"),  # fairness keys' last places (0025); maintenance prunes
+        "retry_places": ("INSERT", "UPDATE", "DELETE"),  # keyed retries booked, placed when due (0025)
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -112,6 +113,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "concurrency_limits": ("INSERT", "UPDATE", "DELETE"),
         "concurrency_waiting": ("INSERT", "DELETE"),
         "fairness_places": ("INSERT", "UPDATE"),  # a keyed start's place (0025)
+        "retry_places": ("INSERT", "UPDATE"),  # a keyed retry by task token, booked (0025)
     },
 }
 

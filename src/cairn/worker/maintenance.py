@@ -86,6 +86,8 @@ class Maintenance:
                     await self.measure_queue_depth()
                 await self.resume_batches()
                 self._purger.tick(self._pools.main())
+                while await store.place_due_retries(self._pools.main(), limit=REAP_LIMIT) >= REAP_LIMIT:
+                    pass
                 due = await store.next_due(self._pools.main(), self._next_due_params)
                 if due is not None:
                     if due.total_seconds() <= 0:

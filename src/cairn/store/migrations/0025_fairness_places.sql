@@ -127,3 +127,19 @@ LANGUAGE sql VOLATILE AS $$
                 ELSE cairn.fair_available_at('workflow', p_namespace, p_queue, p_type, coalesce(p_priority, 3::smallint),
                                              p_key, p_weight, now()) END
 $$;
+
+-- An activity's retry keeps its place. A retry (or a throttle's reschedule) waits out its
+-- delay with available_at at its ready time, so once ready it queued behind every task
+-- placed before that time: a keyed or prioritised activity lost its fairness turn and its
+-- priority at each failure, which with a flaky provider is most of them. Its place can only
+-- be known when it is ready (where the level's head is then), so the retry books it here
+-- (only for an activity with a fairness key or a priority other than 3: default retries
+-- write nothing more) and the workers' maintenance pass places it when due
+-- (place_due_retries): ready at its ready time either way, the place only moves it forward.
+CREATE TABLE cairn.retry_places (
+    run_id   uuid        NOT NULL,
+    seq      integer     NOT NULL,
+    ready_at timestamptz NOT NULL,  -- the available_at the retry was given: placed only if unchanged
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX retry_places_due ON cairn.retry_places (ready_at);
