@@ -109,7 +109,9 @@ def test_request_rate_limit_holds_across_processes(workers, db_url, fake_llm, tm
 
 def test_history_follow_prints_tokens_until_the_run_closes(workers, db_url, fake_llm, tmp_path, monkeypatch):
     text = " ".join(f"tok{i}" for i in range(25))
-    fake_llm.script([], default=f.slow_stream(0.08, text=text))
+    # 0.15 s a token: ~4 s of stream, so the CLI (started after the run) sees it in parts
+    # even on a loaded machine (at 0.08 s its start-up once took the whole stream)
+    fake_llm.script([], default=f.slow_stream(0.15, text=text))
     monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, fake_llm))
     workers("s", "-m", "llm_flows")
     start_runs(db_url, lf.ask_streaming, [("followed", 1)])

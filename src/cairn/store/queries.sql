@@ -174,10 +174,12 @@ WITH claimed AS (
                         ORDER BY t.available_at
                         LIMIT 64
                         FOR UPDATE SKIP LOCKED) c
-          -- a one-time filter (an InitPlan, run only if the Append gets here): one probe of
-          -- the index's second lane instead of one per pair while nothing has priority 4 or 5
-          WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
-                                WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))) c
+          -- a one-time filter (an InitPlan, run only if the Append gets here): the second
+          -- lane is scanned only in a namespace that ever queued priority 4 or 5 (0025,
+          -- cairn.low_lanes: a primary-key probe; probing the lane itself planned a scan of
+          -- the table when the statistics saw none)
+          WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
+                                WHERE l.namespace = %(namespace)s AND l.kind = 'workflow'))) c
     LIMIT %(limit)s
 )
 SELECT c.*, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at, s.last_seq,
@@ -484,9 +486,8 @@ FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
                           ORDER BY a2.available_at
                           LIMIT 64
                           FOR UPDATE SKIP LOCKED) r
-            WHERE (SELECT EXISTS (SELECT 1 FROM cairn.activity_tasks l
-                                  WHERE l.namespace = %(namespace)s AND l.lease_owner IS NULL AND NOT l.paused
-                                    AND l.priority > 3))) r
+            WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
+                                  WHERE l.namespace = %(namespace)s AND l.kind = 'activity'))) r
       LIMIT %(limit)s) c
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
@@ -657,8 +658,8 @@ SELECT least(
                    WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
                      AND t.pause IS NULL AND t.priority > 3 AND t.available_at < 'infinity'
                    ORDER BY t.available_at LIMIT 1) n
-     WHERE (SELECT EXISTS (SELECT 1 FROM cairn.workflow_tasks l
-                           WHERE l.namespace = %(namespace)s AND l.pause IS NULL AND l.priority > 3))),
+     WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
+                           WHERE l.namespace = %(namespace)s AND l.kind = 'workflow'))),
     (SELECT min(n.available_at)
      FROM unnest(%(activity_queues)s::text[], %(activity_types)s::text[]) AS k(queue, activity_type),
           LATERAL (SELECT a.available_at FROM cairn.activity_tasks a
@@ -674,7 +675,9 @@ SELECT least(
                    WHERE a.namespace = %(namespace)s AND a.queue = k.queue AND a.activity_type = k.activity_type
                      AND a.lease_owner IS NULL AND NOT a.paused AND a.priority > 3 AND a.available_at < 'infinity'
                    ORDER BY a.available_at LIMIT 1) n
-     WHERE NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
+     WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
+                           WHERE l.namespace = %(namespace)s AND l.kind = 'activity'))
+       AND NOT EXISTS (SELECT 1 FROM cairn.activity_pauses p
                        WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', k.activity_type)
                          AND p.queue IN ('', k.queue))),
     (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),

@@ -88,6 +88,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "concurrency_waiting": ("INSERT", "DELETE"),
         "fairness_places": ("INSERT", "UPDATE", "DELETE"),  # fairness keys' last places (0025); maintenance prunes
         "retry_places": ("INSERT", "UPDATE", "DELETE"),  # keyed retries booked, placed when due (0025)
+        "low_lanes": ("INSERT",),  # namespaces that queued priority 4-5 (0025)
     },
     "client": {
         "runs": ("INSERT", "UPDATE"),  # starts, closes (terminate, reset), reset marks; never DELETE
@@ -114,6 +115,7 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "concurrency_waiting": ("INSERT", "DELETE"),
         "fairness_places": ("INSERT", "UPDATE"),  # a keyed start's place (0025)
         "retry_places": ("INSERT", "UPDATE"),  # a keyed retry by task token, booked (0025)
+        "low_lanes": ("INSERT",),  # a start at priority 4-5 notes its namespace (0025)
     },
 }
 
