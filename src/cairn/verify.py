@@ -27,6 +27,13 @@ no lock. The invariants, and how each is checked:
   ``history.status_mismatch`` (``runs.status`` is what the terminal event says),
   ``history.unmatched`` (every outcome has its scheduling event: activities, timers,
   children).
+- ``payload.missing``, ``payload.unlinked``: every reference to a stored payload, in history
+  and in the live rows that carry payloads (inbox, activity inputs, updates, query
+  requests), names a payload in ``cairn.payloads`` that is linked to the run in
+  ``cairn.run_payloads`` (else a purge of another run may take it); ``payload.orphan_link``:
+  no link of a run that does not exist. References inside stored payloads (an LLM call's
+  messages) are not looked at: their compressed JSON is not SQL's to read. Payloads no run
+  links are counted in the stats (``unlinked``: the sweep's, once past its grace period).
 - ``activity.double_completion``, ``local_activity.double_outcome``: one outcome per
   activity seq (a dropped fence shows here) and one final marker per local activity.
 - ``replay.diverged``, ``replay.failed``: every run of a type whose code is given replays
@@ -363,6 +370,7 @@ async def verify(
         if ack_entries is not None:
             await _check_acks(conn, ack_entries, out, stats)
         await _check_history(conn, out)
+        await _check_payloads(conn, out, stats)
         await _check_replay(conn, defs, out, stats)
         await _check_sagas(conn, out, stats)
         await _check_effects(conn, effects, attempts, effect_kinds, expect_reexecution, out, stats)
@@ -474,6 +482,28 @@ async def _check_history(conn: Conn, out: list[Violation]) -> None:
     for run_id, wid, seq, type_, ref, command in await store.unmatched_events(conn, {"kinds": json.dumps(_REFERENCES)}):
         out.append(Violation("history.unmatched", run_id, wid,
                              f"{type_} at seq {seq} refers to seq {ref}, which is not an earlier {command}"))
+
+
+async def _check_payloads(conn: Conn, out: list[Violation], stats: dict[str, Any]) -> None:
+    """payload.missing / payload.unlinked / payload.orphan_link: the payload store's references."""
+    faults: dict[tuple[str, str], tuple[str | None, str, int]] = {}  # (run, ref) -> (workflow, first place, places)
+    for run_id, wid, place, refs in await store.unlinked_references(conn):
+        for ref in refs:
+            _, first, n = faults.get((run_id, ref), (wid, place, 0))
+            faults[(run_id, ref)] = (wid, first, n + 1)
+    stored = await store.stored_refs(conn, {ref for _, ref in faults}) if faults else set()
+    for (run_id, ref), (wid, first, n) in faults.items():
+        where = first + (f" (and {n - 1} more row(s))" if n > 1 else "")
+        if ref in stored:
+            out.append(Violation("payload.unlinked", run_id, wid, f"{where} refers to stored payload {ref}, which is "
+                                                                  "not linked to the run (a purge may remove it)"))
+        else:
+            out.append(Violation("payload.missing", run_id, wid, f"{where} refers to stored payload {ref}, which is "
+                                                                 "not in cairn.payloads"))
+    for run_id, n in await store.links_without_run(conn):
+        out.append(Violation("payload.orphan_link", run_id, None, f"{n} payload link(s) of a run that does not exist"))
+    payloads, links, unlinked = await store.payload_counts(conn)
+    stats["payloads"] = {"stored": payloads, "links": links, "unlinked": unlinked}
 
 
 def _events(rows: Sequence[tuple[Any, ...]]) -> dict[str, list[Event]]:

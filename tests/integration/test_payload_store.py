@@ -205,3 +205,124 @@ async def test_a_schedule_keeps_its_arguments_inline(client, sql):
     [(args,)] = sql("SELECT action->'args' FROM cairn.schedules WHERE schedule_id = 'big-args'")
     assert args == [big]
     assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+
+
+# ---------------------------------------------------------------- cairn verify, and the sweep
+
+
+async def _cairn(db_url: str, *args: str):
+    """``cairn ...`` (in a thread: the command runs its own event loop)."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from cairn.cli import main as cli
+
+    return await asyncio.to_thread(CliRunner().invoke, cli, ["--database-url", db_url, *args])
+
+
+async def test_verify_checks_every_reference(client, start_worker, sql, db_url):
+    """A payload-store run verifies clean; a reference its run has no link to, one to a
+    payload never stored, and a link of a run that does not exist are each reported."""
+    from cairn.verify import verify
+
+    await start_worker(workflows=[big_flow], activities=[grow])
+    handle = await client.start(big_flow, BIG, id="verified")
+    await handle.result(timeout=30)
+    clean = await verify(db_url, workflows=[big_flow])
+    assert clean.ok(), clean.to_json()
+    assert clean.stats["payloads"] == {"stored": 3, "links": 3, "unlinked": 0}
+
+    input_ref = payloads.to_payload(BIG)[payloads.REF_KEY]
+    digest = stored.digests([input_ref])
+    sql("DELETE FROM cairn.run_payloads WHERE run_id = %s AND hash = %s", (handle.run_id, digest[0]))
+    never = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
+    sql("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
+        (handle.run_id, json.dumps({"name": "x", "payload": [{payloads.REF_KEY: never}]})))
+    ghost = "00000000-0000-7000-8000-00000000abcd"
+    sql("INSERT INTO cairn.run_payloads (run_id, hash) VALUES (%s, %s)", (ghost, digest[0]))
+
+    ran = await _cairn(db_url, "verify", "--json")
+    assert ran.exit_code == 1, ran.output
+    report = json.loads(ran.output)
+    found = {(v["invariant"], v["run_id"]): v["detail"] for v in report["violations"]
+             if v["invariant"].startswith("payload.")}
+    assert set(found) == {("payload.unlinked", handle.run_id), ("payload.missing", handle.run_id),
+                          ("payload.orphan_link", ghost)}
+    # the input is in WorkflowStarted (seq 1) and echoed in the result: one violation, its first place
+    assert found["payload.unlinked", handle.run_id].startswith("history seq 1 (and 1 more row(s)) refers to "
+                                                              f"stored payload {input_ref}")
+    assert found["payload.missing", handle.run_id].startswith("inbox id ")
+    assert never in found["payload.missing", handle.run_id]
+    assert found["payload.orphan_link", ghost] == "1 payload link(s) of a run that does not exist"
+    assert report["stats"]["payloads"] == {"stored": 3, "links": 3, "unlinked": 0}
+
+
+def _orphan(sql, n: int, *, age: timedelta) -> bytes:
+    """A payload no run links, stored ``age`` ago (as a purge that passed over a payload
+    being linked, then the linker's rollback, leaves one)."""
+    digest = bytes([n]) * 32
+    sql("INSERT INTO cairn.payloads (hash, compressed, size, created_at) VALUES (%s, 'x', 1, now() - %s)",
+        (digest, age))
+    return digest
+
+
+async def test_sweep_removes_old_unlinked_payloads_only(client, start_worker, sql, db_url):
+    import psycopg
+
+    await start_worker(workflows=[big_flow], activities=[grow])
+    await (await client.start(big_flow, BIG, id="kept")).result(timeout=30)
+    sql("UPDATE cairn.payloads SET created_at = now() - interval '1 day'")  # linked, and old
+    old = _orphan(sql, 1, age=timedelta(days=1))
+    young = _orphan(sql, 2, age=timedelta(minutes=5))  # within the grace period
+    linking = _orphan(sql, 3, age=timedelta(days=1))
+    run_id = sql("SELECT run_id FROM cairn.runs")[0][0]
+    # A writer linking a payload right now (uncommitted): its foreign key check holds the
+    # payload's KEY SHARE lock, which the sweep passes over.
+    async with await psycopg.AsyncConnection.connect(db_url) as writer:
+        await writer.execute("INSERT INTO cairn.run_payloads (run_id, hash) VALUES (%s, %s)", (run_id, linking))
+        dry = await _cairn(db_url, "db", "payloads", "--sweep", "--dry-run", "--json")
+        assert dry.exit_code == 0, dry.output
+        assert json.loads(dry.output)["payloads"] == 2  # a dry run counts; it does not lock
+        assert sql("SELECT count(*) FROM cairn.payloads") == [(6,)]
+        swept = await client.sweep_payloads()
+        assert swept.payloads == 1
+        left = {bytes(h) for (h,) in sql("SELECT hash FROM cairn.payloads")}
+        assert old not in left
+        assert {young, linking} <= left
+        assert len(left) == 5  # the run's three, the young one, the one being linked
+        await writer.rollback()  # the writer fails: now that one has no link either
+    ran = await _cairn(db_url, "db", "payloads", "--sweep", "--json")
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output)["payloads"] == 1
+    assert {bytes(h) for (h,) in sql("SELECT hash FROM cairn.payloads")} >= {young}
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(4,)]
+    human = await _cairn(db_url, "db", "payloads", "--sweep")
+    assert human.exit_code == 0
+    assert human.output.startswith("removed 0 stored payloads no run links")
+    assert (await _cairn(db_url, "db", "payloads", "--dry-run")).exit_code == 2
+    from cairn.verify import verify
+
+    report = await verify(db_url)
+    assert report.ok(), report.to_json()
+    assert report.stats["payloads"]["unlinked"] == 1  # the young one, kept
+
+
+async def test_the_retention_pass_sweeps_in_slices(client, sql, monkeypatch):
+    """The workers' pass sweeps a few slices each time, going on where the last one stopped."""
+    from cairn.worker import retention as worker_retention
+
+    for n in range(1, 8):
+        _orphan(sql, n * 30, age=timedelta(days=2))
+    monkeypatch.setattr(stored, "SWEEP_SCAN", 2)
+    monkeypatch.setattr(worker_retention, "SWEEP_SLICES", 2)
+    purger = worker_retention.Purger()
+    purger._swept_to = b""
+    await purger._pass(client.pool)  # two slices of two: the four lowest hashes
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(3,)]
+    assert purger._swept_to == bytes([120]) * 32
+    await purger._pass(client.pool)  # the last three
+    assert sql("SELECT count(*) FROM cairn.payloads") == [(0,)]
+    assert purger._swept_to == bytes([210]) * 32
+    await purger._pass(client.pool)  # the end of the table: the next pass starts over
+    assert purger._swept_to == b""

@@ -14,7 +14,7 @@ from cairn.client import Client
 from cairn.errors import InputValidationError
 from cairn.logformat import JsonFormatter, use_json
 from cairn.store import db
-from cairn.store.payloads import PayloadStats
+from cairn.store.payloads import PayloadStats, PayloadSweep
 from cairn.worker import Worker, collect
 
 
@@ -74,12 +74,24 @@ def db_status(settings: Settings, as_json: bool) -> None:
 @db_group.command("payloads")
 @click.argument("workflow_id", required=False)
 @click.option("--run-id", default=None, help="That run of WORKFLOW_ID (default: its newest).")
+@click.option("--sweep", is_flag=True,
+              help="Remove the stored payloads no run links (stored over an hour ago); workers' retention does too.")
+@click.option("--dry-run", is_flag=True, help="With --sweep: count what it would remove; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def db_payloads(settings: Settings, workflow_id: str | None, run_id: str | None, as_json: bool) -> None:
+def db_payloads(settings: Settings, workflow_id: str | None, run_id: str | None, sweep: bool, dry_run: bool,
+                as_json: bool) -> None:
     """Show the payload store's size: payloads stored once (those above
     CAIRN_STORE_PAYLOAD_BYTES, and LLM chat messages), bytes as JSON and as stored, and the
-    runs referring to them; with WORKFLOW_ID, what that run refers to."""
+    runs referring to them; with WORKFLOW_ID, what that run refers to. --sweep removes the
+    payloads no run links (left when a purge passed over one a failed write was linking)."""
+    if dry_run and not sweep:
+        raise click.UsageError("--dry-run goes with --sweep")
+    if sweep:
+        if workflow_id is not None or run_id is not None:
+            raise click.UsageError("--sweep is of the whole store: no WORKFLOW_ID or --run-id")
+        _sweep(settings, dry_run, as_json)
+        return
 
     @with_client
     async def go(client: Client) -> PayloadStats:
@@ -92,6 +104,20 @@ def db_payloads(settings: Settings, workflow_id: str | None, run_id: str | None,
     ratio = f" ({s.json_bytes / s.stored_bytes:.1f}x)" if s.stored_bytes else ""
     click.echo(f"{s.payloads} payloads, {s.json_bytes:,} bytes as JSON, {s.stored_bytes:,} stored{ratio}"
                + ("" if workflow_id else f", referred to by {s.runs} runs"))
+
+
+def _sweep(settings: Settings, dry_run: bool, as_json: bool) -> None:
+    @with_client
+    async def go(client: Client) -> PayloadSweep:
+        return await client.sweep_payloads(dry_run=dry_run)
+
+    swept = run(go(settings))
+    if as_json:
+        click.echo(to_json({"dry_run": dry_run, **swept.to_json()}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {swept.payloads} stored payloads no run links ({swept.stored_bytes:,} bytes stored), "
+               f"stored before {swept.cutoff.isoformat(timespec='seconds')}")
 
 
 @main.command("worker")

@@ -57,10 +57,11 @@ from cairn.payloads import Signature, check_memo, to_payload
 from cairn.schedules import Schedule, ScheduleBackfill
 from cairn.store import db, lifecycle, runs
 from cairn.store import payloads as store_payloads
+from cairn.store import retention as store_retention
 from cairn.store import workers as store_workers
 from cairn.store.db import CLIENT_CONNECTION_OPTIONS
 from cairn.store.filters import Filter, parse_filter
-from cairn.store.payloads import PayloadStats
+from cairn.store.payloads import PayloadStats, PayloadSweep
 from cairn.telemetry import tracer
 from cairn.visibility import check_search_attributes
 from cairn.workflow import definition_of
@@ -634,6 +635,20 @@ class Client:
             return await self._read(store_payloads.stats)
         run = (await self.get_handle(workflow_id, run_id)._resolve()).run_id
         return await self._read(lambda c: store_payloads.stats(c, run))
+
+    async def sweep_payloads(self, *, dry_run: bool = False,
+                             grace: timedelta = store_payloads.SWEEP_GRACE) -> PayloadSweep:
+        """Removes the stored payloads no run links, stored more than ``grace`` ago, the whole
+        table in slices (``cairn db payloads --sweep``; the workers' retention pass sweeps a
+        few slices each time). ``dry_run``: only count them. A payload being linked is never
+        taken (migration 0026). Safe to repeat."""
+        if dry_run:
+            return await self._read(lambda c: store_retention.unlinked_payloads(c, grace=grace))
+
+        async def go(conn: Any) -> PayloadSweep:
+            return (await store_retention.sweep(conn, grace=grace))[0]
+
+        return await self._read(go)
 
     # -- workers (cairn.client.workers)
 

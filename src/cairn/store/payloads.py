@@ -12,6 +12,11 @@ test of bytes already in memory, before the parse that follows anyway) and a rea
 only when the count moved while it read (:func:`marked`, :func:`resolve_if`). A false
 alarm (another task read a reference meanwhile) costs a walk, never a statement.
 
+Sweeping (``cairn.store.retention.sweep``, migration 0026): a payload that no run links (a
+purge passed over it while a writer that then rolled back was linking it) is removed once
+older than :data:`SWEEP_GRACE`, a slice of :data:`SWEEP_SCAN` payloads in hash order per
+statement; by the workers' retention pass (a few slices each) and ``cairn db payloads --sweep``.
+
 Resolved values are as ``jsonb`` would have returned them (``cairn.payloads.jsonb_form``: key order,
 numbers), so workflow code sees the same data live, on replay and from the fast path.
 """
@@ -23,6 +28,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -138,11 +144,14 @@ async def save(conn: psycopg.AsyncConnection[Any], found: list[Link]) -> list[Li
         return found
     params = save_params(found)
     await conn.execute(q("save_payloads"), params)
-    return [(run_id, _ref(digest)) for run_id, digest in zip(params["run_ids"], params["link_hashes"], strict=True)]
+    pairs = zip(params["run_ids"], params["link_hashes"], strict=True)
+    return [(run_id, ref_of_digest(digest)) for run_id, digest in pairs]
 
 
-def _ref(digest: bytes) -> str:
+def ref_of_digest(digest: bytes) -> str:
+    """The reference's hash of a ``cairn.payloads.hash`` (the inverse of :func:`digests`)."""
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
 
 
 def save_sync(conn: psycopg.Connection[Any], found: list[Link]) -> None:
@@ -203,7 +212,7 @@ async def values(conn: psycopg.AsyncConnection[Any], refs: set[str]) -> dict[str
         if missing:
             cur = await conn.execute(q("read_payloads"), {"hashes": [_digest(r) for r in missing]})
             for digest, blob, _encoding in await cur.fetchall():
-                raw[_ref(bytes(digest))] = payloads.decode(bytes(blob))
+                raw[ref_of_digest(bytes(digest))] = payloads.decode(bytes(blob))
         lost = [r for r in missing if r not in raw]
         if lost:
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(lost))} are missing from cairn.payloads")
@@ -280,8 +289,27 @@ def resolve_sync(conn: psycopg.Connection[Any], data: Any) -> Any:
         if missing:
             rows = conn.execute(q("read_payloads"), {"hashes": [_digest(r) for r in missing]}).fetchall()
             for digest, blob, _encoding in rows:
-                found[_ref(bytes(digest))] = payloads.jsonb_form(payloads.decode(bytes(blob)))
+                found[ref_of_digest(bytes(digest))] = payloads.jsonb_form(payloads.decode(bytes(blob)))
         if not found.keys() >= refs:
             raise DatabaseError(f"stored payload(s) {', '.join(sorted(refs - found.keys()))} are missing")
         data = payloads.replace_refs(data, found)
     return data
+
+
+# ---------------------------------------------------------------- sweeping
+
+SWEEP_GRACE = timedelta(hours=1)  # a payload stored more recently is never swept, linked or not
+SWEEP_SCAN = 5_000  # payloads looked at per statement (a transaction of its own: short locks)
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSweep:
+    """What a sweep removed (or, a dry run, would remove): payloads no run links, stored
+    before ``cutoff``, and their bytes as stored."""
+
+    payloads: int
+    stored_bytes: int
+    cutoff: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"payloads": self.payloads, "stored_bytes": self.stored_bytes, "cutoff": self.cutoff.isoformat()}

@@ -1617,6 +1617,58 @@ WHERE NOT EXISTS (
 )
 ORDER BY e.run_id, e.seq
 
+-- name: verify_payload_references
+-- References to stored payloads (0022) not linked to the run whose row holds them (a
+-- payload that is not stored has no link either): in history, and in the live rows that
+-- carry payloads (the inbox, an activity's input, updates, query requests). `@?` skips the
+-- rows with none (one walk of each value, about as dear as the scan); a row with some is
+-- compared with its run's links (run_payloads, grouped by run) as jsonb arrays of
+-- references: scalar functions and joins all, since a set-returning one (jsonb_path_query)
+-- is estimated at 1,000 rows a row, and a subquery per row costs as much in estimates:
+-- either made the plan, and JIT, many times dearer than the work. Per row at fault: its
+-- place and its unlinked references.
+WITH refs AS (
+    SELECT 1 AS ord, h.seq::bigint AS num, 'history seq ' || h.seq AS place, h.run_id,
+           jsonb_path_query_array(h.data, 'strict $.**."$cairn.payload"') AS found
+    FROM cairn.history h WHERE h.data @? 'strict $.**."$cairn.payload"'
+    UNION ALL SELECT 2, i.id, 'inbox id ' || i.id, i.run_id, jsonb_path_query_array(i.data, 'strict $.**."$cairn.payload"')
+    FROM cairn.inbox i WHERE i.data @? 'strict $.**."$cairn.payload"'
+    UNION ALL SELECT 3, a.seq, 'activity_tasks seq ' || a.seq, a.run_id,
+                     jsonb_path_query_array(a.input, 'strict $.**."$cairn.payload"')
+    FROM cairn.activity_tasks a WHERE a.input @? 'strict $.**."$cairn.payload"'
+    UNION ALL SELECT 4, 0, 'updates ' || u.update_id, u.run_id,
+                     jsonb_path_query_array(jsonb_build_array(u.args, u.result), 'strict $.**."$cairn.payload"')
+    FROM cairn.updates u WHERE jsonb_build_array(u.args, u.result) @? 'strict $.**."$cairn.payload"'
+    UNION ALL SELECT 5, 0, 'query_requests ' || q.id, q.run_id,
+                     jsonb_path_query_array(jsonb_build_array(q.args, q.answer), 'strict $.**."$cairn.payload"')
+    FROM cairn.query_requests q WHERE jsonb_build_array(q.args, q.answer) @? 'strict $.**."$cairn.payload"'
+), linked AS (
+    SELECT l.run_id, jsonb_agg(rtrim(translate(encode(l.hash, 'base64'), '+/', '-_'), '=')) AS refs
+    FROM cairn.run_payloads l WHERE l.run_id IN (SELECT x.run_id FROM refs x) GROUP BY l.run_id
+)
+SELECT x.run_id::text, (SELECT r.workflow_id FROM cairn.runs r WHERE r.run_id = x.run_id) AS workflow_id, x.place,
+       jsonb_path_query_array(x.found, 'strict $[*] ? (!(@ == $linked[*]))',
+                              jsonb_build_object('linked', coalesce(k.refs, '[]'))) AS unlinked
+FROM refs x LEFT JOIN linked k ON k.run_id = x.run_id
+WHERE NOT x.found <@ coalesce(k.refs, '[]')
+ORDER BY x.run_id, x.ord, x.num, x.place
+
+-- name: verify_payloads_stored
+-- Which of these hashes are stored (for the references verify_payload_references found).
+SELECT hash FROM cairn.payloads WHERE hash = ANY(%(hashes)s::bytea[])
+
+-- name: verify_payload_links
+-- Links (run_payloads) of runs that do not exist; the foreign key keeps the payload side.
+SELECT l.run_id::text, count(*) AS n FROM cairn.run_payloads l
+WHERE NOT EXISTS (SELECT 1 FROM cairn.runs r WHERE r.run_id = l.run_id)
+GROUP BY l.run_id ORDER BY l.run_id
+
+-- name: verify_payload_stats
+-- The payload store: payloads, links, and payloads no run links (a sweep's, once old enough).
+SELECT (SELECT count(*) FROM cairn.payloads) AS payloads, (SELECT count(*) FROM cairn.run_payloads) AS links,
+       (SELECT count(*) FROM cairn.payloads p
+        WHERE NOT EXISTS (SELECT 1 FROM cairn.run_payloads l WHERE l.hash = p.hash)) AS unlinked
+
 -- name: verify_runs_page
 -- A page of runs (keyset on run_id) of the given types, for streaming replays.
 SELECT run_id::text, workflow_id, workflow_type, queue, namespace, status FROM cairn.runs
@@ -2570,6 +2622,20 @@ SELECT count(*) AS payloads, coalesce(sum(p.size), 0)::bigint AS json_bytes,
        coalesce(sum(octet_length(p.compressed)), 0)::bigint AS stored_bytes, 1 AS runs
 FROM cairn.run_payloads l JOIN cairn.payloads p ON p.hash = l.hash
 WHERE l.run_id = %(run_id)s::uuid
+
+-- name: sweep_payloads
+-- Removes the stored payloads no run links, stored before %(cutoff)s, among the next
+-- %(scan)s after hash %(after)s (migration 0026: a payload being linked is passed over);
+-- returns the slice's last hash (NULL: the table's end) and what went.
+SELECT last_hash, swept, swept_bytes FROM cairn.sweep_payloads(%(after)s::bytea, %(scan)s::int, %(cutoff)s::timestamptz)
+
+-- name: unlinked_payloads
+-- What a sweep would remove: the payloads no run links, stored before %(cutoff)s (a full
+-- scan of cairn.payloads, with a probe of run_payloads_hash each: an operator's question).
+SELECT count(*) AS payloads, coalesce(sum(octet_length(p.compressed)), 0)::bigint AS stored_bytes
+FROM cairn.payloads p
+WHERE p.created_at < %(cutoff)s::timestamptz
+  AND NOT EXISTS (SELECT 1 FROM cairn.run_payloads l WHERE l.hash = p.hash)
 
 -- ---------------------------------------------------------------- concurrency limits (0023)
 

@@ -49,7 +49,7 @@ from cairn.store.sql import q
 
 __all__ = [
     "BUSY_BACKGROUND", "BUSY_OPERATOR", "CHUNK_SIZE", "LOCK_CLASS", "PurgePreview", "PurgeProgress", "cutoff_of",
-    "preview", "purge", "purge_expired", "purge_in",
+    "preview", "purge", "purge_expired", "purge_in", "sweep", "sweep_payloads", "unlinked_payloads",
 ]
 
 log = logging.getLogger("cairn.retention")
@@ -249,3 +249,49 @@ async def purge_expired(pool: db.Pool, *, busy: float = BUSY_BACKGROUND, chunk_s
     except psycopg.Error as exc:
         raise db.translate(exc) from None
     return out
+
+
+# ---------------------------------------------------------------- the payload sweep (0026)
+
+
+async def unlinked_payloads(conn: db.Conn, *, grace: timedelta = stored.SWEEP_GRACE) -> stored.PayloadSweep:
+    """What :func:`sweep` would remove now (a full scan: an operator's question)."""
+    cutoff = await cutoff_of(conn, grace)
+    row = await (await conn.execute(q("unlinked_payloads"), {"cutoff": cutoff})).fetchone()
+    assert row is not None
+    return stored.PayloadSweep(int(row[0]), int(row[1]), cutoff)
+
+
+async def sweep(conn: db.Conn, *, after: bytes = b"", slices: int | None = None,
+                grace: timedelta = stored.SWEEP_GRACE, scan: int | None = None) -> tuple[stored.PayloadSweep, bytes]:
+    """Removes the payloads no run links, stored more than ``grace`` ago: ``slices`` slices
+    of ``scan`` payloads in hash order from hash ``after`` (None: to the end of the table),
+    each one statement (``conn`` in autocommit: each its own transaction). Returns what went
+    and the hash the next sweep goes on from (``b""``: the table's start). A payload being
+    linked meanwhile is passed over, never broken (migration 0026)."""
+    cutoff = await cutoff_of(conn, grace)
+    swept = swept_bytes = 0
+    done = 0
+    while slices is None or done < slices:
+        params = {"after": after, "scan": scan or stored.SWEEP_SCAN, "cutoff": cutoff}
+        row = await (await conn.execute(q("sweep_payloads"), params)).fetchone()
+        assert row is not None
+        last, n, size = row
+        swept += int(n)
+        swept_bytes += int(size)
+        done += 1
+        if last is None:  # the end of the table: the next sweep starts over
+            after = b""
+            break
+        after = bytes(last)
+    return stored.PayloadSweep(swept, swept_bytes, cutoff), after
+
+
+async def sweep_payloads(pool: db.Pool, **kwargs: Any) -> tuple[stored.PayloadSweep, bytes]:
+    """:func:`sweep` (stored payloads no run links) on a connection of ``pool``: the
+    retention pass's second part."""
+    try:
+        async with pool.connection() as conn:
+            return await sweep(conn, **kwargs)
+    except psycopg.Error as exc:
+        raise db.translate(exc) from None

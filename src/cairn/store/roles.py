@@ -124,6 +124,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
 # itself (history stays append-only to every other statement; see migration 0020).
 DEFINER_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "purge_closed_runs(uuid[])": ("worker", "client"),
+    # stored payloads no run links (0026): DELETE and FOR UPDATE on cairn.payloads stay the owner's
+    "sweep_payloads(bytea, integer, timestamptz)": ("worker", "client"),
 }
 
 # Where a role's UPDATE is granted on some columns only: the client heartbeats an attempt by

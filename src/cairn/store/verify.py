@@ -8,7 +8,8 @@ translates any psycopg error into a :class:`~cairn.errors.DatabaseError`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -16,12 +17,14 @@ import psycopg
 from psycopg import sql
 
 from cairn.errors import DatabaseError
+from cairn.store import payloads
 from cairn.store.db import connect_async, redact
 from cairn.store.sql import q
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Row = tuple[Any, ...]
 R = TypeVar("R", bound=tuple[Any, ...])
+_REF = re.compile(r"^[A-Za-z0-9_-]{43}$")  # a SHA-256 in unpadded base64url: a reference's hash
 
 
 class OpenRun(NamedTuple):
@@ -103,6 +106,18 @@ class UnmatchedEvent(NamedTuple):
     type: str
     referenced: str | None  # the seq the event names (as text: it may not be a number)
     command: str
+
+
+class UnlinkedReferences(NamedTuple):
+    run_id: str
+    workflow_id: str | None
+    place: str  # the row: "history seq 4", "inbox id 17", "updates <update id>", ...
+    refs: list[str]  # its references that the run has no link to
+
+
+class LinksWithoutRun(NamedTuple):
+    run_id: str
+    links: int
 
 
 class RunToReplay(NamedTuple):
@@ -250,6 +265,30 @@ async def double_local_outcomes(conn: Conn) -> list[DoubleOutcome]:
 async def unmatched_events(conn: Conn, params: dict[str, Any]) -> list[UnmatchedEvent]:
     """(run_id, workflow_id, seq, type, referenced seq, command) of outcomes with no command."""
     return _as(UnmatchedEvent, await _rows(conn, q("verify_unmatched_events"), params))
+
+
+async def unlinked_references(conn: Conn) -> list[UnlinkedReferences]:
+    """(run_id, workflow_id, place, references) of the rows whose stored payload references
+    their run has no link to (in run order, then history first)."""
+    return _as(UnlinkedReferences, await _rows(conn, q("verify_payload_references")))
+
+
+async def stored_refs(conn: Conn, refs: Iterable[str]) -> set[str]:
+    """Which of these references name a stored payload (a malformed one names none)."""
+    wellformed = {r for r in refs if _REF.match(r)}
+    rows = await _rows(conn, q("verify_payloads_stored"), {"hashes": payloads.digests(wellformed)})
+    return {payloads.ref_of_digest(bytes(h)) for (h,) in rows}
+
+
+async def links_without_run(conn: Conn) -> list[LinksWithoutRun]:
+    """(run_id, links) of payload links whose run does not exist."""
+    return _as(LinksWithoutRun, await _rows(conn, q("verify_payload_links")))
+
+
+async def payload_counts(conn: Conn) -> tuple[int, int, int]:
+    """(payloads, links, payloads no run links) of the payload store."""
+    payloads, links, unlinked = (await _rows(conn, q("verify_payload_stats")))[0]
+    return int(payloads), int(links), int(unlinked)
 
 
 async def skipped_types(conn: Conn, types: list[str]) -> dict[str, int]:
