@@ -201,6 +201,7 @@ FLEET = frozenset({
     "tests/acceptance/test_async_completion_processes.py",
     "tests/acceptance/test_llm_processes.py", "tests/acceptance/test_llm_storm.py",
     "tests/acceptance/test_llm_storm_faults.py", "tests/acceptance/test_llm_third_party.py",
+    "tests/acceptance/test_llm_third_party_agent.py",
     "tests/acceptance/test_resilience_processes.py", "tests/chaos/test_chaos.py",
     "tests/chaos/test_database_faults.py", "tests/examples/test_example_document_pipeline.py",
 })

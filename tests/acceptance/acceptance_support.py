@@ -129,13 +129,13 @@ def storm_calls(workflows: int = STORM_WORKFLOWS) -> int:
     return sum(2 + i % 2 for i in range(workflows))
 
 
-def providers_file(tmp_path: Path, url: str, **options: Any) -> str:
-    """A providers file of one provider, ``fake``, serving ``llm_flows.MODEL`` at ``url``,
+def providers_file(tmp_path: Path, url: str, *, name: str = "fake", **options: Any) -> str:
+    """A providers file of one provider, ``name``, serving ``llm_flows.MODEL`` at ``url``,
     with nothing tuned but ``options`` (``rpm=...``)."""
     import llm_flows
 
     path = tmp_path / "providers.json"
-    path.write_text(json.dumps({"providers": [{"name": "fake", "base_url": url, "models": [llm_flows.MODEL],
+    path.write_text(json.dumps({"providers": [{"name": name, "base_url": url, "models": [llm_flows.MODEL],
                                                **options}]}))
     return str(path)
 

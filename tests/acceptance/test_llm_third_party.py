@@ -20,114 +20,34 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
-import subprocess
-import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import llm_flows as lf
 import pytest
-from acceptance_support import start_runs
+from acceptance_support import providers_file, start_runs
+from llmock_support import LEASE_SECONDS, Mock
 
 from cairn.llm.fake import call_key
-from support import TIMEOUT, query, wait_for
+from support import query, resolved, wait_for
 
 pytest.importorskip("llmock", reason="llmock (dev extras) is not installed")
 
 pytestmark = pytest.mark.acceptance
 
-LLMOCK = str(Path(sys.executable).parent / "llmock")
 THROTTLES = (429, 503)  # LLMock sends Retry-After with both: Cairn reschedules, burning no attempt
-# No worker dies here, so no test needs a short lease; with the fixture's 2 s one, two busy
-# cores let a worker's renewals fall 2 s behind and its calls were taken over and paid twice.
-LEASE_SECONDS = 30.0
-
-
-@dataclass
-class Mock:
-    root: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"{self.root}/v1"
-
-    def requests(self) -> list[dict[str, Any]]:
-        """The journal, oldest first, each with the call key of its body."""
-        records = httpx.get(f"{self.root}/_llmock/requests", timeout=30).json()["requests"]
-        return [{**r, "call": call_key(r.get("body"))} for r in records if r["path"] == "/v1/chat/completions"]
-
-    def scenario(self, *behaviors: dict[str, Any]) -> None:
-        r = httpx.post(f"{self.root}/_llmock/scenario", json={"behaviors": list(behaviors)}, timeout=10)
-        assert r.status_code == 201, r.text
-
-    def verdict(self) -> dict[str, Any]:
-        return httpx.get(f"{self.root}/_llmock/verdict", timeout=30).json()  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def llmock_serve(tmp_path: Path) -> Iterator[Callable[..., Mock]]:
-    """``llmock_serve(*flags)`` runs ``llmock serve`` on a free loopback port until teardown."""
-    started: list[Mock] = []
-
-    def start(*flags: str) -> Mock:
-        port = free_port()
-        log_path = tmp_path / f"llmock-{port}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([LLMOCK, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                     "--log-level", "warning", "--tool-mode", "off", *flags],
-                                    stdout=log, stderr=subprocess.STDOUT)
-        mock = Mock(f"http://127.0.0.1:{port}", proc, log_path)
-        started.append(mock)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"llmock exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                return httpx.get(f"{mock.root}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for("llmock to serve", up, timeout=TIMEOUT)
-        return mock
-
-    yield start
-    for mock in started:
-        mock.proc.terminate()
-        try:
-            mock.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            mock.proc.kill()
-            mock.proc.wait(timeout=10)
-
-
-def providers_file(tmp_path: Path, url: str) -> str:
-    path = tmp_path / "providers.json"
-    path.write_text(json.dumps({"providers": [{"name": "llmock", "base_url": url, "models": [lf.MODEL]}]}))
-    return str(path)
 
 
 def results(db_url: str) -> dict[str, dict[str, Any]]:
-    """Each call's recorded chat result, by the call key of its request."""
+    """Each call's recorded chat result, by the call key of its request (its messages
+    resolved: a message over 256 bytes is recorded as a payload-store reference)."""
     rows = query(db_url, """
         SELECT s.data, c.data FROM cairn.history s JOIN cairn.history c
           ON c.run_id = s.run_id AND c.type = 'ActivityCompleted' AND (c.data->>'activity_seq')::int = s.seq
         WHERE s.type = 'ActivityScheduled'""")
     found = {}
     for scheduled, completed in rows:
-        messages = scheduled["input"][0]["request"]["messages"]
+        messages = resolved(db_url, scheduled["input"][0]["request"]["messages"])
         found[call_key({"messages": messages})] = completed["result"]
     return found
 
@@ -173,7 +93,7 @@ def completed(db_url: str, n: int) -> bool:
 
 def test_plain_completions_parse(workers, db_url, llmock_serve, tmp_path, monkeypatch):
     mock = llmock_serve()
-    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
+    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url, name="llmock"))
     w = workers("plain", "-m", "llm_flows", lease=LEASE_SECONDS)
     start_runs(db_url, lf.ask_call, [("plain-json", "json")])
     start_runs(db_url, lf.ask_call_streaming, [("plain-stream", "stream")])
@@ -203,7 +123,7 @@ def test_scripted_faults_are_handled(workers, db_url, llmock_serve, tmp_path, mo
                   {"type": "fail", "status": 429, "retry_after": 1, "times": 2},
                   {"type": "fail", "status": 503, "times": 1},  # LLMock's default Retry-After: 1 s
                   {"type": "delay", "seconds": 0.5, "times": 2})
-    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
+    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url, name="llmock"))
     procs = tuple(workers(f"t{i}", "-m", "llm_flows", lease=LEASE_SECONDS) for i in range(2))
     keys = [f"t{i}" for i in range(6)]
     start_runs(db_url, lf.ask_call, [(f"scripted-{k}", k) for k in keys])
@@ -219,7 +139,7 @@ def test_random_failures_and_quota_are_survived(workers, db_url, llmock_serve, t
     (a bucket of 34 refilling at 0.57/s) met by 40 calls: it runs dry unless they spread over
     more than ~10 s, and answers 429 with the real wait, about 2 s."""
     mock = llmock_serve("--error-rate", "500=0.3", "--rpm", "34")
-    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url))
+    monkeypatch.setenv("CAIRN_LLM_PROVIDERS", providers_file(tmp_path, mock.url, name="llmock"))
     procs = tuple(workers(f"r{i}", "-m", "llm_flows", lease=LEASE_SECONDS) for i in range(2))
     keys = [f"r{i}" for i in range(40)]
     start_runs(db_url, lf.ask_call, [(f"random-{k}", k) for k in keys])

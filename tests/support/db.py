@@ -1,4 +1,5 @@
-"""Reading a test database: one query, and a run's history and status."""
+"""Reading a test database: one query, a run's history and status, values with their
+payload-store references resolved."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]
     with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
         cur = conn.execute(statement, params)
         return cur.fetchall() if cur.description else []
+
+
+def resolved(url: str, data: Any) -> Any:
+    """``data`` read from the database (history, a task's input) with every payload-store
+    reference in it replaced by its value, as the engine reads it."""
+    from cairn.store.payloads import resolve_sync
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+        return resolve_sync(conn, data)
 
 
 def events(sql: Sql, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
