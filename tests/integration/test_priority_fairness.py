@@ -143,6 +143,8 @@ async def test_a_newcomer_key_is_claimed_while_every_poller_is_busy(client: Any,
                                                                     sql: Any) -> None:
     # A's backlog, more than one batch; the worker's only poller claims a batch of it and is
     # held in the first task's local activity: no poller will claim again until it opens.
+    _gates.pop("busy", None)
+    _running["busy"] = 0
     a_runs = [await client.start(busy, f"a-{i}", id=f"a-{i}", priority=Priority(fairness_key="tenant-a"))
               for i in range(12)]
     await start_worker(workflows=[busy], activities=[hold_batch], workflow_concurrency=1)
