@@ -66,6 +66,23 @@ async def inherits(tag: str) -> dict[str, Any]:
     return {"priority": info.to_json() if info else None}
 
 
+@activity.defn
+async def hold_batch(tag: str) -> str:
+    """A local activity: keeps its workflow task's batch (and the poller running it) busy
+    until its gate opens."""
+    _running[tag] += 1
+    await _gates.setdefault(tag, asyncio.Event()).wait()
+    return tag
+
+
+@workflow.defn
+async def busy(tag: str) -> str:
+    """A's runs hold their batch; B's (the same type: one claim order) close at once."""
+    if tag.startswith("b"):
+        return tag
+    return await workflow.execute_local_activity(hold_batch, "busy", start_to_close_timeout=20)
+
+
 def _claim_order(db_url: str, workflow_type: str, n: int) -> list[str]:
     """The workflow ids the claim takes, one claim at a time, each claimed task then
     removed (as a worker's record would), so the next claim shows the next in order."""
@@ -230,6 +247,32 @@ async def test_maintenance_forgets_places_not_written_for_an_hour(client: Any, s
         conn.execute(q("forget_workers"), {"retention_seconds": 3600})
     rows = sql("SELECT key FROM cairn.fairness_places")
     assert [r[0] for r in rows] == ["new"]
+
+
+async def test_a_newcomer_key_is_claimed_while_every_poller_is_busy(client: Any, start_worker: Any,
+                                                                    sql: Any) -> None:
+    # A's backlog, more than one batch; the worker's only poller claims a batch of it and is
+    # held in the first task's local activity: no poller will claim again until it opens.
+    _gates.pop("busy", None)
+    _running["busy"] = 0
+    a_runs = [await client.start(busy, f"a-{i}", id=f"a-{i}", priority=Priority(fairness_key="tenant-a"))
+              for i in range(12)]
+    await start_worker(workflows=[busy], activities=[hold_batch], workflow_concurrency=1)
+    await wait_until(lambda: _running["busy"] == 1)
+    try:
+        # B's start NOTIFYs while the poller is busy: the latency lane claims the head of the
+        # order, B's task (a new key), and B closes while A's batch is still held.
+        b = await client.start(busy, "b", id="b", priority=Priority(fairness_key="tenant-b"))
+        assert await asyncio.wait_for(b.result(), 15) == "b"
+        claimed = sql("SELECT r.workflow_id FROM cairn.runs r JOIN cairn.history h ON h.run_id = r.run_id "
+                      "WHERE h.seq = 2")
+        # The lane took B alone, not A's next, and A's batch is still held (had its local
+        # activity timed out, its tasks would be recorded, their markers here).
+        assert sorted(w for (w,) in claimed) == ["b"]
+        assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE fairness_key = 'tenant-a'")[0][0] == 12
+    finally:
+        _gates.setdefault("busy", asyncio.Event()).set()
+    assert [await h.result() for h in a_runs] == ["busy"] * 12
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [

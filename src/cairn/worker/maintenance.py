@@ -153,7 +153,7 @@ class Maintenance:
                             wakes.query.set()
                     elif payload in self._queues:
                         if channel == "cairn_workflow":
-                            wakes.workflow_poller()
+                            wakes.workflow_notified()
                         else:
                             wakes.activity.set()
             except asyncio.CancelledError:

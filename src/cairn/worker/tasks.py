@@ -146,8 +146,35 @@ class TaskRunner:
                 continue
             await wakes.park(index)
 
-    async def claim_and_run(self) -> bool | None:
-        """``Worker.run_workflow_task``; returns False if no task was ready, True if more may be
+    async def lane(self) -> None:
+        """The latency lane: claims and runs one task per NOTIFY that found every poller busy.
+
+        Under a backlog each poller is busy running its batch (up to :data:`CLAIM_BATCH`
+        tasks: their code, then one record statement and its commit), so a task that
+        becomes ready then waits for the next claim of whichever poller finishes first. With
+        fairness keys a new key's task is at the head of the claim order (stride scheduling,
+        migration 0023), but the order only counts at the next claim: a tenant starting
+        a few runs beside another's 10,000 queued ones waited a poller's cycle, 2.6-3.2x
+        its wait on an idle worker (bench/README.md, "Fairness"). This lane is parked while
+        the pollers keep up; woken, it claims at once, one task (the head of the order),
+        so its claim and commit are short and it is soon free for the next. It does not
+        loop on a backlog: that is the pollers' work, and batches are cheaper per task.
+        """
+        wakes = self._wakes
+        while True:
+            await wakes.lane.wait()
+            if wakes.stopping.is_set():
+                return
+            wakes.lane.clear()
+            try:
+                await self.claim_and_run(limit=1)
+            except Exception as exc:
+                loop_failed("workflow task lane", exc)
+                await asyncio.sleep(wakes.poll_interval)
+
+    async def claim_and_run(self, limit: int = CLAIM_BATCH) -> bool | None:
+        """``Worker.run_workflow_task``; claims up to ``limit`` tasks (one at a time after a
+        failed batch); returns False if no task was ready, True if more may be
         ready (a full batch, a task kept for an event it did not see, a failed batch), and
         None if the claim took every ready task it could see.
 
@@ -158,7 +185,7 @@ class TaskRunner:
         """
         tasks: list[TaskState] = []
         batch: Batch | None = None
-        limit = 1 if self._solo_claims else CLAIM_BATCH
+        limit = 1 if self._solo_claims else limit
         async with connection(self._pools.main()) as conn:
             try:
                 async with transaction(conn):

@@ -41,7 +41,9 @@ class Pools:
 class Wakes:
     """The events the worker's loops wait on, and who sets which.
 
-    A NOTIFY means one task, so a workflow wake-up goes to one idle poller, not all of them.
+    A NOTIFY means one task, so a workflow wake-up goes to one idle poller, not all of them;
+    when every poller is busy with a batch, a NOTIFY wakes the latency lane instead
+    (``TaskRunner.lane``).
     """
 
     def __init__(self, poll_interval: float, rng: random.Random) -> None:
@@ -50,20 +52,30 @@ class Wakes:
         self.workflow: list[asyncio.Event] = []  # one per workflow poller (set by Worker.run)
         self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
         self._pending = False  # a workflow wake-up arrived while every poller was busy
+        self.lane = asyncio.Event()  # a NOTIFY arrived while every poller was busy (TaskRunner.lane)
         self.activity = asyncio.Event()
         self.maintenance = asyncio.Event()
         self.query = asyncio.Event()  # a query for one of our queues arrived
         self.flush = asyncio.Event()  # an attempt with a short heartbeat timeout started
         self.stopping = asyncio.Event()
 
-    def workflow_poller(self) -> None:
-        """Wakes one idle workflow poller (a NOTIFY means one task, not one per poller)."""
+    def workflow_poller(self) -> bool:
+        """Wakes one idle workflow poller (a NOTIFY means one task, not one per poller);
+        False if every poller was busy."""
         while self._idle_pollers:
             event = self.workflow[self._idle_pollers.popleft()]
             if not event.is_set():
                 event.set()
-                return
+                return True
         self._pending = True  # all busy: the next one to finish looks again
+        return False
+
+    def workflow_notified(self) -> None:
+        """A NOTIFY: a workflow task became ready. An idle poller claims it; if every poller
+        is busy running its batch, the latency lane does, at once, rather than after the
+        next batch (a new fairness key's task is at the head of the claim order)."""
+        if not self.workflow_poller():
+            self.lane.set()
 
     def idle_pollers(self) -> int:
         """How many workflow pollers wait for a wake-up (the worker's heartbeat counts the others busy)."""
@@ -85,6 +97,8 @@ class Wakes:
         """Wakes every loop (stopping, or back from a lost LISTEN connection)."""
         for ev in self.workflow:
             ev.set()
+        if self.stopping.is_set():
+            self.lane.set()  # to return: what a lost LISTEN connection missed is the pollers' to claim
         self.activity.set()
         self.maintenance.set()
         self.query.set()

@@ -7,7 +7,8 @@ statement per flush, and record their outcome fenced by the attempt token.
 
 :class:`Worker` builds its components and wires them, each with what it uses:
 
-- :class:`~cairn.worker.tasks.TaskRunner`: the workflow pollers (claim, run, record);
+- :class:`~cairn.worker.tasks.TaskRunner`: the workflow pollers (claim, run, record) and
+  the latency lane (one task at a NOTIFY while every poller is busy);
 - :class:`~cairn.worker.outcomes.OutcomeDeliverer`: the fast path (outcomes with the tasks
   they trigger, in groups);
 - :class:`~cairn.worker.activities.ActivityRunner`: activity attempts, heartbeats, leases,
@@ -74,7 +75,8 @@ WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_sessi
 # engine's: a storm of failing LLM calls cannot starve lease renewals, claims or outcome
 # records. Activity code holds a connection for one step at a time (never across a call,
 # never two at once), so a few connections serve all activity_concurrency attempts; the
-# engine's pool holds one per workflow poller plus ENGINE_POOL_EXTRA for the deliverer,
+# engine's pool holds one per workflow poller and one for the latency lane (TaskRunner.lane:
+# waiting for a busy pool's connection would defeat it), plus ENGINE_POOL_EXTRA for the deliverer,
 # flusher, activity poller, maintenance and outcome writes; the flusher's lease renewals
 # have that one session to themselves (Pools.renewals).
 ACTIVITY_POOL_MAX = 8
@@ -229,7 +231,8 @@ class Worker:
         await asyncio.to_thread(db.ensure_ready, url, embedded, who="worker")
         # The lease renewals' session is one of ENGINE_POOL_EXTRA's, taken out of the engine's
         # pool: a worker holds as many sessions as before.
-        pool_size = self.workflow_concurrency + ENGINE_POOL_EXTRA - (1 if self.activities else 0)
+        lane = 1 if self.workflows else 0  # the latency lane's claims (TaskRunner.lane)
+        pool_size = self.workflow_concurrency + lane + ENGINE_POOL_EXTRA - (1 if self.activities else 0)
         pools = self._pools
         engine = pools.engine = new_pool(url, min_size=min(2, pool_size), max_size=pool_size,
                                           options=WORKER_CONNECTION_OPTIONS, hot=True)
@@ -255,6 +258,8 @@ class Worker:
             self._tasks = [asyncio.create_task(self._maintenance.listen(url), name="cairn-listen")]
             self._tasks += [asyncio.create_task(self._workflow_tasks.poller(i), name=f"cairn-wf-{i}")
                             for i in range(self.workflow_concurrency if self.workflows else 0)]
+            if self.workflows:
+                self._tasks.append(asyncio.create_task(self._workflow_tasks.lane(), name="cairn-wf-lane"))
             if self.activities:
                 self._tasks.append(asyncio.create_task(self._activities.poller(), name="cairn-act"))
             self._tasks.append(asyncio.create_task(self._maintenance.run(), name="cairn-maint"))
