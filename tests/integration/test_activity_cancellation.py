@@ -75,7 +75,9 @@ def heartbeating_thread(tag: str) -> str:
 
 @activity.defn
 async def wait_gate(tag: str) -> str:
-    await asyncio.wait_for(gate(tag).wait(), 30)
+    # A gate of its own: the abandoned activity's completion must reach history while the
+    # run is still open (one gate for both let the run close first, once in CI).
+    await asyncio.wait_for(gate(f"{tag}:after").wait(), 30)
     return "released"
 
 
@@ -193,12 +195,16 @@ async def test_abandon_resolves_at_once_and_the_activity_runs_to_completion(clie
     assert sql("SELECT cancel_requested FROM cairn.activity_tasks WHERE run_id = %s ORDER BY seq",
                (run_id,)) == [(False,), (False,)]
     gate(tag).set()
-    result = await handle.result(timeout=20)
-    assert result == {"outcome": "cancelled", "handle_cancelled": True, "after": "released"}
     # The run does not wait for the abandoned activity: it finishes on its own, soon after the gate.
     await wait_until(lambda: log_of(tag) == ["started", "finished"], what="the abandoned activity to finish")
+    first = activity_events(sql, run_id)[1][0]
+    await wait_until(lambda: any(t == "ActivityCompleted" and d["activity_seq"] == first
+                                 for _, t, d in activity_events(sql, run_id)),
+                     what="the abandoned activity's completion in history")
+    gate(f"{tag}:after").set()
+    result = await handle.result(timeout=20)
+    assert result == {"outcome": "cancelled", "handle_cancelled": True, "after": "released"}
     history = activity_events(sql, run_id)
-    first = history[1][0]
     # Its completion landed in history and was ignored by the workflow.
     (done,) = [d for _, t, d in history if t == "ActivityCompleted" and d["activity_seq"] == first]
     assert done["result"] == "abandon-running finished"
