@@ -33,6 +33,10 @@ LIVENESS_PERIODS = 3           # a worker is live while its last heartbeat is yo
 WORKER_RETENTION_SECONDS = 86_400.0  # rows of workers stopped or stale for longer are removed
 FORGET_EVERY = 60              # heartbeats between two removals of such rows (10 min at the default cadence)
 BATCH_CHECK_SECONDS = 5.0      # how often a worker looks for a running batch that nobody executes
+# How often a pass places due retries of keyed or prioritised activities (place_due_retries):
+# a due retry is claimable at its ready time anyway, placing only moves it forward, so a
+# busy worker's passes (every 50 ms under a backlog) need not each spend a round trip on it.
+PLACE_RETRIES_SECONDS = 0.5
 MAX_BATCHES_EXECUTING = 2      # batches one worker executes at once (each holds one engine connection)
 
 
@@ -53,6 +57,7 @@ class Maintenance:
         self._rng = rng
         self._batches: dict[str, asyncio.Task[None]] = {}  # batch id -> its executor here
         self._batches_checked = float("-inf")  # loop time of the last look for batches
+        self._retries_placed = float("-inf")  # loop time of the last place_due_retries
         self._purger = Purger()  # closed runs past their namespace's retention, in a task of its own
 
     async def run(self) -> None:
@@ -86,8 +91,7 @@ class Maintenance:
                     await self.measure_queue_depth()
                 await self.resume_batches()
                 self._purger.tick(self._pools.main())
-                while await store.place_due_retries(self._pools.main(), limit=REAP_LIMIT) >= REAP_LIMIT:
-                    pass
+                await self.place_due_retries()
                 due = await store.next_due(self._pools.main(), self._next_due_params)
                 if due is not None:
                     if due.total_seconds() <= 0:
@@ -124,6 +128,16 @@ class Maintenance:
             loop_failed(f"batch {batch_id}", exc)
         finally:
             self._batches.pop(batch_id, None)
+
+    async def place_due_retries(self) -> None:
+        """Every :data:`PLACE_RETRIES_SECONDS`, places the due retries of keyed or
+        prioritised activities in the claim order (migration 0025)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._retries_placed < PLACE_RETRIES_SECONDS:
+            return
+        self._retries_placed = now
+        while await store.place_due_retries(self._pools.main(), limit=REAP_LIMIT) >= REAP_LIMIT:
+            pass
 
     async def measure_queue_depth(self) -> None:
         """Counts ready work on this worker's queues for the ``cairn.queue.depth`` gauge."""

@@ -97,7 +97,9 @@ DECLARE
     stride interval := greatest(100.0 / coalesce(p_weight, 1.0), 1.0) * interval '1 microsecond';
     at timestamptz;
 BEGIN
-    PERFORM cairn.note_low_lane(p_kind, p_namespace, p_priority);
+    IF p_priority > 3 THEN  -- not a statement per keyed placement of the first lane
+        PERFORM cairn.note_low_lane(p_kind, p_namespace, p_priority);
+    END IF;
     IF p_key IS NULL THEN
         RETURN base;
     END IF;
@@ -179,7 +181,9 @@ DECLARE
     at timestamptz;
 BEGIN
     IF p_delay IS NOT NULL OR (p_priority IS NULL AND p_key IS NULL) THEN
-        PERFORM cairn.note_low_lane('workflow', p_namespace, prio);
+        IF prio > 3 THEN
+            PERFORM cairn.note_low_lane('workflow', p_namespace, prio);
+        END IF;
         at := p_created + coalesce(p_delay, 0) * interval '1 second';
     ELSE
         at := cairn.fair_available_at('workflow', p_namespace, p_queue, p_type, prio, p_key, p_weight, p_created);
