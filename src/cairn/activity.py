@@ -337,6 +337,24 @@ class ActivityCall:
                                       self.returns, tags, self.cancellation_type)
 
 
+_POLICY_JSON: dict[int, tuple[RetryPolicy, dict[str, Any]]] = {}  # id -> (policy kept alive, its JSON)
+POLICY_JSON_CACHE = 256  # retry policies remembered (most code uses a few module constants)
+
+
+def _policy_json(policy: RetryPolicy) -> dict[str, Any]:
+    """A retry policy's JSON in ``ActivityScheduled`` (``on_exhausted`` only when it is not
+    the default: histories stay as they were), remembered per policy object: a frozen model
+    dumps the same every time, and its dump was a tenth of scheduling an activity."""
+    hit = _POLICY_JSON.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return dict(hit[1])
+    data = policy.model_dump(mode="json", exclude={"on_exhausted"} if policy.on_exhausted == "fail" else None)
+    if len(_POLICY_JSON) >= POLICY_JSON_CACHE:
+        _POLICY_JSON.clear()
+    _POLICY_JSON[id(policy)] = (policy, data)
+    return dict(data)
+
+
 def validate_call(
     activity: Callable[..., Any] | str,
     args: tuple[Any, ...],
@@ -360,13 +378,15 @@ def validate_call(
     returns: Callable[[Any], Any] | None = None
     if isinstance(activity, str):
         name = activity
+        payloads = [to_payload(a) for a in args]
     else:
         adef = getattr(activity, "__cairn_activity__", None)
         if not isinstance(adef, ActivityDefinition):
             raise InputValidationError(f"{activity!r} is not an activity: decorate it with @activity.defn")
         name = adef.name
         sig = adef.signature
-        sig.validate_args([to_payload(a, store=False) for a in args], f"activity {name}")
+        payloads = [to_payload(a) for a in args]
+        sig.validate_args(payloads, f"activity {name}")  # a stored payload's value, by unref
 
         def returns(data: Any) -> Any:
             return sig.validate_result(data, f"activity {name}")
@@ -386,8 +406,7 @@ def validate_call(
         "schedule_to_close_timeout": seconds(schedule_to_close_timeout),
         "heartbeat_timeout": seconds(heartbeat_timeout),
         # on_exhausted only when it is not the default: histories stay as they were
-        "retry_policy": policy.model_dump(mode="json", exclude={"on_exhausted"} if policy.on_exhausted == "fail"
-                                          else None),
+        "retry_policy": _policy_json(policy),
     }
     if throttle_budget is not None:  # only when given: histories without it stay as they were
         budget = throttle_budget.total_seconds() if isinstance(throttle_budget, timedelta) else throttle_budget
@@ -403,4 +422,4 @@ def validate_call(
         options["priority"] = place.to_json()
     if concurrency_key is not None:
         options["concurrency_key"] = check_key(concurrency_key, f"activity {name}: concurrency_key")
-    return ActivityCall(name, [to_payload(a) for a in args], options, queue, returns, cancellation_type)
+    return ActivityCall(name, payloads, options, queue, returns, cancellation_type)

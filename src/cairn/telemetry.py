@@ -9,6 +9,7 @@ schedules, so every attempt, on any worker, joins the same trace.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -29,8 +30,19 @@ def tracing() -> bool:
     """False while no tracer provider is configured (the API's default proxy, or an
     explicit no-op one): every span would be a no-op, so the worker skips building them
     (attributes, parent contexts, context switches; 9.4 -> 3.1 µs per activity step). Checked at
-    each use, so a provider set up later takes effect at once."""
+    each use, so a provider set up later takes effect at once.
+
+    ``trace.get_tracer_provider()`` reads ``os.environ`` on every call while no provider is
+    set (for ``OTEL_PYTHON_TRACER_PROVIDER``): 1.4 % of a W2 worker's samples, called per
+    attempt. The API module's global says "none set" for free; the environment is then read
+    once, at import (the variable configures a process at its start)."""
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _PROVIDER_FROM_ENV:
+        return False
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+_UNKNOWN = object()  # the API's global gone in some later version: ask it the public way
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def trace_carrier() -> dict[str, str]:

@@ -26,7 +26,7 @@ from cairn.engine.local import (
     LOCAL_BUDGET_SECONDS,
     LocalActivityHandle,
 )
-from cairn.engine.loop import WorkflowLoop, current_instance
+from cairn.engine.loop import WorkflowLoop, current_instance, unguarded
 from cairn.errors import ContinueAsNewError, InputValidationError
 from cairn.handlers import define_class, init, query, run, signal, update
 from cairn.options import (
@@ -221,6 +221,7 @@ async def wait(fs: Iterable[Awaitable[R]], *, timeout: timedelta | float | None 
     return [f for f in futures if f in done], [f for f in futures if f not in done]
 
 
+@unguarded
 def start_activity(
     activity: Callable[..., Any] | str,
     *args: Any,
@@ -310,6 +311,7 @@ async def execute_activity(
 # ---------------------------------------------------------------- local activities
 
 
+@unguarded
 def start_local_activity(
     activity: Callable[..., Any] | str,
     *args: Any,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cairn import workflow
+from cairn import activity, workflow
 from cairn.engine import history as h
 from cairn.engine import loop as loop_module
 from cairn.errors import DeterminismViolation, WorkflowTaskFailed
@@ -194,3 +194,23 @@ def test_a_log_formatter_that_reads_the_clock_is_exempt():
         logger.setLevel(level)
     assert len(out) == 1
     assert out[0].endswith("at 2024-05-01T12:00:00.250000+00:00")
+
+
+@activity.defn
+async def noop(n: int) -> int:
+    return n
+
+
+@workflow.defn
+async def schedules_then_calls(name: str) -> str:
+    workflow.start_activity(noop, 1, start_to_close_timeout=5)  # runs with the profile hook off ...
+    workflow.start_local_activity(noop, 2, start_to_close_timeout=5)
+    CALLS[name][0]()  # ... and puts it back
+    return "called"
+
+
+@pytest.mark.parametrize("name", ["time.time", "random.randint", "uuid.uuid4"])
+def test_the_guard_is_back_after_scheduling_an_activity(name):
+    with pytest.raises(WorkflowTaskFailed) as info:
+        Driver(schedules_then_calls, name).activate()
+    assert isinstance(info.value.cause, DeterminismViolation)

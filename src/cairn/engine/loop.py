@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextvars
 import datetime
+import functools
 import os
 import random
 import secrets
@@ -32,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from cairn.errors import CairnError, DeterminismViolation
 
@@ -184,6 +185,31 @@ def _profile(frame: FrameType, event: str, arg: Any) -> None:
     # Raising from a profile hook makes the interpreter drop the hook for the rest of the
     # activation; the violation noted on the instance fails the task anyway.
     raise _violation(f"workflow code called {name}(), which differs on replay: {alternative}")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def unguarded(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Runs one of Cairn's own authoring calls (``workflow.start_activity``) with the profile
+    hook off: the hook's event per Python call and return cost a W2 worker 11 % of its
+    samples, most of them inside the call's validation and conversion (py-spy, 2026-12-07).
+    Workflow code calls it, so what it calls back (a pydantic validator or serializer of
+    the arguments' types) is not watched for clock and random calls; the audit hook (I/O)
+    stays on."""
+
+    @functools.wraps(fn)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if sys.getprofile() is not _profile:
+            return fn(*args, **kwargs)
+        sys.setprofile(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sys.setprofile(_profile)
+
+    return call
 
 
 _audit_installed = False
