@@ -68,9 +68,15 @@ IDLE_TX_TIMEOUT_MS = 60_000
 # for its prepared statements. Postgres otherwise keeps re-planning the claims (their
 # generic plan's estimate loses to the custom one, so it never switches): 0.3 ms of
 # planning for 0.05 ms of execution per claim, on every idle worker's wake-up. Every worker
-# statement is keyed on indexed columns, so the generic plan is the custom one.
+# statement is keyed on indexed columns, so the generic plan is the custom one -- but the plan
+# is made once, with the statistics of that moment: made while a table was young (a worker
+# started on a new database), it read the whole table by a sequential scan on every call,
+# and went on doing so as the table grew (runs), or filled with dead rows between vacuums
+# (activity_tasks, inbox: 1,500 rows read per call in W2). No sequential scans then: every
+# worker statement has an index path bounded by its keys (schema 0028), which the planner
+# now takes whatever the statistics say (a table without an index is still scanned).
 WORKER_CONNECTION_OPTIONS = (f"{CONNECTION_OPTIONS} -c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
-                             " -c plan_cache_mode=force_generic_plan")
+                             " -c plan_cache_mode=force_generic_plan -c enable_seqscan=off")
 # Activity code (breakers, rate limits, streamed text) uses a pool of its own, never the
 # engine's: a storm of failing LLM calls cannot starve lease renewals, claims or outcome
 # records. Activity code holds a connection for one step at a time (never across a call,
