@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from cairn import Priority, workflow
 from cairn.store.sql import q
+from cairn.verify import verify
 from support import wait_until
 
 CLAIM = {"namespace": "default", "queues": ["default"], "types": ["noop"], "limit": 1, "now": None}
@@ -178,3 +179,31 @@ async def test_a_booking_whose_task_a_worker_holds_is_kept_until_it_lets_go(clie
     await _due(sql)
     assert _place(db_url) == (1, 1, 0)
     assert sql("SELECT count(*) FROM cairn.retry_places") == [(0,)]
+
+
+_armed: set[str] = set()
+
+
+@workflow.defn
+async def fails_once(tag: str) -> str:
+    if tag in _armed:  # a bug the next deployment fixes: the task fails once, history untouched
+        _armed.discard(tag)
+        raise TypeError(f"a bug in {tag}")
+    return tag
+
+
+async def test_a_workers_maintenance_pass_places_the_bookings(client: Any, start_worker: Any, sql: Any,
+                                                              db_url: str) -> None:
+    # With a worker running, a keyed run's failed task and a prioritised delayed start are
+    # booked, placed (or, claimed at their ready time first, dropped) by its maintenance
+    # pass, and run: nothing is left booked, nothing is stuck.
+    _armed.add("f")
+    worker = await start_worker(workflows=[fails_once])
+    delayed = await client.start(fails_once, "d", id="d", priority=2, start_delay=0.3)
+    failed = await client.start(fails_once, "f", id="f", priority=Priority(fairness_key="tenant-f"))
+    assert await failed.result(timeout=30) == "f"
+    assert worker.stats.workflow_task_failures == 1
+    assert await delayed.result(timeout=30) == "d"
+    await wait_until(lambda: sql("SELECT count(*) FROM cairn.retry_places") == [(0,)], what="no booking left")
+    report = await verify(db_url, workflows=[fails_once])
+    assert report.ok(), report
