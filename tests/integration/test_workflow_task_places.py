@@ -134,6 +134,18 @@ async def test_a_delayed_start_is_placed_when_due(client: Any, db_url: str, sql:
     assert len(order) == 61
 
 
+async def test_signal_with_start_books_a_delayed_keyed_start(client: Any, sql: Any) -> None:
+    # The same start statement (start_workflow): the delay holds the task, the booking places
+    # it when due; the signal does not cut the delay short. (Children, continue-as-new, reset,
+    # retry and a schedule's runs take no start delay: a schedule's jitter delays the slot's
+    # action, whose run is then placed at once.)
+    await client.signal_with_start(noop, "s", id="s", signal="poke", signal_payload=1, start_delay=0.3,
+                                   priority=Priority(fairness_key="tenant-s"))
+    assert sql("""SELECT p.seq, p.ready_at = t.available_at, p.ready_at = r.created_at + interval '0.3 s'
+                  FROM cairn.retry_places p JOIN cairn.runs r USING (run_id)
+                  JOIN cairn.workflow_tasks t USING (run_id)""") == [(0, True, True)]
+
+
 async def test_default_runs_book_nothing(client: Any, db_url: str, sql: Any) -> None:
     # No key, priority 3 (given or not): a start delay and a failure write nothing more. A
     # keyed start with a delay of 0 is placed at once, as one without a delay: no booking.
