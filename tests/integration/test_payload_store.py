@@ -14,6 +14,7 @@ from cairn import InputValidationError, activity, payloads, workflow
 from cairn.store import payloads as stored
 from cairn.store import retention
 from cairn.store.retention import ALL_RUNS
+from support import wait_for
 
 BIG = "x" * (payloads.STORE_PAYLOAD_BYTES + 100)
 
@@ -326,3 +327,79 @@ async def test_the_retention_pass_sweeps_in_slices(client, sql, monkeypatch):
     assert purger._swept_to == bytes([210]) * 32
     await purger._pass(client.pool)  # the end of the table: the next pass starts over
     assert purger._swept_to == b""
+
+
+def test_a_link_committed_during_the_purges_look_does_not_fail_its_chunk(db_url, sql):
+    """The purge's payload removal, held (by a test-only row-security gate on cairn.payloads)
+    after its statement's snapshot and before it locks a payload: a writer links that payload
+    and commits meanwhile. Deleting in the statement that looked (0022) failed the chunk on
+    the foreign key; locking, then deleting what a new snapshot still sees unlinked (0027),
+    keeps the payload and purges the run."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    closed, other = uuid.uuid4(), uuid.uuid4()
+    sql("""INSERT INTO cairn.runs (run_id, workflow_id, workflow_type, queue, status, closed_at)
+           VALUES (%s, 'old', 't', 'default', 'completed', now()), (%s, 'new', 't', 'default', 'running', NULL)""",
+        (closed, other))
+    alone, linked = _orphan(sql, 1, age=timedelta(0)), _orphan(sql, 2, age=timedelta(0))
+    sql("INSERT INTO cairn.run_payloads (run_id, hash) VALUES (%s, %s), (%s, %s)", (closed, alone, closed, linked))
+    # Row security applies to the purge (SECURITY DEFINER) only under an owner that is not a
+    # superuser: such a role, with the rights the purge uses, owns it for this test; the
+    # gate waits on an advisory lock the test holds, for the payload `linked` only.
+    role = f"cairn_gated_{uuid.uuid4().hex[:10]}"
+    gate = 727_027
+    setup = [f'CREATE ROLE "{role}"', f'GRANT USAGE, CREATE ON SCHEMA cairn TO "{role}"',
+             f'GRANT ALL ON ALL TABLES IN SCHEMA cairn TO "{role}"',
+             f"""CREATE FUNCTION public.purge_gate(h bytea) RETURNS boolean LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF h = '\\x{linked.hex()}'::bytea THEN PERFORM pg_advisory_xact_lock_shared({gate}); END IF;
+                     RETURN true;
+                 END $$""",
+             f'ALTER FUNCTION cairn.purge_closed_runs(uuid[]) OWNER TO "{role}"',
+             "ALTER TABLE cairn.payloads ENABLE ROW LEVEL SECURITY",
+             f'CREATE POLICY purge_gate ON cairn.payloads TO "{role}" USING (public.purge_gate(hash))'
+             " WITH CHECK (true)"]
+    teardown = ["ALTER FUNCTION cairn.purge_closed_runs(uuid[]) OWNER TO CURRENT_USER",
+                "DROP POLICY IF EXISTS purge_gate ON cairn.payloads",
+                "ALTER TABLE cairn.payloads DISABLE ROW LEVEL SECURITY",
+                "DROP FUNCTION IF EXISTS public.purge_gate(bytea)", f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"']
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        try:
+            for statement in setup:
+                admin.execute(statement)
+            admin.execute("SELECT pg_advisory_lock(%s)", (gate,))
+            outcome: dict[str, object] = {}
+            with psycopg.connect(db_url, autocommit=True) as purger:
+
+                def purge() -> None:
+                    try:
+                        outcome["rows"] = purger.execute("SELECT * FROM cairn.purge_closed_runs(%s)",
+                                                         ([closed],)).fetchall()
+                    except psycopg.Error as exc:
+                        outcome["error"] = exc
+
+                thread = threading.Thread(target=purge)
+                thread.start()
+                try:
+                    # The purge waits at the gate, inside its payload statement (its session says so).
+                    wait_for("the purge to wait at the gate", lambda: sql(
+                        "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                        (purger.info.backend_pid,)) == [("Lock", "advisory")])
+                    # The writer's link commits at once: the purge has not locked the payload yet.
+                    sql("INSERT INTO cairn.run_payloads (run_id, hash) VALUES (%s, %s)", (other, linked))
+                finally:
+                    admin.execute("SELECT pg_advisory_unlock(%s)", (gate,))
+                    thread.join(timeout=60)
+            assert "error" not in outcome, outcome
+            assert outcome["rows"] == [(1, 0)]
+            left = {bytes(h) for (h,) in sql("SELECT hash FROM cairn.payloads")}
+            assert left == {linked}
+            assert sql("SELECT run_id FROM cairn.run_payloads") == [(other,)]
+            assert sql("SELECT count(*) FROM cairn.runs WHERE run_id = %s", (closed,)) == [(0,)]
+        finally:
+            admin.execute("SELECT pg_advisory_unlock_all()")
+            for statement in teardown:
+                admin.execute(statement)

@@ -26,11 +26,13 @@ async def fire_due_timers(pool: db.Pool, *, limit: int) -> tuple[int, list[str]]
 
 
 async def place_due_retries(pool: db.Pool, *, limit: int) -> int:
-    """Places up to ``limit`` due retries of keyed or prioritised activities in the claim
-    order (``place_due_retries``); returns how many bookings were due."""
+    """Places up to ``limit`` due bookings of ``retry_places`` (keyed or prioritised activity
+    retries, a keyed or prioritised run's failed or delayed workflow task) in the claim
+    order (``place_due_retries``); returns how many it placed or dropped (a booking whose
+    task another transaction holds is kept for a later pass)."""
     async with connection(pool) as c:
         row = await (await c.execute(q("place_due_retries"), {"limit": limit, "now": clock.now(c)})).fetchone()
-    return int(row[0]) if row else 0
+    return int(row[1]) if row else 0
 
 
 async def next_due(pool: db.Pool, params: dict[str, Any]) -> timedelta | None:

@@ -379,11 +379,19 @@ WHERE run_id = %(run_id)s
 
 -- name: fail_workflow_task
 -- The workflow code failed (a bug, or non-determinism): keep the task, back it off and
--- record why. History is not touched.
-UPDATE cairn.workflow_tasks
-SET failures = failures + 1, last_error = %(error)s,
-    available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second'
-WHERE run_id = %(run_id)s
+-- record why. History is not touched. A keyed or prioritised run's task is booked to be
+-- placed when due, as a new task of its run (0027, place_due_retries: seq 0 is the run's
+-- workflow task); a default run's writes nothing more.
+WITH back AS (
+    UPDATE cairn.workflow_tasks
+    SET failures = failures + 1, last_error = %(error)s,
+        available_at = coalesce(%(now)s::timestamptz, now()) + %(delay)s * interval '1 second'
+    WHERE run_id = %(run_id)s
+    RETURNING run_id, available_at, priority, fairness_key
+)
+INSERT INTO cairn.retry_places (run_id, seq, ready_at)
+SELECT run_id, 0, available_at FROM back WHERE fairness_key IS NOT NULL OR priority <> 3
+ON CONFLICT (run_id, seq) DO UPDATE SET ready_at = excluded.ready_at
 
 -- name: ensure_workflow_task
 -- For operator actions (terminate) that append to history: makes sure the run has a task
@@ -625,28 +633,61 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: place_due_retries
--- The retries of keyed or prioritised activities that are due (booked in retry_places by
--- retry_activity, retry_activity_by_token and reschedule_activity, 0025) get their place in
--- the claim order as a new activity would now: their fairness turn, their priority's lane
--- position. Only an attempt still waiting with the available_at it was booked with: one
--- leased, retried again or gone meanwhile is left as it is (its booking is dropped). SKIP
--- LOCKED: the workers' maintenance passes split the bookings.
+-- The bookings of retry_places that are due get their place in the claim order as a new task
+-- would now: their fairness turn, their priority's lane position. Booked are the retries and
+-- throttle reschedules of keyed or prioritised activities (retry_activity,
+-- retry_activity_by_token, reschedule_activity, 0025) and, as seq 0, a keyed or prioritised
+-- run's workflow task after a failure or a start delay (fail_workflow_task,
+-- cairn.start_available_at, 0027). Only a task still waiting with the available_at it was
+-- booked with is placed: a booking whose task was leased, booked again or is gone meanwhile
+-- is dropped. SKIP LOCKED on the bookings: the workers' maintenance passes split them. SKIP
+-- LOCKED on the tasks too: a task held by another transaction (a workflow task a worker
+-- claimed at its ready time and is running, an inbox writer's upsert) is not waited for, and
+-- its booking is kept for a later pass: the holder deletes the task, books it again, keeps it
+-- for an event, or dies and leaves it as it was, to be placed then. Returns the bookings due,
+-- and those dropped or placed (the rest were kept).
 WITH due AS (
-    DELETE FROM cairn.retry_places p
-    USING (SELECT run_id, seq FROM cairn.retry_places WHERE ready_at <= coalesce(%(now)s::timestamptz, now())
-           ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) d
-    WHERE p.run_id = d.run_id AND p.seq = d.seq
-    RETURNING p.run_id, p.seq, p.ready_at
+    SELECT run_id, seq, ready_at FROM cairn.retry_places WHERE ready_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY ready_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), waiting AS (
+    -- the booked tasks waiting as booked, in this statement's snapshot
+    SELECT d.run_id, d.seq FROM due d JOIN cairn.workflow_tasks t ON t.run_id = d.run_id
+    WHERE d.seq = 0 AND t.available_at = d.ready_at
+    UNION ALL
+    SELECT d.run_id, d.seq FROM due d JOIN cairn.activity_tasks a ON a.run_id = d.run_id AND a.seq = d.seq
+    WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at
+), free AS (
+    -- those of them no other transaction holds, locked
+    SELECT t.run_id, 0 AS seq FROM cairn.workflow_tasks t JOIN due d ON d.run_id = t.run_id AND d.seq = 0
+    WHERE t.available_at = d.ready_at
+    FOR UPDATE OF t SKIP LOCKED
+), free_activities AS (
+    SELECT a.run_id, a.seq FROM cairn.activity_tasks a JOIN due d ON d.run_id = a.run_id AND d.seq = a.seq
+    WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at
+    FOR UPDATE OF a SKIP LOCKED
 ), placed AS (
+    UPDATE cairn.workflow_tasks t
+    SET available_at = cairn.fair_available_at('workflow', t.namespace, t.queue, t.workflow_type, t.priority,
+                                               t.fairness_key, r.fairness_weight, coalesce(%(now)s::timestamptz, now()))
+    FROM free f, cairn.runs r WHERE t.run_id = f.run_id AND r.run_id = t.run_id
+    RETURNING t.run_id
+), placed_activities AS (
     UPDATE cairn.activity_tasks a
     SET available_at = cairn.fair_available_at('activity', a.namespace, a.queue, a.activity_type, a.priority,
                                                a.fairness_key, (a.options -> 'priority' ->> 'fairness_weight')::float8,
                                                coalesce(%(now)s::timestamptz, now()))
-    FROM due WHERE a.run_id = due.run_id AND a.seq = due.seq AND a.lease_owner IS NULL
-      AND a.available_at = due.ready_at
-    RETURNING a.queue
+    FROM free_activities f WHERE a.run_id = f.run_id AND a.seq = f.seq
+    RETURNING a.run_id
+), done AS (
+    DELETE FROM cairn.retry_places p USING due d
+    WHERE p.run_id = d.run_id AND p.seq = d.seq
+      AND (NOT EXISTS (SELECT 1 FROM waiting w WHERE w.run_id = d.run_id AND w.seq = d.seq)
+           OR EXISTS (SELECT 1 FROM free f WHERE f.run_id = d.run_id AND f.seq = d.seq)
+           OR EXISTS (SELECT 1 FROM free_activities f WHERE f.run_id = d.run_id AND f.seq = d.seq))
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM due) AS due, (SELECT count(*) FROM placed) AS placed
+SELECT (SELECT count(*) FROM due) AS due, (SELECT count(*) FROM done) AS done,
+       (SELECT count(*) FROM placed) + (SELECT count(*) FROM placed_activities) AS placed
 
 -- name: next_due
 -- The earliest moment any work this worker runs becomes ready, for the pollers' sleep:

@@ -33,9 +33,10 @@ LIVENESS_PERIODS = 3           # a worker is live while its last heartbeat is yo
 WORKER_RETENTION_SECONDS = 86_400.0  # rows of workers stopped or stale for longer are removed
 FORGET_EVERY = 60              # heartbeats between two removals of such rows (10 min at the default cadence)
 BATCH_CHECK_SECONDS = 5.0      # how often a worker looks for a running batch that nobody executes
-# How often a pass places due retries of keyed or prioritised activities (place_due_retries):
-# a due retry is claimable at its ready time anyway, placing only moves it forward, so a
-# busy worker's passes (every 50 ms under a backlog) need not each spend a round trip on it.
+# How often a pass places the due bookings of keyed or prioritised work (place_due_retries:
+# activity retries, a run's failed or delayed workflow task): a booked task is claimable at
+# its ready time anyway, placing only moves it forward, so a busy worker's passes (every
+# 50 ms under a backlog) need not each spend a round trip on it.
 PLACE_RETRIES_SECONDS = 0.5
 MAX_BATCHES_EXECUTING = 2      # batches one worker executes at once (each holds one engine connection)
 
@@ -131,7 +132,8 @@ class Maintenance:
 
     async def place_due_retries(self) -> None:
         """Every :data:`PLACE_RETRIES_SECONDS`, places the due retries of keyed or
-        prioritised activities in the claim order (migration 0025)."""
+        prioritised activities, and the failed or delayed workflow tasks of keyed or
+        prioritised runs, in the claim order (migrations 0025, 0027)."""
         now = asyncio.get_running_loop().time()
         if now - self._retries_placed < PLACE_RETRIES_SECONDS:
             return
