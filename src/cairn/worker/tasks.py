@@ -147,7 +147,7 @@ class TaskRunner:
             await wakes.park(index)
 
     async def lane(self) -> None:
-        """The latency lane: claims and runs one task per NOTIFY that found every poller busy.
+        """The latency lane: claims and runs a task per NOTIFY that found every poller busy.
 
         Under a backlog each poller is busy running its batch (up to :data:`CLAIM_BATCH`
         tasks: their code, then one record statement and its commit), so a task that
@@ -156,9 +156,11 @@ class TaskRunner:
         migration 0023), but the order only counts at the next claim: a tenant starting
         a few runs beside another's 10,000 queued ones waited a poller's cycle, 2.6-3.2x
         its wait on an idle worker (bench/README.md, "Fairness"). This lane is parked while
-        the pollers keep up; woken, it claims at once, one task (the head of the order),
-        so its claim and commit are short and it is soon free for the next. It does not
-        loop on a backlog: that is the pollers' work, and batches are cheaper per task.
+        the pollers keep up; woken, it claims at once the head of the order: as many tasks
+        as NOTIFYs arrived since it last claimed (up to a batch; one arrives per task made
+        ready: a tenant starting 10 runs at once was served one per lane cycle, the rest
+        by the pollers' next batches), so its claim and commit are short and it is soon
+        free for the next. It does not loop on a backlog: that is the pollers' work.
         """
         wakes = self._wakes
         while True:
@@ -166,8 +168,11 @@ class TaskRunner:
             if wakes.stopping.is_set():
                 return
             wakes.lane.clear()
+            wanted = wakes.take_lane()
+            if not wanted:
+                continue
             try:
-                await self.claim_and_run(limit=1)
+                await self.claim_and_run(limit=min(wanted, CLAIM_BATCH))
             except Exception as exc:
                 loop_failed("workflow task lane", exc)
                 await asyncio.sleep(wakes.poll_interval)

@@ -53,6 +53,7 @@ class Wakes:
         self._idle_pollers: deque[int] = deque()  # workflow pollers waiting for a wake-up
         self._pending = False  # a workflow wake-up arrived while every poller was busy
         self.lane = asyncio.Event()  # a NOTIFY arrived while every poller was busy (TaskRunner.lane)
+        self._lane_wanted = 0  # how many such NOTIFYs since the lane last claimed
         self.activity = asyncio.Event()
         self.maintenance = asyncio.Event()
         self.query = asyncio.Event()  # a query for one of our queues arrived
@@ -75,7 +76,13 @@ class Wakes:
         is busy running its batch, the latency lane does, at once, rather than after the
         next batch (a new fairness key's task is at the head of the claim order)."""
         if not self.workflow_poller():
+            self._lane_wanted += 1
             self.lane.set()
+
+    def take_lane(self) -> int:
+        """How many NOTIFYs found every poller busy since the lane last asked (and forgets them)."""
+        wanted, self._lane_wanted = self._lane_wanted, 0
+        return wanted
 
     def idle_pollers(self) -> int:
         """How many workflow pollers wait for a wake-up (the worker's heartbeat counts the others busy)."""
