@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from cairn.engine.history import as_stored
 from cairn.errors import Refused, WorkflowTerminated
 from cairn.store import transactions as _transactions
 from cairn.store.sql import PREPARED, q
+from cairn.store.tasks import bounds
 from cairn.worker import WORKER_CONNECTION_OPTIONS
 from support import events, types_of, wait_until
 
@@ -103,12 +105,12 @@ async def test_kept_task_is_reported(db_url, sql):
         # An event the claim did not read (as if committed between its snapshot and its lock).
         await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
                            [run_id, Jsonb({"name": "s", "payload": None})])
-        rows = await (await conn.execute(q("record_workflow_tasks"), {
+        rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
             "notify_queues": [], "tasks": Jsonb([{
                 "run_id": run_id, "workflow_id": "kept", "workflow_type": "parked", "workflow_queue": "default",
                 "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}],
-                "activities": []}])})).fetchall()
+                "activities": []}])}))).fetchall()
     assert [(str(row[0]), row[-1]) for row in rows] == [(run_id, True)]
     assert sql("SELECT count(*) FROM cairn.workflow_tasks WHERE run_id = %s", [run_id]) == [(1,)]
 
@@ -125,13 +127,13 @@ async def test_batch_record_keeps_only_the_run_with_an_unseen_event(db_url, sql)
         assert sorted(str(r[0]) for r in claimed) == sorted(runs)
         await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
                            [runs[0], Jsonb({"name": "s", "payload": None})])
-        rows = await (await conn.execute(q("record_workflow_tasks"), {
+        rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
             "notify_queues": [], "tasks": Jsonb([{
                 "run_id": run_id, "workflow_id": f"batch-{i}", "workflow_type": "parked",
                 "workflow_queue": "default", "activities": [],
                 "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}
-                for i, run_id in enumerate(runs)])})).fetchall()
+                for i, run_id in enumerate(runs)])}))).fetchall()
     assert [(str(row[0]), row[-1]) for row in rows] == [(runs[0], True)]
     assert sql("SELECT run_id::text FROM cairn.workflow_tasks") == [(runs[0],)]
     assert sql("SELECT count(*) FROM cairn.history WHERE seq = 2") == [(2,)]
@@ -143,23 +145,29 @@ async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
         await conn.execute(q("claim_workflow_task"), {
             "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None})
-        rows = await (await conn.execute(q("record_workflow_tasks"), {
+        rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
             "notify_queues": ["q1", "q2"], "tasks": Jsonb([{
                 "run_id": handle.run_id, "workflow_id": "not-kept", "workflow_type": "parked",
                 "workflow_queue": "default", "activities": [],
-                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])}
+                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])})
         )).fetchall()
     assert rows == []
     assert sql("SELECT count(*) FROM cairn.workflow_tasks") == [(0,)]
 
 
+def _with_bounds(params: dict[str, Any]) -> dict[str, Any]:
+    """A record_workflow_tasks call's parameters with its bounds (the batch's run ids)."""
+    return {**params, **bounds(params["tasks"].obj)}
+
+
 def _record_params(run_id: str, workflow_id: str) -> dict[str, object]:
-    return {"namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
-            "notify_queues": [], "tasks": Jsonb([{
-                "run_id": run_id, "workflow_id": workflow_id, "workflow_type": "parked",
-                "workflow_queue": "default", "activities": [],
-                "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])}
+    return _with_bounds({"namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
+                         "notify_queues": [], "tasks": Jsonb([{
+                             "run_id": run_id, "workflow_id": workflow_id, "workflow_type": "parked",
+                             "workflow_queue": "default", "activities": [],
+                             "events": [{"seq": 2, "type": "WorkflowTaskStarted",
+                                         "data": {"time": 0, "worker": "t"}}]}])})
 
 
 _CLAIM = {"namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 8,

@@ -22,6 +22,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from cairn.store.sql import PREPARED, execute_arguments, execute_statement, prepare_statements, q
+from cairn.store.tasks import bounds
 from cairn.worker import WORKER_CONNECTION_OPTIONS
 
 TABLES = ("runs", "workflow_tasks", "activity_tasks", "inbox", "history", "timers")
@@ -77,10 +78,10 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
         with conn.transaction(force_rollback=True):
             _execute(conn, "claim_workflow_task", {
                 "namespace": "default", "queues": ["default"], "types": ["one_step"], "now": None, "limit": 8})
+            tasks = [_task(RUNS[0], 2), _task(RUNS[1], 2), _task(RUNS[2], 2, close=True)]
             _execute(conn, "record_workflow_tasks", {
                 "now": None, "namespace": "default", "inbox_ids": [], "worker": "w", "lease": 30.0,
-                "notify_queues": [],
-                "tasks": Jsonb([_task(RUNS[0], 2), _task(RUNS[1], 2), _task(RUNS[2], 2, close=True)])})
+                "notify_queues": [], "tasks": Jsonb(tasks), **bounds(tasks)})
             outcome = {"type": "ActivityCompleted", "data": {"activity_seq": 3, "result": 2}}
             _execute(conn, "complete_activities_and_lock", {
                 "outcomes": Jsonb([{"run_id": str(RUNS[0]), "seq": 3, "token": 1, **outcome}]),

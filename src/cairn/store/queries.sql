@@ -229,24 +229,23 @@ WITH c AS (
     INSERT INTO cairn.history (run_id, seq, type, data, at)
     SELECT t.run_id, e.seq, e.type, e.data, c.now
     FROM t, jsonb_to_recordset(t.events) AS e(seq integer, type text, data jsonb), c
-), ids AS (
-    -- Every join below is bounded by these run ids as well (= ANY, an index condition): a
-    -- worker's generic plan is made once per session, and one made while a table was young
-    -- hash-joined a scan of the whole table (runs, inbox, workflow_tasks) on every call for
-    -- the session's life (bench/README.md, 2026-12-07).
-    SELECT array_agg(run_id) AS a, array_agg(run_id) FILTER (WHERE close_status IS NOT NULL) AS closing FROM t
 ), finished AS (
-    -- Keep a task if an event arrived that it did not see (see claim_workflow_task).
+    -- Keep a task if an event arrived that it did not see (see claim_workflow_task). Every
+    -- join here is bounded by the batch's run ids as well (%(run_ids)s, %(closing)s: the
+    -- tasks' and the closing ones', an index condition): a worker's generic plan is made
+    -- once per session, and one made while a table was young hash-joined a scan of the
+    -- whole table (runs, inbox, workflow_tasks) on every call for the session's life
+    -- (schema 0028, bench/README.md).
     DELETE FROM cairn.workflow_tasks w USING t
-    WHERE w.run_id = ANY((SELECT a FROM ids)::uuid[]) AND w.run_id = t.run_id
+    WHERE w.run_id = ANY(%(run_ids)s::uuid[]) AND w.run_id = t.run_id
       AND (t.close_status IS NOT NULL OR NOT EXISTS (
-          SELECT 1 FROM cairn.inbox i WHERE i.run_id = ANY((SELECT a FROM ids)::uuid[]) AND i.run_id = t.run_id
+          SELECT 1 FROM cairn.inbox i WHERE i.run_id = ANY(%(run_ids)s::uuid[]) AND i.run_id = t.run_id
                                         AND i.id <> ALL(%(inbox_ids)s::bigint[])))
     RETURNING w.run_id
 ), closed AS (
     -- A closing task closes the run and drops what is still queued for it.
     UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
-    FROM t, c WHERE r.run_id = ANY((SELECT closing FROM ids)::uuid[]) AND r.run_id = t.run_id AND r.status = 'running'
+    FROM t, c WHERE r.run_id = ANY(%(closing)s::uuid[]) AND r.run_id = t.run_id AND r.status = 'running'
                 AND t.close_status IS NOT NULL
     RETURNING r.run_id, r.namespace, r.concurrency_key
 ), freed AS (
@@ -255,11 +254,11 @@ WITH c AS (
     SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
     FROM closed WHERE concurrency_key IS NOT NULL
 ), dropped_activities AS (
-    DELETE FROM cairn.activity_tasks WHERE run_id = ANY((SELECT closing FROM ids)::uuid[]) AND run_id IN (SELECT run_id FROM closed)
+    DELETE FROM cairn.activity_tasks WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed)
 ), dropped_timers AS (
-    DELETE FROM cairn.timers WHERE run_id = ANY((SELECT closing FROM ids)::uuid[]) AND run_id IN (SELECT run_id FROM closed)
+    DELETE FROM cairn.timers WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed)
 ), dropped_inbox AS (
-    DELETE FROM cairn.inbox WHERE run_id = ANY((SELECT closing FROM ids)::uuid[]) AND run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
+    DELETE FROM cairn.inbox WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
 ), notified AS (
     -- The payload is the run id, then its outcome when that is small (NOTIFY payloads stop
     -- at 8,000 bytes): the run's status and last event, what result() would read.

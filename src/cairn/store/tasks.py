@@ -116,6 +116,13 @@ def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, 
         "expected": Jsonb([{"run_id": run_id, "last_seq": last_seq} for run_id, last_seq in expected])})
 
 
+def bounds(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``record_workflow_tasks``' bounds: the batch's run ids, and those of the runs it closes
+    (every join of the statement is bounded by them: see its comment)."""
+    return {"run_ids": [e["run_id"] for e in entries],
+            "closing": [e["run_id"] for e in entries if e.get("close_status")]}
+
+
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
                  lease: float, notify_queues: list[str], commit: bool, ahead: Statement | None = None) -> Recorded:
     """``record_workflow_tasks`` for a batch: one statement, ``entries`` one per task; it
@@ -127,7 +134,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
     before = stored.marked()
     rows = await execute(conn, "record_workflow_tasks", {
         "now": clock.now(conn), "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
-        "worker": worker, "lease": lease, "notify_queues": notify_queues},
+        "worker": worker, "lease": lease, "notify_queues": notify_queues, **bounds(entries)},
         begin=ahead is not None, commit=commit and not found, ahead=ahead)
     # The stored payloads the events refer to, in the same transaction (the caller's
     # transaction commits it: the COMMIT does not ride with the record then).
@@ -165,12 +172,12 @@ async def close_without_code(conn: Conn, task: TaskState, *, namespace: str, inb
     timeout: ``cairn.store.lifecycle.closing_input``), and tells its family."""
     etype, status, data, failure = closing
     event = {"seq": task.last_seq + 1, "type": etype, "data": data}
+    entries = [{"run_id": task.run_id, "events": [event], "workflow_id": task.workflow_id,
+                "workflow_type": task.workflow_type, "workflow_queue": task.queue, "activities": [],
+                "close_status": status, "failure": failure}]
     await conn.execute(q("record_workflow_tasks"), {
         "now": clock.now(conn), "namespace": namespace, "inbox_ids": inbox_ids, "worker": worker,
-        "lease": lease, "notify_queues": [], "tasks": Jsonb([{
-            "run_id": task.run_id, "events": [event], "workflow_id": task.workflow_id,
-            "workflow_type": task.workflow_type, "workflow_queue": task.queue, "activities": [],
-            "close_status": status, "failure": failure}])})
+        "lease": lease, "notify_queues": [], "tasks": Jsonb(entries), **bounds(entries)})
     await _lifecycle.close_family(conn, task.run_id, etype, data, status)
 
 

@@ -8,8 +8,9 @@
 -- started on a young database would go on scanning runs as it grows to millions), the
 -- speculated and locked paths' fenced DELETE scanned activity_tasks, the speculated check's
 -- anti-join scanned inbox. Each join now also says which runs it is about (= ANY of the
--- group's run ids: an index condition), so every plan the planner can pick reads only
--- their rows. record_workflow_tasks and locked_task_state (store/queries.sql) say it the
+-- group's run ids, an InitPlan of the same statement: an index condition), so every plan
+-- the planner can pick reads only their rows (worker sessions also plan without
+-- sequential scans: a bounded index scan is then the way in). record_workflow_tasks and locked_task_state (store/queries.sql) say it the
 -- same way. Behaviour is unchanged.
 
 CREATE OR REPLACE FUNCTION cairn.complete_activities_locked(p_outcomes jsonb, p_replay uuid[], p_now timestamptz)
@@ -21,7 +22,6 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     done_runs uuid[];
     done_seqs integer[];
-    given uuid[] := ARRAY(SELECT (x ->> 'run_id')::uuid FROM jsonb_array_elements(p_outcomes) x);
 BEGIN
     -- 1. As complete_activities_and_lock: fenced by the attempts' tokens; the DO UPDATE
     --    takes the task rows' locks in run-id order (the caller sorts the outcomes). A
@@ -30,7 +30,7 @@ BEGIN
         SELECT * FROM jsonb_to_recordset(p_outcomes) AS o(run_id uuid, seq integer, token bigint, type text, data jsonb)
     ), done AS (
         DELETE FROM cairn.activity_tasks a USING o
-        WHERE a.run_id = ANY(given) AND a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
+        WHERE a.run_id = ANY(ARRAY(SELECT o.run_id FROM o)) AND a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
         RETURNING a.run_id, a.namespace, a.seq, a.workflow_queue, a.workflow_type, o.type, o.data
     ), ev AS (
         INSERT INTO cairn.inbox (run_id, type, data)
@@ -69,8 +69,6 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n_done integer;
     n_as_expected integer;
-    given uuid[] := ARRAY(SELECT (x ->> 'run_id')::uuid FROM jsonb_array_elements(p_outcomes) x);
-    expected uuid[] := ARRAY(SELECT (x ->> 'run_id')::uuid FROM jsonb_array_elements(p_expected) x);
 BEGIN
     -- 1. Fenced by the attempts' tokens; the DO UPDATE takes the task rows' locks in
     --    run-id order (the caller sorts the outcomes), waiting for a worker running one.
@@ -78,7 +76,7 @@ BEGIN
         SELECT * FROM jsonb_to_recordset(p_outcomes) AS o(run_id uuid, seq integer, token bigint)
     ), done AS (
         DELETE FROM cairn.activity_tasks a USING o
-        WHERE a.run_id = ANY(given) AND a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
+        WHERE a.run_id = ANY(ARRAY(SELECT o.run_id FROM o)) AND a.run_id = o.run_id AND a.seq = o.seq AND a.token = o.token
         RETURNING a.run_id, a.namespace, a.workflow_queue, a.workflow_type
     ), task AS (
         INSERT INTO cairn.workflow_tasks (run_id, namespace, queue, workflow_type)
@@ -93,12 +91,14 @@ BEGIN
     -- 2. A new statement, a new snapshot: everything committed before the locks was granted.
     --    A paused run (0019) is not as cached: its task must not run. A missing row makes
     --    its condition NULL: not as expected.
-    SELECT count(*) INTO n_as_expected
-    FROM jsonb_to_recordset(p_expected) AS e(run_id uuid, last_seq integer)
+    WITH e AS (
+        SELECT * FROM jsonb_to_recordset(p_expected) AS e(run_id uuid, last_seq integer)
+    )
+    SELECT count(*) INTO n_as_expected FROM e
     WHERE (SELECT t.failures = 0 AND t.pause IS NULL FROM cairn.workflow_tasks t WHERE t.run_id = e.run_id)
       AND (SELECT r.status = 'running' FROM cairn.runs r WHERE r.run_id = e.run_id)
       AND (SELECT max(h.seq) FROM cairn.history h WHERE h.run_id = e.run_id) = e.last_seq
-      AND NOT EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = ANY(expected) AND i.run_id = e.run_id);
+      AND NOT EXISTS (SELECT 1 FROM cairn.inbox i WHERE i.run_id = ANY(ARRAY(SELECT e.run_id FROM e)) AND i.run_id = e.run_id);
     IF n_as_expected <> jsonb_array_length(p_expected) THEN
         RAISE EXCEPTION 'cairn: a run of the group changed since its cached state' USING ERRCODE = 'CR001';
     END IF;
