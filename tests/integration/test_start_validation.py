@@ -199,9 +199,13 @@ async def test_start_by_type_name_is_validated_against_the_registry(client, star
     # waits for a worker (issue 15, B10: the outbox pattern starts runs while workers are down).
     with caplog.at_level(logging.WARNING, logger="cairn.client"):
         early = await client.start("typed", 1, {"name": "a", "count": 1}, [], id="early")
+        for i in range(3):  # a backlog started before the workers: one warning, not one per start
+            await client.start("typed", 1, {"name": "a", "count": 1}, [], id=f"early-{i}")
+            await client.start(typed, 1, {"name": "a", "count": 1}, [], id=f"early-fn-{i}")
     assert "no worker has registered workflow type 'typed' on queue 'default' yet; the run waits for one" \
         in caplog.text
-    assert sql("SELECT queue, workflow_type FROM cairn.workflow_tasks") == [("default", "typed")]
+    assert caplog.text.count("no worker has registered workflow type 'typed'") == 1, caplog.text
+    assert sql("SELECT DISTINCT queue, workflow_type FROM cairn.workflow_tasks") == [("default", "typed")]
 
     await start_worker(workflows=[typed])
     await wait_until(lambda: sql("SELECT count(*) FROM cairn.workflow_types WHERE name = 'typed'")[0][0],

@@ -139,6 +139,7 @@ class Client:
         self.namespace = check_namespace(namespace)
         self.listener = CloseListener(url)
         self._queues: dict[str, tuple[float, str]] = {}  # workflow type -> (when, its one queue): _cached_queue
+        self._warned: set[str] = set()  # start warnings logged: _warn
 
     @classmethod
     async def connect(cls, url: str | None = None, *, namespace: str = "default",
@@ -291,8 +292,7 @@ class Client:
             target = await self.start_target(name, queue)
             if target.input_schema is not None:
                 check_input(name, target.input_schema, payload)
-            else:
-                log.warning("%s", target.warning)
+            self._warn(target.warning)  # None when registered
             queue = target.queue
         else:
             d = definition_of(workflow)
@@ -397,6 +397,11 @@ class Client:
             return StartTarget(name, queue, None, inferred, queues, known)
         return StartTarget(name, queue, row.input_schema, inferred)
 
+    def _warn(self, warning: str | None) -> None:
+        if warning is not None and warning not in self._warned:  # once, not once per start of a backlog
+            self._warned.add(warning)
+            log.warning("%s", warning)
+
     async def _cached_queue(self, name: str) -> str:
         """The queue of a start of an ``@workflow.defn`` function given none (see
         :meth:`start_target`); an answer naming a registered queue is remembered for
@@ -405,9 +410,8 @@ class Client:
         if cached is not None and time.monotonic() - cached[0] < QUEUE_CACHE_SECONDS:
             return cached[1]
         target = await self.start_target(name)
-        if target.warning is not None:
-            log.warning("%s", target.warning)
-        else:
+        self._warn(target.warning)
+        if target.warning is None:
             self._queues[name] = (time.monotonic(), target.queue)
         return target.queue
 
