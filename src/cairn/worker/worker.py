@@ -61,6 +61,7 @@ log = logging.getLogger("cairn.worker")
 
 POLL_INTERVAL_SECONDS = 1.0     # fallback poll when no NOTIFY arrives
 DRAIN_GRACE_SECONDS = 30.0      # how long stop() lets running activities finish
+DRAIN_STRAGGLERS_SECONDS = 5.0  # the batches claimed before stop() get this long to finish
 # Idle-in-transaction cap on worker sessions: a wedged worker loses its workflow-task
 # claim (a row lock) after this, instead of holding it for ever.
 IDLE_TX_TIMEOUT_MS = 60_000
@@ -174,6 +175,7 @@ class Worker:
         self.stats = WorkerStats()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._claimers: list[asyncio.Task[None]] = []  # pollers and the lane: they stop claiming on stop()
         self._heartbeat: Heartbeat | None = None
         rng = random.Random()
         # What the components share, each handed explicitly to those that use it.
@@ -261,13 +263,15 @@ class Worker:
                                                     load=self._load, interval=self.heartbeat_interval)
             await heartbeat.register()
             wakes.workflow = [asyncio.Event() for _ in range(self.workflow_concurrency)]
-            self._tasks = [asyncio.create_task(self._maintenance.listen(url), name="cairn-listen")]
-            self._tasks += [asyncio.create_task(self._workflow_tasks.poller(i), name=f"cairn-wf-{i}")
-                            for i in range(self.workflow_concurrency if self.workflows else 0)]
+            # The claimers return once the worker stops, after the batch they hold.
+            claimers = [asyncio.create_task(self._workflow_tasks.poller(i), name=f"cairn-wf-{i}")
+                        for i in range(self.workflow_concurrency if self.workflows else 0)]
             if self.workflows:
-                self._tasks.append(asyncio.create_task(self._workflow_tasks.lane(), name="cairn-wf-lane"))
+                claimers.append(asyncio.create_task(self._workflow_tasks.lane(), name="cairn-wf-lane"))
             if self.activities:
-                self._tasks.append(asyncio.create_task(self._activities.poller(), name="cairn-act"))
+                claimers.append(asyncio.create_task(self._activities.poller(), name="cairn-act"))
+            self._claimers = claimers
+            self._tasks = [asyncio.create_task(self._maintenance.listen(url), name="cairn-listen"), *claimers]
             self._tasks.append(asyncio.create_task(self._maintenance.run(), name="cairn-maint"))
             self._tasks.append(asyncio.create_task(heartbeat.run(), name="cairn-heartbeat"))
             self._tasks.append(asyncio.create_task(self._activities.flusher(), name="cairn-flush"))
@@ -279,14 +283,23 @@ class Worker:
                      self.queues, len(self.workflows), len(self.activities))
             await wakes.stopping.wait()
         finally:
-            await self._drain()
-            if self._heartbeat is not None:
-                await self._heartbeat.stop()  # after the drain: stopped means nothing runs any more
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_GRACE_SECONDS
+            if self._claimers:  # a poller's batch in flight is finished (and its eager leases run)
+                await asyncio.wait(self._claimers, timeout=DRAIN_STRAGGLERS_SECONDS)
+            await self._drain(deadline)
             for t in self._tasks:
                 t.cancel()
             for t in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            # A fast-path group committed as the drain ended may have leased attempts eagerly:
+            # they run out before the pools close (left running, asyncio.run cancelled them
+            # in the middle of their write, which then failed on the closed pool, logged as an
+            # unhandled exception, and the attempt ran again elsewhere after its lease).
+            await self._drain(max(deadline, loop.time() + DRAIN_STRAGGLERS_SECONDS))
+            if self._heartbeat is not None:
+                await self._heartbeat.stop()  # after the drain: stopped means nothing runs any more
             await engine.close()
             for pool in (pools.leases, pools.activity):
                 if pool is not None:
@@ -317,17 +330,18 @@ class Worker:
         self.stop()
         await self._runner
 
-    async def _drain(self) -> None:
+    async def _drain(self, deadline: float) -> None:
+        """Lets running attempts finish until ``deadline`` (the loop's clock), those started
+        meanwhile included (a poller's last batch leases some eagerly), then cancels the rest."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_GRACE_SECONDS
-        running = self._activities.running
+        if running := self._activities.running:
+            log.info("draining %d running activities (up to %.0f s)", len(running), deadline - loop.time())
+        while (running := self._activities.running) and loop.time() < deadline:
+            await asyncio.wait(running, timeout=deadline - loop.time())
+        for t in running:
+            t.cancel()
         if running:
-            log.info("draining %d running activities (up to %.0f s)", len(running), DRAIN_GRACE_SECONDS)
-            _, pending = await asyncio.wait(running, timeout=DRAIN_GRACE_SECONDS)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+            await asyncio.wait(running, timeout=5)
         # A cancelled synchronous activity runs on in its thread until its next heartbeat.
         if not await self._activities.threads_finished(deadline - loop.time()):
             log.warning("stopped with synchronous activities still running in their threads")
