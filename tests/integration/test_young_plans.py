@@ -27,6 +27,27 @@ from cairn.worker import WORKER_CONNECTION_OPTIONS
 
 TABLES = ("runs", "workflow_tasks", "activity_tasks", "inbox", "history", "timers")
 SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
+INDEX_SCAN = re.compile(r"Index (?:Only )?Scan (?:Backward )?using \w+ on (\w+)|Bitmap Index Scan on (\w+)")
+
+
+def unbounded_index_scans(plans: str) -> list[str]:
+    """Index scans of TABLES without an index condition: the whole table read in index order."""
+    found = []
+    lines = plans.splitlines()
+    for i, line in enumerate(lines):
+        m = INDEX_SCAN.search(line)
+        if not m or (m.group(1) or next((t for t in TABLES if (m.group(2) or "").startswith(t + "_")), None)) \
+                not in TABLES:
+            continue
+        depth = len(line) - len(line.lstrip())
+        details = []
+        for nxt in lines[i + 1:]:
+            if len(nxt) - len(nxt.lstrip()) <= depth or "->" in nxt:
+                break
+            details.append(nxt)
+        if not any("Index Cond" in d for d in details):
+            found.append(line.strip())
+    return found
 
 RUNS = [uuid.UUID(f"00000000-0000-7000-9000-{i:012x}") for i in range(1, 4)]
 
@@ -90,6 +111,8 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
                 "outcomes": Jsonb([{"run_id": str(RUNS[1]), "seq": 3, "token": 1}]),
                 "expected": Jsonb([{"run_id": str(RUNS[1]), "last_seq": 3}])})
             conn.execute(q("locked_task_state"), {"run_ids": RUNS[:2], "replay": [RUNS[0]], "now": None})
+            conn.execute(q("renew_activity_leases"), {"now": None, "lease": 30.0, "worker": "w", "beats": Jsonb([
+                {"run_id": str(RUNS[0]), "seq": 3, "token": 1, "beat": False, "details": None}])})
     text = "\n".join(plans)
     for name in PREPARED:
         assert f"cairn_{name}" in text, f"no plan of {name} was reported"
@@ -98,3 +121,5 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
     assert text.count("FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id") == 2, text
     scanned = sorted({t for t in SEQ_SCAN.findall(text) if t in TABLES})
     assert not scanned, f"sequential scans of {scanned} in a worker's plans:\n{text}"
+    assert "renew_activity_leases" in text or "lease_owner = $4" in text
+    assert not unbounded_index_scans(text), f"{unbounded_index_scans(text)} in a worker's plans:\n{text}"

@@ -245,7 +245,9 @@ WITH c AS (
 ), closed AS (
     -- A closing task closes the run and drops what is still queued for it.
     UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
-    FROM t, c WHERE r.run_id = ANY(%(closing)s::uuid[]) AND r.run_id = t.run_id AND r.status = 'running'
+    -- (IS TRUE: "status = 'running'" let a young plan read every open run through the partial
+    -- index of open runs, the ids a filter; this way the primary key is the only way in.)
+    FROM t, c WHERE r.run_id = ANY(%(closing)s::uuid[]) AND r.run_id = t.run_id AND (r.status = 'running') IS TRUE
                 AND t.close_status IS NOT NULL
     RETURNING r.run_id, r.namespace, r.concurrency_key
 ), freed AS (
@@ -605,7 +607,9 @@ WHERE run_id = %(run_id)s AND seq = %(seq)s AND token = %(token)s
 -- name: renew_activity_leases
 -- One batched statement per worker process and flush: extends the leases of the attempts
 -- it runs and records their heartbeats. Attempts not returned were cancelled or superseded;
--- cancel_requested says the workflow waits for a returned one to stop (0005).
+-- cancel_requested says the workflow waits for a returned one to stop (0005). Bounded by the
+-- attempts' run ids (= ANY, an index condition): planned on a young table, the join read the
+-- whole of activity_tasks by its primary key on every renewal (see record_workflow_tasks).
 UPDATE cairn.activity_tasks a
 SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * interval '1 second',
     heartbeat_details = CASE WHEN h.beat THEN h.details ELSE a.heartbeat_details END,
@@ -616,7 +620,8 @@ SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + %(lease)s * inter
         ELSE a.heartbeat_deadline END
 FROM jsonb_to_recordset(%(beats)s::jsonb)
      AS h(run_id uuid, seq integer, token bigint, beat boolean, details jsonb)
-WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token AND a.lease_owner = %(worker)s
+WHERE a.run_id = ANY(ARRAY(SELECT (b ->> 'run_id')::uuid FROM jsonb_array_elements(%(beats)s::jsonb) b))
+  AND a.run_id = h.run_id AND a.seq = h.seq AND a.token = h.token AND a.lease_owner = %(worker)s
 RETURNING a.run_id, a.seq, a.cancel_requested
 
 -- name: expired_activity_tasks
