@@ -660,6 +660,7 @@ WITH due AS (
     UNION ALL
     SELECT d.run_id, d.seq FROM due d JOIN cairn.activity_tasks a ON a.run_id = d.run_id AND a.seq = d.seq
     WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at
+      AND a.run_id = ANY(ARRAY(SELECT run_id FROM due))  -- bounded: see record_workflow_tasks
 ), free AS (
     -- those of them no other transaction holds, locked
     SELECT t.run_id, 0 AS seq FROM cairn.workflow_tasks t JOIN due d ON d.run_id = t.run_id AND d.seq = 0
@@ -667,7 +668,7 @@ WITH due AS (
     FOR UPDATE OF t SKIP LOCKED
 ), free_activities AS (
     SELECT a.run_id, a.seq FROM cairn.activity_tasks a JOIN due d ON d.run_id = a.run_id AND d.seq = a.seq
-    WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at
+    WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at AND a.run_id = ANY(ARRAY(SELECT run_id FROM due))
     FOR UPDATE OF a SKIP LOCKED
 ), placed AS (
     UPDATE cairn.workflow_tasks t
