@@ -122,5 +122,6 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
     assert text.count("FROM cairn.workflow_tasks t JOIN cairn.runs r ON r.run_id = t.run_id") == 2, text
     scanned = sorted({t for t in SEQ_SCAN.findall(text) if t in TABLES})
     assert not scanned, f"sequential scans of {scanned} in a worker's plans:\n{text}"
-    assert "lease_owner = $4" in text and "FROM cairn.retry_places" in text
+    assert "lease_owner = $4" in text  # renew_activity_leases
+    assert "FROM cairn.retry_places" in text  # place_due_retries
     assert not unbounded_index_scans(text), f"{unbounded_index_scans(text)} in a worker's plans:\n{text}"
