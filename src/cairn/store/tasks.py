@@ -116,11 +116,13 @@ def speculation_check(outcomes: list[dict[str, Any]], expected: list[tuple[str, 
         "expected": Jsonb([{"run_id": run_id, "last_seq": last_seq} for run_id, last_seq in expected])})
 
 
-def bounds(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def bounds(entries: list[dict[str, Any]]) -> dict[str, str]:
     """``record_workflow_tasks``' bounds: the batch's run ids, and those of the runs it closes
-    (every join of the statement is bounded by them: see its comment)."""
-    return {"run_ids": [e["run_id"] for e in entries],
-            "closing": [e["run_id"] for e in entries if e.get("close_status")]}
+    (every join of the statement is bounded by them: see its comment), as ``uuid[]``
+    literals: psycopg's list dumper inspects every list it sends (a tenth of the record's
+    client time in a cProfile of W3), and a run id is a canonical UUID."""
+    return {"run_ids": "{" + ",".join(str(e["run_id"]) for e in entries) + "}",
+            "closing": "{" + ",".join(str(e["run_id"]) for e in entries if e.get("close_status")) + "}"}
 
 
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
