@@ -285,7 +285,7 @@ class Worker:
         finally:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + DRAIN_GRACE_SECONDS
-            if self._claimers:  # a poller's batch in flight is finished (and its eager leases run)
+            if self._claimers:  # a poller's batch in flight is recorded, not rolled back
                 await asyncio.wait(self._claimers, timeout=DRAIN_STRAGGLERS_SECONDS)
             await self._drain(deadline)
             for t in self._tasks:
@@ -332,7 +332,8 @@ class Worker:
 
     async def _drain(self, deadline: float) -> None:
         """Lets running attempts finish until ``deadline`` (the loop's clock), those started
-        meanwhile included (a poller's last batch leases some eagerly), then cancels the rest."""
+        meanwhile included (a fast-path group committed as the worker stopped leases some
+        eagerly), then cancels the rest."""
         loop = asyncio.get_running_loop()
         if running := self._activities.running:
             log.info("draining %d running activities (up to %.0f s)", len(running), deadline - loop.time())
