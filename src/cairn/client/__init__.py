@@ -21,12 +21,11 @@ from cairn.client.client import (
     MAX_LIST_LIMIT,
     Client,
     IdConflictPolicy,
-    RunPage,
-    StartTarget,
     add_visibility,
 )
 from cairn.client.handle import RunDescription, WorkflowHandle
 from cairn.client.pauses import Pause
+from cairn.client.records import RunPage, StartTarget
 from cairn.client.retention import NamespaceHandle, NamespaceSettings, PurgeSummary
 from cairn.client.schedules import (
     ScheduleActionResult,
