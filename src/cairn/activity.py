@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import hmac
 import inspect
@@ -337,22 +338,16 @@ class ActivityCall:
                                       self.returns, tags, self.cancellation_type)
 
 
-_POLICY_JSON: dict[int, tuple[RetryPolicy, dict[str, Any]]] = {}  # id -> (policy kept alive, its JSON)
-POLICY_JSON_CACHE = 256  # retry policies remembered (most code uses a few module constants)
+@functools.lru_cache(maxsize=256)  # a frozen model dumps the same every time: most code uses a few
+def _policy_dump(policy: RetryPolicy) -> dict[str, Any]:
+    return policy.model_dump(mode="json", exclude={"on_exhausted"} if policy.on_exhausted == "fail" else None)
 
 
 def _policy_json(policy: RetryPolicy) -> dict[str, Any]:
     """A retry policy's JSON in ``ActivityScheduled`` (``on_exhausted`` only when it is not
-    the default: histories stay as they were), remembered per policy object: a frozen model
-    dumps the same every time, and its dump was a tenth of scheduling an activity."""
-    hit = _POLICY_JSON.get(id(policy))
-    if hit is not None and hit[0] is policy:
-        return dict(hit[1])
-    data = policy.model_dump(mode="json", exclude={"on_exhausted"} if policy.on_exhausted == "fail" else None)
-    if len(_POLICY_JSON) >= POLICY_JSON_CACHE:
-        _POLICY_JSON.clear()
-    _POLICY_JSON[id(policy)] = (policy, data)
-    return dict(data)
+    the default: histories stay as they were); its dump was a tenth of scheduling an
+    activity, so it is remembered (a copy each time: the options are the caller's)."""
+    return dict(_policy_dump(policy))
 
 
 def validate_call(

@@ -512,9 +512,11 @@ def all_handlers_finished() -> bool:
 # ---------------------------------------------------------------- the run lifecycle
 
 
+@unguarded
 def _workflow_call(workflow: Callable[..., Any] | str, args: tuple[Any, ...]
                    ) -> tuple[str, list[Any], Callable[[Any], Any] | None]:
-    """A workflow invocation's type name, JSON arguments and result validator."""
+    """A workflow invocation's type name, JSON arguments and result validator (a child's:
+    validated and converted with the profile hook off, as an activity's)."""
     payload = [to_payload(a) for a in args]
     if isinstance(workflow, str):
         if not workflow:

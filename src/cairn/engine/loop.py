@@ -192,7 +192,8 @@ _R = TypeVar("_R")
 
 
 def unguarded(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Runs one of Cairn's own authoring calls (``workflow.start_activity``) with the profile
+    """Runs one of Cairn's own authoring calls (``workflow.start_activity``,
+    ``start_local_activity``, a child's argument checks) with the profile
     hook off: the hook's event per Python call and return cost a W2 worker 11 % of its
     samples, most of them inside the call's validation and conversion (py-spy, 2026-12-07).
     Workflow code calls it, so what it calls back (a pydantic validator or serializer of

@@ -153,7 +153,6 @@ def ref_of_digest(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-
 def save_sync(conn: psycopg.Connection[Any], found: list[Link]) -> None:
     """:func:`save` on a synchronous connection."""
     if found:

@@ -656,7 +656,7 @@ WITH due AS (
 ), waiting AS (
     -- the booked tasks waiting as booked, in this statement's snapshot
     SELECT d.run_id, d.seq FROM due d JOIN cairn.workflow_tasks t ON t.run_id = d.run_id
-    WHERE d.seq = 0 AND t.available_at = d.ready_at
+    WHERE d.seq = 0 AND t.available_at = d.ready_at AND t.run_id = ANY(ARRAY(SELECT run_id FROM due))
     UNION ALL
     SELECT d.run_id, d.seq FROM due d JOIN cairn.activity_tasks a ON a.run_id = d.run_id AND a.seq = d.seq
     WHERE a.lease_owner IS NULL AND a.available_at = d.ready_at
@@ -664,7 +664,7 @@ WITH due AS (
 ), free AS (
     -- those of them no other transaction holds, locked
     SELECT t.run_id, 0 AS seq FROM cairn.workflow_tasks t JOIN due d ON d.run_id = t.run_id AND d.seq = 0
-    WHERE t.available_at = d.ready_at
+    WHERE t.available_at = d.ready_at AND t.run_id = ANY(ARRAY(SELECT run_id FROM due))
     FOR UPDATE OF t SKIP LOCKED
 ), free_activities AS (
     SELECT a.run_id, a.seq FROM cairn.activity_tasks a JOIN due d ON d.run_id = a.run_id AND d.seq = a.seq
