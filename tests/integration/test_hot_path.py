@@ -107,7 +107,7 @@ async def test_kept_task_is_reported(db_url, sql):
                            [run_id, Jsonb({"name": "s", "payload": None})])
         rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
-            "notify_queues": [], "tasks": Jsonb([{
+            "tasks": Jsonb([{
                 "run_id": run_id, "workflow_id": "kept", "workflow_type": "parked", "workflow_queue": "default",
                 "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}],
                 "activities": []}])}))).fetchall()
@@ -129,7 +129,7 @@ async def test_batch_record_keeps_only_the_run_with_an_unseen_event(db_url, sql)
                            [runs[0], Jsonb({"name": "s", "payload": None})])
         rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
-            "notify_queues": [], "tasks": Jsonb([{
+            "tasks": Jsonb([{
                 "run_id": run_id, "workflow_id": f"batch-{i}", "workflow_type": "parked",
                 "workflow_queue": "default", "activities": [],
                 "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}
@@ -147,7 +147,7 @@ async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
             "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None})
         rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
-            "notify_queues": ["q1", "q2"], "tasks": Jsonb([{
+            "tasks": Jsonb([{
                 "run_id": handle.run_id, "workflow_id": "not-kept", "workflow_type": "parked",
                 "workflow_queue": "default", "activities": [],
                 "events": [{"seq": 2, "type": "WorkflowTaskStarted", "data": {"time": 0, "worker": "t"}}]}])})
@@ -163,7 +163,7 @@ def _with_bounds(params: dict[str, Any]) -> dict[str, Any]:
 
 def _record_params(run_id: str, workflow_id: str) -> dict[str, object]:
     return _with_bounds({"namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
-                         "notify_queues": [], "tasks": Jsonb([{
+                         "tasks": Jsonb([{
                              "run_id": run_id, "workflow_id": workflow_id, "workflow_type": "parked",
                              "workflow_queue": "default", "activities": [],
                              "events": [{"seq": 2, "type": "WorkflowTaskStarted",

@@ -102,7 +102,7 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
             tasks = [_task(RUNS[0], 2), _task(RUNS[1], 2), _task(RUNS[2], 2, close=True)]
             _execute(conn, "record_workflow_tasks", {
                 "now": None, "namespace": "default", "inbox_ids": [], "worker": "w", "lease": 30.0,
-                "notify_queues": [], "tasks": Jsonb(tasks), **bounds(tasks)})
+                "tasks": Jsonb(tasks), **bounds(tasks)})
             outcome = {"type": "ActivityCompleted", "data": {"activity_seq": 3, "result": 2}}
             _execute(conn, "complete_activities_and_lock", {
                 "outcomes": Jsonb([{"run_id": str(RUNS[0]), "seq": 3, "token": 1, **outcome}]),

@@ -215,7 +215,7 @@ FROM jsonb_to_recordset(%(events)s::jsonb) AS e(seq integer, type text, data jso
 -- task rows, closes the runs whose code finished, and inserts the activity tasks they
 -- scheduled. Activities marked eager are leased to this worker at once (eager dispatch: it
 -- runs them after commit, with no claim round trip) and returned; the others wait for a
--- claim, their queues woken by the NOTIFY of %(notify_queues)s. One statement per batch,
+-- claim, their queues woken by a NOTIFY. One statement per batch,
 -- not per task: a statement costs both sides more CPU than the rows it writes.
 WITH c AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
@@ -243,37 +243,32 @@ WITH c AS (
                                         AND i.id <> ALL(%(inbox_ids)s::bigint[])))
     RETURNING w.run_id
 ), closed AS (
-    -- A closing task closes the run and drops what is still queued for it.
+    -- A closing task closes the run and drops what is still queued for it. The RETURNING,
+    -- run for every updated row, announces it (NOTIFY cairn_closed: the run id, then its
+    -- outcome when small, since payloads stop at 8,000 bytes: the status and last event,
+    -- what result() would read) and gives a concurrency key's slot back (0023; a trigger
+    -- would make every close fetch the old row). Not aggregates over the rows
+    -- (count(pg_notify(...)) in CTEs of their own): a plan node's set-up is paid at every
+    -- call, closing or not; with them and RETURNING * below, this statement cost 904,000
+    -- instructions with nothing to write, 731,000 without (callgrind, bench/README.md).
     UPDATE cairn.runs r SET status = t.close_status, closed_at = c.now, failure = t.failure
     -- (IS TRUE: "status = 'running'" let a young plan read every open run through the partial
     -- index of open runs, the ids a filter; this way the primary key is the only way in.)
-    FROM t, c WHERE r.run_id = ANY(%(closing)s::uuid[]) AND r.run_id = t.run_id AND (r.status = 'running') IS TRUE
-                AND t.close_status IS NOT NULL
-    RETURNING r.run_id, r.namespace, r.concurrency_key
-), freed AS (
-    -- A closed run of a concurrency key gives its slot back (0023; a trigger would make
-    -- every close fetch the old row).
-    SELECT count(cairn.concurrency_run_closed(run_id, namespace, concurrency_key)) AS n
-    FROM closed WHERE concurrency_key IS NOT NULL
+    FROM t, c, LATERAL (SELECT jsonb_build_object('status', t.close_status, 'workflow_type', t.workflow_type,
+        'last_type', t.events -> -1 -> 'type', 'last_data', t.events -> -1 -> 'data')::text AS outcome) o
+    WHERE r.run_id = ANY(%(closing)s::uuid[]) AND r.run_id = t.run_id AND (r.status = 'running') IS TRUE
+      AND t.close_status IS NOT NULL
+    RETURNING r.run_id,
+        pg_notify('cairn_closed', CASE WHEN octet_length(o.outcome) <= 7000
+            THEN r.run_id::text || ' ' || o.outcome ELSE r.run_id::text END) AS notified,
+        CASE WHEN r.concurrency_key IS NOT NULL
+            THEN cairn.concurrency_run_closed(r.run_id, r.namespace, r.concurrency_key) END AS freed
 ), dropped_activities AS (
     DELETE FROM cairn.activity_tasks WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed)
 ), dropped_timers AS (
     DELETE FROM cairn.timers WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed)
 ), dropped_inbox AS (
     DELETE FROM cairn.inbox WHERE run_id = ANY(%(closing)s::uuid[]) AND run_id IN (SELECT run_id FROM closed) AND id <> ALL(%(inbox_ids)s::bigint[])
-), notified AS (
-    -- The payload is the run id, then its outcome when that is small (NOTIFY payloads stop
-    -- at 8,000 bytes): the run's status and last event, what result() would read.
-    -- (Indented little: the statement must stay under psycopg's parse-cache limit.)
-    SELECT count(pg_notify('cairn_closed', CASE WHEN octet_length(o.outcome) <= 7000
-        THEN cl.run_id::text || ' ' || o.outcome ELSE cl.run_id::text END)) AS n
-    FROM closed cl JOIN t ON t.run_id = cl.run_id,
-         LATERAL (SELECT jsonb_build_object('status', t.close_status, 'workflow_type', t.workflow_type,
-             'last_type', t.events -> -1 -> 'type', 'last_data', t.events -> -1 -> 'data')::text AS outcome) o
-), woken AS (
-    -- The queues of the activities not leased eagerly: wake their workers (once per queue
-    -- and transaction), here rather than in a statement of its own.
-    SELECT count(pg_notify('cairn_activity', qn)) AS n FROM unnest(%(notify_queues)s::text[]) AS qn
 ), scheduled AS (
     -- A priority, fairness key or concurrency key (0023, in the options; a concurrency key
     -- is never eager, see TaskRunner._entry) places a row not leased eagerly in the claim order,
@@ -313,15 +308,18 @@ WITH c AS (
                       WHERE p.namespace = %(namespace)s AND p.activity_type IN ('', a.activity_type)
                         AND p.queue IN ('', a.queue))) AS eager OFFSET 0) e
     WHERE t.close_status IS NULL
-    RETURNING *
+    -- The columns the worker reads, not *: every column a plan node passes on costs its set-up.
+    -- A row not leased eagerly wakes its queue's workers (PostgreSQL sends one NOTIFY per
+    -- channel and payload per transaction).
+    RETURNING run_id, seq, token, attempt, workflow_id, workflow_type, activity_type, queue, input, options,
+              scheduled_at, started_at, heartbeat_details, attempt_deadline, schedule_deadline, workflow_queue,
+              lease_owner, CASE WHEN lease_owner IS NULL THEN pg_notify('cairn_activity', queue) END AS woken
 )
 SELECT s.run_id, s.seq, s.token, s.attempt, s.workflow_id, s.workflow_type, s.activity_type, s.queue, s.input,
        s.options, s.scheduled_at, s.started_at, s.heartbeat_details, s.attempt_deadline, s.schedule_deadline,
        s.workflow_queue, false AS kept
 FROM scheduled s
--- An uncorrelated condition is a one-time filter, evaluated before the scan: notified runs.
-WHERE (SELECT n FROM notified) >= 0 AND (SELECT n FROM woken) >= 0 AND (SELECT n FROM freed) >= 0
-  AND s.lease_owner IS NOT NULL
+WHERE s.lease_owner IS NOT NULL
 UNION ALL
 -- One marker row (kept = true) per task kept for an event it did not see: the worker
 -- claims again after commit instead of waiting for the fallback poll.

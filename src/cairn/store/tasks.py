@@ -126,7 +126,7 @@ def bounds(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], inbox_ids: list[int], worker: str,
-                 lease: float, notify_queues: list[str], commit: bool, ahead: Statement | None = None) -> Recorded:
+                 lease: float, commit: bool, ahead: Statement | None = None) -> Recorded:
     """``record_workflow_tasks`` for a batch: one statement, ``entries`` one per task; it
     carries the COMMIT when ``commit`` (and no stored payload follows it); ``ahead`` (the
     speculated fast path's check) opens the transaction with it."""
@@ -136,7 +136,7 @@ async def record(conn: Conn, *, namespace: str, entries: list[dict[str, Any]], i
     before = stored.marked()
     rows = await execute(conn, "record_workflow_tasks", {
         "now": clock.now(conn), "namespace": namespace, "tasks": Jsonb(entries), "inbox_ids": inbox_ids,
-        "worker": worker, "lease": lease, "notify_queues": notify_queues, **bounds(entries)},
+        "worker": worker, "lease": lease, **bounds(entries)},
         begin=ahead is not None, commit=commit and not found, ahead=ahead)
     # The stored payloads the events refer to, in the same transaction (the caller's
     # transaction commits it: the COMMIT does not ride with the record then).
@@ -179,7 +179,7 @@ async def close_without_code(conn: Conn, task: TaskState, *, namespace: str, inb
                 "close_status": status, "failure": failure}]
     await conn.execute(q("record_workflow_tasks"), {
         "now": clock.now(conn), "namespace": namespace, "inbox_ids": inbox_ids, "worker": worker,
-        "lease": lease, "notify_queues": [], "tasks": Jsonb(entries), **bounds(entries)})
+        "lease": lease, "tasks": Jsonb(entries), **bounds(entries)})
     await _lifecycle.close_family(conn, task.run_id, etype, data, status)
 
 

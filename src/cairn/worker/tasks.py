@@ -373,7 +373,6 @@ class TaskRunner:
         tracing = _telemetry.tracing()
         entries: list[dict[str, Any]] = []
         inbox_ids: list[int] = []
-        notify: set[str] = set()
         for p in batch:
             if tracing:  # current while recording: activities and child runs carry its context
                 p.span = task_span(p.task, p.inst.trace, p.began_ns)
@@ -384,14 +383,12 @@ class TaskRunner:
             entry, free = self._entry(p, carrier, free)
             entries.append(entry)
             inbox_ids += p.inbox_ids
-            if p.close_status is None:
-                notify.update(a["queue"] for a in entry["activities"] if not a["eager"])
         try:
             # The COMMIT rides with the record when no task needs a statement after it; a
             # statement ahead (the speculated fast path's) opens the transaction with it.
             recorded = await store.record(
                 conn, namespace=self._namespace, entries=entries, inbox_ids=inbox_ids, worker=self._identity,
-                lease=self._lease_seconds, notify_queues=sorted(notify), commit=all(p.plain for p in batch),
+                lease=self._lease_seconds, commit=all(p.plain for p in batch),
                 ahead=ahead)
         except BaseException as exc:
             for p in batch:
