@@ -501,7 +501,7 @@ def bulk_completed(dsn: str, upto: int, events: int, start: int = 1, vacuum: boo
 
 
 CLAIM_PARAMS = {"queues": [CLAIM_QUEUE], "now": None, "namespace": "default", "worker": "bench", "lease": 30.0,
-                "limit": 50, "types": []}
+                "limit": 50, "types": [], "low": False}
 # The type a claim takes (the claims pair each queue with a type the worker runs): the
 # bench's runs are one_step workflows scheduling inc activities.
 CLAIM_TYPES = {"claim_workflow_task": ["one_step"], "claim_activity_tasks": ["inc"]}

@@ -24,7 +24,7 @@ async def noop(tag: str) -> str:
 def _claim(db_url: str, now: datetime | None) -> list[str]:
     """The workflow id the claim takes at ``now`` (its task then removed, as a worker's record
     would), or nothing."""
-    params = {"namespace": "default", "queues": ["default"], "types": ["noop"], "limit": 1, "now": now}
+    params = {"namespace": "default", "queues": ["default"], "types": ["noop"], "limit": 1, "now": now, "low": False}
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(q("claim_workflow_task"), params).fetchall()
         for row in rows:

@@ -100,7 +100,8 @@ async def test_kept_task_is_reported(db_url, sql):
     run_id = handle.run_id
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
         claimed = await (await conn.execute(q("claim_workflow_task"), {
-            "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None})).fetchall()
+            "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None,
+            "low": False})).fetchall()
         assert [str(r[0]) for r in claimed] == [run_id]
         # An event the claim did not read (as if committed between its snapshot and its lock).
         await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
@@ -123,7 +124,7 @@ async def test_batch_record_keeps_only_the_run_with_an_unseen_event(db_url, sql)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
         claimed = await (await conn.execute(q("claim_workflow_task"), {
             "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 8,
-          "now": None})).fetchall()
+            "now": None, "low": False})).fetchall()
         assert sorted(str(r[0]) for r in claimed) == sorted(runs)
         await conn.execute("INSERT INTO cairn.inbox (run_id, type, data) VALUES (%s, 'SignalReceived', %s)",
                            [runs[0], Jsonb({"name": "s", "payload": None})])
@@ -144,7 +145,7 @@ async def test_record_without_a_new_event_reports_nothing_kept(db_url, sql):
         handle = await c.start(parked, 1, id="not-kept")
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn, conn.transaction():
         await conn.execute(q("claim_workflow_task"), {
-            "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None})
+            "namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 1, "now": None, "low": False})
         rows = await (await conn.execute(q("record_workflow_tasks"), _with_bounds({
             "namespace": "default", "now": None, "inbox_ids": [], "worker": "t", "lease": 5.0,
             "tasks": Jsonb([{
@@ -171,7 +172,7 @@ def _record_params(run_id: str, workflow_id: str) -> dict[str, object]:
 
 
 _CLAIM = {"namespace": "default", "queues": ["default"], "types": ["parked"], "limit": 8,
-          "now": None}
+          "now": None, "low": False}
 
 
 async def _claim_and_record(conn: psycopg.AsyncConnection, record: dict[str, object], *,

@@ -90,7 +90,9 @@ def _claim_order(db_url: str, workflow_type: str, n: int) -> list[str]:
     params = {"namespace": "default", "queues": ["default"], "types": [workflow_type], "limit": 1, "now": None}
     with psycopg.connect(db_url) as conn:
         for _ in range(n):
-            rows = conn.execute(q("claim_workflow_task"), params).fetchall()
+            # as cairn.store.tasks.claim: priorities 1-3 first, then the low lane (4-5)
+            rows = (conn.execute(q("claim_workflow_task"), {**params, "low": False}).fetchall()
+                    or conn.execute(q("claim_workflow_task"), {**params, "low": True}).fetchall())
             if not rows:
                 break
             run_id, wid = rows[0][0], rows[0][2]
@@ -185,7 +187,8 @@ def _claim_activities(db_url: str, n: int, until: str | None = None) -> list[tup
               "limit": 1, "now": None}
     with psycopg.connect(db_url, autocommit=True) as conn:
         for _ in range(n):
-            rows = conn.execute(q("claim_activity_tasks"), params).fetchall()
+            rows = (conn.execute(q("claim_activity_tasks"), {**params, "low": False}).fetchall()
+                    or conn.execute(q("claim_activity_tasks"), {**params, "low": True}).fetchall())
             if not rows:
                 break
             run_id, seq, token, _attempt, wid = rows[0][:5]
@@ -276,6 +279,23 @@ async def test_a_newcomer_key_is_claimed_while_every_poller_is_busy(client: Any,
     finally:
         _gates.setdefault("busy", asyncio.Event()).set()
     assert [await h.result() for h in a_runs] == ["busy"] * 12
+
+
+async def test_a_worker_claims_a_new_low_lane_of_its_namespace(client: Any, start_worker: Any, sql: Any) -> None:
+    # The workers start before their namespace ever queued priority 4-5: their claims scan
+    # the default lane alone, until a maintenance pass (next_due) reads cairn.low_lanes. A
+    # run at priority 5, and its activity (which inherits it; claimed by another worker, not
+    # leased eagerly), are run all the same.
+    runs = await start_worker(workflows=[one_call], activities=[])
+    steps = await start_worker(workflows=[], activities=[step])
+    assert sql("SELECT count(*) FROM cairn.low_lanes")[0][0] == 0
+    handle = await client.start(one_call, "low", id="low", priority=5)
+    assert await asyncio.wait_for(handle.result(), 15) == "done low"
+    assert sorted(sql("SELECT kind FROM cairn.low_lanes")) == [("activity",), ("workflow",)]
+    assert sql("SELECT h.data -> 'options' -> 'priority' ->> 'priority_key' FROM cairn.history h "
+               "WHERE h.type = 'ActivityScheduled'") == [("5",)]
+    assert "workflow" in runs._wakes.low_lanes
+    assert "activity" in steps._wakes.low_lanes
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [

@@ -205,7 +205,7 @@ def test_the_claims_generic_plans_stay_index_lookups_with_a_backlog(db_url):
     from cairn.store.sql import _positional
     from cairn.worker import WORKER_CONNECTION_OPTIONS
 
-    values = {"namespace": "default", "queues": ["default"], "now": None, "worker": "w", "lease": 5.0}
+    values = {"namespace": "default", "queues": ["default"], "now": None, "worker": "w", "lease": 5.0, "low": False}
     with psycopg.connect(db_url, autocommit=True, options=WORKER_CONNECTION_OPTIONS) as conn:
         conn.execute(BACKLOG.replace("%(n)s", "30000"))
         for name, types, limit in (("claim_workflow_task", ["one_step"], 8), ("claim_activity_tasks", ["inc"], 50)):

@@ -16,7 +16,7 @@ from cairn.store.sql import q
 from cairn.verify import verify
 from support import wait_until
 
-CLAIM = {"namespace": "default", "queues": ["default"], "types": ["noop"], "limit": 1, "now": None}
+CLAIM = {"namespace": "default", "queues": ["default"], "types": ["noop"], "limit": 1, "now": None, "low": False}
 
 
 @workflow.defn

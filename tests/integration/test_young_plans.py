@@ -98,7 +98,8 @@ def test_the_hot_path_plans_made_on_young_tables_scan_no_table_whole(db_url: str
         conn.execute(prepare_statements())
         with conn.transaction(force_rollback=True):
             _execute(conn, "claim_workflow_task", {
-                "namespace": "default", "queues": ["default"], "types": ["one_step"], "now": None, "limit": 8})
+                "namespace": "default", "queues": ["default"], "types": ["one_step"], "now": None, "limit": 8,
+                "low": False})
             tasks = [_task(RUNS[0], 2), _task(RUNS[1], 2), _task(RUNS[2], 2, close=True)]
             _execute(conn, "record_workflow_tasks", {
                 "now": None, "namespace": "default", "inbox_ids": [], "worker": "w", "lease": 30.0,

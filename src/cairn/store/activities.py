@@ -84,14 +84,21 @@ class RescheduleState:
 
 
 async def claim(pool: db.Pool, *, namespace: str, pairs: dict[str, Any], worker: str,
-                lease: float) -> list[Attempt]:
-    """Leases ready attempts of the worker's (queue, activity type) ``pairs`` to ``worker``."""
+                lease: float, low_lane: bool) -> list[Attempt]:
+    """Leases ready attempts of the worker's (queue, activity type) ``pairs`` to ``worker``:
+    priorities 1-3, then, if those fell short and ``low_lane`` (the namespace has queued
+    4-5), 4-5."""
     async with connection(pool) as conn:
         cur = conn.cursor(row_factory=dict_row)
         before = stored.marked()
-        await cur.execute(q("claim_activity_tasks"), {
-            "namespace": namespace, **pairs, "worker": worker, "lease": lease, "now": clock.now(conn)})
-        return await resolved(conn, before, [attempt_of(row) for row in await cur.fetchall()])
+        params = {"namespace": namespace, **pairs, "worker": worker, "lease": lease, "now": clock.now(conn),
+                  "low": False}
+        await cur.execute(q("claim_activity_tasks"), params)
+        rows = await cur.fetchall()
+        if low_lane and len(rows) < pairs["limit"]:
+            await cur.execute(q("claim_activity_tasks"), {**params, "low": True, "limit": pairs["limit"] - len(rows)})
+            rows += await cur.fetchall()
+        return await resolved(conn, before, [attempt_of(row) for row in rows])
 
 
 async def resolved(conn: Conn, before: int, attempts: list[Attempt]) -> list[Attempt]:

@@ -4,6 +4,7 @@ depth, the LISTEN connection, and the schema check at start-up."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -35,14 +36,23 @@ async def place_due_retries(pool: db.Pool, *, limit: int) -> int:
     return int(row[1]) if row else 0
 
 
-async def next_due(pool: db.Pool, params: dict[str, Any]) -> timedelta | None:
-    """How long until the earliest work of the worker's pairs (``params``) is due (negative:
-    overdue), or None if nothing is scheduled."""
+@dataclass(frozen=True, slots=True)
+class Due:
+    """``next_due``: how long until the earliest work of the worker's pairs is due (negative:
+    overdue; None if nothing is scheduled), and the kinds of work its namespace ever queued at
+    priority 4 or 5 (the claims' second lane)."""
+
+    wait: timedelta | None
+    low_lanes: frozenset[str]
+
+
+async def next_due(pool: db.Pool, params: dict[str, Any]) -> Due:
+    """When the worker's next work falls due (``params``: its pairs), and its namespace's lanes."""
     async with connection(pool) as c:
         if (now := clock.now(c)) is not None:
             params = {**params, "now": now}
         row = await (await c.execute(q("next_due"), params)).fetchone()
-    return row[0] if row else None
+    return Due(row[0], frozenset(row[1])) if row else Due(None, frozenset())
 
 
 async def queue_depth(pool: db.Pool, *, queues: list[str], namespace: str, cap: int) -> list[tuple[str, str, int]]:

@@ -148,38 +148,22 @@ WITH claimed AS (
     -- runs by a merge join over the whole table (140 ms per claim with 200,000 runs).
     -- A paused run's task (pause set, 0019) is not in the index (partial: pause IS NULL):
     -- the scan never meets it, so pauses cost the claim nothing.
-    -- Priorities (0023, 0025): the index's first lane, `(priority > 3) IS FALSE`, holds 1
-    -- to 3, 1 and 2 placed before 3 by their available_at; its second lane 4 and 5, scanned
-    -- (the second branch of the Append) only once every pair's first scan is exhausted. A
-    -- task held for a concurrency slot has available_at 'infinity': past the range, never met.
+    -- Priorities (0023, 0025): the index's lane `(priority > 3) = %(low)s` -- false holds 1
+    -- to 3, 1 and 2 placed before 3 by their available_at; true holds 4 and 5, claimed by a
+    -- second call only when the first came back short in a namespace that ever queued them
+    -- (cairn.store.tasks.claim). Not a second branch here: the set-up of its plan nodes cost
+    -- every claim a third more (callgrind, bench/README.md). A task held for a concurrency
+    -- slot has available_at 'infinity': past the range, never met.
     SELECT c.run_id, c.failures
-    FROM (SELECT c.run_id, c.failures
-          FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
-               LATERAL (SELECT t.run_id, t.failures
-                        FROM cairn.workflow_tasks t
-                        WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                          AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
-                          AND (t.priority > 3) IS FALSE
-                        ORDER BY t.available_at
-                        LIMIT 64
-                        FOR UPDATE SKIP LOCKED) c
-          UNION ALL
-          SELECT c.run_id, c.failures
-          FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
-               LATERAL (SELECT t.run_id, t.failures
-                        FROM cairn.workflow_tasks t
-                        WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
-                          AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
-                          AND t.priority > 3
-                        ORDER BY t.available_at
-                        LIMIT 64
-                        FOR UPDATE SKIP LOCKED) c
-          -- a one-time filter (an InitPlan, run only if the Append gets here): the second
-          -- lane is scanned only in a namespace that ever queued priority 4 or 5 (0025,
-          -- cairn.low_lanes: a primary-key probe; probing the lane itself planned a scan of
-          -- the table when the statistics saw none)
-          WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
-                                WHERE l.namespace = %(namespace)s AND l.kind = 'workflow'))) c
+    FROM unnest(%(queues)s::text[], %(types)s::text[]) AS k(queue, workflow_type),
+         LATERAL (SELECT t.run_id, t.failures
+                  FROM cairn.workflow_tasks t
+                  WHERE t.namespace = %(namespace)s AND t.queue = k.queue AND t.workflow_type = k.workflow_type
+                    AND t.available_at <= coalesce(%(now)s::timestamptz, now()) AND t.pause IS NULL
+                    AND (t.priority > 3) = %(low)s::boolean
+                  ORDER BY t.available_at
+                  LIMIT 64
+                  FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
 )
 SELECT c.*, r.workflow_id, r.workflow_type, r.queue, r.status, r.created_at, s.last_seq,
@@ -476,33 +460,20 @@ SET attempt = a.attempt + 1,
     attempt_deadline = c.now + ((a.options ->> 'start_to_close_timeout')::float8 * interval '1 second'),
     heartbeat_deadline = c.now + ((a.options ->> 'heartbeat_timeout')::float8 * interval '1 second')
 FROM (SELECT r.run_id, r.seq, coalesce(%(now)s::timestamptz, now()) AS now
-      FROM (SELECT r.run_id, r.seq
-            FROM k,
-                 -- one ordered index scan per (queue, activity type) pair of the worker, stopped
-                 -- at %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
-                 -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the
-                 -- whole table to find the rows to update once ~10,000 were ready)
-                 LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
-                          WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
-                            AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
-                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND (a2.priority > 3) IS FALSE
-                          ORDER BY a2.available_at
-                          LIMIT 64
-                          FOR UPDATE SKIP LOCKED) r
-            UNION ALL
-            -- priorities 4 and 5 (0023), once every pair's main scan is exhausted: as in
-            -- claim_workflow_task
-            SELECT r.run_id, r.seq
-            FROM k,
-                 LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
-                          WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
-                            AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
-                            AND a2.available_at <= coalesce(%(now)s::timestamptz, now()) AND a2.priority > 3
-                          ORDER BY a2.available_at
-                          LIMIT 64
-                          FOR UPDATE SKIP LOCKED) r
-            WHERE (SELECT EXISTS (SELECT 1 FROM cairn.low_lanes l
-                                  WHERE l.namespace = %(namespace)s AND l.kind = 'activity'))) r
+      FROM k,
+           -- one ordered index scan per (queue, activity type) pair of the worker, stopped at
+           -- %(limit)s rows in all, as in claim_workflow_task: only what it can run (the
+           -- constant inner LIMIT: as there; with %(limit)s the generic plan hashed the whole
+           -- table to find the rows to update once ~10,000 were ready), in the priority lane
+           -- %(low)s (4 and 5, or the others: as there)
+           LATERAL (SELECT a2.run_id, a2.seq FROM cairn.activity_tasks a2
+                    WHERE a2.namespace = %(namespace)s AND a2.queue = k.queue
+                      AND a2.activity_type = k.activity_type AND a2.lease_owner IS NULL AND NOT a2.paused
+                      AND a2.available_at <= coalesce(%(now)s::timestamptz, now())
+                      AND (a2.priority > 3) = %(low)s::boolean
+                    ORDER BY a2.available_at
+                    LIMIT 64
+                    FOR UPDATE SKIP LOCKED) r
       LIMIT %(limit)s) c
 WHERE a.run_id = c.run_id AND a.seq = c.seq
 RETURNING a.run_id, a.seq, a.token, a.attempt, a.workflow_id, a.workflow_type, a.activity_type,
@@ -697,6 +668,7 @@ SELECT (SELECT count(*) FROM due) AS due, (SELECT count(*) FROM done) AS done,
 -- workflow tasks and activities of its (queue, type) pairs (as in the claims: paused work
 -- is never due), timers and activity deadlines of any. Both priority lanes of the claim
 -- indexes (0023); work held for a concurrency slot ('infinity') is never due by itself.
+-- Also the priority lanes the namespace has (cairn.low_lanes), for the claims.
 SELECT least(
     (SELECT min(n.available_at)
      FROM unnest(%(workflow_queues)s::text[], %(workflow_types)s::text[]) AS k(queue, workflow_type),
@@ -734,7 +706,9 @@ SELECT least(
                          AND p.queue IN ('', k.queue))),
     (SELECT min(timeout_at) FROM cairn.activity_tasks WHERE timeout_at IS NOT NULL),
     (SELECT min(fire_at) FROM cairn.timers)
-) - coalesce(%(now)s::timestamptz, now()) AS wait
+) - coalesce(%(now)s::timestamptz, now()) AS wait,
+    -- the kinds of work the namespace ever queued at priority 4 or 5: the claims' second lane
+    ARRAY(SELECT l.kind FROM cairn.low_lanes l WHERE l.namespace = %(namespace)s) AS low_lanes
 
 -- ---------------------------------------------------------------- registry
 

@@ -74,12 +74,15 @@ class Recorded:
     saved: list[stored.Link]  # stored payloads linked to their runs: stored.remember them after the commit
 
 
-async def claim(conn: Conn, *, namespace: str, pairs: dict[str, Any]) -> list[TaskState]:
+async def claim(conn: Conn, *, namespace: str, pairs: dict[str, Any], low_lane: bool) -> list[TaskState]:
     """Begins the transaction and claims (locks) ready workflow tasks of the worker's
-    (queue, workflow type) ``pairs`` (``ClaimPairs.next``: with their ``limit``)."""
+    (queue, workflow type) ``pairs`` (``ClaimPairs.next``: with their ``limit``): priorities
+    1-3, then, if those fell short and ``low_lane`` (the namespace has queued 4-5), 4-5."""
     before = stored.marked()
-    rows = await execute(conn, "claim_workflow_task", {"namespace": namespace, **pairs, "now": clock.now(conn)},
-                         begin=True)
+    params = {"namespace": namespace, **pairs, "now": clock.now(conn), "low": False}
+    rows = await execute(conn, "claim_workflow_task", params, begin=True)
+    if low_lane and len(rows) < pairs["limit"]:
+        rows += await execute(conn, "claim_workflow_task", {**params, "low": True, "limit": pairs["limit"] - len(rows)})
     return await _resolved(conn, before, [_state(row) for row in rows])
 
 

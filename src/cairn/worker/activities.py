@@ -148,7 +148,7 @@ class ActivityRunner:
             try:
                 rows = await store.claim(self._pools.main(), namespace=self._namespace,
                                          pairs=self._pairs.next(min(free, 50)), worker=self._identity,
-                                         lease=self._lease_seconds)
+                                         lease=self._lease_seconds, low_lane="activity" in wakes.low_lanes)
             except Exception as exc:
                 loop_failed("activity claim", exc)
                 rows = []

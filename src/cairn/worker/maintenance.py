@@ -93,7 +93,9 @@ class Maintenance:
                 await self.resume_batches()
                 self._purger.tick(self._pools.main())
                 await self.place_due_retries()
-                due = await store.next_due(self._pools.main(), self._next_due_params)
+                found = await store.next_due(self._pools.main(), self._next_due_params)
+                wakes.low_lanes = found.low_lanes  # a new lane's work is due: woken below
+                due = found.wait
                 if due is not None:
                     if due.total_seconds() <= 0:
                         wakes.workflow_poller()

@@ -194,7 +194,8 @@ class TaskRunner:
         async with connection(self._pools.main()) as conn:
             try:
                 async with transaction(conn):
-                    tasks = await store.claim(conn, namespace=self._namespace, pairs=self._pairs.next(limit))
+                    tasks = await store.claim(conn, namespace=self._namespace, pairs=self._pairs.next(limit),
+                                              low_lane="workflow" in self._wakes.low_lanes)
                     if not tasks:
                         return False
                     batch = await self.run_tasks(conn, tasks)

@@ -59,6 +59,10 @@ class Wakes:
         self.query = asyncio.Event()  # a query for one of our queues arrived
         self.flush = asyncio.Event()  # an attempt with a short heartbeat timeout started
         self.stopping = asyncio.Event()
+        # The kinds of work ('workflow', 'activity') the namespace ever queued at priority 4 or
+        # 5 (cairn.low_lanes, never removed), as the maintenance pass last read them: only
+        # then does a claim that came back short look in that lane too (a second statement).
+        self.low_lanes: frozenset[str] = frozenset()
 
     def workflow_poller(self) -> bool:
         """Wakes one idle workflow poller (a NOTIFY means one task, not one per poller);
