@@ -17,6 +17,7 @@ from cairn import Priority, activity, workflow
 from cairn.errors import InputValidationError
 from cairn.store.sql import q
 from cairn.verify import verify
+from cairn.worker import POLL_INTERVAL_SECONDS
 from support import wait_until
 
 _running: Counter[str] = Counter()
@@ -286,8 +287,10 @@ async def test_a_worker_claims_a_new_low_lane_of_its_namespace(client: Any, star
     # the default lane alone, until a maintenance pass (next_due) reads cairn.low_lanes. A
     # run at priority 5, and its activity (which inherits it; claimed by another worker, not
     # leased eagerly), are run all the same.
-    runs = await start_worker(workflows=[one_call], activities=[])
-    steps = await start_worker(workflows=[], activities=[step])
+    # At the poll interval a new user gets (the maintenance pass that reads the lanes runs at
+    # least that often), not the tests' shorter one.
+    runs = await start_worker(workflows=[one_call], activities=[], poll_interval=POLL_INTERVAL_SECONDS)
+    steps = await start_worker(workflows=[], activities=[step], poll_interval=POLL_INTERVAL_SECONDS)
     assert sql("SELECT count(*) FROM cairn.low_lanes")[0][0] == 0
     handle = await client.start(one_call, "low", id="low", priority=5)
     assert await asyncio.wait_for(handle.result(), 15) == "done low"

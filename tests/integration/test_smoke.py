@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 from cairn import activity, workflow
+from support import wait_until
 
 
 @activity.defn
@@ -47,3 +48,26 @@ async def test_worker_close_notifies_listeners(client, start_worker, db_url):
     assert run_id == handle.run_id
     assert outcome == {"status": "completed", "workflow_type": "doubler", "last_type": "WorkflowCompleted",
                        "last_data": {"result": 3}}
+
+
+async def test_an_activity_not_leased_eagerly_wakes_its_queue(client, start_worker, sql, db_url):
+    """The record that schedules an activity its worker does not run NOTIFYs the activity's
+    queue (cairn_activity, payload the queue: record_workflow_tasks' RETURNING); one leased
+    eagerly sends nothing (its worker runs it at once)."""
+    import psycopg
+
+    async def queue_wakes(workflow_id: str) -> list[str]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as spy:
+            await spy.execute("LISTEN cairn_activity")
+            await client.start(doubler, 1, id=workflow_id)
+            await wait_until(lambda: sql("SELECT count(*) FROM cairn.history h JOIN cairn.runs r USING (run_id) "
+                                         "WHERE r.workflow_id = %s AND h.type = 'ActivityScheduled'",
+                                         [workflow_id])[0][0] == 1)
+            return [n.payload async for n in spy.notifies(timeout=0.5)]
+
+    runs_only = await start_worker(workflows=[doubler], activities=[])
+    assert await queue_wakes("not-eager") == ["default"]
+    assert sql("SELECT lease_owner FROM cairn.activity_tasks") == [(None,)]
+    runs_only.stop()  # claims no more: the next run is the second worker's
+    await start_worker(workflows=[doubler], activities=[double])
+    assert await queue_wakes("eager") == []
